@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// fastedge XDP entry point: count every frame per CPU, then hand it to the AF_XDP
+// socket registered for the receive queue it arrived on. A queue with no socket
+// registered passes the frame on to the kernel stack unchanged.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+// Slots of the per-CPU counter array; keep in sync with `Counter` in lib.rs.
+enum fastedge_counter {
+	FASTEDGE_SEEN = 0,        // frames the program ran on
+	FASTEDGE_REDIRECTED = 1,  // frames redirected into an AF_XDP socket
+	FASTEDGE_PASSED = 2,      // frames with no socket on their queue (XDP_PASS)
+	FASTEDGE_COUNTERS = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FASTEDGE_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void bump(__u32 slot)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &slot);
+
+	if (value)
+		*value += 1;
+}
+
+SEC("xdp")
+int xsk_redirect(struct xdp_md *ctx)
+{
+	__u32 queue = ctx->rx_queue_index;
+	long action;
+
+	bump(FASTEDGE_SEEN);
+	// The flags argument is the action taken when the lookup fails.
+	action = bpf_redirect_map(&xsks, queue, XDP_PASS);
+	bump(action == XDP_REDIRECT ? FASTEDGE_REDIRECTED : FASTEDGE_PASSED);
+	return action;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

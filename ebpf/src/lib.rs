@@ -1,0 +1,255 @@
+//! fastedge's eBPF programs and their loaders.
+//!
+//! Owns: the XDP programs written in C under `src/bpf/` (compiled by libbpf-cargo in `build.rs`
+//! and embedded in this crate), loading them with libbpf-rs, attaching them to interfaces in a
+//! chosen XDP mode, and typed access to their maps: the XSKMAP that routes each receive queue to
+//! its AF_XDP socket, and per-CPU counters.
+//!
+//! Does not own: userspace packet handling or the AF_XDP sockets themselves (`fastedge-rings`).
+
+mod sys;
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder};
+
+/// The compiled `xsk_redirect.bpf.c`.
+static XSK_REDIRECT_OBJECT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
+
+/// How an XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver, before an skb exists (`XDP_FLAGS_DRV_MODE`).
+    Native,
+    /// Generic XDP on the skb, for drivers without native support (`XDP_FLAGS_SKB_MODE`).
+    Skb,
+}
+
+impl XdpMode {
+    fn flags(self) -> u32 {
+        match self {
+            XdpMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+            XdpMode::Skb => libbpf_sys::XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        })
+    }
+}
+
+/// Errors of loading, attaching and map access, each naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading BPF object {object}: {source}")]
+    Load {
+        object: &'static str,
+        source: libbpf_rs::Error,
+    },
+    #[error("BPF object {object} has no {kind} named {name}")]
+    Missing {
+        object: &'static str,
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("attaching XDP program in {mode} mode to interface index {ifindex}: {source}")]
+    Attach {
+        ifindex: u32,
+        mode: XdpMode,
+        source: std::io::Error,
+    },
+    #[error("XDP program is already attached to interface index {ifindex}")]
+    AlreadyAttached { ifindex: u32 },
+    #[error("{op} on map {map}: {source}")]
+    Map {
+        op: &'static str,
+        map: &'static str,
+        source: libbpf_rs::Error,
+    },
+}
+
+/// Counter slots of `xsk_redirect.bpf.c`'s `counters` map, in map order.
+const COUNTER_SLOTS: u32 = 3;
+
+/// Totals of the per-CPU counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskRedirectCounters {
+    /// Frames the program ran on.
+    pub seen: u64,
+    /// Frames redirected into an AF_XDP socket.
+    pub redirected: u64,
+    /// Frames passed to the kernel stack because their queue had no socket.
+    pub passed: u64,
+}
+
+/// The `xsk_redirect` XDP program: counts every frame, then redirects it to the AF_XDP socket
+/// registered for its receive queue (or passes it to the kernel when there is none).
+pub struct XskRedirect {
+    /// Our own fd of the loaded program (the object's maps and program stay loaded while the
+    /// kernel objects have fds open).
+    program: OwnedFd,
+    xsks: MapHandle,
+    counters: MapHandle,
+    attachment: Option<Attachment>,
+}
+
+struct Attachment {
+    _link: OwnedFd,
+    ifindex: u32,
+    mode: XdpMode,
+}
+
+impl fmt::Debug for XskRedirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskRedirect")
+            .field("attached", &self.attachment.as_ref().map(|a| (a.ifindex, a.mode)))
+            .finish_non_exhaustive()
+    }
+}
+
+const OBJECT: &str = "xsk_redirect.bpf.o";
+const PROGRAM: &str = "xsk_redirect";
+
+impl XskRedirect {
+    /// Loads the program and its maps into the kernel (not attached yet).
+    pub fn load() -> Result<Self, EbpfError> {
+        let load = |source| EbpfError::Load {
+            object: OBJECT,
+            source,
+        };
+        let object = ObjectBuilder::default()
+            .open_memory(XSK_REDIRECT_OBJECT)
+            .map_err(load)?
+            .load()
+            .map_err(load)?;
+        let map = |name: &'static str| -> Result<MapHandle, EbpfError> {
+            let map = object
+                .maps()
+                .find(|m| m.name() == name)
+                .ok_or(EbpfError::Missing {
+                    object: OBJECT,
+                    kind: "map",
+                    name,
+                })?;
+            MapHandle::try_from(&map).map_err(|source| EbpfError::Map {
+                op: "duplicating fd",
+                map: name,
+                source,
+            })
+        };
+        let xsks = map("xsks")?;
+        let counters = map("counters")?;
+        let program = object
+            .progs()
+            .find(|p| p.name() == PROGRAM)
+            .ok_or(EbpfError::Missing {
+                object: OBJECT,
+                kind: "program",
+                name: PROGRAM,
+            })?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::Load {
+                object: OBJECT,
+                source: source.into(),
+            })?;
+        Ok(Self {
+            program,
+            xsks,
+            counters,
+            attachment: None,
+        })
+    }
+
+    /// Attaches the program to interface `ifindex` in `mode`, through a BPF link: it detaches
+    /// when this value is dropped or the process dies.
+    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), EbpfError> {
+        if let Some(existing) = &self.attachment {
+            return Err(EbpfError::AlreadyAttached {
+                ifindex: existing.ifindex,
+            });
+        }
+        let link = sys::xdp_link_create(self.program.as_fd(), ifindex, mode.flags()).map_err(
+            |source| EbpfError::Attach {
+                ifindex,
+                mode,
+                source,
+            },
+        )?;
+        self.attachment = Some(Attachment {
+            _link: link,
+            ifindex,
+            mode,
+        });
+        Ok(())
+    }
+
+    /// Where and how the program is attached.
+    pub fn attached(&self) -> Option<(u32, XdpMode)> {
+        self.attachment.as_ref().map(|a| (a.ifindex, a.mode))
+    }
+
+    /// Detaches the program (a no-op when not attached).
+    pub fn detach(&mut self) {
+        self.attachment = None;
+    }
+
+    /// Routes receive queue `queue` to the AF_XDP socket `socket`.
+    pub fn register_socket(&self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), EbpfError> {
+        let fd = socket.as_raw_fd() as u32;
+        self.xsks
+            .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| EbpfError::Map {
+                op: "registering AF_XDP socket",
+                map: "xsks",
+                source,
+            })
+    }
+
+    /// Stops routing queue `queue` to a socket; its frames go to the kernel again.
+    pub fn unregister_socket(&self, queue: u32) -> Result<(), EbpfError> {
+        self.xsks
+            .delete(&queue.to_ne_bytes())
+            .map_err(|source| EbpfError::Map {
+                op: "unregistering AF_XDP socket",
+                map: "xsks",
+                source,
+            })
+    }
+
+    /// Reads the per-CPU counters and sums them over CPUs.
+    pub fn counters(&self) -> Result<XskRedirectCounters, EbpfError> {
+        let mut totals = [0u64; COUNTER_SLOTS as usize];
+        for (slot, total) in (0..COUNTER_SLOTS).zip(totals.iter_mut()) {
+            let per_cpu = self
+                .counters
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| EbpfError::Map {
+                    op: "reading counters",
+                    map: "counters",
+                    source,
+                })?
+                .unwrap_or_default();
+            *total = per_cpu
+                .iter()
+                .filter_map(|bytes| bytes.get(..8)?.try_into().ok())
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+        let [seen, redirected, passed] = totals;
+        Ok(XskRedirectCounters {
+            seen,
+            redirected,
+            passed,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! Packet I/O of fastedge.
+//!
+//! Owns: AF_XDP sockets over xsk-rs ([`xdp::XskReceiver`]); netmap bindings behind the
+//! `netmap` feature (off by default: no netmap module on common kernels). AF_PACKET, pcap, the
+//! shared-memory ways and the brick engine come here next.
+//!
+//! Does not own: eBPF program source or loading (`fastedge-ebpf`), header parsing and flow
+//! hashing (`fastedge-wire`).
+
+pub mod xdp;
+
+/// netmap's C structures and ioctls (`netmap_sys`), compiled only with `--features netmap`.
+#[cfg(feature = "netmap")]
+pub mod netmap {
+    pub use netmap_sys::netmap::*;
+}

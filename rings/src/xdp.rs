@@ -1,0 +1,273 @@
+//! AF_XDP receive sockets (xsk-rs): one UMEM and one socket per (interface, queue).
+//!
+//! The socket is created without libxdp's default program
+//! (`XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`): fastedge attaches its own XDP program
+//! (`fastedge-ebpf`) and registers the socket's fd in that program's XSKMAP.
+
+use std::{
+    fmt,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, BorrowedFd},
+    time::Duration,
+};
+
+use xsk_rs::{
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+};
+
+/// Copy or zero-copy binding of an AF_XDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XskBindMode {
+    /// The kernel copies frames into the UMEM; works on every driver (veth included).
+    Copy,
+    /// The NIC writes into the UMEM directly; the driver must support it.
+    ZeroCopy,
+}
+
+/// Sizes of an AF_XDP socket and its UMEM. Validated on construction.
+#[derive(Debug, Clone, Copy)]
+pub struct XskConfig {
+    frames: u32,
+    frame_size: u32,
+    ring_size: u32,
+    bind: XskBindMode,
+}
+
+impl XskConfig {
+    /// `frames` UMEM frames of `frame_size` bytes (a power of two, 2048 or 4096), RX and fill
+    /// rings of `ring_size` entries (a power of two).
+    pub fn new(
+        frames: u32,
+        frame_size: u32,
+        ring_size: u32,
+        bind: XskBindMode,
+    ) -> Result<Self, XskError> {
+        let invalid = |what: String| Err(XskError::Config(what));
+        if !ring_size.is_power_of_two() {
+            return invalid(format!("ring size {ring_size} is not a power of two"));
+        }
+        if frame_size != 2048 && frame_size != 4096 {
+            return invalid(format!("frame size {frame_size} is not 2048 or 4096"));
+        }
+        if frames < ring_size {
+            return invalid(format!(
+                "{frames} frames cannot keep a fill ring of {ring_size} entries full"
+            ));
+        }
+        Ok(Self {
+            frames,
+            frame_size,
+            ring_size,
+            bind,
+        })
+    }
+
+    /// Bytes of UMEM this configuration locks.
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.frames) * u64::from(self.frame_size)
+    }
+}
+
+impl Default for XskConfig {
+    /// 2048 frames of 2 KiB (4 MiB of UMEM, within an 8 MiB RLIMIT_MEMLOCK), rings of 1024,
+    /// copy mode.
+    fn default() -> Self {
+        Self {
+            frames: 2048,
+            frame_size: 2048,
+            ring_size: 1024,
+            bind: XskBindMode::Copy,
+        }
+    }
+}
+
+/// Errors of AF_XDP sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("invalid AF_XDP configuration: {0}")]
+    Config(String),
+    #[error("interface name {0:?} is not valid")]
+    Interface(String),
+    #[error("creating UMEM of {bytes} bytes: {reason} (RLIMIT_MEMLOCK may be too small)")]
+    Umem { bytes: u64, reason: String },
+    #[error("creating AF_XDP socket on {interface} queue {queue}: {reason}")]
+    Socket {
+        interface: String,
+        queue: u32,
+        reason: String,
+    },
+    #[error("AF_XDP socket on {interface} queue {queue}: {op}: {source}")]
+    Io {
+        interface: String,
+        queue: u32,
+        op: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Kernel-side drop counters of an AF_XDP socket (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    /// Dropped for reasons other than a full ring or an empty fill ring.
+    pub rx_dropped: u64,
+    /// Dropped because the RX ring was full (the application is too slow).
+    pub rx_ring_full: u64,
+    /// Dropped because the fill ring had no frames to receive into.
+    pub rx_fill_ring_empty: u64,
+    /// Invalid descriptors on the RX side.
+    pub rx_invalid: u64,
+}
+
+/// An AF_XDP socket receiving from one queue of one interface.
+pub struct XskReceiver {
+    umem: Umem,
+    rx: RxQueue,
+    fill: FillQueue,
+    _tx: TxQueue,
+    _completion: CompQueue,
+    batch: Vec<FrameDesc>,
+    interface: String,
+    queue: u32,
+}
+
+impl fmt::Debug for XskReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskReceiver")
+            .field("interface", &self.interface)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskReceiver {
+    /// Opens an AF_XDP socket on `interface` queue `queue` and gives the kernel every frame of
+    /// its UMEM to receive into. No XDP program is loaded: register [`Self::fd`] in the XSKMAP of
+    /// the program attached to the interface.
+    pub fn open(interface: &str, queue: u32, config: &XskConfig) -> Result<Self, XskError> {
+        let ifname: Interface = interface
+            .parse()
+            .map_err(|_| XskError::Interface(interface.to_owned()))?;
+        let size = |n: u32| QueueSize::new(n).map_err(|e| XskError::Config(e.to_string()));
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?)
+            .fill_queue_size(size(config.ring_size)?)
+            .comp_queue_size(size(config.ring_size)?)
+            .build()
+            .map_err(|e| XskError::Config(e.to_string()))?;
+        let frames = NonZeroU32::new(config.frames)
+            .ok_or_else(|| XskError::Config("zero UMEM frames".into()))?;
+        let (umem, mut descs) =
+            Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
+                bytes: config.umem_bytes(),
+                reason: e.to_string(),
+            })?;
+        let bind = match config.bind {
+            XskBindMode::Copy => BindFlags::XDP_COPY,
+            XskBindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
+        };
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(size(config.ring_size)?)
+            .tx_queue_size(size(config.ring_size)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(bind | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let socket_error = |reason: String| XskError::Socket {
+            interface: interface.to_owned(),
+            queue,
+            reason,
+        };
+        // SAFETY: the UMEM is new and not shared with any other socket, so the sharing
+        // precondition of `Socket::new` (inhibit program load on a bound pair) does not apply;
+        // we set INHIBIT_PROG_LOAD anyway.
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, queue) }
+            .map_err(|e| socket_error(e.to_string()))?;
+        let (mut fill, completion) =
+            rings.ok_or_else(|| socket_error("kernel returned no fill/completion rings".into()))?;
+        let ring = config.ring_size as usize;
+        // SAFETY: the frames come from `umem`, the UMEM of this fill queue, and none of them is
+        // in any other queue.
+        let given = unsafe { fill.produce(&descs[..ring]) };
+        if given != ring {
+            return Err(socket_error(format!("fill ring took {given} of {ring} frames")));
+        }
+        descs.truncate(ring);
+        Ok(Self {
+            umem,
+            rx,
+            fill,
+            _tx: tx,
+            _completion: completion,
+            batch: descs,
+            interface: interface.to_owned(),
+            queue,
+        })
+    }
+
+    /// The socket fd, for the XSKMAP.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by the socket inside `self.rx`, which lives as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.rx.fd().as_raw_fd()) }
+    }
+
+    /// Waits up to `timeout` for frames, hands each received frame to `on_frame`, then returns
+    /// the frames to the fill ring. Returns the number of frames received.
+    pub fn receive(
+        &mut self,
+        timeout: Duration,
+        mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<usize, XskError> {
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `self.batch` holds descriptors of this socket's own UMEM.
+        let received = unsafe { self.rx.poll_and_consume(&mut self.batch, millis) }
+            .map_err(|source| self.io_error("poll", source))?;
+        for desc in &self.batch[..received] {
+            // SAFETY: `desc` was just consumed from the RX ring of this UMEM and is not in any
+            // kernel ring until we put it back below, so nothing writes to it meanwhile.
+            let data = unsafe { self.umem.data(desc) };
+            on_frame(data.contents());
+        }
+        if received > 0 {
+            // SAFETY: these descriptors belong to this UMEM and the kernel gave them back to us.
+            let refilled = unsafe { self.fill.produce(&self.batch[..received]) };
+            if refilled != received {
+                // The fill ring has room for every frame we own, so this cannot happen; if it
+                // did, frames would leak from the ring, so report it rather than go on.
+                return Err(self.io_error(
+                    "refilling",
+                    std::io::Error::other(format!("fill ring took {refilled} of {received}")),
+                ));
+            }
+        }
+        if self.fill.needs_wakeup() {
+            self.fill
+                .wakeup(self.rx.fd_mut(), 0)
+                .map_err(|source| self.io_error("waking the kernel", source))?;
+        }
+        Ok(received)
+    }
+
+    /// The kernel's drop counters for this socket.
+    pub fn statistics(&self) -> Result<XskStatistics, XskError> {
+        let stats = self
+            .rx
+            .fd()
+            .xdp_statistics()
+            .map_err(|source| self.io_error("XDP_STATISTICS", source))?;
+        Ok(XskStatistics {
+            rx_dropped: stats.rx_dropped(),
+            rx_ring_full: stats.rx_ring_full(),
+            rx_fill_ring_empty: stats.rx_fill_ring_empty_descs(),
+            rx_invalid: stats.rx_invalid_descs(),
+        })
+    }
+
+    fn io_error(&self, op: &'static str, source: std::io::Error) -> XskError {
+        XskError::Io {
+            interface: self.interface.clone(),
+            queue: self.queue,
+            op,
+            source,
+        }
+    }
+}

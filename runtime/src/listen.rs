@@ -1,0 +1,81 @@
+//! SO_REUSEPORT listeners: one socket per executor on the same address, bound up front.
+//!
+//! All sockets are bound and listening before any executor starts (so a bad address fails at
+//! start-up, and so privileges can be dropped after binding). The kernel spreads incoming
+//! connections over the group by a hash of the 4-tuple.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::RuntimeError;
+
+/// Default accept backlog per listener.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// A bound, listening socket waiting for its executor.
+#[derive(Debug)]
+pub struct BoundListener {
+    fd: OwnedFd,
+    local: SocketAddr,
+}
+
+impl BoundListener {
+    /// The address the socket is bound to (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Hands the socket to the executor of the calling thread.
+    pub fn into_glommio(self) -> glommio::net::TcpListener {
+        let fd = self.fd.into_raw_fd();
+        // SAFETY: `fd` is an open, bound, listening TCP socket that we own exclusively (it came
+        // out of an `OwnedFd` just above); glommio takes over ownership and closes it.
+        unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
+    }
+}
+
+/// Binds `count` listening sockets on `addr` with SO_REUSEPORT. With port 0, the first socket
+/// picks the port and the others join it. IPv6 sockets are IPv6-only, so `[::]:443` and
+/// `0.0.0.0:443` can be listed side by side.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> Result<Vec<BoundListener>, RuntimeError> {
+    let mut listeners: Vec<BoundListener> = Vec::with_capacity(count);
+    let mut target = addr;
+    for _ in 0..count {
+        let listener = bind_one(target, backlog).map_err(|source| RuntimeError::Listen {
+            addr,
+            source,
+        })?;
+        target = listener.local;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr, backlog: i32) -> std::io::Result<BoundListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_cloexec(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("bound socket has no IP address"))?;
+    Ok(BoundListener {
+        fd: socket.into(),
+        local,
+    })
+}

@@ -1,0 +1,252 @@
+//! The boring ⇄ futures-io adapter: a BoringSSL stream driven by an async byte stream.
+//!
+//! BoringSSL speaks blocking `std::io::Read + Write`. [`IoShim`] presents an async stream that
+//! way: it remembers the waker of the task polling us and maps `Poll::Pending` to
+//! `ErrorKind::WouldBlock`, which BoringSSL reports back as `WANT_READ`/`WANT_WRITE`; we turn
+//! those into `Poll::Pending` again. The waker of the current poll is registered with the
+//! underlying stream before BoringSSL sees `WouldBlock`, so a pending operation is always
+//! woken. No unsafe code: the shim keeps its own clone of the waker instead of a pointer to the
+//! caller's `Context`.
+
+use std::{
+    fmt, io,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+};
+
+use boring::ssl::{
+    self, ErrorCode, HandshakeError, MidHandshakeSslStream, ShutdownResult, ShutdownState, Ssl,
+    SslRef, SslStream,
+};
+use futures_io::{AsyncRead, AsyncWrite};
+
+use crate::TlsError;
+
+/// Adapts an async stream to the blocking `Read + Write` that BoringSSL drives.
+#[derive(Debug)]
+pub struct IoShim<S> {
+    stream: S,
+    waker: Option<Waker>,
+}
+
+impl<S> IoShim<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            waker: None,
+        }
+    }
+
+    /// Remembers the waker of the task that polls us now, cloning only when it changed.
+    fn register(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
+
+    fn poll_with<T>(
+        &mut self,
+        op: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T>
+    where
+        S: Unpin,
+    {
+        let Some(waker) = self.waker.as_ref() else {
+            // BoringSSL is only ever driven from `poll_*` methods, which register a waker first.
+            return Err(io::Error::other("TLS stream driven outside of a poll"));
+        };
+        let mut cx = Context::from_waker(waker);
+        match op(Pin::new(&mut self.stream), &mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.poll_with(|stream, cx| stream.poll_read(cx, buf))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> io::Write for IoShim<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.poll_with(|stream, cx| stream.poll_write(cx, buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.poll_with(|stream, cx| stream.poll_flush(cx))
+    }
+}
+
+/// Runs the server side of a TLS handshake over `stream`.
+///
+/// Cancel-safe only in the sense that dropping the future drops the connection.
+pub async fn accept<S>(ssl: Ssl, stream: S) -> Result<TlsStream<S>, TlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut mid: Option<MidHandshakeSslStream<IoShim<S>>> = None;
+    let mut fresh = Some((ssl, stream));
+    std::future::poll_fn(move |cx| {
+        let attempt = match (fresh.take(), mid.take()) {
+            (Some((ssl, stream)), _) => {
+                let mut shim = IoShim::new(stream);
+                shim.register(cx);
+                ssl.accept(shim)
+            }
+            (None, Some(mut pending)) => {
+                pending.get_mut().register(cx);
+                pending.handshake()
+            }
+            (None, None) => return Poll::Ready(Err(TlsError::HandshakePolledAfterEnd)),
+        };
+        match attempt {
+            Ok(stream) => Poll::Ready(Ok(TlsStream {
+                inner: stream,
+                close: CloseState::Open,
+            })),
+            Err(HandshakeError::WouldBlock(pending)) => {
+                mid = Some(pending);
+                Poll::Pending
+            }
+            Err(HandshakeError::Failure(failed)) => {
+                Poll::Ready(Err(TlsError::handshake(failed.into_error())))
+            }
+            Err(HandshakeError::SetupFailure(stack)) => Poll::Ready(Err(TlsError::Setup(stack))),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    Open,
+    /// close_notify is queued in BoringSSL; the transport still has to be flushed and shut.
+    NotifySent,
+    Closed,
+}
+
+/// An established TLS connection over an async stream; implements futures-io.
+///
+/// * `poll_read` returns `Ok(0)` only on a clean close (the peer's close_notify); a transport EOF
+///   without close_notify is `ErrorKind::UnexpectedEof`, so a truncation is never mistaken for
+///   the end of the data.
+/// * `poll_close` sends close_notify, flushes, and shuts the transport's write side, leaving the
+///   read side open for the peer's answer (half-close).
+pub struct TlsStream<S> {
+    inner: SslStream<IoShim<S>>,
+    close: CloseState,
+}
+
+impl<S: fmt::Debug> fmt::Debug for TlsStream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("stream", &self.inner.get_ref().stream)
+            .field("close", &self.close)
+            .finish()
+    }
+}
+
+impl<S> TlsStream<S> {
+    /// The BoringSSL session state: version, cipher, SNI, ALPN, peer certificate.
+    pub fn ssl(&self) -> &SslRef {
+        self.inner.ssl()
+    }
+
+    /// The transport under TLS.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.get_ref().stream
+    }
+
+    /// Whether the peer's close_notify has arrived.
+    pub fn peer_closed_cleanly(&mut self) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.inner
+            .get_shutdown()
+            .contains(ShutdownState::RECEIVED)
+    }
+}
+
+/// Maps a BoringSSL I/O error to futures-io: WANT_* become `Pending`.
+fn map_ssl_error<T>(error: ssl::Error) -> Poll<io::Result<T>> {
+    match error.code() {
+        ErrorCode::WANT_READ | ErrorCode::WANT_WRITE
+            if error
+                .io_error()
+                .is_none_or(|e| e.kind() == io::ErrorKind::WouldBlock) =>
+        {
+            Poll::Pending
+        }
+        ErrorCode::SYSCALL if error.io_error().is_none() => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the transport without TLS close_notify",
+        ))),
+        _ => Poll::Ready(Err(match error.into_io_error() {
+            Ok(io) => io,
+            Err(other) => io::Error::other(TlsError::handshake(other)),
+        })),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.inner.get_mut().register(cx);
+        match this.inner.ssl_read(buf) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(error) if error.code() == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
+            Err(error) => map_ssl_error(error),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.inner.get_mut().register(cx);
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match this.inner.ssl_write(buf) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(error) => map_ssl_error(error),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        Pin::new(&mut this.inner.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.inner.get_mut().register(cx);
+        if this.close == CloseState::Open {
+            match this.inner.shutdown() {
+                Ok(ShutdownResult::Sent | ShutdownResult::Received) => {
+                    this.close = CloseState::NotifySent
+                }
+                Err(error) => match map_ssl_error::<()>(error) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => this.close = CloseState::NotifySent,
+                },
+            }
+        }
+        if this.close == CloseState::NotifySent {
+            let stream = &mut this.inner.get_mut().stream;
+            std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+            std::task::ready!(Pin::new(stream).poll_close(cx))?;
+            this.close = CloseState::Closed;
+        }
+        Poll::Ready(Ok(()))
+    }
+}

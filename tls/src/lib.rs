@@ -1,0 +1,21 @@
+//! TLS for fastedge on BoringSSL.
+//!
+//! Owns: server contexts built from certificates and keys ([`ServerContext`]), the boring ⇄
+//! futures-io adapter ([`accept`], [`TlsStream`]), self-signed certificates for demos and tests
+//! ([`SelfSigned`]), and the proxy connection driver that pumps bytes between a TLS client and a
+//! plain backend ([`proxy`]).
+//!
+//! Does not own: wire formats (PROXY headers, HTTP rewriting: `fastedge-wire`), executors and
+//! listeners (`fastedge-runtime`).
+
+mod adapter;
+mod context;
+mod error;
+pub mod proxy;
+mod selfsigned;
+
+pub use adapter::{accept, IoShim, TlsStream};
+pub use boring;
+pub use context::ServerContext;
+pub use error::TlsError;
+pub use selfsigned::SelfSigned;

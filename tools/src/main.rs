@@ -1,0 +1,88 @@
+//! The `fastedge` command line. Reads arguments, files and the environment, then hands over to
+//! the library crates; holds no logic that a library user would want.
+
+mod demo;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// fastedge: a kernel-bypass userspace runtime for the network edge.
+///
+/// It terminates TLS on a thread-per-core io_uring runtime with BoringSSL and forwards plain TCP
+/// to backends (`fastedge serve`). Traffic distribution over AF_XDP (`fastedge split`) is being
+/// built and is not available in this version.
+#[derive(Debug, Parser)]
+#[command(name = "fastedge", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(serve::ServeArgs),
+}
+
+/// Exit code for bad arguments or configuration (as clap uses for usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            tracing::error!("{:#}", failure.error);
+            ExitCode::from(failure.exit_code)
+        }
+    }
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+struct Failure {
+    error: anyhow::Error,
+    exit_code: u8,
+}
+
+impl Failure {
+    /// Bad input from the user: exit code 2.
+    fn config(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            error: error.into(),
+            exit_code: EXIT_CONFIG,
+        }
+    }
+
+    /// A failure at run time: exit code 1.
+    fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            error: error.into(),
+            exit_code: 1,
+        }
+    }
+}
+
+/// Logs go to stderr; `FASTEDGE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FASTEDGE_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+        eprintln!("fastedge: ignoring invalid log filter {filter:?}: {error}; using `info`");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

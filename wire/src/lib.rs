@@ -1,0 +1,12 @@
+//! Sans-IO wire formats and decisions of fastedge: pure functions over byte slices.
+//!
+//! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2, `X-Forwarded-*` injection,
+//! packet header views, flow hashing and the balancing/health state machines come here as they
+//! are built. Every parser answers "complete, with the bytes used", "partial", or a typed error,
+//! and has a fuzz entry point in [`fuzzing`].
+//!
+//! Never does: sockets, clocks, threads, or allocation in per-packet paths.
+#![forbid(unsafe_code)]
+
+pub mod fuzzing;
+pub mod http1;
