@@ -26,21 +26,22 @@ pub struct Executors<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> Executors<T> {
-    /// Starts one executor per CPU in `cpus`, named `{name}-{cpu}`, each running the future
-    /// that `task` makes for it. `task` runs on the executor's own thread.
-    pub fn spawn<G, F>(name: &str, cpus: &CpuList, task: G) -> Result<Self, RuntimeError>
+    /// Starts one executor per CPU in `cpus`, named `{name}-{cpu}`. For each CPU, `make` runs
+    /// here on the calling thread (so it can hand each core its own resources) and returns the
+    /// closure that then runs on the executor's thread to make the executor's main future.
+    pub fn spawn<M, G, F>(name: &str, cpus: &CpuList, mut make: M) -> Result<Self, RuntimeError>
     where
-        G: Fn(Core) -> F + Clone + Send + 'static,
+        M: FnMut(Core) -> G,
+        G: FnOnce() -> F + Send + 'static,
         F: Future<Output = T> + 'static,
     {
         let mut handles = Vec::with_capacity(cpus.len());
         for (index, &cpu) in cpus.cpus().iter().enumerate() {
             let core = Core { index, cpu };
-            let task = task.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("{name}-{cpu}"))
                 .io_memory(IO_MEMORY)
-                .spawn(move || task(core))
+                .spawn(make(core))
                 .map_err(|e| RuntimeError::Executor {
                     cpu,
                     reason: e.to_string(),

@@ -1,1 +1,45 @@
-//! tests
+//! Shared helpers of fastedge's end-to-end suites: network namespaces with veth pairs that
+//! clean up after themselves, the `fastedge` binary as a child process, required tools.
+//!
+//! The suites themselves live in `tests/tests/`; each drives real peers (openssl s_client,
+//! curl, the kernel's AF_XDP path) and checks what came out.
+
+pub mod netns;
+pub mod process;
+
+/// Panics with an install hint when `tool` is not on PATH: the suites need real peers, and a
+/// missing one is a broken setup, not a reason to pass.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed; these tests need it: apt-get install {package} (or run `make test`, which installs it)"
+    );
+}
+
+/// A fresh temporary directory under the target dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("fastedge-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temporary directory");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

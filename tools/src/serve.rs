@@ -3,7 +3,7 @@
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::Duration,
 };
 
@@ -118,12 +118,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     let mut setups = Vec::with_capacity(cores);
     for _ in 0..cores {
-        setups.push(Some(CoreSetup {
+        setups.push(CoreSetup {
             frontends: per_frontend.iter_mut().filter_map(|l| l.pop()).collect(),
             demo: demo.as_mut().and_then(|d| d.pop()),
-        }));
+        });
     }
-    let setups = Arc::new(Mutex::new(setups));
+    let mut setups = setups.into_iter();
 
     // Executors inherit the signal mask: block the stop signals so only `sigwait` below sees them.
     let mut signals = SigSet::empty();
@@ -139,38 +139,33 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         backend,
         handshake_timeout,
     };
-    let executors = {
+    let executors = Executors::spawn("fastedge", &cpus, |core| {
+        let setup = setups.next();
+        let context = Arc::new(context.clone());
+        let settings = Arc::new(settings.clone());
         let shutdown = shutdown.clone();
-        Executors::spawn("fastedge", &cpus, move |core| {
-            let setup = setups.lock().unwrap_or_else(PoisonError::into_inner)[core.index].take();
-            let context = context.clone();
-            let settings = settings.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                let Some(setup) = setup else { return };
-                if let Some(demo) = setup.demo {
-                    let demo = demo.into_glommio();
-                    let stop = shutdown.clone();
-                    fastedge_runtime::spawn_detached(crate::demo::run(demo, core, stop));
-                }
-                let context = Arc::new(context);
-                let settings = Arc::new(settings);
-                let mut accepting = Vec::new();
-                for frontend in setup.frontends {
-                    let listener = frontend.into_glommio();
-                    let (context, settings, shutdown) =
-                        (context.clone(), settings.clone(), shutdown.clone());
-                    accepting.push(fastedge_runtime::spawn(accept_loop(
-                        listener, context, settings, shutdown,
-                    )));
-                }
-                for task in accepting {
-                    task.await;
-                }
+        move || async move {
+            let Some(setup) = setup else { return };
+            if let Some(demo) = setup.demo {
+                let demo = demo.into_glommio();
+                fastedge_runtime::spawn_detached(crate::demo::run(demo, core, shutdown.clone()));
             }
-        })
-        .map_err(Failure::runtime)?
-    };
+            let mut accepting = Vec::new();
+            for frontend in setup.frontends {
+                let listener = frontend.into_glommio();
+                accepting.push(fastedge_runtime::spawn(accept_loop(
+                    listener,
+                    context.clone(),
+                    settings.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            for task in accepting {
+                task.await;
+            }
+        }
+    })
+    .map_err(Failure::runtime)?;
 
     let signal = signals
         .wait()

@@ -1,0 +1,117 @@
+//! The `fastedge` binary as a child process, killed when the test ends however it ends.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Path of the `fastedge` binary built with this test (`target/<profile>/fastedge`).
+pub fn fastedge_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/fastedge
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("fastedge"))
+        .expect("test executable lives under target/<profile>/deps");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p fastedge`, or `make test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `fastedge` whose stderr is collected line by line.
+#[derive(Debug)]
+pub struct Fastedge {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Fastedge {
+    /// Starts `fastedge ARGS…` with logs on stderr.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(fastedge_bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting fastedge");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines, log }
+    }
+
+    /// Waits for a log line containing `needle`, returning it; panics after `within`.
+    pub fn wait_for_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {within:?}; log so far:\n{}",
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    /// The address in the first `listening addr=…` line.
+    pub fn wait_listening(&self) -> std::net::SocketAddr {
+        let line = self.wait_for_line("listening addr=", Duration::from_secs(20));
+        let addr = line
+            .split("listening addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address after addr=");
+        addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sending SIGTERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for fastedge") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fastedge did not exit within {within:?} of SIGTERM; log:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Fastedge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

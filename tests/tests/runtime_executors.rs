@@ -1,0 +1,118 @@
+//! Thread-per-core executors: one pinned glommio executor per CPU of a CPU list, each with its
+//! own SO_REUSEPORT listener; real TCP connections are spread over more than one of them.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpStream,
+    time::Duration,
+};
+
+use fastedge_runtime::{bind_reuseport, pinned_cpu, CpuList, Executors, Shutdown};
+use futures_lite::AsyncWriteExt;
+
+const CONNECTIONS: usize = 64;
+
+#[test]
+fn connections_spread_over_pinned_executors() {
+    let available = CpuList::available().expect("affinity");
+    if available.len() < 2 {
+        eprintln!("SKIPPED: this test needs 2 CPUs, the process may use only {available}");
+        return;
+    }
+    // The first two available CPUs, written as a CPU-list string as a user would.
+    let text = format!("{},{}", available.cpus()[0], available.cpus()[1]);
+    let cpus: CpuList = text.parse().expect("cpu list");
+    cpus.check_within(&available).expect("available");
+
+    let listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), cpus.len(), 128).expect("bind");
+    let addr = listeners[0].local_addr();
+    assert!(listeners.iter().all(|l| l.local_addr() == addr), "one port for the group");
+    let mut listeners = listeners.into_iter();
+    let shutdown = Shutdown::new();
+
+    let executors = {
+        let shutdown = shutdown.clone();
+        Executors::spawn("test", &cpus, |core| {
+            let listener = listeners.next().expect("one listener each");
+            let shutdown = shutdown.clone();
+            move || async move {
+                let pinned = pinned_cpu();
+                let listener = listener.into_glommio();
+                let mut accepted = 0usize;
+                loop {
+                    let next = futures_lite::future::or(
+                        async { Some(listener.accept().await) },
+                        async {
+                            shutdown.wait().await;
+                            None
+                        },
+                    )
+                    .await;
+                    let Some(stream) = next else { break };
+                    let mut stream = stream.expect("accept");
+                    accepted += 1;
+                    let line = format!("cpu={} pinned={:?}\n", core.cpu, pinned);
+                    stream.write_all(line.as_bytes()).await.expect("write");
+                    stream.close().await.expect("close");
+                }
+                (accepted, pinned)
+            }
+        })
+        .expect("spawn executors")
+    };
+
+    let mut answered_by = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).expect("read answer");
+        answered_by.push(line.trim().to_owned());
+    }
+    shutdown.trigger();
+    let results = executors.join().expect("join executors");
+
+    let total: usize = results.iter().map(|(_, (accepted, _))| accepted).sum();
+    assert_eq!(total, CONNECTIONS, "every connection accepted exactly once");
+    for (core, (accepted, pinned)) in &results {
+        assert_eq!(*pinned, Some(core.cpu), "executor {core:?} is pinned to its CPU");
+        eprintln!("cpu {}: accepted {accepted}", core.cpu);
+    }
+    let busy = results.iter().filter(|(_, (accepted, _))| *accepted > 0).count();
+    assert!(busy >= 2, "connections went to more than one executor: {answered_by:?}");
+    for (core, _) in &results {
+        let expected = format!("cpu={} pinned=Some({})", core.cpu, core.cpu);
+        assert!(answered_by.iter().any(|a| *a == expected), "{expected} among {answered_by:?}");
+    }
+}
+
+#[test]
+fn bad_cpu_lists_are_rejected_with_a_reason() {
+    for (text, reason) in [
+        ("", "empty CPU list"),
+        ("1-", "is not a CPU number or range"),
+        ("3-1", "runs backwards"),
+        ("0,0", "listed more than once"),
+    ] {
+        let err = text.parse::<CpuList>().unwrap_err().to_string();
+        assert!(err.contains(reason), "{text:?}: {err}");
+    }
+    let available = CpuList::available().unwrap();
+    let beyond = available.cpus().last().unwrap() + 1;
+    let err = beyond
+        .to_string()
+        .parse::<CpuList>()
+        .unwrap()
+        .check_within(&available)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not available"), "{err}");
+}
+
+#[test]
+fn binding_a_taken_address_fails_naming_it() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let err = bind_reuseport(addr, 1, 16).unwrap_err().to_string();
+    assert!(err.contains(&addr.to_string()), "{err}");
+}

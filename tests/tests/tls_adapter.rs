@@ -1,0 +1,158 @@
+//! The boring ⇄ futures-io adapter over glommio's TcpStream, against the real
+//! `openssl s_client`: a TLS 1.3 handshake, a megabyte each way (many TLS records), and clean
+//! close_notify in both directions; a client that vanishes without close_notify is reported as
+//! a truncation, never as a clean end of data.
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use fastedge_runtime::{bind_reuseport, CpuList, Executors};
+use fastedge_tests::require_tool;
+use fastedge_tls::{accept, SelfSigned, ServerContext};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+const PAYLOAD: usize = 1 << 20;
+
+fn payload() -> Vec<u8> {
+    (0..PAYLOAD).map(|i| (i * 7 + i / 256) as u8).collect()
+}
+
+/// What the server saw of one connection.
+#[derive(Debug)]
+struct ServerReport {
+    version: String,
+    received_ok: bool,
+    /// The read after our close_notify: Ok(0) when the client answered with its close_notify.
+    after_close: Result<usize, String>,
+    peer_closed_cleanly: bool,
+}
+
+/// Runs a one-connection TLS server on one executor; `transform` maps each received byte to
+/// the byte sent back.
+fn one_shot_server(
+    echo: bool,
+) -> (SocketAddr, mpsc::Receiver<Result<ServerReport, String>>, Executors<()>) {
+    let cert = SelfSigned::generate(&["localhost"], 1).expect("certificate");
+    let context = ServerContext::from_parts(&[cert.cert], &cert.key, &["http/1.1"]).expect("context");
+    let cpus: CpuList = CpuList::available().unwrap().cpus()[0].to_string().parse().unwrap();
+    let mut listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1, 16).expect("bind");
+    let addr = listeners[0].local_addr();
+    let mut listener = listeners.pop();
+    let (tx, rx) = mpsc::channel();
+    let executors = Executors::spawn("tls-test", &cpus, |_| {
+        let listener = listener.take().expect("single executor");
+        let context = context.clone();
+        let tx = tx.clone();
+        move || async move {
+            let listener = listener.into_glommio();
+            let stream = listener.accept().await.expect("accept");
+            let report = async {
+                let ssl = context.new_session().map_err(|e| e.to_string())?;
+                let mut tls = accept(ssl, stream).await.map_err(|e| e.to_string())?;
+                let version = tls.ssl().version_str().to_owned();
+                let mut got = vec![0u8; PAYLOAD];
+                tls.read_exact(&mut got).await.map_err(|e| format!("read: {e}"))?;
+                let received_ok = got == payload();
+                if !echo {
+                    // Wait for the client to vanish; report what the next read says.
+                    let mut byte = [0u8; 1];
+                    let after = tls.read(&mut byte).await.map_err(|e| format!("{:?}: {e}", e.kind()));
+                    return Ok(ServerReport {
+                        version,
+                        received_ok,
+                        after_close: after,
+                        peer_closed_cleanly: tls.peer_closed_cleanly(),
+                    });
+                }
+                let answer: Vec<u8> = got.iter().map(|b| b.wrapping_add(1)).collect();
+                tls.write_all(&answer).await.map_err(|e| format!("write: {e}"))?;
+                tls.close().await.map_err(|e| format!("close: {e}"))?;
+                let mut byte = [0u8; 1];
+                let after = tls.read(&mut byte).await.map_err(|e| format!("{:?}: {e}", e.kind()));
+                Ok(ServerReport {
+                    version,
+                    received_ok,
+                    after_close: after,
+                    peer_closed_cleanly: tls.peer_closed_cleanly(),
+                })
+            }
+            .await;
+            tx.send(report).expect("report");
+        }
+    })
+    .expect("executor");
+    (addr, rx, executors)
+}
+
+fn s_client(addr: SocketAddr) -> Child {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-tls1_3", "-quiet", "-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting openssl s_client")
+}
+
+#[test]
+fn s_client_round_trip_with_close_notify() {
+    require_tool("openssl", "openssl");
+    let (addr, reports, executors) = one_shot_server(true);
+    let mut client = s_client(addr);
+    let mut stdin = client.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        stdin.write_all(&payload()).expect("feeding s_client");
+        // Keep stdin open until the server has answered and closed: s_client exits on the
+        // server's close_notify, answering with its own.
+        stdin
+    });
+    let mut answer = Vec::new();
+    client.stdout.take().unwrap().read_to_end(&mut answer).expect("reading s_client");
+    drop(writer.join().unwrap());
+    let status = client.wait().unwrap();
+    let mut stderr = String::new();
+    client.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+
+    let report = reports
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server report")
+        .unwrap_or_else(|e| panic!("server failed: {e}\ns_client stderr:\n{stderr}"));
+    executors.join().unwrap();
+    assert!(status.success(), "s_client exited with {status}: {stderr}");
+    assert_eq!(report.version, "TLSv1.3");
+    assert!(report.received_ok, "server received the client's megabyte intact");
+    let expected: Vec<u8> = payload().iter().map(|b| b.wrapping_add(1)).collect();
+    assert_eq!(answer.len(), expected.len(), "bytes s_client printed");
+    assert!(answer == expected, "s_client received the server's megabyte intact");
+    assert_eq!(report.after_close, Ok(0), "client answered close_notify");
+    assert!(report.peer_closed_cleanly);
+}
+
+#[test]
+fn vanished_client_is_a_truncation_not_an_end() {
+    require_tool("openssl", "openssl");
+    let (addr, reports, executors) = one_shot_server(false);
+    let mut client = s_client(addr);
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(&payload()).expect("feeding s_client");
+    stdin.flush().unwrap();
+    // Give the server time to read the payload, then kill the client: no close_notify.
+    thread::sleep(Duration::from_millis(500));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let report = reports
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server report")
+        .expect("server handled the connection");
+    executors.join().unwrap();
+    assert!(report.received_ok);
+    let error = report.after_close.expect_err("a read after a vanished peer is an error");
+    assert!(error.starts_with("UnexpectedEof"), "{error}");
+    assert!(!report.peer_closed_cleanly);
+}
