@@ -16,7 +16,13 @@ fn main() {
             .source(&source)
             .obj(out.join(format!("{name}.bpf.o")))
             // Debian keeps asm/ under the multiarch directory, which clang's BPF target omits.
-            .clang_args(["-I/usr/include/x86_64-linux-gnu", "-O2", "-g", "-Wall", "-Werror"])
+            .clang_args([
+                "-I/usr/include/x86_64-linux-gnu",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-Werror",
+            ])
             .build();
         if let Err(error) = result {
             panic!(

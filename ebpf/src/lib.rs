@@ -17,8 +17,7 @@ use std::{
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder};
 
 /// The compiled `xsk_redirect.bpf.c`.
-static XSK_REDIRECT_OBJECT: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
+static XSK_REDIRECT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
 
 /// How an XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +110,10 @@ struct Attachment {
 impl fmt::Debug for XskRedirect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XskRedirect")
-            .field("attached", &self.attachment.as_ref().map(|a| (a.ifindex, a.mode)))
+            .field(
+                "attached",
+                &self.attachment.as_ref().map(|a| (a.ifindex, a.mode)),
+            )
             .finish_non_exhaustive()
     }
 }

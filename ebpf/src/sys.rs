@@ -9,7 +9,11 @@ use std::{
 /// `bpf_link_create(prog, ifindex, BPF_XDP, {flags})`: attaches an XDP program through a BPF
 /// link. A link detaches when its last fd closes, so a crashed process never leaves its program
 /// on the interface; unlike `bpf_program__attach_xdp`, it lets us choose the XDP mode.
-pub(crate) fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+pub(crate) fn xdp_link_create(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let ifindex = i32::try_from(ifindex)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index out of range"))?;
     let opts = libbpf_sys::bpf_link_create_opts {

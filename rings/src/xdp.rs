@@ -150,7 +150,9 @@ impl XskReceiver {
             .map_err(|_| XskError::Interface(interface.to_owned()))?;
         let size = |n: u32| QueueSize::new(n).map_err(|e| XskError::Config(e.to_string()));
         let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?)
+            .frame_size(
+                FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?,
+            )
             .fill_queue_size(size(config.ring_size)?)
             .comp_queue_size(size(config.ring_size)?)
             .build()
@@ -189,7 +191,9 @@ impl XskReceiver {
         // in any other queue.
         let given = unsafe { fill.produce(&descs[..ring]) };
         if given != ring {
-            return Err(socket_error(format!("fill ring took {given} of {ring} frames")));
+            return Err(socket_error(format!(
+                "fill ring took {given} of {ring} frames"
+            )));
         }
         descs.truncate(ring);
         Ok(Self {

@@ -60,7 +60,11 @@ impl CpuList {
 
     /// Checks that every listed CPU is in `available`.
     pub fn check_within(&self, available: &CpuList) -> Result<(), CpuListError> {
-        match self.0.iter().find(|cpu| available.0.binary_search(cpu).is_err()) {
+        match self
+            .0
+            .iter()
+            .find(|cpu| available.0.binary_search(cpu).is_err())
+        {
             Some(&cpu) => Err(CpuListError::Unavailable {
                 cpu,
                 available: available.clone(),
@@ -165,7 +169,9 @@ mod tests {
     fn rejects_bad_lists_with_the_reason() {
         assert_eq!(parse(""), Err(CpuListError::Empty));
         assert_eq!(parse("  "), Err(CpuListError::Empty));
-        for bad in ["a", "1,", ",1", "1-", "-1", "1--2", "1-2-3", "+1", "0x1", "1.5"] {
+        for bad in [
+            "a", "1,", ",1", "1-", "-1", "1--2", "1-2-3", "+1", "0x1", "1.5",
+        ] {
             assert!(
                 matches!(parse(bad), Err(CpuListError::BadItem { .. })),
                 "{bad:?} gave {:?}",
@@ -174,9 +180,7 @@ mod tests {
         }
         assert_eq!(
             parse("7-3"),
-            Err(CpuListError::Backwards {
-                item: "7-3".into()
-            })
+            Err(CpuListError::Backwards { item: "7-3".into() })
         );
         assert_eq!(parse("1,0-2"), Err(CpuListError::Duplicate { cpu: 1 }));
         assert_eq!(parse("9000"), Err(CpuListError::TooLarge { cpu: 9000 }));
@@ -204,9 +208,20 @@ mod tests {
     #[test]
     fn availability_check() {
         let available: CpuList = "0-1".parse().unwrap();
-        assert!("0,1".parse::<CpuList>().unwrap().check_within(&available).is_ok());
-        let err = "0-7".parse::<CpuList>().unwrap().check_within(&available).unwrap_err();
-        assert_eq!(err.to_string(), "CPU 2 is not available to this process (available: 0-1)");
+        assert!("0,1"
+            .parse::<CpuList>()
+            .unwrap()
+            .check_within(&available)
+            .is_ok());
+        let err = "0-7"
+            .parse::<CpuList>()
+            .unwrap()
+            .check_within(&available)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CPU 2 is not available to this process (available: 0-1)"
+        );
         assert!(!CpuList::available().unwrap().is_empty());
     }
 }

@@ -49,10 +49,8 @@ pub fn bind_reuseport(
     let mut listeners: Vec<BoundListener> = Vec::with_capacity(count);
     let mut target = addr;
     for _ in 0..count {
-        let listener = bind_one(target, backlog).map_err(|source| RuntimeError::Listen {
-            addr,
-            source,
-        })?;
+        let listener =
+            bind_one(target, backlog).map_err(|source| RuntimeError::Listen { addr, source })?;
         target = listener.local;
         listeners.push(listener);
     }

@@ -19,10 +19,12 @@ const PREFIX: &str = "fe-test-";
 
 /// Runs `ip` with `args`; panics with its stderr on failure.
 pub fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running `ip {}`: {e} (apt-get install iproute2)", args.join(" ")));
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "running `ip {}`: {e} (apt-get install iproute2)",
+            args.join(" ")
+        )
+    });
     assert!(
         out.status.success(),
         "`ip {}` failed: {}",
@@ -61,6 +63,10 @@ pub struct VethPair {
 impl VethPair {
     pub fn new() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "network-namespace tests need root (CAP_NET_ADMIN, CAP_BPF): run them as root, e.g. `sudo make test`"
+        );
         remove_stale_namespaces();
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -90,9 +96,28 @@ impl VethPair {
         // One queue each way, so every frame arrives on queue 0 (veth otherwise makes one
         // queue per CPU and picks the receive queue from the sender's transmit queue).
         ip(&[
-            "link", "add", &pair.dev_a, "netns", &pair.ns_a, "address", &pair.mac_a,
-            "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "name", &pair.dev_b,
-            "netns", &pair.ns_b, "numtxqueues", "1", "numrxqueues", "1",
+            "link",
+            "add",
+            &pair.dev_a,
+            "netns",
+            &pair.ns_a,
+            "address",
+            &pair.mac_a,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.dev_b,
+            "netns",
+            &pair.ns_b,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
         ]);
         let cidr_a = format!("{}/24", pair.addr_a);
         let cidr_b = format!("{}/24", pair.addr_b);
@@ -101,8 +126,17 @@ impl VethPair {
         ip(&["-n", &pair.ns_a, "link", "set", &pair.dev_a, "up"]);
         ip(&["-n", &pair.ns_b, "link", "set", &pair.dev_b, "up"]);
         ip(&[
-            "-n", &pair.ns_b, "neigh", "add", &pair.addr_a.to_string(), "lladdr", &pair.mac_a,
-            "dev", &pair.dev_b, "nud", "permanent",
+            "-n",
+            &pair.ns_b,
+            "neigh",
+            "add",
+            &pair.addr_a.to_string(),
+            "lladdr",
+            &pair.mac_a,
+            "dev",
+            &pair.dev_b,
+            "nud",
+            "permanent",
         ]);
         pair
     }

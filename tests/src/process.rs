@@ -82,7 +82,8 @@ impl Fastedge {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .expect("address after addr=");
-        addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
     }
 
     /// Everything logged so far.

@@ -1,6 +1,9 @@
 //! Thread-per-core executors: one pinned glommio executor per CPU of a CPU list, each with its
 //! own SO_REUSEPORT listener; real TCP connections are spread over more than one of them.
 
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::{BufRead, BufReader},
     net::TcpStream,
@@ -26,7 +29,10 @@ fn connections_spread_over_pinned_executors() {
 
     let listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), cpus.len(), 128).expect("bind");
     let addr = listeners[0].local_addr();
-    assert!(listeners.iter().all(|l| l.local_addr() == addr), "one port for the group");
+    assert!(
+        listeners.iter().all(|l| l.local_addr() == addr),
+        "one port for the group"
+    );
     let mut listeners = listeners.into_iter();
     let shutdown = Shutdown::new();
 
@@ -40,14 +46,12 @@ fn connections_spread_over_pinned_executors() {
                 let listener = listener.into_glommio();
                 let mut accepted = 0usize;
                 loop {
-                    let next = futures_lite::future::or(
-                        async { Some(listener.accept().await) },
-                        async {
+                    let next =
+                        futures_lite::future::or(async { Some(listener.accept().await) }, async {
                             shutdown.wait().await;
                             None
-                        },
-                    )
-                    .await;
+                        })
+                        .await;
                     let Some(stream) = next else { break };
                     let mut stream = stream.expect("accept");
                     accepted += 1;
@@ -64,9 +68,13 @@ fn connections_spread_over_pinned_executors() {
     let mut answered_by = Vec::new();
     for _ in 0..CONNECTIONS {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).expect("read answer");
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("read answer");
         answered_by.push(line.trim().to_owned());
     }
     shutdown.trigger();
@@ -75,14 +83,27 @@ fn connections_spread_over_pinned_executors() {
     let total: usize = results.iter().map(|(_, (accepted, _))| accepted).sum();
     assert_eq!(total, CONNECTIONS, "every connection accepted exactly once");
     for (core, (accepted, pinned)) in &results {
-        assert_eq!(*pinned, Some(core.cpu), "executor {core:?} is pinned to its CPU");
+        assert_eq!(
+            *pinned,
+            Some(core.cpu),
+            "executor {core:?} is pinned to its CPU"
+        );
         eprintln!("cpu {}: accepted {accepted}", core.cpu);
     }
-    let busy = results.iter().filter(|(_, (accepted, _))| *accepted > 0).count();
-    assert!(busy >= 2, "connections went to more than one executor: {answered_by:?}");
+    let busy = results
+        .iter()
+        .filter(|(_, (accepted, _))| *accepted > 0)
+        .count();
+    assert!(
+        busy >= 2,
+        "connections went to more than one executor: {answered_by:?}"
+    );
     for (core, _) in &results {
         let expected = format!("cpu={} pinned=Some({})", core.cpu, core.cpu);
-        assert!(answered_by.iter().any(|a| *a == expected), "{expected} among {answered_by:?}");
+        assert!(
+            answered_by.contains(&expected),
+            "{expected} among {answered_by:?}"
+        );
     }
 }
 

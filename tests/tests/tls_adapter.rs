@@ -3,6 +3,9 @@
 //! close_notify in both directions; a client that vanishes without close_notify is reported as
 //! a truncation, never as a clean end of data.
 
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::{Read, Write},
     net::SocketAddr,
@@ -37,10 +40,18 @@ struct ServerReport {
 /// the byte sent back.
 fn one_shot_server(
     echo: bool,
-) -> (SocketAddr, mpsc::Receiver<Result<ServerReport, String>>, Executors<()>) {
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Result<ServerReport, String>>,
+    Executors<()>,
+) {
     let cert = SelfSigned::generate(&["localhost"], 1).expect("certificate");
-    let context = ServerContext::from_parts(&[cert.cert], &cert.key, &["http/1.1"]).expect("context");
-    let cpus: CpuList = CpuList::available().unwrap().cpus()[0].to_string().parse().unwrap();
+    let context =
+        ServerContext::from_parts(&[cert.cert], &cert.key, &["http/1.1"]).expect("context");
+    let cpus: CpuList = CpuList::available().unwrap().cpus()[0]
+        .to_string()
+        .parse()
+        .unwrap();
     let mut listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1, 16).expect("bind");
     let addr = listeners[0].local_addr();
     let mut listener = listeners.pop();
@@ -57,12 +68,17 @@ fn one_shot_server(
                 let mut tls = accept(ssl, stream).await.map_err(|e| e.to_string())?;
                 let version = tls.ssl().version_str().to_owned();
                 let mut got = vec![0u8; PAYLOAD];
-                tls.read_exact(&mut got).await.map_err(|e| format!("read: {e}"))?;
+                tls.read_exact(&mut got)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
                 let received_ok = got == payload();
                 if !echo {
                     // Wait for the client to vanish; report what the next read says.
                     let mut byte = [0u8; 1];
-                    let after = tls.read(&mut byte).await.map_err(|e| format!("{:?}: {e}", e.kind()));
+                    let after = tls
+                        .read(&mut byte)
+                        .await
+                        .map_err(|e| format!("{:?}: {e}", e.kind()));
                     return Ok(ServerReport {
                         version,
                         received_ok,
@@ -71,10 +87,15 @@ fn one_shot_server(
                     });
                 }
                 let answer: Vec<u8> = got.iter().map(|b| b.wrapping_add(1)).collect();
-                tls.write_all(&answer).await.map_err(|e| format!("write: {e}"))?;
+                tls.write_all(&answer)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
                 tls.close().await.map_err(|e| format!("close: {e}"))?;
                 let mut byte = [0u8; 1];
-                let after = tls.read(&mut byte).await.map_err(|e| format!("{:?}: {e}", e.kind()));
+                let after = tls
+                    .read(&mut byte)
+                    .await
+                    .map_err(|e| format!("{:?}: {e}", e.kind()));
                 Ok(ServerReport {
                     version,
                     received_ok,
@@ -92,7 +113,15 @@ fn one_shot_server(
 
 fn s_client(addr: SocketAddr) -> Child {
     Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), "-tls1_3", "-quiet", "-servername", "localhost"])
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-tls1_3",
+            "-quiet",
+            "-servername",
+            "localhost",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,11 +142,21 @@ fn s_client_round_trip_with_close_notify() {
         stdin
     });
     let mut answer = Vec::new();
-    client.stdout.take().unwrap().read_to_end(&mut answer).expect("reading s_client");
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut answer)
+        .expect("reading s_client");
     drop(writer.join().unwrap());
     let status = client.wait().unwrap();
     let mut stderr = String::new();
-    client.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
 
     let report = reports
         .recv_timeout(Duration::from_secs(30))
@@ -126,10 +165,16 @@ fn s_client_round_trip_with_close_notify() {
     executors.join().unwrap();
     assert!(status.success(), "s_client exited with {status}: {stderr}");
     assert_eq!(report.version, "TLSv1.3");
-    assert!(report.received_ok, "server received the client's megabyte intact");
+    assert!(
+        report.received_ok,
+        "server received the client's megabyte intact"
+    );
     let expected: Vec<u8> = payload().iter().map(|b| b.wrapping_add(1)).collect();
     assert_eq!(answer.len(), expected.len(), "bytes s_client printed");
-    assert!(answer == expected, "s_client received the server's megabyte intact");
+    assert!(
+        answer == expected,
+        "s_client received the server's megabyte intact"
+    );
     assert_eq!(report.after_close, Ok(0), "client answered close_notify");
     assert!(report.peer_closed_cleanly);
 }
@@ -152,7 +197,9 @@ fn vanished_client_is_a_truncation_not_an_end() {
         .expect("server handled the connection");
     executors.join().unwrap();
     assert!(report.received_ok);
-    let error = report.after_close.expect_err("a read after a vanished peer is an error");
+    let error = report
+        .after_close
+        .expect_err("a read after a vanished peer is an error");
     assert!(error.starts_with("UnexpectedEof"), "{error}");
     assert!(!report.peer_closed_cleanly);
 }

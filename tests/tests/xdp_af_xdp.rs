@@ -3,6 +3,9 @@
 //! `fastedge-rings`) bound through the program's XSKMAP. Packets sent from the peer namespace
 //! must all arrive in the socket, and the per-CPU counters must match the count sent.
 
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     net::{SocketAddrV4, UdpSocket},
     thread,
@@ -27,11 +30,15 @@ fn run(mode: XdpMode) {
     let (received, counters, stats, link_line) = VethPair::in_netns(&pair.ns_a, || {
         let ifindex = nix::net::if_::if_nametoindex(pair.dev_a.as_str()).expect("ifindex");
         let mut program = XskRedirect::load().expect("loading the XDP program");
-        program.attach(ifindex, mode).unwrap_or_else(|e| panic!("{e}"));
+        program
+            .attach(ifindex, mode)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(program.attached(), Some((ifindex, mode)));
         let config = XskConfig::new(1024, 2048, 1024, XskBindMode::Copy).unwrap();
         let mut socket = XskReceiver::open(&pair.dev_a, 0, &config).expect("AF_XDP socket");
-        program.register_socket(0, socket.fd()).expect("XSKMAP insert");
+        program
+            .register_socket(0, socket.fd())
+            .expect("XSKMAP insert");
         let link_line = ip(&["-d", "link", "show", "dev", &pair.dev_a]);
 
         // Send from namespace B while this thread receives.
@@ -43,7 +50,9 @@ fn run(mode: XdpMode) {
                 for seq in 0..PACKETS {
                     let mut datagram = MAGIC.to_vec();
                     datagram.extend_from_slice(&seq.to_be_bytes());
-                    socket.send_to(&datagram, SocketAddrV4::new(addr_a, PORT)).expect("send");
+                    socket
+                        .send_to(&datagram, SocketAddrV4::new(addr_a, PORT))
+                        .expect("send");
                     if seq % 50 == 49 {
                         // Pace a little: the veth ring is small and this is a correctness test.
                         thread::sleep(Duration::from_millis(2));
@@ -72,7 +81,9 @@ fn run(mode: XdpMode) {
         }
         sender.join().expect("sender");
         // Anything else still in flight?
-        frames += socket.receive(Duration::from_millis(200), |_| {}).expect("receive") as u64;
+        frames += socket
+            .receive(Duration::from_millis(200), |_| {})
+            .expect("receive") as u64;
         let counters = program.counters().expect("counters");
         let stats = socket.statistics().expect("statistics");
         ((ours, frames), counters, stats, link_line)
@@ -86,13 +97,28 @@ fn run(mode: XdpMode) {
         XdpMode::Native => " xdp ",
         XdpMode::Skb => " xdpgeneric ",
     };
-    assert!(first_line.contains(expected_mode), "attached in {mode} mode: {link_line}");
-    assert_eq!(ours, PACKETS, "every datagram sent from B reached the AF_XDP socket");
-    assert_eq!(frames, PACKETS, "no stray frames (IPv6 off, static neighbour)");
-    assert_eq!(counters.seen, PACKETS, "per-CPU counter matches the count sent");
+    assert!(
+        first_line.contains(expected_mode),
+        "attached in {mode} mode: {link_line}"
+    );
+    assert_eq!(
+        ours, PACKETS,
+        "every datagram sent from B reached the AF_XDP socket"
+    );
+    assert_eq!(
+        frames, PACKETS,
+        "no stray frames (IPv6 off, static neighbour)"
+    );
+    assert_eq!(
+        counters.seen, PACKETS,
+        "per-CPU counter matches the count sent"
+    );
     assert_eq!(counters.redirected, PACKETS);
     assert_eq!(counters.passed, 0);
-    assert_eq!(stats.rx_ring_full + stats.rx_fill_ring_empty + stats.rx_dropped, 0);
+    assert_eq!(
+        stats.rx_ring_full + stats.rx_fill_ring_empty + stats.rx_dropped,
+        0
+    );
     drop(pair);
 }
 
@@ -125,14 +151,16 @@ fn skb_xdp_redirects_into_af_xdp() {
 
 #[test]
 fn namespaces_are_removed_even_when_a_test_fails() {
-    let names;
     let result = std::panic::catch_unwind(|| {
         let pair = VethPair::new();
         let names = (pair.ns_a.clone(), pair.ns_b.clone());
         std::panic::panic_any(names);
     });
     let payload = result.expect_err("the closure panics");
-    names = payload.downcast::<(String, String)>().expect("names");
+    let names = payload.downcast::<(String, String)>().expect("names");
     let listed = ip(&["netns", "list"]);
-    assert!(!listed.contains(&names.0) && !listed.contains(&names.1), "{listed}");
+    assert!(
+        !listed.contains(&names.0) && !listed.contains(&names.1),
+        "{listed}"
+    );
 }

@@ -165,9 +165,7 @@ impl<S> TlsStream<S> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.inner
-            .get_shutdown()
-            .contains(ShutdownState::RECEIVED)
+        self.inner.get_shutdown().contains(ShutdownState::RECEIVED)
     }
 }
 
@@ -209,7 +207,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.inner.get_mut().register(cx);
         if buf.is_empty() {

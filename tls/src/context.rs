@@ -29,7 +29,11 @@ impl std::fmt::Debug for ServerContext {
 impl ServerContext {
     /// Loads a PEM certificate chain (leaf first) and its PEM private key; `alpn` lists the
     /// protocols accepted, most preferred first (empty: no ALPN).
-    pub fn from_pem_files(cert_path: &Path, key_path: &Path, alpn: &[&str]) -> Result<Self, TlsError> {
+    pub fn from_pem_files(
+        cert_path: &Path,
+        key_path: &Path,
+        alpn: &[&str],
+    ) -> Result<Self, TlsError> {
         let read = |what, path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::ReadFile {
                 what,
@@ -39,14 +43,15 @@ impl ServerContext {
         };
         let cert_pem = read("certificate", cert_path)?;
         let key_pem = read("private key", key_path)?;
-        let chain = X509::stack_from_pem(&cert_pem).map_err(TlsError::config("parsing certificate"))?;
+        let chain =
+            X509::stack_from_pem(&cert_pem).map_err(TlsError::config("parsing certificate"))?;
         if chain.is_empty() {
             return Err(TlsError::NoCertificate {
                 path: cert_path.to_owned(),
             });
         }
-        let key =
-            PKey::private_key_from_pem(&key_pem).map_err(TlsError::config("parsing private key"))?;
+        let key = PKey::private_key_from_pem(&key_pem)
+            .map_err(TlsError::config("parsing private key"))?;
         Self::from_parts(&chain, &key, alpn)
     }
 
@@ -67,7 +72,9 @@ impl ServerContext {
             .map_err(TlsError::config("setting maximum TLS version"))?;
         builder.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
         builder.set_mode(
-            SslMode::AUTO_RETRY | SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE,
+            SslMode::AUTO_RETRY
+                | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+                | SslMode::ENABLE_PARTIAL_WRITE,
         );
         builder
             .set_curves_list(GROUPS)

@@ -260,12 +260,19 @@ where
     let mut down = Flow::new();
     let mut first_closed: Option<Side> = None;
     let result = std::future::poll_fn(|cx| {
-        let up_poll = up.poll_move(cx, (Side::Client, &mut *client), (Side::Backend, &mut *backend));
+        let up_poll = up.poll_move(
+            cx,
+            (Side::Client, &mut *client),
+            (Side::Backend, &mut *backend),
+        );
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
         }
-        let down_poll =
-            down.poll_move(cx, (Side::Backend, &mut *backend), (Side::Client, &mut *client));
+        let down_poll = down.poll_move(
+            cx,
+            (Side::Backend, &mut *backend),
+            (Side::Client, &mut *client),
+        );
         if let Poll::Ready(Err(e)) = down_poll {
             return Poll::Ready(Err(e));
         }

@@ -55,7 +55,9 @@ impl SelfSigned {
         builder.set_issuer_name(&name).map_err(c("issuer"))?;
         builder.set_pubkey(&key).map_err(c("public key"))?;
         let not_before = Asn1Time::days_from_now(0).map_err(c("not before"))?;
-        builder.set_not_before(&not_before).map_err(c("not before"))?;
+        builder
+            .set_not_before(&not_before)
+            .map_err(c("not before"))?;
         let not_after = Asn1Time::days_from_now(days).map_err(c("not after"))?;
         builder.set_not_after(&not_after).map_err(c("not after"))?;
         let mut san = SubjectAlternativeName::new();
@@ -69,17 +71,23 @@ impl SelfSigned {
         let san = san
             .build(&builder.x509v3_context(None, None))
             .map_err(c("subjectAltName"))?;
-        builder.append_extension(&san).map_err(c("subjectAltName"))?;
+        builder
+            .append_extension(&san)
+            .map_err(c("subjectAltName"))?;
         let basic = BasicConstraints::new()
             .critical()
             .build()
             .map_err(c("basicConstraints"))?;
-        builder.append_extension(&basic).map_err(c("basicConstraints"))?;
+        builder
+            .append_extension(&basic)
+            .map_err(c("basicConstraints"))?;
         let usage = ExtendedKeyUsage::new()
             .server_auth()
             .build()
             .map_err(c("extendedKeyUsage"))?;
-        builder.append_extension(&usage).map_err(c("extendedKeyUsage"))?;
+        builder
+            .append_extension(&usage)
+            .map_err(c("extendedKeyUsage"))?;
         builder
             .sign(&key, MessageDigest::sha256())
             .map_err(c("signing certificate"))?;
@@ -91,7 +99,10 @@ impl SelfSigned {
 
     /// Writes the certificate (0644) and the key (0600) as PEM files.
     pub fn write_pem(&self, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-        let cert = self.cert.to_pem().map_err(TlsError::config("encoding certificate"))?;
+        let cert = self
+            .cert
+            .to_pem()
+            .map_err(TlsError::config("encoding certificate"))?;
         let key = self
             .key
             .private_key_to_pem_pkcs8()

@@ -17,7 +17,11 @@ pub const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
 const MAX_BYTES: u64 = 1 << 30;
 
 /// Accepts demo connections on `listener` until `stop` completes.
-pub async fn run(listener: TcpListener, core: fastedge_runtime::Core, stop: fastedge_runtime::Shutdown) {
+pub async fn run(
+    listener: TcpListener,
+    core: fastedge_runtime::Core,
+    stop: fastedge_runtime::Shutdown,
+) {
     let core = Rc::new(core);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -84,7 +88,10 @@ async fn serve(mut stream: TcpStream, core: &fastedge_runtime::Core) -> std::io:
                 return Ok(());
             }
         };
-        if let Some(count) = target.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(count) = target
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             if count > MAX_BYTES {
                 let msg = format!("at most {MAX_BYTES} bytes\n");
                 respond(&mut stream, "400 Bad Request", msg.as_bytes(), keep_alive).await?;
@@ -157,11 +164,18 @@ async fn send_pattern(stream: &mut TcpStream, count: u64, keep_alive: bool) -> s
         "HTTP/1.1 200 OK\r\nServer: fastedge-demo\r\nContent-Type: application/octet-stream\r\nContent-Length: {count}\r\nConnection: {connection}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await?;
-    let block: Vec<u8> = PATTERN.iter().copied().cycle().take(PATTERN.len() * 1024).collect();
+    let block: Vec<u8> = PATTERN
+        .iter()
+        .copied()
+        .cycle()
+        .take(PATTERN.len() * 1024)
+        .collect();
     let mut sent = 0u64;
     while sent < count {
         // Every block starts at a multiple of the pattern length, so the stream stays aligned.
-        let n = usize::try_from(count - sent).unwrap_or(usize::MAX).min(block.len());
+        let n = usize::try_from(count - sent)
+            .unwrap_or(usize::MAX)
+            .min(block.len());
         stream.write_all(&block[..n]).await?;
         sent += n as u64;
     }
@@ -170,7 +184,9 @@ async fn send_pattern(stream: &mut TcpStream, count: u64, keep_alive: bool) -> s
 
 async fn reject(stream: &mut TcpStream, error: &HeadError) -> std::io::Result<()> {
     let status = match error {
-        HeadError::TooLarge { .. } | HeadError::TooManyHeaders => "431 Request Header Fields Too Large",
+        HeadError::TooLarge { .. } | HeadError::TooManyHeaders => {
+            "431 Request Header Fields Too Large"
+        }
         _ => "400 Bad Request",
     };
     tracing::debug!(%error, "demo backend rejected a request");

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
-use fastedge_runtime::{bind_reuseport, BoundListener, CpuList, Executors, Shutdown, DEFAULT_BACKLOG};
+use fastedge_runtime::{
+    bind_reuseport, BoundListener, CpuList, Executors, Shutdown, DEFAULT_BACKLOG,
+};
 use fastedge_tls::{
     proxy::{serve_connection, ProxySettings},
     SelfSigned, ServerContext,
@@ -62,7 +64,12 @@ pub struct ServeArgs {
 
     /// ALPN protocols to accept, most preferred first, comma-separated (e.g. `h2,http/1.1`).
     /// List only what the backend speaks.
-    #[arg(long, value_name = "LIST", default_value = "http/1.1", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "http/1.1",
+        value_delimiter = ','
+    )]
     alpn: Vec<String>,
 
     /// Seconds a client has to complete the TLS handshake.
@@ -102,8 +109,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let (backend, mut demo) = match &args.backend {
         Some(text) => (resolve_backend(text)?, None),
         None => {
-            let demo = bind_reuseport("127.0.0.1:0".parse().map_err(Failure::runtime)?, cores, DEFAULT_BACKLOG)
-                .map_err(Failure::runtime)?;
+            let demo = bind_reuseport(
+                "127.0.0.1:0".parse().map_err(Failure::runtime)?,
+                cores,
+                DEFAULT_BACKLOG,
+            )
+            .map_err(Failure::runtime)?;
             let addr = demo[0].local_addr();
             tracing::info!(%addr, "demo backend listening (no --backend given)");
             (addr, Some(demo))
@@ -111,8 +122,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     };
     let mut per_frontend = Vec::new();
     for addr in &args.listen {
-        let listeners =
-            bind_reuseport(*addr, cores, DEFAULT_BACKLOG).map_err(Failure::config)?;
+        let listeners = bind_reuseport(*addr, cores, DEFAULT_BACKLOG).map_err(Failure::config)?;
         tracing::info!(addr = %listeners[0].local_addr(), cores = %cpus, "listening");
         per_frontend.push(listeners);
     }
@@ -224,9 +234,16 @@ fn resolve_backend(text: &str) -> Result<SocketAddr, Failure> {
 }
 
 fn load_context(args: &ServeArgs) -> Result<ServerContext, Failure> {
-    let alpn: Vec<&str> = args.alpn.iter().map(String::as_str).filter(|p| !p.is_empty()).collect();
+    let alpn: Vec<&str> = args
+        .alpn
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .collect();
     if let Some(bad) = alpn.iter().find(|p| p.len() > 255) {
-        return Err(Failure::config(anyhow!("--alpn: protocol name {bad:?} is longer than 255 bytes")));
+        return Err(Failure::config(anyhow!(
+            "--alpn: protocol name {bad:?} is longer than 255 bytes"
+        )));
     }
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         return ServerContext::from_pem_files(cert, key, &alpn).map_err(Failure::config);
@@ -258,7 +275,8 @@ fn ensure_demo_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
     SelfSigned::generate(&["localhost", "127.0.0.1", "::1"], 365)?.write_pem(&cert, &key)?;
     tracing::info!(cert = %cert.display(), "created a self-signed demo certificate");
     Ok((cert, key))

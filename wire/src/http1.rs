@@ -150,7 +150,9 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     }
     value
         .iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .ok_or(HeadError::BadContentLength)
 }
 
@@ -255,7 +257,10 @@ mod tests {
     fn size_limit() {
         let mut buf = b"GET / HTTP/1.1\r\nX: ".to_vec();
         buf.resize(100, b'a');
-        assert_eq!(parse_request_head(&buf, 100), Err(HeadError::TooLarge { limit: 100 }));
+        assert_eq!(
+            parse_request_head(&buf, 100),
+            Err(HeadError::TooLarge { limit: 100 })
+        );
         assert_eq!(parse_request_head(&buf, 101), Ok(Status::Partial));
     }
 

@@ -1,0 +1,278 @@
+//! `fastedge serve` as a user runs it: the binary with its embedded default (self-signed
+//! certificate created once, built-in demo backend), driven by the real curl over TLS 1.3.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use fastedge_tests::{process::Fastedge, require_tool, TempDir};
+
+/// The demo backend's `/bytes/N` pattern.
+const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
+
+fn curl(args: &[&str]) -> Output {
+    require_tool("curl", "curl");
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--insecure", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("running curl")
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn start(state: &TempDir, extra: &[&str]) -> (Fastedge, String) {
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        &state_dir,
+    ];
+    args.extend_from_slice(extra);
+    let server = Fastedge::start(&args, &[("FASTEDGE_LOG", "info")]);
+    let addr = server.wait_listening();
+    (server, format!("https://{addr}"))
+}
+
+#[test]
+fn default_serve_answers_curl_through_the_demo_backend() {
+    let state = TempDir::new("serve-default");
+    let (mut server, base) = start(&state, &[]);
+
+    // The demo echo: the request head as it reached the backend, over TLS 1.3.
+    let out = curl(&["--verbose", "--tlsv1.3", &format!("{base}/hello?x=1")]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed: {verbose}");
+    assert!(
+        verbose.contains("SSL connection using TLSv1.3"),
+        "{verbose}"
+    );
+    assert!(
+        body.contains("your request as it reached the backend"),
+        "{body}"
+    );
+    assert!(body.contains("GET /hello?x=1 HTTP/1.1"), "{body}");
+    assert!(body.contains("User-Agent: curl/"), "{body}");
+
+    // A large download: many TLS records, byte-exact.
+    let count = 3_000_000;
+    let out = curl(&[&format!("{base}/bytes/{count}")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<u8> = PATTERN.iter().copied().cycle().take(count).collect();
+    assert_eq!(out.stdout.len(), count);
+    assert!(out.stdout == expected, "downloaded bytes match the pattern");
+
+    // A large upload: the backend reports the length and hash of what reached it.
+    let upload: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = state.path().join("upload.bin");
+    std::fs::write(&file, &upload).unwrap();
+    let out = curl(&[
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/upload"),
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "body: {} bytes, fnv1a64 {:016x}",
+        upload.len(),
+        fnv1a64(&upload)
+    );
+    assert!(body.contains(&expected), "expected {expected:?} in {body}");
+
+    // Each connection logs why it closed.
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    let log = server.log_text();
+    assert!(log.contains("reason=client closed first"), "{log}");
+
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}; log:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn demo_certificate_is_created_once() {
+    let state = TempDir::new("serve-cert");
+    let cert = state.path().join("demo-cert.pem");
+    let (mut first, _) = start(&state, &[]);
+    first.terminate(Duration::from_secs(10));
+    assert!(first
+        .log_text()
+        .contains("created a self-signed demo certificate"));
+    let pem = std::fs::read(&cert).expect("certificate written");
+    let key_mode = std::fs::metadata(state.path().join("demo-key.pem")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let (mut second, base) = start(&state, &[]);
+    assert!(curl(&[&format!("{base}/")]).status.success());
+    second.terminate(Duration::from_secs(10));
+    assert!(!second.log_text().contains("created a self-signed"));
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        pem,
+        "the same certificate is reused"
+    );
+}
+
+#[test]
+fn explicit_backend_and_certificate() {
+    let state = TempDir::new("serve-explicit");
+    // A plain backend the test owns: it sends one line and closes.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    let accept = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = backend.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let n = stream.read(&mut request).unwrap();
+        let head = String::from_utf8_lossy(&request[..n]).into_owned();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nbackend!")
+            .unwrap();
+        head
+    });
+    let cert = fastedge_tls::SelfSigned::generate(&["example.test"], 1).unwrap();
+    let (cert_path, key_path) = (state.path().join("c.pem"), state.path().join("k.pem"));
+    cert.write_pem(&cert_path, &key_path).unwrap();
+    let (mut server, base) = start(
+        &state,
+        &[
+            "--backend",
+            &backend_addr,
+            "--cert",
+            cert_path.to_str().unwrap(),
+            "--key",
+            key_path.to_str().unwrap(),
+            "--cores",
+            &fastedge_runtime::CpuList::available().unwrap().cpus()[0].to_string(),
+        ],
+    );
+    let port = base.rsplit(':').next().unwrap();
+    let out = curl(&[
+        "--verbose",
+        "--resolve",
+        &format!("example.test:{port}:127.0.0.1"),
+        &format!("https://example.test:{port}/via"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backend!");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subject: CN=example.test"));
+    assert!(accept.join().unwrap().starts_with("GET /via HTTP/1.1\r\n"));
+    assert!(
+        !state.path().join("demo-cert.pem").exists(),
+        "no demo certificate made"
+    );
+    server.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_clear_message() {
+    let bin = fastedge_tests::process::fastedge_bin();
+    let state = TempDir::new("serve-bad");
+    for (args, message) in [
+        (vec!["--cores", "3-1"], "runs backwards"),
+        (vec!["--cores", "0,x"], "`x` in CPU list"),
+        (vec!["--cores", "100000"], "beyond the largest CPU"),
+        (
+            vec![
+                "--cert",
+                "/nonexistent/cert.pem",
+                "--key",
+                "/nonexistent/key.pem",
+            ],
+            "/nonexistent/cert.pem",
+        ),
+        (vec!["--backend", "nonsense"], "--backend \"nonsense\""),
+        (vec!["--handshake-timeout", "0"], "--handshake-timeout"),
+    ] {
+        let out = Command::new(&bin)
+            .arg("serve")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                state.path().to_str().unwrap(),
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A port already taken.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let out = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            &taken,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&taken) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_only_real_commands() {
+    let bin = fastedge_tests::process::fastedge_bin();
+    let out = Command::new(&bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("serve"), "{help}");
+    for unbuilt in ["  split", "  dup", "  ctl", "  tap"] {
+        assert!(
+            !help.contains(unbuilt),
+            "{unbuilt} listed but not built:\n{help}"
+        );
+    }
+    let out = Command::new(&bin)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--cores",
+        "--listen",
+        "--backend",
+        "--cert",
+        "--key",
+        "--state-dir",
+        "--alpn",
+    ] {
+        assert!(help.contains(option), "{option} missing from serve --help");
+    }
+}
