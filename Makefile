@@ -1,0 +1,65 @@
+# fastedge — the two commands of README.md, and a few more.
+#
+#   make run    build release and start `fastedge serve` on its embedded default
+#   make test   fmt check, clippy -D warnings, the whole test suite (privileged tests included)
+#
+# Both install what they need first (Debian packages; idempotent: only what is missing).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Build: clang + cmake (BoringSSL, bindgen, BPF C), libelf + zlib (libbpf, libxdp), m4 (libxdp),
+# pkg-config. Tests: iproute2 (network namespaces, veth), curl and openssl (real TLS clients).
+PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates
+
+.PHONY: run test deps build fmt-check clippy unit-and-e2e netmap-check fuzz-check fuzz bench clean-netns
+
+deps:
+	@missing=""; for p in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from rustup.rs"; exit 1; }
+
+run: deps
+	$(CARGO) build --release -p fastedge
+	./target/release/fastedge serve
+
+test: deps fmt-check clippy unit-and-e2e netmap-check fuzz-check
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Builds every target first: the end-to-end suites run the `fastedge` binary.
+unit-and-e2e:
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+netmap-check:
+	$(CARGO) check -p fastedge-rings --features netmap
+
+fuzz-check:
+	cd fuzz && $(CARGO) check
+
+# Runs each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; RUSTC_BOOTSTRAP lets the stable
+# toolchain take the sanitizer flags).
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+bench:
+	$(CARGO) bench -p fastedge-benches
+
+# Removes test namespaces left behind by a killed test run.
+clean-netns:
+	for ns in $$(ip netns list | awk '/^fe-test-/ {print $$1}'); do $(SUDO) ip netns delete $$ns; done
