@@ -36,8 +36,9 @@ struct ServerReport {
     peer_closed_cleanly: bool,
 }
 
-/// Runs a one-connection TLS server on one executor; `transform` maps each received byte to
-/// the byte sent back.
+/// Runs a one-connection TLS server on one executor. It reads the payload; with `echo` it sends
+/// back each byte plus one, sends close_notify and reads once more; without, it only reads once
+/// more (to see how a vanished client is reported).
 fn one_shot_server(
     echo: bool,
 ) -> (
