@@ -1,7 +1,11 @@
 //! Fuzz entry points, called by the three-line targets in `fuzz/`. Each checks invariants that
 //! must hold for any input, so a fuzzer finds logic errors as well as panics.
 
-use crate::http1::{parse_request_head, Status, DEFAULT_MAX_HEAD};
+use crate::{
+    forwarded::{ClientFacts, ForwardedConfig, Injector},
+    http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
+    proxy,
+};
 
 /// Request-head parsing: never panics; a complete head lies within the input; feeding the same
 /// bytes in a shorter prefix never completes earlier nor changes the result.
@@ -21,6 +25,62 @@ pub fn http1_request_head(data: &[u8]) {
     }
 }
 
+/// Forwarding-header injection: never panics, and what it emits does not depend on how the
+/// input is split into reads. Smaller reads may notice a malformed head later (a head is only
+/// re-parsed once a line ends), never miss it, and never emit anything different. The first byte
+/// picks the read size; the second the settings.
+pub fn forwarded_injector(data: &[u8]) {
+    let [a, b, input @ ..] = data else { return };
+    let config = ForwardedConfig {
+        x_forwarded: b & 1 == 0,
+        forwarded: b & 2 != 0,
+        max_head: 256 + usize::from(b >> 2) * 16,
+    };
+    let facts = ClientFacts {
+        client: std::net::IpAddr::from([192, 0, 2, *a]),
+        local_port: 443,
+        trusted: b & 4 != 0,
+    };
+    let run = |step: usize| {
+        let mut injector = Injector::new(config, facts);
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for piece in input.chunks(step.max(1)) {
+            result = injector.feed(piece, &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        (result.map(|()| injector.requests()), out)
+    };
+    let step = usize::from(*a % 17) + 1;
+    let (whole, whole_out) = run(input.len());
+    let (pieces, pieces_out) = run(step);
+    match (&whole, &pieces) {
+        (Ok(w), Ok(p)) => {
+            assert_eq!(w, p, "request count depends on read sizes ({step})");
+            assert!(whole_out == pieces_out, "output depends on read sizes ({step})");
+        }
+        (Ok(_), Err(e)) => panic!("pieces of {step} failed where one read did not: {e}"),
+        _ => {
+            let n = whole_out.len().min(pieces_out.len());
+            assert!(whole_out[..n] == pieces_out[..n], "outputs diverge before the error");
+        }
+    }
+}
+
+/// PROXY header parsing: never panics; a complete header lies within the input, and no
+/// shorter prefix of it is complete.
+pub fn proxy_header(data: &[u8]) {
+    if let Ok(Status::Complete((_, used))) = proxy::parse(data) {
+        assert!(used <= data.len() && used > 0);
+        assert!(!matches!(
+            proxy::parse(&data[..used - 1]),
+            Ok(Status::Complete(_))
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -30,8 +90,12 @@ mod tests {
             b"GET / HTTP/1.1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
             b"\xff\xfe",
+            b"\x05\x00POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
         ] {
             super::http1_request_head(sample);
+            super::forwarded_injector(sample);
+            super::proxy_header(sample);
         }
     }
 }

@@ -1,12 +1,16 @@
 //! Sans-IO wire formats and decisions of fastedge: pure functions over byte slices.
 //!
-//! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2, `X-Forwarded-*` injection,
-//! packet header views, flow hashing and the balancing/health state machines come here as they
+//! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
+//! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
+//! into every request of a stream ([`forwarded`]); packet header views, flow hashing and the balancing/health state machines come here as they
 //! are built. Every parser answers "complete, with the bytes used", "partial", or a typed error,
 //! and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
 
+pub mod forwarded;
 pub mod fuzzing;
 pub mod http1;
+pub mod net;
+pub mod proxy;
