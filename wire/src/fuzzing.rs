@@ -59,12 +59,18 @@ pub fn forwarded_injector(data: &[u8]) {
     match (&whole, &pieces) {
         (Ok(w), Ok(p)) => {
             assert_eq!(w, p, "request count depends on read sizes ({step})");
-            assert!(whole_out == pieces_out, "output depends on read sizes ({step})");
+            assert!(
+                whole_out == pieces_out,
+                "output depends on read sizes ({step})"
+            );
         }
         (Ok(_), Err(e)) => panic!("pieces of {step} failed where one read did not: {e}"),
         _ => {
             let n = whole_out.len().min(pieces_out.len());
-            assert!(whole_out[..n] == pieces_out[..n], "outputs diverge before the error");
+            assert!(
+                whole_out[..n] == pieces_out[..n],
+                "outputs diverge before the error"
+            );
         }
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
-//! into every request of a stream ([`forwarded`]); packet header views, flow hashing and the balancing/health state machines come here as they
-//! are built. Every parser answers "complete, with the bytes used", "partial", or a typed error,
+//! into every request of a stream ([`forwarded`]); backend choice and passive health
+//! ([`balance`]). Packet header views and flow hashing come here as they are built. Every parser answers "complete, with the bytes used", "partial", or a typed error,
 //! and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod forwarded;
 pub mod fuzzing;
 pub mod http1;

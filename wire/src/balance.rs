@@ -1,0 +1,288 @@
+//! Choosing a backend, and passive health: a sans-IO state machine over connect outcomes.
+//!
+//! Inputs: [`Balancer::pick`] (which backend for a new connection), [`Balancer::connected`],
+//! [`Balancer::connect_failed`] and [`Balancer::closed`]; the current time is an argument of
+//! each, so the logic is deterministic under test. Health follows bud's availability model: a
+//! backend whose connects have kept failing for `death_timeout` is dead; after
+//! `revive_interval` one connection is let through to probe it, and a success revives it.
+//! Each core keeps its own `Balancer`; nothing is shared between cores.
+
+use std::time::{Duration, Instant};
+
+/// How the next backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceMode {
+    /// In turn, skipping dead backends.
+    RoundRobin,
+    /// The first live backend in list order (the others are fallbacks).
+    OnFail,
+    /// The live backend with the fewest open connections (from this core), ties in list order.
+    LeastConn,
+}
+
+/// Passive health settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Failing connects for this long, with no success between, mark a backend dead.
+    pub death_timeout: Duration,
+    /// A dead backend is probed again after this long.
+    pub revive_interval: Duration,
+}
+
+/// Health of one backend as this core sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Alive,
+    /// Connects are failing since `since`, not yet for `death_timeout`.
+    Failing {
+        since: Instant,
+    },
+    /// Dead since `since`; `probing` while one probe connection is in flight.
+    Dead {
+        since: Instant,
+        probing: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Backend {
+    health: Health,
+    active: u32,
+}
+
+/// What changed in a backend's health, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    Died(usize),
+    Revived(usize),
+}
+
+/// Backend choice and health for one core.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    mode: BalanceMode,
+    health: HealthSettings,
+    backends: Vec<Backend>,
+    next: usize,
+}
+
+impl Balancer {
+    /// A balancer over `count` backends, all alive.
+    pub fn new(mode: BalanceMode, health: HealthSettings, count: usize) -> Self {
+        Self {
+            mode,
+            health,
+            backends: vec![
+                Backend {
+                    health: Health::Alive,
+                    active: 0
+                };
+                count
+            ],
+            next: 0,
+        }
+    }
+
+    pub fn health(&self, backend: usize) -> Option<Health> {
+        self.backends.get(backend).map(|b| b.health)
+    }
+
+    /// Open connections to `backend` from this core.
+    pub fn active(&self, backend: usize) -> u32 {
+        self.backends.get(backend).map_or(0, |b| b.active)
+    }
+
+    /// Whether `backend` may take a connection now: alive or failing, or dead and due for a
+    /// probe.
+    fn usable(&self, backend: usize, now: Instant) -> bool {
+        match self.backends[backend].health {
+            Health::Alive | Health::Failing { .. } => true,
+            Health::Dead { since, probing } => {
+                !probing && now.saturating_duration_since(since) >= self.health.revive_interval
+            }
+        }
+    }
+
+    /// Picks a backend for a new connection, skipping those in `tried` (already failed for
+    /// this connection). `None` when no backend is usable. The pick counts as an open
+    /// connection until [`Self::connect_failed`] or [`Self::closed`].
+    pub fn pick(&mut self, now: Instant, tried: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        let candidates = |start: usize| (0..n).map(move |i| (start + i) % n);
+        let chosen = match self.mode {
+            BalanceMode::RoundRobin => {
+                let start = self.next;
+                let found = candidates(start).find(|&i| !tried.contains(&i) && self.usable(i, now));
+                if let Some(i) = found {
+                    self.next = (i + 1) % n;
+                }
+                found
+            }
+            BalanceMode::OnFail => (0..n).find(|&i| !tried.contains(&i) && self.usable(i, now)),
+            BalanceMode::LeastConn => (0..n)
+                .filter(|&i| !tried.contains(&i) && self.usable(i, now))
+                .min_by_key(|&i| self.backends[i].active),
+        }?;
+        let backend = &mut self.backends[chosen];
+        if let Health::Dead { since, .. } = backend.health {
+            backend.health = Health::Dead {
+                since,
+                probing: true,
+            };
+        }
+        backend.active += 1;
+        Some(chosen)
+    }
+
+    /// The connect to `backend` succeeded.
+    pub fn connected(&mut self, backend: usize) -> Option<HealthChange> {
+        let b = self.backends.get_mut(backend)?;
+        let was_dead = matches!(b.health, Health::Dead { .. });
+        b.health = Health::Alive;
+        was_dead.then_some(HealthChange::Revived(backend))
+    }
+
+    /// The connect to `backend` failed at `now`.
+    pub fn connect_failed(&mut self, backend: usize, now: Instant) -> Option<HealthChange> {
+        let death_timeout = self.health.death_timeout;
+        let b = self.backends.get_mut(backend)?;
+        b.active = b.active.saturating_sub(1);
+        let (health, change) = match b.health {
+            Health::Alive if death_timeout.is_zero() => (
+                Health::Dead {
+                    since: now,
+                    probing: false,
+                },
+                Some(HealthChange::Died(backend)),
+            ),
+            Health::Alive => (Health::Failing { since: now }, None),
+            Health::Failing { since } if now.saturating_duration_since(since) >= death_timeout => (
+                Health::Dead {
+                    since: now,
+                    probing: false,
+                },
+                Some(HealthChange::Died(backend)),
+            ),
+            failing @ Health::Failing { .. } => (failing, None),
+            // A failed probe: dead again, from now.
+            Health::Dead { .. } => (
+                Health::Dead {
+                    since: now,
+                    probing: false,
+                },
+                None,
+            ),
+        };
+        b.health = health;
+        change
+    }
+
+    /// A connection to `backend` (that had connected) closed.
+    pub fn closed(&mut self, backend: usize) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            b.active = b.active.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEALTH: HealthSettings = HealthSettings {
+        death_timeout: Duration::from_millis(1000),
+        revive_interval: Duration::from_millis(2500),
+    };
+
+    fn ms(start: Instant, n: u64) -> Instant {
+        start + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn round_robin_in_turn() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceMode::RoundRobin, HEALTH, 3);
+        let picks: Vec<_> = (0..6).map(|_| b.pick(now, &[]).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(b.pick(now, &[0, 1]), Some(2));
+    }
+
+    #[test]
+    fn on_fail_prefers_the_first_live() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceMode::OnFail, HEALTH, 3);
+        assert_eq!(b.pick(t0, &[]), Some(0));
+        assert_eq!(b.pick(t0, &[0]), Some(1));
+        assert_eq!(b.connect_failed(0, t0), None);
+        assert_eq!(
+            b.connect_failed(0, ms(t0, 1000)),
+            Some(HealthChange::Died(0))
+        );
+        assert_eq!(b.pick(ms(t0, 1001), &[]), Some(1));
+    }
+
+    #[test]
+    fn least_conn_counts_open_connections() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceMode::LeastConn, HEALTH, 3);
+        assert_eq!(b.pick(now, &[]), Some(0));
+        assert_eq!(b.pick(now, &[]), Some(1));
+        assert_eq!(b.pick(now, &[]), Some(2));
+        b.closed(1);
+        assert_eq!(b.pick(now, &[]), Some(1));
+        assert_eq!(b.active(0), 1);
+    }
+
+    #[test]
+    fn death_then_probe_then_revival() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceMode::RoundRobin, HEALTH, 2);
+        // Failing for less than death_timeout: still used.
+        b.pick(t0, &[]);
+        b.connect_failed(0, t0);
+        assert!(matches!(b.health(0), Some(Health::Failing { .. })));
+        // A success in between resets it.
+        b.connected(0);
+        assert_eq!(b.health(0), Some(Health::Alive));
+        b.connect_failed(0, ms(t0, 100));
+        assert_eq!(
+            b.connect_failed(0, ms(t0, 1100)),
+            Some(HealthChange::Died(0))
+        );
+        // Dead: skipped until revive_interval has passed.
+        for _ in 0..4 {
+            assert_eq!(b.pick(ms(t0, 2000), &[]), Some(1));
+        }
+        // Due: one probe goes through, not two.
+        let due = ms(t0, 1100 + 2500);
+        let picks: Vec<_> = (0..3).map(|_| b.pick(due, &[]).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 1, "{picks:?}");
+        // The probe fails: dead again from now.
+        assert_eq!(b.connect_failed(0, due), None);
+        assert_eq!(b.pick(ms(t0, 3700), &[]), Some(1));
+        // Next probe succeeds: revived.
+        let later = due + Duration::from_millis(2500);
+        while b.pick(later, &[]) != Some(0) {}
+        assert_eq!(b.connected(0), Some(HealthChange::Revived(0)));
+        assert_eq!(b.health(0), Some(Health::Alive));
+    }
+
+    #[test]
+    fn all_dead_means_none() {
+        let t0 = Instant::now();
+        let zero = HealthSettings {
+            death_timeout: Duration::ZERO,
+            revive_interval: Duration::from_secs(10),
+        };
+        let mut b = Balancer::new(BalanceMode::RoundRobin, zero, 2);
+        for i in 0..2 {
+            b.pick(t0, &[]);
+            assert_eq!(b.connect_failed(i, t0), Some(HealthChange::Died(i)));
+        }
+        assert_eq!(b.pick(t0, &[]), None);
+        assert_eq!(
+            Balancer::new(BalanceMode::OnFail, zero, 0).pick(t0, &[]),
+            None
+        );
+    }
+}
