@@ -1,6 +1,6 @@
 //! TLS for fastedge on BoringSSL.
 //!
-//! Owns: server contexts built from certificates and keys ([`ServerContext`]), the boring ⇄
+//! Owns: the `serve` configuration ([`config`]: TOML, defaults, validation), server contexts built from certificates and keys ([`ServerContext`]), the boring ⇄
 //! futures-io adapter ([`accept`], [`TlsStream`]), self-signed certificates for demos and tests
 //! ([`SelfSigned`]), and the proxy connection driver that pumps bytes between a TLS client and a
 //! plain backend ([`proxy`]).
@@ -9,6 +9,7 @@
 //! listeners (`fastedge-runtime`).
 
 mod adapter;
+pub mod config;
 mod context;
 mod error;
 pub mod proxy;

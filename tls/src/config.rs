@@ -1,0 +1,677 @@
+//! The configuration of `fastedge serve`: TOML in, validated settings out.
+//!
+//! [`DEFAULT_CONFIG`] is the reference: every field, its default and what it means, in one
+//! place (`fastedge serve --print-default-config` prints it). [`ServeConfig::parse`] turns a
+//! document into validated settings; errors name the key. Nothing downstream re-checks.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::PathBuf,
+    time::Duration,
+};
+
+use fastedge_wire::{
+    balance::{BalanceMode, HealthSettings},
+    net::IpPrefix,
+};
+use serde::Deserialize;
+
+/// The documented default configuration. Parsing it gives exactly the built-in defaults.
+pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every key is optional; shown with its default.
+# Durations are written with a unit: "250ms", "10s", "5m", "1h".
+
+# CPUs to run on, one executor each, as a Linux CPU list ("0-7", "0,2,4", "1-3,6"), or "all"
+# for every CPU the process may use. `fastedge serve --cores` overrides it.
+cores = "all"
+
+# After binding every listener, drop privileges to this user (and group; default: the user's
+# primary group). Supplementary groups are cleared. Empty: keep running as started.
+user = ""
+group = ""
+
+[frontend]
+# Addresses to accept TLS on. IPv6 listeners are IPv6-only, so list "0.0.0.0:443" and
+# "[::]:443" both for dual stack.
+listen = ["127.0.0.1:8443"]
+# Accept queue length of each listener (one listener per core per address).
+backlog = 1024
+# A client that has not finished the TLS handshake by then is disconnected.
+handshake_timeout = "10s"
+# A connection with no bytes moving in either direction for this long is closed.
+idle_timeout = "5m"
+# Most connections open at once on each core; further clients wait in the accept queue.
+max_connections = 10000
+# When one side closes its sending direction, keep the other direction open until it closes
+# too (half-close). false: close both sides at the first close.
+allow_half_open = true
+# On SIGTERM/SIGINT: stop accepting, give open connections this long to finish, then exit.
+drain_timeout = "30s"
+# Peers whose X-Forwarded-For / Forwarded headers are kept (and appended to); for every other
+# client those headers are replaced. CIDR prefixes or addresses.
+trusted_proxies = []
+
+[tls]
+# PEM certificate chain (leaf first) and its PEM private key. Empty: a self-signed demo
+# certificate for localhost, created once in the state directory.
+cert = ""
+key = ""
+# Passphrase of an encrypted key, from at most one of: inline, an environment variable, the
+# first line of a file, or the first line of a command's standard output (run with sh -c).
+passphrase = ""
+passphrase_env = ""
+passphrase_file = ""
+passphrase_cmd = ""
+# Protocol versions: "1.2" or "1.3".
+min_version = "1.2"
+max_version = "1.3"
+# TLS 1.2 cipher list (BoringSSL syntax). Empty: BoringSSL's default list.
+ciphers = ""
+# Key-exchange groups, most preferred first. X25519MLKEM768 is skipped where the linked
+# BoringSSL lacks it.
+groups = ["X25519MLKEM768", "X25519", "P-256", "P-384"]
+# ALPN protocols accepted, most preferred first; list only what the backends speak.
+alpn = ["http/1.1"]
+# Choose the cipher by the server's order rather than the client's.
+server_preference = true
+
+[balance]
+# How a backend is chosen: "roundrobin", "on-fail" (first live backend in list order), or
+# "least-conn" (fewest open connections from this core).
+mode = "roundrobin"
+# A backend connect that has not completed by then has failed.
+connect_timeout = "5s"
+# After a failed connect, wait this long, then try the next backend.
+retry_interval = "250ms"
+# Connect attempts after the first, over the backends, before the client is disconnected.
+max_retries = 5
+# A backend whose connects keep failing for this long (no success between) is dead: skipped.
+death_timeout = "1s"
+# A dead backend gets one probe connection after this long; success revives it.
+revive_interval = "2500ms"
+
+# Backends, one [[backend]] table each. None: a built-in demo backend on loopback that answers
+# every request with the request head as it reached it.
+#
+# [[backend]]
+# address = "127.0.0.1:8080"   # host:port; a name is resolved at start
+# proxy_protocol = "none"      # "none", "v1", "v2" (with ALPN, SNI and TLS TLVs), "bud-json"
+# x_forwarded = false          # X-Forwarded-For/-Proto/-Port into every HTTP/1.x request
+# forwarded = false            # RFC 7239 Forwarded: for=…;proto=https into every request
+"#;
+
+/// A configuration error; the text names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    cores: String,
+    user: String,
+    group: String,
+    frontend: RawFrontend,
+    tls: RawTls,
+    balance: RawBalance,
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct RawFrontend {
+    listen: Vec<String>,
+    backlog: i32,
+    handshake_timeout: String,
+    idle_timeout: String,
+    max_connections: u32,
+    allow_half_open: bool,
+    drain_timeout: String,
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert: String,
+    key: String,
+    passphrase: String,
+    passphrase_env: String,
+    passphrase_file: String,
+    passphrase_cmd: String,
+    min_version: String,
+    max_version: String,
+    ciphers: String,
+    groups: Vec<String>,
+    alpn: Vec<String>,
+    server_preference: bool,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct RawBalance {
+    mode: String,
+    connect_timeout: String,
+    retry_interval: String,
+    max_retries: u32,
+    death_timeout: String,
+    revive_interval: String,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    #[serde(default = "default_proxy_protocol")]
+    proxy_protocol: String,
+    #[serde(default)]
+    x_forwarded: bool,
+    #[serde(default)]
+    forwarded: bool,
+}
+
+fn default_proxy_protocol() -> String {
+    "none".into()
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            cores: "all".into(),
+            user: String::new(),
+            group: String::new(),
+            frontend: RawFrontend::default(),
+            tls: RawTls::default(),
+            balance: RawBalance::default(),
+            backend: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawFrontend {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8443".into()],
+            backlog: 1024,
+            handshake_timeout: "10s".into(),
+            idle_timeout: "5m".into(),
+            max_connections: 10_000,
+            allow_half_open: true,
+            drain_timeout: "30s".into(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            passphrase: String::new(),
+            passphrase_env: String::new(),
+            passphrase_file: String::new(),
+            passphrase_cmd: String::new(),
+            min_version: "1.2".into(),
+            max_version: "1.3".into(),
+            ciphers: String::new(),
+            groups: ["X25519MLKEM768", "X25519", "P-256", "P-384"]
+                .map(String::from)
+                .to_vec(),
+            alpn: vec!["http/1.1".into()],
+            server_preference: true,
+        }
+    }
+}
+
+impl Default for RawBalance {
+    fn default() -> Self {
+        Self {
+            mode: "roundrobin".into(),
+            connect_timeout: "5s".into(),
+            retry_interval: "250ms".into(),
+            max_retries: 5,
+            death_timeout: "1s".into(),
+            revive_interval: "2500ms".into(),
+        }
+    }
+}
+
+/// Validated settings of `fastedge serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// CPU list text, `None` for every available CPU (validated by the runtime at start).
+    pub cores: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub frontend: FrontendSettings,
+    pub tls: TlsSettings,
+    pub balance: BalanceSettings,
+    /// Empty: the built-in demo backend.
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FrontendSettings {
+    pub listen: Vec<SocketAddr>,
+    pub backlog: i32,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    pub allow_half_open: bool,
+    pub drain_timeout: Duration,
+    pub trusted_proxies: Vec<IpPrefix>,
+}
+
+/// Where an encrypted key's passphrase comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Passphrase {
+    Inline(String),
+    Env(String),
+    File(PathBuf),
+    Command(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificate and key files; `None` for the demo certificate.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    pub passphrase: Option<Passphrase>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    pub ciphers: Option<String>,
+    pub groups: Vec<String>,
+    pub alpn: Vec<String>,
+    pub server_preference: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BalanceSettings {
+    pub mode: BalanceMode,
+    pub connect_timeout: Duration,
+    pub retry_interval: Duration,
+    pub max_retries: u32,
+    pub health: HealthSettings,
+}
+
+/// What a backend is told about the client at the start of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyPrefix {
+    None,
+    V1,
+    V2,
+    BudJson,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// The address as written, for logs.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub proxy_protocol: ProxyPrefix,
+    pub x_forwarded: bool,
+    pub forwarded: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        // The built-in defaults are valid by construction; `tests::defaults_are_valid` checks.
+        validate(RawConfig::default()).unwrap_or_else(|e| unreachable!("built-in defaults: {e}"))
+    }
+}
+
+impl ServeConfig {
+    /// Parses and validates a TOML document. Leading and trailing whitespace is fine.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text.trim()).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        validate(raw)
+    }
+}
+
+/// Parses a duration written with a unit: `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        invalid(
+            key,
+            format!("{text:?} is not a duration like \"250ms\", \"10s\", \"5m\" or \"1h\""),
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(millis))
+}
+
+fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, text)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn nonempty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
+    let cores = match raw.cores.trim() {
+        "" | "all" => None,
+        list => Some(list.to_owned()),
+    };
+    let f = raw.frontend;
+    if f.listen.is_empty() {
+        return Err(invalid("frontend.listen", "needs at least one address"));
+    }
+    let listen = f
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    format!("frontend.listen[{i}]"),
+                    format!("{text:?} is not an IP:port address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if f.backlog <= 0 {
+        return Err(invalid("frontend.backlog", "must be positive"));
+    }
+    if f.max_connections == 0 {
+        return Err(invalid("frontend.max_connections", "must be positive"));
+    }
+    let trusted_proxies = f
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse::<IpPrefix>()
+                .map_err(|e| invalid(format!("frontend.trusted_proxies[{i}]"), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let frontend = FrontendSettings {
+        listen,
+        backlog: f.backlog,
+        handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
+        idle_timeout: positive_duration("frontend.idle_timeout", &f.idle_timeout)?,
+        max_connections: f.max_connections,
+        allow_half_open: f.allow_half_open,
+        drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,
+        trusted_proxies,
+    };
+
+    let t = raw.tls;
+    let cert_and_key = match (nonempty(&t.cert), nonempty(&t.key)) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "tls.key",
+                "tls.cert is set, so tls.key must be too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "tls.cert",
+                "tls.key is set, so tls.cert must be too",
+            ))
+        }
+    };
+    let sources: Vec<Passphrase> = [
+        nonempty(&t.passphrase).map(Passphrase::Inline),
+        nonempty(&t.passphrase_env).map(Passphrase::Env),
+        nonempty(&t.passphrase_file).map(|p| Passphrase::File(p.into())),
+        nonempty(&t.passphrase_cmd).map(Passphrase::Command),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if sources.len() > 1 {
+        return Err(invalid(
+            "tls.passphrase",
+            "give at most one of passphrase, passphrase_env, passphrase_file, passphrase_cmd",
+        ));
+    }
+    let version = |key: &str, text: &str| match text.trim() {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        other => Err(invalid(
+            key,
+            format!("{other:?} is not a supported TLS version (\"1.2\" or \"1.3\")"),
+        )),
+    };
+    let min_version = version("tls.min_version", &t.min_version)?;
+    let max_version = version("tls.max_version", &t.max_version)?;
+    if min_version > max_version {
+        return Err(invalid("tls.min_version", "is above tls.max_version"));
+    }
+    if t.groups.is_empty() {
+        return Err(invalid("tls.groups", "needs at least one group"));
+    }
+    for (i, name) in t.alpn.iter().enumerate() {
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(
+                format!("tls.alpn[{i}]"),
+                "protocol names are 1 to 255 bytes",
+            ));
+        }
+    }
+    let tls = TlsSettings {
+        cert_and_key,
+        passphrase: sources.into_iter().next(),
+        min_version,
+        max_version,
+        ciphers: nonempty(&t.ciphers),
+        groups: t.groups,
+        alpn: t.alpn,
+        server_preference: t.server_preference,
+    };
+
+    let b = raw.balance;
+    let mode = match b.mode.trim() {
+        "roundrobin" => BalanceMode::RoundRobin,
+        "on-fail" => BalanceMode::OnFail,
+        "least-conn" => BalanceMode::LeastConn,
+        other => {
+            return Err(invalid(
+                "balance.mode",
+                format!("{other:?} is not one of \"roundrobin\", \"on-fail\", \"least-conn\""),
+            ))
+        }
+    };
+    let balance = BalanceSettings {
+        mode,
+        connect_timeout: positive_duration("balance.connect_timeout", &b.connect_timeout)?,
+        retry_interval: parse_duration("balance.retry_interval", &b.retry_interval)?,
+        max_retries: b.max_retries,
+        health: HealthSettings {
+            death_timeout: parse_duration("balance.death_timeout", &b.death_timeout)?,
+            revive_interval: parse_duration("balance.revive_interval", &b.revive_interval)?,
+        },
+    };
+
+    let backends = raw
+        .backend
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let key = |field: &str| format!("backend[{i}].{field}");
+            let name = raw.address.trim().to_owned();
+            let addr = name
+                .to_socket_addrs()
+                .map_err(|e| {
+                    invalid(
+                        key("address"),
+                        format!("{name:?}: {e} (expected host:port)"),
+                    )
+                })?
+                .next()
+                .ok_or_else(|| {
+                    invalid(key("address"), format!("{name:?} resolved to no address"))
+                })?;
+            let proxy_protocol = match raw.proxy_protocol.trim() {
+                "none" => ProxyPrefix::None,
+                "v1" => ProxyPrefix::V1,
+                "v2" => ProxyPrefix::V2,
+                "bud-json" => ProxyPrefix::BudJson,
+                other => {
+                    return Err(invalid(
+                        key("proxy_protocol"),
+                        format!("{other:?} is not one of \"none\", \"v1\", \"v2\", \"bud-json\""),
+                    ))
+                }
+            };
+            Ok(BackendSpec {
+                name,
+                addr,
+                proxy_protocol,
+                x_forwarded: raw.x_forwarded,
+                forwarded: raw.forwarded,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(ServeConfig {
+        cores,
+        user: nonempty(&raw.user),
+        group: nonempty(&raw.group),
+        frontend,
+        tls,
+        balance,
+        backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_document_is_the_defaults() {
+        let parsed: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, RawConfig::default());
+        let config = ServeConfig::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(
+            config.frontend.listen,
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
+        assert!(config.backends.is_empty());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = ServeConfig::default();
+        assert_eq!(config.balance.mode, BalanceMode::RoundRobin);
+        assert_eq!(config.frontend.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_full_document() {
+        let text = "\n\n  cores = \"0-1\"\n[frontend]\nlisten = [\"0.0.0.0:443\", \"[::]:443\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+                    [balance]\nmode = \"least-conn\"\n\
+                    [[backend]]\naddress = \"127.0.0.1:8080\"\nproxy_protocol = \"v2\"\n\
+                    [[backend]]\naddress = \"localhost:8081\"\nx_forwarded = true\n\n";
+        let config = ServeConfig::parse(text).unwrap();
+        assert_eq!(config.cores.as_deref(), Some("0-1"));
+        assert_eq!(config.frontend.listen.len(), 2);
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.backends[0].proxy_protocol, ProxyPrefix::V2);
+        assert!(config.backends[1].x_forwarded);
+        assert_eq!(config.backends[1].addr.port(), 8081);
+        assert_eq!(config.balance.mode, BalanceMode::LeastConn);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("[frontend]\nlisten = [\"nope\"]", "frontend.listen[0]"),
+            (
+                "[frontend]\nhandshake_timeout = \"10\"",
+                "frontend.handshake_timeout",
+            ),
+            ("[frontend]\nidle_timeout = \"0s\"", "frontend.idle_timeout"),
+            (
+                "[frontend]\ntrusted_proxies = [\"10.0.0.0/99\"]",
+                "frontend.trusted_proxies[0]",
+            ),
+            ("[tls]\ncert = \"a.pem\"", "tls.key"),
+            (
+                "[tls]\npassphrase = \"x\"\npassphrase_env = \"Y\"",
+                "tls.passphrase",
+            ),
+            ("[tls]\nmin_version = \"1.1\"", "tls.min_version"),
+            (
+                "[tls]\nmin_version = \"1.3\"\nmax_version = \"1.2\"",
+                "tls.min_version",
+            ),
+            ("[balance]\nmode = \"random\"", "balance.mode"),
+            ("[[backend]]\naddress = \"127.0.0.1\"", "backend[0].address"),
+            (
+                "[[backend]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"",
+                "backend[0].proxy_protocol",
+            ),
+            ("[frontend]\nlisten_typo = []", "listen_typo"),
+            ("[frontend]\nbacklog = \"x\"", "backlog"),
+            ("cores = ", "line 1"),
+        ] {
+            let err = ServeConfig::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: expected {key:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("k", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_duration("k", "10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("k", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("k", "1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 days",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration("k", bad).is_err(), "{bad:?}");
+        }
+    }
+}
