@@ -2,7 +2,8 @@
 //!
 //! Owns: CPU lists ([`CpuList`]), one pinned glommio executor per CPU ([`Executors`]),
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
-//! stop signal ([`Shutdown`]), and the network types the other crates use ([`net`]), so that only
+//! stop signal ([`Shutdown`]), per-core connection caps ([`ConnectionLimit`]), process set-up
+//! (open-files limit, privilege drop), and the network types the other crates use ([`net`]), so that only
 //! this crate names glommio.
 //!
 //! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
@@ -10,14 +11,18 @@
 
 mod cpus;
 mod executors;
+mod limit;
 mod listen;
+mod process;
 mod shutdown;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 pub use cpus::{CpuList, CpuListError};
 pub use executors::{pinned_cpu, thread_name, Core, Executors};
+pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
+pub use process::{drop_privileges, raise_nofile_limit, ProcessError};
 pub use shutdown::Shutdown;
 
 /// Network types of the executors.

@@ -204,7 +204,6 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             "/nonexistent/cert.pem",
         ),
         (vec!["--backend", "nonsense"], "--backend \"nonsense\""),
-        (vec!["--handshake-timeout", "0"], "--handshake-timeout"),
     ] {
         let out = Command::new(&bin)
             .arg("serve")

@@ -1,18 +1,18 @@
-//! Server contexts: certificate chain + key from PEM files into a BoringSSL `SslContext`.
+//! Server contexts: certificate chain + key (PEM, optionally encrypted) and TLS settings into a
+//! BoringSSL `SslContext`.
 
 use std::path::Path;
 
 use boring::{
-    pkey::PKey,
+    pkey::{PKey, Private},
     ssl::{SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVersion},
     x509::X509,
 };
 
-use crate::TlsError;
-
-/// Key-exchange groups, most preferred first. The post-quantum hybrid comes first where the
-/// linked BoringSSL knows it.
-const GROUPS: &str = "X25519MLKEM768:X25519:P-256:P-384";
+use crate::{
+    config::{ServeConfig, TlsSettings, TlsVersion},
+    TlsError,
+};
 
 /// A server-side TLS context: what every accepted connection on a listener starts from.
 #[derive(Clone)]
@@ -27,12 +27,26 @@ impl std::fmt::Debug for ServerContext {
 }
 
 impl ServerContext {
-    /// Loads a PEM certificate chain (leaf first) and its PEM private key; `alpn` lists the
-    /// protocols accepted, most preferred first (empty: no ALPN).
+    /// Loads a PEM certificate chain (leaf first) and its PEM private key with default settings
+    /// and the ALPN list `alpn` (most preferred first; empty: no ALPN).
     pub fn from_pem_files(
         cert_path: &Path,
         key_path: &Path,
         alpn: &[&str],
+    ) -> Result<Self, TlsError> {
+        let settings = TlsSettings {
+            alpn: alpn.iter().map(|p| (*p).to_owned()).collect(),
+            ..ServeConfig::default().tls
+        };
+        Self::load(&settings, cert_path, key_path)
+    }
+
+    /// Loads the certificate chain and key (decrypting it with the configured passphrase) and
+    /// builds a context with `settings`.
+    pub fn load(
+        settings: &TlsSettings,
+        cert_path: &Path,
+        key_path: &Path,
     ) -> Result<Self, TlsError> {
         let read = |what, path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::ReadFile {
@@ -50,36 +64,68 @@ impl ServerContext {
                 path: cert_path.to_owned(),
             });
         }
-        let key = PKey::private_key_from_pem(&key_pem)
-            .map_err(TlsError::config("parsing private key"))?;
-        Self::from_parts(&chain, &key, alpn)
+        let key = match &settings.passphrase {
+            None => PKey::private_key_from_pem(&key_pem).map_err(TlsError::config(
+                "parsing private key (encrypted? then configure a passphrase)",
+            ))?,
+            Some(source) => {
+                let passphrase = crate::passphrase::resolve(source)?;
+                PKey::private_key_from_pem_passphrase(&key_pem, passphrase.as_bytes()).map_err(
+                    TlsError::config("decrypting private key (wrong passphrase?)"),
+                )?
+            }
+        };
+        Self::build(&chain, &key, settings)
     }
 
-    /// Builds a context from a parsed chain (leaf first) and key; `alpn` lists the protocols
-    /// the server accepts, most preferred first.
+    /// Builds a context from a parsed chain (leaf first) and key with default settings and the
+    /// ALPN list `alpn`.
     pub fn from_parts(
         chain: &[X509],
-        key: &PKey<boring::pkey::Private>,
+        key: &PKey<Private>,
         alpn: &[&str],
     ) -> Result<Self, TlsError> {
+        let settings = TlsSettings {
+            alpn: alpn.iter().map(|p| (*p).to_owned()).collect(),
+            ..ServeConfig::default().tls
+        };
+        Self::build(chain, key, &settings)
+    }
+
+    /// Builds a context from a parsed chain (leaf first), its key, and `settings`.
+    pub fn build(
+        chain: &[X509],
+        key: &PKey<Private>,
+        settings: &TlsSettings,
+    ) -> Result<Self, TlsError> {
+        let version = |v: TlsVersion| match v {
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        };
         let mut builder = SslContextBuilder::new(SslMethod::tls())
             .map_err(TlsError::config("creating TLS context"))?;
         builder
-            .set_min_proto_version(Some(SslVersion::TLS1_2))
+            .set_min_proto_version(Some(version(settings.min_version)))
             .map_err(TlsError::config("setting minimum TLS version"))?;
         builder
-            .set_max_proto_version(Some(SslVersion::TLS1_3))
+            .set_max_proto_version(Some(version(settings.max_version)))
             .map_err(TlsError::config("setting maximum TLS version"))?;
-        builder.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
+        let mut options = SslOptions::NO_RENEGOTIATION;
+        if settings.server_preference {
+            options |= SslOptions::CIPHER_SERVER_PREFERENCE;
+        }
+        builder.set_options(options);
         builder.set_mode(
             SslMode::AUTO_RETRY
                 | SslMode::ACCEPT_MOVING_WRITE_BUFFER
                 | SslMode::ENABLE_PARTIAL_WRITE,
         );
-        builder
-            .set_curves_list(GROUPS)
-            .or_else(|_| builder.set_curves_list("X25519:P-256:P-384"))
-            .map_err(TlsError::config("setting key-exchange groups"))?;
+        if let Some(ciphers) = &settings.ciphers {
+            builder.set_cipher_list(ciphers).map_err(TlsError::config(
+                "tls.ciphers: no usable cipher in the list",
+            ))?;
+        }
+        set_groups(&mut builder, &settings.groups)?;
         let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificate {
             path: "(inline)".into(),
         })?;
@@ -95,8 +141,12 @@ impl ServerContext {
             .set_private_key(key)
             .map_err(TlsError::config("installing private key"))?;
         builder.check_private_key().map_err(TlsError::KeyMismatch)?;
-        if !alpn.is_empty() {
-            let ours: Vec<Vec<u8>> = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if !settings.alpn.is_empty() {
+            let ours: Vec<Vec<u8>> = settings
+                .alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect();
             builder.set_alpn_select_callback(move |_, client| {
                 select_alpn(&ours, client).ok_or(boring::ssl::AlpnError::NOACK)
             });
@@ -110,6 +160,30 @@ impl ServerContext {
     pub fn new_session(&self) -> Result<boring::ssl::Ssl, TlsError> {
         boring::ssl::Ssl::new(&self.context).map_err(TlsError::Setup)
     }
+}
+
+/// Sets the key-exchange groups; a post-quantum group the linked BoringSSL lacks is dropped
+/// (with a warning) rather than failing the whole list.
+fn set_groups(builder: &mut SslContextBuilder, groups: &[String]) -> Result<(), TlsError> {
+    if builder.set_curves_list(&groups.join(":")).is_ok() {
+        return Ok(());
+    }
+    let mut usable = Vec::new();
+    for group in groups {
+        if builder.set_curves_list(group).is_ok() {
+            usable.push(group.as_str());
+        } else {
+            tracing::warn!(group = %group, "key-exchange group not supported by this BoringSSL; skipped");
+        }
+    }
+    if usable.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "tls.groups: none of {groups:?} is supported"
+        )));
+    }
+    builder
+        .set_curves_list(&usable.join(":"))
+        .map_err(TlsError::config("setting key-exchange groups"))
 }
 
 /// Picks the first of `ours` (server preference) that the client offers in `client`, an ALPN

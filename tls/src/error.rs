@@ -26,6 +26,10 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("private key does not match certificate: {0}")]
     KeyMismatch(ErrorStack),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("passphrase: {0}")]
+    Passphrase(String),
     #[error("TLS setup failed: {0}")]
     Setup(ErrorStack),
     #[error("TLS handshake failed: {0}")]

@@ -12,6 +12,7 @@ mod adapter;
 pub mod config;
 mod context;
 mod error;
+mod passphrase;
 pub mod proxy;
 mod selfsigned;
 

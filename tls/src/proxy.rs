@@ -2,24 +2,47 @@
 //!
 //! The backend connect starts when the connection is accepted, in parallel with the TLS
 //! handshake (cut-through), so the backend's connect latency hides behind the handshake's round
-//! trips. Then [`pump`] moves bytes both ways until both directions are done, honouring
-//! half-close, and the connection ends with one log line that says why it closed.
+//! trips; client bytes are not read until the backend is connected, so nothing the client sends
+//! meanwhile is lost (it waits in the socket). Failed connects are retried over the backends
+//! as the balancer decides. Then the backend learns about the client (PROXY v1/v2, bud's JSON
+//! line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves bytes both ways, and
+//! the connection ends with one log line that says why it closed.
 
 use std::{
+    cell::{Cell, RefCell},
     fmt, io,
     net::SocketAddr,
     pin::Pin,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
 
+use boring::ssl::NameType;
 use fastedge_runtime::net::TcpStream;
+use fastedge_wire::{
+    balance::{Balancer, HealthChange},
+    forwarded::{ClientFacts, ForwardedConfig, Injector},
+    http1::DEFAULT_MAX_HEAD,
+    proxy::{encode_bud_json, encode_v1, encode_v2, ConnectionAddrs, TlsFacts},
+};
 use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::AsyncWriteExt;
 
-use crate::{accept, ServerContext, TlsError};
+use crate::{
+    accept,
+    config::{BackendSpec, BalanceSettings, FrontendSettings, ProxyPrefix},
+    ServerContext, TlsError, TlsStream,
+};
 
 /// Bytes buffered per direction of a proxied connection.
 const PUMP_BUFFER: usize = 32 * 1024;
+/// How long a client gets to take our close_notify after a backend failure.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One side of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,26 +71,56 @@ pub enum CloseReason {
         op: &'static str,
         error: io::Error,
     },
+    /// A client request could not be parsed for header injection.
+    BadRequest(String),
+    /// No bytes moved either way for this long.
+    Idle(Duration),
     /// The TLS handshake did not complete.
     Handshake(TlsError),
     /// The TLS handshake did not complete in time.
     HandshakeTimeout(Duration),
-    /// The backend could not be reached.
-    BackendConnect { addr: SocketAddr, error: io::Error },
+    /// Every connect attempt failed; the last failure is named.
+    BackendsFailed {
+        attempts: u32,
+        backend: String,
+        failure: String,
+    },
+    /// Every backend is dead and none is due for a probe.
+    NoLiveBackend,
+}
+
+/// Plain words for an I/O error on `side`.
+fn describe_io(side: Side, op: &str, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset => format!("{side} reset the connection"),
+        io::ErrorKind::BrokenPipe => format!("{side} went away while we were writing to it"),
+        io::ErrorKind::UnexpectedEof if side == Side::Client => {
+            "client closed the connection without TLS close_notify (truncated)".to_owned()
+        }
+        _ => format!("{side} {op} failed: {error}"),
+    }
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Closed { first } => write!(f, "{first} closed first, then the other side"),
-            CloseReason::Failed { side, op, error } => write!(f, "{side} {op} failed: {error}"),
+            CloseReason::Failed { side, op, error } => f.write_str(&describe_io(*side, op, error)),
+            CloseReason::BadRequest(why) => write!(f, "bad request from client: {why}"),
+            CloseReason::Idle(after) => write!(f, "idle for {} s", after.as_secs_f64()),
             CloseReason::Handshake(error) => write!(f, "{error}"),
             CloseReason::HandshakeTimeout(after) => {
                 write!(f, "TLS handshake timed out after {} ms", after.as_millis())
             }
-            CloseReason::BackendConnect { addr, error } => {
-                write!(f, "backend {addr} connect failed: {error}")
-            }
+            CloseReason::BackendsFailed {
+                attempts,
+                backend,
+                failure,
+            } => write!(
+                f,
+                "backend {backend} {failure} (after {attempts} connect attempts)"
+            ),
+            CloseReason::NoLiveBackend => f.write_str("no live backend (all marked dead)"),
         }
     }
 }
@@ -75,95 +128,320 @@ impl fmt::Display for CloseReason {
 /// Bytes moved and the reason a pumped connection ended.
 #[derive(Debug)]
 pub struct PumpOutcome {
-    /// Client → backend bytes.
+    /// Client → backend bytes (as read from the client).
     pub upstream: u64,
     /// Backend → client bytes.
     pub downstream: u64,
     pub reason: CloseReason,
 }
 
-/// Settings of the proxy driver.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    pub backend: SocketAddr,
-    pub handshake_timeout: Duration,
+/// What every core serves a frontend with: read-only, shared by all cores.
+#[derive(Debug)]
+pub struct Frontend {
+    pub context: ServerContext,
+    pub settings: FrontendSettings,
+    pub balance: BalanceSettings,
+    /// At least one.
+    pub backends: Vec<BackendSpec>,
 }
 
-/// Serves one accepted client connection: TLS handshake and backend connect in parallel, then
-/// the byte pump; logs one line when it ends.
-pub async fn serve_connection(
-    client: TcpStream,
-    peer: SocketAddr,
-    context: &ServerContext,
-    settings: &ProxySettings,
-) {
-    let started = Instant::now();
-    let outcome = run(client, context, settings).await;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match outcome {
-        Ok((outcome, session)) => tracing::info!(
-            %peer,
-            backend = %settings.backend,
-            tls = session.version,
-            cipher = session.cipher,
-            alpn = session.alpn.as_deref().unwrap_or("-"),
-            upstream = outcome.upstream,
-            downstream = outcome.downstream,
-            elapsed_ms,
-            reason = %outcome.reason,
-            "connection closed"
-        ),
-        Err(reason) => tracing::info!(
-            %peer,
-            backend = %settings.backend,
-            elapsed_ms,
-            %reason,
-            "connection closed"
-        ),
+/// One core's view of the backends: its own balancer and health, shared by that core's
+/// connections only.
+#[derive(Debug, Clone)]
+pub struct CoreBackends {
+    balancer: Rc<RefCell<Balancer>>,
+}
+
+impl CoreBackends {
+    pub fn new(frontend: &Frontend) -> Self {
+        Self {
+            balancer: Rc::new(RefCell::new(Balancer::new(
+                frontend.balance.mode,
+                frontend.balance.health,
+                frontend.backends.len(),
+            ))),
+        }
     }
 }
 
-/// What the close log line tells about the TLS session.
-#[derive(Debug)]
-struct SessionInfo {
-    version: &'static str,
-    cipher: &'static str,
+/// Serves one accepted client connection and logs one line when it ends.
+pub async fn serve_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    frontend: Arc<Frontend>,
+    core: CoreBackends,
+) {
+    let started = Instant::now();
+    let mut log = ConnectionLog::default();
+    let reason = run(client, peer, local, &frontend, &core, &mut log).await;
+    tracing::info!(
+        %peer,
+        sni = log.sni.as_deref().unwrap_or("-"),
+        alpn = log.alpn.as_deref().unwrap_or("-"),
+        tls = log.version.unwrap_or("-"),
+        backend = log.backend.as_deref().unwrap_or("-"),
+        upstream = log.upstream,
+        downstream = log.downstream,
+        ms = started.elapsed().as_millis() as u64,
+        %reason,
+        "connection closed"
+    );
+}
+
+/// What the close log line tells about a connection.
+#[derive(Debug, Default)]
+struct ConnectionLog {
+    sni: Option<String>,
     alpn: Option<String>,
+    version: Option<&'static str>,
+    backend: Option<String>,
+    upstream: u64,
+    downstream: u64,
 }
 
 async fn run(
     client: TcpStream,
-    context: &ServerContext,
-    settings: &ProxySettings,
-) -> Result<(PumpOutcome, SessionInfo), CloseReason> {
-    let ssl = context.new_session().map_err(CloseReason::Handshake)?;
-    let handshake = fastedge_runtime::timeout(settings.handshake_timeout, accept(ssl, client));
-    let connect = TcpStream::connect(settings.backend);
-    let (handshake, backend) = futures_lite::future::zip(handshake, connect).await;
-    let mut tls = match handshake {
+    peer: SocketAddr,
+    local: SocketAddr,
+    frontend: &Arc<Frontend>,
+    core: &CoreBackends,
+    log: &mut ConnectionLog,
+) -> CloseReason {
+    let ssl = match frontend.context.new_session() {
+        Ok(ssl) => ssl,
+        Err(error) => return CloseReason::Handshake(error),
+    };
+    // Cut-through: the backend connect runs as its own task while we handshake.
+    let connecting = fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone()));
+    let timeout = frontend.settings.handshake_timeout;
+    let mut tls = match fastedge_runtime::timeout(timeout, accept(ssl, client)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => return Err(CloseReason::Handshake(error)),
-        Err(_) => return Err(CloseReason::HandshakeTimeout(settings.handshake_timeout)),
+        Ok(Err(error)) => return CloseReason::Handshake(error),
+        Err(_) => return CloseReason::HandshakeTimeout(timeout),
     };
-    let mut backend = backend.map_err(|error| CloseReason::BackendConnect {
-        addr: settings.backend,
-        error: error.into(),
-    })?;
+    let facts = tls_facts(&tls);
+    log.sni = facts.server_name.clone();
+    log.alpn = facts
+        .alpn
+        .as_ref()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    log.version = Some(tls.ssl().version_str());
+    let (mut backend, lease) = match connecting.await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            let _ = fastedge_runtime::timeout(GOODBYE_TIMEOUT, tls.close()).await;
+            return reason;
+        }
+    };
+    let spec = &frontend.backends[lease.index];
+    log.backend = Some(spec.name.clone());
+
+    let addrs = ConnectionAddrs {
+        client: peer,
+        local,
+    };
+    let mut prefix = Vec::new();
+    match spec.proxy_protocol {
+        ProxyPrefix::None => {}
+        ProxyPrefix::V1 => encode_v1(&addrs, &mut prefix),
+        ProxyPrefix::V2 => encode_v2(&addrs, Some(&facts), &mut prefix),
+        ProxyPrefix::BudJson => encode_bud_json(&addrs, None, None, &mut prefix),
+    }
+    if !prefix.is_empty() {
+        if let Err(error) = backend.write_all(&prefix).await {
+            return CloseReason::Failed {
+                side: Side::Backend,
+                op: "write",
+                error,
+            };
+        }
+    }
+    let mut injector = None;
+    if spec.x_forwarded || spec.forwarded {
+        if facts.alpn.as_deref() == Some(b"h2") {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    backend = %spec.name,
+                    "HTTP/2 connections pass through without X-Forwarded-* headers; use \
+                     proxy_protocol = \"v2\" to tell the backend about clients (logged once)"
+                );
+            }
+        } else {
+            let config = ForwardedConfig {
+                x_forwarded: spec.x_forwarded,
+                forwarded: spec.forwarded,
+                max_head: DEFAULT_MAX_HEAD,
+            };
+            let trusted = frontend
+                .settings
+                .trusted_proxies
+                .iter()
+                .any(|p| p.contains(peer.ip()));
+            let facts = ClientFacts {
+                client: peer.ip(),
+                local_port: local.port(),
+                trusted,
+            };
+            injector = Some(Injector::new(config, facts));
+        }
+    }
+    let options = PumpOptions {
+        injector: injector.as_mut(),
+        half_open: frontend.settings.allow_half_open,
+        idle_timeout: Some(frontend.settings.idle_timeout),
+    };
+    let outcome = pump(&mut tls, &mut backend, options).await;
+    log.upstream = outcome.upstream;
+    log.downstream = outcome.downstream;
+    drop(lease);
+    outcome.reason
+}
+
+fn tls_facts<S>(tls: &TlsStream<S>) -> TlsFacts {
     let ssl = tls.ssl();
-    let session = SessionInfo {
-        version: ssl.version_str(),
-        cipher: ssl.current_cipher().map_or("-", |c| c.name()),
-        alpn: ssl
-            .selected_alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned()),
-    };
-    let outcome = pump(&mut tls, &mut backend).await;
-    Ok((outcome, session))
+    TlsFacts {
+        alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+        server_name: ssl.servername(NameType::HOST_NAME).map(str::to_owned),
+        version: Some(ssl.version_str().to_owned()),
+        cipher: ssl.current_cipher().map(|c| c.name().to_owned()),
+        client_cn: None,
+        client_cert: false,
+        verify_result: 0,
+    }
+}
+
+/// A backend chosen by the balancer for one connection; tells the balancer when it ends.
+struct Lease {
+    balancer: Rc<RefCell<Balancer>>,
+    index: usize,
+    settled: bool,
+}
+
+impl Lease {
+    /// The connect failed at `now`: the balancer learns it (instead of a close).
+    fn failed(mut self, now: Instant) -> Option<HealthChange> {
+        self.settled = true;
+        self.balancer.borrow_mut().connect_failed(self.index, now)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.balancer.borrow_mut().closed(self.index);
+        }
+    }
+}
+
+fn log_health(frontend: &Frontend, change: Option<HealthChange>) {
+    match change {
+        Some(HealthChange::Died(i)) => tracing::warn!(
+            backend = %frontend.backends[i].name,
+            revive_in_ms = frontend.balance.health.revive_interval.as_millis() as u64,
+            "backend marked dead on this core"
+        ),
+        Some(HealthChange::Revived(i)) => {
+            tracing::info!(backend = %frontend.backends[i].name, "backend alive again on this core")
+        }
+        None => {}
+    }
+}
+
+/// Connects to a backend, retrying over the backends as the balancer picks them.
+async fn connect_backend(
+    frontend: Arc<Frontend>,
+    core: CoreBackends,
+) -> Result<(TcpStream, Lease), CloseReason> {
+    let settings = &frontend.balance;
+    let mut tried = Vec::new();
+    let mut last = None;
+    let attempts = settings.max_retries.saturating_add(1);
+    for attempt in 0..attempts {
+        if attempt > 0 && !settings.retry_interval.is_zero() {
+            fastedge_runtime::sleep(settings.retry_interval).await;
+        }
+        let now = Instant::now();
+        let picked = {
+            let mut balancer = core.balancer.borrow_mut();
+            balancer.pick(now, &tried).or_else(|| {
+                // Every backend failed for this connection once already: go round again.
+                tried.clear();
+                balancer.pick(now, &[])
+            })
+        };
+        let Some(index) = picked else {
+            return Err(match last {
+                None => CloseReason::NoLiveBackend,
+                Some((backend, failure)) => CloseReason::BackendsFailed {
+                    attempts: attempt,
+                    backend,
+                    failure,
+                },
+            });
+        };
+        let lease = Lease {
+            balancer: core.balancer.clone(),
+            index,
+            settled: false,
+        };
+        let spec = &frontend.backends[index];
+        let failure = match fastedge_runtime::timeout(
+            settings.connect_timeout,
+            TcpStream::connect(spec.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                log_health(&frontend, core.balancer.borrow_mut().connected(index));
+                return Ok((stream, lease));
+            }
+            Ok(Err(error)) => describe_connect_error(error.into()),
+            Err(_) => format!(
+                "did not accept the connection within {} ms",
+                settings.connect_timeout.as_millis()
+            ),
+        };
+        tracing::debug!(backend = %spec.name, attempt, %failure, "backend connect failed");
+        log_health(&frontend, lease.failed(Instant::now()));
+        tried.push(index);
+        last = Some((spec.name.clone(), failure));
+    }
+    let (backend, failure) = last.unwrap_or_else(|| ("-".into(), "no attempt made".into()));
+    Err(CloseReason::BackendsFailed {
+        attempts,
+        backend,
+        failure,
+    })
+}
+
+fn describe_connect_error(error: io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => "refused the connection".to_owned(),
+        io::ErrorKind::TimedOut => "did not answer (connect timed out)".to_owned(),
+        _ => format!("connect failed: {error}"),
+    }
+}
+
+/// Settings of one [`pump`].
+#[derive(Debug, Default)]
+pub struct PumpOptions<'a> {
+    /// Rewrites the client → backend stream (forwarding headers).
+    pub injector: Option<&'a mut Injector>,
+    /// Keep the other direction open after one side closes its sending direction.
+    pub half_open: bool,
+    /// Close when no bytes move either way for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One direction of the pump: a buffer between a reader and a writer.
 struct Flow {
     buf: Box<[u8]>,
+    /// Rewritten bytes when the direction has a transform; otherwise unused.
+    out: Vec<u8>,
+    transformed: bool,
     start: usize,
     end: usize,
     read_done: bool,
@@ -175,9 +453,11 @@ struct Flow {
 type FlowError = (Side, &'static str, io::Error);
 
 impl Flow {
-    fn new() -> Self {
+    fn new(transformed: bool) -> Self {
         Self {
             buf: vec![0; PUMP_BUFFER].into_boxed_slice(),
+            out: Vec::new(),
+            transformed,
             start: 0,
             end: 0,
             read_done: false,
@@ -194,6 +474,8 @@ impl Flow {
         cx: &mut Context<'_>,
         (from, reader): (Side, &mut R),
         (to, writer): (Side, &mut W),
+        mut injector: Option<&mut Injector>,
+        activity: &Cell<Instant>,
     ) -> Poll<Result<(), FlowError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -204,15 +486,20 @@ impl Flow {
         }
         loop {
             while self.start < self.end {
-                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]) {
+                let pending = if self.transformed {
+                    &self.out[self.start..self.end]
+                } else {
+                    &self.buf[self.start..self.end]
+                };
+                match Pin::new(&mut *writer).poll_write(cx, pending) {
                     Poll::Ready(Ok(0)) => {
                         let error = io::Error::new(io::ErrorKind::WriteZero, "wrote zero bytes");
                         return Poll::Ready(Err((to, "write", error)));
                     }
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
-                        self.bytes += n as u64;
                         self.unflushed = true;
+                        activity.set(Instant::now());
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((to, "write", error))),
                     Poll::Pending => return Poll::Pending,
@@ -230,8 +517,21 @@ impl Flow {
             match Pin::new(&mut *reader).poll_read(cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(n)) => {
+                    activity.set(Instant::now());
+                    self.bytes += n as u64;
                     self.start = 0;
                     self.end = n;
+                    if let Some(injector) = injector.as_deref_mut() {
+                        self.out.clear();
+                        injector.feed(&self.buf[..n], &mut self.out).map_err(|e| {
+                            (
+                                from,
+                                "request",
+                                io::Error::new(io::ErrorKind::InvalidData, e),
+                            )
+                        })?;
+                        self.end = self.out.len();
+                    }
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err((from, "read", error))),
                 Poll::Pending => {
@@ -249,21 +549,30 @@ impl Flow {
 
 /// Copies bytes both ways between `client` and `backend` until both directions have ended.
 ///
-/// When one side's read ends, the other side's write is closed (half-close) and the opposite
-/// direction goes on until it ends too. The first error ends the whole connection.
-pub async fn pump<C, B>(client: &mut C, backend: &mut B) -> PumpOutcome
+/// With `half_open`, when one side's read ends, the other side's write is closed and the
+/// opposite direction goes on until it ends too; without, the first close ends both
+/// directions (after what was read is written). The first error ends the whole connection.
+pub async fn pump<C, B>(client: &mut C, backend: &mut B, options: PumpOptions<'_>) -> PumpOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = Flow::new();
-    let mut down = Flow::new();
+    let PumpOptions {
+        mut injector,
+        half_open,
+        idle_timeout,
+    } = options;
+    let mut up = Flow::new(injector.is_some());
+    let mut down = Flow::new(false);
     let mut first_closed: Option<Side> = None;
-    let result = std::future::poll_fn(|cx| {
+    let activity = Cell::new(Instant::now());
+    let moving = std::future::poll_fn(|cx| {
         let up_poll = up.poll_move(
             cx,
             (Side::Client, &mut *client),
             (Side::Backend, &mut *backend),
+            injector.as_deref_mut(),
+            &activity,
         );
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
@@ -272,6 +581,8 @@ where
             cx,
             (Side::Backend, &mut *backend),
             (Side::Client, &mut *client),
+            None,
+            &activity,
         );
         if let Poll::Ready(Err(e)) = down_poll {
             return Poll::Ready(Err(e));
@@ -282,19 +593,43 @@ where
             } else if down.read_done {
                 first_closed = Some(Side::Backend);
             }
+            if first_closed.is_some() && !half_open && !(up.read_done && down.read_done) {
+                // Stop reading the other side too; what was read still gets written.
+                up.read_done = true;
+                down.read_done = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
         if up.done && down.done {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
-    })
-    .await;
+    });
+    let result = match idle_timeout {
+        None => Some(moving.await),
+        Some(idle) => {
+            let watchdog = async {
+                loop {
+                    let deadline = activity.get() + idle;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    fastedge_runtime::sleep(deadline - now).await;
+                }
+            };
+            futures_lite::future::or(async { Some(moving.await) }, watchdog).await
+        }
+    };
     let reason = match result {
-        Ok(()) => CloseReason::Closed {
+        None => CloseReason::Idle(idle_timeout.unwrap_or_default()),
+        Some(Ok(())) => CloseReason::Closed {
             first: first_closed.unwrap_or(Side::Client),
         },
-        Err((side, op, error)) => CloseReason::Failed { side, op, error },
+        Some(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
+        Some(Err((side, op, error))) => CloseReason::Failed { side, op, error },
     };
     PumpOutcome {
         upstream: up.bytes,

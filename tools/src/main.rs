@@ -23,6 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::ServeArgs),
+    CheckConfig(serve::CheckConfigArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => serve::check_config(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

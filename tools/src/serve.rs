@@ -1,7 +1,8 @@
-//! `fastedge serve`: TLS termination in front of a plain TCP backend.
+//! `fastedge serve`: TLS termination in front of TCP backends.
 
 use std::{
-    net::{SocketAddr, ToSocketAddrs},
+    io::Read,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -10,71 +11,85 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 use fastedge_runtime::{
-    bind_reuseport, BoundListener, CpuList, Executors, Shutdown, DEFAULT_BACKLOG,
+    bind_reuseport, drop_privileges, raise_nofile_limit, BoundListener, ConnectionLimit, CpuList,
+    Executors, Shutdown,
 };
 use fastedge_tls::{
-    proxy::{serve_connection, ProxySettings},
+    config::{BackendSpec, ProxyPrefix, ServeConfig, DEFAULT_CONFIG},
+    proxy::{serve_connection, CoreBackends, Frontend},
     SelfSigned, ServerContext,
 };
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::Failure;
 
-/// Terminate TLS and forward the plain bytes to a TCP backend.
+/// Terminate TLS and forward the plain bytes to TCP backends.
 ///
 /// One executor per CPU of `--cores`, each pinned to its CPU with its own SO_REUSEPORT listener
-/// per `--listen` address. The backend connect starts in parallel with the TLS handshake. Each
-/// connection ends with one log line giving the bytes moved and why it closed.
+/// per listen address. The backend connect starts in parallel with the TLS handshake and is
+/// retried over the backends; backends can be told about the client with PROXY v1/v2, bud's
+/// JSON line, or X-Forwarded-* headers in every request. Each connection ends with one log line
+/// giving the bytes moved and why it closed.
 ///
-/// With no `--backend`, fastedge starts a built-in demo backend on loopback that answers every
-/// request with the request head as it reached the backend; with no `--cert`/`--key`, it uses a
-/// self-signed certificate created once in the state directory. So `fastedge serve` alone
-/// answers `curl -k https://127.0.0.1:8443/`.
+/// Settings come from `--config` (TOML; `--print-default-config` shows every key with its
+/// default); the options below override it. With no backend configured, fastedge starts a
+/// built-in demo backend on loopback that answers every request with the request head as it
+/// reached the backend; with no certificate, it uses a self-signed one created once in the
+/// state directory. So `fastedge serve` alone answers `curl -k https://127.0.0.1:8443/`.
 ///
-/// Stops on SIGINT or SIGTERM.
+/// SIGTERM or SIGINT: stop accepting, let open connections finish for `drain_timeout`, exit 0;
+/// a second signal exits at once.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Configuration file (TOML), or `-` for standard input.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the default configuration, every key documented, and exit.
+    #[arg(long)]
+    print_default_config: bool,
+
     /// CPUs to run on, one executor each, as a Linux CPU list: `0-7`, `0,2,4`, `1-3,6`.
-    /// Default: every CPU this process may run on.
+    /// Overrides `cores` of the config. Default: every CPU this process may run on.
     #[arg(long, value_name = "LIST")]
     cores: Option<String>,
 
-    /// Address to accept TLS connections on; repeat for several (IPv4 and IPv6).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    /// Address to accept TLS connections on; repeat for several. Overrides `frontend.listen`
+    /// (default 127.0.0.1:8443).
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
 
-    /// Backend to forward to, `host:port` (the name is resolved once, at start).
+    /// Backend to forward to, `host:port`; replaces the config's backends with this one.
     /// Default: the built-in demo backend.
     #[arg(long, value_name = "HOST:PORT")]
     backend: Option<String>,
 
-    /// PEM certificate chain, leaf first. Needs `--key`. Default: a self-signed demo
-    /// certificate for localhost and 127.0.0.1 in the state directory.
+    /// PEM certificate chain, leaf first; needs `--key`. Overrides `tls.cert`.
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
 
-    /// PEM private key of `--cert`.
+    /// PEM private key of `--cert`. Overrides `tls.key`.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+
+    /// ALPN protocols to accept, most preferred first, comma-separated (e.g. `h2,http/1.1`).
+    /// Overrides `tls.alpn`.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    alpn: Option<Vec<String>>,
 
     /// Where the demo certificate is kept. Default: $FASTEDGE_STATE_DIR, else
     /// $XDG_STATE_HOME/fastedge, else ~/.local/state/fastedge.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+}
 
-    /// ALPN protocols to accept, most preferred first, comma-separated (e.g. `h2,http/1.1`).
-    /// List only what the backend speaks.
-    #[arg(
-        long,
-        value_name = "LIST",
-        default_value = "http/1.1",
-        value_delimiter = ','
-    )]
-    alpn: Vec<String>,
-
-    /// Seconds a client has to complete the TLS handshake.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    handshake_timeout: f64,
+/// Check a configuration file and exit: 0 if `fastedge serve` would start with it, 2 with the
+/// reason if not. Certificates are loaded (and keys decrypted) and backend names resolved.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Configuration file (TOML), or `-` for standard input.
+    #[arg(value_name = "FILE")]
+    config: PathBuf,
 }
 
 /// What each executor takes for itself at start.
@@ -83,59 +98,128 @@ struct CoreSetup {
     demo: Option<BoundListener>,
 }
 
+fn read_config(path: &Path) -> Result<ServeConfig, Failure> {
+    let (name, text) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the configuration from standard input")
+            .map_err(Failure::config)?;
+        ("standard input".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))
+            .map_err(Failure::config)?;
+        (path.display().to_string(), text)
+    };
+    ServeConfig::parse(&text).map_err(|e| Failure::config(anyhow!("configuration {name}: {e}")))
+}
+
+pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
+    let config = read_config(&args.config)?;
+    if let Some((cert, key)) = &config.tls.cert_and_key {
+        ServerContext::load(&config.tls, cert, key).map_err(Failure::config)?;
+    }
+    if let Some(text) = &config.cores {
+        text.parse::<CpuList>()
+            .map_err(|e| Failure::config(anyhow!("cores {text:?}: {e}")))?;
+    }
+    println!(
+        "{}: OK ({} listen address(es), {} backend(s){})",
+        args.config.display(),
+        config.frontend.listen.len(),
+        config.backends.len(),
+        if config.backends.is_empty() {
+            ": the demo backend"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ServeConfig::default(),
+    };
+    apply_overrides(&mut config, &args)?;
+
+    match raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+    }
     let available = CpuList::available().map_err(Failure::runtime)?;
-    let cpus = match &args.cores {
+    let cpus = match &config.cores {
         Some(text) => {
             let list: CpuList = text
                 .parse()
-                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+                .map_err(|e| Failure::config(anyhow!("cores {text:?}: {e}")))?;
             list.check_within(&available)
-                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+                .map_err(|e| Failure::config(anyhow!("cores {text:?}: {e}")))?;
             list
         }
         None => available,
     };
-    if !(args.handshake_timeout.is_finite() && args.handshake_timeout > 0.0) {
-        return Err(Failure::config(anyhow!(
-            "--handshake-timeout must be a positive number of seconds"
-        )));
-    }
-    let handshake_timeout = Duration::from_secs_f64(args.handshake_timeout);
-    let context = load_context(&args)?;
+    let context = load_context(&config, &args)?;
 
-    // Bind everything before starting any executor: bad addresses fail here, at once.
+    // Bind everything before starting any executor or dropping privileges.
     let cores = cpus.len();
-    let (backend, mut demo) = match &args.backend {
-        Some(text) => (resolve_backend(text)?, None),
-        None => {
-            let demo = bind_reuseport(
-                "127.0.0.1:0".parse().map_err(Failure::runtime)?,
-                cores,
-                DEFAULT_BACKLOG,
-            )
-            .map_err(Failure::runtime)?;
-            let addr = demo[0].local_addr();
-            tracing::info!(%addr, "demo backend listening (no --backend given)");
-            (addr, Some(demo))
-        }
-    };
+    let mut demo = None;
+    if config.backends.is_empty() {
+        let listeners = bind_reuseport(
+            "127.0.0.1:0".parse().map_err(Failure::runtime)?,
+            cores,
+            config.frontend.backlog,
+        )
+        .map_err(Failure::runtime)?;
+        let addr = listeners[0].local_addr();
+        tracing::info!(%addr, "demo backend listening (no backend configured)");
+        config.backends.push(BackendSpec {
+            name: addr.to_string(),
+            addr,
+            proxy_protocol: ProxyPrefix::None,
+            x_forwarded: false,
+            forwarded: false,
+        });
+        demo = Some(listeners);
+    }
     let mut per_frontend = Vec::new();
-    for addr in &args.listen {
-        let listeners = bind_reuseport(*addr, cores, DEFAULT_BACKLOG).map_err(Failure::config)?;
+    for addr in &config.frontend.listen {
+        let listeners =
+            bind_reuseport(*addr, cores, config.frontend.backlog).map_err(Failure::config)?;
         tracing::info!(addr = %listeners[0].local_addr(), cores = %cpus, "listening");
         per_frontend.push(listeners);
+    }
+    for backend in &config.backends {
+        tracing::info!(
+            backend = %backend.name,
+            addr = %backend.addr,
+            proxy_protocol = ?backend.proxy_protocol,
+            x_forwarded = backend.x_forwarded,
+            forwarded = backend.forwarded,
+            balance = ?config.balance.mode,
+            "backend"
+        );
+    }
+    if let Some(user) = &config.user {
+        let (uid, gid) = drop_privileges(user, config.group.as_deref()).map_err(Failure::config)?;
+        tracing::info!(%user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
     }
     let mut setups = Vec::with_capacity(cores);
     for _ in 0..cores {
         setups.push(CoreSetup {
             frontends: per_frontend.iter_mut().filter_map(|l| l.pop()).collect(),
-            demo: demo.as_mut().and_then(|d| d.pop()),
+            demo: demo.as_mut().and_then(|d: &mut Vec<BoundListener>| d.pop()),
         });
     }
     let mut setups = setups.into_iter();
 
-    // Executors inherit the signal mask: block the stop signals so only `sigwait` below sees them.
+    // Executors inherit the signal mask: block the stop signals so only `sigwait` sees them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
@@ -145,14 +229,15 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
 
     let shutdown = Shutdown::new();
-    let settings = ProxySettings {
-        backend,
-        handshake_timeout,
-    };
+    let frontend = Arc::new(Frontend {
+        context,
+        settings: config.frontend.clone(),
+        balance: config.balance,
+        backends: config.backends.clone(),
+    });
     let executors = Executors::spawn("fastedge", &cpus, |core| {
         let setup = setups.next();
-        let context = Arc::new(context.clone());
-        let settings = Arc::new(settings.clone());
+        let frontend = frontend.clone();
         let shutdown = shutdown.clone();
         move || async move {
             let Some(setup) = setup else { return };
@@ -160,18 +245,28 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                 let demo = demo.into_glommio();
                 fastedge_runtime::spawn_detached(crate::demo::run(demo, core, shutdown.clone()));
             }
+            let limit = ConnectionLimit::new(frontend.settings.max_connections);
+            let backends = CoreBackends::new(&frontend);
             let mut accepting = Vec::new();
-            for frontend in setup.frontends {
-                let listener = frontend.into_glommio();
+            for listener in setup.frontends {
                 accepting.push(fastedge_runtime::spawn(accept_loop(
                     listener,
-                    context.clone(),
-                    settings.clone(),
+                    frontend.clone(),
+                    backends.clone(),
+                    limit.clone(),
                     shutdown.clone(),
                 )));
             }
             for task in accepting {
                 task.await;
+            }
+            let open = limit.open();
+            if open > 0 {
+                tracing::info!(cpu = core.cpu, open, "draining open connections");
+                let left = limit.drain(frontend.settings.drain_timeout).await;
+                if left > 0 {
+                    tracing::warn!(cpu = core.cpu, left, "drain timeout: closing connections");
+                }
             }
         }
     })
@@ -181,19 +276,70 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .wait()
         .context("waiting for signals")
         .map_err(Failure::runtime)?;
-    tracing::info!(signal = %signal, "stopping: no new connections accepted");
+    tracing::info!(
+        signal = %signal,
+        drain_ms = config.frontend.drain_timeout.as_millis() as u64,
+        "stopping: no new connections accepted"
+    );
     shutdown.trigger();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            tracing::warn!(signal = %signal, "second signal: exiting without draining");
+            std::process::exit(1);
+        }
+    });
     executors.join().map_err(Failure::runtime)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Failure> {
+    if let Some(cores) = &args.cores {
+        config.cores = Some(cores.clone());
+    }
+    if !args.listen.is_empty() {
+        config.frontend.listen = args.listen.clone();
+    }
+    if let Some(text) = &args.backend {
+        let config_text = format!("[[backend]]\naddress = {text:?}\n");
+        let parsed = ServeConfig::parse(&config_text)
+            .map_err(|e| Failure::config(anyhow!("--backend {text:?}: {e}")))?;
+        config.backends = parsed.backends;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config.tls.cert_and_key = Some((cert.clone(), key.clone()));
+    }
+    if let Some(alpn) = &args.alpn {
+        let alpn: Vec<String> = alpn.iter().filter(|p| !p.is_empty()).cloned().collect();
+        if let Some(bad) = alpn.iter().find(|p| p.len() > 255) {
+            return Err(Failure::config(anyhow!(
+                "--alpn: protocol name {bad:?} is longer than 255 bytes"
+            )));
+        }
+        config.tls.alpn = alpn;
+    }
     Ok(())
 }
 
 async fn accept_loop(
-    listener: fastedge_runtime::net::TcpListener,
-    context: Arc<ServerContext>,
-    settings: Arc<ProxySettings>,
+    listener: BoundListener,
+    frontend: Arc<Frontend>,
+    backends: CoreBackends,
+    limit: ConnectionLimit,
     shutdown: Shutdown,
 ) {
+    let listener = listener.into_glommio();
+    let local_default = listener.local_addr().ok();
     loop {
+        // Take a slot first: at the cap, clients wait in the accept queue.
+        let Some(permit) = futures_lite::future::or(async { Some(limit.acquire().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await
+        else {
+            return;
+        };
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shutdown.wait().await;
             None
@@ -209,51 +355,36 @@ async fn accept_loop(
                 continue;
             }
         };
-        let peer = match stream.peer_addr() {
-            Ok(peer) => peer,
-            Err(error) => {
-                tracing::debug!(%error, "connection gone before it could be served");
-                continue;
-            }
+        let (Ok(peer), Some(local)) = (
+            stream.peer_addr(),
+            stream.local_addr().ok().or(local_default),
+        ) else {
+            tracing::debug!("connection gone before it could be served");
+            continue;
         };
-        let (context, settings) = (context.clone(), settings.clone());
+        let _ = stream.set_nodelay(true);
+        let (frontend, backends) = (frontend.clone(), backends.clone());
         fastedge_runtime::spawn_detached(async move {
-            serve_connection(stream, peer, &context, &settings).await;
+            serve_connection(stream, peer, local, frontend, backends).await;
+            drop(permit);
         });
     }
 }
 
-fn resolve_backend(text: &str) -> Result<SocketAddr, Failure> {
-    let mut addrs = text
-        .to_socket_addrs()
-        .with_context(|| format!("--backend {text:?}: expected host:port"))
-        .map_err(Failure::config)?;
-    addrs
-        .next()
-        .ok_or_else(|| Failure::config(anyhow!("--backend {text:?} resolved to no address")))
-}
-
-fn load_context(args: &ServeArgs) -> Result<ServerContext, Failure> {
-    let alpn: Vec<&str> = args
-        .alpn
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.is_empty())
-        .collect();
-    if let Some(bad) = alpn.iter().find(|p| p.len() > 255) {
-        return Err(Failure::config(anyhow!(
-            "--alpn: protocol name {bad:?} is longer than 255 bytes"
-        )));
-    }
-    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-        return ServerContext::from_pem_files(cert, key, &alpn).map_err(Failure::config);
+fn load_context(config: &ServeConfig, args: &ServeArgs) -> Result<ServerContext, Failure> {
+    if let Some((cert, key)) = &config.tls.cert_and_key {
+        return ServerContext::load(&config.tls, cert, key).map_err(Failure::config);
     }
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
         None => default_state_dir().map_err(Failure::config)?,
     };
     let (cert, key) = ensure_demo_certificate(&dir).map_err(Failure::runtime)?;
-    ServerContext::from_pem_files(&cert, &key, &alpn).map_err(Failure::runtime)
+    let demo_tls = fastedge_tls::config::TlsSettings {
+        passphrase: None,
+        ..config.tls.clone()
+    };
+    ServerContext::load(&demo_tls, &cert, &key).map_err(Failure::runtime)
 }
 
 fn default_state_dir() -> anyhow::Result<PathBuf> {

@@ -1,0 +1,69 @@
+//! Process set-up: the open-files limit and dropping privileges after binding.
+
+use nix::{
+    sys::resource::{getrlimit, setrlimit, Resource},
+    unistd::{setgid, setgroups, setuid, Gid, Group, Uid, User},
+};
+
+/// Errors of process set-up, each naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("user {0:?} does not exist")]
+    NoUser(String),
+    #[error("group {0:?} does not exist")]
+    NoGroup(String),
+    #[error("looking up {what} {name:?}: {source}")]
+    Lookup {
+        what: &'static str,
+        name: String,
+        source: nix::Error,
+    },
+    #[error("{step}: {source} (dropping privileges needs root)")]
+    Drop {
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error("RLIMIT_NOFILE: {0}")]
+    Limit(nix::Error),
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit. A proxy needs
+/// two descriptors per connection.
+pub fn raise_nofile_limit() -> Result<u64, ProcessError> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(ProcessError::Limit)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(ProcessError::Limit)?;
+    }
+    Ok(hard.max(soft))
+}
+
+/// Switches the whole process (every thread: call before starting executors) to `user` and
+/// `group` (default: the user's primary group), clearing supplementary groups. Returns the new
+/// uid and gid.
+pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), ProcessError> {
+    let found = User::from_name(user).map_err(|source| ProcessError::Lookup {
+        what: "user",
+        name: user.to_owned(),
+        source,
+    })?;
+    let found = found.ok_or_else(|| ProcessError::NoUser(user.to_owned()))?;
+    let gid = match group {
+        Some(name) => {
+            Group::from_name(name)
+                .map_err(|source| ProcessError::Lookup {
+                    what: "group",
+                    name: name.to_owned(),
+                    source,
+                })?
+                .ok_or_else(|| ProcessError::NoGroup(name.to_owned()))?
+                .gid
+        }
+        None => found.gid,
+    };
+    let step = |step| move |source| ProcessError::Drop { step, source };
+    // Order matters: groups first, while we still may change them; the uid last.
+    setgroups(&[gid]).map_err(step("setgroups"))?;
+    setgid(gid).map_err(step("setgid"))?;
+    setuid(found.uid).map_err(step("setuid"))?;
+    Ok((found.uid, gid))
+}
