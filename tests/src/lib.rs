@@ -5,6 +5,7 @@
 //! curl, the kernel's AF_XDP path) and checks what came out.
 
 pub mod netns;
+pub mod peers;
 pub mod process;
 
 /// Panics with an install hint when `tool` is not on PATH: the suites need real peers, and a

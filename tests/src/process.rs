@@ -86,6 +86,11 @@ impl Fastedge {
             .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
@@ -93,8 +98,18 @@ impl Fastedge {
 
     /// Sends SIGTERM and waits for the exit, at most `within`.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(within)
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sending SIGTERM");
+        nix::sys::signal::kill(pid, signal).expect("sending a signal");
+    }
+
+    /// Waits for the exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for fastedge") {
@@ -102,7 +117,7 @@ impl Fastedge {
             }
             assert!(
                 Instant::now() < deadline,
-                "fastedge did not exit within {within:?} of SIGTERM; log:\n{}",
+                "fastedge did not exit within {within:?}; log:\n{}",
                 self.log_text()
             );
             thread::sleep(Duration::from_millis(20));

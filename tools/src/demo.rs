@@ -16,11 +16,14 @@ pub const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
 /// Largest `/bytes/N` answer.
 const MAX_BYTES: u64 = 1 << 30;
 
-/// Accepts demo connections on `listener` until `stop` completes.
+/// Accepts demo connections on `listener` until `stop` completes; each open connection holds a
+/// permit of `open`, so the executor can wait for them to finish before it exits (a connection
+/// here may serve a proxied connection of another core).
 pub async fn run(
     listener: TcpListener,
     core: fastedge_runtime::Core,
     stop: fastedge_runtime::Shutdown,
+    open: fastedge_runtime::ConnectionLimit,
 ) {
     let core = Rc::new(core);
     loop {
@@ -33,10 +36,12 @@ pub async fn run(
             None => return,
             Some(Ok(stream)) => {
                 let core = core.clone();
+                let permit = open.acquire().await;
                 fastedge_runtime::spawn_detached(async move {
                     if let Err(error) = serve(stream, &core).await {
                         tracing::debug!(%error, "demo backend connection ended");
                     }
+                    drop(permit);
                 });
             }
             Some(Err(error)) => {

@@ -241,9 +241,11 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let shutdown = shutdown.clone();
         move || async move {
             let Some(setup) = setup else { return };
+            let demo_open = ConnectionLimit::new(u32::MAX);
             if let Some(demo) = setup.demo {
                 let demo = demo.into_glommio();
-                fastedge_runtime::spawn_detached(crate::demo::run(demo, core, shutdown.clone()));
+                let (stop, open) = (shutdown.clone(), demo_open.clone());
+                fastedge_runtime::spawn_detached(crate::demo::run(demo, core, stop, open));
             }
             let limit = ConnectionLimit::new(frontend.settings.max_connections);
             let backends = CoreBackends::new(&frontend);
@@ -260,6 +262,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             for task in accepting {
                 task.await;
             }
+            let deadline = std::time::Instant::now() + frontend.settings.drain_timeout;
             let open = limit.open();
             if open > 0 {
                 tracing::info!(cpu = core.cpu, open, "draining open connections");
@@ -268,6 +271,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                     tracing::warn!(cpu = core.cpu, left, "drain timeout: closing connections");
                 }
             }
+            // Demo backend connections of this core may serve other cores' clients: they go
+            // last, within the same deadline.
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            demo_open.drain(remaining).await;
         }
     })
     .map_err(Failure::runtime)?;

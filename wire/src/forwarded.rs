@@ -266,9 +266,20 @@ fn has_upgrade(head: &[u8]) -> bool {
     upgrade && connection_upgrade
 }
 
+/// A head without the empty lines that may precede its request line (RFC 9112 §2.2; httparse
+/// skips them too).
+fn without_leading_empty_lines(head: &[u8]) -> &[u8] {
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
+    &head[start..]
+}
+
 /// The header fields of a head already validated by httparse, as (name, value) pairs.
 fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    head.split(|&b| b == b'\n')
+    without_leading_empty_lines(head)
+        .split(|&b| b == b'\n')
         .skip(1) // request line
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
         .filter(|line| !line.is_empty())
@@ -280,6 +291,7 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 /// Writes `head` with the forwarding headers set, lines ending in CRLF.
 fn rewrite_head(head: &[u8], config: &ForwardedConfig, facts: &ClientFacts, out: &mut Vec<u8>) {
+    let head = without_leading_empty_lines(head);
     let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     out.extend_from_slice(request_line.strip_suffix(b"\r").unwrap_or(request_line));
     out.extend_from_slice(b"\r\n");
@@ -549,6 +561,17 @@ GET /d HTTP/1.1\r\n{XFF}\r\n"
         let out = String::from_utf8(run(config, mapped, input).unwrap()).unwrap();
         assert!(
             out.contains("Forwarded: for=192.0.2.7;proto=https\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_dropped() {
+        let input =
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\n\nGET /next HTTP/1.1\r\n\r\n";
+        let out = String::from_utf8(run(X, facts(false), input).unwrap()).unwrap();
+        assert!(
+            out.ends_with(&format!("\r\n\r\nxGET /next HTTP/1.1\r\n{XFF}\r\n")),
             "{out}"
         );
     }

@@ -1,0 +1,630 @@
+//! `fastedge serve` with a configuration file, against real peers: what backends learn about
+//! clients (X-Forwarded-* on every request, PROXY v1/v2 byte for byte), failover, timeouts,
+//! draining, privilege drop, and no descriptor leaks.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fastedge_tests::{
+    peers::{dead_port, echo_backend, read_response, tls_connect},
+    process::{fastedge_bin, Fastedge},
+    require_tool, TempDir,
+};
+
+/// Starts `fastedge serve` with `config` (TOML) on a free port; returns it and its address.
+fn serve(state: &TempDir, config: &str) -> (Fastedge, SocketAddr) {
+    let path = state.path().join("fastedge.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Fastedge::start(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let addr = server.wait_listening();
+    (server, addr)
+}
+
+/// The first CPU this process may use: one executor makes round robin deterministic.
+fn first_cpu() -> usize {
+    fastedge_runtime::CpuList::available().unwrap().cpus()[0]
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    require_tool("curl", "curl");
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--insecure", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn x_forwarded_on_every_keep_alive_request() {
+    let state = TempDir::new("xff-keepalive");
+    let (backend, recorded) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"),
+    );
+    let url = |n: u32| format!("https://{addr}/r{n}");
+    let out = curl(&["--verbose", &url(1), &url(2), &url(3)]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    assert!(
+        verbose.contains("Re-using existing connection"),
+        "one connection: {verbose}"
+    );
+    for n in 1..=3 {
+        assert!(body.contains(&format!("GET /r{n} HTTP/1.1")), "{body}");
+    }
+    assert_eq!(
+        body.matches("X-Forwarded-For: 127.0.0.1\r\n").count(),
+        3,
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("X-Forwarded-Proto: https\r\n").count(),
+        3,
+        "{body}"
+    );
+    assert_eq!(
+        body.matches(&format!("X-Forwarded-Port: {}\r\n", addr.port()))
+            .count(),
+        3
+    );
+    assert_eq!(
+        recorded.lock().unwrap().len(),
+        1,
+        "the backend saw one connection"
+    );
+}
+
+#[test]
+fn pipelined_requests_and_a_head_sent_byte_by_byte() {
+    let state = TempDir::new("xff-split");
+    let (backend, _) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\nforwarded = true\n"),
+    );
+    // Three requests, one with a body that looks like a request, in one write.
+    let mut tls = tls_connect(addr, "localhost", b"\x08http/1.1");
+    let pipelined = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nGET /no HTTP/1.1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    tls.write_all(pipelined).unwrap();
+    for path in ["/a", "/b", "/c"] {
+        let (_, body) = read_response(&mut tls);
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.starts_with(&format!("GET {path} ")) || body.starts_with(&format!("POST {path} ")),
+            "{body}"
+        );
+        assert!(body.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{body}");
+        assert!(
+            body.contains("Forwarded: for=127.0.0.1;proto=https\r\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("6.6.6.6"),
+            "untrusted client's XFF replaced: {body}"
+        );
+    }
+    // One request, one byte per TLS record.
+    for byte in b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" {
+        tls.write_all(&[*byte]).unwrap();
+        tls.flush().unwrap();
+    }
+    let (_, body) = read_response(&mut tls);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.starts_with("GET /slow HTTP/1.1\r\nHost: x\r\n"),
+        "{body}"
+    );
+    assert!(body.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{body}");
+}
+
+#[test]
+fn trusted_proxies_keep_the_chain() {
+    let state = TempDir::new("xff-trust");
+    let (backend, _) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!(
+            "[frontend]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"
+        ),
+    );
+    let out = curl(&[
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        &format!("https://{addr}/"),
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn proxy_v2_header_byte_for_byte() {
+    let state = TempDir::new("proxy-v2");
+    let (backend, recorded) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nproxy_protocol = \"v2\"\n"),
+    );
+    let mut tls = tls_connect(addr, "example.test", b"\x08http/1.1");
+    let client_port = tls.get_ref().local_addr().unwrap().port();
+    let cipher = tls.ssl().current_cipher().unwrap().name().to_owned();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_response(&mut tls);
+
+    let mut tlvs = Vec::new();
+    tlvs.extend_from_slice(&[0x01, 0x00, 8]);
+    tlvs.extend_from_slice(b"http/1.1");
+    tlvs.extend_from_slice(&[0x02, 0x00, 12]);
+    tlvs.extend_from_slice(b"example.test");
+    let mut ssl = vec![0x01, 0, 0, 0, 0, 0x21, 0x00, 7];
+    ssl.extend_from_slice(b"TLSv1.3");
+    ssl.extend_from_slice(&[0x23, 0x00, cipher.len() as u8]);
+    ssl.extend_from_slice(cipher.as_bytes());
+    tlvs.extend_from_slice(&[0x20, 0x00, ssl.len() as u8]);
+    tlvs.extend_from_slice(&ssl);
+    let mut expected = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
+    expected.extend_from_slice(&((12 + tlvs.len()) as u16).to_be_bytes());
+    expected.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    expected.extend_from_slice(&client_port.to_be_bytes());
+    expected.extend_from_slice(&addr.port().to_be_bytes());
+    expected.extend_from_slice(&tlvs);
+    let seen = recorded.lock().unwrap()[0].clone();
+    assert_eq!(&seen[..expected.len()], &expected[..], "PROXY v2 header");
+    assert!(seen[expected.len()..].starts_with(b"GET / HTTP/1.1\r\n"));
+}
+
+#[test]
+fn proxy_v1_line_and_bud_json() {
+    let state = TempDir::new("proxy-v1");
+    let (v1, v1_seen) = echo_backend();
+    let (bud, bud_seen) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{}\"\n[balance]\nmode = \"roundrobin\"\n\
+             [[backend]]\naddress = \"{v1}\"\nproxy_protocol = \"v1\"\n\
+             [[backend]]\naddress = \"{bud}\"\nproxy_protocol = \"bud-json\"\n",
+            first_cpu()
+        ),
+    );
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let mut tls = tls_connect(addr, "localhost", b"");
+        ports.push(tls.get_ref().local_addr().unwrap().port());
+        tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        read_response(&mut tls);
+    }
+    let v1_bytes = v1_seen.lock().unwrap()[0].clone();
+    let line = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nGET /",
+        ports[0],
+        addr.port()
+    );
+    assert!(
+        v1_bytes.starts_with(line.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&v1_bytes)
+    );
+    let bud_bytes = String::from_utf8_lossy(&bud_seen.lock().unwrap()[0]).into_owned();
+    let expected = format!(
+        "BUD {{\"family\":\"TCP4\",\"bud\":{{\"host\":\"127.0.0.1\",\"port\":{}}},\"peer\":{{\"host\":\"127.0.0.1\",\"port\":{},\"cn\":false,\"dn\":false}}}}\r\nGET /",
+        addr.port(),
+        ports[1]
+    );
+    assert!(bud_bytes.starts_with(&expected), "{bud_bytes}");
+}
+
+#[test]
+fn dead_backend_fails_over_and_all_dead_is_logged() {
+    let state = TempDir::new("failover");
+    let (live, _) = echo_backend();
+    let dead = dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[balance]\nmode = \"roundrobin\"\nretry_interval = \"10ms\"\ndeath_timeout = \"0s\"\nrevive_interval = \"1h\"\n\
+             [[backend]]\naddress = \"{dead}\"\n[[backend]]\naddress = \"{live}\"\n"
+        ),
+    );
+    for _ in 0..4 {
+        let out = curl(&[&format!("https://{addr}/")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("GET / HTTP/1.1"));
+    }
+    server.wait_for_line("backend marked dead", Duration::from_secs(5));
+    drop(server);
+
+    let state = TempDir::new("all-dead");
+    let (server, addr) = serve(
+        &state,
+        &format!("[balance]\nretry_interval = \"10ms\"\nmax_retries = 2\n[[backend]]\naddress = \"{dead}\"\n"),
+    );
+    let out = curl(&[&format!("https://{addr}/")]);
+    assert!(!out.status.success());
+    let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+    assert!(
+        line.contains(&format!(
+            "reason=backend {dead} refused the connection (after 3 connect attempts)"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn handshake_and_idle_timeouts() {
+    let state = TempDir::new("timeouts");
+    let (backend, _) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[frontend]\nhandshake_timeout = \"300ms\"\nidle_timeout = \"400ms\"\n[[backend]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    // Slowloris: connect, say nothing.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "server closed the silent connection");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let line = server.wait_for_line(
+        "TLS handshake timed out after 300 ms",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("connection closed"));
+
+    // Idle after the handshake.
+    let mut tls = tls_connect(addr, "localhost", b"");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let result = tls.read(&mut buf);
+    assert!(
+        matches!(result, Ok(0) | Err(_)),
+        "closed by the idle timeout"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    server.wait_for_line("reason=idle for 0.4 s", Duration::from_secs(5));
+}
+
+#[test]
+fn bad_requests_close_with_a_reason() {
+    let state = TempDir::new("bad-request");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"),
+    );
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    let read = tls.read(&mut buf);
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock),
+        "the server closed the connection: {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+    assert!(
+        line.contains("bad request from client: invalid or conflicting Content-Length"),
+        "{line}"
+    );
+    let seen = recorded.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|c| !c.windows(14).any(|w| w == b"Content-Length")),
+        "nothing forwarded"
+    );
+}
+
+#[test]
+fn drain_lets_open_transfers_finish() {
+    let state = TempDir::new("drain");
+    let (mut server, addr) = serve(&state, "[frontend]\ndrain_timeout = \"20s\"\n");
+    // The demo backend: a 3 MB download at 2 MB/s takes about 1.5 s.
+    let download = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--insecure",
+            "--limit-rate",
+            "2M",
+            "--output",
+            "-",
+        ])
+        .arg(format!("https://{addr}/bytes/3000000"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_for_line(
+        "stopping: no new connections accepted",
+        Duration::from_secs(5),
+    );
+    // New connections are no longer accepted.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "listener closed during drain"
+    );
+    let output = download.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(output.stdout.len(), 3_000_000, "the open transfer finished");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 after draining: {status}");
+    assert!(server.log_text().contains("draining open connections"));
+}
+
+#[test]
+fn check_config_and_stdin_config() {
+    let bin = fastedge_bin();
+    let state = TempDir::new("check-config");
+    let good = state.path().join("good.toml");
+    std::fs::write(&good, "\n  [frontend]\nlisten = [\"127.0.0.1:0\"]\n\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    let bad = state.path().join("bad.toml");
+    std::fs::write(&bad, "[balance]\nmode = \"random\"\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("balance.mode"));
+
+    let missing_key = state.path().join("nokey.toml");
+    std::fs::write(
+        &missing_key,
+        "[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["check-config", missing_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+
+    // The printed default configuration is itself valid.
+    let out = Command::new(&bin)
+        .args(["serve", "--print-default-config"])
+        .output()
+        .unwrap();
+    let mut child = Command::new(&bin)
+        .args(["check-config", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let checked = child.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn encrypted_key_with_passphrase_sources() {
+    require_tool("openssl", "openssl");
+    let state = TempDir::new("passphrase");
+    let cert = fastedge_tls::SelfSigned::generate(&["localhost"], 1).unwrap();
+    let (cert_path, plain_key) = (state.path().join("c.pem"), state.path().join("plain.pem"));
+    cert.write_pem(&cert_path, &plain_key).unwrap();
+    let key_path = state.path().join("enc.pem");
+    let status = Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:s3cret",
+            "-in",
+        ])
+        .arg(&plain_key)
+        .arg("-out")
+        .arg(&key_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pass_file = state.path().join("pass.txt");
+    std::fs::write(&pass_file, "s3cret\n").unwrap();
+    let (c, k) = (cert_path.display(), key_path.display());
+    for source in [
+        "passphrase = \"s3cret\"".to_owned(),
+        format!("passphrase_file = \"{}\"", pass_file.display()),
+        "passphrase_cmd = \"echo s3cret\"".to_owned(),
+        "passphrase_env = \"FASTEDGE_TEST_PASS\"".to_owned(),
+    ] {
+        let config = state.path().join("p.toml");
+        std::fs::write(
+            &config,
+            format!("[tls]\ncert = \"{c}\"\nkey = \"{k}\"\n{source}\n"),
+        )
+        .unwrap();
+        let out = Command::new(fastedge_bin())
+            .args(["check-config", config.to_str().unwrap()])
+            .env("FASTEDGE_TEST_PASS", "s3cret")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = state.path().join("wrong.toml");
+    std::fs::write(
+        &config,
+        format!("[tls]\ncert = \"{c}\"\nkey = \"{k}\"\npassphrase = \"nope\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(fastedge_bin())
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn privilege_drop_after_binding_a_low_port() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root to bind a port below 1024 and drop to nobody");
+    }
+    let state = TempDir::new("privdrop");
+    // A port below 1024 that is free now.
+    let port = (900..1000)
+        .map(|p| 900 + (p + std::process::id() as u16) % 100)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free low port");
+    let path = state.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!("user = \"nobody\"\n[frontend]\nlisten = [\"127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let server = Fastedge::start(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    server.wait_for_line("dropped privileges", Duration::from_secs(10));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_owned()
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let uid = nobody.uid.as_raw().to_string();
+    assert!(
+        field("Uid:").split_whitespace().skip(1).all(|u| u == uid),
+        "{}",
+        field("Uid:")
+    );
+    let groups = field("Groups:");
+    assert!(
+        groups
+            .split_whitespace()
+            .skip(1)
+            .all(|g| g == nobody.gid.as_raw().to_string()),
+        "supplementary groups cleared: {groups}"
+    );
+    let out = curl(&[&format!("https://127.0.0.1:{port}/")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn no_descriptor_leak_over_many_connections() {
+    let state = TempDir::new("fd-leak");
+    let (backend, _) = echo_backend();
+    let dead = dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[balance]\nretry_interval = \"0ms\"\nmax_retries = 1\n\
+             [[backend]]\naddress = \"{backend}\"\n[[backend]]\naddress = \"{dead}\"\n"
+        ),
+    );
+    let pid = server.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // Warm up once (lazily opened descriptors), then measure.
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    read_response(&mut tls);
+    drop(tls);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = fds();
+    for i in 0..900 {
+        match i % 3 {
+            // A full request.
+            0 => {
+                let mut tls = tls_connect(addr, "localhost", b"");
+                tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                read_response(&mut tls);
+            }
+            // A reset right after connect.
+            1 => {
+                let stream = TcpStream::connect(addr).unwrap();
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            // A failed handshake.
+            _ => {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                let _ = stream.write_all(b"this is not TLS\r\n\r\n");
+                let _ = stream.read(&mut [0u8; 64]);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fds() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fds(), before, "open descriptors after 900 connections");
+}
