@@ -628,3 +628,62 @@ fn no_descriptor_leak_over_many_connections() {
     }
     assert_eq!(fds(), before, "open descriptors after 900 connections");
 }
+
+/// The common name of the certificate the server presented.
+fn server_cn(tls: &fastedge_tls::boring::ssl::SslStream<TcpStream>) -> String {
+    let cert = tls.ssl().peer_certificate().expect("server certificate");
+    let cn = cert
+        .subject_name()
+        .entries_by_nid(fastedge_tls::boring::nid::Nid::COMMONNAME)
+        .next()
+        .expect("CN");
+    String::from_utf8_lossy(cn.data().as_slice()).into_owned()
+}
+
+#[test]
+fn reload_swaps_certificates_and_survives_a_bad_config() {
+    let state = TempDir::new("reload");
+    let (backend, _) = echo_backend();
+    let write_cert = |name: &str| {
+        let cert = fastedge_tls::SelfSigned::generate(&[name], 1).unwrap();
+        let (c, k) = (
+            state.path().join(format!("{name}.pem")),
+            state.path().join(format!("{name}.key")),
+        );
+        cert.write_pem(&c, &k).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let (cert_a, key_a) = write_cert("a.test");
+    let (cert_b, key_b) = write_cert("b.test");
+    let config = |cert: &str, key: &str| {
+        format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[[backend]]\naddress = \"{backend}\"\n")
+    };
+    let (server, addr) = serve(&state, &config(&cert_a, &key_a));
+    let request = |tls: &mut fastedge_tls::boring::ssl::SslStream<TcpStream>| {
+        tls.write_all(b"GET /still HTTP/1.1\r\n\r\n").unwrap();
+        let (_, body) = read_response(tls);
+        assert!(body.starts_with(b"GET /still "));
+    };
+    let mut old = tls_connect(addr, "localhost", b"");
+    assert_eq!(server_cn(&old), "a.test");
+    request(&mut old);
+
+    std::fs::write(state.path().join("fastedge.toml"), config(&cert_b, &key_b)).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_line("reloaded", Duration::from_secs(5));
+    assert_eq!(server_cn(&tls_connect(addr, "localhost", b"")), "b.test");
+    request(&mut old);
+
+    std::fs::write(
+        state.path().join("fastedge.toml"),
+        "[balance]\nmode = \"random\"\n",
+    )
+    .unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = server.wait_for_line("reload failed", Duration::from_secs(5));
+    assert!(line.contains("balance.mode"), "{line}");
+    let mut new = tls_connect(addr, "localhost", b"");
+    assert_eq!(server_cn(&new), "b.test");
+    request(&mut new);
+    request(&mut old);
+}

@@ -138,6 +138,8 @@ pub struct PumpOutcome {
 /// What every core serves a frontend with: read-only, shared by all cores.
 #[derive(Debug)]
 pub struct Frontend {
+    /// Counts configuration loads: a core rebuilds its balancer when this changes.
+    pub generation: u64,
     pub context: ServerContext,
     pub settings: FrontendSettings,
     pub balance: BalanceSettings,

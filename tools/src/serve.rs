@@ -1,12 +1,16 @@
 //! `fastedge serve`: TLS termination in front of TCP backends.
 
 use std::{
+    cell::RefCell,
     io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
     time::Duration,
 };
+
+use arc_swap::ArcSwap;
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
@@ -165,11 +169,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         }
         None => available,
     };
-    let context = load_context(&config, &args)?;
-
     // Bind everything before starting any executor or dropping privileges.
     let cores = cpus.len();
     let mut demo = None;
+    let mut demo_addr = None;
     if config.backends.is_empty() {
         let listeners = bind_reuseport(
             "127.0.0.1:0".parse().map_err(Failure::runtime)?,
@@ -179,15 +182,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
         let addr = listeners[0].local_addr();
         tracing::info!(%addr, "demo backend listening (no backend configured)");
-        config.backends.push(BackendSpec {
-            name: addr.to_string(),
-            addr,
-            proxy_protocol: ProxyPrefix::None,
-            x_forwarded: false,
-            forwarded: false,
-        });
+        demo_addr = Some(addr);
         demo = Some(listeners);
     }
+    let frontend = build_frontend(&config, &args, demo_addr, 0)?;
     let mut per_frontend = Vec::new();
     for addr in &config.frontend.listen {
         let listeners =
@@ -195,7 +193,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!(addr = %listeners[0].local_addr(), cores = %cpus, "listening");
         per_frontend.push(listeners);
     }
-    for backend in &config.backends {
+    for backend in &frontend.backends {
         tracing::info!(
             backend = %backend.name,
             addr = %backend.addr,
@@ -219,25 +217,22 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     let mut setups = setups.into_iter();
 
-    // Executors inherit the signal mask: block the stop signals so only `sigwait` sees them.
+    // Executors inherit the signal mask: block the signals so only `sigwait` below sees them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     signals
         .thread_block()
-        .context("blocking SIGINT/SIGTERM")
+        .context("blocking SIGINT/SIGTERM/SIGHUP")
         .map_err(Failure::runtime)?;
 
     let shutdown = Shutdown::new();
-    let frontend = Arc::new(Frontend {
-        context,
-        settings: config.frontend.clone(),
-        balance: config.balance,
-        backends: config.backends.clone(),
-    });
+    let max_connections = frontend.settings.max_connections;
+    let current = Arc::new(ArcSwap::from_pointee(frontend));
     let executors = Executors::spawn("fastedge", &cpus, |core| {
         let setup = setups.next();
-        let frontend = frontend.clone();
+        let current = current.clone();
         let shutdown = shutdown.clone();
         move || async move {
             let Some(setup) = setup else { return };
@@ -247,13 +242,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                 let (stop, open) = (shutdown.clone(), demo_open.clone());
                 fastedge_runtime::spawn_detached(crate::demo::run(demo, core, stop, open));
             }
-            let limit = ConnectionLimit::new(frontend.settings.max_connections);
-            let backends = CoreBackends::new(&frontend);
+            let limit = ConnectionLimit::new(max_connections);
+            let backends = Rc::new(RefCell::new(None));
             let mut accepting = Vec::new();
             for listener in setup.frontends {
                 accepting.push(fastedge_runtime::spawn(accept_loop(
                     listener,
-                    frontend.clone(),
+                    current.clone(),
                     backends.clone(),
                     limit.clone(),
                     shutdown.clone(),
@@ -262,11 +257,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             for task in accepting {
                 task.await;
             }
-            let deadline = std::time::Instant::now() + frontend.settings.drain_timeout;
+            let drain_timeout = current.load().settings.drain_timeout;
+            let deadline = std::time::Instant::now() + drain_timeout;
             let open = limit.open();
             if open > 0 {
                 tracing::info!(cpu = core.cpu, open, "draining open connections");
-                let left = limit.drain(frontend.settings.drain_timeout).await;
+                let left = limit.drain(drain_timeout).await;
                 if left > 0 {
                     tracing::warn!(cpu = core.cpu, left, "drain timeout: closing connections");
                 }
@@ -279,25 +275,132 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     })
     .map_err(Failure::runtime)?;
 
-    let signal = signals
-        .wait()
-        .context("waiting for signals")
-        .map_err(Failure::runtime)?;
+    let mut generation = 0;
+    let signal = loop {
+        let signal = signals
+            .wait()
+            .context("waiting for signals")
+            .map_err(Failure::runtime)?;
+        if signal != Signal::SIGHUP {
+            break signal;
+        }
+        generation += 1;
+        reload(&args, &config, demo_addr, generation, &current);
+    };
     tracing::info!(
         signal = %signal,
-        drain_ms = config.frontend.drain_timeout.as_millis() as u64,
+        drain_ms = current.load().settings.drain_timeout.as_millis() as u64,
         "stopping: no new connections accepted"
     );
     shutdown.trigger();
-    std::thread::spawn(move || {
-        if let Ok(signal) = signals.wait() {
-            tracing::warn!(signal = %signal, "second signal: exiting without draining");
-            std::process::exit(1);
+    std::thread::spawn(move || loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP while stopping: ignored"),
+            Ok(signal) => {
+                tracing::warn!(signal = %signal, "second signal: exiting without draining");
+                std::process::exit(1);
+            }
+            Err(_) => return,
         }
     });
     executors.join().map_err(Failure::runtime)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The context and backends a configuration describes, with the demo backend standing in when
+/// it lists none.
+fn build_frontend(
+    config: &ServeConfig,
+    args: &ServeArgs,
+    demo_addr: Option<SocketAddr>,
+    generation: u64,
+) -> Result<Frontend, Failure> {
+    let context = load_context(config, args)?;
+    let mut backends = config.backends.clone();
+    if backends.is_empty() {
+        let addr = demo_addr.ok_or_else(|| {
+            Failure::config(anyhow!(
+                "no [[backend]] configured (the demo backend runs only when fastedge starts without backends)"
+            ))
+        })?;
+        backends.push(BackendSpec {
+            name: addr.to_string(),
+            addr,
+            proxy_protocol: ProxyPrefix::None,
+            x_forwarded: false,
+            forwarded: false,
+        });
+    }
+    Ok(Frontend {
+        generation,
+        context,
+        settings: config.frontend.clone(),
+        balance: config.balance,
+        backends,
+    })
+}
+
+/// SIGHUP: reads the configuration again (and the certificates it names); swaps it in for new
+/// connections if it is valid, keeps the running one otherwise. Open connections keep the
+/// configuration they started with. Settings fixed at start are reported, not changed.
+fn reload(
+    args: &ServeArgs,
+    started: &ServeConfig,
+    demo_addr: Option<SocketAddr>,
+    generation: u64,
+    current: &ArcSwap<Frontend>,
+) {
+    let attempt = || -> Result<Frontend, Failure> {
+        let mut config = match &args.config {
+            Some(path) if path != Path::new("-") => read_config(path)?,
+            _ => started.clone(),
+        };
+        apply_overrides(&mut config, args)?;
+        let fixed = [
+            ("cores", config.cores != started.cores),
+            (
+                "user/group",
+                config.user != started.user || config.group != started.group,
+            ),
+            (
+                "frontend.listen",
+                config.frontend.listen != started.frontend.listen,
+            ),
+            (
+                "frontend.backlog",
+                config.frontend.backlog != started.frontend.backlog,
+            ),
+            (
+                "frontend.max_connections",
+                config.frontend.max_connections != started.frontend.max_connections,
+            ),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the configuration; takes effect at the next restart"
+                );
+            }
+        }
+        build_frontend(&config, args, demo_addr, generation)
+    };
+    match attempt() {
+        Ok(frontend) => {
+            let backends = frontend.backends.len();
+            current.store(Arc::new(frontend));
+            tracing::info!(
+                generation,
+                backends,
+                "reloaded: new connections use the new configuration"
+            );
+        }
+        Err(failure) => tracing::error!(
+            "reload failed, keeping the running configuration: {:#}",
+            failure.error
+        ),
+    }
 }
 
 fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Failure> {
@@ -330,8 +433,8 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
 
 async fn accept_loop(
     listener: BoundListener,
-    frontend: Arc<Frontend>,
-    backends: CoreBackends,
+    current: Arc<ArcSwap<Frontend>>,
+    core_backends: Rc<RefCell<Option<(u64, CoreBackends)>>>,
     limit: ConnectionLimit,
     shutdown: Shutdown,
 ) {
@@ -370,7 +473,21 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (frontend, backends) = (frontend.clone(), backends.clone());
+        // The configuration of the moment; a reload builds this core a new balancer.
+        let frontend = current.load_full();
+        let backends = {
+            let mut slot = core_backends.borrow_mut();
+            match &*slot {
+                Some((generation, backends)) if *generation == frontend.generation => {
+                    backends.clone()
+                }
+                _ => {
+                    let backends = CoreBackends::new(&frontend);
+                    *slot = Some((frontend.generation, backends.clone()));
+                    backends
+                }
+            }
+        };
         fastedge_runtime::spawn_detached(async move {
             serve_connection(stream, peer, local, frontend, backends).await;
             drop(permit);
