@@ -2,7 +2,8 @@
 //!
 //! Owns: CPU lists ([`CpuList`]), one pinned glommio executor per CPU ([`Executors`]),
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
-//! stop signal ([`Shutdown`]), per-core connection caps ([`ConnectionLimit`]), process set-up
+//! stop signal ([`Shutdown`]), per-core metrics rendered as Prometheus text ([`metrics`]),
+//! per-core connection caps ([`ConnectionLimit`]), process set-up
 //! (open-files limit, privilege drop), and the network types the other crates use ([`net`]), so that only
 //! this crate names glommio.
 //!
@@ -13,6 +14,7 @@ mod cpus;
 mod executors;
 mod limit;
 mod listen;
+pub mod metrics;
 mod process;
 mod shutdown;
 

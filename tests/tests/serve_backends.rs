@@ -687,3 +687,100 @@ fn reload_swaps_certificates_and_survives_a_bad_config() {
     request(&mut new);
     request(&mut old);
 }
+
+#[test]
+fn prometheus_metrics_sum_the_cores() {
+    let state = TempDir::new("metrics");
+    let (backend, _) = echo_backend();
+    let dead = dead_port();
+    let path = state.path().join("m.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "metrics_listen = \"127.0.0.1:0\"\n[balance]\nmode = \"on-fail\"\nretry_interval = \"0ms\"\n\
+             [[backend]]\naddress = \"{dead}\"\n[[backend]]\naddress = \"{backend}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Fastedge::start(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let addr = server.wait_listening();
+    let line = server.wait_for_line("metrics listening", Duration::from_secs(10));
+    let metrics_addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    for _ in 0..3 {
+        assert!(curl(&[&format!("https://{addr}/")]).status.success());
+    }
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage.write_all(b"not TLS at all\r\n\r\n").unwrap();
+    let _ = garbage.read(&mut [0u8; 16]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let out = Command::new("curl")
+            .args(["--silent", &format!("http://{metrics_addr}/metrics")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("fastedge_connections_closed_total{reason=\"handshake_failed\"} 1\n")
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        text.contains("fastedge_connections_accepted_total 4\n"),
+        "{text}"
+    );
+    assert!(text.contains("fastedge_connections_active 0\n"), "{text}");
+    assert!(
+        text.contains("fastedge_handshakes_completed_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fastedge_connections_closed_total{reason=\"closed\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fastedge_connections_closed_total{reason=\"handshake_failed\"} 1\n"),
+        "{text}"
+    );
+    let failures = format!("fastedge_backend_connect_failures_total{{backend=\"{dead}\"}} ");
+    let count: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&failures))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{failures} in {text}"));
+    assert!(count >= 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "fastedge_backend_connect_failures_total{{backend=\"{backend}\"}} 0\n"
+        )),
+        "{text}"
+    );
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--include",
+            &format!("http://{metrics_addr}/nope"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 404"));
+}

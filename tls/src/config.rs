@@ -29,6 +29,9 @@ cores = "all"
 user = ""
 group = ""
 
+# Address to serve Prometheus metrics on (GET /metrics), e.g. "127.0.0.1:9100". Empty: off.
+metrics_listen = ""
+
 [frontend]
 # Addresses to accept TLS on. IPv6 listeners are IPv6-only, so list "0.0.0.0:443" and
 # "[::]:443" both for dual stack.
@@ -121,6 +124,7 @@ struct RawConfig {
     cores: String,
     user: String,
     group: String,
+    metrics_listen: String,
     frontend: RawFrontend,
     tls: RawTls,
     balance: RawBalance,
@@ -190,6 +194,7 @@ impl Default for RawConfig {
             cores: "all".into(),
             user: String::new(),
             group: String::new(),
+            metrics_listen: String::new(),
             frontend: RawFrontend::default(),
             tls: RawTls::default(),
             balance: RawBalance::default(),
@@ -254,6 +259,7 @@ pub struct ServeConfig {
     pub cores: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
     pub frontend: FrontendSettings,
     pub tls: TlsSettings,
     pub balance: BalanceSettings,
@@ -387,6 +393,15 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let cores = match raw.cores.trim() {
         "" | "all" => None,
         list => Some(list.to_owned()),
+    };
+    let metrics_listen = match raw.metrics_listen.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "metrics_listen",
+                format!("{text:?} is not an IP:port address"),
+            )
+        })?),
     };
     let f = raw.frontend;
     if f.listen.is_empty() {
@@ -566,6 +581,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         cores,
         user: nonempty(&raw.user),
         group: nonempty(&raw.group),
+        metrics_listen,
         frontend,
         tls,
         balance,

@@ -23,7 +23,10 @@ use std::{
 };
 
 use boring::ssl::NameType;
-use fastedge_runtime::net::TcpStream;
+use fastedge_runtime::{
+    metrics::{CloseClass, CoreMetrics},
+    net::TcpStream,
+};
 use fastedge_wire::{
     balance::{Balancer, HealthChange},
     forwarded::{ClientFacts, ForwardedConfig, Injector},
@@ -152,16 +155,46 @@ pub struct Frontend {
 #[derive(Debug, Clone)]
 pub struct CoreBackends {
     balancer: Rc<RefCell<Balancer>>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl CoreBackends {
-    pub fn new(frontend: &Frontend) -> Self {
+    /// A fresh balancer (all backends alive) over `frontend`'s backends, counting into
+    /// `metrics`, this core's metrics.
+    pub fn new(frontend: &Frontend, metrics: Arc<CoreMetrics>) -> Self {
+        for backend in &frontend.backends {
+            metrics.backend_health(&backend.name, true);
+        }
         Self {
             balancer: Rc::new(RefCell::new(Balancer::new(
                 frontend.balance.mode,
                 frontend.balance.health,
                 frontend.backends.len(),
             ))),
+            metrics,
+        }
+    }
+}
+
+impl CloseReason {
+    /// The metrics class of this reason.
+    pub fn class(&self) -> CloseClass {
+        match self {
+            CloseReason::Closed { .. } => CloseClass::Closed,
+            CloseReason::Failed {
+                side: Side::Client, ..
+            } => CloseClass::ClientError,
+            CloseReason::Failed {
+                side: Side::Backend,
+                ..
+            } => CloseClass::BackendError,
+            CloseReason::BadRequest(_) => CloseClass::BadRequest,
+            CloseReason::Idle(_) => CloseClass::Idle,
+            CloseReason::Handshake(_) => CloseClass::HandshakeFailed,
+            CloseReason::HandshakeTimeout(_) => CloseClass::HandshakeTimeout,
+            CloseReason::BackendsFailed { .. } | CloseReason::NoLiveBackend => {
+                CloseClass::BackendUnavailable
+            }
         }
     }
 }
@@ -176,7 +209,10 @@ pub async fn serve_connection(
 ) {
     let started = Instant::now();
     let mut log = ConnectionLog::default();
+    core.metrics.connection_opened();
     let reason = run(client, peer, local, &frontend, &core, &mut log).await;
+    core.metrics
+        .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
         %peer,
         sni = log.sni.as_deref().unwrap_or("-"),
@@ -222,6 +258,7 @@ async fn run(
         Ok(Err(error)) => return CloseReason::Handshake(error),
         Err(_) => return CloseReason::HandshakeTimeout(timeout),
     };
+    core.metrics.handshake_ok();
     let facts = tls_facts(&tls);
     log.sni = facts.server_name.clone();
     log.alpn = facts
@@ -337,14 +374,18 @@ impl Drop for Lease {
     }
 }
 
-fn log_health(frontend: &Frontend, change: Option<HealthChange>) {
+fn log_health(frontend: &Frontend, metrics: &CoreMetrics, change: Option<HealthChange>) {
     match change {
-        Some(HealthChange::Died(i)) => tracing::warn!(
+        Some(HealthChange::Died(i)) => {
+            metrics.backend_health(&frontend.backends[i].name, false);
+            tracing::warn!(
             backend = %frontend.backends[i].name,
             revive_in_ms = frontend.balance.health.revive_interval.as_millis() as u64,
             "backend marked dead on this core"
-        ),
+            )
+        }
         Some(HealthChange::Revived(i)) => {
+            metrics.backend_health(&frontend.backends[i].name, true);
             tracing::info!(backend = %frontend.backends[i].name, "backend alive again on this core")
         }
         None => {}
@@ -397,7 +438,8 @@ async fn connect_backend(
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                log_health(&frontend, core.balancer.borrow_mut().connected(index));
+                let change = core.balancer.borrow_mut().connected(index);
+                log_health(&frontend, &core.metrics, change);
                 return Ok((stream, lease));
             }
             Ok(Err(error)) => describe_connect_error(error.into()),
@@ -407,7 +449,8 @@ async fn connect_backend(
             ),
         };
         tracing::debug!(backend = %spec.name, attempt, %failure, "backend connect failed");
-        log_health(&frontend, lease.failed(Instant::now()));
+        core.metrics.backend_connect_failed(&spec.name);
+        log_health(&frontend, &core.metrics, lease.failed(Instant::now()));
         tried.push(index);
         last = Some((spec.name.clone(), failure));
     }

@@ -204,6 +204,15 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             "backend"
         );
     }
+    let registry = fastedge_runtime::metrics::Registry::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("metrics_listen {addr}"))
+            .map_err(Failure::config)?;
+        tracing::info!(addr = %listener.local_addr().map_err(Failure::runtime)?, "metrics listening (GET /metrics)");
+        fastedge_runtime::metrics::serve_http(listener, registry.clone())
+            .map_err(Failure::runtime)?;
+    }
     if let Some(user) = &config.user {
         let (uid, gid) = drop_privileges(user, config.group.as_deref()).map_err(Failure::config)?;
         tracing::info!(%user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
@@ -234,6 +243,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let setup = setups.next();
         let current = current.clone();
         let shutdown = shutdown.clone();
+        let metrics = registry.core();
         move || async move {
             let Some(setup) = setup else { return };
             let demo_open = ConnectionLimit::new(u32::MAX);
@@ -250,6 +260,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                     listener,
                     current.clone(),
                     backends.clone(),
+                    metrics.clone(),
                     limit.clone(),
                     shutdown.clone(),
                 )));
@@ -435,6 +446,7 @@ async fn accept_loop(
     listener: BoundListener,
     current: Arc<ArcSwap<Frontend>>,
     core_backends: Rc<RefCell<Option<(u64, CoreBackends)>>>,
+    metrics: Arc<fastedge_runtime::metrics::CoreMetrics>,
     limit: ConnectionLimit,
     shutdown: Shutdown,
 ) {
@@ -482,7 +494,7 @@ async fn accept_loop(
                     backends.clone()
                 }
                 _ => {
-                    let backends = CoreBackends::new(&frontend);
+                    let backends = CoreBackends::new(&frontend, metrics.clone());
                     *slot = Some((frontend.generation, backends.clone()));
                     backends
                 }
