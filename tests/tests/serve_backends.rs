@@ -784,3 +784,79 @@ fn prometheus_metrics_sum_the_cores() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn rsa_and_ecdsa_pairs_chosen_by_what_the_client_verifies() {
+    require_tool("openssl", "openssl");
+    let state = TempDir::new("multicert");
+    let ec = fastedge_tls::SelfSigned::generate(&["ecdsa.test"], 1).unwrap();
+    let (ec_cert, ec_key) = (state.path().join("ec.pem"), state.path().join("ec.key"));
+    ec.write_pem(&ec_cert, &ec_key).unwrap();
+    let (rsa_cert, rsa_key) = (state.path().join("rsa.pem"), state.path().join("rsa.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rsa.test",
+            "-keyout",
+        ])
+        .arg(&rsa_key)
+        .arg("-out")
+        .arg(&rsa_cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_server, addr) = serve(
+        &state,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            ec_cert.display(),
+            ec_key.display(),
+            rsa_cert.display(),
+            rsa_key.display()
+        ),
+    );
+    let presented = |extra: &[&str]| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-brief"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let cn = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Peer certificate: CN = "))
+            .unwrap_or_else(|| panic!("no peer certificate in: {text}"))
+            .trim()
+            .to_owned();
+        cn
+    };
+    assert_eq!(
+        presented(&[]),
+        "ecdsa.test",
+        "first pair when the client takes both"
+    );
+    assert_eq!(
+        presented(&["-sigalgs", "RSA-PSS+SHA256:RSA+SHA256"]),
+        "rsa.test"
+    );
+    assert_eq!(presented(&["-sigalgs", "ECDSA+SHA256"]), "ecdsa.test");
+    assert_eq!(
+        presented(&[
+            "-tls1_2",
+            "-sigalgs",
+            "RSA+SHA256",
+            "-cipher",
+            "ECDHE-RSA-AES128-GCM-SHA256"
+        ]),
+        "rsa.test"
+    );
+}

@@ -64,6 +64,13 @@ passphrase = ""
 passphrase_env = ""
 passphrase_file = ""
 passphrase_cmd = ""
+# More certificate/key pairs (e.g. RSA beside ECDSA), one [[tls.certificate]] table each, with
+# the same keys as above (cert, key, passphrase…). Each client gets the first pair, in order
+# (tls.cert first), whose key type it can verify.
+#
+# [[tls.certificate]]
+# cert = "rsa.pem"
+# key = "rsa.key"
 # Protocol versions: "1.2" or "1.3".
 min_version = "1.2"
 max_version = "1.3"
@@ -153,12 +160,24 @@ struct RawTls {
     passphrase_env: String,
     passphrase_file: String,
     passphrase_cmd: String,
+    certificate: Vec<RawCertificate>,
     min_version: String,
     max_version: String,
     ciphers: String,
     groups: Vec<String>,
     alpn: Vec<String>,
     server_preference: bool,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCertificate {
+    cert: String,
+    key: String,
+    passphrase: String,
+    passphrase_env: String,
+    passphrase_file: String,
+    passphrase_cmd: String,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -227,6 +246,7 @@ impl Default for RawTls {
             passphrase_env: String::new(),
             passphrase_file: String::new(),
             passphrase_cmd: String::new(),
+            certificate: Vec::new(),
             min_version: "1.2".into(),
             max_version: "1.3".into(),
             ciphers: String::new(),
@@ -288,11 +308,18 @@ pub enum Passphrase {
     Command(String),
 }
 
+/// One certificate chain with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub passphrase: Option<Passphrase>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
-    /// Certificate and key files; `None` for the demo certificate.
-    pub cert_and_key: Option<(PathBuf, PathBuf)>,
-    pub passphrase: Option<Passphrase>,
+    /// Certificate/key pairs in order of preference; empty for the demo certificate.
+    pub certificates: Vec<CertificateSpec>,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     pub ciphers: Option<String>,
@@ -389,6 +416,44 @@ fn nonempty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
+fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpec, ConfigError> {
+    let (cert, key) = match (nonempty(&raw.cert), nonempty(&raw.key)) {
+        (Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
+        (Some(_), None) | (None, None) => {
+            return Err(invalid(
+                format!("{prefix}.key"),
+                "a certificate needs cert and key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                format!("{prefix}.cert"),
+                "a certificate needs cert and key",
+            ))
+        }
+    };
+    let sources: Vec<Passphrase> = [
+        nonempty(&raw.passphrase).map(Passphrase::Inline),
+        nonempty(&raw.passphrase_env).map(Passphrase::Env),
+        nonempty(&raw.passphrase_file).map(|p| Passphrase::File(p.into())),
+        nonempty(&raw.passphrase_cmd).map(Passphrase::Command),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if sources.len() > 1 {
+        return Err(invalid(
+            format!("{prefix}.passphrase"),
+            "give at most one of passphrase, passphrase_env, passphrase_file, passphrase_cmd",
+        ));
+    }
+    Ok(CertificateSpec {
+        cert,
+        key,
+        passphrase: sources.into_iter().next(),
+    })
+}
+
 fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let cores = match raw.cores.trim() {
         "" | "all" => None,
@@ -447,36 +512,30 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     };
 
     let t = raw.tls;
-    let cert_and_key = match (nonempty(&t.cert), nonempty(&t.key)) {
-        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(invalid(
-                "tls.key",
-                "tls.cert is set, so tls.key must be too",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                "tls.cert",
-                "tls.key is set, so tls.cert must be too",
-            ))
-        }
+    let mut certificates = Vec::new();
+    let shorthand = RawCertificate {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        passphrase: t.passphrase.clone(),
+        passphrase_env: t.passphrase_env.clone(),
+        passphrase_file: t.passphrase_file.clone(),
+        passphrase_cmd: t.passphrase_cmd.clone(),
     };
-    let sources: Vec<Passphrase> = [
-        nonempty(&t.passphrase).map(Passphrase::Inline),
-        nonempty(&t.passphrase_env).map(Passphrase::Env),
-        nonempty(&t.passphrase_file).map(|p| Passphrase::File(p.into())),
-        nonempty(&t.passphrase_cmd).map(Passphrase::Command),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if sources.len() > 1 {
-        return Err(invalid(
-            "tls.passphrase",
-            "give at most one of passphrase, passphrase_env, passphrase_file, passphrase_cmd",
-        ));
+    let has_passphrase = |c: &RawCertificate| {
+        [
+            &c.passphrase,
+            &c.passphrase_env,
+            &c.passphrase_file,
+            &c.passphrase_cmd,
+        ]
+        .iter()
+        .any(|p| !p.trim().is_empty())
+    };
+    if nonempty(&t.cert).is_some() || nonempty(&t.key).is_some() || has_passphrase(&shorthand) {
+        certificates.push(certificate_spec("tls", &shorthand)?);
+    }
+    for (i, raw) in t.certificate.iter().enumerate() {
+        certificates.push(certificate_spec(&format!("tls.certificate[{i}]"), raw)?);
     }
     let version = |key: &str, text: &str| match text.trim() {
         "1.2" => Ok(TlsVersion::Tls12),
@@ -503,8 +562,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         }
     }
     let tls = TlsSettings {
-        cert_and_key,
-        passphrase: sources.into_iter().next(),
+        certificates,
         min_version,
         max_version,
         ciphers: nonempty(&t.ciphers),
@@ -642,10 +700,6 @@ mod tests {
                 "frontend.trusted_proxies[0]",
             ),
             ("[tls]\ncert = \"a.pem\"", "tls.key"),
-            (
-                "[tls]\npassphrase = \"x\"\npassphrase_env = \"Y\"",
-                "tls.passphrase",
-            ),
             ("[tls]\nmin_version = \"1.1\"", "tls.min_version"),
             (
                 "[tls]\nmin_version = \"1.3\"\nmax_version = \"1.2\"",

@@ -18,6 +18,6 @@ mod selfsigned;
 
 pub use adapter::{accept, IoShim, TlsStream};
 pub use boring;
-pub use context::ServerContext;
+pub use context::{choose_certificate, KeyKind, ServerContext};
 pub use error::TlsError;
 pub use selfsigned::SelfSigned;

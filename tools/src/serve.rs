@@ -19,7 +19,7 @@ use fastedge_runtime::{
     Executors, Shutdown,
 };
 use fastedge_tls::{
-    config::{BackendSpec, ProxyPrefix, ServeConfig, DEFAULT_CONFIG},
+    config::{BackendSpec, CertificateSpec, ProxyPrefix, ServeConfig, DEFAULT_CONFIG},
     proxy::{serve_connection, CoreBackends, Frontend},
     SelfSigned, ServerContext,
 };
@@ -121,8 +121,8 @@ fn read_config(path: &Path) -> Result<ServeConfig, Failure> {
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
     let config = read_config(&args.config)?;
-    if let Some((cert, key)) = &config.tls.cert_and_key {
-        ServerContext::load(&config.tls, cert, key).map_err(Failure::config)?;
+    if !config.tls.certificates.is_empty() {
+        ServerContext::from_settings(&config.tls).map_err(Failure::config)?;
     }
     if let Some(text) = &config.cores {
         text.parse::<CpuList>()
@@ -428,7 +428,18 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
         config.backends = parsed.backends;
     }
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-        config.tls.cert_and_key = Some((cert.clone(), key.clone()));
+        // Replaces the configured pairs: one certificate, unencrypted or via the config's
+        // passphrase of the shorthand pair.
+        let passphrase = config
+            .tls
+            .certificates
+            .first()
+            .and_then(|c| c.passphrase.clone());
+        config.tls.certificates = vec![CertificateSpec {
+            cert: cert.clone(),
+            key: key.clone(),
+            passphrase,
+        }];
     }
     if let Some(alpn) = &args.alpn {
         let alpn: Vec<String> = alpn.iter().filter(|p| !p.is_empty()).cloned().collect();
@@ -508,8 +519,8 @@ async fn accept_loop(
 }
 
 fn load_context(config: &ServeConfig, args: &ServeArgs) -> Result<ServerContext, Failure> {
-    if let Some((cert, key)) = &config.tls.cert_and_key {
-        return ServerContext::load(&config.tls, cert, key).map_err(Failure::config);
+    if !config.tls.certificates.is_empty() {
+        return ServerContext::from_settings(&config.tls).map_err(Failure::config);
     }
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -517,10 +528,14 @@ fn load_context(config: &ServeConfig, args: &ServeArgs) -> Result<ServerContext,
     };
     let (cert, key) = ensure_demo_certificate(&dir).map_err(Failure::runtime)?;
     let demo_tls = fastedge_tls::config::TlsSettings {
-        passphrase: None,
+        certificates: vec![CertificateSpec {
+            cert,
+            key,
+            passphrase: None,
+        }],
         ..config.tls.clone()
     };
-    ServerContext::load(&demo_tls, &cert, &key).map_err(Failure::runtime)
+    ServerContext::from_settings(&demo_tls).map_err(Failure::runtime)
 }
 
 fn default_state_dir() -> anyhow::Result<PathBuf> {
