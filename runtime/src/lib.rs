@@ -29,7 +29,7 @@ pub use shutdown::Shutdown;
 
 /// Network types of the executors.
 pub mod net {
-    pub use glommio::net::{TcpListener, TcpStream};
+    pub use glommio::net::{TcpListener, TcpStream, UnixStream};
 }
 
 /// Spawns `future` as a task of the calling thread's executor; await the result to join it.

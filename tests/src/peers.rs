@@ -61,7 +61,12 @@ pub type Recorded = Arc<Mutex<Vec<Vec<u8>>>>;
 /// (`Content-Length`), reading and discarding request bodies. Each connection's raw bytes are
 /// recorded. Runs until the test process ends.
 pub fn echo_backend() -> (SocketAddr, Recorded) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    echo_backend_on("127.0.0.1:0".parse().expect("address"))
+}
+
+/// [`echo_backend`] on a given address.
+pub fn echo_backend_on(addr: SocketAddr) -> (SocketAddr, Recorded) {
+    let listener = TcpListener::bind(addr).expect("bind backend");
     let addr = listener.local_addr().expect("addr");
     let recorded: Recorded = Arc::default();
     let sink = recorded.clone();
@@ -74,7 +79,21 @@ pub fn echo_backend() -> (SocketAddr, Recorded) {
     (addr, recorded)
 }
 
-fn serve_echo(mut stream: TcpStream, sink: &Recorded) {
+/// [`echo_backend`] on a UNIX stream socket at `path`.
+pub fn echo_backend_unix(path: &std::path::Path) -> Recorded {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind UNIX backend");
+    let recorded: Recorded = Arc::default();
+    let sink = recorded.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let sink = sink.clone();
+            thread::spawn(move || serve_echo(stream, &sink));
+        }
+    });
+    recorded
+}
+
+fn serve_echo<S: Read + Write>(mut stream: S, sink: &Recorded) {
     let index = {
         let mut all = sink.lock().expect("lock");
         all.push(Vec::new());

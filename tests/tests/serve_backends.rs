@@ -860,3 +860,50 @@ fn rsa_and_ecdsa_pairs_chosen_by_what_the_client_verifies() {
         "rsa.test"
     );
 }
+
+#[test]
+fn unix_socket_backend() {
+    let state = TempDir::new("unix-backend");
+    let socket = state.path().join("app.sock");
+    let recorded = fastedge_tests::peers::echo_backend_unix(&socket);
+    let (_server, addr) = serve(
+        &state,
+        &format!(
+            "[[backend]]\naddress = \"unix:{}\"\nproxy_protocol = \"v1\"\nx_forwarded = true\n",
+            socket.display()
+        ),
+    );
+    let out = curl(&[&format!("https://{addr}/over-unix")]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("GET /over-unix HTTP/1.1\r\n"), "{body}");
+    assert!(body.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{body}");
+    assert!(recorded.lock().unwrap()[0].starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "));
+}
+
+#[test]
+fn active_health_checks_kill_and_revive_a_backend() {
+    let state = TempDir::new("health-check");
+    let (fallback, _) = echo_backend();
+    let preferred = dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{}\"\n[balance]\nmode = \"on-fail\"\ndeath_timeout = \"0s\"\nrevive_interval = \"1h\"\nhealth_check_interval = \"100ms\"\n\
+             [[backend]]\naddress = \"{preferred}\"\n[[backend]]\naddress = \"{fallback}\"\n",
+            first_cpu()
+        ),
+    );
+    // No client traffic: the checker alone finds the preferred backend dead.
+    let line = server.wait_for_line("backend marked dead", Duration::from_secs(5));
+    assert!(line.contains(&preferred.to_string()), "{line}");
+    let (_, preferred_seen) = fastedge_tests::peers::echo_backend_on(preferred);
+    let line = server.wait_for_line("backend alive again", Duration::from_secs(5));
+    assert!(line.contains(&preferred.to_string()), "{line}");
+    assert!(curl(&[&format!("https://{addr}/")]).status.success());
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = preferred_seen.lock().unwrap();
+    assert!(
+        seen.iter().any(|c| c.starts_with(b"GET / HTTP/1.1")),
+        "the revived first backend served the request"
+    );
+}

@@ -275,3 +275,41 @@ fn help_lists_only_real_commands() {
         assert!(help.contains(option), "{option} missing from serve --help");
     }
 }
+
+#[test]
+fn json_logs() {
+    let state = TempDir::new("serve-json");
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let server = Fastedge::start(
+        &[
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &state_dir,
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let line = server.wait_for_line("\"message\":\"listening\"", Duration::from_secs(20));
+    let addr = line
+        .split("\"addr\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(curl(&[&format!("https://{addr}/")]).status.success());
+    let closed = server.wait_for_line("\"message\":\"connection closed\"", Duration::from_secs(5));
+    assert!(closed.starts_with('{') && closed.ends_with('}'), "{closed}");
+    assert!(
+        closed.contains("\"reason\":\"client closed first, then the other side\""),
+        "{closed}"
+    );
+    assert!(
+        server.log_text().lines().all(|l| l.starts_with('{')),
+        "every line is JSON"
+    );
+}

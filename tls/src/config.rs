@@ -98,12 +98,15 @@ max_retries = 5
 death_timeout = "1s"
 # A dead backend gets one probe connection after this long; success revives it.
 revive_interval = "2500ms"
+# Active health check: every this long, each core opens (and closes) a TCP connection to each
+# backend; failures count like failed connects, a success revives a dead backend. "0s": off.
+health_check_interval = "0s"
 
 # Backends, one [[backend]] table each. None: a built-in demo backend on loopback that answers
 # every request with the request head as it reached it.
 #
 # [[backend]]
-# address = "127.0.0.1:8080"   # host:port; a name is resolved at start
+# address = "127.0.0.1:8080"   # host:port (a name is resolved at load), or unix:/path
 # proxy_protocol = "none"      # "none", "v1", "v2" (with ALPN, SNI and TLS TLVs), "bud-json"
 # x_forwarded = false          # X-Forwarded-For/-Proto/-Port into every HTTP/1.x request
 # forwarded = false            # RFC 7239 Forwarded: for=…;proto=https into every request
@@ -189,6 +192,7 @@ struct RawBalance {
     max_retries: u32,
     death_timeout: String,
     revive_interval: String,
+    health_check_interval: String,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -268,6 +272,7 @@ impl Default for RawBalance {
             max_retries: 5,
             death_timeout: "1s".into(),
             revive_interval: "2500ms".into(),
+            health_check_interval: "0s".into(),
         }
     }
 }
@@ -341,6 +346,8 @@ pub struct BalanceSettings {
     pub retry_interval: Duration,
     pub max_retries: u32,
     pub health: HealthSettings,
+    /// Active TCP health checks every this long; `None`: off.
+    pub health_check_interval: Option<Duration>,
 }
 
 /// What a backend is told about the client at the start of its stream.
@@ -352,11 +359,27 @@ pub enum ProxyPrefix {
     BudJson,
 }
 
+/// Where a backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::Tcp(addr) => addr.fmt(f),
+            BackendAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BackendSpec {
     /// The address as written, for logs.
     pub name: String,
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     pub proxy_protocol: ProxyPrefix,
     pub x_forwarded: bool,
     pub forwarded: bool,
@@ -592,6 +615,11 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             death_timeout: parse_duration("balance.death_timeout", &b.death_timeout)?,
             revive_interval: parse_duration("balance.revive_interval", &b.revive_interval)?,
         },
+        health_check_interval: Some(parse_duration(
+            "balance.health_check_interval",
+            &b.health_check_interval,
+        )?)
+        .filter(|d| !d.is_zero()),
     };
 
     let backends = raw
@@ -601,18 +629,29 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         .map(|(i, raw)| {
             let key = |field: &str| format!("backend[{i}].{field}");
             let name = raw.address.trim().to_owned();
-            let addr = name
-                .to_socket_addrs()
-                .map_err(|e| {
-                    invalid(
+            let addr =
+                match name.strip_prefix("unix:") {
+                    Some(path) if path.starts_with('/') => BackendAddr::Unix(PathBuf::from(path)),
+                    Some(_) => return Err(invalid(
                         key("address"),
-                        format!("{name:?}: {e} (expected host:port)"),
-                    )
-                })?
-                .next()
-                .ok_or_else(|| {
-                    invalid(key("address"), format!("{name:?} resolved to no address"))
-                })?;
+                        format!(
+                            "{name:?}: a UNIX socket path must be absolute (unix:/run/app.sock)"
+                        ),
+                    )),
+                    None => BackendAddr::Tcp(
+                        name.to_socket_addrs()
+                            .map_err(|e| {
+                                invalid(
+                                    key("address"),
+                                    format!("{name:?}: {e} (expected host:port or unix:/path)"),
+                                )
+                            })?
+                            .next()
+                            .ok_or_else(|| {
+                                invalid(key("address"), format!("{name:?} resolved to no address"))
+                            })?,
+                    ),
+                };
             let proxy_protocol = match raw.proxy_protocol.trim() {
                 "none" => ProxyPrefix::None,
                 "v1" => ProxyPrefix::V1,
@@ -682,7 +721,12 @@ mod tests {
         assert_eq!(config.backends.len(), 2);
         assert_eq!(config.backends[0].proxy_protocol, ProxyPrefix::V2);
         assert!(config.backends[1].x_forwarded);
-        assert_eq!(config.backends[1].addr.port(), 8081);
+        assert!(matches!(config.backends[1].addr, BackendAddr::Tcp(a) if a.port() == 8081));
+        let unix = ServeConfig::parse("[[backend]]\naddress = \"unix:/run/app.sock\"").unwrap();
+        assert_eq!(
+            unix.backends[0].addr,
+            BackendAddr::Unix("/run/app.sock".into())
+        );
         assert_eq!(config.balance.mode, BalanceMode::LeastConn);
     }
 
@@ -707,6 +751,14 @@ mod tests {
             ),
             ("[balance]\nmode = \"random\"", "balance.mode"),
             ("[[backend]]\naddress = \"127.0.0.1\"", "backend[0].address"),
+            (
+                "[[backend]]\naddress = \"unix:run/x\"",
+                "backend[0].address",
+            ),
+            (
+                "[balance]\nhealth_check_interval = \"often\"",
+                "balance.health_check_interval",
+            ),
             (
                 "[[backend]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"",
                 "backend[0].proxy_protocol",

@@ -25,7 +25,7 @@ use std::{
 use boring::ssl::NameType;
 use fastedge_runtime::{
     metrics::{CloseClass, CoreMetrics},
-    net::TcpStream,
+    net::{TcpStream, UnixStream},
 };
 use fastedge_wire::{
     balance::{Balancer, HealthChange},
@@ -38,7 +38,7 @@ use futures_lite::AsyncWriteExt;
 
 use crate::{
     accept,
-    config::{BackendSpec, BalanceSettings, FrontendSettings, ProxyPrefix},
+    config::{BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, ProxyPrefix},
     ServerContext, TlsError, TlsStream,
 };
 
@@ -392,11 +392,98 @@ fn log_health(frontend: &Frontend, metrics: &CoreMetrics, change: Option<HealthC
     }
 }
 
+/// A connected backend: TCP or a UNIX stream socket.
+#[derive(Debug)]
+pub enum BackendStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl BackendStream {
+    /// Connects to `addr`.
+    pub async fn connect(addr: &BackendAddr) -> io::Result<Self> {
+        match addr {
+            BackendAddr::Tcp(addr) => {
+                let stream = TcpStream::connect(*addr).await.map_err(io::Error::from)?;
+                let _ = stream.set_nodelay(true);
+                Ok(Self::Tcp(stream))
+            }
+            BackendAddr::Unix(path) => Ok(Self::Unix(
+                UnixStream::connect(path).await.map_err(io::Error::from)?,
+            )),
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_close(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
+
+/// Active health check: connects to every backend once (with the connect timeout) and tells
+/// this core's balancer how it went.
+pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
+    for (index, spec) in frontend.backends.iter().enumerate() {
+        let ok = matches!(
+            fastedge_runtime::timeout(
+                frontend.balance.connect_timeout,
+                BackendStream::connect(&spec.addr)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        let change = if ok {
+            core.balancer.borrow_mut().probe_succeeded(index)
+        } else {
+            core.metrics.backend_connect_failed(&spec.name);
+            core.balancer
+                .borrow_mut()
+                .probe_failed(index, Instant::now())
+        };
+        log_health(frontend, &core.metrics, change);
+    }
+}
+
 /// Connects to a backend, retrying over the backends as the balancer picks them.
 async fn connect_backend(
     frontend: Arc<Frontend>,
     core: CoreBackends,
-) -> Result<(TcpStream, Lease), CloseReason> {
+) -> Result<(BackendStream, Lease), CloseReason> {
     let settings = &frontend.balance;
     let mut tried = Vec::new();
     let mut last = None;
@@ -432,17 +519,16 @@ async fn connect_backend(
         let spec = &frontend.backends[index];
         let failure = match fastedge_runtime::timeout(
             settings.connect_timeout,
-            TcpStream::connect(spec.addr),
+            BackendStream::connect(&spec.addr),
         )
         .await
         {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
                 let change = core.balancer.borrow_mut().connected(index);
                 log_health(&frontend, &core.metrics, change);
                 return Ok((stream, lease));
             }
-            Ok(Err(error)) => describe_connect_error(error.into()),
+            Ok(Err(error)) => describe_connect_error(error),
             Err(_) => format!(
                 "did not accept the connection within {} ms",
                 settings.connect_timeout.as_millis()

@@ -16,8 +16,19 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fastedge", version, about, long_about)]
 struct Cli {
+    /// Log line format on stderr: `text`, or `json` (one JSON object per line, for log
+    /// collectors). The level comes from $FASTEDGE_LOG (or $RUST_LOG), `info` by default.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,7 +42,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => serve::check_config(args),
@@ -71,7 +82,7 @@ impl Failure {
 }
 
 /// Logs go to stderr; `FASTEDGE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("FASTEDGE_LOG")
         .ok()
@@ -81,10 +92,14 @@ fn init_logging() {
         eprintln!("fastedge: ignoring invalid log filter {filter:?}: {error}; using `info`");
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }

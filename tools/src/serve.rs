@@ -19,8 +19,8 @@ use fastedge_runtime::{
     Executors, Shutdown,
 };
 use fastedge_tls::{
-    config::{BackendSpec, CertificateSpec, ProxyPrefix, ServeConfig, DEFAULT_CONFIG},
-    proxy::{serve_connection, CoreBackends, Frontend},
+    config::{BackendAddr, BackendSpec, CertificateSpec, ProxyPrefix, ServeConfig, DEFAULT_CONFIG},
+    proxy::{probe_backends, serve_connection, CoreBackends, Frontend},
     SelfSigned, ServerContext,
 };
 use nix::sys::signal::{SigSet, Signal};
@@ -254,6 +254,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             }
             let limit = ConnectionLimit::new(max_connections);
             let backends = Rc::new(RefCell::new(None));
+            fastedge_runtime::spawn_detached(health_check_loop(
+                current.clone(),
+                backends.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
             let mut accepting = Vec::new();
             for listener in setup.frontends {
                 accepting.push(fastedge_runtime::spawn(accept_loop(
@@ -337,7 +343,7 @@ fn build_frontend(
         })?;
         backends.push(BackendSpec {
             name: addr.to_string(),
-            addr,
+            addr: BackendAddr::Tcp(addr),
             proxy_protocol: ProxyPrefix::None,
             x_forwarded: false,
             forwarded: false,
@@ -498,23 +504,63 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         // The configuration of the moment; a reload builds this core a new balancer.
         let frontend = current.load_full();
-        let backends = {
-            let mut slot = core_backends.borrow_mut();
-            match &*slot {
-                Some((generation, backends)) if *generation == frontend.generation => {
-                    backends.clone()
-                }
-                _ => {
-                    let backends = CoreBackends::new(&frontend, metrics.clone());
-                    *slot = Some((frontend.generation, backends.clone()));
-                    backends
-                }
-            }
-        };
+        let backends = backends_for(&core_backends, &frontend, &metrics);
         fastedge_runtime::spawn_detached(async move {
             serve_connection(stream, peer, local, frontend, backends).await;
             drop(permit);
         });
+    }
+}
+
+/// This core's balancer for `frontend`'s generation, made on first use after a reload.
+fn backends_for(
+    slot: &RefCell<Option<(u64, CoreBackends)>>,
+    frontend: &Frontend,
+    metrics: &Arc<fastedge_runtime::metrics::CoreMetrics>,
+) -> CoreBackends {
+    let mut slot = slot.borrow_mut();
+    match &*slot {
+        Some((generation, backends)) if *generation == frontend.generation => backends.clone(),
+        _ => {
+            let backends = CoreBackends::new(frontend, metrics.clone());
+            *slot = Some((frontend.generation, backends.clone()));
+            backends
+        }
+    }
+}
+
+/// Active health checks of this core, at the configured interval (followed across reloads).
+async fn health_check_loop(
+    current: Arc<ArcSwap<Frontend>>,
+    core_backends: Rc<RefCell<Option<(u64, CoreBackends)>>>,
+    metrics: Arc<fastedge_runtime::metrics::CoreMetrics>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let interval = current
+            .load()
+            .balance
+            .health_check_interval
+            .unwrap_or(Duration::from_secs(1));
+        let stop = futures_lite::future::or(
+            async {
+                fastedge_runtime::sleep(interval).await;
+                false
+            },
+            async {
+                shutdown.wait().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return;
+        }
+        let frontend = current.load_full();
+        if frontend.balance.health_check_interval.is_some() {
+            let backends = backends_for(&core_backends, &frontend, &metrics);
+            probe_backends(&frontend, &backends).await;
+        }
     }
 }
 

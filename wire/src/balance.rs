@@ -142,11 +142,26 @@ impl Balancer {
         was_dead.then_some(HealthChange::Revived(backend))
     }
 
-    /// The connect to `backend` failed at `now`.
+    /// The connect to `backend` (from [`Self::pick`]) failed at `now`.
     pub fn connect_failed(&mut self, backend: usize, now: Instant) -> Option<HealthChange> {
-        let death_timeout = self.health.death_timeout;
         let b = self.backends.get_mut(backend)?;
         b.active = b.active.saturating_sub(1);
+        self.record_failure(backend, now)
+    }
+
+    /// An active health check of `backend` succeeded: a dead backend is alive again.
+    pub fn probe_succeeded(&mut self, backend: usize) -> Option<HealthChange> {
+        self.connected(backend)
+    }
+
+    /// An active health check of `backend` failed at `now`; counts like a failed connect.
+    pub fn probe_failed(&mut self, backend: usize, now: Instant) -> Option<HealthChange> {
+        self.record_failure(backend, now)
+    }
+
+    fn record_failure(&mut self, backend: usize, now: Instant) -> Option<HealthChange> {
+        let death_timeout = self.health.death_timeout;
+        let b = self.backends.get_mut(backend)?;
         let (health, change) = match b.health {
             Health::Alive if death_timeout.is_zero() => (
                 Health::Dead {
@@ -265,6 +280,21 @@ mod tests {
         while b.pick(later, &[]) != Some(0) {}
         assert_eq!(b.connected(0), Some(HealthChange::Revived(0)));
         assert_eq!(b.health(0), Some(Health::Alive));
+    }
+
+    #[test]
+    fn probes_kill_and_revive_without_touching_counts() {
+        let t0 = Instant::now();
+        let zero = HealthSettings {
+            death_timeout: Duration::ZERO,
+            revive_interval: Duration::from_secs(3600),
+        };
+        let mut b = Balancer::new(BalanceMode::OnFail, zero, 2);
+        assert_eq!(b.probe_failed(0, t0), Some(HealthChange::Died(0)));
+        assert_eq!(b.active(0), 0);
+        assert_eq!(b.pick(t0, &[]), Some(1));
+        assert_eq!(b.probe_succeeded(0), Some(HealthChange::Revived(0)));
+        assert_eq!(b.pick(t0, &[]), Some(0));
     }
 
     #[test]
