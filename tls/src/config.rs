@@ -439,6 +439,28 @@ fn nonempty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
+/// `host:port` (resolved now) or `unix:/absolute/path`.
+fn parse_backend_addr(key: &str, name: &str) -> Result<BackendAddr, ConfigError> {
+    if let Some(path) = name.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            let message =
+                format!("{name:?}: a UNIX socket path must be absolute (unix:/run/app.sock)");
+            return Err(invalid(key, message));
+        }
+        return Ok(BackendAddr::Unix(PathBuf::from(path)));
+    }
+    let mut addrs = name.to_socket_addrs().map_err(|e| {
+        invalid(
+            key,
+            format!("{name:?}: {e} (expected host:port or unix:/path)"),
+        )
+    })?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| invalid(key, format!("{name:?} resolved to no address")))?;
+    Ok(BackendAddr::Tcp(addr))
+}
+
 fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpec, ConfigError> {
     let (cert, key) = match (nonempty(&raw.cert), nonempty(&raw.key)) {
         (Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
@@ -629,29 +651,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         .map(|(i, raw)| {
             let key = |field: &str| format!("backend[{i}].{field}");
             let name = raw.address.trim().to_owned();
-            let addr =
-                match name.strip_prefix("unix:") {
-                    Some(path) if path.starts_with('/') => BackendAddr::Unix(PathBuf::from(path)),
-                    Some(_) => return Err(invalid(
-                        key("address"),
-                        format!(
-                            "{name:?}: a UNIX socket path must be absolute (unix:/run/app.sock)"
-                        ),
-                    )),
-                    None => BackendAddr::Tcp(
-                        name.to_socket_addrs()
-                            .map_err(|e| {
-                                invalid(
-                                    key("address"),
-                                    format!("{name:?}: {e} (expected host:port or unix:/path)"),
-                                )
-                            })?
-                            .next()
-                            .ok_or_else(|| {
-                                invalid(key("address"), format!("{name:?} resolved to no address"))
-                            })?,
-                    ),
-                };
+            let addr = parse_backend_addr(&key("address"), &name)?;
             let proxy_protocol = match raw.proxy_protocol.trim() {
                 "none" => ProxyPrefix::None,
                 "v1" => ProxyPrefix::V1,
