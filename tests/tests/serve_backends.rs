@@ -907,3 +907,50 @@ fn active_health_checks_kill_and_revive_a_backend() {
         "the revived first backend served the request"
     );
 }
+
+#[test]
+fn connection_cap_queues_clients_instead_of_refusing_them() {
+    let state = TempDir::new("max-conns");
+    let (backend, _) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{}\"\n[frontend]\nmax_connections = 1\n[[backend]]\naddress = \"{backend}\"\n",
+            first_cpu()
+        ),
+    );
+    let mut first = tls_connect(addr, "localhost", b"");
+    first.write_all(b"GET /first HTTP/1.1\r\n\r\n").unwrap();
+    read_response(&mut first);
+    // The second client is queued: its TCP connect succeeds, its handshake waits.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let second = std::thread::spawn(move || {
+        let mut tls = tls_connect(addr, "localhost", b"");
+        done_tx.send(()).unwrap();
+        tls.write_all(b"GET /second HTTP/1.1\r\n\r\n").unwrap();
+        read_response(&mut tls).1
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(700)).is_err(),
+        "second handshake waits while the cap is reached"
+    );
+    drop(first);
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("served once the first closed");
+    assert!(second.join().unwrap().starts_with(b"GET /second "));
+}
+
+#[test]
+fn half_close_keeps_the_answer_coming() {
+    let state = TempDir::new("half-close");
+    let (backend, _) = echo_backend();
+    let (_server, addr) = serve(&state, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET /half HTTP/1.1\r\n\r\n").unwrap();
+    // Done sending: close_notify and FIN; the answer must still arrive.
+    tls.shutdown().unwrap();
+    tls.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+    let (_, body) = read_response(&mut tls);
+    assert!(body.starts_with(b"GET /half "));
+}

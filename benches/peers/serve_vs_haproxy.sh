@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# fastedge serve beside haproxy (mode tcp, ssl, one thread), same machine, same run.
+#
+# Both terminate TLS 1.3 with the same ECDSA P-256 certificate on one core (SERVER_CPU) and
+# forward to the same nginx backend; the clients and the backend run on the other core
+# (CLIENT_CPU). Reported per peer:
+#   - full handshakes: `openssl s_time -new` (no resumption) for DURATION seconds: handshakes,
+#     and handshakes per server CPU-second (utime+stime of the server from /proc);
+#   - keep-alive requests: h2load --h1 over TLS: requests/s, and requests per server CPU-second.
+# The client (OpenSSL 3.0) saturates its core long before the server does, so the per-CPU-second
+# figures are the comparison; raw rates are bounded by the client.
+#
+# Usage: benches/peers/serve_vs_haproxy.sh   (as root; needs haproxy, nginx-light,
+# nghttp2-client, openssl; builds fastedge release)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SERVER_CPU=${SERVER_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
+DURATION=${DURATION:-10}
+REQUESTS=${REQUESTS:-40000}
+work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release -p fastedge >/dev/null 2>&1
+bin=$PWD/target/release/fastedge
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=bench.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+
+backend_port=18080; fastedge_port=18443; haproxy_port=18444
+mkdir -p "$work/nginx/logs"
+cat > "$work/nginx/nginx.conf" <<NGINX
+daemon off; master_process off; worker_processes 1; pid $work/nginx/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $work/nginx/b; proxy_temp_path $work/nginx/p;
+  fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$backend_port; location / { return 200 "ok\n"; } } }
+NGINX
+taskset -c "$CLIENT_CPU" /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
+
+cat > "$work/fastedge.toml" <<TOML
+cores = "$SERVER_CPU"
+[frontend]
+listen = ["127.0.0.1:$fastedge_port"]
+[tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+min_version = "1.3"
+groups = ["X25519"]
+[[backend]]
+address = "127.0.0.1:$backend_port"
+TOML
+FASTEDGE_LOG=warn "$bin" serve --config "$work/fastedge.toml" & pids+=($!)
+fastedge_pid=$!
+
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  cpu-map 1/1 $SERVER_CPU
+  maxconn 20000
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-bind-curves X25519
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend tls
+  bind 127.0.0.1:$haproxy_port ssl crt $work/haproxy.pem
+  default_backend app
+backend app
+  server nginx 127.0.0.1:$backend_port
+HAP
+taskset -c "$SERVER_CPU" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+haproxy_pid=$!
+sleep 1
+
+cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%d", n / c; else print "?" }'; }
+diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+measure() { # name port pid
+  local name=$1 port=$2 pid=$3 before after out n cpu rps ok
+  before=$(cpu_seconds "$pid")
+  out=$(taskset -c "$CLIENT_CPU" openssl s_time -connect "127.0.0.1:$port" -new -time "$DURATION" 2>/dev/null || true)
+  after=$(cpu_seconds "$pid")
+  n=$(echo "$out" | awk '/connections in [0-9.]+s/ {print $1; exit}')
+  cpu=$(diff "$before" "$after")
+  printf '%-9s full handshakes: %6s in %ss, server CPU %ss -> %s handshakes per server CPU-s\n' \
+    "$name" "${n:-0}" "$DURATION" "$cpu" "$(per_cpu "${n:-0}" "$cpu")"
+  before=$(cpu_seconds "$pid")
+  out=$(taskset -c "$CLIENT_CPU" h2load --h1 -n "$REQUESTS" -c 8 -t 1 "https://127.0.0.1:$port/" 2>/dev/null || true)
+  after=$(cpu_seconds "$pid")
+  rps=$(echo "$out" | awk '/^finished in/ {print $4; exit}')
+  ok=$(echo "$out" | awk '/^requests:/ {print $8; exit}')
+  cpu=$(diff "$before" "$after")
+  printf '%-9s keep-alive: %s req/s (%s succeeded), server CPU %ss -> %s requests per server CPU-s\n' \
+    "$name" "${rps:-?}" "${ok:-0}" "$cpu" "$(per_cpu "${ok:-0}" "$cpu")"
+}
+
+echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519, ECDSA P-256"
+measure fastedge "$fastedge_port" "$fastedge_pid"
+measure haproxy "$haproxy_port" "$haproxy_pid"
