@@ -4,7 +4,8 @@
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
 //! stop signal ([`Shutdown`]), per-core metrics rendered as Prometheus text ([`metrics`]),
 //! per-core connection caps ([`ConnectionLimit`]), process set-up
-//! (open-files limit, privilege drop), and the network types the other crates use ([`net`]), so that only
+//! (open-files limit, privilege drop), log lines to syslog ([`SyslogWriter`]), and the network
+//! types the other crates use ([`net`]), so that only
 //! this crate names glommio.
 //!
 //! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
@@ -17,6 +18,7 @@ mod listen;
 pub mod metrics;
 mod process;
 mod shutdown;
+mod syslog;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -26,6 +28,7 @@ pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
 pub use process::{drop_privileges, raise_nofile_limit, ProcessError};
 pub use shutdown::Shutdown;
+pub use syslog::SyslogWriter;
 
 /// Network types of the executors.
 pub mod net {

@@ -313,3 +313,56 @@ fn json_logs() {
         "every line is JSON"
     );
 }
+
+#[test]
+fn logs_to_syslog() {
+    let state = TempDir::new("serve-syslog");
+    let socket = state.path().join("log.sock");
+    let daemon = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    daemon
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let mut server = Fastedge::start(
+        &[
+            "serve",
+            "--syslog",
+            socket.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &state_dir,
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let mut buf = [0u8; 4096];
+    let mut lines = Vec::new();
+    let addr = loop {
+        let n = daemon.recv(&mut buf).expect("a syslog datagram");
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        lines.push(line.clone());
+        if let Some(rest) = line.split(" listening addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(curl(&[&format!("https://{addr}/")]).status.success());
+    let closed = loop {
+        let n = daemon.recv(&mut buf).expect("a syslog datagram");
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if line.contains("connection closed") {
+            break line;
+        }
+    };
+    assert!(
+        closed.starts_with("<30>fastedge["),
+        "daemon facility, info: {closed}"
+    );
+    assert!(closed.contains("reason=client closed first"), "{closed}");
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{lines:?}");
+    assert!(
+        server.log_text().is_empty(),
+        "nothing on stderr: {}",
+        server.log_text()
+    );
+    server.terminate(Duration::from_secs(10));
+}

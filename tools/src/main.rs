@@ -21,6 +21,11 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Send log lines to the local syslog daemon (facility daemon) instead of stderr, through
+    /// this datagram socket, e.g. /dev/log.
+    #[arg(long, global = true, value_name = "SOCKET")]
+    syslog: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -42,7 +47,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(error) = init_logging(cli.log_format, cli.syslog.as_deref()) {
+        eprintln!("fastedge: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => serve::check_config(args),
@@ -81,8 +89,9 @@ impl Failure {
     }
 }
 
-/// Logs go to stderr; `FASTEDGE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr (or syslog); `FASTEDGE_LOG` (or `RUST_LOG`) sets the filter, `info` by
+/// default.
+fn init_logging(format: LogFormat, syslog: Option<&std::path::Path>) -> std::io::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("FASTEDGE_LOG")
         .ok()
@@ -94,12 +103,34 @@ fn init_logging(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_target(false);
-    match format {
-        LogFormat::Text => builder
+    match (syslog, format) {
+        (Some(path), LogFormat::Text) => {
+            let writer = fastedge_runtime::SyslogWriter::connect(path, "fastedge")?;
+            // syslog adds its own timestamp.
+            builder
+                .without_time()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(writer))
+                .init();
+        }
+        (Some(path), LogFormat::Json) => {
+            let writer = fastedge_runtime::SyslogWriter::connect(path, "fastedge")?;
+            builder
+                .json()
+                .flatten_event(true)
+                .with_writer(std::sync::Mutex::new(writer))
+                .init();
+        }
+        (None, LogFormat::Text) => builder
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        (None, LogFormat::Json) => builder
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init(),
     }
+    Ok(())
 }
