@@ -61,7 +61,7 @@ cat > "$work/haproxy.cfg" <<HAP
 global
   nbthread 1
   cpu-map 1/1 $SERVER_CPU
-  maxconn 20000
+  maxconn 9000
   ssl-default-bind-options ssl-min-ver TLSv1.3
   ssl-default-bind-curves X25519
 defaults

@@ -576,6 +576,8 @@ fn privilege_drop_after_binding_a_low_port() {
 
 #[test]
 fn no_descriptor_leak_over_many_connections() {
+    /// A third full requests, a third resets right after connect, a third failed handshakes.
+    const CONNECTIONS: u32 = 10_000;
     let state = TempDir::new("fd-leak");
     let (backend, _) = echo_backend();
     let dead = dead_port();
@@ -599,7 +601,7 @@ fn no_descriptor_leak_over_many_connections() {
     drop(tls);
     std::thread::sleep(Duration::from_millis(200));
     let before = fds();
-    for i in 0..900 {
+    for i in 0..CONNECTIONS {
         match i % 3 {
             // A full request.
             0 => {
@@ -626,7 +628,7 @@ fn no_descriptor_leak_over_many_connections() {
     while fds() > before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(fds(), before, "open descriptors after 900 connections");
+    assert_eq!(fds(), before, "open descriptors after {CONNECTIONS} connections");
 }
 
 /// The common name of the certificate the server presented.
