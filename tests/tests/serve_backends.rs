@@ -628,7 +628,11 @@ fn no_descriptor_leak_over_many_connections() {
     while fds() > before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(fds(), before, "open descriptors after {CONNECTIONS} connections");
+    assert_eq!(
+        fds(),
+        before,
+        "open descriptors after {CONNECTIONS} connections"
+    );
 }
 
 /// The common name of the certificate the server presented.

@@ -366,3 +366,38 @@ fn logs_to_syslog() {
     );
     server.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn ipv4_and_ipv6_listeners_side_by_side() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 on the loopback interface of this machine");
+        return;
+    }
+    let state = TempDir::new("serve-dual");
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let mut server = Fastedge::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--state-dir",
+            &state_dir,
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let first = server.wait_listening();
+    let second = server.wait_listening();
+    assert!(first.is_ipv4() && second.is_ipv6(), "{first} {second}");
+    for addr in [first, second] {
+        let out = curl(&["--globoff", &format!("https://{addr}/")]);
+        assert!(
+            out.status.success(),
+            "{addr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("as it reached the backend"));
+    }
+    server.terminate(Duration::from_secs(10));
+}
