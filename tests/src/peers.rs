@@ -68,24 +68,25 @@ pub fn echo_backend() -> (SocketAddr, Recorded) {
 pub fn echo_backend_on(addr: SocketAddr) -> (SocketAddr, Recorded) {
     let listener = TcpListener::bind(addr).expect("bind backend");
     let addr = listener.local_addr().expect("addr");
-    let recorded: Recorded = Arc::default();
-    let sink = recorded.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let sink = sink.clone();
-            thread::spawn(move || serve_echo(stream, &sink));
-        }
-    });
-    (addr, recorded)
+    (addr, echo_on(move || listener.accept().map(|(s, _)| s)))
 }
 
 /// [`echo_backend`] on a UNIX stream socket at `path`.
 pub fn echo_backend_unix(path: &std::path::Path) -> Recorded {
     let listener = std::os::unix::net::UnixListener::bind(path).expect("bind UNIX backend");
+    echo_on(move || listener.accept().map(|(s, _)| s))
+}
+
+/// Serves echo connections from `accept` on threads until it fails.
+fn echo_on<S, A>(mut accept: A) -> Recorded
+where
+    S: Read + Write + Send + 'static,
+    A: FnMut() -> std::io::Result<S> + Send + 'static,
+{
     let recorded: Recorded = Arc::default();
     let sink = recorded.clone();
     thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
+        while let Ok(stream) = accept() {
             let sink = sink.clone();
             thread::spawn(move || serve_echo(stream, &sink));
         }

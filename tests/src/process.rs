@@ -58,6 +58,28 @@ impl Fastedge {
         Self { child, lines, log }
     }
 
+    /// Starts `fastedge serve` with the configuration `config` (written into `state`, which
+    /// also holds the demo certificate), listening on a free loopback port; returns it with its
+    /// address once it listens.
+    pub fn serve_config(state: &crate::TempDir, config: &str) -> (Self, std::net::SocketAddr) {
+        let path = state.path().join("fastedge.toml");
+        std::fs::write(&path, config).expect("writing the configuration");
+        let server = Self::start(
+            &[
+                "serve",
+                "--config",
+                path.to_str().expect("UTF-8 path"),
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                state.path().to_str().expect("UTF-8 path"),
+            ],
+            &[("FASTEDGE_LOG", "info")],
+        );
+        let addr = server.wait_listening();
+        (server, addr)
+    }
+
     /// Waits for a log line containing `needle`, returning it; panics after `within`.
     pub fn wait_for_line(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;

@@ -20,22 +20,7 @@ use fastedge_tests::{
 
 /// Starts `fastedge serve` with `config` (TOML) on a free port; returns it and its address.
 fn serve(state: &TempDir, config: &str) -> (Fastedge, SocketAddr) {
-    let path = state.path().join("fastedge.toml");
-    std::fs::write(&path, config).unwrap();
-    let server = Fastedge::start(
-        &[
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().unwrap(),
-        ],
-        &[("FASTEDGE_LOG", "info")],
-    );
-    let addr = server.wait_listening();
-    (server, addr)
+    Fastedge::serve_config(state, config)
 }
 
 /// The first CPU this process may use: one executor makes round robin deterministic.
@@ -699,28 +684,13 @@ fn prometheus_metrics_sum_the_cores() {
     let state = TempDir::new("metrics");
     let (backend, _) = echo_backend();
     let dead = dead_port();
-    let path = state.path().join("m.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let (server, addr) = serve(
+        &state,
+        &format!(
             "metrics_listen = \"127.0.0.1:0\"\n[balance]\nmode = \"on-fail\"\nretry_interval = \"0ms\"\n\
              [[backend]]\naddress = \"{dead}\"\n[[backend]]\naddress = \"{backend}\"\n"
         ),
-    )
-    .unwrap();
-    let server = Fastedge::start(
-        &[
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().unwrap(),
-        ],
-        &[("FASTEDGE_LOG", "info")],
     );
-    let addr = server.wait_listening();
     let line = server.wait_for_line("metrics listening", Duration::from_secs(10));
     let metrics_addr = line
         .split("addr=")

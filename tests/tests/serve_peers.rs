@@ -80,22 +80,7 @@ fn wait_port(port: u16) {
 }
 
 fn serve(state: &TempDir, config: &str) -> (Fastedge, SocketAddr) {
-    let path = state.path().join("fastedge.toml");
-    std::fs::write(&path, config).unwrap();
-    let server = Fastedge::start(
-        &[
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().unwrap(),
-        ],
-        &[("FASTEDGE_LOG", "info")],
-    );
-    let addr = server.wait_listening();
-    (server, addr)
+    Fastedge::serve_config(state, config)
 }
 
 #[test]
