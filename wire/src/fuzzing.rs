@@ -4,6 +4,7 @@
 use crate::{
     forwarded::{ClientFacts, ForwardedConfig, Injector},
     http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
+    packet::{self, flow_hash, way_of, HashMode, Parsed},
     proxy,
 };
 
@@ -87,6 +88,31 @@ pub fn proxy_header(data: &[u8]) {
     }
 }
 
+/// Frame parsing: never panics; the flow hash of every parsed flow is symmetric (the reversed
+/// flow hashes the same in every mode) and maps into range.
+pub fn packet_flow(data: &[u8]) {
+    for decapsulate in [false, true] {
+        if let Ok(Parsed::Ip(key)) = packet::parse(data, decapsulate) {
+            let reversed = packet::FlowKey {
+                src: key.dst,
+                dst: key.src,
+                src_port: key.dst_port,
+                dst_port: key.src_port,
+                ..key
+            };
+            for mode in [
+                HashMode::TwoTuple,
+                HashMode::ThreeTuple,
+                HashMode::FiveTuple,
+            ] {
+                let hash = flow_hash(&key, mode);
+                assert_eq!(hash, flow_hash(&reversed, mode));
+                assert!(way_of(hash, 30) < 30);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -102,6 +128,7 @@ mod tests {
             super::http1_request_head(sample);
             super::forwarded_injector(sample);
             super::proxy_header(sample);
+            super::packet_flow(sample);
         }
     }
 }

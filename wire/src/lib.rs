@@ -3,7 +3,8 @@
 //! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
 //! into every request of a stream ([`forwarded`]); backend choice and passive health
-//! ([`balance`]). Packet header views and flow hashing come here as they are built. Every parser answers "complete, with the bytes used", "partial", or a typed error,
+//! ([`balance`]); packet headers down to the innermost flow, and the symmetric flow hash
+//! ([`packet`]). Every parser answers "complete, with the bytes used", "partial", or a typed error,
 //! and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
@@ -14,4 +15,5 @@ pub mod forwarded;
 pub mod fuzzing;
 pub mod http1;
 pub mod net;
+pub mod packet;
 pub mod proxy;

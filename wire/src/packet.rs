@@ -1,0 +1,721 @@
+//! Packet headers, as far as flow distribution needs them: Ethernet, 802.1Q/802.1ad tags,
+//! IPv4 (options, fragments), IPv6 (extension headers walked), TCP, UDP, ICMP/ICMPv6, and the
+//! inner headers of IP-in-IP, GRE and VXLAN tunnels.
+//!
+//! [`parse`] reads a frame (no allocation, no copy) into a [`FlowKey`], the innermost IP flow
+//! it belongs to. Untrusted input: every read is bounds-checked; a frame too short for the
+//! header it announces is a [`ParseError`], never a panic.
+
+/// Ethertypes.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const IPV6: u16 = 0x86dd;
+    pub const VLAN: u16 = 0x8100;
+    pub const QINQ: u16 = 0x88a8;
+    pub const QINQ_OLD: u16 = 0x9100;
+    /// GRE payload type for an Ethernet frame (transparent Ethernet bridging).
+    pub const TEB: u16 = 0x6558;
+}
+
+/// IP protocol numbers.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const GRE: u8 = 47;
+    pub const ESP: u8 = 50;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const NO_NEXT: u8 = 59;
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTS: u8 = 60;
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+}
+
+/// The UDP port of VXLAN (RFC 7348).
+pub const VXLAN_PORT: u16 = 4789;
+/// Most VLAN tags read before giving up (QinQ is 2).
+const MAX_VLAN_TAGS: usize = 4;
+/// Most IPv6 extension headers walked.
+const MAX_EXTENSION_HEADERS: usize = 8;
+/// Most tunnel layers opened.
+const MAX_TUNNEL_DEPTH: usize = 2;
+
+/// The flow a packet belongs to: its innermost IP addresses (IPv4 as IPv4-mapped IPv6, so
+/// every address is 128 bits), protocol and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub protocol: u8,
+    /// 0 when the protocol has no ports or the packet is a later fragment.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Part of a fragmented datagram (any fragment, the first included).
+    pub fragment: bool,
+    /// Tunnel layers opened to reach this flow.
+    pub tunnel_depth: u8,
+}
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// An IP packet and its flow.
+    Ip(FlowKey),
+    /// A frame that is not IP (ARP, LLDP, …): its ethertype after any VLAN tags.
+    NonIp { ethertype: u16 },
+}
+
+/// Why a frame could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// The frame ends inside the named header.
+    Truncated(&'static str),
+    /// A header field has a value the standard does not allow.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Truncated(what) => write!(f, "frame truncated inside the {what}"),
+            ParseError::Malformed(what) => write!(f, "malformed {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn be16(buf: &[u8], at: usize, what: &'static str) -> Result<u16, ParseError> {
+    match buf.get(at..at + 2) {
+        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+        None => Err(ParseError::Truncated(what)),
+    }
+}
+
+fn byte(buf: &[u8], at: usize, what: &'static str) -> Result<u8, ParseError> {
+    buf.get(at).copied().ok_or(ParseError::Truncated(what))
+}
+
+fn rest<'a>(buf: &'a [u8], at: usize, what: &'static str) -> Result<&'a [u8], ParseError> {
+    buf.get(at..).ok_or(ParseError::Truncated(what))
+}
+
+/// Parses an Ethernet frame; with `decapsulate`, tunnels are opened and the inner flow is
+/// returned.
+pub fn parse(frame: &[u8], decapsulate: bool) -> Result<Parsed, ParseError> {
+    parse_ethernet(frame, decapsulate, 0)
+}
+
+fn parse_ethernet(frame: &[u8], decapsulate: bool, depth: usize) -> Result<Parsed, ParseError> {
+    let mut ethertype = be16(frame, 12, "Ethernet header")?;
+    let mut offset = 14;
+    let mut tags = 0;
+    while matches!(
+        ethertype,
+        ethertype::VLAN | ethertype::QINQ | ethertype::QINQ_OLD
+    ) {
+        tags += 1;
+        if tags > MAX_VLAN_TAGS {
+            return Err(ParseError::Malformed("VLAN stack (too many tags)"));
+        }
+        ethertype = be16(frame, offset + 2, "VLAN tag")?;
+        offset += 4;
+    }
+    let payload = rest(frame, offset, "Ethernet header")?;
+    match ethertype {
+        ethertype::IPV4 => parse_ipv4(payload, decapsulate, depth).map(Parsed::Ip),
+        ethertype::IPV6 => parse_ipv6(payload, decapsulate, depth).map(Parsed::Ip),
+        other => Ok(Parsed::NonIp { ethertype: other }),
+    }
+}
+
+fn v4_mapped(octets: &[u8]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&octets[..4]);
+    addr
+}
+
+fn parse_ipv4(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey, ParseError> {
+    let first = byte(packet, 0, "IPv4 header")?;
+    if first >> 4 != 4 {
+        return Err(ParseError::Malformed("IPv4 version"));
+    }
+    let header_len = usize::from(first & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(ParseError::Malformed("IPv4 header length"));
+    }
+    let header = packet
+        .get(..header_len)
+        .ok_or(ParseError::Truncated("IPv4 header"))?;
+    let total_len = usize::from(be16(header, 2, "IPv4 header")?);
+    if total_len < header_len {
+        return Err(ParseError::Malformed("IPv4 total length"));
+    }
+    let flags_offset = be16(header, 6, "IPv4 header")?;
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let fragment_offset = flags_offset & 0x1fff;
+    let protocol = header[9];
+    let key = FlowKey {
+        src: v4_mapped(&header[12..16]),
+        dst: v4_mapped(&header[16..20]),
+        protocol,
+        src_port: 0,
+        dst_port: 0,
+        fragment: more_fragments || fragment_offset != 0,
+        tunnel_depth: depth as u8,
+    };
+    // Ethernet may pad short packets: the IP length bounds the payload, not the frame.
+    let end = total_len.min(packet.len());
+    let payload = packet.get(header_len..end).unwrap_or_default();
+    transport(key, payload, fragment_offset == 0, decapsulate, depth)
+}
+
+fn parse_ipv6(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey, ParseError> {
+    let header = packet
+        .get(..40)
+        .ok_or(ParseError::Truncated("IPv6 header"))?;
+    if header[0] >> 4 != 6 {
+        return Err(ParseError::Malformed("IPv6 version"));
+    }
+    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    dst.copy_from_slice(&header[24..40]);
+    let end = (40 + payload_len).min(packet.len());
+    // A zero payload length is a jumbogram (hop-by-hop option): take the frame's length.
+    let end = if payload_len == 0 { packet.len() } else { end };
+    let mut payload = packet.get(40..end).unwrap_or_default();
+    let mut next = header[6];
+    let mut fragment = false;
+    let mut first_fragment = true;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        match next {
+            proto::HOP_BY_HOP
+            | proto::ROUTING
+            | proto::DEST_OPTS
+            | proto::MOBILITY
+            | proto::HIP
+            | proto::SHIM6 => {
+                let len = (usize::from(byte(payload, 1, "IPv6 extension header")?) + 1) * 8;
+                next = payload[0];
+                payload = payload
+                    .get(len..)
+                    .ok_or(ParseError::Truncated("IPv6 extension header"))?;
+            }
+            proto::FRAGMENT => {
+                let field = be16(payload, 2, "IPv6 fragment header")?;
+                fragment = true;
+                first_fragment = field & 0xfff8 == 0;
+                next = payload[0];
+                payload = payload
+                    .get(8..)
+                    .ok_or(ParseError::Truncated("IPv6 fragment header"))?;
+            }
+            proto::AH => {
+                let len = (usize::from(byte(payload, 1, "IPv6 authentication header")?) + 2) * 4;
+                next = payload[0];
+                payload = payload
+                    .get(len..)
+                    .ok_or(ParseError::Truncated("IPv6 authentication header"))?;
+            }
+            _ => break,
+        }
+    }
+    let key = FlowKey {
+        src,
+        dst,
+        protocol: next,
+        src_port: 0,
+        dst_port: 0,
+        fragment,
+        tunnel_depth: depth as u8,
+    };
+    transport(key, payload, first_fragment, decapsulate, depth)
+}
+
+/// Reads ports (or opens a tunnel) from an IP payload.
+fn transport(
+    mut key: FlowKey,
+    payload: &[u8],
+    has_transport_header: bool,
+    decapsulate: bool,
+    depth: usize,
+) -> Result<FlowKey, ParseError> {
+    if !has_transport_header {
+        return Ok(key);
+    }
+    let tunnel = decapsulate && depth < MAX_TUNNEL_DEPTH && !key.fragment;
+    match key.protocol {
+        proto::TCP | proto::UDP => {
+            let src_port = be16(payload, 0, "transport header")?;
+            let dst_port = be16(payload, 2, "transport header")?;
+            if tunnel && key.protocol == proto::UDP && dst_port == VXLAN_PORT {
+                // VXLAN: UDP header, 8-byte VXLAN header (I flag set), inner Ethernet.
+                let flags = byte(payload, 8, "VXLAN header")?;
+                if flags & 0x08 != 0 {
+                    let inner = rest(payload, 16, "VXLAN header")?;
+                    if let Parsed::Ip(inner) = parse_ethernet(inner, true, depth + 1)? {
+                        return Ok(inner);
+                    }
+                }
+            }
+            key.src_port = src_port;
+            key.dst_port = dst_port;
+        }
+        proto::IPIP if tunnel => return parse_ipv4(payload, true, depth + 1),
+        proto::IPV6 if tunnel => return parse_ipv6(payload, true, depth + 1),
+        proto::GRE if tunnel => {
+            if let Some(inner) = parse_gre(payload, depth)? {
+                return Ok(inner);
+            }
+        }
+        _ => {}
+    }
+    Ok(key)
+}
+
+/// GRE (RFC 2784/2890): opens IPv4, IPv6 and Ethernet payloads; `None` for anything else.
+fn parse_gre(payload: &[u8], depth: usize) -> Result<Option<FlowKey>, ParseError> {
+    let flags = be16(payload, 0, "GRE header")?;
+    if flags & 0x0007 != 0 {
+        // Version 1 is PPTP's enhanced GRE: not opened.
+        return Ok(None);
+    }
+    let protocol = be16(payload, 2, "GRE header")?;
+    let mut offset = 4;
+    for bit in [0x8000, 0x2000, 0x1000] {
+        // Checksum(+reserved), key, sequence number: 4 bytes each when present.
+        if flags & bit != 0 {
+            offset += 4;
+        }
+    }
+    let inner = rest(payload, offset, "GRE header")?;
+    match protocol {
+        ethertype::IPV4 => parse_ipv4(inner, true, depth + 1).map(Some),
+        ethertype::IPV6 => parse_ipv6(inner, true, depth + 1).map(Some),
+        ethertype::TEB => match parse_ethernet(inner, true, depth + 1)? {
+            Parsed::Ip(key) => Ok(Some(key)),
+            Parsed::NonIp { .. } => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Which fields of a flow go into its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashMode {
+    /// Source and destination addresses.
+    TwoTuple,
+    /// Addresses and protocol.
+    ThreeTuple,
+    /// Addresses, protocol and ports.
+    FiveTuple,
+}
+
+/// A symmetric flow hash: both directions of a flow give the same value (the two endpoints are
+/// put in a fixed order first). Fragments hash on the address pair in every mode, so every
+/// fragment of a datagram (whose later fragments carry no ports) lands together. The function
+/// is fixed (no per-process seed): the same flow hashes the same across restarts, machines
+/// and engines.
+pub fn flow_hash(key: &FlowKey, mode: HashMode) -> u64 {
+    let mode = if key.fragment {
+        HashMode::TwoTuple
+    } else {
+        mode
+    };
+    let (src_port, dst_port) = match mode {
+        HashMode::FiveTuple => (key.src_port, key.dst_port),
+        _ => (0, 0),
+    };
+    let protocol = match mode {
+        HashMode::TwoTuple => 0,
+        _ => key.protocol,
+    };
+    let a = (key.src, src_port);
+    let b = (key.dst, dst_port);
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let mut state = Mixer::new(0x6661_7374_6564_6765 ^ u64::from(protocol)); // "fastedge"
+    for half in [low.0, high.0] {
+        state.push(u64::from_be_bytes(half[..8].try_into().unwrap_or_default()));
+        state.push(u64::from_be_bytes(half[8..].try_into().unwrap_or_default()));
+    }
+    state.push((u64::from(low.1) << 16) | u64::from(high.1));
+    state.finish()
+}
+
+/// The way (0..`ways`) a hash goes to: multiply-shift, so every way gets an even share.
+pub fn way_of(hash: u64, ways: u32) -> u32 {
+    ((u128::from(hash) * u128::from(ways)) >> 64) as u32
+}
+
+/// A small fixed 64-bit mixing function (multiply-rotate per word, murmur3's finalizer).
+struct Mixer(u64);
+
+impl Mixer {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn push(&mut self, word: u64) {
+        self.0 = (self.0 ^ word.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .rotate_left(27)
+            .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+    fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = MAC.to_vec();
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn ipv4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        protocol: u8,
+        flags_offset: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, protocol, 0, 0];
+        let total = (20 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn ipv6(src: u8, dst: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[next, 64]);
+        let mut s = [0u8; 16];
+        s[0] = 0x20;
+        s[1] = 0x01;
+        s[15] = src;
+        let mut d = s;
+        d[15] = dst;
+        p.extend_from_slice(&s);
+        p.extend_from_slice(&d);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn ports(src: u16, dst: u16) -> Vec<u8> {
+        let mut p = src.to_be_bytes().to_vec();
+        p.extend_from_slice(&dst.to_be_bytes());
+        p.extend_from_slice(&[0, 8, 0, 0]);
+        p
+    }
+
+    fn key(frame: &[u8]) -> FlowKey {
+        match parse(frame, true) {
+            Ok(Parsed::Ip(key)) => key,
+            other => panic!("expected an IP flow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_udp_with_vlan_and_qinq() {
+        let packet = ipv4(
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            proto::UDP,
+            0,
+            &ports(1000, 53),
+        );
+        let plain = key(&ethernet(ethertype::IPV4, &packet));
+        assert_eq!(plain.src, v4_mapped(&[10, 0, 0, 1]));
+        assert_eq!(
+            (plain.protocol, plain.src_port, plain.dst_port),
+            (proto::UDP, 1000, 53)
+        );
+        let mut tagged = vec![0x00, 0x64];
+        tagged.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        tagged.extend_from_slice(&packet);
+        assert_eq!(key(&ethernet(ethertype::VLAN, &tagged)), plain);
+        let mut qinq = vec![0x00, 0x0a];
+        qinq.extend_from_slice(&ethertype::VLAN.to_be_bytes());
+        qinq.extend_from_slice(&tagged);
+        assert_eq!(key(&ethernet(ethertype::QINQ, &qinq)), plain);
+    }
+
+    #[test]
+    fn ipv4_options_and_padding() {
+        let mut packet = ipv4([1, 1, 1, 1], [2, 2, 2, 2], proto::TCP, 0, &ports(80, 5555));
+        // Add 4 bytes of options (IHL 6): NOP NOP NOP EOL.
+        packet[0] = 0x46;
+        packet.splice(20..20, [1, 1, 1, 0]);
+        let total = packet.len() as u16;
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0; 10]); // Ethernet padding
+        let k = key(&ethernet(ethertype::IPV4, &packet));
+        assert_eq!((k.src_port, k.dst_port), (80, 5555));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let first = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([1, 0, 0, 1], [1, 0, 0, 2], proto::UDP, 0x2000, &ports(7, 9)),
+        ));
+        assert!(first.fragment);
+        assert_eq!(first.src_port, 7);
+        let later = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([1, 0, 0, 1], [1, 0, 0, 2], proto::UDP, 0x00b9, b"data"),
+        ));
+        assert!(later.fragment);
+        assert_eq!((later.src_port, later.dst_port), (0, 0));
+        for mode in [
+            HashMode::TwoTuple,
+            HashMode::ThreeTuple,
+            HashMode::FiveTuple,
+        ] {
+            assert_eq!(flow_hash(&first, mode), flow_hash(&later, mode));
+        }
+    }
+
+    #[test]
+    fn ipv6_extension_headers_and_fragments() {
+        // Hop-by-hop (8 bytes) then destination options (16 bytes) then TCP.
+        let mut payload = vec![proto::DEST_OPTS, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&[proto::TCP, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        payload.extend_from_slice(&ports(443, 40000));
+        let k = key(&ethernet(
+            ethertype::IPV6,
+            &ipv6(1, 2, proto::HOP_BY_HOP, &payload),
+        ));
+        assert_eq!(
+            (k.protocol, k.src_port, k.dst_port),
+            (proto::TCP, 443, 40000)
+        );
+        assert_eq!(k.src[15], 1);
+        // A first fragment has ports; a later one has none; both hash the same.
+        let mut first = vec![proto::UDP, 0, 0x00, 0x01, 0, 0, 0, 7];
+        first.extend_from_slice(&ports(5, 6));
+        let first = key(&ethernet(
+            ethertype::IPV6,
+            &ipv6(1, 2, proto::FRAGMENT, &first),
+        ));
+        let later = vec![proto::UDP, 0, 0x00, 0xb8, 0, 0, 0, 7, 1, 2, 3];
+        let later = key(&ethernet(
+            ethertype::IPV6,
+            &ipv6(1, 2, proto::FRAGMENT, &later),
+        ));
+        assert!(first.fragment && later.fragment);
+        assert_eq!(first.src_port, 5);
+        assert_eq!(later.src_port, 0);
+        assert_eq!(
+            flow_hash(&first, HashMode::FiveTuple),
+            flow_hash(&later, HashMode::FiveTuple)
+        );
+    }
+
+    #[test]
+    fn tunnels_are_opened() {
+        let inner = ipv4(
+            [192, 168, 0, 1],
+            [192, 168, 0, 2],
+            proto::TCP,
+            0,
+            &ports(1234, 80),
+        );
+        // IP-in-IP.
+        let outer = ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto::IPIP, 0, &inner);
+        let k = key(&ethernet(ethertype::IPV4, &outer));
+        assert_eq!((k.src_port, k.tunnel_depth), (1234, 1));
+        assert_eq!(k.src, v4_mapped(&[192, 168, 0, 1]));
+        // GRE with a key field.
+        let mut gre = vec![0x20, 0x00, 0x08, 0x00, 0, 0, 0, 42];
+        gre.extend_from_slice(&inner);
+        let k = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto::GRE, 0, &gre),
+        ));
+        assert_eq!((k.dst_port, k.tunnel_depth), (80, 1));
+        // VXLAN: UDP to 4789, VXLAN header, inner Ethernet.
+        let mut vxlan = ports(50000, VXLAN_PORT);
+        vxlan.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        vxlan.extend_from_slice(&ethernet(ethertype::IPV4, &inner));
+        let k = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, 0, &vxlan),
+        ));
+        assert_eq!((k.src_port, k.tunnel_depth), (1234, 1));
+        // Without decapsulation, the outer flow.
+        let frame = ethernet(
+            ethertype::IPV4,
+            &ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, 0, &vxlan),
+        );
+        let Ok(Parsed::Ip(outer)) = parse(&frame, false) else {
+            panic!()
+        };
+        assert_eq!(outer.dst_port, VXLAN_PORT);
+    }
+
+    #[test]
+    fn non_ip_and_errors() {
+        assert_eq!(
+            parse(&ethernet(0x0806, &[0; 28]), true),
+            Ok(Parsed::NonIp { ethertype: 0x0806 })
+        );
+        assert_eq!(
+            parse(&[0; 10], true),
+            Err(ParseError::Truncated("Ethernet header"))
+        );
+        assert_eq!(
+            parse(&ethernet(ethertype::IPV4, &[0x45, 0, 0]), true),
+            Err(ParseError::Truncated("IPv4 header"))
+        );
+        assert_eq!(
+            parse(&ethernet(ethertype::IPV4, &[0x65; 20]), true),
+            Err(ParseError::Malformed("IPv4 version"))
+        );
+        assert_eq!(
+            parse(&ethernet(ethertype::IPV6, &[0x60; 20]), true),
+            Err(ParseError::Truncated("IPv6 header"))
+        );
+        let mut tags = Vec::new();
+        for _ in 0..5 {
+            tags.extend_from_slice(&[0, 1, 0x81, 0x00]);
+        }
+        assert!(matches!(
+            parse(&ethernet(ethertype::VLAN, &tags), true),
+            Err(ParseError::Malformed(_))
+        ));
+        // A TCP packet too short for its ports.
+        let short = ipv4([1, 1, 1, 1], [2, 2, 2, 2], proto::TCP, 0, &[0, 80]);
+        assert_eq!(
+            parse(&ethernet(ethertype::IPV4, &short), true),
+            Err(ParseError::Truncated("transport header"))
+        );
+    }
+
+    #[test]
+    fn hash_is_symmetric_and_mode_aware() {
+        let a = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4(
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+                proto::TCP,
+                0,
+                &ports(1000, 80),
+            ),
+        ));
+        let b = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4(
+                [10, 0, 0, 2],
+                [10, 0, 0, 1],
+                proto::TCP,
+                0,
+                &ports(80, 1000),
+            ),
+        ));
+        for mode in [
+            HashMode::TwoTuple,
+            HashMode::ThreeTuple,
+            HashMode::FiveTuple,
+        ] {
+            assert_eq!(flow_hash(&a, mode), flow_hash(&b, mode), "{mode:?}");
+        }
+        let other_port = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4(
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+                proto::TCP,
+                0,
+                &ports(1001, 80),
+            ),
+        ));
+        assert_ne!(
+            flow_hash(&a, HashMode::FiveTuple),
+            flow_hash(&other_port, HashMode::FiveTuple)
+        );
+        assert_eq!(
+            flow_hash(&a, HashMode::TwoTuple),
+            flow_hash(&other_port, HashMode::TwoTuple)
+        );
+        let udp = FlowKey {
+            protocol: proto::UDP,
+            ..a
+        };
+        assert_ne!(
+            flow_hash(&a, HashMode::ThreeTuple),
+            flow_hash(&udp, HashMode::ThreeTuple)
+        );
+        assert_eq!(
+            flow_hash(&a, HashMode::TwoTuple),
+            flow_hash(&udp, HashMode::TwoTuple)
+        );
+    }
+
+    #[test]
+    fn hash_is_stable_across_builds() {
+        // A fixed value: changing the function moves every flow to another way in a running
+        // fleet, so it must be a deliberate, noted change.
+        let k = FlowKey {
+            src: v4_mapped(&[10, 0, 0, 1]),
+            dst: v4_mapped(&[10, 0, 0, 2]),
+            protocol: proto::TCP,
+            src_port: 1000,
+            dst_port: 80,
+            fragment: false,
+            tunnel_depth: 0,
+        };
+        assert_eq!(flow_hash(&k, HashMode::FiveTuple), STABLE_5TUPLE);
+    }
+
+    /// The 5-tuple hash of 10.0.0.1:1000 → 10.0.0.2:80 TCP.
+    const STABLE_5TUPLE: u64 = 8_063_547_987_446_326_128;
+
+    #[test]
+    fn ways_are_even() {
+        let ways = 30;
+        let mut counts = vec![0u32; ways as usize];
+        for i in 0..30_000u32 {
+            let k = FlowKey {
+                src: v4_mapped(&[10, 0, (i >> 8) as u8, i as u8]),
+                dst: v4_mapped(&[10, 1, 0, 1]),
+                protocol: proto::UDP,
+                src_port: (i % 60_000) as u16,
+                dst_port: 53,
+                fragment: false,
+                tunnel_depth: 0,
+            };
+            counts[way_of(flow_hash(&k, HashMode::FiveTuple), ways) as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min > 850 && *max < 1150, "{counts:?}");
+    }
+}
