@@ -1,12 +1,14 @@
 //! Packet I/O of fastedge.
 //!
-//! Owns: AF_XDP sockets over xsk-rs ([`xdp::XskReceiver`]); netmap bindings behind the
-//! `netmap` feature (off by default: no netmap module on common kernels). AF_PACKET, pcap, the
-//! shared-memory ways and the brick engine come here next.
+//! Owns: AF_XDP sockets over xsk-rs ([`xdp::XskReceiver`]); shared-memory ways between the
+//! distributor and consumer applications ([`shm`]); netmap bindings behind the `netmap` feature
+//! (off by default: no netmap module on common kernels). AF_PACKET, pcap and the brick engine
+//! come here next.
 //!
 //! Does not own: eBPF program source or loading (`fastedge-ebpf`), header parsing and flow
 //! hashing (`fastedge-wire`).
 
+pub mod shm;
 pub mod xdp;
 
 /// netmap's C structures and ioctls (`netmap_sys`), compiled only with `--features netmap`.
