@@ -4,6 +4,7 @@
 //! The suites themselves live in `tests/tests/`; each drives real peers (openssl s_client,
 //! curl, the kernel's AF_XDP path) and checks what came out.
 
+pub mod frames;
 pub mod netns;
 pub mod peers;
 pub mod process;

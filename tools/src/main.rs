@@ -3,6 +3,7 @@
 
 mod demo;
 mod serve;
+mod split;
 
 use std::process::ExitCode;
 
@@ -11,8 +12,8 @@ use clap::{Parser, Subcommand};
 /// fastedge: a kernel-bypass userspace runtime for the network edge.
 ///
 /// It terminates TLS on a thread-per-core io_uring runtime with BoringSSL and forwards plain TCP
-/// to backends (`fastedge serve`). Traffic distribution over AF_XDP (`fastedge split`) is being
-/// built and is not available in this version.
+/// to backends (`fastedge serve`), and distributes an interface's traffic, flow-aware, over
+/// shared-memory ways through XDP and AF_XDP (`fastedge split`, read with `fastedge tap`).
 #[derive(Debug, Parser)]
 #[command(name = "fastedge", version, about, long_about)]
 struct Cli {
@@ -40,6 +41,8 @@ enum LogFormat {
 enum Command {
     Serve(serve::ServeArgs),
     CheckConfig(serve::CheckConfigArgs),
+    Split(split::SplitArgs),
+    Tap(split::TapArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -54,6 +57,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => serve::check_config(args),
+        Command::Split(args) => split::run_split(args),
+        Command::Tap(args) => split::run_tap(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
