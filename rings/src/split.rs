@@ -34,6 +34,8 @@ pub struct SplitConfig {
     pub non_ip_way: u32,
     /// Hash tunnelled traffic on its inner flow.
     pub decapsulate: bool,
+    /// Every frame to every way (Duplicator) instead of one way per flow (LoadBalancer).
+    pub duplicate: bool,
 }
 
 /// Counters of a running split; every drop has a named cause.
@@ -132,6 +134,7 @@ pub fn run(
         %mode,
         queues,
         ways = config.ways,
+        duplicate = config.duplicate,
         "split running"
     );
     let mut stats = SplitStats {
@@ -164,7 +167,13 @@ pub fn run(
                         (config.non_ip_way, 0)
                     }
                 };
-                producers[way as usize].push(frame, now_ns, hash);
+                if config.duplicate {
+                    for producer in producers.iter_mut() {
+                        producer.push(frame, now_ns, hash);
+                    }
+                } else {
+                    producers[way as usize].push(frame, now_ns, hash);
+                }
             })?;
         }
         if got == 0 {

@@ -78,32 +78,33 @@ fn send_traffic(pair: &VethPair, flows: u32) -> Sent {
     })
 }
 
-#[test]
-fn split_delivers_every_frame_once_by_flow() {
-    let pair = VethPair::new();
-    let ways = 4u32;
-    let split = Child(
+/// Starts `fastedge COMMAND DEV --ways N …` inside namespace A.
+fn start_engine(pair: &VethPair, command: &str, ways: u32, way_kib: u32) -> Child {
+    Child(
         Command::new("ip")
             .args(["netns", "exec", &pair.ns_a])
             .arg(fastedge_bin())
             .args([
-                "split",
+                command,
                 &pair.dev_a,
                 "--ways",
                 &ways.to_string(),
                 "--way-kib",
-                "1024",
+                &way_kib.to_string(),
             ])
             .env("FASTEDGE_LOG", "info")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
-    // Wait for the ways, then attach a consumer to each.
+    )
+}
+
+/// Attaches a consumer to each of `ways` ways once they exist.
+fn attach(pair: &VethPair, ways: std::ops::Range<u32>) -> Vec<Consumer> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut consumers = Vec::new();
-    for way in 0..ways {
+    for way in ways {
         loop {
             match Consumer::open(&pair.dev_a, way) {
                 Ok(c) => break consumers.push(c),
@@ -115,25 +116,57 @@ fn split_delivers_every_frame_once_by_flow() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let sent = send_traffic(&pair, 200);
-    let total = sent.flow_of.len() + sent.fragments.len();
+    consumers
+}
 
-    let mut way_of_seq: HashMap<u32, u32> = HashMap::new();
-    let mut duplicates = 0;
+/// Reads the ways until `expected` of our frames were seen (or 10 s); returns, per sequence
+/// number, the ways it arrived on.
+fn collect(
+    consumers: &mut [Consumer],
+    is_ours: impl Fn(u32) -> bool,
+    expected: usize,
+) -> HashMap<u32, Vec<u32>> {
+    let mut seen: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut count = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while way_of_seq.len() < total && Instant::now() < deadline {
+    while count < expected && Instant::now() < deadline {
         for (way, consumer) in consumers.iter_mut().enumerate() {
             consumer.read_batch(usize::MAX, |record| {
-                if let Some(seq) = frame_seq(record.data) {
-                    let ours = sent.flow_of.contains_key(&seq) || sent.fragments.contains(&seq);
-                    if ours && way_of_seq.insert(seq, way as u32).is_some() {
-                        duplicates += 1;
-                    }
+                if let Some(seq) = frame_seq(record.data).filter(|s| is_ours(*s)) {
+                    seen.entry(seq).or_default().push(way as u32);
+                    count += 1;
                 }
             });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    seen
+}
+
+/// Stops an engine with SIGTERM and returns its exit status and log.
+fn stop_engine(engine: Child) -> (std::process::ExitStatus, String) {
+    let mut engine = engine;
+    let pid = nix::unistd::Pid::from_raw(engine.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = std::mem::replace(&mut engine.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn split_by_flow(ways: u32, flows: u32, way_kib: u32) {
+    let pair = VethPair::new();
+    let split = start_engine(&pair, "split", ways, way_kib);
+    let mut consumers = attach(&pair, 0..ways);
+    let sent = send_traffic(&pair, flows);
+    let total = sent.flow_of.len() + sent.fragments.len();
+    let is_ours = |s: u32| sent.flow_of.contains_key(&s) || sent.fragments.contains(&s);
+    let seen = collect(&mut consumers, is_ours, total);
+    let duplicates = seen.values().filter(|w| w.len() > 1).count();
+    let way_of_seq: HashMap<u32, u32> = seen.iter().map(|(s, w)| (*s, w[0])).collect();
     assert_eq!(duplicates, 0, "no frame delivered twice");
     assert_eq!(way_of_seq.len(), total, "every frame sent arrived");
     let mut flow_way: HashMap<u32, u32> = HashMap::new();
@@ -154,17 +187,8 @@ fn split_delivers_every_frame_once_by_flow() {
     );
 
     // Summary at exit names the counters.
-    let mut split = split;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(split.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let output = std::mem::replace(&mut split.0, Command::new("true").spawn().unwrap())
-        .wait_with_output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
+    let (status, log) = stop_engine(split);
+    assert!(status.success(), "{log}");
     assert!(
         log.contains("split stopped") && log.contains("ways delivered/dropped-full"),
         "{log}"
@@ -172,6 +196,124 @@ fn split_delivers_every_frame_once_by_flow() {
     for way in 0..ways {
         let _ = std::fs::remove_file(way_path(&pair.dev_a, way));
     }
+}
+
+#[test]
+fn split_delivers_every_frame_once_by_flow() {
+    split_by_flow(4, 200, 1024);
+}
+
+#[test]
+fn split_over_30_and_64_ways() {
+    split_by_flow(30, 600, 64);
+    split_by_flow(64, 900, 64);
+}
+
+#[test]
+fn dup_delivers_every_frame_to_every_way() {
+    let pair = VethPair::new();
+    let ways = 3;
+    let dup = start_engine(&pair, "dup", ways, 1024);
+    let mut consumers = attach(&pair, 0..ways);
+    let sent = send_traffic(&pair, 50);
+    let total = sent.flow_of.len() + sent.fragments.len();
+    let seen = collect(
+        &mut consumers,
+        |s| sent.flow_of.contains_key(&s) || sent.fragments.contains(&s),
+        total * ways as usize,
+    );
+    assert_eq!(seen.len(), total, "every frame arrived");
+    for (seq, got) in &seen {
+        let mut got = got.clone();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (0..ways).collect::<Vec<_>>(),
+            "frame {seq} on every way once"
+        );
+    }
+    let (status, log) = stop_engine(dup);
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_killed_consumer_costs_only_its_own_way() {
+    let pair = VethPair::new();
+    let split = start_engine(&pair, "split", 2, 64);
+    // Way 0's consumer keeps reading all along, on its own thread.
+    let mut way0 = attach(&pair, 0..1).pop().unwrap();
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let way0_reader = {
+        let reading = reading.clone();
+        std::thread::spawn(move || {
+            let mut frames = 0u64;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                way0.read_batch(usize::MAX, |r| {
+                    if frame_seq(r.data).is_some() {
+                        frames += 1;
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            way0.read_batch(usize::MAX, |_| frames += 1);
+            (frames, way0.counters())
+        })
+    };
+    let tap = |count: &str| {
+        Child(
+            Command::new(fastedge_bin())
+                .args(["tap", &format!("{}:1", pair.dev_a), "--count", count])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = tap("1000000");
+    std::thread::sleep(Duration::from_millis(300));
+    let burst = |flows| send_traffic(&pair, flows);
+    let before = burst(100);
+    // SIGKILL the way-1 consumer mid-stream; way 1 fills while nobody reads it.
+    let mut first = first;
+    first.0.kill().unwrap();
+    let _ = first.0.wait();
+    let during = burst(1500);
+    // A new consumer attaches to way 1 (taking over the dead one's slot) and gets new traffic.
+    let second = tap("5");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = burst(20);
+    let mut second = second;
+    let pcap = std::mem::replace(&mut second.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    assert!(pcap.status.success());
+    assert!(
+        pcap.stdout.len() > 24,
+        "the new consumer of way 1 received frames"
+    );
+    // Way 0 lost nothing at any time: every frame that hashed to it arrived.
+    std::thread::sleep(Duration::from_millis(200));
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (way0_frames, (delivered0, dropped0)) = way0_reader.join().unwrap();
+    assert_eq!(
+        dropped0, 0,
+        "no drops on the way whose consumer kept reading"
+    );
+    assert!(way0_frames > 0 && delivered0 >= way0_frames);
+    let sent = before.flow_of.len() + during.flow_of.len() + after.flow_of.len();
+    let (status, log) = stop_engine(split);
+    assert!(status.success(), "split kept running until stopped: {log}");
+    let dropped1: u64 = log
+        .split(" 1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit() && c != '/').next())
+        .and_then(|pair| pair.split('/').nth(1))
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("way 1 counters in: {log}"));
+    assert!(
+        dropped1 > 0,
+        "the dead consumer's way counted drops ({sent} frames sent): {log}"
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ enum Command {
     Serve(serve::ServeArgs),
     CheckConfig(serve::CheckConfigArgs),
     Split(split::SplitArgs),
+    Dup(split::DupArgs),
     Tap(split::TapArgs),
 }
 
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => serve::check_config(args),
         Command::Split(args) => split::run_split(args),
+        Command::Dup(args) => split::run_dup(args),
         Command::Tap(args) => split::run_tap(args),
     };
     match result {

@@ -62,6 +62,29 @@ pub struct SplitArgs {
     no_decap: bool,
 }
 
+/// Copy an interface's traffic to N ways: every frame to every way.
+///
+/// Like `fastedge split` (same XDP + AF_XDP input, same ways, same counters), but each way gets
+/// all the traffic — e.g. several IDS instances that must each see everything. A slow consumer
+/// only loses frames on its own way.
+#[derive(Debug, Args)]
+pub struct DupArgs {
+    /// Interface to read, e.g. eth1.
+    interface: String,
+
+    /// Number of ways (consumer rings), each getting every frame.
+    #[arg(long, default_value_t = 2)]
+    ways: u32,
+
+    /// XDP attach mode; default: native, falling back to SKB.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<ModeArg>,
+
+    /// Ring size of each way, in KiB (a power of two).
+    #[arg(long, default_value_t = 4096)]
+    way_kib: usize,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum HashArg {
     #[value(name = "2-tuple")]
@@ -134,14 +157,39 @@ fn describe(stats: &SplitStats) -> String {
     )
 }
 
-pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
-    if !args.way_kib.is_power_of_two() || args.way_kib < 64 {
+fn check_way_kib(way_kib: usize) -> Result<(), Failure> {
+    if !way_kib.is_power_of_two() || way_kib < 64 {
         return Err(Failure::config(anyhow!(
-            "--way-kib {} must be a power of two, at least 64",
-            args.way_kib
+            "--way-kib {way_kib} must be a power of two, at least 64"
         )));
     }
-    let config = SplitConfig {
+    Ok(())
+}
+
+fn xdp_mode(mode: Option<ModeArg>) -> Option<XdpMode> {
+    mode.map(|m| match m {
+        ModeArg::Native => XdpMode::Native,
+        ModeArg::Skb => XdpMode::Skb,
+    })
+}
+
+pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
+    check_way_kib(args.way_kib)?;
+    run_engine(SplitConfig {
+        interface: args.interface,
+        ways: args.ways,
+        hash: HashMode::FiveTuple,
+        mode: xdp_mode(args.xdp_mode),
+        way_capacity: args.way_kib * 1024,
+        non_ip_way: 0,
+        decapsulate: true,
+        duplicate: true,
+    })
+}
+
+pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
+    check_way_kib(args.way_kib)?;
+    run_engine(SplitConfig {
         interface: args.interface.clone(),
         ways: args.ways,
         hash: match args.hash {
@@ -149,14 +197,15 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
             HashArg::Three => HashMode::ThreeTuple,
             HashArg::Five => HashMode::FiveTuple,
         },
-        mode: args.xdp_mode.map(|m| match m {
-            ModeArg::Native => XdpMode::Native,
-            ModeArg::Skb => XdpMode::Skb,
-        }),
+        mode: xdp_mode(args.xdp_mode),
         way_capacity: args.way_kib * 1024,
         non_ip_way: args.non_ip_way,
         decapsulate: !args.no_decap,
-    };
+        duplicate: false,
+    })
+}
+
+fn run_engine(config: SplitConfig) -> Result<(), Failure> {
     let stop = stop_on_signals()?;
     let live = std::io::stderr().is_terminal();
     let mut previous = 0u64;
@@ -208,10 +257,9 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
     header.extend_from_slice(&[0; 8]);
     header.extend_from_slice(&65535u32.to_le_bytes());
     header.extend_from_slice(&1u32.to_le_bytes());
-    let write_error = |e: std::io::Error| e;
     let mut written = 0u64;
     let result: std::io::Result<()> = (|| {
-        out.write_all(&header).map_err(write_error)?;
+        out.write_all(&header)?;
         out.flush()?;
         let limit = args.count.unwrap_or(u64::MAX);
         while written < limit && !stop.load(Ordering::Relaxed) {
