@@ -29,6 +29,22 @@ impl Drop for Child {
     }
 }
 
+/// Removes the way files of an interface when the test ends, however it ends.
+struct WayFiles(String);
+
+impl Drop for WayFiles {
+    fn drop(&mut self) {
+        let prefix = format!("fastedge-{}-", self.0);
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
 /// What the test sent: sequence number → (flow id, direction or fragment tag).
 struct Sent {
     flow_of: HashMap<u32, u32>,
@@ -159,6 +175,7 @@ fn stop_engine(engine: Child) -> (std::process::ExitStatus, String) {
 
 fn split_by_flow(ways: u32, flows: u32, way_kib: u32) {
     let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
     let split = start_engine(&pair, "split", ways, way_kib);
     let mut consumers = attach(&pair, 0..ways);
     let sent = send_traffic(&pair, flows);
@@ -193,9 +210,6 @@ fn split_by_flow(ways: u32, flows: u32, way_kib: u32) {
         log.contains("split stopped") && log.contains("ways delivered/dropped-full"),
         "{log}"
     );
-    for way in 0..ways {
-        let _ = std::fs::remove_file(way_path(&pair.dev_a, way));
-    }
 }
 
 #[test]
@@ -212,6 +226,7 @@ fn split_over_30_and_64_ways() {
 #[test]
 fn dup_delivers_every_frame_to_every_way() {
     let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
     let ways = 3;
     let dup = start_engine(&pair, "dup", ways, 1024);
     let mut consumers = attach(&pair, 0..ways);
@@ -239,6 +254,7 @@ fn dup_delivers_every_frame_to_every_way() {
 #[test]
 fn a_killed_consumer_costs_only_its_own_way() {
     let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
     let split = start_engine(&pair, "split", 2, 64);
     // Way 0's consumer keeps reading all along, on its own thread.
     let mut way0 = attach(&pair, 0..1).pop().unwrap();
@@ -320,6 +336,7 @@ fn a_killed_consumer_costs_only_its_own_way() {
 fn tap_streams_a_way_to_tcpdump() {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
     let _split = Child(
         Command::new("ip")
             .args(["netns", "exec", &pair.ns_a])
@@ -381,5 +398,4 @@ fn tap_streams_a_way_to_tcpdump() {
         text.contains("IP 10.77.0.1.443 > 10.78.0.0.20000: UDP"),
         "{text}"
     );
-    let _ = std::fs::remove_file(way_path(&pair.dev_a, 0));
 }
