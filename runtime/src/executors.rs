@@ -1,6 +1,6 @@
 //! One glommio executor per CPU, each pinned to its CPU.
 
-use std::{future::Future, thread};
+use std::future::Future;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -79,9 +79,4 @@ pub fn pinned_cpu() -> Option<usize> {
     let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
     let first = cpus.next()?;
     cpus.next().is_none().then_some(first)
-}
-
-/// The name of the calling thread, as executors set it.
-pub fn thread_name() -> String {
-    thread::current().name().unwrap_or("?").to_owned()
 }

@@ -23,7 +23,7 @@ mod syslog;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 pub use cpus::{CpuList, CpuListError};
-pub use executors::{pinned_cpu, thread_name, Core, Executors};
+pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
 pub use process::{drop_privileges, raise_nofile_limit, ProcessError};

@@ -193,14 +193,13 @@ impl Registry {
                 ),
             ],
         );
-        let mut backends: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        let mut backends: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for core in &cores {
             let map = core.backends.lock().unwrap_or_else(PoisonError::into_inner);
             for (name, counters) in map.iter() {
                 let entry = backends.entry(name.clone()).or_default();
                 entry.0 += counters.connect_failures;
                 entry.1 += u64::from(counters.dead);
-                entry.2 += 1;
             }
         }
         let label = |name: &str| {

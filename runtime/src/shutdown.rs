@@ -50,6 +50,15 @@ impl Shutdown {
     pub fn wait(&self) -> Wait<'_> {
         Wait { shutdown: self }
     }
+
+    /// Runs `future` until it completes (`Some`) or the signal is raised first (`None`).
+    pub async fn until<T>(&self, future: impl Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(future.await) }, async {
+            self.wait().await;
+            None
+        })
+        .await
+    }
 }
 
 /// Future of [`Shutdown::wait`].

@@ -1,18 +1,12 @@
 //! Log lines to the local syslog daemon: one RFC 3164 datagram per line on a UNIX socket
 //! (`/dev/log` by default), facility daemon.
 
-use std::{
-    io,
-    os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{io, os::unix::net::UnixDatagram, path::Path, sync::Arc};
 
 /// Sends each written log line as one syslog datagram.
 #[derive(Debug, Clone)]
 pub struct SyslogWriter {
     socket: Arc<UnixDatagram>,
-    path: PathBuf,
     tag: String,
 }
 
@@ -28,7 +22,6 @@ impl SyslogWriter {
         })?;
         Ok(Self {
             socket: Arc::new(socket),
-            path: path.to_owned(),
             tag: format!("{tag}[{}]", std::process::id()),
         })
     }
@@ -62,13 +55,6 @@ impl io::Write for SyslogWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl SyslogWriter {
-    /// The socket path in use.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

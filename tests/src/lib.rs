@@ -38,6 +38,19 @@ impl TempDir {
     pub fn path(&self) -> &std::path::Path {
         &self.0
     }
+
+    /// Writes a fresh self-signed ECDSA certificate for `name` as `{name}.pem` and its key as
+    /// `{name}.key` in this directory; returns both paths.
+    pub fn self_signed(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let cert = fastedge_tls::SelfSigned::generate(&[name], 1).expect("certificate");
+        let paths = (
+            self.0.join(format!("{name}.pem")),
+            self.0.join(format!("{name}.key")),
+        );
+        cert.write_pem(&paths.0, &paths.1)
+            .expect("writing certificate");
+        paths
+    }
 }
 
 impl Drop for TempDir {

@@ -46,12 +46,7 @@ fn connections_spread_over_pinned_executors() {
                 let listener = listener.into_glommio();
                 let mut accepted = 0usize;
                 loop {
-                    let next =
-                        futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                            shutdown.wait().await;
-                            None
-                        })
-                        .await;
+                    let next = shutdown.until(listener.accept()).await;
                     let Some(stream) = next else { break };
                     let mut stream = stream.expect("accept");
                     accepted += 1;

@@ -436,9 +436,7 @@ fn check_config_and_stdin_config() {
 fn encrypted_key_with_passphrase_sources() {
     require_tool("openssl", "openssl");
     let state = TempDir::new("passphrase");
-    let cert = fastedge_tls::SelfSigned::generate(&["localhost"], 1).unwrap();
-    let (cert_path, plain_key) = (state.path().join("c.pem"), state.path().join("plain.pem"));
-    cert.write_pem(&cert_path, &plain_key).unwrap();
+    let (cert_path, plain_key) = state.self_signed("localhost");
     let key_path = state.path().join("enc.pem");
     let status = Command::new("openssl")
         .args([
@@ -635,17 +633,11 @@ fn server_cn(tls: &fastedge_tls::boring::ssl::SslStream<TcpStream>) -> String {
 fn reload_swaps_certificates_and_survives_a_bad_config() {
     let state = TempDir::new("reload");
     let (backend, _) = echo_backend();
-    let write_cert = |name: &str| {
-        let cert = fastedge_tls::SelfSigned::generate(&[name], 1).unwrap();
-        let (c, k) = (
-            state.path().join(format!("{name}.pem")),
-            state.path().join(format!("{name}.key")),
-        );
-        cert.write_pem(&c, &k).unwrap();
+    let path_text = |(c, k): (std::path::PathBuf, std::path::PathBuf)| {
         (c.display().to_string(), k.display().to_string())
     };
-    let (cert_a, key_a) = write_cert("a.test");
-    let (cert_b, key_b) = write_cert("b.test");
+    let (cert_a, key_a) = path_text(state.self_signed("a.test"));
+    let (cert_b, key_b) = path_text(state.self_signed("b.test"));
     let config = |cert: &str, key: &str| {
         format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[[backend]]\naddress = \"{backend}\"\n")
     };
@@ -765,9 +757,7 @@ fn prometheus_metrics_sum_the_cores() {
 fn rsa_and_ecdsa_pairs_chosen_by_what_the_client_verifies() {
     require_tool("openssl", "openssl");
     let state = TempDir::new("multicert");
-    let ec = fastedge_tls::SelfSigned::generate(&["ecdsa.test"], 1).unwrap();
-    let (ec_cert, ec_key) = (state.path().join("ec.pem"), state.path().join("ec.key"));
-    ec.write_pem(&ec_cert, &ec_key).unwrap();
+    let (ec_cert, ec_key) = state.self_signed("ecdsa.test");
     let (rsa_cert, rsa_key) = (state.path().join("rsa.pem"), state.path().join("rsa.key"));
     let status = Command::new("openssl")
         .args([

@@ -153,9 +153,7 @@ fn explicit_backend_and_certificate() {
             .unwrap();
         head
     });
-    let cert = fastedge_tls::SelfSigned::generate(&["example.test"], 1).unwrap();
-    let (cert_path, key_path) = (state.path().join("c.pem"), state.path().join("k.pem"));
-    cert.write_pem(&cert_path, &key_path).unwrap();
+    let (cert_path, key_path) = state.self_signed("example.test");
     let (mut server, base) = start(
         &state,
         &[

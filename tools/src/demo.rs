@@ -27,11 +27,7 @@ pub async fn run(
 ) {
     let core = Rc::new(core);
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.wait().await;
-            None
-        })
-        .await;
+        let accepted = stop.until(listener.accept()).await;
         match accepted {
             None => return,
             Some(Ok(stream)) => {

@@ -471,19 +471,10 @@ async fn accept_loop(
     let local_default = listener.local_addr().ok();
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
-        let Some(permit) = futures_lite::future::or(async { Some(limit.acquire().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await
-        else {
+        let Some(permit) = shutdown.until(limit.acquire()).await else {
             return;
         };
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
             None => return,
             Some(Ok(stream)) => stream,
@@ -542,18 +533,11 @@ async fn health_check_loop(
             .balance
             .health_check_interval
             .unwrap_or(Duration::from_secs(1));
-        let stop = futures_lite::future::or(
-            async {
-                fastedge_runtime::sleep(interval).await;
-                false
-            },
-            async {
-                shutdown.wait().await;
-                true
-            },
-        )
-        .await;
-        if stop {
+        if shutdown
+            .until(fastedge_runtime::sleep(interval))
+            .await
+            .is_none()
+        {
             return;
         }
         let frontend = current.load_full();
