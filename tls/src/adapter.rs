@@ -87,6 +87,20 @@ pub async fn accept<S>(ssl: Ssl, stream: S) -> Result<TlsStream<S>, TlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    accept_observed(ssl, stream, |_| {}).await
+}
+
+/// As [`accept`], calling `progress` with the connection each time the handshake has to wait
+/// for the client: after the ClientHello was processed, callbacks' decisions (such as the SNI
+/// context) can be read there, while the handshake goes on.
+pub async fn accept_observed<S>(
+    ssl: Ssl,
+    stream: S,
+    mut progress: impl FnMut(&SslRef),
+) -> Result<TlsStream<S>, TlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut mid: Option<MidHandshakeSslStream<IoShim<S>>> = None;
     let mut fresh = Some((ssl, stream));
     std::future::poll_fn(move |cx| {
@@ -108,12 +122,14 @@ where
                 close: CloseState::Open,
             })),
             Err(HandshakeError::WouldBlock(pending)) => {
+                progress(pending.ssl());
                 mid = Some(pending);
                 Poll::Pending
             }
-            Err(HandshakeError::Failure(failed)) => {
-                Poll::Ready(Err(TlsError::handshake(failed.into_error())))
-            }
+            Err(HandshakeError::Failure(failed)) => Poll::Ready(Err(TlsError::server_handshake(
+                failed.ssl(),
+                failed.error(),
+            ))),
             Err(HandshakeError::SetupFailure(stack)) => Poll::Ready(Err(TlsError::Setup(stack))),
         }
     })

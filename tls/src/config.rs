@@ -83,10 +83,56 @@ groups = ["X25519MLKEM768", "X25519", "P-256", "P-384"]
 alpn = ["http/1.1"]
 # Choose the cipher by the server's order rather than the client's.
 server_preference = true
+# Client certificates: "none" (not asked for), "optional" (asked for; a connection without one
+# goes on, one that fails verification is refused), "required" (no valid certificate: refused).
+# The result reaches backends in PROXY v2 TLVs, bud's JSON line, and X-Client-* headers.
+client_verify = "none"
+# PEM bundle of the CAs client certificates must chain to (needed unless client_verify = "none"),
+# and an optional PEM CRL file checked against the client's certificate. Given here with
+# client_verify = "none", they are what [[context]] tables asking for certificates inherit.
+client_ca = ""
+client_crl = ""
+# SNI: a client naming a server that no [[context]] serves gets the default context above, or,
+# with sni_strict = true, its handshake is refused with an unrecognized_name alert.
+sni_strict = false
+# Session resumption. Tickets (TLS 1.2 and 1.3) are encrypted with a key that changes every
+# ticket_rotate; the ticket_previous keys before it still decrypt, so a ticket lives up to
+# (ticket_previous + 1) × ticket_rotate. Keys are random at start unless one of:
+#  - ticket_secret_file: a file holding a secret shared by a fleet (at least 32 bytes); every
+#    box derives the key of each rotation period from it (HKDF-SHA256), so boxes agree with no
+#    coordination and no traffic; clocks must agree to well under ticket_rotate.
+#  - ticket_key_file: a file of keys, one base64 line of 48 bytes each, newest first; reread
+#    when it changes.
+tickets = true
+ticket_rotate = "1h"
+ticket_previous = 2
+ticket_secret_file = ""
+ticket_key_file = ""
+# Server-side session cache for clients that resume by session ID (TLS 1.2 without tickets):
+# at most this many sessions (0: off), each valid for session_timeout (also tickets' lifetime
+# as told to clients).
+session_cache_size = 20480
+session_timeout = "1h"
+
+# SNI contexts, one [[context]] table each: server names (exact, or "*.example.com" for one
+# label), with their own certificates and, optionally, their own ALPN, ciphers, client
+# certificate policy and backends. Keys not given are taken from [tls] (and the global
+# backends). An exact name wins over a wildcard.
+#
+# [[context]]
+# servername = ["example.com", "*.example.com"]
+# cert = "example.pem"
+# key = "example.key"
+# alpn = ["h2", "http/1.1"]
+# client_verify = "required"
+# client_ca = "clients-ca.pem"
+# [[context.backend]]
+# address = "127.0.0.1:9001"
 
 [balance]
 # How a backend is chosen: "roundrobin", "on-fail" (first live backend in list order), or
-# "least-conn" (fewest open connections from this core).
+# "least-conn" (fewest open connections from this core). Connections matched to a [[context]]
+# with its own backends are balanced over those ("sni", as bud calls it, is roundrobin).
 mode = "roundrobin"
 # A backend connect that has not completed by then has failed.
 connect_timeout = "5s"
@@ -110,6 +156,10 @@ health_check_interval = "0s"
 # proxy_protocol = "none"      # "none", "v1", "v2" (with ALPN, SNI and TLS TLVs), "bud-json"
 # x_forwarded = false          # X-Forwarded-For/-Proto/-Port into every HTTP/1.x request
 # forwarded = false            # RFC 7239 Forwarded: for=…;proto=https into every request
+# send_client_cert = false     # the client certificate too: X-Client-Cert (PEM, percent-
+#                              # encoded) and PROXY v2 TLV 0xE0 (DER). X-Client-Verify and
+#                              # X-Client-Subject come with x_forwarded when client
+#                              # certificates are asked for.
 "#;
 
 /// A configuration error; the text names the key.
@@ -139,6 +189,7 @@ struct RawConfig {
     tls: RawTls,
     balance: RawBalance,
     backend: Vec<RawBackend>,
+    context: Vec<RawContext>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -170,6 +221,37 @@ struct RawTls {
     groups: Vec<String>,
     alpn: Vec<String>,
     server_preference: bool,
+    client_verify: String,
+    client_ca: String,
+    client_crl: String,
+    sni_strict: bool,
+    tickets: bool,
+    ticket_rotate: String,
+    ticket_previous: u32,
+    ticket_secret_file: String,
+    ticket_key_file: String,
+    session_cache_size: u32,
+    session_timeout: String,
+}
+
+/// One `[[context]]`: absent keys inherit from `[tls]`.
+#[derive(Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawContext {
+    servername: Vec<String>,
+    cert: String,
+    key: String,
+    passphrase: String,
+    passphrase_env: String,
+    passphrase_file: String,
+    passphrase_cmd: String,
+    certificate: Vec<RawCertificate>,
+    alpn: Option<Vec<String>>,
+    ciphers: Option<String>,
+    client_verify: Option<String>,
+    client_ca: Option<String>,
+    client_crl: Option<String>,
+    backend: Vec<RawBackend>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Default)]
@@ -205,6 +287,8 @@ struct RawBackend {
     x_forwarded: bool,
     #[serde(default)]
     forwarded: bool,
+    #[serde(default)]
+    send_client_cert: bool,
 }
 
 fn default_proxy_protocol() -> String {
@@ -222,6 +306,7 @@ impl Default for RawConfig {
             tls: RawTls::default(),
             balance: RawBalance::default(),
             backend: Vec::new(),
+            context: Vec::new(),
         }
     }
 }
@@ -259,6 +344,17 @@ impl Default for RawTls {
                 .to_vec(),
             alpn: vec!["http/1.1".into()],
             server_preference: true,
+            client_verify: "none".into(),
+            client_ca: String::new(),
+            client_crl: String::new(),
+            sni_strict: false,
+            tickets: true,
+            ticket_rotate: "1h".into(),
+            ticket_previous: 2,
+            ticket_secret_file: String::new(),
+            ticket_key_file: String::new(),
+            session_cache_size: 20480,
+            session_timeout: "1h".into(),
         }
     }
 }
@@ -331,6 +427,62 @@ pub struct TlsSettings {
     pub groups: Vec<String>,
     pub alpn: Vec<String>,
     pub server_preference: bool,
+    pub client_auth: ClientAuth,
+    /// SNI contexts, in configuration order.
+    pub contexts: Vec<SniContext>,
+    pub sni_strict: bool,
+    pub resumption: Resumption,
+}
+
+/// Whether and how clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientVerify {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub verify: ClientVerify,
+    /// CA bundle; present unless `verify` is `None`.
+    pub ca: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+}
+
+/// One SNI context: the names it serves and what differs from the default context.
+#[derive(Debug, Clone)]
+pub struct SniContext {
+    /// As written (exact names and `*.` wildcards), validated.
+    pub names: Vec<String>,
+    pub certificates: Vec<CertificateSpec>,
+    pub ciphers: Option<String>,
+    pub alpn: Vec<String>,
+    pub client_auth: ClientAuth,
+    /// Empty: the global backends.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Where session ticket keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketKeySource {
+    /// Random keys made in this process.
+    Random,
+    /// Derived per rotation period from a secret shared by a fleet.
+    SharedSecret(PathBuf),
+    /// Read from a file of base64 keys, newest first.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    pub tickets: bool,
+    pub ticket_rotate: Duration,
+    pub ticket_previous: u32,
+    pub ticket_keys: TicketKeySource,
+    /// 0: no server-side session cache.
+    pub session_cache_size: u32,
+    pub session_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -383,6 +535,8 @@ pub struct BackendSpec {
     pub proxy_protocol: ProxyPrefix,
     pub x_forwarded: bool,
     pub forwarded: bool,
+    /// The client certificate itself goes to the backend too (X-Client-Cert, PROXY v2 TLV).
+    pub send_client_cert: bool,
 }
 
 impl Default for ServeConfig {
@@ -499,6 +653,112 @@ fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpe
     })
 }
 
+/// The pairs of a table: its shorthand `cert`/`key` (if given) first, then `certificate[]`.
+fn certificate_list(
+    prefix: &str,
+    shorthand: &RawCertificate,
+    list: &[RawCertificate],
+) -> Result<Vec<CertificateSpec>, ConfigError> {
+    let mut certificates = Vec::new();
+    let given = [
+        &shorthand.cert,
+        &shorthand.key,
+        &shorthand.passphrase,
+        &shorthand.passphrase_env,
+        &shorthand.passphrase_file,
+        &shorthand.passphrase_cmd,
+    ]
+    .iter()
+    .any(|v| !v.trim().is_empty());
+    if given {
+        certificates.push(certificate_spec(prefix, shorthand)?);
+    }
+    for (i, raw) in list.iter().enumerate() {
+        certificates.push(certificate_spec(
+            &format!("{prefix}.certificate[{i}]"),
+            raw,
+        )?);
+    }
+    Ok(certificates)
+}
+
+fn check_alpn(key: &str, alpn: &[String]) -> Result<(), ConfigError> {
+    for (i, name) in alpn.iter().enumerate() {
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                "protocol names are 1 to 255 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_client_auth(
+    prefix: &str,
+    verify: &str,
+    ca: &str,
+    crl: &str,
+) -> Result<ClientAuth, ConfigError> {
+    let verify = match verify.trim() {
+        "none" => ClientVerify::None,
+        "optional" => ClientVerify::Optional,
+        "required" => ClientVerify::Required,
+        other => {
+            return Err(invalid(
+                format!("{prefix}.client_verify"),
+                format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
+            ))
+        }
+    };
+    let ca = nonempty(ca).map(PathBuf::from);
+    let crl = nonempty(crl).map(PathBuf::from);
+    if verify != ClientVerify::None && ca.is_none() {
+        return Err(invalid(
+            format!("{prefix}.client_ca"),
+            "client certificates need the CA bundle they must chain to",
+        ));
+    }
+    if crl.is_some() && ca.is_none() {
+        return Err(invalid(
+            format!("{prefix}.client_crl"),
+            "a CRL needs the client_ca bundle it belongs to",
+        ));
+    }
+    Ok(ClientAuth { verify, ca, crl })
+}
+
+fn backend_list(prefix: &str, raw: &[RawBackend]) -> Result<Vec<BackendSpec>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let key = |field: &str| format!("{prefix}[{i}].{field}");
+            let name = raw.address.trim().to_owned();
+            let addr = parse_backend_addr(&key("address"), &name)?;
+            let proxy_protocol = match raw.proxy_protocol.trim() {
+                "none" => ProxyPrefix::None,
+                "v1" => ProxyPrefix::V1,
+                "v2" => ProxyPrefix::V2,
+                "bud-json" => ProxyPrefix::BudJson,
+                other => {
+                    return Err(invalid(
+                        key("proxy_protocol"),
+                        format!("{other:?} is not one of \"none\", \"v1\", \"v2\", \"bud-json\""),
+                    ))
+                }
+            };
+            Ok(BackendSpec {
+                name,
+                addr,
+                proxy_protocol,
+                x_forwarded: raw.x_forwarded,
+                forwarded: raw.forwarded,
+                send_client_cert: raw.send_client_cert,
+            })
+        })
+        .collect()
+}
+
 fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let cores = match raw.cores.trim() {
         "" | "all" => None,
@@ -557,7 +817,6 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     };
 
     let t = raw.tls;
-    let mut certificates = Vec::new();
     let shorthand = RawCertificate {
         cert: t.cert.clone(),
         key: t.key.clone(),
@@ -566,22 +825,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         passphrase_file: t.passphrase_file.clone(),
         passphrase_cmd: t.passphrase_cmd.clone(),
     };
-    let has_passphrase = |c: &RawCertificate| {
-        [
-            &c.passphrase,
-            &c.passphrase_env,
-            &c.passphrase_file,
-            &c.passphrase_cmd,
-        ]
-        .iter()
-        .any(|p| !p.trim().is_empty())
-    };
-    if nonempty(&t.cert).is_some() || nonempty(&t.key).is_some() || has_passphrase(&shorthand) {
-        certificates.push(certificate_spec("tls", &shorthand)?);
-    }
-    for (i, raw) in t.certificate.iter().enumerate() {
-        certificates.push(certificate_spec(&format!("tls.certificate[{i}]"), raw)?);
-    }
+    let certificates = certificate_list("tls", &shorthand, &t.certificate)?;
     let version = |key: &str, text: &str| match text.trim() {
         "1.2" => Ok(TlsVersion::Tls12),
         "1.3" => Ok(TlsVersion::Tls13),
@@ -598,33 +842,127 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     if t.groups.is_empty() {
         return Err(invalid("tls.groups", "needs at least one group"));
     }
-    for (i, name) in t.alpn.iter().enumerate() {
-        if name.is_empty() || name.len() > 255 {
+    check_alpn("tls.alpn", &t.alpn)?;
+    let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
+    let ticket_keys = match (
+        nonempty(&t.ticket_secret_file),
+        nonempty(&t.ticket_key_file),
+    ) {
+        (None, None) => TicketKeySource::Random,
+        (Some(secret), None) => TicketKeySource::SharedSecret(secret.into()),
+        (None, Some(file)) => TicketKeySource::File(file.into()),
+        (Some(_), Some(_)) => {
             return Err(invalid(
-                format!("tls.alpn[{i}]"),
-                "protocol names are 1 to 255 bytes",
+                "tls.ticket_key_file",
+                "give ticket_secret_file or ticket_key_file, not both",
+            ))
+        }
+    };
+    let resumption = Resumption {
+        tickets: t.tickets,
+        ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
+        ticket_previous: t.ticket_previous,
+        ticket_keys,
+        session_cache_size: t.session_cache_size,
+        session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
+    };
+    let ciphers = nonempty(&t.ciphers);
+
+    let mut contexts = Vec::with_capacity(raw.context.len());
+    let mut names = fastedge_wire::sni::NameTable::new();
+    for (i, c) in raw.context.iter().enumerate() {
+        let prefix = format!("context[{i}]");
+        if c.servername.is_empty() {
+            return Err(invalid(
+                format!("{prefix}.servername"),
+                "needs at least one server name",
             ));
         }
+        for (j, name) in c.servername.iter().enumerate() {
+            names.insert(name, i).map_err(|e| {
+                invalid(
+                    format!("{prefix}.servername[{j}]"),
+                    format!("{name:?}: {e}"),
+                )
+            })?;
+        }
+        let shorthand = RawCertificate {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            passphrase: c.passphrase.clone(),
+            passphrase_env: c.passphrase_env.clone(),
+            passphrase_file: c.passphrase_file.clone(),
+            passphrase_cmd: c.passphrase_cmd.clone(),
+        };
+        let certificates = certificate_list(&prefix, &shorthand, &c.certificate)?;
+        if certificates.is_empty() {
+            return Err(invalid(
+                format!("{prefix}.cert"),
+                "an SNI context needs its own cert and key",
+            ));
+        }
+        let alpn = c.alpn.clone().unwrap_or_else(|| t.alpn.clone());
+        check_alpn(&format!("{prefix}.alpn"), &alpn)?;
+        let pick = |own: &Option<String>, global: &String| own.clone().unwrap_or(global.clone());
+        contexts.push(SniContext {
+            names: c.servername.clone(),
+            certificates,
+            ciphers: match &c.ciphers {
+                Some(own) => nonempty(own),
+                None => ciphers.clone(),
+            },
+            alpn,
+            client_auth: {
+                let verify = pick(&c.client_verify, &t.client_verify);
+                // A context that turns client certificates off does not inherit CA or CRL.
+                let (ca, crl) = if verify.trim() == "none" {
+                    (
+                        c.client_ca.clone().unwrap_or_default(),
+                        c.client_crl.clone().unwrap_or_default(),
+                    )
+                } else {
+                    (
+                        pick(&c.client_ca, &t.client_ca),
+                        pick(&c.client_crl, &t.client_crl),
+                    )
+                };
+                parse_client_auth(&prefix, &verify, &ca, &crl)?
+            },
+            backends: backend_list(&format!("{prefix}.backend"), &c.backend)?,
+        });
     }
+    if t.sni_strict && contexts.is_empty() {
+        return Err(invalid(
+            "tls.sni_strict",
+            "refuses every client unless at least one [[context]] is configured",
+        ));
+    }
+
     let tls = TlsSettings {
         certificates,
         min_version,
         max_version,
-        ciphers: nonempty(&t.ciphers),
+        ciphers,
         groups: t.groups,
         alpn: t.alpn,
         server_preference: t.server_preference,
+        client_auth,
+        contexts,
+        sni_strict: t.sni_strict,
+        resumption,
     };
 
     let b = raw.balance;
     let mode = match b.mode.trim() {
-        "roundrobin" => BalanceMode::RoundRobin,
+        "roundrobin" | "sni" => BalanceMode::RoundRobin,
         "on-fail" => BalanceMode::OnFail,
         "least-conn" => BalanceMode::LeastConn,
         other => {
             return Err(invalid(
                 "balance.mode",
-                format!("{other:?} is not one of \"roundrobin\", \"on-fail\", \"least-conn\""),
+                format!(
+                    "{other:?} is not one of \"roundrobin\", \"on-fail\", \"least-conn\", \"sni\""
+                ),
             ))
         }
     };
@@ -644,35 +982,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         .filter(|d| !d.is_zero()),
     };
 
-    let backends = raw
-        .backend
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let key = |field: &str| format!("backend[{i}].{field}");
-            let name = raw.address.trim().to_owned();
-            let addr = parse_backend_addr(&key("address"), &name)?;
-            let proxy_protocol = match raw.proxy_protocol.trim() {
-                "none" => ProxyPrefix::None,
-                "v1" => ProxyPrefix::V1,
-                "v2" => ProxyPrefix::V2,
-                "bud-json" => ProxyPrefix::BudJson,
-                other => {
-                    return Err(invalid(
-                        key("proxy_protocol"),
-                        format!("{other:?} is not one of \"none\", \"v1\", \"v2\", \"bud-json\""),
-                    ))
-                }
-            };
-            Ok(BackendSpec {
-                name,
-                addr,
-                proxy_protocol,
-                x_forwarded: raw.x_forwarded,
-                forwarded: raw.forwarded,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let backends = backend_list("backend", &raw.backend)?;
 
     Ok(ServeConfig {
         cores,
@@ -764,12 +1074,67 @@ mod tests {
                 "backend[0].proxy_protocol",
             ),
             ("[frontend]\nlisten_typo = []", "listen_typo"),
+            ("[tls]\nclient_verify = \"maybe\"", "tls.client_verify"),
+            ("[tls]\nclient_verify = \"required\"", "tls.client_ca"),
+            ("[tls]\nclient_crl = \"c.pem\"", "tls.client_crl"),
+            ("[tls]\nsni_strict = true", "tls.sni_strict"),
+            ("[tls]\nticket_rotate = \"0s\"", "tls.ticket_rotate"),
+            (
+                "[tls]\nticket_secret_file = \"s\"\nticket_key_file = \"k\"",
+                "tls.ticket_key_file",
+            ),
+            (
+                "[[context]]\ncert = \"a.pem\"\nkey = \"a.key\"",
+                "context[0].servername",
+            ),
+            (
+                "[[context]]\nservername = [\"w*.example.com\"]\ncert = \"a\"\nkey = \"b\"",
+                "context[0].servername[0]",
+            ),
+            ("[[context]]\nservername = [\"a.test\"]", "context[0].cert"),
+            (
+                "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                 [[context.backend]]\naddress = \"nowhere\"",
+                "context[0].backend[0].address",
+            ),
+            (
+                "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\nalpn = [\"\"]",
+                "context[0].alpn[0]",
+            ),
             ("[frontend]\nbacklog = \"x\"", "backlog"),
             ("cores = ", "line 1"),
         ] {
             let err = ServeConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: expected {key:?} in {err}");
         }
+    }
+
+    #[test]
+    fn contexts_inherit_from_tls() {
+        let text = "[tls]\nalpn = [\"h2\"]\nciphers = \"ECDHE+AESGCM\"\nclient_ca = \"ca.pem\"\n\
+                    [[context]]\nservername = [\"a.test\", \"*.b.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    client_verify = \"optional\"\n[[context.backend]]\naddress = \"127.0.0.1:9\"\n\
+                    [[context]]\nservername = [\"c.test\"]\ncert = \"c\"\nkey = \"d\"\nalpn = []\n";
+        let config = ServeConfig::parse(text).unwrap();
+        let [a, c] = &config.tls.contexts[..] else {
+            panic!("two contexts")
+        };
+        assert_eq!(a.alpn, vec!["h2".to_owned()]);
+        assert_eq!(a.ciphers.as_deref(), Some("ECDHE+AESGCM"));
+        assert_eq!(a.client_auth.verify, ClientVerify::Optional);
+        assert_eq!(a.client_auth.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(a.backends.len(), 1);
+        assert!(c.alpn.is_empty());
+        assert_eq!(c.client_auth.verify, ClientVerify::None);
+        assert!(c.backends.is_empty());
+        assert_eq!(config.tls.client_auth.verify, ClientVerify::None);
+        let r = &config.tls.resumption;
+        assert!(r.tickets);
+        assert_eq!(r.ticket_keys, TicketKeySource::Random);
+        assert_eq!(r.ticket_rotate, Duration::from_secs(3600));
+        // bud's balance name.
+        let sni = ServeConfig::parse("[balance]\nmode = \"sni\"").unwrap();
+        assert_eq!(sni.balance.mode, BalanceMode::RoundRobin);
     }
 
     #[test]

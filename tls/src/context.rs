@@ -1,18 +1,38 @@
-//! Server contexts: certificate chain + key (PEM, optionally encrypted) and TLS settings into a
-//! BoringSSL `SslContext`.
+//! Server contexts: certificate chains + keys (PEM, optionally encrypted), SNI contexts, client
+//! certificate policy, session resumption and TLS settings into BoringSSL `SslContext`s.
+//!
+//! One `SslContext` is built per certificate/key pair. Connections start on the default
+//! context's first pair (which also holds the session cache and the ticket keys); BoringSSL's
+//! select-certificate callback, run once on each ClientHello, matches the server name against
+//! the SNI contexts ([`fastedge_wire::sni::NameTable`]), picks the pair the client can verify
+//! within the matched context, switches the connection to it, and records the choice on the
+//! connection ([`ServerContext::hello_choice`]) so the proxy can pick that context's backends.
 
-use std::path::Path;
-
-use boring::{
-    nid::Nid,
-    pkey::{Id, PKey, Private},
-    ssl::{ExtensionType, SelectCertError},
-    ssl::{SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVersion},
-    x509::X509,
+use std::{
+    ffi::CString,
+    path::Path,
+    sync::{Arc, OnceLock},
 };
 
+use boring::{
+    ex_data::Index,
+    nid::Nid,
+    pkey::{Id, PKey, Private},
+    ssl::{ExtensionType, NameType, SelectCertError, SniError, SslAlert, SslRef, SslVerifyMode},
+    ssl::{
+        Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+        SslVersion,
+    },
+    x509::{store::X509StoreBuilder, verify::X509VerifyFlags, X509Name, X509},
+};
+use fastedge_wire::sni::NameTable;
+
 use crate::{
-    config::{CertificateSpec, ServeConfig, TlsSettings, TlsVersion},
+    config::{
+        CertificateSpec, ClientAuth, ClientVerify, Resumption, ServeConfig, TlsSettings, TlsVersion,
+    },
+    ffi,
+    tickets::TicketKeys,
     TlsError,
 };
 
@@ -20,11 +40,64 @@ use crate::{
 #[derive(Clone)]
 pub struct ServerContext {
     context: SslContext,
+    tickets: Option<Arc<TicketKeys>>,
 }
 
 impl std::fmt::Debug for ServerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerContext").finish_non_exhaustive()
+    }
+}
+
+/// What the ClientHello decided for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloChoice {
+    /// Index of the matched SNI context in `TlsSettings::contexts`; `None`: the default one.
+    pub context: Option<usize>,
+}
+
+/// Why our own callbacks refused a handshake, for the close log.
+fn refusal_index() -> Index<Ssl, &'static str> {
+    static INDEX: OnceLock<Index<Ssl, &'static str>> = OnceLock::new();
+    *INDEX.get_or_init(|| {
+        Ssl::new_ex_index().unwrap_or_else(|e| panic!("BoringSSL ex_data index: {e}"))
+    })
+}
+
+/// The reason a callback of ours gave for refusing the handshake on `ssl`, if one did.
+pub(crate) fn refusal(ssl: &SslRef) -> Option<&'static str> {
+    ssl.ex_data(refusal_index()).copied()
+}
+
+fn hello_index() -> Index<Ssl, HelloChoice> {
+    static INDEX: OnceLock<Index<Ssl, HelloChoice>> = OnceLock::new();
+    *INDEX.get_or_init(|| {
+        Ssl::new_ex_index().unwrap_or_else(|e| panic!("BoringSSL ex_data index: {e}"))
+    })
+}
+
+/// The pairs of one context (default or SNI), and what must be set on a connection that
+/// switches to it beyond what `SSL_set_SSL_CTX` carries over.
+struct CertSet {
+    kinds: Vec<KeyKind>,
+    contexts: Vec<SslContext>,
+    /// Cipher list to install on the connection (when it differs from the default context's).
+    ciphers: Option<CString>,
+    /// Client certificate mode to install on the connection.
+    verify: Option<SslVerifyMode>,
+}
+
+/// The settings of one context, resolved: the default context's from [`TlsSettings`], an SNI
+/// context's from its table with the rest inherited.
+fn sni_view(settings: &TlsSettings, index: usize) -> TlsSettings {
+    let c = &settings.contexts[index];
+    TlsSettings {
+        certificates: c.certificates.clone(),
+        ciphers: c.ciphers.clone(),
+        alpn: c.alpn.clone(),
+        client_auth: c.client_auth.clone(),
+        contexts: Vec::new(),
+        ..settings.clone()
     }
 }
 
@@ -48,48 +121,153 @@ impl ServerContext {
         Self::from_settings(&settings)
     }
 
-    /// Loads every certificate/key pair of `settings` (decrypting keys with their passphrase)
-    /// and builds the context. With several pairs, each client gets the first pair whose key
-    /// type it can verify (from its signature_algorithms, or its cipher suites for TLS 1.2
-    /// clients that send none).
+    /// Loads every certificate/key pair of `settings` (decrypting keys with their passphrase),
+    /// of the default context and of each SNI context, and builds the contexts. Within a
+    /// context, each client gets the first pair whose key type it can verify (from its
+    /// signature_algorithms, or its cipher suites for TLS 1.2 clients that send none).
     pub fn from_settings(settings: &TlsSettings) -> Result<Self, TlsError> {
-        let mut pairs = Vec::with_capacity(settings.certificates.len());
-        for spec in &settings.certificates {
-            let (chain, key) = load_pair(spec)?;
-            let kind = KeyKind::of(&key).ok_or_else(|| {
-                TlsError::Invalid(format!(
-                    "{}: unsupported key type (RSA, ECDSA P-256/P-384/P-521 or Ed25519)",
-                    spec.key.display()
-                ))
-            })?;
-            pairs.push((kind, chain, key));
+        Self::from_settings_keeping(settings, None)
+    }
+
+    /// As [`from_settings`](Self::from_settings), for a reload: the random session ticket keys
+    /// of `previous` are kept when the resumption settings allow, so outstanding tickets stay
+    /// valid.
+    pub fn from_settings_keeping(
+        settings: &TlsSettings,
+        previous: Option<&ServerContext>,
+    ) -> Result<Self, TlsError> {
+        let r = &settings.resumption;
+        let tickets = if r.tickets {
+            match previous.and_then(|p| p.tickets.as_ref()) {
+                Some(keys) if keys.keep_for(r) => Some(keys.clone()),
+                _ => Some(Arc::new(TicketKeys::new(r)?)),
+            }
+        } else {
+            None
+        };
+        let mut table = NameTable::new();
+        for (i, c) in settings.contexts.iter().enumerate() {
+            for name in &c.names {
+                table.insert(name, i).map_err(|e| {
+                    TlsError::Invalid(format!("context[{i}].servername {name:?}: {e}"))
+                })?;
+            }
         }
-        let Some(((_, chain, key), others)) = pairs.split_first() else {
+
+        let mut sets = Vec::with_capacity(settings.contexts.len() + 1);
+        let mut first = None;
+        for index in std::iter::once(None).chain((0..settings.contexts.len()).map(Some)) {
+            let view = match index {
+                None => settings.clone(),
+                Some(i) => sni_view(settings, i),
+            };
+            let mut kinds = Vec::new();
+            let mut contexts = Vec::new();
+            for spec in &view.certificates {
+                let (chain, key) = load_pair(spec)?;
+                let kind = KeyKind::of(&key).ok_or_else(|| {
+                    TlsError::Invalid(format!(
+                        "{}: unsupported key type (RSA, ECDSA P-256/P-384/P-521 or Ed25519)",
+                        spec.key.display()
+                    ))
+                })?;
+                if index.is_none() && first.is_none() {
+                    first = Some(Self::builder(&chain, &key, &view, tickets.as_ref())?);
+                }
+                kinds.push(kind);
+                contexts.push(Self::builder(&chain, &key, &view, tickets.as_ref())?.build());
+            }
+            let (ciphers, verify) = match index {
+                None => (None, None),
+                Some(_) => {
+                    let ciphers = if view.ciphers == settings.ciphers {
+                        None
+                    } else {
+                        let list = view.ciphers.clone().unwrap_or_else(|| "ALL".into());
+                        Some(CString::new(list).map_err(|_| {
+                            TlsError::Invalid("ciphers: a NUL byte in the list".into())
+                        })?)
+                    };
+                    (ciphers, Some(verify_mode(view.client_auth.verify)))
+                }
+            };
+            sets.push(CertSet {
+                kinds,
+                contexts,
+                ciphers,
+                verify,
+            });
+        }
+        let Some(mut builder) = first else {
             return Err(TlsError::Invalid("no certificate configured".into()));
         };
-        let mut alternatives = Vec::with_capacity(others.len());
-        for (kind, chain, key) in others {
-            alternatives.push((*kind, Self::builder(chain, key, settings)?.build()));
-        }
-        let mut builder = Self::builder(chain, key, settings)?;
-        if !alternatives.is_empty() {
-            let kinds: Vec<KeyKind> = pairs.iter().map(|(kind, _, _)| *kind).collect();
-            builder.set_select_certificate_callback(move |mut hello| {
+        let simple = sets.len() == 1 && sets[0].kinds.len() == 1;
+        builder.set_select_certificate_callback(move |mut hello| {
+            let matched = if simple {
+                None
+            } else {
+                hello
+                    .servername(NameType::HOST_NAME)
+                    .and_then(|name| table.lookup(name))
+            };
+            let set = &sets[matched.map_or(0, |i| i + 1)];
+            let choice = if set.kinds.len() > 1 {
                 let sigalgs = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS);
-                let choice = choose_certificate(&kinds, sigalgs, hello.ciphers());
-                if choice > 0 {
-                    let context = &alternatives[choice - 1].1;
-                    hello
-                        .ssl_mut()
-                        .set_ssl_context(context)
-                        .map_err(|_| SelectCertError::ERROR)?;
+                choose_certificate(&set.kinds, sigalgs, hello.ciphers())
+            } else {
+                0
+            };
+            let ssl = hello.ssl_mut();
+            ssl.set_ex_data(hello_index(), HelloChoice { context: matched });
+            if matched.is_some() || choice > 0 {
+                ssl.set_ssl_context(&set.contexts[choice])
+                    .map_err(|_| SelectCertError::ERROR)?;
+            }
+            if let Some(list) = &set.ciphers {
+                if !ffi::set_cipher_list(ssl, list) {
+                    return Err(SelectCertError::ERROR);
+                }
+            }
+            if let Some(mode) = set.verify {
+                ssl.set_verify(mode);
+            }
+            Ok(())
+        });
+        if settings.sni_strict {
+            // Runs after the callback above, on the starting context even when the connection
+            // switched: refuses a name that matched no SNI context.
+            builder.set_servername_callback(|ssl, alert| {
+                let named = ssl.servername(NameType::HOST_NAME).is_some();
+                let matched = ssl
+                    .ex_data(hello_index())
+                    .is_some_and(|h| h.context.is_some());
+                if named && !matched {
+                    ssl.set_ex_data(
+                        refusal_index(),
+                        "server name matches no context (sni_strict = true): refused with \
+                         unrecognized_name",
+                    );
+                    *alert = SslAlert::UNRECOGNIZED_NAME;
+                    return Err(SniError::ALERT_FATAL);
                 }
                 Ok(())
             });
         }
+        set_session_cache(&mut builder, r);
         Ok(Self {
             context: builder.build(),
+            tickets,
         })
+    }
+
+    /// What the ClientHello of `ssl` decided; `None` until BoringSSL has processed it.
+    pub fn hello_choice(ssl: &SslRef) -> Option<HelloChoice> {
+        ssl.ex_data(hello_index()).copied()
+    }
+
+    /// The session ticket key ring, when tickets are on.
+    pub fn ticket_keys(&self) -> Option<&Arc<TicketKeys>> {
+        self.tickets.as_ref()
     }
 
     /// Builds a context from a parsed chain (leaf first) and key with default settings and the
@@ -106,14 +284,24 @@ impl ServerContext {
         Self::build(chain, key, &settings)
     }
 
-    /// Builds a context from a parsed chain (leaf first), its key, and `settings`.
+    /// Builds a context from a parsed chain (leaf first), its key, and `settings` (whose
+    /// certificates and SNI contexts are ignored).
     pub fn build(
         chain: &[X509],
         key: &PKey<Private>,
         settings: &TlsSettings,
     ) -> Result<Self, TlsError> {
+        let r = &settings.resumption;
+        let tickets = if r.tickets {
+            Some(Arc::new(TicketKeys::new(r)?))
+        } else {
+            None
+        };
+        let mut builder = Self::builder(chain, key, settings, tickets.as_ref())?;
+        set_session_cache(&mut builder, r);
         Ok(Self {
-            context: Self::builder(chain, key, settings)?.build(),
+            context: builder.build(),
+            tickets,
         })
     }
 
@@ -121,6 +309,7 @@ impl ServerContext {
         chain: &[X509],
         key: &PKey<Private>,
         settings: &TlsSettings,
+        tickets: Option<&Arc<TicketKeys>>,
     ) -> Result<SslContextBuilder, TlsError> {
         let version = |v: TlsVersion| match v {
             TlsVersion::Tls12 => SslVersion::TLS1_2,
@@ -138,18 +327,29 @@ impl ServerContext {
         if settings.server_preference {
             options |= SslOptions::CIPHER_SERVER_PREFERENCE;
         }
+        if tickets.is_none() {
+            options |= SslOptions::NO_TICKET;
+        }
         builder.set_options(options);
         builder.set_mode(
             SslMode::AUTO_RETRY
                 | SslMode::ACCEPT_MOVING_WRITE_BUFFER
                 | SslMode::ENABLE_PARTIAL_WRITE,
         );
+        // The same on every context, so a session made under one resumes under another.
+        builder
+            .set_session_id_context(b"fastedge")
+            .map_err(TlsError::config("setting the session ID context"))?;
+        if let Some(keys) = tickets {
+            ffi::set_ticket_keys(&mut builder, keys.clone());
+        }
         if let Some(ciphers) = &settings.ciphers {
             builder.set_cipher_list(ciphers).map_err(TlsError::config(
                 "tls.ciphers: no usable cipher in the list",
             ))?;
         }
         set_groups(&mut builder, &settings.groups)?;
+        set_client_auth(&mut builder, &settings.client_auth)?;
         let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificate {
             path: "(inline)".into(),
         })?;
@@ -182,6 +382,77 @@ impl ServerContext {
     pub fn new_session(&self) -> Result<boring::ssl::Ssl, TlsError> {
         boring::ssl::Ssl::new(&self.context).map_err(TlsError::Setup)
     }
+}
+
+fn verify_mode(verify: ClientVerify) -> SslVerifyMode {
+    match verify {
+        ClientVerify::None => SslVerifyMode::NONE,
+        ClientVerify::Optional => SslVerifyMode::PEER,
+        ClientVerify::Required => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+    }
+}
+
+/// Client certificates: the mode, the CA store they must chain to (with CRLs), and the CA
+/// names sent in the CertificateRequest.
+fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result<(), TlsError> {
+    let Some(ca) = auth
+        .ca
+        .as_deref()
+        .filter(|_| auth.verify != ClientVerify::None)
+    else {
+        return Ok(());
+    };
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::ReadFile {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cas = X509::stack_from_pem(&read("client CA bundle", ca)?)
+        .map_err(TlsError::config("parsing the client CA bundle"))?;
+    if cas.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: ca.to_owned(),
+        });
+    }
+    let mut store = X509StoreBuilder::new().map_err(TlsError::Setup)?;
+    for cert in &cas {
+        store
+            .add_cert(cert)
+            .map_err(TlsError::config("adding a client CA"))?;
+    }
+    if let Some(crl) = &auth.crl {
+        let count = ffi::add_crls(&mut store, &read("client CRL", crl)?)
+            .map_err(TlsError::config("parsing the client CRL"))?;
+        if count == 0 {
+            return Err(TlsError::Invalid(format!(
+                "{}: no PEM CRL in the file",
+                crl.display()
+            )));
+        }
+        store.set_flags(X509VerifyFlags::CRL_CHECK);
+    }
+    builder
+        .set_verify_cert_store(store.build())
+        .map_err(TlsError::config("installing the client CA store"))?;
+    let names =
+        X509Name::load_client_ca_file(ca).map_err(TlsError::config("reading client CA names"))?;
+    builder.set_client_ca_list(names);
+    builder.set_verify(verify_mode(auth.verify));
+    Ok(())
+}
+
+/// The server-side session cache and session lifetime, on the context connections start on.
+fn set_session_cache(builder: &mut SslContextBuilder, r: &Resumption) {
+    if r.session_cache_size == 0 {
+        builder.set_session_cache_mode(SslSessionCacheMode::OFF);
+    } else {
+        builder.set_session_cache_mode(SslSessionCacheMode::SERVER);
+        builder.set_session_cache_size(r.session_cache_size);
+    }
+    let seconds = u32::try_from(r.session_timeout.as_secs()).unwrap_or(u32::MAX);
+    ffi::set_session_timeout(builder, seconds.max(1));
 }
 
 /// Reads one chain and its key, decrypting the key with its passphrase.

@@ -32,8 +32,12 @@ pub enum TlsError {
     Passphrase(String),
     #[error("TLS setup failed: {0}")]
     Setup(ErrorStack),
-    #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    #[error("TLS handshake failed: {reason}")]
+    Handshake {
+        reason: String,
+        /// The server name the client asked for, when it got that far.
+        server_name: Option<String>,
+    },
     #[error("TLS handshake polled after it ended")]
     HandshakePolledAfterEnd,
 }
@@ -45,6 +49,37 @@ impl TlsError {
 
     /// A handshake failure with BoringSSL's reason, or the transport error that ended it.
     pub(crate) fn handshake(error: boring::ssl::Error) -> Self {
+        Self::Handshake {
+            reason: describe_handshake_error(&error),
+            server_name: None,
+        }
+    }
+
+    /// A failed server handshake on `ssl`, in plain words where we know the cause: a server
+    /// name refused by `sni_strict`, a client certificate missing or rejected.
+    pub(crate) fn server_handshake(ssl: &boring::ssl::SslRef, error: &boring::ssl::Error) -> Self {
+        let server_name = ssl
+            .servername(boring::ssl::NameType::HOST_NAME)
+            .map(str::to_owned);
+        let text = describe_handshake_error(error);
+        let reason = if let Some(note) = crate::context::refusal(ssl) {
+            note.to_owned()
+        } else if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
+            "client sent no certificate (client_verify = \"required\")".to_owned()
+        } else if let (Some(_), Err(verify)) = (ssl.peer_certificate(), ssl.verify_result()) {
+            format!("client certificate rejected: {}", verify.error_string())
+        } else {
+            text
+        };
+        Self::Handshake {
+            reason,
+            server_name,
+        }
+    }
+}
+
+fn describe_handshake_error(error: &boring::ssl::Error) -> String {
+    {
         let text = match (error.io_error(), error.ssl_error()) {
             (Some(io), _) => format!("transport: {io}"),
             (None, Some(stack)) => stack.to_string(),
@@ -53,6 +88,6 @@ impl TlsError {
             }
             (None, None) => format!("{error}"),
         };
-        Self::Handshake(text)
+        text
     }
 }

@@ -1,7 +1,8 @@
 //! TLS for fastedge on BoringSSL.
 //!
-//! Owns: the `serve` configuration ([`config`]: TOML, defaults, validation), server contexts built from certificates and keys ([`ServerContext`]), the boring ⇄
-//! futures-io adapter ([`accept`], [`TlsStream`]), self-signed certificates for demos and tests
+//! Owns: the `serve` configuration ([`config`]: TOML, defaults, validation), server contexts
+//! built from certificates and keys with SNI, client certificates and resumption
+//! ([`ServerContext`]), session ticket keys ([`tickets`]), the boring ⇄ futures-io adapter ([`accept`], [`TlsStream`]), self-signed certificates for demos and tests
 //! ([`SelfSigned`]), and the proxy connection driver that pumps bytes between a TLS client and a
 //! plain backend ([`proxy`]).
 //!
@@ -12,12 +13,14 @@ mod adapter;
 pub mod config;
 mod context;
 mod error;
+mod ffi;
 mod passphrase;
 pub mod proxy;
 mod selfsigned;
+pub mod tickets;
 
-pub use adapter::{accept, IoShim, TlsStream};
+pub use adapter::{accept, accept_observed, IoShim, TlsStream};
 pub use boring;
-pub use context::{choose_certificate, KeyKind, ServerContext};
+pub use context::{choose_certificate, HelloChoice, KeyKind, ServerContext};
 pub use error::TlsError;
 pub use selfsigned::SelfSigned;

@@ -12,6 +12,7 @@ use std::{
     cell::{Cell, RefCell},
     fmt, io,
     net::SocketAddr,
+    ops::Range,
     pin::Pin,
     rc::Rc,
     sync::{
@@ -22,14 +23,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use boring::ssl::NameType;
+use boring::{
+    nid::Nid,
+    ssl::{NameType, SslVerifyMode},
+    x509::X509,
+};
 use fastedge_runtime::{
     metrics::{CloseClass, CoreMetrics},
     net::{TcpStream, UnixStream},
 };
 use fastedge_wire::{
     balance::{Balancer, HealthChange},
-    forwarded::{ClientFacts, ForwardedConfig, Injector},
+    forwarded::{ClientCertHeaders, ClientFacts, ForwardedConfig, Injector},
     http1::DEFAULT_MAX_HEAD,
     proxy::{encode_bud_json, encode_v1, encode_v2, ConnectionAddrs, TlsFacts},
 };
@@ -37,9 +42,11 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::AsyncWriteExt;
 
 use crate::{
-    accept,
-    config::{BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, ProxyPrefix},
-    ServerContext, TlsError, TlsStream,
+    accept_observed,
+    config::{
+        BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, ProxyPrefix, SniContext,
+    },
+    HelloChoice, ServerContext, TlsError, TlsStream,
 };
 
 /// Bytes buffered per direction of a proxied connection.
@@ -146,33 +153,84 @@ pub struct Frontend {
     pub context: ServerContext,
     pub settings: FrontendSettings,
     pub balance: BalanceSettings,
-    /// At least one.
+    /// Every backend: the global ones (at least one) first, then each SNI context's own.
     pub backends: Vec<BackendSpec>,
+    /// Backend groups as ranges of `backends`; group 0 is the global one.
+    pub groups: Vec<Range<usize>>,
+    /// The group of each SNI context (0 for a context without backends of its own).
+    pub context_groups: Vec<usize>,
 }
 
-/// One core's view of the backends: its own balancer and health, shared by that core's
-/// connections only.
+impl Frontend {
+    /// A frontend over the global `backends` (at least one) and the SNI `contexts`' own.
+    pub fn new(
+        generation: u64,
+        context: ServerContext,
+        settings: FrontendSettings,
+        balance: BalanceSettings,
+        mut backends: Vec<BackendSpec>,
+        contexts: &[SniContext],
+    ) -> Self {
+        let mut groups = Vec::with_capacity(contexts.len() + 1);
+        groups.push(0..backends.len());
+        let mut context_groups = Vec::with_capacity(contexts.len());
+        for c in contexts {
+            if c.backends.is_empty() {
+                context_groups.push(0);
+            } else {
+                let start = backends.len();
+                backends.extend(c.backends.iter().cloned());
+                context_groups.push(groups.len());
+                groups.push(start..backends.len());
+            }
+        }
+        Self {
+            generation,
+            context,
+            settings,
+            balance,
+            backends,
+            groups,
+            context_groups,
+        }
+    }
+
+    /// The backend group for a connection whose ClientHello chose `choice`.
+    fn group_of(&self, choice: Option<HelloChoice>) -> usize {
+        choice
+            .and_then(|c| c.context)
+            .and_then(|i| self.context_groups.get(i).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// One core's view of the backends: its own balancer per group and health, shared by that
+/// core's connections only.
 #[derive(Debug, Clone)]
 pub struct CoreBackends {
-    balancer: Rc<RefCell<Balancer>>,
+    balancers: Vec<Rc<RefCell<Balancer>>>,
     metrics: Arc<CoreMetrics>,
 }
 
 impl CoreBackends {
-    /// A fresh balancer (all backends alive) over `frontend`'s backends, counting into
+    /// Fresh balancers (all backends alive) over `frontend`'s backend groups, counting into
     /// `metrics`, this core's metrics.
     pub fn new(frontend: &Frontend, metrics: Arc<CoreMetrics>) -> Self {
         for backend in &frontend.backends {
             metrics.backend_health(&backend.name, true);
         }
-        Self {
-            balancer: Rc::new(RefCell::new(Balancer::new(
-                frontend.balance.mode,
-                frontend.balance.health,
-                frontend.backends.len(),
-            ))),
-            metrics,
-        }
+        let balancers = frontend
+            .groups
+            .iter()
+            .map(|range| {
+                Rc::new(RefCell::new(Balancer::new(
+                    frontend.balance.mode,
+                    frontend.balance.health,
+                    range.len(),
+                )))
+            })
+            .collect();
+        Self { balancers, metrics }
     }
 }
 
@@ -250,16 +308,40 @@ async fn run(
         Ok(ssl) => ssl,
         Err(error) => return CloseReason::Handshake(error),
     };
-    // Cut-through: the backend connect runs as its own task while we handshake.
-    let connecting = fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone()));
+    // Cut-through: the backend connect runs as its own task while the handshake goes on. With
+    // one backend group it starts at once; with SNI contexts that have backends of their own,
+    // as soon as the ClientHello has chosen the context.
+    let mut connecting = (frontend.groups.len() == 1)
+        .then(|| fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), 0)));
     let timeout = frontend.settings.handshake_timeout;
-    let mut tls = match fastedge_runtime::timeout(timeout, accept(ssl, client)).await {
+    let handshake = accept_observed(ssl, client, |ssl| {
+        if connecting.is_none() {
+            if let Some(choice) = ServerContext::hello_choice(ssl) {
+                let group = frontend.group_of(Some(choice));
+                connecting = Some(fastedge_runtime::spawn(connect_backend(
+                    frontend.clone(),
+                    core.clone(),
+                    group,
+                )));
+            }
+        }
+    });
+    let mut tls = match fastedge_runtime::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => return CloseReason::Handshake(error),
+        Ok(Err(error)) => {
+            if let TlsError::Handshake { server_name, .. } = &error {
+                log.sni = server_name.clone();
+            }
+            return CloseReason::Handshake(error);
+        }
         Err(_) => return CloseReason::HandshakeTimeout(timeout),
     };
+    let connecting = connecting.unwrap_or_else(|| {
+        let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
+        fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
+    });
     core.metrics.handshake_ok();
-    let facts = tls_facts(&tls);
+    let mut facts = tls_facts(&tls);
     log.sni = facts.server_name.clone();
     log.alpn = facts
         .alpn
@@ -275,6 +357,10 @@ async fn run(
     };
     let spec = &frontend.backends[lease.index];
     log.backend = Some(spec.name.clone());
+    let peer_cert = tls.ssl().peer_certificate();
+    if spec.send_client_cert {
+        facts.client_cert_der = peer_cert.as_ref().and_then(|c| c.to_der().ok());
+    }
 
     let addrs = ConnectionAddrs {
         client: peer,
@@ -285,7 +371,15 @@ async fn run(
         ProxyPrefix::None => {}
         ProxyPrefix::V1 => encode_v1(&addrs, &mut prefix),
         ProxyPrefix::V2 => encode_v2(&addrs, Some(&facts), &mut prefix),
-        ProxyPrefix::BudJson => encode_bud_json(&addrs, None, None, &mut prefix),
+        ProxyPrefix::BudJson => {
+            let dn = peer_cert.as_ref().and_then(subject_dn);
+            encode_bud_json(
+                &addrs,
+                facts.client_cn.as_deref(),
+                dn.as_deref(),
+                &mut prefix,
+            )
+        }
     }
     if !prefix.is_empty() {
         if let Err(error) = backend.write_all(&prefix).await {
@@ -323,7 +417,19 @@ async fn run(
                 local_port: local.port(),
                 trusted,
             };
-            injector = Some(Injector::new(config, facts));
+            let mut new = Injector::new(config, facts);
+            if spec.x_forwarded && tls.ssl().verify_mode() != SslVerifyMode::NONE {
+                new = new.with_client_cert(ClientCertHeaders {
+                    verified: peer_cert.is_some(),
+                    subject: peer_cert.as_ref().and_then(subject_dn),
+                    cert_pem: peer_cert
+                        .as_ref()
+                        .filter(|_| spec.send_client_cert)
+                        .and_then(|c| c.to_pem().ok())
+                        .and_then(|pem| String::from_utf8(pem).ok()),
+                });
+            }
+            injector = Some(new);
         }
     }
     let options = PumpOptions {
@@ -340,20 +446,40 @@ async fn run(
 
 fn tls_facts<S>(tls: &TlsStream<S>) -> TlsFacts {
     let ssl = tls.ssl();
+    // A handshake that completed with a peer certificate verified it (verification failures
+    // abort the handshake).
+    let peer = ssl.peer_certificate();
     TlsFacts {
         alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
         server_name: ssl.servername(NameType::HOST_NAME).map(str::to_owned),
         version: Some(ssl.version_str().to_owned()),
         cipher: ssl.current_cipher().map(|c| c.name().to_owned()),
-        client_cn: None,
-        client_cert: false,
-        verify_result: 0,
+        client_cn: peer.as_ref().and_then(|c| {
+            let entry = c.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
+            Some(entry.data().as_utf8().ok()?.to_string())
+        }),
+        client_cert: peer.is_some(),
+        verify_result: match ssl.verify_result() {
+            Ok(()) => 0,
+            Err(error) => u32::try_from(error.as_raw()).unwrap_or(u32::MAX),
+        },
+        client_cert_der: None,
     }
+}
+
+/// A certificate's subject as an RFC 2253 string (`CN=alice,O=Example`).
+fn subject_dn(cert: &X509) -> Option<String> {
+    cert.subject_name()
+        .print_ex(boring_sys::XN_FLAG_RFC2253)
+        .filter(|dn| !dn.is_empty())
 }
 
 /// A backend chosen by the balancer for one connection; tells the balancer when it ends.
 struct Lease {
     balancer: Rc<RefCell<Balancer>>,
+    /// Index in the group's balancer.
+    slot: usize,
+    /// Index in `Frontend::backends`.
     index: usize,
     settled: bool,
 }
@@ -362,19 +488,29 @@ impl Lease {
     /// The connect failed at `now`: the balancer learns it (instead of a close).
     fn failed(mut self, now: Instant) -> Option<HealthChange> {
         self.settled = true;
-        self.balancer.borrow_mut().connect_failed(self.index, now)
+        self.balancer.borrow_mut().connect_failed(self.slot, now)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.settled {
-            self.balancer.borrow_mut().closed(self.index);
+            self.balancer.borrow_mut().closed(self.slot);
         }
     }
 }
 
-fn log_health(frontend: &Frontend, metrics: &CoreMetrics, change: Option<HealthChange>) {
+/// Logs a health change of backend `slot` of the group starting at `base`.
+fn log_health(
+    frontend: &Frontend,
+    metrics: &CoreMetrics,
+    base: usize,
+    change: Option<HealthChange>,
+) {
+    let change = change.map(|c| match c {
+        HealthChange::Died(slot) => HealthChange::Died(base + slot),
+        HealthChange::Revived(slot) => HealthChange::Revived(base + slot),
+    });
     match change {
         Some(HealthChange::Died(i)) => {
             metrics.backend_health(&frontend.backends[i].name, false);
@@ -458,33 +594,37 @@ impl AsyncWrite for BackendStream {
 /// Active health check: connects to every backend once (with the connect timeout) and tells
 /// this core's balancer how it went.
 pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
-    for (index, spec) in frontend.backends.iter().enumerate() {
-        let ok = matches!(
-            fastedge_runtime::timeout(
-                frontend.balance.connect_timeout,
-                BackendStream::connect(&spec.addr)
-            )
-            .await,
-            Ok(Ok(_))
-        );
-        let change = if ok {
-            core.balancer.borrow_mut().probe_succeeded(index)
-        } else {
-            core.metrics.backend_connect_failed(&spec.name);
-            core.balancer
-                .borrow_mut()
-                .probe_failed(index, Instant::now())
-        };
-        log_health(frontend, &core.metrics, change);
+    for (group, range) in frontend.groups.iter().enumerate() {
+        let balancer = &core.balancers[group];
+        for (slot, spec) in frontend.backends[range.clone()].iter().enumerate() {
+            let ok = matches!(
+                fastedge_runtime::timeout(
+                    frontend.balance.connect_timeout,
+                    BackendStream::connect(&spec.addr)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            let change = if ok {
+                balancer.borrow_mut().probe_succeeded(slot)
+            } else {
+                core.metrics.backend_connect_failed(&spec.name);
+                balancer.borrow_mut().probe_failed(slot, Instant::now())
+            };
+            log_health(frontend, &core.metrics, range.start, change);
+        }
     }
 }
 
-/// Connects to a backend, retrying over the backends as the balancer picks them.
+/// Connects to a backend of `group`, retrying over its backends as the balancer picks them.
 async fn connect_backend(
     frontend: Arc<Frontend>,
     core: CoreBackends,
+    group: usize,
 ) -> Result<(BackendStream, Lease), CloseReason> {
     let settings = &frontend.balance;
+    let base = frontend.groups[group].start;
+    let balancer = &core.balancers[group];
     let mut tried = Vec::new();
     let mut last = None;
     let attempts = settings.max_retries.saturating_add(1);
@@ -494,14 +634,14 @@ async fn connect_backend(
         }
         let now = Instant::now();
         let picked = {
-            let mut balancer = core.balancer.borrow_mut();
+            let mut balancer = balancer.borrow_mut();
             balancer.pick(now, &tried).or_else(|| {
                 // Every backend failed for this connection once already: go round again.
                 tried.clear();
                 balancer.pick(now, &[])
             })
         };
-        let Some(index) = picked else {
+        let Some(slot) = picked else {
             return Err(match last {
                 None => CloseReason::NoLiveBackend,
                 Some((backend, failure)) => CloseReason::BackendsFailed {
@@ -512,11 +652,12 @@ async fn connect_backend(
             });
         };
         let lease = Lease {
-            balancer: core.balancer.clone(),
-            index,
+            balancer: balancer.clone(),
+            slot,
+            index: base + slot,
             settled: false,
         };
-        let spec = &frontend.backends[index];
+        let spec = &frontend.backends[base + slot];
         let failure = match fastedge_runtime::timeout(
             settings.connect_timeout,
             BackendStream::connect(&spec.addr),
@@ -524,8 +665,8 @@ async fn connect_backend(
         .await
         {
             Ok(Ok(stream)) => {
-                let change = core.balancer.borrow_mut().connected(index);
-                log_health(&frontend, &core.metrics, change);
+                let change = balancer.borrow_mut().connected(slot);
+                log_health(&frontend, &core.metrics, base, change);
                 return Ok((stream, lease));
             }
             Ok(Err(error)) => describe_connect_error(error),
@@ -536,8 +677,8 @@ async fn connect_backend(
         };
         tracing::debug!(backend = %spec.name, attempt, %failure, "backend connect failed");
         core.metrics.backend_connect_failed(&spec.name);
-        log_health(&frontend, &core.metrics, lease.failed(Instant::now()));
-        tried.push(index);
+        log_health(&frontend, &core.metrics, base, lease.failed(Instant::now()));
+        tried.push(slot);
         last = Some((spec.name.clone(), failure));
     }
     let (backend, failure) = last.unwrap_or_else(|| ("-".into(), "no attempt made".into()));

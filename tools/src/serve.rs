@@ -123,13 +123,27 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
     let config = read_config(&args.config)?;
     if !config.tls.certificates.is_empty() {
         ServerContext::from_settings(&config.tls).map_err(Failure::config)?;
+    } else {
+        // The default context will be the demo certificate; check each SNI context alone.
+        for (i, c) in config.tls.contexts.iter().enumerate() {
+            let alone = fastedge_tls::config::TlsSettings {
+                certificates: c.certificates.clone(),
+                ciphers: c.ciphers.clone(),
+                alpn: c.alpn.clone(),
+                client_auth: c.client_auth.clone(),
+                contexts: Vec::new(),
+                ..config.tls.clone()
+            };
+            ServerContext::from_settings(&alone)
+                .map_err(|e| Failure::config(anyhow!("context[{i}]: {e}")))?;
+        }
     }
     if let Some(text) = &config.cores {
         text.parse::<CpuList>()
             .map_err(|e| Failure::config(anyhow!("cores {text:?}: {e}")))?;
     }
     println!(
-        "{}: OK ({} listen address(es), {} backend(s){})",
+        "{}: OK ({} listen address(es), {} backend(s){}, {} SNI context(s))",
         args.config.display(),
         config.frontend.listen.len(),
         config.backends.len(),
@@ -137,8 +151,23 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
             ": the demo backend"
         } else {
             ""
-        }
+        },
+        config.tls.contexts.len(),
     );
+    for c in &config.tls.contexts {
+        println!(
+            "  context {}: {} certificate(s), alpn {:?}, client certificates {:?}, {}",
+            c.names.join(" "),
+            c.certificates.len(),
+            c.alpn,
+            c.client_auth.verify,
+            if c.backends.is_empty() {
+                "global backends".to_owned()
+            } else {
+                format!("{} own backend(s)", c.backends.len())
+            }
+        );
+    }
     Ok(())
 }
 
@@ -185,7 +214,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         demo_addr = Some(addr);
         demo = Some(listeners);
     }
-    let frontend = build_frontend(&config, &args, demo_addr, 0)?;
+    let frontend = build_frontend(&config, &args, demo_addr, 0, None)?;
     let mut per_frontend = Vec::new();
     for addr in &config.frontend.listen {
         let listeners =
@@ -332,8 +361,9 @@ fn build_frontend(
     args: &ServeArgs,
     demo_addr: Option<SocketAddr>,
     generation: u64,
+    previous: Option<&ServerContext>,
 ) -> Result<Frontend, Failure> {
-    let context = load_context(config, args)?;
+    let context = load_context(config, args, previous)?;
     let mut backends = config.backends.clone();
     if backends.is_empty() {
         let addr = demo_addr.ok_or_else(|| {
@@ -347,15 +377,17 @@ fn build_frontend(
             proxy_protocol: ProxyPrefix::None,
             x_forwarded: false,
             forwarded: false,
+            send_client_cert: false,
         });
     }
-    Ok(Frontend {
+    Ok(Frontend::new(
         generation,
         context,
-        settings: config.frontend.clone(),
-        balance: config.balance,
+        config.frontend.clone(),
+        config.balance,
         backends,
-    })
+        &config.tls.contexts,
+    ))
 }
 
 /// SIGHUP: reads the configuration again (and the certificates it names); swaps it in for new
@@ -401,7 +433,13 @@ fn reload(
                 );
             }
         }
-        build_frontend(&config, args, demo_addr, generation)
+        build_frontend(
+            &config,
+            args,
+            demo_addr,
+            generation,
+            Some(&current.load().context),
+        )
     };
     match attempt() {
         Ok(frontend) => {
@@ -548,9 +586,14 @@ async fn health_check_loop(
     }
 }
 
-fn load_context(config: &ServeConfig, args: &ServeArgs) -> Result<ServerContext, Failure> {
+fn load_context(
+    config: &ServeConfig,
+    args: &ServeArgs,
+    previous: Option<&ServerContext>,
+) -> Result<ServerContext, Failure> {
     if !config.tls.certificates.is_empty() {
-        return ServerContext::from_settings(&config.tls).map_err(Failure::config);
+        return ServerContext::from_settings_keeping(&config.tls, previous)
+            .map_err(Failure::config);
     }
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -565,7 +608,7 @@ fn load_context(config: &ServeConfig, args: &ServeArgs) -> Result<ServerContext,
         }],
         ..config.tls.clone()
     };
-    ServerContext::from_settings(&demo_tls).map_err(Failure::runtime)
+    ServerContext::from_settings_keeping(&demo_tls, previous).map_err(Failure::config)
 }
 
 fn default_state_dir() -> anyhow::Result<PathBuf> {

@@ -36,6 +36,33 @@ pub struct ClientFacts {
     pub trusted: bool,
 }
 
+/// The client certificate as backends learn it in headers, with `X-Forwarded-*`:
+/// `X-Client-Verify` (`SUCCESS` or `NONE`), `X-Client-Subject` (the subject DN, RFC 2253) and,
+/// if asked, `X-Client-Cert` (the PEM, percent-encoded onto one line, as nginx's
+/// `$ssl_client_escaped_cert`). With `x_forwarded`, headers of these names sent by the client
+/// are always removed, whether or not the connection states a certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertHeaders {
+    /// Whether a client certificate was presented and verified.
+    pub verified: bool,
+    pub subject: Option<String>,
+    pub cert_pem: Option<String>,
+}
+
+/// Header names the client may not set when `x_forwarded` is on.
+const CLIENT_CERT_HEADERS: [&[u8]; 3] = [b"x-client-verify", b"x-client-subject", b"x-client-cert"];
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(text: &str, out: &mut Vec<u8>) {
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+}
+
 /// Why the stream cannot be rewritten; the connection must end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InjectError {
@@ -113,6 +140,7 @@ pub struct Injector {
     head: Vec<u8>,
     requests: u64,
     h2: bool,
+    client_cert: Option<ClientCertHeaders>,
 }
 
 impl Injector {
@@ -124,7 +152,14 @@ impl Injector {
             head: Vec::new(),
             requests: 0,
             h2: false,
+            client_cert: None,
         }
+    }
+
+    /// Also states the client certificate in every request ([`ClientCertHeaders`]).
+    pub fn with_client_cert(mut self, headers: ClientCertHeaders) -> Self {
+        self.client_cert = Some(headers);
+        self
     }
 
     /// Request heads rewritten so far.
@@ -231,7 +266,13 @@ impl Injector {
         let head_len = head.head_len;
         let upgrade = head.method.eq_ignore_ascii_case("CONNECT") || has_upgrade(&buf[..head_len]);
         let body = head.body;
-        rewrite_head(&buf[..head_len], &self.config, &self.facts, out);
+        rewrite_head(
+            &buf[..head_len],
+            &self.config,
+            &self.facts,
+            self.client_cert.as_ref(),
+            out,
+        );
         self.requests += 1;
         self.state = match body {
             BodyFraming::None => State::Head,
@@ -290,7 +331,13 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// Writes `head` with the forwarding headers set, lines ending in CRLF.
-fn rewrite_head(head: &[u8], config: &ForwardedConfig, facts: &ClientFacts, out: &mut Vec<u8>) {
+fn rewrite_head(
+    head: &[u8],
+    config: &ForwardedConfig,
+    facts: &ClientFacts,
+    client_cert: Option<&ClientCertHeaders>,
+    out: &mut Vec<u8>,
+) {
     let head = without_leading_empty_lines(head);
     let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     out.extend_from_slice(request_line.strip_suffix(b"\r").unwrap_or(request_line));
@@ -303,6 +350,14 @@ fn rewrite_head(head: &[u8], config: &ForwardedConfig, facts: &ClientFacts, out:
                 || name.eq_ignore_ascii_case(b"x-forwarded-proto")
                 || name.eq_ignore_ascii_case(b"x-forwarded-port"));
         let managed_fwd = config.forwarded && name.eq_ignore_ascii_case(b"forwarded");
+        // Never let a client state its own certificate.
+        let managed_cert = config.x_forwarded
+            && CLIENT_CERT_HEADERS
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h));
+        if managed_cert {
+            continue;
+        }
         if managed_x || managed_fwd {
             if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
                 prior_xff.push(value);
@@ -343,6 +398,28 @@ fn rewrite_head(head: &[u8], config: &ForwardedConfig, facts: &ClientFacts, out:
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
         out.extend_from_slice(format!("for={node};proto=https\r\n").as_bytes());
+    }
+    if let Some(cert) = client_cert {
+        out.extend_from_slice(b"X-Client-Verify: ");
+        out.extend_from_slice(if cert.verified { b"SUCCESS" } else { b"NONE" });
+        out.extend_from_slice(b"\r\n");
+        if let Some(subject) = &cert.subject {
+            out.extend_from_slice(b"X-Client-Subject: ");
+            // A DN may hold any character: keep the line a valid field value.
+            for &b in subject.as_bytes() {
+                out.push(if b == b'\r' || b == b'\n' || b == 0 {
+                    b' '
+                } else {
+                    b
+                });
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(pem) = &cert.cert_pem {
+            out.extend_from_slice(b"X-Client-Cert: ");
+            percent_encode(pem, out);
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -477,6 +554,41 @@ mod tests {
 
     const XFF: &str =
         "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\n";
+
+    #[test]
+    fn client_certificate_headers_replace_the_clients() {
+        let cert = ClientCertHeaders {
+            verified: true,
+            subject: Some("CN=alice,O=Example".into()),
+            cert_pem: Some("-----BEGIN CERTIFICATE-----\nAB+/=\n".into()),
+        };
+        let mut injector = Injector::new(X, facts(false)).with_client_cert(cert);
+        let mut out = Vec::new();
+        injector
+            .feed(
+                b"GET / HTTP/1.1\r\nX-Client-Verify: SUCCESS\r\nx-client-subject: CN=root\r\n\r\n",
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "GET / HTTP/1.1\r\n{XFF}X-Client-Verify: SUCCESS\r\nX-Client-Subject: \
+                 CN=alice,O=Example\r\nX-Client-Cert: \
+                 -----BEGIN%20CERTIFICATE-----%0AAB%2B%2F%3D%0A\r\n\r\n"
+            )
+        );
+        let none = ClientCertHeaders::default();
+        let mut injector = Injector::new(X, facts(true)).with_client_cert(none);
+        let mut out = Vec::new();
+        injector
+            .feed(b"GET / HTTP/1.1\r\nX-Client-Cert: forged\r\n\r\n", &mut out)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("GET / HTTP/1.1\r\n{XFF}X-Client-Verify: NONE\r\n\r\n")
+        );
+    }
 
     #[test]
     fn adds_headers_to_one_request() {

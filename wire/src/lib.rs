@@ -3,9 +3,9 @@
 //! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
 //! into every request of a stream ([`forwarded`]); backend choice and passive health
-//! ([`balance`]); packet headers down to the innermost flow, and the symmetric flow hash
-//! ([`packet`]). Every parser answers "complete, with the bytes used", "partial", or a typed error,
-//! and has a fuzz entry point in [`fuzzing`].
+//! ([`balance`]); server-name matching for SNI ([`sni`]); packet headers down to the innermost
+//! flow, and the symmetric flow hash ([`packet`]). Every parser answers "complete, with the
+//! bytes used", "partial", or a typed error, and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
@@ -17,3 +17,4 @@ pub mod http1;
 pub mod net;
 pub mod packet;
 pub mod proxy;
+pub mod sni;

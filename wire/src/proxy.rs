@@ -28,6 +28,8 @@ pub mod tlv {
     pub const CLIENT_SSL: u8 = 0x01;
     pub const CLIENT_CERT_CONN: u8 = 0x02;
     pub const CLIENT_CERT_SESS: u8 = 0x04;
+    /// fastedge's own (in the custom range 0xE0–0xEF): the client certificate, DER.
+    pub const FASTEDGE_CLIENT_CERT: u8 = 0xE0;
 }
 
 /// What the TLS layer knows about a connection, for the TLVs of PROXY v2.
@@ -47,6 +49,9 @@ pub struct TlsFacts {
     pub client_cert: bool,
     /// Client certificate verification result (0 = success, as X509_V_OK).
     pub verify_result: u32,
+    /// The client certificate (DER), when the backend asked for it: TLV
+    /// [`tlv::FASTEDGE_CLIENT_CERT`].
+    pub client_cert_der: Option<Vec<u8>>,
 }
 
 /// Addresses of one connection: the client's, and ours that it connected to.
@@ -158,6 +163,9 @@ pub fn encode_v2(addrs: &ConnectionAddrs, tls: Option<&TlsFacts>, out: &mut Vec<
             push_tlv(&mut ssl, tlv::SSL_CIPHER, cipher.as_bytes());
         }
         push_tlv(out, tlv::SSL, &ssl);
+        if let Some(der) = &tls.client_cert_der {
+            push_tlv(out, tlv::FASTEDGE_CLIENT_CERT, der);
+        }
     }
     let len = out.len() - start - 16;
     // Everything we add is small (names ≤ 255 bytes by TLS); clamp anyway instead of wrapping.

@@ -1,0 +1,554 @@
+//! `fastedge serve` TLS features against real clients: SNI (exact, wildcard, strict, per-context
+//! backends), session resumption (tickets across two processes sharing a secret and across a
+//! rotation, the session cache), and client certificates (required, optional, CRL) with what the
+//! backend learns about them. Clients are `openssl s_client` and curl; certificates, CA and CRL
+//! are made with the `openssl` command.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use fastedge_tests::{
+    peers::{echo_backend, Recorded},
+    process::Fastedge,
+    require_tool, TempDir,
+};
+
+fn openssl(args: &[&str]) {
+    require_tool("openssl", "openssl");
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `openssl s_client` against `addr` with `args`, sends `request` (if any), keeps stdin
+/// open for a moment so that TLS 1.3 tickets and the answer arrive, and returns stdout+stderr.
+fn s_client(addr: SocketAddr, args: &[&str], request: &str) -> String {
+    require_tool("openssl", "openssl");
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(request.as_bytes());
+    std::thread::sleep(Duration::from_millis(400));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The CN of the certificate the server presented, from `s_client` output.
+fn presented_cn(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("subject=CN = "))
+        .map(|cn| cn.trim().to_owned())
+}
+
+fn requests_seen(recorded: &Recorded) -> usize {
+    recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|bytes| bytes.windows(4).any(|w| w == b"GET "))
+        .count()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn sni_exact_wildcard_default_and_per_context_backends() {
+    let state = TempDir::new("sni");
+    let (default_cert, default_key) = state.self_signed("default.test");
+    let (a_cert, a_key) = state.self_signed("a.example.test");
+    let (w_cert, w_key) = state.self_signed("wild.example.test");
+    let (global, global_seen) = echo_backend();
+    let (a_backend, a_seen) = echo_backend();
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[backend]]\naddress = \"{global}\"\n\
+         [[context]]\nservername = [\"a.example.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[context.backend]]\naddress = \"{a_backend}\"\nx_forwarded = true\n\
+         [[context]]\nservername = [\"*.example.test\", \"other.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        path(&default_cert),
+        path(&default_key),
+        path(&a_cert),
+        path(&a_key),
+        path(&w_cert),
+        path(&w_key),
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let request = |host: &str| format!("GET /{host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    for (name, cn) in [
+        ("a.example.test", "a.example.test"),
+        ("A.Example.Test", "a.example.test"),
+        ("b.example.test", "wild.example.test"),
+        ("other.test", "wild.example.test"),
+        ("x.y.example.test", "default.test"),
+        ("unknown.test", "default.test"),
+    ] {
+        let out = s_client(addr, &["-servername", name], &request(name));
+        assert_eq!(
+            presented_cn(&out).as_deref(),
+            Some(cn),
+            "servername {name}: {out}"
+        );
+        assert!(out.contains("HTTP/1.1 200 OK"), "{name}: {out}");
+    }
+    let out = s_client(addr, &["-noservername"], &request("none"));
+    assert_eq!(presented_cn(&out).as_deref(), Some("default.test"), "{out}");
+    // a.example.test's own backend took both of its connections (with X-Forwarded-For); the
+    // global backend the other five.
+    assert_eq!(requests_seen(&a_seen), 2);
+    assert_eq!(requests_seen(&global_seen), 5);
+    let a_bytes = a_seen.lock().unwrap().concat();
+    assert!(
+        String::from_utf8_lossy(&a_bytes).contains("X-Forwarded-For: 127.0.0.1"),
+        "{}",
+        String::from_utf8_lossy(&a_bytes)
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("sni=\"a.example.test\"") && log.contains(&format!("backend=\"{a_backend}\"")),
+        "{log}"
+    );
+    // curl, with the name resolved to our port.
+    require_tool("curl", "curl");
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--resolve"])
+        .arg(format!("a.example.test:{}:127.0.0.1", addr.port()))
+        .arg(format!("https://a.example.test:{}/curl", addr.port()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("GET /curl HTTP/1.1"),
+        "{out:?}"
+    );
+    assert_eq!(requests_seen(&a_seen), 3);
+}
+
+#[test]
+fn sni_strict_refuses_unknown_names_with_unrecognized_name() {
+    let state = TempDir::new("sni-strict");
+    let (default_cert, default_key) = state.self_signed("default.test");
+    let (a_cert, a_key) = state.self_signed("a.example.test");
+    let (backend, _seen) = echo_backend();
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nsni_strict = true\n\
+         [[backend]]\naddress = \"{backend}\"\n\
+         [[context]]\nservername = [\"a.example.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        path(&default_cert),
+        path(&default_key),
+        path(&a_cert),
+        path(&a_key),
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let out = s_client(addr, &["-servername", "nope.test"], "");
+    assert!(out.contains("unrecognized name"), "{out}");
+    assert_eq!(presented_cn(&out), None, "{out}");
+    let out = s_client(addr, &["-servername", "a.example.test"], "");
+    assert_eq!(presented_cn(&out).as_deref(), Some("a.example.test"));
+    // No server name at all: the default context.
+    let out = s_client(addr, &["-noservername"], "");
+    assert_eq!(presented_cn(&out).as_deref(), Some("default.test"));
+    let line = server.wait_for_line("sni=\"nope.test\"", Duration::from_secs(5));
+    assert!(line.contains("sni_strict"), "{line}");
+}
+
+/// Starts a server sharing `secret` for tickets, rotating every `rotate`.
+fn ticket_server(
+    state: &TempDir,
+    secret: &Path,
+    rotate: &str,
+    backend: SocketAddr,
+) -> (Fastedge, SocketAddr) {
+    let config = format!(
+        "[tls]\nticket_secret_file = \"{}\"\nticket_rotate = \"{rotate}\"\nticket_previous = 1\n\
+         [[backend]]\naddress = \"{backend}\"\n",
+        path(secret)
+    );
+    Fastedge::serve_config(state, &config)
+}
+
+fn resumed(output: &str) -> bool {
+    assert!(
+        output.contains("Reused") || output.contains("New,"),
+        "no session line: {output}"
+    );
+    output.contains("Reused")
+}
+
+/// Sleeps until `margin` after the next multiple of `period` since the epoch.
+fn sleep_past_boundary(period: Duration, margin: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into = Duration::from_millis((now.as_millis() % period.as_millis()) as u64);
+    std::thread::sleep(period - into + margin);
+}
+
+#[test]
+fn tickets_resume_on_a_second_process_sharing_the_secret_and_across_a_rotation() {
+    let state_a = TempDir::new("tickets-a");
+    let state_b = TempDir::new("tickets-b");
+    let state_c = TempDir::new("tickets-c");
+    let secret = state_a.path().join("ticket.secret");
+    std::fs::write(
+        &secret,
+        "a fleet-wide secret of more than thirty-two bytes\n",
+    )
+    .unwrap();
+    let (backend, _seen) = echo_backend();
+    // Rotation every 3 s, one previous key: a ticket lives through the next period, not two.
+    let period = Duration::from_secs(3);
+    let (server_a, addr_a) = ticket_server(&state_a, &secret, "3s", backend);
+    let (_server_b, addr_b) = ticket_server(&state_b, &secret, "3s", backend);
+    // A server with random keys (no secret) shares nothing.
+    let (_server_c, addr_c) =
+        Fastedge::serve_config(&state_c, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+
+    for version in ["-tls1_3", "-tls1_2"] {
+        // Start right after a boundary, so the steps below land in known periods.
+        sleep_past_boundary(period, Duration::from_millis(200));
+        let session = state_a.path().join(format!("session{version}.pem"));
+        let session = path(&session);
+        let request = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+        let first = s_client(addr_a, &[version, "-sess_out", session], request);
+        assert!(!resumed(&first), "{first}");
+        let again = s_client(addr_a, &[version, "-sess_in", session], request);
+        assert!(resumed(&again), "same process, {version}: {again}");
+        let other = s_client(addr_b, &[version, "-sess_in", session], request);
+        assert!(
+            resumed(&other),
+            "second process, same secret, {version}: {other}"
+        );
+        let random = s_client(addr_c, &[version, "-sess_in", session], request);
+        assert!(
+            !resumed(&random),
+            "different keys must not resume: {random}"
+        );
+        // Next period: the issuing key is the previous one now, still accepted.
+        sleep_past_boundary(period, Duration::from_millis(200));
+        let next = s_client(addr_b, &[version, "-sess_in", session], request);
+        assert!(resumed(&next), "after one rotation, {version}: {next}");
+        // Two periods on: the key left the ring.
+        sleep_past_boundary(period, Duration::from_millis(200));
+        let late = s_client(addr_b, &[version, "-sess_in", session], request);
+        assert!(!resumed(&late), "after two rotations, {version}: {late}");
+    }
+    assert!(server_a.log_text().contains("session ticket key rotated"));
+}
+
+#[test]
+fn session_cache_resumes_tls12_clients_without_tickets() {
+    let state = TempDir::new("session-cache");
+    let (backend, _seen) = echo_backend();
+    let (_server, addr) =
+        Fastedge::serve_config(&state, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+    let session = state.path().join("session.pem");
+    let args = |flag: &'static str| ["-tls1_2", "-no_ticket", flag, path(&session)];
+    let first = s_client(addr, &args("-sess_out"), "");
+    assert!(!resumed(&first), "{first}");
+    let again = s_client(addr, &args("-sess_in"), "");
+    assert!(resumed(&again), "{again}");
+
+    // With the cache off, the same client gets full handshakes.
+    let state = TempDir::new("session-cache-off");
+    let (_server, addr) = Fastedge::serve_config(
+        &state,
+        &format!("[tls]\nsession_cache_size = 0\n[[backend]]\naddress = \"{backend}\"\n"),
+    );
+    let first = s_client(addr, &args("-sess_out"), "");
+    assert!(!resumed(&first), "{first}");
+    let again = s_client(addr, &args("-sess_in"), "");
+    assert!(!resumed(&again), "{again}");
+}
+
+/// A CA, a client certificate it signed (alice), one it signed and revoked (mallory), one
+/// self-signed (rogue), and a CRL naming mallory.
+struct ClientPki {
+    ca: PathBuf,
+    crl: PathBuf,
+    alice: (PathBuf, PathBuf),
+    mallory: (PathBuf, PathBuf),
+    rogue: (PathBuf, PathBuf),
+}
+
+fn client_pki(dir: &Path) -> ClientPki {
+    let p = |name: &str| dir.join(name);
+    let s = |name: &str| p(name).to_str().unwrap().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &s("ca.key"),
+                "-out",
+                &s("ca.pem"),
+                "-subj",
+                "/CN=Test Client CA",
+            ],
+            &["-days", "2"],
+        ]
+        .concat(),
+    );
+    for (name, subject) in [("alice", "/O=Example/CN=alice"), ("mallory", "/CN=mallory")] {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &s(&format!("{name}.key")),
+                    "-out",
+                    &s(&format!("{name}.csr")),
+                ],
+                &["-subj", subject],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&format!("{name}.csr")),
+            "-CA",
+            &s("ca.pem"),
+            "-CAkey",
+            &s("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &s(&format!("{name}.pem")),
+            "-days",
+            "2",
+        ]);
+    }
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &s("rogue.key"),
+                "-out",
+                &s("rogue.pem"),
+                "-subj",
+                "/CN=alice",
+            ],
+            &["-days", "2"],
+        ]
+        .concat(),
+    );
+    std::fs::write(p("index.txt"), "").unwrap();
+    std::fs::write(p("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        p("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\n\
+             default_crl_days = 2\ncertificate = {}\nprivate_key = {}\n",
+            s("index.txt"),
+            s("crlnumber"),
+            s("ca.pem"),
+            s("ca.key")
+        ),
+    )
+    .unwrap();
+    openssl(&["ca", "-config", &s("ca.cnf"), "-revoke", &s("mallory.pem")]);
+    openssl(&[
+        "ca",
+        "-config",
+        &s("ca.cnf"),
+        "-gencrl",
+        "-out",
+        &s("crl.pem"),
+    ]);
+    let pair = |name: &str| (p(&format!("{name}.pem")), p(&format!("{name}.key")));
+    ClientPki {
+        ca: p("ca.pem"),
+        crl: p("crl.pem"),
+        alice: pair("alice"),
+        mallory: pair("mallory"),
+        rogue: pair("rogue"),
+    }
+}
+
+fn with_cert(pair: &(PathBuf, PathBuf)) -> Vec<String> {
+    vec![
+        "-cert".into(),
+        path(&pair.0).into(),
+        "-key".into(),
+        path(&pair.1).into(),
+    ]
+}
+
+fn handshake_ok(output: &str) -> bool {
+    output.contains("HTTP/1.1 200 OK")
+}
+
+#[test]
+fn client_certificates_required_optional_revoked_and_what_the_backend_learns() {
+    let state = TempDir::new("client-certs");
+    let pki = client_pki(state.path());
+    let (xff_backend, xff_seen) = echo_backend();
+    let (v2_backend, v2_seen) = echo_backend();
+    let (bud_backend, bud_seen) = echo_backend();
+    let (open_backend, open_seen) = echo_backend();
+    let (d_cert, d_key) = state.self_signed("default.test");
+    let (r_cert, r_key) = state.self_signed("required.test");
+    let (o_cert, o_key) = state.self_signed("optional.test");
+    let (v_cert, v_key) = state.self_signed("v2.test");
+    let (j_cert, j_key) = state.self_signed("bud.test");
+    let config = format!(
+        "[tls]\ncert = \"{d}\"\nkey = \"{dk}\"\nclient_ca = \"{ca}\"\nclient_crl = \"{crl}\"\n\
+         [[backend]]\naddress = \"{open_backend}\"\nx_forwarded = true\n\
+         [[context]]\nservername = [\"required.test\"]\ncert = \"{r}\"\nkey = \"{rk}\"\n\
+         client_verify = \"required\"\n\
+         [[context.backend]]\naddress = \"{xff_backend}\"\nx_forwarded = true\nsend_client_cert = true\n\
+         [[context]]\nservername = [\"optional.test\"]\ncert = \"{o}\"\nkey = \"{ok}\"\n\
+         client_verify = \"optional\"\n\
+         [[context.backend]]\naddress = \"{xff_backend}\"\nx_forwarded = true\n\
+         [[context]]\nservername = [\"v2.test\"]\ncert = \"{v}\"\nkey = \"{vk}\"\n\
+         client_verify = \"required\"\n\
+         [[context.backend]]\naddress = \"{v2_backend}\"\nproxy_protocol = \"v2\"\nsend_client_cert = true\n\
+         [[context]]\nservername = [\"bud.test\"]\ncert = \"{j}\"\nkey = \"{jk}\"\n\
+         client_verify = \"required\"\n\
+         [[context.backend]]\naddress = \"{bud_backend}\"\nproxy_protocol = \"bud-json\"\n",
+        d = path(&d_cert),
+        dk = path(&d_key),
+        ca = path(&pki.ca),
+        crl = path(&pki.crl),
+        r = path(&r_cert),
+        rk = path(&r_key),
+        o = path(&o_cert),
+        ok = path(&o_key),
+        v = path(&v_cert),
+        vk = path(&v_key),
+        j = path(&j_cert),
+        jk = path(&j_key),
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let request = |name: &str| {
+        format!("GET /{name} HTTP/1.1\r\nHost: {name}\r\nX-Client-Verify: SUCCESS\r\n\r\n")
+    };
+    let connect = |name: &str, cert: Option<&(PathBuf, PathBuf)>| {
+        let mut args: Vec<String> = vec!["-servername".into(), name.into()];
+        if let Some(pair) = cert {
+            args.extend(with_cert(pair));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s_client(addr, &args, &request(name))
+    };
+
+    // Required: no certificate, a self-signed one, a revoked one: refused.
+    assert!(!handshake_ok(&connect("required.test", None)));
+    assert!(!handshake_ok(&connect("required.test", Some(&pki.rogue))));
+    let revoked = connect("required.test", Some(&pki.mallory));
+    assert!(!handshake_ok(&revoked), "{revoked}");
+    assert_eq!(requests_seen(&xff_seen), 0);
+    let out = connect("required.test", Some(&pki.alice));
+    assert!(handshake_ok(&out), "{out}");
+    let seen = String::from_utf8_lossy(&xff_seen.lock().unwrap().concat()).into_owned();
+    assert!(seen.contains("X-Client-Verify: SUCCESS\r\n"), "{seen}");
+    assert!(
+        seen.contains("X-Client-Subject: CN=alice,O=Example\r\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("X-Client-Cert: -----BEGIN%20CERTIFICATE-----%0A"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen.matches("X-Client-Verify").count(),
+        1,
+        "the client's copy is gone"
+    );
+
+    // Optional: without a certificate the request goes on, and says so.
+    xff_seen.lock().unwrap().clear();
+    let out = connect("optional.test", None);
+    assert!(handshake_ok(&out), "{out}");
+    let seen = String::from_utf8_lossy(&xff_seen.lock().unwrap().concat()).into_owned();
+    assert!(seen.contains("X-Client-Verify: NONE\r\n"), "{seen}");
+    assert!(!seen.contains("SUCCESS"), "{seen}");
+    // …with a bad one it is refused.
+    assert!(!handshake_ok(&connect("optional.test", Some(&pki.rogue))));
+    // The default context asks for none: nothing is stated, and the client's forged header
+    // is dropped.
+    assert!(handshake_ok(&connect("default.test", None)));
+    let seen = String::from_utf8_lossy(&open_seen.lock().unwrap().concat()).into_owned();
+    assert!(seen.contains("GET /default.test"), "{seen}");
+    assert!(!seen.contains("X-Client-Verify"), "{seen}");
+
+    // PROXY v2: the SSL TLV (client certificate flags, verify result 0, CN) and the DER
+    // certificate in fastedge's TLV.
+    let out = connect("v2.test", Some(&pki.alice));
+    assert!(handshake_ok(&out), "{out}");
+    let raw = v2_seen.lock().unwrap()[0].clone();
+    let header = match fastedge_wire::proxy::parse(&raw).unwrap() {
+        fastedge_wire::http1::Status::Complete((header, _)) => header,
+        other => panic!("no PROXY header: {other:?}"),
+    };
+    use fastedge_wire::proxy::tlv;
+    let tlv_value = |kind: u8| {
+        header
+            .tlvs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no TLV {kind:#x} in {:?}", header.tlvs))
+    };
+    let ssl = tlv_value(tlv::SSL);
+    assert_eq!(
+        ssl[0],
+        tlv::CLIENT_SSL | tlv::CLIENT_CERT_CONN | tlv::CLIENT_CERT_SESS
+    );
+    assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verified");
+    let cn = [&[tlv::SSL_CN, 0, 5][..], b"alice"].concat();
+    assert!(ssl.windows(cn.len()).any(|w| w == cn), "{ssl:?}");
+    let der = tlv_value(tlv::FASTEDGE_CLIENT_CERT);
+    let sent = fastedge_tls::boring::x509::X509::from_der(&der).unwrap();
+    let alice =
+        fastedge_tls::boring::x509::X509::from_pem(&std::fs::read(&pki.alice.0).unwrap()).unwrap();
+    assert_eq!(sent.to_der().unwrap(), alice.to_der().unwrap());
+    // bud's JSON line carries cn and dn.
+    let out = connect("bud.test", Some(&pki.alice));
+    assert!(handshake_ok(&out), "{out}");
+    let line = String::from_utf8_lossy(&bud_seen.lock().unwrap()[0]).into_owned();
+    assert!(
+        line.contains("\"cn\":\"alice\"") && line.contains("\"dn\":\"CN=alice,O=Example\""),
+        "{line}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("sni=\"required.test\"")
+            && log.contains("client sent no certificate")
+            && log.contains("client certificate rejected"),
+        "refusals are logged and name the certificate: {log}"
+    );
+}

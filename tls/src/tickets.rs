@@ -1,0 +1,436 @@
+//! Session ticket keys: a ring of one current key (encrypts new tickets) and the previous ones
+//! (still decrypt), rotated every `ticket_rotate`.
+//!
+//! Keys come from one of three sources ([`TicketKeySource`]):
+//! - **random**: made in this process, one per rotation period, never all-zero;
+//! - **shared secret**: the key of period `floor(unix_time / rotate)` is
+//!   HKDF-SHA256(secret, salt = "fastedge ticket keys v1", info = period as u64 big-endian),
+//!   48 bytes, so every box of a fleet with the same secret (and clocks that agree) computes the
+//!   same keys with no traffic between them;
+//! - **file**: base64 lines of 48 bytes each, newest first, reread at most once a second when
+//!   the file's modification time or size changes.
+//!
+//! A 48-byte key is laid out as OpenSSL's and bud's: 16 bytes of name, 16 of HMAC-SHA256 key,
+//! 16 of AES-128-CBC key. The ring is shared by every core; a handshake takes one atomic load
+//! on the fast path.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use boring::{
+    hash::MessageDigest,
+    hkdf::HkdfSuite,
+    hmac::HmacCtxRef,
+    ssl::TicketKeyCallbackResult,
+    symm::{Cipher, CipherCtxRef},
+};
+
+use crate::{
+    config::{Resumption, TicketKeySource},
+    TlsError,
+};
+
+/// Bytes in one ticket key (name, HMAC key, AES key).
+pub const TICKET_KEY_LEN: usize = 48;
+/// Shortest shared secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+const HKDF_SALT: &[u8] = b"fastedge ticket keys v1";
+/// How often a key file is checked for changes.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One ticket key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TicketKey {
+    pub name: [u8; 16],
+    hmac: [u8; 16],
+    aes: [u8; 16],
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TicketKey")
+            .field("name", &hex(&self.name))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl TicketKey {
+    pub fn from_bytes(bytes: &[u8; TICKET_KEY_LEN]) -> Self {
+        let mut key = Self {
+            name: [0; 16],
+            hmac: [0; 16],
+            aes: [0; 16],
+        };
+        key.name.copy_from_slice(&bytes[..16]);
+        key.hmac.copy_from_slice(&bytes[16..32]);
+        key.aes.copy_from_slice(&bytes[32..]);
+        key
+    }
+
+    fn random() -> Result<Self, TlsError> {
+        let mut bytes = [0u8; TICKET_KEY_LEN];
+        boring::rand::rand_bytes(&mut bytes).map_err(TlsError::Setup)?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// The key of rotation period `epoch` derived from a fleet's shared `secret`.
+    pub fn derive(secret: &[u8], epoch: u64) -> Result<Self, TlsError> {
+        let hkdf = HkdfSuite::new(MessageDigest::sha256());
+        let prk = hkdf.extract(HKDF_SALT, secret).map_err(TlsError::Setup)?;
+        let mut bytes = [0u8; TICKET_KEY_LEN];
+        hkdf.expand(&prk, &epoch.to_be_bytes(), &mut bytes)
+            .map_err(TlsError::Setup)?;
+        Ok(Self::from_bytes(&bytes))
+    }
+}
+
+/// The keys in use at one moment: `keys[0]` encrypts; all decrypt.
+#[derive(Debug)]
+struct Ring {
+    /// The rotation period these keys are for (unused for file keys).
+    epoch: u64,
+    /// Epoch of each key, parallel to `keys` (random source: to expire old ones).
+    epochs: Vec<u64>,
+    keys: Vec<TicketKey>,
+    /// File source: when the file was last looked at, and what it looked like.
+    checked: Option<(Instant, Option<(SystemTime, u64)>)>,
+}
+
+/// The ticket key ring of one `fastedge serve` process, shared by all its contexts and cores.
+#[derive(Debug)]
+pub struct TicketKeys {
+    source: TicketKeySource,
+    rotate: Duration,
+    previous: u32,
+    secret: Option<Vec<u8>>,
+    ring: ArcSwap<Ring>,
+    /// Serializes rotations (readers never wait on it).
+    rotating: Mutex<()>,
+}
+
+fn epoch_at(now: SystemTime, rotate: Duration) -> u64 {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (since.as_millis() / rotate.as_millis().max(1)) as u64
+}
+
+/// Reads a key file: base64 lines of 48 bytes, newest first; `#` comments and blank lines
+/// ignored.
+pub fn read_key_file(path: &Path) -> Result<Vec<TicketKey>, TlsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TlsError::ReadFile {
+        what: "ticket key file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || {
+            TlsError::Invalid(format!(
+                "{} line {}: not base64 of {TICKET_KEY_LEN} bytes",
+                path.display(),
+                n + 1
+            ))
+        };
+        let bytes = boring::base64::decode_block(line).map_err(|_| bad())?;
+        let bytes: [u8; TICKET_KEY_LEN] = bytes.as_slice().try_into().map_err(|_| bad())?;
+        if bytes.iter().all(|&b| b == 0) {
+            return Err(TlsError::Invalid(format!(
+                "{} line {}: an all-zero ticket key is refused",
+                path.display(),
+                n + 1
+            )));
+        }
+        keys.push(TicketKey::from_bytes(&bytes));
+    }
+    if keys.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "{}: no ticket key in the file",
+            path.display()
+        )));
+    }
+    Ok(keys)
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl TicketKeys {
+    /// Sets up the ring for `settings`, reading the secret or key file now (errors name it).
+    pub fn new(settings: &Resumption) -> Result<Self, TlsError> {
+        let rotate = settings.ticket_rotate;
+        let epoch = epoch_at(SystemTime::now(), rotate);
+        let mut secret = None;
+        let (keys, epochs, checked) = match &settings.ticket_keys {
+            TicketKeySource::Random => (vec![TicketKey::random()?], vec![epoch], None),
+            TicketKeySource::SharedSecret(path) => {
+                let bytes = std::fs::read(path).map_err(|source| TlsError::ReadFile {
+                    what: "ticket secret file",
+                    path: path.clone(),
+                    source,
+                })?;
+                let trimmed = bytes.trim_ascii();
+                if trimmed.len() < MIN_SECRET_LEN {
+                    return Err(TlsError::Invalid(format!(
+                        "{}: a ticket secret needs at least {MIN_SECRET_LEN} bytes (e.g. `openssl \
+                         rand -base64 48`)",
+                        path.display()
+                    )));
+                }
+                let keys = (0..=u64::from(settings.ticket_previous))
+                    .map(|back| TicketKey::derive(trimmed, epoch.saturating_sub(back)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let epochs = (0..=u64::from(settings.ticket_previous))
+                    .map(|back| epoch.saturating_sub(back))
+                    .collect();
+                secret = Some(trimmed.to_vec());
+                (keys, epochs, None)
+            }
+            TicketKeySource::File(path) => (
+                read_key_file(path)?,
+                Vec::new(),
+                Some((Instant::now(), file_stamp(path))),
+            ),
+        };
+        Ok(Self {
+            source: settings.ticket_keys.clone(),
+            rotate,
+            previous: settings.ticket_previous,
+            secret,
+            ring: ArcSwap::from_pointee(Ring {
+                epoch,
+                epochs,
+                keys,
+                checked,
+            }),
+            rotating: Mutex::new(()),
+        })
+    }
+
+    /// Whether a reload with `settings` should keep this ring: random keys with the same
+    /// rotation (new random keys would void every outstanding ticket). Secret- and file-based
+    /// rings are rebuilt, rereading their file.
+    pub fn keep_for(&self, settings: &Resumption) -> bool {
+        self.source == TicketKeySource::Random
+            && settings.ticket_keys == TicketKeySource::Random
+            && self.rotate == settings.ticket_rotate
+            && self.previous == settings.ticket_previous
+    }
+
+    /// The ring as of now, rotated or reread first if due.
+    fn current(&self) -> Arc<Ring> {
+        let ring = self.ring.load_full();
+        let due = match &self.source {
+            TicketKeySource::File(_) => ring
+                .checked
+                .is_some_and(|(at, _)| at.elapsed() >= FILE_CHECK_INTERVAL),
+            _ => epoch_at(SystemTime::now(), self.rotate) != ring.epoch,
+        };
+        if !due {
+            return ring;
+        }
+        let Ok(_guard) = self.rotating.try_lock() else {
+            // Another core rotates right now; the old ring is still good for a moment.
+            return ring;
+        };
+        match self.next_ring(&ring) {
+            Ok(Some(next)) => {
+                let next = Arc::new(next);
+                self.ring.store(next.clone());
+                next
+            }
+            Ok(None) => ring,
+            Err(error) => {
+                tracing::warn!(%error, "ticket keys not updated; the previous keys stay in use");
+                // Do not retry on every handshake: note the attempt.
+                if let TicketKeySource::File(_) = self.source {
+                    let next = Arc::new(Ring {
+                        epoch: ring.epoch,
+                        epochs: ring.epochs.clone(),
+                        keys: ring.keys.clone(),
+                        checked: ring.checked.map(|(_, stamp)| (Instant::now(), stamp)),
+                    });
+                    self.ring.store(next.clone());
+                    return next;
+                }
+                ring
+            }
+        }
+    }
+
+    fn next_ring(&self, ring: &Ring) -> Result<Option<Ring>, TlsError> {
+        let epoch = epoch_at(SystemTime::now(), self.rotate);
+        let keep = u64::from(self.previous);
+        match &self.source {
+            TicketKeySource::Random => {
+                let mut keys = vec![TicketKey::random()?];
+                let mut epochs = vec![epoch];
+                for (key, &e) in ring.keys.iter().zip(&ring.epochs) {
+                    if e < epoch && epoch - e <= keep {
+                        keys.push(key.clone());
+                        epochs.push(e);
+                    }
+                }
+                tracing::info!(period = epoch, "session ticket key rotated");
+                Ok(Some(Ring {
+                    epoch,
+                    epochs,
+                    keys,
+                    checked: None,
+                }))
+            }
+            TicketKeySource::SharedSecret(_) => {
+                let secret = self.secret.as_deref().unwrap_or_default();
+                let epochs: Vec<u64> = (0..=keep).map(|b| epoch.saturating_sub(b)).collect();
+                let keys = epochs
+                    .iter()
+                    .map(|&e| TicketKey::derive(secret, e))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tracing::info!(period = epoch, "session ticket key rotated (shared secret)");
+                Ok(Some(Ring {
+                    epoch,
+                    epochs,
+                    keys,
+                    checked: None,
+                }))
+            }
+            TicketKeySource::File(path) => {
+                let stamp = file_stamp(path);
+                let unchanged = ring.checked.is_some_and(|(_, old)| old == stamp);
+                if unchanged {
+                    return Ok(Some(Ring {
+                        epoch: ring.epoch,
+                        epochs: Vec::new(),
+                        keys: ring.keys.clone(),
+                        checked: Some((Instant::now(), stamp)),
+                    }));
+                }
+                let keys = read_key_file(path)?;
+                tracing::info!(path = %path.display(), keys = keys.len(), "ticket key file reloaded");
+                Ok(Some(Ring {
+                    epoch: ring.epoch,
+                    epochs: Vec::new(),
+                    keys,
+                    checked: Some((Instant::now(), stamp)),
+                }))
+            }
+        }
+    }
+
+    /// The name of the key that encrypts new tickets now.
+    pub fn current_name(&self) -> [u8; 16] {
+        self.current().keys[0].name
+    }
+
+    /// BoringSSL's ticket key callback (`SSL_CTX_set_tlsext_ticket_key_cb`): sets up the cipher
+    /// and HMAC for a new ticket (`encrypt`), or finds the key named in a ticket.
+    pub fn callback(
+        &self,
+        name: &mut [u8; 16],
+        iv: &mut [u8; 16],
+        cipher: &mut CipherCtxRef,
+        hmac: &mut HmacCtxRef,
+        encrypt: bool,
+    ) -> TicketKeyCallbackResult {
+        let ring = self.current();
+        let (key, is_current) = if encrypt {
+            let key = &ring.keys[0];
+            *name = key.name;
+            if boring::rand::rand_bytes(iv).is_err() {
+                return TicketKeyCallbackResult::Error;
+            }
+            (key, true)
+        } else {
+            match ring.keys.iter().position(|k| k.name == *name) {
+                Some(i) => (&ring.keys[i], i == 0),
+                None => return TicketKeyCallbackResult::Noop,
+            }
+        };
+        let aes = Cipher::aes_128_cbc();
+        let set = if encrypt {
+            cipher.init_encrypt(&aes, &key.aes, iv)
+        } else {
+            cipher.init_decrypt(&aes, &key.aes, iv)
+        };
+        if set.is_err() || hmac.init(&key.hmac, &MessageDigest::sha256()).is_err() {
+            return TicketKeyCallbackResult::Error;
+        }
+        match (encrypt, is_current) {
+            (true, _) | (false, true) => TicketKeyCallbackResult::Success,
+            // Decrypted with an older key: resume, and hand the client a ticket under the
+            // current key.
+            (false, false) => TicketKeyCallbackResult::DecryptSuccessRenew,
+        }
+    }
+}
+
+/// Where the keys come from, for logs.
+pub fn describe(source: &TicketKeySource) -> String {
+    match source {
+        TicketKeySource::Random => "random keys made at start".into(),
+        TicketKeySource::SharedSecret(p) => format!("derived from secret {}", p.display()),
+        TicketKeySource::File(p) => format!("from key file {}", p.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_is_stable_and_per_epoch() {
+        let secret = [7u8; 32];
+        let a = TicketKey::derive(&secret, 100).unwrap();
+        assert_eq!(a, TicketKey::derive(&secret, 100).unwrap());
+        assert_ne!(a, TicketKey::derive(&secret, 101).unwrap());
+        assert_ne!(a, TicketKey::derive(&[8u8; 32], 100).unwrap());
+        assert_ne!(a.name, [0; 16]);
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = std::env::temp_dir().join(format!("fastedge-ticket-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        let key = boring::base64::encode_block(&[1u8; 48]);
+        let older = boring::base64::encode_block(&[2u8; 48]);
+        std::fs::write(&file, format!("# newest first\n{key}\n\n{older}\n")).unwrap();
+        let keys = read_key_file(&file).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].name, [1u8; 16]);
+        for (text, why) in [
+            ("", "no ticket key"),
+            ("bm90IDQ4IGJ5dGVz\n", "not base64 of 48 bytes"),
+            ("!!!\n", "not base64"),
+            (
+                &format!("{}\n", boring::base64::encode_block(&[0u8; 48])),
+                "all-zero",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = read_key_file(&file).unwrap_err().to_string();
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn epochs() {
+        let rotate = Duration::from_secs(3600);
+        assert_eq!(epoch_at(UNIX_EPOCH + Duration::from_secs(7199), rotate), 1);
+        assert_eq!(epoch_at(UNIX_EPOCH + Duration::from_secs(7200), rotate), 2);
+    }
+}

@@ -1,0 +1,173 @@
+//! Server-name matching for SNI: which configured context serves a client's `server_name`.
+//!
+//! Names are compared case-insensitively, with one trailing dot ignored. A pattern is either an
+//! exact name (`www.example.com`) or a wildcard whose `*` stands for exactly one leftmost label
+//! (`*.example.com` matches `a.example.com`, not `example.com` nor `a.b.example.com`, as in
+//! RFC 6125 §6.4.3). The most specific pattern wins: an exact name over a wildcard; between the
+//! same pattern listed twice, the first context.
+
+use std::collections::HashMap;
+
+/// Why a server-name pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternError {
+    Empty,
+    /// A `*` anywhere but as the whole leftmost label.
+    MisplacedWildcard,
+    /// A wildcard over a single label (`*.com`) would catch a whole top-level domain.
+    WildcardTooBroad,
+    /// A character that cannot be in a host name.
+    BadCharacter(char),
+}
+
+impl std::fmt::Display for PatternError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatternError::Empty => f.write_str("empty server name"),
+            PatternError::MisplacedWildcard => {
+                f.write_str("a wildcard must be the whole leftmost label, as in \"*.example.com\"")
+            }
+            PatternError::WildcardTooBroad => {
+                f.write_str("a wildcard needs at least two labels after it (\"*.example.com\")")
+            }
+            PatternError::BadCharacter(c) => write!(f, "{c:?} cannot appear in a host name"),
+        }
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// Lower-cases `name` and drops one trailing dot; `None` if nothing is left.
+pub fn normalize(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// Server-name patterns → context index.
+#[derive(Debug, Clone, Default)]
+pub struct NameTable {
+    exact: HashMap<String, usize>,
+    /// Keyed by what follows `*.`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl NameTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `pattern` for `context`. A pattern already present keeps its first context.
+    pub fn insert(&mut self, pattern: &str, context: usize) -> Result<(), PatternError> {
+        let name = normalize(pattern).ok_or(PatternError::Empty)?;
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*')))
+        {
+            return Err(PatternError::BadCharacter(bad));
+        }
+        if name.split('.').any(str::is_empty) {
+            return Err(PatternError::Empty);
+        }
+        let (table, key) = match name.strip_prefix("*.") {
+            Some(rest) => {
+                if rest.contains('*') {
+                    return Err(PatternError::MisplacedWildcard);
+                }
+                if !rest.contains('.') {
+                    return Err(PatternError::WildcardTooBroad);
+                }
+                (&mut self.wildcard, rest.to_owned())
+            }
+            None if name.contains('*') => return Err(PatternError::MisplacedWildcard),
+            None => (&mut self.exact, name),
+        };
+        table.entry(key).or_insert(context);
+        Ok(())
+    }
+
+    /// The context for a client's server name, if any pattern matches.
+    pub fn lookup(&self, server_name: &str) -> Option<usize> {
+        let name = server_name.strip_suffix('.').unwrap_or(server_name);
+        // Fast path without allocating when the client already sent lower case.
+        let lowered;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = name.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            name
+        };
+        if let Some(&context) = self.exact.get(name) {
+            return Some(context);
+        }
+        let (first, parent) = name.split_once('.')?;
+        if first.is_empty() {
+            return None;
+        }
+        self.wildcard.get(parent).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(patterns: &[(&str, usize)]) -> NameTable {
+        let mut t = NameTable::new();
+        for (p, c) in patterns {
+            t.insert(p, *c).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn exact_beats_wildcard() {
+        let t = table(&[
+            ("*.example.com", 1),
+            ("www.example.com", 2),
+            ("Example.COM.", 3),
+        ]);
+        assert_eq!(t.lookup("www.example.com"), Some(2));
+        assert_eq!(t.lookup("WWW.Example.com."), Some(2));
+        assert_eq!(t.lookup("api.example.com"), Some(1));
+        assert_eq!(t.lookup("example.com"), Some(3));
+        assert_eq!(t.lookup("a.b.example.com"), None, "one label only");
+        assert_eq!(t.lookup(".example.com"), None);
+        assert_eq!(t.lookup("example.org"), None);
+        assert_eq!(t.lookup(""), None);
+    }
+
+    #[test]
+    fn deeper_wildcards_are_separate() {
+        let t = table(&[("*.example.com", 1), ("*.eu.example.com", 2)]);
+        assert_eq!(t.lookup("a.eu.example.com"), Some(2));
+        assert_eq!(t.lookup("eu.example.com"), Some(1));
+    }
+
+    #[test]
+    fn first_context_keeps_a_duplicate() {
+        let t = table(&[("a.example.com", 1), ("A.example.com", 2)]);
+        assert_eq!(t.lookup("a.example.com"), Some(1));
+    }
+
+    #[test]
+    fn bad_patterns() {
+        let mut t = NameTable::new();
+        for (p, e) in [
+            ("", PatternError::Empty),
+            (".", PatternError::Empty),
+            ("a..b", PatternError::Empty),
+            ("w*.example.com", PatternError::MisplacedWildcard),
+            ("*.*.example.com", PatternError::MisplacedWildcard),
+            ("*.com", PatternError::WildcardTooBroad),
+            ("*", PatternError::MisplacedWildcard),
+            ("exa mple.com", PatternError::BadCharacter(' ')),
+        ] {
+            assert_eq!(t.insert(p, 0), Err(e), "{p:?}");
+        }
+        assert!(t.is_empty());
+    }
+}
