@@ -32,7 +32,8 @@ fn openssl(args: &[&str]) {
 }
 
 /// Runs `openssl s_client` against `addr` with `args`, sends `request` (if any), keeps stdin
-/// open for a moment so that TLS 1.3 tickets and the answer arrive, and returns stdout+stderr.
+/// open until the answer (or, without a request, the session summary) has arrived or the client
+/// gave up, and returns stdout+stderr.
 fn s_client(addr: SocketAddr, args: &[&str], request: &str) -> String {
     require_tool("openssl", "openssl");
     let mut child = Command::new("openssl")
@@ -45,13 +46,41 @@ fn s_client(addr: SocketAddr, args: &[&str], request: &str) -> String {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let _ = stdin.write_all(request.as_bytes());
-    std::thread::sleep(Duration::from_millis(400));
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = output.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let done = if request.is_empty() {
+        "Verify return code"
+    } else {
+        "HTTP/1.1 "
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let seen = String::from_utf8_lossy(&output.lock().unwrap()).contains(done);
+        if seen || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A moment more for the rest of the answer and any TLS 1.3 tickets.
+    std::thread::sleep(Duration::from_millis(100));
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let stdout = output.lock().unwrap().clone();
     format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&status.stderr)
     )
 }
 
@@ -551,4 +580,120 @@ fn client_certificates_required_optional_revoked_and_what_the_backend_learns() {
             && log.contains("client certificate rejected"),
         "refusals are logged and name the certificate: {log}"
     );
+}
+
+fn start_keyserver(keys: &[&Path], socket: &Path) -> Fastedge {
+    let mut args = vec!["keyserver", "--listen", path(socket)];
+    for key in keys {
+        args.extend(["--key", path(key)]);
+    }
+    let signer = Fastedge::start(&args, &[("FASTEDGE_LOG", "info")]);
+    signer.wait_for_line("key server listening", Duration::from_secs(10));
+    signer
+}
+
+#[test]
+fn keyless_signing_through_the_reference_signer_and_its_failures() {
+    let state = TempDir::new("keyless");
+    let (ec_cert, ec_key) = state.self_signed("keyless-ec.test");
+    let rsa_cert = state.path().join("rsa.pem");
+    let rsa_key = state.path().join("rsa.key");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        path(&rsa_key),
+        "-out",
+        path(&rsa_cert),
+        "-subj",
+        "/CN=keyless-rsa.test",
+        "-days",
+        "2",
+    ]);
+    let socket = state.path().join("signer.sock");
+    let (backend, seen) = echo_backend();
+    let mut signer = start_keyserver(&[&ec_key, &rsa_key], &socket);
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    // The serve process never sees the private keys.
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey_server = \"unix:{}\"\n\
+         [[tls.certificate]]\ncert = \"{}\"\nkey_server = \"unix:{}\"\n\
+         [[backend]]\naddress = \"{backend}\"\n",
+        path(&ec_cert),
+        path(&socket),
+        path(&rsa_cert),
+        path(&socket),
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let request = "GET /keyless HTTP/1.1\r\nHost: k\r\n\r\n";
+    for (args, cn) in [
+        (&["-tls1_3"][..], "keyless-ec.test"),
+        (
+            &["-tls1_3", "-sigalgs", "RSA-PSS+SHA256"][..],
+            "keyless-rsa.test",
+        ),
+        (
+            &["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"][..],
+            "keyless-rsa.test",
+        ),
+        (
+            &["-tls1_2", "-sigalgs", "ECDSA+SHA384"][..],
+            "keyless-ec.test",
+        ),
+    ] {
+        let out = s_client(addr, args, request);
+        assert_eq!(presented_cn(&out).as_deref(), Some(cn), "{args:?}: {out}");
+        assert!(handshake_ok(&out), "{args:?}: {out}");
+    }
+    // Many handshakes at once: each waits for its signature without holding up the others.
+    let threads: Vec<_> = (0..40)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut tls = fastedge_tests::peers::tls_connect(addr, "k", b"");
+                tls.write_all(b"GET /many HTTP/1.1\r\nHost: k\r\n\r\n")
+                    .unwrap();
+                fastedge_tests::peers::read_response(&mut tls)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (head, _) = t.join().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    assert_eq!(requests_seen(&seen), 44);
+
+    // The signer dies: handshakes fail cleanly, with the reason; the server lives on.
+    signer.signal(nix::sys::signal::Signal::SIGKILL);
+    signer.wait_exit(Duration::from_secs(5));
+    let out = s_client(addr, &["-tls1_3"], request);
+    assert!(!handshake_ok(&out), "{out}");
+    let line = server.wait_for_line("keyless signing failed", Duration::from_secs(10));
+    assert!(line.contains(path(&socket)), "{line}");
+    // A new signer: handshakes work again, over a fresh connection.
+    let _signer = start_keyserver(&[&ec_key, &rsa_key], &socket);
+    let out = s_client(addr, &["-tls1_3"], request);
+    assert!(handshake_ok(&out), "{out}");
+
+    // A signer that does not hold the key: refused with that reason.
+    let other = TempDir::new("keyless-other");
+    let (_, stranger_key) = other.self_signed("stranger.test");
+    let socket2 = state.path().join("stranger.sock");
+    let _stranger = start_keyserver(&[&stranger_key], &socket2);
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey_server = \"unix:{}\"\n[[backend]]\naddress = \"{backend}\"\n",
+        path(&ec_cert),
+        path(&socket2),
+    );
+    let state2 = TempDir::new("keyless-2");
+    let (server2, addr2) = Fastedge::serve_config(&state2, &config);
+    let out = s_client(addr2, &["-tls1_3"], request);
+    assert!(!handshake_ok(&out), "{out}");
+    server2.wait_for_line("does not hold this key", Duration::from_secs(10));
 }

@@ -105,13 +105,16 @@ where
     let mut fresh = Some((ssl, stream));
     std::future::poll_fn(move |cx| {
         let attempt = match (fresh.take(), mid.take()) {
-            (Some((ssl, stream)), _) => {
+            (Some((mut ssl, stream)), _) => {
                 let mut shim = IoShim::new(stream);
                 shim.register(cx);
+                // Asynchronous callbacks (keyless signing) wake this task when they are done.
+                ssl.set_task_waker(Some(cx.waker().clone()));
                 ssl.accept(shim)
             }
             (None, Some(mut pending)) => {
                 pending.get_mut().register(cx);
+                pending.ssl_mut().set_task_waker(Some(cx.waker().clone()));
                 pending.handshake()
             }
             (None, None) => return Poll::Ready(Err(TlsError::HandshakePolledAfterEnd)),

@@ -58,6 +58,9 @@ trusted_proxies = []
 # certificate for localhost, created once in the state directory.
 cert = ""
 key = ""
+# Keyless: instead of key, the UNIX socket ("unix:/run/signer.sock") of a signer that holds the
+# key and signs handshakes for us (`fastedge keyserver`; protocol in the README).
+key_server = ""
 # Passphrase of an encrypted key, from at most one of: inline, an environment variable, the
 # first line of a file, or the first line of a command's standard output (run with sh -c).
 passphrase = ""
@@ -210,6 +213,7 @@ struct RawFrontend {
 struct RawTls {
     cert: String,
     key: String,
+    key_server: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -241,6 +245,7 @@ struct RawContext {
     servername: Vec<String>,
     cert: String,
     key: String,
+    key_server: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -259,6 +264,7 @@ struct RawContext {
 struct RawCertificate {
     cert: String,
     key: String,
+    key_server: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -331,6 +337,7 @@ impl Default for RawTls {
         Self {
             cert: String::new(),
             key: String::new(),
+            key_server: String::new(),
             passphrase: String::new(),
             passphrase_env: String::new(),
             passphrase_file: String::new(),
@@ -413,8 +420,11 @@ pub enum Passphrase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateSpec {
     pub cert: PathBuf,
+    /// The PEM key file; unused (empty) when `key_server` holds the key.
     pub key: PathBuf,
     pub passphrase: Option<Passphrase>,
+    /// Keyless: the UNIX socket of the signer that holds the key.
+    pub key_server: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -616,18 +626,30 @@ fn parse_backend_addr(key: &str, name: &str) -> Result<BackendAddr, ConfigError>
 }
 
 fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpec, ConfigError> {
-    let (cert, key) = match (nonempty(&raw.cert), nonempty(&raw.key)) {
-        (Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
-        (Some(_), None) | (None, None) => {
+    let needs = "a certificate needs cert and key (or key_server)";
+    let cert = nonempty(&raw.cert)
+        .map(PathBuf::from)
+        .ok_or_else(|| invalid(format!("{prefix}.cert"), needs))?;
+    let key_server = match nonempty(&raw.key_server) {
+        None => None,
+        Some(text) => match text.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Some(PathBuf::from(path)),
+            _ => {
+                return Err(invalid(
+                    format!("{prefix}.key_server"),
+                    format!("{text:?}: a key server is a UNIX socket: \"unix:/absolute/path\""),
+                ))
+            }
+        },
+    };
+    let key = match (nonempty(&raw.key), &key_server) {
+        (Some(key), None) => PathBuf::from(key),
+        (None, Some(_)) => PathBuf::new(),
+        (None, None) => return Err(invalid(format!("{prefix}.key"), needs)),
+        (Some(_), Some(_)) => {
             return Err(invalid(
-                format!("{prefix}.key"),
-                "a certificate needs cert and key",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                format!("{prefix}.cert"),
-                "a certificate needs cert and key",
+                format!("{prefix}.key_server"),
+                "give key or key_server, not both",
             ))
         }
     };
@@ -646,10 +668,17 @@ fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpe
             "give at most one of passphrase, passphrase_env, passphrase_file, passphrase_cmd",
         ));
     }
+    if key_server.is_some() && !sources.is_empty() {
+        return Err(invalid(
+            format!("{prefix}.passphrase"),
+            "the key server holds the key: no passphrase here",
+        ));
+    }
     Ok(CertificateSpec {
         cert,
         key,
         passphrase: sources.into_iter().next(),
+        key_server,
     })
 }
 
@@ -663,6 +692,7 @@ fn certificate_list(
     let given = [
         &shorthand.cert,
         &shorthand.key,
+        &shorthand.key_server,
         &shorthand.passphrase,
         &shorthand.passphrase_env,
         &shorthand.passphrase_file,
@@ -820,6 +850,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let shorthand = RawCertificate {
         cert: t.cert.clone(),
         key: t.key.clone(),
+        key_server: t.key_server.clone(),
         passphrase: t.passphrase.clone(),
         passphrase_env: t.passphrase_env.clone(),
         passphrase_file: t.passphrase_file.clone(),
@@ -889,6 +920,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         let shorthand = RawCertificate {
             cert: c.cert.clone(),
             key: c.key.clone(),
+            key_server: c.key_server.clone(),
             passphrase: c.passphrase.clone(),
             passphrase_env: c.passphrase_env.clone(),
             passphrase_file: c.passphrase_file.clone(),

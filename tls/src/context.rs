@@ -57,16 +57,21 @@ pub struct HelloChoice {
 }
 
 /// Why our own callbacks refused a handshake, for the close log.
-fn refusal_index() -> Index<Ssl, &'static str> {
-    static INDEX: OnceLock<Index<Ssl, &'static str>> = OnceLock::new();
+fn refusal_index() -> Index<Ssl, String> {
+    static INDEX: OnceLock<Index<Ssl, String>> = OnceLock::new();
     *INDEX.get_or_init(|| {
         Ssl::new_ex_index().unwrap_or_else(|e| panic!("BoringSSL ex_data index: {e}"))
     })
 }
 
 /// The reason a callback of ours gave for refusing the handshake on `ssl`, if one did.
-pub(crate) fn refusal(ssl: &SslRef) -> Option<&'static str> {
-    ssl.ex_data(refusal_index()).copied()
+pub(crate) fn refusal(ssl: &SslRef) -> Option<&str> {
+    ssl.ex_data(refusal_index()).map(String::as_str)
+}
+
+/// Notes why a callback of ours refuses the handshake on `ssl`.
+pub(crate) fn set_refusal(ssl: &mut SslRef, why: String) {
+    ssl.set_ex_data(refusal_index(), why);
 }
 
 fn hello_index() -> Index<Ssl, HelloChoice> {
@@ -115,6 +120,7 @@ impl ServerContext {
                 cert: cert_path.to_owned(),
                 key: key_path.to_owned(),
                 passphrase: None,
+                key_server: None,
             }],
             ..ServeConfig::default().tls
         };
@@ -165,7 +171,10 @@ impl ServerContext {
             let mut contexts = Vec::new();
             for spec in &view.certificates {
                 let (chain, key) = load_pair(spec)?;
-                let kind = KeyKind::of(&key).ok_or_else(|| {
+                let public = chain[0]
+                    .public_key()
+                    .map_err(TlsError::config("reading the certificate's public key"))?;
+                let kind = KeyKind::of(&public).ok_or_else(|| {
                     TlsError::Invalid(format!(
                         "{}: unsupported key type (RSA, ECDSA P-256/P-384/P-521 or Ed25519)",
                         spec.key.display()
@@ -202,6 +211,7 @@ impl ServerContext {
             return Err(TlsError::Invalid("no certificate configured".into()));
         };
         let simple = sets.len() == 1 && sets[0].kinds.len() == 1;
+        let tls13_allowed = settings.max_version == TlsVersion::Tls13;
         builder.set_select_certificate_callback(move |mut hello| {
             let matched = if simple {
                 None
@@ -213,7 +223,9 @@ impl ServerContext {
             let set = &sets[matched.map_or(0, |i| i + 1)];
             let choice = if set.kinds.len() > 1 {
                 let sigalgs = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS);
-                choose_certificate(&set.kinds, sigalgs, hello.ciphers())
+                let tls13 = tls13_allowed
+                    && offers_tls13(hello.get_extension(ExtensionType::SUPPORTED_VERSIONS));
+                choose_certificate(&set.kinds, sigalgs, hello.ciphers(), tls13)
             } else {
                 0
             };
@@ -242,10 +254,11 @@ impl ServerContext {
                     .ex_data(hello_index())
                     .is_some_and(|h| h.context.is_some());
                 if named && !matched {
-                    ssl.set_ex_data(
-                        refusal_index(),
+                    set_refusal(
+                        ssl,
                         "server name matches no context (sni_strict = true): refused with \
-                         unrecognized_name",
+                         unrecognized_name"
+                            .to_owned(),
                     );
                     *alert = SslAlert::UNRECOGNIZED_NAME;
                     return Err(SniError::ALERT_FATAL);
@@ -297,7 +310,8 @@ impl ServerContext {
         } else {
             None
         };
-        let mut builder = Self::builder(chain, key, settings, tickets.as_ref())?;
+        let key = PairKey::Local(key.clone());
+        let mut builder = Self::builder(chain, &key, settings, tickets.as_ref())?;
         set_session_cache(&mut builder, r);
         Ok(Self {
             context: builder.build(),
@@ -307,7 +321,7 @@ impl ServerContext {
 
     fn builder(
         chain: &[X509],
-        key: &PKey<Private>,
+        key: &PairKey,
         settings: &TlsSettings,
         tickets: Option<&Arc<TicketKeys>>,
     ) -> Result<SslContextBuilder, TlsError> {
@@ -361,10 +375,25 @@ impl ServerContext {
                 .add_extra_chain_cert(cert.clone())
                 .map_err(TlsError::config("adding chain certificate"))?;
         }
-        builder
-            .set_private_key(key)
-            .map_err(TlsError::config("installing private key"))?;
-        builder.check_private_key().map_err(TlsError::KeyMismatch)?;
+        match key {
+            PairKey::Local(key) => {
+                builder
+                    .set_private_key(key)
+                    .map_err(TlsError::config("installing private key"))?;
+                builder.check_private_key().map_err(TlsError::KeyMismatch)?;
+            }
+            PairKey::Keyless(path) => {
+                let spki = leaf
+                    .public_key()
+                    .and_then(|k| k.public_key_to_der())
+                    .map_err(TlsError::config("reading the certificate's public key"))?;
+                let key_id = crate::keyless::key_id(&spki).map_err(TlsError::Setup)?;
+                builder.set_async_private_key_method(crate::keyless::KeylessKey {
+                    server: crate::keyless::KeyServer::for_path(path),
+                    key_id,
+                });
+            }
+        }
         if !settings.alpn.is_empty() {
             let ours: Vec<Vec<u8>> = settings
                 .alpn
@@ -455,8 +484,14 @@ fn set_session_cache(builder: &mut SslContextBuilder, r: &Resumption) {
     ffi::set_session_timeout(builder, seconds.max(1));
 }
 
+/// A certificate's private key: here, or held by a key server.
+pub(crate) enum PairKey {
+    Local(PKey<Private>),
+    Keyless(std::path::PathBuf),
+}
+
 /// Reads one chain and its key, decrypting the key with its passphrase.
-fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PKey<Private>), TlsError> {
+fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PairKey), TlsError> {
     let read = |what, path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::ReadFile {
             what,
@@ -465,13 +500,16 @@ fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PKey<Private>), TlsEr
         })
     };
     let cert_pem = read("certificate", &spec.cert)?;
-    let key_pem = read("private key", &spec.key)?;
     let chain = X509::stack_from_pem(&cert_pem).map_err(TlsError::config("parsing certificate"))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
             path: spec.cert.clone(),
         });
     }
+    if let Some(server) = &spec.key_server {
+        return Ok((chain, PairKey::Keyless(server.clone())));
+    }
+    let key_pem = read("private key", &spec.key)?;
     let key = match &spec.passphrase {
         None => PKey::private_key_from_pem(&key_pem).map_err(TlsError::config(
             "parsing private key (encrypted? then configure a passphrase)",
@@ -483,7 +521,7 @@ fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PKey<Private>), TlsEr
             )?
         }
     };
-    Ok((chain, key))
+    Ok((chain, PairKey::Local(key)))
 }
 
 /// The kind of a certificate's key, as far as choosing by client support goes.
@@ -497,7 +535,7 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn of(key: &PKey<Private>) -> Option<Self> {
+    fn of<T: boring::pkey::HasParams>(key: &PKey<T>) -> Option<Self> {
         match key.id() {
             Id::RSA => Some(KeyKind::Rsa),
             Id::ED25519 => Some(KeyKind::Ed25519),
@@ -523,46 +561,60 @@ impl KeyKind {
             KeyKind::Ed25519 => scheme == 0x0807,
         }
     }
-
-    fn is_ecdsa(self) -> bool {
-        matches!(
-            self,
-            KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521
-        )
-    }
 }
 
-/// Which of `kinds` (in order of preference) to present to a client, from its
-/// signature_algorithms extension (`sigalgs`: a 2-byte length then 2-byte schemes) or, when it
-/// sent none (TLS 1.2), from its cipher suites (ECDHE-ECDSA suites mean ECDSA is fine). Falls
-/// back to the first pair.
-pub fn choose_certificate(kinds: &[KeyKind], sigalgs: Option<&[u8]>, ciphers: &[u8]) -> usize {
-    if let Some(list) = sigalgs.and_then(|ext| ext.get(2..)) {
-        let schemes: Vec<u16> = list
-            .chunks_exact(2)
+/// Which of `kinds` (in order of preference) to present to a client: the first whose key can
+/// make a signature the client accepts (its signature_algorithms extension, `sigalgs`: a 2-byte
+/// length then 2-byte schemes) and, unless the connection will be TLS 1.3 (`tls13`), that an
+/// offered cipher suite can use (ECDHE-ECDSA suites for ECDSA and Ed25519 keys, RSA suites for
+/// RSA keys). Falls back to the first pair.
+pub fn choose_certificate(
+    kinds: &[KeyKind],
+    sigalgs: Option<&[u8]>,
+    ciphers: &[u8],
+    tls13: bool,
+) -> usize {
+    let schemes: Option<Vec<u16>> = sigalgs.and_then(|ext| ext.get(2..)).map(|list| {
+        list.chunks_exact(2)
             .map(|p| u16::from_be_bytes([p[0], p[1]]))
-            .collect();
-        return kinds
-            .iter()
-            .position(|kind| schemes.iter().any(|&s| kind.signs(s)))
-            .unwrap_or(0);
-    }
+            .collect()
+    });
     const ECDSA_SUITES: [u16; 8] = [
         0xc02b, 0xc02c, 0xcca9, 0xc009, 0xc00a, 0xc023, 0xc024, 0xc0ad,
     ];
-    let ecdsa_ok = ciphers
-        .chunks_exact(2)
-        .any(|p| ECDSA_SUITES.contains(&u16::from_be_bytes([p[0], p[1]])));
+    const RSA_SUITES: [u16; 13] = [
+        0xc02f, 0xc030, 0xcca8, 0xc013, 0xc014, 0xc027, 0xc028, 0x009c, 0x009d, 0x002f, 0x0035,
+        0x003c, 0x003d,
+    ];
+    let offered = |suites: &[u16]| {
+        ciphers
+            .chunks_exact(2)
+            .any(|p| suites.contains(&u16::from_be_bytes([p[0], p[1]])))
+    };
+    let (ecdsa_suite, rsa_suite) = (offered(&ECDSA_SUITES), offered(&RSA_SUITES));
     kinds
         .iter()
-        .position(|kind| {
-            if kind.is_ecdsa() {
-                ecdsa_ok
-            } else {
-                *kind == KeyKind::Rsa
-            }
+        .position(|&kind| {
+            let signs = match &schemes {
+                Some(schemes) => schemes.iter().any(|&s| kind.signs(s)),
+                None => true,
+            };
+            let suite = tls13
+                || match kind {
+                    KeyKind::Rsa => rsa_suite,
+                    _ => ecdsa_suite,
+                };
+            signs && suite
         })
         .unwrap_or(0)
+}
+
+/// Whether a ClientHello's supported_versions extension (a 1-byte length then 2-byte versions)
+/// offers TLS 1.3.
+fn offers_tls13(supported_versions: Option<&[u8]>) -> bool {
+    supported_versions
+        .and_then(|ext| ext.get(1..))
+        .is_some_and(|list| list.chunks_exact(2).any(|v| v == [0x03, 0x04]))
 }
 
 /// Sets the key-exchange groups; a post-quantum group the linked BoringSSL lacks is dropped
@@ -620,36 +672,45 @@ mod tests {
             }
             e
         };
+        // TLS 1.3: by signature algorithms alone.
+        let v13 = |kinds: &[KeyKind], schemes: &[u16]| {
+            choose_certificate(kinds, Some(&ext(schemes)), &[0x13, 0x01], true)
+        };
+        assert_eq!(v13(&both, &[0x0403, 0x0804]), 0);
+        assert_eq!(v13(&both, &[0x0804, 0x0401]), 1);
+        assert_eq!(v13(&[Rsa, EcdsaP256], &[0x0403, 0x0804]), 0);
+        assert_eq!(v13(&[EcdsaP384, Rsa], &[0x0403, 0x0804]), 1);
+        assert_eq!(v13(&both, &[0x0807]), 0, "nothing fits: first");
+        // TLS 1.2: the cipher suites must fit the key too.
+        let rsa_suite = [0xc0, 0x2f];
+        let ecdsa_suite = [0xc0, 0x2b];
+        let sigalgs = ext(&[0x0403, 0x0401]);
         assert_eq!(
-            choose_certificate(&both, Some(&ext(&[0x0403, 0x0804])), &[]),
-            0
-        );
-        assert_eq!(
-            choose_certificate(&both, Some(&ext(&[0x0804, 0x0401])), &[]),
+            choose_certificate(&both, Some(&sigalgs), &rsa_suite, false),
             1
         );
         assert_eq!(
-            choose_certificate(&[Rsa, EcdsaP256], Some(&ext(&[0x0403, 0x0804])), &[]),
+            choose_certificate(&both, Some(&sigalgs), &ecdsa_suite, false),
             0
         );
+        assert_eq!(choose_certificate(&both, None, &rsa_suite, false), 1);
         assert_eq!(
-            choose_certificate(&[EcdsaP384, Rsa], Some(&ext(&[0x0403, 0x0804])), &[]),
+            choose_certificate(&both, None, &[0xc0, 0x2f, 0xc0, 0x2b], false),
+            0
+        );
+        // Truncated extension: no panic; treated as absent.
+        assert_eq!(
+            choose_certificate(&both, Some(&[0x00]), &rsa_suite, false),
             1
         );
         assert_eq!(
-            choose_certificate(&both, Some(&ext(&[0x0807])), &[]),
-            0,
-            "nothing fits: first"
-        );
-        // TLS 1.2 without signature_algorithms: by cipher suites.
-        assert_eq!(choose_certificate(&both, None, &[0xc0, 0x2f]), 1);
-        assert_eq!(
-            choose_certificate(&both, None, &[0xc0, 0x2f, 0xc0, 0x2b]),
+            choose_certificate(&both, Some(&[0x00, 0x02, 0x08]), &[], true),
             0
         );
-        // Truncated extension: no panic; treated as absent (no ECDSA suite offered: RSA).
-        assert_eq!(choose_certificate(&both, Some(&[0x00]), &[]), 1);
-        assert_eq!(choose_certificate(&both, Some(&[0x00, 0x02, 0x08]), &[]), 0);
+        assert!(offers_tls13(Some(&[4, 0x03, 0x04, 0x03, 0x03])));
+        assert!(!offers_tls13(Some(&[2, 0x03, 0x03])));
+        assert!(!offers_tls13(Some(&[])));
+        assert!(!offers_tls13(None));
     }
 
     #[test]

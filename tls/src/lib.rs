@@ -14,6 +14,7 @@ pub mod config;
 mod context;
 mod error;
 mod ffi;
+pub mod keyless;
 mod passphrase;
 pub mod proxy;
 mod selfsigned;

@@ -2,6 +2,7 @@
 //! the library crates; holds no logic that a library user would want.
 
 mod demo;
+mod keyserver;
 mod serve;
 mod split;
 
@@ -44,6 +45,7 @@ enum Command {
     Split(split::SplitArgs),
     Dup(split::DupArgs),
     Tap(split::TapArgs),
+    Keyserver(keyserver::KeyServerArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Split(args) => split::run_split(args),
         Command::Dup(args) => split::run_dup(args),
         Command::Tap(args) => split::run_tap(args),
+        Command::Keyserver(args) => keyserver::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -483,6 +483,7 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
             cert: cert.clone(),
             key: key.clone(),
             passphrase,
+            key_server: None,
         }];
     }
     if let Some(alpn) = &args.alpn {
@@ -605,6 +606,7 @@ fn load_context(
             cert,
             key,
             passphrase: None,
+            key_server: None,
         }],
         ..config.tls.clone()
     };

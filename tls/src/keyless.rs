@@ -1,0 +1,523 @@
+//! Keyless: private keys that live outside the process. The handshake's signature goes to a
+//! signer over a UNIX stream socket (`key_server = "unix:/run/signer.sock"`), asynchronously:
+//! the core that runs the handshake goes on with other connections while the signer works.
+//!
+//! The protocol (all integers big-endian; requests may be pipelined, answers may come in any
+//! order and are matched by id):
+//!
+//! ```text
+//! request:  u32 length of what follows | u8 op (1 = sign) | u32 id | u16 TLS SignatureScheme
+//!           | 32 bytes SHA-256 of the certificate's SubjectPublicKeyInfo (DER) | the input
+//! response: u32 length of what follows | u32 id | u8 status | the signature
+//! status:   0 ok, 1 unknown key, 2 unsupported algorithm, 3 signing failed, 4 bad request
+//! ```
+//!
+//! The input is what TLS signs (not a digest): the signer hashes it as the scheme says.
+//! `fastedge keyserver` is the reference signer ([`serve_signer`]).
+//!
+//! Each key server path gets one client per process: a writer thread (connects, reconnects,
+//! writes requests) and a reader thread per connection (completes requests by id). A signer that
+//! is down or goes away fails the pending handshakes at once, with the reason in the log.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, OnceLock,
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use boring::{
+    hash::{hash, MessageDigest},
+    pkey::{Id, PKey, Private},
+    rsa::Padding,
+    sign::{RsaPssSaltlen, Signer},
+    ssl::{
+        AsyncPrivateKeyMethod, AsyncPrivateKeyMethodError, BoxPrivateKeyMethodFuture, SslRef,
+        SslSignatureAlgorithm,
+    },
+};
+
+pub const OP_SIGN: u8 = 1;
+pub const STATUS_OK: u8 = 0;
+pub const STATUS_UNKNOWN_KEY: u8 = 1;
+pub const STATUS_UNSUPPORTED: u8 = 2;
+pub const STATUS_FAILED: u8 = 3;
+pub const STATUS_BAD_REQUEST: u8 = 4;
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// A request not answered by then fails (the handshake timeout usually comes first).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SHA-256 of a public key's SubjectPublicKeyInfo: how requests name the key.
+pub fn key_id(spki_der: &[u8]) -> Result<[u8; 32], boring::error::ErrorStack> {
+    let digest = hash(MessageDigest::sha256(), spki_der)?;
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&digest);
+    Ok(id)
+}
+
+/// The TLS SignatureScheme code of `alg` (boring keeps it private).
+fn scheme_code(alg: SslSignatureAlgorithm) -> Option<u16> {
+    const ALL: [(SslSignatureAlgorithm, u16); 12] = [
+        (SslSignatureAlgorithm::RSA_PKCS1_SHA1, 0x0201),
+        (SslSignatureAlgorithm::RSA_PKCS1_SHA256, 0x0401),
+        (SslSignatureAlgorithm::RSA_PKCS1_SHA384, 0x0501),
+        (SslSignatureAlgorithm::RSA_PKCS1_SHA512, 0x0601),
+        (SslSignatureAlgorithm::ECDSA_SHA1, 0x0203),
+        (SslSignatureAlgorithm::ECDSA_SECP256R1_SHA256, 0x0403),
+        (SslSignatureAlgorithm::ECDSA_SECP384R1_SHA384, 0x0503),
+        (SslSignatureAlgorithm::ECDSA_SECP521R1_SHA512, 0x0603),
+        (SslSignatureAlgorithm::RSA_PSS_RSAE_SHA256, 0x0804),
+        (SslSignatureAlgorithm::RSA_PSS_RSAE_SHA384, 0x0805),
+        (SslSignatureAlgorithm::RSA_PSS_RSAE_SHA512, 0x0806),
+        (SslSignatureAlgorithm::ED25519, 0x0807),
+    ];
+    ALL.iter().find(|(a, _)| *a == alg).map(|(_, code)| *code)
+}
+
+/// How one request ends: the signature, or why not.
+type Outcome = Result<Vec<u8>, String>;
+
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
+}
+
+/// Where a pending request's answer lands.
+#[derive(Default)]
+struct Slot(Mutex<SlotState>);
+
+impl Slot {
+    fn complete(&self, outcome: Outcome) {
+        let waker = {
+            let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if state.outcome.is_some() {
+                return;
+            }
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Requests in flight on one connection, by id, with when they were sent; and whether the
+/// connection still reads.
+#[derive(Default)]
+struct Connection {
+    pending: Mutex<HashMap<u32, (Arc<Slot>, Instant)>>,
+    alive: AtomicBool,
+}
+
+type Pending = Arc<Connection>;
+
+/// A request for the writer thread: id, frame, and where the answer goes.
+type Request = (u32, Vec<u8>, Arc<Slot>);
+
+/// The client of one key server, shared by every core of the process.
+pub struct KeyServer {
+    path: PathBuf,
+    requests: Mutex<mpsc::Sender<Request>>,
+    next_id: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for KeyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyServer")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyServer {
+    /// The process's client of the signer at `path` (made on first use).
+    pub fn for_path(path: &Path) -> Arc<KeyServer> {
+        static ALL: OnceLock<Mutex<HashMap<PathBuf, Arc<KeyServer>>>> = OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(path.to_owned())
+            .or_insert_with(|| Arc::new(KeyServer::start(path)))
+            .clone()
+    }
+
+    fn start(path: &Path) -> Self {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let writer_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("fastedge-keyless".into())
+            .spawn(move || writer(&writer_path, rx))
+            .unwrap_or_else(|e| panic!("starting the key server thread: {e}"));
+        Self {
+            path: path.to_owned(),
+            requests: Mutex::new(tx),
+            next_id: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    /// Asks for a signature of `input` with `scheme` by the key named `key_id`.
+    fn sign(&self, key_id: &[u8; 32], scheme: u16, input: &[u8]) -> SignFuture {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(4 + 1 + 4 + 2 + 32 + input.len());
+        let len = (1 + 4 + 2 + 32 + input.len()) as u32;
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.push(OP_SIGN);
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(&scheme.to_be_bytes());
+        frame.extend_from_slice(key_id);
+        frame.extend_from_slice(input);
+        let slot = Arc::new(Slot::default());
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((id, frame, slot.clone()));
+        if sent.is_err() {
+            slot.complete(Err("the key server thread has stopped".into()));
+        }
+        SignFuture {
+            slot,
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Connects, writes requests in order, and reconnects after a failure.
+fn writer(path: &Path, requests: mpsc::Receiver<Request>) {
+    let mut connection: Option<(UnixStream, Pending)> = None;
+    while let Ok((id, frame, slot)) = requests.recv() {
+        if connection
+            .as_ref()
+            .is_some_and(|(_, c)| !c.alive.load(Ordering::Acquire))
+        {
+            connection = None;
+        }
+        if connection.is_none() {
+            match connect(path) {
+                Ok(connected) => connection = Some(connected),
+                Err(error) => {
+                    tracing::warn!(key_server = %path.display(), %error, "key server unreachable");
+                    slot.complete(Err(format!("connect: {error}")));
+                    continue;
+                }
+            }
+        }
+        let Some((stream, c)) = connection.as_mut() else {
+            continue;
+        };
+        c.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (slot, Instant::now()));
+        if let Err(error) = stream.write_all(&frame) {
+            tracing::warn!(key_server = %path.display(), %error, "writing to the key server failed");
+            c.alive.store(false, Ordering::Release);
+            fail_all(c, &format!("write: {error}"));
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            connection = None;
+        }
+    }
+}
+
+/// A fresh connection with its reader thread.
+fn connect(path: &Path) -> std::io::Result<(UnixStream, Pending)> {
+    let stream = UnixStream::connect(path)?;
+    let read_half = stream.try_clone()?;
+    read_half.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let connection = Arc::new(Connection {
+        pending: Mutex::default(),
+        alive: AtomicBool::new(true),
+    });
+    let reader_connection = connection.clone();
+    let reader_path = path.to_owned();
+    std::thread::Builder::new()
+        .name("fastedge-keyless-read".into())
+        .spawn(move || reader(read_half, &reader_connection, &reader_path))?;
+    tracing::info!(key_server = %path.display(), "connected to the key server");
+    Ok((stream, connection))
+}
+
+fn fail_all(connection: &Connection, why: &str) {
+    let slots: Vec<Arc<Slot>> = connection
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .map(|(_, (slot, _))| slot)
+        .collect();
+    for slot in slots {
+        slot.complete(Err(why.to_owned()));
+    }
+}
+
+/// Fails requests older than [`REQUEST_TIMEOUT`]: a signer that hangs must not hold handshakes.
+fn expire(connection: &Connection) {
+    let now = Instant::now();
+    let expired: Vec<Arc<Slot>> = {
+        let mut pending = connection.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<u32> = pending
+            .iter()
+            .filter(|(_, (_, sent))| now.duration_since(*sent) >= REQUEST_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        old.iter()
+            .filter_map(|id| pending.remove(id).map(|(slot, _)| slot))
+            .collect()
+    };
+    for slot in expired {
+        slot.complete(Err(format!(
+            "no answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        )));
+    }
+}
+
+/// Reads answers until the connection ends, then fails what is left and marks the connection
+/// dead, so the writer reconnects for the next request.
+fn reader(mut stream: UnixStream, connection: &Connection, path: &Path) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let why = 'read: loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break "key server closed the connection".to_owned(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                expire(connection);
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => break format!("reading from the key server: {error}"),
+        }
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if !(5..=MAX_FRAME).contains(&len) {
+                break 'read format!("key server sent a frame of {len} bytes");
+            }
+            if buf.len() < 4 + len {
+                break;
+            }
+            let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+            let id = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let slot = connection
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some((slot, _)) = slot {
+                slot.complete(match body[4] {
+                    STATUS_OK => Ok(body[5..].to_vec()),
+                    STATUS_UNKNOWN_KEY => Err("the key server does not hold this key".into()),
+                    STATUS_UNSUPPORTED => Err("the key server cannot sign with this scheme".into()),
+                    other => Err(format!("the key server failed to sign (status {other})")),
+                });
+            }
+        }
+        expire(connection);
+    };
+    connection.alive.store(false, Ordering::Release);
+    tracing::warn!(key_server = %path.display(), reason = %why, "key server connection ended");
+    fail_all(connection, &why);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// A signature on its way back.
+struct SignFuture {
+    slot: Arc<Slot>,
+    path: PathBuf,
+}
+
+impl Future for SignFuture {
+    type Output = Result<Vec<u8>, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        match state.outcome.take() {
+            Some(Ok(signature)) => Poll::Ready(Ok(signature)),
+            Some(Err(why)) => Poll::Ready(Err(format!(
+                "key server unix:{}: {why}",
+                self.path.display()
+            ))),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// BoringSSL's private-key hooks for one certificate whose key is held by a key server.
+pub(crate) struct KeylessKey {
+    pub server: Arc<KeyServer>,
+    pub key_id: [u8; 32],
+}
+
+impl AsyncPrivateKeyMethod for KeylessKey {
+    fn sign(
+        &self,
+        _ssl: &mut SslRef,
+        input: &[u8],
+        signature_algorithm: SslSignatureAlgorithm,
+        _output: &mut [u8],
+    ) -> Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        let scheme = scheme_code(signature_algorithm).ok_or(AsyncPrivateKeyMethodError)?;
+        let pending = self.server.sign(&self.key_id, scheme, input);
+        Ok(Box::pin(async move {
+            let outcome = pending.await;
+            let finish: boring::ssl::BoxPrivateKeyMethodFinish =
+                Box::new(move |ssl: &mut SslRef, output: &mut [u8]| match outcome {
+                    Ok(signature) if signature.len() <= output.len() => {
+                        output[..signature.len()].copy_from_slice(&signature);
+                        Ok(signature.len())
+                    }
+                    Ok(signature) => {
+                        crate::context::set_refusal(
+                            ssl,
+                            format!(
+                                "keyless signing: the key server's signature is {} bytes, \
+                                 longer than the key allows",
+                                signature.len()
+                            ),
+                        );
+                        Err(AsyncPrivateKeyMethodError)
+                    }
+                    Err(why) => {
+                        crate::context::set_refusal(ssl, format!("keyless signing failed: {why}"));
+                        Err(AsyncPrivateKeyMethodError)
+                    }
+                });
+            Ok(finish)
+        }))
+    }
+
+    fn decrypt(
+        &self,
+        ssl: &mut SslRef,
+        _input: &[u8],
+        _output: &mut [u8],
+    ) -> Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        crate::context::set_refusal(
+            ssl,
+            "keyless: RSA key exchange (decryption) is not supported; the client offered only \
+             TLS_RSA_* suites"
+                .into(),
+        );
+        Err(AsyncPrivateKeyMethodError)
+    }
+}
+
+/// Signs one request with `key`: the reference signer's work, also usable by other signers.
+/// Returns the status and the signature.
+pub fn sign_with(key: &PKey<Private>, scheme: u16, input: &[u8]) -> (u8, Vec<u8>) {
+    let digest = match scheme {
+        0x0201 | 0x0203 => Some(MessageDigest::sha1()),
+        0x0401 | 0x0403 | 0x0804 => Some(MessageDigest::sha256()),
+        0x0501 | 0x0503 | 0x0805 => Some(MessageDigest::sha384()),
+        0x0601 | 0x0603 | 0x0806 => Some(MessageDigest::sha512()),
+        0x0807 => None,
+        _ => return (STATUS_UNSUPPORTED, Vec::new()),
+    };
+    let fits = match key.id() {
+        Id::RSA => matches!(scheme, 0x0201 | 0x0401 | 0x0501 | 0x0601 | 0x0804..=0x0806),
+        Id::EC => matches!(scheme, 0x0203 | 0x0403 | 0x0503 | 0x0603),
+        Id::ED25519 => scheme == 0x0807,
+        _ => false,
+    };
+    if !fits {
+        return (STATUS_UNSUPPORTED, Vec::new());
+    }
+    let signed = (|| {
+        let mut signer = match digest {
+            Some(md) => Signer::new(md, key)?,
+            None => Signer::new_without_digest(key)?,
+        };
+        if matches!(scheme, 0x0804..=0x0806) {
+            signer.set_rsa_padding(Padding::PKCS1_PSS)?;
+            signer.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)?;
+        }
+        signer.sign_oneshot_to_vec(input)
+    })();
+    match signed {
+        Ok(signature) => (STATUS_OK, signature),
+        Err(_) => (STATUS_FAILED, Vec::new()),
+    }
+}
+
+/// The reference signer: serves the keys `keys` (by key id) on connections from `accept` until
+/// it fails, one thread per connection, answering requests in order.
+pub fn serve_signer<S, A>(keys: HashMap<[u8; 32], PKey<Private>>, mut accept: A)
+where
+    S: Read + Write + Send + 'static,
+    A: FnMut() -> std::io::Result<S>,
+{
+    let keys = Arc::new(keys);
+    while let Ok(stream) = accept() {
+        let keys = keys.clone();
+        std::thread::spawn(move || serve_signer_connection(stream, &keys));
+    }
+}
+
+fn serve_signer_connection<S: Read + Write>(
+    mut stream: S,
+    keys: &HashMap<[u8; 32], PKey<Private>>,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            tracing::warn!(len, "request frame too large; closing the connection");
+            return;
+        }
+        let mut body = vec![0u8; len];
+        if stream.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (id, status, signature) = if len < 1 + 4 + 2 + 32 || body[0] != OP_SIGN {
+            let id = body
+                .get(1..5)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            (id, STATUS_BAD_REQUEST, Vec::new())
+        } else {
+            let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+            let scheme = u16::from_be_bytes([body[5], body[6]]);
+            let mut key_id = [0u8; 32];
+            key_id.copy_from_slice(&body[7..39]);
+            match keys.get(&key_id) {
+                None => (id, STATUS_UNKNOWN_KEY, Vec::new()),
+                Some(key) => {
+                    let (status, signature) = sign_with(key, scheme, &body[39..]);
+                    (id, status, signature)
+                }
+            }
+        };
+        let mut answer = Vec::with_capacity(9 + signature.len());
+        answer.extend_from_slice(&((5 + signature.len()) as u32).to_be_bytes());
+        answer.extend_from_slice(&id.to_be_bytes());
+        answer.push(status);
+        answer.extend_from_slice(&signature);
+        if stream.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
