@@ -697,3 +697,341 @@ fn keyless_signing_through_the_reference_signer_and_its_failures() {
     assert!(!handshake_ok(&out), "{out}");
     server2.wait_for_line("does not hold this key", Duration::from_secs(10));
 }
+
+/// A CA that signs a server certificate naming an OCSP responder on `port`, run with
+/// `openssl ca` so that its index can serve `openssl ocsp`.
+struct OcspPki {
+    dir: PathBuf,
+    /// Leaf then CA, as the serve configuration takes it.
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+fn ocsp_pki(dir: &Path, port: u16) -> OcspPki {
+    std::fs::create_dir_all(dir).unwrap();
+    let s = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &s("ca.key"),
+                "-out",
+                &s("ca.pem"),
+                "-subj",
+                "/CN=Test OCSP CA",
+            ],
+            &["-days", "2"],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "1000\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {index}\nnew_certs_dir = {dir}\nserial = {serial}\n\
+             default_md = sha256\ndefault_days = 2\ncertificate = {ca}\nprivate_key = {cakey}\n\
+             policy = p\nunique_subject = no\n[p]\ncommonName = supplied\n\
+             [srv]\nauthorityInfoAccess = OCSP;URI:http://127.0.0.1:{port}\n",
+            index = s("index.txt"),
+            dir = dir.display(),
+            serial = s("serial"),
+            ca = s("ca.pem"),
+            cakey = s("ca.key"),
+        ),
+    )
+    .unwrap();
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &s("srv.key"),
+                "-out",
+                &s("srv.csr"),
+                "-subj",
+                "/CN=stapled.test",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        &s("ca.cnf"),
+        "-extensions",
+        "srv",
+        "-in",
+        &s("srv.csr"),
+        "-out",
+        &s("srv.pem"),
+    ]);
+    let leaf = std::fs::read_to_string(dir.join("srv.pem")).unwrap();
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    // `openssl ca` writes a text dump before the PEM block; keep the PEM.
+    let leaf = &leaf[leaf.find("-----BEGIN CERTIFICATE-----").unwrap()..];
+    std::fs::write(dir.join("chain.pem"), format!("{leaf}{ca}")).unwrap();
+    OcspPki {
+        dir: dir.to_owned(),
+        chain: dir.join("chain.pem"),
+        key: dir.join("srv.key"),
+    }
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `openssl ocsp` answering for `pki`'s CA on `port`, until dropped.
+struct Responder(std::process::Child);
+
+impl Responder {
+    fn start(pki: &OcspPki, port: u16) -> Self {
+        let s = |name: &str| pki.dir.join(name).to_str().unwrap().to_owned();
+        let mut child = Command::new("openssl")
+            .args(["ocsp", "-index", &s("index.txt"), "-port"])
+            .arg(port.to_string())
+            .args([
+                "-rsigner",
+                &s("ca.pem"),
+                "-rkey",
+                &s("ca.key"),
+                "-CA",
+                &s("ca.pem"),
+            ])
+            .args(["-nmin", "10", "-ignore_err"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It serves one connection at a time, so no probing connection: wait for its word.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("waiting for OCSP client connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("openssl ocsp did not start");
+        Self(child)
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn staple_status(addr: SocketAddr) -> String {
+    s_client(addr, &["-status", "-servername", "stapled.test"], "")
+}
+
+#[test]
+fn ocsp_staples_from_the_responder_from_a_file_and_never_blocking() {
+    let state = TempDir::new("ocsp");
+    let port = free_port();
+    let pki = ocsp_pki(state.path(), port);
+    let _responder = Responder::start(&pki, port);
+    let (backend, _seen) = echo_backend();
+
+    // Auto-fetch from the responder named in the certificate.
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[backend]]\naddress = \"{backend}\"\n",
+        path(&pki.chain),
+        path(&pki.key)
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    server.wait_for_line("OCSP staple updated", Duration::from_secs(15));
+    let out = staple_status(addr);
+    assert!(out.contains("OCSP Response Status: successful"), "{out}");
+    assert!(out.contains("Cert Status: good"), "{out}");
+    // A client that does not ask gets none.
+    let out = s_client(addr, &["-servername", "stapled.test"], "");
+    assert!(!out.contains("OCSP Response Status"), "{out}");
+
+    // A staple file (made with `openssl ocsp` as a client), no fetching.
+    let staple = pki.dir.join("staple.der");
+    openssl(&[
+        "ocsp",
+        "-issuer",
+        path(&pki.dir.join("ca.pem")),
+        "-cert",
+        path(&pki.chain),
+        "-url",
+        &format!("http://127.0.0.1:{port}"),
+        "-respout",
+        path(&staple),
+        "-noverify",
+    ]);
+    let state2 = TempDir::new("ocsp-file");
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nocsp_staple = \"{}\"\nocsp_fetch = false\n\
+         [[backend]]\naddress = \"{backend}\"\n",
+        path(&pki.chain),
+        path(&pki.key),
+        path(&staple),
+    );
+    let (file_server, file_addr) = Fastedge::serve_config(&state2, &config);
+    let out = staple_status(file_addr);
+    assert!(out.contains("Cert Status: good"), "{out}");
+    // Garbage written over the file: refused with a reason, the good staple stays.
+    std::fs::write(&staple, b"not an OCSP response").unwrap();
+    file_server.wait_for_line("OCSP staple not updated", Duration::from_secs(10));
+    let out = staple_status(file_addr);
+    assert!(out.contains("Cert Status: good"), "{out}");
+
+    // The responder is down: handshakes go on without a staple.
+    let state3 = TempDir::new("ocsp-down");
+    let dead = free_port();
+    let pki_dead = ocsp_pki(&state3.path().join("pki"), dead);
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nocsp_timeout = \"1s\"\n[[backend]]\naddress = \"{backend}\"\n",
+        path(&pki_dead.chain),
+        path(&pki_dead.key)
+    );
+    let (down_server, down_addr) = Fastedge::serve_config(&state3, &config);
+    down_server.wait_for_line("OCSP staple not updated", Duration::from_secs(15));
+    let out = staple_status(down_addr);
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+    assert!(out.contains("Verify return code"), "{out}");
+}
+
+/// Reads one HTTP request (head and Content-Length body) from `stream`.
+fn read_http_request(stream: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if std::io::Read::read(stream, &mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(stream, &mut body).ok()?;
+    Some((head, body))
+}
+
+/// The value of a JSON string field in a flat object (enough for bud's two fields).
+fn json_field(json: &str, name: &str) -> Option<String> {
+    let start = json.find(&format!("\"{name}\":\""))? + name.len() + 4;
+    let end = json[start..].find('"')? + start;
+    Some(json[start..end].replace("\\/", "/"))
+}
+
+/// A bud-style stapling service: GET misses (404); POST asks the responder named in the body
+/// and answers `{"response": base64}`. Records each request line.
+fn bud_stapling_service() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use fastedge_tls::boring::base64;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let Some((head, body)) = read_http_request(&mut stream) else {
+                continue;
+            };
+            let line = head.lines().next().unwrap_or_default().to_owned();
+            sink.lock().unwrap().push(line.clone());
+            let answer = if line.starts_with("GET ") {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+            } else {
+                let json = String::from_utf8_lossy(&body).into_owned();
+                let url = json_field(&json, "url").unwrap();
+                let request = base64::decode_block(&json_field(&json, "ocsp").unwrap()).unwrap();
+                let addr = url.trim_start_matches("http://").trim_end_matches('/');
+                let mut upstream = std::net::TcpStream::connect(addr).unwrap();
+                let mut post = format!(
+                    "POST / HTTP/1.0\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n",
+                    request.len()
+                )
+                .into_bytes();
+                post.extend_from_slice(&request);
+                upstream.write_all(&post).unwrap();
+                let mut reply = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut upstream, &mut reply);
+                let split = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let json = format!(
+                    "{{\"response\":\"{}\"}}",
+                    base64::encode_block(&reply[split..])
+                );
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                    json.len()
+                )
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, log)
+}
+
+#[test]
+fn ocsp_staples_through_a_bud_stapling_service() {
+    let state = TempDir::new("ocsp-bud");
+    let port = free_port();
+    let pki = ocsp_pki(state.path(), port);
+    let _responder = Responder::start(&pki, port);
+    let (service, requests) = bud_stapling_service();
+    let (backend, _seen) = echo_backend();
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nocsp_url = \"http://127.0.0.1:{service}/bud/stapling/%s\"\n\
+         [[backend]]\naddress = \"{backend}\"\n",
+        path(&pki.chain),
+        path(&pki.key)
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let line = server.wait_for_line("OCSP staple updated", Duration::from_secs(15));
+    assert!(line.contains("stapling service"), "{line}");
+    let out = staple_status(addr);
+    assert!(out.contains("Cert Status: good"), "{out}");
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[0].starts_with("GET /bud/stapling/"),
+        "{requests:?}"
+    );
+    assert!(
+        requests[1].starts_with("POST /bud/stapling/"),
+        "{requests:?}"
+    );
+    // The same base64 CertID (percent-encoded) in both.
+    assert_eq!(
+        requests[0].split_whitespace().nth(1),
+        requests[1].split_whitespace().nth(1)
+    );
+}

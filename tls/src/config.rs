@@ -61,6 +61,8 @@ key = ""
 # Keyless: instead of key, the UNIX socket ("unix:/run/signer.sock") of a signer that holds the
 # key and signs handshakes for us (`fastedge keyserver`; protocol in the README).
 key_server = ""
+# A DER OCSP response to staple for this certificate (see OCSP stapling below).
+ocsp_staple = ""
 # Passphrase of an encrypted key, from at most one of: inline, an environment variable, the
 # first line of a file, or the first line of a command's standard output (run with sh -c).
 passphrase = ""
@@ -116,6 +118,16 @@ ticket_key_file = ""
 # as told to clients).
 session_cache_size = 20480
 session_timeout = "1h"
+# OCSP stapling. A certificate may name a DER OCSP response file to staple (ocsp_staple =
+# "cert.ocsp", beside cert and key; reread when it changes). Otherwise, with ocsp_fetch, the
+# responder named in the certificate is asked (the issuer must follow the leaf in the cert
+# file), again halfway to the response's nextUpdate; or, with ocsp_url, bud's stapling service
+# ("http://127.0.0.1:9000/bud/stapling/%s": GET, then POST on a miss). Every staple is checked
+# (for this certificate, good, current, signed by the issuer or its delegate) before use; a
+# failed refresh keeps the last good one until it expires. Handshakes never wait for it.
+ocsp_fetch = true
+ocsp_url = ""
+ocsp_timeout = "5s"
 
 # SNI contexts, one [[context]] table each: server names (exact, or "*.example.com" for one
 # label), with their own certificates and, optionally, their own ALPN, ciphers, client
@@ -214,6 +226,7 @@ struct RawTls {
     cert: String,
     key: String,
     key_server: String,
+    ocsp_staple: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -236,6 +249,9 @@ struct RawTls {
     ticket_key_file: String,
     session_cache_size: u32,
     session_timeout: String,
+    ocsp_fetch: bool,
+    ocsp_url: String,
+    ocsp_timeout: String,
 }
 
 /// One `[[context]]`: absent keys inherit from `[tls]`.
@@ -246,6 +262,7 @@ struct RawContext {
     cert: String,
     key: String,
     key_server: String,
+    ocsp_staple: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -265,6 +282,7 @@ struct RawCertificate {
     cert: String,
     key: String,
     key_server: String,
+    ocsp_staple: String,
     passphrase: String,
     passphrase_env: String,
     passphrase_file: String,
@@ -338,6 +356,7 @@ impl Default for RawTls {
             cert: String::new(),
             key: String::new(),
             key_server: String::new(),
+            ocsp_staple: String::new(),
             passphrase: String::new(),
             passphrase_env: String::new(),
             passphrase_file: String::new(),
@@ -362,6 +381,9 @@ impl Default for RawTls {
             ticket_key_file: String::new(),
             session_cache_size: 20480,
             session_timeout: "1h".into(),
+            ocsp_fetch: true,
+            ocsp_url: String::new(),
+            ocsp_timeout: "5s".into(),
         }
     }
 }
@@ -425,6 +447,8 @@ pub struct CertificateSpec {
     pub passphrase: Option<Passphrase>,
     /// Keyless: the UNIX socket of the signer that holds the key.
     pub key_server: Option<PathBuf>,
+    /// A DER OCSP response to staple, reread when it changes.
+    pub ocsp_staple: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -442,6 +466,17 @@ pub struct TlsSettings {
     pub contexts: Vec<SniContext>,
     pub sni_strict: bool,
     pub resumption: Resumption,
+    pub stapling: Stapling,
+}
+
+/// Where OCSP staples come from when a certificate has no `ocsp_staple` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stapling {
+    /// Ask the responder named in each certificate.
+    pub fetch: bool,
+    /// bud's stapling service, a URL with `%s`; used instead of the responders.
+    pub url: Option<String>,
+    pub timeout: Duration,
 }
 
 /// Whether and how clients present certificates.
@@ -679,6 +714,7 @@ fn certificate_spec(prefix: &str, raw: &RawCertificate) -> Result<CertificateSpe
         key,
         passphrase: sources.into_iter().next(),
         key_server,
+        ocsp_staple: nonempty(&raw.ocsp_staple).map(PathBuf::from),
     })
 }
 
@@ -693,6 +729,7 @@ fn certificate_list(
         &shorthand.cert,
         &shorthand.key,
         &shorthand.key_server,
+        &shorthand.ocsp_staple,
         &shorthand.passphrase,
         &shorthand.passphrase_env,
         &shorthand.passphrase_file,
@@ -851,6 +888,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         cert: t.cert.clone(),
         key: t.key.clone(),
         key_server: t.key_server.clone(),
+        ocsp_staple: t.ocsp_staple.clone(),
         passphrase: t.passphrase.clone(),
         passphrase_env: t.passphrase_env.clone(),
         passphrase_file: t.passphrase_file.clone(),
@@ -898,6 +936,20 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
     };
     let ciphers = nonempty(&t.ciphers);
+    let stapling = Stapling {
+        fetch: t.ocsp_fetch,
+        url: match nonempty(&t.ocsp_url) {
+            None => None,
+            Some(url) if url.starts_with("http://") && url.contains("%s") => Some(url),
+            Some(url) => {
+                return Err(invalid(
+                    "tls.ocsp_url",
+                    format!("{url:?}: expected an http:// URL with %s for the certificate ID"),
+                ))
+            }
+        },
+        timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
+    };
 
     let mut contexts = Vec::with_capacity(raw.context.len());
     let mut names = fastedge_wire::sni::NameTable::new();
@@ -921,6 +973,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             cert: c.cert.clone(),
             key: c.key.clone(),
             key_server: c.key_server.clone(),
+            ocsp_staple: c.ocsp_staple.clone(),
             passphrase: c.passphrase.clone(),
             passphrase_env: c.passphrase_env.clone(),
             passphrase_file: c.passphrase_file.clone(),
@@ -982,6 +1035,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         contexts,
         sni_strict: t.sni_strict,
         resumption,
+        stapling,
     };
 
     let b = raw.balance;

@@ -29,9 +29,11 @@ use fastedge_wire::sni::NameTable;
 
 use crate::{
     config::{
-        CertificateSpec, ClientAuth, ClientVerify, Resumption, ServeConfig, TlsSettings, TlsVersion,
+        CertificateSpec, ClientAuth, ClientVerify, Resumption, ServeConfig, Stapling, TlsSettings,
+        TlsVersion,
     },
     ffi,
+    ocsp::{Job, OcspCert, Source, StapleSlot},
     tickets::TicketKeys,
     TlsError,
 };
@@ -86,6 +88,8 @@ fn hello_index() -> Index<Ssl, HelloChoice> {
 struct CertSet {
     kinds: Vec<KeyKind>,
     contexts: Vec<SslContext>,
+    /// The OCSP staple of each pair.
+    staples: Vec<Arc<StapleSlot>>,
     /// Cipher list to install on the connection (when it differs from the default context's).
     ciphers: Option<CString>,
     /// Client certificate mode to install on the connection.
@@ -121,6 +125,7 @@ impl ServerContext {
                 key: key_path.to_owned(),
                 passphrase: None,
                 key_server: None,
+                ocsp_staple: None,
             }],
             ..ServeConfig::default().tls
         };
@@ -162,6 +167,7 @@ impl ServerContext {
 
         let mut sets = Vec::with_capacity(settings.contexts.len() + 1);
         let mut first = None;
+        let mut jobs = Vec::new();
         for index in std::iter::once(None).chain((0..settings.contexts.len()).map(Some)) {
             let view = match index {
                 None => settings.clone(),
@@ -169,8 +175,14 @@ impl ServerContext {
             };
             let mut kinds = Vec::new();
             let mut contexts = Vec::new();
+            let mut staples = Vec::new();
             for spec in &view.certificates {
                 let (chain, key) = load_pair(spec)?;
+                let slot = Arc::new(StapleSlot::default());
+                if let Some(job) = stapling_job(spec, &chain, &settings.stapling, &slot)? {
+                    jobs.push(job);
+                }
+                staples.push(slot);
                 let public = chain[0]
                     .public_key()
                     .map_err(TlsError::config("reading the certificate's public key"))?;
@@ -203,6 +215,7 @@ impl ServerContext {
             sets.push(CertSet {
                 kinds,
                 contexts,
+                staples,
                 ciphers,
                 verify,
             });
@@ -229,11 +242,18 @@ impl ServerContext {
             } else {
                 0
             };
+            let wants_staple = hello.get_extension(ExtensionType::STATUS_REQUEST).is_some();
             let ssl = hello.ssl_mut();
             ssl.set_ex_data(hello_index(), HelloChoice { context: matched });
             if matched.is_some() || choice > 0 {
                 ssl.set_ssl_context(&set.contexts[choice])
                     .map_err(|_| SelectCertError::ERROR)?;
+            }
+            if wants_staple {
+                if let Some(staple) = set.staples[choice].staple.load_full() {
+                    // A staple that cannot be set is left out; the handshake goes on.
+                    let _ = ssl.set_ocsp_status(&staple);
+                }
             }
             if let Some(list) = &set.ciphers {
                 if !ffi::set_cipher_list(ssl, list) {
@@ -267,6 +287,14 @@ impl ServerContext {
             });
         }
         set_session_cache(&mut builder, r);
+        // Staple files are read now, so the first handshakes staple them; the rest is fetched
+        // by the refresher thread.
+        for job in &mut jobs {
+            if let (crate::ocsp::Source::File(_), Some(slot)) = (&job.source, job.slot.upgrade()) {
+                crate::ocsp::run_job(job, &slot, settings.stapling.timeout);
+            }
+        }
+        crate::ocsp::start_refresher(jobs, settings.stapling.timeout);
         Ok(Self {
             context: builder.build(),
             tickets,
@@ -411,6 +439,50 @@ impl ServerContext {
     pub fn new_session(&self) -> Result<boring::ssl::Ssl, TlsError> {
         boring::ssl::Ssl::new(&self.context).map_err(TlsError::Setup)
     }
+}
+
+/// The stapling job of one certificate, if it has a staple source.
+fn stapling_job(
+    spec: &CertificateSpec,
+    chain: &[X509],
+    stapling: &Stapling,
+    slot: &Arc<StapleSlot>,
+) -> Result<Option<Job>, TlsError> {
+    let name = spec.cert.display().to_string();
+    let Some(cert) = OcspCert::new(name.clone(), chain) else {
+        return Ok(None);
+    };
+    let source = if let Some(path) = &spec.ocsp_staple {
+        if !path.is_file() {
+            return Err(TlsError::Invalid(format!(
+                "ocsp_staple {}: no such file",
+                path.display()
+            )));
+        }
+        Source::File(path.clone())
+    } else if let Some(url) = &stapling.url {
+        Source::Bud(url.clone())
+    } else if let (true, Some(url)) = (stapling.fetch, &cert.responder) {
+        if cert.issuer.is_none() {
+            tracing::warn!(
+                certificate = %name,
+                "the certificate names an OCSP responder, but its file lacks the issuer \
+                 certificate after the leaf: no stapling"
+            );
+            return Ok(None);
+        }
+        Source::Responder(url.clone())
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Job {
+        slot: Arc::downgrade(slot),
+        cert,
+        source,
+        due: std::time::Instant::now(),
+        good_until: None,
+        stamp: None,
+    }))
 }
 
 fn verify_mode(verify: ClientVerify) -> SslVerifyMode {

@@ -15,6 +15,7 @@ mod context;
 mod error;
 mod ffi;
 pub mod keyless;
+mod ocsp;
 mod passphrase;
 pub mod proxy;
 mod selfsigned;

@@ -484,6 +484,7 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
             key: key.clone(),
             passphrase,
             key_server: None,
+            ocsp_staple: None,
         }];
     }
     if let Some(alpn) = &args.alpn {
@@ -607,6 +608,7 @@ fn load_context(
             key,
             passphrase: None,
             key_server: None,
+            ocsp_staple: None,
         }],
         ..config.tls.clone()
     };

@@ -113,6 +113,26 @@ pub fn packet_flow(data: &[u8]) {
     }
 }
 
+/// OCSP and DER: parsing a response or a certificate never panics; a parsed response's signed
+/// bytes lie within the input; every CertID found re-encodes and parses back the same.
+pub fn ocsp_response(data: &[u8]) {
+    if let Ok(parsed) = crate::ocsp::parse_response(data) {
+        let start = parsed.signed.as_ptr() as usize;
+        let input = data.as_ptr() as usize;
+        assert!(start >= input && start + parsed.signed.len() <= input + data.len());
+        for single in &parsed.responses {
+            let mut encoded = Vec::new();
+            single.cert_id.encode(&mut encoded);
+            let (tlv, rest) = crate::der::read(&encoded).expect("our own CertID reads back");
+            assert!(rest.is_empty());
+            let back = crate::ocsp::CertId::parse(tlv).expect("our own CertID parses back");
+            assert_eq!(back, single.cert_id);
+        }
+    }
+    let _ = crate::ocsp::cert_fields(data);
+    let _ = crate::der::generalized_time(data);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -3,7 +3,8 @@
 //! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
 //! into every request of a stream ([`forwarded`]); backend choice and passive health
-//! ([`balance`]); server-name matching for SNI ([`sni`]); packet headers down to the innermost
+//! ([`balance`]); server-name matching for SNI ([`sni`]); OCSP requests and responses for
+//! stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet headers down to the innermost
 //! flow, and the symmetric flow hash ([`packet`]). Every parser answers "complete, with the
 //! bytes used", "partial", or a typed error, and has a fuzz entry point in [`fuzzing`].
 //!
@@ -11,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod der;
 pub mod forwarded;
 pub mod fuzzing;
 pub mod http1;
 pub mod net;
+pub mod ocsp;
 pub mod packet;
 pub mod proxy;
 pub mod sni;

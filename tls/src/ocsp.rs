@@ -1,0 +1,563 @@
+//! OCSP stapling: where staples come from, how they are checked, and the thread that keeps them
+//! fresh.
+//!
+//! Three sources, per certificate:
+//! - a **staple file** (`ocsp_staple`, DER), reread when it changes;
+//! - the **responder named in the certificate** (Authority Information Access), asked over
+//!   HTTP (`ocsp_fetch`), again halfway to the staple's nextUpdate;
+//! - **bud's stapling service** (`ocsp_url` with `%s`): `GET` with the base64 CertID, and on a
+//!   miss `POST` `{"url": responder, "ocsp": base64 request}`; the answer is
+//!   `{"response": base64 OCSPResponse}`.
+//!
+//! Every staple is checked before use: it must be a successful basic response for this
+//! certificate, status good, current (thisUpdate not in the future, nextUpdate not past), and
+//! signed by the issuer or by a responder certificate the issuer signed for OCSP. A fetch that
+//! fails keeps the last good staple until it expires. Handshakes never wait for any of this:
+//! they staple whatever is current, or nothing.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpStream, ToSocketAddrs},
+    path::PathBuf,
+    sync::{Arc, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwapOption;
+use boring::{
+    hash::{hash, MessageDigest},
+    pkey::{PKey, Public},
+    sign::Verifier,
+    x509::X509,
+};
+use fastedge_wire::ocsp::{
+    cert_fields, encode_request, parse_response, CertId, CertStatus, SignatureAlgorithm, OID_SHA1,
+    OID_SHA256,
+};
+
+/// Largest OCSP response accepted.
+const MAX_RESPONSE: usize = 64 * 1024;
+/// Clock skew tolerated on thisUpdate.
+const SKEW_SECONDS: i64 = 300;
+/// After a failed fetch, the next attempt.
+const RETRY: Duration = Duration::from_secs(30);
+
+/// The staple of one certificate, read by handshakes.
+#[derive(Debug, Default)]
+pub(crate) struct StapleSlot {
+    pub staple: ArcSwapOption<Vec<u8>>,
+}
+
+/// What stapling needs to know about one certificate.
+#[derive(Clone)]
+pub(crate) struct OcspCert {
+    /// For logs: the certificate file.
+    pub name: String,
+    pub leaf: X509,
+    /// The issuer, when the chain file includes it.
+    pub issuer: Option<X509>,
+    /// The responder URL from the certificate's AIA, if any.
+    pub responder: Option<String>,
+}
+
+impl OcspCert {
+    pub fn new(name: String, chain: &[X509]) -> Option<Self> {
+        let leaf = chain.first()?.clone();
+        let issuer = chain.get(1).cloned().filter(|issuer| {
+            // The next certificate of the chain is the issuer only if it signed the leaf.
+            issuer
+                .public_key()
+                .and_then(|key| leaf.verify(&key))
+                .unwrap_or(false)
+        });
+        let responder = leaf
+            .ocsp_responders()
+            .ok()
+            .and_then(|list| list.iter().next().map(|url| url.to_string()));
+        Some(Self {
+            name,
+            leaf,
+            issuer,
+            responder,
+        })
+    }
+
+    /// This certificate's CertID with the hash `hash_oid` (SHA-1 or SHA-256).
+    fn cert_id(&self, hash_oid: &[u8]) -> Result<CertId, String> {
+        let issuer = self
+            .issuer
+            .as_ref()
+            .ok_or("the chain file does not include the issuer certificate")?;
+        let md = match hash_oid {
+            OID_SHA1 => MessageDigest::sha1(),
+            OID_SHA256 => MessageDigest::sha256(),
+            _ => return Err("CertID hash algorithm not supported".into()),
+        };
+        let leaf_der = self.leaf.to_der().map_err(|e| e.to_string())?;
+        let issuer_der = issuer.to_der().map_err(|e| e.to_string())?;
+        let leaf = cert_fields(&leaf_der).map_err(|e| format!("certificate: {e}"))?;
+        let issuer = cert_fields(&issuer_der).map_err(|e| format!("issuer: {e}"))?;
+        let digest = |data: &[u8]| {
+            hash(md, data)
+                .map(|d| d.to_vec())
+                .map_err(|e| e.to_string())
+        };
+        Ok(CertId {
+            hash_oid: hash_oid.to_vec(),
+            issuer_name_hash: digest(leaf.issuer)?,
+            issuer_key_hash: digest(issuer.public_key)?,
+            serial: leaf.serial.to_vec(),
+        })
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How long a checked staple is good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Validity {
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+}
+
+fn digest_of(alg: SignatureAlgorithm) -> Option<MessageDigest> {
+    use SignatureAlgorithm::*;
+    match alg {
+        RsaSha1 | EcdsaSha1 => Some(MessageDigest::sha1()),
+        RsaSha256 | EcdsaSha256 => Some(MessageDigest::sha256()),
+        RsaSha384 | EcdsaSha384 => Some(MessageDigest::sha384()),
+        RsaSha512 | EcdsaSha512 => Some(MessageDigest::sha512()),
+        Ed25519 => None,
+    }
+}
+
+fn signature_ok(key: &PKey<Public>, alg: SignatureAlgorithm, signed: &[u8], sig: &[u8]) -> bool {
+    let verifier = match digest_of(alg) {
+        Some(md) => Verifier::new(md, key),
+        None => Verifier::new_without_digest(key),
+    };
+    verifier
+        .and_then(|mut v| v.verify_oneshot(sig, signed))
+        .unwrap_or(false)
+}
+
+/// Checks a staple for `cert` at `now` (seconds since the epoch); see the module docs.
+pub(crate) fn verify(response: &[u8], cert: &OcspCert, now: i64) -> Result<Validity, String> {
+    let parsed = parse_response(response).map_err(|e| e.to_string())?;
+    let mut matched = None;
+    for single in &parsed.responses {
+        if cert.cert_id(&single.cert_id.hash_oid)? == single.cert_id {
+            matched = Some(single);
+            break;
+        }
+    }
+    let single = matched.ok_or("the response is about another certificate")?;
+    match single.status {
+        CertStatus::Good => {}
+        CertStatus::Revoked => return Err("the responder says the certificate is REVOKED".into()),
+        CertStatus::Unknown => return Err("the responder does not know the certificate".into()),
+    }
+    if single.this_update > now + SKEW_SECONDS {
+        return Err("the response's thisUpdate is in the future".into());
+    }
+    if single.next_update.is_some_and(|next| next <= now) {
+        return Err("the response has expired (nextUpdate passed)".into());
+    }
+    let issuer = cert
+        .issuer
+        .as_ref()
+        .ok_or("cannot check the signature: the issuer is not in the chain file")?;
+    let issuer_key = issuer.public_key().map_err(|e| e.to_string())?;
+    let alg = parsed
+        .algorithm
+        .ok_or("the response is signed with an unsupported algorithm")?;
+    let mut signed_ok = signature_ok(&issuer_key, alg, parsed.signed, parsed.signature);
+    if !signed_ok {
+        // A delegated responder: a certificate the issuer signed, for OCSP signing.
+        for der in &parsed.certs {
+            let Ok(responder) = X509::from_der(der) else {
+                continue;
+            };
+            let delegated = cert_fields(der).is_ok_and(|f| f.ocsp_signing)
+                && responder.verify(&issuer_key).unwrap_or(false);
+            if delegated
+                && responder
+                    .public_key()
+                    .is_ok_and(|key| signature_ok(&key, alg, parsed.signed, parsed.signature))
+            {
+                signed_ok = true;
+                break;
+            }
+        }
+    }
+    if !signed_ok {
+        return Err("the response's signature does not check out".into());
+    }
+    Ok(Validity {
+        this_update: single.this_update,
+        next_update: single.next_update,
+    })
+}
+
+/// Where one certificate's staples come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    File(PathBuf),
+    Responder(String),
+    /// bud's stapling service URL, with `%s`.
+    Bud(String),
+}
+
+/// One certificate the refresher looks after.
+pub(crate) struct Job {
+    pub slot: Weak<StapleSlot>,
+    pub cert: OcspCert,
+    pub source: Source,
+    pub due: Instant,
+    /// The current staple's nextUpdate, to drop it when it expires.
+    pub good_until: Option<i64>,
+    /// File source: what the file looked like when last read.
+    pub stamp: Option<(SystemTime, u64)>,
+}
+
+/// Loads or fetches a staple for `job` now; on success installs it and returns when to look
+/// again; on failure logs why and returns when to retry.
+pub(crate) fn run_job(job: &mut Job, slot: &StapleSlot, timeout: Duration) {
+    let now = now_unix();
+    let result: Result<Option<(Vec<u8>, Validity)>, String> = match &job.source {
+        Source::File(path) => {
+            let stamp = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            if stamp.is_some() && stamp == job.stamp {
+                Ok(None)
+            } else {
+                job.stamp = stamp;
+                std::fs::read(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+                    .and_then(|der| {
+                        let validity = verify(&der, &job.cert, now)?;
+                        Ok(Some((der, validity)))
+                    })
+            }
+        }
+        Source::Responder(url) => fetch_from_responder(url, &job.cert, timeout).and_then(|der| {
+            let validity = verify(&der, &job.cert, now)?;
+            Ok(Some((der, validity)))
+        }),
+        Source::Bud(template) => fetch_from_bud(template, &job.cert, timeout).and_then(|der| {
+            let validity = verify(&der, &job.cert, now)?;
+            Ok(Some((der, validity)))
+        }),
+    };
+    let source = match &job.source {
+        Source::File(path) => format!("file {}", path.display()),
+        Source::Responder(url) => format!("responder {url}"),
+        Source::Bud(url) => format!("stapling service {url}"),
+    };
+    match result {
+        Ok(Some((der, validity))) => {
+            tracing::info!(
+                certificate = %job.cert.name,
+                %source,
+                next_update = validity.next_update.unwrap_or(0),
+                "OCSP staple updated"
+            );
+            slot.staple.store(Some(Arc::new(der)));
+            job.good_until = validity.next_update;
+            job.due = match (&job.source, validity.next_update) {
+                (Source::File(_), _) => Instant::now() + Duration::from_secs(1),
+                (_, Some(next)) => {
+                    // Halfway from now to nextUpdate, between a minute and a day.
+                    let half = ((next - now) / 2).clamp(60, 86_400) as u64;
+                    Instant::now() + Duration::from_secs(half)
+                }
+                (_, None) => Instant::now() + Duration::from_secs(3600),
+            };
+        }
+        Ok(None) => job.due = Instant::now() + Duration::from_secs(1),
+        Err(why) => {
+            tracing::warn!(
+                certificate = %job.cert.name,
+                %source,
+                reason = %why,
+                "OCSP staple not updated; the previous one (if any) stays until it expires"
+            );
+            job.due = Instant::now()
+                + match job.source {
+                    Source::File(_) => Duration::from_secs(1),
+                    _ => RETRY,
+                };
+        }
+    }
+    if job.good_until.is_some_and(|until| until <= now_unix()) {
+        tracing::warn!(certificate = %job.cert.name, "OCSP staple expired; stapling stops until a fresh one comes");
+        slot.staple.store(None);
+        job.good_until = None;
+    }
+}
+
+/// Runs `jobs` on a thread of their own until every slot is gone (the contexts were replaced
+/// and their connections ended).
+pub(crate) fn start_refresher(mut jobs: Vec<Job>, timeout: Duration) {
+    if jobs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("fastedge-ocsp".into())
+        .spawn(move || loop {
+            let mut alive = 0;
+            for job in &mut jobs {
+                let Some(slot) = job.slot.upgrade() else {
+                    continue;
+                };
+                alive += 1;
+                if job.due <= Instant::now() {
+                    run_job(job, &slot, timeout);
+                }
+            }
+            if alive == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start the OCSP thread; no stapling");
+    }
+}
+
+/// A plain-HTTP URL split into what a request needs.
+struct Url {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported for OCSP"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+        ),
+        _ => (authority, 80),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok(Url {
+        host: host.to_owned(),
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`); returns the status and the body.
+fn http(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let u = parse_url(url)?;
+    let addr = (u.host.as_str(), u.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {}: {e}", u.host))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", u.host))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let host = if u.port == 80 {
+        u.host.clone()
+    } else {
+        format!("{}:{}", u.host, u.port)
+    };
+    let mut request = format!(
+        "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: fastedge\r\n",
+        u.path
+    );
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream
+        .write_all(&bytes)
+        .map_err(|e| format!("sending: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if Instant::now() > deadline {
+            return Err("the answer took too long".into());
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading the answer: {e}")),
+        }
+        if answer.len() > MAX_RESPONSE + 16 * 1024 {
+            return Err("the answer is too large".into());
+        }
+        // Some servers keep the connection open despite `Connection: close`: stop once a
+        // Content-Length body is complete.
+        if let Some(total) = complete_length(&answer) {
+            if answer.len() >= total {
+                break;
+            }
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("not an HTTP response".into()),
+    };
+    let status = response.code.unwrap_or(0);
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let mut payload = answer[head_len..].to_vec();
+    if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        payload = dechunk(&payload).ok_or("malformed chunked answer")?;
+    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if payload.len() < len {
+            return Err("the answer was cut short".into());
+        }
+        payload.truncate(len);
+    }
+    Ok((status, payload))
+}
+
+/// Head plus Content-Length, once the head of `answer` is complete and states a length.
+fn complete_length(answer: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(answer).ok()? else {
+        return None;
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))?;
+    let length: usize = std::str::from_utf8(length.value)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(head + length)
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+fn fetch_from_responder(url: &str, cert: &OcspCert, timeout: Duration) -> Result<Vec<u8>, String> {
+    let request = encode_request(&cert.cert_id(OID_SHA1)?);
+    let (status, body) = http("POST", url, "application/ocsp-request", &request, timeout)?;
+    if status != 200 {
+        return Err(format!("responder answered HTTP {status}"));
+    }
+    Ok(body)
+}
+
+fn fetch_from_bud(template: &str, cert: &OcspCert, timeout: Duration) -> Result<Vec<u8>, String> {
+    let id = cert.cert_id(OID_SHA1)?;
+    let mut id_der = Vec::new();
+    id.encode(&mut id_der);
+    let mut escaped = Vec::new();
+    fastedge_wire::forwarded::percent_encode(&boring::base64::encode_block(&id_der), &mut escaped);
+    let url = template.replacen("%s", &String::from_utf8_lossy(&escaped), 1);
+    let (status, body) = http("GET", &url, "", &[], timeout)?;
+    let body = if (200..300).contains(&status) {
+        body
+    } else {
+        // A miss: hand the service what to ask the responder.
+        let responder = cert
+            .responder
+            .as_deref()
+            .ok_or("stapling service miss, and the certificate names no responder")?;
+        let request = boring::base64::encode_block(&encode_request(&id));
+        let json = serde_json::json!({ "url": responder, "ocsp": request }).to_string();
+        let (status, body) = http("POST", &url, "application/json", json.as_bytes(), timeout)?;
+        if !(200..300).contains(&status) {
+            return Err(format!("stapling service answered HTTP {status}"));
+        }
+        body
+    };
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("stapling service answer: {e}"))?;
+    let text = answer
+        .get("response")
+        .and_then(|r| r.as_str())
+        .ok_or("stapling service answer has no \"response\" string")?;
+    boring::base64::decode_block(text.trim())
+        .map_err(|_| "stapling service response is not base64".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("http://ocsp.example.com/a/b").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("ocsp.example.com", 80, "/a/b")
+        );
+        let u = parse_url("http://127.0.0.1:8888").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8888, "/")
+        );
+        let u = parse_url("http://[::1]:9000/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
+        assert!(parse_url("https://x/").is_err());
+        assert!(parse_url("http://:80/").is_err());
+    }
+
+    #[test]
+    fn chunked() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"5\r\nab").is_none());
+    }
+}
