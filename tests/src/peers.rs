@@ -152,6 +152,11 @@ fn serve_echo<S: Read + Write>(mut stream: S, sink: &Recorded) {
     }
 }
 
+/// A free TCP port on loopback (bound, then closed), for a peer that takes a port number.
+pub fn free_port() -> u16 {
+    dead_port().port()
+}
+
 /// A port on loopback with nothing listening (bound, then closed).
 pub fn dead_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

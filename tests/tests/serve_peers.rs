@@ -13,7 +13,7 @@ use std::{
 };
 
 use fastedge_tests::{
-    peers::{read_response, tls_connect},
+    peers::{free_port, read_response, tls_connect},
     process::Fastedge,
     require_tool, TempDir,
 };
@@ -58,14 +58,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16) {

@@ -16,7 +16,7 @@ use std::{
 };
 
 use fastedge_tests::{
-    peers::{echo_backend, Recorded},
+    peers::{echo_backend, free_port, Recorded},
     process::Fastedge,
     require_tool, TempDir,
 };
@@ -321,37 +321,46 @@ struct ClientPki {
     rogue: (PathBuf, PathBuf),
 }
 
-fn client_pki(dir: &Path) -> ClientPki {
-    let p = |name: &str| dir.join(name);
-    let s = |name: &str| p(name).to_str().unwrap().to_owned();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+/// EC P-256 key options for `openssl req`.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// A self-signed CA in `dir`: `ca.pem` and `ca.key`.
+fn make_ca(dir: &Path, cn: &str) {
+    let s = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let subject = format!("/CN={cn}");
     openssl(
         &[
             &["req", "-x509"][..],
-            &ec,
+            &EC_KEY,
             &[
                 "-keyout",
                 &s("ca.key"),
                 "-out",
                 &s("ca.pem"),
                 "-subj",
-                "/CN=Test Client CA",
+                &subject,
             ],
             &["-days", "2"],
         ]
         .concat(),
     );
+}
+
+fn client_pki(dir: &Path) -> ClientPki {
+    let p = |name: &str| dir.join(name);
+    let s = |name: &str| p(name).to_str().unwrap().to_owned();
+    make_ca(dir, "Test Client CA");
     for (name, subject) in [("alice", "/O=Example/CN=alice"), ("mallory", "/CN=mallory")] {
         openssl(
             &[
                 &["req"][..],
-                &ec,
+                &EC_KEY,
                 &[
                     "-keyout",
                     &s(&format!("{name}.key")),
@@ -381,7 +390,7 @@ fn client_pki(dir: &Path) -> ClientPki {
     openssl(
         &[
             &["req", "-x509"][..],
-            &ec,
+            &EC_KEY,
             &[
                 "-keyout",
                 &s("rogue.key"),
@@ -710,29 +719,7 @@ struct OcspPki {
 fn ocsp_pki(dir: &Path, port: u16) -> OcspPki {
     std::fs::create_dir_all(dir).unwrap();
     let s = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                &s("ca.key"),
-                "-out",
-                &s("ca.pem"),
-                "-subj",
-                "/CN=Test OCSP CA",
-            ],
-            &["-days", "2"],
-        ]
-        .concat(),
-    );
+    make_ca(dir, "Test OCSP CA");
     std::fs::write(dir.join("index.txt"), "").unwrap();
     std::fs::write(dir.join("serial"), "1000\n").unwrap();
     std::fs::write(
@@ -753,7 +740,7 @@ fn ocsp_pki(dir: &Path, port: u16) -> OcspPki {
     openssl(
         &[
             &["req"][..],
-            &ec,
+            &EC_KEY,
             &[
                 "-keyout",
                 &s("srv.key"),
@@ -787,15 +774,6 @@ fn ocsp_pki(dir: &Path, port: u16) -> OcspPki {
         chain: dir.join("chain.pem"),
         key: dir.join("srv.key"),
     }
-}
-
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `openssl ocsp` answering for `pki`'s CA on `port`, until dropped.
