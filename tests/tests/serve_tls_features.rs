@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    collections::HashMap,
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -1012,4 +1013,162 @@ fn ocsp_staples_through_a_bud_stapling_service() {
         requests[0].split_whitespace().nth(1),
         requests[1].split_whitespace().nth(1)
     );
+}
+
+/// A dynamic SNI service (bud's protocol) whose behaviour depends on the name asked for; counts
+/// the requests per name.
+fn sni_service(
+    good: &[(&str, (PathBuf, PathBuf))],
+) -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let json_escape = |pem: &str| pem.replace('\n', "\\n");
+    let answers: HashMap<String, String> = good
+        .iter()
+        .map(|(name, (cert, key))| {
+            let cert = std::fs::read_to_string(cert).unwrap();
+            let key = std::fs::read_to_string(key).unwrap();
+            (
+                (*name).to_owned(),
+                format!(
+                    "{{\"cert\":\"{}\",\"key\":\"{}\",\"npn\":[\"http/1.1\"]}}",
+                    json_escape(&cert),
+                    json_escape(&key)
+                ),
+            )
+        })
+        .collect();
+    let answers = std::sync::Arc::new(answers);
+    let sink = counts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let answers = answers.clone();
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let Some((head, _)) = read_http_request(&mut stream) else {
+                    return;
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let name = path.rsplit('/').next().unwrap_or("").to_owned();
+                *sink.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                let respond = |status: &str, body: &[u8]| {
+                    let mut out = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    out.extend_from_slice(body);
+                    out
+                };
+                let reply = match name.as_str() {
+                    "slow.test" => {
+                        std::thread::sleep(Duration::from_secs(3));
+                        respond("404 Not Found", b"")
+                    }
+                    "garbage.test" => respond("200 OK", b"<html>surprise</html>"),
+                    "empty.test" => respond("200 OK", b"{}"),
+                    "error.test" => respond("500 Internal Server Error", b"oops"),
+                    "reset.test" => return,
+                    "huge.test" => respond("200 OK", &vec![b' '; 2 * 1024 * 1024]),
+                    other => match answers.get(other) {
+                        Some(json) => respond("200 OK", json.as_bytes()),
+                        None => respond("404 Not Found", b""),
+                    },
+                };
+                let _ = stream.write_all(&reply);
+            });
+        }
+    });
+    (port, counts)
+}
+
+#[test]
+fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
+    let state = TempDir::new("dyn-sni");
+    let (default_cert, default_key) = state.self_signed("default.test");
+    let dyn_pair = state.self_signed("dyn.test");
+    let many_pair = state.self_signed("many.test");
+    let (service, counts) = sni_service(&[("dyn.test", dyn_pair), ("many.test", many_pair)]);
+    let (backend, _seen) = echo_backend();
+    let config = |strict: bool| {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nsni_strict = {strict}\n\
+             sni_url = \"http://127.0.0.1:{service}/bud/sni/%s\"\nsni_timeout = \"1s\"\n\
+             [[backend]]\naddress = \"{backend}\"\n",
+            path(&default_cert),
+            path(&default_key),
+        )
+    };
+    let (server, addr) = Fastedge::serve_config(&state, &config(false));
+    let request = "GET / HTTP/1.1\r\nHost: d\r\n\r\n";
+    let cn_for = |name: &str| {
+        let out = s_client(addr, &["-servername", name], request);
+        assert!(handshake_ok(&out), "{name}: {out}");
+        presented_cn(&out).unwrap_or_default()
+    };
+    assert_eq!(cn_for("dyn.test"), "dyn.test");
+    assert_eq!(cn_for("DYN.test"), "dyn.test");
+    // Every way the service can fail: the default context serves, and the log says why.
+    for (name, why) in [
+        ("missing.test", None),
+        ("slow.test", Some("no complete answer within 1000 ms")),
+        ("garbage.test", Some("is not JSON")),
+        ("empty.test", Some("has no \"cert\"")),
+        ("error.test", Some("answered HTTP 500")),
+        ("reset.test", Some("not an HTTP response")),
+        ("huge.test", Some("larger than")),
+    ] {
+        assert_eq!(cn_for(name), "default.test", "{name}");
+        if let Some(why) = why {
+            let line = server.wait_for_line("dynamic SNI lookup failed", Duration::from_secs(5));
+            assert!(line.contains(name) && line.contains(why), "{name}: {line}");
+        }
+    }
+    // 100 handshakes at once for a new name: one request per core at most, all served.
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let tls = fastedge_tests::peers::tls_connect(addr, "many.test", b"");
+                let cert = tls.ssl().peer_certificate().unwrap();
+                let cn = cert
+                    .subject_name()
+                    .entries_by_nid(fastedge_tls::boring::nid::Nid::COMMONNAME)
+                    .next()
+                    .unwrap()
+                    .data()
+                    .as_utf8()
+                    .unwrap()
+                    .to_string();
+                cn
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), "many.test");
+    }
+    let cores = fastedge_runtime::CpuList::available().unwrap().len();
+    let counts_now = counts.lock().unwrap().clone();
+    assert!(
+        counts_now["many.test"] <= cores,
+        "one fetch per core: {counts_now:?}"
+    );
+    assert!(counts_now["dyn.test"] <= cores, "cached: {counts_now:?}");
+    // 404s are cached too.
+    for _ in 0..4 {
+        assert_eq!(cn_for("missing.test"), "default.test");
+    }
+    assert!(counts.lock().unwrap()["missing.test"] <= cores);
+
+    // Strict: a name the service does not know is refused; a known one is served.
+    let state2 = TempDir::new("dyn-sni-strict");
+    let (_strict, strict_addr) = Fastedge::serve_config(&state2, &config(true));
+    let out = s_client(strict_addr, &["-servername", "missing.test"], "");
+    assert!(out.contains("unrecognized name"), "{out}");
+    let out = s_client(strict_addr, &["-servername", "dyn.test"], request);
+    assert_eq!(presented_cn(&out).as_deref(), Some("dyn.test"), "{out}");
 }

@@ -100,6 +100,17 @@ client_crl = ""
 # SNI: a client naming a server that no [[context]] serves gets the default context above, or,
 # with sni_strict = true, its handshake is refused with an unrecognized_name alert.
 sni_strict = false
+# Dynamic SNI (bud's protocol): names no [[context]] lists are asked of this HTTP service,
+# "http://127.0.0.1:9000/bud/sni/%s" (%s: the name, percent-encoded); 404: no such name; 200:
+# JSON {"cert", "key", "passphrase"?, "ciphers"?, "npn"?}. Each core caches answers for
+# sni_cache_ttl and 404s for sni_negative_ttl (at most sni_cache_size names); sni_fetchers
+# threads ask the service, each request within sni_timeout. Empty: off.
+sni_url = ""
+sni_timeout = "2s"
+sni_cache_ttl = "5m"
+sni_negative_ttl = "30s"
+sni_cache_size = 10000
+sni_fetchers = 4
 # Session resumption. Tickets (TLS 1.2 and 1.3) are encrypted with a key that changes every
 # ticket_rotate; the ticket_previous keys before it still decrypt, so a ticket lives up to
 # (ticket_previous + 1) × ticket_rotate. Keys are random at start unless one of:
@@ -252,6 +263,12 @@ struct RawTls {
     ocsp_fetch: bool,
     ocsp_url: String,
     ocsp_timeout: String,
+    sni_url: String,
+    sni_timeout: String,
+    sni_cache_ttl: String,
+    sni_negative_ttl: String,
+    sni_cache_size: usize,
+    sni_fetchers: usize,
 }
 
 /// One `[[context]]`: absent keys inherit from `[tls]`.
@@ -384,6 +401,12 @@ impl Default for RawTls {
             ocsp_fetch: true,
             ocsp_url: String::new(),
             ocsp_timeout: "5s".into(),
+            sni_url: String::new(),
+            sni_timeout: "2s".into(),
+            sni_cache_ttl: "5m".into(),
+            sni_negative_ttl: "30s".into(),
+            sni_cache_size: 10_000,
+            sni_fetchers: 4,
         }
     }
 }
@@ -467,6 +490,21 @@ pub struct TlsSettings {
     pub sni_strict: bool,
     pub resumption: Resumption,
     pub stapling: Stapling,
+    /// Contexts for unlisted names from an HTTP service.
+    pub dynamic_sni: Option<DynamicSniSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicSniSettings {
+    /// `http://…` with `%s` for the server name.
+    pub url: String,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub negative_ttl: Duration,
+    /// Names cached per core; 0: no cache.
+    pub cache_size: usize,
+    /// Helper threads, so connections to the service at once.
+    pub fetchers: usize,
 }
 
 /// Where OCSP staples come from when a certificate has no `ocsp_staple` file.
@@ -951,6 +989,29 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
     };
 
+    let dynamic_sni = match nonempty(&t.sni_url) {
+        None => None,
+        Some(url) => {
+            if !(url.starts_with("http://") && url.contains("%s")) {
+                return Err(invalid(
+                    "tls.sni_url",
+                    format!("{url:?}: expected an http:// URL with %s for the server name"),
+                ));
+            }
+            if t.sni_fetchers == 0 {
+                return Err(invalid("tls.sni_fetchers", "must be at least 1"));
+            }
+            Some(DynamicSniSettings {
+                url,
+                timeout: positive_duration("tls.sni_timeout", &t.sni_timeout)?,
+                cache_ttl: parse_duration("tls.sni_cache_ttl", &t.sni_cache_ttl)?,
+                negative_ttl: parse_duration("tls.sni_negative_ttl", &t.sni_negative_ttl)?,
+                cache_size: t.sni_cache_size,
+                fetchers: t.sni_fetchers,
+            })
+        }
+    };
+
     let mut contexts = Vec::with_capacity(raw.context.len());
     let mut names = fastedge_wire::sni::NameTable::new();
     for (i, c) in raw.context.iter().enumerate() {
@@ -1016,10 +1077,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             backends: backend_list(&format!("{prefix}.backend"), &c.backend)?,
         });
     }
-    if t.sni_strict && contexts.is_empty() {
+    if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
         return Err(invalid(
             "tls.sni_strict",
-            "refuses every client unless at least one [[context]] is configured",
+            "refuses every client unless at least one [[context]] or sni_url is configured",
         ));
     }
 
@@ -1036,6 +1097,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         sni_strict: t.sni_strict,
         resumption,
         stapling,
+        dynamic_sni,
     };
 
     let b = raw.balance;

@@ -18,7 +18,10 @@ use boring::{
     ex_data::Index,
     nid::Nid,
     pkey::{Id, PKey, Private},
-    ssl::{ExtensionType, NameType, SelectCertError, SniError, SslAlert, SslRef, SslVerifyMode},
+    ssl::{
+        AsyncSelectCertError, BoxSelectCertFinish, BoxSelectCertFuture, ClientHello, ExtensionType,
+        NameType, SniError, SslAlert, SslRef, SslVerifyMode,
+    },
     ssl::{
         Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
         SslVersion,
@@ -32,6 +35,7 @@ use crate::{
         CertificateSpec, ClientAuth, ClientVerify, Resumption, ServeConfig, Stapling, TlsSettings,
         TlsVersion,
     },
+    dynsni::{DynamicSni, Lookup},
     ffi,
     ocsp::{Job, OcspCert, Source, StapleSlot},
     tickets::TicketKeys,
@@ -54,8 +58,88 @@ impl std::fmt::Debug for ServerContext {
 /// What the ClientHello decided for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HelloChoice {
-    /// Index of the matched SNI context in `TlsSettings::contexts`; `None`: the default one.
+    /// Index of the matched SNI context in `TlsSettings::contexts`; `None`: the default one
+    /// (or a dynamic one).
     pub context: Option<usize>,
+    /// A context from the dynamic SNI service serves the connection.
+    pub dynamic: bool,
+}
+
+/// A select-certificate future that is ready at once.
+fn ready_finish(
+    finish: impl FnOnce(ClientHello<'_>) -> Result<(), AsyncSelectCertError> + Send + 'static,
+) -> BoxSelectCertFuture {
+    Box::pin(async move {
+        let finish: BoxSelectCertFinish = Box::new(finish);
+        Ok(finish)
+    })
+}
+
+/// Serves the connection from `set` (the context the ClientHello matched): picks the pair the
+/// client can verify, switches to it (`switch`: unless it is the starting one), staples, and
+/// installs what the switch does not carry over.
+fn select(
+    mut hello: ClientHello<'_>,
+    set: &CertSet,
+    choice: HelloChoice,
+    switch: bool,
+    tls13_allowed: bool,
+) -> Result<(), AsyncSelectCertError> {
+    let pair = if set.kinds.len() > 1 {
+        let sigalgs = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS);
+        let tls13 =
+            tls13_allowed && offers_tls13(hello.get_extension(ExtensionType::SUPPORTED_VERSIONS));
+        choose_certificate(&set.kinds, sigalgs, hello.ciphers(), tls13)
+    } else {
+        0
+    };
+    let wants_staple = hello.get_extension(ExtensionType::STATUS_REQUEST).is_some();
+    let ssl = hello.ssl_mut();
+    ssl.set_ex_data(hello_index(), choice);
+    if switch || pair > 0 {
+        ssl.set_ssl_context(&set.contexts[pair])
+            .map_err(|_| AsyncSelectCertError)?;
+    }
+    if wants_staple {
+        if let Some(staple) = set.staples.get(pair).and_then(|s| s.staple.load_full()) {
+            // A staple that cannot be set is left out; the handshake goes on.
+            let _ = ssl.set_ocsp_status(&staple);
+        }
+    }
+    if let Some(list) = &set.ciphers {
+        if !ffi::set_cipher_list(ssl, list) {
+            return Err(AsyncSelectCertError);
+        }
+    }
+    if let Some(mode) = set.verify {
+        ssl.set_verify(mode);
+    }
+    Ok(())
+}
+
+/// Serves the connection from a dynamic SNI answer, or the default context when there is none.
+fn select_dynamic(
+    hello: ClientHello<'_>,
+    sets: &[CertSet],
+    found: Option<&CertSet>,
+    tls13_allowed: bool,
+) -> Result<(), AsyncSelectCertError> {
+    match found {
+        Some(set) => {
+            let choice = HelloChoice {
+                context: None,
+                dynamic: true,
+            };
+            select(hello, set, choice, true, tls13_allowed)
+        }
+        None => {
+            let choice = HelloChoice {
+                context: None,
+                dynamic: false,
+            };
+            select(hello, &sets[0], choice, false, tls13_allowed)
+        }
+    }
 }
 
 /// Why our own callbacks refused a handshake, for the close log.
@@ -85,7 +169,7 @@ fn hello_index() -> Index<Ssl, HelloChoice> {
 
 /// The pairs of one context (default or SNI), and what must be set on a connection that
 /// switches to it beyond what `SSL_set_SSL_CTX` carries over.
-struct CertSet {
+pub(crate) struct CertSet {
     kinds: Vec<KeyKind>,
     contexts: Vec<SslContext>,
     /// The OCSP staple of each pair.
@@ -94,6 +178,47 @@ struct CertSet {
     ciphers: Option<CString>,
     /// Client certificate mode to install on the connection.
     verify: Option<SslVerifyMode>,
+}
+
+/// A context made from certificate/key pairs handed over at run time (a dynamic SNI answer),
+/// with `view`'s settings; `default_ciphers` is the starting context's list.
+pub(crate) fn runtime_set(
+    pairs: Vec<(Vec<X509>, PKey<Private>)>,
+    view: &TlsSettings,
+    default_ciphers: &Option<String>,
+    tickets: Option<&Arc<TicketKeys>>,
+) -> Result<CertSet, TlsError> {
+    let mut kinds = Vec::with_capacity(pairs.len());
+    let mut contexts = Vec::with_capacity(pairs.len());
+    for (chain, key) in pairs {
+        let kind = KeyKind::of(&key).ok_or_else(|| {
+            TlsError::Invalid(
+                "unsupported key type (RSA, ECDSA P-256/P-384/P-521 or Ed25519)".into(),
+            )
+        })?;
+        let key = PairKey::Local(key);
+        kinds.push(kind);
+        contexts.push(ServerContext::builder(&chain, &key, view, tickets)?.build());
+    }
+    if contexts.is_empty() {
+        return Err(TlsError::Invalid("no certificate".into()));
+    }
+    let ciphers = if &view.ciphers == default_ciphers {
+        None
+    } else {
+        let list = view.ciphers.clone().unwrap_or_else(|| "ALL".into());
+        Some(
+            CString::new(list)
+                .map_err(|_| TlsError::Invalid("ciphers: a NUL byte in the list".into()))?,
+        )
+    };
+    Ok(CertSet {
+        kinds,
+        contexts,
+        staples: Vec::new(),
+        ciphers,
+        verify: None,
+    })
 }
 
 /// The settings of one context, resolved: the default context's from [`TlsSettings`], an SNI
@@ -223,47 +348,57 @@ impl ServerContext {
         let Some(mut builder) = first else {
             return Err(TlsError::Invalid("no certificate configured".into()));
         };
-        let simple = sets.len() == 1 && sets[0].kinds.len() == 1;
+        let dynamic = match &settings.dynamic_sni {
+            Some(dynamic) => Some(Arc::new(DynamicSni::new(
+                dynamic.clone(),
+                TlsSettings {
+                    contexts: Vec::new(),
+                    ..settings.clone()
+                },
+                tickets.clone(),
+            )?)),
+            None => None,
+        };
+        let simple = sets.len() == 1 && sets[0].kinds.len() == 1 && dynamic.is_none();
         let tls13_allowed = settings.max_version == TlsVersion::Tls13;
-        builder.set_select_certificate_callback(move |mut hello| {
+        let sets = Arc::new(sets);
+        builder.set_async_select_certificate_callback(move |hello| {
+            let name = hello.servername(NameType::HOST_NAME);
             let matched = if simple {
                 None
             } else {
-                hello
-                    .servername(NameType::HOST_NAME)
-                    .and_then(|name| table.lookup(name))
+                name.and_then(|name| table.lookup(name))
             };
-            let set = &sets[matched.map_or(0, |i| i + 1)];
-            let choice = if set.kinds.len() > 1 {
-                let sigalgs = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS);
-                let tls13 = tls13_allowed
-                    && offers_tls13(hello.get_extension(ExtensionType::SUPPORTED_VERSIONS));
-                choose_certificate(&set.kinds, sigalgs, hello.ciphers(), tls13)
-            } else {
-                0
-            };
-            let wants_staple = hello.get_extension(ExtensionType::STATUS_REQUEST).is_some();
-            let ssl = hello.ssl_mut();
-            ssl.set_ex_data(hello_index(), HelloChoice { context: matched });
-            if matched.is_some() || choice > 0 {
-                ssl.set_ssl_context(&set.contexts[choice])
-                    .map_err(|_| SelectCertError::ERROR)?;
-            }
-            if wants_staple {
-                if let Some(staple) = set.staples[choice].staple.load_full() {
-                    // A staple that cannot be set is left out; the handshake goes on.
-                    let _ = ssl.set_ocsp_status(&staple);
+            let sets = sets.clone();
+            if let (None, Some(dynamic), Some(name)) = (matched, &dynamic, name) {
+                let name = name.to_ascii_lowercase();
+                match dynamic.lookup(&name) {
+                    Lookup::Ready(found) => {
+                        return Ok(ready_finish(move |hello| {
+                            select_dynamic(hello, &sets, found.as_deref(), tls13_allowed)
+                        }))
+                    }
+                    Lookup::Wait(waiting) => {
+                        let dynamic = dynamic.clone();
+                        return Ok(Box::pin(async move {
+                            let outcome = waiting.await;
+                            let finish: BoxSelectCertFinish = Box::new(move |hello| {
+                                let found = dynamic.settle(&name, outcome);
+                                select_dynamic(hello, &sets, found.as_deref(), tls13_allowed)
+                            });
+                            Ok(finish)
+                        }));
+                    }
                 }
             }
-            if let Some(list) = &set.ciphers {
-                if !ffi::set_cipher_list(ssl, list) {
-                    return Err(SelectCertError::ERROR);
-                }
-            }
-            if let Some(mode) = set.verify {
-                ssl.set_verify(mode);
-            }
-            Ok(())
+            Ok(ready_finish(move |hello| {
+                let index = matched.map_or(0, |i| i + 1);
+                let choice = HelloChoice {
+                    context: matched,
+                    dynamic: false,
+                };
+                select(hello, &sets[index], choice, index > 0, tls13_allowed)
+            }))
         });
         if settings.sni_strict {
             // Runs after the callback above, on the starting context even when the connection
@@ -272,7 +407,7 @@ impl ServerContext {
                 let named = ssl.servername(NameType::HOST_NAME).is_some();
                 let matched = ssl
                     .ex_data(hello_index())
-                    .is_some_and(|h| h.context.is_some());
+                    .is_some_and(|h| h.context.is_some() || h.dynamic);
                 if named && !matched {
                     set_refusal(
                         ssl,

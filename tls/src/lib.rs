@@ -12,8 +12,10 @@
 mod adapter;
 pub mod config;
 mod context;
+mod dynsni;
 mod error;
 mod ffi;
+mod http;
 pub mod keyless;
 mod ocsp;
 mod passphrase;

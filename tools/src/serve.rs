@@ -154,6 +154,14 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
         },
         config.tls.contexts.len(),
     );
+    if let Some(dynamic) = &config.tls.dynamic_sni {
+        println!(
+            "  dynamic SNI: {} (timeout {} ms, cache {} names per core)",
+            dynamic.url,
+            dynamic.timeout.as_millis(),
+            dynamic.cache_size
+        );
+    }
     for c in &config.tls.contexts {
         println!(
             "  context {}: {} certificate(s), alpn {:?}, client certificates {:?}, {}",

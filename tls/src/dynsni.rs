@@ -1,0 +1,325 @@
+//! Dynamic SNI: contexts for server names that no `[[context]]` lists, asked of an HTTP
+//! service, compatible with bud's: `GET <url with %s = the percent-encoded name>`; `404` means
+//! "no such name" (the default context serves it, or `sni_strict` refuses it); `200` carries a
+//! JSON context, `{"cert": PEM or [PEM…], "key": PEM or [PEM…], "passphrase"?: string or
+//! [string…], "ciphers"?: string, "npn"?: [protocol…]}`.
+//!
+//! Lookups never block a core. Each core keeps its own cache (answers for `sni_cache_ttl`, 404s
+//! for `sni_negative_ttl`, failures for a few seconds, at most `sni_cache_size` names); a name
+//! being fetched is fetched once per core however many handshakes wait for it. Fetches run on
+//! `sni_fetchers` helper threads (so at most that many connections to the service), each with
+//! the `sni_timeout` deadline and a bounded answer; the context is built there too. Whatever
+//! the service does (slow, down, reset, 500, not JSON, `{}`, huge), the handshake goes on with
+//! the default context (or fails cleanly under `sni_strict`), and the reason is logged.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use boring::{pkey::PKey, x509::X509};
+
+use crate::{
+    config::{DynamicSniSettings, TlsSettings},
+    context::{runtime_set, CertSet},
+    tickets::TicketKeys,
+};
+
+/// How long a failed lookup (not a 404) keeps its name on the default context.
+const FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Largest answer accepted from the service.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// What a fetch found: a context, no such name (`None`), or why it failed.
+pub(crate) type Outcome = Result<Option<Arc<CertSet>>, String>;
+
+#[derive(Default)]
+struct Waiting {
+    outcome: Mutex<Option<Outcome>>,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Waiting {
+    fn complete(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// A lookup that has to wait for the service.
+pub(crate) struct Wait(Arc<Waiting>);
+
+impl Future for Wait {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        // Register first, then look: a completion in between still wakes us.
+        self.0
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cx.waker().clone());
+        match &*self.0.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(outcome) => Poll::Ready(outcome.clone()),
+            None => Poll::Pending,
+        }
+    }
+}
+
+pub(crate) enum Lookup {
+    /// Known on this core: a context, or none (the default serves).
+    Ready(Option<Arc<CertSet>>),
+    Wait(Wait),
+}
+
+struct Cached {
+    found: Option<Arc<CertSet>>,
+    until: Instant,
+}
+
+thread_local! {
+    /// This core's answers, by (service instance, name).
+    static CACHE: RefCell<HashMap<(u64, String), Cached>> = RefCell::new(HashMap::new());
+    /// This core's fetches in flight.
+    static IN_FLIGHT: RefCell<HashMap<(u64, String), Arc<Waiting>>> = RefCell::new(HashMap::new());
+}
+
+/// The dynamic SNI client of one configuration load.
+pub(crate) struct DynamicSni {
+    id: u64,
+    settings: DynamicSniSettings,
+    fetch: Mutex<mpsc::Sender<(String, Arc<Waiting>)>>,
+}
+
+impl DynamicSni {
+    /// Starts the fetcher threads; contexts are built with `view` (the default context's
+    /// settings) and `tickets`.
+    pub fn new(
+        settings: DynamicSniSettings,
+        view: TlsSettings,
+        tickets: Option<Arc<TicketKeys>>,
+    ) -> Result<Self, crate::TlsError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let (tx, rx) = mpsc::channel::<(String, Arc<Waiting>)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new((settings.clone(), view, tickets));
+        for n in 0..settings.fetchers.max(1) {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("fastedge-sni-{n}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((name, waiting)) = job else { return };
+                    let (settings, view, tickets) = &*shared;
+                    let outcome = fetch(settings, view, tickets.as_ref(), &name);
+                    if let Err(why) = &outcome {
+                        tracing::warn!(
+                            server_name = %name,
+                            reason = %why,
+                            "dynamic SNI lookup failed; the default context serves this name for now"
+                        );
+                    }
+                    waiting.complete(outcome);
+                })
+                .map_err(|e| crate::TlsError::Invalid(format!("starting SNI fetchers: {e}")))?;
+        }
+        Ok(Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            settings,
+            fetch: Mutex::new(tx),
+        })
+    }
+
+    /// What this core knows about `name` (lower case), or a wait for the service.
+    pub fn lookup(&self, name: &str) -> Lookup {
+        let key = (self.id, name.to_owned());
+        let now = Instant::now();
+        let cached = CACHE.with(|cache| {
+            let cache = cache.borrow();
+            cache
+                .get(&key)
+                .filter(|c| c.until > now)
+                .map(|c| c.found.clone())
+        });
+        if let Some(found) = cached {
+            return Lookup::Ready(found);
+        }
+        IN_FLIGHT.with(|in_flight| {
+            let mut in_flight = in_flight.borrow_mut();
+            if let Some(waiting) = in_flight.get(&key) {
+                return Lookup::Wait(Wait(waiting.clone()));
+            }
+            if in_flight.len() >= 1024 {
+                // Fetches whose handshakes all went away before they finished.
+                in_flight.retain(|_, w| {
+                    w.outcome
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_none()
+                });
+            }
+            let waiting = Arc::new(Waiting::default());
+            let sent = self
+                .fetch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send((name.to_owned(), waiting.clone()));
+            if sent.is_err() {
+                waiting.complete(Err("the SNI fetcher threads have stopped".into()));
+            }
+            in_flight.insert(key, waiting.clone());
+            Lookup::Wait(Wait(waiting))
+        })
+    }
+
+    /// Records a finished fetch in this core's cache (once per name, whoever comes first) and
+    /// returns what it found.
+    pub fn settle(&self, name: &str, outcome: Outcome) -> Option<Arc<CertSet>> {
+        let key = (self.id, name.to_owned());
+        IN_FLIGHT.with(|in_flight| in_flight.borrow_mut().remove(&key));
+        let (found, ttl) = match outcome {
+            Ok(Some(set)) => (Some(set), self.settings.cache_ttl),
+            Ok(None) => (None, self.settings.negative_ttl),
+            Err(_) => (
+                None,
+                FAILURE_TTL.min(self.settings.negative_ttl.max(Duration::from_millis(1))),
+            ),
+        };
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let now = Instant::now();
+            if cache.len() >= self.settings.cache_size {
+                cache.retain(|_, c| c.until > now);
+            }
+            if cache.len() >= self.settings.cache_size {
+                // Still full of live entries: drop the one closest to expiry.
+                if let Some(victim) = cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.until)
+                    .map(|(k, _)| k.clone())
+                {
+                    cache.remove(&victim);
+                }
+            }
+            if self.settings.cache_size > 0 {
+                cache.insert(
+                    key,
+                    Cached {
+                        found: found.clone(),
+                        until: now + ttl,
+                    },
+                );
+            }
+        });
+        found
+    }
+}
+
+/// PEM strings from a JSON string or array of strings.
+fn pem_list(value: Option<&serde_json::Value>, what: &str) -> Result<Vec<String>, String> {
+    match value {
+        None => Err(format!("the answer has no \"{what}\"")),
+        Some(serde_json::Value::String(s)) => Ok(vec![s.clone()]),
+        Some(serde_json::Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("\"{what}\" must hold strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!(
+            "\"{what}\" must be a PEM string or a non-empty list of them"
+        )),
+    }
+}
+
+/// Asks the service about `name` and builds the context it describes.
+fn fetch(
+    settings: &DynamicSniSettings,
+    view: &TlsSettings,
+    tickets: Option<&Arc<TicketKeys>>,
+    name: &str,
+) -> Outcome {
+    let mut escaped = Vec::new();
+    fastedge_wire::forwarded::percent_encode(name, &mut escaped);
+    let url = settings
+        .url
+        .replacen("%s", &String::from_utf8_lossy(&escaped), 1);
+    let (status, body) = crate::http::http("GET", &url, "", &[], settings.timeout, MAX_ANSWER)
+        .map_err(|e| format!("SNI service {url}: {e}"))?;
+    match status {
+        404 => return Ok(None),
+        200..=299 => {}
+        other => return Err(format!("SNI service {url} answered HTTP {other}")),
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("SNI service answer for {name} is not JSON: {e}"))?;
+    if !answer.is_object() {
+        return Err(format!(
+            "SNI service answer for {name} is not a JSON object"
+        ));
+    }
+    let certs = pem_list(answer.get("cert"), "cert")?;
+    let keys = pem_list(answer.get("key"), "key")?;
+    if certs.len() != keys.len() {
+        return Err(format!(
+            "the answer has {} certificates and {} keys",
+            certs.len(),
+            keys.len()
+        ));
+    }
+    let passphrases = match answer.get("passphrase") {
+        None | Some(serde_json::Value::Null) => vec![None; keys.len()],
+        Some(serde_json::Value::String(p)) => vec![Some(p.clone()); keys.len()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .chain(std::iter::repeat(None))
+            .take(keys.len())
+            .collect(),
+        Some(_) => return Err("\"passphrase\" must be a string or a list".into()),
+    };
+    let mut pairs = Vec::with_capacity(certs.len());
+    for ((cert, key), passphrase) in certs.iter().zip(&keys).zip(&passphrases) {
+        let chain = X509::stack_from_pem(cert.as_bytes())
+            .map_err(|e| format!("the answer's certificate: {e}"))?;
+        if chain.is_empty() {
+            return Err("the answer's \"cert\" holds no PEM certificate".into());
+        }
+        let key = match passphrase {
+            Some(p) => PKey::private_key_from_pem_passphrase(key.as_bytes(), p.as_bytes()),
+            None => PKey::private_key_from_pem(key.as_bytes()),
+        }
+        .map_err(|e| format!("the answer's key: {e}"))?;
+        pairs.push((chain, key));
+    }
+    let starting_ciphers = view.ciphers.clone();
+    let mut view = view.clone();
+    if let Some(ciphers) = answer.get("ciphers").and_then(|c| c.as_str()) {
+        view.ciphers = Some(ciphers.to_owned());
+    }
+    if let Some(npn) = answer.get("npn").and_then(|n| n.as_array()) {
+        view.alpn = npn
+            .iter()
+            .filter_map(|p| p.as_str())
+            .filter(|p| !p.is_empty() && p.len() < 256)
+            .map(str::to_owned)
+            .collect();
+    }
+    let set = runtime_set(pairs, &view, &starting_ciphers, tickets)
+        .map_err(|e| format!("building the context for {name}: {e}"))?;
+    Ok(Some(Arc::new(set)))
+}
