@@ -96,6 +96,31 @@ impl Fastedge {
         }
     }
 
+    /// Waits until the log so far (including lines other waits went past) holds `needle`;
+    /// returns the first line with it; panics after `within`. For events that may come before
+    /// or after others, such as work a helper thread does at start.
+    pub fn wait_for_logged(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|line| line.contains(needle))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}; log so far:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The address in the first `listening addr=…` line.
     pub fn wait_listening(&self) -> std::net::SocketAddr {
         let line = self.wait_for_line("listening addr=", Duration::from_secs(20));

@@ -36,6 +36,16 @@ fn openssl(args: &[&str]) {
 /// open until the answer (or, without a request, the session summary) has arrived or the client
 /// gave up, and returns stdout+stderr.
 fn s_client(addr: SocketAddr, args: &[&str], request: &str) -> String {
+    let done = if request.is_empty() {
+        "Verify return code"
+    } else {
+        "HTTP/1.1 "
+    };
+    s_client_until(addr, args, request, done)
+}
+
+/// [`s_client`], keeping stdin open until stdout shows `done` (or the client exits).
+fn s_client_until(addr: SocketAddr, args: &[&str], request: &str, done: &str) -> String {
     require_tool("openssl", "openssl");
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect", &addr.to_string()])
@@ -59,17 +69,19 @@ fn s_client(addr: SocketAddr, args: &[&str], request: &str) -> String {
             sink.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
     });
-    let done = if request.is_empty() {
-        "Verify return code"
-    } else {
-        "HTTP/1.1 "
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
+    loop {
         let seen = String::from_utf8_lossy(&output.lock().unwrap()).contains(done);
         if seen || child.try_wait().unwrap().is_some() {
             break;
         }
+        // Neither the answer nor an exit: the server is stuck (a stall is a failure, even if
+        // closing stdin would shake the answer loose).
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_client {args:?}: no {done:?} within 10 s; output so far:\n{}",
+            String::from_utf8_lossy(&output.lock().unwrap())
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A moment more for the rest of the answer and any TLS 1.3 tickets.
@@ -843,7 +855,7 @@ fn ocsp_staples_from_the_responder_from_a_file_and_never_blocking() {
         path(&pki.key)
     );
     let (server, addr) = Fastedge::serve_config(&state, &config);
-    server.wait_for_line("OCSP staple updated", Duration::from_secs(15));
+    server.wait_for_logged("OCSP staple updated", Duration::from_secs(15));
     let out = staple_status(addr);
     assert!(out.contains("OCSP Response Status: successful"), "{out}");
     assert!(out.contains("Cert Status: good"), "{out}");
@@ -892,7 +904,7 @@ fn ocsp_staples_from_the_responder_from_a_file_and_never_blocking() {
         path(&pki_dead.key)
     );
     let (down_server, down_addr) = Fastedge::serve_config(&state3, &config);
-    down_server.wait_for_line("OCSP staple not updated", Duration::from_secs(15));
+    down_server.wait_for_logged("OCSP staple not updated", Duration::from_secs(15));
     let out = staple_status(down_addr);
     assert!(out.contains("OCSP response: no response sent"), "{out}");
     assert!(out.contains("Verify return code"), "{out}");
@@ -994,7 +1006,7 @@ fn ocsp_staples_through_a_bud_stapling_service() {
         path(&pki.key)
     );
     let (server, addr) = Fastedge::serve_config(&state, &config);
-    let line = server.wait_for_line("OCSP staple updated", Duration::from_secs(15));
+    let line = server.wait_for_logged("OCSP staple updated", Duration::from_secs(15));
     assert!(line.contains("stapling service"), "{line}");
     let out = staple_status(addr);
     assert!(out.contains("Cert Status: good"), "{out}");
@@ -1171,4 +1183,96 @@ fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
     assert!(out.contains("unrecognized name"), "{out}");
     let out = s_client(strict_addr, &["-servername", "dyn.test"], request);
     assert_eq!(presented_cn(&out).as_deref(), Some("dyn.test"), "{out}");
+}
+
+#[test]
+fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
+    let state = TempDir::new("early-data");
+    let (backend, seen) = echo_backend();
+    let config = |extra: &str| {
+        format!("[tls]\n{extra}\n[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n")
+    };
+    let (server, addr) = Fastedge::serve_config(&state, &config("early_data = true"));
+    let session = state.path().join("session.pem");
+    let early = state.path().join("early.txt");
+    std::fs::write(&early, "GET /early HTTP/1.1\r\nHost: e\r\n\r\n").unwrap();
+    let request = "GET /first HTTP/1.1\r\nHost: e\r\n\r\n";
+    let first = s_client(addr, &["-tls1_3", "-sess_out", path(&session)], request);
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    let resumed = s_client_until(
+        addr,
+        &[
+            "-tls1_3",
+            "-sess_in",
+            path(&session),
+            "-early_data",
+            path(&early),
+        ],
+        "",
+        "HTTP/1.1 200",
+    );
+    assert!(resumed.contains("Early data was accepted"), "{resumed}");
+    assert!(resumed.contains("GET /early HTTP/1.1"), "{resumed}");
+    let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
+    assert!(
+        all.contains("GET /early HTTP/1.1\r\nHost: e\r\nX-Forwarded-For: 127.0.0.1"),
+        "{all}"
+    );
+    assert!(all.contains("Early-Data: 1\r\n"), "{all}");
+    assert_eq!(
+        all.matches("Early-Data").count(),
+        1,
+        "the first request was not early: {all}"
+    );
+    server.wait_for_line("TLSv1.3 0-RTT", Duration::from_secs(5));
+
+    // A cap of 10 bytes: the request still arrives whole, after the handshake, unmarked.
+    seen.lock().unwrap().clear();
+    let state2 = TempDir::new("early-data-cap");
+    let (_capped, capped_addr) =
+        Fastedge::serve_config(&state2, &config("early_data = true\nearly_data_max = 10"));
+    let first = s_client(
+        capped_addr,
+        &["-tls1_3", "-sess_out", path(&session)],
+        request,
+    );
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    let resumed = s_client_until(
+        capped_addr,
+        &[
+            "-tls1_3",
+            "-sess_in",
+            path(&session),
+            "-early_data",
+            path(&early),
+        ],
+        "",
+        "HTTP/1.1 200",
+    );
+    assert!(resumed.contains("Early data was accepted"), "{resumed}");
+    let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
+    assert!(all.contains("GET /early HTTP/1.1"), "{all}");
+    assert!(!all.contains("Early-Data"), "{all}");
+
+    // Off (the default): rejected, the client sends it again after the handshake.
+    seen.lock().unwrap().clear();
+    let state3 = TempDir::new("early-data-off");
+    let (_off, off_addr) = Fastedge::serve_config(&state3, &config(""));
+    let first = s_client(off_addr, &["-tls1_3", "-sess_out", path(&session)], request);
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    let resumed = s_client_until(
+        off_addr,
+        &[
+            "-tls1_3",
+            "-sess_in",
+            path(&session),
+            "-early_data",
+            path(&early),
+        ],
+        "",
+        "Early data was",
+    );
+    assert!(!resumed.contains("Early data was accepted"), "{resumed}");
+    let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
+    assert!(!all.contains("Early-Data"), "{all}");
 }

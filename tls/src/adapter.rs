@@ -11,6 +11,10 @@
 use std::{
     fmt, io,
     pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -123,6 +127,7 @@ where
             Ok(stream) => Poll::Ready(Ok(TlsStream {
                 inner: stream,
                 close: CloseState::Open,
+                early: None,
             })),
             Err(HandshakeError::WouldBlock(pending)) => {
                 progress(pending.ssl());
@@ -157,6 +162,18 @@ enum CloseState {
 pub struct TlsStream<S> {
     inner: SslStream<IoShim<S>>,
     close: CloseState,
+    early: Option<EarlyData>,
+}
+
+/// Early data (0-RTT) handling of one connection: how much may pass before the handshake
+/// completes, and what waits for it.
+#[derive(Debug)]
+struct EarlyData {
+    cap: usize,
+    passed: usize,
+    held: Vec<u8>,
+    /// Whether the bytes of the last read may have been early data.
+    last_read_early: Arc<AtomicBool>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for TlsStream<S> {
@@ -177,6 +194,26 @@ impl<S> TlsStream<S> {
     /// The transport under TLS.
     pub fn get_ref(&self) -> &S {
         &self.inner.get_ref().stream
+    }
+
+    /// Reads early data (TLS 1.3 0-RTT) when the handshake accepted it: up to `cap` bytes are
+    /// handed out while the handshake is still incomplete (they could be a replay); the rest
+    /// is held until the client's Finished arrives. `last_read_early` tells, after each read,
+    /// whether its bytes may have been early data. No effect when early data was not accepted.
+    pub fn track_early_data(&mut self, cap: usize, last_read_early: Arc<AtomicBool>) {
+        if crate::ffi::in_early_data(self.inner.ssl()) {
+            self.early = Some(EarlyData {
+                cap,
+                passed: 0,
+                held: Vec::new(),
+                last_read_early,
+            });
+        }
+    }
+
+    /// Whether the client sent early data and it was accepted.
+    pub fn early_data_accepted(&self) -> bool {
+        crate::ffi::early_data_accepted(self.inner.ssl())
     }
 
     /// Whether the peer's close_notify has arrived.
@@ -217,6 +254,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.inner.get_mut().register(cx);
+        if let Some(early) = &mut this.early {
+            loop {
+                if !crate::ffi::in_early_data(this.inner.ssl()) {
+                    // The handshake completed: what was held goes first, then normal reads.
+                    early.last_read_early.store(false, Ordering::Relaxed);
+                    if early.held.is_empty() {
+                        this.early = None;
+                        break;
+                    }
+                    let n = early.held.len().min(buf.len());
+                    buf[..n].copy_from_slice(&early.held[..n]);
+                    early.held.drain(..n);
+                    return Poll::Ready(Ok(n));
+                }
+                if early.passed < early.cap {
+                    let limit = buf.len().min(early.cap - early.passed);
+                    early.last_read_early.store(true, Ordering::Relaxed);
+                    return match this.inner.ssl_read(&mut buf[..limit]) {
+                        Ok(n) => {
+                            early.passed += n;
+                            Poll::Ready(Ok(n))
+                        }
+                        Err(error) if error.code() == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
+                        Err(error) => map_ssl_error(error),
+                    };
+                }
+                // Over the cap: keep reading (the handshake completes through reads) but hold
+                // the bytes until it has.
+                let mut chunk = [0u8; 4096];
+                match this.inner.ssl_read(&mut chunk) {
+                    Ok(n) => early.held.extend_from_slice(&chunk[..n]),
+                    // The read that completes the handshake may find no data after it: deliver
+                    // what is held now rather than wait for more from the client.
+                    Err(error)
+                        if !crate::ffi::in_early_data(this.inner.ssl())
+                            && matches!(
+                                error.code(),
+                                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE
+                            ) =>
+                    {
+                        continue
+                    }
+                    Err(error) if error.code() == ErrorCode::ZERO_RETURN => {
+                        if early.held.is_empty() {
+                            return Poll::Ready(Ok(0));
+                        }
+                        // Deliver what is held; the close shows on the next read.
+                        let n = early.held.len().min(buf.len());
+                        buf[..n].copy_from_slice(&early.held[..n]);
+                        early.held.drain(..n);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(error) => return map_ssl_error(error),
+                }
+            }
+        }
         match this.inner.ssl_read(buf) {
             Ok(n) => Poll::Ready(Ok(n)),
             Err(error) if error.code() == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),

@@ -47,6 +47,7 @@ use crate::{
 pub struct ServerContext {
     context: SslContext,
     tickets: Option<Arc<TicketKeys>>,
+    early_data: Option<usize>,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -433,12 +434,18 @@ impl ServerContext {
         Ok(Self {
             context: builder.build(),
             tickets,
+            early_data: settings.early_data,
         })
     }
 
     /// What the ClientHello of `ssl` decided; `None` until BoringSSL has processed it.
     pub fn hello_choice(ssl: &SslRef) -> Option<HelloChoice> {
         ssl.ex_data(hello_index()).copied()
+    }
+
+    /// Bytes of early data passed on before the handshake completes; `None`: 0-RTT is off.
+    pub fn early_data_cap(&self) -> Option<usize> {
+        self.early_data
     }
 
     /// The session ticket key ring, when tickets are on.
@@ -479,6 +486,7 @@ impl ServerContext {
         Ok(Self {
             context: builder.build(),
             tickets,
+            early_data: settings.early_data,
         })
     }
 
@@ -519,6 +527,9 @@ impl ServerContext {
             .map_err(TlsError::config("setting the session ID context"))?;
         if let Some(keys) = tickets {
             ffi::set_ticket_keys(&mut builder, keys.clone());
+        }
+        if settings.early_data.is_some() {
+            ffi::set_early_data_enabled(&mut builder, true);
         }
         if let Some(ciphers) = &settings.ciphers {
             builder.set_cipher_list(ciphers).map_err(TlsError::config(

@@ -83,3 +83,25 @@ pub fn set_ticket_keys(builder: &mut SslContextBuilder, keys: std::sync::Arc<Tic
         });
     }
 }
+
+/// Lets TLS 1.3 clients resuming a session send early data (0-RTT).
+#[doc(alias = "SSL_CTX_set_early_data_enabled")]
+pub fn set_early_data_enabled(builder: &mut SslContextBuilder, enabled: bool) {
+    // SAFETY: `builder` owns a live SSL_CTX; the call only stores the flag.
+    unsafe { boring_sys::SSL_CTX_set_early_data_enabled(builder.as_ptr(), i32::from(enabled)) }
+}
+
+/// Whether the connection is still reading the client's early data (its handshake has not
+/// completed yet).
+#[doc(alias = "SSL_in_early_data")]
+pub fn in_early_data(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl` is a live SSL; the call only reads its state.
+    unsafe { boring_sys::SSL_in_early_data(ssl.as_ptr()) == 1 }
+}
+
+/// Whether the server accepted the client's early data on this connection.
+#[doc(alias = "SSL_early_data_accepted")]
+pub fn early_data_accepted(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl` is a live SSL; the call only reads its state.
+    unsafe { boring_sys::SSL_early_data_accepted(ssl.as_ptr()) == 1 }
+}

@@ -275,7 +275,7 @@ pub async fn serve_connection(
         %peer,
         sni = log.sni.as_deref().unwrap_or("-"),
         alpn = log.alpn.as_deref().unwrap_or("-"),
-        tls = log.version.unwrap_or("-"),
+        tls = log.version.as_deref().unwrap_or("-"),
         backend = log.backend.as_deref().unwrap_or("-"),
         upstream = log.upstream,
         downstream = log.downstream,
@@ -290,7 +290,8 @@ pub async fn serve_connection(
 struct ConnectionLog {
     sni: Option<String>,
     alpn: Option<String>,
-    version: Option<&'static str>,
+    /// Protocol version, with ` 0-RTT` when early data was accepted.
+    version: Option<String>,
     backend: Option<String>,
     upstream: u64,
     downstream: u64,
@@ -341,13 +342,22 @@ async fn run(
         fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
     });
     core.metrics.handshake_ok();
+    let early = frontend.context.early_data_cap().and_then(|cap| {
+        let flag = Arc::new(AtomicBool::new(false));
+        tls.track_early_data(cap, flag.clone());
+        tls.early_data_accepted().then_some(flag)
+    });
     let mut facts = tls_facts(&tls);
     log.sni = facts.server_name.clone();
     log.alpn = facts
         .alpn
         .as_ref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    log.version = Some(tls.ssl().version_str());
+    log.version = Some(if early.is_some() {
+        format!("{} 0-RTT", tls.ssl().version_str())
+    } else {
+        tls.ssl().version_str().to_owned()
+    });
     let (mut backend, lease) = match connecting.await {
         Ok(connected) => connected,
         Err(reason) => {
@@ -436,6 +446,7 @@ async fn run(
         injector: injector.as_mut(),
         half_open: frontend.settings.allow_half_open,
         idle_timeout: Some(frontend.settings.idle_timeout),
+        early,
     };
     let outcome = pump(&mut tls, &mut backend, options).await;
     log.upstream = outcome.upstream;
@@ -706,6 +717,9 @@ pub struct PumpOptions<'a> {
     pub half_open: bool,
     /// Close when no bytes move either way for this long.
     pub idle_timeout: Option<Duration>,
+    /// Set by the client stream after each read: whether those bytes may have been TLS early
+    /// data (the injector then marks requests completed by them with `Early-Data: 1`).
+    pub early: Option<Arc<AtomicBool>>,
 }
 
 /// One direction of the pump: a buffer between a reader and a writer.
@@ -747,6 +761,7 @@ impl Flow {
         (from, reader): (Side, &mut R),
         (to, writer): (Side, &mut W),
         mut injector: Option<&mut Injector>,
+        early: Option<&AtomicBool>,
         activity: &Cell<Instant>,
     ) -> Poll<Result<(), FlowError>>
     where
@@ -795,6 +810,7 @@ impl Flow {
                     self.end = n;
                     if let Some(injector) = injector.as_deref_mut() {
                         self.out.clear();
+                        injector.set_early(early.is_some_and(|e| e.load(Ordering::Relaxed)));
                         injector.feed(&self.buf[..n], &mut self.out).map_err(|e| {
                             (
                                 from,
@@ -833,6 +849,7 @@ where
         mut injector,
         half_open,
         idle_timeout,
+        early,
     } = options;
     let mut up = Flow::new(injector.is_some());
     let mut down = Flow::new(false);
@@ -844,6 +861,7 @@ where
             (Side::Client, &mut *client),
             (Side::Backend, &mut *backend),
             injector.as_deref_mut(),
+            early.as_deref(),
             &activity,
         );
         if let Poll::Ready(Err(e)) = up_poll {
@@ -853,6 +871,7 @@ where
             cx,
             (Side::Backend, &mut *backend),
             (Side::Client, &mut *client),
+            None,
             None,
             &activity,
         );

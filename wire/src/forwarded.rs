@@ -141,6 +141,7 @@ pub struct Injector {
     requests: u64,
     h2: bool,
     client_cert: Option<ClientCertHeaders>,
+    early: bool,
 }
 
 impl Injector {
@@ -153,7 +154,15 @@ impl Injector {
             requests: 0,
             h2: false,
             client_cert: None,
+            early: false,
         }
+    }
+
+    /// Whether the bytes fed next may be TLS early data (0-RTT, replayable): requests whose
+    /// head completes with them get `Early-Data: 1` (RFC 8470), so the backend can answer
+    /// `425 Too Early` to what must not be replayed.
+    pub fn set_early(&mut self, early: bool) {
+        self.early = early;
     }
 
     /// Also states the client certificate in every request ([`ClientCertHeaders`]).
@@ -270,7 +279,10 @@ impl Injector {
             &buf[..head_len],
             &self.config,
             &self.facts,
-            self.client_cert.as_ref(),
+            Extra {
+                client_cert: self.client_cert.as_ref(),
+                early: self.early,
+            },
             out,
         );
         self.requests += 1;
@@ -331,13 +343,21 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// Writes `head` with the forwarding headers set, lines ending in CRLF.
+/// What a head states beyond the forwarding headers.
+struct Extra<'a> {
+    client_cert: Option<&'a ClientCertHeaders>,
+    /// The head arrived (at least in part) in TLS early data.
+    early: bool,
+}
+
 fn rewrite_head(
     head: &[u8],
     config: &ForwardedConfig,
     facts: &ClientFacts,
-    client_cert: Option<&ClientCertHeaders>,
+    extra: Extra<'_>,
     out: &mut Vec<u8>,
 ) {
+    let client_cert = extra.client_cert;
     let head = without_leading_empty_lines(head);
     let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     out.extend_from_slice(request_line.strip_suffix(b"\r").unwrap_or(request_line));
@@ -356,6 +376,10 @@ fn rewrite_head(
                 .iter()
                 .any(|h| name.eq_ignore_ascii_case(h));
         if managed_cert {
+            continue;
+        }
+        // Ours replaces a client's (the same value: RFC 8470 allows only "1").
+        if extra.early && name.eq_ignore_ascii_case(b"early-data") {
             continue;
         }
         if managed_x || managed_fwd {
@@ -398,6 +422,9 @@ fn rewrite_head(
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
         out.extend_from_slice(format!("for={node};proto=https\r\n").as_bytes());
+    }
+    if extra.early {
+        out.extend_from_slice(b"Early-Data: 1\r\n");
     }
     if let Some(cert) = client_cert {
         out.extend_from_slice(b"X-Client-Verify: ");
@@ -587,6 +614,31 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!("GET / HTTP/1.1\r\n{XFF}X-Client-Verify: NONE\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn early_data_requests_are_marked() {
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        injector.set_early(true);
+        injector
+            .feed(
+                b"GET /a HTTP/1.1\r\nEarly-Data: 1\r\n\r\nGET /b HTTP/1.1\r\n",
+                &mut out,
+            )
+            .unwrap();
+        injector.set_early(false);
+        injector
+            .feed(b"\r\nGET /c HTTP/1.1\r\n\r\n", &mut out)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "GET /a HTTP/1.1\r\n{XFF}Early-Data: 1\r\n\r\n\
+                 GET /b HTTP/1.1\r\n{XFF}\r\nGET /c HTTP/1.1\r\n{XFF}\r\n"
+            ),
+            "only heads completed in early data; never twice"
         );
     }
 
