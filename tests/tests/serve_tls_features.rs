@@ -1196,21 +1196,21 @@ fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
     let session = state.path().join("session.pem");
     let early = state.path().join("early.txt");
     std::fs::write(&early, "GET /early HTTP/1.1\r\nHost: e\r\n\r\n").unwrap();
-    let request = "GET /first HTTP/1.1\r\nHost: e\r\n\r\n";
-    let first = s_client(addr, &["-tls1_3", "-sess_out", path(&session)], request);
-    assert!(first.contains("HTTP/1.1 200"), "{first}");
-    let resumed = s_client_until(
-        addr,
-        &[
+    // A full handshake that keeps a ticket, then a resumption sending a request as early data.
+    let resume_with_early_data = |addr: SocketAddr, done: &str| {
+        let request = "GET /first HTTP/1.1\r\nHost: e\r\n\r\n";
+        let first = s_client(addr, &["-tls1_3", "-sess_out", path(&session)], request);
+        assert!(first.contains("HTTP/1.1 200"), "{first}");
+        let args = [
             "-tls1_3",
             "-sess_in",
             path(&session),
             "-early_data",
             path(&early),
-        ],
-        "",
-        "HTTP/1.1 200",
-    );
+        ];
+        s_client_until(addr, &args, "", done)
+    };
+    let resumed = resume_with_early_data(addr, "HTTP/1.1 200");
     assert!(resumed.contains("Early data was accepted"), "{resumed}");
     assert!(resumed.contains("GET /early HTTP/1.1"), "{resumed}");
     let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
@@ -1231,47 +1231,17 @@ fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
     let state2 = TempDir::new("early-data-cap");
     let (_capped, capped_addr) =
         Fastedge::serve_config(&state2, &config("early_data = true\nearly_data_max = 10"));
-    let first = s_client(
-        capped_addr,
-        &["-tls1_3", "-sess_out", path(&session)],
-        request,
-    );
-    assert!(first.contains("HTTP/1.1 200"), "{first}");
-    let resumed = s_client_until(
-        capped_addr,
-        &[
-            "-tls1_3",
-            "-sess_in",
-            path(&session),
-            "-early_data",
-            path(&early),
-        ],
-        "",
-        "HTTP/1.1 200",
-    );
+    let resumed = resume_with_early_data(capped_addr, "HTTP/1.1 200");
     assert!(resumed.contains("Early data was accepted"), "{resumed}");
     let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
     assert!(all.contains("GET /early HTTP/1.1"), "{all}");
     assert!(!all.contains("Early-Data"), "{all}");
 
-    // Off (the default): rejected, the client sends it again after the handshake.
+    // Off (the default): not accepted.
     seen.lock().unwrap().clear();
     let state3 = TempDir::new("early-data-off");
     let (_off, off_addr) = Fastedge::serve_config(&state3, &config(""));
-    let first = s_client(off_addr, &["-tls1_3", "-sess_out", path(&session)], request);
-    assert!(first.contains("HTTP/1.1 200"), "{first}");
-    let resumed = s_client_until(
-        off_addr,
-        &[
-            "-tls1_3",
-            "-sess_in",
-            path(&session),
-            "-early_data",
-            path(&early),
-        ],
-        "",
-        "Early data was",
-    );
+    let resumed = resume_with_early_data(off_addr, "Early data was");
     assert!(!resumed.contains("Early data was accepted"), "{resumed}");
     let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
     assert!(!all.contains("Early-Data"), "{all}");
