@@ -1246,3 +1246,69 @@ fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
     let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
     assert!(!all.contains("Early-Data"), "{all}");
 }
+
+#[test]
+fn a_bud_json_configuration_runs_unchanged() {
+    let state = TempDir::new("bud-json");
+    let (cert, key) = state.self_signed("bud.test");
+    let (ctx_cert, ctx_key) = state.self_signed("ctx.bud.test");
+    let (backend, seen) = echo_backend();
+    let (ctx_backend, ctx_seen) = echo_backend();
+    // Inline PEMs for the frontend (as bud allowed), files for the context.
+    let json_string = |text: &str| text.replace('\n', "\\n");
+    let config = format!(
+        r#"{{
+  "workers": 1,
+  "log": {{ "level": "info", "stdio": true }},
+  "availability": {{ "death_timeout": 1000, "revive_interval": 2500, "retry_interval": 250, "max_retries": 5 }},
+  "frontend": {{
+    "port": 1443, "host": "0.0.0.0", "security": "ssl23", "keepalive": 3600,
+    "cert": "{}", "key": "{}", "npn": ["http/1.1"], "server_preference": true,
+    "ticket_timeout": 3600, "ticket_rotate": 3600, "reneg_window": 600
+  }},
+  "balance": "roundrobin",
+  "backend": [{{ "host": "127.0.0.1", "port": {}, "proxyline": "json", "x-forward": true }}],
+  "sni": {{ "enabled": false }},
+  "stapling": {{ "enabled": false }},
+  "contexts": [{{ "servername": "ctx.bud.test", "cert": "{}", "key": "{}",
+                 "backend": [{{ "host": "127.0.0.1", "port": {}, "proxyline": "haproxy" }}] }}]
+}}"#,
+        json_string(&std::fs::read_to_string(&cert).unwrap()),
+        json_string(&std::fs::read_to_string(&key).unwrap()),
+        backend.port(),
+        path(&ctx_cert),
+        path(&ctx_key),
+        ctx_backend.port(),
+    );
+    let (server, addr) = Fastedge::serve_config(&state, &config);
+    let request = "GET /bud HTTP/1.1\r\nHost: b\r\n\r\n";
+    let out = s_client(addr, &["-servername", "bud.test"], request);
+    assert_eq!(presented_cn(&out).as_deref(), Some("bud.test"), "{out}");
+    let raw = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
+    assert!(raw.starts_with("BUD {\"family\":\"TCP4\""), "{raw}");
+    assert!(raw.contains("X-Forwarded-For: 127.0.0.1"), "{raw}");
+    let out = s_client(addr, &["-servername", "ctx.bud.test"], request);
+    assert_eq!(presented_cn(&out).as_deref(), Some("ctx.bud.test"), "{out}");
+    let raw = String::from_utf8_lossy(&ctx_seen.lock().unwrap().concat()).into_owned();
+    assert!(raw.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "), "{raw}");
+    let log = server.log_text();
+    assert!(log.contains("read as a bud JSON configuration"), "{log}");
+    assert!(log.contains("bud key not carried over: workers"), "{log}");
+    assert!(log.contains("frontend.reneg_window"), "{log}");
+
+    // check-config shows how it was understood.
+    let file = state.path().join("fastedge.toml");
+    let out = Command::new(fastedge_tests::process::fastedge_bin())
+        .args(["check-config", path(&file)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("read as a bud JSON configuration"), "{text}");
+    assert!(text.contains("proxy_protocol = \"bud-json\""), "{text}");
+    assert!(text.contains("not carried over: workers"), "{text}");
+}

@@ -124,6 +124,9 @@ ticket_rotate = "1h"
 ticket_previous = 2
 ticket_secret_file = ""
 ticket_key_file = ""
+# Or fixed keys written here (base64 of 48 bytes, one per line, newest first), as bud's
+# ticket_key: never rotated.
+ticket_key = ""
 # Server-side session cache for clients that resume by session ID (TLS 1.2 without tickets):
 # at most this many sessions (0: off), each valid for session_timeout (also tickets' lifetime
 # as told to clients).
@@ -266,6 +269,7 @@ struct RawTls {
     ticket_previous: u32,
     ticket_secret_file: String,
     ticket_key_file: String,
+    ticket_key: String,
     session_cache_size: u32,
     session_timeout: String,
     ocsp_fetch: bool,
@@ -406,6 +410,7 @@ impl Default for RawTls {
             ticket_previous: 2,
             ticket_secret_file: String::new(),
             ticket_key_file: String::new(),
+            ticket_key: String::new(),
             session_cache_size: 20480,
             session_timeout: "1h".into(),
             ocsp_fetch: true,
@@ -569,6 +574,8 @@ pub enum TicketKeySource {
     SharedSecret(PathBuf),
     /// Read from a file of base64 keys, newest first.
     File(PathBuf),
+    /// Base64 keys given in the configuration, newest first; never rotated.
+    Fixed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -644,6 +651,18 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// Parses and validates a TOML document, or a bud JSON configuration (told apart by
+    /// content); for bud's, also returns its translation into TOML with the notes on what
+    /// could not be carried over.
+    pub fn parse_any(text: &str) -> Result<(Self, Option<crate::bud::Translation>), ConfigError> {
+        if !crate::bud::is_bud_json(text) {
+            return Ok((Self::parse(text)?, None));
+        }
+        let translation = crate::bud::translate(text)?;
+        let config = Self::parse(&translation.toml)?;
+        Ok((config, Some(translation)))
+    }
+
     /// Parses and validates a TOML document. Leading and trailing whitespace is fine.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
@@ -968,14 +987,20 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let ticket_keys = match (
         nonempty(&t.ticket_secret_file),
         nonempty(&t.ticket_key_file),
+        nonempty(&t.ticket_key),
     ) {
-        (None, None) => TicketKeySource::Random,
-        (Some(secret), None) => TicketKeySource::SharedSecret(secret.into()),
-        (None, Some(file)) => TicketKeySource::File(file.into()),
-        (Some(_), Some(_)) => {
+        (None, None, None) => TicketKeySource::Random,
+        (Some(secret), None, None) => TicketKeySource::SharedSecret(secret.into()),
+        (None, Some(file), None) => TicketKeySource::File(file.into()),
+        (None, None, Some(keys)) => {
+            crate::tickets::parse_keys(&keys, "tls.ticket_key")
+                .map_err(|e| invalid("tls.ticket_key", e.to_string()))?;
+            TicketKeySource::Fixed(keys)
+        }
+        _ => {
             return Err(invalid(
                 "tls.ticket_key_file",
-                "give ticket_secret_file or ticket_key_file, not both",
+                "give at most one of ticket_secret_file, ticket_key_file, ticket_key",
             ))
         }
     };

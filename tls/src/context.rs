@@ -315,7 +315,7 @@ impl ServerContext {
                 let kind = KeyKind::of(&public).ok_or_else(|| {
                     TlsError::Invalid(format!(
                         "{}: unsupported key type (RSA, ECDSA P-256/P-384/P-521 or Ed25519)",
-                        spec.key.display()
+                        describe_pem(&spec.key)
                     ))
                 })?;
                 if index.is_none() && first.is_none() {
@@ -594,7 +594,7 @@ fn stapling_job(
     stapling: &Stapling,
     slot: &Arc<StapleSlot>,
 ) -> Result<Option<Job>, TlsError> {
-    let name = spec.cert.display().to_string();
+    let name = describe_pem(&spec.cert);
     let Some(cert) = OcspCert::new(name.clone(), chain) else {
         return Ok(None);
     };
@@ -650,6 +650,9 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
         return Ok(());
     };
     let read = |what, path: &Path| {
+        if let Some(text) = inline_pem(path) {
+            return Ok(text.as_bytes().to_vec());
+        }
         std::fs::read(path).map_err(|source| TlsError::ReadFile {
             what,
             path: path.to_owned(),
@@ -660,7 +663,7 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
         .map_err(TlsError::config("parsing the client CA bundle"))?;
     if cas.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: ca.to_owned(),
+            path: describe_pem(ca).into(),
         });
     }
     let mut store = X509StoreBuilder::new().map_err(TlsError::Setup)?;
@@ -683,8 +686,15 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
     builder
         .set_verify_cert_store(store.build())
         .map_err(TlsError::config("installing the client CA store"))?;
-    let names =
-        X509Name::load_client_ca_file(ca).map_err(TlsError::config("reading client CA names"))?;
+    let mut names = boring::stack::Stack::new().map_err(TlsError::Setup)?;
+    for cert in &cas {
+        let name = cert
+            .subject_name()
+            .to_der()
+            .and_then(|der| X509Name::from_der(&der))
+            .map_err(TlsError::config("reading client CA names"))?;
+        names.push(name).map_err(TlsError::Setup)?;
+    }
     builder.set_client_ca_list(names);
     builder.set_verify(verify_mode(auth.verify));
     Ok(())
@@ -708,9 +718,27 @@ pub(crate) enum PairKey {
     Keyless(std::path::PathBuf),
 }
 
+/// A `cert`/`key` value that is the PEM text itself rather than a file (as bud allowed).
+pub fn inline_pem(value: &Path) -> Option<&str> {
+    value
+        .to_str()
+        .filter(|text| text.trim_start().starts_with("-----BEGIN"))
+}
+
+/// A `cert`/`key` value for logs: the path, or `(inline PEM)`.
+pub fn describe_pem(value: &Path) -> String {
+    match inline_pem(value) {
+        Some(_) => "(inline PEM)".to_owned(),
+        None => value.display().to_string(),
+    }
+}
+
 /// Reads one chain and its key, decrypting the key with its passphrase.
 fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PairKey), TlsError> {
     let read = |what, path: &Path| {
+        if let Some(text) = inline_pem(path) {
+            return Ok(text.as_bytes().to_vec());
+        }
         std::fs::read(path).map_err(|source| TlsError::ReadFile {
             what,
             path: path.to_owned(),
@@ -721,7 +749,7 @@ fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PairKey), TlsError> {
     let chain = X509::stack_from_pem(&cert_pem).map_err(TlsError::config("parsing certificate"))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: spec.cert.clone(),
+            path: describe_pem(&spec.cert).into(),
         });
     }
     if let Some(server) = &spec.key_server {

@@ -10,6 +10,7 @@
 //! listeners (`fastedge-runtime`).
 
 mod adapter;
+pub mod bud;
 pub mod config;
 mod context;
 mod dynsni;

@@ -8,7 +8,8 @@
 //!   48 bytes, so every box of a fleet with the same secret (and clocks that agree) computes the
 //!   same keys with no traffic between them;
 //! - **file**: base64 lines of 48 bytes each, newest first, reread at most once a second when
-//!   the file's modification time or size changes.
+//!   the file's modification time or size changes;
+//! - **fixed**: such keys given in the configuration (bud's `ticket_key`), never rotated.
 //!
 //! A 48-byte key is laid out as OpenSSL's and bud's: 16 bytes of name, 16 of HMAC-SHA256 key,
 //! 16 of AES-128-CBC key. The ring is shared by every core; a handshake takes one atomic load
@@ -130,6 +131,11 @@ pub fn read_key_file(path: &Path) -> Result<Vec<TicketKey>, TlsError> {
         path: path.to_owned(),
         source,
     })?;
+    parse_keys(&text, &path.display().to_string())
+}
+
+/// Parses base64 keys of 48 bytes, one per line, newest first; `origin` names them in errors.
+pub fn parse_keys(text: &str, origin: &str) -> Result<Vec<TicketKey>, TlsError> {
     let mut keys = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -138,8 +144,7 @@ pub fn read_key_file(path: &Path) -> Result<Vec<TicketKey>, TlsError> {
         }
         let bad = || {
             TlsError::Invalid(format!(
-                "{} line {}: not base64 of {TICKET_KEY_LEN} bytes",
-                path.display(),
+                "{origin} line {}: not base64 of {TICKET_KEY_LEN} bytes",
                 n + 1
             ))
         };
@@ -147,18 +152,14 @@ pub fn read_key_file(path: &Path) -> Result<Vec<TicketKey>, TlsError> {
         let bytes: [u8; TICKET_KEY_LEN] = bytes.as_slice().try_into().map_err(|_| bad())?;
         if bytes.iter().all(|&b| b == 0) {
             return Err(TlsError::Invalid(format!(
-                "{} line {}: an all-zero ticket key is refused",
-                path.display(),
+                "{origin} line {}: an all-zero ticket key is refused",
                 n + 1
             )));
         }
         keys.push(TicketKey::from_bytes(&bytes));
     }
     if keys.is_empty() {
-        return Err(TlsError::Invalid(format!(
-            "{}: no ticket key in the file",
-            path.display()
-        )));
+        return Err(TlsError::Invalid(format!("{origin}: no ticket key")));
     }
     Ok(keys)
 }
@@ -199,6 +200,7 @@ impl TicketKeys {
                 secret = Some(trimmed.to_vec());
                 (keys, epochs, None)
             }
+            TicketKeySource::Fixed(text) => (parse_keys(text, "tls.ticket_key")?, Vec::new(), None),
             TicketKeySource::File(path) => (
                 read_key_file(path)?,
                 Vec::new(),
@@ -237,6 +239,7 @@ impl TicketKeys {
             TicketKeySource::File(_) => ring
                 .checked
                 .is_some_and(|(at, _)| at.elapsed() >= FILE_CHECK_INTERVAL),
+            TicketKeySource::Fixed(_) => false,
             _ => epoch_at(SystemTime::now(), self.rotate) != ring.epoch,
         };
         if !due {
@@ -307,6 +310,7 @@ impl TicketKeys {
                     checked: None,
                 }))
             }
+            TicketKeySource::Fixed(_) => Ok(None),
             TicketKeySource::File(path) => {
                 let stamp = file_stamp(path);
                 let unchanged = ring.checked.is_some_and(|(_, old)| old == stamp);
@@ -383,6 +387,7 @@ pub fn describe(source: &TicketKeySource) -> String {
         TicketKeySource::Random => "random keys made at start".into(),
         TicketKeySource::SharedSecret(p) => format!("derived from secret {}", p.display()),
         TicketKeySource::File(p) => format!("from key file {}", p.display()),
+        TicketKeySource::Fixed(_) => "fixed keys from the configuration".into(),
     }
 }
 

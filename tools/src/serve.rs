@@ -116,7 +116,28 @@ fn read_config(path: &Path) -> Result<ServeConfig, Failure> {
             .map_err(Failure::config)?;
         (path.display().to_string(), text)
     };
-    ServeConfig::parse(&text).map_err(|e| Failure::config(anyhow!("configuration {name}: {e}")))
+    let (config, translation) = ServeConfig::parse_any(&text)
+        .map_err(|e| Failure::config(anyhow!("configuration {name}: {e}")))?;
+    if let Some(translation) = &translation {
+        tracing::info!(config = %name, "read as a bud JSON configuration");
+        for note in &translation.notes {
+            tracing::warn!(config = %name, "bud key not carried over: {note}");
+        }
+    }
+    Ok(config)
+}
+
+/// The TOML equivalent of a bud JSON configuration and its notes, for check-config.
+fn bud_translation(path: &Path) -> Option<fastedge_tls::bud::Translation> {
+    let text = if path == Path::new("-") {
+        return None;
+    } else {
+        std::fs::read_to_string(path).ok()?
+    };
+    if !fastedge_tls::bud::is_bud_json(&text) {
+        return None;
+    }
+    fastedge_tls::bud::translate(&text).ok()
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
@@ -161,6 +182,16 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
             dynamic.timeout.as_millis(),
             dynamic.cache_size
         );
+    }
+    if let Some(translation) = bud_translation(&args.config) {
+        println!("  read as a bud JSON configuration; in fastedge's TOML it reads:\n");
+        for line in translation.toml.lines() {
+            println!("    {line}");
+        }
+        println!();
+        for note in &translation.notes {
+            println!("  not carried over: {note}");
+        }
     }
     for c in &config.tls.contexts {
         println!(
