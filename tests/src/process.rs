@@ -30,6 +30,7 @@ pub fn fastedge_bin() -> PathBuf {
 #[derive(Debug)]
 pub struct Fastedge {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: mpsc::Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -40,11 +41,12 @@ impl Fastedge {
         let mut child = Command::new(fastedge_bin())
             .args(args)
             .envs(envs.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting fastedge");
+        let stdin = child.stdin.take();
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -55,7 +57,20 @@ impl Fastedge {
                 let _ = tx.send(line);
             }
         });
-        Self { child, lines, log }
+        Self {
+            child,
+            stdin,
+            lines,
+            log,
+        }
+    }
+
+    /// Writes `bytes` to the process's standard input.
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).expect("writing to fastedge's stdin");
+        stdin.flush().expect("flushing fastedge's stdin");
     }
 
     /// Starts `fastedge serve` with the configuration `config` (written into `state`, which

@@ -1312,3 +1312,47 @@ fn a_bud_json_configuration_runs_unchanged() {
     assert!(text.contains("proxy_protocol = \"bud-json\""), "{text}");
     assert!(text.contains("not carried over: workers"), "{text}");
 }
+
+#[test]
+fn bud_ticket_ipc_on_stdin_shares_a_key_between_processes() {
+    let (backend, _seen) = echo_backend();
+    let config = format!("[tls]\nticket_key_stdin = true\n[[backend]]\naddress = \"{backend}\"\n");
+    let state_a = TempDir::new("ticket-ipc-a");
+    let state_b = TempDir::new("ticket-ipc-b");
+    let (mut a, addr_a) = Fastedge::serve_config(&state_a, &config);
+    let (mut b, addr_b) = Fastedge::serve_config(&state_b, &config);
+    let session = state_a.path().join("session.pem");
+    let request = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let issue_on_a = || {
+        let out = s_client(addr_a, &["-tls1_2", "-sess_out", path(&session)], request);
+        assert!(out.contains("HTTP/1.1 200"), "{out}");
+    };
+    let resumes_on_b = || {
+        resumed(&s_client(
+            addr_b,
+            &["-tls1_2", "-sess_in", path(&session)],
+            request,
+        ))
+    };
+    issue_on_a();
+    assert!(!resumes_on_b(), "random keys differ");
+    // bud's master message, the same key to both.
+    let mut message = Vec::new();
+    fastedge_wire::bud_ipc::encode(
+        &fastedge_wire::bud_ipc::TicketMessage {
+            context: 0,
+            key: [0x5a; 48],
+        },
+        &mut message,
+    );
+    a.write_stdin(&message);
+    b.write_stdin(&message);
+    a.wait_for_logged("session ticket key installed", Duration::from_secs(5));
+    b.wait_for_logged("session ticket key installed", Duration::from_secs(5));
+    issue_on_a();
+    assert!(resumes_on_b(), "same installed key");
+    // A malformed message stops the reading, with the reason; the server goes on.
+    a.write_stdin(&[0x07]);
+    a.wait_for_logged("stopped reading", Duration::from_secs(5));
+    issue_on_a();
+}

@@ -139,10 +139,10 @@ impl Translator {
                     key,
                     "no equivalent: fastedge runs one thread per core (set `cores`) and restarts nothing",
                 ),
-                "master_ipc" => self.note(
-                    key,
-                    "no equivalent: ticket keys sync through ticket_secret_file or ticket_key_file",
-                ),
+                "master_ipc" => {
+                    let on = boolean(key, v)?;
+                    table(&mut self.out, "tls").insert("ticket_key_stdin".into(), Toml::Boolean(on));
+                }
                 "log" => self.note(
                     key,
                     "use --log-format, --syslog and $FASTEDGE_LOG instead",

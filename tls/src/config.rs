@@ -127,6 +127,9 @@ ticket_key_file = ""
 # Or fixed keys written here (base64 of 48 bytes, one per line, newest first), as bud's
 # ticket_key: never rotated.
 ticket_key = ""
+# Also take keys from bud's IPC messages on standard input (0x03, u32 size 52, u32 context,
+# 48-byte key): each becomes the current key, and rotation stops.
+ticket_key_stdin = false
 # Server-side session cache for clients that resume by session ID (TLS 1.2 without tickets):
 # at most this many sessions (0: off), each valid for session_timeout (also tickets' lifetime
 # as told to clients).
@@ -270,6 +273,7 @@ struct RawTls {
     ticket_secret_file: String,
     ticket_key_file: String,
     ticket_key: String,
+    ticket_key_stdin: bool,
     session_cache_size: u32,
     session_timeout: String,
     ocsp_fetch: bool,
@@ -411,6 +415,7 @@ impl Default for RawTls {
             ticket_secret_file: String::new(),
             ticket_key_file: String::new(),
             ticket_key: String::new(),
+            ticket_key_stdin: false,
             session_cache_size: 20480,
             session_timeout: "1h".into(),
             ocsp_fetch: true,
@@ -584,6 +589,8 @@ pub struct Resumption {
     pub ticket_rotate: Duration,
     pub ticket_previous: u32,
     pub ticket_keys: TicketKeySource,
+    /// Read bud's ticket-key messages on standard input.
+    pub ticket_key_stdin: bool,
     /// 0: no server-side session cache.
     pub session_cache_size: u32,
     pub session_timeout: Duration,
@@ -1009,6 +1016,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
         ticket_previous: t.ticket_previous,
         ticket_keys,
+        ticket_key_stdin: t.ticket_key_stdin,
         session_cache_size: t.session_cache_size,
         session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
     };

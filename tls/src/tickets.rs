@@ -116,6 +116,8 @@ pub struct TicketKeys {
     ring: ArcSwap<Ring>,
     /// Serializes rotations (readers never wait on it).
     rotating: Mutex<()>,
+    /// Keys come from outside (bud's IPC message): no rotation of our own any more.
+    external: std::sync::atomic::AtomicBool,
 }
 
 fn epoch_at(now: SystemTime, rotate: Duration) -> u64 {
@@ -219,6 +221,7 @@ impl TicketKeys {
                 checked,
             }),
             rotating: Mutex::new(()),
+            external: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -232,9 +235,37 @@ impl TicketKeys {
             && self.previous == settings.ticket_previous
     }
 
+    /// Makes `key` the current key (bud's ticket IPC): the keys before it still decrypt (up to
+    /// `ticket_previous` of them), and the ring stops rotating by itself.
+    pub fn install(&self, key: TicketKey) {
+        let _guard = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        self.external
+            .store(true, std::sync::atomic::Ordering::Release);
+        let old = self.ring.load_full();
+        let older: Vec<TicketKey> = old
+            .keys
+            .iter()
+            .filter(|k| **k != key)
+            .take(self.previous as usize)
+            .cloned()
+            .collect();
+        let mut keys = vec![key];
+        keys.extend(older);
+        self.ring.store(Arc::new(Ring {
+            epoch: old.epoch,
+            epochs: Vec::new(),
+            keys,
+            checked: None,
+        }));
+        tracing::info!("session ticket key installed from the IPC message");
+    }
+
     /// The ring as of now, rotated or reread first if due.
     fn current(&self) -> Arc<Ring> {
         let ring = self.ring.load_full();
+        if self.external.load(std::sync::atomic::Ordering::Acquire) {
+            return ring;
+        }
         let due = match &self.source {
             TicketKeySource::File(_) => ring
                 .checked

@@ -307,6 +307,14 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = Shutdown::new();
     let max_connections = frontend.settings.max_connections;
     let current = Arc::new(ArcSwap::from_pointee(frontend));
+    if config.tls.resumption.ticket_key_stdin {
+        if !config.tls.resumption.tickets {
+            return Err(Failure::config(anyhow!(
+                "tls.ticket_key_stdin needs tls.tickets = true"
+            )));
+        }
+        read_ticket_keys_from_stdin(current.clone());
+    }
     let executors = Executors::spawn("fastedge", &cpus, |core| {
         let setup = setups.next();
         let current = current.clone();
@@ -391,6 +399,51 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     executors.join().map_err(Failure::runtime)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// bud's ticket IPC: reads key messages from standard input on a thread of its own and makes
+/// each the current ticket key. A malformed message ends the reading (the stream cannot be
+/// resynchronized), with the reason logged; so does the end of input.
+fn read_ticket_keys_from_stdin(current: Arc<ArcSwap<Frontend>>) {
+    let spawned = std::thread::Builder::new()
+        .name("fastedge-ticket-ipc".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 512];
+            loop {
+                match fastedge_wire::bud_ipc::parse(&buf) {
+                    Ok(fastedge_wire::http1::Status::Complete((message, used))) => {
+                        buf.drain(..used);
+                        let key = fastedge_tls::tickets::TicketKey::from_bytes(&message.key);
+                        match current.load().context.ticket_keys() {
+                            Some(keys) => keys.install(key),
+                            None => tracing::warn!("ticket key message ignored: tickets are off"),
+                        }
+                        continue;
+                    }
+                    Ok(fastedge_wire::http1::Status::Partial) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "ticket key IPC on standard input: stopped reading");
+                        return;
+                    }
+                }
+                match std::io::Read::read(&mut stdin, &mut chunk) {
+                    Ok(0) => {
+                        tracing::info!("ticket key IPC: standard input closed");
+                        return;
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(error) => {
+                        tracing::error!(%error, "ticket key IPC: reading standard input failed");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start the ticket key IPC thread");
+    }
 }
 
 /// The context and backends a configuration describes, with the demo backend standing in when

@@ -1,8 +1,8 @@
 //! Sans-IO wire formats and decisions of fastedge: pure functions over byte slices.
 //!
 //! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
-//! ([`proxy`]); IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection
-//! into every request of a stream ([`forwarded`]); backend choice and passive health
+//! ([`proxy`]); bud's ticket-key message ([`bud_ipc`]); IP prefixes for trust lists ([`net`]);
+//! `X-Forwarded-*`/`Forwarded` injection into every request of a stream ([`forwarded`]); backend choice and passive health
 //! ([`balance`]); server-name matching for SNI ([`sni`]); OCSP requests and responses for
 //! stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet headers down to the innermost
 //! flow, and the symmetric flow hash ([`packet`]). Every parser answers "complete, with the
@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod bud_ipc;
 pub mod der;
 pub mod forwarded;
 pub mod fuzzing;
