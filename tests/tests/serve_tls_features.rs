@@ -516,6 +516,40 @@ fn client_certificates_required_optional_revoked_and_what_the_backend_learns() {
         s_client(addr, &args, &request(name))
     };
 
+    // A session from a context that asks for no certificate does not resume where one is
+    // required (TLS 1.2 and 1.3): the client must show a certificate there.
+    for version in ["-tls1_2", "-tls1_3"] {
+        let session = state.path().join(format!("open{version}.pem"));
+        let out = s_client(
+            addr,
+            &[
+                "-servername",
+                "default.test",
+                version,
+                "-sess_out",
+                path(&session),
+            ],
+            &request("default.test"),
+        );
+        assert!(handshake_ok(&out), "{out}");
+        let out = s_client(
+            addr,
+            &[
+                "-servername",
+                "required.test",
+                version,
+                "-sess_in",
+                path(&session),
+            ],
+            &request("required.test"),
+        );
+        assert!(
+            !handshake_ok(&out),
+            "{version}: resumed past client_verify: {out}"
+        );
+    }
+    open_seen.lock().unwrap().clear();
+
     // Required: no certificate, a self-signed one, a revoked one: refused.
     assert!(!handshake_ok(&connect("required.test", None)));
     assert!(!handshake_ok(&connect("required.test", Some(&pki.rogue))));

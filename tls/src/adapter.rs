@@ -297,14 +297,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                         continue
                     }
                     Err(error) if error.code() == ErrorCode::ZERO_RETURN => {
-                        if early.held.is_empty() {
+                        // The client closed before finishing the handshake: what is held
+                        // beyond the cap was never confirmed (it could be a replay) and is
+                        // dropped. After the handshake, the loop delivers it above.
+                        if crate::ffi::in_early_data(this.inner.ssl()) {
+                            early.held.clear();
                             return Poll::Ready(Ok(0));
                         }
-                        // Deliver what is held; the close shows on the next read.
-                        let n = early.held.len().min(buf.len());
-                        buf[..n].copy_from_slice(&early.held[..n]);
-                        early.held.drain(..n);
-                        return Poll::Ready(Ok(n));
+                        continue;
                     }
                     Err(error) => return map_ssl_error(error),
                 }

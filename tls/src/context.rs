@@ -381,10 +381,11 @@ impl ServerContext {
                     }
                     Lookup::Wait(waiting) => {
                         let dynamic = dynamic.clone();
+                        let fetch_id = waiting.fetch_id();
                         return Ok(Box::pin(async move {
                             let outcome = waiting.await;
                             let finish: BoxSelectCertFinish = Box::new(move |hello| {
-                                let found = dynamic.settle(&name, outcome);
+                                let found = dynamic.settle(&name, fetch_id, outcome);
                                 select_dynamic(hello, &sets, found.as_deref(), tls13_allowed)
                             });
                             Ok(finish)
@@ -521,9 +522,12 @@ impl ServerContext {
                 | SslMode::ACCEPT_MOVING_WRITE_BUFFER
                 | SslMode::ENABLE_PARTIAL_WRITE,
         );
-        // The same on every context, so a session made under one resumes under another.
+        // Equal on contexts with the same client-certificate policy, so a session made under
+        // one resumes under another; different otherwise, so that resuming a session from a
+        // context that asked for no certificate (or trusted other CAs) cannot get past one
+        // that requires it.
         builder
-            .set_session_id_context(b"fastedge")
+            .set_session_id_context(&session_id_context(&settings.client_auth)?)
             .map_err(TlsError::config("setting the session ID context"))?;
         if let Some(keys) = tickets {
             ffi::set_ticket_keys(&mut builder, keys.clone());
@@ -629,6 +633,33 @@ fn stapling_job(
         good_until: None,
         stamp: None,
     }))
+}
+
+/// The session ID context of a client-certificate policy: a digest of the mode and of the CA
+/// and CRL contents (32 bytes, BoringSSL's limit).
+fn session_id_context(auth: &ClientAuth) -> Result<Vec<u8>, TlsError> {
+    let mut material = b"fastedge session context v1".to_vec();
+    if auth.verify != ClientVerify::None {
+        material.push(auth.verify as u8);
+        for path in [auth.ca.as_deref(), auth.crl.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            let bytes = match inline_pem(path) {
+                Some(text) => text.as_bytes().to_vec(),
+                None => std::fs::read(path).map_err(|source| TlsError::ReadFile {
+                    what: "client CA or CRL",
+                    path: path.to_owned(),
+                    source,
+                })?,
+            };
+            material.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+            material.extend_from_slice(&bytes);
+        }
+    }
+    boring::hash::hash(boring::hash::MessageDigest::sha256(), &material)
+        .map(|digest| digest.to_vec())
+        .map_err(TlsError::Setup)
 }
 
 fn verify_mode(verify: ClientVerify) -> SslVerifyMode {

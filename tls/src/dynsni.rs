@@ -44,11 +44,14 @@ pub(crate) type Outcome = Result<Option<Arc<CertSet>>, String>;
 #[derive(Default)]
 struct Waiting {
     outcome: Mutex<Option<Outcome>>,
+    /// When the outcome came, to not reuse an old one.
+    completed: Mutex<Option<Instant>>,
     wakers: Mutex<Vec<Waker>>,
 }
 
 impl Waiting {
     fn complete(&self, outcome: Outcome) {
+        *self.completed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
         for waker in wakers {
@@ -59,6 +62,13 @@ impl Waiting {
 
 /// A lookup that has to wait for the service.
 pub(crate) struct Wait(Arc<Waiting>);
+
+impl Wait {
+    /// The fetch this waits for, to settle exactly it.
+    pub fn fetch_id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
 
 impl Future for Wait {
     type Output = Outcome;
@@ -95,11 +105,20 @@ thread_local! {
     static IN_FLIGHT: RefCell<HashMap<(u64, String), Arc<Waiting>>> = RefCell::new(HashMap::new());
 }
 
+/// Names queued for the fetchers at most, per fetcher; more fail at once (a flood of made-up
+/// names must not pile up work).
+const QUEUE_PER_FETCHER: usize = 64;
+/// Fetches in flight on one core at most.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// A queued fetch: the name, where its outcome goes, when it was queued.
+type Job = (String, Arc<Waiting>, Instant);
+
 /// The dynamic SNI client of one configuration load.
 pub(crate) struct DynamicSni {
     id: u64,
     settings: DynamicSniSettings,
-    fetch: Mutex<mpsc::Sender<(String, Arc<Waiting>)>>,
+    fetch: Mutex<mpsc::SyncSender<Job>>,
 }
 
 impl DynamicSni {
@@ -111,7 +130,7 @@ impl DynamicSni {
         tickets: Option<Arc<TicketKeys>>,
     ) -> Result<Self, crate::TlsError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let (tx, rx) = mpsc::channel::<(String, Arc<Waiting>)>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(settings.fetchers.max(1) * QUEUE_PER_FETCHER);
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new((settings.clone(), view, tickets));
         for n in 0..settings.fetchers.max(1) {
@@ -121,9 +140,17 @@ impl DynamicSni {
                 .name(format!("fastedge-sni-{n}"))
                 .spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((name, waiting)) = job else { return };
+                    let Ok((name, waiting, queued)) = job else { return };
                     let (settings, view, tickets) = &*shared;
-                    let outcome = fetch(settings, view, tickets.as_ref(), &name);
+                    // Handshakes waiting longer than this have timed out or moved on.
+                    let outcome = if queued.elapsed() > settings.timeout * 4 {
+                        Err("waited too long for a free SNI fetcher".to_owned())
+                    } else {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            fetch(settings, view, tickets.as_ref(), &name)
+                        }))
+                        .unwrap_or_else(|_| Err("the SNI fetcher failed unexpectedly".into()))
+                    };
                     if let Err(why) = &outcome {
                         tracing::warn!(
                             server_name = %name,
@@ -159,9 +186,18 @@ impl DynamicSni {
         IN_FLIGHT.with(|in_flight| {
             let mut in_flight = in_flight.borrow_mut();
             if let Some(waiting) = in_flight.get(&key) {
-                return Lookup::Wait(Wait(waiting.clone()));
+                // An outcome no handshake collected in time is not reused once stale.
+                let stale = waiting
+                    .completed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some_and(|at| at.elapsed() > FAILURE_TTL);
+                if !stale {
+                    return Lookup::Wait(Wait(waiting.clone()));
+                }
+                in_flight.remove(&key);
             }
-            if in_flight.len() >= 1024 {
+            if in_flight.len() >= MAX_IN_FLIGHT / 4 {
                 // Fetches whose handshakes all went away before they finished.
                 in_flight.retain(|_, w| {
                     w.outcome
@@ -170,14 +206,23 @@ impl DynamicSni {
                         .is_none()
                 });
             }
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                return Lookup::Ready(None);
+            }
             let waiting = Arc::new(Waiting::default());
             let sent = self
                 .fetch
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .send((name.to_owned(), waiting.clone()));
-            if sent.is_err() {
-                waiting.complete(Err("the SNI fetcher threads have stopped".into()));
+                .try_send((name.to_owned(), waiting.clone(), Instant::now()));
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => {
+                    waiting.complete(Err("too many names waiting for the SNI service".into()))
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    waiting.complete(Err("the SNI fetcher threads have stopped".into()))
+                }
             }
             in_flight.insert(key, waiting.clone());
             Lookup::Wait(Wait(waiting))
@@ -186,9 +231,23 @@ impl DynamicSni {
 
     /// Records a finished fetch in this core's cache (once per name, whoever comes first) and
     /// returns what it found.
-    pub fn settle(&self, name: &str, outcome: Outcome) -> Option<Arc<CertSet>> {
+    pub fn settle(&self, name: &str, fetch_id: usize, outcome: Outcome) -> Option<Arc<CertSet>> {
         let key = (self.id, name.to_owned());
-        IN_FLIGHT.with(|in_flight| in_flight.borrow_mut().remove(&key));
+        let ours = IN_FLIGHT.with(|in_flight| {
+            let mut in_flight = in_flight.borrow_mut();
+            let ours = in_flight
+                .get(&key)
+                .is_some_and(|w| Arc::as_ptr(w) as usize == fetch_id);
+            if ours {
+                in_flight.remove(&key);
+            }
+            ours
+        });
+        if !ours {
+            // A newer fetch for the name is under way (or settled): this late outcome serves
+            // its handshake and is not cached.
+            return outcome.ok().flatten();
+        }
         let (found, ttl) = match outcome {
             Ok(Some(set)) => (Some(set), self.settings.cache_ttl),
             Ok(None) => (None, self.settings.negative_ttl),

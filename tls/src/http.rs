@@ -165,7 +165,7 @@ fn complete_length(answer: &[u8]) -> Option<usize> {
         .trim()
         .parse()
         .ok()?;
-    Some(head + length)
+    head.checked_add(length)
 }
 
 fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {

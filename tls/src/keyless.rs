@@ -219,10 +219,18 @@ fn writer(path: &Path, requests: mpsc::Receiver<Request>) {
         let Some((stream, c)) = connection.as_mut() else {
             continue;
         };
-        c.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (slot, Instant::now()));
+        {
+            // Checked and inserted under the lock the reader takes to end the connection, so
+            // no request lands in a map nobody reads any more.
+            let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if !c.alive.load(Ordering::Acquire) {
+                drop(pending);
+                slot.complete(Err("the key server connection ended".into()));
+                connection = None;
+                continue;
+            }
+            pending.insert(id, (slot, Instant::now()));
+        }
         if let Err(error) = stream.write_all(&frame) {
             tracing::warn!(key_server = %path.display(), %error, "writing to the key server failed");
             c.alive.store(false, Ordering::Release);
@@ -236,6 +244,8 @@ fn writer(path: &Path, requests: mpsc::Receiver<Request>) {
 /// A fresh connection with its reader thread.
 fn connect(path: &Path) -> std::io::Result<(UnixStream, Pending)> {
     let stream = UnixStream::connect(path)?;
+    // A signer that stops reading must not stall every handshake behind it.
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let read_half = stream.try_clone()?;
     read_half.set_read_timeout(Some(Duration::from_millis(500)))?;
     let connection = Arc::new(Connection {
@@ -333,7 +343,10 @@ fn reader(mut stream: UnixStream, connection: &Connection, path: &Path) {
         }
         expire(connection);
     };
-    connection.alive.store(false, Ordering::Release);
+    {
+        let _pending = connection.pending.lock().unwrap_or_else(|p| p.into_inner());
+        connection.alive.store(false, Ordering::Release);
+    }
     tracing::warn!(key_server = %path.display(), reason = %why, "key server connection ended");
     fail_all(connection, &why);
     let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -38,6 +38,10 @@ use fastedge_wire::ocsp::{
 const MAX_RESPONSE: usize = 64 * 1024;
 /// Clock skew tolerated on thisUpdate.
 const SKEW_SECONDS: i64 = 300;
+/// A response without nextUpdate is used for at most this long after its thisUpdate.
+const MAX_AGE_WITHOUT_NEXT_UPDATE: i64 = 7 * 86_400;
+/// The reason given for a revoked certificate (the staple is dropped at once).
+const REVOKED: &str = "the responder says the certificate is REVOKED";
 /// After a failed fetch, the next attempt.
 const RETRY: Duration = Duration::from_secs(30);
 
@@ -148,24 +152,23 @@ fn signature_ok(key: &PKey<Public>, alg: SignatureAlgorithm, signed: &[u8], sig:
 /// Checks a staple for `cert` at `now` (seconds since the epoch); see the module docs.
 pub(crate) fn verify(response: &[u8], cert: &OcspCert, now: i64) -> Result<Validity, String> {
     let parsed = parse_response(response).map_err(|e| e.to_string())?;
-    let mut matched = None;
-    for single in &parsed.responses {
-        if cert.cert_id(&single.cert_id.hash_oid)? == single.cert_id {
-            matched = Some(single);
-            break;
-        }
-    }
-    let single = matched.ok_or("the response is about another certificate")?;
-    match single.status {
-        CertStatus::Good => {}
-        CertStatus::Revoked => return Err("the responder says the certificate is REVOKED".into()),
-        CertStatus::Unknown => return Err("the responder does not know the certificate".into()),
-    }
+    // An entry with a CertID hash we do not compute is about no certificate of ours.
+    let single = parsed
+        .responses
+        .iter()
+        .find(|single| {
+            cert.cert_id(&single.cert_id.hash_oid)
+                .is_ok_and(|ours| ours == single.cert_id)
+        })
+        .ok_or("the response is about another certificate")?;
     if single.this_update > now + SKEW_SECONDS {
         return Err("the response's thisUpdate is in the future".into());
     }
     if single.next_update.is_some_and(|next| next <= now) {
         return Err("the response has expired (nextUpdate passed)".into());
+    }
+    if single.next_update.is_none() && now - single.this_update > MAX_AGE_WITHOUT_NEXT_UPDATE {
+        return Err("the response has no nextUpdate and is older than 7 days".into());
     }
     let issuer = cert
         .issuer
@@ -182,7 +185,12 @@ pub(crate) fn verify(response: &[u8], cert: &OcspCert, now: i64) -> Result<Valid
             let Ok(responder) = X509::from_der(der) else {
                 continue;
             };
-            let delegated = cert_fields(der).is_ok_and(|f| f.ocsp_signing)
+            let now_asn1 = boring::asn1::Asn1Time::from_unix(now as _).ok();
+            let current = now_asn1
+                .as_ref()
+                .is_some_and(|t| responder.not_before() <= t && responder.not_after() >= t);
+            let delegated = current
+                && cert_fields(der).is_ok_and(|f| f.ocsp_signing)
                 && responder.verify(&issuer_key).unwrap_or(false);
             if delegated
                 && responder
@@ -196,6 +204,12 @@ pub(crate) fn verify(response: &[u8], cert: &OcspCert, now: i64) -> Result<Valid
     }
     if !signed_ok {
         return Err("the response's signature does not check out".into());
+    }
+    // The status counts only once the response is known to be genuine.
+    match single.status {
+        CertStatus::Good => {}
+        CertStatus::Revoked => return Err(REVOKED.into()),
+        CertStatus::Unknown => return Err("the responder does not know the certificate".into()),
     }
     Ok(Validity {
         this_update: single.this_update,
@@ -268,7 +282,11 @@ pub(crate) fn run_job(job: &mut Job, slot: &StapleSlot, timeout: Duration) {
                 "OCSP staple updated"
             );
             slot.staple.store(Some(Arc::new(der)));
-            job.good_until = validity.next_update;
+            job.good_until = Some(
+                validity
+                    .next_update
+                    .unwrap_or(validity.this_update + MAX_AGE_WITHOUT_NEXT_UPDATE),
+            );
             job.due = match (&job.source, validity.next_update) {
                 (Source::File(_), _) => Instant::now() + Duration::from_secs(1),
                 (_, Some(next)) => {
@@ -281,6 +299,11 @@ pub(crate) fn run_job(job: &mut Job, slot: &StapleSlot, timeout: Duration) {
         }
         Ok(None) => job.due = Instant::now() + Duration::from_secs(1),
         Err(why) => {
+            if why == REVOKED {
+                // Never keep stapling "good" for a certificate known to be revoked.
+                slot.staple.store(None);
+                job.good_until = None;
+            }
             tracing::warn!(
                 certificate = %job.cert.name,
                 %source,

@@ -125,6 +125,18 @@ fn epoch_at(now: SystemTime, rotate: Duration) -> u64 {
     (since.as_millis() / rotate.as_millis().max(1)) as u64
 }
 
+/// The periods whose fleet keys a box holds at `epoch`: the current one first (it encrypts),
+/// the `previous` ones, and the next one, so that a box whose clock runs a little behind
+/// another's still takes the tickets the other issues just after a rotation.
+fn fleet_epochs(epoch: u64, previous: u32) -> Vec<u64> {
+    let mut epochs: Vec<u64> = (0..=u64::from(previous))
+        .map(|back| epoch.saturating_sub(back))
+        .collect();
+    epochs.push(epoch + 1);
+    epochs.dedup();
+    epochs
+}
+
 /// Reads a key file: base64 lines of 48 bytes, newest first; `#` comments and blank lines
 /// ignored.
 pub fn read_key_file(path: &Path) -> Result<Vec<TicketKey>, TlsError> {
@@ -193,12 +205,11 @@ impl TicketKeys {
                         path.display()
                     )));
                 }
-                let keys = (0..=u64::from(settings.ticket_previous))
-                    .map(|back| TicketKey::derive(trimmed, epoch.saturating_sub(back)))
+                let epochs = fleet_epochs(epoch, settings.ticket_previous);
+                let keys = epochs
+                    .iter()
+                    .map(|&e| TicketKey::derive(trimmed, e))
                     .collect::<Result<Vec<_>, _>>()?;
-                let epochs = (0..=u64::from(settings.ticket_previous))
-                    .map(|back| epoch.saturating_sub(back))
-                    .collect();
                 secret = Some(trimmed.to_vec());
                 (keys, epochs, None)
             }
@@ -328,7 +339,7 @@ impl TicketKeys {
             }
             TicketKeySource::SharedSecret(_) => {
                 let secret = self.secret.as_deref().unwrap_or_default();
-                let epochs: Vec<u64> = (0..=keep).map(|b| epoch.saturating_sub(b)).collect();
+                let epochs = fleet_epochs(epoch, self.previous);
                 let keys = epochs
                     .iter()
                     .map(|&e| TicketKey::derive(secret, e))
