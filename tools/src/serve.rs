@@ -36,7 +36,7 @@ use crate::Failure;
 /// giving the bytes moved and why it closed.
 ///
 /// Settings come from `--config` (TOML; `--print-default-config` shows every key with its
-/// default); the options below override it. With no backend configured, fastedge starts a
+/// default; a bud JSON configuration is also read, unchanged); the options below override it. With no backend configured, fastedge starts a
 /// built-in demo backend on loopback that answers every request with the request head as it
 /// reached the backend; with no certificate, it uses a self-signed one created once in the
 /// state directory. So `fastedge serve` alone answers `curl -k https://127.0.0.1:8443/`.
@@ -45,7 +45,7 @@ use crate::Failure;
 /// a second signal exits at once.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Configuration file (TOML), or `-` for standard input.
+    /// Configuration file (TOML, or bud's JSON), or `-` for standard input.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -88,10 +88,11 @@ pub struct ServeArgs {
 }
 
 /// Check a configuration file and exit: 0 if `fastedge serve` would start with it, 2 with the
-/// reason if not. Certificates are loaded (and keys decrypted) and backend names resolved.
+/// reason if not. Certificates are loaded (and keys decrypted) and backend names resolved. A
+/// bud JSON configuration is shown as the TOML it amounts to, with what was not carried over.
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
-    /// Configuration file (TOML), or `-` for standard input.
+    /// Configuration file (TOML, or bud's JSON), or `-` for standard input.
     #[arg(value_name = "FILE")]
     config: PathBuf,
 }
