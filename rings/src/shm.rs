@@ -496,23 +496,32 @@ mod tests {
         let mut producer = Producer::create(&path, 256 * 1024).unwrap();
         let mut consumer = Consumer::open_path(&path).unwrap();
         const N: u64 = 200_000;
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer_done = finished.clone();
         let reader = std::thread::spawn(move || {
             let mut expected = 0u64;
             let mut gaps = 0u64;
-            while expected < N {
-                consumer.read_batch(256, |r| {
+            loop {
+                // Read the flag first: once it is set, one more empty read means the end
+                // (the last packets may have been dropped, so waiting for N could be forever).
+                let done = producer_done.load(std::sync::atomic::Ordering::Acquire);
+                let read = consumer.read_batch(256, |r| {
                     if r.timestamp_ns != expected {
                         gaps += r.timestamp_ns - expected;
                     }
                     assert_eq!(r.data, &r.timestamp_ns.to_le_bytes());
                     expected = r.timestamp_ns + 1;
                 });
+                if read == 0 && (done || expected == N) {
+                    break;
+                }
             }
-            gaps
+            gaps + (N - expected)
         });
         for i in 0..N {
             producer.push(&i.to_le_bytes(), i, 0);
         }
+        finished.store(true, std::sync::atomic::Ordering::Release);
         let gaps = reader.join().unwrap();
         let (delivered, dropped) = producer.counters();
         assert_eq!(delivered + dropped, N);

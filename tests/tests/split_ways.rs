@@ -195,7 +195,7 @@ fn split_by_flow(ways: u32, flows: u32, way_kib: u32) {
     let used: std::collections::HashSet<_> = flow_way.values().collect();
     assert!(
         used.len() == ways as usize,
-        "200 flows spread over all {ways} ways: {used:?}"
+        "{flows} flows spread over all {ways} ways: {used:?}"
     );
     let fragment_ways: Vec<_> = sent.fragments.iter().map(|s| way_of_seq[s]).collect();
     assert!(
@@ -221,6 +221,11 @@ fn split_delivers_every_frame_once_by_flow() {
 fn split_over_30_and_64_ways() {
     split_by_flow(30, 600, 64);
     split_by_flow(64, 900, 64);
+}
+
+#[test]
+fn split_over_256_ways() {
+    split_by_flow(256, 4000, 64);
 }
 
 #[test]
