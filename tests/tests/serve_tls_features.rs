@@ -1210,6 +1210,23 @@ fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
     }
     assert!(counts.lock().unwrap()["missing.test"] <= cores);
 
+    // The service is down (nothing listens): the default context, and the reason.
+    let state_down = TempDir::new("dyn-sni-down");
+    let dead = fastedge_tests::peers::dead_port();
+    let (down, down_addr) = Fastedge::serve_config(
+        &state_down,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nsni_url = \"http://{dead}/bud/sni/%s\"\n\
+             [[backend]]\naddress = \"{backend}\"\n",
+            path(&default_cert),
+            path(&default_key),
+        ),
+    );
+    let out = s_client(down_addr, &["-servername", "dyn.test"], request);
+    assert_eq!(presented_cn(&out).as_deref(), Some("default.test"), "{out}");
+    let line = down.wait_for_line("dynamic SNI lookup failed", Duration::from_secs(5));
+    assert!(line.contains("Connection refused"), "{line}");
+
     // Strict: a name the service does not know is refused; a known one is served.
     let state2 = TempDir::new("dyn-sni-strict");
     let (_strict, strict_addr) = Fastedge::serve_config(&state2, &config(true));
