@@ -827,11 +827,16 @@ impl KeyKind {
     }
 
     /// Whether a TLS SignatureScheme can be made with this kind of key.
-    fn signs(self, scheme: u16) -> bool {
+    fn signs(self, scheme: u16, tls13: bool) -> bool {
+        const ECDSA_ANY_CURVE: [u16; 4] = [0x0203, 0x0403, 0x0503, 0x0603];
         match self {
             // rsa_pkcs1_*, rsa_pss_rsae_*
             KeyKind::Rsa => matches!(scheme, 0x0201 | 0x0401 | 0x0501 | 0x0601 | 0x0804..=0x0806),
-            // TLS 1.2 names only the hash (0x0403 …); TLS 1.3 ties each to its curve.
+            // TLS 1.2 names only the hash (any curve signs ecdsa_*_sha384 there); TLS 1.3 ties
+            // each scheme to its curve.
+            KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521 if !tls13 => {
+                ECDSA_ANY_CURVE.contains(&scheme)
+            }
             KeyKind::EcdsaP256 => scheme == 0x0403,
             KeyKind::EcdsaP384 => scheme == 0x0503,
             KeyKind::EcdsaP521 => scheme == 0x0603,
@@ -873,7 +878,7 @@ pub fn choose_certificate(
         .iter()
         .position(|&kind| {
             let signs = match &schemes {
-                Some(schemes) => schemes.iter().any(|&s| kind.signs(s)),
+                Some(schemes) => schemes.iter().any(|&s| kind.signs(s, tls13)),
                 None => true,
             };
             let suite = tls13
@@ -983,6 +988,17 @@ mod tests {
         assert_eq!(
             choose_certificate(&both, Some(&[0x00, 0x02, 0x08]), &[], true),
             0
+        );
+        // TLS 1.2 ecdsa_secp384r1_sha384 is "ECDSA with SHA-384", any curve: the P-256 pair.
+        let p384_hash_only = ext(&[0x0503, 0x0401]);
+        assert_eq!(
+            choose_certificate(&both, Some(&p384_hash_only), &ecdsa_suite, false),
+            0
+        );
+        assert_eq!(
+            choose_certificate(&both, Some(&p384_hash_only), &[0x13, 0x01], true),
+            1,
+            "TLS 1.3 ties the scheme to P-384: the RSA pair"
         );
         assert!(offers_tls13(Some(&[4, 0x03, 0x04, 0x03, 0x03])));
         assert!(!offers_tls13(Some(&[2, 0x03, 0x03])));
