@@ -645,14 +645,7 @@ fn session_id_context(auth: &ClientAuth) -> Result<Vec<u8>, TlsError> {
             .into_iter()
             .flatten()
         {
-            let bytes = match inline_pem(path) {
-                Some(text) => text.as_bytes().to_vec(),
-                None => std::fs::read(path).map_err(|source| TlsError::ReadFile {
-                    what: "client CA or CRL",
-                    path: path.to_owned(),
-                    source,
-                })?,
-            };
+            let bytes = read_pem("client CA or CRL", path)?;
             material.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
             material.extend_from_slice(&bytes);
         }
@@ -680,17 +673,7 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
     else {
         return Ok(());
     };
-    let read = |what, path: &Path| {
-        if let Some(text) = inline_pem(path) {
-            return Ok(text.as_bytes().to_vec());
-        }
-        std::fs::read(path).map_err(|source| TlsError::ReadFile {
-            what,
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let cas = X509::stack_from_pem(&read("client CA bundle", ca)?)
+    let cas = X509::stack_from_pem(&read_pem("client CA bundle", ca)?)
         .map_err(TlsError::config("parsing the client CA bundle"))?;
     if cas.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -704,7 +687,7 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
             .map_err(TlsError::config("adding a client CA"))?;
     }
     if let Some(crl) = &auth.crl {
-        let count = ffi::add_crls(&mut store, &read("client CRL", crl)?)
+        let count = ffi::add_crls(&mut store, &read_pem("client CRL", crl)?)
             .map_err(TlsError::config("parsing the client CRL"))?;
         if count == 0 {
             return Err(TlsError::Invalid(format!(
@@ -756,6 +739,18 @@ pub fn inline_pem(value: &Path) -> Option<&str> {
         .filter(|text| text.trim_start().starts_with("-----BEGIN"))
 }
 
+/// The bytes of a `cert`/`key`/CA value: the inline PEM text, or the file's contents.
+fn read_pem(what: &'static str, value: &Path) -> Result<Vec<u8>, TlsError> {
+    if let Some(text) = inline_pem(value) {
+        return Ok(text.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|source| TlsError::ReadFile {
+        what,
+        path: value.to_owned(),
+        source,
+    })
+}
+
 /// A `cert`/`key` value for logs: the path, or `(inline PEM)`.
 pub fn describe_pem(value: &Path) -> String {
     match inline_pem(value) {
@@ -766,17 +761,7 @@ pub fn describe_pem(value: &Path) -> String {
 
 /// Reads one chain and its key, decrypting the key with its passphrase.
 fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PairKey), TlsError> {
-    let read = |what, path: &Path| {
-        if let Some(text) = inline_pem(path) {
-            return Ok(text.as_bytes().to_vec());
-        }
-        std::fs::read(path).map_err(|source| TlsError::ReadFile {
-            what,
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let cert_pem = read("certificate", &spec.cert)?;
+    let cert_pem = read_pem("certificate", &spec.cert)?;
     let chain = X509::stack_from_pem(&cert_pem).map_err(TlsError::config("parsing certificate"))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -786,7 +771,7 @@ fn load_pair(spec: &CertificateSpec) -> Result<(Vec<X509>, PairKey), TlsError> {
     if let Some(server) = &spec.key_server {
         return Ok((chain, PairKey::Keyless(server.clone())));
     }
-    let key_pem = read("private key", &spec.key)?;
+    let key_pem = read_pem("private key", &spec.key)?;
     let key = match &spec.passphrase {
         None => PKey::private_key_from_pem(&key_pem).map_err(TlsError::config(
             "parsing private key (encrypted? then configure a passphrase)",
