@@ -12,6 +12,7 @@
 //! the service does (slow, down, reset, 500, not JSON, `{}`, huge), the handshake goes on with
 //! the default context (or fails cleanly under `sni_strict`), and the reason is logged.
 
+use crate::oneshot::OneShot;
 use std::{
     cell::RefCell,
     collections::HashMap,
@@ -21,7 +22,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -41,24 +42,8 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// What a fetch found: a context, no such name (`None`), or why it failed.
 pub(crate) type Outcome = Result<Option<Arc<CertSet>>, String>;
 
-#[derive(Default)]
-struct Waiting {
-    outcome: Mutex<Option<Outcome>>,
-    /// When the outcome came, to not reuse an old one.
-    completed: Mutex<Option<Instant>>,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl Waiting {
-    fn complete(&self, outcome: Outcome) {
-        *self.completed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-}
+/// Where a fetch's outcome lands, for every handshake waiting on it.
+type Waiting = OneShot<Outcome>;
 
 /// A lookup that has to wait for the service.
 pub(crate) struct Wait(Arc<Waiting>);
@@ -74,16 +59,7 @@ impl Future for Wait {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        // Register first, then look: a completion in between still wakes us.
-        self.0
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(cx.waker().clone());
-        match &*self.0.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(outcome) => Poll::Ready(outcome.clone()),
-            None => Poll::Pending,
-        }
+        self.0.poll_value(cx)
     }
 }
 
@@ -188,9 +164,7 @@ impl DynamicSni {
             if let Some(waiting) = in_flight.get(&key) {
                 // An outcome no handshake collected in time is not reused once stale.
                 let stale = waiting
-                    .completed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .completed_at()
                     .is_some_and(|at| at.elapsed() > FAILURE_TTL);
                 if !stale {
                     return Lookup::Wait(Wait(waiting.clone()));
@@ -199,12 +173,7 @@ impl DynamicSni {
             }
             if in_flight.len() >= MAX_IN_FLIGHT / 4 {
                 // Fetches whose handshakes all went away before they finished.
-                in_flight.retain(|_, w| {
-                    w.outcome
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_none()
-                });
+                in_flight.retain(|_, w| w.completed_at().is_none());
             }
             if in_flight.len() >= MAX_IN_FLIGHT {
                 return Lookup::Ready(None);

@@ -19,6 +19,7 @@
 //! writes requests) and a reader thread per connection (completes requests by id). A signer that
 //! is down or goes away fails the pending handshakes at once, with the reason in the log.
 
+use crate::oneshot::OneShot;
 use std::{
     collections::HashMap,
     future::Future,
@@ -30,7 +31,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex, OnceLock,
     },
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -86,31 +87,8 @@ fn scheme_code(alg: SslSignatureAlgorithm) -> Option<u16> {
 /// How one request ends: the signature, or why not.
 type Outcome = Result<Vec<u8>, String>;
 
-#[derive(Default)]
-struct SlotState {
-    outcome: Option<Outcome>,
-    waker: Option<Waker>,
-}
-
 /// Where a pending request's answer lands.
-#[derive(Default)]
-struct Slot(Mutex<SlotState>);
-
-impl Slot {
-    fn complete(&self, outcome: Outcome) {
-        let waker = {
-            let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if state.outcome.is_some() {
-                return;
-            }
-            state.outcome = Some(outcome);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
+type Slot = OneShot<Outcome>;
 
 /// Requests in flight on one connection, by id, with when they were sent; and whether the
 /// connection still reads.
@@ -362,18 +340,9 @@ impl Future for SignFuture {
     type Output = Result<Vec<u8>, String>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.slot.0.lock().unwrap_or_else(|p| p.into_inner());
-        match state.outcome.take() {
-            Some(Ok(signature)) => Poll::Ready(Ok(signature)),
-            Some(Err(why)) => Poll::Ready(Err(format!(
-                "key server unix:{}: {why}",
-                self.path.display()
-            ))),
-            None => {
-                state.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        self.slot.poll_value(cx).map(|outcome| {
+            outcome.map_err(|why| format!("key server unix:{}: {why}", self.path.display()))
+        })
     }
 }
 

@@ -19,6 +19,7 @@ mod ffi;
 mod http;
 pub mod keyless;
 mod ocsp;
+mod oneshot;
 mod passphrase;
 pub mod proxy;
 mod selfsigned;

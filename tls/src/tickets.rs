@@ -376,11 +376,6 @@ impl TicketKeys {
         }
     }
 
-    /// The name of the key that encrypts new tickets now.
-    pub fn current_name(&self) -> [u8; 16] {
-        self.current().keys[0].name
-    }
-
     /// BoringSSL's ticket key callback (`SSL_CTX_set_tlsext_ticket_key_cb`): sets up the cipher
     /// and HMAC for a new ticket (`encrypt`), or finds the key named in a ticket.
     pub fn callback(
@@ -420,16 +415,6 @@ impl TicketKeys {
             // current key.
             (false, false) => TicketKeyCallbackResult::DecryptSuccessRenew,
         }
-    }
-}
-
-/// Where the keys come from, for logs.
-pub fn describe(source: &TicketKeySource) -> String {
-    match source {
-        TicketKeySource::Random => "random keys made at start".into(),
-        TicketKeySource::SharedSecret(p) => format!("derived from secret {}", p.display()),
-        TicketKeySource::File(p) => format!("from key file {}", p.display()),
-        TicketKeySource::Fixed(_) => "fixed keys from the configuration".into(),
     }
 }
 
