@@ -9,6 +9,8 @@
 //! Does not own: eBPF program source or loading (`fastedge-ebpf`), header parsing and flow
 //! hashing (`fastedge-wire`).
 
+pub mod afpacket;
+pub mod gen;
 pub mod shm;
 pub mod split;
 pub mod xdp;

@@ -2,6 +2,7 @@
 //! the library crates; holds no logic that a library user would want.
 
 mod demo;
+mod gen;
 mod keyserver;
 mod serve;
 mod split;
@@ -45,6 +46,7 @@ enum Command {
     Split(split::SplitArgs),
     Dup(split::DupArgs),
     Tap(split::TapArgs),
+    Gen(gen::GenArgs),
     Keyserver(keyserver::KeyServerArgs),
 }
 
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Split(args) => split::run_split(args),
         Command::Dup(args) => split::run_dup(args),
         Command::Tap(args) => split::run_tap(args),
+        Command::Gen(args) => gen::run(args),
         Command::Keyserver(args) => keyserver::run(args),
     };
     match result {

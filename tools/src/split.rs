@@ -118,7 +118,7 @@ pub struct TapArgs {
 }
 
 /// Blocks SIGINT/SIGTERM here and sets `stop` when one arrives (on a thread of its own).
-fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
+pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);

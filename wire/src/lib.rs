@@ -5,7 +5,8 @@
 //! `X-Forwarded-*`/`Forwarded` injection into every request of a stream ([`forwarded`]); backend choice and passive health
 //! ([`balance`]); server-name matching for SNI ([`sni`]); OCSP requests and responses for
 //! stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet headers down to the innermost
-//! flow, and the symmetric flow hash ([`packet`]). Every parser answers "complete, with the
+//! flow, and the symmetric flow hash ([`packet`]); synthetic flows for the traffic generator
+//! ([`synth`]). Every parser answers "complete, with the
 //! bytes used", "partial", or a typed error, and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
@@ -22,3 +23,4 @@ pub mod ocsp;
 pub mod packet;
 pub mod proxy;
 pub mod sni;
+pub mod synth;

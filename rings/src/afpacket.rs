@@ -1,0 +1,466 @@
+//! AF_PACKET sockets: a TPACKET_V3 receive ring (the input when XDP is unavailable or not
+//! wanted, optionally in a PACKET_FANOUT group), and a batched sender (`sendmmsg`) for the
+//! traffic generator.
+//!
+//! The receive ring is a set of blocks the kernel fills and hands over whole
+//! (`TP_STATUS_USER`); the reader walks a block's packets and gives it back
+//! (`TP_STATUS_KERNEL`). Outgoing frames are ignored (`PACKET_IGNORE_OUTGOING`): a split sees
+//! what arrives on the interface, as a mirror port gives it. A VLAN tag the kernel took off
+//! into metadata is put back into the frame, so parsing and captures see the wire's bytes.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{fence, AtomicU32, Ordering},
+    time::Duration,
+};
+
+/// Errors of AF_PACKET sockets, each naming the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error("interface {0:?} not found")]
+    NoInterface(String),
+    #[error("AF_PACKET on {interface}: {step}: {source}")]
+    Setup {
+        interface: String,
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("ring settings: {0}")]
+    Config(String),
+}
+
+/// Kernel counters of a receive ring (PACKET_STATISTICS, accumulated: the kernel resets them
+/// on every read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketStatistics {
+    /// Frames the socket received (delivered plus dropped).
+    pub packets: u64,
+    /// Frames dropped because the ring was full.
+    pub drops: u64,
+    /// Times the ring was frozen (all blocks in user hands).
+    pub freezes: u64,
+}
+
+/// A PACKET_FANOUT group: sockets in one group share an interface's traffic.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    pub group: u16,
+    /// `libc::PACKET_FANOUT_HASH` and friends.
+    pub mode: u32,
+}
+
+fn ifindex(interface: &str) -> Result<i32, PacketError> {
+    nix::net::if_::if_nametoindex(interface)
+        .map(|i| i as i32)
+        .map_err(|_| PacketError::NoInterface(interface.to_owned()))
+}
+
+fn setup<'a>(interface: &'a str, step: &'static str) -> impl FnOnce(io::Error) -> PacketError + 'a {
+    move |source| PacketError::Setup {
+        interface: interface.to_owned(),
+        step,
+        source,
+    }
+}
+
+fn packet_socket() -> io::Result<OwnedFd> {
+    let protocol = (libc::ETH_P_ALL as u16).to_be() as i32;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_option<T>(fd: BorrowedFd<'_>, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn bind_to(fd: BorrowedFd<'_>, ifindex: i32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain integers and byte arrays; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = ifindex;
+    // SAFETY: `addr` is a fully initialised sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sizes of a TPACKET_V3 receive ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Bytes per block (a multiple of the page size, a power of two).
+    pub block_size: u32,
+    pub blocks: u32,
+    /// A block is handed over at the latest after this long, even if not full.
+    pub block_timeout_ms: u32,
+}
+
+impl Default for RingConfig {
+    /// 64 blocks of 256 KiB (16 MiB of ring), handed over after at most 10 ms.
+    fn default() -> Self {
+        Self {
+            block_size: 1 << 18,
+            blocks: 64,
+            block_timeout_ms: 10,
+        }
+    }
+}
+
+/// A TPACKET_V3 receive ring on one interface.
+#[derive(Debug)]
+pub struct PacketReceiver {
+    fd: OwnedFd,
+    ring: NonNull<u8>,
+    config: RingConfig,
+    /// The block to read next.
+    block: u32,
+    totals: PacketStatistics,
+    /// Frame with its VLAN tag put back (only used for frames whose tag was taken off).
+    scratch: Vec<u8>,
+}
+
+// SAFETY: the ring mapping is owned by this value alone (no aliases are handed out beyond a
+// `receive` call), so moving it to another thread is sound.
+unsafe impl Send for PacketReceiver {}
+
+impl PacketReceiver {
+    /// Opens a receive ring on `interface`; with `fanout`, joins that PACKET_FANOUT group.
+    pub fn open(
+        interface: &str,
+        config: RingConfig,
+        fanout: Option<Fanout>,
+    ) -> Result<Self, PacketError> {
+        let page = 4096;
+        if !config.block_size.is_power_of_two() || config.block_size < page || config.blocks == 0 {
+            return Err(PacketError::Config(format!(
+                "block size {} must be a power of two ≥ {page}, blocks {} ≥ 1",
+                config.block_size, config.blocks
+            )));
+        }
+        let index = ifindex(interface)?;
+        let fd = packet_socket().map_err(setup(interface, "socket"))?;
+        let version = libc::tpacket_versions::TPACKET_V3 as i32;
+        set_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VERSION, &version)
+            .map_err(setup(interface, "PACKET_VERSION v3"))?;
+        let one: i32 = 1;
+        set_option(
+            fd.as_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            &one,
+        )
+        .map_err(setup(interface, "PACKET_IGNORE_OUTGOING"))?;
+        let request = libc::tpacket_req3 {
+            tp_block_size: config.block_size,
+            tp_block_nr: config.blocks,
+            tp_frame_size: 2048,
+            tp_frame_nr: config.block_size / 2048 * config.blocks,
+            tp_retire_blk_tov: config.block_timeout_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        set_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_RX_RING, &request)
+            .map_err(setup(interface, "PACKET_RX_RING"))?;
+        let length = config.block_size as usize * config.blocks as usize;
+        // SAFETY: maps the ring the kernel just set up on this socket; length is its size.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(setup(interface, "mmap of the ring")(
+                io::Error::last_os_error(),
+            ));
+        }
+        let ring = NonNull::new(ring.cast::<u8>()).ok_or_else(|| {
+            setup(interface, "mmap of the ring")(io::Error::other("null mapping"))
+        })?;
+        let receiver = Self {
+            fd,
+            ring,
+            config,
+            block: 0,
+            totals: PacketStatistics::default(),
+            scratch: Vec::with_capacity(65536),
+        };
+        bind_to(receiver.fd.as_fd(), index).map_err(setup(interface, "bind"))?;
+        if let Some(fanout) = fanout {
+            let arg: u32 = u32::from(fanout.group) | (fanout.mode << 16);
+            set_option(
+                receiver.fd.as_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_FANOUT,
+                &arg,
+            )
+            .map_err(setup(interface, "PACKET_FANOUT"))?;
+        }
+        Ok(receiver)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn block_status(&self, block: u32) -> &AtomicU32 {
+        let offset = block as usize * self.config.block_size as usize;
+        // SAFETY: `block` < blocks, so the block descriptor lies inside the mapping; its
+        // `block_status` (offset 8, 4-byte aligned as blocks are page aligned) is shared with
+        // the kernel, hence accessed atomically.
+        unsafe {
+            let desc = self.ring.as_ptr().add(offset);
+            AtomicU32::from_ptr(desc.add(8).cast::<u32>())
+        }
+    }
+
+    /// Hands frames of ready blocks to `on_frame(frame, timestamp_ns)`, waiting up to
+    /// `timeout` for the first block; returns the number of frames.
+    pub fn receive(
+        &mut self,
+        timeout: Duration,
+        mut on_frame: impl FnMut(&[u8], u64),
+    ) -> io::Result<usize> {
+        let mut frames = 0;
+        let mut waited = false;
+        loop {
+            let status = self.block_status(self.block).load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                if frames > 0 || waited || timeout.is_zero() {
+                    return Ok(frames);
+                }
+                waited = true;
+                let mut pfd = libc::pollfd {
+                    fd: self.fd.as_raw_fd(),
+                    events: libc::POLLIN | libc::POLLERR,
+                    revents: 0,
+                };
+                let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+                // SAFETY: one valid pollfd for an open fd.
+                let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
+                if rc < 0 {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+                continue;
+            }
+            frames += self.walk_block(&mut on_frame);
+            fence(Ordering::Release);
+            self.block_status(self.block)
+                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            self.block = (self.block + 1) % self.config.blocks;
+        }
+    }
+
+    fn walk_block(&mut self, on_frame: &mut impl FnMut(&[u8], u64)) -> usize {
+        let block_size = self.config.block_size as usize;
+        let base = self.block as usize * block_size;
+        // SAFETY: the block [base, base + block_size) is inside the mapping and owned by user
+        // space until its status is set back to TP_STATUS_KERNEL; the kernel wrote its header
+        // and packets before setting TP_STATUS_USER (acquired by the caller).
+        let block = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(base), block_size) };
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(block.get(at..at + 4)?.try_into().ok()?))
+        };
+        let u16_at = |at: usize| -> Option<u16> {
+            Some(u16::from_ne_bytes(block.get(at..at + 2)?.try_into().ok()?))
+        };
+        let count = u32_at(12).unwrap_or(0);
+        let mut at = u32_at(16).unwrap_or(0) as usize;
+        let mut frames = 0;
+        for _ in 0..count {
+            // tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac(u16), net(u16),
+            // rxhash, vlan_tci, vlan_tpid(u16), …
+            let (Some(next), Some(sec), Some(nsec), Some(snaplen), Some(status), Some(mac)) = (
+                u32_at(at),
+                u32_at(at + 4),
+                u32_at(at + 8),
+                u32_at(at + 12),
+                u32_at(at + 20),
+                u16_at(at + 24),
+            ) else {
+                break;
+            };
+            let start = at + mac as usize;
+            let Some(data) = block.get(start..start + snaplen as usize) else {
+                break;
+            };
+            let ts = u64::from(sec) * 1_000_000_000 + u64::from(nsec);
+            if status & libc::TP_STATUS_VLAN_VALID != 0 && data.len() >= 12 {
+                let tci = u32_at(at + 32).unwrap_or(0) as u16;
+                let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                    u16_at(at + 36).unwrap_or(0x8100)
+                } else {
+                    0x8100
+                };
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&data[..12]);
+                self.scratch.extend_from_slice(&tpid.to_be_bytes());
+                self.scratch.extend_from_slice(&tci.to_be_bytes());
+                self.scratch.extend_from_slice(&data[12..]);
+                on_frame(&self.scratch, ts);
+            } else {
+                on_frame(data, ts);
+            }
+            frames += 1;
+            if next == 0 {
+                break;
+            }
+            at += next as usize;
+        }
+        frames
+    }
+
+    /// Kernel counters since the socket opened.
+    pub fn statistics(&mut self) -> io::Result<PacketStatistics> {
+        let mut stats = libc::tpacket_stats_v3 {
+            tp_packets: 0,
+            tp_drops: 0,
+            tp_freeze_q_cnt: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+        // SAFETY: `stats` is a writable tpacket_stats_v3 and `len` its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut stats as *mut libc::tpacket_stats_v3).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.totals.packets += u64::from(stats.tp_packets);
+        self.totals.drops += u64::from(stats.tp_drops);
+        self.totals.freezes += u64::from(stats.tp_freeze_q_cnt);
+        Ok(self.totals)
+    }
+}
+
+impl Drop for PacketReceiver {
+    fn drop(&mut self) {
+        let length = self.config.block_size as usize * self.config.blocks as usize;
+        // SAFETY: unmaps exactly the mapping made in `open`; nothing borrows it any more.
+        unsafe {
+            libc::munmap(self.ring.as_ptr().cast(), length);
+        }
+    }
+}
+
+/// Sends whole Ethernet frames on one interface in batches (`sendmmsg`), bypassing the qdisc.
+#[derive(Debug)]
+pub struct PacketSender {
+    fd: OwnedFd,
+}
+
+impl PacketSender {
+    pub fn open(interface: &str, send_buffer: usize) -> Result<Self, PacketError> {
+        let index = ifindex(interface)?;
+        let fd = packet_socket().map_err(setup(interface, "socket"))?;
+        let one: i32 = 1;
+        // Best effort: without it frames go through the qdisc, which only costs speed.
+        let _ = set_option(
+            fd.as_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one,
+        );
+        let size = i32::try_from(send_buffer).unwrap_or(i32::MAX);
+        if set_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &size).is_err() {
+            set_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &size)
+                .map_err(setup(interface, "SO_SNDBUF"))?;
+        }
+        bind_to(fd.as_fd(), index).map_err(setup(interface, "bind"))?;
+        Ok(Self { fd })
+    }
+
+    /// Sends `frames`; returns how many the kernel took (fewer when its queue is full: the
+    /// caller retries the rest).
+    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        let mut iovecs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: msghdr is plain integers and pointers; all-zero (null name, no
+                // control data) is valid.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov;
+                msg.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: msg,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose iovecs point into
+        // `frames`, all alive for the duration of the call; the socket is bound, so no
+        // destination address is needed.
+        let rc = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                headers.as_mut_ptr(),
+                headers.len() as u32,
+                0,
+            )
+        };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::ENOBUFS) | Some(libc::EAGAIN) => Ok(0),
+                _ => Err(error),
+            };
+        }
+        Ok(rc as usize)
+    }
+}

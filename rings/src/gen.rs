@@ -1,0 +1,112 @@
+//! The traffic generator behind `fastedge gen`: frames of many flows (from
+//! [`fastedge_wire::synth`]) sent in batches over an AF_PACKET socket, at a given rate or as
+//! fast as the interface takes them.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use fastedge_wire::synth::{TrafficSpec, MAX_FRAME};
+
+use crate::afpacket::{PacketError, PacketSender};
+
+/// What to send and how fast.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub interface: String,
+    pub spec: TrafficSpec,
+    /// Frames per second; `None`: as fast as possible.
+    pub rate: Option<u64>,
+    /// Frames to send; `None`: until stopped.
+    pub count: Option<u64>,
+    /// First sequence number (so that several runs can be told apart).
+    pub first_seq: u64,
+    /// Frames per `sendmmsg`.
+    pub batch: usize,
+}
+
+/// What a generator run did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenStats {
+    pub sent: u64,
+    pub bytes: u64,
+    /// Times the kernel's queue was full and the generator had to wait.
+    pub backoffs: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    #[error(transparent)]
+    Spec(#[from] fastedge_wire::synth::SpecError),
+    #[error(transparent)]
+    Socket(#[from] PacketError),
+    #[error("sending: {0}")]
+    Send(std::io::Error),
+    #[error("--rate must be at least 1 frame per second")]
+    ZeroRate,
+}
+
+/// Sends until `count` frames went out or `stop` is set; calls `tick` about once a second.
+pub fn run(
+    config: &GenConfig,
+    stop: &AtomicBool,
+    mut tick: impl FnMut(&GenStats),
+) -> Result<GenStats, GenError> {
+    config.spec.validate()?;
+    if config.rate == Some(0) {
+        return Err(GenError::ZeroRate);
+    }
+    let sender = PacketSender::open(&config.interface, 4 << 20)?;
+    let batch = config.batch.clamp(1, 1024);
+    let mut buffers = vec![[0u8; MAX_FRAME]; batch];
+    let mut lengths = vec![0usize; batch];
+    let mut stats = GenStats::default();
+    let start = Instant::now();
+    let mut last_tick = start;
+    let total = config.count.unwrap_or(u64::MAX);
+    while stats.sent < total && !stop.load(Ordering::Relaxed) {
+        // Pace: how many frames are due by now.
+        let due = match config.rate {
+            Some(rate) => {
+                let elapsed = start.elapsed();
+                let due = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64 + 1;
+                if due <= stats.sent {
+                    let wait_ns = ((stats.sent + 1) as u128 * 1_000_000_000 / u128::from(rate))
+                        .saturating_sub(elapsed.as_nanos());
+                    std::thread::sleep(Duration::from_nanos(wait_ns.min(10_000_000) as u64));
+                    continue;
+                }
+                due
+            }
+            None => u64::MAX,
+        };
+        let n = (due - stats.sent).min(total - stats.sent).min(batch as u64) as usize;
+        for i in 0..n {
+            let seq = config.first_seq + stats.sent + i as u64;
+            lengths[i] = config.spec.write(seq, &mut buffers[i]);
+        }
+        let frames: Vec<&[u8]> = (0..n).map(|i| &buffers[i][..lengths[i]]).collect();
+        let mut done = 0;
+        while done < n && !stop.load(Ordering::Relaxed) {
+            let took = sender.send_batch(&frames[done..]).map_err(GenError::Send)?;
+            if took == 0 {
+                stats.backoffs += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            for length in &lengths[done..done + took] {
+                stats.bytes += *length as u64;
+            }
+            done += took;
+            stats.sent += took as u64;
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            stats.elapsed = start.elapsed();
+            tick(&stats);
+        }
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}

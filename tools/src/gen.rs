@@ -1,0 +1,165 @@
+//! `fastedge gen`: synthetic traffic of many flows, both directions, out of an interface.
+
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, SocketAddr},
+};
+
+use anyhow::anyhow;
+use clap::{Args, ValueEnum};
+use fastedge_rings::gen::{self, GenConfig, GenError, GenStats};
+use fastedge_wire::synth::{SpecError, TrafficSpec, Transport};
+
+use crate::{split::stop_on_signals, Failure};
+
+/// Send UDP or TCP frames of many flows out of an interface, to drive `fastedge split` and
+/// benchmarks.
+///
+/// Flow k runs between client CLIENT+k (port 10000 + k mod 50000) and SERVER; by default the
+/// frames alternate client→server and server→client, as a mirror port sees a flow. Each frame
+/// carries a 16-byte marker after its UDP/TCP header: `FEGN`, the flow number and the frame's
+/// sequence number (big-endian), so receivers can check what arrived. Frames go out through an
+/// AF_PACKET socket in batches (`sendmmsg`, qdisc bypassed). The destination MAC defaults to a
+/// locally administered address no host owns, so a receiver's IP stack leaves the frames alone.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Interface to send on.
+    interface: String,
+
+    /// Number of flows.
+    #[arg(long, default_value_t = 1024)]
+    flows: u32,
+
+    /// Frame size in bytes as on the wire, FCS included (64 = the minimum Ethernet frame;
+    /// at most 1518).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+
+    /// Frames per second; default: as fast as the interface takes them.
+    #[arg(long)]
+    rate: Option<u64>,
+
+    /// Frames to send; default: until SIGINT/SIGTERM.
+    #[arg(long)]
+    count: Option<u64>,
+
+    /// Transport of the flows.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Udp)]
+    proto: ProtoArg,
+
+    /// Only client→server frames.
+    #[arg(long)]
+    one_way: bool,
+
+    /// First client address (IPv4 or IPv6); flow k uses this address plus k.
+    #[arg(long, default_value = "10.1.0.0")]
+    client: IpAddr,
+
+    /// Server address and port, e.g. 10.0.0.1:443 or [fd00::1]:443.
+    #[arg(long, default_value = "10.0.0.1:443")]
+    server: SocketAddr,
+
+    /// Destination MAC address.
+    #[arg(long, default_value = "02:fe:00:00:00:02", value_parser = parse_mac)]
+    dst_mac: [u8; 6],
+
+    /// Source MAC address.
+    #[arg(long, default_value = "02:fe:00:00:00:01", value_parser = parse_mac)]
+    src_mac: [u8; 6],
+
+    /// Sequence number of the first frame.
+    #[arg(long, default_value_t = 0)]
+    first_seq: u64,
+
+    /// Frames per sendmmsg call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProtoArg {
+    Udp,
+    Tcp,
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?} is not a MAC address like 02:fe:00:00:00:02"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?} is not a MAC address like 02:fe:00:00:00:02"))
+}
+
+fn describe(stats: &GenStats) -> String {
+    let secs = stats.elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "sent {} frames ({} bytes) in {:.3} s: {:.0} frames/s, {:.1} Mbit/s; queue-full waits {}",
+        stats.sent,
+        stats.bytes,
+        secs,
+        stats.sent as f64 / secs,
+        stats.bytes as f64 * 8.0 / secs / 1e6,
+        stats.backoffs
+    )
+}
+
+pub fn run(args: GenArgs) -> Result<(), Failure> {
+    if !(64..=1518).contains(&args.size) {
+        return Err(Failure::config(anyhow!(
+            "--size {} must be between 64 and 1518 (bytes on the wire, FCS included)",
+            args.size
+        )));
+    }
+    let config = GenConfig {
+        interface: args.interface,
+        spec: TrafficSpec {
+            src_mac: args.src_mac,
+            dst_mac: args.dst_mac,
+            client_base: args.client,
+            server: args.server.ip(),
+            server_port: args.server.port(),
+            transport: match args.proto {
+                ProtoArg::Udp => Transport::Udp,
+                ProtoArg::Tcp => Transport::Tcp,
+            },
+            flows: args.flows,
+            frame_len: args.size - 4,
+            both_directions: !args.one_way,
+        },
+        rate: args.rate,
+        count: args.count,
+        first_seq: args.first_seq,
+        batch: args.batch,
+    };
+    if let Err(error) = config.spec.validate() {
+        return Err(Failure::config(match error {
+            SpecError::FrameTooSmall { min, .. } => anyhow!(
+                "--size {} is too small: these headers and the 16-byte marker need {} bytes on the wire",
+                args.size,
+                min + 4
+            ),
+            other => anyhow!(other),
+        }));
+    }
+    let stop = stop_on_signals()?;
+    let live = std::io::stderr().is_terminal();
+    let mut previous = 0;
+    let stats = gen::run(&config, &stop, |stats| {
+        if live {
+            eprintln!("{} frames/s | sent {}", stats.sent - previous, stats.sent);
+        }
+        previous = stats.sent;
+    })
+    .map_err(|e| match e {
+        GenError::Spec(_) | GenError::ZeroRate => Failure::config(e),
+        GenError::Socket(fastedge_rings::afpacket::PacketError::NoInterface(_)) => {
+            Failure::config(e)
+        }
+        other => Failure::runtime(other),
+    })?;
+    tracing::info!("gen done: {}", describe(&stats));
+    Ok(())
+}
