@@ -11,6 +11,8 @@
 
 pub mod afpacket;
 pub mod gen;
+pub mod pcap;
+pub mod pipeline;
 pub mod shm;
 pub mod split;
 pub mod xdp;

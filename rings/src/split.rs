@@ -1,56 +1,75 @@
-//! The split engine: every receive queue of an interface, through fastedge's XDP program and
-//! AF_XDP sockets, parsed and hashed per flow, into N shared-memory ways.
+//! The split engine: the inputs of a pipeline (interfaces through fastedge's XDP program and
+//! AF_XDP sockets on every queue, or AF_PACKET TPACKET_V3 rings, or capture files), merged, and
+//! every frame pushed through the pipeline's bricks into shared-memory ways and capture files.
 //!
-//! One engine thread serves all queues of the interface (so each way has exactly one
-//! producer); it polls the sockets in batches, and never waits on a consumer: a full way drops
-//! the packet and counts it.
+//! One engine thread serves all inputs (so each way has exactly one producer), optionally
+//! pinned to a core; it polls the inputs in batches and never waits on a consumer: a full way
+//! drops the packet and counts it. With capture files as the only inputs, the engine stops
+//! when they are read to the end.
 
 use std::{
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, BorrowedFd},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use fastedge_ebpf::{XdpMode, XskRedirect};
-use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
 
 use crate::{
-    shm::{way_path, Producer},
+    afpacket::{PacketReceiver, PacketStatistics, RingConfig},
+    pcap::{PcapSinkStats, PcapSource, ReplaySpeed},
+    pipeline::{InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName, WayStats},
     xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
 };
 
-/// Settings of one split.
-#[derive(Debug, Clone)]
-pub struct SplitConfig {
-    pub interface: String,
-    pub ways: u32,
-    pub hash: HashMode,
-    /// `None`: native XDP, falling back to SKB mode.
-    pub mode: Option<XdpMode>,
-    /// Bytes of ring per way (power of two).
-    pub way_capacity: usize,
-    /// Where frames that are not IP go.
-    pub non_ip_way: u32,
-    /// Hash tunnelled traffic on its inner flow.
-    pub decapsulate: bool,
-    /// Every frame to every way (Duplicator) instead of one way per flow (LoadBalancer).
-    pub duplicate: bool,
+/// How an input is read, as shown in logs and statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Xdp(XdpMode),
+    AfPacket,
+    Pcap,
+}
+
+impl std::fmt::Display for InputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputKind::Xdp(mode) => write!(f, "AF_XDP, XDP {mode} mode"),
+            InputKind::AfPacket => write!(f, "AF_PACKET TPACKET_V3"),
+            InputKind::Pcap => write!(f, "capture file"),
+        }
+    }
+}
+
+/// Counters of one input; kernel drops by cause.
+#[derive(Debug, Clone, Default)]
+pub struct InputStats {
+    /// Interface name or file path.
+    pub name: String,
+    pub kind: Option<InputKind>,
+    pub queues: u32,
+    pub received: u64,
+    pub bytes: u64,
+    /// AF_XDP: XDP_STATISTICS summed over queues.
+    pub xsk: XskStatistics,
+    /// AF_PACKET: PACKET_STATISTICS.
+    pub packet: PacketStatistics,
 }
 
 /// Counters of a running split; every drop has a named cause.
 #[derive(Debug, Clone, Default)]
 pub struct SplitStats {
-    pub mode: Option<XdpMode>,
-    pub queues: u32,
-    pub received: u64,
-    pub bytes: u64,
+    pub inputs: Vec<InputStats>,
     pub non_ip: u64,
     pub parse_errors: u64,
-    /// Per way: (delivered, dropped because the way was full).
-    pub ways: Vec<(u64, u64)>,
-    /// Kernel-side drops, summed over queues (XDP_STATISTICS).
-    pub kernel: XskStatistics,
+    pub ways: Vec<WayStats>,
+    pub pcaps: Vec<PcapSinkStats>,
+}
+
+impl SplitStats {
+    pub fn received(&self) -> u64 {
+        self.inputs.iter().map(|i| i.received).sum()
+    }
 }
 
 /// Errors of the split engine.
@@ -58,18 +77,39 @@ pub struct SplitStats {
 pub enum SplitError {
     #[error("interface {0:?} not found")]
     NoInterface(String),
-    #[error("--ways must be at least 1")]
-    NoWays,
-    #[error("non-IP way {way} is beyond the {ways} ways")]
-    NonIpWay { way: u32, ways: u32 },
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
     Ebpf(#[from] fastedge_ebpf::EbpfError),
     #[error(transparent)]
     Xsk(#[from] crate::xdp::XskError),
     #[error(transparent)]
-    Shm(#[from] crate::shm::ShmError),
-    #[error("polling AF_XDP sockets: {0}")]
+    Packet(#[from] crate::afpacket::PacketError),
+    #[error(transparent)]
+    Pcap(#[from] crate::pcap::PcapError),
+    #[error("polling the inputs: {0}")]
     Poll(std::io::Error),
+    #[error("reading {input}: {source}")]
+    Receive {
+        input: String,
+        source: std::io::Error,
+    },
+    #[error("pinning the engine to core {core}: {source}")]
+    Pin { core: usize, source: nix::Error },
+}
+
+impl SplitError {
+    /// True when the configuration (not the system) is at fault.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            SplitError::NoInterface(_)
+                | SplitError::Pipeline(crate::pipeline::PipelineError::Toml(_))
+                | SplitError::Pipeline(crate::pipeline::PipelineError::Invalid(_))
+                | SplitError::Pcap(crate::pcap::PcapError::Format { .. })
+                | SplitError::Pcap(crate::pcap::PcapError::LinkType { .. })
+        )
+    }
 }
 
 /// Receive queues of `interface`, from sysfs.
@@ -86,139 +126,258 @@ fn rx_queues(interface: &str) -> u32 {
     count.max(1) as u32
 }
 
-/// Runs the split until `stop` is set; calls `tick` about once a second with the counters.
-pub fn run(
-    config: &SplitConfig,
-    stop: &AtomicBool,
-    mut tick: impl FnMut(&SplitStats),
-) -> Result<SplitStats, SplitError> {
-    if config.ways == 0 {
-        return Err(SplitError::NoWays);
-    }
-    if config.non_ip_way >= config.ways {
-        return Err(SplitError::NonIpWay {
-            way: config.non_ip_way,
-            ways: config.ways,
-        });
-    }
-    let ifindex = nix::net::if_::if_nametoindex(config.interface.as_str())
-        .map_err(|_| SplitError::NoInterface(config.interface.clone()))?;
+enum Source {
+    Xdp {
+        program: XskRedirect,
+        sockets: Vec<XskReceiver>,
+    },
+    Packet(PacketReceiver),
+    Pcap(PcapSource),
+}
+
+struct Input {
+    source: Source,
+    stats: InputStats,
+}
+
+fn open_xdp(interface: &str, mode: XdpMode) -> Result<(Source, u32), SplitError> {
+    let ifindex = nix::net::if_::if_nametoindex(interface)
+        .map_err(|_| SplitError::NoInterface(interface.to_owned()))?;
     let mut program = XskRedirect::load()?;
-    let mode = match config.mode {
-        Some(mode) => {
-            program.attach(ifindex, mode)?;
-            mode
-        }
-        None => match program.attach(ifindex, XdpMode::Native) {
-            Ok(()) => XdpMode::Native,
-            Err(error) => {
-                tracing::info!(%error, "native XDP unavailable; using SKB mode");
-                program.attach(ifindex, XdpMode::Skb)?;
-                XdpMode::Skb
-            }
-        },
-    };
-    let queues = rx_queues(&config.interface);
+    program.attach(ifindex, mode)?;
+    let queues = rx_queues(interface);
     let socket_config = XskConfig::new(2048, 2048, 1024, XskBindMode::Copy)?;
     let mut sockets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
-        let socket = XskReceiver::open(&config.interface, queue, &socket_config)?;
+        let socket = XskReceiver::open(interface, queue, &socket_config)?;
         program.register_socket(queue, socket.fd())?;
         sockets.push(socket);
     }
-    let mut producers = (0..config.ways)
-        .map(|way| Producer::create(&way_path(&config.interface, way), config.way_capacity))
+    Ok((Source::Xdp { program, sockets }, queues))
+}
+
+fn open_input(config: &InputConfig) -> Result<Input, SplitError> {
+    if let Some(path) = &config.pcap {
+        let speed = match config.speed {
+            SpeedName::Fast => ReplaySpeed::Fast,
+            SpeedName::Recorded => ReplaySpeed::Recorded,
+        };
+        return Ok(Input {
+            source: Source::Pcap(PcapSource::open(path, speed)?),
+            stats: InputStats {
+                name: path.display().to_string(),
+                kind: Some(InputKind::Pcap),
+                queues: 1,
+                ..InputStats::default()
+            },
+        });
+    }
+    let interface = config.interface.clone().unwrap_or_default();
+    if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
+        return Err(SplitError::NoInterface(interface));
+    }
+    let af_packet = |interface: &str| -> Result<(Source, InputKind, u32), SplitError> {
+        let receiver = PacketReceiver::open(interface, RingConfig::default(), None)?;
+        Ok((Source::Packet(receiver), InputKind::AfPacket, 1))
+    };
+    let (source, kind, queues) = match config.mode {
+        InputMode::XdpNative => {
+            let (s, q) = open_xdp(&interface, XdpMode::Native)?;
+            (s, InputKind::Xdp(XdpMode::Native), q)
+        }
+        InputMode::XdpSkb => {
+            let (s, q) = open_xdp(&interface, XdpMode::Skb)?;
+            (s, InputKind::Xdp(XdpMode::Skb), q)
+        }
+        InputMode::AfPacket => af_packet(&interface)?,
+        InputMode::Auto => match open_xdp(&interface, XdpMode::Native) {
+            Ok((s, q)) => (s, InputKind::Xdp(XdpMode::Native), q),
+            Err(native) => {
+                tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
+                match open_xdp(&interface, XdpMode::Skb) {
+                    Ok((s, q)) => (s, InputKind::Xdp(XdpMode::Skb), q),
+                    Err(skb) => {
+                        tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
+                        af_packet(&interface)?
+                    }
+                }
+            }
+        },
+    };
+    tracing::info!(%interface, mode = %kind, queues, "input open");
+    Ok(Input {
+        source,
+        stats: InputStats {
+            name: interface,
+            kind: Some(kind),
+            queues,
+            ..InputStats::default()
+        },
+    })
+}
+
+/// Settings of the engine thread itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineOptions {
+    /// Pin the calling thread to this CPU.
+    pub core: Option<usize>,
+}
+
+/// Runs `config` on the calling thread until `stop` is set (or every input, all capture
+/// files, is read to the end); calls `tick` about once a second with the counters.
+pub fn run(
+    config: &PipelineConfig,
+    options: EngineOptions,
+    stop: &AtomicBool,
+    mut tick: impl FnMut(&SplitStats),
+) -> Result<SplitStats, SplitError> {
+    config.validate()?;
+    if let Some(core) = options.core {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(core)
+            .map_err(|source| SplitError::Pin { core, source })?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .map_err(|source| SplitError::Pin { core, source })?;
+    }
+    let mut pipeline = Pipeline::build(config)?;
+    let mut inputs = config
+        .inputs
+        .iter()
+        .map(open_input)
         .collect::<Result<Vec<_>, _>>()?;
     tracing::info!(
-        interface = %config.interface,
-        %mode,
-        queues,
-        ways = config.ways,
-        duplicate = config.duplicate,
+        name = %config.name(),
+        inputs = inputs.len(),
+        ways = config.way_count(),
+        core = ?options.core,
         "split running"
     );
-    let mut stats = SplitStats {
-        mode: Some(mode),
-        queues,
-        ways: vec![(0, 0); config.ways as usize],
-        ..SplitStats::default()
-    };
+    let all_files = inputs.iter().all(|i| matches!(i.source, Source::Pcap(_)));
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let mut got = 0;
-        for socket in &mut sockets {
-            got += socket.receive(Duration::ZERO, |frame| {
+        let mut next_due: Option<Duration> = None;
+        for input in &mut inputs {
+            let stats = &mut input.stats;
+            let mut take = |frame: &[u8], ts: u64| {
                 stats.received += 1;
                 stats.bytes += frame.len() as u64;
-                let (way, hash) = match parse(frame, config.decapsulate) {
-                    Ok(Parsed::Ip(key)) => {
-                        let hash = flow_hash(&key, config.hash);
-                        (way_of(hash, config.ways), hash)
+                pipeline.push(frame, ts);
+            };
+            match &mut input.source {
+                Source::Xdp { sockets, .. } => {
+                    for socket in sockets.iter_mut() {
+                        got += socket.receive(Duration::ZERO, |frame| take(frame, now_ns))?;
                     }
-                    Ok(Parsed::NonIp { .. }) => {
-                        stats.non_ip += 1;
-                        (config.non_ip_way, 0)
-                    }
-                    Err(_) => {
-                        stats.parse_errors += 1;
-                        (config.non_ip_way, 0)
-                    }
-                };
-                if config.duplicate {
-                    for producer in producers.iter_mut() {
-                        producer.push(frame, now_ns, hash);
-                    }
-                } else {
-                    producers[way as usize].push(frame, now_ns, hash);
                 }
-            })?;
+                Source::Packet(receiver) => {
+                    got += receiver
+                        .receive(Duration::ZERO, &mut take)
+                        .map_err(|source| SplitError::Receive {
+                            input: stats_name(&input.stats),
+                            source,
+                        })?;
+                }
+                Source::Pcap(file) => {
+                    let (n, due) = file.receive(256, &mut take)?;
+                    got += n;
+                    if let Some(due) = due {
+                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    }
+                }
+            }
+        }
+        if all_files
+            && inputs
+                .iter()
+                .all(|i| matches!(&i.source, Source::Pcap(f) if f.finished()))
+        {
+            break;
         }
         if got == 0 {
-            wait_readable(&sockets, Duration::from_millis(100))?;
+            let timeout = next_due.map_or(Duration::from_millis(100), |d| {
+                d.min(Duration::from_millis(100))
+            });
+            wait_readable(&inputs, timeout)?;
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
-            refresh(&mut stats, &producers, &sockets);
-            tick(&stats);
+            pipeline.housekeeping();
+            tick(&collect(&mut inputs, &pipeline));
         }
     }
-    refresh(&mut stats, &producers, &sockets);
-    program.detach();
+    pipeline.housekeeping();
+    let stats = collect(&mut inputs, &pipeline);
+    for input in &mut inputs {
+        if let Source::Xdp { program, .. } = &mut input.source {
+            program.detach();
+        }
+    }
     Ok(stats)
 }
 
-fn refresh(stats: &mut SplitStats, producers: &[Producer], sockets: &[XskReceiver]) {
-    for (slot, producer) in stats.ways.iter_mut().zip(producers) {
-        producer.heartbeat();
-        *slot = producer.counters();
-    }
-    let mut kernel = XskStatistics::default();
-    for socket in sockets {
-        if let Ok(s) = socket.statistics() {
-            kernel.rx_dropped += s.rx_dropped;
-            kernel.rx_ring_full += s.rx_ring_full;
-            kernel.rx_fill_ring_empty += s.rx_fill_ring_empty;
-            kernel.rx_invalid += s.rx_invalid;
-        }
-    }
-    stats.kernel = kernel;
+fn stats_name(stats: &InputStats) -> String {
+    stats.name.clone()
 }
 
-fn wait_readable(sockets: &[XskReceiver], timeout: Duration) -> Result<(), SplitError> {
-    let mut fds: Vec<libc::pollfd> = sockets
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.fd().as_raw_fd(),
+fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
+    for input in inputs.iter_mut() {
+        match &mut input.source {
+            Source::Xdp { sockets, .. } => {
+                let mut kernel = XskStatistics::default();
+                for socket in sockets.iter() {
+                    if let Ok(s) = socket.statistics() {
+                        kernel.rx_dropped += s.rx_dropped;
+                        kernel.rx_ring_full += s.rx_ring_full;
+                        kernel.rx_fill_ring_empty += s.rx_fill_ring_empty;
+                        kernel.rx_invalid += s.rx_invalid;
+                    }
+                }
+                input.stats.xsk = kernel;
+            }
+            Source::Packet(receiver) => {
+                if let Ok(s) = receiver.statistics() {
+                    input.stats.packet = s;
+                }
+            }
+            Source::Pcap(_) => {}
+        }
+    }
+    SplitStats {
+        inputs: inputs.iter().map(|i| i.stats.clone()).collect(),
+        non_ip: pipeline.non_ip,
+        parse_errors: pipeline.parse_errors,
+        ways: pipeline.way_stats(),
+        pcaps: pipeline.pcap_stats(),
+    }
+}
+
+fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> {
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut add = |fd: BorrowedFd<'_>| {
+        fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         })
-        .collect();
+    };
+    for input in inputs {
+        match &input.source {
+            Source::Xdp { sockets, .. } => sockets.iter().for_each(|s| add(s.fd())),
+            Source::Packet(receiver) => add(receiver.fd()),
+            Source::Pcap(_) => {}
+        }
+    }
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+        return Ok(());
+    }
     // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs for
-    // the duration of the call, and every fd in it is open (owned by `sockets`).
+    // the duration of the call, and every fd in it is open (owned by `inputs`).
     let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
     if rc < 0 {
         let error = std::io::Error::last_os_error();

@@ -12,77 +12,103 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, ValueEnum};
-use fastedge_ebpf::XdpMode;
 use fastedge_rings::{
+    pipeline::{BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName},
     shm::Consumer,
-    split::{self, SplitConfig, SplitStats},
+    split::{self, EngineOptions, InputKind, SplitStats},
 };
-use fastedge_wire::packet::HashMode;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::Failure;
 
 /// Distribute an interface's traffic over N ways, flow-aware.
 ///
-/// fastedge attaches its XDP program to IFACE (native mode, else SKB mode), opens an AF_XDP
-/// socket on every receive queue, and puts each frame into way `hash(flow) mod N`: both
-/// directions of a flow, and every fragment of a datagram, land on the same way. Ways are
-/// shared-memory rings, /dev/shm/fastedge-IFACE-0 … N-1, read by consumer applications with the
-/// `fastedge-rings` consumer API or by `fastedge tap IFACE:WAY`. A slow or absent consumer only
-/// costs drops on its own way, counted. Runs until SIGINT/SIGTERM; prints a line per second on
-/// a terminal and a summary at exit.
+/// fastedge attaches its XDP program to IFACE (native mode, else SKB mode, else it reads with
+/// AF_PACKET), opens an AF_XDP socket on every receive queue, and puts each frame into way
+/// `hash(flow) mod N`: both directions of a flow, and every fragment of a datagram, land on the
+/// same way. Ways are shared-memory rings, /dev/shm/fastedge-NAME-0 … N-1 (NAME: the first
+/// input), read by consumer applications with the `fastedge-rings` consumer API or by
+/// `fastedge tap NAME:WAY`. A slow or absent consumer only costs drops on its own way, counted.
+/// Several interfaces (and `--pcap` files) are merged into one split. For anything else
+/// (duplicate to groups, balance within each, capture files as outputs) declare a pipeline in
+/// TOML and pass `--config`. Runs until SIGINT/SIGTERM, or until its capture-file inputs end;
+/// prints a line per second on a terminal and a summary at exit.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
-    /// Interface to read, e.g. eth1.
-    interface: String,
+    /// Interfaces to read, e.g. eth1 (several: merged).
+    interfaces: Vec<String>,
+
+    /// Also read this pcap or pcapng file (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pcap: Vec<PathBuf>,
+
+    /// Replay `--pcap` files with their recorded timing instead of as fast as possible.
+    #[arg(long)]
+    recorded_speed: bool,
+
+    /// A pipeline declared in TOML (inputs, bricks, outputs); excludes the other options.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "mode", "non_ip_way", "way_kib", "no_decap", "name"])]
+    config: Option<PathBuf>,
 
     /// Number of ways (consumer rings).
-    #[arg(long, default_value_t = 4)]
-    ways: u32,
+    #[arg(long)]
+    ways: Option<u32>,
 
     /// Flow hash: `2-tuple` (addresses), `3-tuple` (+ protocol), `5-tuple` (+ ports).
     /// Fragments always hash on the addresses.
-    #[arg(long, value_enum, default_value_t = HashArg::Five)]
-    hash: HashArg,
-
-    /// XDP attach mode; default: native, falling back to SKB.
     #[arg(long, value_enum)]
-    xdp_mode: Option<ModeArg>,
+    hash: Option<HashArg>,
+
+    #[command(flatten)]
+    common: CommonArgs,
 
     /// Way that frames which are not IP go to.
-    #[arg(long, default_value_t = 0)]
-    non_ip_way: u32,
-
-    /// Ring size of each way, in KiB (a power of two).
-    #[arg(long, default_value_t = 4096)]
-    way_kib: usize,
+    #[arg(long)]
+    non_ip_way: Option<u32>,
 
     /// Hash tunnels (IP-in-IP, GRE, VXLAN) on the outer flow instead of the inner one.
     #[arg(long)]
     no_decap: bool,
 }
 
+/// Options of `split` and `dup` alike.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// How interfaces are read: `auto` (XDP native, else XDP SKB, else AF_PACKET),
+    /// `xdp-native`, `xdp-skb`, `af-packet`.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+
+    /// Ring size of each way, in KiB (a power of two, at least 64).
+    #[arg(long)]
+    way_kib: Option<usize>,
+
+    /// Name in the way files' names (default: the first interface or file).
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Pin the engine thread to this CPU.
+    #[arg(long)]
+    core: Option<usize>,
+}
+
 /// Copy an interface's traffic to N ways: every frame to every way.
 ///
-/// Like `fastedge split` (same XDP + AF_XDP input, same ways, same counters), but each way gets
-/// all the traffic — e.g. several IDS instances that must each see everything. A slow consumer
-/// only loses frames on its own way.
+/// Like `fastedge split` (same inputs, same ways, same counters), but each way gets all the
+/// traffic — e.g. several IDS instances that must each see everything. A slow consumer only
+/// loses frames on its own way.
 #[derive(Debug, Args)]
 pub struct DupArgs {
-    /// Interface to read, e.g. eth1.
-    interface: String,
+    /// Interfaces to read, e.g. eth1 (several: merged).
+    #[arg(required = true)]
+    interfaces: Vec<String>,
 
     /// Number of ways (consumer rings), each getting every frame.
     #[arg(long, default_value_t = 2)]
     ways: u32,
 
-    /// XDP attach mode; default: native, falling back to SKB.
-    #[arg(long, value_enum)]
-    xdp_mode: Option<ModeArg>,
-
-    /// Ring size of each way, in KiB (a power of two).
-    #[arg(long, default_value_t = 4096)]
-    way_kib: usize,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,8 +123,10 @@ enum HashArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ModeArg {
-    Native,
-    Skb,
+    Auto,
+    XdpNative,
+    XdpSkb,
+    AfPacket,
 }
 
 /// Write one way of a running split as a pcap stream (nanosecond timestamps), to standard
@@ -137,96 +165,203 @@ pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
 }
 
 fn describe(stats: &SplitStats) -> String {
+    let mut parts = Vec::new();
+    for input in &stats.inputs {
+        let kind = input.kind.map_or("-".to_owned(), |k| k.to_string());
+        let drops = match input.kind {
+            Some(InputKind::Xdp(_)) => format!(
+                "; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}",
+                input.xsk.rx_ring_full,
+                input.xsk.rx_fill_ring_empty,
+                input.xsk.rx_dropped,
+                input.xsk.rx_invalid
+            ),
+            Some(InputKind::AfPacket) => format!(
+                "; kernel drops: ring full {} (ring frozen {} times)",
+                input.packet.drops, input.packet.freezes
+            ),
+            _ => String::new(),
+        };
+        parts.push(format!(
+            "{} ({kind}, {} queue(s)): received {} ({} bytes){drops}",
+            input.name, input.queues, input.received, input.bytes
+        ));
+    }
+    parts.push(format!(
+        "non-IP {}, parse errors {}",
+        stats.non_ip, stats.parse_errors
+    ));
+    if !stats.ways.is_empty() {
+        let ways: Vec<String> = stats
+            .ways
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{i}:{}/{}{}",
+                    w.delivered,
+                    w.dropped_full,
+                    if w.consumer.is_some() {
+                        ""
+                    } else {
+                        "(no consumer)"
+                    }
+                )
+            })
+            .collect();
+        parts.push(format!("ways delivered/dropped-full {}", ways.join(" ")));
+    }
+    for pcap in &stats.pcaps {
+        parts.push(format!(
+            "{}: written {} ({} bytes) in {} file(s), write errors {}",
+            pcap.path.display(),
+            pcap.written,
+            pcap.bytes,
+            pcap.files,
+            pcap.errors
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The live line: rates per second since the last one, and drops by cause.
+fn live_line(stats: &SplitStats, previous: &SplitStats) -> String {
+    let rate = stats.received() - previous.received();
     let ways: Vec<String> = stats
         .ways
         .iter()
         .enumerate()
-        .map(|(i, (delivered, dropped))| format!("{i}:{delivered}/{dropped}"))
+        .map(|(i, w)| {
+            let before = previous.ways.get(i).copied().unwrap_or_default();
+            format!("{}", w.delivered - before.delivered)
+        })
         .collect();
+    let full: u64 = stats.ways.iter().map(|w| w.dropped_full).sum();
+    let kernel: u64 = stats
+        .inputs
+        .iter()
+        .map(|i| i.xsk.rx_ring_full + i.xsk.rx_fill_ring_empty + i.xsk.rx_dropped + i.packet.drops)
+        .sum();
     format!(
-        "received {} ({} bytes), non-IP {}, parse errors {}; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}; ways delivered/dropped-full {}",
-        stats.received,
-        stats.bytes,
+        "{rate} pps | per way/s [{}] | drops: way full {full}, kernel {kernel}, non-IP {}, parse errors {}",
+        ways.join(" "),
         stats.non_ip,
-        stats.parse_errors,
-        stats.kernel.rx_ring_full,
-        stats.kernel.rx_fill_ring_empty,
-        stats.kernel.rx_dropped,
-        stats.kernel.rx_invalid,
-        ways.join(" ")
+        stats.parse_errors
     )
 }
 
-fn check_way_kib(way_kib: usize) -> Result<(), Failure> {
-    if !way_kib.is_power_of_two() || way_kib < 64 {
-        return Err(Failure::config(anyhow!(
-            "--way-kib {way_kib} must be a power of two, at least 64"
-        )));
-    }
-    Ok(())
+fn inputs(
+    interfaces: &[String],
+    pcaps: &[PathBuf],
+    mode: InputMode,
+    recorded: bool,
+) -> Vec<InputConfig> {
+    let mut inputs: Vec<InputConfig> = interfaces
+        .iter()
+        .map(|i| InputConfig {
+            interface: Some(i.clone()),
+            pcap: None,
+            mode,
+            speed: SpeedName::Fast,
+        })
+        .collect();
+    inputs.extend(pcaps.iter().map(|p| InputConfig {
+        interface: None,
+        pcap: Some(p.clone()),
+        mode: InputMode::Auto,
+        speed: if recorded {
+            SpeedName::Recorded
+        } else {
+            SpeedName::Fast
+        },
+    }));
+    inputs
 }
 
-fn xdp_mode(mode: Option<ModeArg>) -> Option<XdpMode> {
-    mode.map(|m| match m {
-        ModeArg::Native => XdpMode::Native,
-        ModeArg::Skb => XdpMode::Skb,
-    })
+fn mode_of(common: &CommonArgs) -> InputMode {
+    match common.mode {
+        None | Some(ModeArg::Auto) => InputMode::Auto,
+        Some(ModeArg::XdpNative) => InputMode::XdpNative,
+        Some(ModeArg::XdpSkb) => InputMode::XdpSkb,
+        Some(ModeArg::AfPacket) => InputMode::AfPacket,
+    }
 }
 
 pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
-    check_way_kib(args.way_kib)?;
-    run_engine(SplitConfig {
-        interface: args.interface,
-        ways: args.ways,
-        hash: HashMode::FiveTuple,
-        mode: xdp_mode(args.xdp_mode),
-        way_capacity: args.way_kib * 1024,
-        non_ip_way: 0,
+    let config = PipelineConfig {
+        name: args.common.name.clone(),
+        inputs: inputs(&args.interfaces, &[], mode_of(&args.common), false),
+        output: BrickConfig::Dup {
+            ways: Some(args.ways),
+            to: Vec::new(),
+        },
         decapsulate: true,
-        duplicate: true,
-    })
+        way_kib: args.common.way_kib.unwrap_or(4096),
+    };
+    run_engine(config, args.common.core)
 }
 
 pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
-    check_way_kib(args.way_kib)?;
-    run_engine(SplitConfig {
-        interface: args.interface.clone(),
-        ways: args.ways,
-        hash: match args.hash {
-            HashArg::Two => HashMode::TwoTuple,
-            HashArg::Three => HashMode::ThreeTuple,
-            HashArg::Five => HashMode::FiveTuple,
-        },
-        mode: xdp_mode(args.xdp_mode),
-        way_capacity: args.way_kib * 1024,
-        non_ip_way: args.non_ip_way,
-        decapsulate: !args.no_decap,
-        duplicate: false,
-    })
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(Failure::config)?;
+            PipelineConfig::from_toml(&text)
+                .with_context(|| path.display().to_string())
+                .map_err(Failure::config)?
+        }
+        None => {
+            if args.interfaces.is_empty() && args.pcap.is_empty() {
+                return Err(Failure::config(anyhow!(
+                    "give an interface (fastedge split eth1 --ways 4), --pcap FILE, or --config FILE"
+                )));
+            }
+            PipelineConfig {
+                name: args.common.name.clone(),
+                inputs: inputs(
+                    &args.interfaces,
+                    &args.pcap,
+                    mode_of(&args.common),
+                    args.recorded_speed,
+                ),
+                output: BrickConfig::Balance {
+                    hash: match args.hash {
+                        Some(HashArg::Two) => HashName::Two,
+                        Some(HashArg::Three) => HashName::Three,
+                        Some(HashArg::Five) | None => HashName::Five,
+                    },
+                    ways: Some(args.ways.unwrap_or(4)),
+                    to: Vec::new(),
+                    non_ip: args.non_ip_way.unwrap_or(0),
+                },
+                decapsulate: !args.no_decap,
+                way_kib: args.common.way_kib.unwrap_or(4096),
+            }
+        }
+    };
+    run_engine(config, args.common.core)
 }
 
-fn run_engine(config: SplitConfig) -> Result<(), Failure> {
+fn run_engine(config: PipelineConfig, core: Option<usize>) -> Result<(), Failure> {
+    config.validate().map_err(Failure::config)?;
     let stop = stop_on_signals()?;
     let live = std::io::stderr().is_terminal();
-    let mut previous = 0u64;
-    let stats = split::run(&config, &stop, |stats| {
+    let mut previous = SplitStats::default();
+    let stats = split::run(&config, EngineOptions { core }, &stop, |stats| {
         if live {
-            eprintln!("{} pps | {}", stats.received - previous, describe(stats));
+            eprintln!("{}", live_line(stats, &previous));
         }
-        previous = stats.received;
+        previous = stats.clone();
     })
-    .map_err(|e| match e {
-        split::SplitError::NoInterface(_)
-        | split::SplitError::NoWays
-        | split::SplitError::NonIpWay { .. } => Failure::config(e),
-        other => Failure::runtime(other),
+    .map_err(|e| {
+        if e.is_config() {
+            Failure::config(e)
+        } else {
+            Failure::runtime(e)
+        }
     })?;
-    tracing::info!(
-        mode = %stats.mode.map_or("-".to_owned(), |m| m.to_string()),
-        queues = stats.queues,
-        "split stopped: {}",
-        describe(&stats)
-    );
+    tracing::info!("split stopped: {}", describe(&stats));
     Ok(())
 }
 

@@ -1,0 +1,624 @@
+//! Pipelines of bricks, as in packet-bricks: inputs merged into one tree of LoadBalancer
+//! (`balance`), Duplicator (`dup`), shared-memory ways (`way`) and PcapWriter (`pcap`) bricks.
+//!
+//! Declared in TOML (see README, "Pipelines"):
+//!
+//! ```toml
+//! name = "ids"                      # ways are /dev/shm/fastedge-ids-0 … (default: first input)
+//! [[input]]
+//! interface = "eth1"                # mode = "auto" | "xdp-native" | "xdp-skb" | "af-packet"
+//! [[input]]
+//! interface = "eth2"                # several inputs: merged into one pipeline
+//! [output]
+//! type = "dup"                      # every packet to each group …
+//! [[output.to]]
+//! type = "balance"                  # … balanced over the group's ways by flow
+//! ways = 4
+//! [[output.to]]
+//! type = "pcap"
+//! path = "/var/capture/all.pcapng"
+//! rotate_mb = 1024
+//! ```
+//!
+//! Ways are numbered depth-first in the order they are declared.
+
+use std::path::{Path, PathBuf};
+
+use fastedge_wire::packet::{flow_hash, way_of, HashMode, Parsed};
+use serde::Deserialize;
+
+use crate::{
+    pcap::{CaptureFormat, PcapSink, Rotation},
+    shm::Producer,
+};
+
+/// A pipeline as declared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name in the way files' names; default: the first input's interface (or file stem).
+    pub name: Option<String>,
+    #[serde(rename = "input", default)]
+    pub inputs: Vec<InputConfig>,
+    pub output: BrickConfig,
+    /// Hash tunnelled traffic (IP-in-IP, GRE, VXLAN) on its inner flow.
+    #[serde(default = "yes")]
+    pub decapsulate: bool,
+    /// Ring size of each way in KiB (a power of two, at least 64).
+    #[serde(default = "default_way_kib")]
+    pub way_kib: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_way_kib() -> usize {
+    4096
+}
+
+/// One input of a pipeline: an interface or a capture file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    pub interface: Option<String>,
+    pub pcap: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: InputMode,
+    /// For `pcap`: `fast` (default) or `recorded`.
+    #[serde(default)]
+    pub speed: SpeedName,
+}
+
+/// How an interface is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputMode {
+    /// XDP + AF_XDP in native mode, else SKB mode, else AF_PACKET.
+    #[default]
+    Auto,
+    XdpNative,
+    XdpSkb,
+    AfPacket,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpeedName {
+    #[default]
+    Fast,
+    Recorded,
+}
+
+/// Flow hash of a balance brick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HashName {
+    #[serde(rename = "2-tuple")]
+    Two,
+    #[serde(rename = "3-tuple")]
+    Three,
+    #[default]
+    #[serde(rename = "5-tuple")]
+    Five,
+}
+
+impl From<HashName> for HashMode {
+    fn from(h: HashName) -> Self {
+        match h {
+            HashName::Two => HashMode::TwoTuple,
+            HashName::Three => HashMode::ThreeTuple,
+            HashName::Five => HashMode::FiveTuple,
+        }
+    }
+}
+
+/// A brick as declared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BrickConfig {
+    /// LoadBalancer: each flow (both directions, all fragments) to one output.
+    Balance {
+        #[serde(default)]
+        hash: HashName,
+        /// Shorthand for `to` = this many ways.
+        ways: Option<u32>,
+        #[serde(default)]
+        to: Vec<BrickConfig>,
+        /// Output that frames which are not IP (or do not parse) go to.
+        #[serde(default)]
+        non_ip: u32,
+    },
+    /// Duplicator: every packet to every output.
+    Dup {
+        ways: Option<u32>,
+        #[serde(default)]
+        to: Vec<BrickConfig>,
+    },
+    /// A shared-memory way for a consumer application.
+    Way {},
+    /// PcapWriter: every packet into a capture file.
+    Pcap {
+        path: PathBuf,
+        /// `pcap` or `pcapng`; default by the file's extension (`.pcapng` → pcapng).
+        format: Option<FormatName>,
+        /// Start a new file after this many MiB.
+        rotate_mb: Option<u64>,
+        /// Start a new file after this many seconds.
+        rotate_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    Pcap,
+    Pcapng,
+}
+
+/// A pipeline that cannot be built, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("pipeline: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Shm(#[from] crate::shm::ShmError),
+    #[error(transparent)]
+    Pcap(#[from] crate::pcap::PcapError),
+}
+
+impl PipelineConfig {
+    /// Parses and checks a TOML pipeline.
+    pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked without opening anything.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        let invalid = |what: String| Err(PipelineError::Invalid(what));
+        if self.inputs.is_empty() {
+            return invalid("no [[input]]: give at least one interface or pcap file".into());
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            match (&input.interface, &input.pcap) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return invalid(format!(
+                        "input {i}: give exactly one of `interface` or `pcap`"
+                    ))
+                }
+            }
+            if input.pcap.is_some() && input.mode != InputMode::Auto {
+                return invalid(format!("input {i}: `mode` applies to interfaces only"));
+            }
+        }
+        if !self.way_kib.is_power_of_two() || self.way_kib < 64 {
+            return invalid(format!(
+                "way_kib = {} must be a power of two, at least 64",
+                self.way_kib
+            ));
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.contains('/') {
+                return invalid(format!("name {name:?} must be non-empty and without '/'"));
+            }
+        }
+        check_brick(&self.output, "output")
+    }
+
+    /// The name in way file names.
+    pub fn name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match self.inputs.first() {
+            Some(InputConfig {
+                interface: Some(i), ..
+            }) => i.clone(),
+            Some(InputConfig { pcap: Some(p), .. }) => p
+                .file_stem()
+                .map_or_else(|| "pcap".to_owned(), |s| s.to_string_lossy().into_owned()),
+            _ => "fastedge".to_owned(),
+        }
+    }
+
+    /// Number of shm ways the pipeline declares.
+    pub fn way_count(&self) -> u32 {
+        count_ways(&self.output)
+    }
+}
+
+fn children_of(brick: &BrickConfig) -> Option<(Option<u32>, &[BrickConfig])> {
+    match brick {
+        BrickConfig::Balance { ways, to, .. } | BrickConfig::Dup { ways, to } => {
+            Some((*ways, to.as_slice()))
+        }
+        _ => None,
+    }
+}
+
+fn check_brick(brick: &BrickConfig, at: &str) -> Result<(), PipelineError> {
+    let invalid = |what: String| Err(PipelineError::Invalid(what));
+    if let Some((ways, to)) = children_of(brick) {
+        let outputs = match (ways, to.len()) {
+            (Some(0), _) => return invalid(format!("{at}: ways must be at least 1")),
+            (Some(n), 0) => n,
+            (None, 0) => return invalid(format!("{at}: give `ways = N` or [[{at}.to]] outputs")),
+            (None, n) => n as u32,
+            (Some(_), _) => return invalid(format!("{at}: give either `ways` or `to`, not both")),
+        };
+        if let BrickConfig::Balance { non_ip, .. } = brick {
+            if *non_ip >= outputs {
+                return invalid(format!(
+                    "{at}: non_ip = {non_ip} is beyond its {outputs} outputs"
+                ));
+            }
+        }
+        for (i, child) in to.iter().enumerate() {
+            check_brick(child, &format!("{at}.to[{i}]"))?;
+        }
+    }
+    if let BrickConfig::Pcap {
+        rotate_mb: Some(0), ..
+    }
+    | BrickConfig::Pcap {
+        rotate_secs: Some(0),
+        ..
+    } = brick
+    {
+        return invalid(format!("{at}: rotation limits must be above 0"));
+    }
+    Ok(())
+}
+
+fn count_ways(brick: &BrickConfig) -> u32 {
+    match children_of(brick) {
+        Some((Some(n), _)) => n,
+        Some((None, to)) => to.iter().map(count_ways).sum(),
+        None => u32::from(matches!(brick, BrickConfig::Way {})),
+    }
+}
+
+/// A built brick: the tree the engine pushes every packet through.
+#[derive(Debug)]
+enum Brick {
+    Balance {
+        hash: HashMode,
+        /// How many balance bricks are above this one: each level takes other bits of the
+        /// hash, so that nested balancers stay even.
+        level: u32,
+        non_ip: usize,
+        to: Vec<Brick>,
+    },
+    Dup(Vec<Brick>),
+    Way(usize),
+    Pcap(usize),
+}
+
+/// Counters of one shm way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WayStats {
+    pub delivered: u64,
+    /// Dropped because the way was full (its consumer slow, stopped or absent).
+    pub dropped_full: u64,
+    /// pid of the attached consumer.
+    pub consumer: Option<u64>,
+}
+
+/// The built bricks of a pipeline and their outputs.
+#[derive(Debug)]
+pub struct Pipeline {
+    root: Brick,
+    ways: Vec<Producer>,
+    pcaps: Vec<PcapSink>,
+    decapsulate: bool,
+    pub non_ip: u64,
+    pub parse_errors: u64,
+}
+
+impl Pipeline {
+    /// Creates the ways (`/dev/shm/fastedge-NAME-K`) and capture files of `config`.
+    pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
+        config.validate()?;
+        let name = config.name();
+        let mut pipeline = Self {
+            root: Brick::Way(0),
+            ways: Vec::new(),
+            pcaps: Vec::new(),
+            decapsulate: config.decapsulate,
+            non_ip: 0,
+            parse_errors: 0,
+        };
+        let capacity = config.way_kib * 1024;
+        pipeline.root = pipeline.build_brick(&config.output, 0, &name, capacity)?;
+        Ok(pipeline)
+    }
+
+    fn build_brick(
+        &mut self,
+        brick: &BrickConfig,
+        level: u32,
+        name: &str,
+        capacity: usize,
+    ) -> Result<Brick, PipelineError> {
+        let children = |this: &mut Self, ways: Option<u32>, to: &[BrickConfig], level| match ways {
+            Some(n) => (0..n)
+                .map(|_| this.build_brick(&BrickConfig::Way {}, level, name, capacity))
+                .collect::<Result<Vec<_>, _>>(),
+            None => to
+                .iter()
+                .map(|b| this.build_brick(b, level, name, capacity))
+                .collect(),
+        };
+        Ok(match brick {
+            BrickConfig::Balance {
+                hash,
+                ways,
+                to,
+                non_ip,
+            } => Brick::Balance {
+                hash: (*hash).into(),
+                level,
+                non_ip: *non_ip as usize,
+                to: children(self, *ways, to, level + 1)?,
+            },
+            BrickConfig::Dup { ways, to } => Brick::Dup(children(self, *ways, to, level)?),
+            BrickConfig::Way {} => {
+                let index = self.ways.len();
+                let path = crate::shm::way_path(name, index as u32);
+                self.ways.push(Producer::create(&path, capacity)?);
+                Brick::Way(index)
+            }
+            BrickConfig::Pcap {
+                path,
+                format,
+                rotate_mb,
+                rotate_secs,
+            } => {
+                let format = match format {
+                    Some(FormatName::Pcap) => CaptureFormat::Pcap,
+                    Some(FormatName::Pcapng) => CaptureFormat::PcapNg,
+                    None if has_extension(path, "pcapng") => CaptureFormat::PcapNg,
+                    None => CaptureFormat::Pcap,
+                };
+                let rotation = Rotation {
+                    max_bytes: rotate_mb.map(|mb| mb << 20),
+                    max_age: rotate_secs.map(std::time::Duration::from_secs),
+                };
+                self.pcaps.push(PcapSink::create(path, format, rotation)?);
+                Brick::Pcap(self.pcaps.len() - 1)
+            }
+        })
+    }
+
+    /// Pushes one frame through the bricks.
+    #[inline]
+    pub fn push(&mut self, frame: &[u8], timestamp_ns: u64) {
+        let parsed = fastedge_wire::packet::parse(frame, self.decapsulate);
+        let key = match parsed {
+            Ok(Parsed::Ip(key)) => Some(key),
+            Ok(Parsed::NonIp { .. }) => {
+                self.non_ip += 1;
+                None
+            }
+            Err(_) => {
+                self.parse_errors += 1;
+                None
+            }
+        };
+        let hash = key.map_or(0, |k| flow_hash(&k, HashMode::FiveTuple));
+        deliver(
+            &self.root,
+            &mut self.ways,
+            &mut self.pcaps,
+            frame,
+            timestamp_ns,
+            key.as_ref(),
+            hash,
+        );
+    }
+
+    /// Heartbeats the ways (consumers see a live producer) and flushes capture files.
+    pub fn housekeeping(&mut self) {
+        for way in &self.ways {
+            way.heartbeat();
+        }
+        for pcap in &mut self.pcaps {
+            pcap.flush();
+        }
+    }
+
+    pub fn way_stats(&self) -> Vec<WayStats> {
+        self.ways
+            .iter()
+            .map(|p| {
+                let (delivered, dropped_full) = p.counters();
+                WayStats {
+                    delivered,
+                    dropped_full,
+                    consumer: p.consumer(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn pcap_stats(&self) -> Vec<crate::pcap::PcapSinkStats> {
+        self.pcaps.iter().map(|p| p.stats().clone()).collect()
+    }
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+fn deliver(
+    brick: &Brick,
+    ways: &mut [Producer],
+    pcaps: &mut [PcapSink],
+    frame: &[u8],
+    ts: u64,
+    key: Option<&fastedge_wire::packet::FlowKey>,
+    hash: u64,
+) {
+    match brick {
+        Brick::Way(i) => {
+            ways[*i].push(frame, ts, hash);
+        }
+        Brick::Pcap(i) => pcaps[*i].write(frame, ts),
+        Brick::Dup(to) => {
+            for child in to {
+                deliver(child, ways, pcaps, frame, ts, key, hash);
+            }
+        }
+        Brick::Balance {
+            hash: mode,
+            level,
+            non_ip,
+            to,
+        } => {
+            let (child, hash) = match key {
+                Some(key) => {
+                    let h = if *mode == HashMode::FiveTuple {
+                        hash
+                    } else {
+                        flow_hash(key, *mode)
+                    };
+                    (
+                        way_of(h.rotate_left(21 * level), to.len() as u32) as usize,
+                        h,
+                    )
+                }
+                None => (*non_ip, hash),
+            };
+            deliver(&to[child], ways, pcaps, frame, ts, key, hash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_pipeline_declared_in_toml() {
+        let config = PipelineConfig::from_toml(
+            r#"
+            [[input]]
+            interface = "eth1"
+            [[input]]
+            pcap = "old.pcapng"
+            speed = "recorded"
+            [output]
+            type = "dup"
+            [[output.to]]
+            type = "balance"
+            ways = 4
+            [[output.to]]
+            type = "balance"
+            hash = "2-tuple"
+            to = [{ type = "way" }, { type = "way" }, { type = "pcap", path = "x.pcap" }]
+            non_ip = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.name(), "eth1");
+        assert_eq!(config.way_count(), 6);
+        assert_eq!(config.inputs.len(), 2);
+    }
+
+    #[test]
+    fn bad_pipelines_name_the_problem() {
+        let cases = [
+            ("[output]\ntype = \"way\"", "no [[input]]"),
+            (
+                "[[input]]\ninterface=\"a\"\npcap=\"b\"\n[output]\ntype=\"way\"",
+                "exactly one of",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"balance\"",
+                "give `ways = N`",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"balance\"\nways=2\nnon_ip=2",
+                "non_ip = 2 is beyond",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"fork\"",
+                "unknown variant `fork`",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"way\"\nspeed=1",
+                "unknown field `speed`",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\nmode=\"dpdk\"\n[output]\ntype=\"way\"",
+                "unknown variant `dpdk`",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\nway_kib=100\n[output]\ntype=\"way\"",
+                "unknown field `way_kib`",
+            ),
+            (
+                "way_kib=100\n[[input]]\ninterface=\"a\"\n[output]\ntype=\"way\"",
+                "power of two",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = PipelineConfig::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&28u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..40].copy_from_slice(&8u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn dup_of_two_balancers_gives_each_group_everything_evenly() {
+        let name = format!("unit-pipeline-{}", std::process::id());
+        let config = PipelineConfig::from_toml(&format!(
+            "name = \"{name}\"\nway_kib = 1024\n[[input]]\ninterface = \"x\"\n[output]\ntype = \"dup\"\n[[output.to]]\ntype = \"balance\"\nways = 4\n[[output.to]]\ntype = \"balance\"\nto = [{{ type = \"balance\", ways = 2 }}, {{ type = \"balance\", ways = 2 }}]\n"
+        ))
+        .unwrap();
+        let mut pipeline = Pipeline::build(&config).unwrap();
+        for i in 0..4000u32 {
+            let a = [10, 1, (i >> 8) as u8, i as u8];
+            pipeline.push(&udp(a, [10, 0, 0, 1], 1000, 53), 1);
+            pipeline.push(&udp([10, 0, 0, 1], a, 53, 1000), 2);
+        }
+        pipeline.push(&[0u8; 20], 3); // not IP: to output 0 of each balancer
+        let stats = pipeline.way_stats();
+        assert_eq!(stats.len(), 8);
+        let group = |r: std::ops::Range<usize>| stats[r].iter().map(|w| w.delivered).sum::<u64>();
+        assert_eq!(group(0..4), 8001, "group 1 gets every packet");
+        assert_eq!(group(4..8), 8001, "group 2 gets every packet");
+        for (i, w) in stats.iter().enumerate() {
+            let share = w.delivered as f64 / 2000.0;
+            assert!(
+                (0.8..1.2).contains(&share),
+                "way {i}: {} of 8000",
+                w.delivered
+            );
+        }
+        drop(pipeline);
+        for way in 0..8 {
+            let _ = std::fs::remove_file(crate::shm::way_path(&name, way));
+        }
+    }
+}
