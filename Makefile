@@ -11,10 +11,11 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Build: clang + cmake (BoringSSL, bindgen, BPF C), libelf + zlib (libbpf, libxdp), m4 (libxdp),
 # pkg-config. Tests: iproute2 (network namespaces, veth), curl, openssl and h2load (real TLS
-# clients), nginx-light (a real backend reading PROXY v2 and speaking h2), tcpdump (reads what
-# `fastedge tap` writes).
+# clients), nginx-light (a real backend reading PROXY v2 and speaking h2), tcpdump and tshark
+# (read what `fastedge tap` and the pcap brick write), bsdutils (`script`: a terminal for the
+# live-line test).
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
-	nginx-light nghttp2-client tcpdump
+	nginx-light nghttp2-client tcpdump tshark bsdutils
 
 .PHONY: run test deps build fmt-check clippy unit-and-e2e netmap-check fuzz-check fuzz bench clean-netns
 

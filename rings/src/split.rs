@@ -99,15 +99,16 @@ pub enum SplitError {
 }
 
 impl SplitError {
-    /// True when the configuration (not the system) is at fault.
+    /// True when the configuration (not the system) is at fault: bad pipeline, unknown
+    /// interface, a capture file that cannot be read or created.
     pub fn is_config(&self) -> bool {
         matches!(
             self,
             SplitError::NoInterface(_)
                 | SplitError::Pipeline(crate::pipeline::PipelineError::Toml(_))
                 | SplitError::Pipeline(crate::pipeline::PipelineError::Invalid(_))
-                | SplitError::Pcap(crate::pcap::PcapError::Format { .. })
-                | SplitError::Pcap(crate::pcap::PcapError::LinkType { .. })
+                | SplitError::Pcap(_)
+                | SplitError::Pipeline(crate::pipeline::PipelineError::Pcap(_))
         )
     }
 }

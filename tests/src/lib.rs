@@ -8,6 +8,7 @@ pub mod frames;
 pub mod netns;
 pub mod peers;
 pub mod process;
+pub mod ways;
 
 /// Panics with an install hint when `tool` is not on PATH: the suites need real peers, and a
 /// missing one is a broken setup, not a reason to pass.

@@ -38,7 +38,21 @@ pub struct Fastedge {
 impl Fastedge {
     /// Starts `fastedge ARGS…` with logs on stderr.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(fastedge_bin())
+        Self::start_in(None, args, envs)
+    }
+
+    /// Starts `fastedge ARGS…` inside network namespace `netns` (`ip netns exec`, which execs:
+    /// the child's pid is fastedge's).
+    pub fn start_in(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(fastedge_bin());
+                c
+            }
+            None => Command::new(fastedge_bin()),
+        };
+        let mut child = command
             .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::piped())

@@ -18,6 +18,7 @@ use fastedge_tests::{
     netns::VethPair,
     process::fastedge_bin,
     require_tool,
+    ways::WayFiles,
 };
 
 struct Child(std::process::Child);
@@ -26,22 +27,6 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Removes the way files of an interface when the test ends, however it ends.
-struct WayFiles(String);
-
-impl Drop for WayFiles {
-    fn drop(&mut self) {
-        let prefix = format!("fastedge-{}-", self.0);
-        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,72 @@
+//! Helpers for the split suites: way files removed however a test ends, consumers attached
+//! once the ways exist, and what generated frames (`fastedge gen` markers) arrived where.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use fastedge_rings::shm::Consumer;
+
+/// Removes the way files `/dev/shm/fastedge-NAME-*` when dropped.
+#[derive(Debug)]
+pub struct WayFiles(pub String);
+
+impl Drop for WayFiles {
+    fn drop(&mut self) {
+        let prefix = format!("fastedge-{}-", self.0);
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// Attaches a consumer to each of `ways` ways of `name` once they exist (15 s at most).
+pub fn attach(name: &str, ways: std::ops::Range<u32>) -> Vec<Consumer> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut consumers = Vec::new();
+    for way in ways {
+        loop {
+            match Consumer::open(name, way) {
+                Ok(c) => break consumers.push(c),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "way {way} never appeared: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    consumers
+}
+
+/// Where generated frames arrived: sequence number → (way index in `consumers`, flow) for
+/// each copy.
+pub type Arrivals = HashMap<u64, Vec<(usize, u32)>>;
+
+/// Reads `consumers` until `expected` generated frames arrived or nothing came for `quiet`.
+pub fn read_markers(consumers: &mut [Consumer], expected: usize, quiet: Duration) -> Arrivals {
+    let mut seen: Arrivals = HashMap::new();
+    let mut count = 0;
+    let mut last = Instant::now();
+    while count < expected && last.elapsed() < quiet {
+        let mut got = 0;
+        for (way, consumer) in consumers.iter_mut().enumerate() {
+            got += consumer.read_batch(usize::MAX, |record| {
+                if let Some((flow, seq)) = fastedge_wire::synth::marker(record.data) {
+                    seen.entry(seq).or_default().push((way, flow));
+                    count += 1;
+                }
+            });
+        }
+        if got > 0 {
+            last = Instant::now();
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    seen
+}

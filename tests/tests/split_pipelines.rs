@@ -1,0 +1,543 @@
+//! `fastedge gen` on one side of a veth pair, `fastedge split` on the other: every generated
+//! frame arrives exactly once, both directions of each flow on one way, over XDP (native and
+//! SKB) and AF_PACKET inputs; pipelines from TOML (dup to groups balanced within each, capture
+//! files as outputs, two interfaces merged); a capture file in → split → capture files out
+//! keeps every packet; the live line on a terminal; bad pipelines refused with the reason.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use fastedge_rings::pcap::{CaptureFormat, PcapSink, PcapSource, ReplaySpeed, Rotation};
+use fastedge_tests::{
+    frames::udp_frame,
+    netns::{ip, VethPair},
+    process::{fastedge_bin, Fastedge},
+    require_tool,
+    ways::{attach, read_markers, Arrivals, WayFiles},
+    TempDir,
+};
+use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
+
+const LOG: &[(&str, &str)] = &[("FASTEDGE_LOG", "info")];
+
+/// Runs `fastedge gen` in namespace `ns` on `dev` to completion; returns its log.
+fn gen(ns: &str, dev: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(fastedge_bin())
+        .args(["gen", dev])
+        .args(args)
+        .env("FASTEDGE_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "gen failed: {log}");
+    assert!(log.contains("gen done: sent"), "{log}");
+    log
+}
+
+/// Checks that sequence numbers `seqs` each arrived exactly once, and that every flow's
+/// frames (both directions) are on one way; returns the ways used.
+fn check_once_by_flow(
+    arrivals: &Arrivals,
+    seqs: std::ops::Range<u64>,
+    context: &str,
+) -> HashSet<usize> {
+    let mut flow_way: HashMap<u32, usize> = HashMap::new();
+    let mut missing = Vec::new();
+    for seq in seqs.clone() {
+        match arrivals.get(&seq).map(Vec::as_slice) {
+            None => missing.push(seq),
+            Some([(way, flow)]) => {
+                let first = *flow_way.entry(*flow).or_insert(*way);
+                assert_eq!(first, *way, "flow {flow}: both directions on one way");
+            }
+            Some(copies) => panic!("frame {seq} delivered {} times: {copies:?}", copies.len()),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} frames missing, e.g. {:?}; {context}",
+        missing.len(),
+        seqs.end - seqs.start,
+        &missing[..missing.len().min(10)]
+    );
+    flow_way.values().copied().collect()
+}
+
+fn gen_to_split(mode: &str, ways: u32, expect_mode: &str) {
+    let pair = VethPair::new();
+    let _files = WayFiles(pair.dev_a.clone());
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &[
+            "split",
+            &pair.dev_a,
+            "--ways",
+            &ways.to_string(),
+            "--way-kib",
+            "256",
+            "--mode",
+            mode,
+        ],
+        LOG,
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let mut consumers = attach(&pair.dev_a, 0..ways);
+    let count: u64 = 20_000;
+    let reader = std::thread::spawn(move || {
+        let arrivals = read_markers(&mut consumers, count as usize, Duration::from_secs(3));
+        (arrivals, consumers)
+    });
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &[
+            "--flows",
+            "1000",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "20000",
+        ],
+    );
+    let (arrivals, _consumers) = reader.join().unwrap();
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    let used = check_once_by_flow(&arrivals, 0..count, &log);
+    assert_eq!(used.len(), ways as usize, "1000 flows over all {ways} ways");
+    assert!(log.contains(expect_mode), "input mode named: {log}");
+    assert!(
+        log.contains("split stopped") && log.contains("received 20000"),
+        "{log}"
+    );
+}
+
+#[test]
+fn gen_to_split_over_xdp_native_4_and_64_ways() {
+    gen_to_split("auto", 4, "XDP native mode");
+    gen_to_split("xdp-native", 64, "XDP native mode");
+}
+
+#[test]
+fn gen_to_split_over_xdp_skb_30_ways() {
+    gen_to_split("xdp-skb", 30, "XDP skb mode");
+}
+
+#[test]
+fn gen_to_split_over_af_packet_4_and_30_ways() {
+    gen_to_split("af-packet", 4, "AF_PACKET TPACKET_V3");
+    gen_to_split("af-packet", 30, "AF_PACKET TPACKET_V3");
+}
+
+/// Reads every packet of a capture file.
+fn read_capture(path: &Path) -> Vec<(Vec<u8>, u64)> {
+    let mut source = PcapSource::open(path, ReplaySpeed::Fast).unwrap();
+    let mut packets = Vec::new();
+    while !source.finished() {
+        source
+            .receive(1024, |f, ts| packets.push((f.to_vec(), ts)))
+            .unwrap();
+    }
+    packets
+}
+
+fn tshark_count(path: &Path) -> usize {
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            path.to_str().unwrap(),
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tshark -r {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn pcap_in_split_pcap_out_keeps_every_packet() {
+    require_tool("tshark", "tshark");
+    let dir = TempDir::new("pcap-split");
+    // Input: 6000 generated frames of 500 flows (both directions, UDP and TCP, IPv4 and IPv6),
+    // a fragmented datagram, and frames that are not IP, as pcapng with nanosecond times.
+    let input = dir.path().join("in.pcapng");
+    let mut sent = Vec::new();
+    {
+        let mut sink =
+            PcapSink::create(&input, CaptureFormat::PcapNg, Rotation::default()).unwrap();
+        let mut buf = [0u8; MAX_FRAME];
+        for (i, (transport, v6)) in [(Transport::Udp, false), (Transport::Tcp, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let spec = TrafficSpec {
+                src_mac: [2, 0, 0, 0, 0, 1],
+                dst_mac: [2, 0, 0, 0, 0, 2],
+                client_base: if v6 {
+                    "fd00::1:0".parse().unwrap()
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(10, 1, 0, 0))
+                },
+                server: if v6 {
+                    "fd00::1".parse().unwrap()
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+                },
+                server_port: 443,
+                transport,
+                flows: 500,
+                frame_len: 200,
+                both_directions: true,
+            };
+            for seq in 0..3000u64 {
+                let n = spec.write(seq + i as u64 * 3000, &mut buf);
+                sent.push((
+                    buf[..n].to_vec(),
+                    1_700_000_000_000_000_000 + seq * 777 + i as u64,
+                ));
+            }
+        }
+        let server = (Ipv4Addr::new(10, 77, 0, 1), 443);
+        let client = (Ipv4Addr::new(10, 79, 0, 9), 5353);
+        for field in [0x2000u16, 0x0003] {
+            sent.push((udp_frame([2, 0, 0, 0, 0, 2], client, server, 1, field), 5));
+        }
+        let mut arp = vec![0xffu8; 6];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        arp.extend_from_slice(&[0u8; 46]);
+        sent.push((arp.clone(), 6));
+        sent.push((arp, 7));
+        for (frame, ts) in &sent {
+            sink.write(frame, *ts);
+        }
+    }
+    let outputs: Vec<_> = (0..4)
+        .map(|k| dir.path().join(format!("out-{k}.pcap")))
+        .collect();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[[input]]\npcap = {:?}\n[output]\ntype = \"balance\"\nnon_ip = 3\nto = [{}]\n",
+            input,
+            outputs
+                .iter()
+                .map(|p| format!("{{ type = \"pcap\", path = {p:?} }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .unwrap();
+    let mut split = Fastedge::start(&["split", "--config", pipeline.to_str().unwrap()], LOG);
+    let status = split.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", split.log_text());
+    assert!(
+        split.log_text().contains("non-IP 2"),
+        "{}",
+        split.log_text()
+    );
+
+    // Same packets, same timestamps (as multisets), each flow in one file; libpcap reads them.
+    let mut got = Vec::new();
+    let mut flow_file: HashMap<u32, usize> = HashMap::new();
+    for (k, path) in outputs.iter().enumerate() {
+        let packets = read_capture(path);
+        assert_eq!(
+            tshark_count(path),
+            packets.len(),
+            "tshark reads {}",
+            path.display()
+        );
+        assert!(!packets.is_empty(), "{} is empty", path.display());
+        for (frame, _) in &packets {
+            if let Some((flow, seq)) = fastedge_wire::synth::marker(frame) {
+                // Flows of the two families differ by sequence range.
+                let key = flow + if seq >= 3000 { 10_000 } else { 0 };
+                assert_eq!(
+                    *flow_file.entry(key).or_insert(k),
+                    k,
+                    "flow {key} in one file"
+                );
+            }
+        }
+        got.extend(packets);
+    }
+    let fragments: Vec<usize> = outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| read_capture(p).iter().any(|(_, ts)| *ts == 5))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        fragments.len(),
+        1,
+        "both fragments in one file: {fragments:?}"
+    );
+    assert!(
+        read_capture(&outputs[3])
+            .iter()
+            .filter(|(_, ts)| *ts == 6 || *ts == 7)
+            .count()
+            == 2
+    );
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "output multiset equals the input");
+}
+
+#[test]
+fn pipeline_dup_to_groups_balanced_within_each_plus_a_capture_file() {
+    require_tool("tshark", "tshark");
+    let pair = VethPair::new();
+    let dir = TempDir::new("pipeline-dup");
+    let name = format!("dupgrp{}", std::process::id());
+    let _files = WayFiles(name.clone());
+    let capture = dir.path().join("all.pcapng");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+name = "{name}"
+way_kib = 512
+[[input]]
+interface = "{dev}"
+[output]
+type = "dup"
+[[output.to]]
+type = "balance"
+ways = 3
+[[output.to]]
+type = "balance"
+hash = "2-tuple"
+ways = 2
+[[output.to]]
+type = "pcap"
+path = {capture:?}
+"#,
+            dev = pair.dev_a
+        ),
+    )
+    .unwrap();
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &["split", "--config", pipeline.to_str().unwrap()],
+        LOG,
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let consumers = attach(&name, 0..5);
+    let count: u64 = 6000;
+    let reader = std::thread::spawn(move || {
+        let mut consumers = consumers;
+        let (first, second) = consumers.split_at_mut(3);
+        let a = read_markers(first, count as usize, Duration::from_secs(3));
+        let b = read_markers(second, count as usize, Duration::from_secs(3));
+        (a, b)
+    });
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &[
+            "--flows",
+            "300",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "30000",
+        ],
+    );
+    let (group_a, group_b) = reader.join().unwrap();
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    assert_eq!(check_once_by_flow(&group_a, 0..count, &log).len(), 3);
+    assert_eq!(check_once_by_flow(&group_b, 0..count, &log).len(), 2);
+    assert_eq!(
+        tshark_count(&capture),
+        count as usize,
+        "the capture file has every frame"
+    );
+    let captured = read_capture(&capture);
+    let seqs: HashSet<u64> = captured
+        .iter()
+        .filter_map(|(f, _)| fastedge_wire::synth::marker(f).map(|(_, s)| s))
+        .collect();
+    assert_eq!(seqs.len(), count as usize);
+}
+
+#[test]
+fn two_interfaces_merged_into_one_split() {
+    let first = VethPair::new();
+    let second = VethPair::new();
+    // Move the second pair's receiving end next to the first's, so one engine reads both.
+    ip(&[
+        "-n",
+        &second.ns_a,
+        "link",
+        "set",
+        &second.dev_a,
+        "netns",
+        &first.ns_a,
+    ]);
+    ip(&["-n", &first.ns_a, "link", "set", &second.dev_a, "up"]);
+    let name = format!("merge{}", std::process::id());
+    let _files = WayFiles(name.clone());
+    let mut split = Fastedge::start_in(
+        Some(&first.ns_a),
+        &[
+            "split",
+            &first.dev_a,
+            &second.dev_a,
+            "--ways",
+            "4",
+            "--way-kib",
+            "512",
+            "--name",
+            &name,
+        ],
+        LOG,
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let mut consumers = attach(&name, 0..4);
+    let reader =
+        std::thread::spawn(move || read_markers(&mut consumers, 8000, Duration::from_secs(3)));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            gen(
+                &first.ns_b,
+                &first.dev_b,
+                &["--flows", "200", "--count", "4000", "--rate", "20000"],
+            )
+        });
+        s.spawn(|| {
+            gen(
+                &second.ns_b,
+                &second.dev_b,
+                &[
+                    "--flows",
+                    "200",
+                    "--count",
+                    "4000",
+                    "--rate",
+                    "20000",
+                    "--first-seq",
+                    "100000",
+                    "--client",
+                    "10.2.0.0",
+                ],
+            )
+        });
+    });
+    let arrivals = reader.join().unwrap();
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    check_once_by_flow(&arrivals, 0..4000, &log);
+    check_once_by_flow(&arrivals, 100_000..104_000, &log);
+    assert!(
+        log.contains(&first.dev_a) && log.contains(&second.dev_a),
+        "{log}"
+    );
+}
+
+#[test]
+fn live_line_on_a_terminal() {
+    require_tool("script", "bsdutils");
+    let pair = VethPair::new();
+    let _files = WayFiles(pair.dev_a.clone());
+    // `script` gives fastedge a pseudo-terminal as stderr, as an operator's shell would.
+    let command = format!(
+        "ip netns exec {} {} split {} --ways 2 --way-kib 256 & pid=$!; sleep 3; kill -TERM $pid; wait $pid",
+        pair.ns_a,
+        fastedge_bin().display(),
+        pair.dev_a
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("FASTEDGE_LOG", "info")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("pps | per way/s [") && text.contains("drops: way full 0, kernel 0"),
+        "a live line per second: {text}"
+    );
+}
+
+#[test]
+fn bad_pipelines_and_arguments_are_refused_with_the_reason() {
+    let dir = TempDir::new("bad-pipeline");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["split".into()], "give an interface"),
+        (
+            vec!["split".into(), "nosuchif0".into()],
+            "interface \"nosuchif0\" not found",
+        ),
+        (
+            vec!["split".into(), "--pcap".into(), "/nonexistent.pcap".into()],
+            "/nonexistent.pcap",
+        ),
+        (
+            vec![
+                "split".into(),
+                "lo".into(),
+                "--way-kib".into(),
+                "100".into(),
+            ],
+            "power of two",
+        ),
+        (
+            vec!["gen".into(), "lo".into(), "--size".into(), "2000".into()],
+            "between 64 and 1518",
+        ),
+    ];
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[input]]\ninterface = \"lo\"\n[output]\ntype = \"balance\"\nways = 2\nnon_ip = 5\n",
+    )
+    .unwrap();
+    let mut cases = cases;
+    cases.push((
+        vec![
+            "split".into(),
+            "--config".into(),
+            bad.to_str().unwrap().into(),
+        ],
+        "non_ip = 5 is beyond its 2 outputs",
+    ));
+    let text = dir.path().join("text.pcap");
+    std::fs::write(&text, "not a capture").unwrap();
+    cases.push((
+        vec![
+            "split".into(),
+            "--pcap".into(),
+            text.to_str().unwrap().into(),
+        ],
+        "not a pcap or pcapng file",
+    ));
+    for (args, expected) in cases {
+        let out = Command::new(fastedge_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
