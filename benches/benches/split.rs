@@ -1,0 +1,134 @@
+//! Hot path of `fastedge split` per packet: parse + flow hash + way choice + enqueue into a
+//! shared-memory way (a pipeline of one LoadBalancer over 4 and 64 ways), and the shm ring alone
+//! (enqueue, dequeue). Frames are 64-byte UDP/IPv4 frames of 1,024 flows, both directions, from
+//! the generator's own frame writer. The ways are drained between timed batches, so every
+//! timed push is a real enqueue (not a cheaper "way full" drop).
+
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use fastedge_rings::{
+    pipeline::{
+        BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
+    },
+    shm::{way_path, Consumer, Producer},
+};
+use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
+
+const BATCH: usize = 1024;
+
+fn frames() -> Vec<Vec<u8>> {
+    let spec = TrafficSpec {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        client_base: "10.1.0.0".parse().expect("address"),
+        server: "10.0.0.1".parse().expect("address"),
+        server_port: 443,
+        transport: Transport::Udp,
+        flows: 1024,
+        frame_len: 60,
+        both_directions: true,
+    };
+    let mut buf = [0u8; MAX_FRAME];
+    (0..2048u64)
+        .map(|seq| {
+            let n = spec.write(seq, &mut buf);
+            buf[..n].to_vec()
+        })
+        .collect()
+}
+
+fn pipeline(c: &mut Criterion) {
+    let frames = frames();
+    let mut group = c.benchmark_group("split");
+    group.throughput(Throughput::Elements(1));
+    for ways in [4u32, 64] {
+        let name = format!("bench-{}-{ways}", std::process::id());
+        let config = PipelineConfig {
+            name: Some(name.clone()),
+            inputs: vec![InputConfig {
+                interface: Some("bench".into()),
+                pcap: None,
+                mode: InputMode::Auto,
+                speed: SpeedName::Fast,
+            }],
+            output: BrickConfig::Balance {
+                hash: HashName::Five,
+                ways: Some(ways),
+                to: Vec::new(),
+                non_ip: 0,
+            },
+            decapsulate: true,
+            way_kib: 1024,
+        };
+        let mut pipeline = Pipeline::build(&config).expect("building the pipeline");
+        let mut consumers: Vec<Consumer> = (0..ways)
+            .map(|w| Consumer::open(&name, w).expect("consumer"))
+            .collect();
+        group.bench_function(format!("parse+hash+enqueue/64B/{ways}_ways"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut done = 0u64;
+                let mut next = 0usize;
+                while done < iters {
+                    let n = (iters - done).min(BATCH as u64) as usize;
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        pipeline.push(black_box(&frames[next]), 1);
+                        next = (next + 1) % frames.len();
+                    }
+                    timed += start.elapsed();
+                    done += n as u64;
+                    for consumer in &mut consumers {
+                        consumer.read_batch(usize::MAX, |r| {
+                            black_box(r.data.len());
+                        });
+                    }
+                }
+                timed
+            })
+        });
+        let dropped: u64 = pipeline.way_stats().iter().map(|w| w.dropped_full).sum();
+        assert_eq!(dropped, 0, "every timed push was an enqueue");
+        drop(consumers);
+        drop(pipeline);
+        for w in 0..ways {
+            let _ = std::fs::remove_file(way_path(&name, w));
+        }
+    }
+    group.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let frames = frames();
+    let path = std::env::temp_dir().join(format!("fastedge-bench-ring-{}", std::process::id()));
+    let mut producer = Producer::create(&path, 1 << 20).expect("way");
+    let mut consumer = Consumer::open_path(&path).expect("consumer");
+    let mut group = c.benchmark_group("shm");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("enqueue+dequeue/64B", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut done = 0u64;
+            while done < iters {
+                let n = (iters - done).min(BATCH as u64) as usize;
+                for frame in frames.iter().take(n) {
+                    producer.push(black_box(frame), 1, 7);
+                }
+                consumer.read_batch(usize::MAX, |r| {
+                    black_box(r.data.len());
+                });
+                done += n as u64;
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    assert_eq!(producer.counters().1, 0, "no drops");
+    drop(consumer);
+    drop(producer);
+    let _ = std::fs::remove_file(path);
+}
+
+criterion_group!(benches, pipeline, ring);
+criterion_main!(benches);

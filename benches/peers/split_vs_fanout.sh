@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# fastedge split beside the kernel's AF_PACKET PACKET_FANOUT_HASH and the XDP_DROP ceiling, on
+# the same veth, in the same run, at the same offered load.
+#
+# Namespace B runs `fastedge gen` (64-byte UDP frames of 1,024 flows, both directions) pinned to
+# GEN_CPU; namespace A receives on RX_CPU. Receive work is moved to RX_CPU: threaded NAPI with
+# the napi/ thread pinned there for XDP paths, RPS for AF_PACKET paths (veth has no NAPI without
+# XDP). Contenders:
+#   xdp-drop        an XDP program that drops everything (the ceiling of this veth and pinning)
+#   split-xdp       fastedge split --mode xdp-native, WAYS ways, drained by a consumer app
+#   split-afpacket  fastedge split --mode af-packet, WAYS ways, drained by a consumer app
+#   fanout          WAYS AF_PACKET TPACKET_V3 sockets in one PACKET_FANOUT_HASH group
+# The consumer app (way_drain) and the fanout readers run on RX_CPU too: each contender does the
+# whole job, delivery to N readers included, on that core.
+# Reported per contender (median of ROUNDS): frames offered (sent minus the sender veth's
+# tx_dropped), delivered, loss, and RX_CPU busy time per million delivered frames (/proc/stat:
+# user+nice+system+irq+softirq of that CPU, which other tenants may share: compare in one run).
+#
+# Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
+#   RATE=300000 DURATION=5 WAYS=4 ROUNDS=3 RX_CPU=0 GEN_CPU=1
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RX_CPU=${RX_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+RATE=${RATE:-300000}
+DURATION=${DURATION:-5}
+WAYS=${WAYS:-4}
+ROUNDS=${ROUNDS:-3}
+CONTENDERS=${CONTENDERS:-"xdp-drop split-xdp split-afpacket fanout"}
+ns_a=febench-$$-a
+ns_b=febench-$$-b
+name=febench$$
+work=$(mktemp -d /tmp/fastedge-split-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$ns_a" 2>/dev/null || true
+  ip netns del "$ns_b" 2>/dev/null || true
+  rm -f /dev/shm/fastedge-$name-*
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
+bin=$PWD/target/release/fastedge
+drain=$PWD/target/release/way_drain
+fanout=$PWD/target/release/fanout_reader
+
+cat > "$work/drop.c" <<'C'
+#include <linux/bpf.h>
+__attribute__((section("xdp"), used)) int drop_all(struct xdp_md *ctx) { return XDP_DROP; }
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+C
+clang -O2 -target bpf -I/usr/include/x86_64-linux-gnu -c "$work/drop.c" -o "$work/drop.o"
+
+ip netns add "$ns_a"; ip netns add "$ns_b"
+ip link add va netns "$ns_a" numtxqueues 1 numrxqueues 1 type veth peer name vb netns "$ns_b" numtxqueues 1 numrxqueues 1
+for ns in "$ns_a" "$ns_b"; do ip netns exec "$ns" sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6'; done
+ip -n "$ns_a" link set va up; ip -n "$ns_b" link set vb up
+sleep 1
+
+busy() { awk -v c="cpu$RX_CPU" '$1==c {print $2+$3+$4+$7+$8}' /proc/stat; }
+tx_dropped() { ip netns exec "$ns_b" cat /sys/class/net/vb/statistics/tx_dropped; }
+rps() { ip netns exec "$ns_a" sh -c "echo $1 > /sys/class/net/va/queues/rx-0/rps_cpus"; }
+# Threaded NAPI for va, its kernel thread pinned to RX_CPU (recreated on every XDP attach).
+napi_on_rx_cpu() {
+  ip netns exec "$ns_a" sh -c 'echo 1 > /sys/class/net/va/threaded'
+  sleep 0.3
+  for pid in $(pgrep -f '^napi/va' || true); do taskset -pc "$RX_CPU" "$pid" >/dev/null; done
+}
+wait_ready() { for _ in $(seq 100); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not ready: $(cat "$1")" >&2; return 1; }
+
+count=$((RATE * DURATION))
+run_round() { # contender → "offered delivered busy_jiffies"
+  local c=$1 out=$work/out.txt delivered
+  : > "$out"
+  case $c in
+    xdp-drop)
+      ip -n "$ns_a" link set va xdpdrv obj "$work/drop.o" sec xdp; napi_on_rx_cpu ;;
+    split-xdp)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --core "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
+      napi_on_rx_cpu
+      taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
+      wait_ready "$out" ;;
+    split-afpacket)
+      rps $(printf %x $((1 << RX_CPU)))
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --core "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
+      taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
+      wait_ready "$out" ;;
+    fanout)
+      rps $(printf %x $((1 << RX_CPU)))
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$fanout" va "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
+      wait_ready "$out" ;;
+  esac
+  sleep 0.5
+  local d0 b0 b1 d1
+  d0=$(tx_dropped); b0=$(busy)
+  taskset -c "$GEN_CPU" ip netns exec "$ns_b" "$bin" gen vb --flows 1024 --size 64 --rate "$RATE" --count "$count" 2>>"$work/gen.log"
+  sleep 0.3
+  b1=$(busy); d1=$(tx_dropped)
+  case $c in
+    xdp-drop)
+      ip -n "$ns_a" link set va xdpdrv off
+      delivered=$((count - (d1 - d0))) ;;
+    split-*|fanout)
+      wait "${pids[-1]}" 2>/dev/null || true
+      delivered=$(sed -n 's/.*received=\([0-9]*\).*/\1/p' "$out")
+      if [ "$c" != fanout ]; then kill -TERM "${pids[-2]}" 2>/dev/null || true; wait "${pids[-2]}" 2>/dev/null || true; fi
+      rm -f /dev/shm/fastedge-$name-* ;;
+  esac
+  rps 0
+  echo "$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0))"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf 'offered %d frames/round at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
+  "$count" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
+printf '%-16s %12s %12s %8s %22s\n' contender offered delivered loss% "rx-CPU ms per Mframe"
+for c in $CONTENDERS; do
+  offered=(); delivered=(); cost=()
+  for r in $(seq "$ROUNDS"); do
+    read -r o d j < <(run_round "$c")
+    offered+=("$o"); delivered+=("$d")
+    # jiffies are 10 ms: ms per million delivered frames.
+    cost+=("$(awk -v j="$j" -v d="$d" 'BEGIN { if (d > 0) printf "%.0f", j * 10 * 1e6 / d; else print "inf" }')")
+  done
+  o=$(printf '%s\n' "${offered[@]}" | median)
+  d=$(printf '%s\n' "${delivered[@]}" | median)
+  m=$(printf '%s\n' "${cost[@]}" | median)
+  loss=$(awk -v o="$count" -v d="$d" 'BEGIN { printf "%.3f", (o - d) * 100 / o }')
+  printf '%-16s %12s %12s %8s %22s   (rounds: %s)\n' "$c" "$o" "$d" "$loss" "$m" "${cost[*]}"
+done
