@@ -65,7 +65,11 @@ tx_dropped() { ip netns exec "$ns_b" cat /sys/class/net/vb/statistics/tx_dropped
 rps() { ip netns exec "$ns_a" sh -c "echo $1 > /sys/class/net/va/queues/rx-0/rps_cpus"; }
 # Threaded NAPI for va, its kernel thread pinned to RX_CPU (recreated on every XDP attach).
 napi_on_rx_cpu() {
-  ip netns exec "$ns_a" sh -c 'echo 1 > /sys/class/net/va/threaded'
+  # Retried: right after an XDP attach the write can fail with EIO while NAPI is set up.
+  for _ in 1 2 3 4 5; do
+    ip netns exec "$ns_a" sh -c 'echo 1 > /sys/class/net/va/threaded' 2>/dev/null && break
+    sleep 0.2
+  done
   sleep 0.3
   for pid in $(pgrep -f '^napi/va' || true); do taskset -pc "$RX_CPU" "$pid" >/dev/null; done
 }
