@@ -83,14 +83,14 @@ run_round() { # contender → "offered delivered busy_jiffies"
     xdp-drop)
       ip -n "$ns_a" link set va xdpdrv obj "$work/drop.o" sec xdp; napi_on_rx_cpu ;;
     split-xdp)
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --core "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --cores "$RX_CPU" 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       napi_on_rx_cpu
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
     split-afpacket)
       rps $(printf %x $((1 << RX_CPU)))
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --core "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --cores "$RX_CPU" 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;

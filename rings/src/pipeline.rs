@@ -283,7 +283,7 @@ fn count_ways(brick: &BrickConfig) -> u32 {
 }
 
 /// A built brick: the tree the engine pushes every packet through.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Brick {
     Balance {
         hash: HashMode,
@@ -322,76 +322,62 @@ pub struct Pipeline {
 impl Pipeline {
     /// Creates the ways (`/dev/shm/fastedge-NAME-K`) and capture files of `config`.
     pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
-        config.validate()?;
-        let name = config.name();
-        let mut pipeline = Self {
-            root: Brick::Way(0),
-            ways: Vec::new(),
-            pcaps: Vec::new(),
-            decapsulate: config.decapsulate,
-            non_ip: 0,
-            parse_errors: 0,
-        };
-        let capacity = config.way_kib * 1024;
-        pipeline.root = pipeline.build_brick(&config.output, 0, &name, capacity)?;
-        Ok(pipeline)
+        let mut lanes = Self::build_lanes(config, 1)?;
+        lanes
+            .pop()
+            .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
     }
 
-    fn build_brick(
-        &mut self,
-        brick: &BrickConfig,
-        level: u32,
-        name: &str,
-        capacity: usize,
-    ) -> Result<Brick, PipelineError> {
-        let children = |this: &mut Self, ways: Option<u32>, to: &[BrickConfig], level| match ways {
-            Some(n) => (0..n)
-                .map(|_| this.build_brick(&BrickConfig::Way {}, level, name, capacity))
-                .collect::<Result<Vec<_>, _>>(),
-            None => to
-                .iter()
-                .map(|b| this.build_brick(b, level, name, capacity))
-                .collect(),
+    /// True when the pipeline writes capture files (which one thread must own).
+    pub fn has_capture_files(config: &PipelineConfig) -> bool {
+        fn walk(brick: &BrickConfig) -> bool {
+            match brick {
+                BrickConfig::Pcap { .. } => true,
+                BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
+                    to.iter().any(walk)
+                }
+                BrickConfig::Way {} => false,
+            }
+        }
+        walk(&config.output)
+    }
+
+    /// Builds `lanes` copies of the pipeline, one per engine thread: the same bricks, each
+    /// copy writing its own lane of every way. Capture files need a single lane.
+    pub fn build_lanes(config: &PipelineConfig, lanes: u32) -> Result<Vec<Self>, PipelineError> {
+        config.validate()?;
+        if lanes > 1 && Self::has_capture_files(config) {
+            return Err(PipelineError::Invalid(
+                "capture-file outputs need a single engine thread".into(),
+            ));
+        }
+        let mut builder = Builder {
+            name: config.name(),
+            capacity: config.way_kib * 1024,
+            lanes,
+            ways: Vec::new(),
+            pcaps: Vec::new(),
         };
-        Ok(match brick {
-            BrickConfig::Balance {
-                hash,
-                ways,
-                to,
-                non_ip,
-            } => Brick::Balance {
-                hash: (*hash).into(),
-                level,
-                non_ip: *non_ip as usize,
-                to: children(self, *ways, to, level + 1)?,
-            },
-            BrickConfig::Dup { ways, to } => Brick::Dup(children(self, *ways, to, level)?),
-            BrickConfig::Way {} => {
-                let index = self.ways.len();
-                let path = crate::shm::way_path(name, index as u32);
-                self.ways.push(Producer::create(&path, capacity)?);
-                Brick::Way(index)
+        let root = builder.brick(&config.output, 0)?;
+        let mut copies: Vec<Self> = (0..lanes)
+            .map(|_| Self {
+                root: root.clone(),
+                ways: Vec::with_capacity(builder.ways.len()),
+                pcaps: Vec::new(),
+                decapsulate: config.decapsulate,
+                non_ip: 0,
+                parse_errors: 0,
+            })
+            .collect();
+        for way in builder.ways {
+            for (copy, producer) in copies.iter_mut().zip(way) {
+                copy.ways.push(producer);
             }
-            BrickConfig::Pcap {
-                path,
-                format,
-                rotate_mb,
-                rotate_secs,
-            } => {
-                let format = match format {
-                    Some(FormatName::Pcap) => CaptureFormat::Pcap,
-                    Some(FormatName::Pcapng) => CaptureFormat::PcapNg,
-                    None if has_extension(path, "pcapng") => CaptureFormat::PcapNg,
-                    None => CaptureFormat::Pcap,
-                };
-                let rotation = Rotation {
-                    max_bytes: rotate_mb.map(|mb| mb << 20),
-                    max_age: rotate_secs.map(std::time::Duration::from_secs),
-                };
-                self.pcaps.push(PcapSink::create(path, format, rotation)?);
-                Brick::Pcap(self.pcaps.len() - 1)
-            }
-        })
+        }
+        if let Some(first) = copies.first_mut() {
+            first.pcaps = builder.pcaps;
+        }
+        Ok(copies)
     }
 
     /// Pushes one frame through the bricks.
@@ -447,6 +433,75 @@ impl Pipeline {
 
     pub fn pcap_stats(&self) -> Vec<crate::pcap::PcapSinkStats> {
         self.pcaps.iter().map(|p| p.stats().clone()).collect()
+    }
+}
+
+/// Creates the outputs of a pipeline while walking its bricks.
+struct Builder {
+    name: String,
+    capacity: usize,
+    lanes: u32,
+    /// Per way, one producer per lane.
+    ways: Vec<Vec<Producer>>,
+    pcaps: Vec<PcapSink>,
+}
+
+impl Builder {
+    fn children(
+        &mut self,
+        ways: Option<u32>,
+        to: &[BrickConfig],
+        level: u32,
+    ) -> Result<Vec<Brick>, PipelineError> {
+        match ways {
+            Some(n) => (0..n)
+                .map(|_| self.brick(&BrickConfig::Way {}, level))
+                .collect(),
+            None => to.iter().map(|b| self.brick(b, level)).collect(),
+        }
+    }
+
+    fn brick(&mut self, brick: &BrickConfig, level: u32) -> Result<Brick, PipelineError> {
+        Ok(match brick {
+            BrickConfig::Balance {
+                hash,
+                ways,
+                to,
+                non_ip,
+            } => Brick::Balance {
+                hash: (*hash).into(),
+                level,
+                non_ip: *non_ip as usize,
+                to: self.children(*ways, to, level + 1)?,
+            },
+            BrickConfig::Dup { ways, to } => Brick::Dup(self.children(*ways, to, level)?),
+            BrickConfig::Way {} => {
+                let index = self.ways.len();
+                let path = crate::shm::way_path(&self.name, index as u32);
+                self.ways
+                    .push(Producer::create_lanes(&path, self.capacity, self.lanes)?);
+                Brick::Way(index)
+            }
+            BrickConfig::Pcap {
+                path,
+                format,
+                rotate_mb,
+                rotate_secs,
+            } => {
+                let format = match format {
+                    Some(FormatName::Pcap) => CaptureFormat::Pcap,
+                    Some(FormatName::Pcapng) => CaptureFormat::PcapNg,
+                    None if has_extension(path, "pcapng") => CaptureFormat::PcapNg,
+                    None => CaptureFormat::Pcap,
+                };
+                let rotation = Rotation {
+                    max_bytes: rotate_mb.map(|mb| mb << 20),
+                    max_age: rotate_secs.map(std::time::Duration::from_secs),
+                };
+                self.pcaps.push(PcapSink::create(path, format, rotation)?);
+                Brick::Pcap(self.pcaps.len() - 1)
+            }
+        })
     }
 }
 

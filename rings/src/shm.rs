@@ -1,17 +1,21 @@
-//! Shared-memory ways: one single-producer single-consumer ring per way, in a file under
-//! `/dev/shm`, between the distributor and a consumer application.
+//! Shared-memory ways: rings in a file under `/dev/shm`, between the distributor and one
+//! consumer application per way.
+//!
+//! A way has one or more *lanes*, one per engine thread (receive queue) that writes to it; each
+//! lane is a single-producer single-consumer ring, so no two threads ever write the same ring.
+//! The consumer reads every lane. Order is kept within a lane (one receive queue); across
+//! lanes only the capture timestamps relate packets, as with any multi-queue capture.
 //!
 //! Layout of a way file (all integers little-endian, every counter a 64-bit atomic):
 //!
 //! | offset | field |
 //! |---|---|
-//! | 0 | magic `FEDGWAY\0`, u32 version, u32 header size, u64 data capacity (power of two) |
-//! | 64 | producer line: `head` (bytes ever written), `heartbeat` (ns, CLOCK_REALTIME), `delivered`, `dropped` (packets) |
-//! | 128 | consumer line: `tail` (bytes ever read), `pid` of the attached consumer (0: none), `heartbeat` |
-//! | 4096 | data: records, each `u32 length`, `u32 flags`, `u64 timestamp ns`, `u64 flow hash`, then the packet, padded to 8 bytes |
+//! | 0 | magic `FEDGWAY\0`, u32 version (2), u32 header size (4096), u64 lane data capacity (power of two), u32 lanes, u32 lane header size (128) |
+//! | 64 | consumer line: `pid` of the attached consumer (0: none), `heartbeat` (ns, CLOCK_REALTIME) |
+//! | 4096 + i × (128 + capacity) | lane i: producer line `head` (bytes ever written), `heartbeat` (ns), `delivered`, `dropped` (packets); at +64 `tail` (bytes ever read); at +128 the data: records, each `u32 length`, `u32 flags`, `u64 timestamp ns`, `u64 flow hash`, then the packet, padded to 8 bytes |
 //!
 //! A record never wraps: when it does not fit before the end, a padding record (flags bit 0)
-//! fills the rest and the record starts at offset 0. The producer never waits: when the way is
+//! fills the rest and the record starts at offset 0. The producer never waits: when the lane is
 //! full the packet is dropped and counted. A consumer that stops just stops reading; one that
 //! comes back (or a new one) attaches again and reads from the newest data on.
 
@@ -26,19 +30,23 @@ use memmap2::MmapMut;
 
 const MAGIC: [u8; 8] = *b"FEDGWAY\0";
 /// Version of the layout above; bumped on any change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 4096;
+const LANE_HEADER: usize = 128;
 const RECORD_HEADER: usize = 24;
 const FLAG_PADDING: u32 = 1;
+/// Most lanes a way may have.
+pub const MAX_LANES: u32 = 256;
 
-// Offsets of the atomics in the header.
-const HEAD: usize = 64;
-const PRODUCER_HEARTBEAT: usize = 72;
-const DELIVERED: usize = 80;
-const DROPPED: usize = 88;
-const TAIL: usize = 128;
-const CONSUMER_PID: usize = 136;
-const CONSUMER_HEARTBEAT: usize = 144;
+// Offsets of the atomics in the file header.
+const CONSUMER_PID: usize = 64;
+const CONSUMER_HEARTBEAT: usize = 72;
+// Offsets of the atomics in a lane header.
+const HEAD: usize = 0;
+const PRODUCER_HEARTBEAT: usize = 8;
+const DELIVERED: usize = 16;
+const DROPPED: usize = 24;
+const TAIL: usize = 64;
 
 /// Errors of shared-memory ways.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,8 @@ pub enum ShmError {
     Busy { path: PathBuf, pid: u64 },
     #[error("capacity {0} is not a power of two of at least 64 KiB")]
     Capacity(usize),
+    #[error("{0} lanes: a way has 1 to {MAX_LANES}")]
+    Lanes(u32),
 }
 
 /// The file of way `way` of distribution `name` (e.g. the interface): `/dev/shm/fastedge-{name}-{way}`.
@@ -70,29 +80,47 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The mapping of one way file, with typed access to its header.
+/// The mapping of one way file, with typed access to its header and lanes.
 struct Region {
     map: MmapMut,
     capacity: usize,
+    lanes: usize,
 }
 
 impl Region {
-    fn atomic(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= HEADER);
-        // SAFETY: `offset` is one of the 8-aligned header offsets above, inside the mapping
-        // (at least HEADER bytes, page-aligned, so 8-aligned); the memory lives as long as
-        // `self.map`, which the returned reference borrows; every process touches these words
-        // only through atomic operations.
+    fn lane_offset(&self, lane: usize) -> usize {
+        HEADER + lane * (LANE_HEADER + self.capacity)
+    }
+
+    fn atomic_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
+        // SAFETY: `offset` is 8-aligned (checked) inside the mapping (checked), which is
+        // page-aligned; the memory lives as long as `self.map`, which the returned reference
+        // borrows; every process touches these words only through atomic operations.
         unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
     }
 
-    fn data(&self) -> &[u8] {
-        &self.map[HEADER..HEADER + self.capacity]
+    /// An atomic of the file header.
+    fn atomic(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset < HEADER);
+        self.atomic_at(offset)
     }
 
-    fn data_mut(&mut self) -> &mut [u8] {
+    /// An atomic of lane `lane`'s header.
+    fn lane_atomic(&self, lane: usize, offset: usize) -> &AtomicU64 {
+        debug_assert!(lane < self.lanes && offset < LANE_HEADER);
+        self.atomic_at(self.lane_offset(lane) + offset)
+    }
+
+    fn data(&self, lane: usize) -> &[u8] {
+        let start = self.lane_offset(lane) + LANE_HEADER;
+        &self.map[start..start + self.capacity]
+    }
+
+    fn data_mut(&mut self, lane: usize) -> &mut [u8] {
+        let start = self.lane_offset(lane) + LANE_HEADER;
         let capacity = self.capacity;
-        &mut self.map[HEADER..HEADER + capacity]
+        &mut self.map[start..start + capacity]
     }
 }
 
@@ -104,9 +132,10 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
-/// The writing end of a way: owned by the distributor.
+/// The writing end of one lane of a way: owned by one engine thread.
 pub struct Producer {
     region: Region,
+    lane: usize,
     path: PathBuf,
 }
 
@@ -114,15 +143,27 @@ impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("path", &self.path)
+            .field("lane", &self.lane)
             .finish_non_exhaustive()
     }
 }
 
 impl Producer {
-    /// Creates (or re-creates) the way file at `path` with `capacity` bytes of data.
+    /// Creates (or re-creates) a one-lane way file at `path` with `capacity` bytes of data.
     pub fn create(path: &Path, capacity: usize) -> Result<Self, ShmError> {
+        let mut lanes = Self::create_lanes(path, capacity, 1)?;
+        lanes.pop().ok_or(ShmError::Lanes(0))
+    }
+
+    /// Creates (or re-creates) the way file at `path` with `lanes` lanes of `capacity` bytes
+    /// each; returns one producer per lane (each maps the file on its own, so each can move to
+    /// its own thread).
+    pub fn create_lanes(path: &Path, capacity: usize, lanes: u32) -> Result<Vec<Self>, ShmError> {
         if !capacity.is_power_of_two() || capacity < 64 * 1024 {
             return Err(ShmError::Capacity(capacity));
+        }
+        if lanes == 0 || lanes > MAX_LANES {
+            return Err(ShmError::Lanes(lanes));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -131,46 +172,65 @@ impl Producer {
             .truncate(true)
             .open(path)
             .map_err(io_error("creating", path))?;
-        file.set_len((HEADER + capacity) as u64)
+        let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
+        file.set_len(size as u64)
             .map_err(io_error("sizing", path))?;
-        // SAFETY: the file was just created and sized by us; consumers only map it; the
-        // mapping stays valid while `Region` holds it, and shared words are accessed atomically.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
-        map[..8].copy_from_slice(&MAGIC);
-        map[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        map[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
-        map[16..24].copy_from_slice(&(capacity as u64).to_le_bytes());
-        let producer = Self {
-            region: Region { map, capacity },
-            path: path.to_owned(),
-        };
-        producer.heartbeat();
-        Ok(producer)
+        let mut producers = Vec::with_capacity(lanes as usize);
+        for lane in 0..lanes as usize {
+            // SAFETY: the file was just created and sized by us; consumers only map it; the
+            // mapping stays valid while `Region` holds it, and shared words are accessed
+            // atomically; each lane's data is written through one producer only.
+            let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
+            if lane == 0 {
+                map[..8].copy_from_slice(&MAGIC);
+                map[8..12].copy_from_slice(&VERSION.to_le_bytes());
+                map[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
+                map[16..24].copy_from_slice(&(capacity as u64).to_le_bytes());
+                map[24..28].copy_from_slice(&lanes.to_le_bytes());
+                map[28..32].copy_from_slice(&(LANE_HEADER as u32).to_le_bytes());
+            }
+            let producer = Self {
+                region: Region {
+                    map,
+                    capacity,
+                    lanes: lanes as usize,
+                },
+                lane,
+                path: path.to_owned(),
+            };
+            producer.heartbeat();
+            producers.push(producer);
+        }
+        Ok(producers)
     }
 
     /// Marks the producer alive now (consumers can tell a stalled producer).
     pub fn heartbeat(&self) {
         self.region
-            .atomic(PRODUCER_HEARTBEAT)
+            .lane_atomic(self.lane, PRODUCER_HEARTBEAT)
             .store(now_ns(), Ordering::Release);
     }
 
-    /// Appends one packet; returns false (and counts a drop) when the way is full or the packet
-    /// cannot fit at all. Never waits.
+    /// Appends one packet; returns false (and counts a drop) when the lane is full or the
+    /// packet cannot fit at all. Never waits.
+    #[inline]
     pub fn push(&mut self, packet: &[u8], timestamp_ns: u64, flow_hash: u64) -> bool {
+        let lane = self.lane;
         let capacity = self.region.capacity;
         let size = (RECORD_HEADER + packet.len()).next_multiple_of(8);
-        let head = self.region.atomic(HEAD).load(Ordering::Relaxed);
-        let tail = self.region.atomic(TAIL).load(Ordering::Acquire);
+        let head = self.region.lane_atomic(lane, HEAD).load(Ordering::Relaxed);
+        let tail = self.region.lane_atomic(lane, TAIL).load(Ordering::Acquire);
         let used = head.wrapping_sub(tail) as usize;
         let at = (head as usize) & (capacity - 1);
         let to_end = capacity - at;
         let padding = if size > to_end { to_end } else { 0 };
         if size > capacity / 2 || used + padding + size > capacity {
-            self.region.atomic(DROPPED).fetch_add(1, Ordering::Relaxed);
+            self.region
+                .lane_atomic(lane, DROPPED)
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let data = self.region.data_mut();
+        let data = self.region.data_mut(lane);
         if padding > 0 {
             // A padding record: length 0, flag set; the reader skips to offset 0. Always room
             // for its 8-byte head: records are 8-aligned and at least 24 bytes.
@@ -185,19 +245,23 @@ impl Producer {
         record[16..24].copy_from_slice(&flow_hash.to_le_bytes());
         record[24..24 + packet.len()].copy_from_slice(packet);
         self.region
-            .atomic(HEAD)
+            .lane_atomic(lane, HEAD)
             .store(head + (padding + size) as u64, Ordering::Release);
-        self.region
-            .atomic(DELIVERED)
-            .fetch_add(1, Ordering::Relaxed);
+        // Only this producer writes the counter: a plain load + store, not a locked add.
+        let delivered = self.region.lane_atomic(lane, DELIVERED);
+        delivered.store(delivered.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         true
     }
 
-    /// Packets delivered into the way and dropped because it was full.
+    /// Packets delivered into this lane and dropped because it was full.
     pub fn counters(&self) -> (u64, u64) {
         (
-            self.region.atomic(DELIVERED).load(Ordering::Relaxed),
-            self.region.atomic(DROPPED).load(Ordering::Relaxed),
+            self.region
+                .lane_atomic(self.lane, DELIVERED)
+                .load(Ordering::Relaxed),
+            self.region
+                .lane_atomic(self.lane, DROPPED)
+                .load(Ordering::Relaxed),
         )
     }
 
@@ -209,6 +273,10 @@ impl Producer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn lane(&self) -> usize {
+        self.lane
     }
 }
 
@@ -229,6 +297,8 @@ pub struct Consumer {
     region: Region,
     path: PathBuf,
     pid: u64,
+    /// The lane to read first next time (so that a busy lane cannot starve the others).
+    next_lane: usize,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -248,27 +318,28 @@ impl Consumer {
     /// Attaches to the way file at `path`, reading from the newest data on. Fails if another
     /// live process is attached; takes over from a consumer that died.
     pub fn open_path(path: &Path) -> Result<Self, ShmError> {
+        let not_a_way = || ShmError::NotAWay {
+            path: path.to_owned(),
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io_error("opening", path))?;
         let len = file.metadata().map_err(io_error("reading", path))?.len() as usize;
-        if len < HEADER + 64 * 1024 {
-            return Err(ShmError::NotAWay {
-                path: path.to_owned(),
-            });
+        if len < HEADER + LANE_HEADER + 64 * 1024 {
+            return Err(not_a_way());
         }
         // SAFETY: a way file is only ever truncated by a producer re-creating it, which
         // replaces the inode's contents; we check the header before trusting sizes, and
         // shared words are accessed atomically.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
         if map[..8] != MAGIC {
-            return Err(ShmError::NotAWay {
-                path: path.to_owned(),
-            });
+            return Err(not_a_way());
         }
-        let version = u32::from_le_bytes([map[8], map[9], map[10], map[11]]);
+        let u32_at =
+            |at: usize| u32::from_le_bytes([map[at], map[at + 1], map[at + 2], map[at + 3]]);
+        let version = u32_at(8);
         if version != VERSION {
             return Err(ShmError::Version {
                 path: path.to_owned(),
@@ -278,12 +349,21 @@ impl Consumer {
         let mut capacity_bytes = [0u8; 8];
         capacity_bytes.copy_from_slice(&map[16..24]);
         let capacity = u64::from_le_bytes(capacity_bytes) as usize;
-        if !capacity.is_power_of_two() || HEADER + capacity > len {
-            return Err(ShmError::NotAWay {
-                path: path.to_owned(),
-            });
+        let lanes = u32_at(24) as usize;
+        if u32_at(12) as usize != HEADER
+            || u32_at(28) as usize != LANE_HEADER
+            || !capacity.is_power_of_two()
+            || lanes == 0
+            || lanes > MAX_LANES as usize
+            || HEADER + lanes * (LANE_HEADER + capacity) > len
+        {
+            return Err(not_a_way());
         }
-        let region = Region { map, capacity };
+        let region = Region {
+            map,
+            capacity,
+            lanes,
+        };
         let pid = u64::from(std::process::id());
         let slot = region.atomic(CONSUMER_PID);
         let mut current = slot.load(Ordering::Acquire);
@@ -300,28 +380,57 @@ impl Consumer {
             }
         }
         // Start from the newest data: what piled up while nobody read is stale.
-        let head = region.atomic(HEAD).load(Ordering::Acquire);
-        region.atomic(TAIL).store(head, Ordering::Release);
+        for lane in 0..lanes {
+            let head = region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
+            region
+                .lane_atomic(lane, TAIL)
+                .store(head, Ordering::Release);
+        }
         Ok(Self {
             region,
             path: path.to_owned(),
             pid,
+            next_lane: 0,
         })
     }
 
-    /// Calls `on_record` for every packet available now (at most `max`), then frees their
-    /// space for the producer. Returns how many were read.
+    /// Lanes of this way (engine threads that write to it).
+    pub fn lanes(&self) -> usize {
+        self.region.lanes
+    }
+
+    /// Calls `on_record` for every packet available now (at most `max`), lane after lane,
+    /// then frees their space for the producers. Returns how many were read.
     pub fn read_batch(&mut self, max: usize, mut on_record: impl FnMut(Record<'_>)) -> usize {
-        let capacity = self.region.capacity;
-        let head = self.region.atomic(HEAD).load(Ordering::Acquire);
-        let mut tail = self.region.atomic(TAIL).load(Ordering::Relaxed);
-        let mut read = 0;
         self.region
             .atomic(CONSUMER_HEARTBEAT)
             .store(now_ns(), Ordering::Relaxed);
+        let lanes = self.region.lanes;
+        let first = self.next_lane;
+        self.next_lane = (first + 1) % lanes;
+        let mut read = 0;
+        for i in 0..lanes {
+            if read >= max {
+                break;
+            }
+            read += self.read_lane((first + i) % lanes, max - read, &mut on_record);
+        }
+        read
+    }
+
+    fn read_lane(
+        &mut self,
+        lane: usize,
+        max: usize,
+        on_record: &mut impl FnMut(Record<'_>),
+    ) -> usize {
+        let capacity = self.region.capacity;
+        let head = self.region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
+        let mut tail = self.region.lane_atomic(lane, TAIL).load(Ordering::Relaxed);
+        let mut read = 0;
         while tail != head && read < max {
             let at = (tail as usize) & (capacity - 1);
-            let data = self.region.data();
+            let data = self.region.data(lane);
             let Some(head_bytes) = data.get(at..at + 8) else {
                 break;
             };
@@ -351,23 +460,45 @@ impl Consumer {
             tail += size as u64;
             read += 1;
         }
-        self.region.atomic(TAIL).store(tail, Ordering::Release);
+        self.region
+            .lane_atomic(lane, TAIL)
+            .store(tail, Ordering::Release);
         read
     }
 
-    /// When the producer last showed it was alive (ns since the epoch).
+    /// When a producer last showed it was alive (ns since the epoch; the latest over lanes).
     pub fn producer_heartbeat_ns(&self) -> u64 {
-        self.region
-            .atomic(PRODUCER_HEARTBEAT)
-            .load(Ordering::Acquire)
+        (0..self.region.lanes)
+            .map(|lane| {
+                self.region
+                    .lane_atomic(lane, PRODUCER_HEARTBEAT)
+                    .load(Ordering::Acquire)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
-    /// Packets delivered to and dropped at this way, as the producer counts them.
+    /// Packets delivered to and dropped at this way (all lanes), as the producers count them.
     pub fn counters(&self) -> (u64, u64) {
-        (
-            self.region.atomic(DELIVERED).load(Ordering::Relaxed),
-            self.region.atomic(DROPPED).load(Ordering::Relaxed),
-        )
+        self.lane_counters()
+            .into_iter()
+            .fold((0, 0), |(d, x), (ld, lx)| (d + ld, x + lx))
+    }
+
+    /// Per lane (engine thread): packets delivered and dropped because the lane was full.
+    pub fn lane_counters(&self) -> Vec<(u64, u64)> {
+        (0..self.region.lanes)
+            .map(|lane| {
+                (
+                    self.region
+                        .lane_atomic(lane, DELIVERED)
+                        .load(Ordering::Relaxed),
+                    self.region
+                        .lane_atomic(lane, DROPPED)
+                        .load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 }
 
@@ -481,13 +612,44 @@ mod tests {
             Err(ShmError::Capacity(1000))
         ));
         let bogus = temp_path("bogus");
-        std::fs::write(&bogus, vec![0u8; HEADER + 64 * 1024]).unwrap();
+        std::fs::write(&bogus, vec![0u8; HEADER + LANE_HEADER + 64 * 1024]).unwrap();
         assert!(matches!(
             Consumer::open_path(&bogus),
             Err(ShmError::NotAWay { .. })
         ));
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&bogus);
+    }
+
+    #[test]
+    fn lanes_written_by_threads_read_by_one_consumer() {
+        let path = temp_path("lanes");
+        let producers = Producer::create_lanes(&path, 64 * 1024, 3).unwrap();
+        let mut consumer = Consumer::open_path(&path).unwrap();
+        assert_eq!(consumer.lanes(), 3);
+        const N: u64 = 300;
+        let writers: Vec<_> = producers
+            .into_iter()
+            .map(|mut p| {
+                std::thread::spawn(move || {
+                    let lane = p.lane() as u64;
+                    for i in 0..N {
+                        assert!(p.push(&[lane as u8; 60], lane * 1000 + i, lane));
+                    }
+                    p
+                })
+            })
+            .collect();
+        let producers: Vec<Producer> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let mut per_lane = vec![Vec::new(); 3];
+        while consumer.read_batch(7, |r| per_lane[r.flow_hash as usize].push(r.timestamp_ns)) > 0 {}
+        for (lane, seen) in per_lane.iter().enumerate() {
+            let want: Vec<u64> = (0..N).map(|i| lane as u64 * 1000 + i).collect();
+            assert_eq!(seen, &want, "lane {lane}: every packet, in order");
+            assert_eq!(producers[lane].counters(), (N, 0));
+        }
+        assert_eq!(consumer.counters(), (3 * N, 0));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -128,10 +128,8 @@ fn rx_queues(interface: &str) -> u32 {
 }
 
 enum Source {
-    Xdp {
-        program: XskRedirect,
-        sockets: Vec<XskReceiver>,
-    },
+    /// AF_XDP sockets of some receive queues of one interface.
+    Xdp(Vec<XskReceiver>),
     Packet(PacketReceiver),
     Pcap(PcapSource),
 }
@@ -141,7 +139,13 @@ struct Input {
     stats: InputStats,
 }
 
-fn open_xdp(interface: &str, mode: XdpMode) -> Result<(Source, u32), SplitError> {
+/// An interface read through XDP: the attached program and one socket per receive queue.
+struct XdpInput {
+    program: XskRedirect,
+    sockets: Vec<XskReceiver>,
+}
+
+fn open_xdp(interface: &str, mode: XdpMode) -> Result<XdpInput, SplitError> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .map_err(|_| SplitError::NoInterface(interface.to_owned()))?;
     let mut program = XskRedirect::load()?;
@@ -154,16 +158,22 @@ fn open_xdp(interface: &str, mode: XdpMode) -> Result<(Source, u32), SplitError>
         program.register_socket(queue, socket.fd())?;
         sockets.push(socket);
     }
-    Ok((Source::Xdp { program, sockets }, queues))
+    Ok(XdpInput { program, sockets })
 }
 
-fn open_input(config: &InputConfig) -> Result<Input, SplitError> {
+/// An input opened, before it is handed to engine threads.
+enum Opened {
+    Xdp(XdpInput, InputStats),
+    Other(Input),
+}
+
+fn open_input(config: &InputConfig) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
             SpeedName::Fast => ReplaySpeed::Fast,
             SpeedName::Recorded => ReplaySpeed::Recorded,
         };
-        return Ok(Input {
+        return Ok(Opened::Other(Input {
             source: Source::Pcap(PcapSource::open(path, speed)?),
             stats: InputStats {
                 name: path.display().to_string(),
@@ -171,163 +181,394 @@ fn open_input(config: &InputConfig) -> Result<Input, SplitError> {
                 queues: 1,
                 ..InputStats::default()
             },
-        });
+        }));
     }
     let interface = config.interface.clone().unwrap_or_default();
     if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
         return Err(SplitError::NoInterface(interface));
     }
-    let af_packet = |interface: &str| -> Result<(Source, InputKind, u32), SplitError> {
-        let receiver = PacketReceiver::open(interface, RingConfig::default(), None)?;
-        Ok((Source::Packet(receiver), InputKind::AfPacket, 1))
+    let stats = |kind: InputKind, queues: u32| InputStats {
+        name: interface.clone(),
+        kind: Some(kind),
+        queues,
+        ..InputStats::default()
     };
-    let (source, kind, queues) = match config.mode {
-        InputMode::XdpNative => {
-            let (s, q) = open_xdp(&interface, XdpMode::Native)?;
-            (s, InputKind::Xdp(XdpMode::Native), q)
-        }
-        InputMode::XdpSkb => {
-            let (s, q) = open_xdp(&interface, XdpMode::Skb)?;
-            (s, InputKind::Xdp(XdpMode::Skb), q)
-        }
-        InputMode::AfPacket => af_packet(&interface)?,
+    let xdp = |input: XdpInput, mode: XdpMode| {
+        let queues = input.sockets.len() as u32;
+        tracing::info!(%interface, mode = %InputKind::Xdp(mode), queues, "input open");
+        Opened::Xdp(input, stats(InputKind::Xdp(mode), queues))
+    };
+    let af_packet = || -> Result<Opened, SplitError> {
+        let receiver = PacketReceiver::open(&interface, RingConfig::default(), None)?;
+        tracing::info!(%interface, mode = %InputKind::AfPacket, "input open");
+        Ok(Opened::Other(Input {
+            source: Source::Packet(receiver),
+            stats: stats(InputKind::AfPacket, 1),
+        }))
+    };
+    match config.mode {
+        InputMode::XdpNative => Ok(xdp(open_xdp(&interface, XdpMode::Native)?, XdpMode::Native)),
+        InputMode::XdpSkb => Ok(xdp(open_xdp(&interface, XdpMode::Skb)?, XdpMode::Skb)),
+        InputMode::AfPacket => af_packet(),
         InputMode::Auto => match open_xdp(&interface, XdpMode::Native) {
-            Ok((s, q)) => (s, InputKind::Xdp(XdpMode::Native), q),
+            Ok(input) => Ok(xdp(input, XdpMode::Native)),
             Err(native) => {
                 tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
                 match open_xdp(&interface, XdpMode::Skb) {
-                    Ok((s, q)) => (s, InputKind::Xdp(XdpMode::Skb), q),
+                    Ok(input) => Ok(xdp(input, XdpMode::Skb)),
                     Err(skb) => {
                         tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
-                        af_packet(&interface)?
+                        af_packet()
                     }
                 }
             }
         },
-    };
-    tracing::info!(%interface, mode = %kind, queues, "input open");
-    Ok(Input {
-        source,
-        stats: InputStats {
-            name: interface,
-            kind: Some(kind),
-            queues,
-            ..InputStats::default()
-        },
-    })
+    }
 }
 
-/// Settings of the engine thread itself.
-#[derive(Debug, Clone, Copy, Default)]
+/// Settings of the engine threads.
+#[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
-    /// Pin the calling thread to this CPU.
-    pub core: Option<usize>,
+    /// CPUs to pin engine threads to, in turn (thread k on `cores[k % len]`); empty: no
+    /// pinning.
+    pub cores: Vec<usize>,
 }
 
-/// Runs `config` on the calling thread until `stop` is set (or every input, all capture
-/// files, is read to the end); calls `tick` about once a second with the counters.
+fn pin(core: usize) -> Result<(), SplitError> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core)
+        .map_err(|source| SplitError::Pin { core, source })?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|source| SplitError::Pin { core, source })
+}
+
+/// What one engine thread owns: its inputs and its copy of the pipeline.
+struct Worker {
+    inputs: Vec<Input>,
+    pipeline: Pipeline,
+}
+
+/// Runs `config` until `stop` is set (or every input, all capture files, is read to the end);
+/// calls `tick` about once a second with the counters.
+///
+/// With a single interface read through XDP on several receive queues (and no capture-file
+/// outputs), there is one engine thread per queue, each writing its own lane of every way;
+/// otherwise one engine thread serves every input. Threads are pinned to `options.cores` in
+/// turn.
 pub fn run(
     config: &PipelineConfig,
-    options: EngineOptions,
+    options: &EngineOptions,
     stop: &AtomicBool,
     mut tick: impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
     config.validate()?;
-    if let Some(core) = options.core {
-        let mut set = nix::sched::CpuSet::new();
-        set.set(core)
-            .map_err(|source| SplitError::Pin { core, source })?;
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-            .map_err(|source| SplitError::Pin { core, source })?;
-    }
-    let mut pipeline = Pipeline::build(config)?;
-    let mut inputs = config
+    let mut opened = config
         .inputs
         .iter()
         .map(open_input)
         .collect::<Result<Vec<_>, _>>()?;
+    let mut programs = Vec::new();
+    let per_queue = match opened.as_slice() {
+        [Opened::Xdp(xdp, _)] if xdp.sockets.len() > 1 => {
+            if Pipeline::has_capture_files(config) {
+                tracing::info!("capture-file outputs: one engine thread serves every queue");
+                false
+            } else {
+                true
+            }
+        }
+        _ => false,
+    };
+    let mut workers = Vec::new();
+    if per_queue {
+        let Some(Opened::Xdp(xdp, stats)) = opened.pop() else {
+            unreachable!("matched above");
+        };
+        let lanes = xdp.sockets.len() as u32;
+        let pipelines = Pipeline::build_lanes(config, lanes)?;
+        for (socket, pipeline) in xdp.sockets.into_iter().zip(pipelines) {
+            workers.push(Worker {
+                inputs: vec![Input {
+                    source: Source::Xdp(vec![socket]),
+                    stats: InputStats {
+                        queues: 1,
+                        ..stats.clone()
+                    },
+                }],
+                pipeline,
+            });
+        }
+        programs.push(xdp.program);
+    } else {
+        let mut inputs = Vec::new();
+        for input in opened {
+            match input {
+                Opened::Xdp(xdp, stats) => {
+                    inputs.push(Input {
+                        source: Source::Xdp(xdp.sockets),
+                        stats,
+                    });
+                    programs.push(xdp.program);
+                }
+                Opened::Other(input) => inputs.push(input),
+            }
+        }
+        workers.push(Worker {
+            inputs,
+            pipeline: Pipeline::build(config)?,
+        });
+    }
     tracing::info!(
         name = %config.name(),
-        inputs = inputs.len(),
+        inputs = config.inputs.len(),
         ways = config.way_count(),
-        core = ?options.core,
+        threads = workers.len(),
+        cores = ?options.cores,
         "split running"
     );
-    let all_files = inputs.iter().all(|i| matches!(i.source, Source::Pcap(_)));
-    let mut last_tick = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut got = 0;
-        let mut next_due: Option<Duration> = None;
-        for input in &mut inputs {
-            let stats = &mut input.stats;
-            let mut take = |frame: &[u8], ts: u64| {
-                stats.received += 1;
-                stats.bytes += frame.len() as u64;
-                pipeline.push(frame, ts);
-            };
-            match &mut input.source {
-                Source::Xdp { sockets, .. } => {
-                    for socket in sockets.iter_mut() {
-                        got += socket.receive(Duration::ZERO, |frame| take(frame, now_ns))?;
+    let result = if workers.len() == 1 {
+        let mut worker = workers.pop().expect("one worker");
+        if let Some(&core) = options.cores.first() {
+            pin(core)?;
+        }
+        worker.run(stop, &mut tick)
+    } else {
+        run_threads(workers, options, stop, &mut tick)
+    };
+    for program in &mut programs {
+        program.detach();
+    }
+    result
+}
+
+/// Runs one worker per thread; merges their counters once a second for `tick`.
+fn run_threads(
+    workers: Vec<Worker>,
+    options: &EngineOptions,
+    stop: &AtomicBool,
+    tick: &mut impl FnMut(&SplitStats),
+) -> Result<SplitStats, SplitError> {
+    let latest: Vec<std::sync::Mutex<SplitStats>> = workers
+        .iter()
+        .map(|_| std::sync::Mutex::new(SplitStats::default()))
+        .collect();
+    let failed = AtomicBool::new(false);
+    let results = std::thread::scope(|scope| {
+        let handles: std::io::Result<Vec<_>> = workers
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut worker)| {
+                let core =
+                    (!options.cores.is_empty()).then(|| options.cores[k % options.cores.len()]);
+                let slot = &latest[k];
+                let failed = &failed;
+                std::thread::Builder::new()
+                    .name(format!("split-q{k}"))
+                    .spawn_scoped(scope, move || {
+                        if let Some(core) = core {
+                            pin(core)?;
+                        }
+                        let stop_all = StopEither(stop, failed);
+                        let result = worker.run_until(&stop_all, &mut |stats: &SplitStats| {
+                            if let Ok(mut slot) = slot.lock() {
+                                *slot = stats.clone();
+                            }
+                        });
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })
+            })
+            .collect();
+        let handles = match handles {
+            Ok(h) => h,
+            Err(error) => {
+                failed.store(true, Ordering::Relaxed);
+                return vec![Err(SplitError::Poll(error))];
+            }
+        };
+        while !stop.load(Ordering::Relaxed)
+            && !failed.load(Ordering::Relaxed)
+            && !handles.iter().all(|h| h.is_finished())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            let now: Vec<SplitStats> = latest
+                .iter()
+                .filter_map(|m| m.lock().ok().map(|s| s.clone()))
+                .collect();
+            if now.iter().all(|s| !s.ways.is_empty()) && tick_due() {
+                tick(&merge(&now));
+            }
+        }
+        failed.store(true, Ordering::Relaxed); // tells the threads to stop too
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SplitError::Poll(std::io::Error::other(
+                        "engine thread panicked",
+                    )))
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut all = Vec::new();
+    for result in results {
+        all.push(result?);
+    }
+    Ok(merge(&all))
+}
+
+/// True about once a second (per process; the main thread is the only caller).
+fn tick_due() -> bool {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else {
+        return false;
+    };
+    match *last {
+        Some(t) if t.elapsed() < Duration::from_secs(1) => false,
+        _ => {
+            *last = Some(Instant::now());
+            true
+        }
+    }
+}
+
+/// A stop flag that is set when either of two flags is.
+struct StopEither<'a>(&'a AtomicBool, &'a AtomicBool);
+
+impl StopEither<'_> {
+    fn load(&self) -> bool {
+        self.0.load(Ordering::Relaxed) || self.1.load(Ordering::Relaxed)
+    }
+}
+
+/// Sums the counters of engine threads: inputs by name, ways by index.
+fn merge(parts: &[SplitStats]) -> SplitStats {
+    let mut total = SplitStats::default();
+    for part in parts {
+        for input in &part.inputs {
+            match total.inputs.iter_mut().find(|i| i.name == input.name) {
+                Some(sum) if parts.len() > 1 => {
+                    sum.queues += input.queues;
+                    sum.received += input.received;
+                    sum.bytes += input.bytes;
+                    sum.xsk.rx_dropped += input.xsk.rx_dropped;
+                    sum.xsk.rx_ring_full += input.xsk.rx_ring_full;
+                    sum.xsk.rx_fill_ring_empty += input.xsk.rx_fill_ring_empty;
+                    sum.xsk.rx_invalid += input.xsk.rx_invalid;
+                    sum.packet.packets += input.packet.packets;
+                    sum.packet.drops += input.packet.drops;
+                    sum.packet.freezes += input.packet.freezes;
+                }
+                _ => total.inputs.push(input.clone()),
+            }
+        }
+        total.non_ip += part.non_ip;
+        total.parse_errors += part.parse_errors;
+        if total.ways.len() < part.ways.len() {
+            total.ways.resize(part.ways.len(), WayStats::default());
+        }
+        for (sum, way) in total.ways.iter_mut().zip(&part.ways) {
+            sum.delivered += way.delivered;
+            sum.dropped_full += way.dropped_full;
+            sum.consumer = sum.consumer.or(way.consumer);
+        }
+        total.pcaps.extend(part.pcaps.iter().cloned());
+    }
+    total
+}
+
+impl Worker {
+    fn run(
+        &mut self,
+        stop: &AtomicBool,
+        tick: &mut impl FnMut(&SplitStats),
+    ) -> Result<SplitStats, SplitError> {
+        let never = AtomicBool::new(false);
+        self.run_until(&StopEither(stop, &never), tick)
+    }
+
+    /// The engine loop: batches from every input through the pipeline, until stopped or every
+    /// input (all capture files) is read to the end.
+    fn run_until(
+        &mut self,
+        stop: &StopEither<'_>,
+        tick: &mut impl FnMut(&SplitStats),
+    ) -> Result<SplitStats, SplitError> {
+        let all_files = self
+            .inputs
+            .iter()
+            .all(|i| matches!(i.source, Source::Pcap(_)));
+        let pipeline = &mut self.pipeline;
+        let mut last_tick = Instant::now();
+        while !stop.load() {
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let mut got = 0;
+            let mut next_due: Option<Duration> = None;
+            for input in &mut self.inputs {
+                let stats = &mut input.stats;
+                let mut take = |frame: &[u8], ts: u64| {
+                    stats.received += 1;
+                    stats.bytes += frame.len() as u64;
+                    pipeline.push(frame, ts);
+                };
+                match &mut input.source {
+                    Source::Xdp(sockets) => {
+                        for socket in sockets.iter_mut() {
+                            got += socket.receive(Duration::ZERO, |frame| take(frame, now_ns))?;
+                        }
                     }
-                }
-                Source::Packet(receiver) => {
-                    got += receiver
-                        .receive(Duration::ZERO, &mut take)
-                        .map_err(|source| SplitError::Receive {
-                            input: stats_name(&input.stats),
-                            source,
-                        })?;
-                }
-                Source::Pcap(file) => {
-                    let (n, due) = file.receive(256, &mut take)?;
-                    got += n;
-                    if let Some(due) = due {
-                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    Source::Packet(receiver) => match receiver.receive(Duration::ZERO, &mut take) {
+                        Ok(n) => got += n,
+                        Err(source) => {
+                            return Err(SplitError::Receive {
+                                input: input.stats.name.clone(),
+                                source,
+                            })
+                        }
+                    },
+                    Source::Pcap(file) => {
+                        let (n, due) = file.receive(256, &mut take)?;
+                        got += n;
+                        if let Some(due) = due {
+                            next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                        }
                     }
                 }
             }
+            if all_files
+                && self
+                    .inputs
+                    .iter()
+                    .all(|i| matches!(&i.source, Source::Pcap(f) if f.finished()))
+            {
+                break;
+            }
+            if got == 0 {
+                let timeout = next_due.map_or(Duration::from_millis(100), |d| {
+                    d.min(Duration::from_millis(100))
+                });
+                wait_readable(&self.inputs, timeout)?;
+            }
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
+                pipeline.housekeeping();
+                tick(&collect(&mut self.inputs, pipeline));
+            }
         }
-        if all_files
-            && inputs
-                .iter()
-                .all(|i| matches!(&i.source, Source::Pcap(f) if f.finished()))
-        {
-            break;
-        }
-        if got == 0 {
-            let timeout = next_due.map_or(Duration::from_millis(100), |d| {
-                d.min(Duration::from_millis(100))
-            });
-            wait_readable(&inputs, timeout)?;
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            pipeline.housekeeping();
-            tick(&collect(&mut inputs, &pipeline));
-        }
+        pipeline.housekeeping();
+        Ok(collect(&mut self.inputs, pipeline))
     }
-    pipeline.housekeeping();
-    let stats = collect(&mut inputs, &pipeline);
-    for input in &mut inputs {
-        if let Source::Xdp { program, .. } = &mut input.source {
-            program.detach();
-        }
-    }
-    Ok(stats)
-}
-
-fn stats_name(stats: &InputStats) -> String {
-    stats.name.clone()
 }
 
 fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
     for input in inputs.iter_mut() {
         match &mut input.source {
-            Source::Xdp { sockets, .. } => {
+            Source::Xdp(sockets) => {
                 let mut kernel = XskStatistics::default();
                 for socket in sockets.iter() {
                     if let Ok(s) = socket.statistics() {
@@ -367,7 +608,7 @@ fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> 
     };
     for input in inputs {
         match &input.source {
-            Source::Xdp { sockets, .. } => sockets.iter().for_each(|s| add(s.fd())),
+            Source::Xdp(sockets) => sockets.iter().for_each(|s| add(s.fd())),
             Source::Packet(receiver) => add(receiver.fd()),
             Source::Pcap(_) => {}
         }

@@ -62,6 +62,13 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new() -> Self {
+        Self::with_queues(1)
+    }
+
+    /// A pair whose ends have `queues` receive and transmit queues each. veth delivers a frame
+    /// on the receive queue numbered like the sender's transmit queue, which for an AF_PACKET
+    /// sender is its CPU modulo the queue count.
+    pub fn with_queues(queues: u32) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         assert!(
             nix::unistd::geteuid().is_root(),
@@ -93,8 +100,9 @@ impl VethPair {
                  echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
             );
         }
-        // One queue each way, so every frame arrives on queue 0 (veth otherwise makes one
-        // queue per CPU and picks the receive queue from the sender's transmit queue).
+        // By default one queue each way, so every frame arrives on queue 0 (veth otherwise
+        // makes one queue per CPU and picks the receive queue from the sender's transmit queue).
+        let queues = queues.to_string();
         ip(&[
             "link",
             "add",
@@ -104,9 +112,9 @@ impl VethPair {
             "address",
             &pair.mac_a,
             "numtxqueues",
-            "1",
+            &queues,
             "numrxqueues",
-            "1",
+            &queues,
             "type",
             "veth",
             "peer",
@@ -115,9 +123,9 @@ impl VethPair {
             "netns",
             &pair.ns_b,
             "numtxqueues",
-            "1",
+            &queues,
             "numrxqueues",
-            "1",
+            &queues,
         ]);
         let cidr_a = format!("{}/24", pair.addr_a);
         let cidr_b = format!("{}/24", pair.addr_b);

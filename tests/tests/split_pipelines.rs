@@ -138,6 +138,91 @@ fn gen_to_split_over_af_packet_4_and_30_ways() {
     gen_to_split("af-packet", 30, "AF_PACKET TPACKET_V3");
 }
 
+#[test]
+fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
+    // Two receive queues; two generators on CPUs 0 and 1 send the same 500 flows, so frames of
+    // one flow arrive on both queues, through both engine threads, and must meet on one way.
+    let pair = VethPair::with_queues(2);
+    let _files = WayFiles(pair.dev_a.clone());
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &[
+            "split",
+            &pair.dev_a,
+            "--ways",
+            "8",
+            "--way-kib",
+            "256",
+            "--cores",
+            "0-1",
+        ],
+        LOG,
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    assert!(
+        split.log_text().contains("threads=2"),
+        "one thread per queue: {}",
+        split.log_text()
+    );
+    let mut consumers = attach(&pair.dev_a, 0..8);
+    assert!(
+        consumers.iter().all(|c| c.lanes() == 2),
+        "a lane per thread"
+    );
+    let reader = std::thread::spawn(move || {
+        let arrivals = read_markers(&mut consumers, 16_000, Duration::from_secs(3));
+        let mut lanes = [0u64; 2];
+        for consumer in &consumers {
+            for (lane, (delivered, _)) in consumer.lane_counters().into_iter().enumerate() {
+                lanes[lane] += delivered;
+            }
+        }
+        (arrivals, lanes)
+    });
+    std::thread::scope(|s| {
+        for (cpu, first) in [("0", "0"), ("1", "100000")] {
+            let (ns, dev) = (&pair.ns_b, &pair.dev_b);
+            s.spawn(move || {
+                let out = Command::new("taskset")
+                    .args(["-c", cpu, "ip", "netns", "exec", ns])
+                    .arg(fastedge_bin())
+                    .args([
+                        "gen", dev, "--flows", "500", "--count", "8000", "--rate", "20000",
+                    ])
+                    .args(["--first-seq", first])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            });
+        }
+    });
+    let (arrivals, lanes) = reader.join().unwrap();
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    assert!(
+        lanes.iter().all(|&n| n >= 8000),
+        "both queues' threads delivered (per lane {lanes:?}); {log}"
+    );
+    // Flow numbers are the same in both runs: check the union for one way per flow.
+    let mut flow_way: HashMap<u32, usize> = HashMap::new();
+    for range in [0..8000u64, 100_000..108_000] {
+        check_once_by_flow(&arrivals, range.clone(), &log);
+        for seq in range {
+            let (way, flow) = arrivals[&seq][0];
+            assert_eq!(
+                *flow_way.entry(flow).or_insert(way),
+                way,
+                "flow {flow} across queues"
+            );
+        }
+    }
+    assert!(log.contains("2 queue(s)"), "{log}");
+}
+
 /// Reads every packet of a capture file.
 fn read_capture(path: &Path) -> Vec<(Vec<u8>, u64)> {
     let mut source = PcapSource::open(path, ReplaySpeed::Fast).unwrap();

@@ -17,6 +17,7 @@ use fastedge_rings::{
     shm::Consumer,
     split::{self, EngineOptions, InputKind, SplitStats},
 };
+use fastedge_runtime::CpuList;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::Failure;
@@ -87,9 +88,11 @@ struct CommonArgs {
     #[arg(long)]
     name: Option<String>,
 
-    /// Pin the engine thread to this CPU.
-    #[arg(long)]
-    core: Option<usize>,
+    /// CPUs for the engine threads, e.g. `2-5` or `0,2`: one thread per receive queue of the
+    /// interface (one for everything with several inputs or capture-file outputs), pinned to
+    /// these CPUs in turn. Default: not pinned.
+    #[arg(long, value_name = "LIST")]
+    cores: Option<String>,
 }
 
 /// Copy an interface's traffic to N ways: every frame to every way.
@@ -298,7 +301,7 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         decapsulate: true,
         way_kib: args.common.way_kib.unwrap_or(4096),
     };
-    run_engine(config, args.common.core)
+    run_engine(config, args.common.cores.as_deref())
 }
 
 pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
@@ -340,15 +343,27 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
             }
         }
     };
-    run_engine(config, args.common.core)
+    run_engine(config, args.common.cores.as_deref())
 }
 
-fn run_engine(config: PipelineConfig, core: Option<usize>) -> Result<(), Failure> {
+fn run_engine(config: PipelineConfig, cores: Option<&str>) -> Result<(), Failure> {
     config.validate().map_err(Failure::config)?;
+    let cores = match cores {
+        None => Vec::new(),
+        Some(text) => {
+            let list: CpuList = text
+                .parse()
+                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+            let available = CpuList::available().map_err(Failure::runtime)?;
+            list.check_within(&available)
+                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+            list.cpus().to_vec()
+        }
+    };
     let stop = stop_on_signals()?;
     let live = std::io::stderr().is_terminal();
     let mut previous = SplitStats::default();
-    let stats = split::run(&config, EngineOptions { core }, &stop, |stats| {
+    let stats = split::run(&config, &EngineOptions { cores }, &stop, |stats| {
         if live {
             eprintln!("{}", live_line(stats, &previous));
         }
