@@ -323,7 +323,7 @@ fn a_killed_consumer_costs_only_its_own_way() {
 }
 
 #[test]
-fn tap_streams_a_way_to_tcpdump() {
+fn tap_streams_a_way_to_tcpdump_and_tshark() {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
     let _ways = WayFiles(pair.dev_a.clone());
@@ -388,4 +388,39 @@ fn tap_streams_a_way_to_tcpdump() {
         text.contains("IP 10.77.0.1.443 > 10.78.0.0.20000: UDP"),
         "{text}"
     );
+
+    // tshark reads the same stream from a pipe, with the addresses and ports sent.
+    require_tool("tshark", "tshark");
+    let mut tshark = Command::new("tshark")
+        .args([
+            "-r",
+            "-",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "udp.dstport",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tshark
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&pcap.stdout)
+        .unwrap();
+    let out = tshark.wait_with_output().unwrap();
+    let fields = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fields.lines().count(), 10, "{fields}");
+    assert!(fields.lines().any(|l| l == "10.78.0.0\t443"), "{fields}");
+    assert!(fields.lines().any(|l| l == "10.77.0.1\t20000"), "{fields}");
 }
