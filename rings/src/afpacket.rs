@@ -33,7 +33,7 @@ pub enum PacketError {
 
 /// Kernel counters of a receive ring (PACKET_STATISTICS, accumulated: the kernel resets them
 /// on every read).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PacketStatistics {
     /// Frames the socket received (delivered plus dropped).
     pub packets: u64,

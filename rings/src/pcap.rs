@@ -256,7 +256,7 @@ enum Writer {
 }
 
 /// Counters of a PcapWriter brick.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PcapSinkStats {
     pub path: PathBuf,
     pub written: u64,

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use fastedge_wire::packet::{flow_hash, way_of, HashMode, Parsed};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     pcap::{CaptureFormat, PcapSink, Rotation},
@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// A pipeline as declared.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Name in the way files' names; default: the first input's interface (or file stem).
@@ -58,7 +58,7 @@ fn default_way_kib() -> usize {
 }
 
 /// One input of a pipeline: an interface or a capture file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
     pub interface: Option<String>,
@@ -71,7 +71,7 @@ pub struct InputConfig {
 }
 
 /// How an interface is read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputMode {
     /// XDP + AF_XDP in native mode, else SKB mode, else AF_PACKET.
@@ -82,7 +82,7 @@ pub enum InputMode {
     AfPacket,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpeedName {
     #[default]
@@ -91,7 +91,7 @@ pub enum SpeedName {
 }
 
 /// Flow hash of a balance brick.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum HashName {
     #[serde(rename = "2-tuple")]
     Two,
@@ -113,7 +113,7 @@ impl From<HashName> for HashMode {
 }
 
 /// A brick as declared.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum BrickConfig {
     /// LoadBalancer: each flow (both directions, all fragments) to one output.
@@ -148,7 +148,7 @@ pub enum BrickConfig {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatName {
     Pcap,
@@ -299,7 +299,7 @@ enum Brick {
 }
 
 /// Counters of one shm way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct WayStats {
     pub delivered: u64,
     /// Dropped because the way was full (its consumer slow, stopped or absent).
@@ -322,7 +322,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Creates the ways (`/dev/shm/fastedge-NAME-K`) and capture files of `config`.
     pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
-        let mut lanes = Self::build_lanes(config, 1)?;
+        let mut lanes = Self::build_lanes(config, 1, false)?;
         lanes
             .pop()
             .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
@@ -343,8 +343,13 @@ impl Pipeline {
     }
 
     /// Builds `lanes` copies of the pipeline, one per engine thread: the same bricks, each
-    /// copy writing its own lane of every way. Capture files need a single lane.
-    pub fn build_lanes(config: &PipelineConfig, lanes: u32) -> Result<Vec<Self>, PipelineError> {
+    /// copy writing its own lane of every way. Capture files need a single lane. With `reuse`
+    /// (a reload), way files of the same geometry are kept with their consumers.
+    pub fn build_lanes(
+        config: &PipelineConfig,
+        lanes: u32,
+        reuse: bool,
+    ) -> Result<Vec<Self>, PipelineError> {
         config.validate()?;
         if lanes > 1 && Self::has_capture_files(config) {
             return Err(PipelineError::Invalid(
@@ -355,6 +360,7 @@ impl Pipeline {
             name: config.name(),
             capacity: config.way_kib * 1024,
             lanes,
+            reuse,
             ways: Vec::new(),
             pcaps: Vec::new(),
         };
@@ -441,6 +447,7 @@ struct Builder {
     name: String,
     capacity: usize,
     lanes: u32,
+    reuse: bool,
     /// Per way, one producer per lane.
     ways: Vec<Vec<Producer>>,
     pcaps: Vec<PcapSink>,
@@ -478,8 +485,11 @@ impl Builder {
             BrickConfig::Way {} => {
                 let index = self.ways.len();
                 let path = crate::shm::way_path(&self.name, index as u32);
-                self.ways
-                    .push(Producer::create_lanes(&path, self.capacity, self.lanes)?);
+                self.ways.push(if self.reuse {
+                    Producer::reuse_lanes(&path, self.capacity, self.lanes)?
+                } else {
+                    Producer::create_lanes(&path, self.capacity, self.lanes)?
+                });
                 Brick::Way(index)
             }
             BrickConfig::Pcap {

@@ -159,29 +159,63 @@ impl Producer {
     /// each; returns one producer per lane (each maps the file on its own, so each can move to
     /// its own thread).
     pub fn create_lanes(path: &Path, capacity: usize, lanes: u32) -> Result<Vec<Self>, ShmError> {
+        Self::make_lanes(path, capacity, lanes, false)
+    }
+
+    /// Like [`Producer::create_lanes`], but when `path` already is a way of this layout,
+    /// capacity and lane count (left by an earlier pipeline of this process, before a reload),
+    /// it is kept as it is: its consumer stays attached and reads on, its counters go on.
+    pub fn reuse_lanes(path: &Path, capacity: usize, lanes: u32) -> Result<Vec<Self>, ShmError> {
+        Self::make_lanes(path, capacity, lanes, true)
+    }
+
+    fn same_geometry(path: &Path, capacity: usize, lanes: u32) -> bool {
+        let Ok(bytes) = std::fs::File::open(path).and_then(|mut f| {
+            let mut header = [0u8; 32];
+            std::io::Read::read_exact(&mut f, &mut header).map(|()| header)
+        }) else {
+            return false;
+        };
+        let size = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+        bytes[..8] == MAGIC
+            && bytes[8..12] == VERSION.to_le_bytes()
+            && bytes[16..24] == (capacity as u64).to_le_bytes()
+            && bytes[24..28] == lanes.to_le_bytes()
+            && size == HEADER + lanes as usize * (LANE_HEADER + capacity)
+    }
+
+    fn make_lanes(
+        path: &Path,
+        capacity: usize,
+        lanes: u32,
+        reuse: bool,
+    ) -> Result<Vec<Self>, ShmError> {
         if !capacity.is_power_of_two() || capacity < 64 * 1024 {
             return Err(ShmError::Capacity(capacity));
         }
         if lanes == 0 || lanes > MAX_LANES {
             return Err(ShmError::Lanes(lanes));
         }
+        let keep = reuse && Self::same_geometry(path, capacity, lanes);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!keep)
             .open(path)
             .map_err(io_error("creating", path))?;
-        let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
-        file.set_len(size as u64)
-            .map_err(io_error("sizing", path))?;
+        if !keep {
+            let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
+            file.set_len(size as u64)
+                .map_err(io_error("sizing", path))?;
+        }
         let mut producers = Vec::with_capacity(lanes as usize);
         for lane in 0..lanes as usize {
             // SAFETY: the file was just created and sized by us; consumers only map it; the
             // mapping stays valid while `Region` holds it, and shared words are accessed
             // atomically; each lane's data is written through one producer only.
             let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
-            if lane == 0 {
+            if lane == 0 && !keep {
                 map[..8].copy_from_slice(&MAGIC);
                 map[8..12].copy_from_slice(&VERSION.to_le_bytes());
                 map[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
@@ -649,6 +683,33 @@ mod tests {
             assert_eq!(producers[lane].counters(), (N, 0));
         }
         assert_eq!(consumer.counters(), (3 * N, 0));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_reused_way_keeps_its_consumer_and_data() {
+        let path = temp_path("reuse");
+        let mut first = Producer::create(&path, 64 * 1024).unwrap();
+        let mut consumer = Consumer::open_path(&path).unwrap();
+        assert!(first.push(b"before", 1, 0));
+        drop(first);
+        // A reload with the same geometry: the consumer reads on, nothing is lost.
+        let mut again = Producer::reuse_lanes(&path, 64 * 1024, 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(again.consumer(), Some(u64::from(std::process::id())));
+        assert!(again.push(b"after", 2, 0));
+        let mut seen = Vec::new();
+        consumer.read_batch(usize::MAX, |r| seen.push(r.data.to_vec()));
+        assert_eq!(seen, [b"before".to_vec(), b"after".to_vec()]);
+        assert_eq!(again.counters(), (2, 0));
+        // Another geometry: re-created.
+        let other = Producer::reuse_lanes(&path, 128 * 1024, 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(other.counters(), (0, 0));
         let _ = std::fs::remove_file(&path);
     }
 

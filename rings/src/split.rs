@@ -41,11 +41,19 @@ impl std::fmt::Display for InputKind {
     }
 }
 
+fn kind_text<S: serde::Serializer>(kind: &Option<InputKind>, s: S) -> Result<S::Ok, S::Error> {
+    match kind {
+        Some(k) => s.serialize_str(&k.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 /// Counters of one input; kernel drops by cause.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct InputStats {
     /// Interface name or file path.
     pub name: String,
+    #[serde(serialize_with = "kind_text")]
     pub kind: Option<InputKind>,
     pub queues: u32,
     pub received: u64,
@@ -57,7 +65,7 @@ pub struct InputStats {
 }
 
 /// Counters of a running split; every drop has a named cause.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SplitStats {
     pub inputs: Vec<InputStats>,
     pub non_ip: u64,
@@ -232,6 +240,8 @@ pub struct EngineOptions {
     /// CPUs to pin engine threads to, in turn (thread k on `cores[k % len]`); empty: no
     /// pinning.
     pub cores: Vec<usize>,
+    /// Keep way files of the same geometry (and their consumers): set on a reload.
+    pub reuse_ways: bool,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -285,7 +295,7 @@ pub fn run(
             unreachable!("matched above");
         };
         let lanes = xdp.sockets.len() as u32;
-        let pipelines = Pipeline::build_lanes(config, lanes)?;
+        let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways)?;
         for (socket, pipeline) in xdp.sockets.into_iter().zip(pipelines) {
             workers.push(Worker {
                 inputs: vec![Input {
@@ -315,7 +325,9 @@ pub fn run(
         }
         workers.push(Worker {
             inputs,
-            pipeline: Pipeline::build(config)?,
+            pipeline: Pipeline::build_lanes(config, 1, options.reuse_ways)?
+                .pop()
+                .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
         });
     }
     tracing::info!(
@@ -502,6 +514,8 @@ impl Worker {
             .iter()
             .all(|i| matches!(i.source, Source::Pcap(_)));
         let pipeline = &mut self.pipeline;
+        // A first snapshot at once (what runs, in which mode), then about once a second.
+        tick(&collect(&mut self.inputs, pipeline));
         let mut last_tick = Instant::now();
         while !stop.load() {
             let now_ns = std::time::SystemTime::now()

@@ -107,7 +107,7 @@ pub enum XskError {
 }
 
 /// Kernel-side drop counters of an AF_XDP socket (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XskStatistics {
     /// Dropped for reasons other than a full ring or an empty fill ring.
     pub rx_dropped: u64,

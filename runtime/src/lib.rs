@@ -4,13 +4,15 @@
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
 //! stop signal ([`Shutdown`]), per-core metrics rendered as Prometheus text ([`metrics`]),
 //! per-core connection caps ([`ConnectionLimit`]), process set-up
-//! (open-files limit, privilege drop), log lines to syslog ([`SyslogWriter`]), and the network
+//! (open-files limit, privilege drop), log lines to syslog ([`SyslogWriter`]), the JSON-lines
+//! control socket ([`control`]), and the network
 //! types the other crates use ([`net`]), so that only
 //! this crate names glommio.
 //!
 //! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
 //! (`fastedge-wire`).
 
+pub mod control;
 mod cpus;
 mod executors;
 mod limit;

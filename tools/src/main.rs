@@ -1,6 +1,7 @@
 //! The `fastedge` command line. Reads arguments, files and the environment, then hands over to
 //! the library crates; holds no logic that a library user would want.
 
+mod ctl;
 mod demo;
 mod gen;
 mod keyserver;
@@ -15,7 +16,8 @@ use clap::{Parser, Subcommand};
 ///
 /// It terminates TLS on a thread-per-core io_uring runtime with BoringSSL and forwards plain TCP
 /// to backends (`fastedge serve`), and distributes an interface's traffic, flow-aware, over
-/// shared-memory ways through XDP and AF_XDP (`fastedge split`, read with `fastedge tap`).
+/// shared-memory ways through XDP and AF_XDP (`fastedge split`, read with `fastedge tap`,
+/// driven with `fastedge ctl`; `fastedge gen` makes test traffic).
 #[derive(Debug, Parser)]
 #[command(name = "fastedge", version, about, long_about)]
 struct Cli {
@@ -47,6 +49,7 @@ enum Command {
     Dup(split::DupArgs),
     Tap(split::TapArgs),
     Gen(gen::GenArgs),
+    Ctl(ctl::CtlArgs),
     Keyserver(keyserver::KeyServerArgs),
 }
 
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Dup(args) => split::run_dup(args),
         Command::Tap(args) => split::run_tap(args),
         Command::Gen(args) => gen::run(args),
+        Command::Ctl(args) => ctl::run(args),
         Command::Keyserver(args) => keyserver::run(args),
     };
     match result {

@@ -48,6 +48,8 @@ pub struct SplitArgs {
     recorded_speed: bool,
 
     /// A pipeline declared in TOML (inputs, bricks, outputs); excludes the other options.
+    /// SIGHUP or `fastedge ctl reload` reads it again; ways that exist in both keep their
+    /// consumers.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "mode", "non_ip_way", "way_kib", "no_decap", "name"])]
     config: Option<PathBuf>,
 
@@ -93,6 +95,27 @@ struct CommonArgs {
     /// these CPUs in turn. Default: not pinned.
     #[arg(long, value_name = "LIST")]
     cores: Option<String>,
+
+    /// Control socket (JSON lines, read by `fastedge ctl`); default
+    /// /run/fastedge/split-NAME.sock.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+
+    /// Permissions of the control socket, octal.
+    #[arg(long, value_name = "MODE", default_value = "600")]
+    control_mode: String,
+
+    /// No control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
+
+    /// Detach into the background (logs: use --syslog); the pid goes to --pid-file.
+    #[arg(long)]
+    daemon: bool,
+
+    /// Write the process id here (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 }
 
 /// Copy an interface's traffic to N ways: every frame to every way.
@@ -301,7 +324,7 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         decapsulate: true,
         way_kib: args.common.way_kib.unwrap_or(4096),
     };
-    run_engine(config, args.common.cores.as_deref())
+    run_engine(config, &args.common, None)
 }
 
 pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
@@ -343,13 +366,149 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
             }
         }
     };
-    run_engine(config, args.common.cores.as_deref())
+    run_engine(config, &args.common, args.config.as_deref())
 }
 
-fn run_engine(config: PipelineConfig, cores: Option<&str>) -> Result<(), Failure> {
-    config.validate().map_err(Failure::config)?;
-    let cores = match cores {
-        None => Vec::new(),
+/// Flags the signal thread and the control socket set; the engine stops on either.
+#[derive(Debug, Default)]
+struct Requests {
+    /// Stop the engine now (for a shutdown or a reload).
+    engine_stop: AtomicBool,
+    shutdown: AtomicBool,
+    reload: AtomicBool,
+}
+
+impl Requests {
+    fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.engine_stop.store(true, Ordering::Relaxed);
+    }
+
+    fn reload(&self) {
+        self.reload.store(true, Ordering::Relaxed);
+        self.engine_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// SIGINT/SIGTERM: shut down; SIGHUP: reload. Blocked here, taken by a thread of their own.
+fn split_signals(requests: Arc<Requests>) -> Result<(), Failure> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
+    signals
+        .thread_block()
+        .context("blocking SIGINT/SIGTERM/SIGHUP")
+        .map_err(Failure::runtime)?;
+    std::thread::spawn(move || loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                tracing::info!("SIGHUP: reloading the pipeline");
+                requests.reload();
+            }
+            Ok(_) => {
+                requests.shutdown();
+                return;
+            }
+            Err(_) => return,
+        }
+    });
+    Ok(())
+}
+
+/// What the control socket reads and changes.
+struct Shared {
+    requests: Arc<Requests>,
+    config: std::sync::Mutex<PipelineConfig>,
+    config_path: Option<PathBuf>,
+    stats: std::sync::Mutex<SplitStats>,
+    started: std::time::Instant,
+}
+
+fn control_answer(shared: &Shared, cmd: &str) -> fastedge_runtime::control::Answer {
+    use serde_json::{json, Value};
+    let to_map = |v: Value| match v {
+        Value::Object(m) => m,
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("value".into(), other);
+            m
+        }
+    };
+    let stats = || shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
+    let config = || {
+        shared
+            .config
+            .lock()
+            .map(|c| c.clone())
+            .map_err(|_| "state lock".to_owned())
+    };
+    match cmd {
+        "help" => Ok(to_map(json!({
+            "commands": {
+                "status": "name, pid, uptime, inputs and their modes, ways",
+                "stats": "every counter: per input (kernel drops by cause), per way, per capture file",
+                "ways": "per way: delivered, dropped because full, attached consumer",
+                "pipeline": "the pipeline in use, as TOML",
+                "reload": "read the --config file again (ways of the same size keep their consumers)",
+                "shutdown": "stop",
+                "rules": "pre-filter rules (not available in this build)",
+            }
+        }))),
+        "status" => {
+            let stats = stats();
+            let config = config()?;
+            Ok(to_map(json!({
+                "name": config.name(),
+                "pid": std::process::id(),
+                "uptime_s": shared.started.elapsed().as_secs(),
+                "config": shared.config_path.as_ref().map(|p| p.display().to_string()),
+                "inputs": stats.inputs.iter().map(|i| json!({
+                    "name": i.name,
+                    "mode": i.kind.map(|k| k.to_string()),
+                    "queues": i.queues,
+                    "received": i.received,
+                })).collect::<Vec<_>>(),
+                "ways": config.way_count(),
+                "consumers": stats.ways.iter().filter(|w| w.consumer.is_some()).count(),
+            })))
+        }
+        "stats" => Ok(to_map(json!({ "stats": stats() }))),
+        "ways" => Ok(to_map(json!({
+            "ways": stats().ways.iter().enumerate().map(|(i, w)| json!({
+                "way": i,
+                "delivered": w.delivered,
+                "dropped_full": w.dropped_full,
+                "consumer_pid": w.consumer,
+            })).collect::<Vec<_>>()
+        }))),
+        "pipeline" => {
+            let config = config()?;
+            let text = toml::to_string(&config).map_err(|e| format!("rendering TOML: {e}"))?;
+            Ok(to_map(json!({ "toml": text })))
+        }
+        "reload" => {
+            if let Some(path) = &shared.config_path {
+                // Refuse a bad file here, with the reason, rather than after stopping.
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                PipelineConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            shared.requests.reload();
+            Ok(to_map(json!({ "reload": "started" })))
+        }
+        "shutdown" => {
+            shared.requests.shutdown();
+            Ok(to_map(json!({ "shutdown": "started" })))
+        }
+        "rules" => Err("rules: the eBPF pre-filter is not available in this build".into()),
+        other => Err(format!("unknown command {other:?}; try \"help\"")),
+    }
+}
+
+fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
+    match cores {
+        None => Ok(Vec::new()),
         Some(text) => {
             let list: CpuList = text
                 .parse()
@@ -357,27 +516,134 @@ fn run_engine(config: PipelineConfig, cores: Option<&str>) -> Result<(), Failure
             let available = CpuList::available().map_err(Failure::runtime)?;
             list.check_within(&available)
                 .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
-            list.cpus().to_vec()
+            Ok(list.cpus().to_vec())
         }
+    }
+}
+
+/// Removes the pid file at exit.
+struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The default control socket of split `name`.
+pub(crate) fn default_control(name: &str) -> PathBuf {
+    PathBuf::from(format!("/run/fastedge/split-{name}.sock"))
+}
+
+fn run_engine(
+    config: PipelineConfig,
+    common: &CommonArgs,
+    config_path: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    config.validate().map_err(Failure::config)?;
+    let cores = parse_cores(common.cores.as_deref())?;
+    let mode = u32::from_str_radix(&common.control_mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            Failure::config(anyhow!(
+                "--control-mode {:?} is not an octal mode like 600",
+                common.control_mode
+            ))
+        })?;
+    if common.daemon {
+        // Before any thread exists: fork, new session, stdio to /dev/null.
+        nix::unistd::daemon(false, false)
+            .context("detaching (--daemon)")
+            .map_err(Failure::runtime)?;
+    }
+    let _pid_file = match &common.pid_file {
+        Some(path) => {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .with_context(|| format!("writing the pid file {}", path.display()))
+                .map_err(Failure::config)?;
+            Some(PidFile(path.clone()))
+        }
+        None => None,
     };
-    let stop = stop_on_signals()?;
+    let requests = Arc::new(Requests::default());
+    split_signals(requests.clone())?;
+    let shared = Arc::new(Shared {
+        requests: requests.clone(),
+        config: std::sync::Mutex::new(config.clone()),
+        config_path: config_path.map(ToOwned::to_owned),
+        stats: std::sync::Mutex::new(SplitStats::default()),
+        started: std::time::Instant::now(),
+    });
+    let _control = if common.no_control {
+        None
+    } else {
+        let path = common
+            .control
+            .clone()
+            .unwrap_or_else(|| default_control(&config.name()));
+        let state = shared.clone();
+        Some(
+            fastedge_runtime::control::ControlServer::start(&path, mode, move |cmd, _| {
+                control_answer(&state, cmd)
+            })
+            .map_err(Failure::config)?,
+        )
+    };
     let live = std::io::stderr().is_terminal();
-    let mut previous = SplitStats::default();
-    let stats = split::run(&config, &EngineOptions { cores }, &stop, |stats| {
-        if live {
-            eprintln!("{}", live_line(stats, &previous));
+    let mut config = config;
+    let mut reuse_ways = false;
+    loop {
+        let mut previous = SplitStats::default();
+        let options = EngineOptions {
+            cores: cores.clone(),
+            reuse_ways,
+        };
+        let result = split::run(&config, &options, &requests.engine_stop, |stats| {
+            if live {
+                eprintln!("{}", live_line(stats, &previous));
+            }
+            previous = stats.clone();
+            if let Ok(mut latest) = shared.stats.lock() {
+                *latest = stats.clone();
+            }
+        });
+        let stats = result.map_err(|e| {
+            if e.is_config() && !reuse_ways {
+                Failure::config(e)
+            } else {
+                Failure::runtime(e)
+            }
+        })?;
+        if !requests.reload.swap(false, Ordering::Relaxed)
+            || requests.shutdown.load(Ordering::Relaxed)
+        {
+            tracing::info!("split stopped: {}", describe(&stats));
+            return Ok(());
         }
-        previous = stats.clone();
-    })
-    .map_err(|e| {
-        if e.is_config() {
-            Failure::config(e)
-        } else {
-            Failure::runtime(e)
+        tracing::info!("reload: pipeline stopped: {}", describe(&stats));
+        if let Some(path) = config_path {
+            match std::fs::read_to_string(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| PipelineConfig::from_toml(&text).map_err(anyhow::Error::from))
+            {
+                Ok(new) => config = new,
+                Err(error) => tracing::error!(
+                    path = %path.display(),
+                    "reload: {error:#}; keeping the pipeline in use"
+                ),
+            }
         }
-    })?;
-    tracing::info!("split stopped: {}", describe(&stats));
-    Ok(())
+        if let Ok(mut current) = shared.config.lock() {
+            *current = config.clone();
+        }
+        requests.engine_stop.store(false, Ordering::Relaxed);
+        if requests.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        reuse_ways = true;
+        tracing::info!("reload: starting the pipeline again");
+    }
 }
 
 pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
