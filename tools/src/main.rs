@@ -151,3 +151,17 @@ fn init_logging(format: LogFormat, syslog: Option<&std::path::Path>) -> std::io:
     }
     Ok(())
 }
+
+/// Blocks `signals` in the calling thread (and the threads it starts later), so that only a
+/// thread waiting on the returned set receives them.
+pub(crate) fn block_signals(
+    signals: &[nix::sys::signal::Signal],
+) -> Result<nix::sys::signal::SigSet, Failure> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in signals {
+        set.add(*signal);
+    }
+    set.thread_block()
+        .map_err(|e| Failure::runtime(anyhow::anyhow!("blocking {signals:?}: {e}")))?;
+    Ok(set)
+}

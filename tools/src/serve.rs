@@ -23,7 +23,7 @@ use fastedge_tls::{
     proxy::{probe_backends, serve_connection, CoreBackends, Frontend},
     SelfSigned, ServerContext,
 };
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 use crate::Failure;
 
@@ -296,14 +296,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut setups = setups.into_iter();
 
     // Executors inherit the signal mask: block the signals so only `sigwait` below sees them.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGHUP);
-    signals
-        .thread_block()
-        .context("blocking SIGINT/SIGTERM/SIGHUP")
-        .map_err(Failure::runtime)?;
+    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
 
     let shutdown = Shutdown::new();
     let max_connections = frontend.settings.max_connections;

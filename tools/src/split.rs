@@ -18,7 +18,7 @@ use fastedge_rings::{
     split::{self, EngineOptions, InputKind, SplitStats},
 };
 use fastedge_runtime::CpuList;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 use crate::Failure;
 
@@ -173,13 +173,7 @@ pub struct TapArgs {
 
 /// Blocks SIGINT/SIGTERM here and sets `stop` when one arrives (on a thread of its own).
 pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .context("blocking SIGINT/SIGTERM")
-        .map_err(Failure::runtime)?;
+    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM])?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::spawn(move || {
@@ -392,14 +386,7 @@ impl Requests {
 
 /// SIGINT/SIGTERM: shut down; SIGHUP: reload. Blocked here, taken by a thread of their own.
 fn split_signals(requests: Arc<Requests>) -> Result<(), Failure> {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGHUP);
-    signals
-        .thread_block()
-        .context("blocking SIGINT/SIGTERM/SIGHUP")
-        .map_err(Failure::runtime)?;
+    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
     std::thread::spawn(move || loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
