@@ -3,10 +3,12 @@
 //! Owns: the XDP programs written in C under `src/bpf/` (compiled by libbpf-cargo in `build.rs`
 //! and embedded in this crate), loading them with libbpf-rs, attaching them to interfaces in a
 //! chosen XDP mode, and typed access to their maps: the XSKMAP that routes each receive queue to
-//! its AF_XDP socket, and per-CPU counters.
+//! its AF_XDP socket, per-CPU counters, and the pre-filter's prefix tries and rules
+//! ([`rules`]).
 //!
 //! Does not own: userspace packet handling or the AF_XDP sockets themselves (`fastedge-rings`).
 
+pub mod rules;
 mod sys;
 
 use std::{
@@ -68,6 +70,8 @@ pub enum EbpfError {
     },
     #[error("XDP program is already attached to interface index {ifindex}")]
     AlreadyAttached { ifindex: u32 },
+    #[error("BPF_PROG_TEST_RUN: {source}")]
+    TestRun { source: std::io::Error },
     #[error("{op} on map {map}: {source}")]
     Map {
         op: &'static str,
@@ -77,7 +81,7 @@ pub enum EbpfError {
 }
 
 /// Counter slots of `xsk_redirect.bpf.c`'s `counters` map, in map order.
-const COUNTER_SLOTS: u32 = 3;
+const COUNTER_SLOTS: u32 = 5;
 
 /// Totals of the per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +92,10 @@ pub struct XskRedirectCounters {
     pub redirected: u64,
     /// Frames passed to the kernel stack because their queue had no socket.
     pub passed: u64,
+    /// Frames a pre-filter `drop` rule dropped.
+    pub dropped: u64,
+    /// Frames a pre-filter `bypass` rule handed to the kernel instead of the ways.
+    pub bypassed: u64,
 }
 
 /// The `xsk_redirect` XDP program: counts every frame, then redirects it to the AF_XDP socket
@@ -122,17 +130,31 @@ const OBJECT: &str = "xsk_redirect.bpf.o";
 const PROGRAM: &str = "xsk_redirect";
 
 impl XskRedirect {
-    /// Loads the program and its maps into the kernel (not attached yet).
+    /// Loads the program and its maps into the kernel (not attached yet), with a pre-filter
+    /// that lets every frame pass.
     pub fn load() -> Result<Self, EbpfError> {
+        Self::load_with(None)
+    }
+
+    /// Loads the program; with `prefilter`, its rule maps are those of the pre-filter (shared
+    /// by every program loaded with it, and kept when the program goes).
+    pub fn load_with(prefilter: Option<&rules::Prefilter>) -> Result<Self, EbpfError> {
         let load = |source| EbpfError::Load {
             object: OBJECT,
             source,
         };
-        let object = ObjectBuilder::default()
+        let mut open = ObjectBuilder::default()
             .open_memory(XSK_REDIRECT_OBJECT)
-            .map_err(load)?
-            .load()
             .map_err(load)?;
+        if let Some(prefilter) = prefilter {
+            for mut map in open.maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                if let Some(fd) = prefilter.fd_for(&name) {
+                    map.reuse_fd(fd).map_err(load)?;
+                }
+            }
+        }
+        let object = open.load().map_err(load)?;
         let map = |name: &'static str| -> Result<MapHandle, EbpfError> {
             let map = object
                 .maps()
@@ -228,6 +250,14 @@ impl XskRedirect {
             })
     }
 
+    /// Runs the program `repeat` times on `frame` in the kernel (BPF_PROG_TEST_RUN), without
+    /// an interface: returns its XDP action (`XDP_DROP` = 1, `XDP_PASS` = 2, …) and the mean
+    /// nanoseconds per run as the kernel measured them. For tests and cost measurements.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32), EbpfError> {
+        sys::prog_test_run(self.program.as_fd(), frame, repeat)
+            .map_err(|source| EbpfError::TestRun { source })
+    }
+
     /// Reads the per-CPU counters and sums them over CPUs.
     pub fn counters(&self) -> Result<XskRedirectCounters, EbpfError> {
         let mut totals = [0u64; COUNTER_SLOTS as usize];
@@ -247,11 +277,13 @@ impl XskRedirect {
                 .map(u64::from_ne_bytes)
                 .sum();
         }
-        let [seen, redirected, passed] = totals;
+        let [seen, redirected, passed, dropped, bypassed] = totals;
         Ok(XskRedirectCounters {
             seen,
             redirected,
             passed,
+            dropped,
+            bypassed,
         })
     }
 }

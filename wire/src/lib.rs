@@ -6,7 +6,7 @@
 //! ([`balance`]); server-name matching for SNI ([`sni`]); OCSP requests and responses for
 //! stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet headers down to the innermost
 //! flow, and the symmetric flow hash ([`packet`]); synthetic flows for the traffic generator
-//! ([`synth`]). Every parser answers "complete, with the
+//! ([`synth`]); pre-filter rules as text ([`rules`]). Every parser answers "complete, with the
 //! bytes used", "partial", or a typed error, and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
@@ -22,5 +22,6 @@ pub mod net;
 pub mod ocsp;
 pub mod packet;
 pub mod proxy;
+pub mod rules;
 pub mod sni;
 pub mod synth;
