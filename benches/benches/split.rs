@@ -60,6 +60,8 @@ fn pipeline(c: &mut Criterion) {
             },
             decapsulate: true,
             way_kib: 1024,
+            rules: Vec::new(),
+            rule_capacity: 1,
         };
         let mut pipeline = Pipeline::build(&config).expect("building the pipeline");
         let mut consumers: Vec<Consumer> = (0..ways)

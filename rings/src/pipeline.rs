@@ -47,6 +47,17 @@ pub struct PipelineConfig {
     /// Ring size of each way in KiB (a power of two, at least 64).
     #[serde(default = "default_way_kib")]
     pub way_kib: usize,
+    /// XDP pre-filter rules, e.g. `"drop src 203.0.113.0/24"` (syntax in
+    /// `fastedge_wire::rules`); they apply to interfaces read through XDP.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Most pre-filter rules (config, `fastedge ctl rules add`, NetControl) at once.
+    #[serde(default = "default_rule_capacity")]
+    pub rule_capacity: u32,
+}
+
+fn default_rule_capacity() -> u32 {
+    65_536
 }
 
 fn yes() -> bool {
@@ -199,6 +210,17 @@ impl PipelineConfig {
             return invalid(format!(
                 "way_kib = {} must be a power of two, at least 64",
                 self.way_kib
+            ));
+        }
+        for rule in &self.rules {
+            rule.parse::<fastedge_wire::rules::RuleSpec>()
+                .map_err(|e| PipelineError::Invalid(format!("rule {rule:?}: {e}")))?;
+        }
+        if self.rule_capacity == 0 || (self.rules.len() as u64) > u64::from(self.rule_capacity) {
+            return invalid(format!(
+                "rule_capacity = {} must be at least 1 and hold the {} rules given",
+                self.rule_capacity,
+                self.rules.len()
             ));
         }
         if let Some(name) = &self.name {

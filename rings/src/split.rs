@@ -11,10 +11,11 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use fastedge_ebpf::{XdpMode, XskRedirect};
+use fastedge_ebpf::{rules::Prefilter, XdpMode, XskRedirect};
 
 use crate::{
     afpacket::{PacketReceiver, PacketStatistics, RingConfig},
@@ -62,6 +63,10 @@ pub struct InputStats {
     pub xsk: XskStatistics,
     /// AF_PACKET: PACKET_STATISTICS.
     pub packet: PacketStatistics,
+    /// Frames the XDP pre-filter dropped (`drop` rules).
+    pub prefilter_dropped: u64,
+    /// Frames the XDP pre-filter handed to the kernel instead of the ways (`bypass` rules).
+    pub prefilter_bypassed: u64,
 }
 
 /// Counters of a running split; every drop has a named cause.
@@ -136,8 +141,9 @@ fn rx_queues(interface: &str) -> u32 {
 }
 
 enum Source {
-    /// AF_XDP sockets of some receive queues of one interface.
-    Xdp(Vec<XskReceiver>),
+    /// AF_XDP sockets of some receive queues of one interface, and (for one worker per
+    /// interface) the program, whose counters it reports.
+    Xdp(Vec<XskReceiver>, Option<Arc<XskRedirect>>),
     Packet(PacketReceiver),
     Pcap(PcapSource),
 }
@@ -149,14 +155,18 @@ struct Input {
 
 /// An interface read through XDP: the attached program and one socket per receive queue.
 struct XdpInput {
-    program: XskRedirect,
+    program: Arc<XskRedirect>,
     sockets: Vec<XskReceiver>,
 }
 
-fn open_xdp(interface: &str, mode: XdpMode) -> Result<XdpInput, SplitError> {
+fn open_xdp(
+    interface: &str,
+    mode: XdpMode,
+    prefilter: Option<&Prefilter>,
+) -> Result<XdpInput, SplitError> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .map_err(|_| SplitError::NoInterface(interface.to_owned()))?;
-    let mut program = XskRedirect::load()?;
+    let mut program = XskRedirect::load_with(prefilter)?;
     program.attach(ifindex, mode)?;
     let queues = rx_queues(interface);
     let socket_config = XskConfig::new(2048, 2048, 1024, XskBindMode::Copy)?;
@@ -166,22 +176,25 @@ fn open_xdp(interface: &str, mode: XdpMode) -> Result<XdpInput, SplitError> {
         program.register_socket(queue, socket.fd())?;
         sockets.push(socket);
     }
-    Ok(XdpInput { program, sockets })
+    Ok(XdpInput {
+        program: Arc::new(program),
+        sockets,
+    })
 }
 
 /// An input opened, before it is handed to engine threads.
 enum Opened {
     Xdp(XdpInput, InputStats),
-    Other(Input),
+    Other(Box<Input>),
 }
 
-fn open_input(config: &InputConfig) -> Result<Opened, SplitError> {
+fn open_input(config: &InputConfig, prefilter: Option<&Prefilter>) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
             SpeedName::Fast => ReplaySpeed::Fast,
             SpeedName::Recorded => ReplaySpeed::Recorded,
         };
-        return Ok(Opened::Other(Input {
+        return Ok(Opened::Other(Box::new(Input {
             source: Source::Pcap(PcapSource::open(path, speed)?),
             stats: InputStats {
                 name: path.display().to_string(),
@@ -189,7 +202,7 @@ fn open_input(config: &InputConfig) -> Result<Opened, SplitError> {
                 queues: 1,
                 ..InputStats::default()
             },
-        }));
+        })));
     }
     let interface = config.interface.clone().unwrap_or_default();
     if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
@@ -209,20 +222,26 @@ fn open_input(config: &InputConfig) -> Result<Opened, SplitError> {
     let af_packet = || -> Result<Opened, SplitError> {
         let receiver = PacketReceiver::open(&interface, RingConfig::default(), None)?;
         tracing::info!(%interface, mode = %InputKind::AfPacket, "input open");
-        Ok(Opened::Other(Input {
+        Ok(Opened::Other(Box::new(Input {
             source: Source::Packet(receiver),
             stats: stats(InputKind::AfPacket, 1),
-        }))
+        })))
     };
     match config.mode {
-        InputMode::XdpNative => Ok(xdp(open_xdp(&interface, XdpMode::Native)?, XdpMode::Native)),
-        InputMode::XdpSkb => Ok(xdp(open_xdp(&interface, XdpMode::Skb)?, XdpMode::Skb)),
+        InputMode::XdpNative => Ok(xdp(
+            open_xdp(&interface, XdpMode::Native, prefilter)?,
+            XdpMode::Native,
+        )),
+        InputMode::XdpSkb => Ok(xdp(
+            open_xdp(&interface, XdpMode::Skb, prefilter)?,
+            XdpMode::Skb,
+        )),
         InputMode::AfPacket => af_packet(),
-        InputMode::Auto => match open_xdp(&interface, XdpMode::Native) {
+        InputMode::Auto => match open_xdp(&interface, XdpMode::Native, prefilter) {
             Ok(input) => Ok(xdp(input, XdpMode::Native)),
             Err(native) => {
                 tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
-                match open_xdp(&interface, XdpMode::Skb) {
+                match open_xdp(&interface, XdpMode::Skb, prefilter) {
                     Ok(input) => Ok(xdp(input, XdpMode::Skb)),
                     Err(skb) => {
                         tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
@@ -242,6 +261,9 @@ pub struct EngineOptions {
     pub cores: Vec<usize>,
     /// Keep way files of the same geometry (and their consumers): set on a reload.
     pub reuse_ways: bool,
+    /// Pre-filter rule maps for the XDP programs (shared, kept across reloads); `None`: the
+    /// programs filter nothing.
+    pub prefilter: Option<Arc<Prefilter>>,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -275,7 +297,7 @@ pub fn run(
     let mut opened = config
         .inputs
         .iter()
-        .map(open_input)
+        .map(|input| open_input(input, options.prefilter.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
     let mut programs = Vec::new();
     let per_queue = match opened.as_slice() {
@@ -296,10 +318,11 @@ pub fn run(
         };
         let lanes = xdp.sockets.len() as u32;
         let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways)?;
-        for (socket, pipeline) in xdp.sockets.into_iter().zip(pipelines) {
+        for (k, (socket, pipeline)) in xdp.sockets.into_iter().zip(pipelines).enumerate() {
+            let program = (k == 0).then(|| xdp.program.clone());
             workers.push(Worker {
                 inputs: vec![Input {
-                    source: Source::Xdp(vec![socket]),
+                    source: Source::Xdp(vec![socket], program),
                     stats: InputStats {
                         queues: 1,
                         ..stats.clone()
@@ -315,12 +338,12 @@ pub fn run(
             match input {
                 Opened::Xdp(xdp, stats) => {
                     inputs.push(Input {
-                        source: Source::Xdp(xdp.sockets),
+                        source: Source::Xdp(xdp.sockets, Some(xdp.program.clone())),
                         stats,
                     });
                     programs.push(xdp.program);
                 }
-                Opened::Other(input) => inputs.push(input),
+                Opened::Other(input) => inputs.push(*input),
             }
         }
         workers.push(Worker {
@@ -347,9 +370,8 @@ pub fn run(
     } else {
         run_threads(workers, options, stop, &mut tick)
     };
-    for program in &mut programs {
-        program.detach();
-    }
+    // The programs detach when the last reference goes (here, the workers having ended).
+    drop(programs);
     result
 }
 
@@ -473,6 +495,8 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
                     sum.packet.packets += input.packet.packets;
                     sum.packet.drops += input.packet.drops;
                     sum.packet.freezes += input.packet.freezes;
+                    sum.prefilter_dropped += input.prefilter_dropped;
+                    sum.prefilter_bypassed += input.prefilter_bypassed;
                 }
                 _ => total.inputs.push(input.clone()),
             }
@@ -531,7 +555,7 @@ impl Worker {
                     pipeline.push(frame, ts);
                 };
                 match &mut input.source {
-                    Source::Xdp(sockets) => {
+                    Source::Xdp(sockets, _) => {
                         for socket in sockets.iter_mut() {
                             got += socket.receive(Duration::ZERO, |frame| take(frame, now_ns))?;
                         }
@@ -582,7 +606,11 @@ impl Worker {
 fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
     for input in inputs.iter_mut() {
         match &mut input.source {
-            Source::Xdp(sockets) => {
+            Source::Xdp(sockets, program) => {
+                if let Some(counters) = program.as_ref().and_then(|p| p.counters().ok()) {
+                    input.stats.prefilter_dropped = counters.dropped;
+                    input.stats.prefilter_bypassed = counters.bypassed;
+                }
                 let mut kernel = XskStatistics::default();
                 for socket in sockets.iter() {
                     if let Ok(s) = socket.statistics() {
@@ -622,7 +650,7 @@ fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> 
     };
     for input in inputs {
         match &input.source {
-            Source::Xdp(sockets) => sockets.iter().for_each(|s| add(s.fd())),
+            Source::Xdp(sockets, _) => sockets.iter().for_each(|s| add(s.fd())),
             Source::Packet(receiver) => add(receiver.fd()),
             Source::Pcap(_) => {}
         }

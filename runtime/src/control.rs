@@ -143,7 +143,8 @@ pub fn answer_line(line: &str, handler: &dyn Fn(&str, &Map<String, Value>) -> An
     };
     match handler(cmd, object) {
         Ok(mut fields) => {
-            fields.insert("ok".into(), Value::Bool(true));
+            // A handler may answer `"ok": false` itself, with fields of its own.
+            fields.entry("ok").or_insert(Value::Bool(true));
             Value::Object(fields)
         }
         Err(message) => error(message),

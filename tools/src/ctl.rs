@@ -11,7 +11,8 @@ use crate::Failure;
 
 /// Talk to a running `fastedge split` over its control socket.
 ///
-/// Commands: `status`, `stats`, `ways`, `pipeline show`, `reload`, `shutdown`, `help`;
+/// Commands: `status`, `stats`, `ways`, `pipeline show`, `rules list`, `rules add RULE`,
+/// `rules del ID`, `reload`, `shutdown`, `help`;
 /// `raw JSON` sends a request as it is. Without a command, opens a shell with history
 /// (~/.fastedge_ctl_history) and `help`. The answer is printed readably, or as the JSON line
 /// the socket sent with `--json`.
@@ -77,13 +78,21 @@ fn request_for(words: &[String]) -> Result<Value, String> {
             Ok(json!({ "cmd": words[0] }))
         }
         ["pipeline"] | ["pipeline", "show"] => Ok(json!({ "cmd": "pipeline" })),
-        ["rules", rest @ ..] => Ok(json!({ "cmd": "rules", "args": rest })),
+        ["rules"] | ["rules", "list"] => Ok(json!({ "cmd": "rules", "op": "list" })),
+        ["rules", "add", rule @ ..] if !rule.is_empty() => {
+            Ok(json!({ "cmd": "rules", "op": "add", "rule": rule.join(" ") }))
+        }
+        ["rules", "del", id] => id
+            .parse::<u32>()
+            .map(|id| json!({ "cmd": "rules", "op": "del", "id": id }))
+            .map_err(|_| format!("rules del {id:?}: a rule id (from rules list)")),
+        ["rules", ..] => Err("rules list | rules add RULE | rules del ID".into()),
         ["raw", rest @ ..] if !rest.is_empty() => {
             serde_json::from_str(&rest.join(" ")).map_err(|e| format!("raw: bad JSON: {e}"))
         }
         [] => Err("no command".into()),
         [other, ..] => Err(format!(
-            "unknown command {other:?}: status, stats, ways, pipeline show, reload, shutdown, raw JSON, help"
+            "unknown command {other:?}: status, stats, ways, pipeline show, rules, reload, shutdown, raw JSON, help"
         )),
     }
 }
@@ -109,6 +118,22 @@ fn render(request: &Value, answer: &Value) -> String {
                     w["consumer_pid"]
                         .as_u64()
                         .map_or("-".to_owned(), |p| format!("pid {p}"))
+                ));
+            }
+            out
+        }
+        Some("rules") if answer.get("rules").is_some() => {
+            let mut out = String::from("  id        hits  expires  origin        rule\n");
+            for r in answer["rules"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:>4}  {:>10}  {:>7}  {:<12}  {}\n",
+                    r["id"],
+                    r["hits"],
+                    r["expires_in_s"]
+                        .as_u64()
+                        .map_or("-".to_owned(), |s| format!("{s}s")),
+                    r["origin"].as_str().unwrap_or(""),
+                    r["rule"].as_str().unwrap_or("")
                 ));
             }
             out

@@ -5,6 +5,7 @@ mod ctl;
 mod demo;
 mod gen;
 mod keyserver;
+mod rules;
 mod serve;
 mod split;
 

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, ValueEnum};
+use fastedge_ebpf::rules::{Prefilter, RuleTable};
 use fastedge_rings::{
     pipeline::{BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName},
     shm::Consumer,
@@ -50,7 +51,7 @@ pub struct SplitArgs {
     /// A pipeline declared in TOML (inputs, bricks, outputs); excludes the other options.
     /// SIGHUP or `fastedge ctl reload` reads it again; ways that exist in both keep their
     /// consumers.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "mode", "non_ip_way", "way_kib", "no_decap", "name"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "mode", "non_ip_way", "way_kib", "no_decap", "name", "rule"])]
     config: Option<PathBuf>,
 
     /// Number of ways (consumer rings).
@@ -108,6 +109,15 @@ struct CommonArgs {
     /// No control socket.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
+
+    /// An XDP pre-filter rule (repeatable), e.g. "drop src 203.0.113.0/24 proto udp dport 53";
+    /// see README, "Pre-filter". With --config, rules go in its `rules` list.
+    #[arg(long, value_name = "RULE")]
+    rule: Vec<String>,
+
+    /// Most pre-filter rules at once (config, ctl, NetControl).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    rule_capacity: u32,
 
     /// Detach into the background (logs: use --syslog); the pid goes to --pid-file.
     #[arg(long)]
@@ -190,7 +200,9 @@ fn describe(stats: &SplitStats) -> String {
         let kind = input.kind.map_or("-".to_owned(), |k| k.to_string());
         let drops = match input.kind {
             Some(InputKind::Xdp(_)) => format!(
-                "; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}",
+                "; pre-filter dropped {}, bypassed {}; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}",
+                input.prefilter_dropped,
+                input.prefilter_bypassed,
                 input.xsk.rx_ring_full,
                 input.xsk.rx_fill_ring_empty,
                 input.xsk.rx_dropped,
@@ -262,8 +274,13 @@ fn live_line(stats: &SplitStats, previous: &SplitStats) -> String {
         .iter()
         .map(|i| i.xsk.rx_ring_full + i.xsk.rx_fill_ring_empty + i.xsk.rx_dropped + i.packet.drops)
         .sum();
+    let filtered: u64 = stats
+        .inputs
+        .iter()
+        .map(|i| i.prefilter_dropped + i.prefilter_bypassed)
+        .sum();
     format!(
-        "{rate} pps | per way/s [{}] | drops: way full {full}, kernel {kernel}, non-IP {}, parse errors {}",
+        "{rate} pps | per way/s [{}] | drops: way full {full}, kernel {kernel}, pre-filter {filtered}, non-IP {}, parse errors {}",
         ways.join(" "),
         stats.non_ip,
         stats.parse_errors
@@ -317,6 +334,8 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         },
         decapsulate: true,
         way_kib: args.common.way_kib.unwrap_or(4096),
+        rules: args.common.rule.clone(),
+        rule_capacity: args.common.rule_capacity,
     };
     run_engine(config, &args.common, None)
 }
@@ -357,6 +376,8 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                 },
                 decapsulate: !args.no_decap,
                 way_kib: args.common.way_kib.unwrap_or(4096),
+                rules: args.common.rule.clone(),
+                rule_capacity: args.common.rule_capacity,
             }
         }
     };
@@ -410,9 +431,14 @@ struct Shared {
     config_path: Option<PathBuf>,
     stats: std::sync::Mutex<SplitStats>,
     started: std::time::Instant,
+    rules: Option<crate::rules::SharedRules>,
 }
 
-fn control_answer(shared: &Shared, cmd: &str) -> fastedge_runtime::control::Answer {
+fn control_answer(
+    shared: &Shared,
+    cmd: &str,
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> fastedge_runtime::control::Answer {
     use serde_json::{json, Value};
     let to_map = |v: Value| match v {
         Value::Object(m) => m,
@@ -439,7 +465,8 @@ fn control_answer(shared: &Shared, cmd: &str) -> fastedge_runtime::control::Answ
                 "pipeline": "the pipeline in use, as TOML",
                 "reload": "read the --config file again (ways of the same size keep their consumers)",
                 "shutdown": "stop",
-                "rules": "pre-filter rules (not available in this build)",
+                "rules": "pre-filter rules: list; add RULE; del ID",
+                "netcontrol": "add or remove a rule shaped like Zeek NetControl's (JSON)",
             }
         }))),
         "status" => {
@@ -488,7 +515,18 @@ fn control_answer(shared: &Shared, cmd: &str) -> fastedge_runtime::control::Answ
             shared.requests.shutdown();
             Ok(to_map(json!({ "shutdown": "started" })))
         }
-        "rules" => Err("rules: the eBPF pre-filter is not available in this build".into()),
+        "rules" | "netcontrol" => {
+            let rules = shared
+                .rules
+                .as_ref()
+                .ok_or("rules: the XDP pre-filter could not be set up (see the log)")?;
+            let mut rules = rules.lock().map_err(|_| "rules lock".to_owned())?;
+            if cmd == "rules" {
+                rules.control(request)
+            } else {
+                Ok(rules.netcontrol(request))
+            }
+        }
         other => Err(format!("unknown command {other:?}; try \"help\"")),
     }
 }
@@ -506,6 +544,45 @@ fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
             Ok(list.cpus().to_vec())
         }
     }
+}
+
+/// The pre-filter's maps and rule table, with the config's rules installed and a thread that
+/// removes expired rules. `None` when BPF maps cannot be made (no CAP_BPF) and no rule is
+/// configured: then the split runs without a pre-filter, and says so.
+#[allow(clippy::type_complexity)]
+fn set_up_rules(
+    config: &PipelineConfig,
+) -> Result<(Option<Arc<Prefilter>>, Option<crate::rules::SharedRules>), Failure> {
+    let prefilter = match Prefilter::create(config.rule_capacity) {
+        Ok(p) => Arc::new(p),
+        Err(error) if config.rules.is_empty() => {
+            tracing::warn!(%error, "no XDP pre-filter: rules cannot be added");
+            return Ok((None, None));
+        }
+        Err(error) => return Err(Failure::runtime(error)),
+    };
+    let mut rules = crate::rules::Rules::new(RuleTable::new(prefilter.clone()));
+    rules
+        .set_config_rules(&config.rules)
+        .map_err(|e| Failure::config(anyhow!(e)))?;
+    if !config.rules.is_empty() {
+        tracing::info!(rules = config.rules.len(), "pre-filter rules installed");
+    }
+    let rules = Arc::new(std::sync::Mutex::new(rules));
+    let sweeper = Arc::downgrade(&rules);
+    std::thread::spawn(move || {
+        while let Some(rules) = sweeper.upgrade() {
+            if let Ok(mut rules) = rules.lock() {
+                let gone = rules.expire();
+                if gone > 0 {
+                    tracing::info!(rules = gone, "pre-filter rules expired");
+                }
+            }
+            drop(rules);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    Ok((Some(prefilter), Some(rules)))
 }
 
 /// Removes the pid file at exit.
@@ -555,12 +632,14 @@ fn run_engine(
     };
     let requests = Arc::new(Requests::default());
     split_signals(requests.clone())?;
+    let (prefilter, rules) = set_up_rules(&config)?;
     let shared = Arc::new(Shared {
         requests: requests.clone(),
         config: std::sync::Mutex::new(config.clone()),
         config_path: config_path.map(ToOwned::to_owned),
         stats: std::sync::Mutex::new(SplitStats::default()),
         started: std::time::Instant::now(),
+        rules: rules.clone(),
     });
     let _control = if common.no_control {
         None
@@ -571,8 +650,8 @@ fn run_engine(
             .unwrap_or_else(|| default_control(&config.name()));
         let state = shared.clone();
         Some(
-            fastedge_runtime::control::ControlServer::start(&path, mode, move |cmd, _| {
-                control_answer(&state, cmd)
+            fastedge_runtime::control::ControlServer::start(&path, mode, move |cmd, request| {
+                control_answer(&state, cmd, request)
             })
             .map_err(Failure::config)?,
         )
@@ -585,6 +664,7 @@ fn run_engine(
         let options = EngineOptions {
             cores: cores.clone(),
             reuse_ways,
+            prefilter: prefilter.clone(),
         };
         let result = split::run(&config, &options, &requests.engine_stop, |stats| {
             if live {
@@ -614,7 +694,24 @@ fn run_engine(
                 .map_err(anyhow::Error::from)
                 .and_then(|text| PipelineConfig::from_toml(&text).map_err(anyhow::Error::from))
             {
-                Ok(new) => config = new,
+                Ok(new) => {
+                    if new.rule_capacity != config.rule_capacity {
+                        tracing::warn!(
+                            "reload: rule_capacity changes on restart only; keeping {}",
+                            config.rule_capacity
+                        );
+                    }
+                    if let Some(rules) = &rules {
+                        let synced = rules
+                            .lock()
+                            .map_err(|_| "rules lock".to_owned())
+                            .and_then(|mut r| r.set_config_rules(&new.rules));
+                        if let Err(error) = synced {
+                            tracing::error!("reload: rules: {error}");
+                        }
+                    }
+                    config = new;
+                }
                 Err(error) => tracing::error!(
                     path = %path.display(),
                     "reload: {error:#}; keeping the pipeline in use"
