@@ -152,7 +152,10 @@ fn ctl_drives_a_running_split() {
     let (ok, out, _) = ctl(&socket, &["rules", "list"]);
     assert!(ok && out.contains("origin"), "{out}");
     let (ok, out, _) = ctl(&socket, &["rules", "add", "block", "everything"]);
-    assert!(!ok && out.contains("starts with drop, pass or bypass"), "{out}");
+    assert!(
+        !ok && out.contains("starts with drop, pass or bypass"),
+        "{out}"
+    );
     {
         let mut raw = UnixStream::connect(&socket).unwrap();
         raw.write_all(b"this is not json\n").unwrap();
