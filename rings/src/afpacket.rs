@@ -416,8 +416,8 @@ impl PacketSender {
         Ok(Self { fd })
     }
 
-    /// Sends `frames`; returns how many the kernel took (fewer when its queue is full: the
-    /// caller retries the rest).
+    /// Sends `frames` without waiting; returns how many the kernel took (fewer when its queue
+    /// is full: the caller retries the rest or counts them).
     pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
         if frames.is_empty() {
             return Ok(0);
@@ -451,7 +451,7 @@ impl PacketSender {
                 self.fd.as_raw_fd(),
                 headers.as_mut_ptr(),
                 headers.len() as u32,
-                0,
+                libc::MSG_DONTWAIT,
             )
         };
         if rc < 0 {
@@ -462,5 +462,87 @@ impl PacketSender {
             };
         }
         Ok(rc as usize)
+    }
+}
+
+/// Counters of an interface output.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct InterfaceStats {
+    pub name: String,
+    pub sent: u64,
+    /// Frames the interface's transmit queue had no room for.
+    pub dropped: u64,
+}
+
+/// An interface as a pipeline output: frames are gathered and sent in batches (`sendmmsg`);
+/// the engine never waits on it: what the interface cannot take now is dropped and counted.
+#[derive(Debug)]
+pub struct InterfaceSink {
+    sender: PacketSender,
+    buffer: Vec<u8>,
+    frames: Vec<(usize, usize)>,
+    stats: InterfaceStats,
+}
+
+/// Frames gathered before a send.
+const SINK_BATCH: usize = 64;
+
+impl InterfaceSink {
+    pub fn open(interface: &str) -> Result<Self, PacketError> {
+        Ok(Self {
+            sender: PacketSender::open(interface, 4 << 20)?,
+            buffer: Vec::with_capacity(SINK_BATCH * 2048),
+            frames: Vec::with_capacity(SINK_BATCH),
+            stats: InterfaceStats {
+                name: interface.to_owned(),
+                ..InterfaceStats::default()
+            },
+        })
+    }
+
+    #[inline]
+    pub fn push(&mut self, frame: &[u8]) {
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(frame);
+        self.frames.push((start, frame.len()));
+        if self.frames.len() >= SINK_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Sends what was gathered.
+    pub fn flush(&mut self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        let slices: Vec<&[u8]> = self
+            .frames
+            .iter()
+            .map(|&(at, len)| &self.buffer[at..at + len])
+            .collect();
+        let mut done = 0;
+        // One retry for a momentarily full queue; then count the rest, never wait.
+        for _ in 0..2 {
+            match self.sender.send_batch(&slices[done..]) {
+                Ok(n) => done += n,
+                Err(error) => {
+                    if self.stats.dropped == 0 {
+                        tracing::warn!(interface = %self.stats.name, %error, "sending to an output interface failed");
+                    }
+                    break;
+                }
+            }
+            if done == slices.len() {
+                break;
+            }
+        }
+        self.stats.sent += done as u64;
+        self.stats.dropped += (slices.len() - done) as u64;
+        self.frames.clear();
+        self.buffer.clear();
+    }
+
+    pub fn stats(&self) -> &InterfaceStats {
+        &self.stats
     }
 }

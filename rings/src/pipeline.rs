@@ -28,6 +28,7 @@ use fastedge_wire::packet::{flow_hash, way_of, HashMode, Parsed};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    afpacket::{InterfaceSink, InterfaceStats},
     pcap::{CaptureFormat, PcapSink, Rotation},
     shm::Producer,
 };
@@ -147,6 +148,9 @@ pub enum BrickConfig {
     },
     /// A shared-memory way for a consumer application.
     Way {},
+    /// A network interface: every packet it gets is sent out of it (e.g. one end of a veth
+    /// pair whose other end an unmodified application captures on).
+    Interface { name: String },
     /// PcapWriter: every packet into a capture file.
     Pcap {
         path: PathBuf,
@@ -177,6 +181,8 @@ pub enum PipelineError {
     Shm(#[from] crate::shm::ShmError),
     #[error(transparent)]
     Pcap(#[from] crate::pcap::PcapError),
+    #[error("output interface: {0}")]
+    Interface(#[from] crate::afpacket::PacketError),
 }
 
 impl PipelineConfig {
@@ -318,6 +324,7 @@ enum Brick {
     Dup(Vec<Brick>),
     Way(usize),
     Pcap(usize),
+    Iface(usize),
 }
 
 /// Counters of one shm way.
@@ -336,6 +343,7 @@ pub struct Pipeline {
     root: Brick,
     ways: Vec<Producer>,
     pcaps: Vec<PcapSink>,
+    ifaces: Vec<InterfaceSink>,
     decapsulate: bool,
     pub non_ip: u64,
     pub parse_errors: u64,
@@ -358,7 +366,7 @@ impl Pipeline {
                 BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
                     to.iter().any(walk)
                 }
-                BrickConfig::Way {} => false,
+                BrickConfig::Way {} | BrickConfig::Interface { .. } => false,
             }
         }
         walk(&config.output)
@@ -385,6 +393,7 @@ impl Pipeline {
             reuse,
             ways: Vec::new(),
             pcaps: Vec::new(),
+            ifaces: Vec::new(),
         };
         let root = builder.brick(&config.output, 0)?;
         let mut copies: Vec<Self> = (0..lanes)
@@ -392,6 +401,7 @@ impl Pipeline {
                 root: root.clone(),
                 ways: Vec::with_capacity(builder.ways.len()),
                 pcaps: Vec::new(),
+                ifaces: Vec::new(),
                 decapsulate: config.decapsulate,
                 non_ip: 0,
                 parse_errors: 0,
@@ -404,6 +414,12 @@ impl Pipeline {
         }
         if let Some(first) = copies.first_mut() {
             first.pcaps = builder.pcaps;
+        }
+        // Each engine thread sends through sockets of its own.
+        for copy in &mut copies {
+            for name in &builder.ifaces {
+                copy.ifaces.push(InterfaceSink::open(name)?);
+            }
         }
         Ok(copies)
     }
@@ -424,10 +440,14 @@ impl Pipeline {
             }
         };
         let hash = key.map_or(0, |k| flow_hash(&k, HashMode::FiveTuple));
+        let mut outputs = Outputs {
+            ways: &mut self.ways,
+            pcaps: &mut self.pcaps,
+            ifaces: &mut self.ifaces,
+        };
         deliver(
             &self.root,
-            &mut self.ways,
-            &mut self.pcaps,
+            &mut outputs,
             frame,
             timestamp_ns,
             key.as_ref(),
@@ -435,7 +455,8 @@ impl Pipeline {
         );
     }
 
-    /// Heartbeats the ways (consumers see a live producer) and flushes capture files.
+    /// Heartbeats the ways (consumers see a live producer), flushes capture files and
+    /// interface outputs.
     pub fn housekeeping(&mut self) {
         for way in &self.ways {
             way.heartbeat();
@@ -443,6 +464,19 @@ impl Pipeline {
         for pcap in &mut self.pcaps {
             pcap.flush();
         }
+        self.flush_outputs();
+    }
+
+    /// Sends what interface outputs gathered (the engine calls it after every batch).
+    #[inline]
+    pub fn flush_outputs(&mut self) {
+        for iface in &mut self.ifaces {
+            iface.flush();
+        }
+    }
+
+    pub fn interface_stats(&self) -> Vec<InterfaceStats> {
+        self.ifaces.iter().map(|i| i.stats().clone()).collect()
     }
 
     pub fn way_stats(&self) -> Vec<WayStats> {
@@ -473,6 +507,7 @@ struct Builder {
     /// Per way, one producer per lane.
     ways: Vec<Vec<Producer>>,
     pcaps: Vec<PcapSink>,
+    ifaces: Vec<String>,
 }
 
 impl Builder {
@@ -514,6 +549,10 @@ impl Builder {
                 });
                 Brick::Way(index)
             }
+            BrickConfig::Interface { name } => {
+                self.ifaces.push(name.clone());
+                Brick::Iface(self.ifaces.len() - 1)
+            }
             BrickConfig::Pcap {
                 path,
                 format,
@@ -542,10 +581,16 @@ fn has_extension(path: &Path, ext: &str) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
+/// The outputs a frame may go to.
+struct Outputs<'a> {
+    ways: &'a mut [Producer],
+    pcaps: &'a mut [PcapSink],
+    ifaces: &'a mut [InterfaceSink],
+}
+
 fn deliver(
     brick: &Brick,
-    ways: &mut [Producer],
-    pcaps: &mut [PcapSink],
+    out: &mut Outputs<'_>,
     frame: &[u8],
     ts: u64,
     key: Option<&fastedge_wire::packet::FlowKey>,
@@ -553,12 +598,13 @@ fn deliver(
 ) {
     match brick {
         Brick::Way(i) => {
-            ways[*i].push(frame, ts, hash);
+            out.ways[*i].push(frame, ts, hash);
         }
-        Brick::Pcap(i) => pcaps[*i].write(frame, ts),
+        Brick::Pcap(i) => out.pcaps[*i].write(frame, ts),
+        Brick::Iface(i) => out.ifaces[*i].push(frame),
         Brick::Dup(to) => {
             for child in to {
-                deliver(child, ways, pcaps, frame, ts, key, hash);
+                deliver(child, out, frame, ts, key, hash);
             }
         }
         Brick::Balance {
@@ -581,7 +627,7 @@ fn deliver(
                 }
                 None => (*non_ip, hash),
             };
-            deliver(&to[child], ways, pcaps, frame, ts, key, hash);
+            deliver(&to[child], out, frame, ts, key, hash);
         }
     }
 }

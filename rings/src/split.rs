@@ -18,7 +18,7 @@ use std::{
 use fastedge_ebpf::{rules::Prefilter, XdpMode, XskRedirect};
 
 use crate::{
-    afpacket::{PacketReceiver, PacketStatistics, RingConfig},
+    afpacket::{InterfaceStats, PacketReceiver, PacketStatistics, RingConfig},
     pcap::{PcapSinkStats, PcapSource, ReplaySpeed},
     pipeline::{InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName, WayStats},
     xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
@@ -77,6 +77,7 @@ pub struct SplitStats {
     pub parse_errors: u64,
     pub ways: Vec<WayStats>,
     pub pcaps: Vec<PcapSinkStats>,
+    pub interfaces: Vec<InterfaceStats>,
 }
 
 impl SplitStats {
@@ -122,6 +123,7 @@ impl SplitError {
                 | SplitError::Pipeline(crate::pipeline::PipelineError::Invalid(_))
                 | SplitError::Pcap(_)
                 | SplitError::Pipeline(crate::pipeline::PipelineError::Pcap(_))
+                | SplitError::Pipeline(crate::pipeline::PipelineError::Interface(_))
         )
     }
 }
@@ -512,6 +514,15 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
             sum.consumer = sum.consumer.or(way.consumer);
         }
         total.pcaps.extend(part.pcaps.iter().cloned());
+        for iface in &part.interfaces {
+            match total.interfaces.iter_mut().find(|i| i.name == iface.name) {
+                Some(sum) => {
+                    sum.sent += iface.sent;
+                    sum.dropped += iface.dropped;
+                }
+                None => total.interfaces.push(iface.clone()),
+            }
+        }
     }
     total
 }
@@ -586,7 +597,9 @@ impl Worker {
             {
                 break;
             }
-            if got == 0 {
+            if got > 0 {
+                pipeline.flush_outputs();
+            } else {
                 let timeout = next_due.map_or(Duration::from_millis(100), |d| {
                     d.min(Duration::from_millis(100))
                 });
@@ -636,6 +649,7 @@ fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
         parse_errors: pipeline.parse_errors,
         ways: pipeline.way_stats(),
         pcaps: pipeline.pcap_stats(),
+        interfaces: pipeline.interface_stats(),
     }
 }
 

@@ -110,6 +110,16 @@ struct CommonArgs {
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
 
+    /// Where the ways go: `ways` (shared-memory rings) or `veth` (fastedge creates a veth pair
+    /// per way, PREFIX0/PREFIX0p …, sends each way's frames into PREFIXk, and unmodified
+    /// applications capture on PREFIXkp; the pairs are deleted at exit).
+    #[arg(long, value_enum, default_value_t = ToArg::Ways)]
+    to: ToArg,
+
+    /// Name prefix of the veth pairs of `--to veth`.
+    #[arg(long, default_value = "few")]
+    veth_prefix: String,
+
     /// An XDP pre-filter rule (repeatable), e.g. "drop src 203.0.113.0/24 proto udp dport 53";
     /// see README, "Pre-filter". With --config, rules go in its `rules` list.
     #[arg(long, value_name = "RULE")]
@@ -155,6 +165,12 @@ enum HashArg {
     Three,
     #[value(name = "5-tuple")]
     Five,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ToArg {
+    Ways,
+    Veth,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -243,6 +259,12 @@ fn describe(stats: &SplitStats) -> String {
             .collect();
         parts.push(format!("ways delivered/dropped-full {}", ways.join(" ")));
     }
+    for iface in &stats.interfaces {
+        parts.push(format!(
+            "output {}: sent {}, dropped (queue full) {}",
+            iface.name, iface.sent, iface.dropped
+        ));
+    }
     for pcap in &stats.pcaps {
         parts.push(format!(
             "{}: written {} ({} bytes) in {} file(s), write errors {}",
@@ -329,8 +351,8 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         name: args.common.name.clone(),
         inputs: inputs(&args.interfaces, &[], mode_of(&args.common), false),
         output: BrickConfig::Dup {
-            ways: Some(args.ways),
-            to: Vec::new(),
+            ways: (args.common.to == ToArg::Ways).then_some(args.ways),
+            to: veth_outputs(&args.common, args.ways),
         },
         decapsulate: true,
         way_kib: args.common.way_kib.unwrap_or(4096),
@@ -370,8 +392,8 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                         Some(HashArg::Three) => HashName::Three,
                         Some(HashArg::Five) | None => HashName::Five,
                     },
-                    ways: Some(args.ways.unwrap_or(4)),
-                    to: Vec::new(),
+                    ways: (args.common.to == ToArg::Ways).then_some(args.ways.unwrap_or(4)),
+                    to: veth_outputs(&args.common, args.ways.unwrap_or(4)),
                     non_ip: args.non_ip_way.unwrap_or(0),
                 },
                 decapsulate: !args.no_decap,
@@ -594,6 +616,90 @@ impl Drop for PidFile {
     }
 }
 
+/// Interface outputs of the pipeline.
+fn veth_count(config: &PipelineConfig) -> u32 {
+    match &config.output {
+        BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
+            to.iter()
+                .filter(|b| matches!(b, BrickConfig::Interface { .. }))
+                .count() as u32
+        }
+        _ => 0,
+    }
+}
+
+/// Interface bricks for `--to veth`: PREFIX0 … PREFIX(n-1).
+fn veth_outputs(common: &CommonArgs, ways: u32) -> Vec<BrickConfig> {
+    if common.to != ToArg::Veth {
+        return Vec::new();
+    }
+    (0..ways)
+        .map(|k| BrickConfig::Interface {
+            name: format!("{}{k}", common.veth_prefix),
+        })
+        .collect()
+}
+
+/// veth pairs made for `--to veth`, deleted when dropped.
+struct VethPairs(Vec<String>);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip {}: {e} (iproute2 installed?)", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl VethPairs {
+    fn create(prefix: &str, ways: u32) -> Result<Self, Failure> {
+        let mut made = Self(Vec::new());
+        for k in 0..ways {
+            let name = format!("{prefix}{k}");
+            let peer = format!("{name}p");
+            if peer.len() > 15 {
+                return Err(Failure::config(anyhow!(
+                    "--veth-prefix {prefix:?}: {peer} is longer than an interface name may be (15)"
+                )));
+            }
+            if std::path::Path::new("/sys/class/net").join(&name).exists() {
+                return Err(Failure::config(anyhow!(
+                    "interface {name} exists already: remove it or pick another --veth-prefix"
+                )));
+            }
+            ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])
+                .map_err(|e| Failure::runtime(anyhow!(e)))?;
+            made.0.push(name.clone());
+            for dev in [&name, &peer] {
+                // No IPv6 chatter (router solicitations, DAD) on capture interfaces.
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
+                ip(&["link", "set", dev, "up"]).map_err(|e| Failure::runtime(anyhow!(e)))?;
+            }
+        }
+        tracing::info!(
+            pairs = made.0.len(),
+            "veth outputs: frames of way k leave on {prefix}k; capture on {prefix}kp"
+        );
+        Ok(made)
+    }
+}
+
+impl Drop for VethPairs {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
 /// The default control socket of split `name`.
 pub(crate) fn default_control(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/fastedge/split-{name}.sock"))
@@ -629,6 +735,13 @@ fn run_engine(
             Some(PidFile(path.clone()))
         }
         None => None,
+    };
+    let _veths = match common.to {
+        ToArg::Veth if config_path.is_none() => Some(VethPairs::create(
+            &common.veth_prefix,
+            config.way_count().max(veth_count(&config)),
+        )?),
+        _ => None,
     };
     let requests = Arc::new(Requests::default());
     split_signals(requests.clone())?;

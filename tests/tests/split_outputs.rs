@@ -1,0 +1,198 @@
+//! Interfaces as outputs: `fastedge split --to veth` makes a veth pair per way and sends each
+//! way's frames into it; tcpdump on each pair's far end sees its share — the flows the hash
+//! gives that way, both directions — and nothing else; the pairs go away at exit.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use fastedge_rings::pcap::{PcapSource, ReplaySpeed};
+use fastedge_tests::{
+    netns::VethPair,
+    process::{fastedge_bin, Fastedge},
+    require_tool, TempDir,
+};
+use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
+
+/// A running tcpdump and the thread that collects its pcap output.
+struct Capture(
+    std::process::Child,
+    Option<std::thread::JoinHandle<Vec<u8>>>,
+);
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tcpdump writing everything `dev` receives in namespace `ns` to its standard output (pcap),
+/// once it listens.
+fn tcpdump(ns: &str, dev: &str) -> Capture {
+    let mut child = Command::new("ip")
+        // Immediate mode: packets are handed over as they come, not when a ring block fills or
+        // times out (a capture stopped early would lose them).
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "tcpdump",
+            "--immediate-mode",
+            "-B",
+            "16384",
+            "-i",
+            dev,
+            "-U",
+            "-n",
+            "-w",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let collector = std::thread::spawn(move || {
+        let mut pcap = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut pcap);
+        pcap
+    });
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect("tcpdump ended").unwrap();
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("tcpdump {line}");
+        }
+    });
+    Capture(child, Some(collector))
+}
+
+#[test]
+fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
+    require_tool("tcpdump", "tcpdump");
+    let pair = VethPair::new();
+    let dir = TempDir::new("veth-outputs");
+    let prefix = format!("fo{}x", std::process::id() % 100_000);
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &[
+            "split",
+            &pair.dev_a,
+            "--ways",
+            "3",
+            "--to",
+            "veth",
+            "--veth-prefix",
+            &prefix,
+            "--no-control",
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let files: Vec<_> = (0..3)
+        .map(|k| dir.path().join(format!("out{k}.pcap")))
+        .collect();
+    let captures: Vec<Capture> = (0..3)
+        .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
+        .collect();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.ns_b])
+        .arg(fastedge_bin())
+        .args([
+            "gen",
+            &pair.dev_b,
+            "--flows",
+            "300",
+            "--count",
+            "3000",
+            "--rate",
+            "3000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for c in &captures {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    }
+    for (mut capture, file) in captures.into_iter().zip(&files) {
+        let _ = capture.0.wait();
+        let pcap = capture.1.take().unwrap().join().unwrap();
+        std::fs::write(file, pcap).unwrap();
+    }
+
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut flow_output: HashMap<u32, usize> = HashMap::new();
+    for (k, file) in files.iter().enumerate() {
+        let mut source = PcapSource::open(file, ReplaySpeed::Fast).unwrap();
+        while !source.finished() {
+            source
+                .receive(1024, |frame, _| {
+                    let Some((flow, seq)) = fastedge_wire::synth::marker(frame) else {
+                        panic!("output {k} carried a frame that is not ours: {frame:02x?}");
+                    };
+                    assert!(seen.insert(seq, k).is_none(), "frame {seq} on two outputs");
+                    assert_eq!(
+                        *flow_output.entry(flow).or_insert(k),
+                        k,
+                        "flow {flow} on one output"
+                    );
+                    // The same way the shared-memory path would give it.
+                    let Ok(Parsed::Ip(key)) = parse(frame, true) else {
+                        panic!("not IP");
+                    };
+                    assert_eq!(way_of(flow_hash(&key, HashMode::FiveTuple), 3) as usize, k);
+                })
+                .unwrap();
+        }
+    }
+    if seen.len() != 3000 {
+        split.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = split.wait_exit(Duration::from_secs(10));
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .collect();
+        panic!(
+            "{} of 3000 frames on the outputs (capture sizes {sizes:?}); log:\n{}",
+            seen.len(),
+            split.log_text()
+        );
+    }
+    let used: HashSet<usize> = flow_output.values().copied().collect();
+    assert_eq!(used.len(), 3);
+
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    assert!(log.contains(&format!("output {prefix}0: sent")), "{log}");
+    let links = Command::new("ip")
+        .args(["-n", &pair.ns_a, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(&prefix),
+        "veth pairs removed at exit: {links}"
+    );
+}
