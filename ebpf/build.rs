@@ -5,10 +5,11 @@ use std::{env, path::PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["xsk_redirect"];
+const PROGRAMS: &[&str] = &["xsk_redirect", "split_fast"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo:rerun-if-changed=src/bpf/prefilter.h");
     for name in PROGRAMS {
         let source = format!("src/bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={source}");

@@ -8,6 +8,7 @@
 //!
 //! Does not own: userspace packet handling or the AF_XDP sockets themselves (`fastedge-rings`).
 
+pub mod fast;
 pub mod rules;
 mod sys;
 
@@ -126,6 +127,90 @@ impl fmt::Debug for XskRedirect {
     }
 }
 
+/// A loaded BPF object, to take maps and programs from.
+pub(crate) struct Loaded {
+    name: &'static str,
+    object: libbpf_rs::Object,
+}
+
+impl Loaded {
+    /// Opens `bytes` and loads it; with `prefilter`, the object's pre-filter maps are the
+    /// pre-filter's own (shared).
+    pub(crate) fn load(
+        name: &'static str,
+        bytes: &[u8],
+        prefilter: Option<&rules::Prefilter>,
+    ) -> Result<Self, EbpfError> {
+        let load = |source| EbpfError::Load {
+            object: name,
+            source,
+        };
+        let mut open = ObjectBuilder::default().open_memory(bytes).map_err(load)?;
+        if let Some(prefilter) = prefilter {
+            for mut map in open.maps_mut() {
+                let map_name = map.name().to_string_lossy().into_owned();
+                if let Some(fd) = prefilter.fd_for(&map_name) {
+                    map.reuse_fd(fd).map_err(load)?;
+                }
+            }
+        }
+        Ok(Self {
+            name,
+            object: open.load().map_err(load)?,
+        })
+    }
+
+    pub(crate) fn map(&self, name: &'static str) -> Result<MapHandle, EbpfError> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or(EbpfError::Missing {
+                object: self.name,
+                kind: "map",
+                name,
+            })?;
+        MapHandle::try_from(&map).map_err(|source| EbpfError::Map {
+            op: "duplicating fd",
+            map: name,
+            source,
+        })
+    }
+
+    pub(crate) fn program(&self, name: &'static str) -> Result<OwnedFd, EbpfError> {
+        self.object
+            .progs()
+            .find(|p| p.name() == name)
+            .ok_or(EbpfError::Missing {
+                object: self.name,
+                kind: "program",
+                name,
+            })?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::Load {
+                object: self.name,
+                source: source.into(),
+            })
+    }
+}
+
+/// Sums a per-CPU u64 slot over CPUs.
+pub(crate) fn percpu_sum(map: &MapHandle, slot: u32, name: &'static str) -> Result<u64, EbpfError> {
+    Ok(map
+        .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|source| EbpfError::Map {
+            op: "reading counters",
+            map: name,
+            source,
+        })?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|bytes| bytes.get(..8)?.try_into().ok())
+        .map(u64::from_ne_bytes)
+        .sum())
+}
+
 const OBJECT: &str = "xsk_redirect.bpf.o";
 const PROGRAM: &str = "xsk_redirect";
 
@@ -139,57 +224,11 @@ impl XskRedirect {
     /// Loads the program; with `prefilter`, its rule maps are those of the pre-filter (shared
     /// by every program loaded with it, and kept when the program goes).
     pub fn load_with(prefilter: Option<&rules::Prefilter>) -> Result<Self, EbpfError> {
-        let load = |source| EbpfError::Load {
-            object: OBJECT,
-            source,
-        };
-        let mut open = ObjectBuilder::default()
-            .open_memory(XSK_REDIRECT_OBJECT)
-            .map_err(load)?;
-        if let Some(prefilter) = prefilter {
-            for mut map in open.maps_mut() {
-                let name = map.name().to_string_lossy().into_owned();
-                if let Some(fd) = prefilter.fd_for(&name) {
-                    map.reuse_fd(fd).map_err(load)?;
-                }
-            }
-        }
-        let object = open.load().map_err(load)?;
-        let map = |name: &'static str| -> Result<MapHandle, EbpfError> {
-            let map = object
-                .maps()
-                .find(|m| m.name() == name)
-                .ok_or(EbpfError::Missing {
-                    object: OBJECT,
-                    kind: "map",
-                    name,
-                })?;
-            MapHandle::try_from(&map).map_err(|source| EbpfError::Map {
-                op: "duplicating fd",
-                map: name,
-                source,
-            })
-        };
-        let xsks = map("xsks")?;
-        let counters = map("counters")?;
-        let program = object
-            .progs()
-            .find(|p| p.name() == PROGRAM)
-            .ok_or(EbpfError::Missing {
-                object: OBJECT,
-                kind: "program",
-                name: PROGRAM,
-            })?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| EbpfError::Load {
-                object: OBJECT,
-                source: source.into(),
-            })?;
+        let loaded = Loaded::load(OBJECT, XSK_REDIRECT_OBJECT, prefilter)?;
         Ok(Self {
-            program,
-            xsks,
-            counters,
+            program: loaded.program(PROGRAM)?,
+            xsks: loaded.map("xsks")?,
+            counters: loaded.map("counters")?,
             attachment: None,
         })
     }
@@ -262,20 +301,7 @@ impl XskRedirect {
     pub fn counters(&self) -> Result<XskRedirectCounters, EbpfError> {
         let mut totals = [0u64; COUNTER_SLOTS as usize];
         for (slot, total) in (0..COUNTER_SLOTS).zip(totals.iter_mut()) {
-            let per_cpu = self
-                .counters
-                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| EbpfError::Map {
-                    op: "reading counters",
-                    map: "counters",
-                    source,
-                })?
-                .unwrap_or_default();
-            *total = per_cpu
-                .iter()
-                .filter_map(|bytes| bytes.get(..8)?.try_into().ok())
-                .map(u64::from_ne_bytes)
-                .sum();
+            *total = percpu_sum(&self.counters, slot, "counters")?;
         }
         let [seen, redirected, passed, dropped, bypassed] = totals;
         Ok(XskRedirectCounters {
