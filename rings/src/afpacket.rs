@@ -472,6 +472,8 @@ pub struct InterfaceStats {
     pub sent: u64,
     /// Frames the interface's transmit queue had no room for.
     pub dropped: u64,
+    /// Frames the in-kernel path sent to it (never seen by userspace).
+    pub sent_in_kernel: u64,
 }
 
 /// An interface as a pipeline output: frames are gathered and sent in batches (`sendmmsg`);

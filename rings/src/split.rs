@@ -15,12 +15,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_ebpf::{rules::Prefilter, XdpMode, XskRedirect};
+use fastedge_ebpf::{
+    fast::{FastMode, SplitFast},
+    rules::Prefilter,
+    XdpMode, XskRedirect,
+};
 
 use crate::{
     afpacket::{InterfaceStats, PacketReceiver, PacketStatistics, RingConfig},
     pcap::{PcapSinkStats, PcapSource, ReplaySpeed},
-    pipeline::{InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName, WayStats},
+    pipeline::{
+        BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
+        WayStats,
+    },
     xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
 };
 
@@ -67,6 +74,8 @@ pub struct InputStats {
     pub prefilter_dropped: u64,
     /// Frames the XDP pre-filter handed to the kernel instead of the ways (`bypass` rules).
     pub prefilter_bypassed: u64,
+    /// With the in-kernel path: frames it sent to outputs without userspace.
+    pub in_kernel: Option<u64>,
 }
 
 /// Counters of a running split; every drop has a named cause.
@@ -145,7 +154,7 @@ fn rx_queues(interface: &str) -> u32 {
 enum Source {
     /// AF_XDP sockets of some receive queues of one interface, and (for one worker per
     /// interface) the program, whose counters it reports.
-    Xdp(Vec<XskReceiver>, Option<Arc<XskRedirect>>),
+    Xdp(Vec<XskReceiver>, Option<Arc<XdpProgram>>),
     Packet(PacketReceiver),
     Pcap(PcapSource),
 }
@@ -157,19 +166,144 @@ struct Input {
 
 /// An interface read through XDP: the attached program and one socket per receive queue.
 struct XdpInput {
-    program: Arc<XskRedirect>,
+    program: Arc<XdpProgram>,
     sockets: Vec<XskReceiver>,
+}
+
+/// The XDP program on an input: the AF_XDP redirect, or the in-kernel split.
+enum XdpProgram {
+    Redirect(XskRedirect),
+    Fast(Box<SplitFast>),
+}
+
+impl XdpProgram {
+    fn register_socket(&self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), SplitError> {
+        match self {
+            XdpProgram::Redirect(p) => p.register_socket(queue, socket)?,
+            XdpProgram::Fast(p) => p.register_socket(queue, socket)?,
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), SplitError> {
+        match self {
+            XdpProgram::Redirect(p) => p.attach(ifindex, mode)?,
+            XdpProgram::Fast(p) => p.attach(ifindex, mode)?,
+        }
+        Ok(())
+    }
+}
+
+/// The in-kernel path for a pipeline whose one stage sends only to interfaces.
+#[derive(Debug, Clone)]
+pub struct FastPlan {
+    /// Output interface indexes, in output order.
+    outputs: Vec<u32>,
+    /// Far ends of veth outputs, which need an XDP program to receive redirected frames.
+    peers: Vec<u32>,
+    mode: FastMode,
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// The interface in this namespace with index `index`.
+fn name_of(index: u32) -> Option<String> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let i: u32 = std::fs::read_to_string(e.path().join("ifindex"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (i == index).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+}
+
+/// Whether `config` can run in the kernel, and how; the reason when not.
+pub fn fast_plan(config: &PipelineConfig) -> Result<FastPlan, String> {
+    let input = match config.inputs.as_slice() {
+        [one] => one,
+        _ => return Err("several inputs".into()),
+    };
+    if input.interface.is_none() || input.mode == InputMode::AfPacket {
+        return Err("the input is not read through XDP".into());
+    }
+    let (outputs, mode) = match &config.output {
+        BrickConfig::Balance {
+            hash, to, non_ip, ..
+        } => (
+            to,
+            FastMode::Balance {
+                hash_tuple: match hash {
+                    HashName::Two => 2,
+                    HashName::Three => 3,
+                    HashName::Five => 5,
+                },
+                non_ip: *non_ip,
+            },
+        ),
+        BrickConfig::Dup { to, .. } => (to, FastMode::Duplicate),
+        _ => return Err("the pipeline is not one balance or duplicate stage".into()),
+    };
+    if !config.decapsulate {
+        return Err("decapsulate = false (the kernel path hashes inner flows of tunnels in userspace only when decapsulating)".into());
+    }
+    let mut plan = FastPlan {
+        outputs: Vec::new(),
+        peers: Vec::new(),
+        mode,
+    };
+    if outputs.is_empty() || outputs.len() > fastedge_ebpf::fast::MAX_OUTPUTS as usize {
+        return Err("the stage's outputs are not all interfaces".into());
+    }
+    for output in outputs {
+        let BrickConfig::Interface { name } = output else {
+            return Err("the stage's outputs are not all interfaces".into());
+        };
+        let index = ifindex_of(name).ok_or_else(|| format!("output {name} not found"))?;
+        plan.outputs.push(index);
+        let link: u32 = std::fs::read_to_string(format!("/sys/class/net/{name}/iflink"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(index);
+        if link != index {
+            // A veth (or similar pair): its far end must be here to get an XDP program.
+            let peer = name_of(link)
+                .filter(|peer| {
+                    std::fs::read_to_string(format!("/sys/class/net/{peer}/iflink"))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok())
+                        == Some(index)
+                })
+                .ok_or_else(|| format!("output {name}'s far end is in another namespace"))?;
+            plan.peers.push(ifindex_of(&peer).unwrap_or(link));
+        }
+    }
+    Ok(plan)
 }
 
 fn open_xdp(
     interface: &str,
     mode: XdpMode,
     prefilter: Option<&Prefilter>,
+    fast: Option<&FastPlan>,
 ) -> Result<XdpInput, SplitError> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .map_err(|_| SplitError::NoInterface(interface.to_owned()))?;
-    let mut program = XskRedirect::load_with(prefilter)?;
-    program.attach(ifindex, mode)?;
+    let mut program = match fast {
+        None => XdpProgram::Redirect(XskRedirect::load_with(prefilter)?),
+        Some(plan) => {
+            let mut fast = SplitFast::load(prefilter, &plan.outputs, plan.mode)?;
+            for &peer in &plan.peers {
+                fast.attach_pass(peer)?;
+            }
+            XdpProgram::Fast(Box::new(fast))
+        }
+    };
     let queues = rx_queues(interface);
     let socket_config = XskConfig::new(2048, 2048, 1024, XskBindMode::Copy)?;
     let mut sockets = Vec::with_capacity(queues as usize);
@@ -178,6 +312,8 @@ fn open_xdp(
         program.register_socket(queue, socket.fd())?;
         sockets.push(socket);
     }
+    // Attach last: every queue has its socket before the first frame is redirected.
+    program.attach(ifindex, mode)?;
     Ok(XdpInput {
         program: Arc::new(program),
         sockets,
@@ -190,7 +326,11 @@ enum Opened {
     Other(Box<Input>),
 }
 
-fn open_input(config: &InputConfig, prefilter: Option<&Prefilter>) -> Result<Opened, SplitError> {
+fn open_input(
+    config: &InputConfig,
+    prefilter: Option<&Prefilter>,
+    fast: Option<&FastPlan>,
+) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
             SpeedName::Fast => ReplaySpeed::Fast,
@@ -231,19 +371,19 @@ fn open_input(config: &InputConfig, prefilter: Option<&Prefilter>) -> Result<Ope
     };
     match config.mode {
         InputMode::XdpNative => Ok(xdp(
-            open_xdp(&interface, XdpMode::Native, prefilter)?,
+            open_xdp(&interface, XdpMode::Native, prefilter, fast)?,
             XdpMode::Native,
         )),
         InputMode::XdpSkb => Ok(xdp(
-            open_xdp(&interface, XdpMode::Skb, prefilter)?,
+            open_xdp(&interface, XdpMode::Skb, prefilter, fast)?,
             XdpMode::Skb,
         )),
         InputMode::AfPacket => af_packet(),
-        InputMode::Auto => match open_xdp(&interface, XdpMode::Native, prefilter) {
+        InputMode::Auto => match open_xdp(&interface, XdpMode::Native, prefilter, fast) {
             Ok(input) => Ok(xdp(input, XdpMode::Native)),
             Err(native) => {
                 tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
-                match open_xdp(&interface, XdpMode::Skb, prefilter) {
+                match open_xdp(&interface, XdpMode::Skb, prefilter, fast) {
                     Ok(input) => Ok(xdp(input, XdpMode::Skb)),
                     Err(skb) => {
                         tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
@@ -266,6 +406,8 @@ pub struct EngineOptions {
     /// Pre-filter rule maps for the XDP programs (shared, kept across reloads); `None`: the
     /// programs filter nothing.
     pub prefilter: Option<Arc<Prefilter>>,
+    /// Run the pipeline in the kernel when it can ([`fast_plan`]).
+    pub fast_path: bool,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -296,10 +438,27 @@ pub fn run(
     mut tick: impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
     config.validate()?;
+    let plan = if options.fast_path {
+        match fast_plan(config) {
+            Ok(plan) => {
+                tracing::info!(
+                    outputs = plan.outputs.len(),
+                    "in-kernel fast path: XDP hashes and redirects to the output interfaces (DEVMAP); frames it cannot parse as userspace does go through userspace"
+                );
+                Some(plan)
+            }
+            Err(why) => {
+                tracing::debug!("in-kernel fast path not used: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut opened = config
         .inputs
         .iter()
-        .map(|input| open_input(input, options.prefilter.as_deref()))
+        .map(|input| open_input(input, options.prefilter.as_deref(), plan.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let mut programs = Vec::new();
     let per_queue = match opened.as_slice() {
@@ -499,6 +658,10 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
                     sum.packet.freezes += input.packet.freezes;
                     sum.prefilter_dropped += input.prefilter_dropped;
                     sum.prefilter_bypassed += input.prefilter_bypassed;
+                    sum.in_kernel = match (sum.in_kernel, input.in_kernel) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
                 }
                 _ => total.inputs.push(input.clone()),
             }
@@ -519,6 +682,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
                 Some(sum) => {
                     sum.sent += iface.sent;
                     sum.dropped += iface.dropped;
+                    sum.sent_in_kernel += iface.sent_in_kernel;
                 }
                 None => total.interfaces.push(iface.clone()),
             }
@@ -617,12 +781,29 @@ impl Worker {
 }
 
 fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
+    let mut interfaces = pipeline.interface_stats();
+    let mut fast_outputs = vec![0u64; interfaces.len()];
     for input in inputs.iter_mut() {
         match &mut input.source {
             Source::Xdp(sockets, program) => {
-                if let Some(counters) = program.as_ref().and_then(|p| p.counters().ok()) {
-                    input.stats.prefilter_dropped = counters.dropped;
-                    input.stats.prefilter_bypassed = counters.bypassed;
+                match program.as_deref() {
+                    Some(XdpProgram::Redirect(p)) => {
+                        if let Ok(counters) = p.counters() {
+                            input.stats.prefilter_dropped = counters.dropped;
+                            input.stats.prefilter_bypassed = counters.bypassed;
+                        }
+                    }
+                    Some(XdpProgram::Fast(p)) => {
+                        if let Ok(counters) = p.counters() {
+                            input.stats.prefilter_dropped = counters.dropped;
+                            input.stats.prefilter_bypassed = counters.bypassed;
+                            input.stats.in_kernel = Some(counters.in_kernel);
+                        }
+                        for (index, iface) in (0u32..).zip(fast_outputs.iter_mut()) {
+                            *iface = p.output_frames(index).unwrap_or(0);
+                        }
+                    }
+                    None => {}
                 }
                 let mut kernel = XskStatistics::default();
                 for socket in sockets.iter() {
@@ -649,7 +830,12 @@ fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
         parse_errors: pipeline.parse_errors,
         ways: pipeline.way_stats(),
         pcaps: pipeline.pcap_stats(),
-        interfaces: pipeline.interface_stats(),
+        interfaces: {
+            for (iface, kernel) in interfaces.iter_mut().zip(fast_outputs) {
+                iface.sent_in_kernel = kernel;
+            }
+            interfaces
+        },
     }
 }
 

@@ -1,6 +1,8 @@
 //! Interfaces as outputs: `fastedge split --to veth` makes a veth pair per way and sends each
 //! way's frames into it; tcpdump on each pair's far end sees its share — the flows the hash
-//! gives that way, both directions — and nothing else; the pairs go away at exit.
+//! gives that way, both directions — and nothing else; the pairs go away at exit. The same in
+//! the kernel (XDP + DEVMAP, picked by itself) and in userspace (`--no-fast-path`): each flow
+//! lands on the same output.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -80,27 +82,35 @@ fn tcpdump(ns: &str, dev: &str) -> Capture {
     Capture(child, Some(collector))
 }
 
-#[test]
-fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
+/// Splits 3000 generated frames to 3 veth outputs and captures each; returns each flow's
+/// output. `fast`: the in-kernel path (the default); else `--no-fast-path`.
+fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
     let dir = TempDir::new("veth-outputs");
-    let prefix = format!("fo{}x", std::process::id() % 100_000);
-    let mut split = Fastedge::start_in(
-        Some(&pair.ns_a),
-        &[
-            "split",
-            &pair.dev_a,
-            "--ways",
-            "3",
-            "--to",
-            "veth",
-            "--veth-prefix",
-            &prefix,
-            "--no-control",
-        ],
-        &[("FASTEDGE_LOG", "info")],
+    // Unique per call: tests run in parallel in one process.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!(
+        "fo{}{n}{}",
+        std::process::id() % 100_000,
+        if fast { "k" } else { "u" }
     );
+    let mut args = vec![
+        "split",
+        &pair.dev_a,
+        "--ways",
+        "3",
+        "--to",
+        "veth",
+        "--veth-prefix",
+        &prefix,
+        "--no-control",
+    ];
+    if !fast {
+        args.push("--no-fast-path");
+    }
+    let mut split = Fastedge::start_in(Some(&pair.ns_a), &args, &[("FASTEDGE_LOG", "info")]);
     split.wait_for_logged("split running", Duration::from_secs(15));
     let files: Vec<_> = (0..3)
         .map(|k| dir.path().join(format!("out{k}.pcap")))
@@ -186,6 +196,19 @@ fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
     assert!(split.terminate(Duration::from_secs(10)).success());
     let log = split.log_text();
     assert!(log.contains(&format!("output {prefix}0: sent")), "{log}");
+    assert_eq!(
+        log.contains("in-kernel fast path: XDP hashes"),
+        fast,
+        "the log says which path ran: {log}"
+    );
+    if fast {
+        assert!(
+            log.contains("in-kernel fast path: 3000 frames"),
+            "every frame split in the kernel: {log}"
+        );
+    } else {
+        assert!(log.contains("(+0 in the kernel)"), "{log}");
+    }
     let links = Command::new("ip")
         .args(["-n", &pair.ns_a, "-o", "link", "show"])
         .output()
@@ -195,4 +218,91 @@ fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
         !links.contains(&prefix),
         "veth pairs removed at exit: {links}"
     );
+    flow_output
+}
+
+#[test]
+fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
+    split_to_veths(false);
+}
+
+#[test]
+fn the_in_kernel_path_splits_exactly_as_userspace_does() {
+    let kernel = split_to_veths(true);
+    let user = split_to_veths(false);
+    assert_eq!(kernel.len(), 300);
+    assert_eq!(kernel, user, "each flow to the same output on both paths");
+}
+
+#[test]
+fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
+    require_tool("tcpdump", "tcpdump");
+    let pair = VethPair::new();
+    let prefix = format!("fd{}x", std::process::id() % 100_000);
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &[
+            "dup",
+            &pair.dev_a,
+            "--ways",
+            "2",
+            "--to",
+            "veth",
+            "--veth-prefix",
+            &prefix,
+            "--no-control",
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let captures: Vec<Capture> = (0..2)
+        .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
+        .collect();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.ns_b])
+        .arg(fastedge_bin())
+        .args([
+            "gen",
+            &pair.dev_b,
+            "--flows",
+            "50",
+            "--count",
+            "1000",
+            "--rate",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for mut capture in captures {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(capture.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let _ = capture.0.wait();
+        let pcap = capture.1.take().unwrap().join().unwrap();
+        let dir = TempDir::new("dup-veth");
+        let file = dir.path().join("cap.pcap");
+        std::fs::write(&file, pcap).unwrap();
+        let mut source = PcapSource::open(&file, ReplaySpeed::Fast).unwrap();
+        let mut seqs = HashSet::new();
+        while !source.finished() {
+            source
+                .receive(1024, |frame, _| {
+                    let (_, seq) = fastedge_wire::synth::marker(frame).expect("only our frames");
+                    assert!(seqs.insert(seq), "frame {seq} twice");
+                })
+                .unwrap();
+        }
+        assert_eq!(seqs.len(), 1000, "every frame on every output");
+    }
+    assert!(split.terminate(Duration::from_secs(10)).success());
+    let log = split.log_text();
+    assert!(log.contains("in-kernel fast path: 1000 frames"), "{log}");
 }

@@ -116,6 +116,11 @@ struct CommonArgs {
     #[arg(long, value_enum, default_value_t = ToArg::Ways)]
     to: ToArg,
 
+    /// Keep frames in userspace even when the pipeline could run in the kernel (one balance
+    /// or duplicate stage whose outputs are all interfaces, one XDP input).
+    #[arg(long)]
+    no_fast_path: bool,
+
     /// Name prefix of the veth pairs of `--to veth`.
     #[arg(long, default_value = "few")]
     veth_prefix: String,
@@ -230,8 +235,11 @@ fn describe(stats: &SplitStats) -> String {
             ),
             _ => String::new(),
         };
+        let kernel = input.in_kernel.map_or(String::new(), |n| {
+            format!("; in-kernel fast path: {n} frames")
+        });
         parts.push(format!(
-            "{} ({kind}, {} queue(s)): received {} ({} bytes){drops}",
+            "{} ({kind}, {} queue(s)): received {} ({} bytes){kernel}{drops}",
             input.name, input.queues, input.received, input.bytes
         ));
     }
@@ -261,8 +269,8 @@ fn describe(stats: &SplitStats) -> String {
     }
     for iface in &stats.interfaces {
         parts.push(format!(
-            "output {}: sent {}, dropped (queue full) {}",
-            iface.name, iface.sent, iface.dropped
+            "output {}: sent {} (+{} in the kernel), dropped (queue full) {}",
+            iface.name, iface.sent, iface.sent_in_kernel, iface.dropped
         ));
     }
     for pcap in &stats.pcaps {
@@ -778,6 +786,7 @@ fn run_engine(
             cores: cores.clone(),
             reuse_ways,
             prefilter: prefilter.clone(),
+            fast_path: !common.no_fast_path,
         };
         let result = split::run(&config, &options, &requests.engine_stop, |stats| {
             if live {
