@@ -1,5 +1,6 @@
 //! Helpers for the split suites: way files removed however a test ends, consumers attached
-//! once the ways exist, and what generated frames (`fastedge gen` markers) arrived where.
+//! once the ways exist, what generated frames (`fastedge gen` markers) arrived where, and
+//! `fastedge gen` itself in a namespace.
 
 use std::{
     collections::HashMap,
@@ -69,4 +70,21 @@ pub fn read_markers(consumers: &mut [Consumer], expected: usize, quiet: Duration
         }
     }
     seen
+}
+
+/// Runs `fastedge gen DEV ARGS…` in namespace `ns` to completion (panics if it fails);
+/// returns its log.
+pub fn gen(ns: &str, dev: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(crate::process::fastedge_bin())
+        .args(["gen", dev])
+        .args(args)
+        .env("FASTEDGE_LOG", "info")
+        .output()
+        .expect("running fastedge gen");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "gen failed: {log}");
+    assert!(log.contains("gen done: sent"), "{log}");
+    log
 }

@@ -17,7 +17,7 @@ use std::{
 use fastedge_tests::{
     netns::VethPair,
     process::{fastedge_bin, Fastedge},
-    ways::{attach, read_markers, WayFiles},
+    ways::{attach, gen, read_markers, WayFiles},
     TempDir,
 };
 
@@ -45,23 +45,20 @@ fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap()
 }
 
-fn gen(pair: &VethPair, count: u64, first_seq: u64) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pair.ns_b])
-        .arg(fastedge_bin())
-        .args(["gen", &pair.dev_b, "--flows", "100", "--rate", "20000"])
-        .args([
+fn send(pair: &VethPair, count: u64, first_seq: u64) {
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &[
+            "--flows",
+            "100",
+            "--rate",
+            "20000",
             "--count",
             &count.to_string(),
             "--first-seq",
             &first_seq.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 
@@ -114,7 +111,7 @@ fn ctl_drives_a_running_split() {
     assert_eq!(status["ways"], 2);
     assert_eq!(status["inputs"][0]["mode"], "AF_XDP, XDP native mode");
     let mut consumers = attach(&name, 0..2);
-    gen(&pair, 1000, 0);
+    send(&pair, 1000, 0);
     wait_until("stats to count 1000 frames", || {
         ctl_json(&socket, &["stats"])["stats"]["inputs"][0]["received"] == 1000
     });
@@ -184,7 +181,7 @@ fn ctl_drives_a_running_split() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let mut third = attach(&name, 2..3);
-    gen(&pair, 3000, 10_000);
+    send(&pair, 3000, 10_000);
     let before = read_markers(&mut consumers, 3000, Duration::from_secs(2));
     let after_third = read_markers(&mut third, 3000, Duration::from_millis(500));
     let reached: usize = (10_000..13_000u64)

@@ -15,11 +15,7 @@ use std::{
 };
 
 use fastedge_rings::pcap::{PcapSource, ReplaySpeed};
-use fastedge_tests::{
-    netns::VethPair,
-    process::{fastedge_bin, Fastedge},
-    require_tool, TempDir,
-};
+use fastedge_tests::{netns::VethPair, process::Fastedge, require_tool, ways::gen, TempDir};
 use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
 
 /// A running tcpdump and the thread that collects its pcap output.
@@ -118,25 +114,10 @@ fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
     let captures: Vec<Capture> = (0..3)
         .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
         .collect();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pair.ns_b])
-        .arg(fastedge_bin())
-        .args([
-            "gen",
-            &pair.dev_b,
-            "--flows",
-            "300",
-            "--count",
-            "3000",
-            "--rate",
-            "3000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &["--flows", "300", "--count", "3000", "--rate", "3000"],
     );
     std::thread::sleep(Duration::from_millis(500));
     for c in &captures {
@@ -258,25 +239,10 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
     let captures: Vec<Capture> = (0..2)
         .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
         .collect();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pair.ns_b])
-        .arg(fastedge_bin())
-        .args([
-            "gen",
-            &pair.dev_b,
-            "--flows",
-            "50",
-            "--count",
-            "1000",
-            "--rate",
-            "2000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &["--flows", "50", "--count", "1000", "--rate", "2000"],
     );
     std::thread::sleep(Duration::from_millis(500));
     for mut capture in captures {

@@ -21,28 +21,12 @@ use fastedge_tests::{
     netns::{ip, VethPair},
     process::{fastedge_bin, Fastedge},
     require_tool,
-    ways::{attach, read_markers, Arrivals, WayFiles},
+    ways::{attach, gen, read_markers, Arrivals, WayFiles},
     TempDir,
 };
 use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
 
 const LOG: &[(&str, &str)] = &[("FASTEDGE_LOG", "info")];
-
-/// Runs `fastedge gen` in namespace `ns` on `dev` to completion; returns its log.
-fn gen(ns: &str, dev: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(fastedge_bin())
-        .args(["gen", dev])
-        .args(args)
-        .env("FASTEDGE_LOG", "info")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "gen failed: {log}");
-    assert!(log.contains("gen done: sent"), "{log}");
-    log
-}
 
 /// Checks that sequence numbers `seqs` each arrived exactly once, and that every flow's
 /// frames (both directions) are on one way; returns the ways used.

@@ -16,7 +16,7 @@ use std::{
 use fastedge_tests::{
     netns::VethPair,
     process::{fastedge_bin, Fastedge},
-    ways::{attach, read_markers, WayFiles},
+    ways::{attach, gen, read_markers, WayFiles},
     TempDir,
 };
 
@@ -38,19 +38,11 @@ fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap()
 }
 
-fn gen(pair: &VethPair, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pair.ns_b])
-        .arg(fastedge_bin())
-        .args(["gen", &pair.dev_b, "--one-way"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `fastedge gen --one-way ARGS…` from the pair's far side.
+fn send(pair: &VethPair, args: &[&str]) {
+    let mut all = vec!["--one-way"];
+    all.extend_from_slice(args);
+    gen(&pair.ns_b, &pair.dev_b, &all);
 }
 
 /// Waits until `stats` (from ctl) satisfies `check`; returns them.
@@ -147,7 +139,7 @@ fn config_rules_drop_pass_and_bypass_exactly_what_they_name() {
         "pass src 10.1.0.64/28",
     ]);
     let mut consumers = attach(&split.name, 0..2);
-    gen(
+    send(
         &split.pair,
         &["--flows", "256", "--count", "2560", "--rate", "20000"],
     );
@@ -181,7 +173,7 @@ fn rules_added_and_removed_under_traffic_lose_nothing() {
         let reader =
             s.spawn(move || read_markers(&mut consumers, total as usize, Duration::from_secs(3)));
         let sender = s.spawn(|| {
-            gen(
+            send(
                 pair,
                 &[
                     "--flows",
@@ -251,7 +243,7 @@ fn netcontrol_example_client_drops_a_flow_until_the_rule_expires() {
     let added_at = Instant::now();
     let mut consumers = attach(&split.name, 0..2);
     let send = |first: &str| {
-        gen(
+        send(
             &split.pair,
             &[
                 "--flows",
