@@ -109,10 +109,12 @@ fn rest<'a>(buf: &'a [u8], at: usize, what: &'static str) -> Result<&'a [u8], Pa
 
 /// Parses an Ethernet frame; with `decapsulate`, tunnels are opened and the inner flow is
 /// returned.
+#[inline]
 pub fn parse(frame: &[u8], decapsulate: bool) -> Result<Parsed, ParseError> {
     parse_ethernet(frame, decapsulate, 0)
 }
 
+#[inline]
 fn parse_ethernet(frame: &[u8], decapsulate: bool, depth: usize) -> Result<Parsed, ParseError> {
     let mut ethertype = be16(frame, 12, "Ethernet header")?;
     let mut offset = 14;
@@ -136,6 +138,7 @@ fn parse_ethernet(frame: &[u8], decapsulate: bool, depth: usize) -> Result<Parse
     }
 }
 
+#[inline]
 fn v4_mapped(octets: &[u8]) -> [u8; 16] {
     let mut addr = [0u8; 16];
     addr[10] = 0xff;
@@ -144,6 +147,7 @@ fn v4_mapped(octets: &[u8]) -> [u8; 16] {
     addr
 }
 
+#[inline]
 fn parse_ipv4(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey, ParseError> {
     let first = byte(packet, 0, "IPv4 header")?;
     if first >> 4 != 4 {
@@ -243,7 +247,10 @@ fn parse_ipv6(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey,
     transport(key, payload, first_fragment, decapsulate, depth)
 }
 
-/// Reads ports (or opens a tunnel) from an IP payload.
+/// Reads ports (or opens a tunnel) from an IP payload. The common case (no tunnel) stays
+/// here, small enough to be inlined into the IP parsers; tunnels go to [`open_tunnel`], which
+/// recurses and is kept out of line.
+#[inline]
 fn transport(
     mut key: FlowKey,
     payload: &[u8],
@@ -260,28 +267,45 @@ fn transport(
             let src_port = be16(payload, 0, "transport header")?;
             let dst_port = be16(payload, 2, "transport header")?;
             if tunnel && key.protocol == proto::UDP && dst_port == VXLAN_PORT {
-                // VXLAN: UDP header, 8-byte VXLAN header (I flag set), inner Ethernet.
-                let flags = byte(payload, 8, "VXLAN header")?;
-                if flags & 0x08 != 0 {
-                    let inner = rest(payload, 16, "VXLAN header")?;
-                    if let Parsed::Ip(inner) = parse_ethernet(inner, true, depth + 1)? {
-                        return Ok(inner);
-                    }
+                if let Some(inner) = open_tunnel(key.protocol, payload, depth)? {
+                    return Ok(inner);
                 }
             }
             key.src_port = src_port;
             key.dst_port = dst_port;
         }
-        proto::IPIP if tunnel => return parse_ipv4(payload, true, depth + 1),
-        proto::IPV6 if tunnel => return parse_ipv6(payload, true, depth + 1),
-        proto::GRE if tunnel => {
-            if let Some(inner) = parse_gre(payload, depth)? {
+        proto::IPIP | proto::IPV6 | proto::GRE if tunnel => {
+            if let Some(inner) = open_tunnel(key.protocol, payload, depth)? {
                 return Ok(inner);
             }
         }
         _ => {}
     }
     Ok(key)
+}
+
+/// The inner flow of a tunnel (`protocol` UDP means VXLAN), or `None` when the payload is not
+/// one that is opened.
+#[cold]
+#[inline(never)]
+fn open_tunnel(protocol: u8, payload: &[u8], depth: usize) -> Result<Option<FlowKey>, ParseError> {
+    match protocol {
+        proto::UDP => {
+            // VXLAN: UDP header, 8-byte VXLAN header (I flag set), inner Ethernet.
+            let flags = byte(payload, 8, "VXLAN header")?;
+            if flags & 0x08 != 0 {
+                let inner = rest(payload, 16, "VXLAN header")?;
+                if let Parsed::Ip(inner) = parse_ethernet(inner, true, depth + 1)? {
+                    return Ok(Some(inner));
+                }
+            }
+            Ok(None)
+        }
+        proto::IPIP => parse_ipv4(payload, true, depth + 1).map(Some),
+        proto::IPV6 => parse_ipv6(payload, true, depth + 1).map(Some),
+        proto::GRE => parse_gre(payload, depth),
+        _ => Ok(None),
+    }
 }
 
 /// GRE (RFC 2784/2890): opens IPv4, IPv6 and Ethernet payloads; `None` for anything else.
@@ -327,6 +351,7 @@ pub enum HashMode {
 /// fragment of a datagram (whose later fragments carry no ports) lands together. The function
 /// is fixed (no per-process seed): the same flow hashes the same across restarts, machines
 /// and engines.
+#[inline]
 pub fn flow_hash(key: &FlowKey, mode: HashMode) -> u64 {
     let mode = if key.fragment {
         HashMode::TwoTuple
@@ -341,19 +366,21 @@ pub fn flow_hash(key: &FlowKey, mode: HashMode) -> u64 {
         HashMode::TwoTuple => 0,
         _ => key.protocol,
     };
-    let a = (key.src, src_port);
-    let b = (key.dst, dst_port);
+    // Big-endian 128-bit numbers order like the byte arrays, and compare in two instructions.
+    let a = (u128::from_be_bytes(key.src), src_port);
+    let b = (u128::from_be_bytes(key.dst), dst_port);
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
     let mut state = Mixer::new(0x6661_7374_6564_6765 ^ u64::from(protocol)); // "fastedge"
-    for half in [low.0, high.0] {
-        state.push(u64::from_be_bytes(half[..8].try_into().unwrap_or_default()));
-        state.push(u64::from_be_bytes(half[8..].try_into().unwrap_or_default()));
+    for address in [low.0, high.0] {
+        state.push((address >> 64) as u64);
+        state.push(address as u64);
     }
     state.push((u64::from(low.1) << 16) | u64::from(high.1));
     state.finish()
 }
 
 /// The way (0..`ways`) a hash goes to: multiply-shift, so every way gets an even share.
+#[inline]
 pub fn way_of(hash: u64, ways: u32) -> u32 {
     ((u128::from(hash) * u128::from(ways)) >> 64) as u32
 }
@@ -366,12 +393,14 @@ impl Mixer {
         Self(seed)
     }
 
+    #[inline]
     fn push(&mut self, word: u64) {
         self.0 = (self.0 ^ word.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .rotate_left(27)
             .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     }
 
+    #[inline]
     fn finish(&self) -> u64 {
         let mut h = self.0;
         h ^= h >> 33;

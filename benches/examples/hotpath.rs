@@ -1,0 +1,92 @@
+//! A fixed amount of the split hot path over 2,048 generated 64-byte frames, N rounds, for
+//! instruction counts that do not depend on a noisy machine:
+//! `valgrind --tool=callgrind target/release/examples/hotpath 100 [parse|pipeline]`.
+//! `parse`: parse + flow hash + way choice; `pipeline`: the whole push into 4 shm ways (drained
+//! between rounds).
+
+use fastedge_rings::{
+    pipeline::{
+        BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
+    },
+    shm::{way_path, Consumer},
+};
+use fastedge_wire::{
+    packet::{flow_hash, parse, way_of, HashMode, Parsed},
+    synth::{TrafficSpec, Transport, MAX_FRAME},
+};
+
+fn main() {
+    let rounds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let spec = TrafficSpec {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        client_base: "10.1.0.0".parse().expect("address"),
+        server: "10.0.0.1".parse().expect("address"),
+        server_port: 443,
+        transport: Transport::Udp,
+        flows: 1024,
+        frame_len: 60,
+        both_directions: true,
+    };
+    let mut buf = [0u8; MAX_FRAME];
+    let frames: Vec<Vec<u8>> = (0..2048u64)
+        .map(|seq| {
+            let n = spec.write(seq, &mut buf);
+            buf[..n].to_vec()
+        })
+        .collect();
+    if std::env::args().nth(2).as_deref() == Some("pipeline") {
+        let name = format!("hotpath-{}", std::process::id());
+        let config = PipelineConfig {
+            name: Some(name.clone()),
+            inputs: vec![InputConfig {
+                interface: Some("x".into()),
+                pcap: None,
+                mode: InputMode::Auto,
+                speed: SpeedName::Fast,
+            }],
+            output: BrickConfig::Balance {
+                hash: HashName::Five,
+                ways: Some(4),
+                to: Vec::new(),
+                non_ip: 0,
+            },
+            decapsulate: true,
+            way_kib: 1024,
+            rules: Vec::new(),
+            rule_capacity: 1,
+        };
+        let mut pipeline = Pipeline::build(&config).expect("pipeline");
+        let mut consumers: Vec<Consumer> = (0..4)
+            .map(|w| Consumer::open(&name, w).expect("way"))
+            .collect();
+        let mut read = 0usize;
+        for _ in 0..rounds {
+            for frame in &frames {
+                pipeline.push(std::hint::black_box(frame), 1);
+            }
+            for c in &mut consumers {
+                read += c.read_batch(usize::MAX, |_| {});
+            }
+        }
+        println!("{} packets pushed, {read} read", rounds * 2048);
+        drop(consumers);
+        drop(pipeline);
+        for w in 0..4 {
+            let _ = std::fs::remove_file(way_path(&name, w));
+        }
+        return;
+    }
+    let mut sum = 0u64;
+    for _ in 0..rounds {
+        for frame in &frames {
+            if let Ok(Parsed::Ip(key)) = parse(std::hint::black_box(frame), true) {
+                sum += u64::from(way_of(flow_hash(&key, HashMode::FiveTuple), 4));
+            }
+        }
+    }
+    println!("{} packets, checksum {sum}", rounds * 2048);
+}
