@@ -610,3 +610,58 @@ fn bad_pipelines_and_arguments_are_refused_with_the_reason() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_capture_replays_at_recorded_speed_or_as_fast_as_possible() {
+    let dir = TempDir::new("pcap-speed");
+    let input = dir.path().join("paced.pcap");
+    {
+        let mut sink = PcapSink::create(&input, CaptureFormat::Pcap, Rotation::default()).unwrap();
+        let frame = udp_frame(
+            [2, 0, 0, 0, 0, 2],
+            (Ipv4Addr::new(10, 0, 0, 1), 1),
+            (Ipv4Addr::new(10, 0, 0, 2), 2),
+            0,
+            0,
+        );
+        // Ten frames recorded 150 ms apart: 1.35 s from first to last.
+        for i in 0..10u64 {
+            sink.write(&frame, 1_700_000_000_000_000_000 + i * 150_000_000);
+        }
+    }
+    let paced = format!("paced{}", std::process::id());
+    let fast = format!("fast{}", std::process::id());
+    let _files = (WayFiles(paced.clone()), WayFiles(fast.clone()));
+    let run = |extra: &[&str]| {
+        let started = std::time::Instant::now();
+        let mut args = vec!["split", "--pcap", input.to_str().unwrap(), "--ways", "1"];
+        args.extend_from_slice(extra);
+        let mut split = Fastedge::start(&args, LOG);
+        assert!(
+            split.wait_exit(Duration::from_secs(30)).success(),
+            "{}",
+            split.log_text()
+        );
+        assert!(
+            split.log_text().contains("received 10"),
+            "{}",
+            split.log_text()
+        );
+        started.elapsed()
+    };
+    let _ = output;
+    let recorded = run(&[
+        "--recorded-speed",
+        "--name",
+        &format!("paced{}", std::process::id()),
+    ]);
+    let fast = run(&["--name", &format!("fast{}", std::process::id())]);
+    assert!(
+        recorded >= Duration::from_millis(1300),
+        "recorded speed keeps the gaps: {recorded:?}"
+    );
+    assert!(
+        fast < recorded,
+        "as fast as possible: {fast:?} vs {recorded:?}"
+    );
+}
