@@ -649,13 +649,8 @@ fn a_capture_replays_at_recorded_speed_or_as_fast_as_possible() {
         );
         started.elapsed()
     };
-    let _ = output;
-    let recorded = run(&[
-        "--recorded-speed",
-        "--name",
-        &format!("paced{}", std::process::id()),
-    ]);
-    let fast = run(&["--name", &format!("fast{}", std::process::id())]);
+    let recorded = run(&["--recorded-speed", "--name", &paced]);
+    let fast = run(&["--name", &fast]);
     assert!(
         recorded >= Duration::from_millis(1300),
         "recorded speed keeps the gaps: {recorded:?}"
