@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
 	nginx-light nghttp2-client tcpdump tshark bsdutils
 
-.PHONY: run test deps build fmt-check clippy unit-and-e2e netmap-check fuzz-check fuzz bench clean-netns
+.PHONY: run test deps build fmt-check clippy unit-and-e2e netmap-check fuzz-check fuzz bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -63,6 +63,20 @@ fuzz:
 
 bench:
 	$(CARGO) bench -p fastedge-benches
+
+# The peer harness (BENCHMARKS.md): fastedge beside haproxy (TLS) and beside AF_PACKET fanout
+# and XDP_DROP (split), pinned, medians of rounds; tables, JSON and SVG charts in
+# benches/results/. Installs the peers it needs (Debian packages) first.
+BENCH_PACKAGES := haproxy nginx-light nghttp2-client openssl clang iproute2
+bench-peers: deps
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "installing for the benchmarks:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	$(SUDO) benches/peers/serve_vs_haproxy.sh
+	$(SUDO) WAYS=4 benches/peers/split_vs_fanout.sh
+	$(SUDO) WAYS=64 benches/peers/split_vs_fanout.sh
 
 # Removes test namespaces left behind by a killed test run.
 clean-netns:

@@ -12,19 +12,24 @@
 #
 # Usage: benches/peers/serve_vs_haproxy.sh   (as root; needs haproxy, nginx-light,
 # nghttp2-client, openssl; builds fastedge release)
+#   DURATION=10 REQUESTS=40000 ROUNDS=3 SERVER_CPU=1 CLIENT_CPU=0 RESULTS=benches/results
+# Writes RESULTS/tls.json (medians) and an SVG chart beside it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 DURATION=${DURATION:-10}
 REQUESTS=${REQUESTS:-40000}
+ROUNDS=${ROUNDS:-3}
 work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-cargo build --release -p fastedge >/dev/null 2>&1
+cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
 bin=$PWD/target/release/fastedge
+chart=$PWD/target/release/bench_chart
+RESULTS=${RESULTS:-$PWD/benches/results}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
   -subj /CN=bench.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -103,6 +108,32 @@ measure() { # name port pid
     "$name" "${rps:-?}" "${ok:-0}" "$cpu" "$(per_cpu "${ok:-0}" "$cpu")"
 }
 
-echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519, ECDSA P-256"
-measure fastedge "$fastedge_port" "$fastedge_pid"
-measure haproxy "$haproxy_port" "$haproxy_pid"
+echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519, ECDSA P-256; $ROUNDS rounds"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A hs ka
+for r in $(seq "$ROUNDS"); do
+  for contender in fastedge haproxy; do
+    if [ "$contender" = fastedge ]; then port=$fastedge_port; pid=$fastedge_pid; else port=$haproxy_port; pid=$haproxy_pid; fi
+    lines=$(measure "$contender" "$port" "$pid")
+    echo "$lines"
+    after_arrow() { awk -v pat="$1" '$0 ~ pat { for (i = 1; i <= NF; i++) if ($i == "->") print $(i + 1) }'; }
+    hs[$contender]+="$(echo "$lines" | after_arrow 'full handshakes' | head -1) "
+    ka[$contender]+="$(echo "$lines" | after_arrow 'keep-alive' | head -1) "
+  done
+done
+
+# Medians, machine-readable results and a chart (benches/src/bin/bench_chart.rs).
+mkdir -p "$RESULTS"
+out=$RESULTS/tls.json
+hs_f=$(echo ${hs[fastedge]} | tr ' ' '\n' | median); hs_h=$(echo ${hs[haproxy]} | tr ' ' '\n' | median)
+ka_f=$(echo ${ka[fastedge]} | tr ' ' '\n' | median); ka_h=$(echo ${ka[haproxy]} | tr ' ' '\n' | median)
+echo "medians: full handshakes per server CPU-s fastedge $hs_f, haproxy $hs_h; keep-alive requests per server CPU-s fastedge $ka_f, haproxy $ka_h"
+cat > "$out" <<JSON
+{"title": "TLS 1.3 termination, X25519 + ECDSA P-256, one server core (median of $ROUNDS)",
+ "machine": "$(nproc) CPUs, $(uname -r); server on CPU $SERVER_CPU, clients (openssl s_time, h2load) and nginx backend on CPU $CLIENT_CPU",
+ "metrics": [
+  {"name": "full handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {"fastedge": ${hs_f:-0}, "haproxy": ${hs_h:-0}}},
+  {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {"fastedge": ${ka_f:-0}, "haproxy": ${ka_h:-0}}}
+ ]}
+JSON
+"$chart" "$out" "${out%.json}.svg" && echo "results: $out, chart: ${out%.json}.svg"

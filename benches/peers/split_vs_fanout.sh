@@ -7,7 +7,9 @@
 # the napi/ thread pinned there for XDP paths, RPS for AF_PACKET paths (veth has no NAPI without
 # XDP). Contenders:
 #   xdp-drop        an XDP program that drops everything (the ceiling of this veth and pinning)
+#   split-kernel    fastedge split --to veth: the in-kernel path (XDP hash + DEVMAP) to WAYS veths
 #   split-xdp       fastedge split --mode xdp-native, WAYS ways, drained by a consumer app
+#   split-skb       the same with --mode xdp-skb
 #   split-afpacket  fastedge split --mode af-packet, WAYS ways, drained by a consumer app
 #   fanout          WAYS AF_PACKET TPACKET_V3 sockets in one PACKET_FANOUT_HASH group
 # The consumer app (way_drain) and the fanout readers run on RX_CPU too: each contender does the
@@ -17,7 +19,8 @@
 # user+nice+system+irq+softirq of that CPU, which other tenants may share: compare in one run).
 #
 # Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
-#   RATE=300000 DURATION=5 WAYS=4 ROUNDS=3 RX_CPU=0 GEN_CPU=1
+#   RATE=300000 DURATION=5 WAYS=4 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
+# Writes RESULTS/split-WAYS-ways.json and an SVG chart beside it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RX_CPU=${RX_CPU:-0}
@@ -26,7 +29,7 @@ RATE=${RATE:-300000}
 DURATION=${DURATION:-5}
 WAYS=${WAYS:-4}
 ROUNDS=${ROUNDS:-3}
-CONTENDERS=${CONTENDERS:-"xdp-drop split-xdp split-afpacket fanout"}
+CONTENDERS=${CONTENDERS:-"xdp-drop split-kernel split-xdp split-skb split-afpacket fanout"}
 ns_a=febench-$$-a
 ns_b=febench-$$-b
 name=febench$$
@@ -46,6 +49,8 @@ cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
 bin=$PWD/target/release/fastedge
 drain=$PWD/target/release/way_drain
 fanout=$PWD/target/release/fanout_reader
+chart=$PWD/target/release/bench_chart
+RESULTS=${RESULTS:-$PWD/benches/results}
 
 cat > "$work/drop.c" <<'C'
 #include <linux/bpf.h>
@@ -60,6 +65,10 @@ for ns in "$ns_a" "$ns_b"; do ip netns exec "$ns" sh -c 'echo 1 > /proc/sys/net/
 ip -n "$ns_a" link set va up; ip -n "$ns_b" link set vb up
 sleep 1
 
+# Frames the far ends of split-kernel's veth outputs received.
+peer_rx() {
+  ip netns exec "$ns_a" sh -c 'total=0; for f in /sys/class/net/fbk*p/statistics/rx_packets; do [ -e "$f" ] && total=$((total + $(cat "$f"))); done; echo $total'
+}
 busy() { awk -v c="cpu$RX_CPU" '$1==c {print $2+$3+$4+$7+$8}' /proc/stat; }
 tx_dropped() { ip netns exec "$ns_b" cat /sys/class/net/vb/statistics/tx_dropped; }
 rps() { ip netns exec "$ns_a" sh -c "echo $1 > /sys/class/net/va/queues/rx-0/rps_cpus"; }
@@ -83,14 +92,26 @@ run_round() { # contender → "offered delivered busy_jiffies"
     xdp-drop)
       ip -n "$ns_a" link set va xdpdrv obj "$work/drop.o" sec xdp; napi_on_rx_cpu ;;
     split-xdp)
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --cores "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       napi_on_rx_cpu
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
+    split-skb)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-skb --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
+      rps $(printf %x $((1 << RX_CPU)))
+      taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
+      wait_ready "$out" ;;
+    split-kernel)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --to veth --veth-prefix fbk --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
+      grep -q "in-kernel fast path" "$work/split.log" || { echo "split-kernel: fast path not taken: $(cat "$work/split.log")" >&2; }
+      napi_on_rx_cpu
+      kernel_rx0=$(peer_rx) ;;
     split-afpacket)
       rps $(printf %x $((1 << RX_CPU)))
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --cores "$RX_CPU" 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
@@ -109,6 +130,9 @@ run_round() { # contender → "offered delivered busy_jiffies"
     xdp-drop)
       ip -n "$ns_a" link set va xdpdrv off
       delivered=$((count - (d1 - d0))) ;;
+    split-kernel)
+      delivered=$(( $(peer_rx) - kernel_rx0 ))
+      kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true ;;
     split-*|fanout)
       wait "${pids[-1]}" 2>/dev/null || true
       delivered=$(sed -n 's/.*received=\([0-9]*\).*/\1/p' "$out")
@@ -123,6 +147,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf 'offered %d frames/round at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
   "$count" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
 printf '%-16s %12s %12s %8s %22s\n' contender offered delivered loss% "rx-CPU ms per Mframe"
+json_loss=(); json_cost=(); json_delivered=()
 for c in $CONTENDERS; do
   offered=(); delivered=(); cost=()
   for r in $(seq "$ROUNDS"); do
@@ -136,4 +161,21 @@ for c in $CONTENDERS; do
   m=$(printf '%s\n' "${cost[@]}" | median)
   loss=$(awk -v o="$count" -v d="$d" 'BEGIN { printf "%.3f", (o - d) * 100 / o }')
   printf '%-16s %12s %12s %8s %22s   (rounds: %s)\n' "$c" "$o" "$d" "$loss" "$m" "${cost[*]}"
+  json_loss+=("\"$c\": $loss"); json_delivered+=("\"$c\": $d")
+  [ "$m" != inf ] && json_cost+=("\"$c\": $m")
 done
+
+# Machine-readable results and a chart (benches/src/bin/bench_chart.rs).
+mkdir -p "$RESULTS"
+join() { local IFS=,; echo "$*"; }
+out=$RESULTS/split-$WAYS-ways.json
+cat > "$out" <<JSON
+{"title": "split, $WAYS ways, 64-byte frames, $RATE frames/s offered (median of $ROUNDS)",
+ "machine": "$(nproc) CPUs, $(uname -r); receive work and readers on CPU $RX_CPU, generator on CPU $GEN_CPU",
+ "metrics": [
+  {"name": "receive-CPU time per Mframe", "unit": "ms", "higher_is_better": false, "values": {$(join "${json_cost[@]}")}},
+  {"name": "frames delivered", "unit": "frames", "higher_is_better": true, "values": {$(join "${json_delivered[@]}")}},
+  {"name": "loss", "unit": "%", "higher_is_better": false, "values": {$(join "${json_loss[@]}")}}
+ ]}
+JSON
+"$chart" "$out" "${out%.json}.svg" && echo "results: $out, chart: ${out%.json}.svg"

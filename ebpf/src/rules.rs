@@ -298,7 +298,7 @@ impl RuleTable {
             let (by_source, prefix) = placement(spec);
             let expires_ns = spec
                 .seconds
-                .map_or(0, |s| now + s.saturating_mul(1_000_000_000));
+                .map_or(0, |s| now.saturating_add(s.saturating_mul(1_000_000_000)));
             rule_keys.extend_from_slice(&id.to_ne_bytes());
             rule_values.extend_from_slice(&rule_bytes(spec, by_source, NO_RULE, expires_ns));
             let trie = &mut tries[usize::from(!by_source)];
@@ -367,9 +367,9 @@ impl RuleTable {
             return Err(RuleTableError::ChainFull(prefix.to_string()));
         }
         let (id, used_before) = self.allocate()?;
-        let expires_ns = spec
-            .seconds
-            .map_or(0, |s| monotonic_ns() + s.saturating_mul(1_000_000_000));
+        let expires_ns = spec.seconds.map_or(0, |s| {
+            monotonic_ns().saturating_add(s.saturating_mul(1_000_000_000))
+        });
         let p = &self.prefilter;
         let cleared = if used_before {
             p.clear_hits(id)

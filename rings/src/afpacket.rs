@@ -65,8 +65,11 @@ fn setup<'a>(interface: &'a str, step: &'static str) -> impl FnOnce(io::Error) -
     }
 }
 
+/// An AF_PACKET socket that receives nothing until bound with a protocol (0 here: a socket
+/// opened with ETH_P_ALL would queue every interface's frames until `bind`, and a sender's
+/// would queue frames nobody reads).
 fn packet_socket() -> io::Result<OwnedFd> {
-    let protocol = (libc::ETH_P_ALL as u16).to_be() as i32;
+    let protocol = 0;
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -99,11 +102,17 @@ fn set_option<T>(fd: BorrowedFd<'_>, level: i32, name: i32, value: &T) -> io::Re
     Ok(())
 }
 
-fn bind_to(fd: BorrowedFd<'_>, ifindex: i32) -> io::Result<()> {
+/// Binds to interface `ifindex`; with `receive`, for every protocol (ETH_P_ALL), else for none
+/// (a sender).
+fn bind_to(fd: BorrowedFd<'_>, ifindex: i32, receive: bool) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain integers and byte arrays; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_protocol = if receive {
+        (libc::ETH_P_ALL as u16).to_be()
+    } else {
+        0
+    };
     addr.sll_ifindex = ifindex;
     // SAFETY: `addr` is a fully initialised sockaddr_ll of the size passed.
     let rc = unsafe {
@@ -223,7 +232,7 @@ impl PacketReceiver {
             totals: PacketStatistics::default(),
             scratch: Vec::with_capacity(65536),
         };
-        bind_to(receiver.fd.as_fd(), index).map_err(setup(interface, "bind"))?;
+        bind_to(receiver.fd.as_fd(), index, true).map_err(setup(interface, "bind"))?;
         if let Some(fanout) = fanout {
             let arg: u32 = u32::from(fanout.group) | (fanout.mode << 16);
             set_option(
@@ -261,7 +270,13 @@ impl PacketReceiver {
     ) -> io::Result<usize> {
         let mut frames = 0;
         let mut waited = false;
+        // At most one lap of the ring per call, so that a busy input still lets the caller
+        // check its stop flag and do its housekeeping.
+        let mut blocks = 0;
         loop {
+            if blocks == self.config.blocks {
+                return Ok(frames);
+            }
             let status = self.block_status(self.block).load(Ordering::Acquire);
             if status & libc::TP_STATUS_USER == 0 {
                 if frames > 0 || waited || timeout.is_zero() {
@@ -285,6 +300,7 @@ impl PacketReceiver {
                 continue;
             }
             frames += self.walk_block(&mut on_frame);
+            blocks += 1;
             fence(Ordering::Release);
             self.block_status(self.block)
                 .store(libc::TP_STATUS_KERNEL, Ordering::Release);
@@ -412,7 +428,7 @@ impl PacketSender {
             set_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &size)
                 .map_err(setup(interface, "SO_SNDBUF"))?;
         }
-        bind_to(fd.as_fd(), index).map_err(setup(interface, "bind"))?;
+        bind_to(fd.as_fd(), index, false).map_err(setup(interface, "bind"))?;
         Ok(Self { fd })
     }
 

@@ -380,15 +380,16 @@ impl PcapSink {
     /// Writes one packet; an error is counted (and logged once) rather than stopping the
     /// pipeline.
     pub fn write(&mut self, frame: &[u8], timestamp_ns: u64) {
-        let rotate = self.writer.is_some()
-            && (self
+        // Rotate when due; with no file open (an earlier open failed), try again now.
+        let rotate = self.writer.is_none()
+            || self
                 .rotation
                 .max_bytes
                 .is_some_and(|max| self.file_bytes >= max)
-                || self
-                    .rotation
-                    .max_age
-                    .is_some_and(|max| self.opened.elapsed() >= max));
+            || self
+                .rotation
+                .max_age
+                .is_some_and(|max| self.opened.elapsed() >= max);
         if rotate {
             if let Err(error) = self.open_next() {
                 self.fail(&error.to_string());

@@ -69,6 +69,14 @@ pub enum ShmError {
     Lanes(u32),
 }
 
+/// Removes the way files `0..ways` of distribution `name` (at a clean exit). A consumer that
+/// still maps one keeps reading what is left; it cannot attach again.
+pub fn remove_ways(name: &str, ways: u32) {
+    for way in 0..ways {
+        let _ = std::fs::remove_file(way_path(name, way));
+    }
+}
+
 /// The file of way `way` of distribution `name` (e.g. the interface): `/dev/shm/fastedge-{name}-{way}`.
 pub fn way_path(name: &str, way: u32) -> PathBuf {
     PathBuf::from(format!("/dev/shm/fastedge-{name}-{way}"))
@@ -197,18 +205,29 @@ impl Producer {
             return Err(ShmError::Lanes(lanes));
         }
         let keep = reuse && Self::same_geometry(path, capacity, lanes);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!keep)
-            .open(path)
-            .map_err(io_error("creating", path))?;
-        if !keep {
+        // A new way is made under a temporary name and renamed over the old one: a consumer
+        // still mapping the old file keeps a valid (stale) mapping, never one truncated under
+        // it, and attaches again to the new file.
+        let temporary = path.with_extension(format!("new-{}", std::process::id()));
+        let file = if keep {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_error("opening", path))?
+        } else {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)
+                .map_err(io_error("creating", &temporary))?;
             let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
             file.set_len(size as u64)
-                .map_err(io_error("sizing", path))?;
-        }
+                .map_err(io_error("sizing", &temporary))?;
+            file
+        };
         let mut producers = Vec::with_capacity(lanes as usize);
         for lane in 0..lanes as usize {
             // SAFETY: the file was just created and sized by us; consumers only map it; the
@@ -234,6 +253,9 @@ impl Producer {
             };
             producer.heartbeat();
             producers.push(producer);
+        }
+        if !keep {
+            std::fs::rename(&temporary, path).map_err(io_error("renaming into place", path))?;
         }
         Ok(producers)
     }

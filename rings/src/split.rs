@@ -543,9 +543,10 @@ fn run_threads(
     stop: &AtomicBool,
     tick: &mut impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
-    let latest: Vec<std::sync::Mutex<SplitStats>> = workers
+    // Each thread's latest counters; `None` until it has reported once.
+    let latest: Vec<std::sync::Mutex<Option<SplitStats>>> = workers
         .iter()
-        .map(|_| std::sync::Mutex::new(SplitStats::default()))
+        .map(|_| std::sync::Mutex::new(None))
         .collect();
     let failed = AtomicBool::new(false);
     let results = std::thread::scope(|scope| {
@@ -566,7 +567,7 @@ fn run_threads(
                         let stop_all = StopEither(stop, failed);
                         let result = worker.run_until(&stop_all, &mut |stats: &SplitStats| {
                             if let Ok(mut slot) = slot.lock() {
-                                *slot = stats.clone();
+                                *slot = Some(stats.clone());
                             }
                         });
                         if result.is_err() {
@@ -588,11 +589,11 @@ fn run_threads(
             && !handles.iter().all(|h| h.is_finished())
         {
             std::thread::sleep(Duration::from_millis(100));
-            let now: Vec<SplitStats> = latest
+            let now: Option<Vec<SplitStats>> = latest
                 .iter()
-                .filter_map(|m| m.lock().ok().map(|s| s.clone()))
+                .map(|m| m.lock().ok().and_then(|s| s.clone()))
                 .collect();
-            if now.iter().all(|s| !s.ways.is_empty()) && tick_due() {
+            if let Some(now) = now.filter(|_| tick_due()) {
                 tick(&merge(&now));
             }
         }

@@ -435,8 +435,9 @@ path = {capture:?}
         ],
     );
     let (group_a, group_b) = reader.join().unwrap();
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    let status = split.terminate(Duration::from_secs(10));
     let log = split.log_text();
+    assert!(status.success(), "{status:?}: {log}");
     assert_eq!(check_once_by_flow(&group_a, 0..count, &log).len(), 3);
     assert_eq!(check_once_by_flow(&group_b, 0..count, &log).len(), 2);
     assert_eq!(

@@ -50,10 +50,6 @@ impl Rules {
             .filter(|(_, o)| **o == Origin::Config)
             .map(|(id, _)| *id)
             .collect();
-        for id in old {
-            self.table.remove(id).map_err(|e| e.to_string())?;
-            self.origin.remove(&id);
-        }
         let specs = rules
             .iter()
             .map(|r| {
@@ -61,9 +57,14 @@ impl Rules {
                     .map_err(|e| format!("rule {r:?}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The new rules are in place before the old ones go: a reload never runs unfiltered.
         let ids = self.table.add_many(&specs).map_err(|e| e.to_string())?;
         for id in ids {
             self.origin.insert(id, Origin::Config);
+        }
+        for id in old {
+            self.table.remove(id).map_err(|e| e.to_string())?;
+            self.origin.remove(&id);
         }
         Ok(())
     }
@@ -132,6 +133,11 @@ impl Rules {
                     .and_then(Value::as_u64)
                     .and_then(|i| u32::try_from(i).ok())
                     .ok_or("rules del: give \"id\": N (from rules list)")?;
+                if let Some(Origin::NetControl(nc)) = self.origin.get(&id) {
+                    return Err(format!(
+                        "rule {id} belongs to NetControl rule {nc}: remove that one (netcontrol remove {nc})"
+                    ));
+                }
                 let spec = self.remove(id)?;
                 json!({ "removed": spec.to_string(), "id": id })
             }
@@ -183,9 +189,9 @@ impl Rules {
             Value::Null => None,
             v => Some(
                 v.as_f64()
-                    .filter(|s| *s > 0.0)
+                    .filter(|s| *s > 0.0 && *s <= fastedge_wire::rules::MAX_SECONDS as f64)
                     .map(|s| s.ceil() as u64)
-                    .ok_or("expire: seconds above 0")?,
+                    .ok_or("expire: seconds above 0, at most ten years")?,
             ),
         };
         let entity = &rule["entity"];
@@ -248,12 +254,13 @@ impl Rules {
                 let (op, proto) =
                     port(&conn["orig_p"], "conn.orig_p")?.ok_or("conn.orig_p missing")?;
                 let (rp, _) = port(&conn["resp_p"], "conn.resp_p")?.ok_or("conn.resp_p missing")?;
+                let tcp_or_udp = matches!(proto, 6 | 17);
                 let one = |s: Prefix, d: Prefix, sp: u16, dp: u16| RuleSpec {
                     src: Some(s),
                     dst: Some(d),
                     protocol: proto,
-                    sport: (sp, sp),
-                    dport: (dp, dp),
+                    sport: if tcp_or_udp { (sp, sp) } else { (0, u16::MAX) },
+                    dport: if tcp_or_udp { (dp, dp) } else { (0, u16::MAX) },
                     ..base
                 };
                 // Both directions of the connection.
@@ -264,12 +271,17 @@ impl Rules {
                 let sp = port(&flow["src_p"], "flow.src_p")?;
                 let dp = port(&flow["dst_p"], "flow.dst_p")?;
                 let proto = sp.or(dp).map_or(0, |(_, p)| p);
+                // Ports mean something for TCP and UDP only (ICMP's "port" is its type).
+                let ports = |p: Option<(u16, u8)>| match p {
+                    Some((port, 6 | 17)) => (port, port),
+                    _ => (0, u16::MAX),
+                };
                 vec![RuleSpec {
                     src: prefix(&flow["src_h"], "flow.src_h")?,
                     dst: prefix(&flow["dst_h"], "flow.dst_h")?,
                     protocol: proto,
-                    sport: sp.map_or((0, u16::MAX), |(p, _)| (p, p)),
-                    dport: dp.map_or((0, u16::MAX), |(p, _)| (p, p)),
+                    sport: ports(sp),
+                    dport: ports(dp),
                     ..base
                 }]
             }

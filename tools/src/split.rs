@@ -780,6 +780,8 @@ fn run_engine(
     let live = std::io::stderr().is_terminal();
     let mut config = config;
     let mut reuse_ways = false;
+    // The pipeline that ran before a reload, to go back to if the new one cannot start.
+    let mut fallback: Option<PipelineConfig> = None;
     loop {
         let mut previous = SplitStats::default();
         let options = EngineOptions {
@@ -797,17 +799,29 @@ fn run_engine(
                 *latest = stats.clone();
             }
         });
-        let stats = result.map_err(|e| {
-            if e.is_config() && !reuse_ways {
-                Failure::config(e)
-            } else {
-                Failure::runtime(e)
-            }
-        })?;
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(error) => match fallback.take() {
+                // The reloaded pipeline cannot start: run the one before it again.
+                Some(previous) if !requests.shutdown.load(Ordering::Relaxed) => {
+                    tracing::error!(%error, "reload: the new pipeline cannot start; going back to the previous one");
+                    if let Ok(mut current) = shared.config.lock() {
+                        *current = previous.clone();
+                    }
+                    config = previous;
+                    requests.engine_stop.store(false, Ordering::Relaxed);
+                    continue;
+                }
+                _ if error.is_config() && !reuse_ways => return Err(Failure::config(error)),
+                _ => return Err(Failure::runtime(error)),
+            },
+        };
+        fallback = None;
         if !requests.reload.swap(false, Ordering::Relaxed)
             || requests.shutdown.load(Ordering::Relaxed)
         {
             tracing::info!("split stopped: {}", describe(&stats));
+            fastedge_rings::shm::remove_ways(&config.name(), config.way_count());
             return Ok(());
         }
         tracing::info!("reload: pipeline stopped: {}", describe(&stats));
@@ -832,7 +846,7 @@ fn run_engine(
                             tracing::error!("reload: rules: {error}");
                         }
                     }
-                    config = new;
+                    fallback = Some(std::mem::replace(&mut config, new));
                 }
                 Err(error) => tracing::error!(
                     path = %path.display(),

@@ -130,6 +130,8 @@ impl fmt::Display for RuleError {
 impl std::error::Error for RuleError {}
 
 const ANY_PORT: (u16, u16) = (0, u16::MAX);
+/// Longest rule lifetime: ten years.
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 fn protocol(text: &str) -> Result<u8, RuleError> {
     Ok(match text {
@@ -210,9 +212,16 @@ impl std::str::FromStr for RuleSpec {
                 "dport" => rule.dport = ports(value)?,
                 "for" => {
                     let s = value.trim_end_matches('s');
-                    rule.seconds = Some(s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                        RuleError(format!("for {value:?}: a number of seconds above 0"))
-                    })?)
+                    rule.seconds = Some(
+                        s.parse()
+                            .ok()
+                            .filter(|s| *s > 0 && *s <= MAX_SECONDS)
+                            .ok_or_else(|| {
+                                RuleError(format!(
+                                    "for {value:?}: a number of seconds from 1 to {MAX_SECONDS}"
+                                ))
+                            })?,
+                    )
                 }
                 other => {
                     return Err(RuleError(format!(
@@ -299,7 +308,8 @@ mod tests {
             ("drop dport 53", "ports need proto"),
             ("drop proto udp dport 9-3", "LOW-HIGH"),
             ("drop proto tcpx", "proto"),
-            ("drop for 0", "above 0"),
+            ("drop for 0", "from 1 to"),
+            ("drop for 99999999999", "from 1 to"),
             ("drop src 1.2.3.4 src 1.2.3.5", "given twice"),
             ("drop via eth0", "expected src"),
             ("drop src 10.0.0.0/8 dst 2001:db8::/32", "families"),

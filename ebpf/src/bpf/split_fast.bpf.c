@@ -317,9 +317,16 @@ int split_fast(struct xdp_md *ctx)
 		return to_user(ctx);
 	if (cfg->duplicate) {
 		long action = bpf_redirect_map(&outputs, 0, BPF_F_BROADCAST);
+		__u32 i;
 
-		if (action == XDP_REDIRECT)
+		if (action == XDP_REDIRECT) {
 			bump(FAST_IN_KERNEL);
+			for (i = 0; i < 256; i++) {
+				if (i >= cfg->outputs)
+					break;
+				count_output(i);
+			}
+		}
 		return action;
 	}
 	parsed = parse_fast(data, end, &key);
