@@ -26,6 +26,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+for tool in haproxy nginx h2load openssl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install haproxy nginx-light nghttp2-client openssl (or run make bench-peers)" >&2; exit 1; }
+done
 cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
 bin=$PWD/target/release/fastedge
 chart=$PWD/target/release/bench_chart
@@ -86,7 +89,7 @@ sleep 1
 
 cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
-per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%d", n / c; else print "?" }'; }
+per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%d", n / c; else print 0 }'; }
 diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 measure() { # name port pid
