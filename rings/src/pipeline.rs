@@ -344,6 +344,8 @@ pub struct Pipeline {
     ways: Vec<Producer>,
     pcaps: Vec<PcapSink>,
     ifaces: Vec<InterfaceSink>,
+    /// When the root is a balance stage whose outputs are all ways: those ways, in order.
+    flat_ways: Option<Vec<usize>>,
     decapsulate: bool,
     pub non_ip: u64,
     pub parse_errors: u64,
@@ -402,6 +404,16 @@ impl Pipeline {
                 ways: Vec::with_capacity(builder.ways.len()),
                 pcaps: Vec::new(),
                 ifaces: Vec::new(),
+                flat_ways: match &root {
+                    Brick::Balance { to, .. } => to
+                        .iter()
+                        .map(|b| match b {
+                            Brick::Way(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => None,
+                },
                 decapsulate: config.decapsulate,
                 non_ip: 0,
                 parse_errors: 0,
@@ -439,6 +451,26 @@ impl Pipeline {
                 None
             }
         };
+        // The common pipeline, one balance stage over ways, without the general dispatch.
+        if let Brick::Balance {
+            hash: mode,
+            level: 0,
+            non_ip,
+            to,
+        } = &self.root
+        {
+            if let Some(ways) = &self.flat_ways {
+                let (child, hash) = match &key {
+                    Some(k) => {
+                        let h = flow_hash(k, *mode);
+                        (way_of(h, to.len() as u32) as usize, h)
+                    }
+                    None => (*non_ip, 0),
+                };
+                self.ways[ways[child]].push(frame, timestamp_ns, hash);
+                return;
+            }
+        }
         let hash = key.map_or(0, |k| flow_hash(&k, HashMode::FiveTuple));
         let mut outputs = Outputs {
             ways: &mut self.ways,

@@ -96,10 +96,12 @@ struct Region {
 }
 
 impl Region {
+    #[inline]
     fn lane_offset(&self, lane: usize) -> usize {
         HEADER + lane * (LANE_HEADER + self.capacity)
     }
 
+    #[inline]
     fn atomic_at(&self, offset: usize) -> &AtomicU64 {
         assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
         // SAFETY: `offset` is 8-aligned (checked) inside the mapping (checked), which is
@@ -109,22 +111,26 @@ impl Region {
     }
 
     /// An atomic of the file header.
+    #[inline]
     fn atomic(&self, offset: usize) -> &AtomicU64 {
         debug_assert!(offset < HEADER);
         self.atomic_at(offset)
     }
 
     /// An atomic of lane `lane`'s header.
+    #[inline]
     fn lane_atomic(&self, lane: usize, offset: usize) -> &AtomicU64 {
         debug_assert!(lane < self.lanes && offset < LANE_HEADER);
         self.atomic_at(self.lane_offset(lane) + offset)
     }
 
+    #[inline]
     fn data(&self, lane: usize) -> &[u8] {
         let start = self.lane_offset(lane) + LANE_HEADER;
         &self.map[start..start + self.capacity]
     }
 
+    #[inline]
     fn data_mut(&mut self, lane: usize) -> &mut [u8] {
         let start = self.lane_offset(lane) + LANE_HEADER;
         let capacity = self.capacity;
