@@ -564,3 +564,95 @@ impl InterfaceSink {
         &self.stats
     }
 }
+
+/// A TAP device as a pipeline output: fastedge creates it (it lives as long as this value),
+/// brings it up, and writes frames into it, which the kernel then receives on the device, so
+/// an application capturing there sees them. The engine never waits: a frame the device
+/// cannot take now is dropped and counted.
+#[derive(Debug)]
+pub struct TapSink {
+    fd: OwnedFd,
+    stats: InterfaceStats,
+}
+
+fn ifreq_for(name: &str) -> Result<libc::ifreq, String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!("{name:?}: an interface name has 1 to 15 bytes"));
+    }
+    // SAFETY: ifreq is plain integers, byte arrays and a union of those; all-zero is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    Ok(request)
+}
+
+impl TapSink {
+    /// Creates TAP device `name` and brings it up.
+    pub fn create(name: &str) -> Result<Self, PacketError> {
+        let fail = |step: &'static str| setup(name, step);
+        let mut request = ifreq_for(name).map_err(PacketError::Config)?;
+        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: opening a device node with a constant path and flags; checked below.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(fail("opening /dev/net/tun")(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which `request` is, alive for the call.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
+            return Err(fail("TUNSETIFF")(io::Error::last_os_error()));
+        }
+        // No IPv6 chatter (router solicitations, DAD) on a capture device.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        // Up, through any socket of this namespace.
+        let control = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .map_err(fail("control socket"))?;
+        let mut flags = ifreq_for(name).map_err(PacketError::Config)?;
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq (`flags`), alive for the
+        // calls; the union member read is the one the kernel just filled.
+        unsafe {
+            if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS, &mut flags) < 0 {
+                return Err(fail("SIOCGIFFLAGS")(io::Error::last_os_error()));
+            }
+            flags.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS, &flags) < 0 {
+                return Err(fail("bringing it up")(io::Error::last_os_error()));
+            }
+        }
+        Ok(Self {
+            fd,
+            stats: InterfaceStats {
+                name: name.to_owned(),
+                ..InterfaceStats::default()
+            },
+        })
+    }
+
+    /// Writes one frame into the device, or counts it dropped.
+    #[inline]
+    pub fn push(&mut self, frame: &[u8]) {
+        // SAFETY: `frame` is valid for `frame.len()` bytes for the call; the fd is open.
+        let written =
+            unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if written == frame.len() as isize {
+            self.stats.sent += 1;
+        } else {
+            if self.stats.dropped == 0 {
+                let error = io::Error::last_os_error();
+                tracing::warn!(interface = %self.stats.name, %error, "writing to an output TAP device failed");
+            }
+            self.stats.dropped += 1;
+        }
+    }
+
+    pub fn stats(&self) -> &InterfaceStats {
+        &self.stats
+    }
+}

@@ -28,7 +28,7 @@ use fastedge_wire::packet::{flow_hash, way_of, HashMode, Parsed};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    afpacket::{InterfaceSink, InterfaceStats},
+    afpacket::{InterfaceSink, InterfaceStats, TapSink},
     pcap::{CaptureFormat, PcapSink, Rotation},
     shm::Producer,
 };
@@ -151,6 +151,9 @@ pub enum BrickConfig {
     /// A network interface: every packet it gets is sent out of it (e.g. one end of a veth
     /// pair whose other end an unmodified application captures on).
     Interface { name: String },
+    /// A TAP device fastedge creates (and removes at exit): every packet it gets arrives on
+    /// the device, where an application captures it.
+    Tap { name: String },
     /// PcapWriter: every packet into a capture file.
     Pcap {
         path: PathBuf,
@@ -325,6 +328,7 @@ enum Brick {
     Way(usize),
     Pcap(usize),
     Iface(usize),
+    Tap(usize),
 }
 
 /// Counters of one shm way.
@@ -344,6 +348,7 @@ pub struct Pipeline {
     ways: Vec<Producer>,
     pcaps: Vec<PcapSink>,
     ifaces: Vec<InterfaceSink>,
+    taps: Vec<TapSink>,
     /// When the root is a balance stage whose outputs are all ways: those ways, in order.
     flat_ways: Option<Vec<usize>>,
     decapsulate: bool,
@@ -360,11 +365,12 @@ impl Pipeline {
             .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
     }
 
-    /// True when the pipeline writes capture files (which one thread must own).
+    /// True when the pipeline writes capture files or TAP devices (which one thread must
+    /// own).
     pub fn has_capture_files(config: &PipelineConfig) -> bool {
         fn walk(brick: &BrickConfig) -> bool {
             match brick {
-                BrickConfig::Pcap { .. } => true,
+                BrickConfig::Pcap { .. } | BrickConfig::Tap { .. } => true,
                 BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
                     to.iter().any(walk)
                 }
@@ -396,6 +402,7 @@ impl Pipeline {
             ways: Vec::new(),
             pcaps: Vec::new(),
             ifaces: Vec::new(),
+            taps: Vec::new(),
         };
         let root = builder.brick(&config.output, 0)?;
         let mut copies: Vec<Self> = (0..lanes)
@@ -404,6 +411,7 @@ impl Pipeline {
                 ways: Vec::with_capacity(builder.ways.len()),
                 pcaps: Vec::new(),
                 ifaces: Vec::new(),
+                taps: Vec::new(),
                 flat_ways: match &root {
                     Brick::Balance { to, .. } => to
                         .iter()
@@ -426,6 +434,7 @@ impl Pipeline {
         }
         if let Some(first) = copies.first_mut() {
             first.pcaps = builder.pcaps;
+            first.taps = builder.taps;
         }
         // Each engine thread sends through sockets of its own.
         for copy in &mut copies {
@@ -476,6 +485,7 @@ impl Pipeline {
             ways: &mut self.ways,
             pcaps: &mut self.pcaps,
             ifaces: &mut self.ifaces,
+            taps: &mut self.taps,
         };
         deliver(
             &self.root,
@@ -507,8 +517,13 @@ impl Pipeline {
         }
     }
 
+    /// Interface outputs, then TAP outputs.
     pub fn interface_stats(&self) -> Vec<InterfaceStats> {
-        self.ifaces.iter().map(|i| i.stats().clone()).collect()
+        self.ifaces
+            .iter()
+            .map(|i| i.stats().clone())
+            .chain(self.taps.iter().map(|t| t.stats().clone()))
+            .collect()
     }
 
     pub fn way_stats(&self) -> Vec<WayStats> {
@@ -540,6 +555,7 @@ struct Builder {
     ways: Vec<Vec<Producer>>,
     pcaps: Vec<PcapSink>,
     ifaces: Vec<String>,
+    taps: Vec<TapSink>,
 }
 
 impl Builder {
@@ -585,6 +601,10 @@ impl Builder {
                 self.ifaces.push(name.clone());
                 Brick::Iface(self.ifaces.len() - 1)
             }
+            BrickConfig::Tap { name } => {
+                self.taps.push(TapSink::create(name)?);
+                Brick::Tap(self.taps.len() - 1)
+            }
             BrickConfig::Pcap {
                 path,
                 format,
@@ -618,6 +638,7 @@ struct Outputs<'a> {
     ways: &'a mut [Producer],
     pcaps: &'a mut [PcapSink],
     ifaces: &'a mut [InterfaceSink],
+    taps: &'a mut [TapSink],
 }
 
 fn deliver(
@@ -634,6 +655,7 @@ fn deliver(
         }
         Brick::Pcap(i) => out.pcaps[*i].write(frame, ts),
         Brick::Iface(i) => out.ifaces[*i].push(frame),
+        Brick::Tap(i) => out.taps[*i].push(frame),
         Brick::Dup(to) => {
             for child in to {
                 deliver(child, out, frame, ts, key, hash);

@@ -81,6 +81,11 @@ fn tcpdump(ns: &str, dev: &str) -> Capture {
 /// Splits 3000 generated frames to 3 veth outputs and captures each; returns each flow's
 /// output. `fast`: the in-kernel path (the default); else `--no-fast-path`.
 fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
+    split_to("veth", fast)
+}
+
+/// The same with `--to TO` (`veth` or `tap`).
+fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
     let dir = TempDir::new("veth-outputs");
@@ -90,7 +95,11 @@ fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
     let prefix = format!(
         "fo{}{n}{}",
         std::process::id() % 100_000,
-        if fast { "k" } else { "u" }
+        match (to, fast) {
+            ("tap", _) => "t",
+            (_, true) => "k",
+            _ => "u",
+        }
     );
     let mut args = vec![
         "split",
@@ -98,7 +107,7 @@ fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
         "--ways",
         "3",
         "--to",
-        "veth",
+        to,
         "--veth-prefix",
         &prefix,
         "--no-control",
@@ -112,7 +121,15 @@ fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
         .map(|k| dir.path().join(format!("out{k}.pcap")))
         .collect();
     let captures: Vec<Capture> = (0..3)
-        .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
+        .map(|k| {
+            // A veth output is captured on its far end; a TAP device on itself.
+            let device = if to == "tap" {
+                format!("{prefix}{k}")
+            } else {
+                format!("{prefix}{k}p")
+            };
+            tcpdump(&pair.ns_a, &device)
+        })
         .collect();
     gen(
         &pair.ns_b,
@@ -179,10 +196,10 @@ fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
     assert!(log.contains(&format!("output {prefix}0: sent")), "{log}");
     assert_eq!(
         log.contains("in-kernel fast path: XDP hashes"),
-        fast,
+        fast && to == "veth",
         "the log says which path ran: {log}"
     );
-    if fast {
+    if fast && to == "veth" {
         assert!(
             log.contains("in-kernel fast path: 3000 frames"),
             "every frame split in the kernel: {log}"
@@ -271,4 +288,15 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
     assert!(split.terminate(Duration::from_secs(10)).success());
     let log = split.log_text();
     assert!(log.contains("in-kernel fast path: 1000 frames"), "{log}");
+}
+
+#[test]
+fn tap_outputs_carry_their_ways_flows_like_veths() {
+    let tap = split_to("tap", true);
+    assert_eq!(tap.len(), 300);
+    assert_eq!(
+        tap,
+        split_to_veths(false),
+        "same flow → output map as the veth outputs"
+    );
 }

@@ -110,9 +110,10 @@ struct CommonArgs {
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
 
-    /// Where the ways go: `ways` (shared-memory rings) or `veth` (fastedge creates a veth pair
+    /// Where the ways go: `ways` (shared-memory rings), `veth` (fastedge creates a veth pair
     /// per way, PREFIX0/PREFIX0p …, sends each way's frames into PREFIXk, and unmodified
-    /// applications capture on PREFIXkp; the pairs are deleted at exit).
+    /// applications capture on PREFIXkp; the pairs are deleted at exit) or `tap` (a TAP device
+    /// per way, PREFIX0 …, on which applications capture; gone at exit).
     #[arg(long, value_enum, default_value_t = ToArg::Ways)]
     to: ToArg,
 
@@ -121,7 +122,7 @@ struct CommonArgs {
     #[arg(long)]
     no_fast_path: bool,
 
-    /// Name prefix of the veth pairs of `--to veth`.
+    /// Name prefix of the veth pairs of `--to veth` and the TAP devices of `--to tap`.
     #[arg(long, default_value = "few")]
     veth_prefix: String,
 
@@ -176,6 +177,7 @@ enum HashArg {
 enum ToArg {
     Ways,
     Veth,
+    Tap,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -636,16 +638,19 @@ fn veth_count(config: &PipelineConfig) -> u32 {
     }
 }
 
-/// Interface bricks for `--to veth`: PREFIX0 … PREFIX(n-1).
+/// Output bricks for `--to veth` (interfaces PREFIX0 … PREFIX(n-1)) and `--to tap` (TAP
+/// devices of those names).
 fn veth_outputs(common: &CommonArgs, ways: u32) -> Vec<BrickConfig> {
-    if common.to != ToArg::Veth {
-        return Vec::new();
+    let name = |k: u32| format!("{}{k}", common.veth_prefix);
+    match common.to {
+        ToArg::Ways => Vec::new(),
+        ToArg::Veth => (0..ways)
+            .map(|k| BrickConfig::Interface { name: name(k) })
+            .collect(),
+        ToArg::Tap => (0..ways)
+            .map(|k| BrickConfig::Tap { name: name(k) })
+            .collect(),
     }
-    (0..ways)
-        .map(|k| BrickConfig::Interface {
-            name: format!("{}{k}", common.veth_prefix),
-        })
-        .collect()
 }
 
 /// veth pairs made for `--to veth`, deleted when dropped.
