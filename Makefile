@@ -67,14 +67,14 @@ bench:
 # The peer harness (BENCHMARKS.md): fastedge beside haproxy (TLS) and beside AF_PACKET fanout
 # and XDP_DROP (split), pinned, medians of rounds; tables, JSON and SVG charts in
 # benches/results/. Installs the peers it needs (Debian packages) first.
-BENCH_PACKAGES := haproxy nginx-light nghttp2-client openssl clang iproute2
+BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream hitch nghttp2-client openssl clang iproute2
 bench-peers: deps
 	@missing=""; for p in $(BENCH_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then echo "installing for the benchmarks:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
-	$(SUDO) benches/peers/serve_vs_haproxy.sh
+	$(SUDO) benches/peers/serve_vs_peers.sh
 	$(SUDO) WAYS=4 benches/peers/split_vs_fanout.sh
 	$(SUDO) WAYS=64 benches/peers/split_vs_fanout.sh
 

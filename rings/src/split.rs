@@ -298,10 +298,25 @@ fn open_xdp(
         None => XdpProgram::Redirect(XskRedirect::load_with(prefilter)?),
         Some(plan) => {
             let mut fast = SplitFast::load(prefilter, &plan.outputs, plan.mode)?;
-            for &peer in &plan.peers {
-                fast.attach_pass(peer)?;
+            let peers = plan
+                .peers
+                .iter()
+                .try_for_each(|&peer| fast.attach_pass(peer));
+            match peers {
+                Ok(()) => {
+                    tracing::info!(
+                        %interface,
+                        outputs = plan.outputs.len(),
+                        "in-kernel fast path: XDP hashes and redirects to the output interfaces (DEVMAP); frames it cannot parse as userspace does go through userspace"
+                    );
+                    XdpProgram::Fast(Box::new(fast))
+                }
+                Err(error) => {
+                    // E.g. a veth output's far end runs an XDP program of its own already.
+                    tracing::warn!(%error, "in-kernel fast path not possible; frames go through userspace");
+                    XdpProgram::Redirect(XskRedirect::load_with(prefilter)?)
+                }
             }
-            XdpProgram::Fast(Box::new(fast))
         }
     };
     let queues = rx_queues(interface);
@@ -440,13 +455,7 @@ pub fn run(
     config.validate()?;
     let plan = if options.fast_path {
         match fast_plan(config) {
-            Ok(plan) => {
-                tracing::info!(
-                    outputs = plan.outputs.len(),
-                    "in-kernel fast path: XDP hashes and redirects to the output interfaces (DEVMAP); frames it cannot parse as userspace does go through userspace"
-                );
-                Some(plan)
-            }
+            Ok(plan) => Some(plan),
             Err(why) => {
                 tracing::debug!("in-kernel fast path not used: {why}");
                 None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# fastedge serve beside haproxy (mode tcp, ssl, one thread), same machine, same run.
+# fastedge serve beside haproxy (mode tcp, ssl, one thread), nginx (stream module, one worker)
+# and hitch (one worker), same machine, same run.
 #
-# Both terminate TLS 1.3 with the same ECDSA P-256 certificate on one core (SERVER_CPU) and
+# All terminate TLS 1.3 with the same ECDSA P-256 certificate on one core (SERVER_CPU) and
 # forward to the same nginx backend; the clients and the backend run on the other core
 # (CLIENT_CPU). Reported per peer:
 #   - full handshakes: `openssl s_time -new` (no resumption) for DURATION seconds: handshakes,
@@ -10,8 +11,8 @@
 # The client (OpenSSL 3.0) saturates its core long before the server does, so the per-CPU-second
 # figures are the comparison; raw rates are bounded by the client.
 #
-# Usage: benches/peers/serve_vs_haproxy.sh   (as root; needs haproxy, nginx-light,
-# nghttp2-client, openssl; builds fastedge release)
+# Usage: benches/peers/serve_vs_peers.sh   (as root; needs haproxy, nginx-light with
+# libnginx-mod-stream, hitch, nghttp2-client, openssl; builds fastedge release)
 #   DURATION=10 REQUESTS=40000 ROUNDS=3 SERVER_CPU=1 CLIENT_CPU=0 RESULTS=benches/results
 # Writes RESULTS/tls.json (medians) and an SVG chart beside it.
 set -euo pipefail
@@ -26,9 +27,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-for tool in haproxy nginx h2load openssl; do
-  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install haproxy nginx-light nghttp2-client openssl (or run make bench-peers)" >&2; exit 1; }
+for tool in haproxy nginx hitch h2load openssl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install haproxy nginx-light libnginx-mod-stream hitch nghttp2-client openssl (or run make bench-peers)" >&2; exit 1; }
 done
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || { echo "needs nginx's stream module: apt-get install libnginx-mod-stream" >&2; exit 1; }
 cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
 bin=$PWD/target/release/fastedge
 chart=$PWD/target/release/bench_chart
@@ -85,7 +87,26 @@ backend app
 HAP
 taskset -c "$SERVER_CPU" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
 haproxy_pid=$!
+nginx_tls_port=18445; hitch_port=18446
+mkdir -p "$work/nginx-tls/logs"
+cat > "$work/nginx-tls/nginx.conf" <<NGINX
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off; master_process off; worker_processes 1; pid $work/nginx-tls/nginx.pid; error_log stderr error;
+events { worker_connections 9000; }
+stream { server { listen 127.0.0.1:$nginx_tls_port ssl; ssl_certificate $work/cert.pem;
+  ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
+  proxy_pass 127.0.0.1:$backend_port; } }
+NGINX
+taskset -c "$SERVER_CPU" /usr/sbin/nginx -p "$work/nginx-tls" -c "$work/nginx-tls/nginx.conf" & pids+=($!)
+nginx_tls_pid=$!
+
+taskset -c "$SERVER_CPU" hitch --frontend="[127.0.0.1]:$hitch_port" --backend="[127.0.0.1]:$backend_port" \
+  --workers=1 --tls-protos=TLSv1.3 --user=nobody "$work/haproxy.pem" >/dev/null 2>&1 & pids+=($!)
+hitch_pid=$!
 sleep 1
+# hitch's one worker is a child of its manager: measure the worker.
+hitch_worker=$(pgrep -P "$hitch_pid" | head -1)
+hitch_worker=${hitch_worker:-$hitch_pid}
 
 cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
@@ -113,10 +134,13 @@ measure() { # name port pid
 
 echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519, ECDSA P-256; $ROUNDS rounds"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A hs ka
+declare -A hs ka port_of pid_of
+port_of=([fastedge]=$fastedge_port [haproxy]=$haproxy_port [nginx]=$nginx_tls_port [hitch]=$hitch_port)
+pid_of=([fastedge]=$fastedge_pid [haproxy]=$haproxy_pid [nginx]=$nginx_tls_pid [hitch]=$hitch_worker)
+contenders="fastedge haproxy nginx hitch"
 for r in $(seq "$ROUNDS"); do
-  for contender in fastedge haproxy; do
-    if [ "$contender" = fastedge ]; then port=$fastedge_port; pid=$fastedge_pid; else port=$haproxy_port; pid=$haproxy_pid; fi
+  for contender in $contenders; do
+    port=${port_of[$contender]}; pid=${pid_of[$contender]}
     lines=$(measure "$contender" "$port" "$pid")
     echo "$lines"
     after_arrow() { awk -v pat="$1" '$0 ~ pat { for (i = 1; i <= NF; i++) if ($i == "->") print $(i + 1) }'; }
@@ -128,15 +152,19 @@ done
 # Medians, machine-readable results and a chart (benches/src/bin/bench_chart.rs).
 mkdir -p "$RESULTS"
 out=$RESULTS/tls.json
-hs_f=$(echo ${hs[fastedge]} | tr ' ' '\n' | median); hs_h=$(echo ${hs[haproxy]} | tr ' ' '\n' | median)
-ka_f=$(echo ${ka[fastedge]} | tr ' ' '\n' | median); ka_h=$(echo ${ka[haproxy]} | tr ' ' '\n' | median)
-echo "medians: full handshakes per server CPU-s fastedge $hs_f, haproxy $hs_h; keep-alive requests per server CPU-s fastedge $ka_f, haproxy $ka_h"
+hs_json=(); ka_json=()
+for contender in $contenders; do
+  h=$(echo ${hs[$contender]} | tr ' ' '\n' | median); k=$(echo ${ka[$contender]} | tr ' ' '\n' | median)
+  echo "median $contender: full handshakes per server CPU-s ${h:-0}, keep-alive requests per server CPU-s ${k:-0}"
+  hs_json+=("\"$contender\": ${h:-0}"); ka_json+=("\"$contender\": ${k:-0}")
+done
+join() { local IFS=,; echo "$*"; }
 cat > "$out" <<JSON
 {"title": "TLS 1.3 termination, X25519 + ECDSA P-256, one server core (median of $ROUNDS)",
  "machine": "$(nproc) CPUs, $(uname -r); server on CPU $SERVER_CPU, clients (openssl s_time, h2load) and nginx backend on CPU $CLIENT_CPU",
  "metrics": [
-  {"name": "full handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {"fastedge": ${hs_f:-0}, "haproxy": ${hs_h:-0}}},
-  {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {"fastedge": ${ka_f:-0}, "haproxy": ${ka_h:-0}}}
+  {"name": "full handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {$(join "${hs_json[@]}")}},
+  {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {$(join "${ka_json[@]}")}}
  ]}
 JSON
 "$chart" "$out" "${out%.json}.svg" && echo "results: $out, chart: ${out%.json}.svg"
