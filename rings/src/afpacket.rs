@@ -490,16 +490,25 @@ pub struct InterfaceStats {
     pub dropped: u64,
     /// Frames the in-kernel path sent to it (never seen by userspace).
     pub sent_in_kernel: u64,
+    /// How userspace sends to it: "AF_XDP", "AF_PACKET" or "TAP".
+    pub transmit: String,
 }
 
-/// An interface as a pipeline output: frames are gathered and sent in batches (`sendmmsg`);
-/// the engine never waits on it: what the interface cannot take now is dropped and counted.
+/// An interface as a pipeline output: frames are sent in batches through an AF_XDP socket
+/// (copy mode; TX ring) or, where AF_XDP cannot bind, an AF_PACKET socket (`sendmmsg`). The
+/// engine never waits on it: what the interface cannot take now is dropped and counted.
 #[derive(Debug)]
 pub struct InterfaceSink {
-    sender: PacketSender,
+    sender: Sender,
     buffer: Vec<u8>,
     frames: Vec<(usize, usize)>,
     stats: InterfaceStats,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Xsk(Box<crate::xdp::XskSender>),
+    Packet(PacketSender),
 }
 
 /// Frames gathered before a send.
@@ -507,12 +516,24 @@ const SINK_BATCH: usize = 64;
 
 impl InterfaceSink {
     pub fn open(interface: &str) -> Result<Self, PacketError> {
+        let sender = match crate::xdp::XskSender::open(interface, 1024) {
+            Ok(xsk) => Sender::Xsk(Box::new(xsk)),
+            Err(error) => {
+                tracing::info!(%interface, %error, "AF_XDP transmit unavailable; sending with AF_PACKET");
+                Sender::Packet(PacketSender::open(interface, 4 << 20)?)
+            }
+        };
+        let transmit = match sender {
+            Sender::Xsk(_) => "AF_XDP",
+            Sender::Packet(_) => "AF_PACKET",
+        };
         Ok(Self {
-            sender: PacketSender::open(interface, 4 << 20)?,
+            sender,
             buffer: Vec::with_capacity(SINK_BATCH * 2048),
             frames: Vec::with_capacity(SINK_BATCH),
             stats: InterfaceStats {
                 name: interface.to_owned(),
+                transmit: transmit.to_owned(),
                 ..InterfaceStats::default()
             },
         })
@@ -520,9 +541,20 @@ impl InterfaceSink {
 
     #[inline]
     pub fn push(&mut self, frame: &[u8]) {
-        let start = self.buffer.len();
-        self.buffer.extend_from_slice(frame);
-        self.frames.push((start, frame.len()));
+        match &mut self.sender {
+            Sender::Xsk(xsk) => {
+                if xsk.push(frame) {
+                    self.frames.push((0, 0));
+                } else {
+                    self.stats.dropped += 1;
+                }
+            }
+            Sender::Packet(_) => {
+                let start = self.buffer.len();
+                self.buffer.extend_from_slice(frame);
+                self.frames.push((start, frame.len()));
+            }
+        }
         if self.frames.len() >= SINK_BATCH {
             self.flush();
         }
@@ -533,31 +565,52 @@ impl InterfaceSink {
         if self.frames.is_empty() {
             return;
         }
-        let slices: Vec<&[u8]> = self
-            .frames
-            .iter()
-            .map(|&(at, len)| &self.buffer[at..at + len])
-            .collect();
-        let mut done = 0;
-        // One retry for a momentarily full queue; then count the rest, never wait.
-        for _ in 0..2 {
-            match self.sender.send_batch(&slices[done..]) {
-                Ok(n) => done += n,
+        let queued = self.frames.len();
+        let done = match &mut self.sender {
+            Sender::Xsk(xsk) => match xsk.flush() {
+                Ok(n) => n,
                 Err(error) => {
-                    if self.stats.dropped == 0 {
-                        tracing::warn!(interface = %self.stats.name, %error, "sending to an output interface failed");
-                    }
-                    break;
+                    self.warn_once(&error.to_string());
+                    0
                 }
+            },
+            Sender::Packet(sender) => {
+                let slices: Vec<&[u8]> = self
+                    .frames
+                    .iter()
+                    .map(|&(at, len)| &self.buffer[at..at + len])
+                    .collect();
+                let mut done = 0;
+                let mut failure = None;
+                // One retry for a momentarily full queue; then count the rest, never wait.
+                for _ in 0..2 {
+                    match sender.send_batch(&slices[done..]) {
+                        Ok(n) => done += n,
+                        Err(error) => {
+                            failure = Some(error.to_string());
+                            break;
+                        }
+                    }
+                    if done == slices.len() {
+                        break;
+                    }
+                }
+                if let Some(error) = failure {
+                    self.warn_once(&error);
+                }
+                done
             }
-            if done == slices.len() {
-                break;
-            }
-        }
+        };
         self.stats.sent += done as u64;
-        self.stats.dropped += (slices.len() - done) as u64;
+        self.stats.dropped += (queued - done) as u64;
         self.frames.clear();
         self.buffer.clear();
+    }
+
+    fn warn_once(&self, error: &str) {
+        if self.stats.dropped == 0 {
+            tracing::warn!(interface = %self.stats.name, %error, "sending to an output interface failed");
+        }
     }
 
     pub fn stats(&self) -> &InterfaceStats {
@@ -630,6 +683,7 @@ impl TapSink {
             fd,
             stats: InterfaceStats {
                 name: name.to_owned(),
+                transmit: "TAP".to_owned(),
                 ..InterfaceStats::default()
             },
         })

@@ -9,7 +9,10 @@ use std::{
 
 use fastedge_wire::synth::{TrafficSpec, MAX_FRAME};
 
-use crate::afpacket::{PacketError, PacketSender};
+use crate::{
+    afpacket::{PacketError, PacketSender},
+    xdp::XskSender,
+};
 
 /// What to send and how fast.
 #[derive(Debug, Clone)]
@@ -22,8 +25,44 @@ pub struct GenConfig {
     pub count: Option<u64>,
     /// First sequence number (so that several runs can be told apart).
     pub first_seq: u64,
-    /// Frames per `sendmmsg`.
+    /// Frames per `sendmmsg` (or per AF_XDP TX ring batch).
     pub batch: usize,
+    pub transmit: Transmit,
+}
+
+/// How the generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmit {
+    /// An AF_PACKET socket, `sendmmsg` batches, qdisc bypassed.
+    AfPacket,
+    /// An AF_XDP socket (copy mode) on queue 0, TX ring.
+    AfXdp,
+}
+
+enum GenSender {
+    Packet(PacketSender),
+    Xsk(Box<XskSender>),
+}
+
+impl GenSender {
+    /// Sends a prefix of `frames`; returns how many went (0: the queue is full, try again).
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, GenError> {
+        match self {
+            GenSender::Packet(p) => p.send_batch(frames).map_err(GenError::Send),
+            GenSender::Xsk(x) => {
+                let mut queued = 0;
+                for frame in frames {
+                    if !x.push(frame) {
+                        break;
+                    }
+                    queued += 1;
+                }
+                // Frames the TX ring had no room for are not sent: the caller sends them again.
+                let sent = x.flush().map_err(GenError::Xsk)?;
+                Ok(sent.min(queued))
+            }
+        }
+    }
 }
 
 /// What a generator run did.
@@ -46,6 +85,8 @@ pub enum GenError {
     Send(std::io::Error),
     #[error("--rate must be at least 1 frame per second")]
     ZeroRate,
+    #[error(transparent)]
+    Xsk(crate::xdp::XskError),
 }
 
 /// Sends until `count` frames went out or `stop` is set; calls `tick` about once a second.
@@ -58,7 +99,12 @@ pub fn run(
     if config.rate == Some(0) {
         return Err(GenError::ZeroRate);
     }
-    let sender = PacketSender::open(&config.interface, 4 << 20)?;
+    let mut sender = match config.transmit {
+        Transmit::AfPacket => GenSender::Packet(PacketSender::open(&config.interface, 4 << 20)?),
+        Transmit::AfXdp => GenSender::Xsk(Box::new(
+            XskSender::open(&config.interface, 2048).map_err(GenError::Xsk)?,
+        )),
+    };
     let batch = config.batch.clamp(1, 1024);
     let mut buffers = vec![[0u8; MAX_FRAME]; batch];
     let mut lengths = vec![0usize; batch];
@@ -90,7 +136,7 @@ pub fn run(
         let frames: Vec<&[u8]> = (0..n).map(|i| &buffers[i][..lengths[i]]).collect();
         let mut done = 0;
         while done < n && !stop.load(Ordering::Relaxed) {
-            let took = sender.send_batch(&frames[done..]).map_err(GenError::Send)?;
+            let took = sender.send(&frames[done..])?;
             if took == 0 {
                 stats.backoffs += 1;
                 std::thread::sleep(Duration::from_micros(50));

@@ -281,3 +281,131 @@ impl XskReceiver {
         }
     }
 }
+
+/// An AF_XDP socket that sends (copy mode) on queue 0 of an interface: frames are written into
+/// free UMEM frames and put on the TX ring in batches; frames the kernel has sent come back
+/// through the completion ring. When no UMEM frame is free (the interface is slower than the
+/// traffic) a frame is refused, never waited for.
+pub struct XskSender {
+    umem: Umem,
+    tx: TxQueue,
+    completion: CompQueue,
+    _rx: RxQueue,
+    _fill: FillQueue,
+    free: Vec<FrameDesc>,
+    pending: Vec<FrameDesc>,
+    done: Vec<FrameDesc>,
+    interface: String,
+}
+
+impl fmt::Debug for XskSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskSender")
+            .field("interface", &self.interface)
+            .field("free", &self.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskSender {
+    /// Opens a sending socket on `interface` with `frames` UMEM frames of 2 KiB.
+    pub fn open(interface: &str, frames: u32) -> Result<Self, XskError> {
+        let ifname: Interface = interface
+            .parse()
+            .map_err(|_| XskError::Interface(interface.to_owned()))?;
+        let ring = frames.next_power_of_two();
+        let size = |n: u32| QueueSize::new(n).map_err(|e| XskError::Config(e.to_string()));
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(2048).map_err(|e| XskError::Config(e.to_string()))?)
+            .fill_queue_size(size(64)?)
+            .comp_queue_size(size(ring)?)
+            .build()
+            .map_err(|e| XskError::Config(e.to_string()))?;
+        let count =
+            NonZeroU32::new(frames).ok_or_else(|| XskError::Config("zero UMEM frames".into()))?;
+        let (umem, descs) = Umem::new(umem_config, count, false).map_err(|e| XskError::Umem {
+            bytes: u64::from(frames) * 2048,
+            reason: e.to_string(),
+        })?;
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(size(64)?)
+            .tx_queue_size(size(ring)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let socket_error = |reason: String| XskError::Socket {
+            interface: interface.to_owned(),
+            queue: 0,
+            reason,
+        };
+        // SAFETY: the UMEM is new and used by this socket only.
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, 0) }
+            .map_err(|e| socket_error(e.to_string()))?;
+        let (fill, completion) =
+            rings.ok_or_else(|| socket_error("kernel returned no fill/completion rings".into()))?;
+        Ok(Self {
+            umem,
+            tx,
+            completion,
+            _rx: rx,
+            _fill: fill,
+            done: descs.clone(),
+            free: descs,
+            pending: Vec::with_capacity(64),
+            interface: interface.to_owned(),
+        })
+    }
+
+    /// Takes back the frames the kernel has sent.
+    fn reclaim(&mut self) {
+        let n = self.done.len().min(256);
+        // SAFETY: the completion ring only returns descriptors of this socket's UMEM that we
+        // put on its TX ring; `done` is scratch space for them.
+        let got = unsafe { self.completion.consume(&mut self.done[..n]) };
+        self.free.extend_from_slice(&self.done[..got]);
+    }
+
+    /// Queues one frame; false when no UMEM frame is free (the frame is not sent).
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return false;
+        };
+        // SAFETY: `desc` is a free frame of this UMEM: in no kernel ring, so nothing else
+        // reads or writes it while we fill it.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        cursor.set_pos(0);
+        if std::io::Write::write_all(&mut cursor, frame).is_err() {
+            self.free.push(desc);
+            return false;
+        }
+        self.pending.push(desc);
+        true
+    }
+
+    /// Puts the queued frames on the TX ring and wakes the kernel; returns how many went.
+    pub fn flush(&mut self) -> Result<usize, XskError> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        // SAFETY: the pending descriptors belong to this UMEM, hold written frames, and are in
+        // no ring; after `produce` the kernel owns those it took.
+        let sent = unsafe { self.tx.produce_and_wakeup(&self.pending) }.map_err(|source| {
+            XskError::Io {
+                interface: self.interface.clone(),
+                queue: 0,
+                op: "waking the kernel to send",
+                source,
+            }
+        })?;
+        // Frames the ring had no room for go back to the free list (counted by the caller).
+        let unsent = self.pending.split_off(sent);
+        self.free.extend(unsent);
+        self.pending.clear();
+        self.reclaim();
+        Ok(sent)
+    }
+}

@@ -193,7 +193,11 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
 
     assert!(split.terminate(Duration::from_secs(10)).success());
     let log = split.log_text();
-    assert!(log.contains(&format!("output {prefix}0: sent")), "{log}");
+    let transmit = if to == "tap" { "TAP" } else { "AF_XDP" };
+    assert!(
+        log.contains(&format!("output {prefix}0 ({transmit}): sent")),
+        "{log}"
+    );
     assert_eq!(
         log.contains("in-kernel fast path: XDP hashes"),
         fast && to == "veth",

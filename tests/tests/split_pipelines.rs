@@ -58,6 +58,11 @@ fn check_once_by_flow(
 }
 
 fn gen_to_split(mode: &str, ways: u32, expect_mode: &str) {
+    gen_to_split_sent_with(mode, ways, expect_mode, "af-packet");
+}
+
+/// The same with the generator sending through `tx` (`af-packet` or `af-xdp`).
+fn gen_to_split_sent_with(mode: &str, ways: u32, expect_mode: &str, tx: &str) {
     let pair = VethPair::new();
     let _files = WayFiles(pair.dev_a.clone());
     let mut split = Fastedge::start_in(
@@ -91,6 +96,8 @@ fn gen_to_split(mode: &str, ways: u32, expect_mode: &str) {
             &count.to_string(),
             "--rate",
             "20000",
+            "--tx",
+            tx,
         ],
     );
     let (arrivals, _consumers) = reader.join().unwrap();
@@ -109,6 +116,11 @@ fn gen_to_split(mode: &str, ways: u32, expect_mode: &str) {
 fn gen_to_split_over_xdp_native_4_and_64_ways() {
     gen_to_split("auto", 4, "XDP native mode");
     gen_to_split("xdp-native", 64, "XDP native mode");
+}
+
+#[test]
+fn gen_sending_with_af_xdp_to_split() {
+    gen_to_split_sent_with("xdp-native", 8, "XDP native mode", "af-xdp");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
-use fastedge_rings::gen::{self, GenConfig, GenError, GenStats};
+use fastedge_rings::gen::{self, GenConfig, GenError, GenStats, Transmit};
 use fastedge_wire::synth::{SpecError, TrafficSpec, Transport};
 
 use crate::{split::stop_on_signals, Failure};
@@ -19,7 +19,8 @@ use crate::{split::stop_on_signals, Failure};
 /// frames alternate client→server and server→client, as a mirror port sees a flow. Each frame
 /// carries a 16-byte marker after its UDP/TCP header: `FEGN`, the flow number and the frame's
 /// sequence number (big-endian), so receivers can check what arrived. Frames go out through an
-/// AF_PACKET socket in batches (`sendmmsg`, qdisc bypassed). The destination MAC defaults to a
+/// AF_PACKET socket in batches (`sendmmsg`, qdisc bypassed), or with `--tx af-xdp` an AF_XDP
+/// socket's TX ring. The destination MAC defaults to a
 /// locally administered address no host owns, so a receiver's IP stack leaves the frames alone.
 #[derive(Debug, Args)]
 pub struct GenArgs {
@@ -71,9 +72,20 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 0)]
     first_seq: u64,
 
-    /// Frames per sendmmsg call.
+    /// Frames per sendmmsg call (or AF_XDP TX batch).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+
+    /// How frames leave: `af-packet` (sendmmsg, qdisc bypassed) or `af-xdp` (an AF_XDP socket
+    /// in copy mode on queue 0, TX ring).
+    #[arg(long, value_enum, default_value_t = TxArg::AfPacket)]
+    tx: TxArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TxArg {
+    AfPacket,
+    AfXdp,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -133,6 +145,10 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
         count: args.count,
         first_seq: args.first_seq,
         batch: args.batch,
+        transmit: match args.tx {
+            TxArg::AfPacket => Transmit::AfPacket,
+            TxArg::AfXdp => Transmit::AfXdp,
+        },
     };
     if let Err(error) = config.spec.validate() {
         return Err(Failure::config(match error {

@@ -271,8 +271,8 @@ fn describe(stats: &SplitStats) -> String {
     }
     for iface in &stats.interfaces {
         parts.push(format!(
-            "output {}: sent {} (+{} in the kernel), dropped (queue full) {}",
-            iface.name, iface.sent, iface.sent_in_kernel, iface.dropped
+            "output {} ({}): sent {} (+{} in the kernel), dropped (queue full) {}",
+            iface.name, iface.transmit, iface.sent, iface.sent_in_kernel, iface.dropped
         ));
     }
     for pcap in &stats.pcaps {
