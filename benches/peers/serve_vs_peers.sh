@@ -7,6 +7,7 @@
 # (CLIENT_CPU). Reported per peer:
 #   - full handshakes: `openssl s_time -new` (no resumption) for DURATION seconds: handshakes,
 #     and handshakes per server CPU-second (utime+stime of the server from /proc);
+#   - resumed handshakes: `openssl s_time -reuse` (session resumption), the same way;
 #   - keep-alive requests: h2load --h1 over TLS: requests/s, and requests per server CPU-second.
 # The client (OpenSSL 3.0) saturates its core long before the server does, so the per-CPU-second
 # figures are the comparison; raw rates are bounded by the client.
@@ -123,6 +124,13 @@ measure() { # name port pid
   printf '%-9s full handshakes: %6s in %ss, server CPU %ss -> %s handshakes per server CPU-s\n' \
     "$name" "${n:-0}" "$DURATION" "$cpu" "$(per_cpu "${n:-0}" "$cpu")"
   before=$(cpu_seconds "$pid")
+  out=$(taskset -c "$CLIENT_CPU" openssl s_time -connect "127.0.0.1:$port" -reuse -time "$DURATION" 2>/dev/null || true)
+  after=$(cpu_seconds "$pid")
+  n=$(echo "$out" | awk '/connections in [0-9.]+s/ {print $1; exit}')
+  cpu=$(diff "$before" "$after")
+  printf '%-9s resumed handshakes: %6s in %ss, server CPU %ss -> %s handshakes per server CPU-s\n' \
+    "$name" "${n:-0}" "$DURATION" "$cpu" "$(per_cpu "${n:-0}" "$cpu")"
+  before=$(cpu_seconds "$pid")
   out=$(taskset -c "$CLIENT_CPU" h2load --h1 -n "$REQUESTS" -c 8 -t 1 "https://127.0.0.1:$port/" 2>/dev/null || true)
   after=$(cpu_seconds "$pid")
   rps=$(echo "$out" | awk '/^finished in/ {print $4; exit}')
@@ -134,7 +142,7 @@ measure() { # name port pid
 
 echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519, ECDSA P-256; $ROUNDS rounds"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A hs ka port_of pid_of
+declare -A hs rs ka port_of pid_of
 port_of=([fastedge]=$fastedge_port [haproxy]=$haproxy_port [nginx]=$nginx_tls_port [hitch]=$hitch_port)
 pid_of=([fastedge]=$fastedge_pid [haproxy]=$haproxy_pid [nginx]=$nginx_tls_pid [hitch]=$hitch_worker)
 contenders="fastedge haproxy nginx hitch"
@@ -145,6 +153,7 @@ for r in $(seq "$ROUNDS"); do
     echo "$lines"
     after_arrow() { awk -v pat="$1" '$0 ~ pat { for (i = 1; i <= NF; i++) if ($i == "->") print $(i + 1) }'; }
     hs[$contender]+="$(echo "$lines" | after_arrow 'full handshakes' | head -1) "
+    rs[$contender]+="$(echo "$lines" | after_arrow 'resumed handshakes' | head -1) "
     ka[$contender]+="$(echo "$lines" | after_arrow 'keep-alive' | head -1) "
   done
 done
@@ -152,11 +161,12 @@ done
 # Medians, machine-readable results and a chart (benches/src/bin/bench_chart.rs).
 mkdir -p "$RESULTS"
 out=$RESULTS/tls.json
-hs_json=(); ka_json=()
+hs_json=(); rs_json=(); ka_json=()
 for contender in $contenders; do
   h=$(echo ${hs[$contender]} | tr ' ' '\n' | median); k=$(echo ${ka[$contender]} | tr ' ' '\n' | median)
-  echo "median $contender: full handshakes per server CPU-s ${h:-0}, keep-alive requests per server CPU-s ${k:-0}"
-  hs_json+=("\"$contender\": ${h:-0}"); ka_json+=("\"$contender\": ${k:-0}")
+  r=$(echo ${rs[$contender]} | tr ' ' '\n' | median)
+  echo "median $contender: full handshakes per server CPU-s ${h:-0}, resumed ${r:-0}, keep-alive requests per server CPU-s ${k:-0}"
+  hs_json+=("\"$contender\": ${h:-0}"); rs_json+=("\"$contender\": ${r:-0}"); ka_json+=("\"$contender\": ${k:-0}")
 done
 join() { local IFS=,; echo "$*"; }
 cat > "$out" <<JSON
@@ -164,6 +174,7 @@ cat > "$out" <<JSON
  "machine": "$(nproc) CPUs, $(uname -r); server on CPU $SERVER_CPU, clients (openssl s_time, h2load) and nginx backend on CPU $CLIENT_CPU",
  "metrics": [
   {"name": "full handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {$(join "${hs_json[@]}")}},
+  {"name": "resumed handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {$(join "${rs_json[@]}")}},
   {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {$(join "${ka_json[@]}")}}
  ]}
 JSON
