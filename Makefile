@@ -74,9 +74,9 @@ bench-peers: deps
 	done; \
 	if [ -n "$$missing" ]; then echo "installing for the benchmarks:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
-	$(SUDO) benches/peers/serve_vs_peers.sh
-	$(SUDO) WAYS=4 benches/peers/split_vs_fanout.sh
-	$(SUDO) WAYS=64 benches/peers/split_vs_fanout.sh
+	$(SUDO) ROUNDS=3 DURATION=5 benches/peers/serve_vs_peers.sh
+	$(SUDO) ROUNDS=3 DURATION=4 WAYS=4 benches/peers/split_vs_fanout.sh
+	$(SUDO) ROUNDS=3 DURATION=4 WAYS=64 benches/peers/split_vs_fanout.sh
 
 # Removes test namespaces left behind by a killed test run.
 clean-netns:

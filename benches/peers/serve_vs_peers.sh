@@ -106,7 +106,7 @@ taskset -c "$SERVER_CPU" hitch --frontend="[127.0.0.1]:$hitch_port" --backend="[
 hitch_pid=$!
 sleep 1
 # hitch's one worker is a child of its manager: measure the worker.
-hitch_worker=$(pgrep -P "$hitch_pid" | head -1)
+hitch_worker=$(pgrep -P "$hitch_pid" | head -1 || true)
 hitch_worker=${hitch_worker:-$hitch_pid}
 
 cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }

@@ -106,7 +106,7 @@ run_round() { # contender → "offered delivered busy_jiffies"
     split-kernel)
       taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --to veth --veth-prefix fbk --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
-      grep -q "in-kernel fast path" "$work/split.log" || { echo "split-kernel: fast path not taken: $(cat "$work/split.log")" >&2; }
+      grep -q "in-kernel fast path: XDP hashes" "$work/split.log" || { echo "split-kernel: fast path not taken: $(cat "$work/split.log")" >&2; }
       napi_on_rx_cpu
       kernel_rx0=$(peer_rx) ;;
     split-afpacket)

@@ -563,6 +563,12 @@ impl InterfaceSink {
     /// Sends what was gathered.
     pub fn flush(&mut self) {
         if self.frames.is_empty() {
+            // AF_XDP: frames already on the TX ring may still wait for a wake-up.
+            if let Sender::Xsk(xsk) = &mut self.sender {
+                if let Err(error) = xsk.kick() {
+                    self.warn_once(&error.to_string());
+                }
+            }
             return;
         }
         let queued = self.frames.len();
@@ -645,7 +651,9 @@ impl TapSink {
     pub fn create(name: &str) -> Result<Self, PacketError> {
         let fail = |step: &'static str| setup(name, step);
         let mut request = ifreq_for(name).map_err(PacketError::Config)?;
-        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // Exclusive: never attach to an existing (persistent) device of that name.
+        request.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
         // SAFETY: opening a device node with a constant path and flags; checked below.
         let fd = unsafe {
             libc::open(

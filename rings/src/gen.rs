@@ -153,6 +153,10 @@ pub fn run(
             tick(&stats);
         }
     }
+    // AF_XDP: frames on the TX ring are only sent once the kernel is woken for them.
+    if let GenSender::Xsk(x) = &mut sender {
+        x.drain(Duration::from_secs(2)).map_err(GenError::Xsk)?;
+    }
     stats.elapsed = start.elapsed();
     Ok(stats)
 }

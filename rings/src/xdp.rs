@@ -294,7 +294,10 @@ pub struct XskSender {
     _fill: FillQueue,
     free: Vec<FrameDesc>,
     pending: Vec<FrameDesc>,
+    /// Every UMEM frame (its length is the frame count).
     done: Vec<FrameDesc>,
+    /// Space for descriptors coming back from the completion ring.
+    scratch: Vec<FrameDesc>,
     interface: String,
 }
 
@@ -349,6 +352,7 @@ impl XskSender {
             completion,
             _rx: rx,
             _fill: fill,
+            scratch: descs[..descs.len().min(256)].to_vec(),
             done: descs.clone(),
             free: descs,
             pending: Vec::with_capacity(64),
@@ -358,11 +362,17 @@ impl XskSender {
 
     /// Takes back the frames the kernel has sent.
     fn reclaim(&mut self) {
-        let n = self.done.len().min(256);
-        // SAFETY: the completion ring only returns descriptors of this socket's UMEM that we
-        // put on its TX ring; `done` is scratch space for them.
-        let got = unsafe { self.completion.consume(&mut self.done[..n]) };
-        self.free.extend_from_slice(&self.done[..got]);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        loop {
+            // SAFETY: the completion ring only returns descriptors of this socket's UMEM that
+            // we put on its TX ring; `scratch` is space for them.
+            let got = unsafe { self.completion.consume(&mut scratch) };
+            self.free.extend_from_slice(&scratch[..got]);
+            if got < scratch.len() {
+                break;
+            }
+        }
+        self.scratch = scratch;
     }
 
     /// Queues one frame; false when no UMEM frame is free (the frame is not sent).
@@ -386,26 +396,73 @@ impl XskSender {
         true
     }
 
-    /// Puts the queued frames on the TX ring and wakes the kernel; returns how many went.
+    /// Frames on the TX ring the kernel has not completed yet.
+    fn in_flight(&self) -> usize {
+        self.done.len() - self.free.len() - self.pending.len()
+    }
+
+    /// Puts the queued frames on the TX ring and has the kernel send them; returns how many
+    /// were put on the ring.
     pub fn flush(&mut self) -> Result<usize, XskError> {
         if self.pending.is_empty() {
+            self.kick()?;
             return Ok(0);
         }
         // SAFETY: the pending descriptors belong to this UMEM, hold written frames, and are in
-        // no ring; after `produce` the kernel owns those it took.
-        let sent = unsafe { self.tx.produce_and_wakeup(&self.pending) }.map_err(|source| {
-            XskError::Io {
-                interface: self.interface.clone(),
-                queue: 0,
-                op: "waking the kernel to send",
-                source,
-            }
-        })?;
+        // no ring; `produce` takes all or none, and those it takes are the kernel's until they
+        // come back through the completion ring.
+        let sent = unsafe { self.tx.produce(&self.pending) };
+        // Taken ones leave `pending` at once (never in the ring and the free list both).
+        self.pending.drain(..sent);
         // Frames the ring had no room for go back to the free list (counted by the caller).
-        let unsent = self.pending.split_off(sent);
+        let unsent: Vec<FrameDesc> = self.pending.drain(..).collect();
         self.free.extend(unsent);
-        self.pending.clear();
-        self.reclaim();
+        self.kick()?;
         Ok(sent)
+    }
+
+    /// Has the kernel send what is on the TX ring. In copy mode each wake-up sends a bounded
+    /// batch (32 frames on current kernels), so this wakes it until the ring is empty or the
+    /// interface stops taking frames.
+    pub fn kick(&mut self) -> Result<(), XskError> {
+        self.reclaim();
+        for _ in 0..64 {
+            if self.in_flight() == 0 {
+                break;
+            }
+            let before = self.in_flight();
+            if let Err(source) = self.tx.wakeup() {
+                let busy = matches!(
+                    source.raw_os_error(),
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EBUSY)
+                );
+                if busy {
+                    break;
+                }
+                return Err(XskError::Io {
+                    interface: self.interface.clone(),
+                    queue: 0,
+                    op: "waking the kernel to send",
+                    source,
+                });
+            }
+            self.reclaim();
+            if self.in_flight() == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (up to `timeout`) until every frame put on the ring has been sent.
+    pub fn drain(&mut self, timeout: std::time::Duration) -> Result<(), XskError> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.in_flight() > 0 && std::time::Instant::now() < deadline {
+            self.kick()?;
+            if self.in_flight() > 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+        Ok(())
     }
 }
