@@ -8,6 +8,8 @@
 #   - full handshakes: `openssl s_time -new` (no resumption) for DURATION seconds: handshakes,
 #     and handshakes per server CPU-second (utime+stime of the server from /proc);
 #   - resumed handshakes: `openssl s_time -reuse` (session resumption), the same way;
+#   - memory: resident KiB per idle TLS connection with CONNS connections held open
+#     (benches/src/bin/tls_hold.rs), from the server's VmRSS before and after;
 #   - keep-alive requests: h2load --h1 over TLS: requests/s, and requests per server CPU-second.
 # The client (OpenSSL 3.0) saturates its core long before the server does, so the per-CPU-second
 # figures are the comparison; raw rates are bounded by the client.
@@ -23,6 +25,9 @@ CLIENT_CPU=${CLIENT_CPU:-0}
 DURATION=${DURATION:-10}
 REQUESTS=${REQUESTS:-40000}
 ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-4000}
+# Every contender and the holding client need two descriptors per connection and more.
+ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -32,9 +37,10 @@ for tool in haproxy nginx hitch h2load openssl; do
   command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install haproxy nginx-light libnginx-mod-stream hitch nghttp2-client openssl (or run make bench-peers)" >&2; exit 1; }
 done
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || { echo "needs nginx's stream module: apt-get install libnginx-mod-stream" >&2; exit 1; }
-cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
+cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null
 bin=$PWD/target/release/fastedge
 chart=$PWD/target/release/bench_chart
+hold=$PWD/target/release/tls_hold
 RESULTS=${RESULTS:-$PWD/benches/results}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
@@ -158,15 +164,42 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+# Resident memory per idle TLS connection: CONNS connections held open by tls_hold (one
+# process on the client core), the contender's RSS before and after.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+declare -A mem
+for contender in $contenders; do
+  port=${port_of[$contender]}; pid=${pid_of[$contender]}
+  before=$(rss_kib "$pid")
+  mkfifo "$work/hold-$contender"
+  taskset -c "$CLIENT_CPU" "$hold" "127.0.0.1:$port" "$CONNS" < "$work/hold-$contender" > "$work/hold-$contender.out" 2>&1 & holder=$!
+  exec 9>"$work/hold-$contender"
+  for _ in $(seq 600); do grep -q ready "$work/hold-$contender.out" && break; kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kib "$pid")
+  exec 9>&-
+  wait "$holder" 2>/dev/null || true
+  if grep -q ready "$work/hold-$contender.out"; then
+    mem[$contender]=$(awk -v a="$after" -v b="$before" -v n="$CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')
+  else
+    mem[$contender]=0
+    echo "$contender: could not hold $CONNS connections: $(tail -1 "$work/hold-$contender.out")" >&2
+  fi
+  printf '%-9s memory: RSS %s KiB -> %s KiB with %s idle TLS connections: %s KiB per connection\n' \
+    "$contender" "$before" "$after" "$CONNS" "${mem[$contender]}"
+  sleep 1
+done
+
 # Medians, machine-readable results and a chart (benches/src/bin/bench_chart.rs).
 mkdir -p "$RESULTS"
 out=$RESULTS/tls.json
-hs_json=(); rs_json=(); ka_json=()
+hs_json=(); rs_json=(); ka_json=(); mem_json=()
 for contender in $contenders; do
   h=$(echo ${hs[$contender]} | tr ' ' '\n' | median); k=$(echo ${ka[$contender]} | tr ' ' '\n' | median)
   r=$(echo ${rs[$contender]} | tr ' ' '\n' | median)
   echo "median $contender: full handshakes per server CPU-s ${h:-0}, resumed ${r:-0}, keep-alive requests per server CPU-s ${k:-0}"
   hs_json+=("\"$contender\": ${h:-0}"); rs_json+=("\"$contender\": ${r:-0}"); ka_json+=("\"$contender\": ${k:-0}")
+  mem_json+=("\"$contender\": ${mem[$contender]:-0}")
 done
 join() { local IFS=,; echo "$*"; }
 cat > "$out" <<JSON
@@ -175,7 +208,8 @@ cat > "$out" <<JSON
  "metrics": [
   {"name": "full handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {$(join "${hs_json[@]}")}},
   {"name": "resumed handshakes per server CPU-s", "unit": "handshakes", "higher_is_better": true, "values": {$(join "${rs_json[@]}")}},
-  {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {$(join "${ka_json[@]}")}}
+  {"name": "keep-alive requests per server CPU-s", "unit": "requests", "higher_is_better": true, "values": {$(join "${ka_json[@]}")}},
+  {"name": "memory per idle TLS connection ($CONNS held)", "unit": "KiB", "higher_is_better": false, "values": {$(join "${mem_json[@]}")}}
  ]}
 JSON
 "$chart" "$out" "${out%.json}.svg" && echo "results: $out, chart: ${out%.json}.svg"
