@@ -7,62 +7,21 @@
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use fastedge_benches::{balance_pipeline, udp_frames_64b};
 use fastedge_rings::{
-    pipeline::{
-        BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
-    },
+    pipeline::Pipeline,
     shm::{way_path, Consumer, Producer},
 };
-use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
 
 const BATCH: usize = 1024;
 
-fn frames() -> Vec<Vec<u8>> {
-    let spec = TrafficSpec {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        client_base: "10.1.0.0".parse().expect("address"),
-        server: "10.0.0.1".parse().expect("address"),
-        server_port: 443,
-        transport: Transport::Udp,
-        flows: 1024,
-        frame_len: 60,
-        both_directions: true,
-    };
-    let mut buf = [0u8; MAX_FRAME];
-    (0..2048u64)
-        .map(|seq| {
-            let n = spec.write(seq, &mut buf);
-            buf[..n].to_vec()
-        })
-        .collect()
-}
-
 fn pipeline(c: &mut Criterion) {
-    let frames = frames();
+    let frames = udp_frames_64b();
     let mut group = c.benchmark_group("split");
     group.throughput(Throughput::Elements(1));
     for ways in [4u32, 64] {
         let name = format!("bench-{}-{ways}", std::process::id());
-        let config = PipelineConfig {
-            name: Some(name.clone()),
-            inputs: vec![InputConfig {
-                interface: Some("bench".into()),
-                pcap: None,
-                mode: InputMode::Auto,
-                speed: SpeedName::Fast,
-            }],
-            output: BrickConfig::Balance {
-                hash: HashName::Five,
-                ways: Some(ways),
-                to: Vec::new(),
-                non_ip: 0,
-            },
-            decapsulate: true,
-            way_kib: 1024,
-            rules: Vec::new(),
-            rule_capacity: 1,
-        };
+        let config = balance_pipeline(&name, ways);
         let mut pipeline = Pipeline::build(&config).expect("building the pipeline");
         let mut consumers: Vec<Consumer> = (0..ways)
             .map(|w| Consumer::open(&name, w).expect("consumer"))
@@ -102,7 +61,7 @@ fn pipeline(c: &mut Criterion) {
 }
 
 fn ring(c: &mut Criterion) {
-    let frames = frames();
+    let frames = udp_frames_64b();
     let path = std::env::temp_dir().join(format!("fastedge-bench-ring-{}", std::process::id()));
     let mut producer = Producer::create(&path, 1 << 20).expect("way");
     let mut consumer = Consumer::open_path(&path).expect("consumer");

@@ -4,61 +4,22 @@
 //! `parse`: parse + flow hash + way choice; `pipeline`: the whole push into 4 shm ways (drained
 //! between rounds).
 
+use fastedge_benches::{balance_pipeline, udp_frames_64b};
 use fastedge_rings::{
-    pipeline::{
-        BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
-    },
+    pipeline::Pipeline,
     shm::{way_path, Consumer},
 };
-use fastedge_wire::{
-    packet::{flow_hash, parse, way_of, HashMode, Parsed},
-    synth::{TrafficSpec, Transport, MAX_FRAME},
-};
+use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
 
 fn main() {
     let rounds: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
-    let spec = TrafficSpec {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        client_base: "10.1.0.0".parse().expect("address"),
-        server: "10.0.0.1".parse().expect("address"),
-        server_port: 443,
-        transport: Transport::Udp,
-        flows: 1024,
-        frame_len: 60,
-        both_directions: true,
-    };
-    let mut buf = [0u8; MAX_FRAME];
-    let frames: Vec<Vec<u8>> = (0..2048u64)
-        .map(|seq| {
-            let n = spec.write(seq, &mut buf);
-            buf[..n].to_vec()
-        })
-        .collect();
+    let frames = udp_frames_64b();
     if std::env::args().nth(2).as_deref() == Some("pipeline") {
         let name = format!("hotpath-{}", std::process::id());
-        let config = PipelineConfig {
-            name: Some(name.clone()),
-            inputs: vec![InputConfig {
-                interface: Some("x".into()),
-                pcap: None,
-                mode: InputMode::Auto,
-                speed: SpeedName::Fast,
-            }],
-            output: BrickConfig::Balance {
-                hash: HashName::Five,
-                ways: Some(4),
-                to: Vec::new(),
-                non_ip: 0,
-            },
-            decapsulate: true,
-            way_kib: 1024,
-            rules: Vec::new(),
-            rule_capacity: 1,
-        };
+        let config = balance_pipeline(&name, 4);
         let mut pipeline = Pipeline::build(&config).expect("pipeline");
         let mut consumers: Vec<Consumer> = (0..4)
             .map(|w| Consumer::open(&name, w).expect("way"))

@@ -593,6 +593,8 @@ fn run_threads(
                 return vec![Err(SplitError::Poll(error))];
             }
         };
+        // The first merged snapshot goes out as soon as every thread has reported.
+        let mut last_tick = Instant::now() - Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed)
             && !failed.load(Ordering::Relaxed)
             && !handles.iter().all(|h| h.is_finished())
@@ -602,7 +604,8 @@ fn run_threads(
                 .iter()
                 .map(|m| m.lock().ok().and_then(|s| s.clone()))
                 .collect();
-            if let Some(now) = now.filter(|_| tick_due()) {
+            if let Some(now) = now.filter(|_| last_tick.elapsed() >= Duration::from_secs(1)) {
+                last_tick = Instant::now();
                 tick(&merge(&now));
             }
         }
@@ -623,21 +626,6 @@ fn run_threads(
         all.push(result?);
     }
     Ok(merge(&all))
-}
-
-/// True about once a second (per process; the main thread is the only caller).
-fn tick_due() -> bool {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else {
-        return false;
-    };
-    match *last {
-        Some(t) if t.elapsed() < Duration::from_secs(1) => false,
-        _ => {
-            *last = Some(Instant::now());
-            true
-        }
-    }
 }
 
 /// A stop flag that is set when either of two flags is.

@@ -294,8 +294,8 @@ pub struct XskSender {
     _fill: FillQueue,
     free: Vec<FrameDesc>,
     pending: Vec<FrameDesc>,
-    /// Every UMEM frame (its length is the frame count).
-    done: Vec<FrameDesc>,
+    /// UMEM frames in all.
+    frames: usize,
     /// Space for descriptors coming back from the completion ring.
     scratch: Vec<FrameDesc>,
     interface: String,
@@ -353,7 +353,7 @@ impl XskSender {
             _rx: rx,
             _fill: fill,
             scratch: descs[..descs.len().min(256)].to_vec(),
-            done: descs.clone(),
+            frames: descs.len(),
             free: descs,
             pending: Vec::with_capacity(64),
             interface: interface.to_owned(),
@@ -398,7 +398,7 @@ impl XskSender {
 
     /// Frames on the TX ring the kernel has not completed yet.
     fn in_flight(&self) -> usize {
-        self.done.len() - self.free.len() - self.pending.len()
+        self.frames - self.free.len() - self.pending.len()
     }
 
     /// Puts the queued frames on the TX ring and has the kernel send them; returns how many
