@@ -586,8 +586,12 @@ impl ServerContext {
     }
 
     /// A fresh per-connection `Ssl` from this context.
+    /// Its configuration is freed when the handshake completes (read what you need of it, such
+    /// as the verify mode, before).
     pub fn new_session(&self) -> Result<boring::ssl::Ssl, TlsError> {
-        boring::ssl::Ssl::new(&self.context).map_err(TlsError::Setup)
+        let mut ssl = boring::ssl::Ssl::new(&self.context).map_err(TlsError::Setup)?;
+        ffi::shed_handshake_config(&mut ssl);
+        Ok(ssl)
     }
 }
 

@@ -23,6 +23,15 @@ pub fn set_cipher_list(ssl: &mut SslRef, list: &CStr) -> bool {
     unsafe { boring_sys::SSL_set_strict_cipher_list(ssl.as_ptr(), list.as_ptr()) == 1 }
 }
 
+/// Lets BoringSSL free the connection's copy of its configuration (certificate, cipher and group
+/// lists, ALPN, verify settings) once the handshake is complete: an idle connection then holds
+/// only what the handshake established. Settings such as `verify_mode` cannot be read after.
+#[doc(alias = "SSL_set_shed_handshake_config")]
+pub fn shed_handshake_config(ssl: &mut SslRef) {
+    // SAFETY: `ssl` is a live SSL owned by the caller's borrow; the call only sets a flag.
+    unsafe { boring_sys::SSL_set_shed_handshake_config(ssl.as_ptr(), 1) }
+}
+
 /// Adds every CRL of a PEM document to `store`; returns how many there were.
 #[doc(alias = "PEM_read_bio_X509_CRL")]
 #[doc(alias = "X509_STORE_add_crl")]

@@ -49,8 +49,32 @@ use crate::{
     HelloChoice, ServerContext, TlsError, TlsStream,
 };
 
-/// Bytes buffered per direction of a proxied connection.
+/// Bytes buffered per direction of a proxied connection while bytes move.
 const PUMP_BUFFER: usize = 32 * 1024;
+/// Pump buffers a core keeps for reuse; more are freed when they come back.
+const POOL_KEEP: usize = 256;
+
+thread_local! {
+    /// This core's spare pump buffers: a direction borrows one to read and gives it back as soon
+    /// as it is empty and the reader has nothing more, so an idle connection holds none.
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pump buffer from this core's pool, or a new one.
+fn borrow_buffer() -> Box<[u8]> {
+    POOL.with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; PUMP_BUFFER].into_boxed_slice())
+}
+
+/// Returns a pump buffer to this core's pool.
+fn return_buffer(buf: Box<[u8]>) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
+        }
+    });
+}
 /// How long a client gets to take our close_notify after a backend failure.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -315,7 +339,11 @@ async fn run(
     let mut connecting = (frontend.groups.len() == 1)
         .then(|| fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), 0)));
     let timeout = frontend.settings.handshake_timeout;
+    // Whether a client certificate was asked for, as the chosen SNI context set it: read while
+    // the handshake runs, since the connection's configuration is freed when it completes.
+    let mut cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
     let handshake = accept_observed(ssl, client, |ssl| {
+        cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
         if connecting.is_none() {
             if let Some(choice) = ServerContext::hello_choice(ssl) {
                 let group = frontend.group_of(Some(choice));
@@ -327,7 +355,9 @@ async fn run(
             }
         }
     });
-    let mut tls = match fastedge_runtime::timeout(timeout, handshake).await {
+    // Boxed: the handshake's state is large and lives only until it completes, while the
+    // connection's own future stays allocated for as long as the connection (idle ones too).
+    let mut tls = match Box::pin(fastedge_runtime::timeout(timeout, handshake)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             if let TlsError::Handshake { server_name, .. } = &error {
@@ -428,7 +458,7 @@ async fn run(
                 trusted,
             };
             let mut new = Injector::new(config, facts);
-            if spec.x_forwarded && tls.ssl().verify_mode() != SslVerifyMode::NONE {
+            if spec.x_forwarded && cert_requested {
                 new = new.with_client_cert(ClientCertHeaders {
                     verified: peer_cert.is_some(),
                     subject: peer_cert.as_ref().and_then(subject_dn),
@@ -724,8 +754,9 @@ pub struct PumpOptions<'a> {
 
 /// One direction of the pump: a buffer between a reader and a writer.
 struct Flow {
-    buf: Box<[u8]>,
-    /// Rewritten bytes when the direction has a transform; otherwise unused.
+    /// Borrowed from the core's pool while bytes are in flight; `None` while idle.
+    buf: Option<Box<[u8]>>,
+    /// Rewritten bytes when the direction has a transform; otherwise unused (freed while idle).
     out: Vec<u8>,
     transformed: bool,
     start: usize,
@@ -738,10 +769,18 @@ struct Flow {
 
 type FlowError = (Side, &'static str, io::Error);
 
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            return_buffer(buf);
+        }
+    }
+}
+
 impl Flow {
     fn new(transformed: bool) -> Self {
         Self {
-            buf: vec![0; PUMP_BUFFER].into_boxed_slice(),
+            buf: None,
             out: Vec::new(),
             transformed,
             start: 0,
@@ -773,10 +812,9 @@ impl Flow {
         }
         loop {
             while self.start < self.end {
-                let pending = if self.transformed {
-                    &self.out[self.start..self.end]
-                } else {
-                    &self.buf[self.start..self.end]
+                let pending = match &self.buf {
+                    Some(buf) if !self.transformed => &buf[self.start..self.end],
+                    _ => &self.out[self.start..self.end],
                 };
                 match Pin::new(&mut *writer).poll_write(cx, pending) {
                     Poll::Ready(Ok(0)) => {
@@ -801,7 +839,8 @@ impl Flow {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            match Pin::new(&mut *reader).poll_read(cx, &mut self.buf) {
+            let buf = self.buf.get_or_insert_with(borrow_buffer);
+            match Pin::new(&mut *reader).poll_read(cx, buf) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(n)) => {
                     activity.set(Instant::now());
@@ -811,7 +850,7 @@ impl Flow {
                     if let Some(injector) = injector.as_deref_mut() {
                         self.out.clear();
                         injector.set_early(early.is_some_and(|e| e.load(Ordering::Relaxed)));
-                        injector.feed(&self.buf[..n], &mut self.out).map_err(|e| {
+                        injector.feed(&buf[..n], &mut self.out).map_err(|e| {
                             (
                                 from,
                                 "request",
@@ -823,6 +862,11 @@ impl Flow {
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err((from, "read", error))),
                 Poll::Pending => {
+                    // Nothing in flight: an idle direction holds no buffer.
+                    if let Some(buf) = self.buf.take() {
+                        return_buffer(buf);
+                    }
+                    self.out = Vec::new();
                     if self.unflushed {
                         let flushed = ready!(Pin::new(&mut *writer).poll_flush(cx));
                         flushed.map_err(|error| (to, "flush", error))?;
