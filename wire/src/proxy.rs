@@ -90,28 +90,27 @@ impl ConnectionAddrs {
 
 /// Appends a PROXY v1 line for `addrs` to `out`.
 pub fn encode_v1(addrs: &ConnectionAddrs, out: &mut Vec<u8>) {
-    let line = match addrs.same_family() {
-        Some(SameFamily::V4(c, l)) => {
-            format!(
-                "PROXY TCP4 {} {} {} {}\r\n",
-                c.ip(),
-                l.ip(),
-                c.port(),
-                l.port()
-            )
-        }
-        Some(SameFamily::V6(c, l)) => {
-            format!(
-                "PROXY TCP6 {} {} {} {}\r\n",
-                c.ip(),
-                l.ip(),
-                c.port(),
-                l.port()
-            )
-        }
-        None => "PROXY UNKNOWN\r\n".to_owned(),
+    use std::io::Write;
+    // Writing into a Vec cannot fail; formatting straight into it spares a String per line.
+    let _ = match addrs.same_family() {
+        Some(SameFamily::V4(c, l)) => write!(
+            out,
+            "PROXY TCP4 {} {} {} {}\r\n",
+            c.ip(),
+            l.ip(),
+            c.port(),
+            l.port()
+        ),
+        Some(SameFamily::V6(c, l)) => write!(
+            out,
+            "PROXY TCP6 {} {} {} {}\r\n",
+            c.ip(),
+            l.ip(),
+            c.port(),
+            l.port()
+        ),
+        None => out.write_all(b"PROXY UNKNOWN\r\n"),
     };
-    out.extend_from_slice(line.as_bytes());
 }
 
 /// Appends a PROXY v2 header (command PROXY, TCP over IPv4 or IPv6) for `addrs` to `out`, with
