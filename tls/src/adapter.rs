@@ -26,11 +26,29 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::TlsError;
 
+/// How much one read from the transport may take: a whole TLS record (16 KiB of plaintext plus
+/// the header and AEAD expansion).
+const READ_AHEAD: usize = 5 + 16 * 1024 + 256;
+
+thread_local! {
+    /// This thread's scratch buffer for reads from the transport (see [`IoShim`]).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
+}
+
 /// Adapts an async stream to the blocking `Read + Write` that BoringSSL drives.
+///
+/// BoringSSL reads a record in two steps (the 5-byte header, then the body), which would be two
+/// `recv` calls per record. The shim reads up to a whole record at once into a per-thread
+/// scratch buffer and keeps what BoringSSL did not ask for yet, so one `recv` usually serves a
+/// record; the kept bytes are freed as soon as they are taken, so an idle connection holds none.
 #[derive(Debug)]
 pub struct IoShim<S> {
     stream: S,
     waker: Option<Waker>,
+    /// Bytes read from the transport that BoringSSL has not asked for yet (from `ahead_pos`).
+    ahead: Vec<u8>,
+    ahead_pos: usize,
 }
 
 impl<S> IoShim<S> {
@@ -38,7 +56,22 @@ impl<S> IoShim<S> {
         Self {
             stream,
             waker: None,
+            ahead: Vec::new(),
+            ahead_pos: 0,
         }
+    }
+
+    /// Hands out kept bytes; frees the buffer when it is drained.
+    fn take_ahead(&mut self, buf: &mut [u8]) -> usize {
+        let kept = &self.ahead[self.ahead_pos..];
+        let n = kept.len().min(buf.len());
+        buf[..n].copy_from_slice(&kept[..n]);
+        self.ahead_pos += n;
+        if self.ahead_pos == self.ahead.len() {
+            self.ahead = Vec::new();
+            self.ahead_pos = 0;
+        }
+        n
     }
 
     /// Remembers the waker of the task that polls us now, cloning only when it changed.
@@ -70,7 +103,22 @@ impl<S> IoShim<S> {
 
 impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.poll_with(|stream, cx| stream.poll_read(cx, buf))
+        if self.ahead_pos < self.ahead.len() {
+            return Ok(self.take_ahead(buf));
+        }
+        if buf.len() >= READ_AHEAD {
+            return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = self.poll_with(|stream, cx| stream.poll_read(cx, &mut scratch[..]))?;
+            let given = n.min(buf.len());
+            buf[..given].copy_from_slice(&scratch[..given]);
+            if given < n {
+                self.ahead.extend_from_slice(&scratch[given..n]);
+            }
+            Ok(given)
+        })
     }
 }
 
