@@ -67,7 +67,7 @@ bench:
 # The peer harness (BENCHMARKS.md): fastedge beside haproxy (TLS) and beside AF_PACKET fanout
 # and XDP_DROP (split), pinned, medians of rounds; tables, JSON and SVG charts in
 # benches/results/. Installs the peers it needs (Debian packages) first.
-BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream hitch nghttp2-client openssl clang iproute2
+BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream hitch nghttp2-client wrk curl openssl clang iproute2
 bench-peers: deps
 	@missing=""; for p in $(BENCH_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
