@@ -77,6 +77,8 @@ bench-peers: deps
 	$(SUDO) ROUNDS=3 DURATION=5 benches/peers/serve_vs_peers.sh
 	$(SUDO) ROUNDS=3 DURATION=4 WAYS=4 benches/peers/split_vs_fanout.sh
 	$(SUDO) ROUNDS=3 DURATION=4 WAYS=64 benches/peers/split_vs_fanout.sh
+	$(SUDO) ROUNDS=3 DURATION=4 WAYS=4 SIZE=1500 RATE=100000 benches/peers/split_vs_fanout.sh
+	$(SUDO) ROUNDS=3 DURATION=4 WAYS=64 SIZE=1500 RATE=100000 benches/peers/split_vs_fanout.sh
 
 # Removes test namespaces left behind by a killed test run.
 clean-netns:

@@ -2,7 +2,7 @@
 # fastedge split beside the kernel's AF_PACKET PACKET_FANOUT_HASH and the XDP_DROP ceiling, on
 # the same veth, in the same run, at the same offered load.
 #
-# Namespace B runs `fastedge gen` (64-byte UDP frames of 1,024 flows, both directions) pinned to
+# Namespace B runs `fastedge gen` (SIZE-byte UDP frames of 1,024 flows, both directions) pinned to
 # GEN_CPU; namespace A receives on RX_CPU. Receive work is moved to RX_CPU: threaded NAPI with
 # the napi/ thread pinned there for XDP paths, RPS for AF_PACKET paths (veth has no NAPI without
 # XDP). Contenders:
@@ -19,8 +19,9 @@
 # user+nice+system+irq+softirq of that CPU, which other tenants may share: compare in one run).
 #
 # Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
-#   RATE=300000 DURATION=5 WAYS=4 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
-# Writes RESULTS/split-WAYS-ways.json and an SVG chart beside it.
+#   RATE=300000 DURATION=5 WAYS=4 SIZE=64 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
+# Writes RESULTS/split-WAYS-ways.json (split-WAYS-ways-SIZEB.json for other sizes than 64) and
+# an SVG chart beside it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RX_CPU=${RX_CPU:-0}
@@ -28,6 +29,7 @@ GEN_CPU=${GEN_CPU:-1}
 RATE=${RATE:-300000}
 DURATION=${DURATION:-5}
 WAYS=${WAYS:-4}
+SIZE=${SIZE:-64}
 ROUNDS=${ROUNDS:-3}
 CONTENDERS=${CONTENDERS:-"xdp-drop split-kernel split-xdp split-skb split-afpacket fanout"}
 ns_a=febench-$$-a
@@ -44,6 +46,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 cargo build --release -p fastedge -p fastedge-benches --bins >/dev/null 2>&1
 bin=$PWD/target/release/fastedge
@@ -85,7 +88,8 @@ napi_on_rx_cpu() {
 wait_ready() { for _ in $(seq 100); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not ready: $(cat "$1")" >&2; return 1; }
 
 count=$((RATE * DURATION))
-run_round() { # contender → "offered delivered busy_jiffies"
+# Runs in this shell (not a subshell), so every process it starts is in `pids` for the cleanup.
+run_round() { # contender → ROUND="offered delivered busy_jiffies"
   local c=$1 out=$work/out.txt delivered
   : > "$out"
   case $c in
@@ -123,7 +127,7 @@ run_round() { # contender → "offered delivered busy_jiffies"
   sleep 0.5
   local d0 b0 b1 d1
   d0=$(tx_dropped); b0=$(busy)
-  taskset -c "$GEN_CPU" ip netns exec "$ns_b" "$bin" gen vb --flows 1024 --size 64 --rate "$RATE" --count "$count" 2>>"$work/gen.log"
+  taskset -c "$GEN_CPU" ip netns exec "$ns_b" "$bin" gen vb --flows 1024 --size "$SIZE" --rate "$RATE" --count "$count" 2>>"$work/gen.log"
   sleep 0.3
   b1=$(busy); d1=$(tx_dropped)
   case $c in
@@ -140,18 +144,26 @@ run_round() { # contender → "offered delivered busy_jiffies"
       rm -f /dev/shm/fastedge-$name-* ;;
   esac
   rps 0
-  echo "$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0))"
+  ROUND="$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0))"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf 'offered %d frames/round at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
-  "$count" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
+printf 'offered %d frames/round of %d bytes at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
+  "$count" "$SIZE" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
 printf '%-16s %12s %12s %8s %22s\n' contender offered delivered loss% "rx-CPU ms per Mframe"
 json_loss=(); json_cost=(); json_delivered=()
+total_steps=$(( $(echo $CONTENDERS | wc -w) * ROUNDS )); step=0
 for c in $CONTENDERS; do
   offered=(); delivered=(); cost=()
   for r in $(seq "$ROUNDS"); do
-    read -r o d j < <(run_round "$c")
+    step=$((step + 1))
+    if [ -t 2 ]; then
+      printf '\r[%-30s] %d/%d %-30s' "$(printf '%*s' $((step * 30 / total_steps)) '' | tr ' ' '#')" "$step" "$total_steps" "$c round $r" >&2
+    else
+      printf '[%d/%d] %s round %d\n' "$step" "$total_steps" "$c" "$r" >&2
+    fi
+    run_round "$c"
+    read -r o d j <<< "$ROUND"
     offered+=("$o"); delivered+=("$d")
     # jiffies are 10 ms: ms per million delivered frames.
     cost+=("$(awk -v j="$j" -v d="$d" 'BEGIN { if (d > 0) printf "%.0f", j * 10 * 1e6 / d; else print "inf" }')")
@@ -160,6 +172,7 @@ for c in $CONTENDERS; do
   d=$(printf '%s\n' "${delivered[@]}" | median)
   m=$(printf '%s\n' "${cost[@]}" | median)
   loss=$(awk -v o="$count" -v d="$d" 'BEGIN { printf "%.3f", (o - d) * 100 / o }')
+  [ -t 2 ] && printf '\r%80s\r' '' >&2
   printf '%-16s %12s %12s %8s %22s   (rounds: %s)\n' "$c" "$o" "$d" "$loss" "$m" "${cost[*]}"
   json_loss+=("\"$c\": $loss"); json_delivered+=("\"$c\": $d")
   [ "$m" != inf ] && json_cost+=("\"$c\": $m")
@@ -169,8 +182,9 @@ done
 mkdir -p "$RESULTS"
 join() { local IFS=,; echo "$*"; }
 out=$RESULTS/split-$WAYS-ways.json
+[ "$SIZE" = 64 ] || out=$RESULTS/split-$WAYS-ways-${SIZE}B.json
 cat > "$out" <<JSON
-{"title": "split, $WAYS ways, 64-byte frames, $RATE frames/s offered (median of $ROUNDS)",
+{"title": "split, $WAYS ways, $SIZE-byte frames, $RATE frames/s offered (median of $ROUNDS)",
  "machine": "$(nproc) CPUs, $(uname -r); receive work and readers on CPU $RX_CPU, generator on CPU $GEN_CPU",
  "metrics": [
   {"name": "receive-CPU time per Mframe", "unit": "ms", "higher_is_better": false, "values": {$(join "${json_cost[@]}")}},
