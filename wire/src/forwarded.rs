@@ -140,8 +140,42 @@ pub struct Injector {
     head: Vec<u8>,
     requests: u64,
     h2: bool,
-    client_cert: Option<ClientCertHeaders>,
     early: bool,
+    /// What every request of the connection gets, rendered once.
+    text: Rendered,
+}
+
+/// The connection's facts as header text, rendered once per connection rather than per request.
+#[derive(Debug, Default)]
+struct Rendered {
+    /// The client address, as `X-Forwarded-For` states it.
+    client: Vec<u8>,
+    /// `\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: N\r\n`.
+    proto_port: Vec<u8>,
+    /// `for=…;proto=https\r\n`, the end of a `Forwarded` line.
+    forwarded: Vec<u8>,
+    /// The `X-Client-*` lines.
+    client_cert: Vec<u8>,
+}
+
+impl Rendered {
+    fn new(facts: &ClientFacts) -> Self {
+        let client = facts.client.to_canonical();
+        let node = match client {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Self {
+            client: client.to_string().into_bytes(),
+            proto_port: format!(
+                "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: {}\r\n",
+                facts.local_port
+            )
+            .into_bytes(),
+            forwarded: format!("for={node};proto=https\r\n").into_bytes(),
+            client_cert: Vec::new(),
+        }
+    }
 }
 
 impl Injector {
@@ -153,8 +187,8 @@ impl Injector {
             head: Vec::new(),
             requests: 0,
             h2: false,
-            client_cert: None,
             early: false,
+            text: Rendered::new(&facts),
         }
     }
 
@@ -167,7 +201,7 @@ impl Injector {
 
     /// Also states the client certificate in every request ([`ClientCertHeaders`]).
     pub fn with_client_cert(mut self, headers: ClientCertHeaders) -> Self {
-        self.client_cert = Some(headers);
+        self.text.client_cert = client_cert_lines(&headers);
         self
     }
 
@@ -273,16 +307,14 @@ impl Injector {
             Status::Complete(head) => head,
         };
         let head_len = head.head_len;
-        let upgrade = head.method.eq_ignore_ascii_case("CONNECT") || has_upgrade(&buf[..head_len]);
+        let upgrade = head.method.eq_ignore_ascii_case("CONNECT") || head.upgrade;
         let body = head.body;
         rewrite_head(
             &buf[..head_len],
             &self.config,
             &self.facts,
-            Extra {
-                client_cert: self.client_cert.as_ref(),
-                early: self.early,
-            },
+            &self.text,
+            self.early,
             out,
         );
         self.requests += 1;
@@ -301,22 +333,6 @@ impl Injector {
         }
         Ok(input.len() - after_head)
     }
-}
-
-/// Whether a head asks to switch protocols (`Upgrade` together with `Connection: upgrade`).
-fn has_upgrade(head: &[u8]) -> bool {
-    let mut upgrade = false;
-    let mut connection_upgrade = false;
-    for (name, value) in header_lines(head) {
-        if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            connection_upgrade |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
-        }
-    }
-    upgrade && connection_upgrade
 }
 
 /// A head without the empty lines that may precede its request line (RFC 9112 §2.2; httparse
@@ -342,22 +358,16 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
-/// Writes `head` with the forwarding headers set, lines ending in CRLF.
-/// What a head states beyond the forwarding headers.
-struct Extra<'a> {
-    client_cert: Option<&'a ClientCertHeaders>,
-    /// The head arrived (at least in part) in TLS early data.
-    early: bool,
-}
-
+/// Writes `head` with the forwarding headers set, lines ending in CRLF. `early`: the head
+/// arrived (at least in part) in TLS early data.
 fn rewrite_head(
     head: &[u8],
     config: &ForwardedConfig,
     facts: &ClientFacts,
-    extra: Extra<'_>,
+    text: &Rendered,
+    early: bool,
     out: &mut Vec<u8>,
 ) {
-    let client_cert = extra.client_cert;
     let head = without_leading_empty_lines(head);
     let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     out.extend_from_slice(request_line.strip_suffix(b"\r").unwrap_or(request_line));
@@ -365,37 +375,39 @@ fn rewrite_head(
     let mut prior_xff: Vec<&[u8]> = Vec::new();
     let mut prior_forwarded: Vec<&[u8]> = Vec::new();
     for (name, value) in header_lines(head) {
-        let managed_x = config.x_forwarded
-            && (name.eq_ignore_ascii_case(b"x-forwarded-for")
-                || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                || name.eq_ignore_ascii_case(b"x-forwarded-port"));
-        let managed_fwd = config.forwarded && name.eq_ignore_ascii_case(b"forwarded");
-        // Never let a client state its own certificate.
-        let managed_cert = config.x_forwarded
-            && CLIENT_CERT_HEADERS
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h));
-        if managed_cert {
-            continue;
-        }
-        // Ours replaces a client's (the same value: RFC 8470 allows only "1").
-        if extra.early && name.eq_ignore_ascii_case(b"early-data") {
-            continue;
-        }
-        if managed_x || managed_fwd {
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
-                prior_xff.push(value);
-            } else if managed_fwd && !value.is_empty() {
-                prior_forwarded.push(value);
+        // Every header we manage starts with x, f or e: others pass without comparisons.
+        if matches!(name.first(), Some(b'x' | b'X' | b'f' | b'F' | b'e' | b'E')) {
+            let managed_x = config.x_forwarded
+                && (name.eq_ignore_ascii_case(b"x-forwarded-for")
+                    || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+                    || name.eq_ignore_ascii_case(b"x-forwarded-port"));
+            let managed_fwd = config.forwarded && name.eq_ignore_ascii_case(b"forwarded");
+            // Never let a client state its own certificate.
+            let managed_cert = config.x_forwarded
+                && CLIENT_CERT_HEADERS
+                    .iter()
+                    .any(|h| name.eq_ignore_ascii_case(h));
+            if managed_cert {
+                continue;
             }
-            continue;
+            // Ours replaces a client's (the same value: RFC 8470 allows only "1").
+            if early && name.eq_ignore_ascii_case(b"early-data") {
+                continue;
+            }
+            if managed_x || managed_fwd {
+                if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
+                    prior_xff.push(value);
+                } else if managed_fwd && !value.is_empty() {
+                    prior_forwarded.push(value);
+                }
+                continue;
+            }
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    let client = facts.client.to_canonical();
     if config.x_forwarded {
         out.extend_from_slice(b"X-Forwarded-For: ");
         if facts.trusted {
@@ -404,10 +416,8 @@ fn rewrite_head(
                 out.extend_from_slice(b", ");
             }
         }
-        out.extend_from_slice(client.to_string().as_bytes());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: ");
-        out.extend_from_slice(facts.local_port.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&text.client);
+        out.extend_from_slice(&text.proto_port);
     }
     if config.forwarded {
         out.extend_from_slice(b"Forwarded: ");
@@ -417,38 +427,39 @@ fn rewrite_head(
                 out.extend_from_slice(b", ");
             }
         }
-        let node = match client {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        out.extend_from_slice(format!("for={node};proto=https\r\n").as_bytes());
+        out.extend_from_slice(&text.forwarded);
     }
-    if extra.early {
+    if early {
         out.extend_from_slice(b"Early-Data: 1\r\n");
     }
-    if let Some(cert) = client_cert {
-        out.extend_from_slice(b"X-Client-Verify: ");
-        out.extend_from_slice(if cert.verified { b"SUCCESS" } else { b"NONE" });
-        out.extend_from_slice(b"\r\n");
-        if let Some(subject) = &cert.subject {
-            out.extend_from_slice(b"X-Client-Subject: ");
-            // A DN may hold any character: keep the line a valid field value.
-            for &b in subject.as_bytes() {
-                out.push(if b == b'\r' || b == b'\n' || b == 0 {
-                    b' '
-                } else {
-                    b
-                });
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Some(pem) = &cert.cert_pem {
-            out.extend_from_slice(b"X-Client-Cert: ");
-            percent_encode(pem, out);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    out.extend_from_slice(&text.client_cert);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The `X-Client-*` lines stating `cert`.
+fn client_cert_lines(cert: &ClientCertHeaders) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"X-Client-Verify: ");
+    out.extend_from_slice(if cert.verified { b"SUCCESS" } else { b"NONE" });
+    out.extend_from_slice(b"\r\n");
+    if let Some(subject) = &cert.subject {
+        out.extend_from_slice(b"X-Client-Subject: ");
+        // A DN may hold any character: keep the line a valid field value.
+        for &b in subject.as_bytes() {
+            out.push(if b == b'\r' || b == b'\n' || b == 0 {
+                b' '
+            } else {
+                b
+            });
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(pem) = &cert.cert_pem {
+        out.extend_from_slice(b"X-Client-Cert: ");
+        percent_encode(pem, &mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// Advances the chunked-coding state over `input`; returns the bytes used and the next state

@@ -41,6 +41,8 @@ pub struct RequestHead<'a> {
     /// Whether the connection stays open after this request (HTTP/1.1 unless
     /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
     pub keep_alive: bool,
+    /// Whether the head asks to switch protocols (`Upgrade` with `Connection: upgrade`).
+    pub upgrade: bool,
 }
 
 /// Why a request head was rejected; the connection cannot go on after any of these.
@@ -99,6 +101,8 @@ pub fn parse_request_head(
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
+    let mut connection_upgrade = false;
+    let mut upgrade_header = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             let value = parse_content_length(header.value)?;
@@ -114,7 +118,10 @@ pub fn parse_request_head(
                 let token = token.trim_ascii();
                 connection_close |= token.eq_ignore_ascii_case(b"close");
                 connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
         }
     }
     let body = match (transfer_encoding, content_length) {
@@ -140,6 +147,7 @@ pub fn parse_request_head(
         head_len,
         body,
         keep_alive,
+        upgrade: upgrade_header && connection_upgrade,
     }))
 }
 
@@ -216,6 +224,15 @@ mod tests {
         assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(!complete(b"GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn upgrade_needs_both_fields() {
+        let ws =
+            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(complete(ws).upgrade);
+        assert!(!complete(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").upgrade);
     }
 
     #[test]
