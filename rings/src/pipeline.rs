@@ -449,7 +449,9 @@ impl Pipeline {
     #[inline]
     pub fn push(&mut self, frame: &[u8], timestamp_ns: u64) {
         let parsed = fastedge_wire::packet::parse(frame, self.decapsulate);
-        let key = match parsed {
+        // By reference: a copy of the key would be read back by wide loads over its narrow
+        // fields just written (a store-forwarding stall per packet).
+        let key = match &parsed {
             Ok(Parsed::Ip(key)) => Some(key),
             Ok(Parsed::NonIp { .. }) => {
                 self.non_ip += 1;
@@ -469,7 +471,7 @@ impl Pipeline {
         } = &self.root
         {
             if let Some(ways) = &self.flat_ways {
-                let (child, hash) = match &key {
+                let (child, hash) = match key {
                     Some(k) => {
                         let h = flow_hash(k, *mode);
                         (way_of(h, to.len() as u32) as usize, h)
@@ -480,21 +482,14 @@ impl Pipeline {
                 return;
             }
         }
-        let hash = key.map_or(0, |k| flow_hash(&k, HashMode::FiveTuple));
+        let hash = key.map_or(0, |k| flow_hash(k, HashMode::FiveTuple));
         let mut outputs = Outputs {
             ways: &mut self.ways,
             pcaps: &mut self.pcaps,
             ifaces: &mut self.ifaces,
             taps: &mut self.taps,
         };
-        deliver(
-            &self.root,
-            &mut outputs,
-            frame,
-            timestamp_ns,
-            key.as_ref(),
-            hash,
-        );
+        deliver(&self.root, &mut outputs, frame, timestamp_ns, key, hash);
     }
 
     /// Heartbeats the ways (consumers see a live producer), flushes capture files and
