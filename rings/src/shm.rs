@@ -151,6 +151,13 @@ pub struct Producer {
     region: Region,
     lane: usize,
     path: PathBuf,
+    /// The lane's head: only this producer moves it, so it is kept here and only stored.
+    head: u64,
+    /// The consumer's tail as last read: it only moves forward, so free space computed from
+    /// it is a lower bound; the shared word is read again only when that bound says full.
+    tail_seen: u64,
+    /// The lane's delivered counter (only this producer writes it).
+    delivered: u64,
 }
 
 impl std::fmt::Debug for Producer {
@@ -248,12 +255,16 @@ impl Producer {
                 map[24..28].copy_from_slice(&lanes.to_le_bytes());
                 map[28..32].copy_from_slice(&(LANE_HEADER as u32).to_le_bytes());
             }
+            let region = Region {
+                map,
+                capacity,
+                lanes: lanes as usize,
+            };
             let producer = Self {
-                region: Region {
-                    map,
-                    capacity,
-                    lanes: lanes as usize,
-                },
+                head: region.lane_atomic(lane, HEAD).load(Ordering::Acquire),
+                tail_seen: region.lane_atomic(lane, TAIL).load(Ordering::Acquire),
+                delivered: region.lane_atomic(lane, DELIVERED).load(Ordering::Relaxed),
+                region,
                 lane,
                 path: path.to_owned(),
             };
@@ -280,13 +291,15 @@ impl Producer {
         let lane = self.lane;
         let capacity = self.region.capacity;
         let size = (RECORD_HEADER + packet.len()).next_multiple_of(8);
-        let head = self.region.lane_atomic(lane, HEAD).load(Ordering::Relaxed);
-        let tail = self.region.lane_atomic(lane, TAIL).load(Ordering::Acquire);
-        let used = head.wrapping_sub(tail) as usize;
+        let head = self.head;
         let at = (head as usize) & (capacity - 1);
         let to_end = capacity - at;
         let padding = if size > to_end { to_end } else { 0 };
-        if size > capacity / 2 || used + padding + size > capacity {
+        let fits = |tail: u64| head.wrapping_sub(tail) as usize + padding + size <= capacity;
+        if !fits(self.tail_seen) {
+            self.tail_seen = self.region.lane_atomic(lane, TAIL).load(Ordering::Acquire);
+        }
+        if size > capacity / 2 || !fits(self.tail_seen) {
             self.region
                 .lane_atomic(lane, DROPPED)
                 .fetch_add(1, Ordering::Relaxed);
@@ -306,12 +319,15 @@ impl Producer {
         record[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
         record[16..24].copy_from_slice(&flow_hash.to_le_bytes());
         record[24..24 + packet.len()].copy_from_slice(packet);
+        self.head = head + (padding + size) as u64;
         self.region
             .lane_atomic(lane, HEAD)
-            .store(head + (padding + size) as u64, Ordering::Release);
-        // Only this producer writes the counter: a plain load + store, not a locked add.
-        let delivered = self.region.lane_atomic(lane, DELIVERED);
-        delivered.store(delivered.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            .store(self.head, Ordering::Release);
+        // Only this producer writes the counter: a plain store, not a locked add.
+        self.delivered += 1;
+        self.region
+            .lane_atomic(lane, DELIVERED)
+            .store(self.delivered, Ordering::Relaxed);
         true
     }
 
