@@ -1298,6 +1298,61 @@ fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
     assert!(!all.contains("Early-Data"), "{all}");
 }
 
+/// The client-certificate headers of a 0-RTT request follow the SNI context's `client_verify`
+/// (the handshake completes early there, and the connection's configuration, where BoringSSL
+/// keeps the verify mode, is freed after the handshake).
+#[test]
+fn early_data_keeps_the_sni_contexts_client_certificate_headers() {
+    let state = TempDir::new("early-data-sni-verify");
+    let pki = client_pki(state.path());
+    let (backend, seen) = echo_backend();
+    let (o_cert, o_key) = state.self_signed("optional.test");
+    let config = format!(
+        "[tls]\nearly_data = true\nclient_ca = \"{ca}\"\n\
+         [[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n\
+         [[context]]\nservername = [\"optional.test\"]\ncert = \"{o}\"\nkey = \"{ok}\"\n\
+         client_verify = \"optional\"\n",
+        ca = path(&pki.ca),
+        o = path(&o_cert),
+        ok = path(&o_key),
+    );
+    let (_server, addr) = Fastedge::serve_config(&state, &config);
+    let session = state.path().join("session.pem");
+    let early = state.path().join("early.txt");
+    std::fs::write(&early, "GET /early HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+    let first = s_client(
+        addr,
+        &[
+            "-tls1_3",
+            "-servername",
+            "optional.test",
+            "-sess_out",
+            path(&session),
+        ],
+        "GET /first HTTP/1.1\r\nHost: o\r\n\r\n",
+    );
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    let args = [
+        "-tls1_3",
+        "-servername",
+        "optional.test",
+        "-sess_in",
+        path(&session),
+        "-early_data",
+        path(&early),
+    ];
+    let resumed = s_client_until(addr, &args, "", "HTTP/1.1 200");
+    assert!(resumed.contains("Early data was accepted"), "{resumed}");
+    let all = String::from_utf8_lossy(&seen.lock().unwrap().concat()).into_owned();
+    let early_request = &all[all.find("GET /early").expect("the early request arrived")..];
+    let early_head = &early_request[..early_request.find("\r\n\r\n").unwrap()];
+    assert!(early_head.contains("Early-Data: 1"), "{early_head}");
+    assert!(
+        early_head.contains("X-Client-Verify: NONE"),
+        "the optional context asks for a certificate; none came: {early_head}"
+    );
+}
+
 #[test]
 fn a_bud_json_configuration_runs_unchanged() {
     let state = TempDir::new("bud-json");

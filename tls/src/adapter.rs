@@ -110,7 +110,11 @@ impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
             return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
         }
         SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
+            // A TLS stream over a TLS stream on this thread finds the scratch taken: it reads
+            // straight into BoringSSL's buffer instead.
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
+            };
             let n = self.poll_with(|stream, cx| stream.poll_read(cx, &mut scratch[..]))?;
             let given = n.min(buf.len());
             buf[..given].copy_from_slice(&scratch[..given]);

@@ -64,6 +64,9 @@ pub struct HelloChoice {
     pub context: Option<usize>,
     /// A context from the dynamic SNI service serves the connection.
     pub dynamic: bool,
+    /// Whether a client certificate is asked for (the verify mode the chosen context set).
+    /// Kept here because the connection's configuration is freed after the handshake.
+    pub cert_requested: bool,
 }
 
 /// A select-certificate future that is ready at once.
@@ -82,7 +85,7 @@ fn ready_finish(
 fn select(
     mut hello: ClientHello<'_>,
     set: &CertSet,
-    choice: HelloChoice,
+    mut choice: HelloChoice,
     switch: bool,
     tls13_allowed: bool,
 ) -> Result<(), AsyncSelectCertError> {
@@ -96,7 +99,6 @@ fn select(
     };
     let wants_staple = hello.get_extension(ExtensionType::STATUS_REQUEST).is_some();
     let ssl = hello.ssl_mut();
-    ssl.set_ex_data(hello_index(), choice);
     if switch || pair > 0 {
         ssl.set_ssl_context(&set.contexts[pair])
             .map_err(|_| AsyncSelectCertError)?;
@@ -115,6 +117,8 @@ fn select(
     if let Some(mode) = set.verify {
         ssl.set_verify(mode);
     }
+    choice.cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
+    ssl.set_ex_data(hello_index(), choice);
     Ok(())
 }
 
@@ -130,6 +134,7 @@ fn select_dynamic(
             let choice = HelloChoice {
                 context: None,
                 dynamic: true,
+                cert_requested: false,
             };
             select(hello, set, choice, true, tls13_allowed)
         }
@@ -137,6 +142,7 @@ fn select_dynamic(
             let choice = HelloChoice {
                 context: None,
                 dynamic: false,
+                cert_requested: false,
             };
             select(hello, &sets[0], choice, false, tls13_allowed)
         }
@@ -398,6 +404,7 @@ impl ServerContext {
                 let choice = HelloChoice {
                     context: matched,
                     dynamic: false,
+                    cert_requested: false,
                 };
                 select(hello, &sets[index], choice, index > 0, tls13_allowed)
             }))

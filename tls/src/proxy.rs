@@ -68,7 +68,8 @@ fn borrow_buffer() -> Box<[u8]> {
 
 /// Returns a pump buffer to this core's pool.
 fn return_buffer(buf: Box<[u8]>) {
-    POOL.with(|pool| {
+    // `try_with`: a connection dropped while the thread's locals are torn down frees its buffer.
+    let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() < POOL_KEEP {
             pool.push(buf);
@@ -339,11 +340,10 @@ async fn run(
     let mut connecting = (frontend.groups.len() == 1)
         .then(|| fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), 0)));
     let timeout = frontend.settings.handshake_timeout;
-    // Whether a client certificate was asked for, as the chosen SNI context set it: read while
-    // the handshake runs, since the connection's configuration is freed when it completes.
-    let mut cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
+    // Whether a client certificate is asked for when no SNI selection ran (the context's own
+    // setting): read now, since the connection's configuration is freed after the handshake.
+    let default_cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
     let handshake = accept_observed(ssl, client, |ssl| {
-        cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
         if connecting.is_none() {
             if let Some(choice) = ServerContext::hello_choice(ssl) {
                 let group = frontend.group_of(Some(choice));
@@ -458,6 +458,8 @@ async fn run(
                 trusted,
             };
             let mut new = Injector::new(config, facts);
+            let cert_requested = ServerContext::hello_choice(tls.ssl())
+                .map_or(default_cert_requested, |choice| choice.cert_requested);
             if spec.x_forwarded && cert_requested {
                 new = new.with_client_cert(ClientCertHeaders {
                     verified: peer_cert.is_some(),
