@@ -37,7 +37,12 @@ CONNS=${CONNS:-9000}
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  exec 9>&- 2>/dev/null || true # the holding client's stdin: it exits on EOF
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -169,10 +174,11 @@ HITCH
 taskset -c "$SERVER_CPU" hitch --config="$work/hitch.conf" >"$work/hitch.log" 2>&1 & pids+=($!)
 hitch_pid=$!
 sleep 1
-# hitch's one worker is a child of its manager: measure the worker.
-hitch_worker=$(pgrep -P "$hitch_pid" | head -1 || true)
-[ -n "$hitch_worker" ] || { echo "hitch did not start: $(cat "$work/hitch.log")" >&2; exit 1; }
-pid_of[hitch]=$hitch_worker; rsa_pid_of[hitch]=$hitch_worker
+# hitch's worker is a child of its manager, beside other helpers (OCSP): CPU time and memory
+# are summed over the manager and all its children (only differences are reported).
+hitch_children=$(pgrep -P "$hitch_pid" | tr '\n' ' ' || true)
+[ -n "$hitch_children" ] || { echo "hitch did not start: $(cat "$work/hitch.log")" >&2; exit 1; }
+pid_of[hitch]="$hitch_pid $hitch_children"; rsa_pid_of[hitch]=${pid_of[hitch]}
 for c in $contenders; do
   for p in "${port_of[$c]}" "${rsa_port_of[$c]}"; do
     for _ in $(seq 50); do ss -ltn "sport = :$p" | grep -q LISTEN && break; sleep 0.1; done
@@ -180,7 +186,8 @@ for c in $contenders; do
   done
 done
 
-cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+# CPU-seconds (utime + stime) of the processes listed in $1.
+cpu_seconds() { local p; for p in $1; do cat "/proc/$p/stat"; done | awk '{s += $14 + $15} END {print s / 100}'; }
 per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%d", n / c; else print 0 }'; }
 # measured PID COMMAND...: runs COMMAND on the client core; OUT gets its output, CPU the server
 # CPU-seconds used meanwhile.
@@ -260,7 +267,7 @@ done
 
 # Resident memory per idle TLS connection: CONNS connections held open by tls_hold (one
 # process on the client core), the contender's RSS before and after.
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+rss_kib() { local p; for p in $1; do cat "/proc/$p/status"; done | awk '/^VmRSS:/ {s += $2} END {print s}'; }
 for contender in $contenders; do
   progress "$step" $((ROUNDS * 4 + 5)) "memory: $contender holding $CONNS connections"
   step=$((step + 1))
@@ -268,6 +275,7 @@ for contender in $contenders; do
   before=$(rss_kib "$pid")
   mkfifo "$work/hold-$contender"
   taskset -c "$CLIENT_CPU" "$hold" "127.0.0.1:$port" "$CONNS" < "$work/hold-$contender" > "$work/hold-$contender.out" 2>&1 & holder=$!
+  pids+=("$holder")
   exec 9>"$work/hold-$contender"
   for _ in $(seq 900); do grep -q ready "$work/hold-$contender.out" && break; kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
   sleep 1

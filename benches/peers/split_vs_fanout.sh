@@ -143,6 +143,9 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies"
       if [ "$c" != fanout ]; then kill -TERM "${pids[-2]}" 2>/dev/null || true; wait "${pids[-2]}" 2>/dev/null || true; fi
       rm -f /dev/shm/fastedge-$name-* ;;
   esac
+  # Every process of this round has been waited for: none is left for the cleanup to signal
+  # (its pid could belong to something else by then).
+  pids=()
   rps 0
   ROUND="$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0))"
 }
