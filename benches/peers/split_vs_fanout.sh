@@ -16,7 +16,10 @@
 # whole job, delivery to N readers included, on that core.
 # Reported per contender (median of ROUNDS): frames offered (sent minus the sender veth's
 # tx_dropped), delivered, loss, and RX_CPU busy time per million delivered frames (/proc/stat:
-# user+nice+system+irq+softirq of that CPU, which other tenants may share: compare in one run).
+# user+nice+system+irq+softirq of that CPU, which other tenants may share: compare in one run);
+# and drops by cause over all rounds: the sender's veth (tx_dropped), the kernel (XDP socket
+# or AF_PACKET ring statistics, as fastedge split or fanout_reader report them), full ways,
+# full output queues.
 #
 # Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
 #   RATE=300000 DURATION=5 WAYS=4 SIZE=64 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
@@ -85,11 +88,29 @@ napi_on_rx_cpu() {
   sleep 0.3
   for pid in $(pgrep -f '^napi/va' || true); do taskset -pc "$RX_CPU" "$pid" >/dev/null; done
 }
+# The drops by cause in fastedge split's exit summary: "kernel ways outputs".
+split_drops() {
+  grep 'split stopped' "$1" | tail -1 | awk '{
+    k = 0; w = 0; o = 0; line = $0
+    if (match(line, /kernel drops: [^;]*/)) {
+      s = substr(line, RSTART, RLENGTH); sub(/\(ring frozen[^)]*\)/, "", s)
+      n = split(s, a, /[^0-9]+/); for (i = 1; i <= n; i++) k += a[i]
+    }
+    if (match(line, /ways delivered\/dropped-full [^;]*/)) {
+      s = substr(line, RSTART + 28, RLENGTH - 28); n = split(s, a, " ")
+      for (i = 1; i <= n; i++) { split(a[i], b, "/"); w += b[2] + 0 }
+    }
+    while (match(line, /dropped \(queue full\) [0-9]+/)) {
+      s = substr(line, RSTART, RLENGTH); sub(/.* /, "", s); o += s; line = substr(line, RSTART + RLENGTH)
+    }
+    print k, w, o
+  }'
+}
 wait_ready() { for _ in $(seq 100); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not ready: $(cat "$1")" >&2; return 1; }
 
 count=$((RATE * DURATION))
 # Runs in this shell (not a subshell), so every process it starts is in `pids` for the cleanup.
-run_round() { # contender → ROUND="offered delivered busy_jiffies"
+run_round() { # contender → ROUND="offered delivered busy_jiffies sender kernel ways outputs"
   local c=$1 out=$work/out.txt delivered
   : > "$out"
   case $c in
@@ -125,7 +146,7 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies"
       wait_ready "$out" ;;
   esac
   sleep 0.5
-  local d0 b0 b1 d1
+  local d0 b0 b1 d1 drops="0 0 0"
   d0=$(tx_dropped); b0=$(busy)
   taskset -c "$GEN_CPU" ip netns exec "$ns_b" "$bin" gen vb --flows 1024 --size "$SIZE" --rate "$RATE" --count "$count" 2>>"$work/gen.log"
   sleep 0.3
@@ -136,28 +157,34 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies"
       delivered=$((count - (d1 - d0))) ;;
     split-kernel)
       delivered=$(( $(peer_rx) - kernel_rx0 ))
-      kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true ;;
+      kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
+      drops=$(split_drops "$work/split.log") ;;
     split-*|fanout)
       wait "${pids[-1]}" 2>/dev/null || true
       delivered=$(sed -n 's/.*received=\([0-9]*\).*/\1/p' "$out")
-      if [ "$c" != fanout ]; then kill -TERM "${pids[-2]}" 2>/dev/null || true; wait "${pids[-2]}" 2>/dev/null || true; fi
+      if [ "$c" != fanout ]; then
+        kill -TERM "${pids[-2]}" 2>/dev/null || true; wait "${pids[-2]}" 2>/dev/null || true
+        drops=$(split_drops "$work/split.log")
+      else
+        drops="$(sed -n 's/.*kernel_drops=\([0-9]*\).*/\1/p' "$out") 0 0"
+      fi
       rm -f /dev/shm/fastedge-$name-* ;;
   esac
   # Every process of this round has been waited for: none is left for the cleanup to signal
   # (its pid could belong to something else by then).
   pids=()
   rps 0
-  ROUND="$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0))"
+  ROUND="$((count - (d1 - d0))) ${delivered:-0} $((b1 - b0)) $((d1 - d0)) $drops"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf 'offered %d frames/round of %d bytes at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
   "$count" "$SIZE" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
-printf '%-16s %12s %12s %8s %22s\n' contender offered delivered loss% "rx-CPU ms per Mframe"
-json_loss=(); json_cost=(); json_delivered=()
+printf '%-16s %12s %12s %8s %22s   %s\n' contender offered delivered loss% "rx-CPU ms per Mframe" "drops over all rounds: sender/kernel/ways full/outputs full"
+json_loss=(); json_cost=(); json_delivered=(); json_drops=()
 total_steps=$(( $(echo $CONTENDERS | wc -w) * ROUNDS )); step=0
 for c in $CONTENDERS; do
-  offered=(); delivered=(); cost=()
+  offered=(); delivered=(); cost=(); by_cause=(0 0 0 0)
   for r in $(seq "$ROUNDS"); do
     step=$((step + 1))
     if [ -t 2 ]; then
@@ -166,8 +193,9 @@ for c in $CONTENDERS; do
       printf '[%d/%d] %s round %d\n' "$step" "$total_steps" "$c" "$r" >&2
     fi
     run_round "$c"
-    read -r o d j <<< "$ROUND"
+    read -r o d j ds dk dw dout <<< "$ROUND"
     offered+=("$o"); delivered+=("$d")
+    by_cause=($((by_cause[0] + ds)) $((by_cause[1] + ${dk:-0})) $((by_cause[2] + ${dw:-0})) $((by_cause[3] + ${dout:-0})))
     # jiffies are 10 ms: ms per million delivered frames.
     cost+=("$(awk -v j="$j" -v d="$d" 'BEGIN { if (d > 0) printf "%.0f", j * 10 * 1e6 / d; else print "inf" }')")
   done
@@ -176,8 +204,9 @@ for c in $CONTENDERS; do
   m=$(printf '%s\n' "${cost[@]}" | median)
   loss=$(awk -v o="$count" -v d="$d" 'BEGIN { printf "%.3f", (o - d) * 100 / o }')
   [ -t 2 ] && printf '\r%80s\r' '' >&2
-  printf '%-16s %12s %12s %8s %22s   (rounds: %s)\n' "$c" "$o" "$d" "$loss" "$m" "${cost[*]}"
+  printf '%-16s %12s %12s %8s %22s   %s   (rounds: %s)\n' "$c" "$o" "$d" "$loss" "$m" "$(IFS=/; echo "${by_cause[*]}")" "${cost[*]}"
   json_loss+=("\"$c\": $loss"); json_delivered+=("\"$c\": $d")
+  json_drops+=("\"$c\": {\"sender\": ${by_cause[0]}, \"kernel\": ${by_cause[1]}, \"ways_full\": ${by_cause[2]}, \"outputs_full\": ${by_cause[3]}}")
   [ "$m" != inf ] && json_cost+=("\"$c\": $m")
 done
 
@@ -189,6 +218,7 @@ out=$RESULTS/split-$WAYS-ways.json
 cat > "$out" <<JSON
 {"title": "split, $WAYS ways, $SIZE-byte frames, $RATE frames/s offered (median of $ROUNDS)",
  "machine": "$(nproc) CPUs, $(uname -r); receive work and readers on CPU $RX_CPU, generator on CPU $GEN_CPU",
+ "drops_over_all_rounds": {$(join "${json_drops[@]}")},
  "metrics": [
   {"name": "receive-CPU time per Mframe", "unit": "ms", "higher_is_better": false, "values": {$(join "${json_cost[@]}")}},
   {"name": "frames delivered", "unit": "frames", "higher_is_better": true, "values": {$(join "${json_delivered[@]}")}},
