@@ -304,8 +304,18 @@ values() { # metric: {"fastedge": m, ...}
 metric() { # key name unit higher_is_better
   echo "  {\"name\": \"$2\", \"unit\": \"$3\", \"higher_is_better\": $4, \"values\": $(values "$1")}"
 }
-for c in $contenders; do
-  echo "median $c: full handshakes per server CPU-s $(echo "${result[hs,$c]}" | median) (RSA $(echo "${result[hs_rsa,$c]}" | median)), resumed $(echo "${result[rs,$c]}" | median), keep-alive requests per server CPU-s $(echo "${result[ka,$c]}" | median), bulk MB per CPU-s AES-128-GCM $(echo "${result[bulk_TLS_AES_128_GCM_SHA256,$c]}" | median) ChaCha20 $(echo "${result[bulk_TLS_CHACHA20_POLY1305_SHA256,$c]}" | median), p99 at 8 clients $(echo "${result[p99_8,$c]}" | median) µs, memory ${result[mem,$c]} KiB"
+# The table: one row per metric, one column per contender (medians).
+rows=(hs "full handshakes/CPU-s, P-256" hs_rsa "full handshakes/CPU-s, RSA-2048"
+  rs "resumed handshakes/CPU-s" ka "keep-alive requests/CPU-s"
+  bulk_TLS_AES_128_GCM_SHA256 "bulk MB/CPU-s, AES-128-GCM" bulk_TLS_CHACHA20_POLY1305_SHA256 "bulk MB/CPU-s, ChaCha20"
+  p50_1 "p50 latency us, 1 client" p99_1 "p99 latency us, 1 client" p50_8 "p50 latency us, 8 clients" p99_8 "p99 latency us, 8 clients"
+  hs_rate "full handshakes/s, P-256" mem "KiB per idle connection")
+echo
+printf '%-34s' "median of $ROUNDS"; for c in $contenders; do printf '%12s' "$c"; done; echo
+for ((i = 0; i < ${#rows[@]}; i += 2)); do
+  printf '%-34s' "${rows[i + 1]}"
+  for c in $contenders; do printf '%12s' "$(echo "${result[${rows[i]},$c]:-}" | median)"; done
+  echo
 done
 mkdir -p "$RESULTS"
 out=$RESULTS/tls.json
