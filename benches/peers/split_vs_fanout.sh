@@ -23,6 +23,7 @@
 #
 # Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
 #   RATE=300000 DURATION=5 WAYS=4 SIZE=64 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
+#   SPLIT_ARGS="..." (more arguments for every fastedge split run, e.g. "--way-kib 4096")
 # Writes RESULTS/split-WAYS-ways.json (split-WAYS-ways-SIZEB.json for other sizes than 64) and
 # an SVG chart beside it.
 set -euo pipefail
@@ -33,6 +34,7 @@ RATE=${RATE:-300000}
 DURATION=${DURATION:-5}
 WAYS=${WAYS:-4}
 SIZE=${SIZE:-64}
+SPLIT_ARGS=${SPLIT_ARGS:-}
 ROUNDS=${ROUNDS:-3}
 CONTENDERS=${CONTENDERS:-"xdp-drop split-kernel split-xdp split-skb split-afpacket fanout"}
 ns_a=febench-$$-a
@@ -117,26 +119,26 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies sender kerne
     xdp-drop)
       ip -n "$ns_a" link set va xdpdrv obj "$work/drop.o" sec xdp; napi_on_rx_cpu ;;
     split-xdp)
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-native --name "$name" --cores "$RX_CPU" --no-control $SPLIT_ARGS 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       napi_on_rx_cpu
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
     split-skb)
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-skb --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode xdp-skb --name "$name" --cores "$RX_CPU" --no-control $SPLIT_ARGS 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       rps $(printf %x $((1 << RX_CPU)))
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
     split-kernel)
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --to veth --veth-prefix fbk --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --to veth --veth-prefix fbk --cores "$RX_CPU" --no-control $SPLIT_ARGS 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       grep -q "in-kernel fast path: XDP hashes" "$work/split.log" || { echo "split-kernel: fast path not taken: $(cat "$work/split.log")" >&2; }
       napi_on_rx_cpu
       kernel_rx0=$(peer_rx) ;;
     split-afpacket)
       rps $(printf %x $((1 << RX_CPU)))
-      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --cores "$RX_CPU" --no-control 2>"$work/split.log" & pids+=($!)
+      taskset -c "$RX_CPU" ip netns exec "$ns_a" "$bin" split va --ways "$WAYS" --mode af-packet --name "$name" --cores "$RX_CPU" --no-control $SPLIT_ARGS 2>"$work/split.log" & pids+=($!)
       for _ in $(seq 100); do grep -q "split running" "$work/split.log" && break; sleep 0.1; done
       taskset -c "$RX_CPU" "$drain" "$name" "$WAYS" $((DURATION + 4)) > "$out" & pids+=($!)
       wait_ready "$out" ;;
