@@ -38,7 +38,7 @@ ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
 pids=()
 cleanup() {
-  exec 9>&- 2>/dev/null || true # the holding client's stdin: it exits on EOF
+  exec 9>&- # the holding client's stdin: it exits on EOF
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -282,6 +282,7 @@ for contender in $contenders; do
   after=$(rss_kib "$pid")
   exec 9>&-
   wait "$holder" 2>/dev/null || true
+  unset 'pids[-1]' # waited for: its pid must not be signalled by the cleanup
   if grep -q ready "$work/hold-$contender.out"; then
     result[mem,$contender]=$(awk -v a="$after" -v b="$before" -v n="$CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')
   else

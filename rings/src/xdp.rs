@@ -109,11 +109,13 @@ pub enum XskError {
 /// Kernel-side drop counters of an AF_XDP socket (`XDP_STATISTICS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XskStatistics {
-    /// Dropped for reasons other than a full ring or an empty fill ring.
+    /// Dropped by the socket: in copy mode this includes frames dropped because the fill ring
+    /// was empty (those are also counted in `rx_fill_ring_empty`, which counts empty-ring
+    /// events, so do not add the two).
     pub rx_dropped: u64,
     /// Dropped because the RX ring was full (the application is too slow).
     pub rx_ring_full: u64,
-    /// Dropped because the fill ring had no frames to receive into.
+    /// Times the fill ring had no frame to receive into (the kernel's `queue_empty_descs`).
     pub rx_fill_ring_empty: u64,
     /// Invalid descriptors on the RX side.
     pub rx_invalid: u64,
