@@ -32,8 +32,8 @@ use fastedge_tls::{
         pkey::{PKey, Private},
         rsa::Rsa,
         ssl::{
-            HandshakeError, MidHandshakeSslStream, SslConnector, SslMethod, SslSession,
-            SslSessionCacheMode, SslSessionRef, SslStream, SslVerifyMode, SslVersion,
+            HandshakeError, MidHandshakeSslStream, SslConnector, SslSession, SslSessionCacheMode,
+            SslSessionRef, SslStream,
         },
         x509::{extension::SubjectAlternativeName, X509Name, X509},
     },
@@ -193,18 +193,12 @@ fn server_context(cert: &X509, key: &PKey<Private>) -> ServerContext {
 /// A TLS 1.3 client that offers exactly `group` (so the server must choose it) and no
 /// certificate check.
 fn connector(group: &str, sessions: Arc<Mutex<Option<SslSession>>>) -> SslConnector {
-    let mut builder = SslConnector::builder(SslMethod::tls()).expect("connector");
+    let mut builder = fastedge_benches::tls13_client(group)
+        .unwrap_or_else(|e| panic!("group {group} not supported by this BoringSSL: {e}"));
     builder.set_session_cache_mode(SslSessionCacheMode::CLIENT);
     builder.set_new_session_callback(move |_, session| {
         *sessions.lock().expect("session slot") = Some(session)
     });
-    builder.set_verify(SslVerifyMode::NONE);
-    builder
-        .set_min_proto_version(Some(SslVersion::TLS1_3))
-        .expect("TLS 1.3");
-    builder
-        .set_curves_list(group)
-        .unwrap_or_else(|e| panic!("group {group} not supported by this BoringSSL: {e}"));
     builder.set_alpn_protos(b"\x08http/1.1").expect("ALPN");
     builder.build()
 }

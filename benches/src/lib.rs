@@ -7,7 +7,21 @@
 use fastedge_rings::pipeline::{
     BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName,
 };
+use fastedge_tls::boring::{
+    error::ErrorStack,
+    ssl::{SslConnector, SslConnectorBuilder, SslMethod, SslVerifyMode, SslVersion},
+};
 use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
+
+/// The benchmark clients' TLS setup: TLS 1.3 only, offering only `group` (X25519,
+/// X25519MLKEM768, …), no certificate check (the peers use a throwaway certificate).
+pub fn tls13_client(group: &str) -> Result<SslConnectorBuilder, ErrorStack> {
+    let mut builder = SslConnector::builder(SslMethod::tls())?;
+    builder.set_verify(SslVerifyMode::NONE);
+    builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+    builder.set_curves_list(group)?;
+    Ok(builder)
+}
 
 /// 2,048 generated 64-byte IPv4/UDP frames (60 bytes + FCS) of 1,024 flows, both directions:
 /// the packet-rate worst case the split benches run on.

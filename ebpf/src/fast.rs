@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::{percpu_sum, rules::Prefilter, sys, EbpfError, Loaded, XdpMode};
+use crate::{attach_xdp, percpu_sum, rules::Prefilter, sys, EbpfError, Loaded, XdpMode};
 
 static SPLIT_FAST_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/split_fast.bpf.o"));
 const OBJECT: &str = "split_fast.bpf.o";
@@ -111,13 +111,7 @@ impl SplitFast {
         if self.attached {
             return Err(EbpfError::AlreadyAttached { ifindex });
         }
-        let link = sys::xdp_link_create(self.program.as_fd(), ifindex, mode.flags()).map_err(
-            |source| EbpfError::Attach {
-                ifindex,
-                mode,
-                source,
-            },
-        )?;
+        let link = attach_xdp(self.program.as_fd(), ifindex, mode)?;
         self.links.push(link);
         self.attached = true;
         Ok(())
@@ -126,12 +120,7 @@ impl SplitFast {
     /// Attaches the XDP_PASS program (native mode) to `ifindex`: the far end of a veth output,
     /// which only delivers redirected frames when it runs an XDP program.
     pub fn attach_pass(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let link = sys::xdp_link_create(self.pass.as_fd(), ifindex, XdpMode::Native.flags())
-            .map_err(|source| EbpfError::Attach {
-                ifindex,
-                mode: XdpMode::Native,
-                source,
-            })?;
+        let link = attach_xdp(self.pass.as_fd(), ifindex, XdpMode::Native)?;
         self.links.push(link);
         Ok(())
     }

@@ -195,6 +195,20 @@ impl Loaded {
     }
 }
 
+/// Attaches `program` to `ifindex` in `mode` through a BPF link (detached when the returned fd
+/// closes).
+pub(crate) fn attach_xdp(
+    program: BorrowedFd<'_>,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<OwnedFd, EbpfError> {
+    sys::xdp_link_create(program, ifindex, mode.flags()).map_err(|source| EbpfError::Attach {
+        ifindex,
+        mode,
+        source,
+    })
+}
+
 /// Sums a per-CPU u64 slot over CPUs.
 pub(crate) fn percpu_sum(map: &MapHandle, slot: u32, name: &'static str) -> Result<u64, EbpfError> {
     Ok(map
@@ -241,13 +255,7 @@ impl XskRedirect {
                 ifindex: existing.ifindex,
             });
         }
-        let link = sys::xdp_link_create(self.program.as_fd(), ifindex, mode.flags()).map_err(
-            |source| EbpfError::Attach {
-                ifindex,
-                mode,
-                source,
-            },
-        )?;
+        let link = attach_xdp(self.program.as_fd(), ifindex, mode)?;
         self.attachment = Some(Attachment {
             _link: link,
             ifindex,

@@ -19,8 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (addr, seconds, conns, group) = match args.as_slice() {
@@ -34,11 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if conns == 0 || seconds <= 0.0 {
         return Err("SECONDS and CONNS must be positive".into());
     }
-    let mut builder = SslConnector::builder(SslMethod::tls())?;
-    builder.set_verify(SslVerifyMode::NONE);
-    builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
-    builder.set_curves_list(group)?;
-    let connector = Arc::new(builder.build());
+    let connector = Arc::new(fastedge_benches::tls13_client(group)?.build());
 
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));

@@ -7,18 +7,13 @@
 
 use std::{io::Read, net::TcpStream, time::Duration};
 
-use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, addr, count] = args.as_slice() else {
         return Err("usage: tls_hold HOST:PORT N".into());
     };
     let count: usize = count.parse()?;
-    let mut builder = SslConnector::builder(SslMethod::tls())?;
-    builder.set_verify(SslVerifyMode::NONE);
-    builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
-    let connector = builder.build();
+    let connector = fastedge_benches::tls13_client("X25519")?.build();
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
         let tcp = TcpStream::connect(addr)?;
