@@ -22,6 +22,22 @@ enum fastedge_action {
 	ACTION_BYPASS = 2,
 };
 
+// A program's per-CPU event counters: the `counters` map with `slots` entries (the program's
+// own enum) and `bump(slot)`, which adds one to a slot on this CPU.
+#define FASTEDGE_COUNTERS_MAP(slots)                                    \
+	struct {                                                        \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                \
+		__uint(max_entries, slots);                             \
+		__type(key, __u32);                                     \
+		__type(value, __u64);                                   \
+	} counters SEC(".maps");                                        \
+	static __always_inline void bump(__u32 slot)                    \
+	{                                                               \
+		__u64 *value = bpf_map_lookup_elem(&counters, &slot);   \
+		if (value)                                              \
+			*value += 1;                                    \
+	}
+
 #define MAX_CHAIN 8
 #define NO_RULE 0xffffffffu
 

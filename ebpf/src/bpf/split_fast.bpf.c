@@ -50,12 +50,7 @@ struct {
 	__type(value, struct fast_config);
 } config SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FAST_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+FASTEDGE_COUNTERS_MAP(FAST_COUNTERS)
 
 // Frames sent per output in the kernel.
 struct {
@@ -73,13 +68,6 @@ struct {
 	__type(value, __u64);
 } last_hash SEC(".maps");
 
-static __always_inline void bump(__u32 slot)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &slot);
-
-	if (value)
-		*value += 1;
-}
 
 static __always_inline void count_output(__u32 index)
 {

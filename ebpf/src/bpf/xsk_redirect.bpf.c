@@ -21,20 +21,7 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FASTEDGE_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void bump(__u32 slot)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &slot);
-
-	if (value)
-		*value += 1;
-}
+FASTEDGE_COUNTERS_MAP(FASTEDGE_COUNTERS)
 
 SEC("xdp")
 int xsk_redirect(struct xdp_md *ctx)
