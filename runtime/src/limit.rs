@@ -1,54 +1,124 @@
 //! A per-core cap on open connections, and waiting for them to drain.
 
-use std::{rc::Rc, time::Duration};
-
-use glommio::sync::{Semaphore, StaticPermit};
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    future::poll_fn,
+    rc::Rc,
+    task::{Poll, Waker},
+    time::Duration,
+};
 
 /// Caps the connections open at once on one executor. Take a [`ConnectionPermit`] *before*
 /// accepting: at the cap, new clients wait in the kernel's accept queue instead of being
-/// refused.
+/// refused. Works on either engine (it only uses wakers).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
-    semaphore: Rc<Semaphore>,
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     max: u64,
+    open: Cell<u64>,
+    /// Tasks waiting for a slot, in arrival order.
+    waiting: RefCell<VecDeque<Waker>>,
+    /// Tasks waiting for every slot to be free.
+    draining: RefCell<Vec<Waker>>,
 }
 
 /// One open connection's share of a [`ConnectionLimit`]; released on drop.
 #[derive(Debug)]
-pub struct ConnectionPermit(#[allow(dead_code)] StaticPermit);
+pub struct ConnectionPermit {
+    inner: Rc<Inner>,
+}
 
 impl ConnectionLimit {
     pub fn new(max: u32) -> Self {
-        let max = u64::from(max.max(1));
         Self {
-            semaphore: Rc::new(Semaphore::new(max)),
-            max,
+            inner: Rc::new(Inner {
+                max: u64::from(max.max(1)),
+                open: Cell::new(0),
+                waiting: RefCell::new(VecDeque::new()),
+                draining: RefCell::new(Vec::new()),
+            }),
         }
     }
 
     /// Waits for a free slot.
     pub async fn acquire(&self) -> ConnectionPermit {
-        loop {
-            // Only fails once the semaphore is closed, which this type never does.
-            if let Ok(permit) = self.semaphore.acquire_static_permit(1).await {
-                return ConnectionPermit(permit);
+        poll_fn(|cx| {
+            let inner = &self.inner;
+            if inner.open.get() < inner.max {
+                inner.open.set(inner.open.get() + 1);
+                return Poll::Ready(ConnectionPermit {
+                    inner: inner.clone(),
+                });
             }
-        }
+            let mut waiting = inner.waiting.borrow_mut();
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push_back(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Connections open now.
     pub fn open(&self) -> u64 {
-        self.max - self.semaphore.available()
+        self.inner.open.get()
     }
 
     /// Waits until every connection has closed, at most `within`; returns how many are still
     /// open.
     pub async fn drain(&self, within: Duration) -> u64 {
-        let all = async {
-            // Holding every permit means nothing else is open; release them again at once.
-            let _ = self.semaphore.acquire_permit(self.max).await;
-        };
+        let all = poll_fn(|cx| {
+            if self.inner.open.get() == 0 {
+                return Poll::Ready(());
+            }
+            self.inner.draining.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
         let _ = crate::timeout(within, all).await;
         self.open()
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        inner.open.set(inner.open.get() - 1);
+        let next = inner.waiting.borrow_mut().pop_front();
+        if let Some(waker) = next {
+            waker.wake();
+        }
+        if inner.open.get() == 0 {
+            let drained = std::mem::take(&mut *inner.draining.borrow_mut());
+            for waker in drained {
+                waker.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    #[test]
+    fn permits_are_counted_and_released() {
+        let limit = ConnectionLimit::new(2);
+        let a = futures_lite::future::block_on(limit.acquire());
+        let b = futures_lite::future::block_on(limit.acquire());
+        assert_eq!(limit.open(), 2);
+        let mut third = Box::pin(limit.acquire());
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        drop(a);
+        assert!(third.as_mut().poll(&mut cx).is_ready());
+        drop(b);
+        assert_eq!(limit.open(), 1);
     }
 }

@@ -4,10 +4,7 @@
 //! start-up, and so privileges can be dropped after binding). The kernel spreads incoming
 //! connections over the group by a hash of the 4-tuple.
 
-use std::{
-    net::SocketAddr,
-    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
-};
+use std::{net::SocketAddr, os::fd::OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -29,12 +26,9 @@ impl BoundListener {
         self.local
     }
 
-    /// Hands the socket to the executor of the calling thread.
-    pub fn into_glommio(self) -> glommio::net::TcpListener {
-        let fd = self.fd.into_raw_fd();
-        // SAFETY: `fd` is an open, bound, listening TCP socket that we own exclusively (it came
-        // out of an `OwnedFd` just above); glommio takes over ownership and closes it.
-        unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
+    /// Hands the socket to the executor of the calling thread (either engine).
+    pub fn into_listener(self) -> std::io::Result<crate::net::TcpListener> {
+        crate::net::TcpListener::from_fd(self.fd)
     }
 }
 

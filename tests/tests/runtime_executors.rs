@@ -43,7 +43,7 @@ fn connections_spread_over_pinned_executors() {
             let shutdown = shutdown.clone();
             move || async move {
                 let pinned = pinned_cpu();
-                let listener = listener.into_glommio();
+                let listener = listener.into_listener().expect("listener");
                 let mut accepted = 0usize;
                 loop {
                     let next = shutdown.until(listener.accept()).await;

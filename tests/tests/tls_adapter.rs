@@ -62,7 +62,7 @@ fn one_shot_server(
         let context = context.clone();
         let tx = tx.clone();
         move || async move {
-            let listener = listener.into_glommio();
+            let listener = listener.into_listener().expect("listener");
             let stream = listener.accept().await.expect("accept");
             let report = async {
                 let ssl = context.new_session().map_err(|e| e.to_string())?;

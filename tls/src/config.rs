@@ -24,6 +24,11 @@ pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every
 # for every CPU the process may use. `fastedge serve --cores` overrides it.
 cores = "all"
 
+# The executor engine: "uring" (fastedge's own io_uring engine: no interrupt per completion,
+# multishot accept and receive into a per-core buffer pool, one submission per loop turn; needs
+# Linux 6.1, or 5.19 with a warning) or "glommio". `fastedge serve --engine` overrides it.
+engine = "uring"
+
 # After binding every listener, drop privileges to this user (and group; default: the user's
 # primary group). Supplementary groups are cleared. Empty: keep running as started.
 user = ""
@@ -222,6 +227,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     cores: String,
+    engine: String,
     user: String,
     group: String,
     metrics_listen: String,
@@ -358,6 +364,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         Self {
             cores: "all".into(),
+            engine: "uring".into(),
             user: String::new(),
             group: String::new(),
             metrics_listen: String::new(),
@@ -452,6 +459,8 @@ impl Default for RawBalance {
 pub struct ServeConfig {
     /// CPU list text, `None` for every available CPU (validated by the runtime at start).
     pub cores: Option<String>,
+    /// The executor engine.
+    pub engine: fastedge_runtime::Engine,
     pub user: Option<String>,
     pub group: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
@@ -909,6 +918,11 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         "" | "all" => None,
         list => Some(list.to_owned()),
     };
+    let engine = raw
+        .engine
+        .trim()
+        .parse::<fastedge_runtime::Engine>()
+        .map_err(|e| invalid("engine", e.to_string()))?;
     let metrics_listen = match raw.metrics_listen.trim() {
         "" => None,
         text => Some(text.parse::<SocketAddr>().map_err(|_| {
@@ -1189,6 +1203,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
 
     Ok(ServeConfig {
         cores,
+        engine,
         user: nonempty(&raw.user),
         group: nonempty(&raw.group),
         metrics_listen,

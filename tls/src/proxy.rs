@@ -583,13 +583,11 @@ impl BackendStream {
     pub async fn connect(addr: &BackendAddr) -> io::Result<Self> {
         match addr {
             BackendAddr::Tcp(addr) => {
-                let stream = TcpStream::connect(*addr).await.map_err(io::Error::from)?;
+                let stream = TcpStream::connect(*addr).await?;
                 let _ = stream.set_nodelay(true);
                 Ok(Self::Tcp(stream))
             }
-            BackendAddr::Unix(path) => Ok(Self::Unix(
-                UnixStream::connect(path).await.map_err(io::Error::from)?,
-            )),
+            BackendAddr::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LIST")]
     cores: Option<String>,
 
+    /// Executor engine: `uring` (fastedge's io_uring engine, the default) or `glommio`.
+    /// Overrides `engine` of the config.
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<fastedge_runtime::Engine>,
+
     /// Address to accept TLS connections on; repeat for several. Overrides `frontend.listen`
     /// (default 127.0.0.1:8443).
     #[arg(long, value_name = "ADDR")]
@@ -309,7 +314,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         }
         read_ticket_keys_from_stdin(current.clone());
     }
-    let executors = Executors::spawn("fastedge", &cpus, |core| {
+    tracing::info!(engine = %config.engine, "starting executors");
+    let executors = Executors::spawn_on(config.engine, "fastedge", &cpus, |core| {
         let setup = setups.next();
         let current = current.clone();
         let shutdown = shutdown.clone();
@@ -318,9 +324,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             let Some(setup) = setup else { return };
             let demo_open = ConnectionLimit::new(u32::MAX);
             if let Some(demo) = setup.demo {
-                let demo = demo.into_glommio();
-                let (stop, open) = (shutdown.clone(), demo_open.clone());
-                fastedge_runtime::spawn_detached(crate::demo::run(demo, core, stop, open));
+                match demo.into_listener() {
+                    Ok(demo) => {
+                        let (stop, open) = (shutdown.clone(), demo_open.clone());
+                        fastedge_runtime::spawn_detached(crate::demo::run(demo, core, stop, open));
+                    }
+                    Err(error) => tracing::error!(%error, "demo backend listener"),
+                }
             }
             let limit = ConnectionLimit::new(max_connections);
             let backends = Rc::new(RefCell::new(None));
@@ -494,6 +504,7 @@ fn reload(
         apply_overrides(&mut config, args)?;
         let fixed = [
             ("cores", config.cores != started.cores),
+            ("engine", config.engine != started.engine),
             (
                 "user/group",
                 config.user != started.user || config.group != started.group,
@@ -548,6 +559,9 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
     if let Some(cores) = &args.cores {
         config.cores = Some(cores.clone());
     }
+    if let Some(engine) = args.engine {
+        config.engine = engine;
+    }
     if !args.listen.is_empty() {
         config.frontend.listen = args.listen.clone();
     }
@@ -585,6 +599,9 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
     Ok(())
 }
 
+/// How long accepting pauses after a failure such as EMFILE.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
 async fn accept_loop(
     listener: BoundListener,
     current: Arc<ArcSwap<Frontend>>,
@@ -593,8 +610,15 @@ async fn accept_loop(
     limit: ConnectionLimit,
     shutdown: Shutdown,
 ) {
-    let listener = listener.into_glommio();
+    let listener = match listener.into_listener() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "listener could not join this core's executor");
+            return;
+        }
+    };
     let local_default = listener.local_addr().ok();
+    let mut paused = false;
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
@@ -605,12 +629,20 @@ async fn accept_loop(
             None => return,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                fastedge_runtime::sleep(Duration::from_millis(10)).await;
+                // EMFILE and friends: pause accepting (one log line), retry after a pause;
+                // connections wait in the kernel's accept queue meanwhile.
+                if !paused {
+                    tracing::warn!(%error, "accept failed: pausing accepts until it succeeds");
+                    paused = true;
+                }
+                drop(permit);
+                fastedge_runtime::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
+        if std::mem::take(&mut paused) {
+            tracing::info!("accepting again");
+        }
         let (Ok(peer), Some(local)) = (
             stream.peer_addr(),
             stream.local_addr().ok().or(local_default),

@@ -1,0 +1,170 @@
+//! Sockets of the executors, the same types on either engine.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    path::Path,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures_io::{AsyncRead, AsyncWrite};
+
+use crate::{engine, uring, Engine};
+
+/// A TCP listener served by the calling thread's executor.
+#[derive(Debug)]
+pub enum TcpListener {
+    Uring(uring::net::TcpListener),
+    Glommio(glommio::net::TcpListener),
+}
+
+impl TcpListener {
+    /// Takes over a bound, listening socket for the calling thread's engine.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        match engine::current() {
+            Some(Engine::Glommio) => {
+                let fd = fd.into_raw_fd();
+                // SAFETY: `fd` is an open, listening TCP socket owned by us (it came out of an
+                // `OwnedFd`); glommio takes over ownership and closes it.
+                Ok(Self::Glommio(unsafe {
+                    glommio::net::TcpListener::from_raw_fd(fd)
+                }))
+            }
+            Some(Engine::Uring) => Ok(Self::Uring(uring::net::TcpListener::from_fd(fd)?)),
+            None => Err(io::Error::other(
+                "a listener can only be used on an executor thread",
+            )),
+        }
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        match self {
+            Self::Uring(l) => l.accept().await.map(TcpStream::Uring),
+            Self::Glommio(l) => l
+                .accept()
+                .await
+                .map(TcpStream::Glommio)
+                .map_err(io::Error::from),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Uring(l) => l.local_addr(),
+            Self::Glommio(l) => l.local_addr().map_err(io::Error::from),
+        }
+    }
+}
+
+/// A TCP connection served by the calling thread's executor.
+#[derive(Debug)]
+pub enum TcpStream {
+    Uring(uring::net::TcpStream),
+    Glommio(glommio::net::TcpStream),
+}
+
+impl TcpStream {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        match engine::current() {
+            Some(Engine::Glommio) => glommio::net::TcpStream::connect(addr)
+                .await
+                .map(Self::Glommio)
+                .map_err(io::Error::from),
+            _ => uring::net::TcpStream::connect(addr).await.map(Self::Uring),
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Uring(s) => s.peer_addr(),
+            Self::Glommio(s) => s.peer_addr().map_err(io::Error::from),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Uring(s) => s.local_addr(),
+            Self::Glommio(s) => s.local_addr().map_err(io::Error::from),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Self::Uring(s) => s.set_nodelay(on),
+            Self::Glommio(s) => s.set_nodelay(on).map_err(io::Error::from),
+        }
+    }
+}
+
+/// A UNIX stream connection served by the calling thread's executor.
+#[derive(Debug)]
+pub enum UnixStream {
+    Uring(uring::net::UnixStream),
+    Glommio(glommio::net::UnixStream),
+}
+
+impl UnixStream {
+    /// Connects to the socket at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<Self> {
+        match engine::current() {
+            Some(Engine::Glommio) => glommio::net::UnixStream::connect(path)
+                .await
+                .map(Self::Glommio)
+                .map_err(io::Error::from),
+            _ => uring::net::UnixStream::connect_unix(path.as_ref())
+                .await
+                .map(Self::Uring),
+        }
+    }
+}
+
+macro_rules! dispatch_async_io {
+    ($ty:ident) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Uring(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Glommio(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Uring(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::Glommio(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Uring(s) => Pin::new(s).poll_flush(cx),
+                    $ty::Glommio(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Uring(s) => Pin::new(s).poll_close(cx),
+                    $ty::Glommio(s) => Pin::new(s).poll_close(cx),
+                }
+            }
+        }
+    };
+}
+
+dispatch_async_io!(TcpStream);
+dispatch_async_io!(UnixStream);

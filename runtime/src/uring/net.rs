@@ -1,0 +1,567 @@
+//! Sockets of the io_uring engine: a listener with multishot accept, and streams that receive
+//! with multishot receive into the core's buffer pool and queue their output for the turn's
+//! single submission.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    path::Path,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use futures_io::{AsyncRead, AsyncWrite};
+use io_uring::{opcode, squeue, types};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+use super::{
+    reactor::{self, Keep, Op, SendNext},
+    sys, with_reactor, Deferred,
+};
+
+/// Receive buffers one connection may hold unread before its multishot receive is paused:
+/// a slow reader costs the pool this much at most.
+const RX_MAX_QUEUED: usize = 4;
+/// Output bytes a connection may queue before writers wait.
+const TX_MAX_QUEUED: usize = 256 * 1024;
+/// Accepted sockets a listener may hold before its multishot accept is paused.
+const ACCEPT_MAX_QUEUED: usize = 64;
+/// How long a dropped stream's queued output may take to leave.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// State of a multishot operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Multishot {
+    Idle,
+    Armed(u64),
+    /// Cancel asked; the final completion is still to come.
+    Pausing(u64),
+}
+
+/// A listener's accept side.
+#[derive(Debug)]
+pub(crate) struct ListenerState {
+    fd: OwnedFd,
+    accepted: VecDeque<io::Result<OwnedFd>>,
+    state: Multishot,
+    waker: Option<Waker>,
+    dropped: bool,
+}
+
+impl ListenerState {
+    pub(crate) fn on_accept(&mut self, result: i32, more: bool) -> Option<Waker> {
+        if !more {
+            self.state = Multishot::Idle;
+        }
+        if result >= 0 {
+            let fd = reactor::owned_fd(result);
+            if !self.dropped {
+                self.accepted.push_back(Ok(fd));
+            }
+        } else if result != -libc::ECANCELED {
+            self.accepted
+                .push_back(Err(io::Error::from_raw_os_error(-result)));
+        }
+        self.waker.take()
+    }
+
+    pub(crate) fn wants_pause(&mut self) -> bool {
+        match self.state {
+            Multishot::Armed(user_data)
+                if self.dropped || self.accepted.len() >= ACCEPT_MAX_QUEUED =>
+            {
+                self.state = Multishot::Pausing(user_data);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A TCP listener of the io_uring engine.
+#[derive(Debug)]
+pub struct TcpListener {
+    state: Rc<RefCell<ListenerState>>,
+}
+
+impl TcpListener {
+    /// Takes over a bound, listening socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        sys::set_blocking(fd.as_raw_fd())?;
+        Ok(Self {
+            state: Rc::new(RefCell::new(ListenerState {
+                fd,
+                accepted: VecDeque::new(),
+                state: Multishot::Idle,
+                waker: None,
+                dropped: false,
+            })),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        let state = self.state.borrow();
+        socket_addr(SockRef::from(&state.fd).local_addr()?)
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
+        let mut state = self.state.borrow_mut();
+        if let Some(accepted) = state.accepted.pop_front() {
+            return Poll::Ready(accepted.map(TcpStream::from_fd));
+        }
+        if state.state == Multishot::Idle {
+            let entry = reactor::accept_multishot(state.fd.as_raw_fd());
+            let op = Op::Accept(self.state.clone());
+            state.state = Multishot::Armed(with_reactor(|r| r.start(entry, op)));
+        }
+        match &state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        let mut state = self.state.borrow_mut();
+        state.dropped = true;
+        state.waker = None;
+        state.accepted.clear();
+        if let Multishot::Armed(user_data) = state.state {
+            state.state = Multishot::Pausing(user_data);
+            super::defer(Deferred::Cancel(user_data));
+        }
+    }
+}
+
+/// One connection's state, shared by its stream and its operations in flight.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    fd: OwnedFd,
+    /// Received buffers not read yet: (buffer id, length); `rx_offset` into the first.
+    rx: VecDeque<(u16, u32)>,
+    rx_offset: usize,
+    rx_state: Multishot,
+    /// End of the receive side: `Ok` for end of stream, or the error.
+    rx_end: Option<Result<(), io::ErrorKind>>,
+    rx_error: Option<i32>,
+    rx_waker: Option<Waker>,
+    rx_starved: bool,
+    /// Output queued since the last send started.
+    tx_queue: Vec<u8>,
+    /// Output the kernel is sending; `tx_sent` of it is gone.
+    tx_inflight: Vec<u8>,
+    tx_sent: usize,
+    tx_busy: bool,
+    tx_dirty: bool,
+    tx_error: Option<i32>,
+    tx_waker: Option<Waker>,
+    dropped: bool,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            rx: VecDeque::new(),
+            rx_offset: 0,
+            rx_state: Multishot::Idle,
+            rx_end: None,
+            rx_error: None,
+            rx_waker: None,
+            rx_starved: false,
+            tx_queue: Vec::new(),
+            tx_inflight: Vec::new(),
+            tx_sent: 0,
+            tx_busy: false,
+            tx_dirty: false,
+            tx_error: None,
+            tx_waker: None,
+            dropped: false,
+        }
+    }
+
+    /// A receive completion: `(reader to wake, buffer to give back, pause the receive)`.
+    pub(crate) fn on_recv(
+        &mut self,
+        result: i32,
+        buffer: Option<u16>,
+        more: bool,
+    ) -> (Option<Waker>, Option<u16>, bool) {
+        if !more {
+            self.rx_state = Multishot::Idle;
+        }
+        let mut give_back = None;
+        if result > 0 {
+            match buffer {
+                Some(bid) if !self.dropped => self.rx.push_back((bid, result as u32)),
+                other => give_back = other,
+            }
+        } else {
+            give_back = buffer;
+            match result {
+                0 => self.rx_end = Some(Ok(())),
+                e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
+                e => {
+                    self.rx_end = Some(Err(io::Error::from_raw_os_error(-e).kind()));
+                    self.rx_error = Some(-e);
+                }
+            }
+        }
+        let pause = match self.rx_state {
+            Multishot::Armed(user_data) if self.dropped || self.rx.len() >= RX_MAX_QUEUED => {
+                self.rx_state = Multishot::Pausing(user_data);
+                true
+            }
+            _ => false,
+        };
+        (self.rx_waker.take(), give_back, pause)
+    }
+
+    /// Whether a reader waits for data (so a starved receive must be re-armed).
+    pub(crate) fn rx_wanted(&mut self) -> bool {
+        let wanted = !self.dropped && self.rx_waker.is_some();
+        self.rx_starved = wanted;
+        wanted
+    }
+
+    /// Buffers are back: the starved reader may re-arm.
+    pub(crate) fn rx_starved_done(&mut self) -> Option<Waker> {
+        self.rx_starved = false;
+        self.rx_waker.take()
+    }
+
+    /// Takes the queued output into flight; the send entry for it.
+    pub(crate) fn start_send(&mut self) -> Option<squeue::Entry> {
+        self.tx_dirty = false;
+        if self.tx_busy || self.tx_queue.is_empty() || self.tx_error.is_some() {
+            return None;
+        }
+        std::mem::swap(&mut self.tx_queue, &mut self.tx_inflight);
+        self.tx_sent = 0;
+        self.tx_busy = true;
+        Some(self.send_rest())
+    }
+
+    fn send_rest(&self) -> squeue::Entry {
+        let rest = &self.tx_inflight[self.tx_sent..];
+        let len = rest.len().min(u32::MAX as usize) as u32;
+        reactor::send(self.fd.as_raw_fd(), rest.as_ptr(), len)
+    }
+
+    /// A send completion: `(writer to wake, what follows)`.
+    pub(crate) fn on_send(&mut self, result: i32) -> (Option<Waker>, SendNext) {
+        let next = if result < 0 {
+            self.tx_error = Some(-result);
+            self.tx_busy = false;
+            self.tx_inflight.clear();
+            self.tx_sent = 0;
+            self.tx_queue = Vec::new();
+            SendNext::Idle
+        } else {
+            self.tx_sent += result as usize;
+            if self.tx_sent < self.tx_inflight.len() {
+                SendNext::Continue(self.send_rest())
+            } else {
+                self.tx_busy = false;
+                self.tx_inflight.clear();
+                self.tx_sent = 0;
+                if self.tx_inflight.capacity() > 64 * 1024 {
+                    self.tx_inflight = Vec::new();
+                }
+                if self.tx_queue.is_empty() {
+                    SendNext::Idle
+                } else {
+                    self.tx_dirty = true;
+                    SendNext::Queued
+                }
+            }
+        };
+        (self.tx_waker.take(), next)
+    }
+
+    fn queued_output(&self) -> usize {
+        self.tx_queue.len() + self.tx_inflight.len() - self.tx_sent
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Buffers still unread go back to the pool.
+        for (bid, _) in self.rx.drain(..) {
+            super::defer(Deferred::GiveBack(bid));
+        }
+    }
+}
+
+/// A connected stream socket (TCP or UNIX) of the io_uring engine.
+#[derive(Debug)]
+pub struct Stream {
+    conn: Rc<RefCell<Conn>>,
+}
+
+/// A TCP connection of the io_uring engine.
+pub type TcpStream = Stream;
+/// A UNIX stream connection of the io_uring engine.
+pub type UnixStream = Stream;
+
+impl Stream {
+    fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            conn: Rc::new(RefCell::new(Conn::new(fd))),
+        }
+    }
+
+    /// Connects a TCP socket to `addr` through the ring.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+        Self::connect_socket(socket, SockAddr::from(addr)).await
+    }
+
+    /// Connects a UNIX stream socket to `path` through the ring.
+    pub async fn connect_unix(path: &Path) -> io::Result<Self> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        Self::connect_socket(socket, SockAddr::unix(path)?).await
+    }
+
+    async fn connect_socket(socket: Socket, addr: SockAddr) -> io::Result<Self> {
+        let addr = Box::new(addr);
+        let entry = opcode::Connect::new(
+            types::Fd(socket.as_raw_fd()),
+            addr.as_ptr().cast(),
+            addr.len(),
+        )
+        .build();
+        let result = Oneshot::start(entry, Keep::Addr(addr)).await;
+        if result < 0 {
+            return Err(io::Error::from_raw_os_error(-result));
+        }
+        Ok(Self::from_fd(socket.into()))
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket_addr(SockRef::from(&self.conn.borrow().fd).peer_addr()?)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket_addr(SockRef::from(&self.conn.borrow().fd).local_addr()?)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        SockRef::from(&self.conn.borrow().fd).set_nodelay(on)
+    }
+
+    /// The descriptor (for socket options).
+    pub fn raw_fd(&self) -> RawFd {
+        self.conn.borrow().fd.as_raw_fd()
+    }
+
+    /// Copies received bytes into `buf`; arms the receive when nothing is queued.
+    fn read_into(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut conn = self.conn.borrow_mut();
+        let conn = &mut *conn;
+        if !conn.rx.is_empty() {
+            let copied = with_reactor(|r| {
+                let mut copied = 0;
+                while copied < buf.len() {
+                    let Some(&(bid, len)) = conn.rx.front() else {
+                        break;
+                    };
+                    let data = &r.bufs.buffer(bid, len as usize)[conn.rx_offset..];
+                    let n = data.len().min(buf.len() - copied);
+                    buf[copied..copied + n].copy_from_slice(&data[..n]);
+                    copied += n;
+                    conn.rx_offset += n;
+                    if conn.rx_offset >= len as usize {
+                        conn.rx.pop_front();
+                        conn.rx_offset = 0;
+                        r.bufs.give_back(bid);
+                    }
+                }
+                copied
+            });
+            return Poll::Ready(Ok(copied));
+        }
+        if let Some(end) = conn.rx_end {
+            return Poll::Ready(match end {
+                Ok(()) => Ok(0),
+                Err(_) => Err(io::Error::from_raw_os_error(
+                    conn.rx_error.unwrap_or(libc::EIO),
+                )),
+            });
+        }
+        match &conn.rx_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => conn.rx_waker = Some(cx.waker().clone()),
+        }
+        if conn.rx_state == Multishot::Idle && !conn.rx_starved {
+            let fd = conn.fd.as_raw_fd();
+            let op = Op::Recv(self.conn.clone());
+            with_reactor(|r| {
+                if r.bufs.available() == 0 {
+                    conn.rx_starved = true;
+                    r.starved.push(self.conn.clone());
+                } else {
+                    conn.rx_state = Multishot::Armed(r.start(reactor::recv_multishot(fd), op));
+                }
+            });
+        }
+        Poll::Pending
+    }
+
+    fn write_from(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut conn = self.conn.borrow_mut();
+        if let Some(errno) = conn.tx_error {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+        }
+        let room = TX_MAX_QUEUED.saturating_sub(conn.queued_output());
+        if room == 0 {
+            conn.tx_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = buf.len().min(room);
+        conn.tx_queue.extend_from_slice(&buf[..n]);
+        if !conn.tx_dirty && !conn.tx_busy {
+            conn.tx_dirty = true;
+            drop(conn);
+            with_reactor(|r| r.dirty.push(self.conn.clone()));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut conn = self.conn.borrow_mut();
+        if let Some(errno) = conn.tx_error {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+        }
+        if conn.queued_output() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        conn.tx_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.read_into(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write_from(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.flush(cx))?;
+        let conn = self.conn.borrow();
+        match SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut conn = self.conn.borrow_mut();
+        conn.dropped = true;
+        conn.rx_waker = None;
+        conn.tx_waker = None;
+        if let Multishot::Armed(user_data) = conn.rx_state {
+            conn.rx_state = Multishot::Pausing(user_data);
+            super::defer(Deferred::Cancel(user_data));
+        }
+        if conn.queued_output() > 0 && conn.tx_error.is_none() {
+            // Output accepted by `poll_write` still leaves, within a bound.
+            drop(conn);
+            let lingering = Self {
+                conn: self.conn.clone(),
+            };
+            super::spawn_detached_internal(async move {
+                let flushed = std::future::poll_fn(|cx| lingering.flush(cx));
+                let _ = super::time::timeout(LINGER, flushed).await;
+                // Dropped with no output left (or given up): nothing lingers again.
+                let mut conn = lingering.conn.borrow_mut();
+                conn.tx_queue = Vec::new();
+                conn.tx_error.get_or_insert(libc::ETIMEDOUT);
+            });
+        }
+    }
+}
+
+/// A one-shot operation in flight; its slot owns what the kernel may touch.
+struct Oneshot {
+    user_data: Option<u64>,
+}
+
+impl Oneshot {
+    fn start(entry: squeue::Entry, keep: Keep) -> Self {
+        let op = Op::Oneshot {
+            result: None,
+            waker: None,
+            keep,
+            abandoned: false,
+        };
+        Self {
+            user_data: Some(with_reactor(|r| r.start(entry, op))),
+        }
+    }
+}
+
+impl std::future::Future for Oneshot {
+    type Output = i32;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        let Some(user_data) = self.user_data else {
+            return Poll::Ready(-libc::ECANCELED);
+        };
+        match with_reactor(|r| r.poll_oneshot(user_data, cx.waker())) {
+            Some(result) => {
+                self.user_data = None;
+                Poll::Ready(result)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Oneshot {
+    fn drop(&mut self) {
+        if let Some(user_data) = self.user_data.take() {
+            super::defer(Deferred::Abandon(user_data));
+        }
+    }
+}
+
+fn socket_addr(addr: SockAddr) -> io::Result<SocketAddr> {
+    addr.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+}

@@ -1,0 +1,604 @@
+//! One core's io_uring: the ring, the table of operations in flight, the provided-buffer pool
+//! and the connections with output waiting for this turn's submission.
+//!
+//! Ownership rule (the Rust trap with io_uring): whatever the kernel may read or write for an
+//! operation — a send buffer, a socket address, the wake-up counter — is owned by the
+//! operation's slot here until its completion arrives, never by the future that asked for it.
+//! A dropped future only marks its slot abandoned and asks the kernel to cancel.
+
+use std::{
+    cell::RefCell,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    rc::Rc,
+    sync::atomic::{AtomicU16, Ordering},
+    task::Waker,
+    time::Duration,
+};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::{
+    net::{Conn, ListenerState},
+    sys::{Mapping, RingHandle},
+};
+
+/// Size of one provided receive buffer: a whole TLS record's payload.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+/// Buffer group id of the per-core receive pool.
+const BGID: u16 = 0;
+/// `user_data` of completions nobody waits for (cancellations).
+const IGNORED: u64 = u64::MAX;
+
+/// Settings of one core's ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSettings {
+    /// Submission queue entries (power of two).
+    pub sq_entries: u32,
+    /// Completion queue entries (power of two, ≥ `sq_entries`); the kernel keeps overflowing
+    /// completions aside rather than dropping them.
+    pub cq_entries: u32,
+    /// Receive buffers of [`BUF_SIZE`] bytes in the core's pool (power of two, ≤ 32,768).
+    pub buffers: u16,
+}
+
+impl Default for RingSettings {
+    fn default() -> Self {
+        Self {
+            sq_entries: 1024,
+            cq_entries: 16 * 1024,
+            buffers: 256,
+        }
+    }
+}
+
+/// How the ring was set up, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRun {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1): completion work runs only when we enter.
+    Deferred,
+    /// `COOP_TASKRUN | TASKRUN_FLAG` (Linux 5.19): no interrupt, the SQ flag says "enter".
+    Cooperative,
+}
+
+/// What an operation in flight is for.
+pub(crate) enum Op {
+    /// A one-shot operation a future awaits; `keep` is what the kernel may still touch.
+    Oneshot {
+        result: Option<i32>,
+        waker: Option<Waker>,
+        #[allow(dead_code)] // owned so the kernel's memory outlives the operation
+        keep: Keep,
+        abandoned: bool,
+    },
+    /// A multishot accept of a listener.
+    Accept(Rc<RefCell<ListenerState>>),
+    /// A multishot receive of a connection.
+    Recv(Rc<RefCell<Conn>>),
+    /// A send of a connection's in-flight output.
+    Send(Rc<RefCell<Conn>>),
+    /// The read of the wake-up eventfd.
+    Wake(Box<u64>),
+}
+
+/// Memory an operation's kernel side may use until its completion.
+#[allow(dead_code)] // held only to be dropped after the completion
+pub(crate) enum Keep {
+    Nothing,
+    Addr(Box<socket2::SockAddr>),
+    Fd(OwnedFd),
+}
+
+struct Slot {
+    generation: u32,
+    op: Option<Op>,
+}
+
+/// The per-core pool of receive buffers, shared with the kernel through a buffer ring.
+pub(crate) struct BufPool {
+    ring: Mapping,
+    data: Mapping,
+    entries: u16,
+    /// Our copy of the ring's tail; published to the kernel once per turn.
+    tail: u16,
+    published: u16,
+    /// Buffers the kernel handed us that are not back in the ring yet.
+    held: u16,
+}
+
+impl BufPool {
+    fn new(entries: u16) -> io::Result<Self> {
+        let ring_len = (usize::from(entries) * std::mem::size_of::<types::BufRingEntry>())
+            .next_multiple_of(4096);
+        let ring = Mapping::new(ring_len)?;
+        let data = Mapping::new(usize::from(entries) * BUF_SIZE)?;
+        let mut pool = Self {
+            ring,
+            data,
+            entries,
+            tail: 0,
+            published: 0,
+            held: entries,
+        };
+        for bid in 0..entries {
+            pool.give_back(bid);
+        }
+        Ok(pool)
+    }
+
+    fn base(&self) -> *mut types::BufRingEntry {
+        self.ring.as_ptr().cast()
+    }
+
+    /// Puts buffer `bid` back at the ring's tail (visible to the kernel after [`publish`]).
+    pub(crate) fn give_back(&mut self, bid: u16) {
+        debug_assert!(bid < self.entries);
+        let index = usize::from(self.tail & (self.entries - 1));
+        // SAFETY: `index` < entries, so the entry lies inside the ring mapping; the kernel only
+        // reads entries between its head and the published tail, and this one is past the
+        // published tail until `publish`.
+        let entry = unsafe { &mut *self.base().add(index) };
+        // SAFETY: `bid` < entries (callers pass ids the kernel reported, checked in `buffer`),
+        // so the buffer lies inside the data mapping.
+        let addr = unsafe { self.data.as_ptr().add(usize::from(bid) * BUF_SIZE) };
+        entry.set_addr(addr as u64);
+        entry.set_len(BUF_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.held -= 1;
+    }
+
+    /// Makes the buffers given back so far visible to the kernel.
+    fn publish(&mut self) {
+        if self.published != self.tail {
+            // SAFETY: the tail field overlays the first entry's reserved field, inside the
+            // mapping; the kernel reads it atomically, so we store it atomically with release
+            // ordering after the entries it covers were written.
+            unsafe {
+                let tail = types::BufRingEntry::tail(self.base()) as *mut u16;
+                AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+            }
+            self.published = self.tail;
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel filled and handed to us.
+    pub(crate) fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = usize::from(bid.min(self.entries - 1));
+        let len = len.min(BUF_SIZE);
+        // SAFETY: bid and len are clamped to the data mapping; the kernel wrote this buffer
+        // before posting the completion that gave it to us and does not touch it again until we
+        // give it back, so nobody writes it while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(bid * BUF_SIZE), len) }
+    }
+
+    /// Buffers the kernel can fill right now.
+    pub(crate) fn available(&self) -> u16 {
+        self.entries - self.held
+    }
+}
+
+/// One core's ring and everything in flight on it.
+pub(crate) struct Reactor {
+    ring: IoUring,
+    handle: RingHandle,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    pub(crate) bufs: BufPool,
+    /// Connections whose output waits for this turn's submission.
+    pub(crate) dirty: Vec<Rc<RefCell<Conn>>>,
+    /// Connections whose multishot receive stopped for lack of buffers.
+    pub(crate) starved: Vec<Rc<RefCell<Conn>>>,
+    in_flight: usize,
+    pub(crate) task_run: TaskRun,
+    wake_fd: RawFd,
+}
+
+impl Reactor {
+    pub(crate) fn new(settings: RingSettings, wake_fd: RawFd) -> io::Result<Self> {
+        let (ring, task_run) = build_ring(settings)?;
+        let handle = RingHandle::register(ring.as_raw_fd());
+        let bufs = BufPool::new(settings.buffers)?;
+        // SAFETY: the ring mapping holds `buffers` entries and lives as long as `bufs`, which
+        // the reactor drops only after the ring (field order below and in `Drop`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring.as_ptr() as u64,
+                settings.buffers,
+                BGID,
+                0,
+            )
+        }
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("registering the receive buffer ring (needs Linux 5.19): {e}"),
+            )
+        })?;
+        let mut reactor = Self {
+            ring,
+            handle,
+            slots: Vec::new(),
+            free: Vec::new(),
+            bufs,
+            dirty: Vec::new(),
+            starved: Vec::new(),
+            in_flight: 0,
+            task_run,
+            wake_fd,
+        };
+        reactor.bufs.publish();
+        reactor.arm_wake(Box::new(0));
+        Ok(reactor)
+    }
+
+    /// Ops in flight (for tests and shutdown).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn insert(&mut self, op: Op) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    op: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.op = Some(op);
+        self.in_flight += 1;
+        (u64::from(slot.generation) << 32) | u64::from(index)
+    }
+
+    fn slot_mut(&mut self, user_data: u64) -> Option<&mut Slot> {
+        let slot = self.slots.get_mut((user_data & 0xffff_ffff) as usize)?;
+        (slot.generation == (user_data >> 32) as u32 && slot.op.is_some()).then_some(slot)
+    }
+
+    fn remove(&mut self, user_data: u64) -> Option<Op> {
+        let index = (user_data & 0xffff_ffff) as u32;
+        let slot = self.slot_mut(user_data)?;
+        let op = slot.op.take();
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        self.in_flight -= 1;
+        op
+    }
+
+    /// Queues `entry` for this turn's submission, making room by submitting if the queue is
+    /// full.
+    pub(crate) fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry pushed refers to memory owned by its slot (see the module
+            // comment) or to nothing, so it stays valid until the completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Full: hand what we have to the kernel now (no waiting).
+            let pending = self.ring.submission().len() as u32;
+            if let Err(error) = self.handle.enter(pending, Some(Duration::ZERO)) {
+                tracing::error!(%error, "io_uring submission failed");
+                return;
+            }
+        }
+    }
+
+    /// Starts operation `op` described by `entry`; returns its `user_data`.
+    pub(crate) fn start(&mut self, entry: squeue::Entry, op: Op) -> u64 {
+        let user_data = self.insert(op);
+        self.push(entry.user_data(user_data));
+        user_data
+    }
+
+    /// Asks the kernel to cancel the operation `user_data` (its completion still arrives).
+    pub(crate) fn cancel(&mut self, user_data: u64) {
+        if self.slot_mut(user_data).is_some() {
+            self.push(
+                opcode::AsyncCancel::new(user_data)
+                    .build()
+                    .user_data(IGNORED),
+            );
+        }
+    }
+
+    /// Cancels everything in flight (shutdown).
+    pub(crate) fn cancel_all(&mut self) {
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(IGNORED),
+        );
+    }
+
+    /// A one-shot operation's result, or registers `waker` for it.
+    pub(crate) fn poll_oneshot(&mut self, user_data: u64, waker: &Waker) -> Option<i32> {
+        let slot = self.slot_mut(user_data)?;
+        match &mut slot.op {
+            Some(Op::Oneshot {
+                result: Some(result),
+                ..
+            }) => {
+                let result = *result;
+                drop(self.remove(user_data));
+                Some(result)
+            }
+            Some(Op::Oneshot {
+                waker: slot_waker, ..
+            }) => {
+                match slot_waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *slot_waker = Some(waker.clone()),
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The future awaiting `user_data` is gone: free the slot if done, else cancel the
+    /// operation and let its completion free the slot. Returns what to drop outside the borrow.
+    pub(crate) fn abandon(&mut self, user_data: u64) -> Option<Op> {
+        let done = match &mut self.slot_mut(user_data)?.op {
+            Some(Op::Oneshot {
+                result,
+                abandoned,
+                waker,
+                ..
+            }) => {
+                *abandoned = true;
+                *waker = None;
+                result.is_some()
+            }
+            _ => return None,
+        };
+        if done {
+            self.remove(user_data)
+        } else {
+            self.cancel(user_data);
+            None
+        }
+    }
+
+    fn arm_wake(&mut self, mut counter: Box<u64>) {
+        let ptr: *mut u64 = &mut *counter;
+        let entry = opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8).build();
+        self.start(entry, Op::Wake(counter));
+    }
+
+    /// One turn: submit everything queued (output of dirty connections included), wait up to
+    /// `wait` for a completion, and reap what completed. Wakers to call and garbage to drop
+    /// go to `out`, so they run after the reactor's borrow ends.
+    pub(crate) fn turn(&mut self, wait: Option<Duration>, out: &mut Reaped) -> io::Result<()> {
+        self.flush_output();
+        if !self.starved.is_empty() && self.bufs.available() > 0 {
+            for conn in self.starved.drain(..) {
+                if let Some(waker) = conn.borrow_mut().rx_starved_done() {
+                    out.wakers.push(waker);
+                }
+                out.garbage_conns.push(conn);
+            }
+        }
+        self.bufs.publish();
+        let pending = self.ring.submission().len() as u32;
+        // With completions already waiting, don't sleep.
+        let wait = if self.ring.completion().is_empty() {
+            wait
+        } else {
+            Some(Duration::ZERO)
+        };
+        self.handle.enter(pending, wait)?;
+        self.reap(out);
+        Ok(())
+    }
+
+    /// Turns the output queued by connections this turn into send operations.
+    fn flush_output(&mut self) {
+        while let Some(conn) = self.dirty.pop() {
+            let entry = conn.borrow_mut().start_send();
+            if let Some(entry) = entry {
+                self.start(entry, Op::Send(conn));
+            }
+        }
+    }
+
+    fn reap(&mut self, out: &mut Reaped) {
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
+            };
+            self.complete(cqe, out);
+        }
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry, out: &mut Reaped) {
+        let user_data = cqe.user_data();
+        if user_data == IGNORED {
+            return;
+        }
+        let (result, flags) = (cqe.result(), cqe.flags());
+        let more = cqueue::more(flags);
+        let Some(slot) = self.slot_mut(user_data) else {
+            // Not ours (a stale id): give back any buffer it carries.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.held += 1;
+                self.bufs.give_back(bid);
+            }
+            return;
+        };
+        match slot.op.as_mut() {
+            Some(Op::Oneshot {
+                result: slot_result,
+                waker,
+                abandoned,
+                ..
+            }) => {
+                if *abandoned {
+                    if let Some(op) = self.remove(user_data) {
+                        out.garbage.push(op);
+                    }
+                } else {
+                    *slot_result = Some(result);
+                    if let Some(waker) = waker.take() {
+                        out.wakers.push(waker);
+                    }
+                }
+            }
+            Some(Op::Accept(listener)) => {
+                let listener = listener.clone();
+                if let Some(waker) = listener.borrow_mut().on_accept(result, more) {
+                    out.wakers.push(waker);
+                }
+                if !more {
+                    if let Some(op) = self.remove(user_data) {
+                        out.garbage.push(op);
+                    }
+                } else if listener.borrow_mut().wants_pause() {
+                    self.cancel(user_data);
+                }
+            }
+            Some(Op::Recv(conn)) => {
+                let conn = conn.clone();
+                let buffer = cqueue::buffer_select(flags);
+                if buffer.is_some() {
+                    self.bufs.held += 1;
+                }
+                let (waker, give_back, pause) = conn.borrow_mut().on_recv(result, buffer, more);
+                if let Some(bid) = give_back {
+                    self.bufs.give_back(bid);
+                }
+                if let Some(waker) = waker {
+                    out.wakers.push(waker);
+                }
+                if !more {
+                    if result == -libc::ENOBUFS && conn.borrow_mut().rx_wanted() {
+                        self.starved.push(conn.clone());
+                    }
+                    if let Some(op) = self.remove(user_data) {
+                        out.garbage.push(op);
+                    }
+                } else if pause {
+                    self.cancel(user_data);
+                }
+                out.garbage_conns.push(conn);
+            }
+            Some(Op::Send(conn)) => {
+                let conn = conn.clone();
+                let (waker, next) = conn.borrow_mut().on_send(result);
+                if let Some(op) = self.remove(user_data) {
+                    out.garbage.push(op);
+                }
+                match next {
+                    SendNext::Idle => {}
+                    SendNext::Continue(entry) => {
+                        self.start(entry, Op::Send(conn.clone()));
+                    }
+                    SendNext::Queued => self.dirty.push(conn.clone()),
+                }
+                if let Some(waker) = waker {
+                    out.wakers.push(waker);
+                }
+                out.garbage_conns.push(conn);
+            }
+            Some(Op::Wake(_)) => {
+                if let Some(Op::Wake(counter)) = self.remove(user_data) {
+                    self.arm_wake(counter);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// What a send completion leads to.
+pub(crate) enum SendNext {
+    /// Nothing more to send.
+    Idle,
+    /// The rest of a partly sent buffer.
+    Continue(squeue::Entry),
+    /// More output was queued meanwhile: send it with the next turn.
+    Queued,
+}
+
+/// Wakers and garbage collected during a turn, handled once the reactor is released.
+#[derive(Default)]
+pub(crate) struct Reaped {
+    pub(crate) wakers: Vec<Waker>,
+    pub(crate) garbage: Vec<Op>,
+    pub(crate) garbage_conns: Vec<Rc<RefCell<Conn>>>,
+}
+
+impl Reaped {
+    pub(crate) fn finish(&mut self) {
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+        self.garbage.clear();
+        self.garbage_conns.clear();
+    }
+}
+
+fn build_ring(settings: RingSettings) -> io::Result<(IoUring, TaskRun)> {
+    let deferred = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .setup_cqsize(settings.cq_entries)
+        .build(settings.sq_entries);
+    match deferred {
+        Ok(ring) => return Ok((ring, TaskRun::Deferred)),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                "io_uring DEFER_TASKRUN unavailable (needs Linux 6.1): falling back to COOP_TASKRUN"
+            );
+        }
+        Err(error) => return Err(ring_error(error)),
+    }
+    IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_submit_all()
+        .setup_cqsize(settings.cq_entries)
+        .build(settings.sq_entries)
+        .map(|ring| (ring, TaskRun::Cooperative))
+        .map_err(ring_error)
+}
+
+fn ring_error(error: io::Error) -> io::Error {
+    let hint = match error.raw_os_error() {
+        Some(libc::ENOSYS) => "io_uring is not available in this kernel",
+        Some(libc::EPERM) => "io_uring is disabled (sysctl kernel.io_uring_disabled, or seccomp)",
+        Some(libc::EINVAL) => "the kernel lacks COOP_TASKRUN (needs Linux 5.19; 6.1 recommended)",
+        Some(libc::ENOMEM) => "not enough locked memory for the ring (RLIMIT_MEMLOCK)",
+        _ => "setting up the ring failed",
+    };
+    io::Error::new(error.kind(), format!("io_uring: {hint}: {error}"))
+}
+
+/// Builds a multishot receive for `fd` from the core's buffer pool.
+pub(crate) fn recv_multishot(fd: RawFd) -> squeue::Entry {
+    opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+}
+
+/// Builds a multishot accept for `fd` (accepted sockets close on exec, blocking).
+pub(crate) fn accept_multishot(fd: RawFd) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(fd))
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+}
+
+/// Builds a send of `len` bytes at `ptr` on `fd` (no SIGPIPE).
+pub(crate) fn send(fd: RawFd, ptr: *const u8, len: u32) -> squeue::Entry {
+    opcode::Send::new(types::Fd(fd), ptr, len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+}
+
+/// Takes ownership of a descriptor the kernel created for us (an accepted socket).
+pub(crate) fn owned_fd(fd: i32) -> OwnedFd {
+    // SAFETY: the kernel just created `fd` for this completion and nobody else knows it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,0 +1,135 @@
+//! Timers of the io_uring engine: one ordered map per core, checked once per loop turn; the
+//! ring's wait is bounded by the earliest deadline (no timeout operation per sleep).
+
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    entries: BTreeMap<(Instant, u64), Waker>,
+    next_id: u64,
+}
+
+thread_local! {
+    static TIMERS: RefCell<Timers> = RefCell::new(Timers::default());
+}
+
+/// The earliest deadline on this core.
+pub(crate) fn next_deadline() -> Option<Instant> {
+    TIMERS.with(|t| t.borrow().entries.keys().next().map(|(at, _)| *at))
+}
+
+/// Wakes every timer due at `now`.
+pub(crate) fn fire(now: Instant) {
+    let mut due = Vec::new();
+    TIMERS.with(|t| {
+        let mut timers = t.borrow_mut();
+        while let Some(entry) = timers.entries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+    });
+    for waker in due {
+        waker.wake();
+    }
+}
+
+/// Forgets every timer (the engine is stopping); the wakers are dropped outside the borrow.
+pub(crate) fn clear() {
+    let entries = TIMERS.with(|t| std::mem::take(&mut t.borrow_mut().entries));
+    drop(entries);
+}
+
+/// Completes at `deadline`.
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: Instant,
+    key: Option<(Instant, u64)>,
+}
+
+impl Sleep {
+    pub fn until(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            key: None,
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            self.unregister();
+            return Poll::Ready(());
+        }
+        let deadline = self.deadline;
+        let key = self.key;
+        let key = TIMERS.with(|t| {
+            let mut timers = t.borrow_mut();
+            match key.and_then(|k| timers.entries.get_mut(&k).map(|w| (k, w))) {
+                Some((k, waker)) => {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                    k
+                }
+                None => {
+                    timers.next_id += 1;
+                    let k = (deadline, timers.next_id);
+                    timers.entries.insert(k, cx.waker().clone());
+                    k
+                }
+            }
+        });
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Sleep {
+    fn unregister(&mut self) {
+        if let Some(key) = self.key.take() {
+            // `try_with`/`try_borrow_mut`: a sleep dropped while the thread's timers are torn
+            // down or borrowed leaves its entry, which then fires into a finished task.
+            let removed = TIMERS
+                .try_with(|t| {
+                    t.try_borrow_mut()
+                        .ok()
+                        .and_then(|mut t| t.entries.remove(&key))
+                })
+                .ok()
+                .flatten();
+            drop(removed);
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+/// Completes after `duration`.
+pub fn sleep(duration: Duration) -> Sleep {
+    Sleep::until(Instant::now() + duration)
+}
+
+/// Runs `future` until it completes (`Ok`) or `after` passes (`Err(())`).
+pub async fn timeout<T>(after: Duration, future: impl Future<Output = T>) -> Result<T, ()> {
+    futures_lite::future::or(async { Ok(future.await) }, async {
+        sleep(after).await;
+        Err(())
+    })
+    .await
+}
