@@ -81,9 +81,10 @@ suites=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA25
 
 backend_port=18080
 declare -A port_of rsa_port_of pid_of rsa_pid_of
-port_of=([fastedge]=18443 [haproxy]=18444 [nginx]=18445 [hitch]=18446)
-rsa_port_of=([fastedge]=18453 [haproxy]=18454 [nginx]=18455 [hitch]=18456)
-contenders="fastedge haproxy nginx hitch"
+port_of=([fastedge]=18443 [fastedge-glommio]=18447 [haproxy]=18444 [nginx]=18445 [hitch]=18446)
+rsa_port_of=([fastedge]=18453 [fastedge-glommio]=18457 [haproxy]=18454 [nginx]=18455 [hitch]=18456)
+# fastedge on its io_uring engine (the default), and on glommio (`engine = "glommio"`).
+contenders=${CONTENDERS:-"fastedge fastedge-glommio haproxy nginx hitch"}
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
@@ -99,11 +100,15 @@ http { access_log off; client_body_temp_path $work/nginx/b; proxy_temp_path $wor
 NGINX
 taskset -c "$CLIENT_CPU" /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
 
-for kind in ec rsa; do
-  if [ $kind = ec ]; then port=${port_of[fastedge]}; cert=cert.pem; key=key.pem
-  else port=${rsa_port_of[fastedge]}; cert=rsa-cert.pem; key=rsa-key.pem; fi
-  cat > "$work/fastedge-$kind.toml" <<TOML
+for variant in fastedge fastedge-glommio; do
+  case " $contenders " in *" $variant "*) ;; *) continue ;; esac
+  engine=uring; [ $variant = fastedge-glommio ] && engine=glommio
+  for kind in ec rsa; do
+    if [ $kind = ec ]; then port=${port_of[$variant]}; cert=cert.pem; key=key.pem
+    else port=${rsa_port_of[$variant]}; cert=rsa-cert.pem; key=rsa-key.pem; fi
+    cat > "$work/$variant-$kind.toml" <<TOML
 cores = "$SERVER_CPU"
+engine = "$engine"
 [frontend]
 listen = ["127.0.0.1:$port"]
 [tls]
@@ -114,8 +119,9 @@ groups = ["X25519"]
 [[backend]]
 address = "127.0.0.1:$backend_port"
 TOML
-  FASTEDGE_LOG=warn "$bin" serve --config "$work/fastedge-$kind.toml" & pids+=($!)
-  if [ $kind = ec ]; then pid_of[fastedge]=$!; else rsa_pid_of[fastedge]=$!; fi
+    FASTEDGE_LOG=warn "$bin" serve --config "$work/$variant-$kind.toml" & pids+=($!)
+    if [ $kind = ec ]; then pid_of[$variant]=$!; else rsa_pid_of[$variant]=$!; fi
+  done
 done
 
 cat > "$work/haproxy.cfg" <<HAP
@@ -186,6 +192,8 @@ for c in $contenders; do
   done
 done
 
+# Rescheduling interrupts (IPIs) taken by the server core so far.
+res_interrupts() { awk -v col=$((SERVER_CPU + 2)) '$1 == "RES:" {print $col}' /proc/interrupts; }
 # CPU-seconds (utime + stime) of the processes listed in $1.
 cpu_seconds() { local p; for p in $1; do cat "/proc/$p/stat"; done | awk '{s += $14 + $15} END {print s / 100}'; }
 per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%d", n / c; else print 0 }'; }
@@ -221,11 +229,22 @@ measure_round() { # contender
   printf '%-9s resumed handshakes: %s in %ss, server CPU %ss -> %s per server CPU-s\n' \
     "$c" "${n:-0}" "$DURATION" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
   record rs "$c" "$(per_cpu "${n:-0}" "$CPU")"
+  # Rescheduling interrupts on the server core and the server's system calls, per request.
+  local res_before res_after syscalls
+  res_before=$(res_interrupts)
+  perf stat -x, -e raw_syscalls:sys_enter -o "$work/perf-$c.txt" -p "$(echo $pid | tr ' ' ',')" 2>/dev/null & local perf_pid=$!
   measured "$pid" h2load --h1 -n "$REQUESTS" -c 64 -t 1 "https://127.0.0.1:$port/"
+  kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
+  res_after=$(res_interrupts)
+  syscalls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$work/perf-$c.txt" 2>/dev/null)
   n=$(echo "$OUT" | awk '/^requests:/ {print $8; exit}')
   printf '%-9s keep-alive (64 connections): %s req/s (%s succeeded), server CPU %ss -> %s per server CPU-s\n' \
     "$c" "$(echo "$OUT" | awk '/^finished in/ {print $4; exit}')" "${n:-0}" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
   record ka "$c" "$(per_cpu "${n:-0}" "$CPU")"
+  record ka_res "$c" "$(awk -v a="$res_before" -v b="$res_after" -v n="${n:-0}" 'BEGIN { if (n > 0) printf "%.4f", (b - a) / n; else print 0 }')"
+  record ka_sys "$c" "$(awk -v s="${syscalls:-0}" -v n="${n:-0}" 'BEGIN { if (n > 0 && s ~ /^[0-9]+$/) printf "%.2f", s / n; else print 0 }')"
+  printf '%-9s keep-alive: %s rescheduling interrupts on CPU %s, %s server system calls\n' \
+    "$c" "$((res_after - res_before))" "$SERVER_CPU" "${syscalls:-?}"
   for cipher in TLS_AES_128_GCM_SHA256 TLS_CHACHA20_POLY1305_SHA256; do
     measured "$pid" bash -c "for i in 1 2 3; do curl -sk --tls13-ciphers $cipher -o /dev/null -w '%{size_download}\n' https://127.0.0.1:$port/big; done"
     bytes=$(echo "$OUT" | awk '{s += $1} END {print s + 0}')
@@ -234,7 +253,7 @@ measure_round() { # contender
     [ "$bytes" -eq $((3 * 100 * 1024 * 1024)) ] || echo "$c: bulk $cipher moved $bytes bytes, not 3 x 100 MiB" >&2
     record "bulk_$cipher" "$c" "$(per_cpu "$((bytes / 1000000))" "$CPU")"
   done
-  for clients in 1 8; do
+  for clients in 1 8 64; do
     measured "$pid" wrk -t 1 -c "$clients" -d "${DURATION}s" --latency "https://127.0.0.1:$port/"
     printf '%-9s latency with %s clients: p50 %s µs, p99 %s µs (%s)\n' "$c" "$clients" \
       "$(echo "$OUT" | wrk_us 50%)" "$(echo "$OUT" | wrk_us 99%)" "$(echo "$OUT" | awk '/Requests\/sec/ {print $2 " req/s"}')"
@@ -245,7 +264,7 @@ measure_round() { # contender
 
 # The physical ceiling: OpenSSL 3.0 on the server core.
 speed_of() { awk -v what="$1" '$0 ~ what { print $0 }'; }
-progress 0 $((ROUNDS * 4 + 5)) "openssl speed on CPU $SERVER_CPU"
+progress 0 $((ROUNDS * ncontenders + ncontenders + 1)) "openssl speed on CPU $SERVER_CPU"
 sig=$(taskset -c "$SERVER_CPU" openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa \(nistp256\)/ {print $(NF-1); exit}')
 rsa=$(taskset -c "$SERVER_CPU" openssl speed -seconds 2 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ {print $(NF-1); exit}')
 x25519=$(taskset -c "$SERVER_CPU" openssl speed -seconds 2 ecdhx25519 2>/dev/null | awk '/253 bits ecdh \(X25519\)/ {print $NF; exit}')
@@ -257,9 +276,10 @@ echo "ceiling on CPU $SERVER_CPU (openssl speed): ECDSA P-256 sign ${sig:-?}/s, 
 
 echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519; $ROUNDS rounds"
 step=1
+ncontenders=$(echo $contenders | wc -w)
 for r in $(seq "$ROUNDS"); do
   for contender in $contenders; do
-    progress "$step" $((ROUNDS * 4 + 5)) "round $r: $contender"
+    progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "round $r: $contender"
     measure_round "$contender"
     step=$((step + 1))
   done
@@ -269,7 +289,7 @@ done
 # process on the client core), the contender's RSS before and after.
 rss_kib() { local p; for p in $1; do cat "/proc/$p/status"; done | awk '/^VmRSS:/ {s += $2} END {print s}'; }
 for contender in $contenders; do
-  progress "$step" $((ROUNDS * 4 + 5)) "memory: $contender holding $CONNS connections"
+  progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "memory: $contender holding $CONNS connections"
   step=$((step + 1))
   port=${port_of[$contender]}; pid=${pid_of[$contender]}
   before=$(rss_kib "$pid")
@@ -293,7 +313,7 @@ for contender in $contenders; do
     "$contender" "$before" "$after" "$CONNS" "${result[mem,$contender]}"
   sleep 2
 done
-progress "$step" $((ROUNDS * 4 + 5)) "done"
+progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "done"
 
 # Medians, machine-readable results and a chart (benches/src/bin/bench_chart.rs).
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
@@ -309,13 +329,15 @@ metric() { # key name unit higher_is_better
 rows=(hs "full handshakes/CPU-s, P-256" hs_rsa "full handshakes/CPU-s, RSA-2048"
   rs "resumed handshakes/CPU-s" ka "keep-alive requests/CPU-s"
   bulk_TLS_AES_128_GCM_SHA256 "bulk MB/CPU-s, AES-128-GCM" bulk_TLS_CHACHA20_POLY1305_SHA256 "bulk MB/CPU-s, ChaCha20"
+  ka_res "rescheduling IPIs per request" ka_sys "system calls per request"
   p50_1 "p50 latency us, 1 client" p99_1 "p99 latency us, 1 client" p50_8 "p50 latency us, 8 clients" p99_8 "p99 latency us, 8 clients"
+  p50_64 "p50 latency us, 64 clients" p99_64 "p99 latency us, 64 clients"
   hs_rate "full handshakes/s, P-256" mem "KiB per idle connection")
 echo
-printf '%-34s' "median of $ROUNDS"; for c in $contenders; do printf '%12s' "$c"; done; echo
+printf '%-34s' "median of $ROUNDS"; for c in $contenders; do printf '%17s' "$c"; done; echo
 for ((i = 0; i < ${#rows[@]}; i += 2)); do
   printf '%-34s' "${rows[i + 1]}"
-  for c in $contenders; do printf '%12s' "$(echo "${result[${rows[i]},$c]:-}" | median)"; done
+  for c in $contenders; do printf '%17s' "$(echo "${result[${rows[i]},$c]:-}" | median)"; done
   echo
 done
 mkdir -p "$RESULTS"
@@ -335,6 +357,10 @@ out=$RESULTS/tls.json
   metric p99_8 "p99 latency, 8 clients" µs false; echo ","
   metric p99_1 "p99 latency, 1 client" µs false; echo ","
   metric p50_8 "p50 latency, 8 clients" µs false; echo ","
+  metric p99_64 "p99 latency, 64 clients" µs false; echo ","
+  metric p50_64 "p50 latency, 64 clients" µs false; echo ","
+  metric ka_res "rescheduling interrupts per keep-alive request" IPIs false; echo ","
+  metric ka_sys "system calls per keep-alive request" syscalls false; echo ","
   metric hs_rate "full handshakes per second (P-256)" handshakes true; echo ","
   metric mem "memory per idle TLS connection ($CONNS held)" KiB false
   echo " ]}"

@@ -60,7 +60,7 @@ pub struct ServeArgs {
 
     /// Executor engine: `uring` (fastedge's io_uring engine, the default) or `glommio`.
     /// Overrides `engine` of the config.
-    #[arg(long, value_name = "ENGINE")]
+    #[arg(long, value_name = "ENGINE", env = "FASTEDGE_ENGINE")]
     engine: Option<fastedge_runtime::Engine>,
 
     /// Address to accept TLS connections on; repeat for several. Overrides `frontend.listen`

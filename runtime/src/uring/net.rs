@@ -275,6 +275,10 @@ impl Conn {
                 SendNext::Continue(self.send_rest())
             } else {
                 self.tx_busy = false;
+                // Debug builds poison what the kernel has finished with: a send that still
+                // used it would deliver poison (the engine tests check every byte).
+                #[cfg(debug_assertions)]
+                self.tx_inflight.fill(reactor::POISON);
                 self.tx_inflight.clear();
                 self.tx_sent = 0;
                 if self.tx_inflight.capacity() > 64 * 1024 {
@@ -298,6 +302,11 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        {
+            self.tx_inflight.fill(reactor::POISON);
+            self.tx_queue.fill(reactor::POISON);
+        }
         // Buffers still unread go back to the pool.
         for (bid, _) in self.rx.drain(..) {
             super::defer(Deferred::GiveBack(bid));
@@ -320,6 +329,14 @@ impl Stream {
     fn from_fd(fd: OwnedFd) -> Self {
         Self {
             conn: Rc::new(RefCell::new(Conn::new(fd))),
+        }
+    }
+
+    /// A second handle on the same connection, so a test can read and write from two tasks.
+    #[cfg(test)]
+    pub(crate) fn clone_for_test(&self) -> Self {
+        Self {
+            conn: self.conn.clone(),
         }
     }
 

@@ -27,6 +27,9 @@ use super::{
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
 /// Buffer group id of the per-core receive pool.
 const BGID: u16 = 0;
+/// What debug builds fill released buffers with.
+#[cfg(debug_assertions)]
+pub(crate) const POISON: u8 = 0xa5;
 /// `user_data` of completions nobody waits for (cancellations).
 const IGNORED: u64 = u64::MAX;
 
@@ -103,7 +106,7 @@ pub(crate) struct BufPool {
     tail: u16,
     published: u16,
     /// Buffers the kernel handed us that are not back in the ring yet.
-    held: u16,
+    pub(crate) held: u16,
 }
 
 impl BufPool {
@@ -141,6 +144,14 @@ impl BufPool {
         // SAFETY: `bid` < entries (callers pass ids the kernel reported, checked in `buffer`),
         // so the buffer lies inside the data mapping.
         let addr = unsafe { self.data.as_ptr().add(usize::from(bid) * BUF_SIZE) };
+        // Debug builds poison a buffer as it goes back: a reader still holding on to it would
+        // read poison instead of the stream's bytes (the engine tests check every byte).
+        #[cfg(debug_assertions)]
+        // SAFETY: the buffer lies inside the data mapping (above) and is ours until published:
+        // the kernel gave it to us and does not get it back before `publish`.
+        unsafe {
+            std::ptr::write_bytes(addr, POISON, BUF_SIZE);
+        }
         entry.set_addr(addr as u64);
         entry.set_len(BUF_SIZE as u32);
         entry.set_bid(bid);
