@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
 	nginx-light nghttp2-client tcpdump tshark bsdutils
 
-.PHONY: run test deps build fmt-check clippy unit-and-e2e netmap-check fuzz-check fuzz bench bench-peers clean-netns
+.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -33,7 +33,7 @@ run: deps
 	$(CARGO) build --release -p fastedge
 	./target/release/fastedge serve
 
-test: deps fmt-check clippy unit-and-e2e netmap-check fuzz-check
+test: deps fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -45,6 +45,11 @@ clippy:
 unit-and-e2e:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
+
+# The serve suites once more on the second engine (the default run above uses io_uring).
+SERVE_SUITES := $(patsubst tests/tests/%.rs,%,$(wildcard tests/tests/serve_*.rs)) tls_adapter runtime_executors
+serve-on-glommio:
+	FASTEDGE_ENGINE=glommio $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(SERVE_SUITES))
 
 netmap-check:
 	$(CARGO) check -p fastedge-rings --features netmap

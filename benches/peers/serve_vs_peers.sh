@@ -85,6 +85,7 @@ port_of=([fastedge]=18443 [fastedge-glommio]=18447 [haproxy]=18444 [nginx]=18445
 rsa_port_of=([fastedge]=18453 [fastedge-glommio]=18457 [haproxy]=18454 [nginx]=18455 [hitch]=18456)
 # fastedge on its io_uring engine (the default), and on glommio (`engine = "glommio"`).
 contenders=${CONTENDERS:-"fastedge fastedge-glommio haproxy nginx hitch"}
+ncontenders=$(echo $contenders | wc -w)
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
@@ -276,7 +277,6 @@ echo "ceiling on CPU $SERVER_CPU (openssl speed): ECDSA P-256 sign ${sig:-?}/s, 
 
 echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519; $ROUNDS rounds"
 step=1
-ncontenders=$(echo $contenders | wc -w)
 for r in $(seq "$ROUNDS"); do
   for contender in $contenders; do
     progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "round $r: $contender"

@@ -59,3 +59,14 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The engine in-process executors of a suite run on: `$FASTEDGE_ENGINE` (which the `fastedge`
+/// binary also reads), else the default. `make test` runs the serve suites once per engine.
+pub fn engine() -> fastedge_runtime::Engine {
+    match std::env::var("FASTEDGE_ENGINE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("FASTEDGE_ENGINE: {e}")),
+        Err(_) => fastedge_runtime::Engine::default(),
+    }
+}

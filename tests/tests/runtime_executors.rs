@@ -38,7 +38,7 @@ fn connections_spread_over_pinned_executors() {
 
     let executors = {
         let shutdown = shutdown.clone();
-        Executors::spawn("test", &cpus, |core| {
+        Executors::spawn_on(fastedge_tests::engine(), "test", &cpus, |core| {
             let listener = listeners.next().expect("one listener each");
             let shutdown = shutdown.clone();
             move || async move {

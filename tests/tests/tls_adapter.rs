@@ -1,4 +1,4 @@
-//! The boring ⇄ futures-io adapter over glommio's TcpStream, against the real
+//! The boring ⇄ futures-io adapter over the runtime's TcpStream (either engine), against the real
 //! `openssl s_client`: a TLS 1.3 handshake, a megabyte each way (many TLS records), and clean
 //! close_notify in both directions; a client that vanishes without close_notify is reported as
 //! a truncation, never as a clean end of data.
@@ -57,7 +57,7 @@ fn one_shot_server(
     let addr = listeners[0].local_addr();
     let mut listener = listeners.pop();
     let (tx, rx) = mpsc::channel();
-    let executors = Executors::spawn("tls-test", &cpus, |_| {
+    let executors = Executors::spawn_on(fastedge_tests::engine(), "tls-test", &cpus, |_| {
         let listener = listener.take().expect("single executor");
         let context = context.clone();
         let tx = tx.clone();

@@ -42,6 +42,8 @@ thread_local! {
 /// `recv` calls per record. The shim reads up to a whole record at once into a per-thread
 /// scratch buffer and keeps what BoringSSL did not ask for yet, so one `recv` usually serves a
 /// record; the kept bytes are freed as soon as they are taken, so an idle connection holds none.
+/// On the io_uring engine there is no system call to save (the engine's multishot receive has
+/// the bytes in its buffer pool already), so BoringSSL reads from those buffers directly.
 #[derive(Debug)]
 pub struct IoShim<S> {
     stream: S,
@@ -106,7 +108,11 @@ impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
         if self.ahead_pos < self.ahead.len() {
             return Ok(self.take_ahead(buf));
         }
-        if buf.len() >= READ_AHEAD {
+        // On the io_uring engine received bytes already wait in user-space buffers, so a read
+        // is a copy, not a system call: read what BoringSSL asks for straight from them.
+        if buf.len() >= READ_AHEAD
+            || fastedge_runtime::current_engine() == Some(fastedge_runtime::Engine::Uring)
+        {
             return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
         }
         SCRATCH.with(|scratch| {

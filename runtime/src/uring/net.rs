@@ -279,11 +279,10 @@ impl Conn {
                 // used it would deliver poison (the engine tests check every byte).
                 #[cfg(debug_assertions)]
                 self.tx_inflight.fill(reactor::POISON);
-                self.tx_inflight.clear();
+                // Freed, not kept: an idle connection holds no output buffer (the next write
+                // allocates one, and the swap in `start_send` hands it over).
+                self.tx_inflight = Vec::new();
                 self.tx_sent = 0;
-                if self.tx_inflight.capacity() > 64 * 1024 {
-                    self.tx_inflight = Vec::new();
-                }
                 if self.tx_queue.is_empty() {
                     SendNext::Idle
                 } else {
