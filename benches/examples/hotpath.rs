@@ -9,7 +9,7 @@ use fastedge_rings::{
     pipeline::Pipeline,
     shm::{way_path, Consumer},
 };
-use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
+use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
 
 fn main() {
     let rounds: u64 = std::env::args()
@@ -45,7 +45,10 @@ fn main() {
     for _ in 0..rounds {
         for frame in &frames {
             if let Ok(Parsed::Ip(key)) = parse(std::hint::black_box(frame), true) {
-                sum += u64::from(way_of(flow_hash(&key, HashMode::FiveTuple), 4));
+                sum += u64::from(way_of(
+                    flow_hash(&key, HashMode::FiveTuple, &HashKey { k0: 1, k1: 2 }),
+                    4,
+                ));
             }
         }
     }
