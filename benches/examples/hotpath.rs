@@ -5,10 +5,7 @@
 //! between rounds).
 
 use fastedge_benches::{balance_pipeline, udp_frames_64b};
-use fastedge_rings::{
-    pipeline::Pipeline,
-    shm::{way_path, Consumer},
-};
+use fastedge_rings::{pipeline::Pipeline, shm::Consumer};
 use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
 
 fn main() {
@@ -36,9 +33,7 @@ fn main() {
         println!("{} packets pushed, {read} read", rounds * 2048);
         drop(consumers);
         drop(pipeline);
-        for w in 0..4 {
-            let _ = std::fs::remove_file(way_path(&name, w));
-        }
+        fastedge_rings::shm::remove_ways(&name, 4);
         return;
     }
     let mut sum = 0u64;

@@ -68,5 +68,6 @@ pub fn balance_pipeline(name: &str, ways: u32) -> PipelineConfig {
         rules: Vec::new(),
         rule_capacity: 1,
         hash_key: None,
+        way_group: None,
     }
 }

@@ -4,7 +4,7 @@
 //! Declared in TOML (see README, "Pipelines"):
 //!
 //! ```toml
-//! name = "ids"                      # ways are /dev/shm/fastedge-ids-0 … (default: first input)
+//! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)
 //! [[input]]
 //! interface = "eth1"                # mode = "auto" | "xdp-native" | "xdp-skb" | "af-packet"
 //! [[input]]
@@ -59,6 +59,10 @@ pub struct PipelineConfig {
     /// across reloads). Set it where another process must compute the same ways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<String>,
+    /// A group (name or number) whose members may consume the ways (data 0640, positions
+    /// 0660); default: none, the ways are private to the distributor's user (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub way_group: Option<String>,
 }
 
 /// A random flow-hash key from the system's random source.
@@ -246,12 +250,31 @@ impl PipelineConfig {
             ));
         }
         self.hash_key()?;
+        self.way_access()?;
         if let Some(name) = &self.name {
             if name.is_empty() || name.contains('/') {
                 return invalid(format!("name {name:?} must be non-empty and without '/'"));
             }
         }
         check_brick(&self.output, "output")
+    }
+
+    /// Who may open the ways: the configured `way_group` resolved to its id.
+    pub fn way_access(&self) -> Result<crate::shm::WayAccess, PipelineError> {
+        let Some(group) = &self.way_group else {
+            return Ok(crate::shm::WayAccess::default());
+        };
+        let gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(group)
+                .map_err(|e| PipelineError::Invalid(format!("way_group {group:?}: {e}")))?
+                .ok_or_else(|| {
+                    PipelineError::Invalid(format!("way_group {group:?}: no such group"))
+                })?
+                .gid
+                .as_raw(),
+        };
+        Ok(crate::shm::WayAccess { group: Some(gid) })
     }
 
     /// The configured flow-hash key, if any.
@@ -364,6 +387,9 @@ pub struct WayStats {
     pub dropped_full: u64,
     /// pid of the attached consumer.
     pub consumer: Option<u64>,
+    /// Read positions the consumer wrote that were ignored (behind its last one or past the
+    /// head: a broken or hostile consumer; its way only).
+    pub bad_positions: u64,
 }
 
 /// The built bricks of a pipeline and their outputs.
@@ -383,7 +409,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Creates the ways (`/dev/shm/fastedge-NAME-K`) and capture files of `config`; the flow
+    /// Creates the ways (`/dev/shm/fastedge/NAME-K`) and capture files of `config`; the flow
     /// hash is keyed with the configured key, else a random one.
     pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
         let hash_key = match config.hash_key()? {
@@ -433,6 +459,7 @@ impl Pipeline {
             capacity: config.way_kib * 1024,
             lanes,
             reuse,
+            access: config.way_access()?,
             ways: Vec::new(),
             pcaps: Vec::new(),
             ifaces: Vec::new(),
@@ -567,6 +594,7 @@ impl Pipeline {
                     delivered,
                     dropped_full,
                     consumer: p.consumer(),
+                    bad_positions: p.bad_positions(),
                 }
             })
             .collect()
@@ -583,6 +611,7 @@ struct Builder {
     capacity: usize,
     lanes: u32,
     reuse: bool,
+    access: crate::shm::WayAccess,
     /// Per way, one producer per lane.
     ways: Vec<Vec<Producer>>,
     pcaps: Vec<PcapSink>,
@@ -623,9 +652,9 @@ impl Builder {
                 let index = self.ways.len();
                 let path = crate::shm::way_path(&self.name, index as u32);
                 self.ways.push(if self.reuse {
-                    Producer::reuse_lanes(&path, self.capacity, self.lanes)?
+                    Producer::reuse_lanes(&path, self.capacity, self.lanes, self.access)?
                 } else {
-                    Producer::create_lanes(&path, self.capacity, self.lanes)?
+                    Producer::create_lanes(&path, self.capacity, self.lanes, self.access)?
                 });
                 Brick::Way(index)
             }

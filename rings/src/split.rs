@@ -683,6 +683,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
         for (sum, way) in total.ways.iter_mut().zip(&part.ways) {
             sum.delivered += way.delivered;
             sum.dropped_full += way.dropped_full;
+            sum.bad_positions += way.bad_positions;
             sum.consumer = sum.consumer.or(way.consumer);
         }
         total.pcaps.extend(part.pcaps.iter().cloned());

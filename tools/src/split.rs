@@ -28,7 +28,7 @@ use crate::Failure;
 /// fastedge attaches its XDP program to IFACE (native mode, else SKB mode, else it reads with
 /// AF_PACKET), opens an AF_XDP socket on every receive queue, and puts each frame into way
 /// `hash(flow) mod N`: both directions of a flow, and every fragment of a datagram, land on the
-/// same way. Ways are shared-memory rings, /dev/shm/fastedge-NAME-0 … N-1 (NAME: the first
+/// same way. Ways are shared-memory rings, /dev/shm/fastedge/NAME-0 … N-1 (NAME: the first
 /// input), read by consumer applications with the `fastedge-rings` consumer API or by
 /// `fastedge tap NAME:WAY`. A slow or absent consumer only costs drops on its own way, counted.
 /// Several interfaces (and `--pcap` files) are merged into one split. For anything else
@@ -51,7 +51,7 @@ pub struct SplitArgs {
     /// A pipeline declared in TOML (inputs, bricks, outputs); excludes the other options.
     /// SIGHUP or `fastedge ctl reload` reads it again; ways that exist in both keep their
     /// consumers.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "hash_key", "mode", "non_ip_way", "way_kib", "no_decap", "name", "rule"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "hash_key", "way_group", "mode", "non_ip_way", "way_kib", "no_decap", "name", "rule"])]
     config: Option<PathBuf>,
 
     /// Number of ways (consumer rings).
@@ -141,6 +141,11 @@ struct CommonArgs {
     /// Most pre-filter rules at once (config, ctl, NetControl).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     rule_capacity: u32,
+
+    /// A group whose members may consume the ways (name or id); default: the ways are
+    /// private to this user (mode 0600). With --config: `way_group`.
+    #[arg(long, value_name = "GROUP")]
+    way_group: Option<String>,
 
     /// Detach into the background (logs: use --syslog); the pid goes to --pid-file.
     #[arg(long)]
@@ -263,13 +268,18 @@ fn describe(stats: &SplitStats) -> String {
             .enumerate()
             .map(|(i, w)| {
                 format!(
-                    "{i}:{}/{}{}",
+                    "{i}:{}/{}{}{}",
                     w.delivered,
                     w.dropped_full,
                     if w.consumer.is_some() {
                         ""
                     } else {
                         "(no consumer)"
+                    },
+                    if w.bad_positions > 0 {
+                        format!("(bad consumer positions {})", w.bad_positions)
+                    } else {
+                        String::new()
                     }
                 )
             })
@@ -376,6 +386,7 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         rules: args.common.rule.clone(),
         rule_capacity: args.common.rule_capacity,
         hash_key: None,
+        way_group: args.common.way_group.clone(),
     };
     run_engine(config, &args.common, None)
 }
@@ -419,6 +430,7 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                 rules: args.common.rule.clone(),
                 rule_capacity: args.common.rule_capacity,
                 hash_key: args.hash_key.clone(),
+                way_group: args.common.way_group.clone(),
             }
         }
     };
