@@ -10,7 +10,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use fastedge_benches::{balance_pipeline, udp_frames_64b};
 use fastedge_rings::{
     pipeline::Pipeline,
-    shm::{way_path, Consumer, Producer},
+    shm::{Consumer, Producer},
 };
 
 const BATCH: usize = 1024;
@@ -53,16 +53,17 @@ fn pipeline(c: &mut Criterion) {
         assert_eq!(dropped, 0, "every timed push was an enqueue");
         drop(consumers);
         drop(pipeline);
-        for w in 0..ways {
-            let _ = std::fs::remove_file(way_path(&name, w));
-        }
+        fastedge_rings::shm::remove_ways(&name, ways);
     }
     group.finish();
 }
 
 fn ring(c: &mut Criterion) {
     let frames = udp_frames_64b();
-    let path = std::env::temp_dir().join(format!("fastedge-bench-ring-{}", std::process::id()));
+    // A way in a directory of its own: ways are not made where others may write (/tmp).
+    let path = std::env::temp_dir()
+        .join(format!("fastedge-bench-ring-{}", std::process::id()))
+        .join("way");
     let mut producer = Producer::create(&path, 1 << 20).expect("way");
     let mut consumer = Consumer::open_path(&path).expect("consumer");
     let mut group = c.benchmark_group("shm");
@@ -88,7 +89,9 @@ fn ring(c: &mut Criterion) {
     assert_eq!(producer.counters().1, 0, "no drops");
     drop(consumer);
     drop(producer);
-    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 criterion_group!(benches, pipeline, ring);

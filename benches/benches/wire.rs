@@ -6,7 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use fastedge_wire::{
     forwarded::{ClientFacts, ForwardedConfig, Injector},
     http1::{parse_request_head, DEFAULT_MAX_HEAD},
-    packet::{flow_hash, parse, way_of, HashMode, Parsed},
+    packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed},
     proxy::{encode_v1, encode_v2, ConnectionAddrs, TlsFacts},
 };
 
@@ -51,7 +51,10 @@ fn packet(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("parse+hash+way/ipv4_udp_64B", |b| {
         b.iter(|| match parse(black_box(&frame), true) {
-            Ok(Parsed::Ip(key)) => way_of(flow_hash(&key, HashMode::FiveTuple), 30),
+            Ok(Parsed::Ip(key)) => way_of(
+                flow_hash(&key, HashMode::FiveTuple, &HashKey { k0: 1, k1: 2 }),
+                30,
+            ),
             _ => u32::MAX,
         })
     });

@@ -5,11 +5,8 @@
 //! between rounds).
 
 use fastedge_benches::{balance_pipeline, udp_frames_64b};
-use fastedge_rings::{
-    pipeline::Pipeline,
-    shm::{way_path, Consumer},
-};
-use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
+use fastedge_rings::{pipeline::Pipeline, shm::Consumer};
+use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
 
 fn main() {
     let rounds: u64 = std::env::args()
@@ -36,16 +33,17 @@ fn main() {
         println!("{} packets pushed, {read} read", rounds * 2048);
         drop(consumers);
         drop(pipeline);
-        for w in 0..4 {
-            let _ = std::fs::remove_file(way_path(&name, w));
-        }
+        fastedge_rings::shm::remove_ways(&name, 4);
         return;
     }
     let mut sum = 0u64;
     for _ in 0..rounds {
         for frame in &frames {
             if let Ok(Parsed::Ip(key)) = parse(std::hint::black_box(frame), true) {
-                sum += u64::from(way_of(flow_hash(&key, HashMode::FiveTuple), 4));
+                sum += u64::from(way_of(
+                    flow_hash(&key, HashMode::FiveTuple, &HashKey { k0: 1, k1: 2 }),
+                    4,
+                ));
             }
         }
     }

@@ -48,7 +48,7 @@ cleanup() {
   wait 2>/dev/null || true
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
-  rm -f /dev/shm/fastedge-$name-*
+  rm -f /dev/shm/fastedge/$name-*
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -174,7 +174,7 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies sender kerne
       else
         drops="$(sed -n 's/.*kernel_drops=\([0-9]*\).*/\1/p' "$out") 0 0"
       fi
-      rm -f /dev/shm/fastedge-$name-* ;;
+      rm -f /dev/shm/fastedge/$name-* ;;
   esac
   # Every process of this round has been waited for: none is left for the cleanup to signal
   # (its pid could belong to something else by then).

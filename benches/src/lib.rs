@@ -67,5 +67,7 @@ pub fn balance_pipeline(name: &str, ways: u32) -> PipelineConfig {
         way_kib: 1024,
         rules: Vec::new(),
         rule_capacity: 1,
+        hash_key: None,
+        way_group: None,
     }
 }

@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use fastedge_wire::packet::HashKey;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::{attach_xdp, percpu_sum, rules::Prefilter, sys, EbpfError, Loaded, XdpMode};
@@ -19,9 +20,13 @@ pub const MAX_OUTPUTS: u32 = 256;
 /// What the in-kernel path does with frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastMode {
-    /// Each flow to one output; `hash_tuple` 2, 3 or 5; `non_ip`: the output for frames that
-    /// are not IP.
-    Balance { hash_tuple: u32, non_ip: u32 },
+    /// Each flow to one output; `hash_tuple` 2, 3 or 5, keyed with `hash_key` (the key the
+    /// userspace engine uses too); `non_ip`: the output for frames that are not IP.
+    Balance {
+        hash_tuple: u32,
+        non_ip: u32,
+        hash_key: HashKey,
+    },
     /// Every frame to every output.
     Duplicate,
 }
@@ -92,14 +97,21 @@ impl SplitFast {
                 .update(&index.to_ne_bytes(), &ifindex.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_error("adding an output", "outputs"))?;
         }
-        let (non_ip, duplicate, hash_tuple) = match mode {
-            FastMode::Balance { hash_tuple, non_ip } => (non_ip, 0u32, hash_tuple),
-            FastMode::Duplicate => (0, 1, 5),
+        let (non_ip, duplicate, hash_tuple, hash_key) = match mode {
+            FastMode::Balance {
+                hash_tuple,
+                non_ip,
+                hash_key,
+            } => (non_ip, 0u32, hash_tuple, hash_key),
+            FastMode::Duplicate => (0, 1, 5, HashKey { k0: 0, k1: 0 }),
         };
-        let mut config = Vec::with_capacity(16);
+        // `struct fast_config` in split_fast.bpf.c.
+        let mut config = Vec::with_capacity(32);
         for word in [outputs.len() as u32, non_ip, duplicate, hash_tuple] {
             config.extend_from_slice(&word.to_ne_bytes());
         }
+        config.extend_from_slice(&hash_key.k0.to_ne_bytes());
+        config.extend_from_slice(&hash_key.k1.to_ne_bytes());
         fast.config
             .update(&0u32.to_ne_bytes(), &config, MapFlags::ANY)
             .map_err(map_error("writing", "config"))?;

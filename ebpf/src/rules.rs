@@ -148,6 +148,8 @@ fn rule_bytes(
     raw[5] = spec.protocol;
     let other = if by_source { spec.dst } else { None }.unwrap_or(Prefix::ANY);
     raw[6] = other.len;
+    // The length of the prefix the rule hangs on: the program walks to shorter prefixes.
+    raw[7] = placement(spec).1.len;
     raw[8..10].copy_from_slice(&spec.sport.0.to_ne_bytes());
     raw[10..12].copy_from_slice(&spec.sport.1.to_ne_bytes());
     raw[12..14].copy_from_slice(&spec.dport.0.to_ne_bytes());

@@ -4,7 +4,7 @@
 //! Declared in TOML (see README, "Pipelines"):
 //!
 //! ```toml
-//! name = "ids"                      # ways are /dev/shm/fastedge-ids-0 … (default: first input)
+//! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)
 //! [[input]]
 //! interface = "eth1"                # mode = "auto" | "xdp-native" | "xdp-skb" | "af-packet"
 //! [[input]]
@@ -24,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fastedge_wire::packet::{flow_hash, way_of, HashMode, Parsed};
+use fastedge_wire::packet::{flow_hash, way_of, HashKey, HashMode, Parsed};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -55,6 +55,22 @@ pub struct PipelineConfig {
     /// Most pre-filter rules (config, `fastedge ctl rules add`, NetControl) at once.
     #[serde(default = "default_rule_capacity")]
     pub rule_capacity: u32,
+    /// Key of the flow hash, 32 hexadecimal digits; default: a random key each start (kept
+    /// across reloads). Set it where another process must compute the same ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    /// A group (name or number) whose members may consume the ways (data 0640, positions
+    /// 0660); default: none, the ways are private to the distributor's user (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub way_group: Option<String>,
+}
+
+/// A random flow-hash key from the system's random source.
+pub fn random_hash_key() -> Result<HashKey, PipelineError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| PipelineError::Invalid(format!("no random hash key: {e}")))?;
+    Ok(HashKey::from_bytes(bytes))
 }
 
 fn default_rule_capacity() -> u32 {
@@ -102,14 +118,15 @@ pub enum SpeedName {
     Recorded,
 }
 
-/// Flow hash of a balance brick.
+/// Flow hash of a balance brick. The default, `2-tuple`, is the only mode that keeps every
+/// packet of a flow (IP fragments included) on one way; see [`HashMode`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum HashName {
+    #[default]
     #[serde(rename = "2-tuple")]
     Two,
     #[serde(rename = "3-tuple")]
     Three,
-    #[default]
     #[serde(rename = "5-tuple")]
     Five,
 }
@@ -232,12 +249,43 @@ impl PipelineConfig {
                 self.rules.len()
             ));
         }
+        self.hash_key()?;
+        self.way_access()?;
         if let Some(name) = &self.name {
             if name.is_empty() || name.contains('/') {
                 return invalid(format!("name {name:?} must be non-empty and without '/'"));
             }
         }
         check_brick(&self.output, "output")
+    }
+
+    /// Who may open the ways: the configured `way_group` resolved to its id.
+    pub fn way_access(&self) -> Result<crate::shm::WayAccess, PipelineError> {
+        let Some(group) = &self.way_group else {
+            return Ok(crate::shm::WayAccess::default());
+        };
+        let gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(group)
+                .map_err(|e| PipelineError::Invalid(format!("way_group {group:?}: {e}")))?
+                .ok_or_else(|| {
+                    PipelineError::Invalid(format!("way_group {group:?}: no such group"))
+                })?
+                .gid
+                .as_raw(),
+        };
+        Ok(crate::shm::WayAccess { group: Some(gid) })
+    }
+
+    /// The configured flow-hash key, if any.
+    pub fn hash_key(&self) -> Result<Option<HashKey>, PipelineError> {
+        self.hash_key
+            .as_deref()
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| PipelineError::Invalid(format!("hash_key: {e}")))
+            })
+            .transpose()
     }
 
     /// The name in way file names.
@@ -339,6 +387,9 @@ pub struct WayStats {
     pub dropped_full: u64,
     /// pid of the attached consumer.
     pub consumer: Option<u64>,
+    /// Read positions the consumer wrote that were ignored (behind its last one or past the
+    /// head: a broken or hostile consumer; its way only).
+    pub bad_positions: u64,
 }
 
 /// The built bricks of a pipeline and their outputs.
@@ -352,14 +403,20 @@ pub struct Pipeline {
     /// When the root is a balance stage whose outputs are all ways: those ways, in order.
     flat_ways: Option<Vec<usize>>,
     decapsulate: bool,
+    hash_key: HashKey,
     pub non_ip: u64,
     pub parse_errors: u64,
 }
 
 impl Pipeline {
-    /// Creates the ways (`/dev/shm/fastedge-NAME-K`) and capture files of `config`.
+    /// Creates the ways (`/dev/shm/fastedge/NAME-K`) and capture files of `config`; the flow
+    /// hash is keyed with the configured key, else a random one.
     pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
-        let mut lanes = Self::build_lanes(config, 1, false)?;
+        let hash_key = match config.hash_key()? {
+            Some(key) => key,
+            None => random_hash_key()?,
+        };
+        let mut lanes = Self::build_lanes(config, 1, false, hash_key)?;
         lanes
             .pop()
             .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
@@ -382,11 +439,14 @@ impl Pipeline {
 
     /// Builds `lanes` copies of the pipeline, one per engine thread: the same bricks, each
     /// copy writing its own lane of every way. Capture files need a single lane. With `reuse`
-    /// (a reload), way files of the same geometry are kept with their consumers.
+    /// (a reload), way files of the same geometry are kept with their consumers. Flows are
+    /// hashed under `hash_key` (the caller resolves the configured or a random key once, so
+    /// that every lane and the XDP program agree).
     pub fn build_lanes(
         config: &PipelineConfig,
         lanes: u32,
         reuse: bool,
+        hash_key: HashKey,
     ) -> Result<Vec<Self>, PipelineError> {
         config.validate()?;
         if lanes > 1 && Self::has_capture_files(config) {
@@ -399,6 +459,7 @@ impl Pipeline {
             capacity: config.way_kib * 1024,
             lanes,
             reuse,
+            access: config.way_access()?,
             ways: Vec::new(),
             pcaps: Vec::new(),
             ifaces: Vec::new(),
@@ -423,6 +484,7 @@ impl Pipeline {
                     _ => None,
                 },
                 decapsulate: config.decapsulate,
+                hash_key,
                 non_ip: 0,
                 parse_errors: 0,
             })
@@ -473,7 +535,7 @@ impl Pipeline {
             if let Some(ways) = &self.flat_ways {
                 let (child, hash) = match key {
                     Some(k) => {
-                        let h = flow_hash(k, *mode);
+                        let h = flow_hash(k, *mode, &self.hash_key);
                         (way_of(h, to.len() as u32) as usize, h)
                     }
                     None => (*non_ip, 0),
@@ -482,8 +544,10 @@ impl Pipeline {
                 return;
             }
         }
-        let hash = key.map_or(0, |k| flow_hash(k, HashMode::FiveTuple));
+        let hash_key = self.hash_key;
+        let hash = key.map_or(0, |k| flow_hash(k, HashMode::FiveTuple, &hash_key));
         let mut outputs = Outputs {
+            hash_key,
             ways: &mut self.ways,
             pcaps: &mut self.pcaps,
             ifaces: &mut self.ifaces,
@@ -530,6 +594,7 @@ impl Pipeline {
                     delivered,
                     dropped_full,
                     consumer: p.consumer(),
+                    bad_positions: p.bad_positions(),
                 }
             })
             .collect()
@@ -546,6 +611,7 @@ struct Builder {
     capacity: usize,
     lanes: u32,
     reuse: bool,
+    access: crate::shm::WayAccess,
     /// Per way, one producer per lane.
     ways: Vec<Vec<Producer>>,
     pcaps: Vec<PcapSink>,
@@ -586,9 +652,9 @@ impl Builder {
                 let index = self.ways.len();
                 let path = crate::shm::way_path(&self.name, index as u32);
                 self.ways.push(if self.reuse {
-                    Producer::reuse_lanes(&path, self.capacity, self.lanes)?
+                    Producer::reuse_lanes(&path, self.capacity, self.lanes, self.access)?
                 } else {
-                    Producer::create_lanes(&path, self.capacity, self.lanes)?
+                    Producer::create_lanes(&path, self.capacity, self.lanes, self.access)?
                 });
                 Brick::Way(index)
             }
@@ -630,6 +696,7 @@ fn has_extension(path: &Path, ext: &str) -> bool {
 
 /// The outputs a frame may go to.
 struct Outputs<'a> {
+    hash_key: HashKey,
     ways: &'a mut [Producer],
     pcaps: &'a mut [PcapSink],
     ifaces: &'a mut [InterfaceSink],
@@ -667,7 +734,7 @@ fn deliver(
                     let h = if *mode == HashMode::FiveTuple {
                         hash
                     } else {
-                        flow_hash(key, *mode)
+                        flow_hash(key, *mode, &out.hash_key)
                     };
                     (
                         way_of(h.rotate_left(21 * level), to.len() as u32) as usize,

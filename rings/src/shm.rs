@@ -1,52 +1,75 @@
-//! Shared-memory ways: rings in a file under `/dev/shm`, between the distributor and one
-//! consumer application per way.
+//! Shared-memory ways: rings in files under `/dev/shm/fastedge/`, between the distributor and
+//! one consumer application per way.
 //!
 //! A way has one or more *lanes*, one per engine thread (receive queue) that writes to it; each
 //! lane is a single-producer single-consumer ring, so no two threads ever write the same ring.
 //! The consumer reads every lane. Order is kept within a lane (one receive queue); across
 //! lanes only the capture timestamps relate packets, as with any multi-queue capture.
 //!
-//! Layout of a way file (all integers little-endian, every counter a 64-bit atomic):
+//! A way is two files, both created by the distributor, exclusively (`O_EXCL|O_NOFOLLOW`
+//! under a random temporary name, then renamed into place) in a directory it owns that nobody
+//! else may write (mode 0755):
+//!
+//! - the **data file** `NAME-WAY` (mode 0600, 0640 with a group): the header, the producer's
+//!   counters and the rings. Only the producer writes it; a consumer maps it read-only.
+//! - the **position file** `NAME-WAY.pos` (mode 0600, 0660 with a group): what the consumer
+//!   writes — its pid, its heartbeat and how far it has read each lane. The producer never
+//!   maps it (a consumer that truncates it cannot raise SIGBUS in the distributor): it reads
+//!   the positions with `pread` when a lane looks full, and trusts none of them — a position
+//!   behind the last one seen or past the head is ignored (the lane stays as full as it was)
+//!   and counted as a bad position.
+//!
+//! Layout of the data file (all integers little-endian, every counter a 64-bit atomic):
 //!
 //! | offset | field |
 //! |---|---|
-//! | 0 | magic `FEDGWAY\0`, u32 version (2), u32 header size (4096), u64 lane data capacity (power of two), u32 lanes, u32 lane header size (128) |
-//! | 64 | consumer line: `pid` of the attached consumer (0: none), `heartbeat` (ns, CLOCK_REALTIME) |
-//! | 4096 + i × (128 + capacity) | lane i: producer line `head` (bytes ever written), `heartbeat` (ns), `delivered`, `dropped` (packets); at +64 `tail` (bytes ever read); at +128 the data: records, each `u32 length`, `u32 flags`, `u64 timestamp ns`, `u64 flow hash`, then the packet, padded to 8 bytes |
+//! | 0 | magic `FEDGWAY\0`, u32 version (3), u32 header size (4096), u64 lane data capacity (power of two), u32 lanes, u32 lane header size (128) |
+//! | 4096 + i × (128 + capacity) | lane i: `head` (bytes ever written), `heartbeat` (ns), `delivered`, `dropped` (packets), `bad_positions` (consumer positions ignored); at +128 the data: records, each `u32 length`, `u32 flags`, `u64 timestamp ns`, `u64 flow hash`, then the packet, padded to 8 bytes |
+//!
+//! Layout of the position file: at 0 the consumer's `pid` (0: none) and `heartbeat` (ns,
+//! CLOCK_REALTIME); at 64 + i × 64 lane i's `tail` (bytes ever read).
 //!
 //! A record never wraps: when it does not fit before the end, a padding record (flags bit 0)
 //! fills the rest and the record starts at offset 0. The producer never waits: when the lane is
 //! full the packet is dropped and counted. A consumer that stops just stops reading; one that
-//! comes back (or a new one) attaches again and reads from the newest data on.
+//! comes back (or a new one) attaches again and reads from the newest data on. A consumer
+//! checks that both files and their directory belong to root or to its own user and are not
+//! writable by others before it reads anything.
 
 use std::{
-    fs::OpenOptions,
+    ffi::OsString,
+    fs::{File, OpenOptions},
     io,
+    os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use memmap2::MmapMut;
+use memmap2::{MmapOptions, MmapRaw};
 
 const MAGIC: [u8; 8] = *b"FEDGWAY\0";
 /// Version of the layout above; bumped on any change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const HEADER: usize = 4096;
 const LANE_HEADER: usize = 128;
 const RECORD_HEADER: usize = 24;
 const FLAG_PADDING: u32 = 1;
 /// Most lanes a way may have.
 pub const MAX_LANES: u32 = 256;
+/// The directory of way files.
+pub const WAY_DIR: &str = "/dev/shm/fastedge";
 
-// Offsets of the atomics in the file header.
-const CONSUMER_PID: usize = 64;
-const CONSUMER_HEARTBEAT: usize = 72;
-// Offsets of the atomics in a lane header.
+// Offsets of the atomics in a lane header of the data file.
 const HEAD: usize = 0;
 const PRODUCER_HEARTBEAT: usize = 8;
 const DELIVERED: usize = 16;
 const DROPPED: usize = 24;
-const TAIL: usize = 64;
+const BAD_POSITIONS: usize = 32;
+// Offsets in the position file.
+const CONSUMER_PID: usize = 0;
+const CONSUMER_HEARTBEAT: usize = 8;
+const TAILS: usize = 64;
+const TAIL_STRIDE: usize = 64;
 
 /// Errors of shared-memory ways.
 #[derive(Debug, thiserror::Error)]
@@ -67,75 +90,45 @@ pub enum ShmError {
     Capacity(usize),
     #[error("{0} lanes: a way has 1 to {MAX_LANES}")]
     Lanes(u32),
+    #[error("{path} is not trusted: {why}")]
+    Untrusted { path: PathBuf, why: &'static str },
+}
+
+/// Who may open the ways besides their owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WayAccess {
+    /// A group that may read the data and write the positions (data 0640, positions 0660);
+    /// `None`: the owner only (0600).
+    pub group: Option<u32>,
 }
 
 /// Removes the way files `0..ways` of distribution `name` (at a clean exit). A consumer that
 /// still maps one keeps reading what is left; it cannot attach again.
 pub fn remove_ways(name: &str, ways: u32) {
     for way in 0..ways {
-        let _ = std::fs::remove_file(way_path(name, way));
+        let path = way_path(name, way);
+        let _ = std::fs::remove_file(position_path(&path));
+        let _ = std::fs::remove_file(path);
     }
 }
 
-/// The file of way `way` of distribution `name` (e.g. the interface): `/dev/shm/fastedge-{name}-{way}`.
+/// The data file of way `way` of distribution `name` (e.g. the interface):
+/// `/dev/shm/fastedge/{name}-{way}`.
 pub fn way_path(name: &str, way: u32) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/fastedge-{name}-{way}"))
+    Path::new(WAY_DIR).join(format!("{name}-{way}"))
+}
+
+/// The position file beside the data file `path` (`….pos`).
+pub fn position_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".pos");
+    PathBuf::from(name)
 }
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// The mapping of one way file, with typed access to its header and lanes.
-struct Region {
-    map: MmapMut,
-    capacity: usize,
-    lanes: usize,
-}
-
-impl Region {
-    #[inline]
-    fn lane_offset(&self, lane: usize) -> usize {
-        HEADER + lane * (LANE_HEADER + self.capacity)
-    }
-
-    #[inline]
-    fn atomic_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
-        // SAFETY: `offset` is 8-aligned (checked) inside the mapping (checked), which is
-        // page-aligned; the memory lives as long as `self.map`, which the returned reference
-        // borrows; every process touches these words only through atomic operations.
-        unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
-    }
-
-    /// An atomic of the file header.
-    #[inline]
-    fn atomic(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset < HEADER);
-        self.atomic_at(offset)
-    }
-
-    /// An atomic of lane `lane`'s header.
-    #[inline]
-    fn lane_atomic(&self, lane: usize, offset: usize) -> &AtomicU64 {
-        debug_assert!(lane < self.lanes && offset < LANE_HEADER);
-        self.atomic_at(self.lane_offset(lane) + offset)
-    }
-
-    #[inline]
-    fn data(&self, lane: usize) -> &[u8] {
-        let start = self.lane_offset(lane) + LANE_HEADER;
-        &self.map[start..start + self.capacity]
-    }
-
-    #[inline]
-    fn data_mut(&mut self, lane: usize) -> &mut [u8] {
-        let start = self.lane_offset(lane) + LANE_HEADER;
-        let capacity = self.capacity;
-        &mut self.map[start..start + capacity]
-    }
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ShmError + 'a {
@@ -146,18 +139,176 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
+fn untrusted(path: &Path, why: &'static str) -> ShmError {
+    ShmError::Untrusted {
+        path: path.to_owned(),
+        why,
+    }
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The directory a way file goes in: created (0755) if missing; it must be a real directory
+/// of ours that nobody else can write, so no one can plant or swap a way file in it.
+fn prepare_directory(path: &Path) -> Result<(), ShmError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error("creating the way directory", dir)(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(io_error("checking", dir))?;
+    if !meta.file_type().is_dir() {
+        return Err(untrusted(dir, "the way directory is not a directory"));
+    }
+    if meta.uid() != euid() {
+        return Err(untrusted(dir, "the way directory belongs to another user"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(dir, "others may write in the way directory"));
+    }
+    Ok(())
+}
+
+/// Checks, on the open file, that a consumer may trust it: a regular file of root or of this
+/// user, nobody else may write it (`group_write`: the group may).
+fn check_trusted(file: &File, path: &Path, group_write: bool) -> Result<(), ShmError> {
+    let meta = file.metadata().map_err(io_error("checking", path))?;
+    if !meta.file_type().is_file() {
+        return Err(untrusted(path, "not a regular file"));
+    }
+    if meta.uid() != 0 && meta.uid() != euid() {
+        return Err(untrusted(
+            path,
+            "owned by another user than root or this one",
+        ));
+    }
+    let forbidden = if group_write { 0o002 } else { 0o022 };
+    if meta.mode() & forbidden != 0 {
+        return Err(untrusted(path, "writable by others"));
+    }
+    Ok(())
+}
+
+/// Creates a new file of `size` bytes and `mode` (group `access.group`) under a random
+/// temporary name beside `path`, exclusively and without following links; returns it and the
+/// temporary name (renamed over `path` once filled).
+fn create_exclusive(
+    path: &Path,
+    size: usize,
+    mode: u32,
+    access: WayAccess,
+) -> Result<(File, PathBuf), ShmError> {
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random).map_err(|e| ShmError::Io {
+        op: "drawing a temporary name for",
+        path: path.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let mut name = OsString::from(path.as_os_str());
+    name.push(format!(".new-{:016x}", u64::from_le_bytes(random)));
+    let temporary = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temporary)
+        .map_err(io_error("creating", &temporary))?;
+    let finish = || -> Result<(), ShmError> {
+        if let Some(gid) = access.group {
+            nix::unistd::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                None,
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_error("giving the group", &temporary)(e.into()))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_error("setting the mode of", &temporary))?;
+        file.set_len(size as u64)
+            .map_err(io_error("sizing", &temporary))
+    };
+    if let Err(e) = finish() {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok((file, temporary))
+}
+
+/// Size of the position file of a way of `lanes` lanes (whole pages).
+fn positions_size(lanes: usize) -> usize {
+    (TAILS + lanes * TAIL_STRIDE).next_multiple_of(4096)
+}
+
+/// The data file's mapping, with typed access to its header and lanes. Memory other processes
+/// may map: accessed through raw pointers and atomics only, never as `&[u8]`.
+struct Region {
+    map: MmapRaw,
+    capacity: usize,
+    lanes: usize,
+}
+
+impl Region {
+    #[inline]
+    fn lane_offset(&self, lane: usize) -> usize {
+        HEADER + lane * (LANE_HEADER + self.capacity)
+    }
+
+    /// An atomic of lane `lane`'s header.
+    #[inline]
+    fn lane_atomic(&self, lane: usize, offset: usize) -> &AtomicU64 {
+        debug_assert!(lane < self.lanes && offset < LANE_HEADER);
+        atomic_at(&self.map, self.lane_offset(lane) + offset)
+    }
+
+    /// Pointer to byte `at` of lane `lane`'s data (`at` < capacity).
+    #[inline]
+    fn data_ptr(&self, lane: usize, at: usize) -> *mut u8 {
+        assert!(lane < self.lanes && at < self.capacity);
+        // SAFETY: lane < lanes and at < capacity, and the mapping holds every lane (checked
+        // when it was made), so the offset is inside it.
+        unsafe {
+            self.map
+                .as_mut_ptr()
+                .add(self.lane_offset(lane) + LANE_HEADER + at)
+        }
+    }
+}
+
+/// The 64-bit atomic at `offset` of `map`.
+#[inline]
+fn atomic_at(map: &MmapRaw, offset: usize) -> &AtomicU64 {
+    assert!(offset.is_multiple_of(8) && offset + 8 <= map.len());
+    // SAFETY: `offset` is 8-aligned (checked) inside the mapping (checked), which is
+    // page-aligned; the memory lives as long as `map`, which the returned reference borrows;
+    // AtomicU64 allows other processes' concurrent writes (every process uses atomics here).
+    unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }
+}
+
 /// The writing end of one lane of a way: owned by one engine thread.
 pub struct Producer {
     region: Region,
+    /// The position file, read with `pread` only (never mapped: see the module doc).
+    positions: File,
     lane: usize,
     path: PathBuf,
     /// The lane's head: only this producer moves it, so it is kept here and only stored.
     head: u64,
-    /// The consumer's tail as last read: it only moves forward, so free space computed from
-    /// it is a lower bound; the shared word is read again only when that bound says full.
+    /// The consumer's tail as last accepted: it only moves forward, so free space computed
+    /// from it is a lower bound; the position file is read again only when that bound says
+    /// full.
     tail_seen: u64,
     /// The lane's delivered counter (only this producer writes it).
     delivered: u64,
+    /// The last position rejected, so that one bad value is counted once.
+    last_bad: Option<u64>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -170,39 +321,63 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    /// Creates (or re-creates) a one-lane way file at `path` with `capacity` bytes of data.
+    /// Creates (or re-creates) a one-lane private way file at `path` with `capacity` bytes of
+    /// data.
     pub fn create(path: &Path, capacity: usize) -> Result<Self, ShmError> {
-        let mut lanes = Self::create_lanes(path, capacity, 1)?;
+        let mut lanes = Self::create_lanes(path, capacity, 1, WayAccess::default())?;
         lanes.pop().ok_or(ShmError::Lanes(0))
     }
 
-    /// Creates (or re-creates) the way file at `path` with `lanes` lanes of `capacity` bytes
-    /// each; returns one producer per lane (each maps the file on its own, so each can move to
-    /// its own thread).
-    pub fn create_lanes(path: &Path, capacity: usize, lanes: u32) -> Result<Vec<Self>, ShmError> {
-        Self::make_lanes(path, capacity, lanes, false)
+    /// Creates (or re-creates) the way at `path` with `lanes` lanes of `capacity` bytes each;
+    /// returns one producer per lane (each maps the file on its own, so each can move to its
+    /// own thread).
+    pub fn create_lanes(
+        path: &Path,
+        capacity: usize,
+        lanes: u32,
+        access: WayAccess,
+    ) -> Result<Vec<Self>, ShmError> {
+        Self::make_lanes(path, capacity, lanes, false, access)
     }
 
     /// Like [`Producer::create_lanes`], but when `path` already is a way of this layout,
     /// capacity and lane count (left by an earlier pipeline of this process, before a reload),
     /// it is kept as it is: its consumer stays attached and reads on, its counters go on.
-    pub fn reuse_lanes(path: &Path, capacity: usize, lanes: u32) -> Result<Vec<Self>, ShmError> {
-        Self::make_lanes(path, capacity, lanes, true)
+    pub fn reuse_lanes(
+        path: &Path,
+        capacity: usize,
+        lanes: u32,
+        access: WayAccess,
+    ) -> Result<Vec<Self>, ShmError> {
+        Self::make_lanes(path, capacity, lanes, true, access)
     }
 
-    fn same_geometry(path: &Path, capacity: usize, lanes: u32) -> bool {
-        let Ok(bytes) = std::fs::File::open(path).and_then(|mut f| {
-            let mut header = [0u8; 32];
-            std::io::Read::read_exact(&mut f, &mut header).map(|()| header)
-        }) else {
-            return false;
+    /// The existing way at `path` and its position file, when they are ours and of this
+    /// geometry.
+    fn open_same_geometry(path: &Path, capacity: usize, lanes: u32) -> Option<(File, File)> {
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .ok()
+                .filter(|f| {
+                    f.metadata()
+                        .is_ok_and(|m| m.file_type().is_file() && m.uid() == euid())
+                })
         };
-        let size = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
-        bytes[..8] == MAGIC
-            && bytes[8..12] == VERSION.to_le_bytes()
-            && bytes[16..24] == (capacity as u64).to_le_bytes()
-            && bytes[24..28] == lanes.to_le_bytes()
-            && size == HEADER + lanes as usize * (LANE_HEADER + capacity)
+        let data = open(path)?;
+        let positions = open(&position_path(path))?;
+        let mut header = [0u8; 32];
+        data.read_exact_at(&mut header, 0).ok()?;
+        let size = data.metadata().ok()?.len() as usize;
+        let same = header[..8] == MAGIC
+            && header[8..12] == VERSION.to_le_bytes()
+            && header[16..24] == (capacity as u64).to_le_bytes()
+            && header[24..28] == lanes.to_le_bytes()
+            && size == HEADER + lanes as usize * (LANE_HEADER + capacity);
+        same.then_some((data, positions))
     }
 
     fn make_lanes(
@@ -210,6 +385,7 @@ impl Producer {
         capacity: usize,
         lanes: u32,
         reuse: bool,
+        access: WayAccess,
     ) -> Result<Vec<Self>, ShmError> {
         if !capacity.is_power_of_two() || capacity < 64 * 1024 {
             return Err(ShmError::Capacity(capacity));
@@ -217,62 +393,91 @@ impl Producer {
         if lanes == 0 || lanes > MAX_LANES {
             return Err(ShmError::Lanes(lanes));
         }
-        let keep = reuse && Self::same_geometry(path, capacity, lanes);
-        // A new way is made under a temporary name and renamed over the old one: a consumer
+        prepare_directory(path)?;
+        let kept = if reuse {
+            Self::open_same_geometry(path, capacity, lanes)
+        } else {
+            None
+        };
+        let keep = kept.is_some();
+        let group_bits = if access.group.is_some() { 0o040 } else { 0 };
+        // A new way is made under temporary names and renamed over the old one: a consumer
         // still mapping the old file keeps a valid (stale) mapping, never one truncated under
         // it, and attaches again to the new file.
-        let temporary = path.with_extension(format!("new-{}", std::process::id()));
-        let file = if keep {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(io_error("opening", path))?
-        } else {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temporary)
-                .map_err(io_error("creating", &temporary))?;
-            let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
-            file.set_len(size as u64)
-                .map_err(io_error("sizing", &temporary))?;
-            file
+        let (file, positions, temporaries) = match kept {
+            Some((file, positions)) => (file, positions, None),
+            None => {
+                let size = HEADER + lanes as usize * (LANE_HEADER + capacity);
+                let (file, data_temp) = create_exclusive(path, size, 0o600 | group_bits, access)?;
+                let (positions, pos_temp) = match create_exclusive(
+                    &position_path(path),
+                    positions_size(lanes as usize),
+                    0o600 | group_bits | (group_bits >> 1),
+                    access,
+                ) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&data_temp);
+                        return Err(e);
+                    }
+                };
+                (file, positions, Some((data_temp, pos_temp)))
+            }
         };
         let mut producers = Vec::with_capacity(lanes as usize);
         for lane in 0..lanes as usize {
-            // SAFETY: the file was just created and sized by us; consumers only map it; the
-            // mapping stays valid while `Region` holds it, and shared words are accessed
-            // atomically; each lane's data is written through one producer only.
-            let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
+            let map = MmapOptions::new()
+                .map_raw(&file)
+                .map_err(io_error("mapping", path))?;
+            if map.len() < HEADER + lanes as usize * (LANE_HEADER + capacity) {
+                return Err(ShmError::NotAWay {
+                    path: path.to_owned(),
+                });
+            }
             if lane == 0 && !keep {
-                map[..8].copy_from_slice(&MAGIC);
-                map[8..12].copy_from_slice(&VERSION.to_le_bytes());
-                map[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
-                map[16..24].copy_from_slice(&(capacity as u64).to_le_bytes());
-                map[24..28].copy_from_slice(&lanes.to_le_bytes());
-                map[28..32].copy_from_slice(&(LANE_HEADER as u32).to_le_bytes());
+                let mut header = [0u8; 32];
+                header[..8].copy_from_slice(&MAGIC);
+                header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+                header[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
+                header[16..24].copy_from_slice(&(capacity as u64).to_le_bytes());
+                header[24..28].copy_from_slice(&lanes.to_le_bytes());
+                header[28..32].copy_from_slice(&(LANE_HEADER as u32).to_le_bytes());
+                // SAFETY: the mapping is at least HEADER bytes (checked above); the file is
+                // new and not yet renamed into place, so no other process maps it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len())
+                };
             }
             let region = Region {
                 map,
                 capacity,
                 lanes: lanes as usize,
             };
-            let producer = Self {
-                head: region.lane_atomic(lane, HEAD).load(Ordering::Acquire),
-                tail_seen: region.lane_atomic(lane, TAIL).load(Ordering::Acquire),
+            let head = region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
+            let mut producer = Self {
+                head,
+                tail_seen: head,
                 delivered: region.lane_atomic(lane, DELIVERED).load(Ordering::Relaxed),
                 region,
+                positions: positions
+                    .try_clone()
+                    .map_err(io_error("duplicating", path))?,
                 lane,
                 path: path.to_owned(),
+                last_bad: None,
             };
+            // A kept way: start from the consumer's position if it is a sane one.
+            let tail = producer.read_tail();
+            if head.wrapping_sub(tail) <= capacity as u64 {
+                producer.tail_seen = tail;
+            }
             producer.heartbeat();
             producers.push(producer);
         }
-        if !keep {
-            std::fs::rename(&temporary, path).map_err(io_error("renaming into place", path))?;
+        if let Some((data_temp, pos_temp)) = temporaries {
+            std::fs::rename(&pos_temp, position_path(path))
+                .map_err(io_error("renaming into place", path))?;
+            std::fs::rename(&data_temp, path).map_err(io_error("renaming into place", path))?;
         }
         Ok(producers)
     }
@@ -282,6 +487,32 @@ impl Producer {
         self.region
             .lane_atomic(self.lane, PRODUCER_HEARTBEAT)
             .store(now_ns(), Ordering::Release);
+    }
+
+    /// The consumer's tail of this lane as written in the position file (0 when unreadable).
+    fn read_tail(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        let at = (TAILS + self.lane * TAIL_STRIDE) as u64;
+        match self.positions.read_exact_at(&mut bytes, at) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => 0,
+        }
+    }
+
+    /// Reads the consumer's tail again and accepts it only between the last accepted one and
+    /// the head; anything else is counted (once per value) and changes nothing.
+    #[cold]
+    fn refresh_tail(&mut self) {
+        let tail = self.read_tail();
+        let behind = self.head.wrapping_sub(tail);
+        if behind <= self.head.wrapping_sub(self.tail_seen) {
+            self.tail_seen = tail;
+        } else if self.last_bad != Some(tail) {
+            self.last_bad = Some(tail);
+            self.region
+                .lane_atomic(self.lane, BAD_POSITIONS)
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Appends one packet; returns false (and counts a drop) when the lane is full or the
@@ -297,7 +528,7 @@ impl Producer {
         let padding = if size > to_end { to_end } else { 0 };
         let fits = |tail: u64| head.wrapping_sub(tail) as usize + padding + size <= capacity;
         if !fits(self.tail_seen) {
-            self.tail_seen = self.region.lane_atomic(lane, TAIL).load(Ordering::Acquire);
+            self.refresh_tail();
         }
         if size > capacity / 2 || !fits(self.tail_seen) {
             self.region
@@ -305,20 +536,32 @@ impl Producer {
                 .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let data = self.region.data_mut(lane);
         if padding > 0 {
             // A padding record: length 0, flag set; the reader skips to offset 0. Always room
             // for its 8-byte head: records are 8-aligned and at least 24 bytes.
-            data[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
-            data[at + 4..at + 8].copy_from_slice(&FLAG_PADDING.to_le_bytes());
+            let mut pad = [0u8; 8];
+            pad[4..].copy_from_slice(&FLAG_PADDING.to_le_bytes());
+            // SAFETY: at + 8 <= capacity (records are 8-aligned, so at least 8 bytes remain
+            // before the end); this lane's data is written by this producer only and the
+            // consumer reads it only after the head moves past it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(pad.as_ptr(), self.region.data_ptr(lane, at), 8)
+            };
         }
         let start = (at + padding) & (capacity - 1);
-        let record = &mut data[start..start + size];
-        record[..4].copy_from_slice(&(packet.len() as u32).to_le_bytes());
-        record[4..8].copy_from_slice(&0u32.to_le_bytes());
-        record[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
-        record[16..24].copy_from_slice(&flow_hash.to_le_bytes());
-        record[24..24 + packet.len()].copy_from_slice(packet);
+        let mut header = [0u8; RECORD_HEADER];
+        header[..4].copy_from_slice(&(packet.len() as u32).to_le_bytes());
+        header[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
+        header[16..24].copy_from_slice(&flow_hash.to_le_bytes());
+        let record = self.region.data_ptr(lane, start);
+        // SAFETY: start + size <= capacity (a record never wraps: padding moved it to 0 when
+        // it did not fit before the end, and size <= capacity / 2), so both copies stay in
+        // this lane's data; nobody else writes it, and the consumer reads it only after the
+        // head's release store below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(header.as_ptr(), record, RECORD_HEADER);
+            std::ptr::copy_nonoverlapping(packet.as_ptr(), record.add(RECORD_HEADER), packet.len());
+        }
         self.head = head + (padding + size) as u64;
         self.region
             .lane_atomic(lane, HEAD)
@@ -343,10 +586,22 @@ impl Producer {
         )
     }
 
+    /// Consumer positions of this lane that were ignored (behind the last one or past the
+    /// head: a broken or hostile consumer).
+    pub fn bad_positions(&self) -> u64 {
+        self.region
+            .lane_atomic(self.lane, BAD_POSITIONS)
+            .load(Ordering::Relaxed)
+    }
+
     /// The pid of the attached consumer, if one is attached and its process exists.
     pub fn consumer(&self) -> Option<u64> {
-        let pid = self.region.atomic(CONSUMER_PID).load(Ordering::Acquire);
-        (pid != 0 && process_exists(pid)).then_some(pid)
+        let mut bytes = [0u8; 8];
+        self.positions
+            .read_exact_at(&mut bytes, CONSUMER_PID as u64)
+            .ok()?;
+        let pid = u64::from_le_bytes(bytes);
+        (pid != 0 && pid <= i32::MAX as u64 && process_exists(pid)).then_some(pid)
     }
 
     pub fn path(&self) -> &Path {
@@ -362,7 +617,7 @@ fn process_exists(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// One packet read from a way, borrowed from the shared memory until the next read.
+/// One packet read from a way, borrowed from the consumer's own copy until the next record.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub timestamp_ns: u64,
@@ -373,8 +628,14 @@ pub struct Record<'a> {
 /// The reading end of a way: a consumer application.
 pub struct Consumer {
     region: Region,
+    /// The position file, mapped read-write (this consumer's own page).
+    positions: MmapRaw,
     path: PathBuf,
     pid: u64,
+    /// Our own tails (the shared copies are only written, never trusted back).
+    tails: Vec<u64>,
+    /// Each record is copied here before the application sees it.
+    scratch: Vec<u8>,
     /// The lane to read first next time (so that a busy lane cannot starve the others).
     next_lane: usize,
 }
@@ -393,30 +654,53 @@ impl Consumer {
         Self::open_path(&way_path(name, way))
     }
 
-    /// Attaches to the way file at `path`, reading from the newest data on. Fails if another
+    /// Attaches to the way whose data file is `path`, reading from the newest data on. Fails
+    /// if the files or their directory are not trusted (see the module doc) or if another
     /// live process is attached; takes over from a consumer that died.
     pub fn open_path(path: &Path) -> Result<Self, ShmError> {
         let not_a_way = || ShmError::NotAWay {
             path: path.to_owned(),
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let meta = std::fs::metadata(dir).map_err(io_error("checking", dir))?;
+            if meta.uid() != 0 && meta.uid() != euid() {
+                return Err(untrusted(dir, "the way directory belongs to another user"));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(untrusted(dir, "others may write in the way directory"));
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(io_error("opening", path))?;
+        check_trusted(&file, path, false)?;
+        let pos_path = position_path(path);
+        let pos_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&pos_path)
+            .map_err(io_error("opening", &pos_path))?;
+        check_trusted(&pos_file, &pos_path, true)?;
         let len = file.metadata().map_err(io_error("reading", path))?.len() as usize;
         if len < HEADER + LANE_HEADER + 64 * 1024 {
             return Err(not_a_way());
         }
-        // SAFETY: a way file is only ever truncated by a producer re-creating it, which
-        // replaces the inode's contents; we check the header before trusting sizes, and
-        // shared words are accessed atomically.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_error("mapping", path))?;
-        if map[..8] != MAGIC {
+        let map = MmapOptions::new()
+            .map_raw_read_only(&file)
+            .map_err(io_error("mapping", path))?;
+        let mut header = [0u8; 32];
+        // SAFETY: the mapping is at least HEADER bytes (the file's length was checked); a copy
+        // out of it, never a reference into it.
+        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), header.as_mut_ptr(), 32) };
+        if header[..8] != MAGIC {
             return Err(not_a_way());
         }
-        let u32_at =
-            |at: usize| u32::from_le_bytes([map[at], map[at + 1], map[at + 2], map[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
         let version = u32_at(8);
         if version != VERSION {
             return Err(ShmError::Version {
@@ -425,28 +709,48 @@ impl Consumer {
             });
         }
         let mut capacity_bytes = [0u8; 8];
-        capacity_bytes.copy_from_slice(&map[16..24]);
-        let capacity = u64::from_le_bytes(capacity_bytes) as usize;
+        capacity_bytes.copy_from_slice(&header[16..24]);
+        let capacity = usize::try_from(u64::from_le_bytes(capacity_bytes)).unwrap_or(0);
         let lanes = u32_at(24) as usize;
         if u32_at(12) as usize != HEADER
             || u32_at(28) as usize != LANE_HEADER
             || !capacity.is_power_of_two()
+            || capacity < 64 * 1024
             || lanes == 0
             || lanes > MAX_LANES as usize
-            || HEADER + lanes * (LANE_HEADER + capacity) > len
+            || capacity
+                .checked_add(LANE_HEADER)
+                .and_then(|l| l.checked_mul(lanes))
+                .and_then(|l| l.checked_add(HEADER))
+                .is_none_or(|size| size > map.len())
         {
             return Err(not_a_way());
         }
+        let pos_len = pos_file
+            .metadata()
+            .map_err(io_error("reading", &pos_path))?
+            .len() as usize;
+        if pos_len < positions_size(lanes) {
+            return Err(not_a_way());
+        }
+        let positions = MmapOptions::new()
+            .len(positions_size(lanes))
+            .map_raw(&pos_file)
+            .map_err(io_error("mapping", &pos_path))?;
         let region = Region {
             map,
             capacity,
             lanes,
         };
         let pid = u64::from(std::process::id());
-        let slot = region.atomic(CONSUMER_PID);
+        let slot = atomic_at(&positions, CONSUMER_PID);
         let mut current = slot.load(Ordering::Acquire);
         loop {
-            if current != 0 && current != pid && process_exists(current) {
+            if current != 0
+                && current != pid
+                && current <= i32::MAX as u64
+                && process_exists(current)
+            {
                 return Err(ShmError::Busy {
                     path: path.to_owned(),
                     pid: current,
@@ -458,16 +762,19 @@ impl Consumer {
             }
         }
         // Start from the newest data: what piled up while nobody read is stale.
+        let mut tails = Vec::with_capacity(lanes);
         for lane in 0..lanes {
             let head = region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
-            region
-                .lane_atomic(lane, TAIL)
-                .store(head, Ordering::Release);
+            atomic_at(&positions, TAILS + lane * TAIL_STRIDE).store(head, Ordering::Release);
+            tails.push(head);
         }
         Ok(Self {
             region,
+            positions,
             path: path.to_owned(),
             pid,
+            tails,
+            scratch: Vec::new(),
             next_lane: 0,
         })
     }
@@ -480,9 +787,7 @@ impl Consumer {
     /// Calls `on_record` for every packet available now (at most `max`), lane after lane,
     /// then frees their space for the producers. Returns how many were read.
     pub fn read_batch(&mut self, max: usize, mut on_record: impl FnMut(Record<'_>)) -> usize {
-        self.region
-            .atomic(CONSUMER_HEARTBEAT)
-            .store(now_ns(), Ordering::Relaxed);
+        atomic_at(&self.positions, CONSUMER_HEARTBEAT).store(now_ns(), Ordering::Relaxed);
         let lanes = self.region.lanes;
         let first = self.next_lane;
         self.next_lane = (first + 1) % lanes;
@@ -504,43 +809,67 @@ impl Consumer {
     ) -> usize {
         let capacity = self.region.capacity;
         let head = self.region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
-        let mut tail = self.region.lane_atomic(lane, TAIL).load(Ordering::Relaxed);
+        let mut tail = self.tails[lane];
+        if head.wrapping_sub(tail) > capacity as u64 {
+            // Not a state the producer makes: start again from the newest data.
+            tail = head;
+        }
         let mut read = 0;
         while tail != head && read < max {
             let at = (tail as usize) & (capacity - 1);
-            let data = self.region.data(lane);
-            let Some(head_bytes) = data.get(at..at + 8) else {
-                break;
+            let mut header = [0u8; RECORD_HEADER];
+            let header_len = RECORD_HEADER.min(capacity - at);
+            // SAFETY: at < capacity and header_len <= capacity - at: inside this lane's data;
+            // a copy out of the shared memory, which the producer does not write between
+            // tail and head.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.region.data_ptr(lane, at),
+                    header.as_mut_ptr(),
+                    header_len,
+                )
             };
-            let len =
-                u32::from_le_bytes([head_bytes[0], head_bytes[1], head_bytes[2], head_bytes[3]])
-                    as usize;
-            let flags =
-                u32::from_le_bytes([head_bytes[4], head_bytes[5], head_bytes[6], head_bytes[7]]);
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let flags = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             if flags & FLAG_PADDING != 0 {
                 tail += (capacity - at) as u64;
                 continue;
             }
             let size = (RECORD_HEADER + len).next_multiple_of(8);
-            let Some(record) = data.get(at..at + size) else {
+            if header_len < RECORD_HEADER
+                || size > capacity - at
+                || size as u64 > head.wrapping_sub(tail)
+            {
+                // A record the producer cannot have written: skip to the newest data.
+                tail = head;
                 break;
+            }
+            self.scratch.clear();
+            self.scratch.resize(len, 0);
+            // SAFETY: at + size <= capacity (checked), so the packet's bytes lie inside this
+            // lane's data; copied out before the application sees them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.region.data_ptr(lane, at).add(RECORD_HEADER),
+                    self.scratch.as_mut_ptr(),
+                    len,
+                )
             };
             let word = |range: std::ops::Range<usize>| {
                 let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(&record[range]);
+                bytes.copy_from_slice(&header[range]);
                 u64::from_le_bytes(bytes)
             };
             on_record(Record {
                 timestamp_ns: word(8..16),
                 flow_hash: word(16..24),
-                data: &record[RECORD_HEADER..RECORD_HEADER + len],
+                data: &self.scratch,
             });
             tail += size as u64;
             read += 1;
         }
-        self.region
-            .lane_atomic(lane, TAIL)
-            .store(tail, Ordering::Release);
+        self.tails[lane] = tail;
+        atomic_at(&self.positions, TAILS + lane * TAIL_STRIDE).store(tail, Ordering::Release);
         read
     }
 
@@ -582,7 +911,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        let _ = self.region.atomic(CONSUMER_PID).compare_exchange(
+        let _ = atomic_at(&self.positions, CONSUMER_PID).compare_exchange(
             self.pid,
             0,
             Ordering::AcqRel,
@@ -595,8 +924,11 @@ impl Drop for Consumer {
 mod tests {
     use super::*;
 
+    /// A way in a private directory of this test process (like `/dev/shm/fastedge`).
     fn temp_path(tag: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("fastedge-way-{tag}-{}", std::process::id()))
+        std::env::temp_dir()
+            .join(format!("fastedge-ways-{}", std::process::id()))
+            .join(format!("way-{tag}"))
     }
 
     #[test]
@@ -671,19 +1003,13 @@ mod tests {
         let first = Consumer::open_path(&path).unwrap();
         assert_eq!(producer.consumer(), Some(u64::from(std::process::id())));
         // The same process may re-attach (a restarted reader thread); another live pid may not.
-        first
-            .region
-            .atomic(CONSUMER_PID)
-            .store(1, Ordering::Release); // pid 1 always exists
+        atomic_at(&first.positions, CONSUMER_PID).store(1, Ordering::Release); // pid 1 always exists
         assert!(matches!(
             Consumer::open_path(&path),
             Err(ShmError::Busy { pid: 1, .. })
         ));
         // A dead consumer's slot is taken over.
-        first
-            .region
-            .atomic(CONSUMER_PID)
-            .store(u64::from(u32::MAX), Ordering::Release);
+        atomic_at(&first.positions, CONSUMER_PID).store(u64::from(u32::MAX), Ordering::Release);
         assert!(Consumer::open_path(&path).is_ok());
         assert!(matches!(
             Producer::create(&path, 1000),
@@ -691,6 +1017,10 @@ mod tests {
         ));
         let bogus = temp_path("bogus");
         std::fs::write(&bogus, vec![0u8; HEADER + LANE_HEADER + 64 * 1024]).unwrap();
+        std::fs::write(position_path(&bogus), vec![0u8; 4096]).unwrap();
+        for file in [bogus.clone(), position_path(&bogus)] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert!(matches!(
             Consumer::open_path(&bogus),
             Err(ShmError::NotAWay { .. })
@@ -702,7 +1032,7 @@ mod tests {
     #[test]
     fn lanes_written_by_threads_read_by_one_consumer() {
         let path = temp_path("lanes");
-        let producers = Producer::create_lanes(&path, 64 * 1024, 3).unwrap();
+        let producers = Producer::create_lanes(&path, 64 * 1024, 3, WayAccess::default()).unwrap();
         let mut consumer = Consumer::open_path(&path).unwrap();
         assert_eq!(consumer.lanes(), 3);
         const N: u64 = 300;
@@ -738,7 +1068,7 @@ mod tests {
         assert!(first.push(b"before", 1, 0));
         drop(first);
         // A reload with the same geometry: the consumer reads on, nothing is lost.
-        let mut again = Producer::reuse_lanes(&path, 64 * 1024, 1)
+        let mut again = Producer::reuse_lanes(&path, 64 * 1024, 1, WayAccess::default())
             .unwrap()
             .pop()
             .unwrap();
@@ -749,7 +1079,7 @@ mod tests {
         assert_eq!(seen, [b"before".to_vec(), b"after".to_vec()]);
         assert_eq!(again.counters(), (2, 0));
         // Another geometry: re-created.
-        let other = Producer::reuse_lanes(&path, 128 * 1024, 1)
+        let other = Producer::reuse_lanes(&path, 128 * 1024, 1, WayAccess::default())
             .unwrap()
             .pop()
             .unwrap();
@@ -794,5 +1124,128 @@ mod tests {
         assert_eq!(delivered + dropped, N);
         assert_eq!(gaps, dropped, "every missing packet is a counted drop");
         let _ = std::fs::remove_file(&path);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn ways_are_private_files_in_a_private_directory() {
+        let path = temp_path("private");
+        let producer = Producer::create(&path, 64 * 1024).unwrap();
+        assert_eq!(mode_of(&path), 0o600, "data file");
+        assert_eq!(mode_of(&position_path(&path)), 0o600, "position file");
+        let dir = path.parent().unwrap();
+        assert_eq!(mode_of(dir), 0o755);
+        assert_eq!(std::fs::metadata(dir).unwrap().uid(), euid());
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("way-private"))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // With a group: the group reads the data and writes the positions.
+        let shared = temp_path("group");
+        let gid = nix::unistd::getegid().as_raw();
+        let _group =
+            Producer::create_lanes(&shared, 64 * 1024, 1, WayAccess { group: Some(gid) }).unwrap();
+        assert_eq!(mode_of(&shared), 0o640);
+        assert_eq!(mode_of(&position_path(&shared)), 0o660);
+        assert_eq!(std::fs::metadata(&shared).unwrap().gid(), gid);
+        // A consumer refuses a data file others may write, and a link in place of it.
+        drop(producer);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o646)).unwrap();
+        assert!(matches!(
+            Consumer::open_path(&path),
+            Err(ShmError::Untrusted { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = temp_path("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        std::fs::copy(position_path(&path), position_path(&link)).unwrap();
+        assert!(
+            Consumer::open_path(&link).is_err(),
+            "a symbolic link is not followed"
+        );
+        // Ways are not made in a directory others may write (such as /tmp).
+        let open_dir = temp_path("open").with_file_name(format!("open-{}", std::process::id()));
+        std::fs::create_dir_all(&open_dir).unwrap();
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(
+            Producer::create(&open_dir.join("way"), 64 * 1024),
+            Err(ShmError::Untrusted { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_hostile_consumer_cannot_make_the_producer_overwrite_or_stop_others() {
+        let victim_path = temp_path("victim");
+        let other_path = temp_path("bystander");
+        let mut victim = Producer::create(&victim_path, 64 * 1024).unwrap();
+        let mut other = Producer::create(&other_path, 64 * 1024).unwrap();
+        let mut hostile = Consumer::open_path(&victim_path).unwrap();
+        let mut honest = Consumer::open_path(&other_path).unwrap();
+        let packet = [7u8; 1000];
+        let fit = (0..200).filter(|&i| victim.push(&packet, i, 0)).count() as u64;
+        assert!(fit > 50 && fit < 70, "{fit}");
+        // The consumer writes positions past the head, behind what it had, and garbage.
+        let tail = atomic_at(&hostile.positions, TAILS);
+        for bad in [
+            victim.head + 4096,
+            u64::MAX,
+            victim.head.wrapping_sub(1 << 20),
+        ] {
+            tail.store(bad, Ordering::Release);
+            for i in 0..50 {
+                assert!(
+                    !victim.push(&packet, i, 0),
+                    "{bad}: nothing unread is overwritten"
+                );
+                assert!(other.push(&packet, i, 1), "the other way is unaffected");
+                assert_eq!(
+                    honest.read_batch(usize::MAX, |r| assert_eq!(r.flow_hash, 1)),
+                    1
+                );
+            }
+        }
+        assert_eq!(victim.bad_positions(), 3, "each bad value counted once");
+        let (delivered, dropped) = victim.counters();
+        assert_eq!((delivered, dropped), (fit, 200 - fit + 150));
+        assert_eq!(other.bad_positions(), 0);
+        // Back to a sane position (everything read): the way works again.
+        tail.store(victim.head, Ordering::Release);
+        hostile.tails[0] = victim.head;
+        assert!(victim.push(b"again", 1, 2));
+        let mut seen = Vec::new();
+        hostile.read_batch(usize::MAX, |r| seen.push(r.data.to_vec()));
+        assert_eq!(seen, [b"again".to_vec()]);
+        let _ = std::fs::remove_dir_all(victim_path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_truncated_position_file_does_not_kill_the_producer() {
+        let path = temp_path("truncated");
+        let mut producer = Producer::create(&path, 64 * 1024).unwrap();
+        let consumer = Consumer::open_path(&path).unwrap();
+        // It truncates its own position file: the producer (which never maps it) goes on,
+        // dropping once full, and counts the unreadable position.
+        File::options()
+            .write(true)
+            .open(position_path(&path))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let packet = [1u8; 1000];
+        let accepted = (0..200).filter(|&i| producer.push(&packet, i, 0)).count() as u64;
+        assert!(accepted > 50 && accepted < 70);
+        assert_eq!(producer.counters(), (accepted, 200 - accepted));
+        assert_eq!(producer.consumer(), None);
+        // The consumer broke its own mapping: touching it would fault in *its* process (this
+        // one, in a test), so it is not dropped.
+        std::mem::forget(consumer);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -20,6 +20,7 @@ use fastedge_ebpf::{
     rules::Prefilter,
     XdpMode, XskRedirect,
 };
+use fastedge_wire::packet::HashKey;
 
 use crate::{
     afpacket::{InterfaceStats, PacketReceiver, PacketStatistics, RingConfig},
@@ -223,8 +224,9 @@ fn name_of(index: u32) -> Option<String> {
         })
 }
 
-/// Whether `config` can run in the kernel, and how; the reason when not.
-pub fn fast_plan(config: &PipelineConfig) -> Result<FastPlan, String> {
+/// Whether `config` can run in the kernel, and how (hashing under `hash_key`, the key the
+/// userspace engine uses); the reason when not.
+pub fn fast_plan(config: &PipelineConfig, hash_key: HashKey) -> Result<FastPlan, String> {
     let input = match config.inputs.as_slice() {
         [one] => one,
         _ => return Err("several inputs".into()),
@@ -244,6 +246,7 @@ pub fn fast_plan(config: &PipelineConfig) -> Result<FastPlan, String> {
                     HashName::Five => 5,
                 },
                 non_ip: *non_ip,
+                hash_key,
             },
         ),
         BrickConfig::Dup { to, .. } => (to, FastMode::Duplicate),
@@ -423,6 +426,10 @@ pub struct EngineOptions {
     pub prefilter: Option<Arc<Prefilter>>,
     /// Run the pipeline in the kernel when it can ([`fast_plan`]).
     pub fast_path: bool,
+    /// The flow-hash key when the pipeline configures none (`hash_key`); `None`: a random
+    /// key for this run. A supervisor sets one random key at start to keep flows on their
+    /// ways across reloads.
+    pub hash_key: Option<HashKey>,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -453,8 +460,12 @@ pub fn run(
     mut tick: impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
     config.validate()?;
+    let hash_key = match (config.hash_key()?, options.hash_key) {
+        (Some(key), _) | (None, Some(key)) => key,
+        (None, None) => crate::pipeline::random_hash_key()?,
+    };
     let plan = if options.fast_path {
-        match fast_plan(config) {
+        match fast_plan(config, hash_key) {
             Ok(plan) => Some(plan),
             Err(why) => {
                 tracing::debug!("in-kernel fast path not used: {why}");
@@ -487,7 +498,7 @@ pub fn run(
             unreachable!("matched above");
         };
         let lanes = xdp.sockets.len() as u32;
-        let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways)?;
+        let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways, hash_key)?;
         for (k, (socket, pipeline)) in xdp.sockets.into_iter().zip(pipelines).enumerate() {
             let program = (k == 0).then(|| xdp.program.clone());
             workers.push(Worker {
@@ -518,7 +529,7 @@ pub fn run(
         }
         workers.push(Worker {
             inputs,
-            pipeline: Pipeline::build_lanes(config, 1, options.reuse_ways)?
+            pipeline: Pipeline::build_lanes(config, 1, options.reuse_ways, hash_key)?
                 .pop()
                 .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
         });
@@ -672,6 +683,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
         for (sum, way) in total.ways.iter_mut().zip(&part.ways) {
             sum.delivered += way.delivered;
             sum.dropped_full += way.dropped_full;
+            sum.bad_positions += way.bad_positions;
             sum.consumer = sum.consumer.or(way.consumer);
         }
         total.pcaps.extend(part.pcaps.iter().cloned());

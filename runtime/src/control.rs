@@ -40,6 +40,18 @@ pub enum ControlError {
 /// What a handler answers: the fields of a successful answer, or an error message.
 pub type Answer = Result<Map<String, Value>, String>;
 
+/// Binds a UNIX stream socket at `path` under a restrictive umask (0177: the socket is never,
+/// even briefly, open to anyone but the owner), then gives it `mode` (e.g. 0o600, or 0o660
+/// for a group). The umask is process-wide: call this before other threads create files.
+pub fn bind_private(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
 /// A bound control socket, serving on its own threads until dropped.
 #[derive(Debug)]
 pub struct ControlServer {
@@ -73,13 +85,7 @@ impl ControlServer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io("creating its directory"))?;
         }
-        // Bind with a restrictive umask so the socket is never briefly open to others.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        nix::sys::stat::umask(old);
-        let listener = bound.map_err(io("bind"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io("setting permissions"))?;
+        let listener = bind_private(path, mode).map_err(io("bind"))?;
         listener.set_nonblocking(true).map_err(io("nonblocking"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);

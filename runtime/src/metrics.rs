@@ -236,42 +236,92 @@ impl Registry {
     }
 }
 
+/// Scrapes served at once at most; a connection beyond that is closed at once.
+pub const MAX_SCRAPES: usize = 16;
+/// Each scrape must send its request and take its answer within this.
+pub const SCRAPE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves `registry` as `GET /metrics` (Prometheus text) on `listener`, one request per
-/// connection, on a thread of its own (off the data-path cores). Returns the thread's handle.
+/// connection, each on a thread of its own (off the data-path cores), at most [`MAX_SCRAPES`]
+/// at once, each within [`SCRAPE_DEADLINE`] from its accept to its last byte: a slow client
+/// holds its own connection only. Returns the accepting thread's handle.
 pub fn serve_http(
     listener: std::net::TcpListener,
     registry: Registry,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::io::{Read, Write};
+    use std::sync::atomic::AtomicUsize;
+    let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("fastedge-metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-                let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
-                let mut head = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
+                let Ok(stream) = stream else { continue };
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue; // dropped: closed
                 }
-                let (status, content_type, body) = if head.starts_with(b"GET /metrics ")
-                    || head.starts_with(b"GET /metrics?")
-                {
-                    ("200 OK", "text/plain; version=0.0.4", registry.render())
-                } else {
-                    ("404 Not Found", "text/plain", "try GET /metrics\n".to_owned())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
+                let registry = registry.clone();
+                let slot = busy.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("fastedge-scrape".into())
+                    .spawn(move || {
+                        serve_scrape(stream, &registry);
+                        slot.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })
+}
+
+/// One scrape: reads a request head and answers it, all before the deadline.
+fn serve_scrape(mut stream: std::net::TcpStream, registry: &Registry) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + SCRAPE_DEADLINE;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        // Each read gets what is left of the whole deadline, not a fresh timeout.
+        let Some(remaining) = left() else { return };
+        if stream.set_read_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let (status, content_type, body) =
+        if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+            ("200 OK", "text/plain; version=0.0.4", registry.render())
+        } else {
+            (
+                "404 Not Found",
+                "text/plain",
+                "try GET /metrics\n".to_owned(),
+            )
+        };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut rest = response.as_bytes();
+    while !rest.is_empty() {
+        let Some(remaining) = left() else { return };
+        if stream.set_write_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match stream.write(rest) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = &rest[n..],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,5 +350,66 @@ mod tests {
         assert!(text.contains("fastedge_backend_connect_failures_total{backend=\"x:1\"} 1\n"));
         assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
         assert!(text.contains("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
+    }
+
+    /// A GET /metrics on `addr`; the answer's status line and body.
+    fn scrape(addr: std::net::SocketAddr) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        if let Err(e) = stream.read_to_string(&mut answer) {
+            panic!("no answer to a scrape within 5 s: {e}");
+        }
+        answer
+    }
+
+    /// Issue 14, defect 6: a client that holds a connection (sending a byte now and then, as
+    /// slowloris does) delays no other scrape, and is cut off at the deadline.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_slow_client_does_not_hold_up_other_scrapes() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::new();
+        registry.core().connection_opened();
+        serve_http(listener, registry).unwrap();
+        let started = std::time::Instant::now();
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        let dribble = std::thread::spawn(move || {
+            // One byte every 300 ms: each read would reset a per-read timeout.
+            for byte in b"GET /metrics HTTP/1.1\r\n" {
+                if slow.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            let mut rest = Vec::new();
+            let _ = slow.read_to_end(&mut rest);
+            rest
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let before = std::time::Instant::now();
+        let answer = scrape(addr);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.contains("fastedge_connections_accepted_total 1\n"));
+        assert!(
+            before.elapsed() < std::time::Duration::from_secs(1),
+            "a second scrape waited {:?} behind the slow one",
+            before.elapsed()
+        );
+        let cut = dribble.join().unwrap();
+        assert!(cut.is_empty(), "the slow client got no answer");
+        let held = started.elapsed();
+        assert!(
+            held < SCRAPE_DEADLINE + std::time::Duration::from_secs(2),
+            "the slow client held its connection {held:?}"
+        );
     }
 }

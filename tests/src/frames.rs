@@ -1,7 +1,11 @@
 //! Crafted Ethernet frames and a raw AF_PACKET sender, for the split suites: any addresses,
 //! both directions of a flow, fragments, sent from inside a test namespace.
 
-use std::{io, net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
 
 /// An Ethernet/IPv4/UDP frame to `dst_mac` whose payload carries `seq`; `fragment` gives the
 /// IPv4 flags+offset field (0 for an unfragmented packet).
@@ -36,6 +40,55 @@ pub fn udp_frame(
         frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
     }
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// An Ethernet/IPv6/UDP frame to `dst_mac` whose payload carries `seq`, after `extensions`
+/// destination-options headers and, with `fragment` (the fragment header's offset+flags
+/// field), a fragment header; a later fragment (offset not 0) carries no UDP header.
+pub fn udp6_frame(
+    dst_mac: [u8; 6],
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    seq: u32,
+    extensions: usize,
+    fragment: Option<u16>,
+) -> Vec<u8> {
+    const DEST_OPTS: u8 = 60;
+    const FRAGMENT: u8 = 44;
+    const UDP: u8 = 17;
+    let mut headers: Vec<(u8, Vec<u8>)> = (0..extensions)
+        .map(|_| (DEST_OPTS, vec![0, 1, 4, 0, 0, 0, 0]))
+        .collect();
+    if let Some(field) = fragment {
+        let mut body = vec![0];
+        body.extend_from_slice(&field.to_be_bytes());
+        body.extend_from_slice(&seq.to_be_bytes());
+        headers.push((FRAGMENT, body));
+    }
+    let later_fragment = fragment.is_some_and(|f| f & 0xfff8 != 0);
+    let mut payload = Vec::new();
+    for (i, (_, body)) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).map_or(UDP, |h| h.0);
+        payload.push(next);
+        payload.extend_from_slice(body);
+    }
+    if !later_fragment {
+        payload.extend_from_slice(&src.1.to_be_bytes());
+        payload.extend_from_slice(&dst.1.to_be_bytes());
+        payload.extend_from_slice(&12u16.to_be_bytes());
+        payload.extend_from_slice(&[0, 0]);
+    }
+    payload.extend_from_slice(&seq.to_be_bytes());
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&[0x02, 0xfe, 0xee, 0, 0, 1, 0x86, 0xdd]);
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.push(headers.first().map_or(UDP, |h| h.0));
+    frame.push(64);
+    frame.extend_from_slice(&src.0.octets());
+    frame.extend_from_slice(&dst.0.octets());
     frame.extend_from_slice(&payload);
     frame
 }

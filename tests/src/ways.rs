@@ -9,14 +9,14 @@ use std::{
 
 use fastedge_rings::shm::Consumer;
 
-/// Removes the way files `/dev/shm/fastedge-NAME-*` when dropped.
+/// Removes the way files `/dev/shm/fastedge/NAME-*` (data and positions) when dropped.
 #[derive(Debug)]
 pub struct WayFiles(pub String);
 
 impl Drop for WayFiles {
     fn drop(&mut self) {
-        let prefix = format!("fastedge-{}-", self.0);
-        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        let prefix = format!("{}-", self.0);
+        if let Ok(entries) = std::fs::read_dir(fastedge_rings::shm::WAY_DIR) {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&prefix) {
                     let _ = std::fs::remove_file(entry.path());

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use fastedge_ebpf::fast::{FastMode, SplitFast};
 use fastedge_wire::{
-    packet::{flow_hash, parse, way_of, HashMode, Parsed},
+    packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed},
     synth::{TrafficSpec, Transport, MAX_FRAME},
 };
 
@@ -78,6 +78,12 @@ fn tunnel_and_extension_frames() -> Vec<Vec<u8>> {
     vec![ipip, gre, vxlan, hop_by_hop]
 }
 
+/// Any key: the kernel must agree with userspace under each.
+const KEY: HashKey = HashKey {
+    k0: 0x0123_4567_89ab_cdef,
+    k1: 0xfedc_ba98_7654_3210,
+};
+
 #[test]
 fn kernel_and_userspace_hash_every_frame_alike() {
     assert!(
@@ -100,6 +106,7 @@ fn kernel_and_userspace_hash_every_frame_alike() {
             FastMode::Balance {
                 hash_tuple: tuple,
                 non_ip: 0,
+                hash_key: KEY,
             },
         )
         .unwrap();
@@ -109,7 +116,7 @@ fn kernel_and_userspace_hash_every_frame_alike() {
                 panic!("test frame does not parse: {frame:02x?}");
             };
             assert_eq!(fast.test_run(frame).unwrap(), XDP_REDIRECT, "{frame:02x?}");
-            let expected = flow_hash(&key, mode);
+            let expected = flow_hash(&key, mode, &KEY);
             assert_eq!(
                 fast.last_hash().unwrap(),
                 expected,

@@ -176,6 +176,100 @@ fn rules_drop_pass_and_bypass_by_prefix_protocol_and_ports() {
     );
 }
 
+/// `frame` with VLAN tags of the given ethertypes (outermost first) after the MAC addresses.
+fn tagged(frame: &[u8], tags: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tags.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Issue 14, defect 13: tagged frames meet the rules whatever their tags (0x9100 QinQ, and as
+/// many tags as userspace reads), and a global rule applies to addresses that also have more
+/// specific rules.
+#[test]
+fn rules_apply_to_every_tag_and_every_matching_prefix() {
+    let mut f = Filter::new(1024);
+    f.add("drop src 203.0.113.0/24");
+    let udp = Transport::Udp;
+    let tcp = Transport::Tcp;
+    let attack = frame("203.0.113.9", "10.0.0.1", udp, 1, 2);
+    for tags in [
+        &[][..],
+        &[0x8100],
+        &[0x9100],
+        &[0x9100, 0x8100],
+        &[0x88a8, 0x8100, 0x8100],
+        &[0x9100, 0x9100, 0x8100, 0x8100],
+    ] {
+        assert_eq!(
+            f.verdict(&tagged(&attack, tags)),
+            "drop",
+            "tags {tags:04x?}"
+        );
+    }
+    // A global rule (no prefix: ::/0) and rules on nested prefixes of the same addresses.
+    f.add("drop proto udp dport 53");
+    f.add("pass src 10.0.0.0/8 proto tcp");
+    f.add("bypass src 10.1.0.0/16 proto tcp dport 22");
+    f.add("drop src 10.1.2.0/24 proto udp dport 5000-6000");
+    f.add("drop dst 192.0.2.0/24 proto udp");
+    f.add("pass dst 192.0.2.7 proto tcp");
+    let cases = [
+        (
+            frame("10.1.2.3", "10.0.0.1", udp, 4000, 53),
+            "drop",
+            "global, beneath 3 prefixes",
+        ),
+        (
+            frame("10.1.2.3", "10.0.0.1", tcp, 4000, 22),
+            "bypass",
+            "the /16 beneath the /24",
+        ),
+        (
+            frame("10.1.2.3", "10.0.0.1", tcp, 4000, 80),
+            "pass",
+            "the /8 beneath the /16",
+        ),
+        (
+            frame("10.1.2.3", "10.0.0.1", udp, 4000, 5353),
+            "drop",
+            "the /24 itself",
+        ),
+        (
+            frame("10.1.2.3", "10.0.0.1", udp, 4000, 54),
+            "pass",
+            "no rule matches",
+        ),
+        (
+            frame("fd00::1", "2001:db8::1", udp, 1, 53),
+            "drop",
+            "global, IPv6",
+        ),
+        (
+            frame("172.16.0.1", "192.0.2.7", udp, 1, 9),
+            "drop",
+            "destination /24 beneath /32",
+        ),
+        (
+            frame("172.16.0.1", "192.0.2.7", tcp, 1, 9),
+            "pass",
+            "destination /32",
+        ),
+    ];
+    for (frame, want, why) in &cases {
+        assert_eq!(f.verdict(frame), *want, "{why}");
+        assert_eq!(
+            f.verdict(&tagged(frame, &[0x9100, 0x8100])),
+            *want,
+            "{why}, QinQ"
+        );
+    }
+}
+
 #[test]
 fn rules_expire() {
     let mut f = Filter::new(64);

@@ -1462,3 +1462,69 @@ fn bud_ticket_ipc_on_stdin_shares_a_key_between_processes() {
     a.wait_for_logged("stopped reading", Duration::from_secs(5));
     issue_on_a();
 }
+
+/// Issue 14, defect 8: the key server's socket is never open to others, not even between its
+/// bind and its chmod. Under umask 000, strace holds the chmod back for two seconds; the
+/// socket as bound must already be owner-only.
+#[test]
+fn keyserver_socket_is_private_from_its_bind_on() {
+    require_tool("strace", "strace");
+    let state = TempDir::new("keyserver-umask");
+    let (_cert, key) = state.self_signed("umask.test");
+    let socket = state.path().join("signer.sock");
+    let trace = state.path().join("strace.log");
+    let script = format!(
+        "umask 000; exec strace -f -o {} -e trace=chmod,fchmodat \
+         -e inject=chmod,fchmodat:delay_enter=2000000 {} keyserver --listen {} --key {}",
+        path(&trace),
+        fastedge_tests::process::fastedge_bin().display(),
+        path(&socket),
+        path(&key),
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mode = loop {
+        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+            break std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key server never bound {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The key server (strace's tracee, named on each line of the log) goes first: killing
+    // strace alone would leave it running, detached.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&trace).unwrap_or_default();
+        if log.contains("chmod") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let tracee = log
+        .lines()
+        .find(|l| l.contains("chmod"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|pid| pid.parse::<i32>().ok());
+    if let Some(pid) = tracee {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(tracee.is_some(), "the chmod was traced: {log}");
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "socket mode {mode:o} before its chmod: open to others"
+    );
+}

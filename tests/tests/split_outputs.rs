@@ -16,7 +16,10 @@ use std::{
 
 use fastedge_rings::pcap::{PcapSource, ReplaySpeed};
 use fastedge_tests::{netns::VethPair, process::Fastedge, require_tool, ways::gen, TempDir};
-use fastedge_wire::packet::{flow_hash, parse, way_of, HashMode, Parsed};
+use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
+
+/// The flow-hash key given to the split, so the test can compute each frame's output.
+const HASH_KEY: &str = "00112233445566778899aabbccddeeff";
 
 /// A running tcpdump and the thread that collects its pcap output.
 struct Capture(
@@ -111,6 +114,10 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
         "--veth-prefix",
         &prefix,
         "--no-control",
+        "--hash",
+        "5-tuple",
+        "--hash-key",
+        HASH_KEY,
     ];
     if !fast {
         args.push("--no-fast-path");
@@ -170,7 +177,11 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
                     let Ok(Parsed::Ip(key)) = parse(frame, true) else {
                         panic!("not IP");
                     };
-                    assert_eq!(way_of(flow_hash(&key, HashMode::FiveTuple), 3) as usize, k);
+                    let hash_key: HashKey = HASH_KEY.parse().unwrap();
+                    assert_eq!(
+                        way_of(flow_hash(&key, HashMode::FiveTuple, &hash_key), 3) as usize,
+                        k
+                    );
                 })
                 .unwrap();
         }

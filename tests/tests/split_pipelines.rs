@@ -17,7 +17,7 @@ use std::{
 
 use fastedge_rings::pcap::{CaptureFormat, PcapSink, PcapSource, ReplaySpeed, Rotation};
 use fastedge_tests::{
-    frames::udp_frame,
+    frames::{udp6_frame, udp_frame},
     netns::{ip, VethPair},
     process::{fastedge_bin, Fastedge},
     require_tool,
@@ -434,6 +434,86 @@ fn pcap_in_split_pcap_out_keeps_every_packet() {
     want.sort();
     assert_eq!(got.len(), want.len());
     assert!(got == want, "output multiset equals the input");
+}
+
+/// Split evasion (issue 14, defect 10): with the default flow hash, the fragments of a flow,
+/// its IPv6 packets with more extension headers than are walked, and its whole packets (both
+/// directions) all land on one output, so the observer behind it sees the whole flow.
+#[test]
+fn fragments_land_with_the_rest_of_their_flow_by_default() {
+    let dir = TempDir::new("pcap-fragments");
+    let input = dir.path().join("in.pcap");
+    let mac = [2, 0, 0, 0, 0, 2];
+    let mut frames = Vec::new();
+    for i in 0..48u16 {
+        let client = (
+            Ipv4Addr::new(10, 50, (i >> 8) as u8, i as u8),
+            20_000 + i * 7,
+        );
+        let server = (Ipv4Addr::new(10, 60, 0, 1), 53);
+        let seq = u32::from(i);
+        frames.push(udp_frame(mac, client, server, seq, 0));
+        frames.push(udp_frame(mac, server, client, seq, 0));
+        frames.push(udp_frame(mac, client, server, seq, 0x2000));
+        frames.push(udp_frame(mac, client, server, seq, 0x0003));
+        let client6 = (
+            std::net::Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, i),
+            30_000 + i * 3,
+        );
+        let server6 = (std::net::Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 1), 53);
+        frames.push(udp6_frame(mac, client6, server6, seq, 0, None));
+        frames.push(udp6_frame(mac, server6, client6, seq, 0, None));
+        frames.push(udp6_frame(mac, client6, server6, seq, 12, None));
+        frames.push(udp6_frame(mac, client6, server6, seq, 0, Some(0x0001)));
+        frames.push(udp6_frame(mac, client6, server6, seq, 0, Some(0x0008)));
+    }
+    {
+        let mut sink = PcapSink::create(&input, CaptureFormat::Pcap, Rotation::default()).unwrap();
+        for (ts, frame) in (1u64..).zip(&frames) {
+            sink.write(frame, ts);
+        }
+    }
+    let outputs: Vec<_> = (0..4)
+        .map(|k| dir.path().join(format!("out-{k}.pcap")))
+        .collect();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[[input]]\npcap = {:?}\n[output]\ntype = \"balance\"\nto = [{}]\n",
+            input,
+            outputs
+                .iter()
+                .map(|p| format!("{{ type = \"pcap\", path = {p:?} }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .unwrap();
+    let mut split = Fastedge::start(&["split", "--config", pipeline.to_str().unwrap()], LOG);
+    let status = split.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", split.log_text());
+    // The client address of each frame → the output it went to.
+    let mut flow_output: HashMap<[u8; 16], usize> = HashMap::new();
+    let mut count = 0;
+    let mut used = HashSet::new();
+    for (k, path) in outputs.iter().enumerate() {
+        for (frame, _) in read_capture(path) {
+            let Ok(fastedge_wire::packet::Parsed::Ip(key)) =
+                fastedge_wire::packet::parse(&frame, true)
+            else {
+                panic!("output {k} has a frame that is not IP: {frame:02x?}");
+            };
+            let client = key.src.min(key.dst);
+            let first = *flow_output.entry(client).or_insert(k);
+            assert_eq!(first, k, "flow of {client:02x?} on outputs {first} and {k}");
+            used.insert(k);
+            count += 1;
+        }
+    }
+    assert_eq!(count, frames.len());
+    assert_eq!(flow_output.len(), 96);
+    assert!(used.len() > 1, "flows spread over the outputs: {used:?}");
 }
 
 #[test]

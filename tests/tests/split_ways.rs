@@ -322,6 +322,74 @@ fn a_killed_consumer_costs_only_its_own_way() {
     );
 }
 
+/// Issue 14, defect 9: a consumer of way 1 writes garbage read positions, then truncates its
+/// position file. The distributor neither overwrites unread data nor dies (no SIGBUS), counts
+/// the bad positions, and way 0's consumer loses nothing.
+#[test]
+fn a_hostile_consumer_harms_only_its_own_way() {
+    use std::os::unix::fs::FileExt;
+
+    let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
+    let split = start_engine(&pair, "split", 2, 64);
+    let mut consumers = attach(&pair, 0..2);
+    let mut way0 = consumers.remove(0);
+    // The hostile consumer: way 1's position file, written behind the consumer API's back.
+    let positions = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fastedge_rings::shm::position_path(&way_path(
+            &pair.dev_a,
+            1,
+        )))
+        .unwrap();
+    // The data file is the distributor's alone: a consumer cannot write (or truncate) it.
+    let data = way_path(&pair.dev_a, 1);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", data.display());
+    let mut way0_frames = 0u64;
+    let mut read_way0 = |way0: &mut Consumer| {
+        way0.read_batch(usize::MAX, |r| {
+            if frame_seq(r.data).is_some() {
+                way0_frames += 1;
+            }
+        });
+    };
+    let mut sent = 0;
+    for (round, garbage) in [u64::MAX, 1 << 62, 12345].into_iter().enumerate() {
+        positions.write_all_at(&garbage.to_le_bytes(), 64).unwrap();
+        let traffic = send_traffic(&pair, 300);
+        sent += traffic.flow_of.len() as u64;
+        std::thread::sleep(Duration::from_millis(100 * (round as u64 + 1)));
+        read_way0(&mut way0);
+    }
+    // Truncated: the distributor must not fault on it.
+    positions.set_len(0).unwrap();
+    let traffic = send_traffic(&pair, 300);
+    sent += traffic.flow_of.len() as u64;
+    std::thread::sleep(Duration::from_millis(300));
+    read_way0(&mut way0);
+    let (delivered0, dropped0) = way0.counters();
+    assert_eq!(dropped0, 0, "way 0 dropped nothing");
+    assert!(
+        delivered0 >= way0_frames,
+        "{delivered0} delivered, {way0_frames} read"
+    );
+    assert!(
+        way0_frames > 0 && way0_frames < sent,
+        "{way0_frames} of {sent}"
+    );
+    // Way 1's API consumer shares the truncated file: touching its mapping would fault in
+    // this (the consumer's) process, so it is not dropped.
+    std::mem::forget(consumers);
+    let (status, log) = stop_engine(split);
+    assert!(status.success(), "split kept running until stopped: {log}");
+    assert!(
+        log.contains("(bad consumer positions"),
+        "bad positions counted: {log}"
+    );
+}
+
 #[test]
 fn tap_streams_a_way_to_tcpdump_and_tshark() {
     require_tool("tcpdump", "tcpdump");

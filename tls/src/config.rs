@@ -107,8 +107,9 @@ client_crl = ""
 sni_strict = false
 # Dynamic SNI (bud's protocol): names no [[context]] lists are asked of this HTTP service,
 # "http://127.0.0.1:9000/bud/sni/%s" (%s: the name, percent-encoded); 404: no such name; 200:
-# JSON {"cert", "key", "passphrase"?, "ciphers"?, "npn"?}. Each core caches answers for
-# sni_cache_ttl and 404s for sni_negative_ttl (at most sni_cache_size names); sni_fetchers
+# JSON {"cert", "key", "passphrase"?, "ciphers"?, "npn"?}. One cache for all cores keeps answers
+# for sni_cache_ttl and 404s for sni_negative_ttl (at most sni_cache_size names in all, the
+# least recently used dropped first; "a.test." is "a.test"); sni_fetchers
 # threads ask the service, each request within sni_timeout. Empty: off.
 sni_url = ""
 sni_timeout = "2s"
@@ -534,7 +535,8 @@ pub struct DynamicSniSettings {
     pub timeout: Duration,
     pub cache_ttl: Duration,
     pub negative_ttl: Duration,
-    /// Names cached per core; 0: no cache.
+    /// Names cached in all (one cache for every core, least recently used dropped first);
+    /// 0: no cache.
     pub cache_size: usize,
     /// Helper threads, so connections to the service at once.
     pub fetchers: usize,

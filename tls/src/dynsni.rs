@@ -4,9 +4,11 @@
 //! JSON context, `{"cert": PEM or [PEM…], "key": PEM or [PEM…], "passphrase"?: string or
 //! [string…], "ciphers"?: string, "npn"?: [protocol…]}`.
 //!
-//! Lookups never block a core. Each core keeps its own cache (answers for `sni_cache_ttl`, 404s
-//! for `sni_negative_ttl`, failures for a few seconds, at most `sni_cache_size` names); a name
-//! being fetched is fetched once per core however many handshakes wait for it. Fetches run on
+//! Lookups never block a core. One cache serves every core (answers for `sni_cache_ttl`, 404s
+//! for `sni_negative_ttl`, failures for a few seconds; at most `sni_cache_size` names in all,
+//! the least recently used dropped first, in constant time); names are looked up without a
+//! trailing dot (`a.test.` is `a.test`). A name being fetched is fetched once per core however
+//! many handshakes wait for it. Fetches run on
 //! `sni_fetchers` helper threads (so at most that many connections to the service), each with
 //! the `sni_timeout` deadline and a bounded answer; the context is built there too. Whatever
 //! the service does (slow, down, reset, 500, not JSON, `{}`, huge), the handshake goes on with
@@ -75,8 +77,6 @@ struct Cached {
 }
 
 thread_local! {
-    /// This core's answers, by (service instance, name).
-    static CACHE: RefCell<HashMap<(u64, String), Cached>> = RefCell::new(HashMap::new());
     /// This core's fetches in flight.
     static IN_FLIGHT: RefCell<HashMap<(u64, String), Arc<Waiting>>> = RefCell::new(HashMap::new());
 }
@@ -95,6 +95,14 @@ pub(crate) struct DynamicSni {
     id: u64,
     settings: DynamicSniSettings,
     fetch: Mutex<mpsc::SyncSender<Job>>,
+    /// Every core's answers, by name; `None` when `sni_cache_size` is 0.
+    cache: Option<Mutex<lru::LruCache<String, Cached>>>,
+}
+
+/// The name as cached and fetched: without its trailing dot (the absolute form of the same
+/// name).
+fn normalise(name: &str) -> &str {
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 impl DynamicSni {
@@ -138,23 +146,31 @@ impl DynamicSni {
                 })
                 .map_err(|e| crate::TlsError::Invalid(format!("starting SNI fetchers: {e}")))?;
         }
+        let cache = std::num::NonZeroUsize::new(settings.cache_size)
+            .map(|size| Mutex::new(lru::LruCache::new(size)));
         Ok(Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             settings,
             fetch: Mutex::new(tx),
+            cache,
         })
     }
 
     /// What this core knows about `name` (lower case), or a wait for the service.
     pub fn lookup(&self, name: &str) -> Lookup {
+        let name = normalise(name);
         let key = (self.id, name.to_owned());
         let now = Instant::now();
-        let cached = CACHE.with(|cache| {
-            let cache = cache.borrow();
-            cache
-                .get(&key)
-                .filter(|c| c.until > now)
-                .map(|c| c.found.clone())
+        let cached = self.cache.as_ref().and_then(|cache| {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(name) {
+                Some(c) if c.until > now => Some(c.found.clone()),
+                Some(_) => {
+                    cache.pop(name);
+                    None
+                }
+                None => None,
+            }
         });
         if let Some(found) = cached {
             return Lookup::Ready(found);
@@ -201,6 +217,7 @@ impl DynamicSni {
     /// Records a finished fetch in this core's cache (once per name, whoever comes first) and
     /// returns what it found.
     pub fn settle(&self, name: &str, fetch_id: usize, outcome: Outcome) -> Option<Arc<CertSet>> {
+        let name = normalise(name);
         let key = (self.id, name.to_owned());
         let ours = IN_FLIGHT.with(|in_flight| {
             let mut in_flight = in_flight.borrow_mut();
@@ -225,32 +242,16 @@ impl DynamicSni {
                 FAILURE_TTL.min(self.settings.negative_ttl.max(Duration::from_millis(1))),
             ),
         };
-        CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let now = Instant::now();
-            if cache.len() >= self.settings.cache_size {
-                cache.retain(|_, c| c.until > now);
-            }
-            if cache.len() >= self.settings.cache_size {
-                // Still full of live entries: drop the one closest to expiry.
-                if let Some(victim) = cache
-                    .iter()
-                    .min_by_key(|(_, c)| c.until)
-                    .map(|(k, _)| k.clone())
-                {
-                    cache.remove(&victim);
-                }
-            }
-            if self.settings.cache_size > 0 {
-                cache.insert(
-                    key,
-                    Cached {
-                        found: found.clone(),
-                        until: now + ttl,
-                    },
-                );
-            }
-        });
+        if let Some(cache) = &self.cache {
+            // At capacity, `put` drops the least recently used name: constant time.
+            cache.lock().unwrap_or_else(|p| p.into_inner()).put(
+                name.to_owned(),
+                Cached {
+                    found: found.clone(),
+                    until: Instant::now() + ttl,
+                },
+            );
+        }
         found
     }
 }
@@ -350,4 +351,69 @@ fn fetch(
     let set = runtime_set(pairs, &view, &starting_ciphers, tickets)
         .map_err(|e| format!("building the context for {name}: {e}"))?;
     Ok(Some(Arc::new(set)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn dynamic(cache_size: usize) -> Arc<DynamicSni> {
+        let settings = DynamicSniSettings {
+            // Nothing listens there: the fetchers' own outcomes are never used below.
+            url: "http://127.0.0.1:9/%s".into(),
+            timeout: Duration::from_millis(100),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            cache_size,
+            fetchers: 1,
+        };
+        let view = crate::config::ServeConfig::default().tls;
+        Arc::new(DynamicSni::new(settings, view, None).unwrap())
+    }
+
+    /// Looks `name` up; when it has to wait, settles it at once as "no such name" (a 404).
+    /// True when it was cached.
+    fn cached(sni: &DynamicSni, name: &str) -> bool {
+        match sni.lookup(name) {
+            Lookup::Ready(_) => true,
+            Lookup::Wait(wait) => {
+                sni.settle(name, wait.fetch_id(), Ok(None));
+                false
+            }
+        }
+    }
+
+    /// Issue 14, defect 5: one cache for every core, bounded in total, the least recently used
+    /// name dropped first, and a name with a trailing dot the same as without.
+    #[test]
+    fn one_bounded_cache_for_every_core_and_names_without_their_dot() {
+        let sni = dynamic(4);
+        for n in 0..4 {
+            assert!(!cached(&sni, &format!("n{n}.test")));
+        }
+        // Another core finds them; `n0.test.` is `n0.test`.
+        let other = sni.clone();
+        std::thread::spawn(move || {
+            for n in 0..4 {
+                assert!(
+                    cached(&other, &format!("n{n}.test.")),
+                    "n{n} on another core"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+        // A fifth name: the least recently used (n0) goes, the others stay.
+        assert!(!cached(&sni, "n4.test"));
+        for n in 1..5 {
+            assert!(cached(&sni, &format!("n{n}.test")), "n{n} kept");
+        }
+        assert!(!cached(&sni, "n0.test"), "n0 was dropped");
+        assert_eq!(sni.cache.as_ref().unwrap().lock().unwrap().len(), 4);
+        // No cache at all with sni_cache_size = 0.
+        let uncached = dynamic(0);
+        assert!(!cached(&uncached, "a.test"));
+        assert!(!cached(&uncached, "a.test"));
+    }
 }

@@ -54,8 +54,12 @@ pub const STATUS_FAILED: u8 = 3;
 pub const STATUS_BAD_REQUEST: u8 = 4;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
-/// A request not answered by then fails (the handshake timeout usually comes first).
+/// A request not answered by then fails (the handshake timeout usually comes first); one that
+/// waited this long to be sent is not sent at all.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests waiting to be written at most (every core together); more fail at once, so a
+/// signer that stops reading cannot make memory grow without bound.
+pub const MAX_QUEUED: usize = 1024;
 
 /// The SHA-256 of a public key's SubjectPublicKeyInfo: how requests name the key.
 pub fn key_id(spki_der: &[u8]) -> Result<[u8; 32], boring::error::ErrorStack> {
@@ -100,13 +104,13 @@ struct Connection {
 
 type Pending = Arc<Connection>;
 
-/// A request for the writer thread: id, frame, and where the answer goes.
-type Request = (u32, Vec<u8>, Arc<Slot>);
+/// A request for the writer thread: id, frame, where the answer goes, and when it was queued.
+type Request = (u32, Vec<u8>, Arc<Slot>, Instant);
 
 /// The client of one key server, shared by every core of the process.
 pub struct KeyServer {
     path: PathBuf,
-    requests: Mutex<mpsc::Sender<Request>>,
+    requests: Mutex<mpsc::SyncSender<Request>>,
     next_id: std::sync::atomic::AtomicU32,
 }
 
@@ -132,7 +136,7 @@ impl KeyServer {
     }
 
     fn start(path: &Path) -> Self {
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::sync_channel::<Request>(MAX_QUEUED);
         let writer_path = path.to_owned();
         std::thread::Builder::new()
             .name("fastedge-keyless".into())
@@ -159,13 +163,20 @@ impl KeyServer {
         frame.extend_from_slice(key_id);
         frame.extend_from_slice(input);
         let slot = Arc::new(Slot::default());
+        // Never waits: a core must not block on a slow signer.
         let sent = self
             .requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send((id, frame, slot.clone()));
-        if sent.is_err() {
-            slot.complete(Err("the key server thread has stopped".into()));
+            .try_send((id, frame, slot.clone(), Instant::now()));
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => slot.complete(Err(format!(
+                "{MAX_QUEUED} requests already wait for the key server"
+            ))),
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                slot.complete(Err("the key server thread has stopped".into()))
+            }
         }
         SignFuture {
             slot,
@@ -177,7 +188,19 @@ impl KeyServer {
 /// Connects, writes requests in order, and reconnects after a failure.
 fn writer(path: &Path, requests: mpsc::Receiver<Request>) {
     let mut connection: Option<(UnixStream, Pending)> = None;
-    while let Ok((id, frame, slot)) = requests.recv() {
+    while let Ok((id, frame, slot, queued)) = requests.recv() {
+        // The writer holds the only other reference: the handshake that asked has ended
+        // (timed out, failed, closed), so nobody needs the signature.
+        if Arc::strong_count(&slot) == 1 {
+            continue;
+        }
+        if queued.elapsed() >= REQUEST_TIMEOUT {
+            slot.complete(Err(format!(
+                "waited {} s for the key server to take the request",
+                REQUEST_TIMEOUT.as_secs()
+            )));
+            continue;
+        }
         if connection
             .as_ref()
             .is_some_and(|(_, c)| !c.alive.load(Ordering::Acquire))
@@ -501,5 +524,83 @@ fn serve_signer_connection<S: Read + Write>(
         if stream.write_all(&answer).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn poll_now(future: &mut SignFuture) -> Poll<Result<Vec<u8>, String>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(future).poll(&mut cx)
+    }
+
+    /// A signer that accepts one connection, reads nothing until `release` is set, then
+    /// counts the request frames it gets (answering none) until a second passes without one.
+    fn stalling_signer(path: &Path, release: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            while !release.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stream
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let received = AtomicUsize::new(0);
+            loop {
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut body).is_err() {
+                    break;
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            received.into_inner()
+        })
+    }
+
+    /// Issue 14, defect 5: with a signer that stops reading, requests beyond [`MAX_QUEUED`]
+    /// fail at once instead of piling up, and the requests of handshakes that are gone are
+    /// never sent once the signer reads again.
+    #[test]
+    fn a_stalled_signer_bounds_the_queue_and_abandoned_requests_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("fastedge-keyless-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("signer.sock");
+        let _ = std::fs::remove_file(&path);
+        let release = Arc::new(AtomicBool::new(false));
+        let signer = stalling_signer(&path, release.clone());
+        let server = KeyServer::start(&path);
+        let input = vec![7u8; 16 * 1024];
+        let total = MAX_QUEUED + 300;
+        let mut futures: Vec<SignFuture> = (0..total)
+            .map(|_| server.sign(&[1; 32], 0x0403, &input))
+            .collect();
+        let refused = futures
+            .iter_mut()
+            .map(poll_now)
+            .filter(|p| matches!(p, Poll::Ready(Err(e)) if e.contains("already wait")))
+            .count();
+        assert!(
+            refused >= 100,
+            "{refused} of {total} refused at once with the signer stalled"
+        );
+        // Every handshake gives up (timed out): their requests must not reach the signer.
+        drop(futures);
+        release.store(true, Ordering::Release);
+        let received = signer.join().unwrap();
+        assert!(
+            received < 100,
+            "{received} requests sent for handshakes that had ended"
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

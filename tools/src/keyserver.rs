@@ -1,7 +1,7 @@
 //! `fastedge keyserver`: the reference signer for keyless certificates. It holds private keys
 //! and signs handshakes for `fastedge serve` processes configured with `key_server`.
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
@@ -67,12 +67,10 @@ pub fn run(args: KeyServerArgs) -> Result<(), Failure> {
         }
         std::fs::remove_file(&args.listen).map_err(Failure::runtime)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(&args.listen)
-        .with_context(|| format!("binding {}", args.listen.display()))
+    // Never, even between bind and chmod, open to more than the owner.
+    let listener = fastedge_runtime::control::bind_private(&args.listen, args.mode)
+        .with_context(|| format!("binding {} (mode {:o})", args.listen.display(), args.mode))
         .map_err(Failure::config)?;
-    std::fs::set_permissions(&args.listen, std::fs::Permissions::from_mode(args.mode))
-        .with_context(|| format!("setting the mode of {}", args.listen.display()))
-        .map_err(Failure::runtime)?;
     tracing::info!(socket = %args.listen.display(), keys = keys.len(), "key server listening");
     serve_signer(keys, || listener.accept().map(|(stream, _)| stream));
     Err(Failure::runtime(anyhow!(

@@ -28,7 +28,7 @@ use crate::Failure;
 /// fastedge attaches its XDP program to IFACE (native mode, else SKB mode, else it reads with
 /// AF_PACKET), opens an AF_XDP socket on every receive queue, and puts each frame into way
 /// `hash(flow) mod N`: both directions of a flow, and every fragment of a datagram, land on the
-/// same way. Ways are shared-memory rings, /dev/shm/fastedge-NAME-0 … N-1 (NAME: the first
+/// same way. Ways are shared-memory rings, /dev/shm/fastedge/NAME-0 … N-1 (NAME: the first
 /// input), read by consumer applications with the `fastedge-rings` consumer API or by
 /// `fastedge tap NAME:WAY`. A slow or absent consumer only costs drops on its own way, counted.
 /// Several interfaces (and `--pcap` files) are merged into one split. For anything else
@@ -51,17 +51,24 @@ pub struct SplitArgs {
     /// A pipeline declared in TOML (inputs, bricks, outputs); excludes the other options.
     /// SIGHUP or `fastedge ctl reload` reads it again; ways that exist in both keep their
     /// consumers.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "mode", "non_ip_way", "way_kib", "no_decap", "name", "rule"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["interfaces", "pcap", "ways", "hash", "hash_key", "way_group", "mode", "non_ip_way", "way_kib", "no_decap", "name", "rule"])]
     config: Option<PathBuf>,
 
     /// Number of ways (consumer rings).
     #[arg(long)]
     ways: Option<u32>,
 
-    /// Flow hash: `2-tuple` (addresses), `3-tuple` (+ protocol), `5-tuple` (+ ports).
-    /// Fragments always hash on the addresses.
+    /// Flow hash: `2-tuple` (addresses, the default), `3-tuple` (+ protocol), `5-tuple`
+    /// (+ ports). Only `2-tuple` keeps every packet of a flow on one way: fragments (and IPv6
+    /// packets with very long extension-header chains) always hash on the addresses, so in
+    /// the other modes they can land on another way than the rest of their flow.
     #[arg(long, value_enum)]
     hash: Option<HashArg>,
+
+    /// Key of the flow hash, 32 hex digits (default: random at each start), for when another
+    /// program must compute the same ways.
+    #[arg(long, value_name = "HEX")]
+    hash_key: Option<String>,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -134,6 +141,11 @@ struct CommonArgs {
     /// Most pre-filter rules at once (config, ctl, NetControl).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     rule_capacity: u32,
+
+    /// A group whose members may consume the ways (name or id); default: the ways are
+    /// private to this user (mode 0600). With --config: `way_group`.
+    #[arg(long, value_name = "GROUP")]
+    way_group: Option<String>,
 
     /// Detach into the background (logs: use --syslog); the pid goes to --pid-file.
     #[arg(long)]
@@ -256,13 +268,18 @@ fn describe(stats: &SplitStats) -> String {
             .enumerate()
             .map(|(i, w)| {
                 format!(
-                    "{i}:{}/{}{}",
+                    "{i}:{}/{}{}{}",
                     w.delivered,
                     w.dropped_full,
                     if w.consumer.is_some() {
                         ""
                     } else {
                         "(no consumer)"
+                    },
+                    if w.bad_positions > 0 {
+                        format!("(bad consumer positions {})", w.bad_positions)
+                    } else {
+                        String::new()
                     }
                 )
             })
@@ -368,6 +385,8 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         way_kib: args.common.way_kib.unwrap_or(4096),
         rules: args.common.rule.clone(),
         rule_capacity: args.common.rule_capacity,
+        hash_key: None,
+        way_group: args.common.way_group.clone(),
     };
     run_engine(config, &args.common, None)
 }
@@ -398,9 +417,9 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                 ),
                 output: BrickConfig::Balance {
                     hash: match args.hash {
-                        Some(HashArg::Two) => HashName::Two,
+                        Some(HashArg::Two) | None => HashName::Two,
                         Some(HashArg::Three) => HashName::Three,
-                        Some(HashArg::Five) | None => HashName::Five,
+                        Some(HashArg::Five) => HashName::Five,
                     },
                     ways: (args.common.to == ToArg::Ways).then_some(args.ways.unwrap_or(4)),
                     to: veth_outputs(&args.common, args.ways.unwrap_or(4)),
@@ -410,6 +429,8 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                 way_kib: args.common.way_kib.unwrap_or(4096),
                 rules: args.common.rule.clone(),
                 rule_capacity: args.common.rule_capacity,
+                hash_key: args.hash_key.clone(),
+                way_group: args.common.way_group.clone(),
             }
         }
     };
@@ -785,6 +806,9 @@ fn run_engine(
     let live = std::io::stderr().is_terminal();
     let mut config = config;
     let mut reuse_ways = false;
+    // One random key for the whole run (a pipeline's own `hash_key` wins), so that a reload
+    // keeps flows on their ways.
+    let hash_key = fastedge_rings::pipeline::random_hash_key().map_err(Failure::config)?;
     // The pipeline that ran before a reload, to go back to if the new one cannot start.
     let mut fallback: Option<PipelineConfig> = None;
     loop {
@@ -794,6 +818,7 @@ fn run_engine(
             reuse_ways,
             prefilter: prefilter.clone(),
             fast_path: !common.no_fast_path,
+            hash_key: Some(hash_key),
         };
         let result = split::run(&config, &options, &requests.engine_stop, |stats| {
             if live {

@@ -4,7 +4,7 @@
 use crate::{
     forwarded::{ClientFacts, ForwardedConfig, Injector},
     http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
-    packet::{self, flow_hash, way_of, HashMode, Parsed},
+    packet::{self, flow_hash, way_of, HashKey, HashMode, Parsed},
     proxy,
 };
 
@@ -105,8 +105,9 @@ pub fn packet_flow(data: &[u8]) {
                 HashMode::ThreeTuple,
                 HashMode::FiveTuple,
             ] {
-                let hash = flow_hash(&key, mode);
-                assert_eq!(hash, flow_hash(&reversed, mode));
+                let hash_key = HashKey { k0: 7, k1: 9 };
+                let hash = flow_hash(&key, mode, &hash_key);
+                assert_eq!(hash, flow_hash(&reversed, mode, &hash_key));
                 assert!(way_of(hash, 30) < 30);
             }
         }

@@ -61,6 +61,9 @@ pub struct FlowKey {
     pub fragment: bool,
     /// Tunnel layers opened to reach this flow.
     pub tunnel_depth: u8,
+    /// The transport header was not reached (an IPv6 chain of more extension headers than
+    /// are walked): `protocol` is the last header type read and the ports are 0.
+    pub unwalked: bool,
 }
 
 /// What a frame is.
@@ -178,6 +181,7 @@ fn parse_ipv4(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey,
         dst_port: 0,
         fragment: more_fragments || fragment_offset != 0,
         tunnel_depth: depth as u8,
+        unwalked: false,
     };
     // Ethernet may pad short packets: the IP length bounds the payload, not the frame.
     let end = total_len.min(packet.len());
@@ -204,7 +208,37 @@ fn parse_ipv6(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey,
     let mut next = header[6];
     let mut fragment = false;
     let mut first_fragment = true;
-    for _ in 0..MAX_EXTENSION_HEADERS {
+    let mut walked = 0;
+    loop {
+        let extension = matches!(
+            next,
+            proto::HOP_BY_HOP
+                | proto::ROUTING
+                | proto::DEST_OPTS
+                | proto::MOBILITY
+                | proto::HIP
+                | proto::SHIM6
+                | proto::FRAGMENT
+                | proto::AH
+        );
+        // After a later fragment's header comes data, not headers.
+        if !extension || !first_fragment {
+            break;
+        }
+        if walked == MAX_EXTENSION_HEADERS {
+            let key = FlowKey {
+                src,
+                dst,
+                protocol: next,
+                src_port: 0,
+                dst_port: 0,
+                fragment,
+                tunnel_depth: depth as u8,
+                unwalked: true,
+            };
+            return Ok(key);
+        }
+        walked += 1;
         match next {
             proto::HOP_BY_HOP
             | proto::ROUTING
@@ -245,6 +279,7 @@ fn parse_ipv6(packet: &[u8], decapsulate: bool, depth: usize) -> Result<FlowKey,
         dst_port: 0,
         fragment,
         tunnel_depth: depth as u8,
+        unwalked: false,
     };
     transport(key, payload, first_fragment, decapsulate, depth)
 }
@@ -338,9 +373,18 @@ fn parse_gre(payload: &[u8], depth: usize) -> Result<Option<FlowKey>, ParseError
 }
 
 /// Which fields of a flow go into its hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Only [`HashMode::TwoTuple`] keeps *every* packet of a flow on one way: IP fragments after
+/// the first carry no ports, and an IPv6 packet with a long chain of extension headers has its
+/// transport header out of reach, so those packets ([`FlowKey::fragment`],
+/// [`FlowKey::unwalked`]) hash on the address pair in every mode. In the 3- and 5-tuple modes
+/// they can therefore land on another way than the rest of their flow: an observer behind a
+/// way can be made to miss data that is sent fragmented. Those modes spread many flows
+/// between two hosts better; choose them only where that matters more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HashMode {
-    /// Source and destination addresses.
+    /// Source and destination addresses (the default).
+    #[default]
     TwoTuple,
     /// Addresses and protocol.
     ThreeTuple,
@@ -348,14 +392,76 @@ pub enum HashMode {
     FiveTuple,
 }
 
-/// A symmetric flow hash: both directions of a flow give the same value (the two endpoints are
-/// put in a fixed order first). Fragments hash on the address pair in every mode, so every
-/// fragment of a datagram (whose later fragments carry no ports) lands together. The function
-/// is fixed (no per-process seed): the same flow hashes the same across restarts, machines
-/// and engines.
+/// The 128-bit key of the flow hash. Who does not know it cannot choose flows that land on
+/// one way (to flood it); a process picks a random one at start unless configured.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashKey {
+    pub k0: u64,
+    pub k1: u64,
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A key in a log line would undo it.
+        f.write_str("HashKey(..)")
+    }
+}
+
+/// A hash key that is not 32 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKeyError;
+
+impl std::fmt::Display for HashKeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a hash key is 32 hexadecimal digits (128 bits)")
+    }
+}
+
+impl std::error::Error for HashKeyError {}
+
+impl HashKey {
+    /// A key from 16 bytes (e.g. from the system's random source).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let mut k0 = [0u8; 8];
+        let mut k1 = [0u8; 8];
+        k0.copy_from_slice(&bytes[..8]);
+        k1.copy_from_slice(&bytes[8..]);
+        Self {
+            k0: u64::from_be_bytes(k0),
+            k1: u64::from_be_bytes(k1),
+        }
+    }
+
+    /// The key as 32 hexadecimal digits (the form [`str::parse`] reads).
+    pub fn to_hex(&self) -> String {
+        format!("{:016x}{:016x}", self.k0, self.k1)
+    }
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = HashKeyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(HashKeyError);
+        }
+        let k0 = u64::from_str_radix(&text[..16], 16).map_err(|_| HashKeyError)?;
+        let k1 = u64::from_str_radix(&text[16..], 16).map_err(|_| HashKeyError)?;
+        Ok(Self { k0, k1 })
+    }
+}
+
+/// A keyed symmetric flow hash: both directions of a flow give the same value (the two
+/// endpoints are put in a fixed order first), then SipHash-1-3 under `hash_key` (a keyed
+/// function, so the way of a flow cannot be predicted without the key). Fragments and packets
+/// whose transport header was not reached hash on the address pair in every mode (see
+/// [`HashMode`]). The same key gives the same value across restarts, machines and engines
+/// (the XDP program computes the same function).
 #[inline]
-pub fn flow_hash(key: &FlowKey, mode: HashMode) -> u64 {
-    let mode = if key.fragment {
+pub fn flow_hash(key: &FlowKey, mode: HashMode, hash_key: &HashKey) -> u64 {
+    use std::hash::Hasher as _;
+
+    let mode = if key.fragment || key.unwalked {
         HashMode::TwoTuple
     } else {
         mode
@@ -372,13 +478,22 @@ pub fn flow_hash(key: &FlowKey, mode: HashMode) -> u64 {
     let a = (u128::from_be_bytes(key.src), src_port);
     let b = (u128::from_be_bytes(key.dst), dst_port);
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    let mut state = Mixer::new(0x6661_7374_6564_6765 ^ u64::from(protocol)); // "fastedge"
-    for address in [low.0, high.0] {
-        state.push((address >> 64) as u64);
-        state.push(address as u64);
+    // Five 64-bit words, each little-endian (SipHash's own word order, so the XDP program
+    // feeds them without byte swaps).
+    let words = [
+        (low.0 >> 64) as u64,
+        low.0 as u64,
+        (high.0 >> 64) as u64,
+        high.0 as u64,
+        (u64::from(protocol) << 32) | (u64::from(low.1) << 16) | u64::from(high.1),
+    ];
+    let mut message = [0u8; 40];
+    for (chunk, word) in message.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
     }
-    state.push((u64::from(low.1) << 16) | u64::from(high.1));
-    state.finish()
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(hash_key.k0, hash_key.k1);
+    hasher.write(&message);
+    hasher.finish()
 }
 
 /// The way (0..`ways`) a hash goes to: multiply-shift, so every way gets an even share.
@@ -387,37 +502,15 @@ pub fn way_of(hash: u64, ways: u32) -> u32 {
     ((u128::from(hash) * u128::from(ways)) >> 64) as u32
 }
 
-/// A small fixed 64-bit mixing function (multiply-rotate per word, murmur3's finalizer).
-struct Mixer(u64);
-
-impl Mixer {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    #[inline]
-    fn push(&mut self, word: u64) {
-        self.0 = (self.0 ^ word.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .rotate_left(27)
-            .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MAC: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    const KEY: HashKey = HashKey {
+        k0: 0x0001_0203_0405_0607,
+        k1: 0x0809_0a0b_0c0d_0e0f,
+    };
 
     fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut frame = MAC.to_vec();
@@ -530,7 +623,7 @@ mod tests {
             HashMode::ThreeTuple,
             HashMode::FiveTuple,
         ] {
-            assert_eq!(flow_hash(&first, mode), flow_hash(&later, mode));
+            assert_eq!(flow_hash(&first, mode, &KEY), flow_hash(&later, mode, &KEY));
         }
     }
 
@@ -565,9 +658,111 @@ mod tests {
         assert_eq!(first.src_port, 5);
         assert_eq!(later.src_port, 0);
         assert_eq!(
-            flow_hash(&first, HashMode::FiveTuple),
-            flow_hash(&later, HashMode::FiveTuple)
+            flow_hash(&first, HashMode::FiveTuple, &KEY),
+            flow_hash(&later, HashMode::FiveTuple, &KEY)
         );
+    }
+
+    /// An IPv6 packet whose payload starts with `count` destination-options headers, then
+    /// `tail` (a transport header or anything else).
+    fn ipv6_with_extensions(count: usize, last_next: u8, tail: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for i in 0..count {
+            let next = if i + 1 == count {
+                last_next
+            } else {
+                proto::DEST_OPTS
+            };
+            payload.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        payload.extend_from_slice(tail);
+        let first = if count == 0 {
+            last_next
+        } else {
+            proto::DEST_OPTS
+        };
+        ethernet(ethertype::IPV6, &ipv6(1, 2, first, &payload))
+    }
+
+    #[test]
+    fn every_packet_of_a_flow_hashes_alike_by_default() {
+        let mode = HashMode::default();
+        let whole = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([1, 0, 0, 1], [1, 0, 0, 2], proto::TCP, 0, &ports(4000, 80)),
+        ));
+        let first = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4(
+                [1, 0, 0, 1],
+                [1, 0, 0, 2],
+                proto::TCP,
+                0x2000,
+                &ports(4000, 80),
+            ),
+        ));
+        let later = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([1, 0, 0, 2], [1, 0, 0, 1], proto::TCP, 0x0003, b"evasion!"),
+        ));
+        let h = flow_hash(&whole, mode, &KEY);
+        assert_eq!(flow_hash(&first, mode, &KEY), h);
+        assert_eq!(flow_hash(&later, mode, &KEY), h);
+        // IPv6: more extension headers than are walked, a fragment, and a plain segment.
+        let whole = key(&ipv6_with_extensions(0, proto::TCP, &ports(4000, 80)));
+        let long_chain = key(&ipv6_with_extensions(20, proto::TCP, &ports(4000, 80)));
+        assert!(long_chain.unwalked);
+        let h = flow_hash(&whole, mode, &KEY);
+        assert_eq!(flow_hash(&long_chain, mode, &KEY), h);
+        // Packets whose ports are out of reach hash on the address pair in every mode.
+        for mode in [HashMode::ThreeTuple, HashMode::FiveTuple] {
+            assert_eq!(
+                flow_hash(&long_chain, mode, &KEY),
+                flow_hash(&whole, HashMode::TwoTuple, &KEY)
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_ipv6_fragment_is_not_read_as_headers() {
+        // The fragment header says "destination options next" (the first fragment carried
+        // them); a later fragment's bytes are data that must not be parsed as that header.
+        let mut later = vec![proto::DEST_OPTS, 0, 0x05, 0x00, 0, 0, 0, 9];
+        later.extend_from_slice(&[0xff; 3]);
+        let k = key(&ethernet(
+            ethertype::IPV6,
+            &ipv6(1, 2, proto::FRAGMENT, &later),
+        ));
+        assert!(k.fragment && !k.unwalked);
+        assert_eq!((k.src_port, k.dst_port), (0, 0));
+    }
+
+    #[test]
+    fn the_hash_depends_on_its_key() {
+        let k = key(&ethernet(
+            ethertype::IPV4,
+            &ipv4([10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, 0, &ports(1, 2)),
+        ));
+        let other = HashKey { k0: 1, ..KEY };
+        assert_ne!(
+            flow_hash(&k, HashMode::TwoTuple, &KEY),
+            flow_hash(&k, HashMode::TwoTuple, &other)
+        );
+        let hex = KEY.to_hex();
+        assert_eq!(hex, "000102030405060708090a0b0c0d0e0f");
+        assert_eq!(hex.parse::<HashKey>(), Ok(KEY));
+        let bytes: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(HashKey::from_bytes(bytes), KEY);
+        for bad in [
+            "",
+            "00",
+            &"g".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000000",
+        ] {
+            assert_eq!(bad.parse::<HashKey>(), Err(HashKeyError), "{bad:?}");
+        }
+        assert_eq!(format!("{KEY:?}"), "HashKey(..)");
     }
 
     #[test]
@@ -677,7 +872,11 @@ mod tests {
             HashMode::ThreeTuple,
             HashMode::FiveTuple,
         ] {
-            assert_eq!(flow_hash(&a, mode), flow_hash(&b, mode), "{mode:?}");
+            assert_eq!(
+                flow_hash(&a, mode, &KEY),
+                flow_hash(&b, mode, &KEY),
+                "{mode:?}"
+            );
         }
         let other_port = key(&ethernet(
             ethertype::IPV4,
@@ -690,24 +889,24 @@ mod tests {
             ),
         ));
         assert_ne!(
-            flow_hash(&a, HashMode::FiveTuple),
-            flow_hash(&other_port, HashMode::FiveTuple)
+            flow_hash(&a, HashMode::FiveTuple, &KEY),
+            flow_hash(&other_port, HashMode::FiveTuple, &KEY)
         );
         assert_eq!(
-            flow_hash(&a, HashMode::TwoTuple),
-            flow_hash(&other_port, HashMode::TwoTuple)
+            flow_hash(&a, HashMode::TwoTuple, &KEY),
+            flow_hash(&other_port, HashMode::TwoTuple, &KEY)
         );
         let udp = FlowKey {
             protocol: proto::UDP,
             ..a
         };
         assert_ne!(
-            flow_hash(&a, HashMode::ThreeTuple),
-            flow_hash(&udp, HashMode::ThreeTuple)
+            flow_hash(&a, HashMode::ThreeTuple, &KEY),
+            flow_hash(&udp, HashMode::ThreeTuple, &KEY)
         );
         assert_eq!(
-            flow_hash(&a, HashMode::TwoTuple),
-            flow_hash(&udp, HashMode::TwoTuple)
+            flow_hash(&a, HashMode::TwoTuple, &KEY),
+            flow_hash(&udp, HashMode::TwoTuple, &KEY)
         );
     }
 
@@ -723,12 +922,13 @@ mod tests {
             dst_port: 80,
             fragment: false,
             tunnel_depth: 0,
+            unwalked: false,
         };
-        assert_eq!(flow_hash(&k, HashMode::FiveTuple), STABLE_5TUPLE);
+        assert_eq!(flow_hash(&k, HashMode::FiveTuple, &KEY), STABLE_5TUPLE);
     }
 
-    /// The 5-tuple hash of 10.0.0.1:1000 → 10.0.0.2:80 TCP.
-    const STABLE_5TUPLE: u64 = 8_063_547_987_446_326_128;
+    /// The 5-tuple hash of 10.0.0.1:1000 → 10.0.0.2:80 TCP under `KEY`.
+    const STABLE_5TUPLE: u64 = 4_794_652_110_764_905_076;
 
     #[test]
     fn ways_are_even() {
@@ -743,8 +943,9 @@ mod tests {
                 dst_port: 53,
                 fragment: false,
                 tunnel_depth: 0,
+                unwalked: false,
             };
-            counts[way_of(flow_hash(&k, HashMode::FiveTuple), ways) as usize] += 1;
+            counts[way_of(flow_hash(&k, HashMode::FiveTuple, &KEY), ways) as usize] += 1;
         }
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(*min > 850 && *max < 1150, "{counts:?}");

@@ -314,7 +314,7 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{flow_hash, parse, HashMode, Parsed};
+    use crate::packet::{flow_hash, parse, HashKey, HashMode, Parsed};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn spec(transport: Transport, v6: bool, frame_len: usize) -> TrafficSpec {
@@ -387,8 +387,8 @@ mod tests {
             };
             assert_ne!(ka, kb);
             assert_eq!(
-                flow_hash(&ka, HashMode::FiveTuple),
-                flow_hash(&kb, HashMode::FiveTuple)
+                flow_hash(&ka, HashMode::FiveTuple, &HashKey { k0: 1, k1: 2 }),
+                flow_hash(&kb, HashMode::FiveTuple, &HashKey { k0: 1, k1: 2 })
             );
         }
     }

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 // The pre-filter shared by fastedge's XDP programs: rules keyed by a source or a destination
 // prefix in two LPM tries (IPv4 as IPv4-mapped IPv6, so one trie holds both families). For a
-// frame, the longest matching source prefix's rules are tried, then the longest matching
-// destination prefix's; the first rule whose protocol, port ranges, second prefix and expiry
-// match decides: drop, bypass (to the kernel, not the ways) or pass. Each prefix holds a short
-// chain of rules (at most MAX_CHAIN). Cost per frame: two trie lookups and the chains, whatever
-// the number of rules. The maps are replaced at load time by shared ones sized for the rule
+// frame, the rules of every matching source prefix are tried, the most specific prefix first,
+// then those of every matching destination prefix the same way; the first rule whose protocol,
+// port ranges, second prefix and expiry match decides: drop, bypass (to the kernel, not the
+// ways) or pass. So a global rule (::/0) still applies to an address that also has more
+// specific rules. Each prefix holds a short chain of rules (at most MAX_CHAIN). Cost per
+// frame: a trie lookup per matching prefix (usually one or two) and their chains, whatever the
+// number of rules. The maps are replaced at load time by shared ones sized for the rule
 // capacity; these small defaults cost nothing when no rules are used.
 #ifndef FASTEDGE_PREFILTER_H
 #define FASTEDGE_PREFILTER_H
@@ -40,6 +42,10 @@ enum fastedge_action {
 
 #define MAX_CHAIN 8
 #define NO_RULE 0xffffffffu
+// As fastedge_wire::packet (MAX_VLAN_TAGS).
+#define MAX_VLAN_TAGS 4
+// Every prefix length 0..128 can match an address.
+#define MAX_PREFIX_LEVELS 129
 
 struct prefix_key {
 	__u32 prefixlen; // 0..128; IPv4 /n is 96 + n
@@ -52,7 +58,7 @@ struct rule {
 	__u8 action;
 	__u8 protocol;   // 0: any
 	__u8 other_len;  // length of the other-direction prefix (0: any)
-	__u8 pad;
+	__u8 own_len;    // length of the prefix this rule hangs on (the trie key's)
 	__u16 sport_lo, sport_hi, dport_lo, dport_hi;
 	__u8 other[16];  // the other-direction prefix (destination for a source rule, and back)
 	__u64 expires_ns; // CLOCK_MONOTONIC; 0: never
@@ -96,8 +102,9 @@ struct flow {
 	__u16 sport, dport;
 };
 
-// Fills `flow` from an Ethernet frame (up to two VLAN tags, IPv4 or IPv6 without extension
-// headers walked); returns 0 when the frame is not IP.
+// Fills `flow` from an Ethernet frame (up to MAX_VLAN_TAGS tags of 0x8100, 0x88a8 or 0x9100,
+// as userspace reads them; IPv4 or IPv6 without extension headers walked); returns 0 when the
+// frame is not IP.
 static __always_inline int parse(void *data, void *end, struct flow *flow)
 {
 	struct ethhdr *eth = data;
@@ -110,8 +117,9 @@ static __always_inline int parse(void *data, void *end, struct flow *flow)
 	proto = eth->h_proto;
 	data = eth + 1;
 #pragma unroll
-	for (i = 0; i < 2; i++) {
-		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+	for (i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
+		    proto == bpf_htons(0x9100)) {
 			__u16 *tag = data;
 
 			if ((void *)(tag + 2) > end)
@@ -206,30 +214,68 @@ static __always_inline int walk(__u32 id, struct flow *flow, int by_source, __u6
 	return -1;
 }
 
+// The state of one walk over the prefixes of a trie that contain an address (bpf_loop's
+// context: the verifier checks one step, whatever the number of prefixes).
+struct prefix_walk {
+	struct flow flow;
+	struct prefix_key key; // the address, and the longest prefix length still to try
+	__u64 now;
+	int action;            // of the rule that matched, or -1
+};
+
+// One prefix: the longest in `trie` that contains the address within key.prefixlen bits; its
+// chain is tried, then the walk goes on below that prefix's length. Returns 1 to stop.
+static __always_inline long prefix_step(void *trie, struct prefix_walk *w, int by_source)
+{
+	struct rule *first;
+	__u32 *head, id;
+	int action;
+
+	head = bpf_map_lookup_elem(trie, &w->key);
+	if (!head)
+		return 1;
+	id = *head;
+	action = walk(id, &w->flow, by_source, w->now);
+	if (action >= 0) {
+		w->action = action;
+		return 1;
+	}
+	first = bpf_map_lookup_elem(&rules, &id);
+	if (!first || first->own_len == 0 || first->own_len > w->key.prefixlen)
+		return 1;
+	w->key.prefixlen = first->own_len - 1;
+	return 0;
+}
+
+static long source_step(__u64 index, void *ctx)
+{
+	return prefix_step(&src_prefixes, ctx, 1);
+}
+
+static long destination_step(__u64 index, void *ctx)
+{
+	return prefix_step(&dst_prefixes, ctx, 0);
+}
+
 static __always_inline int prefilter(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct prefix_key key = { .prefixlen = 128 };
-	struct flow flow;
-	__u32 *head;
-	__u64 now;
-	int action = -1;
+	struct prefix_walk w = {};
 
-	if (!parse(data, end, &flow))
+	if (!parse(data, end, &w.flow))
 		return ACTION_PASS;
-	now = bpf_ktime_get_ns();
-	__builtin_memcpy(key.addr, flow.src, 16);
-	head = bpf_map_lookup_elem(&src_prefixes, &key);
-	if (head)
-		action = walk(*head, &flow, 1, now);
-	if (action < 0) {
-		__builtin_memcpy(key.addr, flow.dst, 16);
-		head = bpf_map_lookup_elem(&dst_prefixes, &key);
-		if (head)
-			action = walk(*head, &flow, 0, now);
+	w.now = bpf_ktime_get_ns();
+	w.action = -1;
+	w.key.prefixlen = 128;
+	__builtin_memcpy(w.key.addr, w.flow.src, 16);
+	bpf_loop(MAX_PREFIX_LEVELS, source_step, &w, 0);
+	if (w.action < 0) {
+		w.key.prefixlen = 128;
+		__builtin_memcpy(w.key.addr, w.flow.dst, 16);
+		bpf_loop(MAX_PREFIX_LEVELS, destination_step, &w, 0);
 	}
-	return action < 0 ? ACTION_PASS : action;
+	return w.action < 0 ? ACTION_PASS : w.action;
 }
 
 #endif

@@ -2,7 +2,8 @@
 // fastedge's in-kernel split: when every output of the pipeline's one balance or duplicate
 // stage is an interface, frames never reach userspace. The pre-filter runs first (prefilter.h).
 // Balance: the frame's flow is hashed exactly as fastedge_wire::packet::flow_hash does
-// (symmetric; fragments on the address pair) and redirected through a DEVMAP to output
+// (symmetric; fragments on the address pair; SipHash-1-3 under the configured key) and
+// redirected through a DEVMAP to output
 // way_of(hash, N). Duplicate: one broadcast redirect to every output. Frames this program does
 // not parse the way userspace would (tunnels, IPv6 extension headers, anything malformed) go to
 // the AF_XDP socket of their queue instead, and the userspace engine sends them to the same
@@ -27,6 +28,7 @@ struct fast_config {
 	__u32 non_ip;    // output for frames that are not IP
 	__u32 duplicate; // 1: every frame to every output
 	__u32 hash_mode; // 2, 3 or 5 (tuple)
+	__u64 k0, k1;    // the flow hash's SipHash key
 };
 
 struct {
@@ -202,17 +204,45 @@ static __always_inline __u64 rotl(__u64 x, int r)
 	return (x << r) | (x >> (64 - r));
 }
 
-static __always_inline __u64 mix(__u64 state, __u64 word)
+struct sip {
+	__u64 v0, v1, v2, v3;
+};
+
+static __always_inline void sip_round(struct sip *s)
 {
-	return rotl(state ^ (word * 0x9e3779b97f4a7c15ULL), 27) * 0xc2b2ae3d27d4eb4fULL;
+	s->v0 += s->v1;
+	s->v1 = rotl(s->v1, 13);
+	s->v1 ^= s->v0;
+	s->v0 = rotl(s->v0, 32);
+	s->v2 += s->v3;
+	s->v3 = rotl(s->v3, 16);
+	s->v3 ^= s->v2;
+	s->v0 += s->v3;
+	s->v3 = rotl(s->v3, 21);
+	s->v3 ^= s->v0;
+	s->v2 += s->v1;
+	s->v1 = rotl(s->v1, 17);
+	s->v1 ^= s->v2;
+	s->v2 = rotl(s->v2, 32);
 }
 
-// fastedge_wire::packet::flow_hash.
-static __always_inline __u64 flow_hash(struct fast_key *key, __u32 mode)
+// One message word, one compression round (SipHash-1-3).
+static __always_inline void sip_word(struct sip *s, __u64 m)
 {
+	s->v3 ^= m;
+	sip_round(s);
+	s->v0 ^= m;
+}
+
+// fastedge_wire::packet::flow_hash: the endpoints in order, then SipHash-1-3 of five 64-bit
+// words (a 40-byte message) under the key.
+static __always_inline __u64 flow_hash(struct fast_key *key, struct fast_config *cfg)
+{
+	__u32 mode = cfg->hash_mode;
 	__u16 sport = 0, dport = 0;
 	__u8 protocol = key->protocol;
-	__u64 a0, a1, b0, b1, state, h;
+	__u64 a0, a1, b0, b1, last, tail = (__u64)40 << 56;
+	struct sip s;
 	int a_low;
 
 	if (key->fragment)
@@ -229,26 +259,30 @@ static __always_inline __u64 flow_hash(struct fast_key *key, __u32 mode)
 	b1 = load_be64(key->dst + 8);
 	// (address, port) pairs in order: the smaller first.
 	a_low = a0 < b0 || (a0 == b0 && (a1 < b1 || (a1 == b1 && sport <= dport)));
-	state = 0x6661737465646765ULL ^ (__u64)protocol;
+	s.v0 = cfg->k0 ^ 0x736f6d6570736575ULL;
+	s.v1 = cfg->k1 ^ 0x646f72616e646f6dULL;
+	s.v2 = cfg->k0 ^ 0x6c7967656e657261ULL;
+	s.v3 = cfg->k1 ^ 0x7465646279746573ULL;
 	if (a_low) {
-		state = mix(state, a0);
-		state = mix(state, a1);
-		state = mix(state, b0);
-		state = mix(state, b1);
-		state = mix(state, ((__u64)sport << 16) | dport);
+		sip_word(&s, a0);
+		sip_word(&s, a1);
+		sip_word(&s, b0);
+		sip_word(&s, b1);
+		last = ((__u64)protocol << 32) | ((__u64)sport << 16) | dport;
 	} else {
-		state = mix(state, b0);
-		state = mix(state, b1);
-		state = mix(state, a0);
-		state = mix(state, a1);
-		state = mix(state, ((__u64)dport << 16) | sport);
+		sip_word(&s, b0);
+		sip_word(&s, b1);
+		sip_word(&s, a0);
+		sip_word(&s, a1);
+		last = ((__u64)protocol << 32) | ((__u64)dport << 16) | sport;
 	}
-	h = state;
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdULL;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ULL;
-	return h ^ (h >> 33);
+	sip_word(&s, last);
+	sip_word(&s, tail);
+	s.v2 ^= 0xff;
+	sip_round(&s);
+	sip_round(&s);
+	sip_round(&s);
+	return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
 }
 
 // fastedge_wire::packet::way_of: the high 64 bits of hash × ways, without 128-bit arithmetic.
@@ -324,7 +358,7 @@ int split_fast(struct xdp_md *ctx)
 		bump(FAST_NON_IP);
 		return to_output(cfg->non_ip);
 	}
-	hash = flow_hash(&key, cfg->hash_mode);
+	hash = flow_hash(&key, cfg);
 	last = bpf_map_lookup_elem(&last_hash, &zero);
 	if (last)
 		*last = hash;
