@@ -71,6 +71,11 @@ pub fn echo_backend_on(addr: SocketAddr) -> (SocketAddr, Recorded) {
     (addr, echo_on(move || listener.accept().map(|(s, _)| s)))
 }
 
+/// [`echo_backend`] on a listener the test set up itself.
+pub fn echo_backend_from(listener: TcpListener) -> Recorded {
+    echo_on(move || listener.accept().map(|(s, _)| s))
+}
+
 /// [`echo_backend`] on a UNIX stream socket at `path`.
 pub fn echo_backend_unix(path: &std::path::Path) -> Recorded {
     let listener = std::os::unix::net::UnixListener::bind(path).expect("bind UNIX backend");
@@ -161,4 +166,71 @@ pub fn free_port() -> u16 {
 pub fn dead_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// A TLS 1.3 ClientHello handshake message (TLS 1.2 offered too) for SNI `server_name`,
+/// written by hand so a test can send it in pieces, follow it with garbage or make it as large
+/// as it likes: `padding` bytes go into a padding extension (RFC 7685).
+pub fn client_hello(server_name: &str, padding: usize) -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(body.len())
+                .expect("extension size")
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(body);
+    }
+    let mut extensions = Vec::new();
+    let name = server_name.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&u16::try_from(name.len() + 3).expect("name").to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&u16::try_from(name.len()).expect("name").to_be_bytes());
+    sni.extend_from_slice(name);
+    extension(&mut extensions, 0x0000, &sni);
+    // supported_groups: x25519, secp256r1.
+    extension(&mut extensions, 0x000a, &[0, 4, 0x00, 0x1d, 0x00, 0x17]);
+    // ec_point_formats: uncompressed.
+    extension(&mut extensions, 0x000b, &[1, 0]);
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256.
+    extension(&mut extensions, 0x000d, &[0, 6, 4, 3, 8, 4, 4, 1]);
+    // supported_versions: TLS 1.3, TLS 1.2.
+    extension(&mut extensions, 0x002b, &[4, 3, 4, 3, 3]);
+    // key_share: one x25519 share (the base point: a valid public value).
+    let mut share = vec![0, 36, 0x00, 0x1d, 0, 32, 9];
+    share.extend_from_slice(&[0; 31]);
+    extension(&mut extensions, 0x0033, &share);
+    if padding > 0 {
+        extension(&mut extensions, 0x0015, &vec![0; padding]);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    // Cipher suites: the TLS 1.3 AEADs, ECDHE-ECDSA/RSA-AES128-GCM.
+    body.extend_from_slice(&[
+        0, 10, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f,
+    ]);
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(
+        &u16::try_from(extensions.len())
+            .expect("extensions")
+            .to_be_bytes(),
+    );
+    body.extend_from_slice(&extensions);
+    let mut message = vec![1];
+    message.extend_from_slice(&u32::try_from(body.len()).expect("size").to_be_bytes()[1..]);
+    message.extend_from_slice(&body);
+    message
+}
+
+/// `message` framed as TLS handshake records of at most 16 KiB each.
+pub fn handshake_records(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in message.chunks(16 * 1024) {
+        out.extend_from_slice(&[0x16, 3, 1]);
+        out.extend_from_slice(&u16::try_from(chunk.len()).expect("record").to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
 }

@@ -7,13 +7,13 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use fastedge_tests::{
-    peers::{dead_port, echo_backend, read_response, tls_connect},
+    peers::{client_hello, dead_port, echo_backend, handshake_records, read_response, tls_connect},
     process::{fastedge_bin, Fastedge},
     require_tool, TempDir,
 };
@@ -919,4 +919,76 @@ fn half_close_keeps_the_answer_coming() {
     tls.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
     let (_, body) = read_response(&mut tls);
     assert!(body.starts_with(b"GET /half "));
+}
+
+/// A listener on `addr` whose accept queue is full, so further connects to it hang (the kernel
+/// drops their SYNs) until the queue is drained: a backend that is down without refusing.
+/// Returns the listener and the connection that fills the queue.
+fn hanging_backend(addr: SocketAddr) -> (TcpListener, TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let filler = TcpStream::connect(addr).unwrap();
+    // The queue is full once a second connect no longer completes.
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    assert!(
+        probe
+            .connect_timeout(&addr.into(), Duration::from_millis(300))
+            .is_err(),
+        "the backlog of {addr} is full"
+    );
+    (listener, filler)
+}
+
+#[test]
+fn a_probe_cancelled_by_a_failed_handshake_does_not_keep_the_backend_dead() {
+    let state = TempDir::new("cancelled-probe");
+    let first = dead_port();
+    let second = dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{}\"\n[balance]\nmode = \"on-fail\"\nretry_interval = \"10ms\"\nmax_retries = 1\n\
+             death_timeout = \"0s\"\nrevive_interval = \"200ms\"\nconnect_timeout = \"3s\"\n\
+             [[backend]]\naddress = \"{first}\"\n[[backend]]\naddress = \"{second}\"\n",
+            first_cpu()
+        ),
+    );
+    // Both backends refuse: both are marked dead.
+    assert!(!curl(&[&format!("https://{addr}/")]).status.success());
+    server.wait_for_logged("connection closed", Duration::from_secs(5));
+    assert_eq!(server.log_text().matches("backend marked dead").count(), 2);
+    // The first backend stops refusing but does not answer either: a probe to it hangs.
+    let (listener, filler) = hanging_backend(first);
+    std::thread::sleep(Duration::from_millis(300));
+    // A client sends its ClientHello while the probe is due (the probe goes out), then garbage:
+    // its handshake fails while the probe is still connecting.
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage
+        .write_all(&handshake_records(&client_hello("localhost", 0)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    garbage.write_all(&[0x17; 64]).unwrap();
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    drop(garbage);
+    // The first backend comes back up.
+    drop(filler);
+    let recorded = fastedge_tests::peers::echo_backend_from(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let out = curl(&[&format!("https://{addr}/")]);
+    assert!(
+        out.status.success(),
+        "the core probes the backend again: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.starts_with(b"GET / HTTP/1.1")));
 }

@@ -517,28 +517,57 @@ fn subject_dn(cert: &X509) -> Option<String> {
         .filter(|dn| !dn.is_empty())
 }
 
-/// A backend chosen by the balancer for one connection; tells the balancer when it ends.
+/// A backend chosen by the balancer for one connection; tells the balancer how the pick ended,
+/// on every path: dropped while connecting (the connect task was cancelled) it is abandoned, so
+/// a probe it carried does not stay in flight for good.
 struct Lease {
     balancer: Rc<RefCell<Balancer>>,
     /// Index in the group's balancer.
     slot: usize,
     /// Index in `Frontend::backends`.
     index: usize,
-    settled: bool,
+    state: LeaseState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    Connecting,
+    Connected,
+    /// The balancer was told already (a failed connect).
+    Settled,
 }
 
 impl Lease {
+    /// Picked `slot` (index `index` in `Frontend::backends`) of `balancer`; connecting.
+    fn new(balancer: &Rc<RefCell<Balancer>>, slot: usize, index: usize) -> Self {
+        Self {
+            balancer: balancer.clone(),
+            slot,
+            index,
+            state: LeaseState::Connecting,
+        }
+    }
+
+    /// The connect succeeded: the balancer learns it; the lease now ends with a close.
+    fn connected(&mut self) -> Option<HealthChange> {
+        self.state = LeaseState::Connected;
+        self.balancer.borrow_mut().connected(self.slot)
+    }
+
     /// The connect failed at `now`: the balancer learns it (instead of a close).
     fn failed(mut self, now: Instant) -> Option<HealthChange> {
-        self.settled = true;
+        self.state = LeaseState::Settled;
         self.balancer.borrow_mut().connect_failed(self.slot, now)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.settled {
-            self.balancer.borrow_mut().closed(self.slot);
+        let mut balancer = self.balancer.borrow_mut();
+        match self.state {
+            LeaseState::Connecting => balancer.abandoned(self.slot),
+            LeaseState::Connected => balancer.closed(self.slot),
+            LeaseState::Settled => {}
         }
     }
 }
@@ -694,12 +723,7 @@ async fn connect_backend(
                 },
             });
         };
-        let lease = Lease {
-            balancer: balancer.clone(),
-            slot,
-            index: base + slot,
-            settled: false,
-        };
+        let mut lease = Lease::new(balancer, slot, base + slot);
         let spec = &frontend.backends[base + slot];
         let failure = match fastedge_runtime::timeout(
             settings.connect_timeout,
@@ -708,7 +732,7 @@ async fn connect_backend(
         .await
         {
             Ok(Ok(stream)) => {
-                let change = balancer.borrow_mut().connected(slot);
+                let change = lease.connected();
                 log_health(&frontend, &core.metrics, base, change);
                 return Ok((stream, lease));
             }

@@ -1,7 +1,8 @@
 //! Choosing a backend, and passive health: a sans-IO state machine over connect outcomes.
 //!
 //! Inputs: [`Balancer::pick`] (which backend for a new connection), [`Balancer::connected`],
-//! [`Balancer::connect_failed`] and [`Balancer::closed`]; the current time is an argument of
+//! [`Balancer::connect_failed`], [`Balancer::abandoned`] (a connect cancelled before it ended)
+//! and [`Balancer::closed`]; every pick ends in exactly one of the last four; the current time is an argument of
 //! each, so the logic is deterministic under test. Health follows bud's availability model: a
 //! backend whose connects have kept failing for `death_timeout` is dead; after
 //! `revive_interval` one connection is let through to probe it, and a success revives it.
@@ -192,6 +193,22 @@ impl Balancer {
         change
     }
 
+    /// A pick of `backend` ended before its connect did (the client went away and the connect
+    /// was cancelled): it no longer counts as open, and a probe it was is over without a
+    /// verdict, so the next due pick probes again. Without this a cancelled probe would leave
+    /// the backend `probing` (and so skipped) for good.
+    pub fn abandoned(&mut self, backend: usize) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            b.active = b.active.saturating_sub(1);
+            if let Health::Dead { since, .. } = b.health {
+                b.health = Health::Dead {
+                    since,
+                    probing: false,
+                };
+            }
+        }
+    }
+
     /// A connection to `backend` (that had connected) closed.
     pub fn closed(&mut self, backend: usize) {
         if let Some(b) = self.backends.get_mut(backend) {
@@ -295,6 +312,47 @@ mod tests {
         assert_eq!(b.pick(t0, &[]), Some(1));
         assert_eq!(b.probe_succeeded(0), Some(HealthChange::Revived(0)));
         assert_eq!(b.pick(t0, &[]), Some(0));
+    }
+
+    #[test]
+    fn a_cancelled_probe_lets_the_next_one_through() {
+        let t0 = Instant::now();
+        let zero = HealthSettings {
+            death_timeout: Duration::ZERO,
+            revive_interval: Duration::from_millis(100),
+        };
+        let mut b = Balancer::new(BalanceMode::OnFail, zero, 2);
+        assert_eq!(b.pick(t0, &[]), Some(0));
+        assert_eq!(b.connect_failed(0, t0), Some(HealthChange::Died(0)));
+        // Due: the probe goes out, and while it is in flight backend 0 is skipped.
+        let due = ms(t0, 100);
+        assert_eq!(b.pick(due, &[]), Some(0));
+        assert_eq!(
+            b.health(0),
+            Some(Health::Dead {
+                since: t0,
+                probing: true
+            })
+        );
+        assert_eq!(b.pick(due, &[]), Some(1));
+        // The client leaves before the probe's connect ends: no verdict, but no longer probing.
+        b.abandoned(0);
+        assert_eq!(b.active(0), 0);
+        assert_eq!(
+            b.health(0),
+            Some(Health::Dead {
+                since: t0,
+                probing: false
+            })
+        );
+        assert_eq!(b.pick(due, &[]), Some(0), "the next pick probes again");
+        assert_eq!(b.connected(0), Some(HealthChange::Revived(0)));
+        b.closed(0);
+        // Abandoning a pick of a live backend only gives its count back.
+        assert_eq!(b.pick(due, &[]), Some(0));
+        b.abandoned(0);
+        assert_eq!(b.health(0), Some(Health::Alive));
+        assert_eq!(b.active(0), 0);
     }
 
     #[test]
