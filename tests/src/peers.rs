@@ -32,15 +32,23 @@ pub fn tls_connect(addr: SocketAddr, server_name: &str, alpn: &[u8]) -> SslStrea
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
 pub fn read_response<R: Read>(stream: &mut R) -> (String, Vec<u8>) {
+    try_read_response(stream).expect("reading a response")
+}
+
+/// [`read_response`] that reports a failure instead of panicking.
+pub fn try_read_response<R: Read>(stream: &mut R) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("reading response head");
-        assert!(
-            n > 0,
-            "connection closed inside a response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a response head: {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+            ));
+        }
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
@@ -48,10 +56,94 @@ pub fn read_response<R: Read>(stream: &mut R) -> (String, Vec<u8>) {
         .lines()
         .find_map(|l| l.strip_prefix("Content-Length: "))
         .and_then(|v| v.trim().parse().ok())
-        .expect("Content-Length in response");
+        .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {head:?}")))?;
     let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("reading response body");
-    (head, body)
+    stream.read_exact(&mut body)?;
+    Ok((head, body))
+}
+
+/// An [`echo_backend`] that can be killed (listener closed, every open connection shut) and
+/// started again on the same address, as a backend process that restarts.
+#[derive(Debug)]
+pub struct RestartableBackend {
+    addr: SocketAddr,
+    running: Option<RunningBackend>,
+}
+
+#[derive(Debug)]
+struct RunningBackend {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: thread::JoinHandle<()>,
+}
+
+impl RestartableBackend {
+    /// Starts on a free loopback port.
+    pub fn start() -> Self {
+        let mut backend = Self {
+            addr: dead_port(),
+            running: None,
+        };
+        backend.restart();
+        backend
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener (connects are refused) and shuts every open connection.
+    pub fn kill(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        running.acceptor.join().expect("acceptor thread");
+        for stream in running.connections.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Listens again on the same address (after [`Self::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listener = TcpListener::bind(self.addr).expect("bind the backend again");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let acceptor = {
+            let (stop, connections) = (stop.clone(), connections.clone());
+            thread::spawn(move || {
+                let sink = Recorded::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).expect("blocking");
+                            if let Ok(clone) = stream.try_clone() {
+                                connections.lock().expect("lock").push(clone);
+                            }
+                            let sink = sink.clone();
+                            thread::spawn(move || serve_echo(stream, &sink));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        self.running = Some(RunningBackend {
+            stop,
+            connections,
+            acceptor,
+        });
+    }
+}
+
+impl Drop for RestartableBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// What a recording backend saw on one connection.

@@ -992,3 +992,96 @@ fn a_probe_cancelled_by_a_failed_handshake_does_not_keep_the_backend_dead() {
         .iter()
         .any(|c| c.starts_with(b"GET / HTTP/1.1")));
 }
+
+/// One keep-alive session: a TLS connection with three requests, each answered in full.
+fn keep_alive_session(
+    addr: SocketAddr,
+    connector: &fastedge_tls::boring::ssl::SslConnector,
+) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut config = connector.configure().map_err(|e| e.to_string())?;
+    config.set_verify_hostname(false);
+    let mut tls = config
+        .connect("localhost", tcp)
+        .map_err(|e| e.to_string())?;
+    for i in 0..3 {
+        let request = format!("GET /{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let (head, body) =
+            fastedge_tests::peers::try_read_response(&mut tls).map_err(|e| e.to_string())?;
+        if !head.starts_with("HTTP/1.1 200 ")
+            || !body.starts_with(request.lines().next().unwrap_or("-").as_bytes())
+        {
+            return Err(format!("unexpected answer {head:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn clients_ride_out_restarts_of_the_only_backend() {
+    const CLIENTS: usize = 8;
+    const KILLS: usize = 3;
+    let state = TempDir::new("backend-restarts");
+    let mut backend = fastedge_tests::peers::RestartableBackend::start();
+    // A short death_timeout, as one who wants fast failover sets it: the restarts mark the
+    // backend dead on the cores.
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[balance]\ndeath_timeout = \"200ms\"\n[[backend]]\naddress = \"{}\"\n",
+            backend.addr()
+        ),
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+                let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+                builder.set_verify(SslVerifyMode::NONE);
+                let connector = builder.build();
+                let (mut sessions, mut failed) = (0u32, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    sessions += 1;
+                    if let Err(e) = keep_alive_session(addr, &connector) {
+                        failed.push(e);
+                    }
+                }
+                (sessions, failed)
+            })
+        })
+        .collect();
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(1500));
+        backend.kill();
+        std::thread::sleep(Duration::from_millis(800));
+        backend.restart();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sessions, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (s, f) = client.join().unwrap();
+        sessions += s;
+        failed.extend(f);
+    }
+    // Sessions open when the backend dies fail (as behind haproxy): about one per client and
+    // kill. The clients that come while it is down wait for it within their connect budget.
+    let unavailable = server.log_text().matches("no live backend").count();
+    eprintln!(
+        "{} of {sessions} sessions failed, {unavailable} refused as no live backend",
+        failed.len()
+    );
+    assert!(
+        failed.len() <= CLIENTS * (KILLS + 1) && failed.len() * 10 <= sessions as usize,
+        "{} of {sessions} sessions failed ({unavailable} refused as no live backend); first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(sessions > 100, "{sessions} sessions");
+}

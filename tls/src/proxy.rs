@@ -76,6 +76,8 @@ fn return_buffer(buf: Box<[u8]>) {
         }
     });
 }
+/// The shortest wait before a client picks again while every backend is being probed.
+const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
 /// How long a client gets to take our close_notify after a backend failure.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -688,7 +690,9 @@ pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
     }
 }
 
-/// Connects to a backend of `group`, retrying over its backends as the balancer picks them.
+/// Connects to a backend of `group`, retrying over its backends as the balancer picks them;
+/// while every backend is dead and being probed, waits for a verdict within `connect_timeout`
+/// (counted from the start) rather than failing the client at once.
 async fn connect_backend(
     frontend: Arc<Frontend>,
     core: CoreBackends,
@@ -700,10 +704,14 @@ async fn connect_backend(
     let mut tried = Vec::new();
     let mut last = None;
     let attempts = settings.max_retries.saturating_add(1);
-    for attempt in 0..attempts {
-        if attempt > 0 && !settings.retry_interval.is_zero() {
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut after_failure = false;
+    while attempt < attempts {
+        if after_failure && !settings.retry_interval.is_zero() {
             fastedge_runtime::sleep(settings.retry_interval).await;
         }
+        after_failure = true;
         let now = Instant::now();
         let picked = {
             let mut balancer = balancer.borrow_mut();
@@ -714,6 +722,18 @@ async fn connect_backend(
             })
         };
         let Some(slot) = picked else {
+            // Every backend is dead and being probed: wait for a probe's verdict (a success
+            // revives the backend for us too) while the connect budget lasts, instead of
+            // failing the client at once.
+            let wait = settings.retry_interval.max(MIN_PROBE_WAIT);
+            let budget_left = settings
+                .connect_timeout
+                .saturating_sub(now.saturating_duration_since(started));
+            if !frontend.groups[group].is_empty() && wait < budget_left {
+                fastedge_runtime::sleep(wait).await;
+                after_failure = false;
+                continue;
+            }
             return Err(match last {
                 None => CloseReason::NoLiveBackend,
                 Some((backend, failure)) => CloseReason::BackendsFailed {
@@ -747,6 +767,7 @@ async fn connect_backend(
         log_health(&frontend, &core.metrics, base, lease.failed(Instant::now()));
         tried.push(slot);
         last = Some((spec.name.clone(), failure));
+        attempt += 1;
     }
     let (backend, failure) = last.unwrap_or_else(|| ("-".into(), "no attempt made".into()));
     Err(CloseReason::BackendsFailed {
