@@ -1085,3 +1085,34 @@ fn clients_ride_out_restarts_of_the_only_backend() {
     );
     assert!(sessions > 100, "{sessions} sessions");
 }
+
+#[test]
+fn bare_connects_open_no_backend_connection() {
+    let state = TempDir::new("bare-connects");
+    let (backend, accepted) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!("[frontend]\nhandshake_timeout = \"2s\"\n[[backend]]\naddress = \"{backend}\"\n"),
+    );
+    let bare: Vec<_> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A client that sends only part of its ClientHello has not said hello yet either.
+    let mut partial = TcpStream::connect(addr).unwrap();
+    let hello = handshake_records(&client_hello("localhost", 0));
+    partial.write_all(&hello[..20]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        0,
+        "backend connections opened for clients that sent no ClientHello"
+    );
+    // A ClientHello does start one, while the handshake still waits for the client.
+    partial.write_all(&hello[20..]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while accepted.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    drop(bare);
+    drop(partial);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+}

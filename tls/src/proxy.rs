@@ -1,8 +1,9 @@
 //! The proxy connection driver: TLS client in front, plain TCP backend behind.
 //!
-//! The backend connect starts when the connection is accepted, in parallel with the TLS
-//! handshake (cut-through), so the backend's connect latency hides behind the handshake's round
-//! trips; client bytes are not read until the backend is connected, so nothing the client sends
+//! The backend connect starts as soon as the ClientHello has been processed, in parallel with
+//! the rest of the TLS handshake (cut-through), so the backend's connect latency hides behind
+//! the handshake's round trips, while a bare TCP connect that never says hello costs no
+//! backend connection; client bytes are not read until the backend is connected, so nothing the client sends
 //! meanwhile is lost (it waits in the socket). Failed connects are retried over the backends
 //! as the balancer decides. Then the backend learns about the client (PROXY v1/v2, bud's JSON
 //! line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves bytes both ways, and
@@ -336,11 +337,11 @@ async fn run(
         Ok(ssl) => ssl,
         Err(error) => return CloseReason::Handshake(error),
     };
-    // Cut-through: the backend connect runs as its own task while the handshake goes on. With
-    // one backend group it starts at once; with SNI contexts that have backends of their own,
-    // as soon as the ClientHello has chosen the context.
-    let mut connecting = (frontend.groups.len() == 1)
-        .then(|| fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), 0)));
+    // Cut-through: the backend connect runs as its own task while the handshake goes on, from
+    // when the ClientHello has been processed (it chose the context, and so the backend
+    // group): not at accept, so that connects which never send a ClientHello cost no backend
+    // connection each.
+    let mut connecting = None;
     let timeout = frontend.settings.handshake_timeout;
     // Whether a client certificate is asked for when no SNI selection ran (the context's own
     // setting): read now, since the connection's configuration is freed after the handshake.
