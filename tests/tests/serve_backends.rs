@@ -1116,3 +1116,41 @@ fn bare_connects_open_no_backend_connection() {
     drop(partial);
     server.wait_for_line("connection closed", Duration::from_secs(5));
 }
+
+#[test]
+fn an_oversized_client_hello_gets_the_alert_not_a_reset() {
+    let state = TempDir::new("oversized-hello");
+    let (backend, _) = echo_backend();
+    let (server, addr) = serve(&state, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+    // A ClientHello over BoringSSL's 16 KiB limit, in two records.
+    let hello = handshake_records(&client_hello("localhost", 24 * 1024));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The first record and part of the second at once: more than the server reads before it
+    // gives up on the hello ...
+    client.write_all(&hello[..20 * 1024]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ... and the rest a little later, as a client on a slow link sends it.
+    let rest = client.write_all(&hello[20 * 1024..]);
+    let mut received = Vec::new();
+    let end = client.read_to_end(&mut received);
+    assert!(
+        rest.is_ok() && end.is_ok(),
+        "the client's write ({rest:?}) and read ({end:?}) end without a reset; received {received:?}"
+    );
+    // One fatal alert record, then the orderly end of the stream.
+    assert_eq!(received.len(), 7, "{received:?}");
+    assert_eq!(
+        &received[..2],
+        &[0x15, 0x03],
+        "an alert record: {received:?}"
+    );
+    assert_eq!(
+        &received[3..],
+        &[0, 2, 2, 47],
+        "a fatal illegal_parameter alert: {received:?}"
+    );
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+}

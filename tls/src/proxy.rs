@@ -77,6 +77,10 @@ fn return_buffer(buf: Box<[u8]>) {
         }
     });
 }
+/// How long a connection we close keeps reading what the client still sends (see [`linger`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much a lingering connection reads at most before it closes anyway.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// The shortest wait before a client picks again while every backend is being probed.
 const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
 /// How long a client gets to take our close_notify after a backend failure.
@@ -287,7 +291,7 @@ impl CloseReason {
 
 /// Serves one accepted client connection and logs one line when it ends.
 pub async fn serve_connection(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: Arc<Frontend>,
@@ -296,7 +300,7 @@ pub async fn serve_connection(
     let started = Instant::now();
     let mut log = ConnectionLog::default();
     core.metrics.connection_opened();
-    let reason = run(client, peer, local, &frontend, &core, &mut log).await;
+    let reason = run(&mut client, peer, local, &frontend, &core, &mut log).await;
     core.metrics
         .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
@@ -311,6 +315,32 @@ pub async fn serve_connection(
         %reason,
         "connection closed"
     );
+    linger(&mut client).await;
+}
+
+/// Ends our side of a client connection the way nginx's lingering close does: what we queued
+/// last (an alert, close_notify) goes out, then a FIN; what the client still sends is read and
+/// dropped for a short bounded time, and only then is the socket closed. Closing a socket with
+/// unread input makes the kernel answer with a reset, which can overtake the alert or fail the
+/// client's next write (broken pipe), so the client never learns why it was closed.
+async fn linger(client: &mut TcpStream) {
+    use futures_lite::AsyncReadExt;
+    // An error here means the client is gone already (reset): nothing left to drain.
+    if client.close().await.is_err() {
+        return;
+    }
+    let mut buf = borrow_buffer();
+    let drain = async {
+        let mut left = LINGER_MAX_BYTES;
+        while left > 0 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = fastedge_runtime::timeout(LINGER_TIMEOUT, drain).await;
+    return_buffer(buf);
 }
 
 /// What the close log line tells about a connection.
@@ -326,7 +356,7 @@ struct ConnectionLog {
 }
 
 async fn run(
-    client: TcpStream,
+    client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: &Arc<Frontend>,
