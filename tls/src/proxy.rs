@@ -3,11 +3,12 @@
 //! The backend connect starts as soon as the ClientHello has been processed, in parallel with
 //! the rest of the TLS handshake (cut-through), so the backend's connect latency hides behind
 //! the handshake's round trips, while a bare TCP connect that never says hello costs no
-//! backend connection; client bytes are not read until the backend is connected, so nothing the client sends
-//! meanwhile is lost (it waits in the socket). Failed connects are retried over the backends
-//! as the balancer decides. Then the backend learns about the client (PROXY v1/v2, bud's JSON
-//! line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves bytes both ways, and
-//! the connection ends with one log line that says why it closed.
+//! backend connection; client bytes are not read until the backend is connected, so nothing
+//! the client sends meanwhile is lost (it waits in the socket). Failed connects are retried
+//! over the backends as the balancer decides. Then the backend learns about the client (PROXY
+//! v1/v2, bud's JSON line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves
+//! bytes both ways, and the connection ends with one log line that says why it closed, and a
+//! lingering close.
 
 use std::{
     cell::{Cell, RefCell},
@@ -77,6 +78,7 @@ fn return_buffer(buf: Box<[u8]>) {
         }
     });
 }
+
 /// How long a connection we close keeps reading what the client still sends (see [`linger`]).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much a lingering connection reads at most before it closes anyway.
