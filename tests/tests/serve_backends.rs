@@ -1153,4 +1153,22 @@ fn an_oversized_client_hello_gets_the_alert_not_a_reset() {
         "a fatal illegal_parameter alert: {received:?}"
     );
     server.wait_for_line("connection closed", Duration::from_secs(5));
+    // A real client whose ClientHello is too large (a 20 KiB ALPN list) learns why too.
+    require_tool("openssl", "openssl");
+    let alpn: Vec<String> = (0..100)
+        .map(|i| format!("p{i:03}{}", "x".repeat(200)))
+        .collect();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-alpn",
+            &alpn.join(","),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("SSL alert number 47"), "{said}");
 }
