@@ -32,15 +32,23 @@ pub fn tls_connect(addr: SocketAddr, server_name: &str, alpn: &[u8]) -> SslStrea
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
 pub fn read_response<R: Read>(stream: &mut R) -> (String, Vec<u8>) {
+    try_read_response(stream).expect("reading a response")
+}
+
+/// [`read_response`] that reports a failure instead of panicking.
+pub fn try_read_response<R: Read>(stream: &mut R) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("reading response head");
-        assert!(
-            n > 0,
-            "connection closed inside a response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a response head: {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+            ));
+        }
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
@@ -48,10 +56,94 @@ pub fn read_response<R: Read>(stream: &mut R) -> (String, Vec<u8>) {
         .lines()
         .find_map(|l| l.strip_prefix("Content-Length: "))
         .and_then(|v| v.trim().parse().ok())
-        .expect("Content-Length in response");
+        .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {head:?}")))?;
     let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("reading response body");
-    (head, body)
+    stream.read_exact(&mut body)?;
+    Ok((head, body))
+}
+
+/// An [`echo_backend`] that can be killed (listener closed, every open connection shut) and
+/// started again on the same address, as a backend process that restarts.
+#[derive(Debug)]
+pub struct RestartableBackend {
+    addr: SocketAddr,
+    running: Option<RunningBackend>,
+}
+
+#[derive(Debug)]
+struct RunningBackend {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: thread::JoinHandle<()>,
+}
+
+impl RestartableBackend {
+    /// Starts on a free loopback port.
+    pub fn start() -> Self {
+        let mut backend = Self {
+            addr: dead_port(),
+            running: None,
+        };
+        backend.restart();
+        backend
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener (connects are refused) and shuts every open connection.
+    pub fn kill(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        running.acceptor.join().expect("acceptor thread");
+        for stream in running.connections.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Listens again on the same address (after [`Self::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listener = TcpListener::bind(self.addr).expect("bind the backend again");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let acceptor = {
+            let (stop, connections) = (stop.clone(), connections.clone());
+            thread::spawn(move || {
+                let sink = Recorded::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).expect("blocking");
+                            if let Ok(clone) = stream.try_clone() {
+                                connections.lock().expect("lock").push(clone);
+                            }
+                            let sink = sink.clone();
+                            thread::spawn(move || serve_echo(stream, &sink));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        self.running = Some(RunningBackend {
+            stop,
+            connections,
+            acceptor,
+        });
+    }
+}
+
+impl Drop for RestartableBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// What a recording backend saw on one connection.
@@ -69,6 +161,11 @@ pub fn echo_backend_on(addr: SocketAddr) -> (SocketAddr, Recorded) {
     let listener = TcpListener::bind(addr).expect("bind backend");
     let addr = listener.local_addr().expect("addr");
     (addr, echo_on(move || listener.accept().map(|(s, _)| s)))
+}
+
+/// [`echo_backend`] on a listener the test set up itself.
+pub fn echo_backend_from(listener: TcpListener) -> Recorded {
+    echo_on(move || listener.accept().map(|(s, _)| s))
 }
 
 /// [`echo_backend`] on a UNIX stream socket at `path`.
@@ -161,4 +258,71 @@ pub fn free_port() -> u16 {
 pub fn dead_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// A TLS 1.3 ClientHello handshake message (TLS 1.2 offered too) for SNI `server_name`,
+/// written by hand so a test can send it in pieces, follow it with garbage or make it as large
+/// as it likes: `padding` bytes go into a padding extension (RFC 7685).
+pub fn client_hello(server_name: &str, padding: usize) -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(body.len())
+                .expect("extension size")
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(body);
+    }
+    let mut extensions = Vec::new();
+    let name = server_name.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&u16::try_from(name.len() + 3).expect("name").to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&u16::try_from(name.len()).expect("name").to_be_bytes());
+    sni.extend_from_slice(name);
+    extension(&mut extensions, 0x0000, &sni);
+    // supported_groups: x25519, secp256r1.
+    extension(&mut extensions, 0x000a, &[0, 4, 0x00, 0x1d, 0x00, 0x17]);
+    // ec_point_formats: uncompressed.
+    extension(&mut extensions, 0x000b, &[1, 0]);
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256.
+    extension(&mut extensions, 0x000d, &[0, 6, 4, 3, 8, 4, 4, 1]);
+    // supported_versions: TLS 1.3, TLS 1.2.
+    extension(&mut extensions, 0x002b, &[4, 3, 4, 3, 3]);
+    // key_share: one x25519 share (the base point: a valid public value).
+    let mut share = vec![0, 36, 0x00, 0x1d, 0, 32, 9];
+    share.extend_from_slice(&[0; 31]);
+    extension(&mut extensions, 0x0033, &share);
+    if padding > 0 {
+        extension(&mut extensions, 0x0015, &vec![0; padding]);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    // Cipher suites: the TLS 1.3 AEADs, ECDHE-ECDSA/RSA-AES128-GCM.
+    body.extend_from_slice(&[
+        0, 10, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f,
+    ]);
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(
+        &u16::try_from(extensions.len())
+            .expect("extensions")
+            .to_be_bytes(),
+    );
+    body.extend_from_slice(&extensions);
+    let mut message = vec![1];
+    message.extend_from_slice(&u32::try_from(body.len()).expect("size").to_be_bytes()[1..]);
+    message.extend_from_slice(&body);
+    message
+}
+
+/// `message` framed as TLS handshake records of at most 16 KiB each.
+pub fn handshake_records(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in message.chunks(16 * 1024) {
+        out.extend_from_slice(&[0x16, 3, 1]);
+        out.extend_from_slice(&u16::try_from(chunk.len()).expect("record").to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
 }

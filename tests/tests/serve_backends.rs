@@ -7,13 +7,13 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use fastedge_tests::{
-    peers::{dead_port, echo_backend, read_response, tls_connect},
+    peers::{client_hello, dead_port, echo_backend, handshake_records, read_response, tls_connect},
     process::{fastedge_bin, Fastedge},
     require_tool, TempDir,
 };
@@ -919,4 +919,256 @@ fn half_close_keeps_the_answer_coming() {
     tls.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
     let (_, body) = read_response(&mut tls);
     assert!(body.starts_with(b"GET /half "));
+}
+
+/// A listener on `addr` whose accept queue is full, so further connects to it hang (the kernel
+/// drops their SYNs) until the queue is drained: a backend that is down without refusing.
+/// Returns the listener and the connection that fills the queue.
+fn hanging_backend(addr: SocketAddr) -> (TcpListener, TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let filler = TcpStream::connect(addr).unwrap();
+    // The queue is full once a second connect no longer completes.
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    assert!(
+        probe
+            .connect_timeout(&addr.into(), Duration::from_millis(300))
+            .is_err(),
+        "the backlog of {addr} is full"
+    );
+    (listener, filler)
+}
+
+#[test]
+fn a_probe_cancelled_by_a_failed_handshake_does_not_keep_the_backend_dead() {
+    let state = TempDir::new("cancelled-probe");
+    let first = dead_port();
+    let second = dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{}\"\n[balance]\nmode = \"on-fail\"\nretry_interval = \"10ms\"\nmax_retries = 1\n\
+             death_timeout = \"0s\"\nrevive_interval = \"200ms\"\nconnect_timeout = \"3s\"\n\
+             [[backend]]\naddress = \"{first}\"\n[[backend]]\naddress = \"{second}\"\n",
+            first_cpu()
+        ),
+    );
+    // Both backends refuse: both are marked dead.
+    assert!(!curl(&[&format!("https://{addr}/")]).status.success());
+    server.wait_for_logged("connection closed", Duration::from_secs(5));
+    assert_eq!(server.log_text().matches("backend marked dead").count(), 2);
+    // The first backend stops refusing but does not answer either: a probe to it hangs.
+    let (listener, filler) = hanging_backend(first);
+    std::thread::sleep(Duration::from_millis(300));
+    // A client sends its ClientHello while the probe is due (the probe goes out), then garbage:
+    // its handshake fails while the probe is still connecting.
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage
+        .write_all(&handshake_records(&client_hello("localhost", 0)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    garbage.write_all(&[0x17; 64]).unwrap();
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    drop(garbage);
+    // The first backend comes back up.
+    drop(filler);
+    let recorded = fastedge_tests::peers::echo_backend_from(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let out = curl(&[&format!("https://{addr}/")]);
+    assert!(
+        out.status.success(),
+        "the core probes the backend again: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.starts_with(b"GET / HTTP/1.1")));
+}
+
+/// One keep-alive session: a TLS connection with three requests, each answered in full.
+fn keep_alive_session(
+    addr: SocketAddr,
+    connector: &fastedge_tls::boring::ssl::SslConnector,
+) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut config = connector.configure().map_err(|e| e.to_string())?;
+    config.set_verify_hostname(false);
+    let mut tls = config
+        .connect("localhost", tcp)
+        .map_err(|e| e.to_string())?;
+    for i in 0..3 {
+        let request = format!("GET /{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let (head, body) =
+            fastedge_tests::peers::try_read_response(&mut tls).map_err(|e| e.to_string())?;
+        if !head.starts_with("HTTP/1.1 200 ")
+            || !body.starts_with(request.lines().next().unwrap_or("-").as_bytes())
+        {
+            return Err(format!("unexpected answer {head:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn clients_ride_out_restarts_of_the_only_backend() {
+    const CLIENTS: usize = 8;
+    const KILLS: usize = 3;
+    let state = TempDir::new("backend-restarts");
+    let mut backend = fastedge_tests::peers::RestartableBackend::start();
+    // A short death_timeout, as one who wants fast failover sets it: the restarts mark the
+    // backend dead on the cores.
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[balance]\ndeath_timeout = \"200ms\"\n[[backend]]\naddress = \"{}\"\n",
+            backend.addr()
+        ),
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+                let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+                builder.set_verify(SslVerifyMode::NONE);
+                let connector = builder.build();
+                let (mut sessions, mut failed) = (0u32, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    sessions += 1;
+                    if let Err(e) = keep_alive_session(addr, &connector) {
+                        failed.push(e);
+                    }
+                }
+                (sessions, failed)
+            })
+        })
+        .collect();
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(1500));
+        backend.kill();
+        std::thread::sleep(Duration::from_millis(800));
+        backend.restart();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sessions, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (s, f) = client.join().unwrap();
+        sessions += s;
+        failed.extend(f);
+    }
+    // Sessions open when the backend dies fail (as behind haproxy): about one per client and
+    // kill. The clients that come while it is down wait for it within their connect budget.
+    let unavailable = server.log_text().matches("no live backend").count();
+    eprintln!(
+        "{} of {sessions} sessions failed, {unavailable} refused as no live backend",
+        failed.len()
+    );
+    assert!(
+        failed.len() <= CLIENTS * (KILLS + 1) && failed.len() * 10 <= sessions as usize,
+        "{} of {sessions} sessions failed ({unavailable} refused as no live backend); first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(sessions > 100, "{sessions} sessions");
+}
+
+#[test]
+fn bare_connects_open_no_backend_connection() {
+    let state = TempDir::new("bare-connects");
+    let (backend, accepted) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!("[frontend]\nhandshake_timeout = \"2s\"\n[[backend]]\naddress = \"{backend}\"\n"),
+    );
+    let bare: Vec<_> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A client that sends only part of its ClientHello has not said hello yet either.
+    let mut partial = TcpStream::connect(addr).unwrap();
+    let hello = handshake_records(&client_hello("localhost", 0));
+    partial.write_all(&hello[..20]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        0,
+        "backend connections opened for clients that sent no ClientHello"
+    );
+    // A ClientHello does start one, while the handshake still waits for the client.
+    partial.write_all(&hello[20..]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while accepted.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    drop(bare);
+    drop(partial);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+}
+
+#[test]
+fn an_oversized_client_hello_gets_the_alert_not_a_reset() {
+    let state = TempDir::new("oversized-hello");
+    let (backend, _) = echo_backend();
+    let (server, addr) = serve(&state, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+    // A ClientHello over BoringSSL's 16 KiB limit, in two records.
+    let hello = handshake_records(&client_hello("localhost", 24 * 1024));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The first record and part of the second at once: more than the server reads before it
+    // gives up on the hello ...
+    client.write_all(&hello[..20 * 1024]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ... and the rest a little later, as a client on a slow link sends it.
+    let rest = client.write_all(&hello[20 * 1024..]);
+    let mut received = Vec::new();
+    let end = client.read_to_end(&mut received);
+    assert!(
+        rest.is_ok() && end.is_ok(),
+        "the client's write ({rest:?}) and read ({end:?}) end without a reset; received {received:?}"
+    );
+    // One fatal alert record, then the orderly end of the stream.
+    assert_eq!(received.len(), 7, "{received:?}");
+    assert_eq!(
+        &received[..2],
+        &[0x15, 0x03],
+        "an alert record: {received:?}"
+    );
+    assert_eq!(
+        &received[3..],
+        &[0, 2, 2, 47],
+        "a fatal illegal_parameter alert: {received:?}"
+    );
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    // A real client whose ClientHello is too large (a 20 KiB ALPN list) learns why too.
+    require_tool("openssl", "openssl");
+    let alpn: Vec<String> = (0..100)
+        .map(|i| format!("p{i:03}{}", "x".repeat(200)))
+        .collect();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-alpn",
+            &alpn.join(","),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("SSL alert number 47"), "{said}");
 }

@@ -1,12 +1,14 @@
 //! The proxy connection driver: TLS client in front, plain TCP backend behind.
 //!
-//! The backend connect starts when the connection is accepted, in parallel with the TLS
-//! handshake (cut-through), so the backend's connect latency hides behind the handshake's round
-//! trips; client bytes are not read until the backend is connected, so nothing the client sends
-//! meanwhile is lost (it waits in the socket). Failed connects are retried over the backends
-//! as the balancer decides. Then the backend learns about the client (PROXY v1/v2, bud's JSON
-//! line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves bytes both ways, and
-//! the connection ends with one log line that says why it closed.
+//! The backend connect starts as soon as the ClientHello has been processed, in parallel with
+//! the rest of the TLS handshake (cut-through), so the backend's connect latency hides behind
+//! the handshake's round trips, while a bare TCP connect that never says hello costs no
+//! backend connection; client bytes are not read until the backend is connected, so nothing
+//! the client sends meanwhile is lost (it waits in the socket). Failed connects are retried
+//! over the backends as the balancer decides. Then the backend learns about the client (PROXY
+//! v1/v2, bud's JSON line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves
+//! bytes both ways, and the connection ends with one log line that says why it closed, and a
+//! lingering close.
 
 use std::{
     cell::{Cell, RefCell},
@@ -76,6 +78,13 @@ fn return_buffer(buf: Box<[u8]>) {
         }
     });
 }
+
+/// How long a connection we close keeps reading what the client still sends (see [`linger`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much a lingering connection reads at most before it closes anyway.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// The shortest wait before a client picks again while every backend is being probed.
+const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
 /// How long a client gets to take our close_notify after a backend failure.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -284,7 +293,7 @@ impl CloseReason {
 
 /// Serves one accepted client connection and logs one line when it ends.
 pub async fn serve_connection(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: Arc<Frontend>,
@@ -293,7 +302,7 @@ pub async fn serve_connection(
     let started = Instant::now();
     let mut log = ConnectionLog::default();
     core.metrics.connection_opened();
-    let reason = run(client, peer, local, &frontend, &core, &mut log).await;
+    let reason = run(&mut client, peer, local, &frontend, &core, &mut log).await;
     core.metrics
         .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
@@ -308,6 +317,32 @@ pub async fn serve_connection(
         %reason,
         "connection closed"
     );
+    linger(&mut client).await;
+}
+
+/// Ends our side of a client connection the way nginx's lingering close does: what we queued
+/// last (an alert, close_notify) goes out, then a FIN; what the client still sends is read and
+/// dropped for a short bounded time, and only then is the socket closed. Closing a socket with
+/// unread input makes the kernel answer with a reset, which can overtake the alert or fail the
+/// client's next write (broken pipe), so the client never learns why it was closed.
+async fn linger(client: &mut TcpStream) {
+    use futures_lite::AsyncReadExt;
+    // An error here means the client is gone already (reset): nothing left to drain.
+    if client.close().await.is_err() {
+        return;
+    }
+    let mut buf = borrow_buffer();
+    let drain = async {
+        let mut left = LINGER_MAX_BYTES;
+        while left > 0 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = fastedge_runtime::timeout(LINGER_TIMEOUT, drain).await;
+    return_buffer(buf);
 }
 
 /// What the close log line tells about a connection.
@@ -323,7 +358,7 @@ struct ConnectionLog {
 }
 
 async fn run(
-    client: TcpStream,
+    client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: &Arc<Frontend>,
@@ -334,11 +369,11 @@ async fn run(
         Ok(ssl) => ssl,
         Err(error) => return CloseReason::Handshake(error),
     };
-    // Cut-through: the backend connect runs as its own task while the handshake goes on. With
-    // one backend group it starts at once; with SNI contexts that have backends of their own,
-    // as soon as the ClientHello has chosen the context.
-    let mut connecting = (frontend.groups.len() == 1)
-        .then(|| fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), 0)));
+    // Cut-through: the backend connect runs as its own task while the handshake goes on, from
+    // when the ClientHello has been processed (it chose the context, and so the backend
+    // group): not at accept, so that connects which never send a ClientHello cost no backend
+    // connection each.
+    let mut connecting = None;
     let timeout = frontend.settings.handshake_timeout;
     // Whether a client certificate is asked for when no SNI selection ran (the context's own
     // setting): read now, since the connection's configuration is freed after the handshake.
@@ -517,28 +552,57 @@ fn subject_dn(cert: &X509) -> Option<String> {
         .filter(|dn| !dn.is_empty())
 }
 
-/// A backend chosen by the balancer for one connection; tells the balancer when it ends.
+/// A backend chosen by the balancer for one connection; tells the balancer how the pick ended,
+/// on every path: dropped while connecting (the connect task was cancelled) it is abandoned, so
+/// a probe it carried does not stay in flight for good.
 struct Lease {
     balancer: Rc<RefCell<Balancer>>,
     /// Index in the group's balancer.
     slot: usize,
     /// Index in `Frontend::backends`.
     index: usize,
-    settled: bool,
+    state: LeaseState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    Connecting,
+    Connected,
+    /// The balancer was told already (a failed connect).
+    Settled,
 }
 
 impl Lease {
+    /// Picked `slot` (index `index` in `Frontend::backends`) of `balancer`; connecting.
+    fn new(balancer: &Rc<RefCell<Balancer>>, slot: usize, index: usize) -> Self {
+        Self {
+            balancer: balancer.clone(),
+            slot,
+            index,
+            state: LeaseState::Connecting,
+        }
+    }
+
+    /// The connect succeeded: the balancer learns it; the lease now ends with a close.
+    fn connected(&mut self) -> Option<HealthChange> {
+        self.state = LeaseState::Connected;
+        self.balancer.borrow_mut().connected(self.slot)
+    }
+
     /// The connect failed at `now`: the balancer learns it (instead of a close).
     fn failed(mut self, now: Instant) -> Option<HealthChange> {
-        self.settled = true;
+        self.state = LeaseState::Settled;
         self.balancer.borrow_mut().connect_failed(self.slot, now)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.settled {
-            self.balancer.borrow_mut().closed(self.slot);
+        let mut balancer = self.balancer.borrow_mut();
+        match self.state {
+            LeaseState::Connecting => balancer.abandoned(self.slot),
+            LeaseState::Connected => balancer.closed(self.slot),
+            LeaseState::Settled => {}
         }
     }
 }
@@ -657,7 +721,9 @@ pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
     }
 }
 
-/// Connects to a backend of `group`, retrying over its backends as the balancer picks them.
+/// Connects to a backend of `group`, retrying over its backends as the balancer picks them;
+/// while every backend is dead and being probed, waits for a verdict within `connect_timeout`
+/// (counted from the start) rather than failing the client at once.
 async fn connect_backend(
     frontend: Arc<Frontend>,
     core: CoreBackends,
@@ -669,10 +735,14 @@ async fn connect_backend(
     let mut tried = Vec::new();
     let mut last = None;
     let attempts = settings.max_retries.saturating_add(1);
-    for attempt in 0..attempts {
-        if attempt > 0 && !settings.retry_interval.is_zero() {
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut after_failure = false;
+    while attempt < attempts {
+        if after_failure && !settings.retry_interval.is_zero() {
             fastedge_runtime::sleep(settings.retry_interval).await;
         }
+        after_failure = true;
         let now = Instant::now();
         let picked = {
             let mut balancer = balancer.borrow_mut();
@@ -683,6 +753,18 @@ async fn connect_backend(
             })
         };
         let Some(slot) = picked else {
+            // Every backend is dead and being probed: wait for a probe's verdict (a success
+            // revives the backend for us too) while the connect budget lasts, instead of
+            // failing the client at once.
+            let wait = settings.retry_interval.max(MIN_PROBE_WAIT);
+            let budget_left = settings
+                .connect_timeout
+                .saturating_sub(now.saturating_duration_since(started));
+            if !frontend.groups[group].is_empty() && wait < budget_left {
+                fastedge_runtime::sleep(wait).await;
+                after_failure = false;
+                continue;
+            }
             return Err(match last {
                 None => CloseReason::NoLiveBackend,
                 Some((backend, failure)) => CloseReason::BackendsFailed {
@@ -692,12 +774,7 @@ async fn connect_backend(
                 },
             });
         };
-        let lease = Lease {
-            balancer: balancer.clone(),
-            slot,
-            index: base + slot,
-            settled: false,
-        };
+        let mut lease = Lease::new(balancer, slot, base + slot);
         let spec = &frontend.backends[base + slot];
         let failure = match fastedge_runtime::timeout(
             settings.connect_timeout,
@@ -706,7 +783,7 @@ async fn connect_backend(
         .await
         {
             Ok(Ok(stream)) => {
-                let change = balancer.borrow_mut().connected(slot);
+                let change = lease.connected();
                 log_health(&frontend, &core.metrics, base, change);
                 return Ok((stream, lease));
             }
@@ -721,6 +798,7 @@ async fn connect_backend(
         log_health(&frontend, &core.metrics, base, lease.failed(Instant::now()));
         tried.push(slot);
         last = Some((spec.name.clone(), failure));
+        attempt += 1;
     }
     let (backend, failure) = last.unwrap_or_else(|| ("-".into(), "no attempt made".into()));
     Err(CloseReason::BackendsFailed {

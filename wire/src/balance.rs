@@ -1,7 +1,8 @@
 //! Choosing a backend, and passive health: a sans-IO state machine over connect outcomes.
 //!
 //! Inputs: [`Balancer::pick`] (which backend for a new connection), [`Balancer::connected`],
-//! [`Balancer::connect_failed`] and [`Balancer::closed`]; the current time is an argument of
+//! [`Balancer::connect_failed`], [`Balancer::abandoned`] (a connect cancelled before it ended)
+//! and [`Balancer::closed`]; every pick ends in exactly one of the last four; the current time is an argument of
 //! each, so the logic is deterministic under test. Health follows bud's availability model: a
 //! backend whose connects have kept failing for `death_timeout` is dead; after
 //! `revive_interval` one connection is let through to probe it, and a success revives it.
@@ -94,18 +95,37 @@ impl Balancer {
 
     /// Whether `backend` may take a connection now: alive or failing, or dead and due for a
     /// probe.
+    ///
+    /// A dead mark exists to send clients elsewhere, so it only holds while there is somewhere
+    /// else to go: the only backend of a group is always tried (a dead mark must never refuse a
+    /// client the backend could serve), and when every backend is dead a probe goes out at once
+    /// (one in flight per backend) instead of after `revive_interval`.
     fn usable(&self, backend: usize, now: Instant) -> bool {
         match self.backends[backend].health {
             Health::Alive | Health::Failing { .. } => true,
+            Health::Dead { .. } if self.backends.len() == 1 => true,
             Health::Dead { since, probing } => {
-                !probing && now.saturating_duration_since(since) >= self.health.revive_interval
+                !probing
+                    && (now.saturating_duration_since(since) >= self.health.revive_interval
+                        || self.all_dead())
             }
         }
     }
 
+    fn all_dead(&self) -> bool {
+        self.backends
+            .iter()
+            .all(|b| matches!(b.health, Health::Dead { .. }))
+    }
+
     /// Picks a backend for a new connection, skipping those in `tried` (already failed for
-    /// this connection). `None` when no backend is usable. The pick counts as an open
-    /// connection until [`Self::connect_failed`] or [`Self::closed`].
+    /// this connection). The pick counts as an open connection until [`Self::connect_failed`],
+    /// [`Self::abandoned`] or [`Self::closed`].
+    ///
+    /// `None` when no backend is usable now: with `tried` empty that means every backend is
+    /// dead and being probed (or there is none), and the caller should wait a little and pick
+    /// again while its connect budget lasts, since a probe's success revives the backend for
+    /// the waiting clients.
     pub fn pick(&mut self, now: Instant, tried: &[usize]) -> Option<usize> {
         let n = self.backends.len();
         let candidates = |start: usize| (0..n).map(move |i| (start + i) % n);
@@ -190,6 +210,22 @@ impl Balancer {
         };
         b.health = health;
         change
+    }
+
+    /// A pick of `backend` ended before its connect did (the client went away and the connect
+    /// was cancelled): it no longer counts as open, and a probe it was is over without a
+    /// verdict, so the next due pick probes again. Without this a cancelled probe would leave
+    /// the backend `probing` (and so skipped) for good.
+    pub fn abandoned(&mut self, backend: usize) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            b.active = b.active.saturating_sub(1);
+            if let Health::Dead { since, .. } = b.health {
+                b.health = Health::Dead {
+                    since,
+                    probing: false,
+                };
+            }
+        }
     }
 
     /// A connection to `backend` (that had connected) closed.
@@ -298,7 +334,48 @@ mod tests {
     }
 
     #[test]
-    fn all_dead_means_none() {
+    fn a_cancelled_probe_lets_the_next_one_through() {
+        let t0 = Instant::now();
+        let zero = HealthSettings {
+            death_timeout: Duration::ZERO,
+            revive_interval: Duration::from_millis(100),
+        };
+        let mut b = Balancer::new(BalanceMode::OnFail, zero, 2);
+        assert_eq!(b.pick(t0, &[]), Some(0));
+        assert_eq!(b.connect_failed(0, t0), Some(HealthChange::Died(0)));
+        // Due: the probe goes out, and while it is in flight backend 0 is skipped.
+        let due = ms(t0, 100);
+        assert_eq!(b.pick(due, &[]), Some(0));
+        assert_eq!(
+            b.health(0),
+            Some(Health::Dead {
+                since: t0,
+                probing: true
+            })
+        );
+        assert_eq!(b.pick(due, &[]), Some(1));
+        // The client leaves before the probe's connect ends: no verdict, but no longer probing.
+        b.abandoned(0);
+        assert_eq!(b.active(0), 0);
+        assert_eq!(
+            b.health(0),
+            Some(Health::Dead {
+                since: t0,
+                probing: false
+            })
+        );
+        assert_eq!(b.pick(due, &[]), Some(0), "the next pick probes again");
+        assert_eq!(b.connected(0), Some(HealthChange::Revived(0)));
+        b.closed(0);
+        // Abandoning a pick of a live backend only gives its count back.
+        assert_eq!(b.pick(due, &[]), Some(0));
+        b.abandoned(0);
+        assert_eq!(b.health(0), Some(Health::Alive));
+        assert_eq!(b.active(0), 0);
+    }
+
+    #[test]
+    fn all_dead_probes_at_once_and_waits_for_the_probes() {
         let t0 = Instant::now();
         let zero = HealthSettings {
             death_timeout: Duration::ZERO,
@@ -309,10 +386,43 @@ mod tests {
             b.pick(t0, &[]);
             assert_eq!(b.connect_failed(i, t0), Some(HealthChange::Died(i)));
         }
-        assert_eq!(b.pick(t0, &[]), None);
+        // Nowhere else to go: each dead backend gets one probe now, not after revive_interval.
+        let soon = ms(t0, 10);
+        let mut probes = [b.pick(soon, &[]), b.pick(soon, &[])];
+        probes.sort();
+        assert_eq!(probes, [Some(0), Some(1)]);
+        // Both probes in flight: wait.
+        assert_eq!(b.pick(soon, &[]), None);
+        // One succeeds: revived at once for the waiting clients, and dead marks steer again.
+        assert_eq!(b.connected(1), Some(HealthChange::Revived(1)));
+        assert_eq!(b.connect_failed(0, soon), None);
+        assert_eq!(b.pick(ms(t0, 20), &[]), Some(1));
+        assert_eq!(b.pick(ms(t0, 20), &[]), Some(1));
         assert_eq!(
             Balancer::new(BalanceMode::OnFail, zero, 0).pick(t0, &[]),
             None
         );
+    }
+
+    #[test]
+    fn a_dead_mark_never_refuses_the_only_backend() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceMode::RoundRobin, HEALTH, 1);
+        b.pick(t0, &[]);
+        b.connect_failed(0, t0);
+        b.pick(t0, &[]);
+        assert_eq!(
+            b.connect_failed(0, ms(t0, 1000)),
+            Some(HealthChange::Died(0))
+        );
+        // Every client is let through, probes in flight or not, well before revive_interval.
+        for _ in 0..3 {
+            assert_eq!(b.pick(ms(t0, 1001), &[]), Some(0));
+        }
+        assert_eq!(b.connect_failed(0, ms(t0, 1002)), None);
+        assert_eq!(b.pick(ms(t0, 1003), &[]), Some(0));
+        // The first connect that succeeds revives it.
+        assert_eq!(b.connected(0), Some(HealthChange::Revived(0)));
+        assert_eq!(b.health(0), Some(Health::Alive));
     }
 }
