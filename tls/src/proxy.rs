@@ -754,15 +754,31 @@ pub struct PumpOptions<'a> {
     pub early: Option<Arc<AtomicBool>>,
 }
 
+/// What a direction of the pump does with the injector, if the connection has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Client → backend: bytes pass through the injector, which rewrites request heads.
+    Rewrite,
+    /// Backend → client: bytes pass unchanged; the injector observes them to learn whether
+    /// the backend switched protocols.
+    Observe,
+}
+
 /// One direction of the pump: a buffer between a reader and a writer.
 struct Flow {
     /// Borrowed from the core's pool while bytes are in flight; `None` while idle.
     buf: Option<Box<[u8]>>,
-    /// Rewritten bytes when the direction has a transform; otherwise unused (freed while idle).
+    /// Rewritten bytes when the direction rewrites; otherwise unused (freed while idle).
     out: Vec<u8>,
-    transformed: bool,
+    role: Role,
+    /// `buf[start..end]`: read and not yet written (or, when rewriting, not yet fed to the
+    /// injector, which may hold off taking bytes until the backend answers).
     start: usize,
     end: usize,
+    /// `out[out_start..]`: rewritten and not yet written.
+    out_start: usize,
+    /// Whether the bytes in `buf` may have been TLS early data.
+    early_read: bool,
     read_done: bool,
     unflushed: bool,
     done: bool,
@@ -780,13 +796,15 @@ impl Drop for Flow {
 }
 
 impl Flow {
-    fn new(transformed: bool) -> Self {
+    fn new(role: Role) -> Self {
         Self {
             buf: None,
             out: Vec::new(),
-            transformed,
+            role,
             start: 0,
             end: 0,
+            out_start: 0,
+            early_read: false,
             read_done: false,
             unflushed: false,
             done: false,
@@ -794,8 +812,16 @@ impl Flow {
         }
     }
 
+    /// Whether this direction rewrites through an injector.
+    fn rewrites(&self, injector: &Option<&mut Injector>) -> bool {
+        self.role == Role::Rewrite && injector.is_some()
+    }
+
     /// Moves bytes from `reader` to `writer` until the reader is pending or done; after the
-    /// reader's EOF, flushes and closes the writer's sending side (half-close).
+    /// reader's EOF, flushes and closes the writer's sending side (half-close). A rewriting
+    /// direction reads nothing more while the injector waits for the backend's answer (after
+    /// an upgrade request): the pump polls it again when the other direction brought one.
+    #[allow(clippy::too_many_arguments)]
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -812,24 +838,54 @@ impl Flow {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        let rewrites = self.rewrites(&injector);
         loop {
-            while self.start < self.end {
-                let pending = match &self.buf {
-                    Some(buf) if !self.transformed => &buf[self.start..self.end],
-                    _ => &self.out[self.start..self.end],
+            loop {
+                let pending: &[u8] = match &self.buf {
+                    _ if rewrites => &self.out[self.out_start..],
+                    Some(buf) => &buf[self.start..self.end],
+                    None => &[],
                 };
+                if pending.is_empty() {
+                    break;
+                }
                 match Pin::new(&mut *writer).poll_write(cx, pending) {
                     Poll::Ready(Ok(0)) => {
                         let error = io::Error::new(io::ErrorKind::WriteZero, "wrote zero bytes");
                         return Poll::Ready(Err((to, "write", error)));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.start += n;
+                        if rewrites {
+                            self.out_start += n;
+                        } else {
+                            self.start += n;
+                        }
                         self.unflushed = true;
                         activity.set(Instant::now());
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((to, "write", error))),
                     Poll::Pending => return Poll::Pending,
+                }
+            }
+            if rewrites {
+                self.out.clear();
+                self.out_start = 0;
+                if let (Some(injector), Some(buf), true) =
+                    (injector.as_deref_mut(), &self.buf, self.start < self.end)
+                {
+                    injector.set_early(self.early_read);
+                    let used = injector
+                        .feed(&buf[self.start..self.end], &mut self.out)
+                        .map_err(|e| {
+                            let error = io::Error::new(io::ErrorKind::InvalidData, e);
+                            (from, "request", error)
+                        })?;
+                    self.start += used;
+                    if used == 0 && self.out.is_empty() {
+                        // Waiting for the backend's answer; what was written goes out now.
+                        return self.poll_flush_pending(cx, to, writer);
+                    }
+                    continue;
                 }
             }
             if self.read_done {
@@ -841,25 +897,25 @@ impl Flow {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            if rewrites && injector.as_deref().is_some_and(Injector::waits_for_backend) {
+                return self.poll_flush_pending(cx, to, writer);
+            }
             let buf = self.buf.get_or_insert_with(borrow_buffer);
             match Pin::new(&mut *reader).poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(0)) => {
+                    self.read_done = true;
+                    if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
+                        injector.backend_closed();
+                    }
+                }
                 Poll::Ready(Ok(n)) => {
                     activity.set(Instant::now());
                     self.bytes += n as u64;
                     self.start = 0;
                     self.end = n;
-                    if let Some(injector) = injector.as_deref_mut() {
-                        self.out.clear();
-                        injector.set_early(early.is_some_and(|e| e.load(Ordering::Relaxed)));
-                        injector.feed(&buf[..n], &mut self.out).map_err(|e| {
-                            (
-                                from,
-                                "request",
-                                io::Error::new(io::ErrorKind::InvalidData, e),
-                            )
-                        })?;
-                        self.end = self.out.len();
+                    self.early_read = early.is_some_and(|e| e.load(Ordering::Relaxed));
+                    if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
+                        injector.observe_response(&buf[..n]);
                     }
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err((from, "read", error))),
@@ -869,15 +925,28 @@ impl Flow {
                         return_buffer(buf);
                     }
                     self.out = Vec::new();
-                    if self.unflushed {
-                        let flushed = ready!(Pin::new(&mut *writer).poll_flush(cx));
-                        flushed.map_err(|error| (to, "flush", error))?;
-                        self.unflushed = false;
-                    }
-                    return Poll::Pending;
+                    return self.poll_flush_pending(cx, to, writer);
                 }
             }
         }
+    }
+
+    /// Flushes what was written, then answers `Pending` (the flush's error if it fails).
+    fn poll_flush_pending<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: Side,
+        writer: &mut W,
+    ) -> Poll<Result<(), FlowError>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.unflushed {
+            let flushed = ready!(Pin::new(&mut *writer).poll_flush(cx));
+            flushed.map_err(|error| (to, "flush", error))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
     }
 }
 
@@ -897,8 +966,8 @@ where
         idle_timeout,
         early,
     } = options;
-    let mut up = Flow::new(injector.is_some());
-    let mut down = Flow::new(false);
+    let mut up = Flow::new(Role::Rewrite);
+    let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
     let activity = Cell::new(Instant::now());
     let moving = std::future::poll_fn(|cx| {
@@ -913,16 +982,21 @@ where
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
         }
+        let waited = injector.as_deref().is_some_and(Injector::waits_for_backend);
         let down_poll = down.poll_move(
             cx,
             (Side::Backend, &mut *backend),
             (Side::Client, &mut *client),
-            None,
+            injector.as_deref_mut(),
             None,
             &activity,
         );
         if let Poll::Ready(Err(e)) = down_poll {
             return Poll::Ready(Err(e));
+        }
+        if waited && !injector.as_deref().is_some_and(Injector::waits_for_backend) {
+            // The backend's answer came: the client's held bytes may move on.
+            cx.waker().wake_by_ref();
         }
         if first_closed.is_none() {
             if up.read_done {

