@@ -127,3 +127,79 @@ fn real_upgrade_passes_bytes_through_untouched() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
 }
+
+#[test]
+fn client_copies_of_managed_headers_are_removed() {
+    let state = TempDir::new("strip");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[frontend]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+             [[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"
+        ),
+    );
+    let mut tls = tls_connect(addr, "localhost", b"\x08http/1.1");
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Real-IP: 10.9.9.9\r\nX-Forwarded-Host: evil.test\r\n\
+Forwarded: for=10.9.9.9\r\nx-forwarded-ssl: on\r\n\
+Connection: keep-alive, X-Forwarded-For, X-Forwarded-Proto\r\n\r\n",
+    )
+    .unwrap();
+    let (_, seen) = read_response(&mut tls);
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{seen}");
+    assert!(seen.contains("Connection: keep-alive\r\n"), "{seen}");
+    for forged in ["10.9.9.9", "evil.test", "ssl", "Forwarded: "] {
+        assert!(
+            !seen.contains(forged),
+            "{forged:?} reached the backend: {seen}"
+        );
+    }
+    // HTTP/2 by prior knowledge cannot be rewritten: refused, nothing passed on.
+    let before = recorded.lock().unwrap().len();
+    let mut h2 = tls_connect(addr, "localhost", b"\x08http/1.1");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(h2.read(&mut buf), Ok(0) | Err(_)), "closed");
+    server.wait_for_line("HTTP/2 preface", Duration::from_secs(5));
+    let recorded = recorded.lock().unwrap();
+    assert!(recorded[before..].iter().all(|c| !c.starts_with(b"PRI")));
+}
+
+/// `openssl s_client` with `args` against `addr`, stdin closed; its output.
+fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    fastedge_tests::require_tool("openssl", "openssl");
+    let out = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect", &addr.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn h2_is_not_offered_for_injecting_backends() {
+    let state = TempDir::new("no-h2");
+    let (backend, _) = echo_backend();
+    let config = |inject: bool| {
+        format!(
+            "[tls]\nalpn = [\"h2\", \"http/1.1\"]\n\
+             [[backend]]\naddress = \"{backend}\"\nx_forwarded = {inject}\n"
+        )
+    };
+    let (_plain, plain_addr) = serve(&state, &config(false));
+    let out = s_client(plain_addr, &["-alpn", "h2"]);
+    assert!(out.contains("ALPN protocol: h2"), "control: {out}");
+    let (_injecting, addr) = serve(&state, &config(true));
+    let out = s_client(addr, &["-alpn", "h2"]);
+    assert!(out.contains("No ALPN negotiated"), "{out}");
+    let out = s_client(addr, &["-alpn", "h2,http/1.1"]);
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+}

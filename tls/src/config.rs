@@ -84,7 +84,9 @@ ciphers = ""
 # Key-exchange groups, most preferred first. X25519MLKEM768 is skipped where the linked
 # BoringSSL lacks it.
 groups = ["X25519MLKEM768", "X25519", "P-256", "P-384"]
-# ALPN protocols accepted, most preferred first; list only what the backends speak.
+# ALPN protocols accepted, most preferred first; list only what the backends speak. "h2" is
+# left out where the backends get X-Forwarded-*/Forwarded (x_forwarded, forwarded): only
+# HTTP/1 requests can carry them.
 alpn = ["http/1.1"]
 # Choose the cipher by the server's order rather than the client's.
 server_preference = true
@@ -505,6 +507,10 @@ pub struct TlsSettings {
     pub ciphers: Option<String>,
     pub groups: Vec<String>,
     pub alpn: Vec<String>,
+    /// Leave `h2` out of the ALPN lists dynamic SNI answers give: the global backends get
+    /// forwarding headers, which only HTTP/1 requests can carry (set by
+    /// [`ServeConfig::leave_out_h2_where_injecting`]).
+    pub alpn_no_h2: bool,
     pub server_preference: bool,
     pub client_auth: ClientAuth,
     /// SNI contexts, in configuration order.
@@ -650,6 +656,13 @@ pub struct BackendSpec {
     pub send_client_cert: bool,
 }
 
+impl BackendSpec {
+    /// Whether fastedge rewrites this backend's HTTP/1 requests (forwarding headers).
+    pub fn injects(&self) -> bool {
+        self.x_forwarded || self.forwarded
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         // The built-in defaults are valid by construction; `tests::defaults_are_valid` checks.
@@ -668,6 +681,38 @@ impl ServeConfig {
         let translation = crate::bud::translate(text)?;
         let config = Self::parse(&translation.toml)?;
         Ok((config, Some(translation)))
+    }
+
+    /// Leaves `h2` out of every ALPN list whose connections go to backends that get forwarding
+    /// headers (`x_forwarded`/`forwarded`): only HTTP/1 requests can be rewritten, and an
+    /// HTTP/2 connection passed on unrewritten would let clients state their own. Such clients
+    /// negotiate `http/1.1` instead. Returns the keys whose list lost `h2`, for a notice.
+    /// Call it once the configuration is final (after command-line overrides).
+    pub fn leave_out_h2_where_injecting(&mut self) -> Vec<String> {
+        fn without_h2(alpn: &mut Vec<String>) -> bool {
+            let before = alpn.len();
+            alpn.retain(|p| p != "h2");
+            alpn.len() != before
+        }
+        let global = self.backends.iter().any(BackendSpec::injects);
+        let mut changed = Vec::new();
+        if global {
+            self.tls.alpn_no_h2 = true;
+            if without_h2(&mut self.tls.alpn) {
+                changed.push("tls.alpn".to_owned());
+            }
+        }
+        for (i, context) in self.tls.contexts.iter_mut().enumerate() {
+            let injects = if context.backends.is_empty() {
+                global
+            } else {
+                context.backends.iter().any(BackendSpec::injects)
+            };
+            if injects && without_h2(&mut context.alpn) {
+                changed.push(format!("context[{i}].alpn"));
+            }
+        }
+        changed
     }
 
     /// Parses and validates a TOML document. Leading and trailing whitespace is fine.
@@ -1138,6 +1183,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         ciphers,
         groups: t.groups,
         alpn: t.alpn,
+        alpn_no_h2: false,
         server_preference: t.server_preference,
         client_auth,
         contexts,
@@ -1202,6 +1248,28 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2_is_left_out_where_backends_inject() {
+        let text = "[tls]\nalpn = [\"h2\", \"http/1.1\"]\n\
+                    [[backend]]\naddress = \"127.0.0.1:1\"\nx_forwarded = true\n\
+                    [[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context]]\nservername = [\"b.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context.backend]]\naddress = \"127.0.0.1:2\"\nproxy_protocol = \"v2\"\n";
+        let mut config = ServeConfig::parse(text).unwrap();
+        assert_eq!(
+            config.leave_out_h2_where_injecting(),
+            vec!["tls.alpn".to_owned(), "context[0].alpn".to_owned()]
+        );
+        assert_eq!(config.tls.alpn, vec!["http/1.1".to_owned()]);
+        assert!(config.tls.alpn_no_h2);
+        assert_eq!(config.tls.contexts[0].alpn, vec!["http/1.1".to_owned()]);
+        assert_eq!(
+            config.tls.contexts[1].alpn,
+            vec!["h2".to_owned(), "http/1.1".to_owned()],
+            "its own backends get PROXY v2, not headers"
+        );
+    }
 
     #[test]
     fn default_document_is_the_defaults() {

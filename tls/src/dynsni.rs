@@ -344,6 +344,8 @@ fn fetch(
             .iter()
             .filter_map(|p| p.as_str())
             .filter(|p| !p.is_empty() && p.len() < 256)
+            // Unrewritable when the global backends get forwarding headers.
+            .filter(|p| !(view.alpn_no_h2 && *p == "h2"))
             .map(str::to_owned)
             .collect();
     }

@@ -14,7 +14,7 @@
 //! `CONNECT`) makes the rest opaque; any other final answer, a backend that closes, or responses
 //! that cannot be followed, and the next bytes are parsed as requests again — rewritten like
 //! every other, so a client cannot smuggle forged forwarding headers behind an upgrade the
-//! backend ignored. On an HTTP/2 connection preface the stream is opaque from the start.
+//! backend ignored. An HTTP/2 connection preface is refused: its requests cannot be rewritten.
 
 use std::net::IpAddr;
 
@@ -50,8 +50,8 @@ pub struct ClientFacts {
 /// The client certificate as backends learn it in headers, with `X-Forwarded-*`:
 /// `X-Client-Verify` (`SUCCESS` or `NONE`), `X-Client-Subject` (the subject DN, RFC 2253) and,
 /// if asked, `X-Client-Cert` (the PEM, percent-encoded onto one line, as nginx's
-/// `$ssl_client_escaped_cert`). With `x_forwarded`, headers of these names sent by the client
-/// are always removed, whether or not the connection states a certificate.
+/// `$ssl_client_escaped_cert`). Headers of these names sent by the client are always removed,
+/// whether or not the connection states a certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientCertHeaders {
     /// Whether a client certificate was presented and verified.
@@ -60,7 +60,7 @@ pub struct ClientCertHeaders {
     pub cert_pem: Option<String>,
 }
 
-/// Header names the client may not set when `x_forwarded` is on.
+/// Header names the client may not set when headers are injected.
 const CLIENT_CERT_HEADERS: [&[u8]; 3] = [b"x-client-verify", b"x-client-subject", b"x-client-cert"];
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -80,6 +80,9 @@ pub enum InjectError {
     Head(HeadError),
     /// A chunked body that breaks the chunked coding.
     BadChunk(&'static str),
+    /// The HTTP/2 connection preface: its requests cannot be rewritten, and passing them on
+    /// unrewritten would let the client state its own forwarding headers.
+    Http2,
 }
 
 impl std::fmt::Display for InjectError {
@@ -87,6 +90,9 @@ impl std::fmt::Display for InjectError {
         match self {
             InjectError::Head(error) => error.fmt(f),
             InjectError::BadChunk(what) => write!(f, "malformed chunked body: {what}"),
+            InjectError::Http2 => f.write_str(
+                "HTTP/2 preface, but this backend gets forwarding headers (HTTP/1 only)",
+            ),
         }
     }
 }
@@ -104,7 +110,7 @@ enum State {
     Chunked(Chunk),
     /// After a CONNECT/Upgrade request (and its body): waiting for the backend's answer.
     AwaitingSwitch,
-    /// After the backend switched protocols, or an HTTP/2 preface: pass everything through.
+    /// After the backend switched protocols: pass everything through.
     Opaque,
     /// After an error: accepts nothing more.
     Failed,
@@ -199,14 +205,13 @@ impl Injector {
         self.requests
     }
 
-    /// Whether the stream turned out to be HTTP/2 (prior knowledge preface): it then passes
-    /// through untouched, and PROXY v2 is the way to tell the backend about the client.
+    /// Whether the stream turned out to be HTTP/2 (prior knowledge preface): it is refused
+    /// ([`InjectError::Http2`]); PROXY v2 is the way to tell an HTTP/2 backend about clients.
     pub fn saw_http2(&self) -> bool {
         self.h2
     }
 
-    /// Whether the stream passes through untouched: the backend switched protocols (or the
-    /// client spoke HTTP/2).
+    /// Whether the stream passes through untouched: the backend switched protocols.
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
@@ -332,9 +337,7 @@ impl Injector {
                     return Ok(input.len());
                 }
                 self.h2 = true;
-                self.state = State::Opaque;
-                out.append(&mut self.head);
-                return Ok(0);
+                return Err(InjectError::Http2);
             }
         }
         // Parse straight from `input` when nothing is buffered (the common case); otherwise
@@ -417,6 +420,43 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
+/// Whether a client's header of this name is removed from every request: the forwarding
+/// families (`X-Forwarded-*`, `Forwarded`), `X-Real-IP` and the client certificate's headers
+/// are stated by fastedge alone.
+fn is_managed(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    (name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))
+        || name.eq_ignore_ascii_case(b"forwarded")
+        || name.eq_ignore_ascii_case(b"x-real-ip")
+        || CLIENT_CERT_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Writes a `Connection` field without the tokens that name headers fastedge manages (a
+/// next hop deletes the fields `Connection` lists: it would delete ours); nothing when no
+/// token remains.
+fn write_connection(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let kept = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !is_managed(t) && !t.eq_ignore_ascii_case(b"early-data"));
+    let mut first = true;
+    for token in kept {
+        if first {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            first = false;
+        } else {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(token);
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes `head` with the forwarding headers set, lines ending in CRLF. `early`: the head
 /// arrived (at least in part) in TLS early data.
 fn rewrite_head(
@@ -434,31 +474,31 @@ fn rewrite_head(
     let mut prior_xff: Vec<&[u8]> = Vec::new();
     let mut prior_forwarded: Vec<&[u8]> = Vec::new();
     for (name, value) in header_lines(head) {
-        // Every header we manage starts with x, f or e: others pass without comparisons.
-        if matches!(name.first(), Some(b'x' | b'X' | b'f' | b'F' | b'e' | b'E')) {
-            let managed_x = config.x_forwarded
-                && (name.eq_ignore_ascii_case(b"x-forwarded-for")
-                    || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                    || name.eq_ignore_ascii_case(b"x-forwarded-port"));
-            let managed_fwd = config.forwarded && name.eq_ignore_ascii_case(b"forwarded");
-            // Never let a client state its own certificate.
-            let managed_cert = config.x_forwarded
-                && CLIENT_CERT_HEADERS
-                    .iter()
-                    .any(|h| name.eq_ignore_ascii_case(h));
-            if managed_cert {
+        // Every header we manage starts with x, f, e or c: others pass without comparisons.
+        if matches!(
+            name.first(),
+            Some(b'x' | b'X' | b'f' | b'F' | b'e' | b'E' | b'c' | b'C')
+        ) {
+            if is_managed(name) {
+                // A trusted proxy's chain is kept, in the family we state.
+                if config.x_forwarded && name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                    if !value.is_empty() {
+                        prior_xff.push(value);
+                    }
+                } else if config.forwarded
+                    && name.eq_ignore_ascii_case(b"forwarded")
+                    && !value.is_empty()
+                {
+                    prior_forwarded.push(value);
+                }
                 continue;
             }
             // Ours replaces a client's (the same value: RFC 8470 allows only "1").
             if early && name.eq_ignore_ascii_case(b"early-data") {
                 continue;
             }
-            if managed_x || managed_fwd {
-                if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
-                    prior_xff.push(value);
-                } else if managed_fwd && !value.is_empty() {
-                    prior_forwarded.push(value);
-                }
+            if name.eq_ignore_ascii_case(b"connection") {
+                write_connection(name, value, out);
                 continue;
             }
         }
@@ -837,17 +877,54 @@ GET /d HTTP/1.1\r\n{XFF}\r\n"
     }
 
     #[test]
-    fn h2_preface_passes_through() {
+    fn h2_preface_is_refused() {
         let input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
         for size in [1, 5, 100] {
             let mut injector = Injector::new(X, facts(false));
             let mut out = Vec::new();
-            for piece in input.chunks(size) {
-                injector.feed(piece, &mut out).unwrap();
-            }
-            assert!(injector.saw_http2(), "pieces of {size}");
-            assert_eq!(out, input);
+            let refused = input
+                .chunks(size)
+                .any(|piece| injector.feed(piece, &mut out) == Err(InjectError::Http2));
+            assert!(refused, "pieces of {size}");
+            assert!(injector.saw_http2());
+            assert!(out.is_empty(), "nothing passed on");
         }
+    }
+
+    #[test]
+    fn client_copies_of_managed_headers_are_removed() {
+        let input =
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: evil\r\nx-real-ip: 10.9.9.9\r\n\
+Forwarded: for=10.9.9.9\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Ssl: on\r\n\
+X-Client-Verify: SUCCESS\r\nConnection: keep-alive, X-Forwarded-For, forwarded, Early-Data\r\n\r\n";
+        // Only one family configured: the other's client copies go too.
+        let out = String::from_utf8(run(X, facts(false), input).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            format!("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n{XFF}\r\n")
+        );
+        let forwarded_only = ForwardedConfig {
+            x_forwarded: false,
+            forwarded: true,
+            max_head: DEFAULT_MAX_HEAD,
+        };
+        let out = String::from_utf8(run(forwarded_only, facts(false), input).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\
+             Forwarded: for=192.0.2.7;proto=https\r\n\r\n"
+        );
+        // A Connection field that named only managed headers goes altogether.
+        let out = run(
+            X,
+            facts(false),
+            b"GET / HTTP/1.1\r\nconnection: x-real-ip\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("GET / HTTP/1.1\r\n{XFF}\r\n")
+        );
     }
 
     #[test]
