@@ -17,6 +17,7 @@ use fastedge_tests::{
     process::Fastedge,
     TempDir,
 };
+use fastedge_tls::boring::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 
 fn serve(state: &TempDir, config: &str) -> (Fastedge, SocketAddr) {
     Fastedge::serve_config(state, config)
@@ -202,4 +203,92 @@ fn h2_is_not_offered_for_injecting_backends() {
     assert!(out.contains("No ALPN negotiated"), "{out}");
     let out = s_client(addr, &["-alpn", "h2,http/1.1"]);
     assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn pipelined_burst_to_a_stalled_backend_stays_bounded() {
+    const CONNECTIONS: usize = 16;
+    let state = TempDir::new("burst");
+    // A backend that accepts and never reads: what fastedge writes piles up before it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept() {
+            held.push(stream);
+        }
+    });
+    // The client certificate goes into every request (percent-encoded PEM): each tiny
+    // pipelined request grows about fiftyfold.
+    let (client_cert, client_key) = state.self_signed("client.test");
+    let cpu = fastedge_runtime::CpuList::available().unwrap().cpus()[0];
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "cores = \"{cpu}\"\n[tls]\nclient_verify = \"required\"\nclient_ca = \"{ca}\"\n\
+             [[backend]]\naddress = \"{backend}\"\nx_forwarded = true\nforwarded = true\n\
+             send_client_cert = true\n",
+            ca = client_cert.display()
+        ),
+    );
+    let connect = || {
+        let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+        builder.set_verify(SslVerifyMode::NONE);
+        builder
+            .set_certificate_file(&client_cert, SslFiletype::PEM)
+            .unwrap();
+        builder
+            .set_private_key_file(&client_key, SslFiletype::PEM)
+            .unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut config = builder.build().configure().unwrap();
+        config.set_verify_hostname(false);
+        config.connect("localhost", tcp).unwrap()
+    };
+    let mut clients: Vec<_> = (0..CONNECTIONS).map(|_| connect()).collect();
+    // Each connection works, and its backend connection is open.
+    for tls in &mut clients {
+        tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    }
+    thread::sleep(Duration::from_millis(500));
+    let baseline = rss_kib(server.pid());
+    let burst = b"GET / HTTP/1.1\r\n\r\n".repeat(4 * 1024 * 1024 / 18);
+    let writers: Vec<_> = clients
+        .into_iter()
+        .map(|mut tls| {
+            let burst = burst.clone();
+            thread::spawn(move || {
+                let mut sent = 0;
+                for chunk in burst.chunks(16 * 1024) {
+                    if tls.write_all(chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                (tls, sent)
+            })
+        })
+        .collect();
+    let held: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    thread::sleep(Duration::from_millis(1000));
+    let grown = rss_kib(server.pid()).saturating_sub(baseline);
+    let sent: usize = held.iter().map(|(_, n)| n).sum();
+    // Bounded: a pump buffer and one high-water mark of output per connection (the kernel's
+    // socket buffers are outside the process). Unbounded, each holds ~50x a TLS record.
+    assert!(
+        grown < (CONNECTIONS * 200) as u64,
+        "RSS grew by {grown} KiB over {CONNECTIONS} connections ({sent} bytes sent)"
+    );
+    drop(held);
 }

@@ -116,7 +116,13 @@ enum State {
     Failed,
 }
 
-/// The HTTP/2 connection preface: a stream that starts with it is not HTTP/1.
+/// Bytes [`Injector::feed`] emits in one call before it stops taking input (it may pass this by
+/// one rewritten head): injected headers multiply a burst of small pipelined requests many
+/// times over (a hundredfold with a client certificate), so the caller writes what came out
+/// before feeding the rest, and reads nothing more from the client meanwhile.
+pub const OUTPUT_HIGH_WATER: usize = 32 * 1024;
+
+/// The HTTP/2 connection preface (a stream that starts with it is not HTTP/1).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Adds forwarding headers to every request of one client → backend stream.
@@ -256,11 +262,16 @@ impl Injector {
     /// Consumes client bytes, appending what the backend must receive to `out`; returns how
     /// many of `input` it took. Bytes of an incomplete head stay buffered inside until the rest
     /// arrives. It takes fewer than all (maybe none) while it
-    /// [waits for the backend](Self::waits_for_backend): the caller keeps the rest and offers
-    /// it again later.
+    /// [waits for the backend](Self::waits_for_backend), and once it appended
+    /// [`OUTPUT_HIGH_WATER`] bytes to `out`: the caller keeps the rest and offers it again
+    /// after writing `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<usize, InjectError> {
         let offered = input.len();
+        let out_before = out.len();
         while !input.is_empty() {
+            if out.len() - out_before >= OUTPUT_HIGH_WATER {
+                break;
+            }
             let used = match self.state {
                 State::Failed => return Err(InjectError::BadChunk("stream already failed")),
                 State::Opaque => {
@@ -874,6 +885,36 @@ GET /d HTTP/1.1\r\n{XFF}\r\n"
         injector.observe_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!");
         injector.feed(&input[used..], &mut out).unwrap();
         assert!(!String::from_utf8(out).unwrap().contains("10.9.9.9"));
+    }
+
+    #[test]
+    fn output_per_feed_is_bounded() {
+        let cert = ClientCertHeaders {
+            verified: true,
+            subject: Some("CN=alice".into()),
+            cert_pem: Some("x".repeat(1500)),
+        };
+        let mut injector = Injector::new(X, facts(false)).with_client_cert(cert);
+        let burst = b"GET / HTTP/1.1\r\n\r\n".repeat(32 * 1024 / 18);
+        let mut rest = &burst[..];
+        let mut calls = 0;
+        while !rest.is_empty() {
+            let mut out = Vec::new();
+            let used = injector.feed(rest, &mut out).unwrap();
+            assert!(used > 0, "progress");
+            assert!(
+                out.len() < OUTPUT_HIGH_WATER + 8 * 1024,
+                "{} bytes out of one feed",
+                out.len()
+            );
+            rest = &rest[used..];
+            calls += 1;
+        }
+        assert_eq!(injector.requests(), (32 * 1024 / 18) as u64);
+        assert!(
+            calls > 50,
+            "a 32 KiB burst multiplied ~100x came out in {calls} pieces"
+        );
     }
 
     #[test]

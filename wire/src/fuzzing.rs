@@ -62,12 +62,9 @@ pub fn forwarded_injector(data: &[u8]) {
                         break 'feeding;
                     }
                 }
-                if !piece.is_empty() {
-                    // It stopped taking bytes: only to wait for the backend, which answers.
-                    assert!(
-                        injector.waits_for_backend(),
-                        "took part of a read for no reason"
-                    );
+                // It stopped taking bytes: when it waits for the backend, that answers; else
+                // it emitted enough for one call and takes the rest in the next.
+                if !piece.is_empty() && injector.waits_for_backend() {
                     injector.observe_response(answer);
                 }
             }
