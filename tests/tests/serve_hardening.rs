@@ -292,3 +292,47 @@ fn pipelined_burst_to_a_stalled_backend_stays_bounded() {
     );
     drop(held);
 }
+
+#[test]
+fn client_chosen_names_cannot_forge_log_lines() {
+    let state = TempDir::new("log-forge");
+    let (backend, _) = echo_backend();
+    // The dynamic SNI service is down: the lookup failure is logged with the name.
+    let dead = fastedge_tests::peers::dead_port();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[tls]\nsni_url = \"http://{dead}/%s\"\n\
+             [[backend]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let forged = "x.test\n2026-01-01T00:00:00.000000Z  WARN forged entry";
+    let mut tls = tls_connect(addr, forged, b"\x08http/1.1");
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    read_response(&mut tls);
+    drop(tls);
+    server.wait_for_logged("connection closed", Duration::from_secs(5));
+    server.wait_for_logged("dynamic SNI lookup failed", Duration::from_secs(5));
+    let log = server.log_text();
+    for line in log.lines() {
+        // (The dynamic SNI service is asked, and the name logged, in lower case.)
+        assert!(
+            !line
+                .to_ascii_lowercase()
+                .starts_with("2026-01-01t00:00:00.000000z"),
+            "forged log line: {line:?}\n{log}"
+        );
+    }
+    let escaped = "\"x.test\\n2026-01-01T00:00:00.000000Z  WARN forged entry\"";
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection closed") && l.contains(&format!("sni={escaped}"))),
+        "{log}"
+    );
+    // The service is asked in lower case.
+    assert!(
+        log.lines().any(|l| l.contains("dynamic SNI lookup failed")
+            && l.contains(&format!("server_name={}", escaped.to_lowercase()))),
+        "{log}"
+    );
+}

@@ -27,6 +27,7 @@ use std::{
 };
 
 use boring::{pkey::PKey, x509::X509};
+use fastedge_wire::logtext::Untrusted;
 
 use crate::{
     config::{DynamicSniSettings, TlsSettings},
@@ -129,8 +130,8 @@ impl DynamicSni {
                     };
                     if let Err(why) = &outcome {
                         tracing::warn!(
-                            server_name = %name,
-                            reason = %why,
+                            server_name = %Untrusted(&name),
+                            reason = %Untrusted(why),
                             "dynamic SNI lookup failed; the default context serves this name for now"
                         );
                     }

@@ -36,6 +36,7 @@ use fastedge_wire::{
     balance::{Balancer, HealthChange},
     forwarded::{ClientCertHeaders, ClientFacts, ForwardedConfig, Injector},
     http1::DEFAULT_MAX_HEAD,
+    logtext::Untrusted,
     proxy::{encode_bud_json, encode_v1, encode_v2, ConnectionAddrs, TlsFacts},
 };
 use futures_io::{AsyncRead, AsyncWrite};
@@ -298,8 +299,8 @@ pub async fn serve_connection(
         .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
         %peer,
-        sni = log.sni.as_deref().unwrap_or("-"),
-        alpn = log.alpn.as_deref().unwrap_or("-"),
+        sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
+        alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
         tls = log.version.as_deref().unwrap_or("-"),
         backend = log.backend.as_deref().unwrap_or("-"),
         upstream = log.upstream,
