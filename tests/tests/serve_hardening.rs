@@ -336,3 +336,29 @@ fn client_chosen_names_cannot_forge_log_lines() {
         "{log}"
     );
 }
+
+#[test]
+fn tls12_offers_no_cbc_suite_by_default() {
+    let state = TempDir::new("ciphers");
+    let (backend, _) = echo_backend();
+    let config = |ciphers: &str| {
+        format!("[tls]\nciphers = \"{ciphers}\"\n[[backend]]\naddress = \"{backend}\"\n")
+    };
+    let negotiated = |out: &str, suite: &str| out.contains(&format!("Cipher is {suite}"));
+    // The demo certificate is ECDSA P-256.
+    let (_defaults, addr) = serve(&state, &config(""));
+    let cbc = s_client(addr, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]);
+    assert!(!negotiated(&cbc, "ECDHE-ECDSA-AES128-SHA"), "{cbc}");
+    for aead in [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ] {
+        let out = s_client(addr, &["-tls1_2", "-cipher", aead]);
+        assert!(negotiated(&out, aead), "{aead}: {out}");
+    }
+    // A configuration that asks for more gets it.
+    let (_all, addr) = serve(&state, &config("ALL"));
+    let cbc = s_client(addr, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]);
+    assert!(negotiated(&cbc, "ECDHE-ECDSA-AES128-SHA"), "{cbc}");
+}

@@ -79,7 +79,8 @@ passphrase_cmd = ""
 # Protocol versions: "1.2" or "1.3".
 min_version = "1.2"
 max_version = "1.3"
-# TLS 1.2 cipher list (BoringSSL syntax). Empty: BoringSSL's default list.
+# TLS 1.2 cipher list (BoringSSL syntax). Empty: AEAD suites only (Mozilla "intermediate":
+# ECDHE with AES-GCM or ChaCha20-Poly1305); name CBC suites here to offer them too.
 ciphers = ""
 # Key-exchange groups, most preferred first. X25519MLKEM768 is skipped where the linked
 # BoringSSL lacks it.
