@@ -362,3 +362,52 @@ fn tls12_offers_no_cbc_suite_by_default() {
     let cbc = s_client(addr, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]);
     assert!(negotiated(&cbc, "ECDHE-ECDSA-AES128-SHA"), "{cbc}");
 }
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_cut_off() {
+    let state = TempDir::new("slowloris");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(
+        &state,
+        &format!(
+            "[frontend]\nrequest_head_timeout = \"1s\"\n\
+             [[backend]]\naddress = \"{backend}\"\nx_forwarded = true\n"
+        ),
+    );
+    // Pauses between requests longer than the deadline are fine: it counts from a head's
+    // first byte.
+    let mut tls = tls_connect(addr, "localhost", b"\x08http/1.1");
+    tls.write_all(b"GET /a HTTP/1.1\r\n\r\n").unwrap();
+    read_response(&mut tls);
+    thread::sleep(Duration::from_millis(1500));
+    tls.write_all(b"GET /b HTTP/1.1\r\n\r\n").unwrap();
+    let (_, body) = read_response(&mut tls);
+    assert!(body.starts_with(b"GET /b "));
+    // One header byte every 200 ms keeps the idle timer (5 min) happy, not the head deadline.
+    let started = std::time::Instant::now();
+    tls.write_all(b"GET /slow HTTP/1.1\r\n").unwrap();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        thread::sleep(Duration::from_millis(200));
+        if tls.write_all(b"X").and_then(|()| tls.flush()).is_err() {
+            cut = true;
+            break;
+        }
+    }
+    let line = server.wait_for_logged("request head not complete", Duration::from_secs(1));
+    assert!(
+        line.contains("reason=request head not complete within 1 s of its first byte"),
+        "{line}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "cut after {:?} (written to a closed connection: {cut})",
+        started.elapsed()
+    );
+    assert!(!recorded
+        .lock()
+        .unwrap()
+        .concat()
+        .windows(5)
+        .any(|w| w == b"/slow"));
+}

@@ -42,6 +42,10 @@ backlog = 1024
 handshake_timeout = "10s"
 # A connection with no bytes moving in either direction for this long is closed.
 idle_timeout = "5m"
+# Backends with x_forwarded or forwarded: a request head (request line and header fields) must
+# arrive whole within this long of its first byte, or the connection is closed (a client that
+# trickles a head byte by byte would otherwise hold it for as long as it likes).
+request_head_timeout = "10s"
 # Most connections open at once on each core; further clients wait in the accept queue.
 max_connections = 10000
 # When one side closes its sending direction, keep the other direction open until it closes
@@ -242,6 +246,7 @@ struct RawFrontend {
     backlog: i32,
     handshake_timeout: String,
     idle_timeout: String,
+    request_head_timeout: String,
     max_connections: u32,
     allow_half_open: bool,
     drain_timeout: String,
@@ -380,6 +385,7 @@ impl Default for RawFrontend {
             backlog: 1024,
             handshake_timeout: "10s".into(),
             idle_timeout: "5m".into(),
+            request_head_timeout: "10s".into(),
             max_connections: 10_000,
             allow_half_open: true,
             drain_timeout: "30s".into(),
@@ -471,6 +477,8 @@ pub struct FrontendSettings {
     pub backlog: i32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a request head may take to arrive whole (backends that get headers injected).
+    pub request_head_timeout: Duration,
     pub max_connections: u32,
     pub allow_half_open: bool,
     pub drain_timeout: Duration,
@@ -1001,6 +1009,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         backlog: f.backlog,
         handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
         idle_timeout: positive_duration("frontend.idle_timeout", &f.idle_timeout)?,
+        request_head_timeout: positive_duration(
+            "frontend.request_head_timeout",
+            &f.request_head_timeout,
+        )?,
         max_connections: f.max_connections,
         allow_half_open: f.allow_half_open,
         drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,

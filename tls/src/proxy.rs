@@ -111,6 +111,9 @@ pub enum CloseReason {
     BadRequest(String),
     /// No bytes moved either way for this long.
     Idle(Duration),
+    /// A request head (to a backend that gets forwarding headers) did not arrive whole
+    /// within this long of its first byte.
+    HeadTimeout(Duration),
     /// The TLS handshake did not complete.
     Handshake(TlsError),
     /// The TLS handshake did not complete in time.
@@ -144,6 +147,11 @@ impl fmt::Display for CloseReason {
             CloseReason::Failed { side, op, error } => f.write_str(&describe_io(*side, op, error)),
             CloseReason::BadRequest(why) => write!(f, "bad request from client: {why}"),
             CloseReason::Idle(after) => write!(f, "idle for {} s", after.as_secs_f64()),
+            CloseReason::HeadTimeout(after) => write!(
+                f,
+                "request head not complete within {} s of its first byte",
+                after.as_secs_f64()
+            ),
             CloseReason::Handshake(error) => write!(f, "{error}"),
             CloseReason::HandshakeTimeout(after) => {
                 write!(f, "TLS handshake timed out after {} ms", after.as_millis())
@@ -273,7 +281,7 @@ impl CloseReason {
                 ..
             } => CloseClass::BackendError,
             CloseReason::BadRequest(_) => CloseClass::BadRequest,
-            CloseReason::Idle(_) => CloseClass::Idle,
+            CloseReason::Idle(_) | CloseReason::HeadTimeout(_) => CloseClass::Idle,
             CloseReason::Handshake(_) => CloseClass::HandshakeFailed,
             CloseReason::HandshakeTimeout(_) => CloseClass::HandshakeTimeout,
             CloseReason::BackendsFailed { .. } | CloseReason::NoLiveBackend => {
@@ -479,6 +487,7 @@ async fn run(
         injector: injector.as_mut(),
         half_open: frontend.settings.allow_half_open,
         idle_timeout: Some(frontend.settings.idle_timeout),
+        head_timeout: Some(frontend.settings.request_head_timeout),
         early,
     };
     let outcome = pump(&mut tls, &mut backend, options).await;
@@ -750,6 +759,9 @@ pub struct PumpOptions<'a> {
     pub half_open: bool,
     /// Close when no bytes move either way for this long.
     pub idle_timeout: Option<Duration>,
+    /// With an injector: close when a request head is not complete this long after its first
+    /// byte (the idle timer alone lets a client hold a connection with a byte now and then).
+    pub head_timeout: Option<Duration>,
     /// Set by the client stream after each read: whether those bytes may have been TLS early
     /// data (the injector then marks requests completed by them with `Early-Data: 1`).
     pub early: Option<Arc<AtomicBool>>,
@@ -965,8 +977,12 @@ where
         mut injector,
         half_open,
         idle_timeout,
+        head_timeout,
         early,
     } = options;
+    let head_timeout = head_timeout.filter(|_| injector.is_some());
+    // When the request head being received began (with a head deadline only).
+    let head_since: Cell<Option<Instant>> = Cell::new(None);
     let mut up = Flow::new(Role::Rewrite);
     let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
@@ -982,6 +998,13 @@ where
         );
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
+        }
+        if let (Some(_), Some(injector)) = (head_timeout, injector.as_deref()) {
+            if !injector.in_head() {
+                head_since.set(None);
+            } else if head_since.get().is_none() {
+                head_since.set(Some(Instant::now()));
+            }
         }
         let waited = injector.as_deref().is_some_and(Injector::waits_for_backend);
         let down_poll = down.poll_move(
@@ -1019,29 +1042,53 @@ where
             Poll::Pending
         }
     });
-    let result = match idle_timeout {
-        None => Some(moving.await),
-        Some(idle) => {
-            let watchdog = async {
-                loop {
-                    let deadline = activity.get() + idle;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    fastedge_runtime::sleep(deadline - now).await;
-                }
-            };
-            futures_lite::future::or(async { Some(moving.await) }, watchdog).await
+    // The next deadline: the idle timer's, or a request head's if that comes first.
+    let deadline = || {
+        let idle = idle_timeout.map(|d| (activity.get() + d, CloseReason::Idle(d)));
+        let head = head_timeout
+            .zip(head_since.get())
+            .map(|(d, since)| (since + d, CloseReason::HeadTimeout(d)));
+        match (idle, head) {
+            (Some(i), Some(h)) => Some(if h.0 < i.0 { h } else { i }),
+            (i, h) => i.or(h),
         }
     };
+    let watchdog = async {
+        loop {
+            let armed = deadline();
+            let now = Instant::now();
+            let at = match armed {
+                Some((at, reason)) if now >= at => return reason,
+                Some((at, _)) => Some(at),
+                None => None,
+            };
+            let mut timer = std::pin::pin!(async {
+                match at {
+                    Some(at) => fastedge_runtime::sleep(at - now).await,
+                    None => std::future::pending().await,
+                }
+            });
+            // Polled on every wake of the connection: a request head that began since may
+            // bring the deadline forward.
+            std::future::poll_fn(|cx| {
+                let earlier = deadline().is_some_and(|(next, _)| at.is_none_or(|at| next < at));
+                if earlier {
+                    return Poll::Ready(());
+                }
+                std::future::Future::poll(timer.as_mut(), cx)
+            })
+            .await;
+        }
+    };
+    let result =
+        futures_lite::future::or(async { Ok(moving.await) }, async { Err(watchdog.await) }).await;
     let reason = match result {
-        None => CloseReason::Idle(idle_timeout.unwrap_or_default()),
-        Some(Ok(())) => CloseReason::Closed {
+        Err(expired) => expired,
+        Ok(Ok(())) => CloseReason::Closed {
             first: first_closed.unwrap_or(Side::Client),
         },
-        Some(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
-        Some(Err((side, op, error))) => CloseReason::Failed { side, op, error },
+        Ok(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
+        Ok(Err((side, op, error))) => CloseReason::Failed { side, op, error },
     };
     PumpOutcome {
         upstream: up.bytes,

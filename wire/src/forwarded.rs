@@ -222,6 +222,12 @@ impl Injector {
         self.state == State::Opaque
     }
 
+    /// Whether part of a request head has arrived and the rest has not: the caller bounds how
+    /// long that may last (a client trickling a head byte by byte holds the connection).
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
+    }
+
     /// Whether [`feed`](Self::feed) takes no client bytes until the backend answers: after a
     /// `CONNECT`/`Upgrade` request, or with too many requests unanswered. The caller stops
     /// reading from the client and feeds the backend's bytes to
@@ -915,6 +921,26 @@ GET /d HTTP/1.1\r\n{XFF}\r\n"
             calls > 50,
             "a 32 KiB burst multiplied ~100x came out in {calls} pieces"
         );
+    }
+
+    #[test]
+    fn in_head_while_a_head_is_partial() {
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        assert!(!injector.in_head());
+        injector.feed(b"GET / HTTP/1.1\r\nHo", &mut out).unwrap();
+        assert!(injector.in_head());
+        injector
+            .feed(
+                b"st: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nbo",
+                &mut out,
+            )
+            .unwrap();
+        assert!(!injector.in_head(), "inside a body");
+        injector.feed(b"dy not!", &mut out).unwrap();
+        assert!(!injector.in_head(), "between requests");
+        injector.feed(b"G", &mut out).unwrap();
+        assert!(injector.in_head());
     }
 
     #[test]
