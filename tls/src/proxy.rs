@@ -834,7 +834,6 @@ impl Flow {
     /// reader's EOF, flushes and closes the writer's sending side (half-close). A rewriting
     /// direction reads nothing more while the injector waits for the backend's answer (after
     /// an upgrade request): the pump polls it again when the other direction brought one.
-    #[allow(clippy::too_many_arguments)]
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
