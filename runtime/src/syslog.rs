@@ -1,9 +1,9 @@
-//! Log lines to the local syslog daemon: one RFC 3164 datagram per line on a UNIX socket
+//! Log lines to the local syslog daemon: one RFC 3164 datagram per event on a UNIX socket
 //! (`/dev/log` by default), facility daemon.
 
 use std::{io, os::unix::net::UnixDatagram, path::Path, sync::Arc};
 
-/// Sends each written log line as one syslog datagram.
+/// Sends each written log event as one syslog datagram.
 #[derive(Debug, Clone)]
 pub struct SyslogWriter {
     socket: Arc<UnixDatagram>,
@@ -26,30 +26,43 @@ impl SyslogWriter {
         })
     }
 
-    /// The syslog severity for a formatted line, from the level word it carries.
-    fn severity(line: &str) -> u8 {
-        let head = &line[..line.len().min(64)];
-        if head.contains("ERROR") {
-            3
-        } else if head.contains("WARN") {
-            4
-        } else if head.contains("DEBUG") || head.contains("TRACE") {
-            7
-        } else {
-            6
+    /// The syslog severity of a formatted event, from its level: the JSON `"level"` key, or
+    /// the level word among the first two words of a text line (after the time). Never from
+    /// words further on, which may be text a peer chose.
+    fn severity(event: &str) -> u8 {
+        const JSON_LEVEL: &str = "\"level\":\"";
+        let level = match event.find(JSON_LEVEL) {
+            // Quotes inside JSON strings are escaped: the first match is the real key.
+            Some(at) => event[at + JSON_LEVEL.len()..].split('"').next(),
+            None => event
+                .split_whitespace()
+                .take(2)
+                .find(|w| matches!(*w, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE")),
+        };
+        match level {
+            Some("ERROR") => 3,
+            Some("WARN") => 4,
+            Some("DEBUG" | "TRACE") => 7,
+            _ => 6,
         }
     }
 }
 
 impl io::Write for SyslogWriter {
+    /// One write is one log event (the formatter writes each event whole): it becomes one
+    /// datagram, its line breaks escaped, so that no text inside an event can start an entry
+    /// of its own.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let pri = FACILITY_DAEMON | Self::severity(line);
-            let datagram = format!("<{pri}>{}: {line}", self.tag);
-            // A syslog daemon that is gone or full must not stop the proxy: drop the line.
-            let _ = self.socket.send(datagram.as_bytes());
+        let event = text.trim_end_matches(['\r', '\n']);
+        if event.trim().is_empty() {
+            return Ok(buf.len());
         }
+        let event = event.replace('\r', "\\r").replace('\n', "\\n");
+        let pri = FACILITY_DAEMON | Self::severity(&event);
+        let datagram = format!("<{pri}>{}: {event}", self.tag);
+        // A syslog daemon that is gone or full must not stop the proxy: drop the line.
+        let _ = self.socket.send(datagram.as_bytes());
         Ok(buf.len())
     }
 
@@ -81,6 +94,24 @@ mod tests {
         assert!(first.ends_with("]:  WARN something odd"), "{first}");
         let n = daemon.recv(&mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("<30>fastedge["));
+        // A line break inside an event cannot start an entry of its own.
+        writer
+            .write_all(b" INFO name=x\n ERROR forged\r\n")
+            .unwrap();
+        let n = daemon.recv(&mut buf).unwrap();
+        let event = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(event.starts_with("<30>fastedge["), "{event}");
+        assert!(
+            event.ends_with("]:  INFO name=x\\n ERROR forged"),
+            "{event}"
+        );
+        writer
+            .write_all(
+                b"{\"timestamp\":\"t\",\"level\":\"WARN\",\"sni\":\"\\\"level\\\":\\\"ERROR\"}\n",
+            )
+            .unwrap();
+        let n = daemon.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("<28>fastedge["));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

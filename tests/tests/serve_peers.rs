@@ -116,7 +116,10 @@ fn h2load_over_h2_through_fastedge_to_nginx() {
     wait_port(port);
     let (server, addr) = serve(
         &state,
-        &format!("[tls]\nalpn = [\"h2\", \"http/1.1\"]\n[[backend]]\naddress = \"127.0.0.1:{port}\"\nx_forwarded = true\n"),
+        // No x_forwarded: h2 is not offered for backends that get forwarding headers.
+        &format!(
+            "[tls]\nalpn = [\"h2\", \"http/1.1\"]\n[[backend]]\naddress = \"127.0.0.1:{port}\"\n"
+        ),
     );
     let out = Command::new("h2load")
         .args(["-n", "200", "-c", "4", "-m", "4"])
@@ -131,9 +134,5 @@ fn h2load_over_h2_through_fastedge_to_nginx() {
         "{text}"
     );
     assert!(text.contains("status codes: 200 2xx"), "{text}");
-    // X-Forwarded-* cannot be added to h2: said once, stream untouched.
-    server.wait_for_line(
-        "HTTP/2 connections pass through without X-Forwarded-*",
-        Duration::from_secs(5),
-    );
+    drop(server);
 }

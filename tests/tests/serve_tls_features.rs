@@ -1164,7 +1164,8 @@ fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
         ("missing.test", None),
         ("slow.test", Some("no complete answer within 1000 ms")),
         ("garbage.test", Some("is not JSON")),
-        ("empty.test", Some("has no \"cert\"")),
+        // The reason is logged escaped (quoted, as every text a peer had a hand in).
+        ("empty.test", Some("has no \\\"cert\\\"")),
         ("error.test", Some("answered HTTP 500")),
         ("reset.test", Some("not an HTTP response")),
         ("huge.test", Some("larger than")),

@@ -47,6 +47,10 @@ backlog = 1024
 handshake_timeout = "10s"
 # A connection with no bytes moving in either direction for this long is closed.
 idle_timeout = "5m"
+# Backends with x_forwarded or forwarded: a request head (request line and header fields) must
+# arrive whole within this long of its first byte, or the connection is closed (a client that
+# trickles a head byte by byte would otherwise hold it for as long as it likes).
+request_head_timeout = "10s"
 # Most connections open at once on each core; further clients wait in the accept queue.
 max_connections = 10000
 # When one side closes its sending direction, keep the other direction open until it closes
@@ -84,12 +88,15 @@ passphrase_cmd = ""
 # Protocol versions: "1.2" or "1.3".
 min_version = "1.2"
 max_version = "1.3"
-# TLS 1.2 cipher list (BoringSSL syntax). Empty: BoringSSL's default list.
+# TLS 1.2 cipher list (BoringSSL syntax). Empty: AEAD suites only (Mozilla "intermediate":
+# ECDHE with AES-GCM or ChaCha20-Poly1305); name CBC suites here to offer them too.
 ciphers = ""
 # Key-exchange groups, most preferred first. X25519MLKEM768 is skipped where the linked
 # BoringSSL lacks it.
 groups = ["X25519MLKEM768", "X25519", "P-256", "P-384"]
-# ALPN protocols accepted, most preferred first; list only what the backends speak.
+# ALPN protocols accepted, most preferred first; list only what the backends speak. "h2" is
+# left out where the backends get X-Forwarded-*/Forwarded (x_forwarded, forwarded): only
+# HTTP/1 requests can carry them.
 alpn = ["http/1.1"]
 # Choose the cipher by the server's order rather than the client's.
 server_preference = true
@@ -246,6 +253,7 @@ struct RawFrontend {
     backlog: i32,
     handshake_timeout: String,
     idle_timeout: String,
+    request_head_timeout: String,
     max_connections: u32,
     allow_half_open: bool,
     drain_timeout: String,
@@ -385,6 +393,7 @@ impl Default for RawFrontend {
             backlog: 1024,
             handshake_timeout: "10s".into(),
             idle_timeout: "5m".into(),
+            request_head_timeout: "10s".into(),
             max_connections: 10_000,
             allow_half_open: true,
             drain_timeout: "30s".into(),
@@ -478,6 +487,8 @@ pub struct FrontendSettings {
     pub backlog: i32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a request head may take to arrive whole (backends that get headers injected).
+    pub request_head_timeout: Duration,
     pub max_connections: u32,
     pub allow_half_open: bool,
     pub drain_timeout: Duration,
@@ -515,6 +526,10 @@ pub struct TlsSettings {
     pub ciphers: Option<String>,
     pub groups: Vec<String>,
     pub alpn: Vec<String>,
+    /// Leave `h2` out of the ALPN lists dynamic SNI answers give: the global backends get
+    /// forwarding headers, which only HTTP/1 requests can carry (set by
+    /// [`ServeConfig::leave_out_h2_where_injecting`]).
+    pub alpn_no_h2: bool,
     pub server_preference: bool,
     pub client_auth: ClientAuth,
     /// SNI contexts, in configuration order.
@@ -661,6 +676,13 @@ pub struct BackendSpec {
     pub send_client_cert: bool,
 }
 
+impl BackendSpec {
+    /// Whether fastedge rewrites this backend's HTTP/1 requests (forwarding headers).
+    pub fn injects(&self) -> bool {
+        self.x_forwarded || self.forwarded
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         // The built-in defaults are valid by construction; `tests::defaults_are_valid` checks.
@@ -679,6 +701,38 @@ impl ServeConfig {
         let translation = crate::bud::translate(text)?;
         let config = Self::parse(&translation.toml)?;
         Ok((config, Some(translation)))
+    }
+
+    /// Leaves `h2` out of every ALPN list whose connections go to backends that get forwarding
+    /// headers (`x_forwarded`/`forwarded`): only HTTP/1 requests can be rewritten, and an
+    /// HTTP/2 connection passed on unrewritten would let clients state their own. Such clients
+    /// negotiate `http/1.1` instead. Returns the keys whose list lost `h2`, for a notice.
+    /// Call it once the configuration is final (after command-line overrides).
+    pub fn leave_out_h2_where_injecting(&mut self) -> Vec<String> {
+        fn without_h2(alpn: &mut Vec<String>) -> bool {
+            let before = alpn.len();
+            alpn.retain(|p| p != "h2");
+            alpn.len() != before
+        }
+        let global = self.backends.iter().any(BackendSpec::injects);
+        let mut changed = Vec::new();
+        if global {
+            self.tls.alpn_no_h2 = true;
+            if without_h2(&mut self.tls.alpn) {
+                changed.push("tls.alpn".to_owned());
+            }
+        }
+        for (i, context) in self.tls.contexts.iter_mut().enumerate() {
+            let injects = if context.backends.is_empty() {
+                global
+            } else {
+                context.backends.iter().any(BackendSpec::injects)
+            };
+            if injects && without_h2(&mut context.alpn) {
+                changed.push(format!("context[{i}].alpn"));
+            }
+        }
+        changed
     }
 
     /// Parses and validates a TOML document. Leading and trailing whitespace is fine.
@@ -971,6 +1025,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         backlog: f.backlog,
         handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
         idle_timeout: positive_duration("frontend.idle_timeout", &f.idle_timeout)?,
+        request_head_timeout: positive_duration(
+            "frontend.request_head_timeout",
+            &f.request_head_timeout,
+        )?,
         max_connections: f.max_connections,
         allow_half_open: f.allow_half_open,
         drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,
@@ -1154,6 +1212,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         ciphers,
         groups: t.groups,
         alpn: t.alpn,
+        alpn_no_h2: false,
         server_preference: t.server_preference,
         client_auth,
         contexts,
@@ -1219,6 +1278,28 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2_is_left_out_where_backends_inject() {
+        let text = "[tls]\nalpn = [\"h2\", \"http/1.1\"]\n\
+                    [[backend]]\naddress = \"127.0.0.1:1\"\nx_forwarded = true\n\
+                    [[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context]]\nservername = [\"b.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context.backend]]\naddress = \"127.0.0.1:2\"\nproxy_protocol = \"v2\"\n";
+        let mut config = ServeConfig::parse(text).unwrap();
+        assert_eq!(
+            config.leave_out_h2_where_injecting(),
+            vec!["tls.alpn".to_owned(), "context[0].alpn".to_owned()]
+        );
+        assert_eq!(config.tls.alpn, vec!["http/1.1".to_owned()]);
+        assert!(config.tls.alpn_no_h2);
+        assert_eq!(config.tls.contexts[0].alpn, vec!["http/1.1".to_owned()]);
+        assert_eq!(
+            config.tls.contexts[1].alpn,
+            vec!["h2".to_owned(), "http/1.1".to_owned()],
+            "its own backends get PROXY v2, not headers"
+        );
+    }
 
     #[test]
     fn default_document_is_the_defaults() {

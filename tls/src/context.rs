@@ -149,6 +149,13 @@ fn select_dynamic(
     }
 }
 
+/// TLS 1.2 suites when the configuration names none: Mozilla's "intermediate" profile, AEAD
+/// only (ECDHE with AES-GCM or ChaCha20-Poly1305; BoringSSL has no DHE). CBC suites and RSA key
+/// exchange are offered only when `ciphers` asks for them. TLS 1.3 suites are not affected.
+pub const DEFAULT_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:\
+ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
 /// Why our own callbacks refused a handshake, for the close log.
 fn refusal_index() -> Index<Ssl, String> {
     static INDEX: OnceLock<Index<Ssl, String>> = OnceLock::new();
@@ -213,7 +220,10 @@ pub(crate) fn runtime_set(
     let ciphers = if &view.ciphers == default_ciphers {
         None
     } else {
-        let list = view.ciphers.clone().unwrap_or_else(|| "ALL".into());
+        let list = view
+            .ciphers
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TLS12_CIPHERS.into());
         Some(
             CString::new(list)
                 .map_err(|_| TlsError::Invalid("ciphers: a NUL byte in the list".into()))?,
@@ -336,7 +346,10 @@ impl ServerContext {
                     let ciphers = if view.ciphers == settings.ciphers {
                         None
                     } else {
-                        let list = view.ciphers.clone().unwrap_or_else(|| "ALL".into());
+                        let list = view
+                            .ciphers
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_TLS12_CIPHERS.into());
                         Some(CString::new(list).map_err(|_| {
                             TlsError::Invalid("ciphers: a NUL byte in the list".into())
                         })?)
@@ -542,11 +555,10 @@ impl ServerContext {
         if settings.early_data.is_some() {
             ffi::set_early_data_enabled(&mut builder, true);
         }
-        if let Some(ciphers) = &settings.ciphers {
-            builder.set_cipher_list(ciphers).map_err(TlsError::config(
-                "tls.ciphers: no usable cipher in the list",
-            ))?;
-        }
+        let ciphers = settings.ciphers.as_deref().unwrap_or(DEFAULT_TLS12_CIPHERS);
+        builder.set_cipher_list(ciphers).map_err(TlsError::config(
+            "tls.ciphers: no usable cipher in the list",
+        ))?;
         set_groups(&mut builder, &settings.groups)?;
         set_client_auth(&mut builder, &settings.client_auth)?;
         let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificate {

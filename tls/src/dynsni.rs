@@ -29,6 +29,7 @@ use std::{
 };
 
 use boring::{pkey::PKey, x509::X509};
+use fastedge_wire::logtext::Untrusted;
 
 use crate::{
     config::{DynamicSniSettings, TlsSettings},
@@ -137,8 +138,8 @@ impl DynamicSni {
                     };
                     if let Err(why) = &outcome {
                         tracing::warn!(
-                            server_name = %name,
-                            reason = %why,
+                            server_name = %Untrusted(&name),
+                            reason = %Untrusted(why),
                             "dynamic SNI lookup failed; the default context serves this name for now"
                         );
                     }
@@ -345,6 +346,8 @@ fn fetch(
             .iter()
             .filter_map(|p| p.as_str())
             .filter(|p| !p.is_empty() && p.len() < 256)
+            // Unrewritable when the global backends get forwarding headers.
+            .filter(|p| !(view.alpn_no_h2 && *p == "h2"))
             .map(str::to_owned)
             .collect();
     }

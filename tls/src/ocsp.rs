@@ -29,6 +29,7 @@ use boring::{
     sign::Verifier,
     x509::X509,
 };
+use fastedge_wire::logtext::Untrusted;
 use fastedge_wire::ocsp::{
     cert_fields, encode_request, parse_response, CertId, CertStatus, SignatureAlgorithm, OID_SHA1,
     OID_SHA256,
@@ -307,7 +308,8 @@ pub(crate) fn run_job(job: &mut Job, slot: &StapleSlot, timeout: Duration) {
             tracing::warn!(
                 certificate = %job.cert.name,
                 %source,
-                reason = %why,
+                // Partly the responder's words.
+                reason = %Untrusted(&why),
                 "OCSP staple not updated; the previous one (if any) stays until it expires"
             );
             job.due = Instant::now()

@@ -38,6 +38,7 @@ use fastedge_wire::{
     balance::{Balancer, HealthChange},
     forwarded::{ClientCertHeaders, ClientFacts, ForwardedConfig, Injector},
     http1::DEFAULT_MAX_HEAD,
+    logtext::Untrusted,
     proxy::{encode_bud_json, encode_v1, encode_v2, ConnectionAddrs, TlsFacts},
 };
 use futures_io::{AsyncRead, AsyncWrite};
@@ -119,6 +120,9 @@ pub enum CloseReason {
     BadRequest(String),
     /// No bytes moved either way for this long.
     Idle(Duration),
+    /// A request head (to a backend that gets forwarding headers) did not arrive whole
+    /// within this long of its first byte.
+    HeadTimeout(Duration),
     /// The TLS handshake did not complete.
     Handshake(TlsError),
     /// The TLS handshake did not complete in time.
@@ -152,6 +156,11 @@ impl fmt::Display for CloseReason {
             CloseReason::Failed { side, op, error } => f.write_str(&describe_io(*side, op, error)),
             CloseReason::BadRequest(why) => write!(f, "bad request from client: {why}"),
             CloseReason::Idle(after) => write!(f, "idle for {} s", after.as_secs_f64()),
+            CloseReason::HeadTimeout(after) => write!(
+                f,
+                "request head not complete within {} s of its first byte",
+                after.as_secs_f64()
+            ),
             CloseReason::Handshake(error) => write!(f, "{error}"),
             CloseReason::HandshakeTimeout(after) => {
                 write!(f, "TLS handshake timed out after {} ms", after.as_millis())
@@ -281,7 +290,7 @@ impl CloseReason {
                 ..
             } => CloseClass::BackendError,
             CloseReason::BadRequest(_) => CloseClass::BadRequest,
-            CloseReason::Idle(_) => CloseClass::Idle,
+            CloseReason::Idle(_) | CloseReason::HeadTimeout(_) => CloseClass::Idle,
             CloseReason::Handshake(_) => CloseClass::HandshakeFailed,
             CloseReason::HandshakeTimeout(_) => CloseClass::HandshakeTimeout,
             CloseReason::BackendsFailed { .. } | CloseReason::NoLiveBackend => {
@@ -307,8 +316,8 @@ pub async fn serve_connection(
         .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
         %peer,
-        sni = log.sni.as_deref().unwrap_or("-"),
-        alpn = log.alpn.as_deref().unwrap_or("-"),
+        sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
+        alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
         tls = log.version.as_deref().unwrap_or("-"),
         backend = log.backend.as_deref().unwrap_or("-"),
         upstream = log.upstream,
@@ -513,6 +522,7 @@ async fn run(
         injector: injector.as_mut(),
         half_open: frontend.settings.allow_half_open,
         idle_timeout: Some(frontend.settings.idle_timeout),
+        head_timeout: Some(frontend.settings.request_head_timeout),
         early,
     };
     let outcome = pump(&mut tls, &mut backend, options).await;
@@ -825,20 +835,39 @@ pub struct PumpOptions<'a> {
     pub half_open: bool,
     /// Close when no bytes move either way for this long.
     pub idle_timeout: Option<Duration>,
+    /// With an injector: close when a request head is not complete this long after its first
+    /// byte (the idle timer alone lets a client hold a connection with a byte now and then).
+    pub head_timeout: Option<Duration>,
     /// Set by the client stream after each read: whether those bytes may have been TLS early
     /// data (the injector then marks requests completed by them with `Early-Data: 1`).
     pub early: Option<Arc<AtomicBool>>,
+}
+
+/// What a direction of the pump does with the injector, if the connection has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Client → backend: bytes pass through the injector, which rewrites request heads.
+    Rewrite,
+    /// Backend → client: bytes pass unchanged; the injector observes them to learn whether
+    /// the backend switched protocols.
+    Observe,
 }
 
 /// One direction of the pump: a buffer between a reader and a writer.
 struct Flow {
     /// Borrowed from the core's pool while bytes are in flight; `None` while idle.
     buf: Option<Box<[u8]>>,
-    /// Rewritten bytes when the direction has a transform; otherwise unused (freed while idle).
+    /// Rewritten bytes when the direction rewrites; otherwise unused (freed while idle).
     out: Vec<u8>,
-    transformed: bool,
+    role: Role,
+    /// `buf[start..end]`: read and not yet written (or, when rewriting, not yet fed to the
+    /// injector, which may hold off taking bytes until the backend answers).
     start: usize,
     end: usize,
+    /// `out[out_start..]`: rewritten and not yet written.
+    out_start: usize,
+    /// Whether the bytes in `buf` may have been TLS early data.
+    early_read: bool,
     read_done: bool,
     unflushed: bool,
     done: bool,
@@ -856,13 +885,15 @@ impl Drop for Flow {
 }
 
 impl Flow {
-    fn new(transformed: bool) -> Self {
+    fn new(role: Role) -> Self {
         Self {
             buf: None,
             out: Vec::new(),
-            transformed,
+            role,
             start: 0,
             end: 0,
+            out_start: 0,
+            early_read: false,
             read_done: false,
             unflushed: false,
             done: false,
@@ -870,8 +901,15 @@ impl Flow {
         }
     }
 
+    /// Whether this direction rewrites through an injector.
+    fn rewrites(&self, injector: &Option<&mut Injector>) -> bool {
+        self.role == Role::Rewrite && injector.is_some()
+    }
+
     /// Moves bytes from `reader` to `writer` until the reader is pending or done; after the
-    /// reader's EOF, flushes and closes the writer's sending side (half-close).
+    /// reader's EOF, flushes and closes the writer's sending side (half-close). A rewriting
+    /// direction reads nothing more while the injector waits for the backend's answer (after
+    /// an upgrade request): the pump polls it again when the other direction brought one.
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -888,24 +926,54 @@ impl Flow {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        let rewrites = self.rewrites(&injector);
         loop {
-            while self.start < self.end {
-                let pending = match &self.buf {
-                    Some(buf) if !self.transformed => &buf[self.start..self.end],
-                    _ => &self.out[self.start..self.end],
+            loop {
+                let pending: &[u8] = match &self.buf {
+                    _ if rewrites => &self.out[self.out_start..],
+                    Some(buf) => &buf[self.start..self.end],
+                    None => &[],
                 };
+                if pending.is_empty() {
+                    break;
+                }
                 match Pin::new(&mut *writer).poll_write(cx, pending) {
                     Poll::Ready(Ok(0)) => {
                         let error = io::Error::new(io::ErrorKind::WriteZero, "wrote zero bytes");
                         return Poll::Ready(Err((to, "write", error)));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.start += n;
+                        if rewrites {
+                            self.out_start += n;
+                        } else {
+                            self.start += n;
+                        }
                         self.unflushed = true;
                         activity.set(Instant::now());
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((to, "write", error))),
                     Poll::Pending => return Poll::Pending,
+                }
+            }
+            if rewrites {
+                self.out.clear();
+                self.out_start = 0;
+                if let (Some(injector), Some(buf), true) =
+                    (injector.as_deref_mut(), &self.buf, self.start < self.end)
+                {
+                    injector.set_early(self.early_read);
+                    let used = injector
+                        .feed(&buf[self.start..self.end], &mut self.out)
+                        .map_err(|e| {
+                            let error = io::Error::new(io::ErrorKind::InvalidData, e);
+                            (from, "request", error)
+                        })?;
+                    self.start += used;
+                    if used == 0 && self.out.is_empty() {
+                        // Waiting for the backend's answer; what was written goes out now.
+                        return self.poll_flush_pending(cx, to, writer);
+                    }
+                    continue;
                 }
             }
             if self.read_done {
@@ -917,25 +985,25 @@ impl Flow {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            if rewrites && injector.as_deref().is_some_and(Injector::waits_for_backend) {
+                return self.poll_flush_pending(cx, to, writer);
+            }
             let buf = self.buf.get_or_insert_with(borrow_buffer);
             match Pin::new(&mut *reader).poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(0)) => {
+                    self.read_done = true;
+                    if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
+                        injector.backend_closed();
+                    }
+                }
                 Poll::Ready(Ok(n)) => {
                     activity.set(Instant::now());
                     self.bytes += n as u64;
                     self.start = 0;
                     self.end = n;
-                    if let Some(injector) = injector.as_deref_mut() {
-                        self.out.clear();
-                        injector.set_early(early.is_some_and(|e| e.load(Ordering::Relaxed)));
-                        injector.feed(&buf[..n], &mut self.out).map_err(|e| {
-                            (
-                                from,
-                                "request",
-                                io::Error::new(io::ErrorKind::InvalidData, e),
-                            )
-                        })?;
-                        self.end = self.out.len();
+                    self.early_read = early.is_some_and(|e| e.load(Ordering::Relaxed));
+                    if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
+                        injector.observe_response(&buf[..n]);
                     }
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err((from, "read", error))),
@@ -945,15 +1013,28 @@ impl Flow {
                         return_buffer(buf);
                     }
                     self.out = Vec::new();
-                    if self.unflushed {
-                        let flushed = ready!(Pin::new(&mut *writer).poll_flush(cx));
-                        flushed.map_err(|error| (to, "flush", error))?;
-                        self.unflushed = false;
-                    }
-                    return Poll::Pending;
+                    return self.poll_flush_pending(cx, to, writer);
                 }
             }
         }
+    }
+
+    /// Flushes what was written, then answers `Pending` (the flush's error if it fails).
+    fn poll_flush_pending<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: Side,
+        writer: &mut W,
+    ) -> Poll<Result<(), FlowError>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.unflushed {
+            let flushed = ready!(Pin::new(&mut *writer).poll_flush(cx));
+            flushed.map_err(|error| (to, "flush", error))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
     }
 }
 
@@ -971,10 +1052,14 @@ where
         mut injector,
         half_open,
         idle_timeout,
+        head_timeout,
         early,
     } = options;
-    let mut up = Flow::new(injector.is_some());
-    let mut down = Flow::new(false);
+    let head_timeout = head_timeout.filter(|_| injector.is_some());
+    // When the request head being received began (with a head deadline only).
+    let head_since: Cell<Option<Instant>> = Cell::new(None);
+    let mut up = Flow::new(Role::Rewrite);
+    let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
     let activity = Cell::new(Instant::now());
     let moving = std::future::poll_fn(|cx| {
@@ -989,16 +1074,28 @@ where
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
         }
+        if let (Some(_), Some(injector)) = (head_timeout, injector.as_deref()) {
+            if !injector.in_head() {
+                head_since.set(None);
+            } else if head_since.get().is_none() {
+                head_since.set(Some(Instant::now()));
+            }
+        }
+        let waited = injector.as_deref().is_some_and(Injector::waits_for_backend);
         let down_poll = down.poll_move(
             cx,
             (Side::Backend, &mut *backend),
             (Side::Client, &mut *client),
-            None,
+            injector.as_deref_mut(),
             None,
             &activity,
         );
         if let Poll::Ready(Err(e)) = down_poll {
             return Poll::Ready(Err(e));
+        }
+        if waited && !injector.as_deref().is_some_and(Injector::waits_for_backend) {
+            // The backend's answer came: the client's held bytes may move on.
+            cx.waker().wake_by_ref();
         }
         if first_closed.is_none() {
             if up.read_done {
@@ -1020,29 +1117,53 @@ where
             Poll::Pending
         }
     });
-    let result = match idle_timeout {
-        None => Some(moving.await),
-        Some(idle) => {
-            let watchdog = async {
-                loop {
-                    let deadline = activity.get() + idle;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    fastedge_runtime::sleep(deadline - now).await;
-                }
-            };
-            futures_lite::future::or(async { Some(moving.await) }, watchdog).await
+    // The next deadline: the idle timer's, or a request head's if that comes first.
+    let deadline = || {
+        let idle = idle_timeout.map(|d| (activity.get() + d, CloseReason::Idle(d)));
+        let head = head_timeout
+            .zip(head_since.get())
+            .map(|(d, since)| (since + d, CloseReason::HeadTimeout(d)));
+        match (idle, head) {
+            (Some(i), Some(h)) => Some(if h.0 < i.0 { h } else { i }),
+            (i, h) => i.or(h),
         }
     };
+    let watchdog = async {
+        loop {
+            let armed = deadline();
+            let now = Instant::now();
+            let at = match armed {
+                Some((at, reason)) if now >= at => return reason,
+                Some((at, _)) => Some(at),
+                None => None,
+            };
+            let mut timer = std::pin::pin!(async {
+                match at {
+                    Some(at) => fastedge_runtime::sleep(at - now).await,
+                    None => std::future::pending().await,
+                }
+            });
+            // Polled on every wake of the connection: a request head that began since may
+            // bring the deadline forward.
+            std::future::poll_fn(|cx| {
+                let earlier = deadline().is_some_and(|(next, _)| at.is_none_or(|at| next < at));
+                if earlier {
+                    return Poll::Ready(());
+                }
+                std::future::Future::poll(timer.as_mut(), cx)
+            })
+            .await;
+        }
+    };
+    let result =
+        futures_lite::future::or(async { Ok(moving.await) }, async { Err(watchdog.await) }).await;
     let reason = match result {
-        None => CloseReason::Idle(idle_timeout.unwrap_or_default()),
-        Some(Ok(())) => CloseReason::Closed {
+        Err(expired) => expired,
+        Ok(Ok(())) => CloseReason::Closed {
             first: first_closed.unwrap_or(Side::Client),
         },
-        Some(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
-        Some(Err((side, op, error))) => CloseReason::Failed { side, op, error },
+        Ok(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
+        Ok(Err((side, op, error))) => CloseReason::Failed { side, op, error },
     };
     PumpOutcome {
         upstream: up.bytes,

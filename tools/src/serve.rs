@@ -147,7 +147,10 @@ fn bud_translation(path: &Path) -> Option<fastedge_tls::bud::Translation> {
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
-    let config = read_config(&args.config)?;
+    let mut config = read_config(&args.config)?;
+    for key in config.leave_out_h2_where_injecting() {
+        eprintln!("note: {key}: h2 left out, its backends get forwarding headers (HTTP/1 only)");
+    }
     if !config.tls.certificates.is_empty() {
         ServerContext::from_settings(&config.tls).map_err(Failure::config)?;
     } else {
@@ -595,6 +598,12 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
             )));
         }
         config.tls.alpn = alpn;
+    }
+    for key in config.leave_out_h2_where_injecting() {
+        tracing::warn!(
+            "{key}: h2 left out, its backends get forwarding headers (HTTP/1 only); use \
+             proxy_protocol = \"v2\" to tell HTTP/2 backends about clients"
+        );
     }
     Ok(())
 }

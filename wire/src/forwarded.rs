@@ -5,13 +5,24 @@
 //! bytes as they arrive ([`Injector::feed`]) and send on what it appends to `out`. It finds each
 //! request head (even one split into one-byte reads, even several pipelined in one read),
 //! rewrites it, and passes bodies through untouched, framing them by Content-Length or by the
-//! chunked coding so that the next head is found exactly where it starts. After a `CONNECT` or
-//! an `Upgrade` request, and on an HTTP/2 connection preface, the rest of the stream is opaque
-//! and passes through as is.
+//! chunked coding so that the next head is found exactly where it starts.
+//!
+//! The stream becomes opaque (passes through as is) only when the backend switched protocols:
+//! the injector also observes the backend → client stream ([`Injector::observe_response`], a
+//! [`ResponseReader`]). After a `CONNECT` or `Upgrade` request it takes no more client bytes
+//! until the backend's answer arrives: a `101 Switching Protocols` (to `Upgrade`) or a 2xx (to
+//! `CONNECT`) makes the rest opaque; any other final answer, a backend that closes, or responses
+//! that cannot be followed, and the next bytes are parsed as requests again — rewritten like
+//! every other, so a client cannot smuggle forged forwarding headers behind an upgrade the
+//! backend ignored. An HTTP/2 connection preface is refused: its requests cannot be rewritten.
 
 use std::net::IpAddr;
 
-use crate::http1::{parse_request_head, BodyFraming, HeadError, Status};
+use crate::{
+    chunked::{chunked_step, Chunk},
+    http1::{parse_request_head, BodyFraming, HeadError, Status, DEFAULT_MAX_RESPONSE_HEAD},
+    response::{RequestKind, ResponseReader},
+};
 
 /// Which headers to set, and the head size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +50,8 @@ pub struct ClientFacts {
 /// The client certificate as backends learn it in headers, with `X-Forwarded-*`:
 /// `X-Client-Verify` (`SUCCESS` or `NONE`), `X-Client-Subject` (the subject DN, RFC 2253) and,
 /// if asked, `X-Client-Cert` (the PEM, percent-encoded onto one line, as nginx's
-/// `$ssl_client_escaped_cert`). With `x_forwarded`, headers of these names sent by the client
-/// are always removed, whether or not the connection states a certificate.
+/// `$ssl_client_escaped_cert`). Headers of these names sent by the client are always removed,
+/// whether or not the connection states a certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientCertHeaders {
     /// Whether a client certificate was presented and verified.
@@ -49,7 +60,7 @@ pub struct ClientCertHeaders {
     pub cert_pem: Option<String>,
 }
 
-/// Header names the client may not set when `x_forwarded` is on.
+/// Header names the client may not set when headers are injected.
 const CLIENT_CERT_HEADERS: [&[u8]; 3] = [b"x-client-verify", b"x-client-subject", b"x-client-cert"];
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -69,6 +80,9 @@ pub enum InjectError {
     Head(HeadError),
     /// A chunked body that breaks the chunked coding.
     BadChunk(&'static str),
+    /// The HTTP/2 connection preface: its requests cannot be rewritten, and passing them on
+    /// unrewritten would let the client state its own forwarding headers.
+    Http2,
 }
 
 impl std::fmt::Display for InjectError {
@@ -76,6 +90,9 @@ impl std::fmt::Display for InjectError {
         match self {
             InjectError::Head(error) => error.fmt(f),
             InjectError::BadChunk(what) => write!(f, "malformed chunked body: {what}"),
+            InjectError::Http2 => f.write_str(
+                "HTTP/2 preface, but this backend gets forwarding headers (HTTP/1 only)",
+            ),
         }
     }
 }
@@ -91,43 +108,21 @@ enum State {
     Fixed { remaining: u64 },
     /// Inside a chunked body.
     Chunked(Chunk),
-    /// After CONNECT/Upgrade or an HTTP/2 preface: pass everything through.
+    /// After a CONNECT/Upgrade request (and its body): waiting for the backend's answer.
+    AwaitingSwitch,
+    /// After the backend switched protocols: pass everything through.
     Opaque,
     /// After an error: accepts nothing more.
     Failed,
 }
 
-/// Position inside the chunked coding (RFC 9112 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Reading hex digits of a chunk size; `digits` so far.
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    /// After the size: extensions until the end of the line.
-    Extension {
-        size: u64,
-    },
-    /// Saw CR after a size line; expecting LF.
-    SizeLf {
-        size: u64,
-    },
-    Data {
-        remaining: u64,
-    },
-    /// After chunk data: expecting CR LF.
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final empty line).
-    TrailerStart,
-    /// Inside a trailer field line.
-    TrailerLine,
-    /// Saw CR at the start of a line: expecting the final LF.
-    EndLf,
-}
+/// Bytes [`Injector::feed`] emits in one call before it stops taking input (it may pass this by
+/// one rewritten head): injected headers multiply a burst of small pipelined requests many
+/// times over (a hundredfold with a client certificate), so the caller writes what came out
+/// before feeding the rest, and reads nothing more from the client meanwhile.
+pub const OUTPUT_HIGH_WATER: usize = 32 * 1024;
 
-/// The HTTP/2 connection preface: a stream that starts with it is not HTTP/1.
+/// The HTTP/2 connection preface (a stream that starts with it is not HTTP/1).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Adds forwarding headers to every request of one client → backend stream.
@@ -141,6 +136,10 @@ pub struct Injector {
     requests: u64,
     h2: bool,
     early: bool,
+    /// The request being read asked to switch protocols (`Upgrade` or `CONNECT`).
+    switch_asked: bool,
+    /// The backend's answers, to learn whether it switched protocols.
+    responses: ResponseReader,
     /// What every request of the connection gets, rendered once.
     text: Rendered,
 }
@@ -188,6 +187,8 @@ impl Injector {
             requests: 0,
             h2: false,
             early: false,
+            switch_asked: false,
+            responses: ResponseReader::new(DEFAULT_MAX_RESPONSE_HEAD),
             text: Rendered::new(&facts),
         }
     }
@@ -210,30 +211,98 @@ impl Injector {
         self.requests
     }
 
-    /// Whether the stream turned out to be HTTP/2 (prior knowledge preface): it then passes
-    /// through untouched, and PROXY v2 is the way to tell the backend about the client.
+    /// Whether the stream turned out to be HTTP/2 (prior knowledge preface): it is refused
+    /// ([`InjectError::Http2`]); PROXY v2 is the way to tell an HTTP/2 backend about clients.
     pub fn saw_http2(&self) -> bool {
         self.h2
     }
 
-    /// Whether the stream is past a CONNECT/Upgrade request (or HTTP/2) and passes through.
+    /// Whether the stream passes through untouched: the backend switched protocols.
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
 
-    /// Consumes the next client bytes, appending what the backend must receive to `out`.
-    /// Bytes of an incomplete head stay buffered inside until the rest arrives.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), InjectError> {
+    /// Whether part of a request head has arrived and the rest has not: the caller bounds how
+    /// long that may last (a client trickling a head byte by byte holds the connection).
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
+    }
+
+    /// Whether [`feed`](Self::feed) takes no client bytes until the backend answers: after a
+    /// `CONNECT`/`Upgrade` request, or with too many requests unanswered. The caller stops
+    /// reading from the client and feeds the backend's bytes to
+    /// [`observe_response`](Self::observe_response) meanwhile.
+    pub fn waits_for_backend(&self) -> bool {
+        match self.state {
+            State::AwaitingSwitch => !self.switch_decided(),
+            State::Head => !self.responses.can_take_request(),
+            _ => false,
+        }
+    }
+
+    /// Observes bytes the backend sent to the client (they pass on unchanged).
+    pub fn observe_response(&mut self, input: &[u8]) {
+        self.responses.feed(input);
+    }
+
+    /// The backend closed its sending side: it switches nothing any more.
+    pub fn backend_closed(&mut self) {
+        self.responses.closed();
+    }
+
+    /// Whether the backend's answer to the `CONNECT`/`Upgrade` request is known.
+    fn switch_decided(&self) -> bool {
+        // The switching request is the last one sent: with none unanswered, it was answered.
+        self.responses.switched() || !self.responses.is_tracking() || self.responses.pending() == 0
+    }
+
+    /// The state after a request ended (its head, and its body if any).
+    fn after_request(&self) -> State {
+        if self.switch_asked {
+            State::AwaitingSwitch
+        } else {
+            State::Head
+        }
+    }
+
+    /// Consumes client bytes, appending what the backend must receive to `out`; returns how
+    /// many of `input` it took. Bytes of an incomplete head stay buffered inside until the rest
+    /// arrives. It takes fewer than all (maybe none) while it
+    /// [waits for the backend](Self::waits_for_backend), and once it appended
+    /// [`OUTPUT_HIGH_WATER`] bytes to `out`: the caller keeps the rest and offers it again
+    /// after writing `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<usize, InjectError> {
+        let offered = input.len();
+        let out_before = out.len();
         while !input.is_empty() {
+            if out.len() - out_before >= OUTPUT_HIGH_WATER {
+                break;
+            }
             let used = match self.state {
                 State::Failed => return Err(InjectError::BadChunk("stream already failed")),
                 State::Opaque => {
                     out.extend_from_slice(input);
                     input.len()
                 }
-                State::Head => self
-                    .feed_head(input, out)
-                    .inspect_err(|_| self.state = State::Failed)?,
+                State::AwaitingSwitch => {
+                    if !self.switch_decided() {
+                        break;
+                    }
+                    self.switch_asked = false;
+                    self.state = if self.responses.switched() {
+                        State::Opaque
+                    } else {
+                        State::Head
+                    };
+                    0
+                }
+                State::Head => {
+                    if !self.responses.can_take_request() {
+                        break;
+                    }
+                    self.feed_head(input, out)
+                        .inspect_err(|_| self.state = State::Failed)?
+                }
                 State::Fixed { remaining } => {
                     let n = usize::try_from(remaining)
                         .unwrap_or(usize::MAX)
@@ -241,23 +310,28 @@ impl Injector {
                     out.extend_from_slice(&input[..n]);
                     let remaining = remaining - n as u64;
                     self.state = if remaining == 0 {
-                        State::Head
+                        self.after_request()
                     } else {
                         State::Fixed { remaining }
                     };
                     n
                 }
                 State::Chunked(chunk) => {
-                    let (n, next) =
-                        chunked_step(chunk, input).inspect_err(|_| self.state = State::Failed)?;
+                    let (n, next) = chunked_step(chunk, input).map_err(|what| {
+                        self.state = State::Failed;
+                        InjectError::BadChunk(what)
+                    })?;
                     out.extend_from_slice(&input[..n]);
-                    self.state = next.map_or(State::Head, State::Chunked);
+                    self.state = match next {
+                        Some(chunk) => State::Chunked(chunk),
+                        None => self.after_request(),
+                    };
                     n
                 }
             };
             input = &input[used..];
         }
-        Ok(())
+        Ok(offered - input.len())
     }
 
     /// Takes bytes of a request head; returns how many of `input` it used.
@@ -280,9 +354,7 @@ impl Injector {
                     return Ok(input.len());
                 }
                 self.h2 = true;
-                self.state = State::Opaque;
-                out.append(&mut self.head);
-                return Ok(0);
+                return Err(InjectError::Http2);
             }
         }
         // Parse straight from `input` when nothing is buffered (the common case); otherwise
@@ -307,7 +379,15 @@ impl Injector {
             Status::Complete(head) => head,
         };
         let head_len = head.head_len;
-        let upgrade = head.method.eq_ignore_ascii_case("CONNECT") || head.upgrade;
+        let kind = if head.method.eq_ignore_ascii_case("CONNECT") {
+            RequestKind::Connect
+        } else if head.upgrade {
+            RequestKind::Upgrade
+        } else if head.method.eq_ignore_ascii_case("HEAD") {
+            RequestKind::Head
+        } else {
+            RequestKind::Plain
+        };
         let body = head.body;
         rewrite_head(
             &buf[..head_len],
@@ -318,14 +398,13 @@ impl Injector {
             out,
         );
         self.requests += 1;
+        self.responses.request_sent(kind);
+        self.switch_asked = matches!(kind, RequestKind::Connect | RequestKind::Upgrade);
         self.state = match body {
-            BodyFraming::None => State::Head,
+            BodyFraming::None => self.after_request(),
             BodyFraming::ContentLength(remaining) => State::Fixed { remaining },
             BodyFraming::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
         };
-        if upgrade && body == BodyFraming::None {
-            self.state = State::Opaque;
-        }
         // Bytes of `input` used: all of it minus what follows the head.
         let after_head = buf.len() - head_len;
         if !parsed_from_input {
@@ -358,6 +437,43 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
+/// Whether a client's header of this name is removed from every request: the forwarding
+/// families (`X-Forwarded-*`, `Forwarded`), `X-Real-IP` and the client certificate's headers
+/// are stated by fastedge alone.
+fn is_managed(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    (name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))
+        || name.eq_ignore_ascii_case(b"forwarded")
+        || name.eq_ignore_ascii_case(b"x-real-ip")
+        || CLIENT_CERT_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Writes a `Connection` field without the tokens that name headers fastedge manages (a
+/// next hop deletes the fields `Connection` lists: it would delete ours); nothing when no
+/// token remains.
+fn write_connection(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let kept = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !is_managed(t) && !t.eq_ignore_ascii_case(b"early-data"));
+    let mut first = true;
+    for token in kept {
+        if first {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            first = false;
+        } else {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(token);
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes `head` with the forwarding headers set, lines ending in CRLF. `early`: the head
 /// arrived (at least in part) in TLS early data.
 fn rewrite_head(
@@ -375,31 +491,31 @@ fn rewrite_head(
     let mut prior_xff: Vec<&[u8]> = Vec::new();
     let mut prior_forwarded: Vec<&[u8]> = Vec::new();
     for (name, value) in header_lines(head) {
-        // Every header we manage starts with x, f or e: others pass without comparisons.
-        if matches!(name.first(), Some(b'x' | b'X' | b'f' | b'F' | b'e' | b'E')) {
-            let managed_x = config.x_forwarded
-                && (name.eq_ignore_ascii_case(b"x-forwarded-for")
-                    || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                    || name.eq_ignore_ascii_case(b"x-forwarded-port"));
-            let managed_fwd = config.forwarded && name.eq_ignore_ascii_case(b"forwarded");
-            // Never let a client state its own certificate.
-            let managed_cert = config.x_forwarded
-                && CLIENT_CERT_HEADERS
-                    .iter()
-                    .any(|h| name.eq_ignore_ascii_case(h));
-            if managed_cert {
+        // Every header we manage starts with x, f, e or c: others pass without comparisons.
+        if matches!(
+            name.first(),
+            Some(b'x' | b'X' | b'f' | b'F' | b'e' | b'E' | b'c' | b'C')
+        ) {
+            if is_managed(name) {
+                // A trusted proxy's chain is kept, in the family we state.
+                if config.x_forwarded && name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                    if !value.is_empty() {
+                        prior_xff.push(value);
+                    }
+                } else if config.forwarded
+                    && name.eq_ignore_ascii_case(b"forwarded")
+                    && !value.is_empty()
+                {
+                    prior_forwarded.push(value);
+                }
                 continue;
             }
             // Ours replaces a client's (the same value: RFC 8470 allows only "1").
             if early && name.eq_ignore_ascii_case(b"early-data") {
                 continue;
             }
-            if managed_x || managed_fwd {
-                if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
-                    prior_xff.push(value);
-                } else if managed_fwd && !value.is_empty() {
-                    prior_forwarded.push(value);
-                }
+            if name.eq_ignore_ascii_case(b"connection") {
+                write_connection(name, value, out);
                 continue;
             }
         }
@@ -462,89 +578,6 @@ fn client_cert_lines(cert: &ClientCertHeaders) -> Vec<u8> {
     out
 }
 
-/// Advances the chunked-coding state over `input`; returns the bytes used and the next state
-/// (`None` when the body ended).
-fn chunked_step(mut state: Chunk, input: &[u8]) -> Result<(usize, Option<Chunk>), InjectError> {
-    let mut i = 0;
-    while i < input.len() {
-        if let Chunk::Data { remaining } = state {
-            let n = usize::try_from(remaining)
-                .unwrap_or(usize::MAX)
-                .min(input.len() - i);
-            i += n;
-            let remaining = remaining - n as u64;
-            state = if remaining == 0 {
-                Chunk::DataCr
-            } else {
-                Chunk::Data { remaining }
-            };
-            continue;
-        }
-        let b = input[i];
-        i += 1;
-        state = match state {
-            Chunk::Size { size, digits } => match b {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    if digits >= 15 {
-                        return Err(InjectError::BadChunk("chunk size too large"));
-                    }
-                    let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
-                    Chunk::Size {
-                        size: size * 16 + digit,
-                        digits: digits + 1,
-                    }
-                }
-                _ if digits == 0 => return Err(InjectError::BadChunk("missing chunk size")),
-                b';' | b' ' | b'\t' => Chunk::Extension { size },
-                b'\r' => Chunk::SizeLf { size },
-                b'\n' => after_size_line(size),
-                _ => return Err(InjectError::BadChunk("invalid character in chunk size")),
-            },
-            Chunk::Extension { size } => match b {
-                b'\r' => Chunk::SizeLf { size },
-                b'\n' => after_size_line(size),
-                _ => Chunk::Extension { size },
-            },
-            Chunk::SizeLf { size } => match b {
-                b'\n' => after_size_line(size),
-                _ => return Err(InjectError::BadChunk("CR without LF after chunk size")),
-            },
-            Chunk::DataCr => match b {
-                b'\r' => Chunk::DataLf,
-                b'\n' => Chunk::Size { size: 0, digits: 0 },
-                _ => return Err(InjectError::BadChunk("chunk data longer than its size")),
-            },
-            Chunk::DataLf => match b {
-                b'\n' => Chunk::Size { size: 0, digits: 0 },
-                _ => return Err(InjectError::BadChunk("CR without LF after chunk data")),
-            },
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::EndLf,
-                b'\n' => return Ok((i, None)),
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::TrailerLine => match b {
-                b'\n' => Chunk::TrailerStart,
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::EndLf => match b {
-                b'\n' => return Ok((i, None)),
-                _ => return Err(InjectError::BadChunk("CR without LF at end of body")),
-            },
-            Chunk::Data { .. } => state,
-        };
-    }
-    Ok((i, Some(state)))
-}
-
-fn after_size_line(size: u64) -> Chunk {
-    if size == 0 {
-        Chunk::TrailerStart
-    } else {
-        Chunk::Data { remaining: size }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,7 +604,8 @@ mod tests {
     ) -> Result<Vec<u8>, InjectError> {
         let mut injector = Injector::new(config, facts);
         let mut out = Vec::new();
-        injector.feed(input, &mut out)?;
+        let used = injector.feed(input, &mut out)?;
+        assert_eq!(used, input.len(), "took every byte");
         Ok(out)
     }
 
@@ -585,7 +619,7 @@ mod tests {
         let mut injector = Injector::new(config, facts);
         let mut out = Vec::new();
         for piece in input.chunks(size) {
-            injector.feed(piece, &mut out).unwrap();
+            assert_eq!(injector.feed(piece, &mut out).unwrap(), piece.len());
         }
         out
     }
@@ -760,41 +794,204 @@ GET /d HTTP/1.1\r\n{XFF}\r\n"
         );
     }
 
-    #[test]
-    fn upgrade_and_connect_become_opaque() {
-        let input = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        let mut injector = Injector::new(X, facts(false));
+    const UPGRADE: &[u8] =
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: foo\r\nContent-Length: 2\r\n\r\nok";
+    const FORGED: &[u8] =
+        b"GET /2 HTTP/1.1\r\nX-Forwarded-For: 10.9.9.9\r\nX-Client-Verify: SUCCESS\r\n\r\n";
+
+    /// Feeds the upgrade request and the forged one in one read; returns the injector, what
+    /// it emitted and how many bytes it took.
+    fn upgrade_then_forged() -> (Injector, Vec<u8>, usize) {
+        let mut injector =
+            Injector::new(X, facts(false)).with_client_cert(ClientCertHeaders::default());
         let mut out = Vec::new();
-        injector.feed(input, &mut out).unwrap();
-        assert!(injector.is_opaque());
-        assert_eq!(
-            String::from_utf8(out)
-                .unwrap()
-                .matches("X-Forwarded-For")
-                .count(),
-            1
-        );
-        let out = run(
-            X,
-            facts(false),
-            b"CONNECT a:443 HTTP/1.1\r\n\r\n\x16\x03\x01",
-        )
-        .unwrap();
-        assert!(out.ends_with(b"\r\n\r\n\x16\x03\x01"));
+        let input = [UPGRADE, FORGED].concat();
+        let used = injector.feed(&input, &mut out).unwrap();
+        (injector, out, used)
     }
 
     #[test]
-    fn h2_preface_passes_through() {
+    fn upgrade_ignored_by_the_backend_keeps_injecting() {
+        let (mut injector, mut out, used) = upgrade_then_forged();
+        assert_eq!(
+            used,
+            UPGRADE.len(),
+            "holds what follows the upgrade request"
+        );
+        assert!(injector.waits_for_backend());
+        assert!(!injector.is_opaque());
+        // An interim response, then the backend ignores the upgrade.
+        injector.observe_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-");
+        assert!(
+            injector.waits_for_backend(),
+            "100 Continue is not the answer"
+        );
+        injector.observe_response(b"Length: 0\r\n\r\n");
+        assert!(!injector.waits_for_backend());
+        assert_eq!(injector.feed(FORGED, &mut out).unwrap(), FORGED.len());
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("10.9.9.9"), "{out}");
+        assert!(!out.contains("SUCCESS"), "{out}");
+        assert_eq!(
+            out.matches("X-Forwarded-For: 192.0.2.7").count(),
+            2,
+            "{out}"
+        );
+        assert!(out.ends_with(&format!(
+            "GET /2 HTTP/1.1\r\n{XFF}X-Client-Verify: NONE\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn backend_closing_or_unreadable_answers_keep_injecting() {
+        let (mut injector, mut out, _) = upgrade_then_forged();
+        injector.backend_closed();
+        assert_eq!(injector.feed(FORGED, &mut out).unwrap(), FORGED.len());
+        assert!(!String::from_utf8(out).unwrap().contains("10.9.9.9"));
+        let (mut injector, mut out, _) = upgrade_then_forged();
+        injector.observe_response(b"\x16\x03\x01 not HTTP\r\n\r\n");
+        assert_eq!(injector.feed(FORGED, &mut out).unwrap(), FORGED.len());
+        assert!(!String::from_utf8(out).unwrap().contains("10.9.9.9"));
+        // A 101 to a request that did not ask is not a switch either.
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        injector.feed(b"GET / HTTP/1.1\r\n\r\n", &mut out).unwrap();
+        injector.observe_response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        injector.feed(FORGED, &mut out).unwrap();
+        assert!(!injector.is_opaque());
+        assert!(!String::from_utf8(out).unwrap().contains("10.9.9.9"));
+    }
+
+    #[test]
+    fn switched_protocols_pass_through() {
+        let (mut injector, mut out, _) = upgrade_then_forged();
+        injector.observe_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n\r\n");
+        assert!(!injector.waits_for_backend());
+        let before = out.len();
+        assert_eq!(injector.feed(FORGED, &mut out).unwrap(), FORGED.len());
+        assert!(injector.is_opaque());
+        assert_eq!(&out[before..], FORGED, "untouched after the switch");
+
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        let input = b"CONNECT a:443 HTTP/1.1\r\n\r\n\x16\x03\x01";
+        assert_eq!(injector.feed(input, &mut out).unwrap(), input.len() - 3);
+        injector.observe_response(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        assert_eq!(injector.feed(b"\x16\x03\x01", &mut out).unwrap(), 3);
+        assert!(out.ends_with(b"\r\n\r\n\x16\x03\x01"));
+        assert!(injector.is_opaque());
+    }
+
+    #[test]
+    fn refused_connect_keeps_injecting() {
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        let input = [&b"CONNECT a:443 HTTP/1.1\r\n\r\n"[..], FORGED].concat();
+        let used = injector.feed(&input, &mut out).unwrap();
+        injector.observe_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!");
+        injector.feed(&input[used..], &mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("10.9.9.9"));
+    }
+
+    #[test]
+    fn output_per_feed_is_bounded() {
+        let cert = ClientCertHeaders {
+            verified: true,
+            subject: Some("CN=alice".into()),
+            cert_pem: Some("x".repeat(1500)),
+        };
+        let mut injector = Injector::new(X, facts(false)).with_client_cert(cert);
+        let burst = b"GET / HTTP/1.1\r\n\r\n".repeat(32 * 1024 / 18);
+        let mut rest = &burst[..];
+        let mut calls = 0;
+        while !rest.is_empty() {
+            let mut out = Vec::new();
+            let used = injector.feed(rest, &mut out).unwrap();
+            assert!(used > 0, "progress");
+            assert!(
+                out.len() < OUTPUT_HIGH_WATER + 8 * 1024,
+                "{} bytes out of one feed",
+                out.len()
+            );
+            rest = &rest[used..];
+            calls += 1;
+        }
+        assert_eq!(injector.requests(), (32 * 1024 / 18) as u64);
+        assert!(
+            calls > 50,
+            "a 32 KiB burst multiplied ~100x came out in {calls} pieces"
+        );
+    }
+
+    #[test]
+    fn in_head_while_a_head_is_partial() {
+        let mut injector = Injector::new(X, facts(false));
+        let mut out = Vec::new();
+        assert!(!injector.in_head());
+        injector.feed(b"GET / HTTP/1.1\r\nHo", &mut out).unwrap();
+        assert!(injector.in_head());
+        injector
+            .feed(
+                b"st: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nbo",
+                &mut out,
+            )
+            .unwrap();
+        assert!(!injector.in_head(), "inside a body");
+        injector.feed(b"dy not!", &mut out).unwrap();
+        assert!(!injector.in_head(), "between requests");
+        injector.feed(b"G", &mut out).unwrap();
+        assert!(injector.in_head());
+    }
+
+    #[test]
+    fn h2_preface_is_refused() {
         let input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
         for size in [1, 5, 100] {
             let mut injector = Injector::new(X, facts(false));
             let mut out = Vec::new();
-            for piece in input.chunks(size) {
-                injector.feed(piece, &mut out).unwrap();
-            }
-            assert!(injector.saw_http2(), "pieces of {size}");
-            assert_eq!(out, input);
+            let refused = input
+                .chunks(size)
+                .any(|piece| injector.feed(piece, &mut out) == Err(InjectError::Http2));
+            assert!(refused, "pieces of {size}");
+            assert!(injector.saw_http2());
+            assert!(out.is_empty(), "nothing passed on");
         }
+    }
+
+    #[test]
+    fn client_copies_of_managed_headers_are_removed() {
+        let input =
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: evil\r\nx-real-ip: 10.9.9.9\r\n\
+Forwarded: for=10.9.9.9\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Ssl: on\r\n\
+X-Client-Verify: SUCCESS\r\nConnection: keep-alive, X-Forwarded-For, forwarded, Early-Data\r\n\r\n";
+        // Only one family configured: the other's client copies go too.
+        let out = String::from_utf8(run(X, facts(false), input).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            format!("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n{XFF}\r\n")
+        );
+        let forwarded_only = ForwardedConfig {
+            x_forwarded: false,
+            forwarded: true,
+            max_head: DEFAULT_MAX_HEAD,
+        };
+        let out = String::from_utf8(run(forwarded_only, facts(false), input).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\
+             Forwarded: for=192.0.2.7;proto=https\r\n\r\n"
+        );
+        // A Connection field that named only managed headers goes altogether.
+        let out = run(
+            X,
+            facts(false),
+            b"GET / HTTP/1.1\r\nconnection: x-real-ip\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("GET / HTTP/1.1\r\n{XFF}\r\n")
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub fn http1_request_head(data: &[u8]) {
     }
 }
 
-/// Forwarding-header injection: never panics, and what it emits does not depend on how the
+/// Forwarding-header injection, driven in both directions (a backend answers whenever the
+/// injector waits for it): never panics, and what it emits does not depend on how the
 /// input is split into reads. Smaller reads may notice a malformed head later (a head is only
 /// re-parsed once a line ends), never miss it, and never emit anything different. The first byte
 /// picks the read size; the second the settings.
@@ -42,14 +43,30 @@ pub fn forwarded_injector(data: &[u8]) {
         local_port: 443,
         trusted: b & 4 != 0,
     };
+    // How the backend answers whatever the injector waits for (an upgrade, a full queue).
+    let answer: &[u8] = if b & 8 != 0 {
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    };
     let run = |step: usize| {
         let mut injector = Injector::new(config, facts);
         let mut out = Vec::new();
         let mut result = Ok(());
-        for piece in input.chunks(step.max(1)) {
-            result = injector.feed(piece, &mut out);
-            if result.is_err() {
-                break;
+        'feeding: for mut piece in input.chunks(step.max(1)) {
+            while !piece.is_empty() {
+                match injector.feed(piece, &mut out) {
+                    Ok(used) => piece = &piece[used..],
+                    Err(error) => {
+                        result = Err(error);
+                        break 'feeding;
+                    }
+                }
+                // It stopped taking bytes: when it waits for the backend, that answers; else
+                // it emitted enough for one call and takes the rest in the next.
+                if !piece.is_empty() && injector.waits_for_backend() {
+                    injector.observe_response(answer);
+                }
             }
         }
         (result.map(|()| injector.requests()), out)

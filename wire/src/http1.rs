@@ -151,6 +151,84 @@ pub fn parse_request_head(
     }))
 }
 
+/// Largest response head accepted by [`parse_response_head`]'s callers by default: backends send
+/// larger heads than clients (cookies, CSP).
+pub const DEFAULT_MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest number of header fields accepted in one response head.
+pub const MAX_RESPONSE_HEADERS: usize = 256;
+
+/// How the body after a response head is delimited, as the head alone tells it. The request
+/// it answers may override this: no body after a response to `HEAD`, after 1xx, 204 and 304,
+/// nor after a 2xx to `CONNECT` (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Exactly this many bytes follow the head (zero included).
+    ContentLength(u64),
+    /// A chunked body follows the head.
+    Chunked,
+    /// The body runs until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head (status line and header fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code (100–999).
+    pub code: u16,
+    /// Bytes of the head, including the empty line that ends it.
+    pub head_len: usize,
+    pub body: ResponseBody,
+}
+
+/// Parses the response head at the start of `buf`, accepting at most `max_head` bytes of head.
+pub fn parse_response_head(buf: &[u8], max_head: usize) -> Result<Status<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let window = &buf[..buf.len().min(max_head)];
+    let head_len = match response.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if window.len() < max_head => return Ok(Status::Partial),
+        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge { limit: max_head }),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(error) => return Err(HeadError::Malformed(malformed_reason(error))),
+    };
+    let Some(code) = response.code else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    for header in response.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let value = parse_content_length(header.value)?;
+            if content_length.is_some_and(|seen| seen != value) {
+                return Err(HeadError::BadContentLength);
+            }
+            content_length = Some(value);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(header.value);
+        }
+    }
+    // Transfer-Encoding overrides Content-Length in a response (RFC 9112 §6.3 item 3); a
+    // coding list that does not end in chunked runs until the close.
+    let body = match (transfer_encoding, content_length) {
+        (Some(codings), _) => {
+            let last = codings.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                ResponseBody::Chunked
+            } else {
+                ResponseBody::UntilClose
+            }
+        }
+        (None, Some(length)) => ResponseBody::ContentLength(length),
+        (None, None) => ResponseBody::UntilClose,
+    };
+    Ok(Status::Complete(ResponseHead {
+        code,
+        head_len,
+        body,
+    }))
+}
+
 fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     let value = value.trim_ascii();
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -296,5 +374,56 @@ mod tests {
             parse_request_head(&many, DEFAULT_MAX_HEAD),
             Err(HeadError::TooManyHeaders)
         );
+    }
+
+    #[test]
+    fn response_heads() {
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        for end in 0..buf.len() - 5 {
+            assert_eq!(
+                parse_response_head(&buf[..end], DEFAULT_MAX_RESPONSE_HEAD),
+                Ok(Status::Partial),
+                "prefix of {end} bytes"
+            );
+        }
+        assert_eq!(
+            parse_response_head(buf, DEFAULT_MAX_RESPONSE_HEAD),
+            Ok(Status::Complete(ResponseHead {
+                code: 200,
+                head_len: buf.len() - 5,
+                body: ResponseBody::ContentLength(5)
+            }))
+        );
+        let switch = b"HTTP/1.1 101 Switching Protocols\nUpgrade: foo\n\n";
+        assert!(matches!(
+            parse_response_head(switch, DEFAULT_MAX_RESPONSE_HEAD),
+            Ok(Status::Complete(ResponseHead { code: 101, .. }))
+        ));
+        let chunked = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            parse_response_head(chunked, DEFAULT_MAX_RESPONSE_HEAD),
+            Ok(Status::Complete(ResponseHead {
+                body: ResponseBody::Chunked,
+                ..
+            }))
+        ));
+        let close = b"HTTP/1.0 200 OK\r\n\r\n";
+        assert!(matches!(
+            parse_response_head(close, DEFAULT_MAX_RESPONSE_HEAD),
+            Ok(Status::Complete(ResponseHead {
+                body: ResponseBody::UntilClose,
+                ..
+            }))
+        ));
+        let mut long = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long.resize(200, b'a');
+        assert_eq!(
+            parse_response_head(&long, 200),
+            Err(HeadError::TooLarge { limit: 200 })
+        );
+        assert!(matches!(
+            parse_response_head(b"GET / HTTP/1.1\r\n\r\n", DEFAULT_MAX_RESPONSE_HEAD),
+            Err(HeadError::Malformed(_))
+        ));
     }
 }
