@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     rc::Rc,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -610,6 +610,8 @@ fn apply_overrides(config: &mut ServeConfig, args: &ServeArgs) -> Result<(), Fai
 
 /// How long accepting pauses after a failure such as EMFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// How long after its last failure an accept pause counts as over.
+const ACCEPT_CALM: Duration = Duration::from_secs(1);
 
 async fn accept_loop(
     listener: BoundListener,
@@ -627,7 +629,7 @@ async fn accept_loop(
         }
     };
     let local_default = listener.local_addr().ok();
-    let mut paused = false;
+    let mut paused: Option<(Instant, u32)> = None;
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
@@ -640,17 +642,28 @@ async fn accept_loop(
             Some(Err(error)) => {
                 // EMFILE and friends: pause accepting (one log line), retry after a pause;
                 // connections wait in the kernel's accept queue meanwhile.
-                if !paused {
-                    tracing::warn!(%error, "accept failed: pausing accepts until it succeeds");
-                    paused = true;
+                match &mut paused {
+                    None => {
+                        tracing::warn!(%error, "accept failed: pausing accepts until it succeeds");
+                        paused = Some((Instant::now(), 1));
+                    }
+                    Some((last, failures)) => {
+                        *last = Instant::now();
+                        *failures += 1;
+                    }
                 }
                 drop(permit);
                 fastedge_runtime::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
-        if std::mem::take(&mut paused) {
-            tracing::info!("accepting again");
+        // One pause is over once accepts have gone on failing for ACCEPT_CALM: a backlog that
+        // refills the descriptor table in bursts is one episode, not a log line per burst.
+        if let Some((last, failures)) = paused {
+            if last.elapsed() >= ACCEPT_CALM {
+                tracing::info!(failures, "accepting again");
+                paused = None;
+            }
         }
         let (Ok(peer), Some(local)) = (
             stream.peer_addr(),

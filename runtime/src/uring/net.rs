@@ -27,8 +27,9 @@ use super::{
 /// Receive buffers one connection may hold unread before its multishot receive is paused:
 /// a slow reader costs the pool this much at most.
 const RX_MAX_QUEUED: usize = 4;
-/// Output bytes a connection may queue before writers wait.
-const TX_MAX_QUEUED: usize = 256 * 1024;
+/// Output bytes a connection may queue (beside what the kernel is sending) before writers
+/// wait: a proxy's pump buffer fits, and a stalled peer costs at most twice this.
+const TX_MAX_QUEUED: usize = 32 * 1024;
 /// Accepted sockets a listener may hold before its multishot accept is paused.
 const ACCEPT_MAX_QUEUED: usize = 64;
 /// How long a dropped stream's queued output may take to leave.
@@ -450,6 +451,16 @@ impl Stream {
             return Poll::Pending;
         }
         let n = buf.len().min(room);
+        let needed = conn.tx_queue.len() + n;
+        if needed > conn.tx_queue.capacity() {
+            // Grow by powers of two, never past the bound (a Vec left to itself doubles).
+            let target = needed
+                .next_power_of_two()
+                .clamp(4096, TX_MAX_QUEUED)
+                .max(needed);
+            let len = conn.tx_queue.len();
+            conn.tx_queue.reserve_exact(target - len);
+        }
         conn.tx_queue.extend_from_slice(&buf[..n]);
         if !conn.tx_dirty && !conn.tx_busy {
             conn.tx_dirty = true;
