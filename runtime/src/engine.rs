@@ -106,6 +106,15 @@ pub fn spawn_detached(future: impl Future<Output = ()> + 'static) {
     }
 }
 
+/// The current time for deadlines and activity stamps: on the io_uring engine the time read at
+/// the start of the executor's loop turn (no clock read per call), elsewhere the clock.
+pub fn now() -> std::time::Instant {
+    match current() {
+        Some(Engine::Uring) => crate::uring::time::now(),
+        _ => std::time::Instant::now(),
+    }
+}
+
 /// Completes after `duration`.
 pub async fn sleep(duration: Duration) {
     match current_or_panic() {

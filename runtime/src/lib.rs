@@ -30,7 +30,7 @@ use std::{net::SocketAddr, time::Duration};
 
 pub use cpus::{CpuList, CpuListError};
 pub use engine::{
-    current as current_engine, sleep, spawn, spawn_detached, timeout, Engine, JoinHandle,
+    current as current_engine, now, sleep, spawn, spawn_detached, timeout, Engine, JoinHandle,
     UnknownEngine,
 };
 pub use executors::{pinned_cpu, Core, Executors};

@@ -949,7 +949,7 @@ impl Flow {
                             self.start += n;
                         }
                         self.unflushed = true;
-                        activity.set(Instant::now());
+                        activity.set(fastedge_runtime::now());
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err((to, "write", error))),
                     Poll::Pending => return Poll::Pending,
@@ -997,7 +997,7 @@ impl Flow {
                     }
                 }
                 Poll::Ready(Ok(n)) => {
-                    activity.set(Instant::now());
+                    activity.set(fastedge_runtime::now());
                     self.bytes += n as u64;
                     self.start = 0;
                     self.end = n;
@@ -1061,7 +1061,7 @@ where
     let mut up = Flow::new(Role::Rewrite);
     let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
-    let activity = Cell::new(Instant::now());
+    let activity = Cell::new(fastedge_runtime::now());
     let moving = std::future::poll_fn(|cx| {
         let up_poll = up.poll_move(
             cx,
@@ -1078,7 +1078,7 @@ where
             if !injector.in_head() {
                 head_since.set(None);
             } else if head_since.get().is_none() {
-                head_since.set(Some(Instant::now()));
+                head_since.set(Some(fastedge_runtime::now()));
             }
         }
         let waited = injector.as_deref().is_some_and(Injector::waits_for_backend);
@@ -1131,7 +1131,7 @@ where
     let watchdog = async {
         loop {
             let armed = deadline();
-            let now = Instant::now();
+            let now = fastedge_runtime::now();
             let at = match armed {
                 Some((at, reason)) if now >= at => return reason,
                 Some((at, _)) => Some(at),

@@ -179,7 +179,7 @@ impl Runtime {
         self.remote.drain_into_queue();
         apply_deferred();
         let mut wait = if RUN_QUEUE.with(|q| q.borrow().is_empty()) {
-            time::next_deadline().map(|at| at.saturating_duration_since(Instant::now()))
+            time::next_deadline().map(|at| at.saturating_duration_since(time::now()))
         } else {
             Some(Duration::ZERO)
         };
@@ -196,7 +196,7 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(1));
         }
         reaped.finish();
-        time::fire(Instant::now());
+        time::fire(time::tick());
     }
 
     fn stop(self, reaped: &mut Reaped) {

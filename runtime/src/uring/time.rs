@@ -18,6 +18,21 @@ pub(crate) struct Timers {
 
 thread_local! {
     static TIMERS: RefCell<Timers> = RefCell::new(Timers::default());
+    /// The time at the start of this loop turn (see [`now`]).
+    static NOW: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The time as of this loop turn: read once per turn instead of once per timer poll (a clock
+/// read per request showed in the keep-alive profile). Outside an engine, the clock.
+pub fn now() -> Instant {
+    NOW.with(|n| n.get()).unwrap_or_else(Instant::now)
+}
+
+/// Reads the clock for the turn that starts.
+pub(crate) fn tick() -> Instant {
+    let now = Instant::now();
+    NOW.with(|n| n.set(Some(now)));
+    now
 }
 
 /// The earliest deadline on this core.
@@ -68,7 +83,7 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
+        if now() >= self.deadline {
             self.unregister();
             return Poll::Ready(());
         }
@@ -122,6 +137,7 @@ impl Drop for Sleep {
 
 /// Completes after `duration`.
 pub fn sleep(duration: Duration) -> Sleep {
+    // The clock, not the turn's time: a sleep never ends before `duration` has passed.
     Sleep::until(Instant::now() + duration)
 }
 
