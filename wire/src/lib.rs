@@ -6,11 +6,12 @@
 //! ([`bud_ipc`]); keyless signing frames ([`keyless`]); IP prefixes for trust lists ([`net`]);
 //! `X-Forwarded-*`/`Forwarded` injection into every request of a stream ([`forwarded`]); backend
 //! choice and passive health ([`balance`]); peer-chosen text made safe for log lines ([`logtext`]);
-//! server-name matching for SNI ([`sni`]); OCSP requests and responses for stapling ([`ocsp`], over
-//! a minimal DER reader, [`der`]); packet headers down to the innermost flow, and the symmetric
-//! flow hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules
-//! as text ([`rules`]). Every parser answers "complete, with the bytes used", "partial", or a typed
-//! error, and has a fuzz entry point in [`fuzzing`].
+//! server-name matching for SNI ([`sni`]); the dynamic SNI service's answer ([`sni_answer`]); OCSP
+//! requests and responses for stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet
+//! headers down to the innermost flow, and the symmetric flow hash ([`packet`]); synthetic flows
+//! for the traffic generator ([`synth`]); pre-filter rules as text ([`rules`]). Every parser
+//! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
+//! in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
@@ -32,4 +33,5 @@ pub mod proxy;
 pub mod response;
 pub mod rules;
 pub mod sni;
+pub mod sni_answer;
 pub mod synth;
