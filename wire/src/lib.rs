@@ -3,15 +3,15 @@
 //! Owns: HTTP/1.x request- and response-head framing ([`http1`]); following a backend's responses
 //! to learn whether it switched protocols ([`response`]); PROXY v1/v2 and bud's JSON line
 //! ([`proxy`]); bud's JSON configuration as TOML ([`bud_config`]); bud's ticket-key message
-//! ([`bud_ipc`]); keyless signing frames ([`keyless`]); IP prefixes for trust lists ([`net`]);
-//! `X-Forwarded-*`/`Forwarded` injection into every request of a stream ([`forwarded`]); backend
-//! choice and passive health ([`balance`]); peer-chosen text made safe for log lines ([`logtext`]);
-//! server-name matching for SNI ([`sni`]); the dynamic SNI service's answer ([`sni_answer`]); OCSP
-//! requests and responses for stapling ([`ocsp`], over a minimal DER reader, [`der`]); packet
-//! headers down to the innermost flow, and the symmetric flow hash ([`packet`]); synthetic flows
-//! for the traffic generator ([`synth`]); pre-filter rules as text ([`rules`]). Every parser
-//! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
-//! in [`fuzzing`].
+//! ([`bud_ipc`]); keyless signing frames ([`keyless`]); control-socket request lines ([`control`]);
+//! IP prefixes for trust lists ([`net`]); `X-Forwarded-*`/`Forwarded` injection into every request
+//! of a stream ([`forwarded`]); backend choice and passive health ([`balance`]); peer-chosen text
+//! made safe for log lines ([`logtext`]); server-name matching for SNI ([`sni`]); the dynamic SNI
+//! service's answer ([`sni_answer`]); OCSP requests and responses for stapling ([`ocsp`], over a
+//! minimal DER reader, [`der`]); packet headers down to the innermost flow, and the symmetric flow
+//! hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules as
+//! text ([`rules`]). Every parser answers "complete, with the bytes used", "partial", or a typed
+//! error, and has a fuzz entry point in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod balance;
 pub mod bud_config;
 pub mod bud_ipc;
 mod chunked;
+pub mod control;
 pub mod der;
 pub mod forwarded;
 pub mod fuzzing;
