@@ -1,0 +1,42 @@
+//! Fuzz entry points for what this crate parses itself (the rest is in `fastedge_wire::fuzzing`),
+//! called by the three-line targets in `fuzz/`.
+
+use crate::pipeline::PipelineConfig;
+
+/// Pipeline TOML: parsing and checking never panics; an accepted pipeline names itself and
+/// counts its ways without panicking, and written back as TOML reads as the same pipeline.
+pub fn pipeline_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = PipelineConfig::from_toml(text) else {
+        return;
+    };
+    let _ = config.name();
+    let ways = config.way_count();
+    let again = match toml::to_string(&config) {
+        Ok(again) => again,
+        Err(e) => panic!("an accepted pipeline does not write back as TOML: {e}"),
+    };
+    match PipelineConfig::from_toml(&again) {
+        Ok(back) => {
+            assert_eq!(back.way_count(), ways);
+            assert_eq!(format!("{back:?}"), format!("{config:?}"));
+        }
+        Err(e) => panic!("the pipeline written back does not read ({e}):\n{again}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fuzz_entry_points_accept_samples() {
+        for sample in [
+            &b""[..],
+            b"[[input]]\ninterface = \"eth1\"\n[output]\ntype = \"balance\"\nways = 4\n",
+            b"[[input]]\npcap = \"a.pcap\"\n[output]\ntype = \"dup\"\n[[output.to]]\ntype = \"way\"\n",
+        ] {
+            super::pipeline_toml(sample);
+        }
+    }
+}
