@@ -3,8 +3,9 @@
 
 use crate::pipeline::PipelineConfig;
 
-/// Pipeline TOML: parsing and checking never panics; an accepted pipeline names itself and
-/// counts its ways without panicking, and written back as TOML reads as the same pipeline.
+/// Pipeline TOML: parsing and checking never panics; an accepted pipeline names itself, counts
+/// its ways (at most `MAX_WAYS`) and sizes its rings without overflow, and written back as TOML
+/// reads as the same pipeline.
 pub fn pipeline_toml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -14,6 +15,9 @@ pub fn pipeline_toml(data: &[u8]) {
     };
     let _ = config.name();
     let ways = config.way_count();
+    // What building it computes from these must not overflow.
+    assert!(ways <= crate::pipeline::MAX_WAYS);
+    assert!(config.way_kib.checked_mul(1024).is_some());
     let again = match toml::to_string(&config) {
         Ok(again) => again,
         Err(e) => panic!("an accepted pipeline does not write back as TOML: {e}"),
