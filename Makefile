@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
 	nginx-light nghttp2-client tcpdump tshark bsdutils
 
-.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz bench bench-peers clean-netns
+.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -58,13 +58,21 @@ fuzz-check:
 	cd fuzz && $(CARGO) check
 
 # Runs each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; RUSTC_BOOTSTRAP lets the stable
-# toolchain take the sanitizer flags).
+# toolchain take the sanitizer flags). Each starts from the small seed corpus kept in the
+# repository (fuzz/corpus/TARGET) and the inputs of earlier runs (fuzz/target/corpus/TARGET,
+# where new ones go: not kept). A crash stops the loop; its input is in fuzz/artifacts/TARGET.
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
-	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+	  mkdir -p target/corpus/$$target corpus/$$target && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target target/corpus/$$target corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# The long form: every target for 10 minutes.
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=600
 
 bench:
 	$(CARGO) bench -p fastedge-benches

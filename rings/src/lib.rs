@@ -10,6 +10,7 @@
 //! hashing (`fastedge-wire`).
 
 pub mod afpacket;
+pub mod fuzzing;
 pub mod gen;
 pub mod pcap;
 pub mod pipeline;

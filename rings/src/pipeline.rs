@@ -85,6 +85,11 @@ fn default_way_kib() -> usize {
     4096
 }
 
+/// Most shm ways one pipeline may declare.
+pub const MAX_WAYS: u32 = 4096;
+/// Largest ring of a way lane, in KiB (1 GiB).
+pub const MAX_WAY_KIB: usize = 1 << 20;
+
 /// One input of a pipeline: an interface or a capture file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -232,9 +237,9 @@ impl PipelineConfig {
                 return invalid(format!("input {i}: `mode` applies to interfaces only"));
             }
         }
-        if !self.way_kib.is_power_of_two() || self.way_kib < 64 {
+        if !self.way_kib.is_power_of_two() || !(64..=MAX_WAY_KIB).contains(&self.way_kib) {
             return invalid(format!(
-                "way_kib = {} must be a power of two, at least 64",
+                "way_kib = {} must be a power of two from 64 to {MAX_WAY_KIB}",
                 self.way_kib
             ));
         }
@@ -256,7 +261,19 @@ impl PipelineConfig {
                 return invalid(format!("name {name:?} must be non-empty and without '/'"));
             }
         }
-        check_brick(&self.output, "output")
+        check_brick(&self.output, "output")?;
+        let ways = self.way_count();
+        if ways > MAX_WAYS {
+            return invalid(format!(
+                "the pipeline declares {} ways, at most {MAX_WAYS}",
+                if ways == u32::MAX {
+                    "over 4 billion".to_owned()
+                } else {
+                    ways.to_string()
+                }
+            ));
+        }
+        Ok(())
     }
 
     /// Who may open the ways: the configured `way_group` resolved to its id.
@@ -356,7 +373,11 @@ fn check_brick(brick: &BrickConfig, at: &str) -> Result<(), PipelineError> {
 fn count_ways(brick: &BrickConfig) -> u32 {
     match children_of(brick) {
         Some((Some(n), _)) => n,
-        Some((None, to)) => to.iter().map(count_ways).sum(),
+        // Saturating: the sum of what a config declares must not overflow before it is refused.
+        Some((None, to)) => to
+            .iter()
+            .map(count_ways)
+            .fold(0, |sum, n| sum.saturating_add(n)),
         None => u32::from(matches!(brick, BrickConfig::Way {})),
     }
 }
@@ -815,6 +836,21 @@ mod tests {
             (
                 "way_kib=100\n[[input]]\ninterface=\"a\"\n[output]\ntype=\"way\"",
                 "power of two",
+            ),
+            // Found while fuzzing: a ring size whose byte count overflows, and way counts that
+            // overflow when summed (or would create billions of files).
+            (
+                "way_kib=18014398509481984\n[[input]]\ninterface=\"a\"\n[output]\ntype=\"way\"",
+                "power of two from 64 to 1048576",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"dup\"\n[[output.to]]\n\
+                 type=\"balance\"\nways=4294967295\n[[output.to]]\ntype=\"way\"",
+                "over 4 billion ways, at most 4096",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\n[output]\ntype=\"balance\"\nways=4097",
+                "4097 ways, at most 4096",
             ),
         ];
         for (text, expected) in cases {

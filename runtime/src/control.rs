@@ -3,7 +3,7 @@
 //! one JSON object on one line, `{"ok": true, …}` or `{"ok": false, "error": "…"}`. A client
 //! may send many requests on one connection. Bad JSON, a missing `cmd`, an over-long line or a
 //! handler's error get an error answer; a client that goes away mid-request only ends its own
-//! connection.
+//! connection. Request lines are parsed by `fastedge_wire::control`.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -137,17 +137,11 @@ impl Drop for ControlServer {
 
 /// Answers one request line.
 pub fn answer_line(line: &str, handler: &dyn Fn(&str, &Map<String, Value>) -> Answer) -> Value {
-    let request: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return error(format!("bad JSON: {e}")),
+    let request = match fastedge_wire::control::parse_request(line) {
+        Ok(request) => request,
+        Err(message) => return error(message),
     };
-    let Some(object) = request.as_object() else {
-        return error("a request is a JSON object, e.g. {\"cmd\": \"status\"}".into());
-    };
-    let Some(cmd) = object.get("cmd").and_then(Value::as_str) else {
-        return error("missing \"cmd\" (a string), e.g. {\"cmd\": \"status\"}".into());
-    };
-    match handler(cmd, object) {
+    match handler(&request.cmd, &request.fields) {
         Ok(mut fields) => {
             // A handler may answer `"ok": false` itself, with fields of its own.
             fields.entry("ok").or_insert(Value::Bool(true));

@@ -2,7 +2,8 @@
 //! service, compatible with bud's: `GET <url with %s = the percent-encoded name>`; `404` means
 //! "no such name" (the default context serves it, or `sni_strict` refuses it); `200` carries a
 //! JSON context, `{"cert": PEM or [PEM…], "key": PEM or [PEM…], "passphrase"?: string or
-//! [string…], "ciphers"?: string, "npn"?: [protocol…]}`.
+//! [string…], "ciphers"?: string, "npn"?: [protocol…]}`, parsed by
+//! `fastedge_wire::sni_answer`.
 //!
 //! Lookups never block a core. One cache serves every core (answers for `sni_cache_ttl`, 404s
 //! for `sni_negative_ttl`, failures for a few seconds; at most `sni_cache_size` names in all,
@@ -257,25 +258,6 @@ impl DynamicSni {
     }
 }
 
-/// PEM strings from a JSON string or array of strings.
-fn pem_list(value: Option<&serde_json::Value>, what: &str) -> Result<Vec<String>, String> {
-    match value {
-        None => Err(format!("the answer has no \"{what}\"")),
-        Some(serde_json::Value::String(s)) => Ok(vec![s.clone()]),
-        Some(serde_json::Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("\"{what}\" must hold strings"))
-            })
-            .collect(),
-        Some(_) => Err(format!(
-            "\"{what}\" must be a PEM string or a non-empty list of them"
-        )),
-    }
-}
-
 /// Asks the service about `name` and builds the context it describes.
 fn fetch(
     settings: &DynamicSniSettings,
@@ -295,35 +277,17 @@ fn fetch(
         200..=299 => {}
         other => return Err(format!("SNI service {url} answered HTTP {other}")),
     }
-    let answer: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("SNI service answer for {name} is not JSON: {e}"))?;
-    if !answer.is_object() {
-        return Err(format!(
-            "SNI service answer for {name} is not a JSON object"
-        ));
-    }
-    let certs = pem_list(answer.get("cert"), "cert")?;
-    let keys = pem_list(answer.get("key"), "key")?;
-    if certs.len() != keys.len() {
-        return Err(format!(
-            "the answer has {} certificates and {} keys",
-            certs.len(),
-            keys.len()
-        ));
-    }
-    let passphrases = match answer.get("passphrase") {
-        None | Some(serde_json::Value::Null) => vec![None; keys.len()],
-        Some(serde_json::Value::String(p)) => vec![Some(p.clone()); keys.len()],
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .chain(std::iter::repeat(None))
-            .take(keys.len())
-            .collect(),
-        Some(_) => return Err("\"passphrase\" must be a string or a list".into()),
-    };
-    let mut pairs = Vec::with_capacity(certs.len());
-    for ((cert, key), passphrase) in certs.iter().zip(&keys).zip(&passphrases) {
+    let answer = fastedge_wire::sni_answer::parse(&body).map_err(|error| match error {
+        fastedge_wire::sni_answer::AnswerError::Invalid(message) => message,
+        other => format!("SNI service answer for {name} {other}"),
+    })?;
+    let mut pairs = Vec::with_capacity(answer.pairs.len());
+    for fastedge_wire::sni_answer::CertKey {
+        cert,
+        key,
+        passphrase,
+    } in &answer.pairs
+    {
         let chain = X509::stack_from_pem(cert.as_bytes())
             .map_err(|e| format!("the answer's certificate: {e}"))?;
         if chain.is_empty() {
@@ -338,17 +302,14 @@ fn fetch(
     }
     let starting_ciphers = view.ciphers.clone();
     let mut view = view.clone();
-    if let Some(ciphers) = answer.get("ciphers").and_then(|c| c.as_str()) {
-        view.ciphers = Some(ciphers.to_owned());
+    if let Some(ciphers) = answer.ciphers {
+        view.ciphers = Some(ciphers);
     }
-    if let Some(npn) = answer.get("npn").and_then(|n| n.as_array()) {
+    if let Some(npn) = answer.npn {
         view.alpn = npn
-            .iter()
-            .filter_map(|p| p.as_str())
-            .filter(|p| !p.is_empty() && p.len() < 256)
+            .into_iter()
             // Unrewritable when the global backends get forwarding headers.
-            .filter(|p| !(view.alpn_no_h2 && *p == "h2"))
-            .map(str::to_owned)
+            .filter(|p| !(view.alpn_no_h2 && p == "h2"))
             .collect();
     }
     let set = runtime_set(pairs, &view, &starting_ciphers, tickets)

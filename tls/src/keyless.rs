@@ -46,14 +46,12 @@ use boring::{
     },
 };
 
-pub const OP_SIGN: u8 = 1;
-pub const STATUS_OK: u8 = 0;
-pub const STATUS_UNKNOWN_KEY: u8 = 1;
-pub const STATUS_UNSUPPORTED: u8 = 2;
-pub const STATUS_FAILED: u8 = 3;
-pub const STATUS_BAD_REQUEST: u8 = 4;
-/// Largest frame either side accepts.
-pub const MAX_FRAME: usize = 64 * 1024;
+// The frames are parsed and encoded in `fastedge_wire::keyless`.
+pub use fastedge_wire::keyless::{
+    MAX_FRAME, OP_SIGN, STATUS_BAD_REQUEST, STATUS_FAILED, STATUS_OK, STATUS_UNKNOWN_KEY,
+    STATUS_UNSUPPORTED,
+};
+use fastedge_wire::{http1::Status, keyless as frames};
 /// A request not answered by then fails (the handshake timeout usually comes first); one that
 /// waited this long to be sent is not sent at all.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,13 +153,7 @@ impl KeyServer {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut frame = Vec::with_capacity(4 + 1 + 4 + 2 + 32 + input.len());
-        let len = (1 + 4 + 2 + 32 + input.len()) as u32;
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.push(OP_SIGN);
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&scheme.to_be_bytes());
-        frame.extend_from_slice(key_id);
-        frame.extend_from_slice(input);
+        frames::encode_request(id, scheme, key_id, input, &mut frame);
         let slot = Arc::new(Slot::default());
         // Never waits: a core must not block on a slow signer.
         let sent = self
@@ -318,29 +310,26 @@ fn reader(mut stream: UnixStream, connection: &Connection, path: &Path) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => break format!("reading from the key server: {error}"),
         }
-        while buf.len() >= 4 {
-            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if !(5..=MAX_FRAME).contains(&len) {
-                break 'read format!("key server sent a frame of {len} bytes");
-            }
-            if buf.len() < 4 + len {
-                break;
-            }
-            let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
-            let id = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        loop {
+            let (answer, used) = match frames::parse_answer(&buf) {
+                Ok(Status::Complete(complete)) => complete,
+                Ok(Status::Partial) => break,
+                Err(error) => break 'read format!("key server sent {error}"),
+            };
             let slot = connection
                 .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+                .remove(&answer.id);
             if let Some((slot, _)) = slot {
-                slot.complete(match body[4] {
-                    STATUS_OK => Ok(body[5..].to_vec()),
+                slot.complete(match answer.status {
+                    STATUS_OK => Ok(answer.signature.to_vec()),
                     STATUS_UNKNOWN_KEY => Err("the key server does not hold this key".into()),
                     STATUS_UNSUPPORTED => Err("the key server cannot sign with this scheme".into()),
                     other => Err(format!("the key server failed to sign (status {other})")),
                 });
             }
+            buf.drain(..used);
         }
         expire(connection);
     };
@@ -489,38 +478,34 @@ fn serve_signer_connection<S: Read + Write>(
         if stream.read_exact(&mut len).is_err() {
             return;
         }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            tracing::warn!(len, "request frame too large; closing the connection");
-            return;
-        }
+        let len = match frames::frame_len(len) {
+            Ok(len) => len,
+            Err(error) => {
+                tracing::warn!(%error, "request frame too large; closing the connection");
+                return;
+            }
+        };
         let mut body = vec![0u8; len];
         if stream.read_exact(&mut body).is_err() {
             return;
         }
-        let (id, status, signature) = if len < 1 + 4 + 2 + 32 || body[0] != OP_SIGN {
-            let id = body
-                .get(1..5)
-                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-            (id, STATUS_BAD_REQUEST, Vec::new())
-        } else {
-            let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
-            let scheme = u16::from_be_bytes([body[5], body[6]]);
-            let mut key_id = [0u8; 32];
-            key_id.copy_from_slice(&body[7..39]);
-            match keys.get(&key_id) {
+        let (id, status, signature) = match frames::parse_request_body(&body) {
+            frames::Request::Bad { id } => (id, STATUS_BAD_REQUEST, Vec::new()),
+            frames::Request::Sign {
+                id,
+                scheme,
+                key_id,
+                input,
+            } => match keys.get(&key_id) {
                 None => (id, STATUS_UNKNOWN_KEY, Vec::new()),
                 Some(key) => {
-                    let (status, signature) = sign_with(key, scheme, &body[39..]);
+                    let (status, signature) = sign_with(key, scheme, input);
                     (id, status, signature)
                 }
-            }
+            },
         };
         let mut answer = Vec::with_capacity(9 + signature.len());
-        answer.extend_from_slice(&((5 + signature.len()) as u32).to_be_bytes());
-        answer.extend_from_slice(&id.to_be_bytes());
-        answer.push(status);
-        answer.extend_from_slice(&signature);
+        frames::encode_answer(id, status, &signature, &mut answer);
         if stream.write_all(&answer).is_err() {
             return;
         }

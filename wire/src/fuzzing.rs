@@ -2,10 +2,14 @@
 //! must hold for any input, so a fuzzer finds logic errors as well as panics.
 
 use crate::{
+    bud_config, bud_ipc, control,
     forwarded::{ClientFacts, ForwardedConfig, Injector},
     http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
+    keyless,
     packet::{self, flow_hash, way_of, HashKey, HashMode, Parsed},
     proxy,
+    response::{RequestKind, ResponseReader},
+    sni_answer,
 };
 
 /// Request-head parsing: never panics; a complete head lies within the input; feeding the same
@@ -151,6 +155,154 @@ pub fn ocsp_response(data: &[u8]) {
     let _ = crate::der::generalized_time(data);
 }
 
+/// The backend side on its own: a [`ResponseReader`] told of some requests (the first byte: how
+/// many; the next four: their kinds, two bits each) follows the backend's bytes (the rest) the
+/// same whatever the read sizes (the sixth byte), and never counts a switch it was not asked for.
+pub fn response_reader(data: &[u8]) {
+    let [count, k0, k1, k2, k3, step, backend @ ..] = data else {
+        return;
+    };
+    let kinds = u32::from_le_bytes([*k0, *k1, *k2, *k3]);
+    let requests: Vec<RequestKind> = (0..usize::from(count % 16))
+        .map(|i| match (kinds >> (2 * i)) & 3 {
+            0 => RequestKind::Plain,
+            1 => RequestKind::Head,
+            2 => RequestKind::Upgrade,
+            _ => RequestKind::Connect,
+        })
+        .collect();
+    let run = |step: usize| {
+        let mut reader = ResponseReader::new(256 + usize::from(*k3) * 8);
+        for kind in &requests {
+            reader.request_sent(*kind);
+        }
+        for piece in backend.chunks(step.max(1)) {
+            reader.feed(piece);
+        }
+        (reader.switched(), reader.is_tracking(), reader.pending())
+    };
+    let whole = run(backend.len());
+    assert_eq!(
+        whole,
+        run(usize::from(*step % 17) + 1),
+        "depends on read sizes"
+    );
+    let (switched, _, pending) = whole;
+    if switched {
+        assert_eq!(pending, 0);
+        assert!(
+            requests
+                .iter()
+                .any(|k| matches!(k, RequestKind::Upgrade | RequestKind::Connect)),
+            "switched though no request asked to"
+        );
+    }
+    assert!(pending <= requests.len() as u64);
+}
+
+/// Keyless frames, both ways: a stream of requests (or, after the first byte's low bit, of
+/// answers) parses frame by frame without panicking; each frame re-encodes to the bytes it came
+/// from (sign requests and answers), and no shorter prefix of a frame is complete.
+pub fn keyless_frames(data: &[u8]) {
+    let [mode, stream @ ..] = data else { return };
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let used = if mode & 1 == 0 {
+            let Ok(Status::Complete((request, used))) = keyless::parse_request(rest) else {
+                return;
+            };
+            if let keyless::Request::Sign {
+                id,
+                scheme,
+                key_id,
+                input,
+            } = request
+            {
+                let mut again = Vec::new();
+                keyless::encode_request(id, scheme, &key_id, input, &mut again);
+                assert_eq!(again, rest[..used]);
+            }
+            assert!(!matches!(
+                keyless::parse_request(&rest[..used - 1]),
+                Ok(Status::Complete(_))
+            ));
+            used
+        } else {
+            let Ok(Status::Complete((answer, used))) = keyless::parse_answer(rest) else {
+                return;
+            };
+            let mut again = Vec::new();
+            keyless::encode_answer(answer.id, answer.status, answer.signature, &mut again);
+            assert_eq!(again, rest[..used]);
+            assert!(!matches!(
+                keyless::parse_answer(&rest[..used - 1]),
+                Ok(Status::Complete(_))
+            ));
+            used
+        };
+        assert!(used >= 4 && used <= rest.len());
+        rest = &rest[used..];
+    }
+}
+
+/// bud's ticket-key messages: a stream parses message by message; each re-encodes to its bytes
+/// and no shorter prefix of one is complete.
+pub fn bud_ipc(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(Status::Complete((message, used))) = bud_ipc::parse(rest) {
+        let mut again = Vec::new();
+        bud_ipc::encode(&message, &mut again);
+        assert_eq!(again, rest[..used]);
+        assert_eq!(bud_ipc::parse(&rest[..used - 1]), Ok(Status::Partial));
+        rest = &rest[used..];
+    }
+}
+
+/// bud JSON configuration: translating never panics, and what it yields is a TOML document
+/// (which the serve config then reads) that translates the same way each time.
+pub fn bud_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = bud_config::is_bud_json(text);
+    if let Ok(translation) = bud_config::translate(text) {
+        if let Err(e) = translation.toml.parse::<toml::Table>() {
+            panic!("the translation is not TOML ({e}):\n{}", translation.toml);
+        }
+        assert_eq!(bud_config::translate(text), Ok(translation));
+    }
+}
+
+/// Control-socket request lines: parsing never panics; a request's command is its `"cmd"`, and
+/// the request written back as JSON parses to the same request.
+pub fn control_request(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(request) = control::parse_request(line) {
+        assert_eq!(
+            request
+                .fields
+                .get("cmd")
+                .and_then(serde_json::Value::as_str),
+            Some(request.cmd.as_str())
+        );
+        let again = serde_json::Value::Object(request.fields.clone()).to_string();
+        assert_eq!(control::parse_request(&again), Ok(request));
+    }
+}
+
+/// Dynamic SNI answers: parsing never panics; an accepted answer holds at least one certificate
+/// with its key, and only usable ALPN names.
+pub fn sni_answer(data: &[u8]) {
+    if let Ok(answer) = sni_answer::parse(data) {
+        assert!(!answer.pairs.is_empty());
+        if let Some(npn) = &answer.npn {
+            assert!(npn.iter().all(|p| !p.is_empty() && p.len() < 256));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -162,11 +314,22 @@ mod tests {
             b"\xff\xfe",
             b"\x05\x00POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+            br#"{"cmd": "stats"}"#,
+            br#"{"frontend": {"port": 443, "keys": [{"cert": "c.pem", "key": "k.pem"}]}}"#,
+            br#"{"cert": "PEM", "key": ["PEM"], "npn": ["h2", ""]}"#,
+            b"\x04\x02\x00\x00\x00HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"\x01\x00\x00\x00\x0a\x00\x00\x00\x01\x00sig!!",
         ] {
             super::http1_request_head(sample);
             super::forwarded_injector(sample);
             super::proxy_header(sample);
             super::packet_flow(sample);
+            super::response_reader(sample);
+            super::keyless_frames(sample);
+            super::bud_ipc(sample);
+            super::bud_config(sample);
+            super::control_request(sample);
+            super::sni_answer(sample);
         }
     }
 }
