@@ -202,6 +202,27 @@ fn tls_handshake(
     addr: SocketAddr,
     connector: &SslConnector,
 ) -> Result<SslStream<TcpStream>, String> {
+    tls_handshake_as(addr, connector, "localhost")
+}
+
+/// The common name of the certificate the server presented ("" if none).
+fn common_name(tls: &SslStream<TcpStream>) -> String {
+    tls.ssl()
+        .peer_certificate()
+        .and_then(|cert| {
+            cert.subject_name()
+                .entries_by_nid(fastedge_tls::boring::nid::Nid::COMMONNAME)
+                .next()
+                .map(|cn| String::from_utf8_lossy(cn.data().as_slice()).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn tls_handshake_as(
+    addr: SocketAddr,
+    connector: &SslConnector,
+    name: &str,
+) -> Result<SslStream<TcpStream>, String> {
     let tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
@@ -209,7 +230,7 @@ fn tls_handshake(
     let mut config = connector.configure().map_err(|e| e.to_string())?;
     config.set_verify_hostname(false);
     config
-        .connect("localhost", tcp)
+        .connect(name, tcp)
         .map_err(|e| format!("handshake: {e}"))
 }
 
@@ -226,7 +247,19 @@ fn good_session(
     connector: &SslConnector,
     rng: &mut Rng,
 ) -> Result<u64, SessionError> {
-    let mut tls = tls_handshake(addr, connector).map_err(SessionError::Broken)?;
+    good_session_as(addr, connector, rng, "localhost").map(|(requests, _)| requests)
+}
+
+/// [`good_session`] with server name `name`; also returns the common name of the certificate
+/// the server presented.
+fn good_session_as(
+    addr: SocketAddr,
+    connector: &SslConnector,
+    rng: &mut Rng,
+    name: &str,
+) -> Result<(u64, String), SessionError> {
+    let mut tls = tls_handshake_as(addr, connector, name).map_err(SessionError::Broken)?;
+    let presented = common_name(&tls);
     let requests = 1 + rng.below(5);
     let mut done = 0;
     while done < requests {
@@ -283,7 +316,7 @@ fn good_session(
     // A good client ends with close_notify (the server counts the rest as truncated).
     tls.shutdown()
         .map_err(|e| SessionError::Broken(format!("close_notify: {e}")))?;
-    Ok(done)
+    Ok((done, presented))
 }
 
 /// Waits until the server closes `stream` (sends anything: an alert or close_notify before
@@ -1097,4 +1130,330 @@ fn split_under_consumers_killed_in_a_loop() {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
+}
+
+/// What the dynamic SNI service of the soak does now.
+const SNI_GOOD: u8 = 0;
+const SNI_SLOW: u8 = 1;
+const SNI_GARBAGE: u8 = 2;
+
+/// A dynamic SNI service (bud's protocol) that answers every name with the context `json`
+/// while its mode is [`SNI_GOOD`], answers it only after 1.5 s while [`SNI_SLOW`], and answers
+/// garbage while [`SNI_GARBAGE`]. Returns its port and the count of requests.
+fn changing_sni_service(
+    json: String,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+) -> (u16, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(AtomicU64::new(0));
+    let json = Arc::new(json);
+    let counter = asked.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let (json, mode, counter) = (json.clone(), mode.clone(), counter.clone());
+            thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                let body: Vec<u8> = match mode.load(Ordering::SeqCst) {
+                    SNI_GOOD => json.as_bytes().to_vec(),
+                    SNI_SLOW => {
+                        thread::sleep(Duration::from_millis(1500));
+                        json.as_bytes().to_vec()
+                    }
+                    SNI_GARBAGE => body_bytes(head.len() as u64, 300),
+                    _ => b"{}".to_vec(),
+                };
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(&body);
+                let _ = stream.write_all(&out);
+            });
+        }
+    });
+    (port, asked)
+}
+
+fn start_signer(key: &std::path::Path, socket: &std::path::Path) -> Fastedge {
+    let signer = Fastedge::start(
+        &[
+            "keyserver",
+            "--listen",
+            socket.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    signer.wait_for_line("key server listening", Duration::from_secs(10));
+    signer
+}
+
+/// The serve soak with the other services misbehaving (priority 3): the default certificate's
+/// key lives in `fastedge keyserver`, which is SIGKILLed and restarted every 2.5 s; every good
+/// session asks for a new name, which the dynamic SNI service (cache bounded at 64 names)
+/// answers well, slowly (past `sni_timeout`) or with garbage, in turns of 3 s; hostile clients
+/// as in the first soak. Good sessions get the dynamic context's certificate while the service
+/// answers well, the default (keyless) one otherwise, every answer byte for byte; they fail
+/// only when a signer kill overlaps them (while it is down, handshakes that need it fail; the
+/// first one after a restart works).
+#[test]
+fn serve_soak_while_the_signer_dies_and_the_sni_service_turns_bad() {
+    const SESSIONS_THREADS: u64 = 6;
+    let scale = scale();
+    let state = TempDir::new("soak-keyless");
+    let (default_cert, default_key) = state.self_signed("keyless.test");
+    let (dyn_cert, dyn_key) = state.self_signed("dyn.test");
+    let escape = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().replace('\n', "\\n");
+    let json = format!(
+        "{{\"cert\":\"{}\",\"key\":\"{}\"}}",
+        escape(&dyn_cert),
+        escape(&dyn_key)
+    );
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(SNI_GOOD));
+    let (sni_port, sni_asked) = changing_sni_service(json, mode.clone());
+    let socket = state.path().join("signer.sock");
+    let mut signer = start_signer(&default_key, &socket);
+    let backend = RestartableBackend::start_with(Arc::new(serve_deterministic));
+    let cpus = fastedge_runtime::CpuList::available()
+        .unwrap()
+        .cpus()
+        .to_vec();
+    let cores: Vec<String> = cpus.iter().take(2).map(ToString::to_string).collect();
+    let (mut server, addr) = Fastedge::serve_config(
+        &state,
+        &format!(
+            "cores = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [frontend]\nhandshake_timeout = \"5s\"\nidle_timeout = \"2s\"\n\
+             request_head_timeout = \"1s\"\n\
+             [tls]\ncert = \"{}\"\nkey_server = \"unix:{}\"\n\
+             sni_url = \"http://127.0.0.1:{sni_port}/bud/sni/%s\"\nsni_timeout = \"500ms\"\n\
+             sni_cache_size = 64\n\
+             [[backend]]\naddress = \"{}\"\nx_forwarded = true\n",
+            cores.join(","),
+            default_cert.display(),
+            socket.display(),
+            backend.addr()
+        ),
+    );
+    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
+    let metrics: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    let pid = server.pid();
+    let quiet = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = scrape(metrics).unwrap();
+            if metric(&text, "fastedge_connections_active") == Some(0) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "connections still open:\n{text}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Warm-up: both contexts, and the signer's connections, made once.
+    {
+        let connector = connector();
+        let mut rng = Rng::new(3);
+        for i in 0..20 {
+            let name = format!("warm{i}.dyn.test");
+            mode.store(
+                if i % 2 == 0 { SNI_GOOD } else { SNI_GARBAGE },
+                Ordering::SeqCst,
+            );
+            if let Err(SessionError::Broken(e) | SessionError::Wrong(e)) =
+                good_session_as(addr, &connector, &mut rng, &name)
+            {
+                panic!("warm-up: {name}: {e}");
+            }
+        }
+        mode.store(SNI_GOOD, Ordering::SeqCst);
+    }
+    quiet();
+    let fds_before = open_fds(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let signer_kills = Arc::new(Kills::default());
+    let mode_changes = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
+    // Hostile clients as in the first soak (no backend kills here).
+    let mut clients = run_clients(addr, 0, &stop, &Arc::new(Kills::default()), &tally);
+    let presented: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    static NAME: AtomicU64 = AtomicU64::new(0);
+    for seed in 0..SESSIONS_THREADS {
+        let (stop, kills, changes, mode, tally, presented) = (
+            stop.clone(),
+            signer_kills.clone(),
+            mode_changes.clone(),
+            mode.clone(),
+            tally.clone(),
+            presented.clone(),
+        );
+        clients.push(thread::spawn(move || {
+            let connector = connector();
+            let mut rng = Rng::new(1000 + seed);
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("s{}.dyn.test", NAME.fetch_add(1, Ordering::Relaxed));
+                let finished_before = kills.finished.load(Ordering::SeqCst);
+                let changes_before = changes.load(Ordering::SeqCst);
+                let mode_before = mode.load(Ordering::SeqCst);
+                tally.connections.fetch_add(1, Ordering::Relaxed);
+                let outcome = good_session_as(addr, &connector, &mut rng, &name);
+                let overlapped_kill = kills.begun.load(Ordering::SeqCst) > finished_before;
+                let mode_steady = changes.load(Ordering::SeqCst) == changes_before;
+                match outcome {
+                    Ok((requests, cn)) => {
+                        tally.sessions_ok.fetch_add(1, Ordering::Relaxed);
+                        tally.requests_ok.fetch_add(requests, Ordering::Relaxed);
+                        let expected = if mode_before == SNI_GOOD {
+                            "dyn.test"
+                        } else {
+                            "keyless.test"
+                        };
+                        if mode_steady && cn != expected {
+                            tally.violation(format!(
+                                "{name} got {cn:?} with the SNI service in mode {mode_before}"
+                            ));
+                        }
+                        *presented.lock().unwrap().entry(cn).or_default() += 1;
+                    }
+                    Err(SessionError::Wrong(what)) => {
+                        tally.violation(format!("wrong answer: {what}"));
+                    }
+                    // While the signer is down, every handshake that needs it fails (there
+                    // is no other signer to ask): fast, so wait a little before the next.
+                    Err(SessionError::Broken(_)) if overlapped_kill => {
+                        tally.failed_at_kill.fetch_add(1, Ordering::Relaxed);
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(SessionError::Broken(why)) => tally.violation(format!(
+                        "{name} failed with no signer kill during it (SNI mode {mode_before}, \
+                         steady: {mode_steady}): {why}"
+                    )),
+                }
+            }
+        }));
+    }
+
+    // The faults: the signer dies every 2.5 s, the SNI service changes every 3 s.
+    let started = Instant::now();
+    let target = scale.connections.div_ceil(2);
+    let time_cap = Duration::from_secs(20 + target / 100);
+    let mut rng = Rng::new(0x6b);
+    let (mut next_kill, mut next_turn) = (
+        started + Duration::from_secs(1),
+        started + Duration::from_secs(3),
+    );
+    let mut turns = 0u64;
+    while count(&tally.connections) < target && started.elapsed() < time_cap {
+        let now = Instant::now();
+        if now >= next_kill {
+            signer_kills.begun.fetch_add(1, Ordering::SeqCst);
+            signer.signal(nix::sys::signal::Signal::SIGKILL);
+            signer.wait_exit(Duration::from_secs(5));
+            thread::sleep(Duration::from_millis(500 + rng.below(500)));
+            signer = start_signer(&default_key, &socket);
+            signer_kills.finished.fetch_add(1, Ordering::SeqCst);
+            next_kill = Instant::now() + Duration::from_millis(2500);
+        }
+        if now >= next_turn {
+            turns += 1;
+            mode_changes.fetch_add(1, Ordering::SeqCst);
+            mode.store((turns % 3) as u8, Ordering::SeqCst);
+            mode_changes.fetch_add(1, Ordering::SeqCst);
+            next_turn = Instant::now() + Duration::from_secs(3);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let kills = count(&signer_kills.finished);
+    let presented = presented.lock().unwrap().clone();
+    eprintln!(
+        "soak with signer kills and a bad SNI service: {} connections in {:?}; {} good \
+         sessions ({} requests), certificates {presented:?}, {} cut by {kills} signer kills; \
+         {turns} SNI turns, {} SNI requests; {} garbage hellos, {} resets, {} slow heads, {} \
+         slow hellos, {} idle TLS and {} bare connects held",
+        count(&tally.connections),
+        started.elapsed(),
+        count(&tally.sessions_ok),
+        count(&tally.requests_ok),
+        count(&tally.failed_at_kill),
+        count(&sni_asked),
+        count(&tally.garbage),
+        count(&tally.resets),
+        count(&tally.slow_heads),
+        count(&tally.slow_hellos),
+        count(&tally.idle_held),
+        count(&tally.bare_held),
+    );
+    let violations = tally.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        kills >= 2 && turns >= 2,
+        "{kills} signer kills, {turns} SNI turns"
+    );
+    assert!(
+        presented.get("dyn.test").copied().unwrap_or(0) > 0
+            && presented.get("keyless.test").copied().unwrap_or(0) > 0,
+        "both certificates served: {presented:?}"
+    );
+
+    // Afterwards, at once: the service's context while it answers well, the keyless default
+    // while it answers garbage.
+    let connector = connector();
+    let mut rng = Rng::new(7);
+    for (name, answer, cn) in [
+        ("after.dyn.test", SNI_GOOD, "dyn.test"),
+        ("after-garbage.dyn.test", SNI_GARBAGE, "keyless.test"),
+    ] {
+        mode.store(answer, Ordering::SeqCst);
+        match good_session_as(addr, &connector, &mut rng, name) {
+            Ok((_, got)) => assert_eq!(got, cn, "{name}"),
+            Err(SessionError::Broken(e) | SessionError::Wrong(e)) => panic!("{name}: {e}"),
+        }
+    }
+    let text = quiet();
+    let accepted = metric(&text, "fastedge_connections_accepted_total").unwrap();
+    let closed: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("fastedge_connections_closed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(closed, accepted, "{text}");
+    assert!(
+        server.is_running(),
+        "fastedge exited:\n{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    assert!(!log.contains("panicked"), "a panic in the log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_fds(pid) > fds_before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let fds_after = open_fds(pid);
+    eprintln!("descriptors: {fds_before} after the warm-up, {fds_after} at the end");
+    assert!(
+        fds_after <= fds_before,
+        "descriptors: {fds_before} → {fds_after}"
+    );
+    assert!(server.terminate(Duration::from_secs(40)).success());
 }
