@@ -7,12 +7,16 @@
 //!   restarted every few seconds and the metrics endpoint is scraped. After: alive, no panic,
 //!   descriptors and RSS back near the baseline, failures only for sessions a kill cut,
 //!   close reasons counted.
+//! - serve again, with a keyless default certificate whose signer (`fastedge keyserver`) is
+//!   SIGKILLed and restarted, and a dynamic SNI service that answers well, slowly or with
+//!   garbage in turns: the right certificate for each, failures only while the signer is down.
 //! - split: `fastedge gen` traffic while consumers of some ways are SIGKILLed and restarted in
 //!   a loop; the steadily read ways lose nothing and the distributor stays up.
 //!
-//! The short form runs with `cargo test` (a few thousand connections, about a minute). `make
-//! soak` runs the long form: `FASTEDGE_SOAK_CONNECTIONS` (serve connections, default 6,000),
-//! `FASTEDGE_SOAK_SECONDS` (split traffic time, default 10).
+//! The short form runs with `cargo test` (6,000 + 3,000 connections and 10 s of traffic, under
+//! a minute). `make soak` runs the long form, the same tests scaled by
+//! `FASTEDGE_SOAK_CONNECTIONS` (connections of the first serve soak, half of it for the second;
+//! default 6,000) and `FASTEDGE_SOAK_SECONDS` (split traffic time, default 10).
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
