@@ -1192,7 +1192,7 @@ const SNI_SLOW: u8 = 1;
 const SNI_GARBAGE: u8 = 2;
 
 /// A dynamic SNI service (bud's protocol) that answers every name with the context `json`
-/// while its mode is [`SNI_GOOD`], answers it only after 1.5 s while [`SNI_SLOW`], and answers
+/// while its mode is [`SNI_GOOD`], answers it only after 3 s while [`SNI_SLOW`], and answers
 /// garbage while [`SNI_GARBAGE`]. Returns its port and the count of requests.
 fn changing_sni_service(
     json: String,
@@ -1220,7 +1220,7 @@ fn changing_sni_service(
                 let body: Vec<u8> = match mode.load(Ordering::SeqCst) {
                     SNI_GOOD => json.as_bytes().to_vec(),
                     SNI_SLOW => {
-                        thread::sleep(Duration::from_millis(1500));
+                        thread::sleep(Duration::from_millis(3000));
                         json.as_bytes().to_vec()
                     }
                     SNI_GARBAGE => body_bytes(head.len() as u64, 300),
@@ -1292,8 +1292,8 @@ fn serve_soak_while_the_signer_dies_and_the_sni_service_turns_bad() {
              [frontend]\nhandshake_timeout = \"5s\"\nidle_timeout = \"2s\"\n\
              request_head_timeout = \"1s\"\n\
              [tls]\ncert = \"{}\"\nkey_server = \"unix:{}\"\n\
-             sni_url = \"http://127.0.0.1:{sni_port}/bud/sni/%s\"\nsni_timeout = \"500ms\"\n\
-             sni_cache_size = 64\n\
+             sni_url = \"http://127.0.0.1:{sni_port}/bud/sni/%s\"\nsni_timeout = \"2s\"\n\
+             sni_cache_size = 64\nsni_fetchers = 16\n\
              [[backend]]\naddress = \"{}\"\nx_forwarded = true\n",
             cores.join(","),
             default_cert.display(),
