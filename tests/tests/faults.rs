@@ -1511,3 +1511,52 @@ fn serve_soak_while_the_signer_dies_and_the_sni_service_turns_bad() {
     );
     assert!(server.terminate(Duration::from_secs(40)).success());
 }
+
+/// Clients that reset right after connecting, before the server looked at their connection:
+/// each is still an accepted connection, closed for a client error — in the metrics, not
+/// only in the kernel's counters (found by the soak: accepted fell short of connections made).
+#[test]
+fn connections_reset_before_they_are_served_are_counted() {
+    const RESETS: u64 = 300;
+    let state = TempDir::new("soak-early-resets");
+    let backend = RestartableBackend::start_with(Arc::new(serve_deterministic));
+    let (server, addr) = Fastedge::serve_config(
+        &state,
+        &format!(
+            "metrics_listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{}\"\n",
+            backend.addr()
+        ),
+    );
+    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
+    let metrics: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    for _ in 0..RESETS {
+        reset(TcpStream::connect(addr).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(metrics).unwrap();
+        let accepted = metric(&text, "fastedge_connections_accepted_total").unwrap_or(0);
+        if (accepted >= RESETS && metric(&text, "fastedge_connections_active") == Some(0))
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric(&text, "fastedge_connections_accepted_total"),
+        Some(RESETS),
+        "{text}"
+    );
+    let closed: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("fastedge_connections_closed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(closed, RESETS, "{text}");
+}
