@@ -2,6 +2,7 @@
 #
 #   make run    build release and start `fastedge serve` on its embedded default
 #   make test   fmt check, clippy -D warnings, the whole test suite (privileged tests included)
+#   make soak   the faults suite in its long form, on both serve engines
 #
 # Both install what they need first (Debian packages; idempotent: only what is missing).
 
@@ -17,7 +18,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
 	nginx-light nghttp2-client tcpdump tshark bsdutils
 
-.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long bench bench-peers clean-netns
+.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -50,6 +51,20 @@ unit-and-e2e:
 SERVE_SUITES := $(patsubst tests/tests/%.rs,%,$(wildcard tests/tests/serve_*.rs)) tls_adapter runtime_executors
 serve-on-glommio:
 	FASTEDGE_ENGINE=glommio $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(SERVE_SUITES))
+	FASTEDGE_ENGINE=glommio $(CARGO) test --workspace --test faults serve_
+
+# The faults suite (tests/tests/faults.rs) in its long form: SOAK_CONNECTIONS connections
+# through `fastedge serve` (on each engine) while its backend is killed and restarted, and
+# SOAK_SECONDS of `fastedge gen` traffic through `fastedge split` while consumers are
+# SIGKILLed. `make test` runs the short form (6,000 connections, 10 s).
+SOAK_CONNECTIONS ?= 100000
+SOAK_SECONDS ?= 300
+soak: deps
+	$(CARGO) build --workspace --all-targets
+	FASTEDGE_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) FASTEDGE_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  $(CARGO) test --workspace --test faults -- --nocapture --test-threads 1
+	FASTEDGE_ENGINE=glommio FASTEDGE_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) \
+	  $(CARGO) test --workspace --test faults serve_ -- --nocapture
 
 netmap-check:
 	$(CARGO) check -p fastedge-rings --features netmap

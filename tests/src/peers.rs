@@ -62,12 +62,25 @@ pub fn try_read_response<R: Read>(stream: &mut R) -> std::io::Result<(String, Ve
     Ok((head, body))
 }
 
-/// An [`echo_backend`] that can be killed (listener closed, every open connection shut) and
-/// started again on the same address, as a backend process that restarts.
-#[derive(Debug)]
+/// What a [`RestartableBackend`] does with each connection it accepts (on a thread of its own).
+pub type ConnectionHandler = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
+/// An [`echo_backend`] (or any [`ConnectionHandler`]) that can be killed (listener closed,
+/// every open connection shut) and started again on the same address, as a backend process
+/// that restarts.
 pub struct RestartableBackend {
     addr: SocketAddr,
+    handler: ConnectionHandler,
     running: Option<RunningBackend>,
+}
+
+impl std::fmt::Debug for RestartableBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestartableBackend")
+            .field("addr", &self.addr)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -78,10 +91,17 @@ struct RunningBackend {
 }
 
 impl RestartableBackend {
-    /// Starts on a free loopback port.
+    /// Starts an echo backend on a free loopback port.
     pub fn start() -> Self {
+        let sink = Recorded::default();
+        Self::start_with(Arc::new(move |stream| serve_echo(stream, &sink)))
+    }
+
+    /// Starts on a free loopback port, serving each connection with `handler`.
+    pub fn start_with(handler: ConnectionHandler) -> Self {
         let mut backend = Self {
             addr: dead_port(),
+            handler,
             running: None,
         };
         backend.restart();
@@ -115,8 +135,8 @@ impl RestartableBackend {
         let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let acceptor = {
             let (stop, connections) = (stop.clone(), connections.clone());
+            let handler = self.handler.clone();
             thread::spawn(move || {
-                let sink = Recorded::default();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
@@ -124,8 +144,16 @@ impl RestartableBackend {
                             if let Ok(clone) = stream.try_clone() {
                                 connections.lock().expect("lock").push(clone);
                             }
-                            let sink = sink.clone();
-                            thread::spawn(move || serve_echo(stream, &sink));
+                            let handler = handler.clone();
+                            thread::spawn(move || {
+                                // The copy kept for `kill` must not hold the connection open
+                                // once the handler is done with it.
+                                let closer = stream.try_clone();
+                                handler(stream);
+                                if let Ok(closer) = closer {
+                                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                                }
+                            });
                         }
                         Err(_) => thread::sleep(Duration::from_millis(2)),
                     }

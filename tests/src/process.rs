@@ -167,6 +167,11 @@ impl Fastedge {
         self.child.id()
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

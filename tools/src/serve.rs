@@ -669,7 +669,11 @@ async fn accept_loop(
             stream.peer_addr(),
             stream.local_addr().ok().or(local_default),
         ) else {
+            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
+            // and closed by a client error, as the metrics must say.
             tracing::debug!("connection gone before it could be served");
+            metrics.connection_opened();
+            metrics.connection_closed(fastedge_runtime::metrics::CloseClass::ClientError, 0, 0);
             continue;
         };
         let _ = stream.set_nodelay(true);
