@@ -88,8 +88,10 @@ impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let inner = &self.inner;
         inner.open.set(inner.open.get() - 1);
-        let next = inner.waiting.borrow_mut().pop_front();
-        if let Some(waker) = next {
+        // Every waiter: one woken alone may have stopped waiting (its acquire succeeded by
+        // another path or was dropped), and the slot would go unnoticed by the others.
+        let waiting = std::mem::take(&mut *inner.waiting.borrow_mut());
+        for waker in waiting {
             waker.wake();
         }
         if inner.open.get() == 0 {

@@ -183,7 +183,7 @@ impl Runtime {
         self.remote.drain_into_queue();
         apply_deferred();
         let mut wait = if RUN_QUEUE.with(|q| q.borrow().is_empty()) {
-            time::next_deadline().map(|at| at.saturating_duration_since(time::now()))
+            time::next_deadline().map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(Duration::ZERO)
         };
@@ -209,21 +209,39 @@ impl Runtime {
         drop(detached);
         run_ready(usize::MAX, None);
         apply_deferred();
-        with_reactor(|r| r.cancel_all());
         let deadline = Instant::now() + STOP_GRACE;
-        while with_reactor(|r| r.in_flight()) > 0 && Instant::now() < deadline {
+        loop {
+            // Again each round: a drop during the stop may have started an operation.
+            with_reactor(|r| r.cancel_all());
             let _ = with_reactor(|r| r.turn(Some(Duration::from_millis(10)), reaped));
             reaped.finish();
             run_ready(usize::MAX, None);
             apply_deferred();
+            if with_reactor(|r| r.in_flight()) == 0 || Instant::now() >= deadline {
+                break;
+            }
         }
         time::clear();
+        // Tasks detached during the stop (lingering drops) go too, then every queued runnable
+        // (a cancelled task's future is dropped with its runnable).
+        let detached = DETACHED.with(|d| std::mem::take(&mut d.borrow_mut().tasks));
+        drop(detached);
         let queue = RUN_QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
         drop(queue);
         ENGINE.with(|e| e.borrow_mut().take());
         ENGINE_ID.with(|id| id.set(0));
         let reactor = REACTOR.with(|r| r.borrow_mut().take());
-        drop(reactor);
+        if let Some(reactor) = reactor {
+            let left = reactor.in_flight();
+            if left == 0 {
+                drop(reactor);
+            } else {
+                // The kernel may still touch what those operations own (their buffers, the
+                // receive pool): leak it all rather than free memory under it.
+                tracing::warn!(left, "io_uring engine stopped with operations in flight");
+                std::mem::forget(reactor);
+            }
+        }
         DEFERRED.with(|d| d.borrow_mut().clear());
     }
 }

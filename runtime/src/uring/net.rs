@@ -168,6 +168,8 @@ pub(crate) struct Conn {
     tx_dirty: bool,
     tx_error: Option<i32>,
     tx_waker: Option<Waker>,
+    /// The send in flight (to cancel it when a lingering drop gives up).
+    pub(crate) tx_op: Option<u64>,
     dropped: bool,
 }
 
@@ -189,6 +191,7 @@ impl Conn {
             tx_dirty: false,
             tx_error: None,
             tx_waker: None,
+            tx_op: None,
             dropped: false,
         }
     }
@@ -230,11 +233,15 @@ impl Conn {
         (self.rx_waker.take(), give_back, pause)
     }
 
-    /// Whether a reader waits for data (so a starved receive must be re-armed).
-    pub(crate) fn rx_wanted(&mut self) -> bool {
-        let wanted = !self.dropped && self.rx_waker.is_some();
-        self.rx_starved = wanted;
-        wanted
+    /// The receive ran out of buffers: unless the stream is gone or the reader is already
+    /// listed, it waits on the starved list (its reader, woken now, must not re-arm before
+    /// buffers are back).
+    pub(crate) fn starve(&mut self) -> bool {
+        if self.dropped || self.rx_starved {
+            return false;
+        }
+        self.rx_starved = true;
+        true
     }
 
     /// Buffers are back: the starved reader may re-arm.
@@ -263,6 +270,7 @@ impl Conn {
 
     /// A send completion: `(writer to wake, what follows)`.
     pub(crate) fn on_send(&mut self, result: i32) -> (Option<Waker>, SendNext) {
+        self.tx_op = None;
         let next = if result < 0 {
             self.tx_error = Some(-result);
             self.tx_busy = false;
@@ -318,6 +326,9 @@ impl Drop for Conn {
 #[derive(Debug)]
 pub struct Stream {
     conn: Rc<RefCell<Conn>>,
+    /// A second handle made by a test: dropping it leaves the connection to the first.
+    #[cfg(test)]
+    second_handle: bool,
 }
 
 /// A TCP connection of the io_uring engine.
@@ -329,14 +340,18 @@ impl Stream {
     fn from_fd(fd: OwnedFd) -> Self {
         Self {
             conn: Rc::new(RefCell::new(Conn::new(fd))),
+            #[cfg(test)]
+            second_handle: false,
         }
     }
 
-    /// A second handle on the same connection, so a test can read and write from two tasks.
+    /// A second handle on the same connection, so a test can read and write from two tasks;
+    /// dropping it does nothing (the first handle's drop ends the connection).
     #[cfg(test)]
     pub(crate) fn clone_for_test(&self) -> Self {
         Self {
             conn: self.conn.clone(),
+            second_handle: true,
         }
     }
 
@@ -360,11 +375,16 @@ impl Stream {
             addr.len(),
         )
         .build();
-        let result = Oneshot::start(entry, Keep::Addr(addr)).await;
+        // The slot owns the socket until the completion: a future dropped before the entry was
+        // submitted must not close a descriptor number the entry still names.
+        let (result, keep) = Oneshot::start(entry, Keep::Connect(addr, socket.into())).await;
         if result < 0 {
             return Err(io::Error::from_raw_os_error(-result));
         }
-        Ok(Self::from_fd(socket.into()))
+        match keep {
+            Keep::Connect(_, fd) => Ok(Self::from_fd(fd)),
+            _ => Err(io::Error::other("connect completed without its socket")),
+        }
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -518,6 +538,10 @@ impl AsyncWrite for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        #[cfg(test)]
+        if self.second_handle {
+            return;
+        }
         let mut conn = self.conn.borrow_mut();
         conn.dropped = true;
         conn.rx_waker = None;
@@ -531,14 +555,24 @@ impl Drop for Stream {
             drop(conn);
             let lingering = Self {
                 conn: self.conn.clone(),
+                #[cfg(test)]
+                second_handle: false,
             };
             super::spawn_detached_internal(async move {
                 let flushed = std::future::poll_fn(|cx| lingering.flush(cx));
-                let _ = super::time::timeout(LINGER, flushed).await;
+                let gave_up = super::time::timeout(LINGER, flushed).await.is_err();
                 // Dropped with no output left (or given up): nothing lingers again.
                 let mut conn = lingering.conn.borrow_mut();
                 conn.tx_queue = Vec::new();
                 conn.tx_error.get_or_insert(libc::ETIMEDOUT);
+                if gave_up {
+                    // A peer that reads nothing must not keep the socket (and the send's
+                    // buffer) alive: cancel the send and shut the connection.
+                    if let Some(user_data) = conn.tx_op {
+                        super::defer(Deferred::Cancel(user_data));
+                    }
+                    let _ = SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
+                }
             });
         }
     }
@@ -564,11 +598,11 @@ impl Oneshot {
 }
 
 impl std::future::Future for Oneshot {
-    type Output = i32;
+    type Output = (i32, Keep);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, Keep)> {
         let Some(user_data) = self.user_data else {
-            return Poll::Ready(-libc::ECANCELED);
+            return Poll::Ready((-libc::ECANCELED, Keep::Nothing));
         };
         match with_reactor(|r| r.poll_oneshot(user_data, cx.waker())) {
             Some(result) => {

@@ -88,8 +88,8 @@ pub(crate) enum Op {
 #[allow(dead_code)] // held only to be dropped after the completion
 pub(crate) enum Keep {
     Nothing,
-    Addr(Box<socket2::SockAddr>),
-    Fd(OwnedFd),
+    /// A connect's address and socket (handed back to the future on completion).
+    Connect(Box<socket2::SockAddr>, OwnedFd),
 }
 
 struct Slot {
@@ -137,10 +137,8 @@ impl BufPool {
     pub(crate) fn give_back(&mut self, bid: u16) {
         debug_assert!(bid < self.entries);
         let index = usize::from(self.tail & (self.entries - 1));
-        // SAFETY: `index` < entries, so the entry lies inside the ring mapping; the kernel only
-        // reads entries between its head and the published tail, and this one is past the
-        // published tail until `publish`.
-        let entry = unsafe { &mut *self.base().add(index) };
+        // SAFETY: `index` < entries, so the entry lies inside the ring mapping.
+        let entry = unsafe { self.base().add(index) }.cast::<u8>();
         // SAFETY: `bid` < entries (callers pass ids the kernel reported, checked in `buffer`),
         // so the buffer lies inside the data mapping.
         let addr = unsafe { self.data.as_ptr().add(usize::from(bid) * BUF_SIZE) };
@@ -152,9 +150,16 @@ impl BufPool {
         unsafe {
             std::ptr::write_bytes(addr, POISON, BUF_SIZE);
         }
-        entry.set_addr(addr as u64);
-        entry.set_len(BUF_SIZE as u32);
-        entry.set_bid(bid);
+        // SAFETY: the writes stay inside this 16-byte `struct io_uring_buf` (addr at 0, len at 8,
+        // bid at 12; the aligned mapping keeps them aligned) and never touch its last two bytes,
+        // which for entry 0 are the ring's tail that the kernel reads concurrently: no
+        // reference over the entry is formed. The kernel reads only entries between its head
+        // and the published tail, and this one is past the published tail until `publish`.
+        unsafe {
+            entry.cast::<u64>().write(addr as u64);
+            entry.add(8).cast::<u32>().write(BUF_SIZE as u32);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
         self.held -= 1;
     }
@@ -203,6 +208,8 @@ pub(crate) struct Reactor {
     in_flight: usize,
     pub(crate) task_run: TaskRun,
     wake_fd: RawFd,
+    /// The engine is stopping: the wake-up read is not armed again.
+    stopping: bool,
 }
 
 impl Reactor {
@@ -211,7 +218,8 @@ impl Reactor {
         let handle = RingHandle::register(ring.as_raw_fd());
         let bufs = BufPool::new(settings.buffers)?;
         // SAFETY: the ring mapping holds `buffers` entries and lives as long as `bufs`, which
-        // the reactor drops only after the ring (field order below and in `Drop`).
+        // lives in the reactor with the ring; a stopping engine that cannot see every operation
+        // end leaks the reactor rather than unmap memory the kernel may still use (`Runtime::stop`).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring.as_ptr() as u64,
@@ -237,6 +245,7 @@ impl Reactor {
             in_flight: 0,
             task_run,
             wake_fd,
+            stopping: false,
         };
         reactor.bufs.publish();
         reactor.arm_wake(Box::new(0));
@@ -316,8 +325,9 @@ impl Reactor {
         }
     }
 
-    /// Cancels everything in flight (shutdown).
+    /// Cancels everything in flight (shutdown); the wake-up read is not armed again.
     pub(crate) fn cancel_all(&mut self) {
+        self.stopping = true;
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
@@ -325,18 +335,21 @@ impl Reactor {
         );
     }
 
-    /// A one-shot operation's result, or registers `waker` for it.
-    pub(crate) fn poll_oneshot(&mut self, user_data: u64, waker: &Waker) -> Option<i32> {
+    /// A one-shot operation's result with what its slot kept (a connecting socket comes back
+    /// this way), or registers `waker` for it.
+    pub(crate) fn poll_oneshot(&mut self, user_data: u64, waker: &Waker) -> Option<(i32, Keep)> {
         let slot = self.slot_mut(user_data)?;
         match &mut slot.op {
             Some(Op::Oneshot {
-                result: Some(result),
-                ..
-            }) => {
-                let result = *result;
-                drop(self.remove(user_data));
-                Some(result)
-            }
+                result: Some(_), ..
+            }) => match self.remove(user_data) {
+                Some(Op::Oneshot {
+                    result: Some(result),
+                    keep,
+                    ..
+                }) => Some((result, keep)),
+                _ => None,
+            },
             Some(Op::Oneshot {
                 waker: slot_waker, ..
             }) => {
@@ -386,7 +399,9 @@ impl Reactor {
     pub(crate) fn turn(&mut self, wait: Option<Duration>, out: &mut Reaped) -> io::Result<()> {
         self.flush_output();
         if !self.starved.is_empty() && self.bufs.available() > 0 {
-            for conn in self.starved.drain(..) {
+            // As many readers as there are free buffers; the rest wait for more.
+            let wake = self.starved.len().min(usize::from(self.bufs.available()));
+            for conn in self.starved.drain(..wake) {
                 if let Some(waker) = conn.borrow_mut().rx_starved_done() {
                     out.wakers.push(waker);
                 }
@@ -411,7 +426,8 @@ impl Reactor {
         while let Some(conn) = self.dirty.pop() {
             let entry = conn.borrow_mut().start_send();
             if let Some(entry) = entry {
-                self.start(entry, Op::Send(conn));
+                let user_data = self.start(entry, Op::Send(conn.clone()));
+                conn.borrow_mut().tx_op = Some(user_data);
             }
         }
     }
@@ -485,7 +501,7 @@ impl Reactor {
                     out.wakers.push(waker);
                 }
                 if !more {
-                    if result == -libc::ENOBUFS && conn.borrow_mut().rx_wanted() {
+                    if result == -libc::ENOBUFS && conn.borrow_mut().starve() {
                         self.starved.push(conn.clone());
                     }
                     if let Some(op) = self.remove(user_data) {
@@ -505,7 +521,8 @@ impl Reactor {
                 match next {
                     SendNext::Idle => {}
                     SendNext::Continue(entry) => {
-                        self.start(entry, Op::Send(conn.clone()));
+                        let user_data = self.start(entry, Op::Send(conn.clone()));
+                        conn.borrow_mut().tx_op = Some(user_data);
                     }
                     SendNext::Queued => self.dirty.push(conn.clone()),
                 }
@@ -516,7 +533,9 @@ impl Reactor {
             }
             Some(Op::Wake(_)) => {
                 if let Some(Op::Wake(counter)) = self.remove(user_data) {
-                    self.arm_wake(counter);
+                    if !self.stopping {
+                        self.arm_wake(counter);
+                    }
                 }
             }
             None => {}
