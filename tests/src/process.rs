@@ -41,10 +41,30 @@ impl Fastedge {
         Self::start_in(None, args, envs)
     }
 
+    /// Starts `fastedge ARGS…` with its open-files limit (soft and hard) at `nofile` from the
+    /// start, so that even operations armed at start-up see it.
+    pub fn start_with_nofile(args: &[&str], envs: &[(&str, &str)], nofile: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(fastedge_bin());
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe; it allocates nothing and touches no lock.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    nofile,
+                    nofile,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        Self::spawn(command, args, envs)
+    }
+
     /// Starts `fastedge ARGS…` inside network namespace `netns` (`ip netns exec`, which execs:
     /// the child's pid is fastedge's).
     pub fn start_in(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = match netns {
+        let command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(fastedge_bin());
@@ -52,6 +72,10 @@ impl Fastedge {
             }
             None => Command::new(fastedge_bin()),
         };
+        Self::spawn(command, args, envs)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = command
             .args(args)
             .envs(envs.iter().copied())
