@@ -36,7 +36,7 @@ use std::{
 use fastedge_tests::{
     netns::VethPair,
     peers::{client_hello, handshake_records, try_read_response, RestartableBackend},
-    process::{fastedge_bin, Fastedge},
+    process::{fastedge_bin, open_fds, rss_kib, Fastedge},
     ways::{attach, WayFiles},
     TempDir,
 };
@@ -569,21 +569,6 @@ fn scrape(metrics: SocketAddr) -> Result<String, String> {
 fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Runs the client mix against `addr` until `stop`; each kind on its own threads.

@@ -14,25 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_tests::{process::Fastedge, TempDir};
+use fastedge_tests::{
+    process::{open_fds, rss_kib, Fastedge},
+    TempDir,
+};
 
 fn first_cpu() -> String {
     fastedge_runtime::CpuList::available().unwrap().cpus()[0].to_string()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::{
 
 use fastedge_tests::{
     peers::{echo_backend, read_response, tls_connect},
-    process::Fastedge,
+    process::{rss_kib, Fastedge},
     TempDir,
 };
 use fastedge_tls::boring::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
@@ -203,16 +203,6 @@ fn h2_is_not_offered_for_injecting_backends() {
     assert!(out.contains("No ALPN negotiated"), "{out}");
     let out = s_client(addr, &["-alpn", "h2,http/1.1"]);
     assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]
