@@ -1321,6 +1321,21 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_is_chosen_by_name_and_a_wrong_name_names_the_key() {
+        use fastedge_runtime::Engine;
+        assert_eq!(ServeConfig::parse("").unwrap().engine, Engine::Uring);
+        let glommio = ServeConfig::parse("engine = \"glommio\"").unwrap();
+        assert_eq!(glommio.engine, Engine::Glommio);
+        let error = ServeConfig::parse("engine = \"tokio\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("engine") && error.contains("tokio"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_full_document() {
         let text = "\n\n  cores = \"0-1\"\n[frontend]\nlisten = [\"0.0.0.0:443\", \"[::]:443\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
                     [balance]\nmode = \"least-conn\"\n\
