@@ -77,6 +77,22 @@ impl std::fmt::Display for HeadError {
 
 impl std::error::Error for HeadError {}
 
+/// What httparse's answer over a window of `window` bytes (at most `max_head`) means for a head:
+/// its length, `None` while it may still complete, or why it never will.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    window: usize,
+    max_head: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if window < max_head => Ok(None),
+        Ok(httparse::Status::Partial) => Err(HeadError::TooLarge { limit: max_head }),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(error) => Err(HeadError::Malformed(malformed_reason(error))),
+    }
+}
+
 /// Parses the request head at the start of `buf`, accepting at most `max_head` bytes of head.
 pub fn parse_request_head(
     buf: &[u8],
@@ -85,12 +101,8 @@ pub fn parse_request_head(
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let window = &buf[..buf.len().min(max_head)];
-    let head_len = match request.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < max_head => return Ok(Status::Partial),
-        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge { limit: max_head }),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(error) => return Err(HeadError::Malformed(malformed_reason(error))),
+    let Some(head_len) = head_length(request.parse(window), window.len(), max_head)? else {
+        return Ok(Status::Partial);
     };
     let (Some(method), Some(target), Some(minor_version)) =
         (request.method, request.path, request.version)
@@ -185,12 +197,8 @@ pub fn parse_response_head(buf: &[u8], max_head: usize) -> Result<Status<Respons
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let window = &buf[..buf.len().min(max_head)];
-    let head_len = match response.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < max_head => return Ok(Status::Partial),
-        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge { limit: max_head }),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(error) => return Err(HeadError::Malformed(malformed_reason(error))),
+    let Some(head_len) = head_length(response.parse(window), window.len(), max_head)? else {
+        return Ok(Status::Partial);
     };
     let Some(code) = response.code else {
         return Err(HeadError::Malformed("incomplete status line"));
