@@ -129,6 +129,8 @@ pub struct XskReceiver {
     _tx: TxQueue,
     _completion: CompQueue,
     batch: Vec<FrameDesc>,
+    /// Received frames the fill ring had no room for yet; given back before the next receive.
+    refill: Vec<FrameDesc>,
     interface: String,
     queue: u32,
 }
@@ -155,7 +157,10 @@ impl XskReceiver {
             .frame_size(
                 FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?,
             )
-            .fill_queue_size(size(config.ring_size)?)
+            // Twice the frames we hand out: in copy mode the kernel publishes how far it has
+            // read the fill ring lazily, so a ring the size of our frames can look full while
+            // every frame is already back with us.
+            .fill_queue_size(size(config.ring_size.saturating_mul(2))?)
             .comp_queue_size(size(config.ring_size)?)
             .build()
             .map_err(|e| XskError::Config(e.to_string()))?;
@@ -204,6 +209,7 @@ impl XskReceiver {
             fill,
             _tx: tx,
             _completion: completion,
+            refill: Vec::with_capacity(ring),
             batch: descs,
             interface: interface.to_owned(),
             queue,
@@ -223,6 +229,7 @@ impl XskReceiver {
         timeout: Duration,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<usize, XskError> {
+        self.give_back_refill();
         // Take what is there without a syscall; poll(2) only when nothing is and the caller
         // wants to wait (a syscall per batch costs more than the batch's frames at high rates).
         // SAFETY: `self.batch` holds descriptors of this socket's own UMEM.
@@ -240,16 +247,10 @@ impl XskReceiver {
             on_frame(data.contents());
         }
         if received > 0 {
-            // SAFETY: these descriptors belong to this UMEM and the kernel gave them back to us.
-            let refilled = unsafe { self.fill.produce(&self.batch[..received]) };
-            if refilled != received {
-                // The fill ring has room for every frame we own, so this cannot happen; if it
-                // did, frames would leak from the ring, so report it rather than go on.
-                return Err(self.io_error(
-                    "refilling",
-                    std::io::Error::other(format!("fill ring took {refilled} of {received}")),
-                ));
-            }
+            // Frames go back in the order they came; whatever the fill ring cannot take now
+            // (it takes all of a batch or none) waits in `refill` for the next call.
+            self.refill.extend_from_slice(&self.batch[..received]);
+            self.give_back_refill();
         }
         if self.fill.needs_wakeup() {
             self.fill
@@ -257,6 +258,19 @@ impl XskReceiver {
                 .map_err(|source| self.io_error("waking the kernel", source))?;
         }
         Ok(received)
+    }
+
+    /// Puts the frames waiting in `refill` on the fill ring, if it has room for all of them.
+    fn give_back_refill(&mut self) {
+        if self.refill.is_empty() {
+            return;
+        }
+        // SAFETY: the frames in `refill` belong to this UMEM, came back from the RX ring and
+        // are in no kernel ring; those the fill ring takes are the kernel's from now on.
+        let given = unsafe { self.fill.produce(&self.refill) };
+        if given == self.refill.len() {
+            self.refill.clear();
+        }
     }
 
     /// The kernel's drop counters for this socket.

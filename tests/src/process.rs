@@ -207,6 +207,17 @@ impl Fastedge {
         self.wait_exit(within)
     }
 
+    /// Sends SIGTERM and asserts a clean exit (status 0) within `within`;
+    /// on failure the panic carries the status and the whole log.
+    pub fn terminate_cleanly(&mut self, within: Duration) {
+        let status = self.terminate(within);
+        assert!(
+            status.success(),
+            "fastedge exited with {status} after SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Sends `signal`.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

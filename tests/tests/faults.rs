@@ -947,7 +947,7 @@ fn serve_soak_under_backend_restarts_and_hostile_clients() {
         "handshake_timeout",
         count(&counted.slow_hellos) + count(&counted.bare_held),
     );
-    assert!(server.terminate(Duration::from_secs(40)).success());
+    server.terminate_cleanly(Duration::from_secs(40));
 }
 
 /// The split soak (priority 2): `fastedge gen` traffic into `fastedge split` over 4 ways; ways
@@ -1112,7 +1112,7 @@ fn split_under_consumers_killed_in_a_loop() {
         "split died:\n{}\n{sent_log}",
         split.log_text()
     );
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     eprintln!(
         "split soak: {frames} frames in {} s, {kills} consumer kills, {} failed attaches; \
@@ -1494,7 +1494,7 @@ fn serve_soak_while_the_signer_dies_and_the_sni_service_turns_bad() {
         fds_after <= fds_before,
         "descriptors: {fds_before} → {fds_after}"
     );
-    assert!(server.terminate(Duration::from_secs(40)).success());
+    server.terminate_cleanly(Duration::from_secs(40));
 }
 
 /// Clients that reset right after connecting, before the server looked at their connection:

@@ -202,7 +202,7 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
     let used: HashSet<usize> = flow_output.values().copied().collect();
     assert_eq!(used.len(), 3);
 
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     let transmit = if to == "tap" { "TAP" } else { "AF_XDP" };
     assert!(
@@ -300,7 +300,7 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
         }
         assert_eq!(seqs.len(), 1000, "every frame on every output");
     }
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     assert!(log.contains("in-kernel fast path: 1000 frames"), "{log}");
 }

@@ -101,7 +101,7 @@ fn gen_to_split_sent_with(mode: &str, ways: u32, expect_mode: &str, gen_options:
             .collect::<Vec<_>>(),
     );
     let (arrivals, _consumers) = reader.join().unwrap();
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     let used = check_once_by_flow(&arrivals, 0..count, &log);
     assert_eq!(used.len(), ways as usize, "1000 flows over all {ways} ways");
@@ -156,7 +156,7 @@ fn gen_af_xdp_burst_puts_every_frame_on_the_wire() {
     );
     assert!(log.contains("sent 5000 frames"), "{log}");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let summary = split.log_text();
     let number_after = |label: &str| -> u64 {
         summary
@@ -248,7 +248,7 @@ fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
         }
     });
     let (arrivals, lanes) = reader.join().unwrap();
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     assert!(
         lanes.iter().all(|&n| n >= 8000),
@@ -660,7 +660,7 @@ fn two_interfaces_merged_into_one_split() {
         });
     });
     let arrivals = reader.join().unwrap();
-    assert!(split.terminate(Duration::from_secs(10)).success());
+    split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
     check_once_by_flow(&arrivals, 0..4000, &log);
     check_once_by_flow(&arrivals, 100_000..104_000, &log);

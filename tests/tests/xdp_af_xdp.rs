@@ -164,3 +164,81 @@ fn namespaces_are_removed_even_when_a_test_fails() {
         "{listed}"
     );
 }
+
+/// A flood into a tiny ring: in copy mode the kernel tells how far it has read the fill ring
+/// only now and then, so frames come back to us while the fill ring still looks full. Receiving
+/// must go on without an error and without losing a frame from circulation: after the flood, a
+/// paced tail arrives whole (frames that fell out of circulation would starve it).
+#[test]
+fn a_flood_into_a_small_ring_keeps_every_frame_in_circulation() {
+    fastedge_tests::require_tool("ip", "iproute2");
+    const FLOOD: u64 = 200_000;
+    const TAIL: u64 = 200;
+    let pair = VethPair::new();
+    let (tail_seen, flood_frames) = VethPair::in_netns(&pair.ns_a, || {
+        let ifindex = nix::net::if_::if_nametoindex(pair.dev_a.as_str()).expect("ifindex");
+        let mut program = XskRedirect::load().expect("loading the XDP program");
+        program
+            .attach(ifindex, XdpMode::Skb)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = XskConfig::new(16, 2048, 16, XskBindMode::Copy).unwrap();
+        let mut socket = XskReceiver::open(&pair.dev_a, 0, &config).expect("AF_XDP socket");
+        program
+            .register_socket(0, socket.fd())
+            .expect("XSKMAP insert");
+        let (flood_done_tx, flood_done) = std::sync::mpsc::channel::<()>();
+        let sender = {
+            let (ns_b, addr_a, addr_b) = (pair.ns_b.clone(), pair.addr_a, pair.addr_b);
+            thread::spawn(move || {
+                fastedge_tests::netns::enter(&ns_b);
+                let socket = UdpSocket::bind(SocketAddrV4::new(addr_b, 0)).expect("bind in B");
+                let to = SocketAddrV4::new(addr_a, PORT);
+                let datagram = |seq: u64| {
+                    let mut d = MAGIC.to_vec();
+                    d.extend_from_slice(&seq.to_be_bytes());
+                    d
+                };
+                for seq in 0..FLOOD {
+                    // The veth queue may overflow: only the flood's pressure matters here.
+                    let _ = socket.send_to(&datagram(u64::MAX - seq), to);
+                }
+                let _ = flood_done_tx.send(());
+                thread::sleep(Duration::from_millis(300));
+                for seq in 0..TAIL {
+                    socket.send_to(&datagram(seq), to).expect("send");
+                    thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        let mut tail = vec![false; TAIL as usize];
+        let mut flood_frames = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut flooding = true;
+        while tail.iter().any(|s| !s) && Instant::now() < deadline {
+            // While flooding, take frames without waiting (the engine's busy loop); after it,
+            // wait in poll as the engine does when idle.
+            let wait = if flooding {
+                flooding = flood_done.try_recv().is_err();
+                Duration::ZERO
+            } else {
+                Duration::from_millis(50)
+            };
+            socket
+                .receive(wait, |frame| match our_sequence(frame) {
+                    Some(seq) if seq < TAIL => tail[seq as usize] = true,
+                    Some(_) => flood_frames += 1,
+                    None => {}
+                })
+                .unwrap_or_else(|e| panic!("receiving under a flood: {e}"));
+        }
+        sender.join().expect("sender");
+        (tail.iter().filter(|s| **s).count() as u64, flood_frames)
+    });
+    eprintln!("flood: {flood_frames} of {FLOOD} frames received; tail: {tail_seen} of {TAIL}");
+    assert!(flood_frames > 0, "the flood reached the socket");
+    assert_eq!(
+        tail_seen, TAIL,
+        "the paced tail arrived whole after the flood"
+    );
+    drop(pair);
+}
