@@ -24,8 +24,9 @@ use super::{
     sys, with_reactor, Deferred,
 };
 
-/// Receive buffers one connection may hold unread before its multishot receive is paused:
-/// a slow reader costs the pool this much at most.
+/// Receive buffers' worth of bytes one connection may hold unread before its multishot
+/// receive is paused: a slow reader costs at most this much (pool buffers, or heap once
+/// spilled), and the rest waits in the kernel's socket buffer.
 const RX_MAX_QUEUED: usize = 4;
 /// Output bytes a connection may queue (beside what the kernel is sending) before writers
 /// wait: a proxy's pump buffer fits, and a stalled peer costs at most twice this.
@@ -150,9 +151,15 @@ impl Drop for TcpListener {
 #[derive(Debug)]
 pub(crate) struct Conn {
     fd: OwnedFd,
+    /// Received bytes not read yet that were copied out of the pool when it ran low
+    /// (`rx_spilled_read` of them are read); they come before everything in `rx`.
+    rx_spilled: Vec<u8>,
+    rx_spilled_read: usize,
     /// Received buffers not read yet: (buffer id, length); `rx_offset` into the first.
     rx: VecDeque<(u16, u32)>,
     rx_offset: usize,
+    /// On the reactor's list of connections holding pool buffers.
+    pub(crate) rx_listed: bool,
     rx_state: Multishot,
     /// End of the receive side: `Ok` for end of stream, or the error.
     rx_end: Option<Result<(), io::ErrorKind>>,
@@ -177,8 +184,11 @@ impl Conn {
     fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
+            rx_spilled: Vec::new(),
+            rx_spilled_read: 0,
             rx: VecDeque::new(),
             rx_offset: 0,
+            rx_listed: false,
             rx_state: Multishot::Idle,
             rx_end: None,
             rx_error: None,
@@ -224,13 +234,55 @@ impl Conn {
             }
         }
         let pause = match self.rx_state {
-            Multishot::Armed(user_data) if self.dropped || self.rx.len() >= RX_MAX_QUEUED => {
+            Multishot::Armed(user_data) if self.dropped || self.queued_input() >= RX_MAX_QUEUED => {
                 self.rx_state = Multishot::Pausing(user_data);
                 true
             }
             _ => false,
         };
         (self.rx_waker.take(), give_back, pause)
+    }
+
+    /// Unread input, in receive buffers' worth.
+    fn queued_input(&self) -> usize {
+        self.rx.len() + (self.rx_spilled.len() - self.rx_spilled_read).div_ceil(reactor::BUF_SIZE)
+    }
+
+    /// Whether unread bytes sit in pool buffers.
+    pub(crate) fn holds_buffers(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Gives back the pool buffers of a stream that is gone; when the pool runs `low`, copies
+    /// the unread bytes out of the pool buffers into the connection's own memory and gives the
+    /// buffers back (readers that fall behind must not starve the core's other connections).
+    pub(crate) fn relieve(&mut self, low: bool, bufs: &mut reactor::BufPool) {
+        if !self.dropped && !low {
+            return;
+        }
+        if self.dropped {
+            for (bid, _) in self.rx.drain(..) {
+                bufs.give_back(bid);
+            }
+            self.rx_offset = 0;
+            return;
+        }
+        self.rx_spilled.drain(..self.rx_spilled_read);
+        self.rx_spilled_read = 0;
+        let more: usize = self
+            .rx
+            .iter()
+            .map(|&(_, len)| len as usize)
+            .sum::<usize>()
+            .saturating_sub(self.rx_offset);
+        self.rx_spilled.reserve_exact(more);
+        for (bid, len) in self.rx.drain(..) {
+            let data = bufs.buffer(bid, len as usize);
+            self.rx_spilled
+                .extend_from_slice(data.get(self.rx_offset..).unwrap_or_default());
+            self.rx_offset = 0;
+            bufs.give_back(bid);
+        }
     }
 
     /// The receive ran out of buffers: unless the stream is gone or the reader is already
@@ -316,6 +368,8 @@ impl Drop for Conn {
             self.tx_queue.fill(reactor::POISON);
         }
         // Buffers still unread go back to the pool.
+        #[cfg(debug_assertions)]
+        self.rx_spilled.fill(reactor::POISON);
         for (bid, _) in self.rx.drain(..) {
             super::defer(Deferred::GiveBack(bid));
         }
@@ -399,6 +453,13 @@ impl Stream {
         SockRef::from(&self.conn.borrow().fd).set_nodelay(on)
     }
 
+    /// Bytes of memory holding this stream's unread input (pool buffers and spilled copies).
+    #[cfg(test)]
+    pub(crate) fn unread_held(&self) -> usize {
+        let conn = self.conn.borrow();
+        conn.rx_spilled.capacity() + conn.rx.len() * reactor::BUF_SIZE
+    }
+
     /// The descriptor (for socket options).
     pub fn raw_fd(&self) -> RawFd {
         self.conn.borrow().fd.as_raw_fd()
@@ -411,6 +472,18 @@ impl Stream {
         }
         let mut conn = self.conn.borrow_mut();
         let conn = &mut *conn;
+        let spilled = &conn.rx_spilled[conn.rx_spilled_read..];
+        if !spilled.is_empty() {
+            let n = spilled.len().min(buf.len());
+            buf[..n].copy_from_slice(&spilled[..n]);
+            conn.rx_spilled_read += n;
+            if conn.rx_spilled_read == conn.rx_spilled.len() {
+                // All read: an idle connection holds no memory for input.
+                conn.rx_spilled = Vec::new();
+                conn.rx_spilled_read = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
         if !conn.rx.is_empty() {
             let copied = with_reactor(|r| {
                 let mut copied = 0;

@@ -205,6 +205,8 @@ pub(crate) struct Reactor {
     pub(crate) dirty: Vec<Rc<RefCell<Conn>>>,
     /// Connections whose multishot receive stopped for lack of buffers.
     pub(crate) starved: Vec<Rc<RefCell<Conn>>>,
+    /// Connections that held pool buffers unread at some point since the last turn.
+    holders: Vec<Rc<RefCell<Conn>>>,
     in_flight: usize,
     pub(crate) task_run: TaskRun,
     wake_fd: RawFd,
@@ -242,6 +244,7 @@ impl Reactor {
             bufs,
             dirty: Vec::new(),
             starved: Vec::new(),
+            holders: Vec::new(),
             in_flight: 0,
             task_run,
             wake_fd,
@@ -398,6 +401,7 @@ impl Reactor {
     /// go to `out`, so they run after the reactor's borrow ends.
     pub(crate) fn turn(&mut self, wait: Option<Duration>, out: &mut Reaped) -> io::Result<()> {
         self.flush_output();
+        self.relieve_pool(out);
         if !self.starved.is_empty() && self.bufs.available() > 0 {
             // As many readers as there are free buffers; the rest wait for more.
             let wake = self.starved.len().min(usize::from(self.bufs.available()));
@@ -419,6 +423,33 @@ impl Reactor {
         self.handle.enter(pending, wait)?;
         self.reap(out);
         Ok(())
+    }
+
+    /// Every reader has had its turn since its buffers arrived. When the pool runs low (a
+    /// quarter left, or a receive already starved), the bytes still unread are copied out of
+    /// the pool so that readers that fall behind never starve the core's other connections;
+    /// otherwise the list only forgets connections that read everything.
+    fn relieve_pool(&mut self, out: &mut Reaped) {
+        if self.holders.is_empty() {
+            return;
+        }
+        let low = self.bufs.available() < self.bufs.entries / 4 || !self.starved.is_empty();
+        // Removed connections go to `out`: a last reference must not drop inside the reactor.
+        let mut k = 0;
+        while k < self.holders.len() {
+            let keep = {
+                let mut conn = self.holders[k].borrow_mut();
+                conn.relieve(low, &mut self.bufs);
+                let keep = conn.holds_buffers();
+                conn.rx_listed = keep;
+                keep
+            };
+            if keep {
+                k += 1;
+            } else {
+                out.garbage_conns.push(self.holders.swap_remove(k));
+            }
+        }
     }
 
     /// Turns the output queued by connections this turn into send operations.
@@ -494,6 +525,13 @@ impl Reactor {
                     self.bufs.held += 1;
                 }
                 let (waker, give_back, pause) = conn.borrow_mut().on_recv(result, buffer, more);
+                {
+                    let mut c = conn.borrow_mut();
+                    if c.holds_buffers() && !c.rx_listed {
+                        c.rx_listed = true;
+                        self.holders.push(conn.clone());
+                    }
+                }
                 if let Some(bid) = give_back {
                     self.bufs.give_back(bid);
                 }

@@ -303,3 +303,95 @@ fn timers_fire_on_time_and_a_remote_wake_reaches_a_sleeping_engine() {
     assert!(woke_after >= Duration::from_millis(50), "{woke_after:?}");
     assert!(woke_after < Duration::from_secs(2), "{woke_after:?}");
 }
+
+#[test]
+fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
+    // 24 connections send 256 KiB each and are read one byte, then left unread: without
+    // relief they would hold every buffer of a 16-buffer pool, and a connection read
+    // normally would wait for ever. With it their unread bytes move out of the pool (bounded
+    // per connection: the rest waits in the kernel), the late connection gets through, and
+    // once the slow ones read, every byte of theirs arrives in order.
+    let settings = RingSettings {
+        buffers: 16,
+        ..RingSettings::default()
+    };
+    let (late, slow, held, state) = on_engine(settings, || async {
+        const SLOW: u64 = 24;
+        const SLOW_LEN: u64 = 256 * 1024;
+        const LATE_LEN: u64 = 400_000;
+        let (listener, addr) = listener();
+        let listener = Rc::new(listener);
+        let go = Rc::new(std::cell::Cell::new(false));
+        let held = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut slow_readers = Vec::new();
+        let mut slow_writers = Vec::new();
+        for conn in 0..SLOW {
+            slow_writers.push(spawn(async move {
+                let mut stream = Stream::connect(addr).await.expect("connect");
+                write_pattern(&mut stream, conn, SLOW_LEN, 64 * 1024).await
+            }));
+            let mut stream = listener.accept().await.expect("accept");
+            let (go, held) = (go.clone(), held.clone());
+            slow_readers.push(spawn(async move {
+                let mut first = [0u8; 1];
+                stream.read_exact(&mut first).await.expect("first byte");
+                assert_eq!(first[0], pattern(conn, 0));
+                while !go.get() {
+                    time::sleep(Duration::from_millis(5)).await;
+                }
+                held.borrow_mut().push(stream.unread_held());
+                let mut buf = vec![0u8; 5000];
+                let mut total = 1u64;
+                loop {
+                    let n = stream.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    for (i, byte) in buf[..n].iter().enumerate() {
+                        assert_eq!(*byte, pattern(conn, total + i as u64), "conn {conn}");
+                    }
+                    total += n as u64;
+                }
+                assert_eq!(stream.unread_held(), 0, "all read: nothing held");
+                total
+            }));
+        }
+        // Let the slow connections fill up what they may hold.
+        time::sleep(Duration::from_millis(300)).await;
+        let late = spawn(async move {
+            let mut stream = Stream::connect(addr).await.expect("connect");
+            write_pattern(&mut stream, 1000, LATE_LEN, 16 * 1024).await
+        });
+        let mut stream = listener.accept().await.expect("accept late");
+        let late_read = futures_lite::future::or(
+            async move { read_checked(&mut stream, 1000, 4096).await.ok() },
+            async {
+                time::sleep(Duration::from_secs(5)).await;
+                None
+            },
+        )
+        .await;
+        late.await.expect("late writer");
+        go.set(true);
+        let mut slow = Vec::new();
+        for (reader, writer) in slow_readers.into_iter().zip(slow_writers) {
+            writer.await.expect("slow writer");
+            slow.push(reader.await);
+        }
+        let held = held.borrow().clone();
+        drop(listener);
+        (late_read, slow, held, settle().await)
+    });
+    assert_eq!(late, Some(400_000), "the late connection was served");
+    assert_eq!(
+        slow,
+        vec![256 * 1024; 24],
+        "every slow connection's bytes, in order"
+    );
+    let most = held.iter().max().copied().unwrap_or(0);
+    assert!(
+        most <= 8 * super::reactor::BUF_SIZE,
+        "a slow reader holds {most} bytes; {held:?}"
+    );
+    assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
+}
