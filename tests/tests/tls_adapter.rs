@@ -204,3 +204,132 @@ fn vanished_client_is_a_truncation_not_an_end() {
     assert!(error.starts_with("UnexpectedEof"), "{error}");
     assert!(!report.peer_closed_cleanly);
 }
+
+/// A client's transport that keeps a copy of every byte it reads (the server's TLS records).
+#[derive(Debug)]
+struct Tap {
+    stream: std::net::TcpStream,
+    seen: Vec<u8>,
+}
+
+impl Read for Tap {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.seen.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Lengths of the TLS records in `bytes` (header excluded), whole records only.
+fn record_lengths(bytes: &[u8]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 5) {
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        lengths.push(len);
+        at += 5 + len;
+    }
+    lengths
+}
+
+#[test]
+fn records_start_small_then_grow_and_start_small_again_after_a_pause() {
+    const BULK: usize = 96 * 1024;
+    const LATER: usize = 4096;
+    let cert = SelfSigned::generate(&["localhost"], 1).expect("certificate");
+    let context =
+        ServerContext::from_parts(&[cert.cert], &cert.key, &["http/1.1"]).expect("context");
+    let cpus: CpuList = CpuList::available().unwrap().cpus()[0]
+        .to_string()
+        .parse()
+        .unwrap();
+    let mut listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1, 16).expect("bind");
+    let addr = listeners[0].local_addr();
+    let mut listener = listeners.pop();
+    let executors = Executors::spawn_on(fastedge_tests::engine(), "tls-records", &cpus, |_| {
+        let listener = listener.take().expect("single executor");
+        let context = context.clone();
+        move || async move {
+            let listener = listener.into_listener().expect("listener");
+            let stream = listener.accept().await.expect("accept");
+            let mut tls = accept(context.new_session().unwrap(), stream)
+                .await
+                .expect("handshake");
+            tls.write_all(&vec![b'a'; BULK]).await.expect("bulk");
+            // The client pauses, then asks for more.
+            let mut ask = [0u8; 1];
+            tls.read_exact(&mut ask).await.expect("ask");
+            tls.write_all(&vec![b'b'; LATER]).await.expect("later");
+            // The client may be gone already (it hangs up once it has read): no check here.
+            let _ = tls.close().await;
+        }
+    })
+    .expect("executor");
+
+    let mut connector = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
+    connector.set_verify(boring::ssl::SslVerifyMode::NONE);
+    connector
+        .set_min_proto_version(Some(boring::ssl::SslVersion::TLS1_3))
+        .unwrap();
+    let tap = Tap {
+        stream: std::net::TcpStream::connect(addr).unwrap(),
+        seen: Vec::new(),
+    };
+    let mut client = connector
+        .build()
+        .connect("localhost", tap)
+        .expect("client handshake");
+    let mut bulk = vec![0u8; BULK];
+    client.read_exact(&mut bulk).unwrap();
+    // Every record the bulk may have come in is whole by now.
+    let after_bulk = client.get_ref().seen.len();
+    thread::sleep(Duration::from_millis(1300));
+    client.write_all(b"?").unwrap();
+    let mut later = vec![0u8; LATER];
+    client.read_exact(&mut later).unwrap();
+    assert!(bulk.iter().all(|&b| b == b'a') && later.iter().all(|&b| b == b'b'));
+    let seen = client.get_ref().seen.clone();
+    drop(client);
+    executors.join().unwrap();
+
+    // Records up to the end of the bulk: the server's hello, its encrypted handshake, tickets,
+    // then the bulk. Small records (at most 1,400 bytes on the wire, header included) carry
+    // the first 16 KiB of it, full ones the rest. TLS 1.3 adds 17 bytes to the plaintext.
+    let first = record_lengths(&seen[..after_bulk]);
+    let later_records = record_lengths(&seen[after_bulk..]);
+    eprintln!("records: {first:?} then {later_records:?}");
+    let small = |len: usize| len + 5 <= 1400;
+    let big = first
+        .iter()
+        .position(|&len| len > 4096)
+        .expect("the bulk goes on in full records");
+    let small_payload: usize = first[..big]
+        .iter()
+        .filter(|&&len| len > 1000 && small(len))
+        .map(|len| len - 17)
+        .sum();
+    assert!(
+        small_payload >= 16 * 1024,
+        "the first 16 KiB go in records of ≤ 1,400 bytes: {first:?}"
+    );
+    assert!(
+        first[big..].iter().any(|&len| len >= 16 * 1024),
+        "bulk records are full: {first:?}"
+    );
+    // After a pause of over a second: small records again (the 4 KiB answer in ≥ 3 records).
+    let data: Vec<usize> = later_records.iter().copied().filter(|&l| l > 100).collect();
+    assert!(
+        data.len() >= 3 && data.iter().all(|&len| small(len)),
+        "after a pause, small records again: {later_records:?}"
+    );
+}

@@ -30,6 +30,19 @@ use crate::TlsError;
 /// the header and AEAD expansion).
 const READ_AHEAD: usize = 5 + 16 * 1024 + 256;
 
+/// Plaintext per record while a connection starts sending again: with TLS 1.3's or
+/// AES-GCM's overhead (22 or 29 bytes) a record of this fills at most 1,398 bytes, so it fits
+/// one TCP segment and the client can decrypt each segment as it arrives instead of waiting
+/// for a whole 16 KiB record to cross a slow or lossy path.
+pub const SMALL_RECORD: usize = 1369;
+/// Bytes sent in small records after a start or a pause: about TCP's initial congestion window
+/// (ten segments), the flight whose latency the client sees first. Bulk transfers then go
+/// on in full 16 KiB records (least CPU and framing per byte).
+pub const SMALL_RECORD_WINDOW: usize = 16 * 1024;
+/// A pause in writing this long starts the small records again (the congestion window may
+/// have shrunk, and a new response is the likely next write).
+pub const SMALL_RECORD_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 thread_local! {
     /// This thread's scratch buffer for reads from the transport (see [`IoShim`]).
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
@@ -186,6 +199,9 @@ where
                 inner: stream,
                 close: CloseState::Open,
                 early: None,
+                small_left: SMALL_RECORD_WINDOW,
+                last_write: None,
+                pending_write: None,
             })),
             Err(HandshakeError::WouldBlock(pending)) => {
                 progress(pending.ssl());
@@ -221,6 +237,12 @@ pub struct TlsStream<S> {
     inner: SslStream<IoShim<S>>,
     close: CloseState,
     early: Option<EarlyData>,
+    /// Dynamic record sizing: plaintext still to send in small records, and when the last
+    /// write happened.
+    small_left: usize,
+    last_write: Option<std::time::Instant>,
+    /// Length of a write BoringSSL could not finish: the retry must offer at least as much.
+    pending_write: Option<usize>,
 }
 
 /// Early data (0-RTT) handling of one connection: how much may pass before the handshake
@@ -387,9 +409,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        match this.inner.ssl_write(buf) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(error) => map_ssl_error(error),
+        let now = fastedge_runtime::now();
+        let len = match this.pending_write {
+            // BoringSSL finishes the record it started: offer it the same bytes again.
+            Some(len) => len.min(buf.len()),
+            None => {
+                if this
+                    .last_write
+                    .is_some_and(|last| now.duration_since(last) >= SMALL_RECORD_AFTER_IDLE)
+                {
+                    this.small_left = SMALL_RECORD_WINDOW;
+                }
+                if this.small_left > 0 {
+                    buf.len().min(SMALL_RECORD)
+                } else {
+                    buf.len()
+                }
+            }
+        };
+        match this.inner.ssl_write(&buf[..len]) {
+            Ok(n) => {
+                this.pending_write = None;
+                this.small_left = this.small_left.saturating_sub(n);
+                this.last_write = Some(now);
+                Poll::Ready(Ok(n))
+            }
+            Err(error) => {
+                let result = map_ssl_error(error);
+                if result.is_pending() {
+                    this.pending_write = Some(len);
+                }
+                result
+            }
         }
     }
 
