@@ -246,16 +246,20 @@ impl Runtime {
     }
 }
 
-/// Runs queued tasks: at most `budget` of them, and (with `time`) until that much time has
-/// passed.
+/// Tasks run between two looks at the clock (a clock read per task cost 1 % of a keep-alive
+/// request's CPU in a profile).
+const TASKS_PER_CLOCK_READ: usize = 16;
+
+/// Runs queued tasks: at most `budget` of them, and (with `time`) until about that much time
+/// has passed (the clock is read every [`TASKS_PER_CLOCK_READ`] tasks).
 fn run_ready(budget: usize, time: Option<Duration>) {
     let started = time.map(|t| (Instant::now(), t));
-    for _ in 0..budget {
+    for k in 1..=budget {
         let Some(runnable) = RUN_QUEUE.with(|q| q.borrow_mut().pop_front()) else {
             return;
         };
         runnable.run();
-        if let Some((started, time)) = started {
+        if let Some((started, time)) = started.filter(|_| k % TASKS_PER_CLOCK_READ == 0) {
             if started.elapsed() >= time {
                 return;
             }

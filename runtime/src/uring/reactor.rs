@@ -30,8 +30,8 @@ const BGID: u16 = 0;
 /// What debug builds fill released buffers with.
 #[cfg(debug_assertions)]
 pub(crate) const POISON: u8 = 0xa5;
-/// `user_data` of completions nobody waits for (cancellations).
-const IGNORED: u64 = u64::MAX;
+/// `user_data` of cancellations: their results are only checked for the unexpected.
+const CANCEL: u64 = u64::MAX;
 
 /// Settings of one core's ring.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +323,7 @@ impl Reactor {
             self.push(
                 opcode::AsyncCancel::new(user_data)
                     .build()
-                    .user_data(IGNORED),
+                    .user_data(CANCEL),
             );
         }
     }
@@ -334,7 +334,7 @@ impl Reactor {
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
-                .user_data(IGNORED),
+                .user_data(CANCEL),
         );
     }
 
@@ -474,7 +474,16 @@ impl Reactor {
 
     fn complete(&mut self, cqe: cqueue::Entry, out: &mut Reaped) {
         let user_data = cqe.user_data();
-        if user_data == IGNORED {
+        if user_data == CANCEL {
+            // 0: cancelled; ENOENT: it had completed; EALREADY: it is ending. Either way its
+            // own completion comes. Anything else is a bug worth seeing in the log.
+            let result = cqe.result();
+            if result < 0 && result != -libc::ENOENT && result != -libc::EALREADY {
+                tracing::warn!(
+                    error = %io::Error::from_raw_os_error(-result),
+                    "io_uring cancel failed"
+                );
+            }
             return;
         }
         let (result, flags) = (cqe.result(), cqe.flags());
