@@ -276,10 +276,13 @@ fn records_start_small_then_grow_and_start_small_again_after_a_pause() {
     })
     .expect("executor");
 
-    let mut connector = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
-    connector.set_verify(boring::ssl::SslVerifyMode::NONE);
+    let mut connector = fastedge_tls::boring::ssl::SslConnector::builder(
+        fastedge_tls::boring::ssl::SslMethod::tls(),
+    )
+    .unwrap();
+    connector.set_verify(fastedge_tls::boring::ssl::SslVerifyMode::NONE);
     connector
-        .set_min_proto_version(Some(boring::ssl::SslVersion::TLS1_3))
+        .set_min_proto_version(Some(fastedge_tls::boring::ssl::SslVersion::TLS1_3))
         .unwrap();
     let tap = Tap {
         stream: std::net::TcpStream::connect(addr).unwrap(),

@@ -311,7 +311,9 @@ pub async fn serve_connection(
     let started = Instant::now();
     let mut log = ConnectionLog::default();
     core.metrics.connection_opened();
-    let reason = run(&mut client, peer, local, &frontend, &core, &mut log).await;
+    // Boxed: the connection's task then holds only what every phase needs, and the phases'
+    // own state (sized by the largest of them) lives in one allocation of its own.
+    let reason = Box::pin(run(&mut client, peer, local, &frontend, &core, &mut log)).await;
     core.metrics
         .connection_closed(reason.class(), log.upstream, log.downstream);
     tracing::info!(
@@ -326,7 +328,7 @@ pub async fn serve_connection(
         %reason,
         "connection closed"
     );
-    linger(&mut client).await;
+    Box::pin(linger(&mut client)).await;
 }
 
 /// Ends our side of a client connection the way nginx's lingering close does: what we queued
@@ -525,7 +527,9 @@ async fn run(
         head_timeout: Some(frontend.settings.request_head_timeout),
         early,
     };
-    let outcome = pump(&mut tls, &mut backend, options).await;
+    // Boxed: the pump is what an idle connection waits in; its state alone stays allocated,
+    // not the larger state of the phases before it.
+    let outcome = Box::pin(pump(&mut tls, &mut backend, options)).await;
     log.upstream = outcome.upstream;
     log.downstream = outcome.downstream;
     drop(lease);

@@ -328,15 +328,37 @@ pub(crate) fn spawn_detached_internal(future: impl Future<Output = ()> + 'static
         d.next += 1;
         d.next
     });
-    let task = spawn(async move {
-        future.await;
-        let own = DETACHED.try_with(|d| d.borrow_mut().tasks.remove(&id));
+    let task = spawn(DetachedTask { future, id });
+    if !task.is_finished() {
+        DETACHED.with(|d| d.borrow_mut().tasks.insert(id, task));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A detached task's future, which forgets the task's handle when it ends. A future type
+    /// of its own, not an `async` block awaiting `future`: such a block stores `future` twice
+    /// (as captured and as awaited), and a connection's task lives as long as the connection.
+    struct DetachedTask<F> {
+        #[pin]
+        future: F,
+        id: u64,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for DetachedTask<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        std::task::ready!(this.future.poll(cx));
+        let own = DETACHED.try_with(|d| d.borrow_mut().tasks.remove(this.id));
         if let Ok(Some(own)) = own {
             own.detach();
         }
-    });
-    if !task.is_finished() {
-        DETACHED.with(|d| d.borrow_mut().tasks.insert(id, task));
+        std::task::Poll::Ready(())
     }
 }
 
