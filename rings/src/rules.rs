@@ -4,7 +4,7 @@
 //! config are tracked apart, so a reload replaces them and leaves the others alone.
 //!
 //! The kernel maps and the order in which they change belong to
-//! [`RuleTable`](fastedge_ebpf::rules::RuleTable); the NetControl translation to
+//! [`fastedge_ebpf::rules::RuleTable`]; the NetControl translation to
 //! [`fastedge_wire::netcontrol`]. This module keeps the bookkeeping between them and answers
 //! the control socket's rule commands.
 

@@ -582,7 +582,10 @@ mod tests {
         });
 
         let ask = |cmd: &str| request(&socket, &json!({ "cmd": cmd })).unwrap();
-        wait_until("the control socket", || socket.exists());
+        // The file appears at bind(), a moment before listen().
+        wait_until("the control socket", || {
+            request(&socket, &json!({"cmd": "help"})).is_ok()
+        });
         wait_until("both frames counted", || {
             ask("stats")["stats"]["inputs"][0]["received"] == 2
         });
