@@ -3,12 +3,11 @@
 //! Owns: CPU lists ([`CpuList`]), one pinned executor per CPU ([`Executors`]) on either
 //! engine ([`Engine`]): fastedge's own io_uring engine ([`uring`], the default) or glommio,
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
-//! stop signal ([`Shutdown`]), per-core metrics rendered as Prometheus text ([`metrics`]),
-//! per-core connection caps ([`ConnectionLimit`]), process set-up
-//! (open-files limit, privilege drop), log lines to syslog ([`SyslogWriter`]), the JSON-lines
-//! control socket ([`control`]), and the network
-//! types the other crates use ([`net`]), so that only
-//! this crate names an engine.
+//! stop signal ([`Shutdown`]), process signals taken by a thread of their own ([`signals`]),
+//! per-core metrics rendered as Prometheus text ([`metrics`]), per-core connection caps
+//! ([`ConnectionLimit`]), process set-up (open-files limit, privilege drop, pid file), log lines
+//! to syslog ([`SyslogWriter`]), the JSON-lines control socket ([`control`]), and the network
+//! types the other crates use ([`net`]), so that only this crate names an engine.
 //!
 //! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
 //! (`fastedge-wire`).
@@ -23,6 +22,7 @@ pub mod metrics;
 pub mod net;
 mod process;
 mod shutdown;
+pub mod signals;
 mod syslog;
 pub mod uring;
 
@@ -36,7 +36,7 @@ pub use engine::{
 pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
-pub use process::{drop_privileges, raise_nofile_limit, ProcessError};
+pub use process::{drop_privileges, raise_nofile_limit, PidFile, ProcessError};
 pub use shutdown::Shutdown;
 pub use syslog::SyslogWriter;
 

@@ -1,4 +1,4 @@
-//! Process set-up: the open-files limit and dropping privileges after binding.
+//! Process set-up: the open-files limit, dropping privileges after binding, the pid file.
 
 use nix::{
     sys::resource::{getrlimit, setrlimit, Resource},
@@ -66,4 +66,28 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), Pr
     setgid(gid).map_err(step("setgid"))?;
     setuid(found.uid).map_err(step("setuid"))?;
     Ok((found.uid, gid))
+}
+
+/// The process id, written to a file that is removed again when this is dropped.
+#[derive(Debug)]
+pub struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    /// Writes this process's id (and a newline) to `path`. Call it after detaching: a fork
+    /// changes the id.
+    pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        std::fs::write(path, format!("{}\n", std::process::id()))?;
+        Ok(Self(path.to_owned()))
+    }
+
+    /// Where the pid went.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use fastedge_rings::gen::{self, GenConfig, GenError, GenStats, Transmit};
 use fastedge_wire::synth::{SpecError, TrafficSpec, Transport};
 
-use crate::{split::stop_on_signals, Failure};
+use crate::Failure;
 
 /// Send UDP or TCP frames of many flows out of an interface, to drive `fastedge split` and
 /// benchmarks.
@@ -160,7 +160,7 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             other => anyhow!(other),
         }));
     }
-    let stop = stop_on_signals()?;
+    let stop = fastedge_runtime::signals::stop_flag().map_err(Failure::runtime)?;
     let live = std::io::stderr().is_terminal();
     let mut previous = 0;
     let stats = gen::run(&config, &stop, |stats| {

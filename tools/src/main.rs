@@ -5,7 +5,6 @@ mod ctl;
 mod demo;
 mod gen;
 mod keyserver;
-mod rules;
 mod serve;
 mod split;
 
@@ -158,11 +157,5 @@ fn init_logging(format: LogFormat, syslog: Option<&std::path::Path>) -> std::io:
 pub(crate) fn block_signals(
     signals: &[nix::sys::signal::Signal],
 ) -> Result<nix::sys::signal::SigSet, Failure> {
-    let mut set = nix::sys::signal::SigSet::empty();
-    for signal in signals {
-        set.add(*signal);
-    }
-    set.thread_block()
-        .map_err(|e| Failure::runtime(anyhow::anyhow!("blocking {signals:?}: {e}")))?;
-    Ok(set)
+    fastedge_runtime::signals::block(signals).map_err(Failure::runtime)
 }

@@ -3,23 +3,18 @@
 
 use std::{
     io::{IsTerminal, Write},
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, ValueEnum};
-use fastedge_ebpf::rules::{Prefilter, RuleTable};
 use fastedge_rings::{
     pipeline::{BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName},
     shm::Consumer,
-    split::{self, EngineOptions, InputKind, SplitStats},
+    supervisor::{ControlSocket, Supervisor, SupervisorError, SupervisorOptions},
+    tap,
 };
-use fastedge_runtime::CpuList;
-use nix::sys::signal::Signal;
+use fastedge_runtime::{signals, CpuList, PidFile};
 
 use crate::Failure;
 
@@ -216,126 +211,6 @@ pub struct TapArgs {
     count: Option<u64>,
 }
 
-/// Blocks SIGINT/SIGTERM here and sets `stop` when one arrives (on a thread of its own).
-pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
-    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
-    Ok(stop)
-}
-
-fn describe(stats: &SplitStats) -> String {
-    let mut parts = Vec::new();
-    for input in &stats.inputs {
-        let kind = input.kind.map_or("-".to_owned(), |k| k.to_string());
-        let drops = match input.kind {
-            Some(InputKind::Xdp(_)) => format!(
-                "; pre-filter dropped {}, bypassed {}; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}",
-                input.prefilter_dropped,
-                input.prefilter_bypassed,
-                input.xsk.rx_ring_full,
-                input.xsk.rx_fill_ring_empty,
-                input.xsk.rx_dropped,
-                input.xsk.rx_invalid
-            ),
-            Some(InputKind::AfPacket) => format!(
-                "; kernel drops: ring full {} (ring frozen {} times)",
-                input.packet.drops, input.packet.freezes
-            ),
-            _ => String::new(),
-        };
-        let kernel = input.in_kernel.map_or(String::new(), |n| {
-            format!("; in-kernel fast path: {n} frames")
-        });
-        parts.push(format!(
-            "{} ({kind}, {} queue(s)): received {} ({} bytes){kernel}{drops}",
-            input.name, input.queues, input.received, input.bytes
-        ));
-    }
-    parts.push(format!(
-        "non-IP {}, parse errors {}",
-        stats.non_ip, stats.parse_errors
-    ));
-    if !stats.ways.is_empty() {
-        let ways: Vec<String> = stats
-            .ways
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                format!(
-                    "{i}:{}/{}{}{}",
-                    w.delivered,
-                    w.dropped_full,
-                    if w.consumer.is_some() {
-                        ""
-                    } else {
-                        "(no consumer)"
-                    },
-                    if w.bad_positions > 0 {
-                        format!("(bad consumer positions {})", w.bad_positions)
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-            .collect();
-        parts.push(format!("ways delivered/dropped-full {}", ways.join(" ")));
-    }
-    for iface in &stats.interfaces {
-        parts.push(format!(
-            "output {} ({}): sent {} (+{} in the kernel), dropped (queue full) {}",
-            iface.name, iface.transmit, iface.sent, iface.sent_in_kernel, iface.dropped
-        ));
-    }
-    for pcap in &stats.pcaps {
-        parts.push(format!(
-            "{}: written {} ({} bytes) in {} file(s), write errors {}",
-            pcap.path.display(),
-            pcap.written,
-            pcap.bytes,
-            pcap.files,
-            pcap.errors
-        ));
-    }
-    parts.join("; ")
-}
-
-/// The live line: rates per second since the last one, and drops by cause.
-fn live_line(stats: &SplitStats, previous: &SplitStats) -> String {
-    let rate = stats.received() - previous.received();
-    let ways: Vec<String> = stats
-        .ways
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let before = previous.ways.get(i).copied().unwrap_or_default();
-            format!("{}", w.delivered - before.delivered)
-        })
-        .collect();
-    let full: u64 = stats.ways.iter().map(|w| w.dropped_full).sum();
-    let kernel: u64 = stats
-        .inputs
-        .iter()
-        .map(|i| i.xsk.rx_ring_full + i.xsk.rx_fill_ring_empty + i.xsk.rx_dropped + i.packet.drops)
-        .sum();
-    let filtered: u64 = stats
-        .inputs
-        .iter()
-        .map(|i| i.prefilter_dropped + i.prefilter_bypassed)
-        .sum();
-    format!(
-        "{rate} pps | per way/s [{}] | drops: way full {full}, kernel {kernel}, pre-filter {filtered}, non-IP {}, parse errors {}",
-        ways.join(" "),
-        stats.non_ip,
-        stats.parse_errors
-    )
-}
-
 fn inputs(
     interfaces: &[String],
     pcaps: &[PathBuf],
@@ -437,228 +312,6 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
     run_engine(config, &args.common, args.config.as_deref())
 }
 
-/// Flags the signal thread and the control socket set; the engine stops on either.
-#[derive(Debug, Default)]
-struct Requests {
-    /// Stop the engine now (for a shutdown or a reload).
-    engine_stop: AtomicBool,
-    shutdown: AtomicBool,
-    reload: AtomicBool,
-}
-
-impl Requests {
-    fn shutdown(&self) {
-        self.shutdown.store(true, Ordering::Relaxed);
-        self.engine_stop.store(true, Ordering::Relaxed);
-    }
-
-    fn reload(&self) {
-        self.reload.store(true, Ordering::Relaxed);
-        self.engine_stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// SIGINT/SIGTERM: shut down; SIGHUP: reload. Blocked here, taken by a thread of their own.
-fn split_signals(requests: Arc<Requests>) -> Result<(), Failure> {
-    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
-    std::thread::spawn(move || loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => {
-                tracing::info!("SIGHUP: reloading the pipeline");
-                requests.reload();
-            }
-            Ok(_) => {
-                requests.shutdown();
-                return;
-            }
-            Err(_) => return,
-        }
-    });
-    Ok(())
-}
-
-/// What the control socket reads and changes.
-struct Shared {
-    requests: Arc<Requests>,
-    config: std::sync::Mutex<PipelineConfig>,
-    config_path: Option<PathBuf>,
-    stats: std::sync::Mutex<SplitStats>,
-    started: std::time::Instant,
-    rules: Option<crate::rules::SharedRules>,
-}
-
-fn control_answer(
-    shared: &Shared,
-    cmd: &str,
-    request: &serde_json::Map<String, serde_json::Value>,
-) -> fastedge_runtime::control::Answer {
-    use serde_json::{json, Value};
-    let to_map = |v: Value| match v {
-        Value::Object(m) => m,
-        other => {
-            let mut m = serde_json::Map::new();
-            m.insert("value".into(), other);
-            m
-        }
-    };
-    let stats = || shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
-    let config = || {
-        shared
-            .config
-            .lock()
-            .map(|c| c.clone())
-            .map_err(|_| "state lock".to_owned())
-    };
-    match cmd {
-        "help" => Ok(to_map(json!({
-            "commands": {
-                "status": "name, pid, uptime, inputs and their modes, ways",
-                "stats": "every counter: per input (kernel drops by cause), per way, per capture file",
-                "ways": "per way: delivered, dropped because full, attached consumer",
-                "pipeline": "the pipeline in use, as TOML",
-                "reload": "read the --config file again (ways of the same size keep their consumers)",
-                "shutdown": "stop",
-                "rules": "pre-filter rules: list; add RULE; del ID",
-                "netcontrol": "add or remove a rule shaped like Zeek NetControl's (JSON)",
-            }
-        }))),
-        "status" => {
-            let stats = stats();
-            let config = config()?;
-            Ok(to_map(json!({
-                "name": config.name(),
-                "pid": std::process::id(),
-                "uptime_s": shared.started.elapsed().as_secs(),
-                "config": shared.config_path.as_ref().map(|p| p.display().to_string()),
-                "inputs": stats.inputs.iter().map(|i| json!({
-                    "name": i.name,
-                    "mode": i.kind.map(|k| k.to_string()),
-                    "queues": i.queues,
-                    "received": i.received,
-                })).collect::<Vec<_>>(),
-                "ways": config.way_count(),
-                "consumers": stats.ways.iter().filter(|w| w.consumer.is_some()).count(),
-            })))
-        }
-        "stats" => Ok(to_map(json!({ "stats": stats() }))),
-        "ways" => Ok(to_map(json!({
-            "ways": stats().ways.iter().enumerate().map(|(i, w)| json!({
-                "way": i,
-                "delivered": w.delivered,
-                "dropped_full": w.dropped_full,
-                "consumer_pid": w.consumer,
-            })).collect::<Vec<_>>()
-        }))),
-        "pipeline" => {
-            let config = config()?;
-            let text = toml::to_string(&config).map_err(|e| format!("rendering TOML: {e}"))?;
-            Ok(to_map(json!({ "toml": text })))
-        }
-        "reload" => {
-            if let Some(path) = &shared.config_path {
-                // Refuse a bad file here, with the reason, rather than after stopping.
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                PipelineConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            shared.requests.reload();
-            Ok(to_map(json!({ "reload": "started" })))
-        }
-        "shutdown" => {
-            shared.requests.shutdown();
-            Ok(to_map(json!({ "shutdown": "started" })))
-        }
-        "rules" | "netcontrol" => {
-            let rules = shared
-                .rules
-                .as_ref()
-                .ok_or("rules: the XDP pre-filter could not be set up (see the log)")?;
-            let mut rules = rules.lock().map_err(|_| "rules lock".to_owned())?;
-            if cmd == "rules" {
-                rules.control(request)
-            } else {
-                Ok(rules.netcontrol(request))
-            }
-        }
-        other => Err(format!("unknown command {other:?}; try \"help\"")),
-    }
-}
-
-fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
-    match cores {
-        None => Ok(Vec::new()),
-        Some(text) => {
-            let list: CpuList = text
-                .parse()
-                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
-            let available = CpuList::available().map_err(Failure::runtime)?;
-            list.check_within(&available)
-                .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
-            Ok(list.cpus().to_vec())
-        }
-    }
-}
-
-/// The pre-filter's maps and rule table, with the config's rules installed and a thread that
-/// removes expired rules. `None` when BPF maps cannot be made (no CAP_BPF) and no rule is
-/// configured: then the split runs without a pre-filter, and says so.
-#[allow(clippy::type_complexity)]
-fn set_up_rules(
-    config: &PipelineConfig,
-) -> Result<(Option<Arc<Prefilter>>, Option<crate::rules::SharedRules>), Failure> {
-    let prefilter = match Prefilter::create(config.rule_capacity) {
-        Ok(p) => Arc::new(p),
-        Err(error) if config.rules.is_empty() => {
-            tracing::warn!(%error, "no XDP pre-filter: rules cannot be added");
-            return Ok((None, None));
-        }
-        Err(error) => return Err(Failure::runtime(error)),
-    };
-    let mut rules = crate::rules::Rules::new(RuleTable::new(prefilter.clone()));
-    rules
-        .set_config_rules(&config.rules)
-        .map_err(|e| Failure::config(anyhow!(e)))?;
-    if !config.rules.is_empty() {
-        tracing::info!(rules = config.rules.len(), "pre-filter rules installed");
-    }
-    let rules = Arc::new(std::sync::Mutex::new(rules));
-    let sweeper = Arc::downgrade(&rules);
-    std::thread::spawn(move || {
-        while let Some(rules) = sweeper.upgrade() {
-            if let Ok(mut rules) = rules.lock() {
-                let gone = rules.expire();
-                if gone > 0 {
-                    tracing::info!(rules = gone, "pre-filter rules expired");
-                }
-            }
-            drop(rules);
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    });
-    Ok((Some(prefilter), Some(rules)))
-}
-
-/// Removes the pid file at exit.
-struct PidFile(PathBuf);
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Interface outputs of the pipeline.
-fn veth_count(config: &PipelineConfig) -> u32 {
-    match &config.output {
-        BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
-            to.iter()
-                .filter(|b| matches!(b, BrickConfig::Interface { .. }))
-                .count() as u32
-        }
-        _ => 0,
-    }
-}
-
 /// Output bricks for `--to veth` (interfaces PREFIX0 … PREFIX(n-1)) and `--to tap` (TAP
 /// devices of those names).
 fn veth_outputs(common: &CommonArgs, ways: u32) -> Vec<BrickConfig> {
@@ -674,78 +327,33 @@ fn veth_outputs(common: &CommonArgs, ways: u32) -> Vec<BrickConfig> {
     }
 }
 
-/// veth pairs made for `--to veth`, deleted when dropped.
-struct VethPairs(Vec<String>);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running ip {}: {e} (iproute2 installed?)", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
+    let Some(text) = cores else {
+        return Ok(Vec::new());
+    };
+    let list: CpuList = text
+        .parse()
+        .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+    let available = CpuList::available().map_err(Failure::runtime)?;
+    list.check_within(&available)
+        .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
+    Ok(list.cpus().to_vec())
 }
 
-impl VethPairs {
-    fn create(prefix: &str, ways: u32) -> Result<Self, Failure> {
-        let mut made = Self(Vec::new());
-        for k in 0..ways {
-            let name = format!("{prefix}{k}");
-            let peer = format!("{name}p");
-            if peer.len() > 15 {
-                return Err(Failure::config(anyhow!(
-                    "--veth-prefix {prefix:?}: {peer} is longer than an interface name may be (15)"
-                )));
-            }
-            if std::path::Path::new("/sys/class/net").join(&name).exists() {
-                return Err(Failure::config(anyhow!(
-                    "interface {name} exists already: remove it or pick another --veth-prefix"
-                )));
-            }
-            ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])
-                .map_err(|e| Failure::runtime(anyhow!(e)))?;
-            made.0.push(name.clone());
-            for dev in [&name, &peer] {
-                // No IPv6 chatter (router solicitations, DAD) on capture interfaces.
-                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
-                ip(&["link", "set", dev, "up"]).map_err(|e| Failure::runtime(anyhow!(e)))?;
-            }
-        }
-        tracing::info!(
-            pairs = made.0.len(),
-            "veth outputs: frames of way k leave on {prefix}k; capture on {prefix}kp"
-        );
-        Ok(made)
-    }
-}
-
-impl Drop for VethPairs {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = ip(&["link", "del", name]);
-        }
-    }
-}
-
-/// The default control socket of split `name`.
-pub(crate) fn default_control(name: &str) -> PathBuf {
-    PathBuf::from(format!("/run/fastedge/split-{name}.sock"))
-}
-
+/// Runs `config` under the split supervisor until a signal, `fastedge ctl shutdown`, or the end
+/// of its capture-file inputs; a live line per second on a terminal.
 fn run_engine(
     config: PipelineConfig,
     common: &CommonArgs,
-    config_path: Option<&std::path::Path>,
+    config_path: Option<&Path>,
 ) -> Result<(), Failure> {
-    config.validate().map_err(Failure::config)?;
-    let cores = parse_cores(common.cores.as_deref())?;
+    let failure = |e: SupervisorError| {
+        if e.is_config() {
+            Failure::config(e)
+        } else {
+            Failure::runtime(e)
+        }
+    };
     let mode = u32::from_str_radix(&common.control_mode, 8)
         .ok()
         .filter(|m| *m <= 0o777)
@@ -755,6 +363,18 @@ fn run_engine(
                 common.control_mode
             ))
         })?;
+    let options = SupervisorOptions {
+        cores: parse_cores(common.cores.as_deref())?,
+        fast_path: !common.no_fast_path,
+        config_path: config_path.map(ToOwned::to_owned),
+        control: (!common.no_control).then(|| ControlSocket {
+            path: common.control.clone(),
+            mode,
+        }),
+        veth_prefix: (common.to == ToArg::Veth && config_path.is_none())
+            .then(|| common.veth_prefix.clone()),
+    };
+    let supervisor = Supervisor::new(config, options).map_err(failure)?;
     if common.daemon {
         // Before any thread exists: fork, new session, stdio to /dev/null.
         nix::unistd::daemon(false, false)
@@ -762,138 +382,26 @@ fn run_engine(
             .map_err(Failure::runtime)?;
     }
     let _pid_file = match &common.pid_file {
-        Some(path) => {
-            std::fs::write(path, format!("{}\n", std::process::id()))
+        Some(path) => Some(
+            PidFile::create(path)
                 .with_context(|| format!("writing the pid file {}", path.display()))
-                .map_err(Failure::config)?;
-            Some(PidFile(path.clone()))
-        }
+                .map_err(Failure::config)?,
+        ),
         None => None,
     };
-    let _veths = match common.to {
-        ToArg::Veth if config_path.is_none() => Some(VethPairs::create(
-            &common.veth_prefix,
-            config.way_count().max(veth_count(&config)),
-        )?),
-        _ => None,
-    };
-    let requests = Arc::new(Requests::default());
-    split_signals(requests.clone())?;
-    let (prefilter, rules) = set_up_rules(&config)?;
-    let shared = Arc::new(Shared {
-        requests: requests.clone(),
-        config: std::sync::Mutex::new(config.clone()),
-        config_path: config_path.map(ToOwned::to_owned),
-        stats: std::sync::Mutex::new(SplitStats::default()),
-        started: std::time::Instant::now(),
-        rules: rules.clone(),
-    });
-    let _control = if common.no_control {
-        None
-    } else {
-        let path = common
-            .control
-            .clone()
-            .unwrap_or_else(|| default_control(&config.name()));
-        let state = shared.clone();
-        Some(
-            fastedge_runtime::control::ControlServer::start(&path, mode, move |cmd, request| {
-                control_answer(&state, cmd, request)
-            })
-            .map_err(Failure::config)?,
-        )
-    };
+    supervisor
+        .handle()
+        .handle_signals()
+        .map_err(Failure::runtime)?;
     let live = std::io::stderr().is_terminal();
-    let mut config = config;
-    let mut reuse_ways = false;
-    // One random key for the whole run (a pipeline's own `hash_key` wins), so that a reload
-    // keeps flows on their ways.
-    let hash_key = fastedge_rings::pipeline::random_hash_key().map_err(Failure::config)?;
-    // The pipeline that ran before a reload, to go back to if the new one cannot start.
-    let mut fallback: Option<PipelineConfig> = None;
-    loop {
-        let mut previous = SplitStats::default();
-        let options = EngineOptions {
-            cores: cores.clone(),
-            reuse_ways,
-            prefilter: prefilter.clone(),
-            fast_path: !common.no_fast_path,
-            hash_key: Some(hash_key),
-        };
-        let result = split::run(&config, &options, &requests.engine_stop, |stats| {
+    supervisor
+        .run(|now, before| {
             if live {
-                eprintln!("{}", live_line(stats, &previous));
+                eprintln!("{}", now.live_line(before));
             }
-            previous = stats.clone();
-            if let Ok(mut latest) = shared.stats.lock() {
-                *latest = stats.clone();
-            }
-        });
-        let stats = match result {
-            Ok(stats) => stats,
-            Err(error) => match fallback.take() {
-                // The reloaded pipeline cannot start: run the one before it again.
-                Some(previous) if !requests.shutdown.load(Ordering::Relaxed) => {
-                    tracing::error!(%error, "reload: the new pipeline cannot start; going back to the previous one");
-                    if let Ok(mut current) = shared.config.lock() {
-                        *current = previous.clone();
-                    }
-                    config = previous;
-                    requests.engine_stop.store(false, Ordering::Relaxed);
-                    continue;
-                }
-                _ if error.is_config() && !reuse_ways => return Err(Failure::config(error)),
-                _ => return Err(Failure::runtime(error)),
-            },
-        };
-        fallback = None;
-        if !requests.reload.swap(false, Ordering::Relaxed)
-            || requests.shutdown.load(Ordering::Relaxed)
-        {
-            tracing::info!("split stopped: {}", describe(&stats));
-            fastedge_rings::shm::remove_ways(&config.name(), config.way_count());
-            return Ok(());
-        }
-        tracing::info!("reload: pipeline stopped: {}", describe(&stats));
-        if let Some(path) = config_path {
-            match std::fs::read_to_string(path)
-                .map_err(anyhow::Error::from)
-                .and_then(|text| PipelineConfig::from_toml(&text).map_err(anyhow::Error::from))
-            {
-                Ok(new) => {
-                    if new.rule_capacity != config.rule_capacity {
-                        tracing::warn!(
-                            "reload: rule_capacity changes on restart only; keeping {}",
-                            config.rule_capacity
-                        );
-                    }
-                    if let Some(rules) = &rules {
-                        let synced = rules
-                            .lock()
-                            .map_err(|_| "rules lock".to_owned())
-                            .and_then(|mut r| r.set_config_rules(&new.rules));
-                        if let Err(error) = synced {
-                            tracing::error!("reload: rules: {error}");
-                        }
-                    }
-                    fallback = Some(std::mem::replace(&mut config, new));
-                }
-                Err(error) => tracing::error!(
-                    path = %path.display(),
-                    "reload: {error:#}; keeping the pipeline in use"
-                ),
-            }
-        }
-        if let Ok(mut current) = shared.config.lock() {
-            *current = config.clone();
-        }
-        requests.engine_stop.store(false, Ordering::Relaxed);
-        if requests.shutdown.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        reuse_ways = true;
-        tracing::info!("reload: starting the pipeline again");
-    }
+        })
+        .map_err(failure)?;
+    Ok(())
 }
 
 pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
@@ -905,7 +413,7 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
             Failure::config(anyhow!("{:?}: expected NAME:WAY, e.g. eth1:3", args.way))
         })?;
     let mut consumer = Consumer::open(name, way).map_err(Failure::config)?;
-    let stop = stop_on_signals()?;
+    let stop = signals::stop_flag().map_err(Failure::runtime)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -914,59 +422,8 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut out = std::io::BufWriter::new(out);
-    // pcap global header: nanosecond magic, version 2.4, snaplen 65535, Ethernet.
-    let mut header = Vec::with_capacity(24);
-    header.extend_from_slice(&0xa1b2_3c4d_u32.to_le_bytes());
-    header.extend_from_slice(&2u16.to_le_bytes());
-    header.extend_from_slice(&4u16.to_le_bytes());
-    header.extend_from_slice(&[0; 8]);
-    header.extend_from_slice(&65535u32.to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    let mut written = 0u64;
-    let result: std::io::Result<()> = (|| {
-        out.write_all(&header)?;
-        out.flush()?;
-        let limit = args.count.unwrap_or(u64::MAX);
-        while written < limit && !stop.load(Ordering::Relaxed) {
-            let mut failure = None;
-            let max = usize::try_from(limit - written)
-                .unwrap_or(usize::MAX)
-                .min(1024);
-            let n = consumer.read_batch(max, |record| {
-                if failure.is_some() {
-                    return;
-                }
-                let mut rec = Vec::with_capacity(16 + record.data.len());
-                rec.extend_from_slice(
-                    &((record.timestamp_ns / 1_000_000_000) as u32).to_le_bytes(),
-                );
-                rec.extend_from_slice(
-                    &((record.timestamp_ns % 1_000_000_000) as u32).to_le_bytes(),
-                );
-                rec.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
-                rec.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
-                rec.extend_from_slice(record.data);
-                if let Err(e) = out.write_all(&rec) {
-                    failure = Some(e);
-                }
-            });
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            written += n as u64;
-            if n == 0 {
-                out.flush()?;
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-        }
-        out.flush()
-    })();
-    match result {
-        // The reader (tcpdump -c, head) went away: a normal end for a tap.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other
-            .with_context(|| "writing the pcap stream")
-            .map_err(Failure::runtime),
-    }
+    tap::stream_way(&mut consumer, out, args.count, &stop)
+        .context("writing the pcap stream")
+        .map_err(Failure::runtime)?;
+    Ok(())
 }

@@ -5,7 +5,7 @@ use crate::{
     bud_config, bud_ipc, control,
     forwarded::{ClientFacts, ForwardedConfig, Injector},
     http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
-    keyless,
+    keyless, netcontrol,
     packet::{self, flow_hash, way_of, HashKey, HashMode, Parsed},
     proxy,
     response::{RequestKind, ResponseReader},
@@ -274,7 +274,8 @@ pub fn bud_config(data: &[u8]) {
 }
 
 /// Control-socket request lines: parsing never panics; a request's command is its `"cmd"`, and
-/// the request written back as JSON parses to the same request.
+/// the request written back as JSON parses to the same request. A NetControl rule in it
+/// translates without panicking into one or two pre-filter rules, or a refusal.
 pub fn control_request(data: &[u8]) {
     let Ok(line) = std::str::from_utf8(data) else {
         return;
@@ -287,6 +288,13 @@ pub fn control_request(data: &[u8]) {
                 .and_then(serde_json::Value::as_str),
             Some(request.cmd.as_str())
         );
+        let rule = request
+            .fields
+            .get("rule")
+            .unwrap_or(&serde_json::Value::Null);
+        if let Ok(specs) = netcontrol::rule_specs(rule) {
+            assert!(matches!(specs.len(), 1 | 2));
+        }
         let again = serde_json::Value::Object(request.fields.clone()).to_string();
         assert_eq!(control::parse_request(&again), Ok(request));
     }
@@ -315,6 +323,7 @@ mod tests {
             b"\x05\x00POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
             br#"{"cmd": "stats"}"#,
+            br#"{"cmd": "netcontrol", "rule": {"ty": "drop", "entity": {"ty": "address", "ip": "10.0.0.1"}}}"#,
             br#"{"frontend": {"port": 443, "keys": [{"cert": "c.pem", "key": "k.pem"}]}}"#,
             br#"{"cert": "PEM", "key": ["PEM"], "npn": ["h2", ""]}"#,
             b"\x04\x02\x00\x00\x00HTTP/1.1 101 Switching Protocols\r\n\r\n",

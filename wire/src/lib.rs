@@ -10,8 +10,9 @@
 //! service's answer ([`sni_answer`]); OCSP requests and responses for stapling ([`ocsp`], over a
 //! minimal DER reader, [`der`]); packet headers down to the innermost flow, and the symmetric flow
 //! hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules as
-//! text ([`rules`]). Every parser answers "complete, with the bytes used", "partial", or a typed
-//! error, and has a fuzz entry point in [`fuzzing`].
+//! text ([`rules`]), and Zeek NetControl rules as pre-filter rules ([`netcontrol`]). Every parser
+//! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
+//! in [`fuzzing`].
 //!
 //! Never does: sockets, clocks, threads, or allocation in per-packet paths.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod http1;
 pub mod keyless;
 pub mod logtext;
 pub mod net;
+pub mod netcontrol;
 pub mod ocsp;
 pub mod packet;
 pub mod proxy;
