@@ -84,6 +84,7 @@ fn default_serve_answers_curl_through_the_demo_backend() {
     let file = state.path().join("upload.bin");
     std::fs::write(&file, &upload).unwrap();
     let out = curl(&[
+        "--verbose",
         "--data-binary",
         &format!("@{}", file.display()),
         &format!("{base}/upload"),
@@ -95,6 +96,11 @@ fn default_serve_answers_curl_through_the_demo_backend() {
         fnv1a64(&upload)
     );
     assert!(body.contains(&expected), "expected {expected:?} in {body}");
+    // curl asks before it sends a large body (Expect: 100-continue) and the demo backend
+    // answers at once, through fastedge (else curl waits a second, then sends anyway).
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(verbose.contains("> Expect: 100-continue"), "{verbose}");
+    assert!(verbose.contains("< HTTP/1.1 100 Continue"), "{verbose}");
 
     // Each connection logs why it closed.
     server.wait_for_line("connection closed", Duration::from_secs(5));

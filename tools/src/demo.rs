@@ -3,7 +3,8 @@
 //! backend, so a user sees what fastedge forwards (and, later, what it adds).
 //!
 //! `GET /bytes/N` answers N bytes of a fixed pattern (for large transfers); a request body
-//! (Content-Length) is read and reported as its length and FNV-1a 64 hash.
+//! (Content-Length) is read and reported as its length and FNV-1a 64 hash; a client that
+//! expects `100 Continue` gets it before the body is read.
 
 use std::rc::Rc;
 
@@ -61,6 +62,7 @@ async fn serve(mut stream: TcpStream, core: &fastedge_runtime::Core) -> std::io:
                         head.body,
                         head.keep_alive,
                         head.target.to_owned(),
+                        head.expect_continue,
                     ))
                 }
                 Ok(Status::Partial) => {}
@@ -72,7 +74,7 @@ async fn serve(mut stream: TcpStream, core: &fastedge_runtime::Core) -> std::io:
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let (head_len, body, keep_alive, target) = match head {
+        let (head_len, body, keep_alive, target, expect_continue) = match head {
             Ok(parts) => parts,
             Err(error) => return reject(&mut stream, &error).await,
         };
@@ -81,6 +83,12 @@ async fn serve(mut stream: TcpStream, core: &fastedge_runtime::Core) -> std::io:
         let body_report = match body {
             BodyFraming::None => None,
             BodyFraming::ContentLength(length) => {
+                if expect_continue && buf.is_empty() {
+                    // The client waits for this before it sends the body (curl, for a
+                    // second, on uploads over 1 MiB).
+                    stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    stream.flush().await?;
+                }
                 Some(read_body(&mut stream, &mut buf, &mut chunk, length).await?)
             }
             BodyFraming::Chunked => {

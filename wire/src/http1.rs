@@ -43,6 +43,9 @@ pub struct RequestHead<'a> {
     pub keep_alive: bool,
     /// Whether the head asks to switch protocols (`Upgrade` with `Connection: upgrade`).
     pub upgrade: bool,
+    /// Whether an HTTP/1.1 client waits for `100 Continue` before it sends its body
+    /// (`Expect: 100-continue`, RFC 9110 §10.1.1).
+    pub expect_continue: bool,
 }
 
 /// Why a request head was rejected; the connection cannot go on after any of these.
@@ -115,6 +118,7 @@ pub fn parse_request_head(
     let mut connection_keep_alive = false;
     let mut connection_upgrade = false;
     let mut upgrade_header = false;
+    let mut expect_continue = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             let value = parse_content_length(header.value)?;
@@ -134,6 +138,11 @@ pub fn parse_request_head(
             }
         } else if header.name.eq_ignore_ascii_case("upgrade") {
             upgrade_header = true;
+        } else if header.name.eq_ignore_ascii_case("expect") {
+            expect_continue |= header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
         }
     }
     let body = match (transfer_encoding, content_length) {
@@ -160,6 +169,8 @@ pub fn parse_request_head(
         body,
         keep_alive,
         upgrade: upgrade_header && connection_upgrade,
+        // HTTP/1.0 clients know no 100 Continue (RFC 9110 §10.1.1).
+        expect_continue: expect_continue && minor_version >= 1,
     }))
 }
 
@@ -319,6 +330,19 @@ mod tests {
         assert!(complete(ws).upgrade);
         assert!(!complete(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(!complete(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn expect_continue_on_http_1_1_only() {
+        let head = |b: &[u8]| complete(b).expect_continue;
+        assert!(head(
+            b"PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!head(b"PUT / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"));
+        assert!(!head(
+            b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!head(b"PUT / HTTP/1.1\r\nExpect: something\r\n\r\n"));
     }
 
     #[test]
