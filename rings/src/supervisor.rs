@@ -314,8 +314,13 @@ impl Supervisor {
         let hash_key = crate::pipeline::random_hash_key()?;
         // The pipeline that ran before a reload, to go back to if the new one cannot start.
         let mut fallback: Option<PipelineConfig> = None;
+        // A service manager hears READY at each start of the pipeline, a status line and a
+        // watchdog ping with every tick.
+        let watchdog = fastedge_runtime::notify::watchdog_interval();
+        let mut last_ping = None;
         loop {
             let mut previous = SplitStats::default();
+            let mut announced = false;
             let engine = EngineOptions {
                 cores: options.cores.clone(),
                 reuse_ways,
@@ -324,6 +329,14 @@ impl Supervisor {
                 hash_key: Some(hash_key),
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
+                let line = format!("{}: {}", config.name(), stats.summary());
+                if announced {
+                    fastedge_runtime::notify::status(&line);
+                } else {
+                    fastedge_runtime::notify::ready(&line);
+                    announced = true;
+                }
+                fastedge_runtime::notify::watchdog_due(watchdog, &mut last_ping);
                 tick(stats, &previous);
                 previous = stats.clone();
                 if let Ok(mut latest) = state.stats.lock() {
@@ -351,10 +364,12 @@ impl Supervisor {
             if !requests.reload.swap(false, Ordering::Relaxed)
                 || requests.shutdown.load(Ordering::Relaxed)
             {
+                fastedge_runtime::notify::stopping("stopping: removing the ways");
                 tracing::info!("split stopped: {}", stats.summary());
                 crate::shm::remove_ways(&config.name(), config.way_count());
                 return Ok(stats);
             }
+            fastedge_runtime::notify::reloading();
             tracing::info!("reload: pipeline stopped: {}", stats.summary());
             if let Some(path) = &options.config_path {
                 match read_config(path) {

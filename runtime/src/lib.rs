@@ -20,6 +20,7 @@ mod limit;
 mod listen;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 mod process;
 mod shutdown;
 pub mod signals;

@@ -75,6 +75,12 @@ impl Fastedge {
         Self::spawn(command, args, envs)
     }
 
+    /// Starts fastedge through `command` (which must end up exec'ing [`fastedge_bin`], e.g. a
+    /// shell that sets variables from its own pid first), with these arguments appended.
+    pub fn start_command(command: Command, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn(command, args, envs)
+    }
+
     fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = command
             .args(args)

@@ -1464,6 +1464,31 @@ fn bud_ticket_ipc_on_stdin_shares_a_key_between_processes() {
     issue_on_a();
 }
 
+/// Under a service manager (systemd's Type=notify, played here by a datagram socket), the key
+/// server says READY with a status line once it listens.
+#[test]
+fn keyserver_tells_a_service_manager_it_is_ready() {
+    let state = TempDir::new("keyserver-notify");
+    let (_cert, key) = state.self_signed("notify.test");
+    let notify = state.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let socket = state.path().join("signer.sock");
+    let _signer = Fastedge::start(
+        &["keyserver", "--listen", path(&socket), "--key", path(&key)],
+        &[("NOTIFY_SOCKET", path(&notify))],
+    );
+    let mut buf = [0u8; 1024];
+    let n = manager.recv(&mut buf).expect("a notification within 10 s");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.lines().any(|l| l == "READY=1"), "{text}");
+    assert!(text.contains("STATUS=signing on"), "{text}");
+    assert!(text.contains("(1 key)"), "{text}");
+    assert!(socket.exists(), "ready only once listening");
+}
+
 /// Issue 14, defect 8: the key server's socket is never open to others, not even between its
 /// bind and its chmod. Under umask 000, strace holds the chmod back for two seconds; the
 /// socket as bound must already be owner-only.

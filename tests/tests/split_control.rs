@@ -283,3 +283,71 @@ fn daemon_with_pid_file_and_the_interactive_shell() {
     });
     assert!(!pid_file.exists(), "pid file removed at exit");
 }
+
+/// Datagrams a fake service manager received on its notify socket, as one text per datagram.
+fn notifications(socket: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = text.lines().any(|l| l == until);
+            got.push(text);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no {until} within 15 s; got {got:?}");
+}
+
+#[test]
+fn a_service_manager_hears_ready_status_watchdog_reloading_and_stopping() {
+    // systemd's Type=notify protocol, played by this test: a datagram socket in
+    // $NOTIFY_SOCKET, a watchdog of 2 s for fastedge's own pid.
+    let pair = VethPair::new();
+    let dir = TempDir::new("split-notify");
+    let name = format!("{}n", pair.dev_a);
+    let _files = WayFiles(name.clone());
+    let config = pipeline(dir.path(), &name, &pair.dev_a, 2);
+    let notify_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &pair.ns_a, "sh", "-c"])
+        .arg(format!(
+            "WATCHDOG_PID=$$ WATCHDOG_USEC=2000000 exec {} \"$@\"",
+            fastedge_bin().display()
+        ));
+    command.arg("fastedge");
+    let control = dir.path().join("control.sock");
+    let mut split = Fastedge::start_command(
+        command,
+        &[
+            "split",
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let started = notifications(&socket, "READY=1");
+    assert!(
+        started.iter().any(|d| d.contains("STATUS=")),
+        "a status line comes with READY: {started:?}"
+    );
+    let pings = notifications(&socket, "WATCHDOG=1");
+    assert!(!pings.is_empty());
+    split.signal(nix::sys::signal::Signal::SIGHUP);
+    notifications(&socket, "RELOADING=1");
+    notifications(&socket, "READY=1");
+    split.signal(nix::sys::signal::Signal::SIGTERM);
+    notifications(&socket, "STOPPING=1");
+    split.terminate_cleanly(Duration::from_secs(10));
+}

@@ -72,6 +72,12 @@ pub fn run(args: KeyServerArgs) -> Result<(), Failure> {
         .with_context(|| format!("binding {} (mode {:o})", args.listen.display(), args.mode))
         .map_err(Failure::config)?;
     tracing::info!(socket = %args.listen.display(), keys = keys.len(), "key server listening");
+    fastedge_runtime::notify::ready(&format!(
+        "signing on {} ({} {})",
+        args.listen.display(),
+        keys.len(),
+        if keys.len() == 1 { "key" } else { "keys" }
+    ));
     serve_signer(keys, || listener.accept().map(|(stream, _)| stream));
     Err(Failure::runtime(anyhow!(
         "accepting on {} failed",
