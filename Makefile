@@ -3,6 +3,7 @@
 #   make run    build release and start `fastedge serve` on its embedded default
 #   make test   fmt check, clippy -D warnings, the whole test suite (privileged tests included)
 #   make soak   the faults suite in its long form, on both serve engines
+#   make deb    a Debian package (binary, systemd units, configuration, man pages, completions)
 #
 # Both install what they need first (Debian packages; idempotent: only what is missing).
 
@@ -14,11 +15,12 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # pkg-config. Tests: iproute2 (network namespaces, veth), curl, openssl and h2load (real TLS
 # clients), nginx-light (a real backend reading PROXY v2 and speaking h2), tcpdump and tshark
 # (read what `fastedge tap` and the pcap brick write), bsdutils (`script`: a terminal for the
-# live-line test).
+# live-line test); dpkg-dev and python3 (the Debian package: built, installed in a throwaway
+# copy of the machine, its unit run with a notify socket).
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
-	nginx-light nghttp2-client tcpdump tshark bsdutils
+	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3
 
-.PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
+.PHONY: run deb test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -33,6 +35,13 @@ deps:
 run: deps
 	$(CARGO) build --release -p fastedge
 	./target/release/fastedge serve
+
+# A Debian package of the release build: target/deb/fastedge_VERSION_ARCH.deb with the binary,
+# systemd units (serve, split@PIPELINE, keyserver), /etc/fastedge/serve.toml, man pages and
+# shell completions.
+deb: deps
+	$(CARGO) build --release -p fastedge
+	packaging/build-deb.sh
 
 test: deps fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check
 

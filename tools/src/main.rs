@@ -3,6 +3,7 @@
 
 mod ctl;
 mod demo;
+mod docs;
 mod gen;
 mod keyserver;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Gen(gen::GenArgs),
     Ctl(ctl::CtlArgs),
     Keyserver(keyserver::KeyServerArgs),
+    #[command(hide = true)]
+    GenerateDocs(docs::GenerateDocsArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Keyserver(args) => keyserver::run(args),
+        Command::GenerateDocs(args) => docs::run(args, <Cli as clap::CommandFactory>::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
