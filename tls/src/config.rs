@@ -19,6 +19,9 @@ use fastedge_wire::{
 };
 use serde::Deserialize;
 
+use crate::tickets::parse_keys;
+pub use crate::tickets::TicketKeySource;
+
 /// The documented default configuration. Parsing it gives exactly the built-in defaults.
 pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every key is optional; shown with its default.
 # Durations are written with a unit: "250ms", "10s", "5m", "1h".
@@ -736,19 +739,6 @@ pub struct SniContext {
     pub backends: Vec<BackendSpec>,
 }
 
-/// Where session ticket keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TicketKeySource {
-    /// Random keys made in this process.
-    Random,
-    /// Derived per rotation period from a secret shared by a fleet.
-    SharedSecret(PathBuf),
-    /// Read from a file of base64 keys, newest first.
-    File(PathBuf),
-    /// Base64 keys given in the configuration, newest first; never rotated.
-    Fixed(String),
-}
-
 #[derive(Debug, Clone)]
 pub struct Resumption {
     pub tickets: bool,
@@ -831,13 +821,6 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
-    /// Parses and validates a TOML document, or a bud JSON configuration (told apart by
-    /// content); for bud's, also returns its translation into TOML with the notes on what
-    /// could not be carried over.
-    pub fn parse_any(text: &str) -> Result<(Self, Option<crate::bud::Translation>), ConfigError> {
-        Self::parse_any_with(text, &ServeOverrides::default())
-    }
-
     /// Leaves `h2` out of every ALPN list whose connections go to backends that get forwarding
     /// headers (`x_forwarded`/`forwarded`): only HTTP/1 requests can be rewritten, and an
     /// HTTP/2 connection passed on unrewritten would let clients state their own. Such clients
@@ -882,19 +865,6 @@ impl ServeConfig {
             toml::from_str(text.trim()).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         overrides.apply(&mut raw);
         validate(raw)
-    }
-
-    /// [`ServeConfig::parse_any`] with `overrides` applied before validation.
-    pub fn parse_any_with(
-        text: &str,
-        overrides: &ServeOverrides,
-    ) -> Result<(Self, Option<crate::bud::Translation>), ConfigError> {
-        if !crate::bud::is_bud_json(text) {
-            return Ok((Self::parse_with(text, overrides)?, None));
-        }
-        let translation = crate::bud::translate(text)?;
-        let config = Self::parse_with(&translation.toml, overrides)?;
-        Ok((config, Some(translation)))
     }
 
     /// The built-in defaults with `overrides` applied, validated.
@@ -1225,11 +1195,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         (None, None, None) => TicketKeySource::Random,
         (Some(secret), None, None) => TicketKeySource::SharedSecret(secret.into()),
         (None, Some(file), None) => TicketKeySource::File(file.into()),
-        (None, None, Some(keys)) => {
-            crate::tickets::parse_keys(&keys, "tls.ticket_key")
-                .map_err(|e| invalid("tls.ticket_key", e.to_string()))?;
-            TicketKeySource::Fixed(keys)
-        }
+        (None, None, Some(keys)) => TicketKeySource::Fixed(
+            parse_keys(&keys, "tls.ticket_key")
+                .map_err(|e| invalid("tls.ticket_key", e.to_string()))?,
+        ),
         _ => {
             return Err(invalid(
                 "tls.ticket_key_file",

@@ -12,16 +12,19 @@
 
 mod adapter;
 pub mod bud;
+mod certset;
 pub mod config;
 mod context;
 mod dynsni;
 mod error;
+mod exdata;
 mod ffi;
 mod http;
 pub mod keyless;
 mod ocsp;
 mod oneshot;
 mod passphrase;
+mod pem;
 pub mod proxy;
 mod selfsigned;
 pub mod terminator;
@@ -29,7 +32,8 @@ pub mod tickets;
 
 pub use adapter::{accept, accept_observed, IoShim, TlsStream};
 pub use boring;
-pub use context::{choose_certificate, HelloChoice, KeyKind, ServerContext};
+pub use certset::KeyKind;
+pub use context::{choose_certificate, HelloChoice, ServerContext};
 pub use error::TlsError;
 pub use selfsigned::SelfSigned;
 pub use terminator::{Terminator, TerminatorError, TerminatorHandle};

@@ -160,7 +160,7 @@ fn read_config(
             .map_err(Failure::config)?;
         (path.display().to_string(), text)
     };
-    let (config, translation) = ServeConfig::parse_any_with(&text, overrides)
+    let (config, translation) = fastedge_tls::bud::parse_any(&text, overrides)
         .map_err(|e| Failure::config(anyhow!("configuration {name}: {e}")))?;
     if let Some(translation) = &translation {
         tracing::info!(config = %name, "read as a bud JSON configuration");
