@@ -3,7 +3,8 @@
 //! Owns: CPU lists ([`CpuList`]), one pinned executor per CPU ([`Executors`]) on either
 //! engine ([`Engine`]): fastedge's own io_uring engine ([`uring`], the default) or glommio,
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
-//! stop signal ([`Shutdown`]), per-core metrics rendered as Prometheus text ([`metrics`]),
+//! stop signal ([`Shutdown`]), a metrics registry that other crates register their metrics
+//! with, rendered and served as Prometheus text ([`metrics`]),
 //! per-core connection caps ([`ConnectionLimit`]), process set-up
 //! (open-files limit, privilege drop), log lines to syslog ([`SyslogWriter`]), the JSON-lines
 //! control socket ([`control`]), and the network

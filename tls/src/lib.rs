@@ -4,7 +4,8 @@
 //! built from certificates and keys with SNI, client certificates and resumption
 //! ([`ServerContext`]), session ticket keys ([`tickets`]), the boring ⇄ futures-io adapter ([`accept`], [`TlsStream`]), self-signed certificates for demos and tests
 //! ([`SelfSigned`]), the proxy connection driver that pumps bytes between a TLS client and a
-//! plain backend ([`proxy`]), and the terminator built on all of it ([`Terminator`]: accept
+//! plain backend ([`proxy`]), its metrics ([`metrics`], registered with the runtime's
+//! registry), and the terminator built on all of it ([`Terminator`]: accept
 //! loops, health checks, reload, drain; what `fastedge serve` runs, embeddable).
 //!
 //! Does not own: wire formats (PROXY headers, HTTP rewriting: `fastedge-wire`), executors and
@@ -21,6 +22,7 @@ mod exdata;
 mod ffi;
 mod http;
 pub mod keyless;
+pub mod metrics;
 mod ocsp;
 mod oneshot;
 mod passphrase;

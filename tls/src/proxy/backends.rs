@@ -13,16 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_runtime::{
-    metrics::CoreMetrics,
-    net::{TcpStream, UnixStream},
-};
+use fastedge_runtime::net::{TcpStream, UnixStream};
 use fastedge_wire::balance::{Balancer, HealthChange};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use super::CloseReason;
 use crate::{
     config::{BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, SniContext},
+    metrics::CoreMetrics,
     HelloChoice, ServerContext,
 };
 

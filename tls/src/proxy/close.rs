@@ -3,9 +3,7 @@
 
 use std::{fmt, io, time::Duration};
 
-use fastedge_runtime::metrics::CloseClass;
-
-use crate::TlsError;
+use crate::{metrics::CloseClass, TlsError};
 
 /// One side of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,12 +9,12 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use fastedge_runtime::{
-    metrics::{CloseClass, CoreMetrics},
-    BoundListener, ConnectionLimit, Core, Shutdown,
-};
+use fastedge_runtime::{BoundListener, ConnectionLimit, Core, Shutdown};
 
-use crate::proxy::{probe_backends, serve_connection, CoreBackends, Frontend};
+use crate::{
+    metrics::{CloseClass, CoreMetrics},
+    proxy::{probe_backends, serve_connection, CoreBackends, Frontend},
+};
 
 /// How long accepting pauses after a failure such as EMFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);

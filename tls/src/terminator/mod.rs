@@ -41,6 +41,7 @@ use crate::{
         BackendAddr, BackendSpec, CertificateSpec, ConfigError, ProxyPrefix, ServeConfig,
         TlsSettings,
     },
+    metrics::ServeMetrics,
     proxy::Frontend,
     SelfSigned, ServerContext, TlsError,
 };
@@ -281,6 +282,7 @@ impl Terminator {
             );
         }
         let registry = Registry::new();
+        let serve_metrics = ServeMetrics::register(&registry);
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let metrics_error = |error| TerminatorError::MetricsListen { addr, error };
@@ -316,7 +318,7 @@ impl Terminator {
             let setup = setups.next();
             let current = current.clone();
             let shutdown = shutdown.clone();
-            let metrics = registry.core();
+            let metrics = serve_metrics.core();
             move || async move {
                 let Some(setup) = setup else { return };
                 executor::run_core(core, setup, current, metrics, max_connections, shutdown).await;
