@@ -288,6 +288,12 @@ impl TicketKeys {
         tracing::info!("session ticket key installed from the IPC message");
     }
 
+    /// The names (first 16 bytes) of the keys in use, the current one first: not secret, for
+    /// logs and checks.
+    pub fn key_names(&self) -> Vec<[u8; 16]> {
+        self.current().keys.iter().map(|k| k.name).collect()
+    }
+
     /// The ring as of now, rotated or reread first if due.
     fn current(&self) -> Arc<Ring> {
         let ring = self.ring.load_full();

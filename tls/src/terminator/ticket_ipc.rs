@@ -59,3 +59,80 @@ fn read_keys(mut input: impl Read, current: &ArcSwap<Frontend>) -> usize {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fastedge_wire::bud_ipc::{encode, TicketMessage};
+
+    use super::*;
+    use crate::{
+        config::{BackendAddr, BackendSpec, ProxyPrefix, ServeConfig},
+        SelfSigned, ServerContext,
+    };
+
+    /// Hands out its bytes a few at a time, so messages arrive split across reads.
+    struct Trickle(Vec<u8>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Ok(n)
+        }
+    }
+
+    fn frontend() -> Frontend {
+        let config = ServeConfig::default();
+        let demo = SelfSigned::generate(&["localhost"], 1).unwrap();
+        let context =
+            ServerContext::build(std::slice::from_ref(&demo.cert), &demo.key, &config.tls).unwrap();
+        let backend = BackendSpec {
+            name: "127.0.0.1:1".into(),
+            addr: BackendAddr::Tcp("127.0.0.1:1".parse().unwrap()),
+            proxy_protocol: ProxyPrefix::None,
+            x_forwarded: false,
+            forwarded: false,
+            send_client_cert: false,
+        };
+        Frontend::new(
+            0,
+            context,
+            config.frontend,
+            config.balance,
+            vec![backend],
+            &[],
+        )
+    }
+
+    #[test]
+    fn each_message_becomes_the_current_key_until_a_bad_one_ends_the_reading() {
+        let current = ArcSwap::from_pointee(frontend());
+        let mut input = Vec::new();
+        for n in [1u8, 2] {
+            encode(
+                &TicketMessage {
+                    context: 0,
+                    key: [n; 48],
+                },
+                &mut input,
+            );
+        }
+        input.push(0x7f); // not a ticket message: the stream cannot be followed after it
+        encode(
+            &TicketMessage {
+                context: 0,
+                key: [3; 48],
+            },
+            &mut input,
+        );
+        assert_eq!(read_keys(Trickle(input, 5), &current), 2);
+        let names = current.load().context.ticket_keys().unwrap().key_names();
+        assert_eq!(
+            names[..2],
+            [[2; 16], [1; 16]],
+            "newest first, the one before still decrypts"
+        );
+        assert!(!names.contains(&[3; 16]), "nothing after the bad message");
+    }
+}
