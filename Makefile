@@ -57,7 +57,7 @@ unit-and-e2e:
 	$(CARGO) test --workspace --no-fail-fast
 
 # The serve suites once more on the second engine (the default run above uses io_uring).
-SERVE_SUITES := $(patsubst tests/tests/%.rs,%,$(wildcard tests/tests/serve_*.rs)) tls_adapter runtime_executors
+SERVE_SUITES := $(patsubst tests/tests/%.rs,%,$(wildcard tests/tests/serve_*.rs)) tls_adapter runtime_executors terminator_embed
 serve-on-glommio:
 	FASTEDGE_ENGINE=glommio $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(SERVE_SUITES))
 	FASTEDGE_ENGINE=glommio $(CARGO) test --workspace --test faults serve_

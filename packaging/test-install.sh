@@ -74,15 +74,18 @@ listener=$!
 for _ in $(seq 50); do [ -S "$root/run/notify.sock" ] && break; sleep 0.1; done
 chroot "$root" runuser -u "$user" -- env $environment NOTIFY_SOCKET=/run/notify.sock $start > "$base/serve.log" 2>&1 &
 service=$!
-wait "$listener" || { echo "no READY=1 from the service; its log:" >&2; cat "$base/serve.log" >&2; kill "$service"; exit 1; }
+wait "$listener" || { echo "no READY=1 from the service; its log:" >&2; cat "$base/serve.log" >&2; pkill -f "^/usr/bin/fastedge serve --config /etc/fastedge/serve.toml"; exit 1; }
 echo "service said: $(tr '\n' ' ' < "$base/notify.txt")"
+pid=$(pgrep -n -f "^/usr/bin/fastedge serve --config /etc/fastedge/serve.toml" || true)
+stop_service() { kill -TERM "${pid:-$service}" 2>/dev/null || true; wait "$service" || true; }
+uid=$(ps -o uid= -p "${pid:-0}" 2>/dev/null | tr -d ' ')
+[ "$uid" = "$(chroot "$root" id -u "$user")" ] || { echo "the service runs as uid '$uid', not $user" >&2; stop_service; exit 1; }
+echo "running as: $user (uid $uid)"
 status=$(curl --silent --insecure --max-time 10 -o "$base/body" -w '%{http_code}' "https://127.0.0.1:$port/installed")
-kill -TERM "$service"
-wait "$service" || true
+stop_service
 echo "GET https://127.0.0.1:$port/installed: $status"
 [ "$status" = 200 ] || { echo "expected 200; service log:" >&2; cat "$base/serve.log" >&2; exit 1; }
 grep -q "GET /installed" "$base/body" || { echo "unexpected body: $(cat "$base/body")" >&2; exit 1; }
-echo "running as: $(grep -o 'user[^ ]*' "$base/serve.log" | head -n 1)"
 # Purge takes everything back out.
 chroot "$root" dpkg --purge fastedge >/dev/null
 if chroot "$root" id fastedge >/dev/null 2>&1 || [ -e "$root/usr/bin/fastedge" ]; then

@@ -4,10 +4,12 @@
 //! engine ([`Engine`]): fastedge's own io_uring engine ([`uring`], the default) or glommio,
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
 //! stop signal ([`Shutdown`]), process signals taken by a thread of their own ([`signals`]),
-//! per-core metrics rendered as Prometheus text ([`metrics`]), per-core connection caps
-//! ([`ConnectionLimit`]), process set-up (open-files limit, privilege drop, pid file), log lines
-//! to syslog ([`SyslogWriter`]), the JSON-lines control socket ([`control`]), and the network
-//! types the other crates use ([`net`]), so that only this crate names an engine.
+//! a metrics registry that other crates register their metrics with, rendered and served as
+//! Prometheus text ([`metrics`]), per-core connection caps ([`ConnectionLimit`]), process
+//! set-up (open-files limit, privilege drop, pid file), service-manager notifications
+//! ([`notify`]), log lines to syslog ([`SyslogWriter`]), the JSON-lines control socket
+//! ([`control`]), and the network types the other crates use ([`net`]), so that only this
+//! crate names an engine.
 //!
 //! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
 //! (`fastedge-wire`).

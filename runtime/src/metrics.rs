@@ -1,239 +1,81 @@
-//! Per-core metrics, summed on read and served as Prometheus text.
+//! A metrics registry and its Prometheus text exposition, served over HTTP off the data-path
+//! cores.
 //!
-//! Each core owns one [`CoreMetrics`] and is the only writer of it (relaxed atomics, no
-//! sharing of cache lines between cores on the data path); a reader sums all cores when it
-//! renders [`Registry::render`]. Counters never go down; gauges are sums of per-core gauges.
+//! The registry knows no metric of its own: each subsystem registers a [`Source`] that writes
+//! its families (the terminator registers serve's connection and backend counters). Sources
+//! keep their counters as they like (per core, relaxed atomics) and sum them when rendered.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
 };
 
-/// Why a connection closed, in the few classes the metrics count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CloseClass {
-    /// Both sides closed in order.
-    Closed,
-    ClientError,
-    BackendError,
-    Idle,
-    HandshakeFailed,
-    HandshakeTimeout,
-    BackendUnavailable,
-    BadRequest,
+/// Something that writes metric families in Prometheus text format, on each scrape.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Appends this source's families to `out` (see [`write_family`]).
+    fn render(&self, out: &mut String);
 }
 
-impl CloseClass {
-    pub const ALL: [CloseClass; 8] = [
-        CloseClass::Closed,
-        CloseClass::ClientError,
-        CloseClass::BackendError,
-        CloseClass::Idle,
-        CloseClass::HandshakeFailed,
-        CloseClass::HandshakeTimeout,
-        CloseClass::BackendUnavailable,
-        CloseClass::BadRequest,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            CloseClass::Closed => "closed",
-            CloseClass::ClientError => "client_error",
-            CloseClass::BackendError => "backend_error",
-            CloseClass::Idle => "idle",
-            CloseClass::HandshakeFailed => "handshake_failed",
-            CloseClass::HandshakeTimeout => "handshake_timeout",
-            CloseClass::BackendUnavailable => "backend_unavailable",
-            CloseClass::BadRequest => "bad_request",
-        }
-    }
-}
-
-/// The counters of one core.
-#[derive(Debug, Default)]
-pub struct CoreMetrics {
-    pub accepted: AtomicU64,
-    pub active: AtomicU64,
-    pub handshakes_ok: AtomicU64,
-    pub bytes_upstream: AtomicU64,
-    pub bytes_downstream: AtomicU64,
-    closes: [AtomicU64; 8],
-    /// Per backend name: connect failures, and whether this core sees it alive (1/0).
-    backends: Mutex<BTreeMap<String, BackendCounters>>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct BackendCounters {
-    connect_failures: u64,
-    dead: bool,
-}
-
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-impl CoreMetrics {
-    pub fn connection_opened(&self) {
-        add(&self.accepted, 1);
-        add(&self.active, 1);
-    }
-
-    pub fn connection_closed(&self, class: CloseClass, upstream: u64, downstream: u64) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        add(&self.closes[class as usize], 1);
-        add(&self.bytes_upstream, upstream);
-        add(&self.bytes_downstream, downstream);
-    }
-
-    pub fn handshake_ok(&self) {
-        add(&self.handshakes_ok, 1);
-    }
-
-    pub fn backend_connect_failed(&self, backend: &str) {
-        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        backends
-            .entry(backend.to_owned())
-            .or_default()
-            .connect_failures += 1;
-    }
-
-    pub fn backend_health(&self, backend: &str, alive: bool) {
-        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        backends.entry(backend.to_owned()).or_default().dead = !alive;
-    }
-}
-
-/// All cores' metrics.
+/// Every registered [`Source`]; cheap to clone (clones share the sources).
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    cores: Arc<Mutex<Vec<Arc<CoreMetrics>>>>,
+    sources: Arc<Mutex<Vec<Arc<dyn Source>>>>,
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A new core's metrics, registered for reading.
-    pub fn core(&self) -> Arc<CoreMetrics> {
-        let metrics = Arc::new(CoreMetrics::default());
-        self.cores
+    /// Adds `source`; it is rendered after those registered before it.
+    pub fn register(&self, source: Arc<dyn Source>) {
+        self.sources
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(metrics.clone());
-        metrics
+            .push(source);
     }
 
-    /// Sums every core into Prometheus text exposition format (version 0.0.4).
+    /// Every source in Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let cores = self
-            .cores
+        let sources = self
+            .sources
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let sum =
-            |read: &dyn Fn(&CoreMetrics) -> u64| -> u64 { cores.iter().map(|c| read(c)).sum() };
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
-            "fastedge_connections_accepted_total",
-            "counter",
-            "Client connections accepted.",
-            &[(String::new(), sum(&|c| load(&c.accepted)))],
-        );
-        metric(
-            "fastedge_connections_active",
-            "gauge",
-            "Client connections open now.",
-            &[(String::new(), sum(&|c| load(&c.active)))],
-        );
-        metric(
-            "fastedge_handshakes_completed_total",
-            "counter",
-            "TLS handshakes completed.",
-            &[(String::new(), sum(&|c| load(&c.handshakes_ok)))],
-        );
-        let closes: Vec<(String, u64)> = CloseClass::ALL
-            .iter()
-            .map(|&class| {
-                (
-                    format!("{{reason=\"{}\"}}", class.label()),
-                    sum(&|c| load(&c.closes[class as usize])),
-                )
-            })
-            .collect();
-        metric(
-            "fastedge_connections_closed_total",
-            "counter",
-            "Client connections closed, by reason.",
-            &closes,
-        );
-        metric(
-            "fastedge_bytes_total",
-            "counter",
-            "Bytes proxied: upstream is client to backend, downstream backend to client.",
-            &[
-                (
-                    "{direction=\"upstream\"}".into(),
-                    sum(&|c| load(&c.bytes_upstream)),
-                ),
-                (
-                    "{direction=\"downstream\"}".into(),
-                    sum(&|c| load(&c.bytes_downstream)),
-                ),
-            ],
-        );
-        let mut backends: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for core in &cores {
-            let map = core.backends.lock().unwrap_or_else(PoisonError::into_inner);
-            for (name, counters) in map.iter() {
-                let entry = backends.entry(name.clone()).or_default();
-                entry.0 += counters.connect_failures;
-                entry.1 += u64::from(counters.dead);
-            }
+        for source in sources {
+            source.render(&mut out);
         }
-        let label = |name: &str| {
-            format!(
-                "{{backend=\"{}\"}}",
-                name.replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        };
-        metric(
-            "fastedge_backend_connect_failures_total",
-            "counter",
-            "Failed backend connects.",
-            &backends
-                .iter()
-                .map(|(n, v)| (label(n), v.0))
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "fastedge_backend_dead_cores",
-            "gauge",
-            "Cores that currently consider the backend dead (health is per core).",
-            &backends
-                .iter()
-                .map(|(n, v)| (label(n), v.1))
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "fastedge_cores",
-            "gauge",
-            "Executors running.",
-            &[(String::new(), cores.len() as u64)],
-        );
         out
     }
+}
+
+/// Appends one metric family: its `# HELP` and `# TYPE` lines (`kind`: `counter`, `gauge`),
+/// then one sample per `(labels, value)`, where `labels` is empty or `{name="value",…}` (see
+/// [`label`]).
+pub fn write_family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// A one-label set, `{name="value"}`, with the value escaped as the format asks.
+pub fn label(name: &str, value: &str) -> String {
+    format!(
+        "{{{name}=\"{}\"}}",
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }
 
 /// Scrapes served at once at most; a connection beyond that is closed at once.
@@ -326,30 +168,53 @@ fn serve_scrape(mut stream: std::net::TcpStream, registry: &Registry) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
 
+    /// A source with one counter.
+    #[derive(Debug, Default)]
+    struct Counter(AtomicU64);
+
+    impl Source for Counter {
+        fn render(&self, out: &mut String) {
+            write_family(
+                out,
+                "test_things_total",
+                "counter",
+                "Things counted.",
+                &[(String::new(), self.0.load(Ordering::Relaxed))],
+            );
+        }
+    }
+
     #[test]
-    fn sums_cores() {
+    fn renders_every_source_in_order_and_escapes_labels() {
         let registry = Registry::new();
-        let (a, b) = (registry.core(), registry.core());
-        a.connection_opened();
-        b.connection_opened();
-        b.connection_opened();
-        a.connection_closed(CloseClass::Idle, 10, 20);
-        b.backend_connect_failed("x:1");
-        b.backend_health("x:1", false);
-        a.backend_health("x:1", true);
-        let text = registry.render();
-        assert!(
-            text.contains("fastedge_connections_accepted_total 3\n"),
-            "{text}"
+        assert_eq!(registry.render(), "");
+        let counter = Arc::new(Counter::default());
+        registry.register(counter.clone());
+        counter.0.fetch_add(3, Ordering::Relaxed);
+        #[derive(Debug)]
+        struct Labelled;
+        impl Source for Labelled {
+            fn render(&self, out: &mut String) {
+                write_family(
+                    out,
+                    "test_up",
+                    "gauge",
+                    "Up.",
+                    &[(label("who", "a\"b\\c\n"), 1)],
+                );
+            }
+        }
+        registry.clone().register(Arc::new(Labelled));
+        assert_eq!(
+            registry.render(),
+            "# HELP test_things_total Things counted.\n# TYPE test_things_total counter\n\
+             test_things_total 3\n\
+             # HELP test_up Up.\n# TYPE test_up gauge\ntest_up{who=\"a\\\"b\\\\c\\n\"} 1\n"
         );
-        assert!(text.contains("fastedge_connections_active 2\n"));
-        assert!(text.contains("fastedge_connections_closed_total{reason=\"idle\"} 1\n"));
-        assert!(text.contains("fastedge_bytes_total{direction=\"downstream\"} 20\n"));
-        assert!(text.contains("fastedge_backend_connect_failures_total{backend=\"x:1\"} 1\n"));
-        assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
-        assert!(text.contains("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
     }
 
     /// A GET /metrics on `addr`; the answer's status line and body.
@@ -378,7 +243,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let registry = Registry::new();
-        registry.core().connection_opened();
+        let counter = Arc::new(Counter::default());
+        counter.0.fetch_add(1, Ordering::Relaxed);
+        registry.register(counter);
         serve_http(listener, registry).unwrap();
         let started = std::time::Instant::now();
         let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -398,7 +265,7 @@ mod tests {
         let before = std::time::Instant::now();
         let answer = scrape(addr);
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(answer.contains("fastedge_connections_accepted_total 1\n"));
+        assert!(answer.contains("test_things_total 1\n"));
         assert!(
             before.elapsed() < std::time::Duration::from_secs(1),
             "a second scrape waited {:?} behind the slow one",

@@ -406,3 +406,48 @@ fn ipv4_and_ipv6_listeners_side_by_side() {
     }
     server.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn a_service_manager_hears_ready_reloading_and_stopping() {
+    // systemd's Type=notify protocol, played by this test: a datagram socket in $NOTIFY_SOCKET.
+    let state = TempDir::new("serve-notify");
+    let notify = state.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 1024];
+        let n = manager.recv(&mut buf).expect("a notification within 15 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let mut server = Fastedge::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &state_dir,
+        ],
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+    );
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=serving on 127.0.0.1:"), "{ready}");
+    // READY comes once it accepts: a request goes through at once.
+    let addr = server.wait_listening();
+    let out = curl(&[&format!("https://{addr}/ready")]);
+    assert!(out.status.success());
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloading = next();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    let again = next();
+    assert!(again.lines().any(|l| l == "READY=1"), "{again}");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(stopping.contains("STATUS=draining"), "{stopping}");
+    let status = server.wait_exit(Duration::from_secs(40));
+    assert!(status.success(), "{status}: {}", server.log_text());
+}

@@ -1,8 +1,23 @@
 //! bud's JSON configuration as a serve configuration: the translation into fastedge's TOML lives
 //! in `fastedge_wire::bud_config` (pure, fuzzed); this maps its errors to [`ConfigError`].
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ServeConfig, ServeOverrides};
 pub use fastedge_wire::bud_config::{is_bud_json, BudError, Translation};
+
+/// Parses and validates a serve configuration written in fastedge's TOML or in bud's JSON
+/// (told apart by content), with `overrides` applied before validation; for bud's, also
+/// returns its translation into TOML with the notes on what could not be carried over.
+pub fn parse_any(
+    text: &str,
+    overrides: &ServeOverrides,
+) -> Result<(ServeConfig, Option<Translation>), ConfigError> {
+    if !is_bud_json(text) {
+        return Ok((ServeConfig::parse_with(text, overrides)?, None));
+    }
+    let translation = translate(text)?;
+    let config = ServeConfig::parse_with(&translation.toml, overrides)?;
+    Ok((config, Some(translation)))
+}
 
 /// Translates a bud JSON configuration.
 pub fn translate(json: &str) -> Result<Translation, ConfigError> {
@@ -15,7 +30,7 @@ pub fn translate(json: &str) -> Result<Translation, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClientVerify, ProxyPrefix, ServeConfig, TicketKeySource};
+    use crate::config::{ClientVerify, ProxyPrefix, TicketKeySource};
 
     #[test]
     fn a_bud_config_with_everything() {

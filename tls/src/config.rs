@@ -3,6 +3,8 @@
 //! [`DEFAULT_CONFIG`] is the reference: every field, its default and what it means, in one
 //! place (`fastedge serve --print-default-config` prints it). [`ServeConfig::parse`] turns a
 //! document into validated settings; errors name the key. Nothing downstream re-checks.
+//! Settings given on a command line ([`ServeOverrides`]) replace the document's before it is
+//! validated ([`ServeConfig::parse_with`]), so a bad value is reported once, under its option.
 
 use std::{
     net::{SocketAddr, ToSocketAddrs},
@@ -10,11 +12,15 @@ use std::{
     time::Duration,
 };
 
+use fastedge_runtime::{CpuList, Engine};
 use fastedge_wire::{
     balance::{BalanceMode, HealthSettings},
     net::IpPrefix,
 };
 use serde::Deserialize;
+
+use crate::tickets::parse_keys;
+pub use crate::tickets::TicketKeySource;
 
 /// The documented default configuration. Parsing it gives exactly the built-in defaults.
 pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every key is optional; shown with its default.
@@ -244,6 +250,107 @@ struct RawConfig {
     balance: RawBalance,
     backend: Vec<RawBackend>,
     context: Vec<RawContext>,
+    /// Which keys came from [`ServeOverrides`], so that errors name the option.
+    #[serde(skip)]
+    origins: Origins,
+}
+
+/// The names errors give to values that may come from a command-line override.
+#[derive(Debug, PartialEq)]
+struct Origins {
+    cores: &'static str,
+    alpn: &'static str,
+    /// The `--backend` text when the backends came from it.
+    backend: Option<String>,
+}
+
+impl Default for Origins {
+    fn default() -> Self {
+        Self {
+            cores: "cores",
+            alpn: "tls.alpn",
+            backend: None,
+        }
+    }
+}
+
+/// Settings that replace the configuration document's own, as `fastedge serve`'s options do.
+/// Applied to the document before validation ([`ServeConfig::parse_with`]); errors in them
+/// name the option (`--cores`, `--backend "…"`, `--alpn`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeOverrides {
+    /// Replaces `cores`: a Linux CPU list (`0-7`, `0,2,4`).
+    pub cores: Option<String>,
+    /// Replaces `engine`.
+    pub engine: Option<Engine>,
+    /// Replaces `frontend.listen` when not empty.
+    pub listen: Vec<SocketAddr>,
+    /// Replaces every `[[backend]]` with this one address (`host:port` or `unix:/path`), with
+    /// the default backend settings.
+    pub backend: Option<String>,
+    /// Replaces the certificate pairs with this one (certificate chain, key). The key's
+    /// passphrase, if any, is the one configured for the first pair. Paths that are not UTF-8
+    /// are taken lossily.
+    pub certificate: Option<(PathBuf, PathBuf)>,
+    /// Replaces `tls.alpn`; empty names are left out.
+    pub alpn: Option<Vec<String>>,
+}
+
+impl ServeOverrides {
+    /// Writes the overrides into the raw document.
+    fn apply(&self, raw: &mut RawConfig) {
+        if let Some(cores) = &self.cores {
+            raw.cores = cores.clone();
+            raw.origins.cores = "--cores";
+        }
+        if let Some(engine) = self.engine {
+            raw.engine = engine.to_string();
+        }
+        if !self.listen.is_empty() {
+            raw.frontend.listen = self.listen.iter().map(ToString::to_string).collect();
+        }
+        if let Some(address) = &self.backend {
+            raw.backend = vec![RawBackend {
+                address: address.clone(),
+                proxy_protocol: default_proxy_protocol(),
+                x_forwarded: false,
+                forwarded: false,
+                send_client_cert: false,
+            }];
+            raw.origins.backend = Some(format!("--backend {address:?}"));
+        }
+        if let Some((cert, key)) = &self.certificate {
+            let t = &mut raw.tls;
+            // The passphrase of the first configured pair goes with the new one.
+            let shorthand = t.shorthand();
+            let first = if shorthand.given() {
+                shorthand
+            } else {
+                t.certificate.first().cloned().unwrap_or_default()
+            };
+            let own_key = first.key_server.trim().is_empty();
+            t.certificate.clear();
+            t.cert = cert.to_string_lossy().into_owned();
+            t.key = key.to_string_lossy().into_owned();
+            t.key_server = String::new();
+            t.ocsp_staple = String::new();
+            let keep = |value: &String| {
+                if own_key {
+                    value.clone()
+                } else {
+                    String::new()
+                }
+            };
+            t.passphrase = keep(&first.passphrase);
+            t.passphrase_env = keep(&first.passphrase_env);
+            t.passphrase_file = keep(&first.passphrase_file);
+            t.passphrase_cmd = keep(&first.passphrase_cmd);
+        }
+        if let Some(alpn) = &self.alpn {
+            raw.tls.alpn = alpn.iter().filter(|p| !p.is_empty()).cloned().collect();
+            raw.origins.alpn = "--alpn";
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -326,7 +433,7 @@ struct RawContext {
     backend: Vec<RawBackend>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Default)]
+#[derive(Debug, Deserialize, PartialEq, Default, Clone)]
 #[serde(deny_unknown_fields, default)]
 struct RawCertificate {
     cert: String,
@@ -382,7 +489,42 @@ impl Default for RawConfig {
             balance: RawBalance::default(),
             backend: Vec::new(),
             context: Vec::new(),
+            origins: Origins::default(),
         }
+    }
+}
+
+impl RawTls {
+    /// The `[tls]` table's shorthand pair (`cert`, `key`, …) as a certificate entry.
+    fn shorthand(&self) -> RawCertificate {
+        RawCertificate {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            key_server: self.key_server.clone(),
+            ocsp_staple: self.ocsp_staple.clone(),
+            passphrase: self.passphrase.clone(),
+            passphrase_env: self.passphrase_env.clone(),
+            passphrase_file: self.passphrase_file.clone(),
+            passphrase_cmd: self.passphrase_cmd.clone(),
+        }
+    }
+}
+
+impl RawCertificate {
+    /// Whether any of the pair's keys is written.
+    fn given(&self) -> bool {
+        [
+            &self.cert,
+            &self.key,
+            &self.key_server,
+            &self.ocsp_staple,
+            &self.passphrase,
+            &self.passphrase_env,
+            &self.passphrase_file,
+            &self.passphrase_cmd,
+        ]
+        .iter()
+        .any(|v| !v.trim().is_empty())
     }
 }
 
@@ -467,10 +609,11 @@ impl Default for RawBalance {
 /// Validated settings of `fastedge serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// CPU list text, `None` for every available CPU (validated by the runtime at start).
-    pub cores: Option<String>,
+    /// The CPUs to run on, `None` for every CPU the process may use (whether the listed ones
+    /// are available is checked at start).
+    pub cores: Option<CpuList>,
     /// The executor engine.
-    pub engine: fastedge_runtime::Engine,
+    pub engine: Engine,
     pub user: Option<String>,
     pub group: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
@@ -596,19 +739,6 @@ pub struct SniContext {
     pub backends: Vec<BackendSpec>,
 }
 
-/// Where session ticket keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TicketKeySource {
-    /// Random keys made in this process.
-    Random,
-    /// Derived per rotation period from a secret shared by a fleet.
-    SharedSecret(PathBuf),
-    /// Read from a file of base64 keys, newest first.
-    File(PathBuf),
-    /// Base64 keys given in the configuration, newest first; never rotated.
-    Fixed(String),
-}
-
 #[derive(Debug, Clone)]
 pub struct Resumption {
     pub tickets: bool,
@@ -691,18 +821,6 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
-    /// Parses and validates a TOML document, or a bud JSON configuration (told apart by
-    /// content); for bud's, also returns its translation into TOML with the notes on what
-    /// could not be carried over.
-    pub fn parse_any(text: &str) -> Result<(Self, Option<crate::bud::Translation>), ConfigError> {
-        if !crate::bud::is_bud_json(text) {
-            return Ok((Self::parse(text)?, None));
-        }
-        let translation = crate::bud::translate(text)?;
-        let config = Self::parse(&translation.toml)?;
-        Ok((config, Some(translation)))
-    }
-
     /// Leaves `h2` out of every ALPN list whose connections go to backends that get forwarding
     /// headers (`x_forwarded`/`forwarded`): only HTTP/1 requests can be rewritten, and an
     /// HTTP/2 connection passed on unrewritten would let clients state their own. Such clients
@@ -737,8 +855,22 @@ impl ServeConfig {
 
     /// Parses and validates a TOML document. Leading and trailing whitespace is fine.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
+        Self::parse_with(text, &ServeOverrides::default())
+    }
+
+    /// Parses a TOML document, replaces its settings by `overrides`, and validates the result
+    /// (once: a bad override is reported under its option's name).
+    pub fn parse_with(text: &str, overrides: &ServeOverrides) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig =
             toml::from_str(text.trim()).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        overrides.apply(&mut raw);
+        validate(raw)
+    }
+
+    /// The built-in defaults with `overrides` applied, validated.
+    pub fn defaults_with(overrides: &ServeOverrides) -> Result<Self, ConfigError> {
+        let mut raw = RawConfig::default();
+        overrides.apply(&mut raw);
         validate(raw)
     }
 }
@@ -868,19 +1000,7 @@ fn certificate_list(
     list: &[RawCertificate],
 ) -> Result<Vec<CertificateSpec>, ConfigError> {
     let mut certificates = Vec::new();
-    let given = [
-        &shorthand.cert,
-        &shorthand.key,
-        &shorthand.key_server,
-        &shorthand.ocsp_staple,
-        &shorthand.passphrase,
-        &shorthand.passphrase_env,
-        &shorthand.passphrase_file,
-        &shorthand.passphrase_cmd,
-    ]
-    .iter()
-    .any(|v| !v.trim().is_empty());
-    if given {
+    if shorthand.given() {
         certificates.push(certificate_spec(prefix, shorthand)?);
     }
     for (i, raw) in list.iter().enumerate() {
@@ -938,11 +1058,20 @@ fn parse_client_auth(
     Ok(ClientAuth { verify, ca, crl })
 }
 
-fn backend_list(prefix: &str, raw: &[RawBackend]) -> Result<Vec<BackendSpec>, ConfigError> {
+/// The backends of `raw`, under keys `{prefix}[i].field`; with `origin`, every error is named
+/// by it instead (the backend came from a command-line option).
+fn backend_list(
+    prefix: &str,
+    raw: &[RawBackend],
+    origin: Option<&str>,
+) -> Result<Vec<BackendSpec>, ConfigError> {
     raw.iter()
         .enumerate()
         .map(|(i, raw)| {
-            let key = |field: &str| format!("{prefix}[{i}].{field}");
+            let key = |field: &str| match origin {
+                Some(origin) => origin.to_owned(),
+                None => format!("{prefix}[{i}].{field}"),
+            };
             let name = raw.address.trim().to_owned();
             let addr = parse_backend_addr(&key("address"), &name)?;
             let proxy_protocol = match raw.proxy_protocol.trim() {
@@ -972,12 +1101,15 @@ fn backend_list(prefix: &str, raw: &[RawBackend]) -> Result<Vec<BackendSpec>, Co
 fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     let cores = match raw.cores.trim() {
         "" | "all" => None,
-        list => Some(list.to_owned()),
+        list => Some(
+            list.parse::<CpuList>()
+                .map_err(|e| invalid(raw.origins.cores, format!("{list:?}: {e}")))?,
+        ),
     };
     let engine = raw
         .engine
         .trim()
-        .parse::<fastedge_runtime::Engine>()
+        .parse::<Engine>()
         .map_err(|e| invalid("engine", e.to_string()))?;
     let metrics_listen = match raw.metrics_listen.trim() {
         "" => None,
@@ -1036,17 +1168,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     };
 
     let t = raw.tls;
-    let shorthand = RawCertificate {
-        cert: t.cert.clone(),
-        key: t.key.clone(),
-        key_server: t.key_server.clone(),
-        ocsp_staple: t.ocsp_staple.clone(),
-        passphrase: t.passphrase.clone(),
-        passphrase_env: t.passphrase_env.clone(),
-        passphrase_file: t.passphrase_file.clone(),
-        passphrase_cmd: t.passphrase_cmd.clone(),
-    };
-    let certificates = certificate_list("tls", &shorthand, &t.certificate)?;
+    let certificates = certificate_list("tls", &t.shorthand(), &t.certificate)?;
     let version = |key: &str, text: &str| match text.trim() {
         "1.2" => Ok(TlsVersion::Tls12),
         "1.3" => Ok(TlsVersion::Tls13),
@@ -1063,7 +1185,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     if t.groups.is_empty() {
         return Err(invalid("tls.groups", "needs at least one group"));
     }
-    check_alpn("tls.alpn", &t.alpn)?;
+    check_alpn(raw.origins.alpn, &t.alpn)?;
     let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
     let ticket_keys = match (
         nonempty(&t.ticket_secret_file),
@@ -1073,11 +1195,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         (None, None, None) => TicketKeySource::Random,
         (Some(secret), None, None) => TicketKeySource::SharedSecret(secret.into()),
         (None, Some(file), None) => TicketKeySource::File(file.into()),
-        (None, None, Some(keys)) => {
-            crate::tickets::parse_keys(&keys, "tls.ticket_key")
-                .map_err(|e| invalid("tls.ticket_key", e.to_string()))?;
-            TicketKeySource::Fixed(keys)
-        }
+        (None, None, Some(keys)) => TicketKeySource::Fixed(
+            parse_keys(&keys, "tls.ticket_key")
+                .map_err(|e| invalid("tls.ticket_key", e.to_string()))?,
+        ),
         _ => {
             return Err(invalid(
                 "tls.ticket_key_file",
@@ -1085,6 +1206,9 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             ))
         }
     };
+    if t.ticket_key_stdin && !t.tickets {
+        return Err(invalid("tls.ticket_key_stdin", "needs tls.tickets = true"));
+    }
     let resumption = Resumption {
         tickets: t.tickets,
         ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
@@ -1195,7 +1319,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
                 };
                 parse_client_auth(&prefix, &verify, &ca, &crl)?
             },
-            backends: backend_list(&format!("{prefix}.backend"), &c.backend)?,
+            backends: backend_list(&format!("{prefix}.backend"), &c.backend, None)?,
         });
     }
     if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
@@ -1260,7 +1384,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         .filter(|d| !d.is_zero()),
     };
 
-    let backends = backend_list("backend", &raw.backend)?;
+    let backends = backend_list("backend", &raw.backend, raw.origins.backend.as_deref())?;
 
     Ok(ServeConfig {
         cores,
@@ -1342,7 +1466,7 @@ mod tests {
                     [[backend]]\naddress = \"127.0.0.1:8080\"\nproxy_protocol = \"v2\"\n\
                     [[backend]]\naddress = \"localhost:8081\"\nx_forwarded = true\n\n";
         let config = ServeConfig::parse(text).unwrap();
-        assert_eq!(config.cores.as_deref(), Some("0-1"));
+        assert_eq!(config.cores, Some("0-1".parse().unwrap()));
         assert_eq!(config.frontend.listen.len(), 2);
         assert_eq!(config.backends.len(), 2);
         assert_eq!(config.backends[0].proxy_protocol, ProxyPrefix::V2);
@@ -1354,6 +1478,77 @@ mod tests {
             BackendAddr::Unix("/run/app.sock".into())
         );
         assert_eq!(config.balance.mode, BalanceMode::LeastConn);
+    }
+
+    #[test]
+    fn overrides_replace_the_document_before_validation() {
+        let text = "cores = \"0\"\nengine = \"uring\"\n[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+                    passphrase_env = \"PASS\"\nalpn = [\"h2\"]\n[[backend]]\naddress = \"127.0.0.1:1\"\n\
+                    x_forwarded = true\n";
+        let overrides = ServeOverrides {
+            cores: Some("0-1".into()),
+            engine: Some(Engine::Glommio),
+            listen: vec!["127.0.0.1:9443".parse().unwrap()],
+            backend: Some("127.0.0.1:2".into()),
+            certificate: Some(("b.pem".into(), "b.key".into())),
+            alpn: Some(vec!["".into(), "http/1.1".into()]),
+        };
+        let config = ServeConfig::parse_with(text, &overrides).unwrap();
+        assert_eq!(config.cores, Some("0-1".parse().unwrap()));
+        assert_eq!(config.engine, Engine::Glommio);
+        assert_eq!(config.frontend.listen, overrides.listen);
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.backends[0].name, "127.0.0.1:2");
+        assert!(
+            !config.backends[0].x_forwarded,
+            "--backend has default settings"
+        );
+        assert_eq!(
+            config.tls.certificates,
+            vec![CertificateSpec {
+                cert: "b.pem".into(),
+                key: "b.key".into(),
+                passphrase: Some(Passphrase::Env("PASS".into())),
+                key_server: None,
+                ocsp_staple: None,
+            }]
+        );
+        assert_eq!(config.tls.alpn, vec!["http/1.1".to_owned()]);
+        // The defaults take overrides too; no override changes nothing.
+        let defaults = ServeConfig::defaults_with(&overrides).unwrap();
+        assert_eq!(defaults.backends[0].name, "127.0.0.1:2");
+        let plain = ServeConfig::parse_with(text, &ServeOverrides::default()).unwrap();
+        assert_eq!(plain.cores, Some("0".parse().unwrap()));
+
+        // A bad override is named by its option, and by nothing else.
+        for (overrides, expected) in [
+            (
+                ServeOverrides {
+                    cores: Some("3-1".into()),
+                    ..ServeOverrides::default()
+                },
+                "--cores: \"3-1\": range",
+            ),
+            (
+                ServeOverrides {
+                    backend: Some("nonsense".into()),
+                    ..ServeOverrides::default()
+                },
+                "--backend \"nonsense\": ",
+            ),
+            (
+                ServeOverrides {
+                    alpn: Some(vec!["x".repeat(256)]),
+                    ..ServeOverrides::default()
+                },
+                "--alpn[0]: protocol names are 1 to 255 bytes",
+            ),
+        ] {
+            let error = ServeConfig::parse_with(text, &overrides)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(expected), "{expected:?}: {error}");
+        }
     }
 
     #[test]
@@ -1419,6 +1614,14 @@ mod tests {
             ),
             ("[frontend]\nbacklog = \"x\"", "backlog"),
             ("cores = ", "line 1"),
+            (
+                "cores = \"3-1\"",
+                "cores: \"3-1\": range `3-1` in CPU list runs backwards",
+            ),
+            (
+                "[tls]\ntickets = false\nticket_key_stdin = true",
+                "tls.ticket_key_stdin",
+            ),
         ] {
             let err = ServeConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: expected {key:?} in {err}");

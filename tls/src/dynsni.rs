@@ -33,8 +33,8 @@ use boring::{pkey::PKey, x509::X509};
 use fastedge_wire::logtext::Untrusted;
 
 use crate::{
+    certset::{runtime_set, CertSet},
     config::{DynamicSniSettings, TlsSettings},
-    context::{runtime_set, CertSet},
     tickets::TicketKeys,
 };
 

@@ -62,7 +62,7 @@ impl TlsError {
             .servername(boring::ssl::NameType::HOST_NAME)
             .map(str::to_owned);
         let text = describe_handshake_error(error);
-        let reason = if let Some(note) = crate::context::refusal(ssl) {
+        let reason = if let Some(note) = crate::exdata::refusal(ssl) {
             note.to_owned()
         } else if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
             "client sent no certificate (client_verify = \"required\")".to_owned()

@@ -383,7 +383,7 @@ impl AsyncPrivateKeyMethod for KeylessKey {
                         Ok(signature.len())
                     }
                     Ok(signature) => {
-                        crate::context::set_refusal(
+                        crate::exdata::set_refusal(
                             ssl,
                             format!(
                                 "keyless signing: the key server's signature is {} bytes, \
@@ -394,7 +394,7 @@ impl AsyncPrivateKeyMethod for KeylessKey {
                         Err(AsyncPrivateKeyMethodError)
                     }
                     Err(why) => {
-                        crate::context::set_refusal(ssl, format!("keyless signing failed: {why}"));
+                        crate::exdata::set_refusal(ssl, format!("keyless signing failed: {why}"));
                         Err(AsyncPrivateKeyMethodError)
                     }
                 });
@@ -408,7 +408,7 @@ impl AsyncPrivateKeyMethod for KeylessKey {
         _input: &[u8],
         _output: &mut [u8],
     ) -> Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
-        crate::context::set_refusal(
+        crate::exdata::set_refusal(
             ssl,
             "keyless: RSA key exchange (decryption) is not supported; the client offered only \
              TLS_RSA_* suites"

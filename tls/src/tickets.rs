@@ -30,10 +30,7 @@ use boring::{
     symm::{Cipher, CipherCtxRef},
 };
 
-use crate::{
-    config::{Resumption, TicketKeySource},
-    TlsError,
-};
+use crate::TlsError;
 
 /// Bytes in one ticket key (name, HMAC key, AES key).
 pub const TICKET_KEY_LEN: usize = 48;
@@ -42,6 +39,21 @@ pub const MIN_SECRET_LEN: usize = 32;
 const HKDF_SALT: &[u8] = b"fastedge ticket keys v1";
 /// How often a key file is checked for changes.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where session ticket keys come from (`tls.ticket_secret_file`, `tls.ticket_key_file`,
+/// `tls.ticket_key`; random when none is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketKeySource {
+    /// Random keys made in this process.
+    Random,
+    /// Derived per rotation period from a secret shared by a fleet.
+    SharedSecret(std::path::PathBuf),
+    /// Read from a file of base64 keys, newest first.
+    File(std::path::PathBuf),
+    /// Keys given in the configuration, newest first (parsed when it was validated); never
+    /// rotated.
+    Fixed(Vec<TicketKey>),
+}
 
 /// One ticket key.
 #[derive(Clone, PartialEq, Eq)]
@@ -184,12 +196,16 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 impl TicketKeys {
-    /// Sets up the ring for `settings`, reading the secret or key file now (errors name it).
-    pub fn new(settings: &Resumption) -> Result<Self, TlsError> {
-        let rotate = settings.ticket_rotate;
+    /// Sets up the ring of keys from `source`, rotated every `rotate` with `previous` older
+    /// keys still decrypting, reading the secret or key file now (errors name it).
+    pub fn new(
+        source: &TicketKeySource,
+        rotate: Duration,
+        previous: u32,
+    ) -> Result<Self, TlsError> {
         let epoch = epoch_at(SystemTime::now(), rotate);
         let mut secret = None;
-        let (keys, epochs, checked) = match &settings.ticket_keys {
+        let (keys, epochs, checked) = match source {
             TicketKeySource::Random => (vec![TicketKey::random()?], vec![epoch], None),
             TicketKeySource::SharedSecret(path) => {
                 let bytes = std::fs::read(path).map_err(|source| TlsError::ReadFile {
@@ -205,7 +221,7 @@ impl TicketKeys {
                         path.display()
                     )));
                 }
-                let epochs = fleet_epochs(epoch, settings.ticket_previous);
+                let epochs = fleet_epochs(epoch, previous);
                 let keys = epochs
                     .iter()
                     .map(|&e| TicketKey::derive(trimmed, e))
@@ -213,7 +229,7 @@ impl TicketKeys {
                 secret = Some(trimmed.to_vec());
                 (keys, epochs, None)
             }
-            TicketKeySource::Fixed(text) => (parse_keys(text, "tls.ticket_key")?, Vec::new(), None),
+            TicketKeySource::Fixed(keys) => (keys.clone(), Vec::new(), None),
             TicketKeySource::File(path) => (
                 read_key_file(path)?,
                 Vec::new(),
@@ -221,9 +237,9 @@ impl TicketKeys {
             ),
         };
         Ok(Self {
-            source: settings.ticket_keys.clone(),
+            source: source.clone(),
             rotate,
-            previous: settings.ticket_previous,
+            previous,
             secret,
             ring: ArcSwap::from_pointee(Ring {
                 epoch,
@@ -236,14 +252,15 @@ impl TicketKeys {
         })
     }
 
-    /// Whether a reload with `settings` should keep this ring: random keys with the same
-    /// rotation (new random keys would void every outstanding ticket). Secret- and file-based
-    /// rings are rebuilt, rereading their file.
-    pub fn keep_for(&self, settings: &Resumption) -> bool {
+    /// Whether a reload to keys from `source`, rotated every `rotate` with `previous` older
+    /// keys, should keep this ring: random keys with the same rotation (new random keys would
+    /// void every outstanding ticket). Secret- and file-based rings are rebuilt, rereading
+    /// their file.
+    pub fn keep_for(&self, source: &TicketKeySource, rotate: Duration, previous: u32) -> bool {
         self.source == TicketKeySource::Random
-            && settings.ticket_keys == TicketKeySource::Random
-            && self.rotate == settings.ticket_rotate
-            && self.previous == settings.ticket_previous
+            && *source == TicketKeySource::Random
+            && self.rotate == rotate
+            && self.previous == previous
     }
 
     /// Makes `key` the current key (bud's ticket IPC): the keys before it still decrypt (up to
@@ -269,6 +286,12 @@ impl TicketKeys {
             checked: None,
         }));
         tracing::info!("session ticket key installed from the IPC message");
+    }
+
+    /// The names (first 16 bytes) of the keys in use, the current one first: not secret, for
+    /// logs and checks.
+    pub fn key_names(&self) -> Vec<[u8; 16]> {
+        self.current().keys.iter().map(|k| k.name).collect()
     }
 
     /// The ring as of now, rotated or reread first if due.

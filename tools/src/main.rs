@@ -2,7 +2,6 @@
 //! the library crates; holds no logic that a library user would want.
 
 mod ctl;
-mod demo;
 mod docs;
 mod gen;
 mod keyserver;

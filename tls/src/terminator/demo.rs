@@ -1,4 +1,4 @@
-//! The built-in demo backend of `fastedge serve` without `--backend`: a small HTTP/1.1 server
+//! The built-in demo backend of the terminator when no backend is configured: a small HTTP/1.1 server
 //! on loopback that answers every request with the request head exactly as it reached the
 //! backend, so a user sees what fastedge forwards (and, later, what it adds).
 //!
@@ -13,14 +13,14 @@ use fastedge_wire::http1::{parse_request_head, BodyFraming, HeadError, Status, D
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 /// The repeating pattern of `/bytes/N` answers.
-pub const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
+const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
 /// Largest `/bytes/N` answer.
 const MAX_BYTES: u64 = 1 << 30;
 
 /// Accepts demo connections on `listener` until `stop` completes; each open connection holds a
 /// permit of `open`, so the executor can wait for them to finish before it exits (a connection
 /// here may serve a proxied connection of another core).
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     core: fastedge_runtime::Core,
     stop: fastedge_runtime::Shutdown,

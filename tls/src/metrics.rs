@@ -1,0 +1,290 @@
+//! The terminator's metrics: connections, handshakes, bytes, close reasons and backend health,
+//! counted per core and registered with the runtime's [`Registry`] as one [`Source`].
+//!
+//! Each core owns one [`CoreMetrics`] and is the only writer of it (relaxed atomics, no sharing
+//! of cache lines between cores on the data path); a scrape sums all cores. Counters never go
+//! down; gauges are sums of per-core gauges.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+};
+
+use fastedge_runtime::metrics::{label, write_family, Registry, Source};
+
+/// Why a connection closed, in the few classes the metrics count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CloseClass {
+    /// Both sides closed in order.
+    Closed,
+    /// The client's side failed (reset, truncated, unreadable).
+    ClientError,
+    /// The backend's side failed.
+    BackendError,
+    /// No bytes moved for the idle timeout, or a request head came too slowly.
+    Idle,
+    /// The TLS handshake failed.
+    HandshakeFailed,
+    /// The TLS handshake did not complete in time.
+    HandshakeTimeout,
+    /// No backend could be connected to.
+    BackendUnavailable,
+    /// A request could not be parsed for header injection.
+    BadRequest,
+}
+
+impl CloseClass {
+    /// Every class, in the order the metrics list them.
+    pub const ALL: [CloseClass; 8] = [
+        CloseClass::Closed,
+        CloseClass::ClientError,
+        CloseClass::BackendError,
+        CloseClass::Idle,
+        CloseClass::HandshakeFailed,
+        CloseClass::HandshakeTimeout,
+        CloseClass::BackendUnavailable,
+        CloseClass::BadRequest,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseClass::Closed => "closed",
+            CloseClass::ClientError => "client_error",
+            CloseClass::BackendError => "backend_error",
+            CloseClass::Idle => "idle",
+            CloseClass::HandshakeFailed => "handshake_failed",
+            CloseClass::HandshakeTimeout => "handshake_timeout",
+            CloseClass::BackendUnavailable => "backend_unavailable",
+            CloseClass::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// The counters of one core.
+#[derive(Debug, Default)]
+pub struct CoreMetrics {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    handshakes_ok: AtomicU64,
+    bytes_upstream: AtomicU64,
+    bytes_downstream: AtomicU64,
+    closes: [AtomicU64; 8],
+    /// Per backend name: connect failures, and whether this core sees it alive.
+    backends: Mutex<BTreeMap<String, BackendCounters>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BackendCounters {
+    connect_failures: u64,
+    dead: bool,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl CoreMetrics {
+    /// A client connection was accepted (and is open).
+    pub fn connection_opened(&self) {
+        add(&self.accepted, 1);
+        add(&self.active, 1);
+    }
+
+    /// A client connection closed, of `class`, having moved these bytes (client to backend,
+    /// backend to client).
+    pub fn connection_closed(&self, class: CloseClass, upstream: u64, downstream: u64) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        add(&self.closes[class as usize], 1);
+        add(&self.bytes_upstream, upstream);
+        add(&self.bytes_downstream, downstream);
+    }
+
+    /// A TLS handshake completed.
+    pub fn handshake_ok(&self) {
+        add(&self.handshakes_ok, 1);
+    }
+
+    /// A connect to `backend` failed.
+    pub fn backend_connect_failed(&self, backend: &str) {
+        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        backends
+            .entry(backend.to_owned())
+            .or_default()
+            .connect_failures += 1;
+    }
+
+    /// This core now sees `backend` alive, or dead.
+    pub fn backend_health(&self, backend: &str, alive: bool) {
+        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        backends.entry(backend.to_owned()).or_default().dead = !alive;
+    }
+}
+
+/// Every core's [`CoreMetrics`], rendered summed as a [`Source`].
+#[derive(Debug, Default)]
+pub struct ServeMetrics {
+    cores: Mutex<Vec<Arc<CoreMetrics>>>,
+}
+
+impl ServeMetrics {
+    /// New serve metrics, registered with `registry`.
+    pub fn register(registry: &Registry) -> Arc<Self> {
+        let metrics = Arc::new(Self::default());
+        registry.register(metrics.clone());
+        metrics
+    }
+
+    /// A new core's metrics, counted in from now on.
+    pub fn core(&self) -> Arc<CoreMetrics> {
+        let metrics = Arc::new(CoreMetrics::default());
+        self.cores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(metrics.clone());
+        metrics
+    }
+}
+
+impl Source for ServeMetrics {
+    fn render(&self, out: &mut String) {
+        let cores = self
+            .cores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let sum =
+            |read: &dyn Fn(&CoreMetrics) -> u64| -> u64 { cores.iter().map(|c| read(c)).sum() };
+        let total = |read: &dyn Fn(&CoreMetrics) -> u64| vec![(String::new(), sum(read))];
+        write_family(
+            out,
+            "fastedge_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            &total(&|c| load(&c.accepted)),
+        );
+        write_family(
+            out,
+            "fastedge_connections_active",
+            "gauge",
+            "Client connections open now.",
+            &total(&|c| load(&c.active)),
+        );
+        write_family(
+            out,
+            "fastedge_handshakes_completed_total",
+            "counter",
+            "TLS handshakes completed.",
+            &total(&|c| load(&c.handshakes_ok)),
+        );
+        let closes: Vec<(String, u64)> = CloseClass::ALL
+            .iter()
+            .map(|&class| {
+                (
+                    label("reason", class.label()),
+                    sum(&|c| load(&c.closes[class as usize])),
+                )
+            })
+            .collect();
+        write_family(
+            out,
+            "fastedge_connections_closed_total",
+            "counter",
+            "Client connections closed, by reason.",
+            &closes,
+        );
+        write_family(
+            out,
+            "fastedge_bytes_total",
+            "counter",
+            "Bytes proxied: upstream is client to backend, downstream backend to client.",
+            &[
+                (
+                    label("direction", "upstream"),
+                    sum(&|c| load(&c.bytes_upstream)),
+                ),
+                (
+                    label("direction", "downstream"),
+                    sum(&|c| load(&c.bytes_downstream)),
+                ),
+            ],
+        );
+        let mut backends: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for core in &cores {
+            let map = core.backends.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, counters) in map.iter() {
+                let entry = backends.entry(name.clone()).or_default();
+                entry.0 += counters.connect_failures;
+                entry.1 += u64::from(counters.dead);
+            }
+        }
+        let per_backend = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, u64)> {
+            backends
+                .iter()
+                .map(|(name, v)| (label("backend", name), pick(v)))
+                .collect()
+        };
+        write_family(
+            out,
+            "fastedge_backend_connect_failures_total",
+            "counter",
+            "Failed backend connects.",
+            &per_backend(|v| v.0),
+        );
+        write_family(
+            out,
+            "fastedge_backend_dead_cores",
+            "gauge",
+            "Cores that currently consider the backend dead (health is per core).",
+            &per_backend(|v| v.1),
+        );
+        write_family(
+            out,
+            "fastedge_cores",
+            "gauge",
+            "Executors running.",
+            &[(String::new(), cores.len() as u64)],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cores() {
+        let registry = Registry::new();
+        let serve = ServeMetrics::register(&registry);
+        let (a, b) = (serve.core(), serve.core());
+        a.connection_opened();
+        b.connection_opened();
+        b.connection_opened();
+        a.connection_closed(CloseClass::Idle, 10, 20);
+        b.backend_connect_failed("x:1");
+        b.backend_health("x:1", false);
+        a.backend_health("x:1", true);
+        let text = registry.render();
+        assert!(
+            text.starts_with(
+                "# HELP fastedge_connections_accepted_total Client connections accepted.\n\
+                 # TYPE fastedge_connections_accepted_total counter\n\
+                 fastedge_connections_accepted_total 3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("fastedge_connections_active 2\n"));
+        assert!(text.contains("fastedge_connections_closed_total{reason=\"idle\"} 1\n"));
+        assert!(text.contains("fastedge_connections_closed_total{reason=\"closed\"} 0\n"));
+        assert!(text.contains("fastedge_bytes_total{direction=\"downstream\"} 20\n"));
+        assert!(text.contains("fastedge_backend_connect_failures_total{backend=\"x:1\"} 1\n"));
+        assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
+        assert!(text.ends_with("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
+    }
+}

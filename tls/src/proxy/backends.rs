@@ -1,0 +1,382 @@
+//! The backends of a frontend: backend groups (global and per SNI context), each core's
+//! balancers, the lease a connection holds on its backend, connecting with retries, and the
+//! active health probes.
+
+use std::{
+    cell::RefCell,
+    io,
+    ops::Range,
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use fastedge_runtime::net::{TcpStream, UnixStream};
+use fastedge_wire::balance::{Balancer, HealthChange};
+use futures_io::{AsyncRead, AsyncWrite};
+
+use super::CloseReason;
+use crate::{
+    config::{BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, SniContext},
+    metrics::CoreMetrics,
+    HelloChoice, ServerContext,
+};
+
+/// The shortest wait before a client picks again while every backend is being probed.
+const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
+
+/// What every core serves a frontend with: read-only, shared by all cores.
+#[derive(Debug)]
+pub struct Frontend {
+    /// Counts configuration loads: a core rebuilds its balancer when this changes.
+    pub generation: u64,
+    pub context: ServerContext,
+    pub settings: FrontendSettings,
+    pub balance: BalanceSettings,
+    /// Every backend: the global ones (at least one) first, then each SNI context's own.
+    pub backends: Vec<BackendSpec>,
+    /// Backend groups as ranges of `backends`; group 0 is the global one.
+    pub groups: Vec<Range<usize>>,
+    /// The group of each SNI context (0 for a context without backends of its own).
+    pub context_groups: Vec<usize>,
+}
+
+impl Frontend {
+    /// A frontend over the global `backends` (at least one) and the SNI `contexts`' own.
+    pub fn new(
+        generation: u64,
+        context: ServerContext,
+        settings: FrontendSettings,
+        balance: BalanceSettings,
+        mut backends: Vec<BackendSpec>,
+        contexts: &[SniContext],
+    ) -> Self {
+        let mut groups = Vec::with_capacity(contexts.len() + 1);
+        groups.push(0..backends.len());
+        let mut context_groups = Vec::with_capacity(contexts.len());
+        for c in contexts {
+            if c.backends.is_empty() {
+                context_groups.push(0);
+            } else {
+                let start = backends.len();
+                backends.extend(c.backends.iter().cloned());
+                context_groups.push(groups.len());
+                groups.push(start..backends.len());
+            }
+        }
+        Self {
+            generation,
+            context,
+            settings,
+            balance,
+            backends,
+            groups,
+            context_groups,
+        }
+    }
+
+    /// The backend group for a connection whose ClientHello chose `choice`.
+    pub(super) fn group_of(&self, choice: Option<HelloChoice>) -> usize {
+        choice
+            .and_then(|c| c.context)
+            .and_then(|i| self.context_groups.get(i).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// One core's view of the backends: its own balancer per group and health, shared by that
+/// core's connections only.
+#[derive(Debug, Clone)]
+pub struct CoreBackends {
+    balancers: Vec<Rc<RefCell<Balancer>>>,
+    /// This core's metrics.
+    pub(super) metrics: Arc<CoreMetrics>,
+}
+
+impl CoreBackends {
+    /// Fresh balancers (all backends alive) over `frontend`'s backend groups, counting into
+    /// `metrics`, this core's metrics.
+    pub fn new(frontend: &Frontend, metrics: Arc<CoreMetrics>) -> Self {
+        for backend in &frontend.backends {
+            metrics.backend_health(&backend.name, true);
+        }
+        let balancers = frontend
+            .groups
+            .iter()
+            .map(|range| {
+                Rc::new(RefCell::new(Balancer::new(
+                    frontend.balance.mode,
+                    frontend.balance.health,
+                    range.len(),
+                )))
+            })
+            .collect();
+        Self { balancers, metrics }
+    }
+}
+
+/// A backend chosen by the balancer for one connection; tells the balancer how the pick ended,
+/// on every path: dropped while connecting (the connect task was cancelled) it is abandoned, so
+/// a probe it carried does not stay in flight for good.
+pub(super) struct Lease {
+    balancer: Rc<RefCell<Balancer>>,
+    /// Index in the group's balancer.
+    slot: usize,
+    /// Index in `Frontend::backends`.
+    pub(super) index: usize,
+    state: LeaseState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    Connecting,
+    Connected,
+    /// The balancer was told already (a failed connect).
+    Settled,
+}
+
+impl Lease {
+    /// Picked `slot` (index `index` in `Frontend::backends`) of `balancer`; connecting.
+    fn new(balancer: &Rc<RefCell<Balancer>>, slot: usize, index: usize) -> Self {
+        Self {
+            balancer: balancer.clone(),
+            slot,
+            index,
+            state: LeaseState::Connecting,
+        }
+    }
+
+    /// The connect succeeded: the balancer learns it; the lease now ends with a close.
+    fn connected(&mut self) -> Option<HealthChange> {
+        self.state = LeaseState::Connected;
+        self.balancer.borrow_mut().connected(self.slot)
+    }
+
+    /// The connect failed at `now`: the balancer learns it (instead of a close).
+    fn failed(mut self, now: Instant) -> Option<HealthChange> {
+        self.state = LeaseState::Settled;
+        self.balancer.borrow_mut().connect_failed(self.slot, now)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut balancer = self.balancer.borrow_mut();
+        match self.state {
+            LeaseState::Connecting => balancer.abandoned(self.slot),
+            LeaseState::Connected => balancer.closed(self.slot),
+            LeaseState::Settled => {}
+        }
+    }
+}
+
+/// Logs a health change of backend `slot` of the group starting at `base`.
+fn log_health(
+    frontend: &Frontend,
+    metrics: &CoreMetrics,
+    base: usize,
+    change: Option<HealthChange>,
+) {
+    let change = change.map(|c| match c {
+        HealthChange::Died(slot) => HealthChange::Died(base + slot),
+        HealthChange::Revived(slot) => HealthChange::Revived(base + slot),
+    });
+    match change {
+        Some(HealthChange::Died(i)) => {
+            metrics.backend_health(&frontend.backends[i].name, false);
+            tracing::warn!(
+            backend = %frontend.backends[i].name,
+            revive_in_ms = frontend.balance.health.revive_interval.as_millis() as u64,
+            "backend marked dead on this core"
+            )
+        }
+        Some(HealthChange::Revived(i)) => {
+            metrics.backend_health(&frontend.backends[i].name, true);
+            tracing::info!(backend = %frontend.backends[i].name, "backend alive again on this core")
+        }
+        None => {}
+    }
+}
+
+/// A connected backend: TCP or a UNIX stream socket.
+#[derive(Debug)]
+pub enum BackendStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl BackendStream {
+    /// Connects to `addr`.
+    pub async fn connect(addr: &BackendAddr) -> io::Result<Self> {
+        match addr {
+            BackendAddr::Tcp(addr) => {
+                let stream = TcpStream::connect(*addr).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Self::Tcp(stream))
+            }
+            BackendAddr::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_close(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
+
+/// Active health check: connects to every backend once (with the connect timeout) and tells
+/// this core's balancer how it went.
+pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
+    for (group, range) in frontend.groups.iter().enumerate() {
+        let balancer = &core.balancers[group];
+        for (slot, spec) in frontend.backends[range.clone()].iter().enumerate() {
+            let ok = matches!(
+                fastedge_runtime::timeout(
+                    frontend.balance.connect_timeout,
+                    BackendStream::connect(&spec.addr)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            let change = if ok {
+                balancer.borrow_mut().probe_succeeded(slot)
+            } else {
+                core.metrics.backend_connect_failed(&spec.name);
+                balancer.borrow_mut().probe_failed(slot, Instant::now())
+            };
+            log_health(frontend, &core.metrics, range.start, change);
+        }
+    }
+}
+
+/// Connects to a backend of `group`, retrying over its backends as the balancer picks them;
+/// while every backend is dead and being probed, waits for a verdict within `connect_timeout`
+/// (counted from the start) rather than failing the client at once.
+pub(super) async fn connect_backend(
+    frontend: Arc<Frontend>,
+    core: CoreBackends,
+    group: usize,
+) -> Result<(BackendStream, Lease), CloseReason> {
+    let settings = &frontend.balance;
+    let base = frontend.groups[group].start;
+    let balancer = &core.balancers[group];
+    let mut tried = Vec::new();
+    let mut last = None;
+    let attempts = settings.max_retries.saturating_add(1);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut after_failure = false;
+    while attempt < attempts {
+        if after_failure && !settings.retry_interval.is_zero() {
+            fastedge_runtime::sleep(settings.retry_interval).await;
+        }
+        after_failure = true;
+        let now = Instant::now();
+        let picked = {
+            let mut balancer = balancer.borrow_mut();
+            balancer.pick(now, &tried).or_else(|| {
+                // Every backend failed for this connection once already: go round again.
+                tried.clear();
+                balancer.pick(now, &[])
+            })
+        };
+        let Some(slot) = picked else {
+            // Every backend is dead and being probed: wait for a probe's verdict (a success
+            // revives the backend for us too) while the connect budget lasts, instead of
+            // failing the client at once.
+            let wait = settings.retry_interval.max(MIN_PROBE_WAIT);
+            let budget_left = settings
+                .connect_timeout
+                .saturating_sub(now.saturating_duration_since(started));
+            if !frontend.groups[group].is_empty() && wait < budget_left {
+                fastedge_runtime::sleep(wait).await;
+                after_failure = false;
+                continue;
+            }
+            return Err(match last {
+                None => CloseReason::NoLiveBackend,
+                Some((backend, failure)) => CloseReason::BackendsFailed {
+                    attempts: attempt,
+                    backend,
+                    failure,
+                },
+            });
+        };
+        let mut lease = Lease::new(balancer, slot, base + slot);
+        let spec = &frontend.backends[base + slot];
+        let failure = match fastedge_runtime::timeout(
+            settings.connect_timeout,
+            BackendStream::connect(&spec.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let change = lease.connected();
+                log_health(&frontend, &core.metrics, base, change);
+                return Ok((stream, lease));
+            }
+            Ok(Err(error)) => describe_connect_error(error),
+            Err(_) => format!(
+                "did not accept the connection within {} ms",
+                settings.connect_timeout.as_millis()
+            ),
+        };
+        tracing::debug!(backend = %spec.name, attempt, %failure, "backend connect failed");
+        core.metrics.backend_connect_failed(&spec.name);
+        log_health(&frontend, &core.metrics, base, lease.failed(Instant::now()));
+        tried.push(slot);
+        last = Some((spec.name.clone(), failure));
+        attempt += 1;
+    }
+    let (backend, failure) = last.unwrap_or_else(|| ("-".into(), "no attempt made".into()));
+    Err(CloseReason::BackendsFailed {
+        attempts,
+        backend,
+        failure,
+    })
+}
+
+fn describe_connect_error(error: io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => "refused the connection".to_owned(),
+        io::ErrorKind::TimedOut => "did not answer (connect timed out)".to_owned(),
+        _ => format!("connect failed: {error}"),
+    }
+}

@@ -1,0 +1,252 @@
+//! The proxy connection driver: TLS client in front, plain TCP backend behind.
+//!
+//! The backend connect starts as soon as the ClientHello has been processed, in parallel with
+//! the rest of the TLS handshake (cut-through), so the backend's connect latency hides behind
+//! the handshake's round trips, while a bare TCP connect that never says hello costs no
+//! backend connection; client bytes are not read until the backend is connected, so nothing
+//! the client sends meanwhile is lost (it waits in the socket). Failed connects are retried
+//! over the backends as the balancer decides. Then the backend learns about the client (PROXY
+//! v1/v2, bud's JSON line, and/or `X-Forwarded-*` injected into every request), [`pump`] moves
+//! bytes both ways, and the connection ends with one log line that says why it closed, and a
+//! lingering close.
+
+mod backends;
+mod buffers;
+mod close;
+mod introduce;
+mod pump;
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use boring::{
+    nid::Nid,
+    ssl::{NameType, SslVerifyMode},
+};
+use fastedge_runtime::net::TcpStream;
+use fastedge_wire::{
+    logtext::Untrusted,
+    proxy::{ConnectionAddrs, TlsFacts},
+};
+use futures_lite::AsyncWriteExt;
+
+pub use backends::{probe_backends, BackendStream, CoreBackends, Frontend};
+pub use close::{CloseReason, PumpOutcome, Side};
+pub use pump::{pump, PumpOptions};
+
+use crate::{accept_observed, ServerContext, TlsError, TlsStream};
+use backends::connect_backend;
+use buffers::{borrow_buffer, return_buffer};
+use introduce::{introduce, Client};
+
+/// How long a connection we close keeps reading what the client still sends (see [`linger`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much a lingering connection reads at most before it closes anyway.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// How long a client gets to take our close_notify after a backend failure.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one accepted client connection and logs one line when it ends.
+pub async fn serve_connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    frontend: Arc<Frontend>,
+    core: CoreBackends,
+) {
+    let started = Instant::now();
+    let mut log = ConnectionLog::default();
+    core.metrics.connection_opened();
+    // Boxed: the connection's task then holds only what every phase needs, and the phases'
+    // own state (sized by the largest of them) lives in one allocation of its own.
+    let reason = Box::pin(run(&mut client, peer, local, &frontend, &core, &mut log)).await;
+    core.metrics
+        .connection_closed(reason.class(), log.upstream, log.downstream);
+    tracing::info!(
+        %peer,
+        sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
+        alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
+        tls = log.version.as_deref().unwrap_or("-"),
+        backend = log.backend.as_deref().unwrap_or("-"),
+        upstream = log.upstream,
+        downstream = log.downstream,
+        ms = started.elapsed().as_millis() as u64,
+        %reason,
+        "connection closed"
+    );
+    Box::pin(linger(&mut client)).await;
+}
+
+/// Ends our side of a client connection the way nginx's lingering close does: what we queued
+/// last (an alert, close_notify) goes out, then a FIN; what the client still sends is read and
+/// dropped for a short bounded time, and only then is the socket closed. Closing a socket with
+/// unread input makes the kernel answer with a reset, which can overtake the alert or fail the
+/// client's next write (broken pipe), so the client never learns why it was closed.
+async fn linger(client: &mut TcpStream) {
+    use futures_lite::AsyncReadExt;
+    // An error here means the client is gone already (reset): nothing left to drain.
+    if client.close().await.is_err() {
+        return;
+    }
+    let mut buf = borrow_buffer();
+    let drain = async {
+        let mut left = LINGER_MAX_BYTES;
+        while left > 0 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = fastedge_runtime::timeout(LINGER_TIMEOUT, drain).await;
+    return_buffer(buf);
+}
+
+/// What the close log line tells about a connection.
+#[derive(Debug, Default)]
+struct ConnectionLog {
+    sni: Option<String>,
+    alpn: Option<String>,
+    /// Protocol version, with ` 0-RTT` when early data was accepted.
+    version: Option<String>,
+    backend: Option<String>,
+    upstream: u64,
+    downstream: u64,
+}
+
+async fn run(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    frontend: &Arc<Frontend>,
+    core: &CoreBackends,
+    log: &mut ConnectionLog,
+) -> CloseReason {
+    let ssl = match frontend.context.new_session() {
+        Ok(ssl) => ssl,
+        Err(error) => return CloseReason::Handshake(error),
+    };
+    // Cut-through: the backend connect runs as its own task while the handshake goes on, from
+    // when the ClientHello has been processed (it chose the context, and so the backend
+    // group): not at accept, so that connects which never send a ClientHello cost no backend
+    // connection each.
+    let mut connecting = None;
+    let timeout = frontend.settings.handshake_timeout;
+    // Whether a client certificate is asked for when no SNI selection ran (the context's own
+    // setting): read now, since the connection's configuration is freed after the handshake.
+    let default_cert_requested = ssl.verify_mode() != SslVerifyMode::NONE;
+    let handshake = accept_observed(ssl, client, |ssl| {
+        if connecting.is_none() {
+            if let Some(choice) = ServerContext::hello_choice(ssl) {
+                let group = frontend.group_of(Some(choice));
+                connecting = Some(fastedge_runtime::spawn(connect_backend(
+                    frontend.clone(),
+                    core.clone(),
+                    group,
+                )));
+            }
+        }
+    });
+    // Boxed: the handshake's state is large and lives only until it completes, while the
+    // connection's own future stays allocated for as long as the connection (idle ones too).
+    let mut tls = match Box::pin(fastedge_runtime::timeout(timeout, handshake)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            if let TlsError::Handshake { server_name, .. } = &error {
+                log.sni = server_name.clone();
+            }
+            return CloseReason::Handshake(error);
+        }
+        Err(_) => return CloseReason::HandshakeTimeout(timeout),
+    };
+    let connecting = connecting.unwrap_or_else(|| {
+        let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
+        fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
+    });
+    core.metrics.handshake_ok();
+    let early = frontend.context.early_data_cap().and_then(|cap| {
+        let flag = Arc::new(AtomicBool::new(false));
+        tls.track_early_data(cap, flag.clone());
+        tls.early_data_accepted().then_some(flag)
+    });
+    let facts = tls_facts(&tls);
+    log.sni = facts.server_name.clone();
+    log.alpn = facts
+        .alpn
+        .as_ref()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    log.version = Some(if early.is_some() {
+        format!("{} 0-RTT", tls.ssl().version_str())
+    } else {
+        tls.ssl().version_str().to_owned()
+    });
+    let (mut backend, lease) = match connecting.await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            let _ = fastedge_runtime::timeout(GOODBYE_TIMEOUT, tls.close()).await;
+            return reason;
+        }
+    };
+    let spec = &frontend.backends[lease.index];
+    log.backend = Some(spec.name.clone());
+    let peer_cert = tls.ssl().peer_certificate();
+    let client = Client {
+        addrs: ConnectionAddrs {
+            client: peer,
+            local,
+        },
+        tls: facts,
+        cert: peer_cert.as_deref(),
+        trusted: frontend
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|p| p.contains(peer.ip())),
+        cert_requested: ServerContext::hello_choice(tls.ssl())
+            .map_or(default_cert_requested, |choice| choice.cert_requested),
+    };
+    let mut injector = match introduce(&mut backend, spec, client).await {
+        Ok(injector) => injector,
+        Err(reason) => return reason,
+    };
+    let options = PumpOptions {
+        injector: injector.as_mut(),
+        half_open: frontend.settings.allow_half_open,
+        idle_timeout: Some(frontend.settings.idle_timeout),
+        head_timeout: Some(frontend.settings.request_head_timeout),
+        early,
+    };
+    // Boxed: the pump is what an idle connection waits in; its state alone stays allocated,
+    // not the larger state of the phases before it.
+    let outcome = Box::pin(pump(&mut tls, &mut backend, options)).await;
+    log.upstream = outcome.upstream;
+    log.downstream = outcome.downstream;
+    drop(lease);
+    outcome.reason
+}
+
+fn tls_facts<S>(tls: &TlsStream<S>) -> TlsFacts {
+    let ssl = tls.ssl();
+    // A handshake that completed with a peer certificate verified it (verification failures
+    // abort the handshake).
+    let peer = ssl.peer_certificate();
+    TlsFacts {
+        alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+        server_name: ssl.servername(NameType::HOST_NAME).map(str::to_owned),
+        version: Some(ssl.version_str().to_owned()),
+        cipher: ssl.current_cipher().map(|c| c.name().to_owned()),
+        client_cn: peer.as_ref().and_then(|c| {
+            let entry = c.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
+            Some(entry.data().as_utf8().ok()?.to_string())
+        }),
+        client_cert: peer.is_some(),
+        verify_result: match ssl.verify_result() {
+            Ok(()) => 0,
+            Err(error) => u32::try_from(error.as_raw()).unwrap_or(u32::MAX),
+        },
+        client_cert_der: None,
+    }
+}

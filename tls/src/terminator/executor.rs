@@ -1,0 +1,211 @@
+//! What runs on each executor of the terminator: the accept loops (one per listen address), the
+//! active health checks, this core's balancers (rebuilt after a reload), and the drain at stop.
+
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use fastedge_runtime::{BoundListener, ConnectionLimit, Core, Shutdown};
+
+use crate::{
+    metrics::{CloseClass, CoreMetrics},
+    proxy::{probe_backends, serve_connection, CoreBackends, Frontend},
+};
+
+/// How long accepting pauses after a failure such as EMFILE.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// How long after its last failure an accept pause counts as over.
+const ACCEPT_CALM: Duration = Duration::from_secs(1);
+
+/// What each executor takes for itself at start: its listeners, bound before it started.
+#[derive(Debug)]
+pub(super) struct CoreSetup {
+    /// One SO_REUSEPORT socket per listen address.
+    pub frontends: Vec<BoundListener>,
+    /// This core's socket of the demo backend, when it runs.
+    pub demo: Option<BoundListener>,
+}
+
+/// This core's balancers, tagged with the configuration generation they were made for.
+type BackendSlot = Rc<RefCell<Option<(u64, CoreBackends)>>>;
+
+/// The main future of one executor: serves until `shutdown`, then drains for the configured
+/// `drain_timeout` and returns.
+pub(super) async fn run_core(
+    core: Core,
+    setup: CoreSetup,
+    current: Arc<ArcSwap<Frontend>>,
+    metrics: Arc<CoreMetrics>,
+    max_connections: u32,
+    shutdown: Shutdown,
+) {
+    let demo_open = ConnectionLimit::new(u32::MAX);
+    if let Some(demo) = setup.demo {
+        match demo.into_listener() {
+            Ok(demo) => {
+                let (stop, open) = (shutdown.clone(), demo_open.clone());
+                fastedge_runtime::spawn_detached(super::demo::run(demo, core, stop, open));
+            }
+            Err(error) => tracing::error!(%error, "demo backend listener"),
+        }
+    }
+    let limit = ConnectionLimit::new(max_connections);
+    let backends: BackendSlot = Rc::new(RefCell::new(None));
+    fastedge_runtime::spawn_detached(health_check_loop(
+        current.clone(),
+        backends.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let mut accepting = Vec::new();
+    for listener in setup.frontends {
+        accepting.push(fastedge_runtime::spawn(accept_loop(
+            listener,
+            current.clone(),
+            backends.clone(),
+            metrics.clone(),
+            limit.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for task in accepting {
+        task.await;
+    }
+    let drain_timeout = current.load().settings.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
+    let open = limit.open();
+    if open > 0 {
+        tracing::info!(cpu = core.cpu, open, "draining open connections");
+        let left = limit.drain(drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(cpu = core.cpu, left, "drain timeout: closing connections");
+        }
+    }
+    // Demo backend connections of this core may serve other cores' clients: they go last,
+    // within the same deadline.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    demo_open.drain(remaining).await;
+}
+
+async fn accept_loop(
+    listener: BoundListener,
+    current: Arc<ArcSwap<Frontend>>,
+    core_backends: BackendSlot,
+    metrics: Arc<CoreMetrics>,
+    limit: ConnectionLimit,
+    shutdown: Shutdown,
+) {
+    let listener = match listener.into_listener() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "listener could not join this core's executor");
+            return;
+        }
+    };
+    let local_default = listener.local_addr().ok();
+    let mut paused: Option<(Instant, u32)> = None;
+    loop {
+        // Take a slot first: at the cap, clients wait in the accept queue.
+        let Some(permit) = shutdown.until(limit.acquire()).await else {
+            return;
+        };
+        let accepted = shutdown.until(listener.accept()).await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                // EMFILE and friends: pause accepting (one log line), retry after a pause;
+                // connections wait in the kernel's accept queue meanwhile.
+                match &mut paused {
+                    None => {
+                        tracing::warn!(%error, "accept failed: pausing accepts until it succeeds");
+                        paused = Some((Instant::now(), 1));
+                    }
+                    Some((last, failures)) => {
+                        *last = Instant::now();
+                        *failures += 1;
+                    }
+                }
+                drop(permit);
+                fastedge_runtime::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        // One pause is over once accepts have gone on failing for ACCEPT_CALM: a backlog that
+        // refills the descriptor table in bursts is one episode, not a log line per burst.
+        if let Some((last, failures)) = paused {
+            if last.elapsed() >= ACCEPT_CALM {
+                tracing::info!(failures, "accepting again");
+                paused = None;
+            }
+        }
+        let (Ok(peer), Some(local)) = (
+            stream.peer_addr(),
+            stream.local_addr().ok().or(local_default),
+        ) else {
+            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
+            // and closed by a client error, as the metrics must say.
+            tracing::debug!("connection gone before it could be served");
+            metrics.connection_opened();
+            metrics.connection_closed(CloseClass::ClientError, 0, 0);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        // The configuration of the moment; a reload builds this core a new balancer.
+        let frontend = current.load_full();
+        let backends = backends_for(&core_backends, &frontend, &metrics);
+        fastedge_runtime::spawn_detached(async move {
+            serve_connection(stream, peer, local, frontend, backends).await;
+            drop(permit);
+        });
+    }
+}
+
+/// This core's balancer for `frontend`'s generation, made on first use after a reload.
+fn backends_for(
+    slot: &RefCell<Option<(u64, CoreBackends)>>,
+    frontend: &Frontend,
+    metrics: &Arc<CoreMetrics>,
+) -> CoreBackends {
+    let mut slot = slot.borrow_mut();
+    match &*slot {
+        Some((generation, backends)) if *generation == frontend.generation => backends.clone(),
+        _ => {
+            let backends = CoreBackends::new(frontend, metrics.clone());
+            *slot = Some((frontend.generation, backends.clone()));
+            backends
+        }
+    }
+}
+
+/// Active health checks of this core, at the configured interval (followed across reloads).
+async fn health_check_loop(
+    current: Arc<ArcSwap<Frontend>>,
+    core_backends: BackendSlot,
+    metrics: Arc<CoreMetrics>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let interval = current
+            .load()
+            .balance
+            .health_check_interval
+            .unwrap_or(Duration::from_secs(1));
+        if shutdown
+            .until(fastedge_runtime::sleep(interval))
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let frontend = current.load_full();
+        if frontend.balance.health_check_interval.is_some() {
+            let backends = backends_for(&core_backends, &frontend, &metrics);
+            probe_backends(&frontend, &backends).await;
+        }
+    }
+}

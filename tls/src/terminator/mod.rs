@@ -1,0 +1,623 @@
+//! The terminator: TLS termination in front of TCP backends, as `fastedge serve` runs it, for
+//! any program to embed.
+//!
+//! A [`Terminator`] is built from a validated [`ServeConfig`] (or a TOML string,
+//! [`Terminator::from_toml`]) and started on a CPU list ([`Terminator::on_cpus`], else the
+//! config's `cores`, else every CPU the process may use). [`Terminator::start`] binds every
+//! listener (one SO_REUSEPORT socket per CPU and address), loads the certificates, drops
+//! privileges when the config names a user, and starts one pinned executor per CPU; each runs
+//! the accept loops, the active health checks and its own balancers. The returned
+//! [`TerminatorHandle`] reloads the configuration for new connections, drains, stops, and
+//! reads the metrics.
+//!
+//! With no backend configured, a built-in demo backend on loopback answers every request with
+//! the request head as it reached it; with no certificate, a self-signed one is created once in
+//! the state directory ([`Terminator::state_dir`]).
+//!
+//! Owns: the supervisor of `serve` (start-up order, accept, health, reload, drain, stop).
+//! Does not own: signals, reading files or the environment, printing (the embedder's or the
+//! binary's), nor what happens on one connection ([`crate::proxy`]).
+
+mod demo;
+mod executor;
+mod ticket_ipc;
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use fastedge_runtime::{
+    bind_reuseport, drop_privileges, metrics::Registry, raise_nofile_limit, BoundListener, CpuList,
+    CpuListError, Executors, ProcessError, RuntimeError, Shutdown,
+};
+
+use crate::{
+    config::{
+        BackendAddr, BackendSpec, CertificateSpec, ConfigError, ProxyPrefix, ServeConfig,
+        TlsSettings,
+    },
+    metrics::ServeMetrics,
+    proxy::Frontend,
+    SelfSigned, ServerContext, TlsError,
+};
+
+use executor::CoreSetup;
+
+/// Why a terminator could not start, check or reload its configuration. Each variant names
+/// what it was doing; [`TerminatorError::is_config`] tells bad configuration from failures of
+/// the system.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminatorError {
+    /// The configuration document is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The CPU list names CPUs this process may not run on, or the process's CPUs could not be
+    /// read.
+    #[error("cores {cpus}: {error}")]
+    Cores {
+        /// The CPU list asked for (`all` for every available CPU).
+        cpus: String,
+        /// Why it cannot be used.
+        error: CpuListError,
+    },
+    /// A certificate, key, CA bundle or other TLS setting could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// An SNI context, checked on its own, could not be loaded.
+    #[error("context[{index}]: {error}")]
+    Context {
+        /// Its position among the `[[context]]` tables.
+        index: usize,
+        /// Why it could not be loaded.
+        error: TlsError,
+    },
+    /// A reload lists no backend, but the demo backend runs only when the terminator starts
+    /// without backends.
+    #[error(
+        "no [[backend]] configured (the demo backend runs only when fastedge starts without backends)"
+    )]
+    NoBackend,
+    /// No certificate is configured and no state directory was given to keep the demo
+    /// certificate in.
+    #[error("no certificate configured and no state directory for the demo certificate")]
+    NoStateDir,
+    /// The demo certificate could not be created.
+    #[error("demo certificate in {dir}: {error}")]
+    DemoCertificate {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        error: String,
+    },
+    /// A listen address could not be bound.
+    #[error(transparent)]
+    Listen(RuntimeError),
+    /// The demo backend's loopback listener could not be bound.
+    #[error("demo backend: {0}")]
+    DemoBackend(RuntimeError),
+    /// `metrics_listen` could not be bound.
+    #[error("metrics_listen {addr}: {error}")]
+    MetricsListen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        error: io::Error,
+    },
+    /// The metrics thread could not start.
+    #[error("starting the metrics thread: {0}")]
+    MetricsThread(io::Error),
+    /// Privileges could not be dropped to the configured user and group.
+    #[error(transparent)]
+    Privileges(ProcessError),
+    /// An executor could not start or ended abnormally.
+    #[error(transparent)]
+    Executors(RuntimeError),
+}
+
+impl TerminatorError {
+    /// Whether the configuration (or what it names: files, addresses, users) is at fault, as
+    /// opposed to the system the terminator runs on. `fastedge serve` exits with 2 for these,
+    /// 1 for the others.
+    pub fn is_config(&self) -> bool {
+        match self {
+            TerminatorError::Config(_)
+            | TerminatorError::Tls(_)
+            | TerminatorError::Context { .. }
+            | TerminatorError::NoBackend
+            | TerminatorError::NoStateDir
+            | TerminatorError::Listen(_)
+            | TerminatorError::MetricsListen { .. }
+            | TerminatorError::Privileges(_) => true,
+            TerminatorError::Cores { error, .. } => !matches!(error, CpuListError::Affinity(_)),
+            TerminatorError::DemoCertificate { .. }
+            | TerminatorError::DemoBackend(_)
+            | TerminatorError::MetricsThread(_)
+            | TerminatorError::Executors(_) => false,
+        }
+    }
+}
+
+/// A TLS terminator, configured and not yet started.
+#[derive(Debug)]
+pub struct Terminator {
+    config: ServeConfig,
+    cpus: Option<CpuList>,
+    state_dir: Option<PathBuf>,
+}
+
+impl Terminator {
+    /// A terminator for `config`. Where backends get forwarding headers (HTTP/1 only), `h2` is
+    /// left out of the ALPN lists ([`ServeConfig::leave_out_h2_where_injecting`]), with a
+    /// warning logged for each list.
+    pub fn new(mut config: ServeConfig) -> Self {
+        warn_h2_left_out(&mut config);
+        Self {
+            config,
+            cpus: None,
+            state_dir: None,
+        }
+    }
+
+    /// A terminator for a TOML configuration document (see [`crate::config::DEFAULT_CONFIG`]).
+    pub fn from_toml(text: &str) -> Result<Self, TerminatorError> {
+        Ok(Self::new(ServeConfig::parse(text)?))
+    }
+
+    /// Runs on `cpus`, one executor each, instead of the configuration's `cores`.
+    pub fn on_cpus(mut self, cpus: CpuList) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// Keeps the demo certificate (used when no certificate is configured) in `dir`, creating
+    /// it there on first use.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The configuration it will start with.
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    /// Loads everything the configuration names that can be loaded without starting:
+    /// certificates and keys (decrypting them), CA bundles, ticket keys. Without a configured
+    /// certificate (the demo certificate will be the default), each SNI context is loaded on
+    /// its own.
+    pub fn check(&self) -> Result<(), TerminatorError> {
+        let tls = &self.config.tls;
+        if !tls.certificates.is_empty() {
+            ServerContext::from_settings(tls)?;
+            return Ok(());
+        }
+        for (index, c) in tls.contexts.iter().enumerate() {
+            let alone = TlsSettings {
+                certificates: c.certificates.clone(),
+                ciphers: c.ciphers.clone(),
+                alpn: c.alpn.clone(),
+                client_auth: c.client_auth.clone(),
+                contexts: Vec::new(),
+                ..tls.clone()
+            };
+            ServerContext::from_settings(&alone)
+                .map_err(|error| TerminatorError::Context { index, error })?;
+        }
+        Ok(())
+    }
+
+    /// Starts serving: binds every listener (and the demo backend's, without backends), loads
+    /// the certificates, serves metrics on `metrics_listen`, drops privileges to the
+    /// configured user, starts reading ticket keys from standard input when
+    /// `tls.ticket_key_stdin` asks for it, and starts one executor per CPU. Also raises the
+    /// process's open-files limit to its hard limit (a proxy needs two descriptors per
+    /// connection). Executors inherit the calling thread's signal mask.
+    pub fn start(self) -> Result<TerminatorHandle, TerminatorError> {
+        let Terminator {
+            config,
+            cpus,
+            state_dir,
+        } = self;
+        match raise_nofile_limit() {
+            Ok(limit) => tracing::debug!(limit, "open-files limit"),
+            Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+        }
+        let available = CpuList::available().map_err(|error| TerminatorError::Cores {
+            cpus: "all".into(),
+            error,
+        })?;
+        let cpus = match cpus.or_else(|| config.cores.clone()) {
+            Some(list) => {
+                list.check_within(&available)
+                    .map_err(|error| TerminatorError::Cores {
+                        cpus: list.to_string(),
+                        error,
+                    })?;
+                list
+            }
+            None => available,
+        };
+        // Bind everything before starting any executor or dropping privileges.
+        let cores = cpus.len();
+        let mut demo = None;
+        let mut demo_addr = None;
+        if config.backends.is_empty() {
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            let listeners = bind_reuseport(loopback, cores, config.frontend.backlog)
+                .map_err(TerminatorError::DemoBackend)?;
+            let addr = listeners[0].local_addr();
+            tracing::info!(%addr, "demo backend listening (no backend configured)");
+            demo_addr = Some(addr);
+            demo = Some(listeners);
+        }
+        let loader = Loader {
+            state_dir,
+            demo_addr,
+        };
+        let frontend = loader.frontend(&config, 0, None)?;
+        let mut per_frontend = Vec::new();
+        let mut listening = Vec::new();
+        for addr in &config.frontend.listen {
+            let listeners = bind_reuseport(*addr, cores, config.frontend.backlog)
+                .map_err(TerminatorError::Listen)?;
+            let local = listeners[0].local_addr();
+            tracing::info!(addr = %local, cores = %cpus, "listening");
+            listening.push(local);
+            per_frontend.push(listeners);
+        }
+        for backend in &frontend.backends {
+            tracing::info!(
+                backend = %backend.name,
+                addr = %backend.addr,
+                proxy_protocol = ?backend.proxy_protocol,
+                x_forwarded = backend.x_forwarded,
+                forwarded = backend.forwarded,
+                balance = ?config.balance.mode,
+                "backend"
+            );
+        }
+        let registry = Registry::new();
+        let serve_metrics = ServeMetrics::register(&registry);
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let metrics_error = |error| TerminatorError::MetricsListen { addr, error };
+            let listener = std::net::TcpListener::bind(addr).map_err(metrics_error)?;
+            let local = listener.local_addr().map_err(metrics_error)?;
+            tracing::info!(addr = %local, "metrics listening (GET /metrics)");
+            fastedge_runtime::metrics::serve_http(listener, registry.clone())
+                .map_err(TerminatorError::MetricsThread)?;
+            metrics_addr = Some(local);
+        }
+        if let Some(user) = &config.user {
+            let (uid, gid) = drop_privileges(user, config.group.as_deref())
+                .map_err(TerminatorError::Privileges)?;
+            tracing::info!(%user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
+        }
+        let mut setups = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            setups.push(CoreSetup {
+                frontends: per_frontend.iter_mut().filter_map(Vec::pop).collect(),
+                demo: demo.as_mut().and_then(|d: &mut Vec<BoundListener>| d.pop()),
+            });
+        }
+        let mut setups = setups.into_iter();
+
+        let shutdown = Shutdown::new();
+        let max_connections = frontend.settings.max_connections;
+        let current = Arc::new(ArcSwap::from_pointee(frontend));
+        if config.tls.resumption.ticket_key_stdin {
+            ticket_ipc::spawn_reader(io::stdin(), current.clone());
+        }
+        tracing::info!(engine = %config.engine, "starting executors");
+        let executors = Executors::spawn_on(config.engine, "fastedge", &cpus, |core| {
+            let setup = setups.next();
+            let current = current.clone();
+            let shutdown = shutdown.clone();
+            let metrics = serve_metrics.core();
+            move || async move {
+                let Some(setup) = setup else { return };
+                executor::run_core(core, setup, current, metrics, max_connections, shutdown).await;
+            }
+        })
+        .map_err(TerminatorError::Executors)?;
+        Ok(TerminatorHandle {
+            current,
+            started: config,
+            loader,
+            generation: Mutex::new(0),
+            shutdown,
+            executors: Some(executors),
+            registry,
+            listening,
+            metrics_addr,
+            cpus,
+        })
+    }
+}
+
+/// A running terminator. Dropping it stops the terminator as [`TerminatorHandle::stop`] does
+/// (ignoring how the executors ended).
+#[derive(Debug)]
+pub struct TerminatorHandle {
+    current: Arc<ArcSwap<Frontend>>,
+    /// The configuration it started with: settings fixed at start are compared against it.
+    started: ServeConfig,
+    loader: Loader,
+    /// Configuration loads so far; held while one is loaded, so reloads happen one at a time.
+    generation: Mutex<u64>,
+    shutdown: Shutdown,
+    executors: Option<Executors<()>>,
+    registry: Registry,
+    listening: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    cpus: CpuList,
+}
+
+impl TerminatorHandle {
+    /// The addresses accepting TLS connections, in `frontend.listen` order (with the port the
+    /// kernel chose where the configuration says port 0).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listening
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The demo backend's loopback address, when it runs (no backend configured at start).
+    pub fn demo_backend(&self) -> Option<SocketAddr> {
+        self.loader.demo_addr
+    }
+
+    /// The CPUs the executors run on.
+    pub fn cpus(&self) -> &CpuList {
+        &self.cpus
+    }
+
+    /// How many times the configuration was reloaded successfully.
+    pub fn generation(&self) -> u64 {
+        *self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every core's metrics, summed, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.registry.render()
+    }
+
+    /// The metrics registry the executors count into.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Swaps in `config` for new connections: its certificates are loaded (ticket keys carry
+    /// over) and each core builds new balancers. Open connections keep the configuration they
+    /// started with. Settings fixed at start (`cores`, `engine`, `user`/`group`,
+    /// `frontend.listen`, `frontend.backlog`, `frontend.max_connections`) are reported in the
+    /// log, not changed. On failure the running configuration stays, and the reason is logged
+    /// and returned. Returns the new generation.
+    pub fn reload(&self, mut config: ServeConfig) -> Result<u64, TerminatorError> {
+        let mut generation = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        warn_h2_left_out(&mut config);
+        let started = &self.started;
+        let fixed = [
+            ("cores", config.cores != started.cores),
+            ("engine", config.engine != started.engine),
+            (
+                "user/group",
+                config.user != started.user || config.group != started.group,
+            ),
+            (
+                "frontend.listen",
+                config.frontend.listen != started.frontend.listen,
+            ),
+            (
+                "frontend.backlog",
+                config.frontend.backlog != started.frontend.backlog,
+            ),
+            (
+                "frontend.max_connections",
+                config.frontend.max_connections != started.frontend.max_connections,
+            ),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the configuration; takes effect at the next restart"
+                );
+            }
+        }
+        let next = *generation + 1;
+        let loaded = self
+            .loader
+            .frontend(&config, next, Some(&self.current.load().context));
+        match loaded {
+            Ok(frontend) => {
+                let backends = frontend.backends.len();
+                self.current.store(Arc::new(frontend));
+                *generation = next;
+                tracing::info!(
+                    generation = next,
+                    backends,
+                    "reloaded: new connections use the new configuration"
+                );
+                Ok(next)
+            }
+            Err(error) => {
+                tracing::error!("reload failed, keeping the running configuration: {error}");
+                Err(error)
+            }
+        }
+    }
+
+    /// [`TerminatorHandle::reload`] with a TOML configuration document.
+    pub fn reload_toml(&self, text: &str) -> Result<u64, TerminatorError> {
+        let config = ServeConfig::parse(text).inspect_err(|error| {
+            tracing::error!("reload failed, keeping the running configuration: {error}");
+        })?;
+        self.reload(config)
+    }
+
+    /// How long open connections get to finish once draining starts (of the configuration
+    /// now running).
+    pub fn drain_timeout(&self) -> Duration {
+        self.current.load().settings.drain_timeout
+    }
+
+    /// Stops accepting on every core; open connections get the drain timeout to finish, then
+    /// are closed and the executors end. Returns at once; [`TerminatorHandle::join`] waits.
+    pub fn drain(&self) {
+        if !self.shutdown.is_triggered() {
+            tracing::info!(
+                drain_ms = self.drain_timeout().as_millis() as u64,
+                "stopping: no new connections accepted"
+            );
+        }
+        self.shutdown.trigger();
+    }
+
+    /// Whether [`TerminatorHandle::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Waits for every executor to end (after [`TerminatorHandle::drain`]; without it, this
+    /// waits for good).
+    pub fn join(mut self) -> Result<(), TerminatorError> {
+        self.join_executors()
+    }
+
+    /// Drains and waits for every executor to end.
+    pub fn stop(self) -> Result<(), TerminatorError> {
+        self.drain();
+        self.join()
+    }
+
+    fn join_executors(&mut self) -> Result<(), TerminatorError> {
+        if let Some(executors) = self.executors.take() {
+            executors.join().map_err(TerminatorError::Executors)?;
+            tracing::info!("stopped");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TerminatorHandle {
+    fn drop(&mut self) {
+        if self.executors.is_some() {
+            self.drain();
+            let _ = self.join_executors();
+        }
+    }
+}
+
+/// Leaves `h2` out where backends get forwarding headers, with a warning for each ALPN list.
+fn warn_h2_left_out(config: &mut ServeConfig) {
+    for key in config.leave_out_h2_where_injecting() {
+        tracing::warn!(
+            "{key}: h2 left out, its backends get forwarding headers (HTTP/1 only); use \
+             proxy_protocol = \"v2\" to tell HTTP/2 backends about clients"
+        );
+    }
+}
+
+/// Turns configurations into what the cores serve, the same way at start and at each reload.
+#[derive(Debug, Clone)]
+struct Loader {
+    /// Where the demo certificate is kept.
+    state_dir: Option<PathBuf>,
+    /// The demo backend, when it runs.
+    demo_addr: Option<SocketAddr>,
+}
+
+impl Loader {
+    /// The context and backends `config` describes, with the demo backend standing in when it
+    /// lists none.
+    fn frontend(
+        &self,
+        config: &ServeConfig,
+        generation: u64,
+        previous: Option<&ServerContext>,
+    ) -> Result<Frontend, TerminatorError> {
+        let context = self.context(config, previous)?;
+        let mut backends = config.backends.clone();
+        if backends.is_empty() {
+            let addr = self.demo_addr.ok_or(TerminatorError::NoBackend)?;
+            backends.push(BackendSpec {
+                name: addr.to_string(),
+                addr: BackendAddr::Tcp(addr),
+                proxy_protocol: ProxyPrefix::None,
+                x_forwarded: false,
+                forwarded: false,
+                send_client_cert: false,
+            });
+        }
+        Ok(Frontend::new(
+            generation,
+            context,
+            config.frontend.clone(),
+            config.balance,
+            backends,
+            &config.tls.contexts,
+        ))
+    }
+
+    /// The server context of `config`, with the demo certificate when it names none.
+    fn context(
+        &self,
+        config: &ServeConfig,
+        previous: Option<&ServerContext>,
+    ) -> Result<ServerContext, TerminatorError> {
+        if !config.tls.certificates.is_empty() {
+            return Ok(ServerContext::from_settings_keeping(&config.tls, previous)?);
+        }
+        let dir = self
+            .state_dir
+            .as_deref()
+            .ok_or(TerminatorError::NoStateDir)?;
+        let (cert, key) = ensure_demo_certificate(dir)?;
+        let demo_tls = TlsSettings {
+            certificates: vec![CertificateSpec {
+                cert,
+                key,
+                passphrase: None,
+                key_server: None,
+                ocsp_staple: None,
+            }],
+            ..config.tls.clone()
+        };
+        Ok(ServerContext::from_settings_keeping(&demo_tls, previous)?)
+    }
+}
+
+/// The demo certificate in `dir`, created on first use.
+fn ensure_demo_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), TerminatorError> {
+    let cert = dir.join("demo-cert.pem");
+    let key = dir.join("demo-key.pem");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let failed = |error: String| TerminatorError::DemoCertificate {
+        dir: dir.to_owned(),
+        error,
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| failed(format!("creating the state directory: {e}")))?;
+    SelfSigned::generate(&["localhost", "127.0.0.1", "::1"], 365)
+        .and_then(|demo| demo.write_pem(&cert, &key))
+        .map_err(|e| failed(e.to_string()))?;
+    tracing::info!(cert = %cert.display(), "created a self-signed demo certificate");
+    Ok((cert, key))
+}
