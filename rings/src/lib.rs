@@ -15,6 +15,7 @@ pub mod gen;
 pub mod pcap;
 pub mod pipeline;
 pub mod shm;
+mod sigbus;
 pub mod split;
 pub mod xdp;
 
