@@ -49,6 +49,38 @@ fn pipeline(c: &mut Criterion) {
                 timed
             })
         });
+        // The same with the end of an engine batch every 64 frames (`flush_outputs`: waking
+        // sleeping consumers, none here, so the cost of looking).
+        group.bench_function(
+            format!("parse+hash+enqueue+batch_end/64B/{ways}_ways"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    let mut done = 0u64;
+                    let mut next = 0usize;
+                    while done < iters {
+                        let n = (iters - done).min(BATCH as u64) as usize;
+                        let start = Instant::now();
+                        for i in 0..n {
+                            pipeline.push(black_box(&frames[next]), 1);
+                            next = (next + 1) % frames.len();
+                            if i % 64 == 63 {
+                                pipeline.flush_outputs();
+                            }
+                        }
+                        pipeline.flush_outputs();
+                        timed += start.elapsed();
+                        done += n as u64;
+                        for consumer in &mut consumers {
+                            consumer.read_batch(usize::MAX, |r| {
+                                black_box(r.data.len());
+                            });
+                        }
+                    }
+                    timed
+                })
+            },
+        );
         let dropped: u64 = pipeline.way_stats().iter().map(|w| w.dropped_full).sum();
         assert_eq!(dropped, 0, "every timed push was an enqueue");
         drop(consumers);

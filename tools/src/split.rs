@@ -957,7 +957,9 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
             written += n as u64;
             if n == 0 {
                 out.flush()?;
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                // Asleep until the distributor wakes us with the next frame; the timeout only
+                // bounds how long a stop request waits.
+                consumer.wait_readable(std::time::Duration::from_millis(200));
             }
         }
         out.flush()
