@@ -1323,7 +1323,7 @@ mod tests {
             Producer::create(&path, 1000),
             Err(ShmError::Capacity(1000))
         ));
-        let bogus = temp_path("bogus");
+        let bogus = path.with_file_name("way-bogus");
         std::fs::write(&bogus, vec![0u8; HEADER + LANE_HEADER + 64 * 1024]).unwrap();
         std::fs::write(position_path(&bogus), vec![0u8; 4096]).unwrap();
         for file in [bogus.clone(), position_path(&bogus)] {
@@ -1470,7 +1470,7 @@ mod tests {
             Err(ShmError::Untrusted { .. })
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let link = temp_path("link");
+        let link = path.with_file_name("way-link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         std::fs::copy(position_path(&path), position_path(&link)).unwrap();
         assert!(
