@@ -2,7 +2,9 @@
 //! shared-memory way (a pipeline of one LoadBalancer over 4 and 64 ways), and the shm ring alone
 //! (enqueue, dequeue). Frames are 64-byte UDP/IPv4 frames of 1,024 flows, both directions, from
 //! the generator's own frame writer. The ways are drained between timed batches, so every
-//! timed push is a real enqueue (not a cheaper "way full" drop).
+//! timed push is a real enqueue (not a cheaper "way full" drop). The `batch_end` and `publish`
+//! variants add the end of an engine batch (waking sleeping consumers: none here, so the cost
+//! of looking).
 
 use std::time::{Duration, Instant};
 
@@ -108,6 +110,25 @@ fn ring(c: &mut Criterion) {
                 let n = (iters - done).min(BATCH as u64) as usize;
                 for frame in frames.iter().take(n) {
                     producer.push(black_box(frame), 1, 7);
+                }
+                consumer.read_batch(usize::MAX, |r| {
+                    black_box(r.data.len());
+                });
+                done += n as u64;
+            }
+            start.elapsed()
+        })
+    });
+    // The worst case of a batch end: one after every packet (a batch of one), nobody asleep.
+    group.bench_function("enqueue+publish+dequeue/64B", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut done = 0u64;
+            while done < iters {
+                let n = (iters - done).min(BATCH as u64) as usize;
+                for frame in frames.iter().take(n) {
+                    producer.push(black_box(frame), 1, 7);
+                    producer.publish();
                 }
                 consumer.read_batch(usize::MAX, |r| {
                     black_box(r.data.len());
