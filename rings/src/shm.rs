@@ -681,7 +681,8 @@ impl Producer {
     }
 
     /// Appends one packet; returns false (and counts a drop) when the lane is full or the
-    /// packet cannot fit at all. Never waits.
+    /// packet cannot fit at all. Never waits. A consumer that sleeps sees it once the batch
+    /// ends with [`Producer::publish`] (or [`publish`]).
     #[inline]
     pub fn push(&mut self, packet: &[u8], timestamp_ns: u64, flow_hash: u64) -> bool {
         let lane = self.lane;

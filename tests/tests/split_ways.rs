@@ -1,6 +1,7 @@
 //! `fastedge split` on a veth end inside a namespace, fed crafted frames from the peer
 //! namespace: every frame arrives exactly once across the ways, both directions of a flow and
-//! all fragments of a datagram land on one way; `fastedge tap` streams a way to tcpdump.
+//! all fragments of a datagram land on one way; `fastedge tap` streams a way to tcpdump, and
+//! sleeps while there is nothing to read.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
