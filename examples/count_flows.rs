@@ -36,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         if read == 0 {
-            std::thread::sleep(Duration::from_millis(1));
+            // Asleep until the splitter publishes the next frames (no polling).
+            consumer.wait_readable(Duration::from_millis(500));
         } else {
             last = Instant::now();
         }

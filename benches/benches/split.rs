@@ -2,7 +2,9 @@
 //! shared-memory way (a pipeline of one LoadBalancer over 4 and 64 ways), and the shm ring alone
 //! (enqueue, dequeue). Frames are 64-byte UDP/IPv4 frames of 1,024 flows, both directions, from
 //! the generator's own frame writer. The ways are drained between timed batches, so every
-//! timed push is a real enqueue (not a cheaper "way full" drop).
+//! timed push is a real enqueue (not a cheaper "way full" drop). The `batch_end` and `publish`
+//! variants add the end of an engine batch (waking sleeping consumers: none here, so the cost
+//! of looking).
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,38 @@ fn pipeline(c: &mut Criterion) {
                 timed
             })
         });
+        // The same with the end of an engine batch every 64 frames (`flush_outputs`: waking
+        // sleeping consumers, none here, so the cost of looking).
+        group.bench_function(
+            format!("parse+hash+enqueue+batch_end/64B/{ways}_ways"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    let mut done = 0u64;
+                    let mut next = 0usize;
+                    while done < iters {
+                        let n = (iters - done).min(BATCH as u64) as usize;
+                        let start = Instant::now();
+                        for i in 0..n {
+                            pipeline.push(black_box(&frames[next]), 1);
+                            next = (next + 1) % frames.len();
+                            if i % 64 == 63 {
+                                pipeline.flush_outputs();
+                            }
+                        }
+                        pipeline.flush_outputs();
+                        timed += start.elapsed();
+                        done += n as u64;
+                        for consumer in &mut consumers {
+                            consumer.read_batch(usize::MAX, |r| {
+                                black_box(r.data.len());
+                            });
+                        }
+                    }
+                    timed
+                })
+            },
+        );
         let dropped: u64 = pipeline.way_stats().iter().map(|w| w.dropped_full).sum();
         assert_eq!(dropped, 0, "every timed push was an enqueue");
         drop(consumers);
@@ -76,6 +110,25 @@ fn ring(c: &mut Criterion) {
                 let n = (iters - done).min(BATCH as u64) as usize;
                 for frame in frames.iter().take(n) {
                     producer.push(black_box(frame), 1, 7);
+                }
+                consumer.read_batch(usize::MAX, |r| {
+                    black_box(r.data.len());
+                });
+                done += n as u64;
+            }
+            start.elapsed()
+        })
+    });
+    // The worst case of a batch end: one after every packet (a batch of one), nobody asleep.
+    group.bench_function("enqueue+publish+dequeue/64B", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut done = 0u64;
+            while done < iters {
+                let n = (iters - done).min(BATCH as u64) as usize;
+                for frame in frames.iter().take(n) {
+                    producer.push(black_box(frame), 1, 7);
+                    producer.publish();
                 }
                 consumer.read_batch(usize::MAX, |r| {
                     black_box(r.data.len());

@@ -20,6 +20,7 @@ pub mod pcap;
 pub mod pipeline;
 pub mod rules;
 pub mod shm;
+mod sigbus;
 pub mod split;
 pub mod supervisor;
 pub mod tap;

@@ -589,9 +589,12 @@ impl Pipeline {
         self.flush_outputs();
     }
 
-    /// Sends what interface outputs gathered (the engine calls it after every batch).
+    /// Ends a batch (the engine calls it after every batch): wakes the consumers of ways
+    /// that got packets and sleep waiting for them ([`crate::shm::publish`]), sends what
+    /// interface outputs gathered.
     #[inline]
     pub fn flush_outputs(&mut self) {
+        crate::shm::publish(&mut self.ways);
         for iface in &mut self.ifaces {
             iface.flush();
         }

@@ -23,11 +23,29 @@
 //!
 //! | offset | field |
 //! |---|---|
-//! | 0 | magic `FEDGWAY\0`, u32 version (3), u32 header size (4096), u64 lane data capacity (power of two), u32 lanes, u32 lane header size (128) |
+//! | 0 | magic `FEDGWAY\0`, u32 version (4), u32 header size (4096), u64 lane data capacity (power of two), u32 lanes, u32 lane header size (128) |
+//! | 64 | `wake`: a u32 futex word (one per way, for every lane): a sleeping consumer waits on it, a producer adds 1 and wakes it |
 //! | 4096 + i × (128 + capacity) | lane i: `head` (bytes ever written), `heartbeat` (ns), `delivered`, `dropped` (packets), `bad_positions` (consumer positions ignored); at +128 the data: records, each `u32 length`, `u32 flags`, `u64 timestamp ns`, `u64 flow hash`, then the packet, padded to 8 bytes |
 //!
 //! Layout of the position file: at 0 the consumer's `pid` (0: none) and `heartbeat` (ns,
-//! CLOCK_REALTIME); at 64 + i × 64 lane i's `tail` (bytes ever read).
+//! CLOCK_REALTIME); at 64 `asleep` (0: awake; else `1 << 32 | w`: asleep waiting for `wake` to
+//! change from `w`), alone on its cache line; at 128 + i × 64 lane i's `tail` (bytes ever read).
+//!
+//! ## Sleeping consumers
+//!
+//! A consumer with nothing to read can sleep ([`Consumer::wait_readable`], [`wait_any`]): it
+//! reads `wake`, stores `asleep`, then (after a full fence) looks at every head once more and
+//! only then waits on `wake` in the kernel (a futex on the shared mapping), with a timeout so
+//! that it still notices a producer that went away. A producer, after a batch of pushes
+//! ([`Producer::publish`], [`publish`]), fences, then loads `asleep`: one load of a line the
+//! consumer writes only when it falls asleep or wakes, so nothing when nobody sleeps. Seeing a
+//! sleeper, it moves `wake` on from the value the consumer waits for (a compare-and-swap, so
+//! that one sleep costs one wake-up whichever lane sees it first) and wakes it. The two fences
+//! make the race safe: either the consumer sees the new head and does not sleep, or the
+//! producer sees `asleep` and wakes it (or `wake` moved already and the wait returns at once).
+//! One word per way, not per lane: the consumer reads every lane and waits for any of them.
+//! The producer maps the position file read-only to load `asleep` (a consumer that truncates
+//! it only blinds the producer to its own flag: see `sigbus`).
 //!
 //! A record never wraps: when it does not fit before the end, a padding record (flags bit 0)
 //! fills the rest and the record starts at offset 0. The producer never waits: when the lane is
@@ -42,14 +60,17 @@ use std::{
     io,
     os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+    time::Duration,
 };
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::sigbus;
+
 const MAGIC: [u8; 8] = *b"FEDGWAY\0";
 /// Version of the layout above; bumped on any change.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 const HEADER: usize = 4096;
 const LANE_HEADER: usize = 128;
 const RECORD_HEADER: usize = 24;
@@ -65,10 +86,14 @@ const PRODUCER_HEARTBEAT: usize = 8;
 const DELIVERED: usize = 16;
 const DROPPED: usize = 24;
 const BAD_POSITIONS: usize = 32;
+// Offset of the futex word in the data file's header.
+const WAKE: usize = 64;
 // Offsets in the position file.
 const CONSUMER_PID: usize = 0;
 const CONSUMER_HEARTBEAT: usize = 8;
-const TAILS: usize = 64;
+const ASLEEP: usize = 64;
+const ASLEEP_MARK: u64 = 1 << 32;
+const TAILS: usize = 128;
 const TAIL_STRIDE: usize = 64;
 
 /// Errors of shared-memory ways.
@@ -268,6 +293,15 @@ impl Region {
         atomic_at(&self.map, self.lane_offset(lane) + offset)
     }
 
+    /// The way's futex word (see the module doc).
+    #[inline]
+    fn wake(&self) -> &AtomicU32 {
+        assert!(WAKE + 4 <= self.map.len());
+        // SAFETY: WAKE is 4-aligned inside the header of the (page-aligned) mapping, which
+        // lives as long as the returned reference; every process uses atomics here.
+        unsafe { &*(self.map.as_ptr().add(WAKE) as *const AtomicU32) }
+    }
+
     /// Pointer to byte `at` of lane `lane`'s data (`at` < capacity).
     #[inline]
     fn data_ptr(&self, lane: usize, at: usize) -> *mut u8 {
@@ -292,11 +326,134 @@ fn atomic_at(map: &MmapRaw, offset: usize) -> &AtomicU64 {
     unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }
 }
 
+/// Wakes every thread waiting on `word` (FUTEX_WAKE on a shared mapping: other processes).
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only looks the word's page up (a valid mapping that `word` borrows)
+    // and wakes its waiters; no pointer is written through.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// Sleeps until `word` is woken, no longer holds `expected`, `timeout` passes or a signal
+/// arrives (FUTEX_WAIT on a shared mapping, which may be read-only).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the word (aligned, in a mapping `word` borrows) and sleeps;
+    // the timespec outlives the call. Every outcome (woken, changed, timed out, interrupted)
+    // is a return to the caller, which looks at the lanes again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// One entry of futex_waitv(2) (`struct futex_waitv`, linux/futex.h).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+/// FUTEX2_SIZE_U32: a 32-bit word, shared (no FUTEX2_PRIVATE).
+const FUTEX2_SIZE_U32: u32 = 2;
+/// Most words one futex_waitv call waits on (FUTEX_WAITV_MAX).
+const FUTEX_WAITV_MAX: usize = 128;
+
+/// Sleeps until one of `words` is woken or no longer holds its value, `timeout` passes or a
+/// signal arrives. False when the kernel has no futex_waitv (before 5.16) or there are too
+/// many words: the caller waits another way.
+fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Duration) -> bool {
+    if words.len() > FUTEX_WAITV_MAX {
+        return false;
+    }
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(word, value)| FutexWaitv {
+            val: u64::from(*value),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
+    let deadline = libc::timespec {
+        tv_sec: now
+            .tv_sec
+            .saturating_add(timeout.as_secs().min(i32::MAX as u64) as libc::time_t)
+            .saturating_add((nanos / 1_000_000_000) as libc::time_t),
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `waiters` (each naming an aligned u32 in a mapping the caller borrows) and
+    // `deadline` outlive the call; the kernel only reads them.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0u32,
+            &deadline as *const libc::timespec,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    !(result < 0
+        && matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL)
+        ))
+}
+
+/// Ends a batch of pushes on many lanes (e.g. every way of an engine thread) with one fence:
+/// [`Producer::publish`] for each of them.
+#[inline]
+pub fn publish(producers: &mut [Producer]) {
+    if producers.iter().any(|p| p.head != p.published) {
+        fence(Ordering::SeqCst);
+        for producer in producers {
+            if producer.head != producer.published {
+                producer.wake_if_asleep();
+            }
+        }
+    }
+}
+
 /// The writing end of one lane of a way: owned by one engine thread.
 pub struct Producer {
     region: Region,
-    /// The position file, read with `pread` only (never mapped: see the module doc).
+    /// The position file, read with `pread` (see the module doc) but for `asleep`.
     positions: File,
+    /// Protects `asleep_map` from a truncated file; dropped before it (field order).
+    _asleep_guard: Option<sigbus::Guard>,
+    /// The position file's first page, mapped read-only to load `asleep` after each batch;
+    /// `None` when it cannot be protected (then `asleep` is read with `pread`).
+    asleep_map: Option<MmapRaw>,
+    /// The head when the consumer was last woken if asleep (see [`Producer::publish`]).
+    published: u64,
     lane: usize,
     path: PathBuf,
     /// The lane's head: only this producer moves it, so it is kept here and only stored.
@@ -454,8 +611,16 @@ impl Producer {
                 lanes: lanes as usize,
             };
             let head = region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
+            let asleep_map = MmapOptions::new()
+                .len(4096)
+                .map_raw_read_only(&positions)
+                .map_err(io_error("mapping", &position_path(path)))?;
+            let asleep_guard = sigbus::Guard::register(asleep_map.as_ptr(), asleep_map.len());
             let mut producer = Self {
                 head,
+                published: head,
+                asleep_map: asleep_guard.is_some().then_some(asleep_map),
+                _asleep_guard: asleep_guard,
                 tail_seen: head,
                 delivered: region.lane_atomic(lane, DELIVERED).load(Ordering::Relaxed),
                 region,
@@ -516,7 +681,8 @@ impl Producer {
     }
 
     /// Appends one packet; returns false (and counts a drop) when the lane is full or the
-    /// packet cannot fit at all. Never waits.
+    /// packet cannot fit at all. Never waits. A consumer that sleeps sees it once the batch
+    /// ends with [`Producer::publish`] (or [`publish`]).
     #[inline]
     pub fn push(&mut self, packet: &[u8], timestamp_ns: u64, flow_hash: u64) -> bool {
         let lane = self.lane;
@@ -574,6 +740,61 @@ impl Producer {
         true
     }
 
+    /// Ends a batch of pushes: if the consumer sleeps waiting for data, wakes it (see the
+    /// module doc). Call it once per batch, not per packet: it costs a fence and one load when
+    /// the consumer is awake, a syscall when it sleeps; nothing when nothing was pushed since
+    /// the last call. Until it is called, a sleeping consumer may not see the new packets
+    /// before its timeout.
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.head != self.published {
+            fence(Ordering::SeqCst);
+            self.wake_if_asleep();
+        }
+    }
+
+    /// The part of [`Producer::publish`] after the fence.
+    #[inline]
+    fn wake_if_asleep(&mut self) {
+        self.published = self.head;
+        let asleep = match &self.asleep_map {
+            Some(map) => atomic_at(map, ASLEEP).load(Ordering::Relaxed),
+            None => self.read_asleep(),
+        };
+        if asleep != 0 {
+            self.wake(asleep as u32);
+        }
+    }
+
+    /// Wakes a consumer asleep waiting for `wake` to leave `waited`, unless another lane's
+    /// producer did already (or the word is garbage a consumer wrote: no wake-up then).
+    #[cold]
+    fn wake(&self, waited: u32) {
+        let wake = self.region.wake();
+        if wake.load(Ordering::Relaxed) == waited
+            && wake
+                .compare_exchange(
+                    waited,
+                    waited.wrapping_add(1),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            futex_wake(wake);
+        }
+    }
+
+    /// `asleep` read with `pread` (when the mapping is not protected); 0 when unreadable.
+    #[cold]
+    fn read_asleep(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        match self.positions.read_exact_at(&mut bytes, ASLEEP as u64) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => 0,
+        }
+    }
+
     /// Packets delivered into this lane and dropped because it was full.
     pub fn counters(&self) -> (u64, u64) {
         (
@@ -610,6 +831,16 @@ impl Producer {
 
     pub fn lane(&self) -> usize {
         self.lane
+    }
+}
+
+impl Drop for Producer {
+    /// A sleeping consumer wakes at once (and can tell the producer is gone by its heartbeat
+    /// or attach again to a new way) instead of at its timeout.
+    fn drop(&mut self) {
+        let wake = self.region.wake();
+        wake.fetch_add(1, Ordering::SeqCst);
+        futex_wake(wake);
     }
 }
 
@@ -761,6 +992,8 @@ impl Consumer {
                 Err(seen) => current = seen,
             }
         }
+        // A consumer that died asleep left its flag up.
+        atomic_at(&positions, ASLEEP).store(0, Ordering::Relaxed);
         // Start from the newest data: what piled up while nobody read is stale.
         let mut tails = Vec::with_capacity(lanes);
         for lane in 0..lanes {
@@ -782,6 +1015,46 @@ impl Consumer {
     /// Lanes of this way (engine threads that write to it).
     pub fn lanes(&self) -> usize {
         self.region.lanes
+    }
+
+    /// Whether a lane has something to read now (a packet, or a head to skip to).
+    fn readable(&self) -> bool {
+        (0..self.region.lanes).any(|lane| {
+            self.region.lane_atomic(lane, HEAD).load(Ordering::Acquire) != self.tails[lane]
+        })
+    }
+
+    /// Announces that this consumer is about to sleep waiting for `wake` to leave its
+    /// current value, which it returns (see the module doc).
+    fn fall_asleep(&self) -> u32 {
+        atomic_at(&self.positions, CONSUMER_HEARTBEAT).store(now_ns(), Ordering::Relaxed);
+        let seen = self.region.wake().load(Ordering::Acquire);
+        atomic_at(&self.positions, ASLEEP).store(ASLEEP_MARK | u64::from(seen), Ordering::Relaxed);
+        seen
+    }
+
+    fn wake_up(&self) {
+        atomic_at(&self.positions, ASLEEP).store(0, Ordering::Relaxed);
+    }
+
+    /// Waits until a lane has something to read, at most `timeout`, sleeping in the kernel
+    /// (a futex on the way's wake word): an idle consumer costs no CPU, and the producer wakes
+    /// it after the batch that brings the next packet (see the module doc). Returns whether
+    /// there is something to read; false after `timeout`, or earlier when woken with nothing
+    /// to read (a producer went away: [`Consumer::producer_heartbeat_ns`] tells). Use it
+    /// between [`Consumer::read_batch`] calls that read nothing, with a timeout as short as
+    /// the application needs to notice other things (a stop request, a dead producer).
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        if self.readable() {
+            return true;
+        }
+        let seen = self.fall_asleep();
+        fence(Ordering::SeqCst);
+        if !self.readable() {
+            futex_wait(self.region.wake(), seen, timeout);
+        }
+        self.wake_up();
+        self.readable()
     }
 
     /// Calls `on_record` for every packet available now (at most `max`), lane after lane,
@@ -909,8 +1182,43 @@ impl Consumer {
     }
 }
 
+/// [`Consumer::wait_readable`] over several ways at once (e.g. one thread reading many ways):
+/// waits until one of `consumers` has something to read, at most `timeout`; returns whether
+/// one has. Sleeps on every way's wake word at once (futex_waitv, Linux 5.16). With more than
+/// 128 ways, or on an older kernel, it sleeps on the first way only, 1 ms at most at a time.
+pub fn wait_any(consumers: &[Consumer], timeout: Duration) -> bool {
+    match consumers {
+        [] => {
+            std::thread::sleep(timeout);
+            return false;
+        }
+        [one] => return one.wait_readable(timeout),
+        _ => {}
+    }
+    if consumers.iter().any(Consumer::readable) {
+        return true;
+    }
+    let words: Vec<(&AtomicU32, u32)> = consumers
+        .iter()
+        .map(|c| (c.region.wake(), c.fall_asleep()))
+        .collect();
+    fence(Ordering::SeqCst);
+    if !consumers.iter().any(Consumer::readable) && !futex_waitv(&words, timeout) {
+        futex_wait(
+            words[0].0,
+            words[0].1,
+            timeout.min(Duration::from_millis(1)),
+        );
+    }
+    for consumer in consumers {
+        consumer.wake_up();
+    }
+    consumers.iter().any(Consumer::readable)
+}
+
 impl Drop for Consumer {
     fn drop(&mut self) {
+        self.wake_up();
         let _ = atomic_at(&self.positions, CONSUMER_PID).compare_exchange(
             self.pid,
             0,
@@ -924,10 +1232,11 @@ impl Drop for Consumer {
 mod tests {
     use super::*;
 
-    /// A way in a private directory of this test process (like `/dev/shm/fastedge`).
+    /// A way in a private directory of this test process (like `/dev/shm/fastedge`), one per
+    /// test (some remove theirs while others run).
     fn temp_path(tag: &str) -> PathBuf {
         std::env::temp_dir()
-            .join(format!("fastedge-ways-{}", std::process::id()))
+            .join(format!("fastedge-ways-{}-{tag}", std::process::id()))
             .join(format!("way-{tag}"))
     }
 
@@ -1015,7 +1324,7 @@ mod tests {
             Producer::create(&path, 1000),
             Err(ShmError::Capacity(1000))
         ));
-        let bogus = temp_path("bogus");
+        let bogus = path.with_file_name("way-bogus");
         std::fs::write(&bogus, vec![0u8; HEADER + LANE_HEADER + 64 * 1024]).unwrap();
         std::fs::write(position_path(&bogus), vec![0u8; 4096]).unwrap();
         for file in [bogus.clone(), position_path(&bogus)] {
@@ -1162,7 +1471,7 @@ mod tests {
             Err(ShmError::Untrusted { .. })
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let link = temp_path("link");
+        let link = path.with_file_name("way-link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         std::fs::copy(position_path(&path), position_path(&link)).unwrap();
         assert!(
@@ -1239,7 +1548,15 @@ mod tests {
             .set_len(0)
             .unwrap();
         let packet = [1u8; 1000];
-        let accepted = (0..200).filter(|&i| producer.push(&packet, i, 0)).count() as u64;
+        // Each batch ends with a look at the consumer's `asleep` flag, through a mapping of
+        // the truncated file: it reads 0 (no SIGBUS).
+        let accepted = (0..200)
+            .filter(|&i| {
+                let pushed = producer.push(&packet, i, 0);
+                producer.publish();
+                pushed
+            })
+            .count() as u64;
         assert!(accepted > 50 && accepted < 70);
         assert_eq!(producer.counters(), (accepted, 200 - accepted));
         assert_eq!(producer.consumer(), None);
@@ -1247,5 +1564,166 @@ mod tests {
         // one, in a test), so it is not dropped.
         std::mem::forget(consumer);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// CPU time this thread has used.
+    fn thread_cpu() -> Duration {
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes the struct it is given.
+        let result = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+        assert_eq!(result, 0);
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+    }
+
+    fn monotonic_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    #[test]
+    fn a_sleeping_consumer_is_woken_by_the_next_packet_and_uses_no_cpu_meanwhile() {
+        let path = temp_path("sleep");
+        let mut producer = Producer::create(&path, 64 * 1024).unwrap();
+        let mut consumer = Consumer::open_path(&path).unwrap();
+        let asleep = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let ready = asleep.clone();
+        let reader = std::thread::spawn(move || {
+            assert_eq!(consumer.read_batch(usize::MAX, |_| {}), 0);
+            // With nothing pushed it sleeps until its timeout.
+            let start = std::time::Instant::now();
+            assert!(!consumer.wait_readable(Duration::from_millis(100)));
+            assert!(start.elapsed() >= Duration::from_millis(95));
+            ready.wait();
+            let (cpu, start) = (thread_cpu(), std::time::Instant::now());
+            let readable = consumer.wait_readable(Duration::from_secs(10));
+            let (cpu, waited) = (thread_cpu() - cpu, start.elapsed());
+            let mut seen = Vec::new();
+            consumer.read_batch(usize::MAX, |r| seen.push(r.data.to_vec()));
+            (readable, cpu, waited, seen)
+        });
+        asleep.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(producer.push(b"wake up", 1, 0));
+        producer.publish();
+        let (readable, cpu, waited, seen) = reader.join().unwrap();
+        println!("waited {waited:?}, consumer CPU while waiting {cpu:?}");
+        assert!(readable);
+        assert_eq!(seen, [b"wake up".to_vec()]);
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_secs(2),
+            "woken by the packet, long before the timeout: {waited:?}"
+        );
+        assert!(
+            cpu < Duration::from_millis(20),
+            "asleep, not polling: {cpu:?}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn wake_up_latency_at_a_low_rate_and_no_lost_wake_ups() {
+        let path = temp_path("latency");
+        let producers = Producer::create_lanes(&path, 1 << 20, 2, WayAccess::default()).unwrap();
+        let mut consumer = Consumer::open_path(&path).unwrap();
+        const SLOW: u64 = 300;
+        const FAST: u64 = 20_000;
+        let writers: Vec<_> = producers
+            .into_iter()
+            .map(|mut p| {
+                std::thread::spawn(move || {
+                    // A low rate (one packet every ~2 ms, both lanes), stamped when pushed...
+                    for _ in 0..SLOW / 2 {
+                        std::thread::sleep(Duration::from_millis(2));
+                        assert!(p.push(&[1; 64], monotonic_ns(), 0));
+                        p.publish();
+                    }
+                    // ...then bursts with short gaps, to catch the consumer at every point
+                    // of falling asleep: a lost wake-up shows as a wait that times out.
+                    for i in 0..FAST / 2 {
+                        p.push(&[2; 64], 0, 0);
+                        if i % 7 == 0 {
+                            p.publish();
+                            for _ in 0..(i % 50) * 20 {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                    p.publish();
+                    p
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let (mut read, mut timeouts, mut slow_waits) = (0u64, 0, 0);
+        while read < SLOW + FAST {
+            let before = read;
+            read += consumer.read_batch(usize::MAX, |r| {
+                if r.data[0] == 1 {
+                    latencies.push(monotonic_ns() - r.timestamp_ns);
+                }
+            }) as u64;
+            if read == before {
+                let start = std::time::Instant::now();
+                if !consumer.wait_readable(Duration::from_secs(1)) {
+                    timeouts += 1;
+                }
+                if start.elapsed() > Duration::from_millis(100) {
+                    slow_waits += 1;
+                }
+                assert!(timeouts < 3, "the producers stopped: {read} read");
+            }
+        }
+        let producers: Vec<Producer> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        for p in &producers {
+            assert_eq!(p.counters().1, 0, "nothing dropped");
+        }
+        assert_eq!(timeouts, 0, "every wait ended by a wake-up");
+        assert_eq!(slow_waits, 0, "no wake-up lost");
+        latencies.sort_unstable();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        println!(
+            "push to consumer, {} packets at ~1 kHz: median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+            latencies.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+        assert!(at(0.5) < 5_000.0, "woken at once, not at a timeout");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn one_thread_sleeps_on_many_ways() {
+        let paths = [temp_path("many-0"), temp_path("many-1")];
+        let mut producers: Vec<Producer> = paths
+            .iter()
+            .map(|p| Producer::create(p, 64 * 1024).unwrap())
+            .collect();
+        let consumers: Vec<Consumer> = paths
+            .iter()
+            .map(|p| Consumer::open_path(p).unwrap())
+            .collect();
+        let reader = std::thread::spawn(move || {
+            let (cpu, start) = (thread_cpu(), std::time::Instant::now());
+            let readable = wait_any(&consumers, Duration::from_secs(10));
+            (readable, thread_cpu() - cpu, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(producers[1].push(b"second way", 1, 0));
+        publish(&mut producers);
+        let (readable, cpu, waited) = reader.join().unwrap();
+        assert!(readable);
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert!(cpu < Duration::from_millis(20), "{cpu:?}");
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::{
 
 use crate::shm::Consumer;
 
-/// How long to wait when the way is empty.
-const IDLE: Duration = Duration::from_millis(2);
+/// How long a wait for frames lasts at most: how soon a stop request is seen.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// The pcap global header: nanosecond magic, version 2.4, snaplen 65535, Ethernet.
 fn global_header() -> [u8; 24] {
@@ -71,7 +71,9 @@ pub fn stream_way(
             written += n as u64;
             if n == 0 {
                 out.flush()?;
-                std::thread::sleep(IDLE);
+                // Asleep until the distributor wakes us with the next frame; the timeout only
+                // bounds how long a stop request waits.
+                consumer.wait_readable(STOP_CHECK);
             }
         }
         out.flush()

@@ -66,7 +66,7 @@ pub fn read_markers(consumers: &mut [Consumer], expected: usize, quiet: Duration
         if got > 0 {
             last = Instant::now();
         } else {
-            std::thread::sleep(Duration::from_millis(10));
+            fastedge_rings::shm::wait_any(consumers, quiet.saturating_sub(last.elapsed()));
         }
     }
     seen

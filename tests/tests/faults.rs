@@ -999,7 +999,7 @@ fn split_under_consumers_killed_in_a_loop() {
                     if stopping {
                         break;
                     }
-                    thread::sleep(Duration::from_millis(2));
+                    fastedge_rings::shm::wait_any(&steady, Duration::from_millis(50));
                 }
             }
             let counters: Vec<(u64, u64)> = steady.iter().map(|c| c.counters()).collect();

@@ -1,6 +1,7 @@
 //! `fastedge split` on a veth end inside a namespace, fed crafted frames from the peer
 //! namespace: every frame arrives exactly once across the ways, both directions of a flow and
-//! all fragments of a datagram land on one way; `fastedge tap` streams a way to tcpdump.
+//! all fragments of a datagram land on one way; `fastedge tap` streams a way to tcpdump, and
+//! sleeps while there is nothing to read.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_rings::shm::{way_path, Consumer};
+use fastedge_rings::shm::{wait_any, way_path, Consumer};
 use fastedge_tests::{
     frames::{frame_seq, udp_frame, RawSender},
     netns::VethPair,
@@ -139,7 +140,10 @@ fn collect(
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        wait_any(
+            consumers,
+            deadline.saturating_duration_since(Instant::now()),
+        );
     }
     seen
 }
@@ -259,7 +263,7 @@ fn a_killed_consumer_costs_only_its_own_way() {
                         frames += 1;
                     }
                 });
-                std::thread::sleep(Duration::from_millis(1));
+                way0.wait_readable(Duration::from_millis(50));
             }
             way0.read_batch(usize::MAX, |_| frames += 1);
             (frames, way0.counters())
@@ -357,7 +361,7 @@ fn a_hostile_consumer_harms_only_its_own_way() {
     };
     let mut sent = 0;
     for (round, garbage) in [u64::MAX, 1 << 62, 12345].into_iter().enumerate() {
-        positions.write_all_at(&garbage.to_le_bytes(), 64).unwrap();
+        positions.write_all_at(&garbage.to_le_bytes(), 128).unwrap();
         let traffic = send_traffic(&pair, 300);
         sent += traffic.flow_of.len() as u64;
         std::thread::sleep(Duration::from_millis(100 * (round as u64 + 1)));
@@ -491,4 +495,131 @@ fn tap_streams_a_way_to_tcpdump_and_tshark() {
     assert_eq!(fields.lines().count(), 10, "{fields}");
     assert!(fields.lines().any(|l| l == "10.78.0.0\t443"), "{fields}");
     assert!(fields.lines().any(|l| l == "10.77.0.1\t20000"), "{fields}");
+}
+
+/// CPU time (ns, from schedstat) and voluntary context switches of process `pid` so far.
+fn cpu_and_switches(pid: u32) -> (u64, u64) {
+    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let cpu = schedstat
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let switches = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (cpu, switches)
+}
+
+/// Issue 17, item 5: a consumer with nothing to read sleeps (no polling): an idle `fastedge
+/// tap` uses next to no CPU and hardly wakes up, and each frame, when it comes, reaches the
+/// tap's output at once (the distributor wakes it), not at the tap's next timeout.
+#[test]
+fn an_idle_tap_sleeps_and_each_frame_wakes_it() {
+    const FRAMES: u32 = 20;
+    let pair = VethPair::new();
+    let _ways = WayFiles(pair.dev_a.clone());
+    let split = start_engine(&pair, "split", 1, 256);
+    drop(attach(&pair, 0..1));
+    let mut tap = Child(
+        Command::new(fastedge_bin())
+            .args([
+                "tap",
+                &format!("{}:0", pair.dev_a),
+                "--count",
+                &FRAMES.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = tap.0.stdout.take().unwrap();
+    let mut header = [0u8; 24];
+    std::io::Read::read_exact(&mut stdout, &mut header).unwrap();
+    // Idle: nothing arrives for 2 s.
+    std::thread::sleep(Duration::from_millis(300));
+    let (cpu_before, switches_before) = cpu_and_switches(tap.0.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu_after, switches_after) = cpu_and_switches(tap.0.id());
+    let idle_cpu = Duration::from_nanos(cpu_after - cpu_before);
+    let idle_wakes = switches_after - switches_before;
+    // Then one frame at a time, 150 ms apart (longer than a tap's wait), each timed from its
+    // sending to its record on the tap's output.
+    let mac: [u8; 6] = pair
+        .mac_a
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
+    let ns_b = pair.ns_b.clone();
+    let dev_b = pair.dev_b.clone();
+    let sender = std::thread::spawn(move || {
+        VethPair::in_netns(&ns_b, move || {
+            let sender = RawSender::open(&dev_b).unwrap();
+            let client = (Ipv4Addr::new(10, 78, 0, 1), 20_000);
+            let server = (Ipv4Addr::new(10, 77, 0, 1), 443);
+            (0..FRAMES)
+                .map(|seq| {
+                    std::thread::sleep(Duration::from_millis(150));
+                    let sent = Instant::now();
+                    sender
+                        .send(&udp_frame(mac, client, server, seq, 0))
+                        .unwrap();
+                    sent
+                })
+                .collect::<Vec<Instant>>()
+        })
+    });
+    let mut arrivals = HashMap::new();
+    let mut from_receive = Vec::new();
+    for _ in 0..FRAMES {
+        let mut record = [0u8; 16];
+        std::io::Read::read_exact(&mut stdout, &mut record).unwrap();
+        let len = u32::from_le_bytes(record[8..12].try_into().unwrap()) as usize;
+        let mut data = vec![0u8; len];
+        std::io::Read::read_exact(&mut stdout, &mut data).unwrap();
+        let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+        let received =
+            Duration::from_secs(u32::from_le_bytes(record[..4].try_into().unwrap()).into())
+                + Duration::from_nanos(u32::from_le_bytes(record[4..8].try_into().unwrap()).into());
+        let wall = wall.duration_since(std::time::UNIX_EPOCH).unwrap();
+        from_receive.push(wall.saturating_sub(received));
+        arrivals.insert(frame_seq(&data).unwrap(), at);
+    }
+    let sent = sender.join().unwrap();
+    let mut latencies: Vec<Duration> = (0..FRAMES)
+        .map(|seq| arrivals[&seq].saturating_duration_since(sent[seq as usize]))
+        .collect();
+    latencies.sort_unstable();
+    from_receive.sort_unstable();
+    println!(
+        "idle tap over 2 s: {idle_cpu:?} CPU, {idle_wakes} wake-ups; send → tap output: median {:?}, max {:?}; split's receive → tap output: median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        from_receive[from_receive.len() / 2],
+        from_receive[from_receive.len() - 1],
+    );
+    assert!(tap.0.wait().unwrap().success());
+    assert!(
+        idle_cpu < Duration::from_millis(20),
+        "an idle tap sleeps: {idle_cpu:?} of CPU in 2 s"
+    );
+    assert!(
+        idle_wakes < 40,
+        "an idle tap wakes only at its timeouts: {idle_wakes} wake-ups in 2 s"
+    );
+    assert!(
+        latencies[latencies.len() / 2] < Duration::from_millis(50),
+        "frames wake the tap, not its timeout: {latencies:?}"
+    );
+    let (status, log) = stop_engine(split);
+    assert!(status.success(), "{log}");
 }

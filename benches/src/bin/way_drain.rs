@@ -1,11 +1,12 @@
 //! A minimal consumer application for the split benchmark: reads ways 0..N of NAME and counts
-//! records; after SECONDS prints `received=…`.
+//! records; after SECONDS prints `received=…`. It sleeps while no way has anything to read
+//! (`wait_any`), as a real consumer would.
 //!
 //! Usage: way_drain NAME N SECONDS
 
 use std::time::{Duration, Instant};
 
-use fastedge_rings::shm::Consumer;
+use fastedge_rings::shm::{wait_any, Consumer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("ready");
     let mut count = 0u64;
-    while Instant::now() < until {
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
         let mut got = 0;
         for consumer in &mut consumers {
             got += consumer.read_batch(usize::MAX, |r| {
@@ -35,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         count += got as u64;
         if got == 0 {
-            std::thread::sleep(Duration::from_micros(200));
+            wait_any(&consumers, left);
         }
     }
     println!("received={count}");
