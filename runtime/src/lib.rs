@@ -4,7 +4,8 @@
 //! engine ([`Engine`]): fastedge's own io_uring engine ([`uring`], the default) or glommio,
 //! SO_REUSEPORT listeners bound before the executors start ([`bind_reuseport`]), a cross-thread
 //! stop signal ([`Shutdown`]), process signals taken by a thread of their own ([`signals`]),
-//! per-core metrics rendered as Prometheus text ([`metrics`]), per-core connection caps
+//! per-core metrics rendered as Prometheus text ([`metrics`]) and read back from an endpoint
+//! as per-second rates ([`scrape`], for `fastedge top`), per-core connection caps
 //! ([`ConnectionLimit`]), process set-up (open-files limit, privilege drop, pid file), log lines
 //! to syslog ([`SyslogWriter`]), the JSON-lines control socket ([`control`]), and the network
 //! types the other crates use ([`net`]), so that only this crate names an engine.
@@ -21,6 +22,7 @@ mod listen;
 pub mod metrics;
 pub mod net;
 mod process;
+pub mod scrape;
 mod shutdown;
 pub mod signals;
 mod syslog;
