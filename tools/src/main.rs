@@ -7,6 +7,7 @@ mod gen;
 mod keyserver;
 mod serve;
 mod split;
+mod top;
 
 use std::process::ExitCode;
 
@@ -17,7 +18,8 @@ use clap::{Parser, Subcommand};
 /// It terminates TLS on a thread-per-core io_uring runtime with BoringSSL and forwards plain TCP
 /// to backends (`fastedge serve`), and distributes an interface's traffic, flow-aware, over
 /// shared-memory ways through XDP and AF_XDP (`fastedge split`, read with `fastedge tap`,
-/// driven with `fastedge ctl`; `fastedge gen` makes test traffic).
+/// driven with `fastedge ctl`; `fastedge gen` makes test traffic). `fastedge top` watches
+/// either live.
 #[derive(Debug, Parser)]
 #[command(name = "fastedge", version, about, long_about)]
 struct Cli {
@@ -51,6 +53,7 @@ enum Command {
     Gen(gen::GenArgs),
     Ctl(ctl::CtlArgs),
     Keyserver(keyserver::KeyServerArgs),
+    Top(top::TopArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Keyserver(args) => keyserver::run(args),
+        Command::Top(args) => top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
