@@ -14,9 +14,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # pkg-config. Tests: iproute2 (network namespaces, veth), curl, openssl and h2load (real TLS
 # clients), nginx-light (a real backend reading PROXY v2 and speaking h2), tcpdump and tshark
 # (read what `fastedge tap` and the pcap brick write), bsdutils (`script`: a terminal for the
-# live-line test).
+# live-line test), tmux (a terminal whose screen the `fastedge top` test reads).
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
-	nginx-light nghttp2-client tcpdump tshark bsdutils
+	nginx-light nghttp2-client tcpdump tshark bsdutils tmux
 
 .PHONY: run test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 
