@@ -1,6 +1,6 @@
 //! `fastedge top` in a real terminal (tmux): against a real `fastedge serve` under TLS load it
 //! shows per-core connection and handshake rates, close reasons and backend health, and its
-//! per-core totals match the metrics endpoint; against a real `fastedge split` receiving
+//! per-core and per-reason totals match the metrics endpoint; against a real `fastedge split` receiving
 //! generated traffic it shows each way's rate and consumer, drops by cause and rule hits; `q`
 //! quits and leaves the terminal as it was; an endpoint or socket that is not there is exit 2.
 
@@ -221,6 +221,8 @@ fn top_shows_a_serve_under_load() {
                     if try_read_response(&mut tls).is_ok() {
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
+                    // An orderly close (close_notify), counted as `closed`.
+                    let _ = tls.shutdown();
                     thread::sleep(Duration::from_millis(5));
                 }
             })
@@ -271,7 +273,16 @@ fn top_shows_a_serve_under_load() {
         l.join().unwrap();
     }
     assert!(answered.load(Ordering::Relaxed) > 0);
-    let text = scrape(metrics);
+    // Every connection closed and counted, so the figures stand still.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(metrics);
+        if metric(&text, "fastedge_connections_active") == 0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "connections still open:\n{text}");
+        thread::sleep(Duration::from_millis(100));
+    };
     let accepted: Vec<u64> = (0..cores.len())
         .map(|i| {
             metric(
@@ -288,18 +299,25 @@ fn top_shows_a_serve_under_load() {
                 .zip(&accepted)
                 .all(|(r, &n)| r.last().map(String::as_str) == Some(n.to_string().as_str()))
     });
-    let closed_now = box_rows(&quiet, "Closed connections")
-        .into_iter()
-        .find(|r| r[0] == "closed")
-        .unwrap();
-    assert_eq!(
-        number(&closed_now[1]) as u64,
-        metric(
-            &text,
-            "fastedge_connections_closed_total{reason=\"closed\"}"
-        ),
-        "{quiet}\n{text}"
+    let closes = box_rows(&quiet, "Closed connections");
+    assert_eq!(closes.len(), 8, "{quiet}");
+    assert!(
+        closes
+            .iter()
+            .any(|r| r[0] == "closed" && number(&r[1]) > 0.0),
+        "{quiet}"
     );
+    for row in closes {
+        assert_eq!(
+            number(&row[1]) as u64,
+            metric(
+                &text,
+                &format!("fastedge_connections_closed_total{{reason=\"{}\"}}", row[0])
+            ),
+            "{quiet}\n{text}"
+        );
+    }
+    println!("load off, as top showed it:\n{quiet}");
 
     let after = tmux.quit();
     println!("after q:\n{after}");
