@@ -192,7 +192,7 @@ fn top_shows_a_serve_under_load() {
         .cpus()
         .to_vec();
     let cores: Vec<String> = cpus.iter().take(2).map(ToString::to_string).collect();
-    let (server, addr) = Fastedge::serve_config(
+    let (mut server, addr) = Fastedge::serve_config(
         &state,
         &format!(
             "cores = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{backend}\"\n",
@@ -318,6 +318,14 @@ fn top_shows_a_serve_under_load() {
         );
     }
     println!("load off, as top showed it:\n{quiet}");
+
+    // The server goes away: top stays, says why on its status line, keeps the last figures.
+    server.terminate_cleanly(Duration::from_secs(10));
+    let gone = tmux.wait_screen("the failed reading", |s| {
+        s.contains("last reading failed") && s.contains(&metrics.to_string())
+    });
+    assert_eq!(box_rows(&gone, "Cores").len(), cores.len(), "{gone}");
+    println!("server gone, as top showed it:\n{gone}");
 
     let after = tmux.quit();
     println!("after q:\n{after}");

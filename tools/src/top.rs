@@ -134,7 +134,7 @@ pub fn run(args: TopArgs) -> Result<(), Failure> {
     };
     let timeout = args.interval.max(Duration::from_secs(2));
     let unreachable =
-        |e: anyhow::Error| Failure::config(anyhow!("{}: cannot read it: {e:#}", source.describe()));
+        |e: anyhow::Error| Failure::config(anyhow!("{}: cannot read it: {e}", source.describe()));
     let mut last = source.read(timeout).map_err(unreachable)?;
     let mut last_at = Instant::now();
     let mut screen = Screen {
@@ -151,7 +151,7 @@ pub fn run(args: TopArgs) -> Result<(), Failure> {
             }
             (last, last_at, screen.error) = (now, at, None);
         }
-        Err(e) => screen.error = Some(format!("{e:#}")),
+        Err(e) => screen.error = Some(format!("{e}")),
     };
     if args.once {
         std::thread::sleep(args.interval);
