@@ -18,6 +18,7 @@ pub const MAX_ROWS: usize = 4096;
 /// One way's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WayCounters {
+    /// Frames put on the way so far.
     pub delivered: u64,
     /// Dropped because the way was full.
     pub dropped_full: u64,
@@ -30,9 +31,11 @@ pub struct WayCounters {
 /// One input's counters; the drop causes as the kernel names them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InputCounters {
+    /// Interface name or capture file.
     pub name: String,
     /// How it reads (`AF_PACKET TPACKET_V3`, `AF_XDP, XDP native mode`, …).
     pub mode: String,
+    /// Frames received so far.
     pub received: u64,
     /// `(cause, count)` for every drop cause of the input, in a fixed order.
     pub drops: Vec<(&'static str, u64)>,
@@ -41,8 +44,11 @@ pub struct InputCounters {
 /// A pre-filter rule and its hits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleCounters {
+    /// The rule id (what `rules del` takes).
     pub id: u64,
+    /// The rule as text.
     pub rule: String,
+    /// Frames it matched so far.
     pub hits: u64,
 }
 
@@ -51,12 +57,17 @@ pub struct RuleCounters {
 pub struct SplitSnapshot {
     /// The split's name.
     pub name: String,
+    /// Its process id.
     pub pid: u64,
+    /// Seconds since it started.
     pub uptime_s: u64,
+    /// Per input.
     pub inputs: Vec<InputCounters>,
+    /// Per way, by index.
     pub ways: Vec<WayCounters>,
-    /// Frames that were not IP, and frames that did not parse.
+    /// Frames that were not IP.
     pub non_ip: u64,
+    /// Frames whose headers did not parse.
     pub parse_errors: u64,
     /// `None` when the split has no pre-filter (its `rules` command answers an error).
     pub rules: Option<Vec<RuleCounters>>,
@@ -73,11 +84,13 @@ fn rows(v: &Value) -> impl Iterator<Item = &Value> {
 /// Why a snapshot could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The socket could not be reached, or did not answer a JSON line.
     #[error("control socket {path}: {source}")]
     Socket {
         path: String,
         source: std::io::Error,
     },
+    /// The split answered a command with an error.
     #[error("control socket {path}: `{cmd}` failed: {message}")]
     Refused {
         path: String,
@@ -186,47 +199,69 @@ impl SplitSnapshot {
 /// A way's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WayRates {
+    /// Index of the way.
     pub way: usize,
+    /// Frames put on it per second.
     pub delivered_per_s: f64,
+    /// Frames dropped because it was full, per second.
     pub dropped_per_s: f64,
+    /// Frames put on it so far.
     pub delivered: u64,
+    /// Frames dropped because it was full, so far.
     pub dropped_full: u64,
+    /// pid of the attached consumer.
     pub consumer: Option<u64>,
 }
 
 /// A drop cause's row (summed over inputs, or the split's own).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropRates {
+    /// What dropped the frames.
     pub cause: &'static str,
+    /// Dropped so far.
     pub total: u64,
+    /// Dropped per second.
     pub per_s: f64,
 }
 
 /// A rule's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleRates {
+    /// The rule id.
     pub id: u64,
+    /// The rule as text.
     pub rule: String,
+    /// Frames it matched so far.
     pub hits: u64,
+    /// Frames it matched per second.
     pub hits_per_s: f64,
 }
 
 /// An input's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputRates {
+    /// Interface name or capture file.
     pub name: String,
+    /// How it reads.
     pub mode: String,
+    /// Frames received so far.
     pub received: u64,
+    /// Frames received per second.
     pub received_per_s: f64,
 }
 
 /// What changed between two snapshots of a split, per second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitRates {
+    /// The split's name.
     pub name: String,
+    /// Its process id.
     pub pid: u64,
+    /// Seconds since it started.
     pub uptime_s: u64,
+    /// A row per input.
     pub inputs: Vec<InputRates>,
+    /// A row per way, by index.
     pub ways: Vec<WayRates>,
     /// Ways with a consumer attached.
     pub consumers: usize,

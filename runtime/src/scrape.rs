@@ -77,27 +77,34 @@ impl std::fmt::Display for Endpoint {
 /// Why a scrape failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
+    /// The host name did not resolve.
     #[error("resolving {authority}: {source}")]
     Resolve {
         authority: String,
         source: std::io::Error,
     },
+    /// Nothing accepted the connection (the server is not running, or not there).
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// Sending the request or reading the answer failed or ran out of time.
     #[error("talking to {addr}: {source}")]
     Io {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The answer was over [`MAX_ANSWER`].
     #[error("{addr} answered more than {MAX_ANSWER} bytes")]
     TooLarge { addr: SocketAddr },
+    /// The answer was not an HTTP response with a text body.
     #[error("{addr} did not answer HTTP: {what}")]
     NotHttp { addr: SocketAddr, what: String },
+    /// A status other than 200.
     #[error("{addr} answered status {code} (is this a metrics endpoint?)")]
     Status { addr: SocketAddr, code: u16 },
+    /// The body is not Prometheus text within the limits.
     #[error("{addr}: {source}")]
     Parse {
         addr: SocketAddr,
@@ -222,16 +229,19 @@ pub struct ServeSnapshot {
     pub core_count: u64,
     /// Per core, by the `core` label (index in start order).
     pub cores: Vec<CoreCounters>,
-    /// Totals over all cores.
+    /// Connections accepted so far, all cores.
     pub accepted: u64,
+    /// Open now, all cores.
     pub active: u64,
+    /// TLS handshakes completed so far, all cores.
     pub handshakes: u64,
     /// Closed connections so far, by reason.
     pub closes: BTreeMap<String, u64>,
     /// By backend name.
     pub backends: BTreeMap<String, BackendCounters>,
-    /// Bytes client → backend and backend → client so far.
+    /// Bytes client → backend so far.
     pub bytes_upstream: u64,
+    /// Bytes backend → client so far.
     pub bytes_downstream: u64,
 }
 
@@ -330,8 +340,11 @@ pub fn per_second(before: u64, after: u64, seconds: f64) -> f64 {
 pub struct CoreRates {
     /// Index of the core (start order).
     pub core: usize,
+    /// New connections per second.
     pub connections_per_s: f64,
+    /// TLS handshakes completed per second.
     pub handshakes_per_s: f64,
+    /// Bytes proxied per second, both ways.
     pub bytes_per_s: f64,
     /// Open now.
     pub active: u64,
@@ -342,18 +355,24 @@ pub struct CoreRates {
 /// A close reason's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloseRates {
+    /// The reason label (`closed`, `client_error`, …).
     pub reason: String,
+    /// Closed for it so far.
     pub total: u64,
+    /// Closed for it per second.
     pub per_s: f64,
 }
 
 /// A backend's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendHealth {
+    /// The backend as configured.
     pub name: String,
     /// Cores that see it alive, of [`ServeRates::core_count`].
     pub alive_cores: u64,
+    /// Failed connects so far.
     pub connect_failures: u64,
+    /// Failed connects per second.
     pub connect_failures_per_s: f64,
 }
 
@@ -373,16 +392,23 @@ impl BackendHealth {
 /// What changed between two scrapes of `fastedge serve`, per second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeRates {
+    /// Executors running.
     pub core_count: u64,
+    /// A row per core, by index.
     pub cores: Vec<CoreRates>,
-    /// All cores.
+    /// New connections per second, all cores.
     pub connections_per_s: f64,
+    /// TLS handshakes per second, all cores.
     pub handshakes_per_s: f64,
+    /// Open now, all cores.
     pub active: u64,
+    /// Bytes client → backend per second.
     pub upstream_bytes_per_s: f64,
+    /// Bytes backend → client per second.
     pub downstream_bytes_per_s: f64,
     /// Every reason the server counts, in its order.
     pub closes: Vec<CloseRates>,
+    /// A row per backend, by name.
     pub backends: Vec<BackendHealth>,
 }
 

@@ -59,10 +59,15 @@ impl Sample {
 /// What a metric's `# TYPE` line says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricType {
+    /// Only goes up (until a restart).
     Counter,
+    /// Goes up and down.
     Gauge,
+    /// Buckets, a sum and a count.
     Histogram,
+    /// Quantiles, a sum and a count.
     Summary,
+    /// Declared without a type.
     Untyped,
 }
 
@@ -92,9 +97,9 @@ impl Scrape {
 /// Why a text is not a scrape [`parse`] accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
-    /// The text is longer than [`Limits::max_text`].
+    /// The text is longer than [`Limits::max_text`]: `len` bytes, `max` allowed.
     TooLong { len: usize, max: usize },
-    /// More samples than [`Limits::max_samples`].
+    /// More samples than [`Limits::max_samples`] (`max`).
     TooManySamples { max: usize },
     /// Line `line` (from 1) is malformed: `what`.
     Line { line: usize, what: &'static str },
