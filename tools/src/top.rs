@@ -100,15 +100,18 @@ impl Source {
     }
 }
 
-fn rates(before: &Snapshot, after: &Snapshot, elapsed: Duration) -> Option<Rates> {
+/// Rates from `before` to `after`; a source gives snapshots of one kind only, so a mixed
+/// pair (which cannot happen) shows `before` against itself.
+fn rates(before: &Snapshot, after: &Snapshot, elapsed: Duration) -> Rates {
     match (before, after) {
         (Snapshot::Serve(b), Snapshot::Serve(a)) => {
-            Some(Rates::Serve(ServeRates::between(b, a, elapsed)))
+            Rates::Serve(ServeRates::between(b, a, elapsed))
         }
         (Snapshot::Split(b), Snapshot::Split(a)) => {
-            Some(Rates::Split(SplitRates::between(b, a, elapsed)))
+            Rates::Split(SplitRates::between(b, a, elapsed))
         }
-        _ => None,
+        (Snapshot::Serve(b), _) => Rates::Serve(ServeRates::between(b, b, Duration::ZERO)),
+        (Snapshot::Split(b), _) => Rates::Split(SplitRates::between(b, b, Duration::ZERO)),
     }
 }
 
@@ -140,15 +143,14 @@ pub fn run(args: TopArgs) -> Result<(), Failure> {
     let mut screen = Screen {
         source: source.describe(),
         interval: args.interval,
-        rates: rates(&last, &last, Duration::ZERO).ok_or_else(|| unreachable(anyhow!("mixed")))?,
+        // Rates need two readings: zeros until the next one.
+        rates: rates(&last, &last, Duration::ZERO),
         error: None,
     };
     let mut refresh = |screen: &mut Screen| match source.read(timeout) {
         Ok(now) => {
             let at = Instant::now();
-            if let Some(r) = rates(&last, &now, at - last_at) {
-                screen.rates = r;
-            }
+            screen.rates = rates(&last, &now, at - last_at);
             (last, last_at, screen.error) = (now, at, None);
         }
         Err(e) => screen.error = Some(format!("{e}")),
