@@ -16,9 +16,10 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # clients), nginx-light (a real backend reading PROXY v2 and speaking h2), tcpdump and tshark
 # (read what `fastedge tap` and the pcap brick write), bsdutils (`script`: a terminal for the
 # live-line test); dpkg-dev and python3 (the Debian package: built, installed in a throwaway
-# copy of the machine, its unit run with a notify socket).
+# copy of the machine, its unit run with a notify socket); tmux (a terminal whose screen the
+# `fastedge top` test reads).
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
-	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3
+	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3 tmux
 
 .PHONY: run deb test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 

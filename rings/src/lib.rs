@@ -6,7 +6,8 @@
 //! `netmap` feature (off by default: no netmap module on common kernels); pipelines of bricks
 //! ([`pipeline`]) and the engine that runs them ([`split`]); the split supervisor
 //! ([`supervisor`]: reloads, the control socket's commands ([`control`]), pre-filter rule
-//! bookkeeping ([`rules`]), veth outputs ([`veth`])); the traffic generator ([`gen`]).
+//! bookkeeping ([`rules`]), veth outputs ([`veth`])); a running split's counters as per-second
+//! rows for `fastedge top` ([`top`]); the traffic generator ([`gen`]).
 //!
 //! Does not own: eBPF program source or loading (`fastedge-ebpf`), header parsing, flow
 //! hashing and the control socket's request lines (`fastedge-wire`), the control socket
@@ -24,6 +25,7 @@ mod sigbus;
 pub mod split;
 pub mod supervisor;
 pub mod tap;
+pub mod top;
 pub mod veth;
 pub mod xdp;
 

@@ -28,6 +28,7 @@ mod oneshot;
 mod passphrase;
 mod pem;
 pub mod proxy;
+pub mod scrape;
 mod selfsigned;
 pub mod terminator;
 pub mod tickets;

@@ -251,6 +251,44 @@ impl Source for ServeMetrics {
             "Executors running.",
             &[(String::new(), cores.len() as u64)],
         );
+        // The same figures for each core alone (label `core`: the executor's index in the
+        // order they started), so a live view (`fastedge top`) can tell a busy core from an
+        // idle one.
+        let per_core = |read: &dyn Fn(&CoreMetrics) -> u64| -> Vec<(String, u64)> {
+            cores
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (label("core", &i.to_string()), read(c)))
+                .collect()
+        };
+        write_family(
+            out,
+            "fastedge_core_connections_accepted_total",
+            "counter",
+            "Client connections accepted, by core.",
+            &per_core(&|c| load(&c.accepted)),
+        );
+        write_family(
+            out,
+            "fastedge_core_connections_active",
+            "gauge",
+            "Client connections open now, by core.",
+            &per_core(&|c| load(&c.active)),
+        );
+        write_family(
+            out,
+            "fastedge_core_handshakes_completed_total",
+            "counter",
+            "TLS handshakes completed, by core.",
+            &per_core(&|c| load(&c.handshakes_ok)),
+        );
+        write_family(
+            out,
+            "fastedge_core_bytes_total",
+            "counter",
+            "Bytes proxied both ways, by core.",
+            &per_core(&|c| load(&c.bytes_upstream) + load(&c.bytes_downstream)),
+        );
     }
 }
 
@@ -285,6 +323,15 @@ mod tests {
         assert!(text.contains("fastedge_bytes_total{direction=\"downstream\"} 20\n"));
         assert!(text.contains("fastedge_backend_connect_failures_total{backend=\"x:1\"} 1\n"));
         assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
-        assert!(text.ends_with("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
+        assert!(text.contains("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
+        assert!(text.contains("fastedge_core_connections_accepted_total{core=\"0\"} 1\n"));
+        assert!(text.contains("fastedge_core_connections_accepted_total{core=\"1\"} 2\n"));
+        assert!(text.contains("fastedge_core_bytes_total{core=\"0\"} 30\n"));
+        // What is rendered is what `fastedge top`'s reader parses.
+        let scrape = fastedge_wire::prometheus::parse(&text, Default::default()).unwrap();
+        let view = crate::scrape::ServeSnapshot::from_scrape(&scrape);
+        assert_eq!(view.cores.len(), 2);
+        assert_eq!(view.cores[1].accepted, 2);
+        assert_eq!(view.accepted, 3);
     }
 }

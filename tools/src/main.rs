@@ -7,6 +7,7 @@ mod gen;
 mod keyserver;
 mod serve;
 mod split;
+mod top;
 
 use std::process::ExitCode;
 
@@ -17,7 +18,8 @@ use clap::{Parser, Subcommand};
 /// It terminates TLS on a thread-per-core io_uring runtime with BoringSSL and forwards plain TCP
 /// to backends (`fastedge serve`), and distributes an interface's traffic, flow-aware, over
 /// shared-memory ways through XDP and AF_XDP (`fastedge split`, read with `fastedge tap`,
-/// driven with `fastedge ctl`; `fastedge gen` makes test traffic).
+/// driven with `fastedge ctl`; `fastedge gen` makes test traffic). `fastedge top` watches
+/// either live.
 #[derive(Debug, Parser)]
 #[command(name = "fastedge", version, about, long_about)]
 struct Cli {
@@ -53,6 +55,7 @@ enum Command {
     Keyserver(keyserver::KeyServerArgs),
     #[command(hide = true)]
     GenerateDocs(docs::GenerateDocsArgs),
+    Top(top::TopArgs),
 }
 
 /// Exit code for bad arguments or configuration (as clap uses for usage errors).
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::run(args),
         Command::Keyserver(args) => keyserver::run(args),
         Command::GenerateDocs(args) => docs::run(args, <Cli as clap::CommandFactory>::command()),
+        Command::Top(args) => top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use crate::{
     http1::{parse_request_head, Status, DEFAULT_MAX_HEAD},
     keyless, netcontrol,
     packet::{self, flow_hash, way_of, HashKey, HashMode, Parsed},
-    proxy,
+    prometheus, proxy,
     response::{RequestKind, ResponseReader},
     sni_answer,
 };
@@ -307,6 +307,27 @@ pub fn sni_answer(data: &[u8]) {
         assert!(!answer.pairs.is_empty());
         if let Some(npn) = &answer.npn {
             assert!(npn.iter().all(|p| !p.is_empty() && p.len() < 256));
+        }
+    }
+}
+
+/// Prometheus text: never panics; a sample count within the limits; every sample's labels
+/// within the limits.
+pub fn prometheus_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let limits = prometheus::Limits {
+        max_text: 1 << 16,
+        max_samples: 64,
+        max_labels: 4,
+        max_token: 64,
+    };
+    if let Ok(scrape) = prometheus::parse(text, limits) {
+        assert!(scrape.samples.len() <= limits.max_samples);
+        for sample in &scrape.samples {
+            assert!(sample.labels.len() <= limits.max_labels);
+            assert!(sample.name.len() <= limits.max_token);
         }
     }
 }

@@ -10,7 +10,8 @@
 //! service's answer ([`sni_answer`]); OCSP requests and responses for stapling ([`ocsp`], over a
 //! minimal DER reader, [`der`]); packet headers down to the innermost flow, and the symmetric flow
 //! hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules as
-//! text ([`rules`]), and Zeek NetControl rules as pre-filter rules ([`netcontrol`]). Every parser
+//! text ([`rules`]), Zeek NetControl rules as pre-filter rules ([`netcontrol`]), and a metrics
+//! endpoint's Prometheus text as samples ([`prometheus`]). Every parser
 //! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
 //! in [`fuzzing`].
 //!
@@ -32,6 +33,7 @@ pub mod net;
 pub mod netcontrol;
 pub mod ocsp;
 pub mod packet;
+pub mod prometheus;
 pub mod proxy;
 pub mod response;
 pub mod rules;
