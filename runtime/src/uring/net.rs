@@ -28,6 +28,17 @@ use super::{
 /// receive is paused: a slow reader costs at most this much (pool buffers, or heap once
 /// spilled), and the rest waits in the kernel's socket buffer.
 const RX_MAX_QUEUED: usize = 4;
+/// Most bytes one multishot receive takes before it ends (re-armed once they are read): a
+/// fast sender cannot take more of the pool than a slow reader may hold, however many
+/// completions arrive before a cancel would.
+const RX_ARM_LIMIT: u32 = (RX_MAX_QUEUED * reactor::BUF_SIZE) as u32;
+
+thread_local! {
+    /// Whether this kernel caps a multishot receive's total (Linux 6.16); set false the first
+    /// time one refuses the cap.
+    static RECV_LIMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
 /// Output bytes a connection may queue (beside what the kernel is sending) before writers
 /// wait: a proxy's pump buffer fits, and a stalled peer costs at most twice this.
 const TX_MAX_QUEUED: usize = 32 * 1024;
@@ -160,6 +171,8 @@ pub(crate) struct Conn {
     rx_offset: usize,
     /// On the reactor's list of connections holding pool buffers.
     pub(crate) rx_listed: bool,
+    /// The armed receive carries the total cap ([`RX_ARM_LIMIT`]).
+    rx_limited: bool,
     rx_state: Multishot,
     /// End of the receive side: `Ok` for end of stream, or the error.
     rx_end: Option<Result<(), io::ErrorKind>>,
@@ -189,6 +202,7 @@ impl Conn {
             rx: VecDeque::new(),
             rx_offset: 0,
             rx_listed: false,
+            rx_limited: false,
             rx_state: Multishot::Idle,
             rx_end: None,
             rx_error: None,
@@ -227,6 +241,15 @@ impl Conn {
             match result {
                 0 => self.rx_end = Some(Ok(())),
                 e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
+                e if e == -libc::EINVAL && self.rx_limited => {
+                    // A kernel before 6.16 refuses the total cap: arm without it from now on.
+                    if RECV_LIMIT.with(|l| l.replace(false)) {
+                        tracing::info!(
+                            "io_uring: multishot receive without a total cap (needs Linux 6.16); \
+                             readers that fall behind rely on cancelling their receive"
+                        );
+                    }
+                }
                 e => {
                     self.rx_end = Some(Err(io::Error::from_raw_os_error(-e).kind()));
                     self.rx_error = Some(-e);
@@ -275,7 +298,7 @@ impl Conn {
             .map(|&(_, len)| len as usize)
             .sum::<usize>()
             .saturating_sub(self.rx_offset);
-        self.rx_spilled.reserve_exact(more);
+        self.rx_spilled.reserve(more);
         for (bid, len) in self.rx.drain(..) {
             let data = bufs.buffer(bid, len as usize);
             self.rx_spilled
@@ -526,7 +549,10 @@ impl Stream {
                     conn.rx_starved = true;
                     r.starved.push(self.conn.clone());
                 } else {
-                    conn.rx_state = Multishot::Armed(r.start(reactor::recv_multishot(fd), op));
+                    let limited = RECV_LIMIT.with(std::cell::Cell::get);
+                    conn.rx_limited = limited;
+                    let entry = reactor::recv_multishot(fd, limited.then_some(RX_ARM_LIMIT));
+                    conn.rx_state = Multishot::Armed(r.start(entry, op));
                 }
             });
         }

@@ -656,8 +656,12 @@ fn ring_error(error: io::Error) -> io::Error {
 }
 
 /// Builds a multishot receive for `fd` from the core's buffer pool.
-pub(crate) fn recv_multishot(fd: RawFd) -> squeue::Entry {
-    opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+pub(crate) fn recv_multishot(fd: RawFd, total_limit: Option<u32>) -> squeue::Entry {
+    let entry = opcode::RecvMulti::new(types::Fd(fd), BGID).build();
+    match total_limit {
+        Some(limit) => super::sys::with_optlen(entry, limit),
+        None => entry,
+    }
 }
 
 /// Builds a multishot accept for `fd` (accepted sockets close on exec, blocking).

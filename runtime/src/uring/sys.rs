@@ -194,3 +194,17 @@ pub(crate) fn set_blocking(fd: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Offset of `optlen` in a 64-byte SQE (after `buf_group` and `personality`): for a multishot
+/// receive, the most bytes it may receive in all before it ends (Linux 6.16).
+const SQE_OPTLEN_OFFSET: usize = 44;
+
+/// `entry` with `optlen` set: the io-uring crate's multishot receive has no field for it.
+pub(crate) fn with_optlen(entry: io_uring::squeue::Entry, optlen: u32) -> io_uring::squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe` (the
+    // transmute checks the size), and every bit pattern is a valid SQE byte array and back.
+    let mut bytes: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: as above; only the `optlen` field changed.
+    unsafe { std::mem::transmute(bytes) }
+}
