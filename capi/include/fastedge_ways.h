@@ -99,6 +99,19 @@ int64_t fastedge_way_read_batch(fastedge_way *way,
 // thread during the call.
 int fastedge_way_wait(const fastedge_way *way, uint32_t timeout_ms);
 
+// [`fastedge_way_wait`] over several ways at once (one thread reading many ways): sleeps until
+// one of the `count` handles at `ways` has something to read, at most `timeout_ms`
+// milliseconds. Returns 1 when one has, 0 after the timeout (`count` 0: after sleeping
+// `timeout_ms`), -1 with the reason in [`fastedge_way_last_error`] (a null array with a
+// non-zero count, or a null handle in it). One futex wait on every way at once (Linux 5.16);
+// with more than 128 ways, or on an older kernel, it wakes every millisecond instead.
+//
+// # Safety
+//
+// `ways` is NULL or points to `count` readable handle pointers; each is NULL or a handle from
+// [`fastedge_way_open`] not yet closed, used by no other thread during the call.
+int fastedge_way_wait_any(const fastedge_way *const *ways, size_t count, uint32_t timeout_ms);
+
 // Fills `*out` with the way's counters (packets delivered and dropped, the producers'
 // heartbeat, lanes). Returns 0, or -1 with the reason in [`fastedge_way_last_error`] (a null
 // pointer).

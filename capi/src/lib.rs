@@ -259,6 +259,48 @@ pub unsafe extern "C" fn fastedge_way_wait(way: *const FastedgeWay, timeout_ms: 
     })
 }
 
+/// [`fastedge_way_wait`] over several ways at once (one thread reading many ways): sleeps until
+/// one of the `count` handles at `ways` has something to read, at most `timeout_ms`
+/// milliseconds. Returns 1 when one has, 0 after the timeout (`count` 0: after sleeping
+/// `timeout_ms`), -1 with the reason in [`fastedge_way_last_error`] (a null array with a
+/// non-zero count, or a null handle in it). One futex wait on every way at once (Linux 5.16);
+/// with more than 128 ways, or on an older kernel, it wakes every millisecond instead.
+///
+/// # Safety
+///
+/// `ways` is NULL or points to `count` readable handle pointers; each is NULL or a handle from
+/// [`fastedge_way_open`] not yet closed, used by no other thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn fastedge_way_wait_any(
+    ways: *const *const FastedgeWay,
+    count: usize,
+    timeout_ms: u32,
+) -> c_int {
+    boundary(-1, || {
+        let handles: &[*const FastedgeWay] = if count == 0 {
+            &[]
+        } else if ways.is_null() {
+            return Err("fastedge_way_wait_any: ways is NULL".into());
+        } else {
+            // SAFETY: not null (checked) and `count` readable pointers (the caller's contract),
+            // which the caller does not change during the call.
+            unsafe { std::slice::from_raw_parts(ways, count) }
+        };
+        let consumers = handles
+            .iter()
+            .enumerate()
+            .map(|(i, &way)| {
+                // SAFETY: NULL or a live handle (the caller's contract).
+                unsafe { way.as_ref() }
+                    .map(|way| &way.consumer)
+                    .ok_or_else(|| format!("fastedge_way_wait_any: ways[{i}] is NULL"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let readable = shm::wait_any_of(&consumers, Duration::from_millis(u64::from(timeout_ms)));
+        Ok(c_int::from(readable))
+    })
+}
+
 /// Fills `*out` with the way's counters (packets delivered and dropped, the producers'
 /// heartbeat, lanes). Returns 0, or -1 with the reason in [`fastedge_way_last_error`] (a null
 /// pointer).
@@ -499,12 +541,43 @@ mod tests {
             assert_eq!(*flow_hash, u64::from(n) * 7);
         }
 
+        // SAFETY: NULL arrays and handles are allowed (refused with an error).
+        unsafe {
+            assert_eq!(fastedge_way_wait_any(std::ptr::null(), 2, 0), -1);
+            assert_eq!(last_error(), "fastedge_way_wait_any: ways is NULL");
+            assert_eq!(
+                fastedge_way_wait_any([way.cast_const(), std::ptr::null()].as_ptr(), 2, 0),
+                -1
+            );
+            assert_eq!(last_error(), "fastedge_way_wait_any: ways[1] is NULL");
+            assert_eq!(fastedge_way_wait_any(std::ptr::null(), 0, 1), 0);
+        }
+        // SAFETY: an array of one live handle.
+        let readable = unsafe { fastedge_way_wait_any([way.cast_const()].as_ptr(), 1, 10) };
+        assert_eq!(readable, 0, "everything was read");
+        producer.push(b"one more", 1, 1);
+        producer.publish();
+        // A second way, idle, beside the first.
+        let idle_path = dir.join("way-idle");
+        let _idle_producer = shm::Producer::create(&idle_path, 64 * 1024).unwrap();
+        let c_idle = CString::new(idle_path.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        let idle = unsafe { fastedge_way_open_path(c_idle.as_ptr()) };
+        assert!(!idle.is_null(), "{}", last_error());
+        // SAFETY: an array of two live handles.
+        let readable = unsafe {
+            fastedge_way_wait_any([idle.cast_const(), way.cast_const()].as_ptr(), 2, 1000)
+        };
+        assert_eq!(readable, 1, "the first way has a frame: {}", last_error());
+        // SAFETY: the handle from open, closed once.
+        unsafe { fastedge_way_close(idle) };
+
         let mut counters = FastedgeWayCounters::default();
         // SAFETY: a live handle and a writable struct.
         assert_eq!(unsafe { fastedge_way_read_counters(way, &mut counters) }, 0);
         assert_eq!(
             (counters.delivered, counters.dropped, counters.lanes),
-            (100, 0, 1)
+            (101, 0, 1)
         );
         assert!(counters.producer_heartbeat_ns > 0);
 
