@@ -52,8 +52,9 @@ extern "C" {
 //
 // Returns a handle to pass to [`fastedge_way_close`] when done, or NULL with the reason in
 // [`fastedge_way_last_error`]: a null or non-UTF-8 `name`, a name with `/`, no such way
-// (yet), a way another live process reads, files that are not trusted (writable by others,
-// owned by another user), a split of another layout version.
+// (yet), a way another live process reads (or another handle of this process), files that
+// are not trusted (writable by others, owned by another user), a split of another layout
+// version.
 //
 // # Safety
 //

@@ -26,8 +26,8 @@
 //!   [`fastedge_way_close`], exactly once; no other function takes ownership.
 //! - A handle may move between threads but is used by one thread at a time (calls on one
 //!   handle are not synchronised). Different handles may be used on different threads at once.
-//! - A way has one consumer: a second process that opens it fails while the first one lives.
-//!   Open a way once per process.
+//! - A way has one consumer: a second process that opens it fails while the first one lives,
+//!   and so does a second open of it in the same process until the first handle is closed.
 //! - The `data` pointer a record callback receives is valid only during that call (it points
 //!   into the handle's own copy of the packet, overwritten by the next record): copy what must
 //!   outlive it. A callback must not call `fastedge_way_read_batch` or `fastedge_way_close` on
@@ -44,7 +44,8 @@ use std::{
     cell::RefCell,
     ffi::{c_char, c_int, c_void, CStr, CString},
     panic::{catch_unwind, AssertUnwindSafe},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 
@@ -57,6 +58,28 @@ pub const FASTEDGE_WAY_LAYOUT_VERSION: u32 = 4;
 /// An open way: the reading end of one way of a running split (opaque to C).
 pub struct FastedgeWay {
     consumer: Consumer,
+    /// Its entry in [`OPEN_WAYS`].
+    key: PathBuf,
+}
+
+/// The ways open in this process (their data files, canonical where possible). A way's
+/// consumer slot holds a pid, so a second handle of the same process would be let in and the
+/// two would fight over the read positions: it is refused instead.
+static OPEN_WAYS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Attaches to the way whose data file is `path`, unless this process has it open already.
+fn open_way(op: &str, path: &Path) -> Result<*mut FastedgeWay, String> {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut open = OPEN_WAYS.lock().unwrap_or_else(PoisonError::into_inner);
+    if open.contains(&key) {
+        return Err(format!(
+            "{op}: {} is already open in this process (one handle per way)",
+            path.display()
+        ));
+    }
+    let consumer = Consumer::open_path(path).map_err(|e| e.to_string())?;
+    open.push(key.clone());
+    Ok(Box::into_raw(Box::new(FastedgeWay { consumer, key })))
 }
 
 impl std::fmt::Debug for FastedgeWay {
@@ -142,8 +165,9 @@ fn boundary<T>(failed: T, body: impl FnOnce() -> Result<T, String>) -> T {
 ///
 /// Returns a handle to pass to [`fastedge_way_close`] when done, or NULL with the reason in
 /// [`fastedge_way_last_error`]: a null or non-UTF-8 `name`, a name with `/`, no such way
-/// (yet), a way another live process reads, files that are not trusted (writable by others,
-/// owned by another user), a split of another layout version.
+/// (yet), a way another live process reads (or another handle of this process), files that
+/// are not trusted (writable by others, owned by another user), a split of another layout
+/// version.
 ///
 /// # Safety
 ///
@@ -166,8 +190,7 @@ pub unsafe extern "C" fn fastedge_way_open(name: *const c_char, way: u32) -> *mu
                 "fastedge_way_open: bad name {name:?} (a split's name: not empty, no '/')"
             ));
         }
-        let consumer = Consumer::open(name, way).map_err(|e| e.to_string())?;
-        Ok(Box::into_raw(Box::new(FastedgeWay { consumer })))
+        open_way("fastedge_way_open", &shm::way_path(name, way))
     })
 }
 
@@ -190,8 +213,7 @@ pub unsafe extern "C" fn fastedge_way_open_path(path: *const c_char) -> *mut Fas
         let path = path
             .to_str()
             .map_err(|e| format!("fastedge_way_open_path: path is not UTF-8 ({e})"))?;
-        let consumer = Consumer::open_path(Path::new(path)).map_err(|e| e.to_string())?;
-        Ok(Box::into_raw(Box::new(FastedgeWay { consumer })))
+        open_way("fastedge_way_open_path", Path::new(path))
     })
 }
 
@@ -347,7 +369,12 @@ pub unsafe extern "C" fn fastedge_way_close(way: *mut FastedgeWay) {
         if !way.is_null() {
             // SAFETY: a handle from `fastedge_way_open` (Box::into_raw), closed once (the
             // caller's contract): the box is taken back and dropped exactly once.
-            drop(unsafe { Box::from_raw(way) });
+            let way = unsafe { Box::from_raw(way) };
+            // Detach before the way may be opened again: under the lock, so that a new handle
+            // cannot claim the consumer slot this one is about to clear.
+            let mut open = OPEN_WAYS.lock().unwrap_or_else(PoisonError::into_inner);
+            open.retain(|key| *key != way.key);
+            drop(way);
         }
         Ok(())
     })
@@ -581,8 +608,16 @@ mod tests {
         );
         assert!(counters.producer_heartbeat_ns > 0);
 
-        // A second handle of another process would be refused; this one detaches on close,
-        // and the way can be opened again.
+        // A second handle on the same way is refused (another process's would be too); this
+        // one detaches on close, and the way can be opened again.
+        // SAFETY: a NUL-terminated path.
+        let twice = unsafe { fastedge_way_open_path(c_path.as_ptr()) };
+        assert!(twice.is_null());
+        assert!(
+            last_error().contains("already open in this process"),
+            "{}",
+            last_error()
+        );
         // SAFETY: the handle from open, closed once.
         unsafe { fastedge_way_close(way) };
         // SAFETY: a NUL-terminated path.
