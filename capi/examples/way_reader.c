@@ -6,10 +6,11 @@
  * Usage: way_reader SPLIT-NAME WAY FRAMES [-v]
  *
  * Reads until FRAMES frames have arrived (or 10 s pass without one, or SIGINT/SIGTERM), then
- * prints `frames N bytes B checksum C`: C is the sum (mod 2^64) of each frame's 64-bit FNV-1a
- * hash, so two readers of the same frames print the same line whatever order lanes gave them
- * in. With -v, one line per frame first: `frame LEN FLOW-HASH`. The way's counters go to
- * stderr. Exit status 1 when the way cannot be opened or read.
+ * prints `frames N bytes B checksum C stamps S`: C is the sum (mod 2^64) of each frame's 64-bit
+ * FNV-1a hash and S the sum of their capture timestamps (ns), so two readers of the same frames
+ * print the same line whatever order lanes gave them in. With -v, one line per frame first:
+ * `frame LEN FLOW-HASH`. The way's counters go to stderr. Exit status 1 when the way cannot be
+ * opened or read.
  *
  * Build: cc -I capi/include way_reader.c -L target/release -lfastedge_ways -o way_reader
  */
@@ -29,6 +30,7 @@ struct tally {
     uint64_t frames;
     uint64_t bytes;
     uint64_t checksum;
+    uint64_t stamps;
     int verbose;
 };
 
@@ -52,10 +54,10 @@ static uint64_t fnv1a(const uint8_t *data, uint32_t len) {
 static void on_frame(void *user, const uint8_t *data, uint32_t len, uint64_t timestamp_ns,
                      uint64_t flow_hash) {
     struct tally *tally = user;
-    (void)timestamp_ns;
     tally->frames++;
     tally->bytes += len;
     tally->checksum += fnv1a(data, len);
+    tally->stamps += timestamp_ns;
     if (tally->verbose)
         printf("frame %" PRIu32 " %016" PRIx64 "\n", len, flow_hash);
 }
@@ -114,7 +116,7 @@ int main(int argc, char **argv) {
                         " dropped\n",
                 name, way, counters.lanes, counters.delivered, counters.dropped);
     fastedge_way_close(reader);
-    printf("frames %" PRIu64 " bytes %" PRIu64 " checksum %016" PRIx64 "\n", tally.frames,
-           tally.bytes, tally.checksum);
+    printf("frames %" PRIu64 " bytes %" PRIu64 " checksum %016" PRIx64 " stamps %" PRIu64 "\n",
+           tally.frames, tally.bytes, tally.checksum, tally.stamps);
     return 0;
 }

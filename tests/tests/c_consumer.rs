@@ -1,7 +1,8 @@
 //! Ways read from C: the example `capi/examples/way_reader.c`, compiled here with `cc` against
 //! the generated header `capi/include/fastedge_ways.h` and the built `libfastedge_ways.so`,
 //! reads one way of a running `fastedge dup` while `fastedge tap` streams the other way (the
-//! same frames, duplicated) as pcap: both see every frame `fastedge gen` sent, byte for byte.
+//! same frames, duplicated) as pcap: both see every frame `fastedge gen` sent, byte for byte,
+//! with the same capture timestamps, and the flow hashes reach C.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -39,36 +40,45 @@ impl Drop for Killed {
     }
 }
 
-/// The checksum `way_reader` prints: the sum (mod 2^64) of each frame's 64-bit FNV-1a hash.
+/// The hash `way_reader` sums into its checksum: 64-bit FNV-1a.
 fn fnv1a(frame: &[u8]) -> u64 {
     frame.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-/// The line `way_reader` prints for these frames: `frames N bytes B checksum C`.
-fn summary<'a>(frames: impl Iterator<Item = &'a [u8]>) -> String {
-    let (mut count, mut bytes, mut checksum) = (0u64, 0u64, 0u64);
-    for frame in frames {
-        count += 1;
+/// The line `way_reader` prints for these (timestamp ns, frame) pairs: `frames N bytes B
+/// checksum C stamps S` (C: the sum of the frames' hashes, S: of their timestamps, mod 2^64).
+fn summary(frames: &[(u64, &[u8])]) -> String {
+    let (mut bytes, mut checksum, mut stamps) = (0u64, 0u64, 0u64);
+    for (timestamp_ns, frame) in frames {
         bytes += frame.len() as u64;
         checksum = checksum.wrapping_add(fnv1a(frame));
+        stamps = stamps.wrapping_add(*timestamp_ns);
     }
-    format!("frames {count} bytes {bytes} checksum {checksum:016x}")
+    format!(
+        "frames {} bytes {bytes} checksum {checksum:016x} stamps {stamps}",
+        frames.len()
+    )
 }
 
-/// The frames of a pcap stream as `fastedge tap` writes it (little-endian, nanosecond magic).
-fn pcap_frames(pcap: &[u8]) -> Vec<&[u8]> {
+/// The (timestamp ns, frame) records of a pcap stream as `fastedge tap` writes it
+/// (little-endian, nanosecond magic).
+fn pcap_frames(pcap: &[u8]) -> Vec<(u64, &[u8])> {
     assert!(pcap.len() >= 24, "a pcap global header");
     assert_eq!(pcap[..4], 0xa1b2_3c4d_u32.to_le_bytes(), "tap's pcap magic");
     let mut frames = Vec::new();
     let mut at = 24;
     while at < pcap.len() {
         let header = &pcap[at..at + 16];
+        let word = |range: std::ops::Range<usize>| {
+            u64::from(u32::from_le_bytes(header[range].try_into().unwrap()))
+        };
+        let timestamp_ns = word(0..4) * 1_000_000_000 + word(4..8);
         let captured = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
         let original = u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize;
         assert_eq!(captured, original, "tap captures whole frames");
-        frames.push(&pcap[at + 16..at + 16 + captured]);
+        frames.push((timestamp_ns, &pcap[at + 16..at + 16 + captured]));
         at += 16 + captured;
     }
     frames
@@ -147,7 +157,7 @@ fn a_c_reader_reads_the_frames_fastedge_tap_reads() {
     let frames = 1000;
     let c_reader = Killed(Some(
         Command::new(&reader)
-            .args([&pair.dev_a, "0", &frames.to_string()])
+            .args([&pair.dev_a, "0", &frames.to_string(), "-v"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -181,7 +191,10 @@ fn a_c_reader_reads_the_frames_fastedge_tap_reads() {
     let c_out = c_reader.output();
     let c_stderr = String::from_utf8_lossy(&c_out.stderr);
     assert!(c_out.status.success(), "way_reader failed: {c_stderr}");
-    let c_line = String::from_utf8_lossy(&c_out.stdout).trim().to_owned();
+    let c_stdout = String::from_utf8_lossy(&c_out.stdout);
+    let (per_frame, summary_lines): (Vec<&str>, Vec<&str>) =
+        c_stdout.lines().partition(|l| l.starts_with("frame "));
+    let c_line = summary_lines.concat();
     let tap_out = tap.output();
     assert!(
         tap_out.status.success(),
@@ -196,9 +209,17 @@ fn a_c_reader_reads_the_frames_fastedge_tap_reads() {
     );
     assert_eq!(
         c_line,
-        summary(tapped.iter().copied()),
-        "the C reader and fastedge tap read the same frames"
+        summary(&tapped),
+        "the C reader and fastedge tap read the same frames, with the same timestamps"
     );
+    // Every frame's flow hash reached the callback: gen's 100 flows (both directions of each
+    // share a hash).
+    assert_eq!(per_frame.len(), frames);
+    let flows: std::collections::HashSet<&str> = per_frame
+        .iter()
+        .map(|l| l.split(' ').nth(2).unwrap())
+        .collect();
+    assert_eq!(flows.len(), 100, "{:?}", &per_frame[..5]);
     // The counters reached C too: everything the split put into way 0, nothing dropped.
     assert!(
         c_stderr.contains(&format!(" lanes, {frames} delivered, 0 dropped")),
