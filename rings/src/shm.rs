@@ -1187,33 +1187,47 @@ impl Consumer {
 /// one has. Sleeps on every way's wake word at once (futex_waitv, Linux 5.16). With more than
 /// 128 ways, or on an older kernel, it sleeps on the first way only, 1 ms at most at a time.
 pub fn wait_any(consumers: &[Consumer], timeout: Duration) -> bool {
-    match consumers {
-        [] => {
+    wait_any_in(consumers.iter(), timeout)
+}
+
+/// [`wait_any`] over consumers the caller holds apart (behind handles, in other structures):
+/// the same wait, given references.
+pub fn wait_any_of(consumers: &[&Consumer], timeout: Duration) -> bool {
+    wait_any_in(consumers.iter().copied(), timeout)
+}
+
+fn wait_any_in<'a>(
+    consumers: impl Iterator<Item = &'a Consumer> + Clone,
+    timeout: Duration,
+) -> bool {
+    let mut first_two = consumers.clone();
+    match (first_two.next(), first_two.next()) {
+        (None, _) => {
             std::thread::sleep(timeout);
             return false;
         }
-        [one] => return one.wait_readable(timeout),
+        (Some(one), None) => return one.wait_readable(timeout),
         _ => {}
     }
-    if consumers.iter().any(Consumer::readable) {
+    if consumers.clone().any(Consumer::readable) {
         return true;
     }
     let words: Vec<(&AtomicU32, u32)> = consumers
-        .iter()
+        .clone()
         .map(|c| (c.region.wake(), c.fall_asleep()))
         .collect();
     fence(Ordering::SeqCst);
-    if !consumers.iter().any(Consumer::readable) && !futex_waitv(&words, timeout) {
+    if !consumers.clone().any(Consumer::readable) && !futex_waitv(&words, timeout) {
         futex_wait(
             words[0].0,
             words[0].1,
             timeout.min(Duration::from_millis(1)),
         );
     }
-    for consumer in consumers {
+    for consumer in consumers.clone() {
         consumer.wake_up();
     }
-    consumers.iter().any(Consumer::readable)
+    consumers.clone().any(Consumer::readable)
 }
 
 impl Drop for Consumer {
@@ -1704,6 +1718,27 @@ mod tests {
         );
         assert!(at(0.5) < 5_000.0, "woken at once, not at a timeout");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn wait_any_of_waits_on_consumers_held_apart() {
+        let paths = [temp_path("apart-0"), temp_path("apart-1")];
+        let mut producers: Vec<Producer> = paths
+            .iter()
+            .map(|p| Producer::create(p, 64 * 1024).unwrap())
+            .collect();
+        let first = Consumer::open_path(&paths[0]).unwrap();
+        let second = Consumer::open_path(&paths[1]).unwrap();
+        assert!(!wait_any_of(&[&first, &second], Duration::from_millis(20)));
+        assert!(!wait_any_of(&[], Duration::from_millis(1)));
+        assert!(producers[1].push(b"second way", 1, 0));
+        publish(&mut producers);
+        assert!(wait_any_of(&[&first, &second], Duration::from_secs(10)));
+        assert!(wait_any_of(&[&second], Duration::from_secs(10)));
+        assert!(!wait_any_of(&[&first], Duration::from_millis(1)));
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     #[test]
