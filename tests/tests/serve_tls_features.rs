@@ -1113,7 +1113,7 @@ fn sni_service(
                 };
                 let reply = match name.as_str() {
                     "slow.test" => {
-                        std::thread::sleep(Duration::from_secs(3));
+                        std::thread::sleep(Duration::from_secs(5));
                         respond("404 Not Found", b"")
                     }
                     "garbage.test" => respond("200 OK", b"<html>surprise</html>"),
@@ -1144,7 +1144,7 @@ fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
     let config = |strict: bool| {
         format!(
             "[tls]\ncert = \"{}\"\nkey = \"{}\"\nsni_strict = {strict}\n\
-             sni_url = \"http://127.0.0.1:{service}/bud/sni/%s\"\nsni_timeout = \"1s\"\n\
+             sni_url = \"http://127.0.0.1:{service}/bud/sni/%s\"\nsni_timeout = \"2s\"\n\
              [[backend]]\naddress = \"{backend}\"\n",
             path(&default_cert),
             path(&default_key),
@@ -1162,7 +1162,7 @@ fn dynamic_sni_from_an_http_service_with_cache_and_every_failure() {
     // Every way the service can fail: the default context serves, and the log says why.
     for (name, why) in [
         ("missing.test", None),
-        ("slow.test", Some("no complete answer within 1000 ms")),
+        ("slow.test", Some("no complete answer within 2000 ms")),
         ("garbage.test", Some("is not JSON")),
         // The reason is logged escaped (quoted, as every text a peer had a hand in).
         ("empty.test", Some("has no \\\"cert\\\"")),
