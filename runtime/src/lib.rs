@@ -6,7 +6,8 @@
 //! stop signal ([`Shutdown`]), process signals taken by a thread of their own ([`signals`]),
 //! a metrics registry that other crates register their metrics with, rendered and served as
 //! Prometheus text ([`metrics`]), per-core connection caps ([`ConnectionLimit`]), process
-//! set-up (open-files limit, privilege drop, pid file), service-manager notifications
+//! set-up (open-files limit, privilege drop, pid file), passing listening sockets to a new binary
+//! ([`handover`]), service-manager notifications
 //! ([`notify`]), log lines to syslog ([`SyslogWriter`]), the JSON-lines control socket
 //! ([`control`]), and the network types the other crates use ([`net`]), so that only this
 //! crate names an engine.
@@ -18,6 +19,7 @@ pub mod control;
 mod cpus;
 mod engine;
 mod executors;
+pub mod handover;
 mod limit;
 mod listen;
 pub mod metrics;
