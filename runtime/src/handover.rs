@@ -78,14 +78,37 @@ impl HandoverSocket {
         &self.path
     }
 
-    /// Waits for the next process to connect. Its receives time out after `timeout`.
-    pub fn accept(&self, timeout: Duration) -> Result<HandoverConn, HandoverError> {
-        let (socket, _) = self.socket.accept().map_err(|source| HandoverError {
-            path: self.path.clone(),
-            operation: "accepting",
-            source,
-        })?;
-        HandoverConn::new(socket, &self.path, timeout)
+    /// Waits up to `wait` for the next process to connect (`None` if none did). Its receives
+    /// time out after `timeout`.
+    pub fn accept(
+        &self,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<Option<HandoverConn>, HandoverError> {
+        let failed = |operation| {
+            move |source| HandoverError {
+                path: self.path.clone(),
+                operation,
+                source,
+            }
+        };
+        // SO_RCVTIMEO bounds accept(2) too.
+        self.socket
+            .set_read_timeout(Some(wait))
+            .map_err(failed("setting the accept timeout"))?;
+        match self.socket.accept() {
+            Ok((socket, _)) => HandoverConn::new(socket, &self.path, timeout).map(Some),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(failed("accepting")(e)),
+        }
     }
 }
 
@@ -239,7 +262,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
         let sender = std::thread::spawn(move || {
-            let conn = listening.accept(Duration::from_secs(5)).unwrap();
+            let conn = listening
+                .accept(Duration::from_secs(5), Duration::from_secs(5))
+                .unwrap()
+                .unwrap();
             conn.send(b"hello", &[writer.as_fd()]).unwrap();
             conn.recv(16)
         });

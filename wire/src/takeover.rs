@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The i-th entry describes the i-th descriptor of the message. New to old, once it accepts on
-//! every socket: the message [`DRAIN`]; the old process then stops accepting and drains.
+//! every socket: the message [`DRAIN`]; the old process lets go of its upgrade socket, answers
+//! [`DRAINING`], then stops accepting and drains.
 //!
 //! The peer is another process: every field is bounds-checked ([`Batch::parse`]), and the
 //! batches together must describe every address with the same address on each of its sockets
@@ -31,6 +32,8 @@ pub const MAX_ADDRESSES: u16 = 1024;
 pub const MAX_CORES: u16 = 4096;
 /// What the new process sends once it serves: the old one drains.
 pub const DRAIN: &[u8] = b"FEUP drain";
+/// The old process's answer to [`DRAIN`]: it let go of the upgrade socket and drains.
+pub const DRAINING: &[u8] = b"FEUP draining";
 /// The largest batch message in bytes.
 pub const MAX_MESSAGE: usize = HEADER + MAX_BATCH * (5 + 16 + 2 + 2);
 
@@ -117,7 +120,7 @@ pub enum TakeoverError {
     },
     /// A batch after the one marked last, or the handover ended before the last batch.
     Sequence,
-    /// An unknown message where [`DRAIN`] was expected.
+    /// An unknown message where [`DRAIN`] or [`DRAINING`] was expected.
     NotDrain,
 }
 
@@ -163,7 +166,7 @@ impl std::fmt::Display for TakeoverError {
                 core: None,
             } => write!(f, "address {address} has no socket"),
             Self::Sequence => write!(f, "handover batches out of sequence"),
-            Self::NotDrain => write!(f, "expected the drain message"),
+            Self::NotDrain => write!(f, "expected the drain message or its answer"),
         }
     }
 }
@@ -253,6 +256,15 @@ impl Batch {
 /// Checks that `message` is [`DRAIN`].
 pub fn parse_drain(message: &[u8]) -> Result<(), TakeoverError> {
     if message == DRAIN {
+        Ok(())
+    } else {
+        Err(TakeoverError::NotDrain)
+    }
+}
+
+/// Checks that `message` is [`DRAINING`].
+pub fn parse_draining(message: &[u8]) -> Result<(), TakeoverError> {
+    if message == DRAINING {
         Ok(())
     } else {
         Err(TakeoverError::NotDrain)
@@ -451,6 +463,8 @@ mod tests {
         ));
         assert_eq!(parse_drain(b"FEUP drain"), Ok(()));
         assert_eq!(parse_drain(b"FEUP"), Err(TakeoverError::NotDrain));
+        assert_eq!(parse_draining(DRAINING), Ok(()));
+        assert_eq!(parse_draining(DRAIN), Err(TakeoverError::NotDrain));
     }
 
     #[test]

@@ -1,0 +1,211 @@
+//! Binary upgrade under load: a second `fastedge serve --take-over` takes the listening sockets
+//! of a running one over its upgrade socket while clients keep connecting, and no connection
+//! fails, is refused or reset; the old one drains and exits 0, the new one keeps serving.
+
+// Test code: an unwrap that fails is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use fastedge_tests::{
+    peers::{echo_backend, free_port, try_read_response},
+    process::Fastedge,
+    TempDir,
+};
+use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+
+/// What the client load saw.
+#[derive(Debug, Default)]
+struct Tally {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn failed(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// One TLS connection to `addr` (no certificate check), or why it failed.
+fn connect(
+    addr: SocketAddr,
+) -> Result<fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    let connector = builder.build();
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut config = connector.configure().unwrap();
+    config.set_verify_hostname(false);
+    config
+        .connect("localhost", tcp)
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// One request on `stream`, checked to come back whole.
+fn request(
+    stream: &mut fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>,
+    path: &str,
+) -> Result<(), String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let (head, body) = try_read_response(stream).map_err(|e| format!("read: {e}"))?;
+    if !head.starts_with("HTTP/1.1 200") || !String::from_utf8_lossy(&body).contains(path) {
+        return Err(format!("unexpected response {head:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn binary_upgrade_under_load_drops_no_connection() {
+    let state = TempDir::new("upgrade");
+    let (backend, _recorded) = echo_backend();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr: SocketAddr = listen.parse().unwrap();
+    let socket = state.path().join("serve.upgrade");
+    let config = state.path().join("fastedge.toml");
+    // Long enough for the keep-alive clients to finish on the old process.
+    std::fs::write(&config, "[frontend]\ndrain_timeout = \"20s\"\n").unwrap();
+    let cpus = fastedge_runtime::CpuList::available().unwrap();
+    let all = cpus.to_string();
+    let first = cpus.cpus()[0].to_string();
+    let common = |cores: &str| {
+        vec![
+            "serve".to_owned(),
+            "--config".into(),
+            config.to_str().unwrap().into(),
+            "--listen".into(),
+            listen.clone(),
+            "--backend".into(),
+            backend.to_string(),
+            "--cores".into(),
+            cores.into(),
+            "--state-dir".into(),
+            state.path().to_str().unwrap().into(),
+            "--upgrade-socket".into(),
+            socket.to_str().unwrap().into(),
+        ]
+    };
+    let env = [("FASTEDGE_LOG", "info")];
+    // The old process on every CPU; the new one on one CPU only: it must still take (and
+    // serve) every socket of the old one.
+    let old_args = common(&all);
+    let old_args: Vec<&str> = old_args.iter().map(String::as_str).collect();
+    let mut old = Fastedge::start(&old_args, &env);
+    old.wait_listening();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    // New connections, one request each, back to back.
+    for t in 0..2 {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        load.push(thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                tally.connections.fetch_add(1, Ordering::Relaxed);
+                let path = format!("/new-{t}-{n}");
+                match connect(addr).and_then(|mut s| request(&mut s, &path)) {
+                    Ok(()) => drop(tally.requests.fetch_add(1, Ordering::Relaxed)),
+                    Err(e) => tally.failed(format!("{path}: {e}")),
+                }
+            }
+        }));
+    }
+    // Keep-alive connections opened on the old process, requesting without pause until the
+    // end; they close themselves when the load stops.
+    for t in 0..4 {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        load.push(thread::spawn(move || {
+            tally.connections.fetch_add(1, Ordering::Relaxed);
+            let mut stream = match connect(addr) {
+                Ok(s) => s,
+                Err(e) => return tally.failed(format!("keep-alive {t}: {e}")),
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let path = format!("/keep-{t}-{n}");
+                match request(&mut stream, &path) {
+                    Ok(()) => drop(tally.requests.fetch_add(1, Ordering::Relaxed)),
+                    Err(e) => return tally.failed(format!("{path}: {e}")),
+                }
+                // Leaves CPU to the connecting clients (the machine may have two cores).
+                thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+
+    thread::sleep(Duration::from_millis(1000));
+    let before = tally.connections.load(Ordering::Relaxed);
+    let new_args = {
+        let mut a = common(&first);
+        a.extend([
+            "--take-over".to_owned(),
+            socket.to_str().unwrap().to_owned(),
+        ]);
+        a
+    };
+    let new_args: Vec<&str> = new_args.iter().map(String::as_str).collect();
+    let upgrade_started = Instant::now();
+    let new = Fastedge::start(&new_args, &env);
+    new.wait_for_logged("binary upgrade done", Duration::from_secs(20));
+    let upgrade_took = upgrade_started.elapsed();
+    old.wait_for_logged("handed over to a new process", Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let connections = tally.connections.load(Ordering::Relaxed);
+    let requests = tally.requests.load(Ordering::Relaxed);
+    let failures = tally.failures.lock().unwrap().clone();
+    eprintln!(
+        "connections: {connections} ({} during and after the upgrade, which took {} ms), \
+         requests: {requests}, failures: {}",
+        connections - before,
+        upgrade_took.as_millis(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed: {failures:#?}");
+    assert!(connections - before > 50, "load ran during the upgrade");
+
+    // The old one stops once its keep-alive clients are gone, and exits 0.
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "old process: {status}");
+    // The new one served connections of its own, and keeps serving.
+    let mut new = new;
+    assert!(new.is_running());
+    let mut stream = connect(addr).unwrap();
+    request(&mut stream, "/after").unwrap();
+    drop(stream);
+    let served_by_new = new.log_text().matches("connection closed").count();
+    assert!(served_by_new > 0, "{}", new.log_text());
+    // The new one listens on the upgrade socket for the next upgrade.
+    assert!(socket.exists());
+    new.terminate_cleanly(Duration::from_secs(10));
+}
