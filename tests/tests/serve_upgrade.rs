@@ -37,14 +37,19 @@ impl Tally {
     }
 }
 
+type Tls = fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>;
+
 /// One TLS connection to `addr` (no certificate check), or why it failed.
-fn connect(
-    addr: SocketAddr,
-) -> Result<fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>, String> {
+fn connect(addr: SocketAddr) -> Result<Tls, String> {
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    handshake(tcp)
+}
+
+/// The TLS handshake on a connected `tcp`.
+fn handshake(tcp: std::net::TcpStream) -> Result<Tls, String> {
     let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
     builder.set_verify(SslVerifyMode::NONE);
     let connector = builder.build();
-    let tcp = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     tcp.set_nodelay(true).unwrap();
     let mut config = connector.configure().unwrap();
@@ -55,10 +60,7 @@ fn connect(
 }
 
 /// One request on `stream`, checked to come back whole.
-fn request(
-    stream: &mut fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>,
-    path: &str,
-) -> Result<(), String> {
+fn request(stream: &mut Tls, path: &str) -> Result<(), String> {
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -79,7 +81,14 @@ fn binary_upgrade_under_load_drops_no_connection() {
     let socket = state.path().join("serve.upgrade");
     let config = state.path().join("fastedge.toml");
     // Long enough for the keep-alive clients to finish on the old process.
-    std::fs::write(&config, "[frontend]\ndrain_timeout = \"20s\"\n").unwrap();
+    // metrics_listen is not a listener handed over: the new process binds it once the old one
+    // exits.
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        &config,
+        format!("metrics_listen = \"{metrics}\"\n[frontend]\ndrain_timeout = \"20s\"\n"),
+    )
+    .unwrap();
     let cpus = fastedge_runtime::CpuList::available().unwrap();
     let all = cpus.to_string();
     let first = cpus.cpus()[0].to_string();
@@ -121,7 +130,7 @@ fn binary_upgrade_under_load_drops_no_connection() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     // New connections, one request each, back to back.
-    for t in 0..2 {
+    for t in 0..4 {
         let (tally, stop) = (tally.clone(), stop.clone());
         load.push(thread::spawn(move || {
             let mut n = 0u64;
@@ -171,12 +180,41 @@ fn binary_upgrade_under_load_drops_no_connection() {
         a
     };
     let new_args: Vec<&str> = new_args.iter().map(String::as_str).collect();
+    // A burst of connections, one thread each, made while the upgrade runs: they wait in the
+    // accept queues of the sockets changing hands, or were just accepted by the old process
+    // (a socket closed with connections in its queue would reset them).
+    let burst = {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut clients = Vec::new();
+            let until = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < until && clients.len() < 150 && !stop.load(Ordering::Relaxed) {
+                let tally = tally.clone();
+                let n = clients.len();
+                clients.push(thread::spawn(move || {
+                    tally.connections.fetch_add(1, Ordering::Relaxed);
+                    let path = format!("/burst-{n}");
+                    match connect(addr).and_then(|mut s| request(&mut s, &path)) {
+                        Ok(()) => drop(tally.requests.fetch_add(1, Ordering::Relaxed)),
+                        Err(e) => tally.failed(format!("{path}: {e}")),
+                    }
+                }));
+                thread::sleep(Duration::from_millis(2));
+            }
+            let made = clients.len();
+            for client in clients {
+                client.join().unwrap();
+            }
+            made
+        })
+    };
     let upgrade_started = Instant::now();
     let new = Fastedge::start(&new_args, &env);
     new.wait_for_logged("binary upgrade done", Duration::from_secs(20));
     let upgrade_took = upgrade_started.elapsed();
     old.wait_for_logged("handed over to a new process", Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(2000));
+    let burst_made = burst.join().unwrap();
+    thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.join().unwrap();
@@ -185,12 +223,15 @@ fn binary_upgrade_under_load_drops_no_connection() {
     let requests = tally.requests.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap().clone();
     eprintln!(
-        "connections: {connections} ({} during and after the upgrade, which took {} ms), \
-         requests: {requests}, failures: {}",
+        "connections: {connections} ({} during and after the upgrade, which took {} ms, \
+         {burst_made} of them made in a burst across it), requests: {requests}, failures: {}",
         connections - before,
         upgrade_took.as_millis(),
         failures.len()
     );
+    if !failures.is_empty() {
+        eprintln!("OLD LOG\n{}\nNEW LOG\n{}", old.log_text(), new.log_text());
+    }
     assert!(failures.is_empty(), "failed: {failures:#?}");
     assert!(connections - before > 50, "load ran during the upgrade");
 
@@ -205,6 +246,24 @@ fn binary_upgrade_under_load_drops_no_connection() {
     drop(stream);
     let served_by_new = new.log_text().matches("connection closed").count();
     assert!(served_by_new > 0, "{}", new.log_text());
+    // Its metrics endpoint, once the old one let go of the address, counts what it accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(metrics) {
+            tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut tcp, &mut text).unwrap();
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no metrics from the new process");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let accepted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fastedge_connections_accepted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(accepted >= 1.0, "{text}");
     // The new one listens on the upgrade socket for the next upgrade.
     assert!(socket.exists());
     new.terminate_cleanly(Duration::from_secs(10));

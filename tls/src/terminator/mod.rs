@@ -399,12 +399,23 @@ impl Terminator {
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let metrics_error = |error| TerminatorError::MetricsListen { addr, error };
-            let listener = std::net::TcpListener::bind(addr).map_err(metrics_error)?;
-            let local = listener.local_addr().map_err(metrics_error)?;
-            tracing::info!(addr = %local, "metrics listening (GET /metrics)");
-            fastedge_runtime::metrics::serve_http(listener, registry.clone())
-                .map_err(TerminatorError::MetricsThread)?;
-            metrics_addr = Some(local);
+            match std::net::TcpListener::bind(addr) {
+                Ok(listener) => {
+                    let local = listener.local_addr().map_err(metrics_error)?;
+                    tracing::info!(addr = %local, "metrics listening (GET /metrics)");
+                    fastedge_runtime::metrics::serve_http(listener, registry.clone())
+                        .map_err(TerminatorError::MetricsThread)?;
+                    metrics_addr = Some(local);
+                }
+                // The process whose sockets were taken serves its metrics there until it
+                // exits: bind it then.
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse && predecessor.is_some() => {
+                    upgrade::serve_metrics_when_free(addr, registry.clone())
+                        .map_err(TerminatorError::MetricsThread)?;
+                    metrics_addr = Some(addr);
+                }
+                Err(error) => return Err(metrics_error(error)),
+            }
         }
         if let Some(user) = &config.user {
             let (uid, gid) = drop_privileges(user, config.group.as_deref())

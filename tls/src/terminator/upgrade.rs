@@ -249,3 +249,37 @@ fn send_batch(
     conn.send(&bytes, fds)?;
     Ok(())
 }
+
+/// How long a successor waits for its predecessor to free `metrics_listen`.
+const METRICS_WAIT: Duration = Duration::from_secs(3600);
+
+/// Serves metrics on `addr` once the predecessor (which serves its own there until it exits)
+/// let go of it, trying every 100 ms on a thread of its own.
+pub(super) fn serve_metrics_when_free(
+    addr: SocketAddr,
+    registry: fastedge_runtime::metrics::Registry,
+) -> std::io::Result<()> {
+    tracing::info!(%addr, "metrics_listen still held by the old process: served here once it exits");
+    std::thread::Builder::new()
+        .name("fastedge-metrics-wait".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + METRICS_WAIT;
+            loop {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(listener) => {
+                        match fastedge_runtime::metrics::serve_http(listener, registry) {
+                            Ok(_) => tracing::info!(%addr, "metrics listening (GET /metrics)"),
+                            Err(error) => tracing::error!(%error, "starting the metrics thread"),
+                        }
+                        return;
+                    }
+                    Err(error) if std::time::Instant::now() >= deadline => {
+                        tracing::error!(%addr, %error, "metrics_listen: giving up");
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .map(drop)
+}
