@@ -271,6 +271,24 @@ pub fn parse_draining(message: &[u8]) -> Result<(), TakeoverError> {
     }
 }
 
+/// What a complete handover describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The old process's id.
+    pub pid: u32,
+    /// Per address index, in order.
+    pub addresses: Vec<AddressSockets>,
+}
+
+/// The sockets of one listen address in a handover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSockets {
+    /// The address they are bound to.
+    pub addr: SocketAddr,
+    /// Per core index, the position of its descriptor among all received (over all batches).
+    pub positions: Vec<usize>,
+}
+
 /// The batches of one handover, checked as a whole. Push each batch with the number of
 /// descriptors its message carried; [`Inventory::finish`] gives the sockets per address.
 #[derive(Debug, Default)]
@@ -334,9 +352,9 @@ impl Inventory {
         self.done
     }
 
-    /// Per address index, in order: the address and the positions (over all batches) of its
-    /// descriptors, by core index; with the old process's id.
-    pub fn finish(self) -> Result<(u32, Vec<(SocketAddr, Vec<usize>)>), TakeoverError> {
+    /// The whole handover: per address index, in order, the address and the positions (over
+    /// all batches) of its descriptors, by core index.
+    pub fn finish(self) -> Result<Handover, TakeoverError> {
         if !self.done {
             return Err(TakeoverError::Sequence);
         }
@@ -355,9 +373,12 @@ impl Inventory {
                     core: Some(c as u16),
                 })?);
             }
-            out.push((addr, positions));
+            out.push(AddressSockets { addr, positions });
         }
-        Ok((self.pid, out))
+        Ok(Handover {
+            pid: self.pid,
+            addresses: out,
+        })
     }
 }
 
@@ -421,11 +442,12 @@ mod tests {
         assert_eq!(Batch::parse(&bytes).unwrap(), batch);
         let mut inventory = Inventory::new();
         inventory.push(&batch, 4).unwrap();
-        let (pid, addresses) = inventory.finish().unwrap();
-        assert_eq!(pid, 4242);
-        assert_eq!(addresses[0].0, "127.0.0.1:8443".parse().unwrap());
-        assert_eq!(addresses[0].1, vec![0, 2]);
-        assert_eq!(addresses[1].1, vec![1, 3]);
+        let handover = inventory.finish().unwrap();
+        assert_eq!(handover.pid, 4242);
+        let addresses = handover.addresses;
+        assert_eq!(addresses[0].addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(addresses[0].positions, vec![0, 2]);
+        assert_eq!(addresses[1].positions, vec![1, 3]);
     }
 
     #[test]

@@ -82,11 +82,12 @@ impl Predecessor {
     }
 }
 
+/// The sockets taken over for one address: the address and one socket per old core.
+pub(super) type Taken = (SocketAddr, Vec<BoundListener>);
+
 /// Connects to the upgrade socket at `path` and receives every listening socket of the
 /// process there: per address (in the old `frontend.listen` order), its address and sockets.
-pub(super) fn receive(
-    path: &Path,
-) -> Result<(Predecessor, Vec<(SocketAddr, Vec<BoundListener>)>), UpgradeError> {
+pub(super) fn receive(path: &Path) -> Result<(Predecessor, Vec<Taken>), UpgradeError> {
     let conn = HandoverConn::connect(path, PEER_TIMEOUT)?;
     let described = |error| UpgradeError::Description {
         path: path.to_owned(),
@@ -100,11 +101,11 @@ pub(super) fn receive(
         inventory.push(&batch, fds.len()).map_err(described)?;
         received.extend(batch.entries.into_iter().zip(fds));
     }
-    let (pid, addresses) = inventory.finish().map_err(described)?;
+    let handover = inventory.finish().map_err(described)?;
     let mut slots: Vec<Option<(SocketEntry, std::os::fd::OwnedFd)>> =
         received.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(addresses.len());
-    for (addr, positions) in addresses {
+    let mut out = Vec::with_capacity(handover.addresses.len());
+    for takeover::AddressSockets { addr, positions } in handover.addresses {
         let mut listeners = Vec::with_capacity(positions.len());
         for position in positions {
             // Positions come from the inventory of these very batches: each is in range and
@@ -135,7 +136,7 @@ pub(super) fn receive(
     let predecessor = Predecessor {
         conn,
         path: path.to_owned(),
-        pid,
+        pid: handover.pid,
     };
     Ok((predecessor, out))
 }
