@@ -41,7 +41,7 @@ pub use engine::{
 pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
-pub use process::{drop_privileges, raise_nofile_limit, PidFile, ProcessError};
+pub use process::{drop_privileges, raise_nofile_limit, spawn_successor, PidFile, ProcessError};
 pub use shutdown::Shutdown;
 pub use syslog::SyslogWriter;
 

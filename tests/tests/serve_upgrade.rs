@@ -268,3 +268,73 @@ fn binary_upgrade_under_load_drops_no_connection() {
     assert!(socket.exists());
     new.terminate_cleanly(Duration::from_secs(10));
 }
+
+/// Kills a process that is not our child (the successor a SIGUSR2 started) when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn sigusr2_starts_the_new_binary_which_takes_over() {
+    let state = TempDir::new("upgrade-usr2");
+    let (backend, _recorded) = echo_backend();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr: SocketAddr = listen.parse().unwrap();
+    let socket = state.path().join("serve.upgrade");
+    let mut old = Fastedge::start(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--backend",
+            &backend.to_string(),
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    old.wait_listening();
+    // A keep-alive connection on the old process, open across the upgrade.
+    let mut kept = connect(addr).unwrap();
+    request(&mut kept, "/before").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    old.signal(nix::sys::signal::Signal::SIGUSR2);
+    let started = old.wait_for_logged("started the new binary", Duration::from_secs(10));
+    let pid: i32 = started
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{started}"));
+    let _successor = KillOnDrop(pid);
+    // The successor logs to the same standard error.
+    old.wait_for_logged("binary upgrade done", Duration::from_secs(20));
+    old.wait_for_logged("handed over to a new process", Duration::from_secs(5));
+    // The old process still serves its open connection, then exits 0 once it closes.
+    request(&mut kept, "/during-drain").unwrap();
+    drop(kept);
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "old process: {status}");
+    // The successor serves.
+    for n in 0..5 {
+        let mut stream = connect(addr).unwrap();
+        request(&mut stream, &format!("/after-{n}")).unwrap();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}

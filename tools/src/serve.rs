@@ -39,7 +39,10 @@ use crate::Failure;
 /// options). The new process receives every listening socket of the old one (the same sockets,
 /// with the connections waiting in their accept queues), starts accepting on them, tells the
 /// service manager it is the main process (MAINPID=, READY=1), and the old process stops
-/// accepting, lets its open connections finish for `drain_timeout` and exits 0.
+/// accepting, lets its open connections finish for `drain_timeout` and exits 0. SIGUSR2 does
+/// both steps: the running process starts its own binary again (by the name it was started
+/// with, so the upgraded file) with the same options and `--take-over`; under systemd
+/// (`NotifyAccess=all`) that is `systemctl kill -s USR2 fastedge-serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML, or bud's JSON), or `-` for standard input.
@@ -265,7 +268,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     terminator = terminator.on_handed_over(move || drop(handed_over.send(Event::HandedOver)));
     // The terminator's threads inherit the signal mask: block the signals so only `sigwait`
     // below sees them.
-    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
+    let signals = crate::block_signals(&[
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR2,
+    ])?;
     let mut terminator = terminator.start().map_err(failure)?;
     std::thread::spawn(move || {
         while let Ok(signal) = signals.wait() {
@@ -315,6 +323,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                 return terminator.join().map_err(failure);
             }
         };
+        if signal == Signal::SIGUSR2 {
+            start_successor(&args);
+            continue;
+        }
         if signal != Signal::SIGHUP {
             break signal;
         }
@@ -344,8 +356,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     terminator.drain();
     std::thread::spawn(move || loop {
         match arrived.recv() {
-            Ok(Event::Signal(Signal::SIGHUP)) => {
-                tracing::info!("SIGHUP while stopping: ignored")
+            Ok(Event::Signal(signal @ (Signal::SIGHUP | Signal::SIGUSR2))) => {
+                tracing::info!(signal = %signal, "ignored while stopping")
             }
             Ok(Event::Signal(signal)) => {
                 tracing::warn!(signal = %signal, "second signal: exiting without draining");
@@ -356,6 +368,49 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     });
     terminator.join().map_err(failure)
+}
+
+/// SIGUSR2: starts this binary again (by the name it was started with, so the upgraded one)
+/// with the same options and `--take-over` the upgrade socket; this process drains once the
+/// new one serves. Under systemd (`NotifyAccess=all`) the new process becomes the unit's main
+/// one.
+fn start_successor(args: &ServeArgs) {
+    let Some(socket) = &args.upgrade_socket else {
+        tracing::warn!("SIGUSR2: no --upgrade-socket, so no binary upgrade: ignored");
+        return;
+    };
+    if args.config.as_deref() == Some(Path::new("-")) {
+        tracing::warn!(
+            "SIGUSR2: the configuration came from standard input and cannot be read again: ignored"
+        );
+        return;
+    }
+    // The same options, less a --take-over this process was started with.
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args_os().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        if text == "--take-over" || text == "--takeover" {
+            skip = true;
+            continue;
+        }
+        if text.starts_with("--take-over=") || text.starts_with("--takeover=") {
+            continue;
+        }
+        argv.push(arg);
+    }
+    argv.push("--take-over".into());
+    argv.push(socket.clone().into_os_string());
+    match fastedge_runtime::spawn_successor(&argv) {
+        Ok(pid) => tracing::info!(
+            pid,
+            "SIGUSR2: started the new binary; it takes the listening sockets over"
+        ),
+        Err(error) => tracing::error!(%error, "SIGUSR2: starting the new binary"),
+    }
 }
 
 /// What the main thread of `serve` waits for.
