@@ -64,6 +64,16 @@ impl ConnectionLimit {
         .await
     }
 
+    /// A slot now, above the cap if need be: for a connection already accepted that must be
+    /// served rather than closed (one the engine accepted before the executor stopped
+    /// accepting). Counted like any other, so [`ConnectionLimit::drain`] waits for it.
+    pub fn acquire_over_cap(&self) -> ConnectionPermit {
+        self.inner.open.set(self.inner.open.get() + 1);
+        ConnectionPermit {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Connections open now.
     pub fn open(&self) -> u64 {
         self.inner.open.get()

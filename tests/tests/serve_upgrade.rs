@@ -338,3 +338,91 @@ fn sigusr2_starts_the_new_binary_which_takes_over() {
     )
     .unwrap();
 }
+
+#[test]
+fn connections_waiting_at_the_cap_are_served_across_the_upgrade() {
+    let state = TempDir::new("upgrade-cap");
+    let (backend, _recorded) = echo_backend();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr: SocketAddr = listen.parse().unwrap();
+    let socket = state.path().join("serve.upgrade");
+    let config = state.path().join("fastedge.toml");
+    // One core of two connections: the third client waits, accepted by the kernel (and by the
+    // io_uring engine's accept, ahead of the executor) until a slot frees.
+    std::fs::write(
+        &config,
+        "[frontend]\nmax_connections = 2\ndrain_timeout = \"20s\"\n",
+    )
+    .unwrap();
+    let first = fastedge_runtime::CpuList::available().unwrap().cpus()[0].to_string();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--backend",
+            &backend.to_string(),
+            "--cores",
+            &first,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let env = [("FASTEDGE_LOG", "info")];
+    let old_args = args(&[]);
+    let mut old = Fastedge::start(
+        &old_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    );
+    old.wait_listening();
+    let mut kept: Vec<Tls> = (0..2).map(|_| connect(addr).unwrap()).collect();
+    for (n, stream) in kept.iter_mut().enumerate() {
+        request(stream, &format!("/kept-{n}")).unwrap();
+    }
+    // Clients beyond the cap: connected, their ClientHello sent, waiting.
+    let waiting: Vec<_> = (0..20)
+        .map(|n| {
+            thread::spawn(move || {
+                connect(addr).and_then(|mut s| request(&mut s, &format!("/waiting-{n}")))
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let new_args = args(&["--take-over", socket.to_str().unwrap()]);
+    let mut new = Fastedge::start(
+        &new_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    );
+    new.wait_for_logged("binary upgrade done", Duration::from_secs(20));
+    let results: Vec<_> = waiting.into_iter().map(|t| t.join().unwrap()).collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{failed:#?}\nOLD\n{}\nNEW\n{}",
+        old.log_text(),
+        new.log_text()
+    );
+    for (n, stream) in kept.iter_mut().enumerate() {
+        request(stream, &format!("/kept-again-{n}")).unwrap();
+    }
+    drop(kept);
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "old process: {status}");
+    let mut stream = connect(addr).unwrap();
+    request(&mut stream, "/after").unwrap();
+    drop(stream);
+    new.terminate_cleanly(Duration::from_secs(10));
+}

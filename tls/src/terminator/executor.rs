@@ -108,14 +108,40 @@ async fn accept_loop(
     };
     let local_default = listener.local_addr().ok();
     let mut paused: Option<(Instant, u32)> = None;
+    let serve = |stream: fastedge_runtime::net::TcpStream, permit| {
+        let (Ok(peer), Some(local)) = (
+            stream.peer_addr(),
+            stream.local_addr().ok().or(local_default),
+        ) else {
+            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
+            // and closed by a client error, as the metrics must say.
+            tracing::debug!("connection gone before it could be served");
+            metrics.connection_opened();
+            metrics.connection_closed(CloseClass::ClientError, 0, 0);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        // The configuration of the moment; a reload builds this core a new balancer.
+        let frontend = current.load_full();
+        let backends = backends_for(&core_backends, &frontend, &metrics);
+        fastedge_runtime::spawn_detached(async move {
+            serve_connection(stream, peer, local, frontend, backends).await;
+            drop(permit);
+        });
+    };
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
+            serve_already_accepted(&listener, &limit, &serve).await;
             return;
         };
         let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
-            None => return,
+            None => {
+                drop(permit);
+                serve_already_accepted(&listener, &limit, &serve).await;
+                return;
+            }
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
                 // EMFILE and friends: pause accepting (one log line), retry after a pause;
@@ -143,25 +169,33 @@ async fn accept_loop(
                 paused = None;
             }
         }
-        let (Ok(peer), Some(local)) = (
-            stream.peer_addr(),
-            stream.local_addr().ok().or(local_default),
-        ) else {
-            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
-            // and closed by a client error, as the metrics must say.
-            tracing::debug!("connection gone before it could be served");
-            metrics.connection_opened();
-            metrics.connection_closed(CloseClass::ClientError, 0, 0);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        // The configuration of the moment; a reload builds this core a new balancer.
-        let frontend = current.load_full();
-        let backends = backends_for(&core_backends, &frontend, &metrics);
-        fastedge_runtime::spawn_detached(async move {
-            serve_connection(stream, peer, local, frontend, backends).await;
-            drop(permit);
-        });
+        serve(stream, permit);
+    }
+}
+
+/// Serves the connections the engine accepted already (queued on the listener while this core
+/// was at its cap, or arriving with the stop), over the cap: closing them would reset clients
+/// whose connection the kernel completed (after a binary upgrade, the new process accepts
+/// everything still in the kernel's queue). Takes only what is ready now.
+async fn serve_already_accepted<F>(
+    listener: &fastedge_runtime::net::TcpListener,
+    limit: &ConnectionLimit,
+    serve: &F,
+) where
+    F: Fn(fastedge_runtime::net::TcpStream, fastedge_runtime::ConnectionPermit),
+{
+    let mut served = 0u32;
+    while let Some(accepted) = futures_lite::future::poll_once(listener.accept()).await {
+        match accepted {
+            Ok(stream) => {
+                serve(stream, limit.acquire_over_cap());
+                served += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    if served > 0 {
+        tracing::info!(served, "served connections accepted before the stop");
     }
 }
 
