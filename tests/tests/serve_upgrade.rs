@@ -389,7 +389,7 @@ fn connections_waiting_at_the_cap_are_served_across_the_upgrade() {
         request(stream, &format!("/kept-{n}")).unwrap();
     }
     // Clients beyond the cap: connected, their ClientHello sent, waiting.
-    let waiting: Vec<_> = (0..20)
+    let waiting: Vec<_> = (0..100)
         .map(|n| {
             thread::spawn(move || {
                 connect(addr).and_then(|mut s| request(&mut s, &format!("/waiting-{n}")))

@@ -438,6 +438,8 @@ impl Terminator {
         let mut setups = setups.into_iter();
 
         let shutdown = Shutdown::new();
+        // Set by the upgrade thread before it triggers the drain.
+        let released = Arc::new(AtomicBool::new(false));
         let max_connections = frontend.settings.max_connections;
         let current = Arc::new(ArcSwap::from_pointee(frontend));
         if config.tls.resumption.ticket_key_stdin {
@@ -448,14 +450,23 @@ impl Terminator {
             let setup = setups.next();
             let current = current.clone();
             let shutdown = shutdown.clone();
+            let handed_over = released.clone();
             let metrics = serve_metrics.core();
             move || async move {
                 let Some(setup) = setup else { return };
-                executor::run_core(core, setup, current, metrics, max_connections, shutdown).await;
+                executor::run_core(
+                    core,
+                    setup,
+                    current,
+                    metrics,
+                    max_connections,
+                    shutdown,
+                    handed_over,
+                )
+                .await;
             }
         })
         .map_err(TerminatorError::Executors)?;
-        let released = Arc::new(AtomicBool::new(false));
         let mut pending_upgrade = None;
         if let Some(copies) = copies {
             match upgrade_listener {
