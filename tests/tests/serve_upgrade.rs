@@ -71,6 +71,22 @@ fn request(stream: &mut Tls, path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The inodes of the sockets listening on 127.0.0.1:`port` (`/proc/net/tcp`, state 0A).
+fn listening_inodes(port: u16) -> std::collections::BTreeSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 #[test]
 fn binary_upgrade_under_load_drops_no_connection() {
     let state = TempDir::new("upgrade");
@@ -120,6 +136,8 @@ fn binary_upgrade_under_load_drops_no_connection() {
     while !socket.exists() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
+    let sockets_before = listening_inodes(port);
+    assert!(!sockets_before.is_empty());
     let mode = std::fs::metadata(&socket).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -238,6 +256,9 @@ fn binary_upgrade_under_load_drops_no_connection() {
     // The old one stops once its keep-alive clients are gone, and exits 0.
     let status = old.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "old process: {status}");
+    // The very sockets the old process listened on, passed over, not new ones bound beside
+    // them (the new one runs on no more cores than the old, so it bound none).
+    assert_eq!(listening_inodes(port), sockets_before);
     // The new one served connections of its own, and keeps serving.
     let mut new = new;
     assert!(new.is_running());
