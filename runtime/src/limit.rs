@@ -137,4 +137,19 @@ mod tests {
         drop(c);
         assert_eq!(limit.open(), 0);
     }
+
+    #[test]
+    fn a_permit_over_the_cap_is_counted_until_released() {
+        let limit = ConnectionLimit::new(1);
+        let a = futures_lite::future::block_on(limit.acquire());
+        let over = limit.acquire_over_cap();
+        assert_eq!(limit.open(), 2);
+        drop(a);
+        // Still at the cap: the one over it holds the only slot's worth.
+        let mut next = Box::pin(limit.acquire());
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        drop(over);
+        assert!(next.as_mut().poll(&mut cx).is_ready());
+    }
 }
