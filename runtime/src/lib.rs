@@ -6,7 +6,8 @@
 //! stop signal ([`Shutdown`]), process signals taken by a thread of their own ([`signals`]),
 //! a metrics registry that other crates register their metrics with, rendered and served as
 //! Prometheus text ([`metrics`]), per-core connection caps ([`ConnectionLimit`]), process
-//! set-up (open-files limit, privilege drop, pid file), service-manager notifications
+//! set-up (open-files limit, privilege drop, pid file), passing listening sockets to a new binary
+//! ([`handover`]), service-manager notifications
 //! ([`notify`]), log lines to syslog ([`SyslogWriter`]), the JSON-lines control socket
 //! ([`control`]), and the network types the other crates use ([`net`]), so that only this
 //! crate names an engine.
@@ -18,6 +19,7 @@ pub mod control;
 mod cpus;
 mod engine;
 mod executors;
+pub mod handover;
 mod limit;
 mod listen;
 pub mod metrics;
@@ -39,7 +41,7 @@ pub use engine::{
 pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
-pub use process::{drop_privileges, raise_nofile_limit, PidFile, ProcessError};
+pub use process::{drop_privileges, raise_nofile_limit, spawn_successor, PidFile, ProcessError};
 pub use shutdown::Shutdown;
 pub use syslog::SyslogWriter;
 

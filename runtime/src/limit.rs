@@ -64,6 +64,16 @@ impl ConnectionLimit {
         .await
     }
 
+    /// A slot now, above the cap if need be: for a connection already accepted that must be
+    /// served rather than closed (one the engine accepted before the executor stopped
+    /// accepting). Counted like any other, so [`ConnectionLimit::drain`] waits for it.
+    pub fn acquire_over_cap(&self) -> ConnectionPermit {
+        self.inner.open.set(self.inner.open.get() + 1);
+        ConnectionPermit {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Connections open now.
     pub fn open(&self) -> u64 {
         self.inner.open.get()
@@ -126,5 +136,20 @@ mod tests {
         assert_eq!(limit.open(), 1);
         drop(c);
         assert_eq!(limit.open(), 0);
+    }
+
+    #[test]
+    fn a_permit_over_the_cap_is_counted_until_released() {
+        let limit = ConnectionLimit::new(1);
+        let a = futures_lite::future::block_on(limit.acquire());
+        let over = limit.acquire_over_cap();
+        assert_eq!(limit.open(), 2);
+        drop(a);
+        // Still at the cap: the one over it holds the only slot's worth.
+        let mut next = Box::pin(limit.acquire());
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        drop(over);
+        assert!(next.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -4,7 +4,10 @@
 //! start-up, and so privileges can be dropped after binding). The kernel spreads incoming
 //! connections over the group by a hash of the 4-tuple.
 
-use std::{net::SocketAddr, os::fd::OwnedFd};
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -24,6 +27,38 @@ impl BoundListener {
     /// The address the socket is bound to (with the port the kernel chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Takes a listening TCP socket received from another process (a binary upgrade): checks
+    /// that it is a listening stream socket bound to an IP address, and makes it non-blocking
+    /// and close-on-exec like the ones [`bind_reuseport`] makes.
+    pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
+        let socket = Socket::from(fd);
+        if socket.r#type()? != Type::STREAM {
+            return Err(std::io::Error::other("not a stream socket"));
+        }
+        if !nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::AcceptConn)? {
+            return Err(std::io::Error::other("not a listening socket"));
+        }
+        socket.set_cloexec(true)?;
+        socket.set_nonblocking(true)?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("listening socket has no IP address"))?;
+        Ok(Self {
+            fd: socket.into(),
+            local,
+        })
+    }
+
+    /// A second descriptor for the same socket (closing one leaves the socket open), e.g. to
+    /// hand it to a new binary after the executor took the first.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            local: self.local,
+        })
     }
 
     /// Hands the socket to the executor of the calling thread (either engine).
@@ -49,6 +84,12 @@ pub fn bind_reuseport(
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+impl AsFd for BoundListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 fn bind_one(addr: SocketAddr, backlog: i32) -> std::io::Result<BoundListener> {

@@ -33,6 +33,17 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// The process serves in place of the one the service manager started (a binary upgrade):
+/// `MAINPID=` this process, `READY=1` and a status line. The unit needs `NotifyAccess=all`
+/// for a process other than its main one to be heard.
+pub fn ready_as_main(status: &str) {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(status),
+    ]);
+}
+
 /// A reload begins: `RELOADING=1` (send [`ready`] when it is done).
 pub fn reloading() {
     send(&[

@@ -1,4 +1,5 @@
-//! Process set-up: the open-files limit, dropping privileges after binding, the pid file.
+//! Process set-up: the open-files limit, dropping privileges after binding, the pid file, and
+//! starting this process's successor for a binary upgrade ([`spawn_successor`]).
 
 use nix::{
     sys::resource::{getrlimit, setrlimit, Resource},
@@ -90,4 +91,24 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Starts the program this process was started as, by the name it was started with (`argv[0]`,
+/// looked up in `PATH` when it has no slash: after a package upgrade, the new binary), with
+/// `args`, the same environment, working directory and standard streams; does not wait for it.
+/// Its exit is logged if it ends while this process runs (a successor that could not take
+/// over). Returns its process id.
+pub fn spawn_successor(args: &[std::ffi::OsString]) -> std::io::Result<u32> {
+    let program = std::env::args_os()
+        .next()
+        .ok_or_else(|| std::io::Error::other("this process has no argv[0]"))?;
+    let mut child = std::process::Command::new(&program).args(args).spawn()?;
+    let pid = child.id();
+    std::thread::Builder::new()
+        .name("fastedge-successor".into())
+        .spawn(move || match child.wait() {
+            Ok(status) => tracing::warn!(pid, %status, "the successor process ended"),
+            Err(error) => tracing::warn!(pid, %error, "waiting for the successor process"),
+        })?;
+    Ok(pid)
 }

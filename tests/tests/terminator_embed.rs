@@ -178,3 +178,47 @@ fn start_failures_are_named_and_classed() {
     assert!(matches!(error, TerminatorError::Cores { .. }), "{error}");
     assert!(error.is_config());
 }
+
+#[test]
+fn a_terminator_takes_the_listening_sockets_of_another_over() {
+    let state = TempDir::new("embed-upgrade");
+    let (backend, _seen) = echo_backend();
+    let socket = state.path().join("serve.upgrade");
+    let (handed_over, told) = std::sync::mpsc::channel();
+    let old = Terminator::from_toml(&config(&state, backend, false))
+        .unwrap()
+        .on_cpus(one_cpu())
+        .upgrade_socket(&socket)
+        .on_handed_over(move || handed_over.send(()).unwrap())
+        .start()
+        .unwrap();
+    let addr = old.listen_addrs()[0];
+    let mut kept = tls_connect(addr, "localhost", b"\x08http/1.1");
+    assert!(request(&mut kept, "/kept-1").contains("GET /kept-1"));
+
+    let taking = config(&state, backend, false).replace("127.0.0.1:0\"]", &format!("{addr}\"]"));
+    let mut new = Terminator::from_toml(&taking)
+        .unwrap()
+        .on_cpus(one_cpu())
+        .upgrade_socket(&socket)
+        .take_over(&socket)
+        .start()
+        .unwrap();
+    assert_eq!(new.predecessor_pid(), Some(std::process::id()));
+    assert_eq!(
+        new.listen_addrs(),
+        &[addr],
+        "the same sockets, no new address"
+    );
+    assert!(!old.is_draining(), "the old one serves until told");
+    assert_eq!(new.release_predecessor().unwrap(), Some(std::process::id()));
+    told.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(old.handed_over() && old.is_draining());
+    // The old one finishes what it has open; new connections go to the new one.
+    assert!(request(&mut kept, "/kept-2").contains("GET /kept-2"));
+    drop(kept);
+    old.join().unwrap();
+    assert!(get(addr, "/after").contains("GET /after"));
+    assert!(socket.exists(), "the new one listens for the next upgrade");
+    new.stop().unwrap();
+}

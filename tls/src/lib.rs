@@ -39,4 +39,4 @@ pub use certset::KeyKind;
 pub use context::{choose_certificate, HelloChoice, ServerContext};
 pub use error::TlsError;
 pub use selfsigned::SelfSigned;
-pub use terminator::{Terminator, TerminatorError, TerminatorHandle};
+pub use terminator::{Terminator, TerminatorError, TerminatorHandle, UpgradeError};

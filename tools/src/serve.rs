@@ -32,7 +32,17 @@ use crate::Failure;
 /// state directory. So `fastedge serve` alone answers `curl -k https://127.0.0.1:8443/`.
 ///
 /// SIGTERM or SIGINT: stop accepting, let open connections finish for `drain_timeout`, exit 0;
-/// a second signal exits at once.
+/// a second signal exits at once. SIGHUP: reload the configuration.
+///
+/// Binary upgrade without dropping a connection: start the running one with
+/// `--upgrade-socket PATH`, then run the new binary with `--take-over PATH` (and the same
+/// options). The new process receives every listening socket of the old one (the same sockets,
+/// with the connections waiting in their accept queues), starts accepting on them, tells the
+/// service manager it is the main process (MAINPID=, READY=1), and the old process stops
+/// accepting, lets its open connections finish for `drain_timeout` and exits 0. SIGUSR2 does
+/// both steps: the running process starts its own binary again (by the name it was started
+/// with, so the upgraded file) with the same options and `--take-over`; under systemd
+/// (`NotifyAccess=all`) that is `systemctl kill -s USR2 fastedge-serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML, or bud's JSON), or `-` for standard input.
@@ -75,6 +85,16 @@ pub struct ServeArgs {
     /// Overrides `tls.alpn`.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     alpn: Option<Vec<String>>,
+
+    /// Listen on this UNIX socket (created mode 0600) for a new `fastedge serve --take-over`
+    /// to hand the listening sockets to. Default: off.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+
+    /// Take the listening sockets over from the `fastedge serve` listening on the upgrade
+    /// socket PATH instead of binding them, then tell it to drain (a binary upgrade).
+    #[arg(long, value_name = "PATH", alias = "takeover")]
+    take_over: Option<PathBuf>,
 
     /// Where the demo certificate is kept. Default: $FASTEDGE_STATE_DIR, else
     /// $XDG_STATE_HOME/fastedge, else ~/.local/state/fastedge.
@@ -236,25 +256,54 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(dir) = args.state_dir() {
         terminator = terminator.state_dir(dir);
     }
+    if let Some(path) = &args.upgrade_socket {
+        terminator = terminator.upgrade_socket(path);
+    }
+    if let Some(path) = &args.take_over {
+        terminator = terminator.take_over(path);
+    }
+    // Signals and the hand-over to a successor arrive on one channel.
+    let (events, arrived) = std::sync::mpsc::channel();
+    let handed_over = events.clone();
+    terminator = terminator.on_handed_over(move || drop(handed_over.send(Event::HandedOver)));
     // The terminator's threads inherit the signal mask: block the signals so only `sigwait`
     // below sees them.
-    let signals = crate::block_signals(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
-    let terminator = terminator.start().map_err(failure)?;
+    let signals = crate::block_signals(&[
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR2,
+    ])?;
+    let mut terminator = terminator.start().map_err(failure)?;
+    std::thread::spawn(move || {
+        while let Ok(signal) = signals.wait() {
+            if events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    });
     // A service manager (systemd, Type=notify) hears READY once every listener accepts, and
     // watchdog pings from a thread of their own for as long as the process runs.
+    let addrs: Vec<String> = terminator
+        .listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let (addrs, cores) = (addrs.join(" "), terminator.cpus().len());
     let serving = |generation: u64| {
-        let addrs: Vec<String> = terminator
-            .listen_addrs()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        format!(
-            "serving on {} with {} cores (configuration generation {generation})",
-            addrs.join(" "),
-            terminator.cpus().len()
-        )
+        format!("serving on {addrs} with {cores} cores (configuration generation {generation})")
     };
-    fastedge_runtime::notify::ready(&serving(terminator.generation()));
+    if terminator.predecessor_pid().is_some() {
+        // Serving on the old process's sockets: this process is the service's main one now;
+        // then the old one drains.
+        fastedge_runtime::notify::ready_as_main(&serving(terminator.generation()));
+        match terminator.release_predecessor() {
+            Ok(pid) => tracing::info!(old = pid, "binary upgrade done: the old process drains"),
+            Err(error) => tracing::warn!(%error, "telling the old process to drain"),
+        }
+    } else {
+        fastedge_runtime::notify::ready(&serving(terminator.generation()));
+    }
     if let Some(interval) = fastedge_runtime::notify::watchdog_interval() {
         std::thread::spawn(move || loop {
             fastedge_runtime::notify::watchdog();
@@ -262,10 +311,22 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         });
     }
     let signal = loop {
-        let signal = signals
-            .wait()
+        let event = arrived
+            .recv()
             .context("waiting for signals")
             .map_err(Failure::runtime)?;
+        let signal = match event {
+            Event::Signal(signal) => signal,
+            Event::HandedOver => {
+                // The new process is the service's main one: no STOPPING=1 from here.
+                tracing::info!("handed over to a new process: draining, then exiting");
+                return terminator.join().map_err(failure);
+            }
+        };
+        if signal == Signal::SIGUSR2 {
+            start_successor(&args);
+            continue;
+        }
         if signal != Signal::SIGHUP {
             break signal;
         }
@@ -294,14 +355,68 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     ));
     terminator.drain();
     std::thread::spawn(move || loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP while stopping: ignored"),
-            Ok(signal) => {
+        match arrived.recv() {
+            Ok(Event::Signal(signal @ (Signal::SIGHUP | Signal::SIGUSR2))) => {
+                tracing::info!(signal = %signal, "ignored while stopping")
+            }
+            Ok(Event::Signal(signal)) => {
                 tracing::warn!(signal = %signal, "second signal: exiting without draining");
                 std::process::exit(1);
             }
+            Ok(Event::HandedOver) => {}
             Err(_) => return,
         }
     });
     terminator.join().map_err(failure)
+}
+
+/// SIGUSR2: starts this binary again (by the name it was started with, so the upgraded one)
+/// with the same options and `--take-over` the upgrade socket; this process drains once the
+/// new one serves. Under systemd (`NotifyAccess=all`) the new process becomes the unit's main
+/// one.
+fn start_successor(args: &ServeArgs) {
+    let Some(socket) = &args.upgrade_socket else {
+        tracing::warn!("SIGUSR2: no --upgrade-socket, so no binary upgrade: ignored");
+        return;
+    };
+    if args.config.as_deref() == Some(Path::new("-")) {
+        tracing::warn!(
+            "SIGUSR2: the configuration came from standard input and cannot be read again: ignored"
+        );
+        return;
+    }
+    // The same options, less a --take-over this process was started with.
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args_os().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        if text == "--take-over" || text == "--takeover" {
+            skip = true;
+            continue;
+        }
+        if text.starts_with("--take-over=") || text.starts_with("--takeover=") {
+            continue;
+        }
+        argv.push(arg);
+    }
+    argv.push("--take-over".into());
+    argv.push(socket.clone().into_os_string());
+    match fastedge_runtime::spawn_successor(&argv) {
+        Ok(pid) => tracing::info!(
+            pid,
+            "SIGUSR2: started the new binary; it takes the listening sockets over"
+        ),
+        Err(error) => tracing::error!(%error, "SIGUSR2: starting the new binary"),
+    }
+}
+
+/// What the main thread of `serve` waits for.
+enum Event {
+    /// A signal arrived.
+    Signal(Signal),
+    /// A new process took the listening sockets over; the terminator drains.
+    HandedOver,
 }

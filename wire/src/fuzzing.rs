@@ -332,6 +332,18 @@ pub fn prometheus_text(data: &[u8]) {
     }
 }
 
+/// Binary-upgrade handover batches: parsing never panics; a batch that parses re-encodes to its
+/// bytes, and the inventory of it never panics either.
+pub fn takeover_batch(data: &[u8]) {
+    if let Ok(batch) = crate::takeover::Batch::parse(data) {
+        assert_eq!(batch.encode().as_deref(), Ok(data));
+        let mut inventory = crate::takeover::Inventory::new();
+        if inventory.push(&batch, batch.entries.len()).is_ok() {
+            let _ = inventory.finish();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -11,7 +11,8 @@
 //! minimal DER reader, [`der`]); packet headers down to the innermost flow, and the symmetric flow
 //! hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules as
 //! text ([`rules`]), Zeek NetControl rules as pre-filter rules ([`netcontrol`]), and a metrics
-//! endpoint's Prometheus text as samples ([`prometheus`]). Every parser
+//! endpoint's Prometheus text as samples ([`prometheus`]); the binary-upgrade handover's
+//! description of the listening sockets passed ([`takeover`]). Every parser
 //! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
 //! in [`fuzzing`].
 //!
@@ -40,3 +41,4 @@ pub mod rules;
 pub mod sni;
 pub mod sni_answer;
 pub mod synth;
+pub mod takeover;

@@ -4,7 +4,10 @@
 use std::{
     cell::RefCell,
     rc::Rc,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -16,6 +19,12 @@ use crate::{
     proxy::{probe_backends, serve_connection, CoreBackends, Frontend},
 };
 
+/// After a binary upgrade, how long the old process goes on taking connections once none came
+/// for this long: the engine may hold or be about to deliver some (io_uring's multishot accept
+/// runs ahead of the executor), and serving them beats closing them.
+const HANDOVER_QUIET: Duration = Duration::from_millis(50);
+/// After a binary upgrade, the longest the old process goes on taking connections.
+const HANDOVER_LINGER: Duration = Duration::from_secs(1);
 /// How long accepting pauses after a failure such as EMFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// How long after its last failure an accept pause counts as over.
@@ -42,6 +51,7 @@ pub(super) async fn run_core(
     metrics: Arc<CoreMetrics>,
     max_connections: u32,
     shutdown: Shutdown,
+    handed_over: Arc<AtomicBool>,
 ) {
     let demo_open = ConnectionLimit::new(u32::MAX);
     if let Some(demo) = setup.demo {
@@ -70,6 +80,7 @@ pub(super) async fn run_core(
             metrics.clone(),
             limit.clone(),
             shutdown.clone(),
+            handed_over.clone(),
         )));
     }
     for task in accepting {
@@ -98,6 +109,7 @@ async fn accept_loop(
     metrics: Arc<CoreMetrics>,
     limit: ConnectionLimit,
     shutdown: Shutdown,
+    handed_over: Arc<AtomicBool>,
 ) {
     let listener = match listener.into_listener() {
         Ok(listener) => listener,
@@ -108,14 +120,52 @@ async fn accept_loop(
     };
     let local_default = listener.local_addr().ok();
     let mut paused: Option<(Instant, u32)> = None;
+    let serve = |stream: fastedge_runtime::net::TcpStream, permit| {
+        let (Ok(peer), Some(local)) = (
+            stream.peer_addr(),
+            stream.local_addr().ok().or(local_default),
+        ) else {
+            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
+            // and closed by a client error, as the metrics must say.
+            tracing::debug!("connection gone before it could be served");
+            metrics.connection_opened();
+            metrics.connection_closed(CloseClass::ClientError, 0, 0);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        // The configuration of the moment; a reload builds this core a new balancer.
+        let frontend = current.load_full();
+        let backends = backends_for(&core_backends, &frontend, &metrics);
+        fastedge_runtime::spawn_detached(async move {
+            serve_connection(stream, peer, local, frontend, backends).await;
+            drop(permit);
+        });
+    };
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
+            serve_already_accepted(
+                &listener,
+                &limit,
+                handed_over.load(Ordering::SeqCst),
+                &serve,
+            )
+            .await;
             return;
         };
         let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
-            None => return,
+            None => {
+                drop(permit);
+                serve_already_accepted(
+                    &listener,
+                    &limit,
+                    handed_over.load(Ordering::SeqCst),
+                    &serve,
+                )
+                .await;
+                return;
+            }
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
                 // EMFILE and friends: pause accepting (one log line), retry after a pause;
@@ -143,25 +193,46 @@ async fn accept_loop(
                 paused = None;
             }
         }
-        let (Ok(peer), Some(local)) = (
-            stream.peer_addr(),
-            stream.local_addr().ok().or(local_default),
-        ) else {
-            // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
-            // and closed by a client error, as the metrics must say.
-            tracing::debug!("connection gone before it could be served");
-            metrics.connection_opened();
-            metrics.connection_closed(CloseClass::ClientError, 0, 0);
-            continue;
+        serve(stream, permit);
+    }
+}
+
+/// Serves the connections the engine accepted already (queued on the listener while this core
+/// was at its cap, or arriving with the stop), over the cap: closing them would drop clients
+/// whose connection the kernel completed. On a plain stop, takes what is ready now; after a
+/// binary upgrade (`handed_over`), goes on until none came for [`HANDOVER_QUIET`] (at most
+/// [`HANDOVER_LINGER`]), as the new process accepts on the same sockets meanwhile.
+async fn serve_already_accepted<F>(
+    listener: &fastedge_runtime::net::TcpListener,
+    limit: &ConnectionLimit,
+    handed_over: bool,
+    serve: &F,
+) where
+    F: Fn(fastedge_runtime::net::TcpStream, fastedge_runtime::ConnectionPermit),
+{
+    let mut served = 0usize;
+    let until = Instant::now() + HANDOVER_LINGER;
+    loop {
+        let accepted = if handed_over {
+            fastedge_runtime::timeout(HANDOVER_QUIET, listener.accept())
+                .await
+                .ok()
+        } else {
+            futures_lite::future::poll_once(listener.accept()).await
         };
-        let _ = stream.set_nodelay(true);
-        // The configuration of the moment; a reload builds this core a new balancer.
-        let frontend = current.load_full();
-        let backends = backends_for(&core_backends, &frontend, &metrics);
-        fastedge_runtime::spawn_detached(async move {
-            serve_connection(stream, peer, local, frontend, backends).await;
-            drop(permit);
-        });
+        match accepted {
+            Some(Ok(stream)) => {
+                serve(stream, limit.acquire_over_cap());
+                served += 1;
+            }
+            Some(Err(_)) | None => break,
+        }
+        if handed_over && Instant::now() >= until {
+            break;
+        }
+    }
+    if served > 0 {
+        tracing::info!(served, "served connections accepted before the stop");
     }
 }
 

@@ -21,19 +21,23 @@
 mod demo;
 mod executor;
 mod ticket_ipc;
+mod upgrade;
+
+pub use upgrade::UpgradeError;
 
 use std::{
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{atomic::AtomicBool, Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
 use fastedge_runtime::{
-    bind_reuseport, drop_privileges, metrics::Registry, raise_nofile_limit, BoundListener, CpuList,
-    CpuListError, Executors, ProcessError, RuntimeError, Shutdown,
+    bind_reuseport, drop_privileges, handover::HandoverSocket, metrics::Registry,
+    raise_nofile_limit, BoundListener, CpuList, CpuListError, Executors, ProcessError,
+    RuntimeError, Shutdown,
 };
 
 use crate::{
@@ -117,6 +121,13 @@ pub enum TerminatorError {
     /// An executor could not start or ended abnormally.
     #[error(transparent)]
     Executors(RuntimeError),
+    /// Taking the listening sockets over from a running process, or listening for a process
+    /// that takes them over, failed.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    /// The upgrade listener's thread could not start.
+    #[error("starting the upgrade thread: {0}")]
+    UpgradeThread(io::Error),
 }
 
 impl TerminatorError {
@@ -137,7 +148,9 @@ impl TerminatorError {
             TerminatorError::DemoCertificate { .. }
             | TerminatorError::DemoBackend(_)
             | TerminatorError::MetricsThread(_)
-            | TerminatorError::Executors(_) => false,
+            | TerminatorError::Executors(_)
+            | TerminatorError::Upgrade(_)
+            | TerminatorError::UpgradeThread(_) => false,
         }
     }
 }
@@ -148,6 +161,28 @@ pub struct Terminator {
     config: ServeConfig,
     cpus: Option<CpuList>,
     state_dir: Option<PathBuf>,
+    upgrade: UpgradeSettings,
+}
+
+/// How a terminator takes part in binary upgrades.
+#[derive(Default)]
+struct UpgradeSettings {
+    /// Where it listens for a successor.
+    socket: Option<PathBuf>,
+    /// Where the predecessor whose sockets it takes listens.
+    take_over: Option<PathBuf>,
+    /// Called when a successor took the sockets over.
+    handed_over: Option<upgrade::HandedOver>,
+}
+
+impl std::fmt::Debug for UpgradeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeSettings")
+            .field("socket", &self.socket)
+            .field("take_over", &self.take_over)
+            .field("handed_over", &self.handed_over.is_some())
+            .finish()
+    }
 }
 
 impl Terminator {
@@ -160,6 +195,7 @@ impl Terminator {
             config,
             cpus: None,
             state_dir: None,
+            upgrade: UpgradeSettings::default(),
         }
     }
 
@@ -178,6 +214,37 @@ impl Terminator {
     /// it there on first use.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Listens on the UNIX socket `path` (created mode 0600, replacing a stale one; removed
+    /// when handed over) for a new process that takes the listening sockets over
+    /// ([`Terminator::take_over`]): that one gets every listening socket, and once it serves,
+    /// this terminator stops accepting and drains. The socket's directory must be writable by
+    /// the user the terminator runs as (after a privilege drop, for the next upgrade).
+    pub fn upgrade_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upgrade.socket = Some(path.into());
+        self
+    }
+
+    /// Starts on the listening sockets of the terminator listening at the upgrade socket
+    /// `path` instead of binding its own: every socket it has, for every address (addresses
+    /// of `frontend.listen` it does not have are bound; its sockets for addresses no longer
+    /// configured are served all the same, so no accept queue is dropped). The sockets are
+    /// spread over this terminator's cores; where it has more cores than the old one had
+    /// sockets, more are bound on the same address. Once this one serves,
+    /// [`TerminatorHandle::release_predecessor`] tells the old one to drain; the upgrade
+    /// socket of [`Terminator::upgrade_socket`] is listened on from then.
+    pub fn take_over(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upgrade.take_over = Some(path.into());
+        self
+    }
+
+    /// Calls `hook` once, on the upgrade thread, when a new process has taken the listening
+    /// sockets over and this terminator started draining ([`TerminatorHandle::join`] then
+    /// returns when it is done).
+    pub fn on_handed_over(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.upgrade.handed_over = Some(Box::new(hook));
         self
     }
 
@@ -222,6 +289,7 @@ impl Terminator {
             config,
             cpus,
             state_dir,
+            upgrade,
         } = self;
         match raise_nofile_limit() {
             Ok(limit) => tracing::debug!(limit, "open-files limit"),
@@ -260,16 +328,61 @@ impl Terminator {
             demo_addr,
         };
         let frontend = loader.frontend(&config, 0, None)?;
-        let mut per_frontend = Vec::new();
-        let mut listening = Vec::new();
-        for addr in &config.frontend.listen {
-            let listeners = bind_reuseport(*addr, cores, config.frontend.backlog)
-                .map_err(TerminatorError::Listen)?;
-            let local = listeners[0].local_addr();
-            tracing::info!(addr = %local, cores = %cpus, "listening");
-            listening.push(local);
-            per_frontend.push(listeners);
+        let mut groups: Vec<Vec<BoundListener>> = Vec::new();
+        let mut predecessor = None;
+        if let Some(path) = &upgrade.take_over {
+            let (old, taken) = upgrade::receive(path)?;
+            let sockets: usize = taken.iter().map(|(_, l)| l.len()).sum();
+            tracing::info!(pid = old.pid, sockets, socket = %path.display(), "took the listening sockets over");
+            predecessor = Some(old);
+            for (addr, mut listeners) in taken {
+                if !config.frontend.listen.contains(&addr) {
+                    tracing::warn!(%addr, "not in frontend.listen, served all the same (its accept queues came with it)");
+                }
+                if listeners.len() < cores {
+                    let more =
+                        bind_reuseport(addr, cores - listeners.len(), config.frontend.backlog)
+                            .map_err(TerminatorError::Listen)?;
+                    listeners.extend(more);
+                }
+                groups.push(listeners);
+            }
         }
+        for addr in &config.frontend.listen {
+            if groups.iter().any(|g| g[0].local_addr() == *addr) {
+                continue;
+            }
+            groups.push(
+                bind_reuseport(*addr, cores, config.frontend.backlog)
+                    .map_err(TerminatorError::Listen)?,
+            );
+        }
+        let mut listening = Vec::new();
+        for group in &groups {
+            let local = group[0].local_addr();
+            tracing::info!(addr = %local, cores = %cpus, sockets = group.len(), "listening");
+            listening.push(local);
+        }
+        // Second descriptors of every socket, for a successor.
+        let mut copies = None;
+        if upgrade.socket.is_some() {
+            let mut all = Vec::with_capacity(groups.len());
+            for group in &groups {
+                let copy: Result<Vec<_>, _> = group.iter().map(BoundListener::try_clone).collect();
+                all.push(copy.map_err(|source| {
+                    TerminatorError::Listen(RuntimeError::Listen {
+                        addr: group[0].local_addr(),
+                        source,
+                    })
+                })?);
+            }
+            copies = Some(all);
+        }
+        // Bound before privileges are dropped (unless the predecessor still holds the path).
+        let upgrade_listener = match (&upgrade.socket, &predecessor) {
+            (Some(path), None) => Some(HandoverSocket::bind(path).map_err(UpgradeError::from)?),
+            _ => None,
+        };
         for backend in &frontend.backends {
             tracing::info!(
                 backend = %backend.name,
@@ -286,12 +399,23 @@ impl Terminator {
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let metrics_error = |error| TerminatorError::MetricsListen { addr, error };
-            let listener = std::net::TcpListener::bind(addr).map_err(metrics_error)?;
-            let local = listener.local_addr().map_err(metrics_error)?;
-            tracing::info!(addr = %local, "metrics listening (GET /metrics)");
-            fastedge_runtime::metrics::serve_http(listener, registry.clone())
-                .map_err(TerminatorError::MetricsThread)?;
-            metrics_addr = Some(local);
+            match std::net::TcpListener::bind(addr) {
+                Ok(listener) => {
+                    let local = listener.local_addr().map_err(metrics_error)?;
+                    tracing::info!(addr = %local, "metrics listening (GET /metrics)");
+                    fastedge_runtime::metrics::serve_http(listener, registry.clone())
+                        .map_err(TerminatorError::MetricsThread)?;
+                    metrics_addr = Some(local);
+                }
+                // The process whose sockets were taken serves its metrics there until it
+                // exits: bind it then.
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse && predecessor.is_some() => {
+                    upgrade::serve_metrics_when_free(addr, registry.clone())
+                        .map_err(TerminatorError::MetricsThread)?;
+                    metrics_addr = Some(addr);
+                }
+                Err(error) => return Err(metrics_error(error)),
+            }
         }
         if let Some(user) = &config.user {
             let (uid, gid) = drop_privileges(user, config.group.as_deref())
@@ -301,13 +425,21 @@ impl Terminator {
         let mut setups = Vec::with_capacity(cores);
         for _ in 0..cores {
             setups.push(CoreSetup {
-                frontends: per_frontend.iter_mut().filter_map(Vec::pop).collect(),
+                frontends: Vec::new(),
                 demo: demo.as_mut().and_then(|d: &mut Vec<BoundListener>| d.pop()),
             });
+        }
+        // Socket j of an address goes to core j mod cores: every socket is served.
+        for group in groups {
+            for (j, listener) in group.into_iter().enumerate() {
+                setups[j % cores].frontends.push(listener);
+            }
         }
         let mut setups = setups.into_iter();
 
         let shutdown = Shutdown::new();
+        // Set by the upgrade thread before it triggers the drain.
+        let released = Arc::new(AtomicBool::new(false));
         let max_connections = frontend.settings.max_connections;
         let current = Arc::new(ArcSwap::from_pointee(frontend));
         if config.tls.resumption.ticket_key_stdin {
@@ -318,14 +450,45 @@ impl Terminator {
             let setup = setups.next();
             let current = current.clone();
             let shutdown = shutdown.clone();
+            let handed_over = released.clone();
             let metrics = serve_metrics.core();
             move || async move {
                 let Some(setup) = setup else { return };
-                executor::run_core(core, setup, current, metrics, max_connections, shutdown).await;
+                executor::run_core(
+                    core,
+                    setup,
+                    current,
+                    metrics,
+                    max_connections,
+                    shutdown,
+                    handed_over,
+                )
+                .await;
             }
         })
         .map_err(TerminatorError::Executors)?;
+        let mut pending_upgrade = None;
+        if let Some(copies) = copies {
+            match upgrade_listener {
+                Some(socket) => upgrade::spawn_upgrade_listener(
+                    socket,
+                    copies,
+                    shutdown.clone(),
+                    upgrade.handed_over,
+                    released.clone(),
+                )
+                .map_err(TerminatorError::UpgradeThread)?,
+                None => {
+                    pending_upgrade = upgrade
+                        .socket
+                        .map(|path| (path, copies, upgrade.handed_over))
+                }
+            }
+        }
         Ok(TerminatorHandle {
+            predecessor,
+            pending_upgrade,
+            released,
             current,
             started: config,
             loader,
@@ -342,7 +505,6 @@ impl Terminator {
 
 /// A running terminator. Dropping it stops the terminator as [`TerminatorHandle::stop`] does
 /// (ignoring how the executors ended).
-#[derive(Debug)]
 pub struct TerminatorHandle {
     current: Arc<ArcSwap<Frontend>>,
     /// The configuration it started with: settings fixed at start are compared against it.
@@ -356,9 +518,64 @@ pub struct TerminatorHandle {
     listening: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     cpus: CpuList,
+    /// The process whose sockets were taken, until it is told to drain.
+    predecessor: Option<upgrade::Predecessor>,
+    /// The upgrade socket to listen on once the predecessor let go of it.
+    pending_upgrade: Option<(PathBuf, upgrade::Sockets, Option<upgrade::HandedOver>)>,
+    /// Whether a successor took the sockets over.
+    released: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for TerminatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminatorHandle")
+            .field("listening", &self.listening)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("cpus", &self.cpus)
+            .field("generation", &self.generation)
+            .field("predecessor", &self.predecessor)
+            .field("handed_over", &self.handed_over())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TerminatorHandle {
+    /// The process id of the terminator whose sockets this one took over
+    /// ([`Terminator::take_over`]), until [`TerminatorHandle::release_predecessor`].
+    pub fn predecessor_pid(&self) -> Option<u32> {
+        self.predecessor.as_ref().map(|p| p.pid)
+    }
+
+    /// After [`Terminator::take_over`], once this terminator serves (and the service manager
+    /// was told): tells the old process to stop accepting and drain, waits until it let go of
+    /// the upgrade socket, then listens there for the next upgrade when
+    /// [`Terminator::upgrade_socket`] asks for it. Returns the old process's id; `None`
+    /// without a predecessor.
+    pub fn release_predecessor(&mut self) -> Result<Option<u32>, TerminatorError> {
+        let Some(old) = self.predecessor.take() else {
+            return Ok(None);
+        };
+        let pid = old.release()?;
+        tracing::info!(pid, "the old process drains");
+        if let Some((path, copies, hook)) = self.pending_upgrade.take() {
+            let socket = HandoverSocket::bind(&path).map_err(UpgradeError::from)?;
+            upgrade::spawn_upgrade_listener(
+                socket,
+                copies,
+                self.shutdown.clone(),
+                hook,
+                self.released.clone(),
+            )
+            .map_err(TerminatorError::UpgradeThread)?;
+        }
+        Ok(Some(pid))
+    }
+
+    /// Whether a new process took the listening sockets over (this one then drains).
+    pub fn handed_over(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The addresses accepting TLS connections, in `frontend.listen` order (with the port the
     /// kernel chose where the configuration says port 0).
     pub fn listen_addrs(&self) -> &[SocketAddr] {
