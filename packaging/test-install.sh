@@ -55,14 +55,22 @@ grep -q "127.0.0.1:$port" "$root/etc/fastedge/serve.toml" || { echo "could not s
 mkdir -p "$root$state"
 chroot "$root" chown "$user:$user" "$state"
 chmod 0700 "$root$state"
+# And its runtime directory (the upgrade socket lives there).
+runtime=/run/$(value RuntimeDirectory)
+mkdir -p "$root$runtime"
+chroot "$root" chown "$user:$user" "$runtime"
+chmod "$(value RuntimeDirectoryMode)" "$root$runtime"
 chroot "$root" runuser -u "$user" -- env $environment $pre
 echo "ExecStartPre ran: $pre"
-# The notify socket systemd would give (inside the copy, where the service can reach it).
-python3 - "$root/run/notify.sock" > "$base/notify.txt" 2>&1 <<'PY' &
-import socket, sys
+# The notify socket systemd would give (inside the copy, where the service can reach it): the
+# datagrams until READY=1 go to $1.
+notify_listener() {
+  rm -f "$root/run/notify.sock"
+  python3 - "$root/run/notify.sock" > "$1" 2>&1 <<'PY' &
+import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
-import os; os.chmod(sys.argv[1], 0o777)
+os.chmod(sys.argv[1], 0o777)
 s.settimeout(30)
 while True:
     text = s.recv(4096).decode()
@@ -70,8 +78,10 @@ while True:
     if "READY=1" in text.splitlines():
         break
 PY
-listener=$!
-for _ in $(seq 50); do [ -S "$root/run/notify.sock" ] && break; sleep 0.1; done
+  listener=$!
+  for _ in $(seq 50); do [ -S "$root/run/notify.sock" ] && break; sleep 0.1; done
+}
+notify_listener "$base/notify.txt"
 chroot "$root" runuser -u "$user" -- env $environment NOTIFY_SOCKET=/run/notify.sock $start > "$base/serve.log" 2>&1 &
 service=$!
 wait "$listener" || { echo "no READY=1 from the service; its log:" >&2; cat "$base/serve.log" >&2; pkill -f "^/usr/bin/fastedge serve --config /etc/fastedge/serve.toml"; exit 1; }
@@ -82,10 +92,31 @@ uid=$(ps -o uid= -p "${pid:-0}" 2>/dev/null | tr -d ' ')
 [ "$uid" = "$(chroot "$root" id -u "$user")" ] || { echo "the service runs as uid '$uid', not $user" >&2; stop_service; exit 1; }
 echo "running as: $user (uid $uid)"
 status=$(curl --silent --insecure --max-time 10 -o "$base/body" -w '%{http_code}' "https://127.0.0.1:$port/installed")
-stop_service
 echo "GET https://127.0.0.1:$port/installed: $status"
-[ "$status" = 200 ] || { echo "expected 200; service log:" >&2; cat "$base/serve.log" >&2; exit 1; }
-grep -q "GET /installed" "$base/body" || { echo "unexpected body: $(cat "$base/body")" >&2; exit 1; }
+[ "$status" = 200 ] || { echo "expected 200; service log:" >&2; cat "$base/serve.log" >&2; stop_service; exit 1; }
+grep -q "GET /installed" "$base/body" || { echo "unexpected body: $(cat "$base/body")" >&2; stop_service; exit 1; }
+# A binary upgrade the way the unit says (systemctl kill -s USR2 --kill-whom=main): the running
+# process starts the binary again, which takes the listening sockets and tells the service
+# manager it is the main process now; the old one drains and exits.
+notify_listener "$base/notify2.txt"
+kill -USR2 "$pid"
+if ! wait "$listener"; then
+  echo "no READY=1 from the successor; log:" >&2; cat "$base/serve.log" >&2; stop_service; exit 1
+fi
+successor=$(sed -n 's/^MAINPID=//p' "$base/notify2.txt" | head -n 1)
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null || [ -z "$successor" ] || [ "$successor" = "$pid" ]; then
+  echo "upgrade: old $pid still running or no new main pid ($successor)" >&2; cat "$base/serve.log" >&2
+  kill "$pid" "$successor" 2>/dev/null; exit 1
+fi
+echo "upgraded: main process $pid -> $successor (said MAINPID and READY=1; the old one exited)"
+pid=$successor
+status=$(curl --silent --insecure --max-time 10 -o "$base/body" -w '%{http_code}' "https://127.0.0.1:$port/upgraded")
+kill -TERM "$pid" 2>/dev/null || true
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+wait "$service" 2>/dev/null || true
+echo "GET https://127.0.0.1:$port/upgraded: $status"
+[ "$status" = 200 ] || { echo "expected 200 after the upgrade; log:" >&2; cat "$base/serve.log" >&2; exit 1; }
 # Purge takes everything back out.
 chroot "$root" dpkg --purge fastedge >/dev/null
 if chroot "$root" id fastedge >/dev/null 2>&1 || [ -e "$root/usr/bin/fastedge" ]; then

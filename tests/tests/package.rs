@@ -2,7 +2,9 @@
 //! installed with dpkg into a throwaway copy of this machine (an overlay over / in a private
 //! mount namespace), its serve unit run the way systemd runs it (state directory,
 //! ExecStartPre, ExecStart as its user with its environment, a notify socket that must hear
-//! READY=1), a request through it answered 200, and purged without a trace
+//! READY=1), a request through it answered 200, a binary upgrade as the unit documents it
+//! (SIGUSR2: the successor says MAINPID and READY, the old process exits, requests still
+//! answered), and purged without a trace
 //! (packaging/test-install.sh does the steps and says what it checked).
 
 // Test code: an unwrap that fails is a failed test.
@@ -67,6 +69,8 @@ fn the_debian_package_installs_serves_and_purges() {
         "ExecStartPre ran",
         "READY=1",
         ": 200",
+        "upgraded: main process",
+        "/upgraded: 200",
         "purged",
         "install test passed",
     ] {
