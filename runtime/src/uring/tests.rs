@@ -389,8 +389,9 @@ fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
         "every slow connection's bytes, in order"
     );
     let most = held.iter().max().copied().unwrap_or(0);
+    // At most RX_MAX_QUEUED (8) buffers' worth unread, in a copy that grows by doubling.
     assert!(
-        most <= 8 * super::reactor::BUF_SIZE,
+        most <= 16 * super::reactor::BUF_SIZE,
         "a slow reader holds {most} bytes; {held:?}"
     );
     assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
