@@ -271,20 +271,7 @@ pub struct SplitRates {
     pub rules: Option<Vec<RuleRates>>,
 }
 
-/// A counter's increase per second; a counter that went down was reset (a reload rebuilt it),
-/// so its whole value is the increase.
-fn per_second(before: u64, after: u64, seconds: f64) -> f64 {
-    let increase = if after >= before {
-        after - before
-    } else {
-        after
-    };
-    if seconds > 0.0 {
-        increase as f64 / seconds
-    } else {
-        0.0
-    }
-}
+use fastedge_wire::prometheus::per_second;
 
 impl SplitRates {
     /// Rates from `before` to `after`, `elapsed` apart.

@@ -320,20 +320,8 @@ impl ServeSnapshot {
     }
 }
 
-/// A counter's increase per second from `before` to `after` over `seconds`; a counter that
-/// went down was reset (the server restarted), so its whole value is the increase.
-pub fn per_second(before: u64, after: u64, seconds: f64) -> f64 {
-    let increase = if after >= before {
-        after - before
-    } else {
-        after
-    };
-    if seconds > 0.0 {
-        increase as f64 / seconds
-    } else {
-        0.0
-    }
-}
+/// A counter's increase per second (see [`fastedge_wire::prometheus::per_second`]).
+pub use fastedge_wire::prometheus::per_second;
 
 /// One core's row: rates since the last scrape and its open connections.
 #[derive(Debug, Clone, Copy, PartialEq)]

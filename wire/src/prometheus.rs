@@ -287,6 +287,22 @@ fn parse_value(s: &str) -> Option<f64> {
     }
 }
 
+/// A counter's increase per second from `before` to `after` over `seconds`; a counter that
+/// went down was reset (its process restarted, or a reload rebuilt it), so its whole value is
+/// the increase.
+pub fn per_second(before: u64, after: u64, seconds: f64) -> f64 {
+    let increase = if after >= before {
+        after - before
+    } else {
+        after
+    };
+    if seconds > 0.0 {
+        increase as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
