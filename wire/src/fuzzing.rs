@@ -344,6 +344,17 @@ pub fn takeover_batch(data: &[u8]) {
     }
 }
 
+/// Sealed sessions read back from a shared session store: parsing never panics, and a value
+/// that parses is rebuilt from its parts byte for byte.
+pub fn sealed_session(data: &[u8]) {
+    if let Ok(sealed) = crate::sealed_session::parse(data) {
+        let mut rebuilt = crate::sealed_session::header(sealed.key_id, sealed.nonce).to_vec();
+        rebuilt.extend_from_slice(sealed.ciphertext);
+        rebuilt.extend_from_slice(&sealed.tag);
+        assert_eq!(rebuilt, data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -372,6 +383,7 @@ mod tests {
             super::bud_config(sample);
             super::control_request(sample);
             super::sni_answer(sample);
+            super::sealed_session(sample);
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod response;
 pub mod rules;
+pub mod sealed_session;
 pub mod sni;
 pub mod sni_answer;
 pub mod synth;
