@@ -266,7 +266,12 @@ fn set_client_auth(builder: &mut SslContextBuilder, auth: &ClientAuth) -> Result
 }
 
 /// The server-side session cache and session lifetime, on the context connections start on.
-pub(crate) fn set_session_cache(builder: &mut SslContextBuilder, r: &Resumption) {
+/// Sets up the session cache of the context that starts handshakes, and the fleet's shared
+/// store behind it when there is one.
+pub(crate) fn set_session_cache(
+    builder: &mut SslContextBuilder,
+    r: &Resumption,
+) -> Result<(), TlsError> {
     if r.session_cache_size == 0 {
         builder.set_session_cache_mode(SslSessionCacheMode::OFF);
     } else {
@@ -275,6 +280,25 @@ pub(crate) fn set_session_cache(builder: &mut SslContextBuilder, r: &Resumption)
     }
     let seconds = u32::try_from(r.session_timeout.as_secs()).unwrap_or(u32::MAX);
     ffi::set_session_timeout(builder, seconds.max(1));
+    if let Some(store) = &r.session_store {
+        let crate::tickets::TicketKeySource::SharedSecret { path, accept } = &r.ticket_keys else {
+            return Err(TlsError::Invalid(
+                "tls.session_store needs tls.ticket_secret_file to seal sessions".into(),
+            ));
+        };
+        let secrets = crate::tickets::read_fleet_secrets(path, accept.as_deref())?;
+        let secrets: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
+        let seal = crate::session_store::SessionSeal::from_secrets(&secrets)?;
+        let client = crate::session_store::StoreClient::for_url(&store.url)?;
+        crate::session_store::install(
+            builder,
+            client,
+            std::sync::Arc::new(seal),
+            store.timeout,
+            r.session_timeout,
+        );
+    }
+    Ok(())
 }
 
 /// A certificate's private key: here, or held by a key server.

@@ -133,15 +133,19 @@ sni_fetchers = 4
 # Session resumption. Tickets (TLS 1.2 and 1.3) are encrypted with a key that changes every
 # ticket_rotate; the ticket_previous keys before it still decrypt, so a ticket lives up to
 # (ticket_previous + 1) × ticket_rotate. Keys are random at start unless one of:
-#  - ticket_secret_file: a file holding a secret shared by a fleet (at least 32 bytes); every
-#    box derives the key of each rotation period from it (HKDF-SHA256), so boxes agree with no
-#    coordination and no traffic; clocks must agree to well under ticket_rotate.
+#  - ticket_secret_file: a file holding a secret shared by a fleet (at least 32 bytes; make one
+#    with `fastedge ticket-secret FILE`); every box derives the key of each rotation period from
+#    it (HKDF-SHA256), so boxes agree with no coordination and no traffic; clocks must agree to
+#    well under ticket_rotate. While a fleet changes its secret, ticket_secret_accept_file names
+#    a second one whose keys decrypt (and whose sealed sessions open) but never encrypt (the
+#    three steps are in docs/fleet.md).
 #  - ticket_key_file: a file of keys, one base64 line of 48 bytes each, newest first; reread
 #    when it changes.
 tickets = true
 ticket_rotate = "1h"
 ticket_previous = 2
 ticket_secret_file = ""
+ticket_secret_accept_file = ""
 ticket_key_file = ""
 # Or fixed keys written here (base64 of 48 bytes, one per line, newest first), as bud's
 # ticket_key: never rotated.
@@ -154,6 +158,14 @@ ticket_key_stdin = false
 # as told to clients).
 session_cache_size = 20480
 session_timeout = "1h"
+# A session store shared by a fleet, behind that cache, so a client resuming by session ID
+# resumes on any box: "redis://host:6379", "redis://host:6379/2" or "unix:/run/redis.sock".
+# Sessions are sealed (AES-256-GCM) with a key derived from ticket_secret_file, which it
+# needs. A session ID the local cache lacks is looked up without blocking the core; with no
+# answer within session_store_timeout (or Redis down) the handshake goes on as a full one.
+# Empty: off.
+session_store = ""
+session_store_timeout = "20ms"
 # OCSP stapling. A certificate may name a DER OCSP response file to staple (ocsp_staple =
 # "cert.ocsp", beside cert and key; reread when it changes). Otherwise, with ocsp_fetch, the
 # responder named in the certificate is asked (the issuer must follow the leaf in the cert
@@ -393,11 +405,14 @@ struct RawTls {
     ticket_rotate: String,
     ticket_previous: u32,
     ticket_secret_file: String,
+    ticket_secret_accept_file: String,
     ticket_key_file: String,
     ticket_key: String,
     ticket_key_stdin: bool,
     session_cache_size: u32,
     session_timeout: String,
+    session_store: String,
+    session_store_timeout: String,
     ocsp_fetch: bool,
     ocsp_url: String,
     ocsp_timeout: String,
@@ -572,11 +587,14 @@ impl Default for RawTls {
             ticket_rotate: "1h".into(),
             ticket_previous: 2,
             ticket_secret_file: String::new(),
+            ticket_secret_accept_file: String::new(),
             ticket_key_file: String::new(),
             ticket_key: String::new(),
             ticket_key_stdin: false,
             session_cache_size: 20480,
             session_timeout: "1h".into(),
+            session_store: String::new(),
+            session_store_timeout: "20ms".into(),
             ocsp_fetch: true,
             ocsp_url: String::new(),
             ocsp_timeout: "5s".into(),
@@ -750,6 +768,8 @@ pub struct Resumption {
     /// 0: no server-side session cache.
     pub session_cache_size: u32,
     pub session_timeout: Duration,
+    /// The fleet's shared session store, behind the local cache.
+    pub session_store: Option<crate::session_store::StoreSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1193,7 +1213,10 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         nonempty(&t.ticket_key),
     ) {
         (None, None, None) => TicketKeySource::Random,
-        (Some(secret), None, None) => TicketKeySource::SharedSecret(secret.into()),
+        (Some(secret), None, None) => TicketKeySource::SharedSecret {
+            path: secret.into(),
+            accept: nonempty(&t.ticket_secret_accept_file).map(Into::into),
+        },
         (None, Some(file), None) => TicketKeySource::File(file.into()),
         (None, None, Some(keys)) => TicketKeySource::Fixed(
             parse_keys(&keys, "tls.ticket_key")
@@ -1206,9 +1229,38 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             ))
         }
     };
+    if !t.ticket_secret_accept_file.is_empty() && t.ticket_secret_file.is_empty() {
+        return Err(invalid(
+            "tls.ticket_secret_accept_file",
+            "needs tls.ticket_secret_file (the secret that encrypts)",
+        ));
+    }
     if t.ticket_key_stdin && !t.tickets {
         return Err(invalid("tls.ticket_key_stdin", "needs tls.tickets = true"));
     }
+    let session_store = match nonempty(&t.session_store) {
+        None => None,
+        Some(address) => {
+            if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
+                return Err(invalid(
+                    "tls.session_store",
+                    "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
+                     the fleet's secret before they leave the box",
+                ));
+            }
+            if t.session_cache_size == 0 {
+                return Err(invalid(
+                    "tls.session_store",
+                    "needs the local session cache in front (tls.session_cache_size above 0)",
+                ));
+            }
+            let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
+            Some(
+                crate::session_store::StoreSettings::new(&address, timeout)
+                    .map_err(|e| invalid("tls.session_store", e))?,
+            )
+        }
+    };
     let resumption = Resumption {
         tickets: t.tickets,
         ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
@@ -1217,6 +1269,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         ticket_key_stdin: t.ticket_key_stdin,
         session_cache_size: t.session_cache_size,
         session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
+        session_store,
     };
     let ciphers = nonempty(&t.ciphers);
     let stapling = Stapling {
@@ -1571,6 +1624,24 @@ mod tests {
                 "tls.min_version",
             ),
             ("[balance]\nmode = \"random\"", "balance.mode"),
+            (
+                "[tls]\nsession_store = \"redis://127.0.0.1\"",
+                "tls.session_store",
+            ),
+            (
+                "[tls]\nticket_secret_file = \"s\"\nsession_cache_size = 0\n\
+                 session_store = \"redis://127.0.0.1\"",
+                "tls.session_store",
+            ),
+            (
+                "[tls]\nticket_secret_file = \"s\"\nsession_store = \"memcache://h\"",
+                "tls.session_store",
+            ),
+            (
+                "[tls]\nticket_secret_file = \"s\"\nsession_store = \"redis://h\"\n\
+                 session_store_timeout = \"0s\"",
+                "tls.session_store_timeout",
+            ),
             ("[[backend]]\naddress = \"127.0.0.1\"", "backend[0].address"),
             (
                 "[[backend]]\naddress = \"unix:run/x\"",

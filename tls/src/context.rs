@@ -365,7 +365,7 @@ impl ServerContext {
                 Ok(())
             });
         }
-        set_session_cache(&mut builder, r);
+        set_session_cache(&mut builder, r)?;
         // Staple files are read now, so the first handshakes staple them; the rest is fetched
         // by the refresher thread.
         for job in &mut jobs {
@@ -429,7 +429,7 @@ impl ServerContext {
         };
         let key = PairKey::Local(key.clone());
         let mut builder = context_builder(chain, &key, settings, tickets.as_ref())?;
-        set_session_cache(&mut builder, r);
+        set_session_cache(&mut builder, r)?;
         Ok(Self {
             context: builder.build(),
             tickets,

@@ -30,6 +30,7 @@ mod pem;
 pub mod proxy;
 pub mod scrape;
 mod selfsigned;
+pub mod session_store;
 pub mod terminator;
 pub mod tickets;
 

@@ -69,6 +69,7 @@ pub struct CoreMetrics {
     accepted: AtomicU64,
     active: AtomicU64,
     handshakes_ok: AtomicU64,
+    handshakes_resumed: AtomicU64,
     bytes_upstream: AtomicU64,
     bytes_downstream: AtomicU64,
     closes: [AtomicU64; 8],
@@ -106,9 +107,13 @@ impl CoreMetrics {
         add(&self.bytes_downstream, downstream);
     }
 
-    /// A TLS handshake completed.
-    pub fn handshake_ok(&self) {
+    /// A TLS handshake completed; `resumed`: it resumed a session (a ticket, or a session ID
+    /// from the local cache or the fleet's store) rather than doing a full handshake.
+    pub fn handshake_ok(&self, resumed: bool) {
         add(&self.handshakes_ok, 1);
+        if resumed {
+            add(&self.handshakes_resumed, 1);
+        }
     }
 
     /// A connect to `backend` failed.
@@ -182,6 +187,13 @@ impl Source for ServeMetrics {
             "counter",
             "TLS handshakes completed.",
             &total(&|c| load(&c.handshakes_ok)),
+        );
+        write_family(
+            out,
+            "fastedge_handshakes_resumed_total",
+            "counter",
+            "TLS handshakes completed that resumed a session (included in fastedge_handshakes_completed_total).",
+            &total(&|c| load(&c.handshakes_resumed)),
         );
         let closes: Vec<(String, u64)> = CloseClass::ALL
             .iter()
@@ -284,11 +296,19 @@ impl Source for ServeMetrics {
         );
         write_family(
             out,
+            "fastedge_core_handshakes_resumed_total",
+            "counter",
+            "TLS handshakes that resumed a session, by core.",
+            &per_core(&|c| load(&c.handshakes_resumed)),
+        );
+        write_family(
+            out,
             "fastedge_core_bytes_total",
             "counter",
             "Bytes proxied both ways, by core.",
             &per_core(&|c| load(&c.bytes_upstream) + load(&c.bytes_downstream)),
         );
+        crate::session_store::render_metrics(out);
     }
 }
 

@@ -479,7 +479,7 @@ mod tests {
         let before = snapshot(&registry);
         for _ in 0..10 {
             b.connection_opened();
-            b.handshake_ok();
+            b.handshake_ok(false);
             b.connection_closed(CloseClass::Closed, 100, 300);
         }
         a.connection_opened();

@@ -46,8 +46,14 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub enum TicketKeySource {
     /// Random keys made in this process.
     Random,
-    /// Derived per rotation period from a secret shared by a fleet.
-    SharedSecret(std::path::PathBuf),
+    /// Derived per rotation period from a secret shared by a fleet (`path`); while the fleet
+    /// changes its secret, the keys of a second one (`accept`) decrypt too, but never encrypt.
+    SharedSecret {
+        /// The secret that encrypts (`tls.ticket_secret_file`).
+        path: std::path::PathBuf,
+        /// A secret whose keys only decrypt (`tls.ticket_secret_accept_file`).
+        accept: Option<std::path::PathBuf>,
+    },
     /// Read from a file of base64 keys, newest first.
     File(std::path::PathBuf),
     /// Keys given in the configuration, newest first (parsed when it was validated); never
@@ -124,7 +130,8 @@ pub struct TicketKeys {
     source: TicketKeySource,
     rotate: Duration,
     previous: u32,
-    secret: Option<Vec<u8>>,
+    /// Shared-secret source: the secret that encrypts, then the one only accepted.
+    secrets: Vec<Vec<u8>>,
     ring: ArcSwap<Ring>,
     /// Serializes rotations (readers never wait on it).
     rotating: Mutex<()>,
@@ -195,6 +202,72 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Reads a fleet's shared secret from `path`: the file's bytes without surrounding whitespace,
+/// at least [`MIN_SECRET_LEN`] of them (errors name the file).
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::ReadFile {
+        what: "ticket secret file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < MIN_SECRET_LEN {
+        return Err(TlsError::Invalid(format!(
+            "{}: a ticket secret needs at least {MIN_SECRET_LEN} bytes (e.g. `fastedge \
+             ticket-secret FILE`)",
+            path.display()
+        )));
+    }
+    Ok(trimmed.to_vec())
+}
+
+/// A fleet's secrets: the one at `path` (it encrypts tickets and seals sessions), then the one
+/// at `accept` if given (only decrypts and opens, while the fleet changes its secret).
+pub fn read_fleet_secrets(path: &Path, accept: Option<&Path>) -> Result<Vec<Vec<u8>>, TlsError> {
+    let mut secrets = vec![read_secret(path)?];
+    if let Some(accept) = accept {
+        secrets.push(read_secret(accept)?);
+    }
+    Ok(secrets)
+}
+
+/// The ticket keys of the periods `epochs` from each of `secrets`, with the period of each: the
+/// first secret's first (its current key encrypts), then the accepted secret's.
+fn fleet_keys(secrets: &[Vec<u8>], epochs: &[u64]) -> Result<(Vec<TicketKey>, Vec<u64>), TlsError> {
+    let mut keys = Vec::with_capacity(secrets.len() * epochs.len());
+    let mut periods = Vec::with_capacity(keys.capacity());
+    for secret in secrets {
+        for &epoch in epochs {
+            keys.push(TicketKey::derive(secret, epoch)?);
+            periods.push(epoch);
+        }
+    }
+    Ok((keys, periods))
+}
+
+/// Creates a new fleet secret at `path`: 48 random bytes, base64 on one line, in a file made
+/// with permission bits `mode` (e.g. 0o600) that must not exist yet (an existing secret is
+/// never overwritten: a fleet whose boxes disagree on it stops resuming each other's sessions).
+pub fn write_secret(path: &Path, mode: u32) -> Result<(), TlsError> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut secret = [0u8; 48];
+    boring::rand::rand_bytes(&mut secret).map_err(TlsError::Setup)?;
+    let text = format!("{}\n", boring::base64::encode_block(&secret));
+    let write_error = |source| TlsError::WriteFile {
+        what: "ticket secret file",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(write_error)?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.sync_all().map_err(write_error)
+}
+
 impl TicketKeys {
     /// Sets up the ring of keys from `source`, rotated every `rotate` with `previous` older
     /// keys still decrypting, reading the secret or key file now (errors name it).
@@ -204,29 +277,12 @@ impl TicketKeys {
         previous: u32,
     ) -> Result<Self, TlsError> {
         let epoch = epoch_at(SystemTime::now(), rotate);
-        let mut secret = None;
+        let mut secrets = Vec::new();
         let (keys, epochs, checked) = match source {
             TicketKeySource::Random => (vec![TicketKey::random()?], vec![epoch], None),
-            TicketKeySource::SharedSecret(path) => {
-                let bytes = std::fs::read(path).map_err(|source| TlsError::ReadFile {
-                    what: "ticket secret file",
-                    path: path.clone(),
-                    source,
-                })?;
-                let trimmed = bytes.trim_ascii();
-                if trimmed.len() < MIN_SECRET_LEN {
-                    return Err(TlsError::Invalid(format!(
-                        "{}: a ticket secret needs at least {MIN_SECRET_LEN} bytes (e.g. `openssl \
-                         rand -base64 48`)",
-                        path.display()
-                    )));
-                }
-                let epochs = fleet_epochs(epoch, previous);
-                let keys = epochs
-                    .iter()
-                    .map(|&e| TicketKey::derive(trimmed, e))
-                    .collect::<Result<Vec<_>, _>>()?;
-                secret = Some(trimmed.to_vec());
+            TicketKeySource::SharedSecret { path, accept } => {
+                secrets = read_fleet_secrets(path, accept.as_deref())?;
+                let (keys, epochs) = fleet_keys(&secrets, &fleet_epochs(epoch, previous))?;
                 (keys, epochs, None)
             }
             TicketKeySource::Fixed(keys) => (keys.clone(), Vec::new(), None),
@@ -240,7 +296,7 @@ impl TicketKeys {
             source: source.clone(),
             rotate,
             previous,
-            secret,
+            secrets,
             ring: ArcSwap::from_pointee(Ring {
                 epoch,
                 epochs,
@@ -360,13 +416,9 @@ impl TicketKeys {
                     checked: None,
                 }))
             }
-            TicketKeySource::SharedSecret(_) => {
-                let secret = self.secret.as_deref().unwrap_or_default();
-                let epochs = fleet_epochs(epoch, self.previous);
-                let keys = epochs
-                    .iter()
-                    .map(|&e| TicketKey::derive(secret, e))
-                    .collect::<Result<Vec<_>, _>>()?;
+            TicketKeySource::SharedSecret { .. } => {
+                let (keys, epochs) =
+                    fleet_keys(&self.secrets, &fleet_epochs(epoch, self.previous))?;
                 tracing::info!(period = epoch, "session ticket key rotated (shared secret)");
                 Ok(Some(Ring {
                     epoch,

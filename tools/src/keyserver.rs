@@ -33,7 +33,7 @@ pub struct KeyServerArgs {
     mode: u32,
 }
 
-fn parse_mode(text: &str) -> Result<u32, String> {
+pub fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text, 8)
         .ok()
         .filter(|m| *m <= 0o777)

@@ -5,6 +5,7 @@ mod ctl;
 mod docs;
 mod gen;
 mod keyserver;
+mod secret;
 mod serve;
 mod split;
 mod top;
@@ -53,6 +54,7 @@ enum Command {
     Gen(gen::GenArgs),
     Ctl(ctl::CtlArgs),
     Keyserver(keyserver::KeyServerArgs),
+    TicketSecret(secret::TicketSecretArgs),
     #[command(hide = true)]
     GenerateDocs(docs::GenerateDocsArgs),
     Top(top::TopArgs),
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Keyserver(args) => keyserver::run(args),
+        Command::TicketSecret(args) => secret::run(args),
         Command::GenerateDocs(args) => docs::run(args, <Cli as clap::CommandFactory>::command()),
         Command::Top(args) => top::run(args),
     };

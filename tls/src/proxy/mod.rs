@@ -166,7 +166,7 @@ async fn run(
         let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
         fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
     });
-    core.metrics.handshake_ok();
+    core.metrics.handshake_ok(tls.ssl().session_reused());
     let early = frontend.context.early_data_cap().and_then(|cap| {
         let flag = Arc::new(AtomicBool::new(false));
         tls.track_early_data(cap, flag.clone());

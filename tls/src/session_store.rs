@@ -1,0 +1,741 @@
+//! A session store shared by a fleet (Redis), for clients that resume by session ID (TLS 1.2
+//! without tickets): a session made on one box resumes on any other.
+//!
+//! - **Never blocks a core.** A session ID that BoringSSL's local cache does not hold is looked
+//!   up asynchronously: the handshake pauses (`SSL_ERROR_PENDING_SESSION`), the core goes on
+//!   with other connections, and the handshake resumes when the answer comes. A lookup is
+//!   answered within the store's `timeout` whatever Redis does; a miss, a timeout, a refused or
+//!   failed lookup all give a full handshake, never a failed one, and each is counted.
+//! - **Sealed.** A session leaves the box encrypted and authenticated with AES-256-GCM under a
+//!   key derived (HKDF-SHA256) from the fleet's ticket secret, bound to its session ID; whoever
+//!   can read Redis cannot read master secrets, and cannot move an entry to another ID. The
+//!   layout is [`fastedge_wire::sealed_session`].
+//! - **Bounded.** BoringSSL's own session cache (`session_cache_size`) is the local cache in
+//!   front; lookups and writes wait in bounded queues (a full queue counts and skips, never
+//!   waits); entries expire in Redis with the session timeout.
+//!
+//! One client per store address per process: a thread running a small tokio runtime with a
+//! reconnecting, multiplexed Redis connection ([`redis::aio::ConnectionManager`]), so lookups
+//! of every core share one connection and are pipelined.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, OnceLock, PoisonError,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use boring::{
+    hash::MessageDigest,
+    hkdf::HkdfSuite,
+    ssl::{BoxGetSessionFinish, BoxGetSessionFuture, SslContextBuilder, SslSession},
+    symm::{decrypt_aead, encrypt_aead, Cipher},
+};
+use fastedge_runtime::metrics::{label, write_family};
+use fastedge_wire::sealed_session::{self as layout, KEY_ID_LEN, NONCE_LEN, TAG_LEN};
+
+use crate::{oneshot::OneShot, TlsError};
+
+/// Lookups waiting for the client thread at most (all cores of a process together); more are
+/// answered "refused" at once.
+pub const LOOKUP_QUEUE: usize = 4096;
+/// Sealed sessions waiting to be written at most; more are dropped (and counted).
+pub const WRITE_QUEUE: usize = 4096;
+/// How long one write may take before it is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Redis keys are this prefix followed by the session ID in hex.
+pub const KEY_PREFIX: &str = "fastedge:session:";
+const HKDF_SALT: &[u8] = b"fastedge session store v1";
+
+/// Where a store is and how long a lookup may take (`tls.session_store`,
+/// `tls.session_store_timeout`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// A Redis URL: `redis://host:port/db` or `redis+unix:///path/to/socket`.
+    pub url: String,
+    /// How long a handshake waits for a lookup before going on as a full one.
+    pub timeout: Duration,
+}
+
+impl StoreSettings {
+    /// Validates a store address as written in the configuration: `redis://host[:port][/db]`,
+    /// `redis+unix:///path`, `unix:///path` or `unix:/path` (a UNIX socket). TLS to Redis
+    /// (`rediss://`) is not built in: reach a remote Redis over a trusted network or a tunnel.
+    pub fn new(address: &str, timeout: Duration) -> Result<Self, String> {
+        let url = if let Some(path) = address
+            .strip_prefix("unix:")
+            .filter(|rest| !rest.starts_with("//"))
+        {
+            format!("redis+unix://{path}")
+        } else {
+            address.to_owned()
+        };
+        if url.starts_with("rediss://") {
+            return Err(format!(
+                "{address:?}: TLS to Redis (rediss://) is not supported; use redis:// over a \
+                 trusted network, or a UNIX socket"
+            ));
+        }
+        if !(url.starts_with("redis://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err(format!(
+                "{address:?}: expected redis://host:port[/db] or unix:/path/to/redis.sock"
+            ));
+        }
+        redis::Client::open(url.as_str()).map_err(|e| format!("{address:?}: {e}"))?;
+        if timeout.is_zero() {
+            return Err("the lookup timeout must be above zero".into());
+        }
+        Ok(Self { url, timeout })
+    }
+}
+
+/// One sealing key: its id (written with what it sealed) and its AES-256 key.
+#[derive(Clone)]
+struct SealKey {
+    id: [u8; KEY_ID_LEN],
+    key: [u8; 32],
+}
+
+/// Seals sessions before they leave the box and opens what comes back. Built from the fleet's
+/// secrets: the first seals, every one opens (a fleet changing its secret holds two).
+#[derive(Clone)]
+pub struct SessionSeal {
+    keys: Vec<SealKey>,
+}
+
+impl std::fmt::Debug for SessionSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.keys.iter().map(|k| hex(&k.id)).collect();
+        f.debug_struct("SessionSeal")
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+/// Why a value from the store did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Not a sealed session at all.
+    Shape(layout::SealedError),
+    /// Sealed by a key this box does not hold (another fleet, or a secret rotated away).
+    UnknownKey,
+    /// Changed, or moved from another session ID: authentication failed.
+    Forged,
+}
+
+impl SessionSeal {
+    /// The seal of a fleet whose secrets are `secrets`, the current one first.
+    pub fn from_secrets(secrets: &[&[u8]]) -> Result<Self, TlsError> {
+        if secrets.is_empty() {
+            return Err(TlsError::Invalid(
+                "the session store needs the fleet's ticket secret to seal sessions".into(),
+            ));
+        }
+        let hkdf = HkdfSuite::new(MessageDigest::sha256());
+        let keys = secrets
+            .iter()
+            .map(|secret| {
+                let prk = hkdf.extract(HKDF_SALT, secret).map_err(TlsError::Setup)?;
+                let mut key = SealKey {
+                    id: [0; KEY_ID_LEN],
+                    key: [0; 32],
+                };
+                hkdf.expand(&prk, b"key id", &mut key.id)
+                    .map_err(TlsError::Setup)?;
+                hkdf.expand(&prk, b"aes-256-gcm key", &mut key.key)
+                    .map_err(TlsError::Setup)?;
+                Ok(key)
+            })
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        Ok(Self { keys })
+    }
+
+    /// `session` (its serialized form) sealed for the store under `session_id`.
+    pub fn seal(&self, session_id: &[u8], session: &[u8]) -> Result<Vec<u8>, TlsError> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        boring::rand::rand_bytes(&mut nonce).map_err(TlsError::Setup)?;
+        let mut tag = [0u8; TAG_LEN];
+        let ciphertext = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &key.key,
+            Some(&nonce),
+            &layout::associated_data(session_id),
+            session,
+            &mut tag,
+        )
+        .map_err(TlsError::Setup)?;
+        let mut out = Vec::with_capacity(layout::HEADER_LEN + ciphertext.len() + TAG_LEN);
+        out.extend_from_slice(&layout::header(key.id, nonce));
+        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// The serialized session in `value`, read from the store under `session_id`, if it opens.
+    pub fn open(&self, session_id: &[u8], value: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let sealed = layout::parse(value).map_err(OpenError::Shape)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == sealed.key_id)
+            .ok_or(OpenError::UnknownKey)?;
+        decrypt_aead(
+            Cipher::aes_256_gcm(),
+            &key.key,
+            Some(&sealed.nonce),
+            &layout::associated_data(session_id),
+            sealed.ciphertext,
+            &sealed.tag,
+        )
+        .map_err(|_| OpenError::Forged)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Redis key of a session ID.
+pub fn redis_key(session_id: &[u8]) -> String {
+    format!("{KEY_PREFIX}{}", hex(session_id))
+}
+
+/// What a lookup came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The store held this (sealed) value.
+    Found(Vec<u8>),
+    /// The store holds nothing under that ID.
+    Missing,
+    /// No answer within the timeout.
+    TimedOut,
+    /// The store could not be asked (down, or an error answer).
+    Failed,
+    /// Too many lookups were waiting: not asked.
+    Refused,
+}
+
+/// A store's counters since the process started.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    found: AtomicU64,
+    missing: AtomicU64,
+    timed_out: AtomicU64,
+    failed: AtomicU64,
+    refused: AtomicU64,
+    unopened: AtomicU64,
+    written: AtomicU64,
+    write_failed: AtomicU64,
+    write_dropped: AtomicU64,
+}
+
+/// A snapshot of [`StoreStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Lookups the store answered with a sealed session that opened.
+    pub found: u64,
+    /// Lookups the store had nothing for.
+    pub missing: u64,
+    /// Lookups not answered within the timeout.
+    pub timed_out: u64,
+    /// Lookups that failed (store down or in error).
+    pub failed: u64,
+    /// Lookups not asked because too many were waiting.
+    pub refused: u64,
+    /// Values that did not open (another fleet's, or forged).
+    pub unopened: u64,
+    /// Sessions written.
+    pub written: u64,
+    /// Writes that failed.
+    pub write_failed: u64,
+    /// Writes dropped because too many were waiting.
+    pub write_dropped: u64,
+}
+
+impl StoreStats {
+    /// The counters now.
+    pub fn counts(&self) -> StoreCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreCounts {
+            found: l(&self.found),
+            missing: l(&self.missing),
+            timed_out: l(&self.timed_out),
+            failed: l(&self.failed),
+            refused: l(&self.refused),
+            unopened: l(&self.unopened),
+            written: l(&self.written),
+            write_failed: l(&self.write_failed),
+            write_dropped: l(&self.write_dropped),
+        }
+    }
+
+    fn count(&self, answer: &Answer) {
+        let counter = match answer {
+            Answer::Found(_) => &self.found,
+            Answer::Missing => &self.missing,
+            Answer::TimedOut => &self.timed_out,
+            Answer::Failed => &self.failed,
+            Answer::Refused => &self.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Lookup {
+    key: String,
+    asked: Instant,
+    deadline: Duration,
+    reply: Arc<OneShot<Answer>>,
+}
+
+struct Write {
+    key: String,
+    value: Vec<u8>,
+    ttl_seconds: u64,
+}
+
+/// The client of one store address, shared by every core and context of the process.
+#[derive(Debug)]
+pub struct StoreClient {
+    url: String,
+    lookups: tokio::sync::mpsc::Sender<Lookup>,
+    writes: tokio::sync::mpsc::Sender<Write>,
+    stats: Arc<StoreStats>,
+}
+
+fn clients() -> &'static Mutex<HashMap<String, Arc<StoreClient>>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<StoreClient>>>> = OnceLock::new();
+    CLIENTS.get_or_init(Default::default)
+}
+
+/// Every store client of this process, for metrics.
+pub fn all_clients() -> Vec<Arc<StoreClient>> {
+    clients()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect()
+}
+
+impl StoreClient {
+    /// The process's client of the store at `url` (a URL [`StoreSettings::new`] accepted),
+    /// started on first use; it connects when first asked and reconnects by itself.
+    pub fn for_url(url: &str) -> Result<Arc<Self>, TlsError> {
+        let mut clients = clients().lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(url) {
+            return Ok(client.clone());
+        }
+        let redis = redis::Client::open(url)
+            .map_err(|e| TlsError::Invalid(format!("session store {url:?}: {e}")))?;
+        let (lookups, lookup_rx) = tokio::sync::mpsc::channel(LOOKUP_QUEUE);
+        let (writes, write_rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let stats = Arc::new(StoreStats::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("session store runtime: {e}")))?;
+        let worker = Worker {
+            url: url.to_owned(),
+            stats: stats.clone(),
+            up: Arc::new(AtomicBool::new(true)),
+        };
+        std::thread::Builder::new()
+            .name("fastedge-sessions".into())
+            .spawn(move || runtime.block_on(worker.run(redis, lookup_rx, write_rx)))
+            .map_err(|e| {
+                TlsError::Invalid(format!("session store {url:?}: starting its thread: {e}"))
+            })?;
+        let client = Arc::new(Self {
+            url: url.to_owned(),
+            lookups,
+            writes,
+            stats,
+        });
+        clients.insert(url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// The store's address.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Asks the store for `session_id`; the answer comes within `deadline`.
+    pub fn lookup(&self, session_id: &[u8], deadline: Duration) -> AnswerFuture {
+        let reply = Arc::new(OneShot::default());
+        let lookup = Lookup {
+            key: redis_key(session_id),
+            asked: Instant::now(),
+            deadline,
+            reply: reply.clone(),
+        };
+        if self.lookups.try_send(lookup).is_err() {
+            reply.complete(Answer::Refused);
+        }
+        AnswerFuture {
+            reply,
+            stats: self.stats.clone(),
+            counted: false,
+        }
+    }
+
+    /// Queues `value` to be written under `session_id`, expiring after `ttl`; never waits (a
+    /// full queue drops it, counted).
+    pub fn write(&self, session_id: &[u8], value: Vec<u8>, ttl: Duration) {
+        let write = Write {
+            key: redis_key(session_id),
+            value,
+            ttl_seconds: ttl.as_secs().max(1),
+        };
+        if self.writes.try_send(write).is_err() {
+            self.stats.write_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The answer to a lookup, when it comes (always within the lookup's deadline). Counted once.
+pub struct AnswerFuture {
+    reply: Arc<OneShot<Answer>>,
+    stats: Arc<StoreStats>,
+    counted: bool,
+}
+
+impl std::fmt::Debug for AnswerFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerFuture")
+            .field("counted", &self.counted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for AnswerFuture {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let answer = std::task::ready!(self.reply.poll_value(cx));
+        if !self.counted {
+            self.counted = true;
+            self.stats.count(&answer);
+        }
+        Poll::Ready(answer)
+    }
+}
+
+/// The client thread's side.
+struct Worker {
+    url: String,
+    stats: Arc<StoreStats>,
+    /// Whether the last exchange with the store worked: an outage is logged once, and so is
+    /// the recovery.
+    up: Arc<AtomicBool>,
+}
+
+impl Worker {
+    async fn run(
+        self,
+        redis: redis::Client,
+        mut lookups: tokio::sync::mpsc::Receiver<Lookup>,
+        mut writes: tokio::sync::mpsc::Receiver<Write>,
+    ) {
+        // Lookups must be answered quickly even while Redis is unreachable: a connection
+        // attempt is bounded, and retried from scratch by the next command.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let manager = match redis::aio::ConnectionManager::new_lazy_with_config(redis, config) {
+            Ok(manager) => manager,
+            Err(e) => {
+                tracing::error!(store = %self.url, error = %e, "session store unusable: every session-ID resumption from other boxes is a full handshake");
+                // Answer everything as failed rather than leave handshakes waiting.
+                let stats = self.stats.clone();
+                let drain_writes = async move {
+                    while writes.recv().await.is_some() {
+                        stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                let answer_lookups = async move {
+                    while let Some(lookup) = lookups.recv().await {
+                        lookup.reply.complete(Answer::Failed);
+                    }
+                };
+                futures_lite::future::zip(drain_writes, answer_lookups).await;
+                return;
+            }
+        };
+        let worker = Arc::new(self);
+        let writer = {
+            let worker = worker.clone();
+            let mut conn = manager.clone();
+            tokio::spawn(async move {
+                while let Some(write) = writes.recv().await {
+                    let command = redis::cmd("SET")
+                        .arg(&write.key)
+                        .arg(&write.value)
+                        .arg("EX")
+                        .arg(write.ttl_seconds)
+                        .to_owned();
+                    let result =
+                        tokio::time::timeout(WRITE_TIMEOUT, command.query_async::<()>(&mut conn))
+                            .await;
+                    match result {
+                        Ok(Ok(())) => {
+                            worker.stats.written.fetch_add(1, Ordering::Relaxed);
+                            worker.mark_up();
+                        }
+                        Ok(Err(e)) => {
+                            worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                            worker.mark_down(&e.to_string());
+                        }
+                        Err(_) => {
+                            worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                            worker.mark_down("a write took over 1 s");
+                        }
+                    }
+                }
+            })
+        };
+        while let Some(lookup) = lookups.recv().await {
+            let worker = worker.clone();
+            let mut conn = manager.clone();
+            tokio::spawn(async move {
+                let left = lookup.deadline.saturating_sub(lookup.asked.elapsed());
+                if left.is_zero() {
+                    lookup.reply.complete(Answer::TimedOut);
+                    return;
+                }
+                let command = redis::cmd("GET").arg(&lookup.key).to_owned();
+                let get = command.query_async::<Option<Vec<u8>>>(&mut conn);
+                let answer = match tokio::time::timeout(left, get).await {
+                    Ok(Ok(Some(value))) => {
+                        worker.mark_up();
+                        Answer::Found(value)
+                    }
+                    Ok(Ok(None)) => {
+                        worker.mark_up();
+                        Answer::Missing
+                    }
+                    Ok(Err(e)) => {
+                        worker.mark_down(&e.to_string());
+                        Answer::Failed
+                    }
+                    Err(_) => Answer::TimedOut,
+                };
+                lookup.reply.complete(answer);
+            });
+        }
+        writer.abort();
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(store = %self.url, "session store reachable again: sessions are shared across boxes");
+        }
+    }
+
+    fn mark_down(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(store = %self.url, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
+        }
+    }
+}
+
+/// Puts the store behind BoringSSL's session cache of `builder` (the context that starts
+/// handshakes: sessions live in its cache): sessions it caches are also sealed and written to
+/// the store, expiring after `session_timeout`, and session IDs its cache does not hold are
+/// looked up in the store, waiting at most `timeout`.
+pub fn install(
+    builder: &mut SslContextBuilder,
+    client: Arc<StoreClient>,
+    seal: Arc<SessionSeal>,
+    timeout: Duration,
+    session_timeout: Duration,
+) {
+    {
+        let client = client.clone();
+        let seal = seal.clone();
+        builder.set_new_session_callback(move |_ssl, session| {
+            let id = session.id().to_vec();
+            if id.is_empty() {
+                return;
+            }
+            let sealed = session
+                .to_der()
+                .map_err(TlsError::Setup)
+                .and_then(|der| seal.seal(&id, &der));
+            match sealed {
+                Ok(value) => client.write(&id, value, session_timeout),
+                Err(e) => {
+                    client.stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "a session could not be sealed for the store");
+                }
+            }
+        });
+    }
+    let callback =
+        move |_ssl: &mut boring::ssl::SslRef, id: &[u8]| -> Option<BoxGetSessionFuture> {
+            let answer = client.lookup(id, timeout);
+            let seal = seal.clone();
+            let stats = client.stats.clone();
+            let id = id.to_vec();
+            Some(Box::pin(async move {
+                let Answer::Found(value) = answer.await else {
+                    return None;
+                };
+                match seal.open(&id, &value) {
+                    Ok(der) => {
+                        let finish: BoxGetSessionFinish =
+                            Box::new(move |_ssl, _id| SslSession::from_der(&der).ok());
+                        Some(finish)
+                    }
+                    Err(e) => {
+                        stats.unopened.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = ?e, "a stored session did not open");
+                        None
+                    }
+                }
+            }))
+        };
+    // SAFETY: the sessions the callback returns are parsed from bytes (`SslSession::from_der`)
+    // and belong to no other context, which is what the callback's contract asks.
+    unsafe { builder.set_async_get_session_callback(callback) };
+}
+
+/// Renders every store client's counters (Prometheus text), zeros when there is none, so the
+/// families are always there to be scraped.
+pub fn render_metrics(out: &mut String) {
+    let clients = all_clients();
+    let sum = |read: &dyn Fn(&StoreCounts) -> u64| -> u64 {
+        clients.iter().map(|c| read(&c.stats.counts())).sum()
+    };
+    let lookups: Vec<(String, u64)> = [
+        ("found", sum(&|c| c.found)),
+        ("missing", sum(&|c| c.missing)),
+        ("timed_out", sum(&|c| c.timed_out)),
+        ("failed", sum(&|c| c.failed)),
+        ("refused", sum(&|c| c.refused)),
+    ]
+    .into_iter()
+    .map(|(result, n)| (label("result", result), n))
+    .collect();
+    write_family(
+        out,
+        "fastedge_session_store_lookups_total",
+        "counter",
+        "Session-ID lookups in the shared session store, by result (found: the store held it; a found value that did not open counts in fastedge_session_store_unopened_total too).",
+        &lookups,
+    );
+    write_family(
+        out,
+        "fastedge_session_store_unopened_total",
+        "counter",
+        "Values from the session store that did not open (another fleet's, or forged).",
+        &[(String::new(), sum(&|c| c.unopened))],
+    );
+    let writes: Vec<(String, u64)> = [
+        ("written", sum(&|c| c.written)),
+        ("failed", sum(&|c| c.write_failed)),
+        ("dropped", sum(&|c| c.write_dropped)),
+    ]
+    .into_iter()
+    .map(|(result, n)| (label("result", result), n))
+    .collect();
+    write_family(
+        out,
+        "fastedge_session_store_writes_total",
+        "counter",
+        "Sessions written to the shared session store, by result (dropped: too many waiting).",
+        &writes,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal(secret: &[u8]) -> SessionSeal {
+        SessionSeal::from_secrets(&[secret]).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_session_opens_under_its_own_id_only() {
+        let s = seal(&[1; 32]);
+        let value = s.seal(b"id-1", b"the session").unwrap();
+        assert!(!value.windows(11).any(|w| w == b"the session"));
+        assert_eq!(s.open(b"id-1", &value).unwrap(), b"the session");
+        assert_eq!(s.open(b"id-2", &value), Err(OpenError::Forged));
+        let mut changed = value.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        assert_eq!(s.open(b"id-1", &changed), Err(OpenError::Forged));
+    }
+
+    #[test]
+    fn another_fleets_sessions_do_not_open() {
+        let value = seal(&[1; 32]).seal(b"id", b"x").unwrap();
+        assert_eq!(
+            seal(&[2; 32]).open(b"id", &value),
+            Err(OpenError::UnknownKey)
+        );
+        assert!(matches!(
+            seal(&[1; 32]).open(b"id", b"junk"),
+            Err(OpenError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn during_a_secret_change_both_secrets_open() {
+        let old = seal(&[1; 32]);
+        let both = SessionSeal::from_secrets(&[&[2; 32], &[1; 32]]).unwrap();
+        let from_old = old.seal(b"id", b"old").unwrap();
+        assert_eq!(both.open(b"id", &from_old).unwrap(), b"old");
+        let from_new = both.seal(b"id", b"new").unwrap();
+        assert_eq!(seal(&[2; 32]).open(b"id", &from_new).unwrap(), b"new");
+        assert_eq!(old.open(b"id", &from_new), Err(OpenError::UnknownKey));
+    }
+
+    #[test]
+    fn store_addresses_are_checked() {
+        let t = Duration::from_millis(20);
+        assert_eq!(
+            StoreSettings::new("unix:/run/redis.sock", t).unwrap().url,
+            "redis+unix:///run/redis.sock"
+        );
+        assert!(StoreSettings::new("redis://10.0.0.1:6379/2", t).is_ok());
+        for bad in ["rediss://h", "http://h", "", "redis://"] {
+            assert!(StoreSettings::new(bad, t).is_err(), "{bad:?}");
+        }
+        assert!(StoreSettings::new("redis://h", Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn a_dead_store_answers_within_the_deadline() {
+        // Nothing listens on port 1: every lookup fails or times out, never hangs.
+        let client = StoreClient::for_url("redis://127.0.0.1:1/").unwrap();
+        let started = Instant::now();
+        let answer =
+            futures_lite::future::block_on(client.lookup(b"some id", Duration::from_millis(50)));
+        assert!(
+            matches!(answer, Answer::Failed | Answer::TimedOut),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
