@@ -70,3 +70,13 @@ pub fn engine() -> fastedge_runtime::Engine {
         Err(_) => fastedge_runtime::Engine::default(),
     }
 }
+
+/// Sleeps until `margin` after the next multiple of `period` since the Unix epoch (ticket-key
+/// periods roll over there).
+pub fn sleep_past_boundary(period: std::time::Duration, margin: std::time::Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let into = std::time::Duration::from_millis((now.as_millis() % period.as_millis()) as u64);
+    std::thread::sleep(period - into + margin);
+}

@@ -203,3 +203,77 @@ fn remove_stale_namespaces() {
         }
     }
 }
+
+/// Hosts on one Ethernet segment: a namespace each, joined to a bridge in a hub namespace, with
+/// an IPv4 address each in one /24. Dropping it (also while a failed test unwinds) deletes every
+/// namespace, which deletes the bridge and the veths with them; names carry the pid, so the
+/// next run removes what a killed one left.
+#[derive(Debug)]
+pub struct Lan {
+    hub: String,
+    /// Each host's namespace and address, in the order they were asked for.
+    pub hosts: Vec<(String, Ipv4Addr)>,
+}
+
+impl Lan {
+    /// A segment with one host per name in `names` (the names become part of the namespaces').
+    pub fn new(names: &[&str]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "network-namespace tests need root: run them as root, e.g. `sudo make test`"
+        );
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{pid}-lan{n}");
+        let mut lan = Lan {
+            hub: format!("{PREFIX}{tag}-hub"),
+            hosts: Vec::new(),
+        };
+        ip(&["netns", "add", &lan.hub]);
+        ip(&["-n", &lan.hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan.hub, "link", "set", "br0", "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("{PREFIX}{tag}-{name}");
+            ip(&["netns", "add", &ns]);
+            let addr = Ipv4Addr::new(10, 253, (n % 250) as u8, 10 + i as u8);
+            lan.hosts.push((ns.clone(), addr));
+            netns_exec(
+                &ns,
+                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; ip link set lo up",
+            );
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &lan.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            ip(&["-n", &lan.hub, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &lan.hub, "link", "set", &port, "up"]);
+            let cidr = format!("{addr}/24");
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        lan
+    }
+
+    /// The namespace and address of the host called `name`.
+    pub fn host(&self, name: &str) -> (&str, Ipv4Addr) {
+        self.hosts
+            .iter()
+            .find(|(ns, _)| ns.ends_with(&format!("-{name}")))
+            .map(|(ns, addr)| (ns.as_str(), *addr))
+            .unwrap_or_else(|| panic!("no host {name} on this LAN"))
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.hub])
+            .output();
+    }
+}

@@ -11,15 +11,16 @@ use std::{
     collections::HashMap,
     io::Write,
     net::SocketAddr,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use fastedge_tests::{
     peers::{echo_backend, free_port, Recorded},
     process::Fastedge,
-    require_tool, TempDir,
+    require_tool, sleep_past_boundary, TempDir,
 };
 
 fn openssl(args: &[&str]) {
@@ -240,13 +241,6 @@ fn resumed(output: &str) -> bool {
     output.contains("Reused")
 }
 
-/// Sleeps until `margin` after the next multiple of `period` since the epoch.
-fn sleep_past_boundary(period: Duration, margin: Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let into = Duration::from_millis((now.as_millis() % period.as_millis()) as u64);
-    std::thread::sleep(period - into + margin);
-}
-
 #[test]
 fn tickets_resume_on_a_second_process_sharing_the_secret_and_across_a_rotation() {
     let state_a = TempDir::new("tickets-a");
@@ -297,6 +291,81 @@ fn tickets_resume_on_a_second_process_sharing_the_secret_and_across_a_rotation()
         assert!(!resumed(&late), "after two rotations, {version}: {late}");
     }
     assert!(server_a.log_text().contains("session ticket key rotated"));
+}
+
+#[test]
+fn a_fleet_changes_its_secret_without_losing_resumption() {
+    let state = TempDir::new("secret-change");
+    let (old, new) = (
+        state.path().join("old.secret"),
+        state.path().join("new.secret"),
+    );
+    for file in [&old, &new] {
+        let made = Command::new(fastedge_tests::process::fastedge_bin())
+            .arg("ticket-secret")
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a secret is readable by its owner only");
+    }
+    // An existing secret is never overwritten.
+    let again = Command::new(fastedge_tests::process::fastedge_bin())
+        .arg("ticket-secret")
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    let (backend, _seen) = echo_backend();
+    let server = |name: &str, secret: &Path, accept: Option<&Path>| {
+        let dir = TempDir::new(name);
+        let accept = accept
+            .map(|a| format!("ticket_secret_accept_file = \"{}\"\n", path(a)))
+            .unwrap_or_default();
+        let config = format!(
+            "[tls]\nticket_secret_file = \"{}\"\n{accept}[[backend]]\naddress = \"{backend}\"\n",
+            path(secret)
+        );
+        let (server, addr) = Fastedge::serve_config(&dir, &config);
+        (dir, server, addr)
+    };
+    // Step 1 of the change: boxes still encrypting with the old secret accept the new one;
+    // step 2: boxes encrypting with the new one accept the old; step 3: the new one alone.
+    let (_d1, _s1, step1) = server("secret-step1", &old, Some(&new));
+    let (_d2, _s2, step2) = server("secret-step2", &new, Some(&old));
+    let (_d3, _s3, step3) = server("secret-step3", &new, None);
+    let (_d0, _s0, before) = server("secret-before", &old, None);
+    let request = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    for version in ["-tls1_3", "-tls1_2"] {
+        let session = state.path().join(format!("session{version}.pem"));
+        let session = path(&session);
+        let issued = |addr| {
+            let out = s_client(addr, &[version, "-sess_out", session], request);
+            assert!(!resumed(&out), "{out}");
+        };
+        let resumes = |addr| resumed(&s_client(addr, &[version, "-sess_in", session], request));
+        // A ticket of a box not yet changed resumes on boxes of every step but the last.
+        issued(before);
+        assert!(
+            resumes(step1) && resumes(step2),
+            "{version}: old ticket refused mid-change"
+        );
+        assert!(
+            !resumes(step3),
+            "{version}: the old secret outlived the change"
+        );
+        // A ticket of a box at step 2 resumes on boxes still at step 1 and on finished ones.
+        issued(step2);
+        assert!(
+            resumes(step1) && resumes(step3),
+            "{version}: new ticket refused mid-change"
+        );
+        assert!(
+            !resumes(before),
+            "{version}: a box that never learnt the new secret took it"
+        );
+    }
 }
 
 #[test]
