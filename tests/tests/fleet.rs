@@ -395,6 +395,11 @@ fn three_boxes_resume_each_others_sessions_and_prometheus_adds_them_up() {
         &boxes,
         "fastedge_session_store_lookups_total{result=\"found\"}",
     );
+    let writes_before = fleet_sum(
+        &clients_ns,
+        &boxes,
+        "fastedge_session_store_writes_total{result=\"written\"}",
+    );
     let started = Instant::now();
     let tickets = run_clients(&clients_ns, &boxes, Kind::Tickets, 3, ROTATE * 3, u64::MAX);
     let lookups_after = fleet_sum(
@@ -416,6 +421,15 @@ fn three_boxes_resume_each_others_sessions_and_prometheus_adds_them_up() {
     assert!(tickets.offered >= 100, "too few reconnections: {tickets:?}");
     assert!(tickets.rate() >= 0.99, "{tickets:?}");
     assert_eq!(lookups_before, lookups_after, "tickets needed the store");
+    let writes_after = fleet_sum(
+        &clients_ns,
+        &boxes,
+        "fastedge_session_store_writes_total{result=\"written\"}",
+    );
+    assert_eq!(
+        writes_before, writes_after,
+        "TLS 1.3 sessions were written to the store"
+    );
 
     // 2. TLS 1.2 session IDs across boxes, through Redis.
     let mut ids = run_clients(
