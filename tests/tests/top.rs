@@ -195,7 +195,8 @@ fn top_shows_a_serve_under_load() {
     let (mut server, addr) = Fastedge::serve_config(
         &state,
         &format!(
-            "cores = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{backend}\"\n",
+            "cores = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{backend}\"\n\
+             x_forwarded = true\n",
             cores.join(",")
         ),
     );
@@ -240,7 +241,12 @@ fn top_shows_a_serve_under_load() {
         rows.len() == cores.len()
             && rows.iter().map(|r| number(&r[2])).sum::<f64>() > 0.0
             && rows.iter().map(|r| number(&r[1])).sum::<f64>() > 0.0
+            && rows.iter().map(|r| number(&r[3])).sum::<f64>() > 0.0
     });
+    assert!(
+        busy.contains("requests/s") && busy.contains("(resumed 0%)"),
+        "{busy}"
+    );
     assert!(tmux.alternate_screen());
     println!("serve under load, as top showed it:\n{busy}");
     let rows = box_rows(&busy, "Cores");

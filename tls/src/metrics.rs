@@ -70,6 +70,7 @@ pub struct CoreMetrics {
     active: AtomicU64,
     handshakes_ok: AtomicU64,
     handshakes_resumed: AtomicU64,
+    requests: AtomicU64,
     bytes_upstream: AtomicU64,
     bytes_downstream: AtomicU64,
     closes: [AtomicU64; 8],
@@ -114,6 +115,17 @@ impl CoreMetrics {
         if resumed {
             add(&self.handshakes_resumed, 1);
         }
+    }
+
+    /// `n` more HTTP/1 requests went to a backend that gets forwarding headers (only those
+    /// are parsed; other connections are bytes to the proxy).
+    pub fn requests(&self, n: u64) {
+        add(&self.requests, n);
+    }
+
+    /// Requests counted by [`requests`](Self::requests) so far.
+    pub fn requests_seen(&self) -> u64 {
+        load(&self.requests)
     }
 
     /// A connect to `backend` failed.
@@ -194,6 +206,13 @@ impl Source for ServeMetrics {
             "counter",
             "TLS handshakes completed that resumed a session (included in fastedge_handshakes_completed_total).",
             &total(&|c| load(&c.handshakes_resumed)),
+        );
+        write_family(
+            out,
+            "fastedge_requests_total",
+            "counter",
+            "HTTP/1 requests forwarded to backends that get forwarding headers (x_forwarded, forwarded); other backends' streams are not parsed.",
+            &total(&|c| load(&c.requests)),
         );
         let closes: Vec<(String, u64)> = CloseClass::ALL
             .iter()
@@ -300,6 +319,13 @@ impl Source for ServeMetrics {
             "counter",
             "TLS handshakes that resumed a session, by core.",
             &per_core(&|c| load(&c.handshakes_resumed)),
+        );
+        write_family(
+            out,
+            "fastedge_core_requests_total",
+            "counter",
+            "HTTP/1 requests forwarded to backends with forwarding headers, by core.",
+            &per_core(&|c| load(&c.requests)),
         );
         write_family(
             out,

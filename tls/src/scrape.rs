@@ -208,6 +208,10 @@ pub struct CoreCounters {
     pub active: u64,
     /// TLS handshakes completed so far.
     pub handshakes: u64,
+    /// Of those, resumed ones.
+    pub resumed: u64,
+    /// HTTP/1 requests to backends with forwarding headers so far.
+    pub requests: u64,
     /// Bytes proxied both ways so far.
     pub bytes: u64,
 }
@@ -235,6 +239,10 @@ pub struct ServeSnapshot {
     pub active: u64,
     /// TLS handshakes completed so far, all cores.
     pub handshakes: u64,
+    /// Of those, resumed ones.
+    pub resumed: u64,
+    /// HTTP/1 requests to backends with forwarding headers so far (the only ones parsed).
+    pub requests: u64,
     /// Closed connections so far, by reason.
     pub closes: BTreeMap<String, u64>,
     /// By backend name.
@@ -281,6 +289,10 @@ impl ServeSnapshot {
                 "fastedge_connections_accepted_total" => snapshot.accepted = value,
                 "fastedge_connections_active" => snapshot.active = value,
                 "fastedge_handshakes_completed_total" => snapshot.handshakes = value,
+                "fastedge_handshakes_resumed_total" => snapshot.resumed = value,
+                "fastedge_requests_total" => snapshot.requests = value,
+                "fastedge_core_handshakes_resumed_total" => core_field(|c| &mut c.resumed),
+                "fastedge_core_requests_total" => core_field(|c| &mut c.requests),
                 "fastedge_core_connections_accepted_total" => core_field(|c| &mut c.accepted),
                 "fastedge_core_connections_active" => core_field(|c| &mut c.active),
                 "fastedge_core_handshakes_completed_total" => core_field(|c| &mut c.handshakes),
@@ -332,6 +344,8 @@ pub struct CoreRates {
     pub connections_per_s: f64,
     /// TLS handshakes completed per second.
     pub handshakes_per_s: f64,
+    /// Requests per second (backends with forwarding headers).
+    pub requests_per_s: f64,
     /// Bytes proxied per second, both ways.
     pub bytes_per_s: f64,
     /// Open now.
@@ -388,6 +402,11 @@ pub struct ServeRates {
     pub connections_per_s: f64,
     /// TLS handshakes per second, all cores.
     pub handshakes_per_s: f64,
+    /// Of the handshakes between the two scrapes, the share that resumed a session; `None`
+    /// when there was none.
+    pub resumed_ratio: Option<f64>,
+    /// Requests per second, all cores (backends with forwarding headers).
+    pub requests_per_s: f64,
     /// Open now, all cores.
     pub active: u64,
     /// Bytes client → backend per second.
@@ -414,6 +433,7 @@ impl ServeRates {
                     core: i,
                     connections_per_s: per_second(then.accepted, now.accepted, s),
                     handshakes_per_s: per_second(then.handshakes, now.handshakes, s),
+                    requests_per_s: per_second(then.requests, now.requests, s),
                     bytes_per_s: per_second(then.bytes, now.bytes, s),
                     active: now.active,
                     accepted: now.accepted,
@@ -448,6 +468,12 @@ impl ServeRates {
             cores,
             connections_per_s: per_second(before.accepted, after.accepted, s),
             handshakes_per_s: per_second(before.handshakes, after.handshakes, s),
+            resumed_ratio: {
+                let handshakes = after.handshakes.saturating_sub(before.handshakes);
+                let resumed = after.resumed.saturating_sub(before.resumed);
+                (handshakes > 0).then(|| resumed.min(handshakes) as f64 / handshakes as f64)
+            },
+            requests_per_s: per_second(before.requests, after.requests, s),
             active: after.active,
             upstream_bytes_per_s: per_second(before.bytes_upstream, after.bytes_upstream, s),
             downstream_bytes_per_s: per_second(before.bytes_downstream, after.bytes_downstream, s),
@@ -479,7 +505,8 @@ mod tests {
         let before = snapshot(&registry);
         for _ in 0..10 {
             b.connection_opened();
-            b.handshake_ok(false);
+            b.handshake_ok(true);
+            b.requests(3);
             b.connection_closed(CloseClass::Closed, 100, 300);
         }
         a.connection_opened();
@@ -493,6 +520,9 @@ mod tests {
         assert_eq!(rates.cores[0].active, 1);
         assert_eq!(rates.cores[1].connections_per_s, 5.0);
         assert_eq!(rates.cores[1].handshakes_per_s, 5.0);
+        assert_eq!(rates.cores[1].requests_per_s, 15.0);
+        assert_eq!(rates.requests_per_s, 15.0);
+        assert_eq!(rates.resumed_ratio, Some(1.0));
         assert_eq!(rates.cores[1].bytes_per_s, 2000.0);
         assert_eq!(rates.connections_per_s, 5.5);
         assert_eq!(rates.downstream_bytes_per_s, 1500.0);

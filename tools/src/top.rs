@@ -300,11 +300,14 @@ fn draw_serve(
     [top, main, lower]: [Rect; 3],
 ) {
     let totals = format!(
-        "cores {}   open {}   connections/s {}   handshakes/s {}   in {}   out {}",
+        "cores {}   open {}   connections/s {}   handshakes/s {} (resumed {})   requests/s {}   in {}   out {}",
         r.core_count,
         r.active,
         rate(r.connections_per_s),
         rate(r.handshakes_per_s),
+        r.resumed_ratio
+            .map_or_else(|| "-".to_owned(), |ratio| format!("{:.0}%", ratio * 100.0)),
+        rate(r.requests_per_s),
         bytes_rate(r.upstream_bytes_per_s),
         bytes_rate(r.downstream_bytes_per_s),
     );
@@ -315,6 +318,7 @@ fn draw_serve(
                 c.core.to_string(),
                 rate(c.connections_per_s),
                 rate(c.handshakes_per_s),
+                rate(c.requests_per_s),
                 bytes_rate(c.bytes_per_s),
                 c.active.to_string(),
                 c.accepted.to_string(),
@@ -325,6 +329,7 @@ fn draw_serve(
             Constraint::Length(14),
             Constraint::Length(14),
             Constraint::Length(12),
+            Constraint::Length(12),
             Constraint::Length(8),
             Constraint::Length(12),
         ],
@@ -333,6 +338,7 @@ fn draw_serve(
         "core",
         "connections/s",
         "handshakes/s",
+        "requests/s",
         "bytes/s",
         "open",
         "accepted",

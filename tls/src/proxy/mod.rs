@@ -218,6 +218,7 @@ async fn run(
         idle_timeout: Some(frontend.settings.idle_timeout),
         head_timeout: Some(frontend.settings.request_head_timeout),
         early,
+        metrics: Some(&core.metrics),
     };
     // Boxed: the pump is what an idle connection waits in; its state alone stays allocated,
     // not the larger state of the phases before it.

@@ -37,6 +37,8 @@ pub struct PumpOptions<'a> {
     /// Set by the client stream after each read: whether those bytes may have been TLS early
     /// data (the injector then marks requests completed by them with `Early-Data: 1`).
     pub early: Option<Arc<AtomicBool>>,
+    /// Where requests the injector saw are counted as they pass (live, not at close).
+    pub metrics: Option<&'a crate::metrics::CoreMetrics>,
 }
 
 /// What a direction of the pump does with the injector, if the connection has one.
@@ -250,7 +252,9 @@ where
         idle_timeout,
         head_timeout,
         early,
+        metrics,
     } = options;
+    let mut requests_counted = 0u64;
     let head_timeout = head_timeout.filter(|_| injector.is_some());
     // When the request head being received began (with a head deadline only).
     let head_since: Cell<Option<Instant>> = Cell::new(None);
@@ -267,6 +271,13 @@ where
             early.as_deref(),
             &activity,
         );
+        if let (Some(metrics), Some(injector)) = (metrics, injector.as_deref()) {
+            let seen = injector.requests();
+            if seen > requests_counted {
+                metrics.requests(seen - requests_counted);
+                requests_counted = seen;
+            }
+        }
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
         }
@@ -507,11 +518,18 @@ mod tests {
             let mut client = Peer::sending(requests, chunk);
             let mut backend = Peer::sending(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 5);
             let mut injector = injector();
+            let metrics = crate::metrics::CoreMetrics::default();
             let options = PumpOptions {
                 injector: Some(&mut injector),
+                metrics: Some(&metrics),
                 ..half_open()
             };
             let outcome = block_on(pump(&mut client, &mut backend, options));
+            assert_eq!(
+                metrics.requests_seen(),
+                2,
+                "chunk {chunk}: requests counted"
+            );
             assert!(
                 matches!(outcome.reason, CloseReason::Closed { .. }),
                 "chunk {chunk}: {}",
