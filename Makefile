@@ -41,10 +41,10 @@ run: deps
 	./target/release/fastedge serve
 
 # A Debian package of the release build: target/deb/fastedge_VERSION_ARCH.deb with the binary,
-# systemd units (serve, split@PIPELINE, keyserver), /etc/fastedge/serve.toml, man pages and
-# shell completions.
+# systemd units (serve, split@PIPELINE, keyserver), /etc/fastedge/serve.toml, man pages, shell
+# completions, the C way-reader library with its header and example, and Prometheus examples.
 deb: deps
-	$(CARGO) build --release -p fastedge
+	$(CARGO) build --release -p fastedge -p fastedge-ways
 	packaging/build-deb.sh
 
 test: deps fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check

@@ -38,6 +38,12 @@ for f in /usr/bin/fastedge /etc/fastedge/serve.toml /lib/systemd/system/fastedge
   [ -e "$root$f" ] || { echo "missing after install: $f" >&2; exit 1; }
 done
 echo "files: binary, configuration, units, man pages, completions"
+# The C ABI: the example compiles and links against the installed header and library alone.
+chroot "$root" cc -o /tmp/way_reader /usr/share/doc/fastedge/examples/way_reader.c -lfastedge_ways \
+  || { echo "the installed C example does not build against libfastedge_ways" >&2; exit 1; }
+chroot "$root" sh -c '/tmp/way_reader 2>&1 || true' | grep -qi "usage" \
+  || { echo "the installed way_reader does not run" >&2; exit 1; }
+echo "C ABI: way_reader.c built against /usr/include/fastedge_ways.h and libfastedge_ways.so, runs"
 chroot "$root" man -w fastedge-serve >/dev/null 2>&1 && echo "man fastedge-serve: found" || true
 
 unit=$root/lib/systemd/system/fastedge-serve.service
