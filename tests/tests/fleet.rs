@@ -700,3 +700,68 @@ fn three_boxes_resume_each_others_sessions_and_prometheus_adds_them_up() {
         server.terminate_cleanly(Duration::from_secs(10));
     }
 }
+
+#[test]
+fn the_store_client_speaks_to_redis_over_a_unix_socket() {
+    use fastedge_tls::session_store::{Answer, StoreClient, StoreSettings};
+    require_tool("redis-server", "redis-server");
+    let state = TempDir::new("store-unix");
+    let socket = state.path().join("redis.sock");
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&socket)
+        .arg("--dir")
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "redis-server made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let settings = StoreSettings::new(
+        &format!("unix:{}", socket.display()),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let client = StoreClient::for_url(&settings.url).unwrap();
+    let lookup = |id: &[u8]| futures_lite::future::block_on(client.lookup(id, settings.timeout));
+    assert_eq!(lookup(b"never written"), Answer::Missing);
+    client.write(b"an id", b"sealed bytes".to_vec(), Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match lookup(b"an id") {
+            Answer::Found(value) => {
+                assert_eq!(value, b"sealed bytes");
+                break;
+            }
+            Answer::Missing if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => panic!("after the write: {other:?}"),
+        }
+    }
+    // Stored under its ID in hex, expiring with the session.
+    let ttl = Command::new("redis-cli")
+        .arg("-s")
+        .arg(&socket)
+        .args(["TTL", "fastedge:session:616e206964"])
+        .output()
+        .expect("redis-cli (package redis-tools)");
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
+    assert!((1..=60).contains(&ttl), "TTL {ttl}");
+    let counts = client.stats().counts();
+    assert_eq!(counts.written, 1);
+    assert!(counts.found >= 1 && counts.missing >= 1, "{counts:?}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
