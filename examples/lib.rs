@@ -1,7 +1,7 @@
 //! Runnable examples of fastedge used as a library (see the `examples` of this package):
 //!
 //! - `tokio_hyper`: a hyper HTTP/1.1 server on tokio whose TLS is fastedge's acceptor (a
-//!   [`fastedge_tls`] context: certificates, SNI, tickets, ALPN) through `tokio-boring`;
+//!   `fastedge_tls` context: certificates, SNI, tickets, ALPN) through `tokio-boring`;
 //! - `glommio_echo`: a TLS echo server on glommio with the same acceptor and fastedge's own
 //!   futures-io adapter;
 //! - `count_flows`: a consumer of a `fastedge split` way that counts the flows it sees.
