@@ -1,7 +1,7 @@
 //! Pipelines of bricks, as in packet-bricks: inputs merged into one tree of LoadBalancer
 //! (`balance`), Duplicator (`dup`), shared-memory ways (`way`) and PcapWriter (`pcap`) bricks.
 //!
-//! Declared in TOML (see README, "Pipelines"):
+//! Declared in TOML (see docs/configuration.md, "`fastedge split` pipelines"):
 //!
 //! ```toml
 //! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)

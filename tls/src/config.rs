@@ -74,7 +74,7 @@ trusted_proxies = []
 cert = ""
 key = ""
 # Keyless: instead of key, the UNIX socket ("unix:/run/signer.sock") of a signer that holds the
-# key and signs handshakes for us (`fastedge keyserver`; protocol in the README).
+# key and signs handshakes for us (`fastedge keyserver`; protocol in docs/serve.md).
 key_server = ""
 # A DER OCSP response to staple for this certificate (see OCSP stapling below).
 ocsp_staple = ""
