@@ -8,3 +8,10 @@
 //!
 //! The package has no library code of its own; `tests/tests/examples.rs` runs each example
 //! against real clients.
+
+/// docs/library.md, whose Rust examples run (or, marked `no_run`, compile) as this crate's
+/// doctests, with the crates above as dev-dependencies: a guide whose code no longer builds
+/// fails `cargo test --workspace`.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+pub struct LibraryGuide;
