@@ -23,7 +23,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
 	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3 tmux gcc
 
-.PHONY: run deb test deps build fmt-check clippy doc-check unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
+.PHONY: run deb test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 
 deps:
 	@missing=""; for p in $(PACKAGES); do \
@@ -58,6 +58,7 @@ clippy:
 # items, missing docs in the library crates: they deny `missing_docs`). Only our crates are
 # documented (`--no-deps`): tens of seconds after clippy. The doc examples themselves run
 # with the tests below (`cargo test --workspace` runs every library's doctests).
+.PHONY: doc-check
 doc-check:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
