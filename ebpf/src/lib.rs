@@ -96,7 +96,7 @@ pub enum EbpfError {
     /// A map operation failed.
     #[error("{op} on map {map}: {source}")]
     Map {
-        /// The operation (`updating`, `looking up`, `creating`, …).
+        /// The operation (`creating`, `writing`, `reading`, …).
         op: &'static str,
         /// The map's name.
         map: &'static str,

@@ -180,7 +180,7 @@ pub fn monotonic_ns() -> u64 {
 /// A rule in the table.
 #[derive(Debug, Clone)]
 pub struct InstalledRule {
-    /// The id `ctl rules del` and NetControl name it by; reused after removal.
+    /// The id `fastedge ctl rules list` shows and `rules del` takes; reused after removal.
     pub id: u32,
     /// The rule as written.
     pub spec: RuleSpec,

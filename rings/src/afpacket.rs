@@ -52,7 +52,7 @@ pub struct PacketStatistics {
 /// A PACKET_FANOUT group: sockets in one group share an interface's traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct Fanout {
-    /// The group id; sockets of one process with the same id share the traffic.
+    /// The fanout group id: sockets that join the same id share the interface's traffic.
     pub group: u16,
     /// `libc::PACKET_FANOUT_HASH` and friends.
     pub mode: u32,

@@ -102,7 +102,7 @@ pub enum ShmError {
     /// A file operation on a way failed.
     #[error("{op} {path}: {source}")]
     Io {
-        /// The operation (`creating`, `mapping`, `opening`, …).
+        /// The operation (`creating`, `checking`, …).
         op: &'static str,
         /// The way's (or its position file's) path.
         path: PathBuf,

@@ -88,7 +88,7 @@ pub enum XskError {
     /// Ring or UMEM sizes the kernel would refuse.
     #[error("invalid AF_XDP configuration: {0}")]
     Config(String),
-    /// The interface name cannot be an interface's (empty, too long, a NUL byte).
+    /// The interface name is not one an interface can have (xsk-rs refused it).
     #[error("interface name {0:?} is not valid")]
     Interface(String),
     /// The UMEM (the frames' shared memory) could not be created.
@@ -116,7 +116,7 @@ pub enum XskError {
         interface: String,
         /// The queue.
         queue: u32,
-        /// The operation (`poll`, `sendto`, …).
+        /// The operation (`poll`, `waking the kernel`, `XDP_STATISTICS`, …).
         op: &'static str,
         /// The error of the call.
         source: std::io::Error,
