@@ -300,8 +300,8 @@ pub struct Rotation {
 }
 
 /// The PcapWriter brick: writes every packet it gets to a capture file. With rotation the
-/// files are `PATH` (the first), then `PATH.1`, `PATH.2`, … (the suffix before the extension:
-/// `cap.pcap` → `cap-1.pcap`).
+/// files are `PATH` (the first), then the index before the extension: `cap.pcap`, `cap-1.pcap`,
+/// `cap-2.pcap`, … ([`rotated_path`]).
 pub struct PcapSink {
     path: PathBuf,
     format: CaptureFormat,
