@@ -23,8 +23,11 @@ pub enum FastMode {
     /// Each flow to one output; `hash_tuple` 2, 3 or 5, keyed with `hash_key` (the key the
     /// userspace engine uses too); `non_ip`: the output for frames that are not IP.
     Balance {
+        /// 2, 3 or 5: which fields of the flow are hashed (as userspace's `--hash`).
         hash_tuple: u32,
+        /// The output index frames that are not IP go to.
         non_ip: u32,
+        /// The flow-hash key, the same as the userspace engine's.
         hash_key: HashKey,
     },
     /// Every frame to every output.
@@ -34,6 +37,7 @@ pub enum FastMode {
 /// Totals of the in-kernel path's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FastCounters {
+    /// Frames the program ran on.
     pub seen: u64,
     /// Redirected to an output in the kernel.
     pub in_kernel: u64,
@@ -41,8 +45,11 @@ pub struct FastCounters {
     pub to_user: u64,
     /// For userspace, but no socket on the queue (passed to the kernel stack).
     pub passed: u64,
+    /// Dropped by a pre-filter `drop` rule.
     pub dropped: u64,
+    /// Handed to the kernel's stack by a pre-filter `bypass` rule.
     pub bypassed: u64,
+    /// Not IP: sent to the non-IP output.
     pub non_ip: u64,
 }
 
@@ -145,6 +152,7 @@ impl SplitFast {
             .map_err(map_error("registering AF_XDP socket", "xsks"))
     }
 
+    /// The counters summed over every CPU.
     pub fn counters(&self) -> Result<FastCounters, EbpfError> {
         let mut t = [0u64; FAST_COUNTER_SLOTS as usize];
         for (slot, total) in (0..FAST_COUNTER_SLOTS).zip(t.iter_mut()) {

@@ -7,6 +7,7 @@
 //! ([`rules`]).
 //!
 //! Does not own: userspace packet handling or the AF_XDP sockets themselves (`fastedge-rings`).
+#![deny(missing_docs)]
 
 pub mod fast;
 pub mod rules;
@@ -52,31 +53,54 @@ impl fmt::Display for XdpMode {
 /// Errors of loading, attaching and map access, each naming the step.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// libbpf could not open or load an embedded object (verifier refusal, missing BTF, …).
     #[error("loading BPF object {object}: {source}")]
     Load {
+        /// The object's name.
         object: &'static str,
+        /// libbpf's error.
         source: libbpf_rs::Error,
     },
+    /// The object lacks a program or map this crate expects (the C source and the loader disagree).
     #[error("BPF object {object} has no {kind} named {name}")]
     Missing {
+        /// The object's name.
         object: &'static str,
+        /// `program` or `map`.
         kind: &'static str,
+        /// The name looked for.
         name: &'static str,
     },
+    /// Attaching the program to an interface failed (e.g. no native XDP in the driver).
     #[error("attaching XDP program in {mode} mode to interface index {ifindex}: {source}")]
     Attach {
+        /// The interface index.
         ifindex: u32,
+        /// The mode asked for.
         mode: XdpMode,
+        /// The kernel's error.
         source: std::io::Error,
     },
+    /// Another XDP program is attached to the interface already.
     #[error("XDP program is already attached to interface index {ifindex}")]
-    AlreadyAttached { ifindex: u32 },
+    AlreadyAttached {
+        /// The interface index.
+        ifindex: u32,
+    },
+    /// Running the program on a test frame (`BPF_PROG_TEST_RUN`) failed.
     #[error("BPF_PROG_TEST_RUN: {source}")]
-    TestRun { source: std::io::Error },
+    TestRun {
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// A map operation failed.
     #[error("{op} on map {map}: {source}")]
     Map {
+        /// The operation (`creating`, `writing`, `reading`, …).
         op: &'static str,
+        /// The map's name.
         map: &'static str,
+        /// libbpf's error.
         source: libbpf_rs::Error,
     },
 }

@@ -80,6 +80,7 @@ impl Prefilter {
         })
     }
 
+    /// The most rules the maps hold at once (`rule_capacity`).
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -179,7 +180,9 @@ pub fn monotonic_ns() -> u64 {
 /// A rule in the table.
 #[derive(Debug, Clone)]
 pub struct InstalledRule {
+    /// The id `fastedge ctl rules list` shows and `rules del` takes; reused after removal.
     pub id: u32,
+    /// The rule as written.
     pub spec: RuleSpec,
     /// CLOCK_MONOTONIC deadline; 0: none.
     pub expires_ns: u64,
@@ -188,8 +191,11 @@ pub struct InstalledRule {
 /// A rule with its hit count, as listed.
 #[derive(Debug, Clone)]
 pub struct RuleInfo {
+    /// The rule's id.
     pub id: u32,
+    /// The rule as written.
     pub spec: RuleSpec,
+    /// Frames it matched, summed over every CPU.
     pub hits: u64,
     /// Seconds left before it expires.
     pub expires_in_s: Option<u64>,
@@ -198,12 +204,16 @@ pub struct RuleInfo {
 /// Why a rule cannot be added or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleTableError {
+    /// Every one of the table's slots (the capacity) holds a rule.
     #[error("the rule table is full ({0} rules)")]
     Full(u32),
+    /// The prefix named already has [`MAX_CHAIN`] rules.
     #[error("{0} already has {MAX_CHAIN} rules: merge some")]
     ChainFull(String),
+    /// No rule has this id.
     #[error("no rule with id {0}")]
     NoSuchRule(u32),
+    /// A map update failed.
     #[error(transparent)]
     Map(#[from] EbpfError),
 }
@@ -220,6 +230,7 @@ pub struct RuleTable {
 }
 
 impl RuleTable {
+    /// A table over `prefilter`'s maps, with no rules in it (the maps must be empty).
     pub fn new(prefilter: std::sync::Arc<Prefilter>) -> Self {
         Self {
             prefilter,
@@ -230,14 +241,17 @@ impl RuleTable {
         }
     }
 
+    /// The maps this table writes, shared with the XDP programs.
     pub fn prefilter(&self) -> &std::sync::Arc<Prefilter> {
         &self.prefilter
     }
 
+    /// Number of rules installed.
     pub fn len(&self) -> usize {
         self.rules.len()
     }
 
+    /// Whether no rule is installed.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

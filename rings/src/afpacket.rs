@@ -19,14 +19,20 @@ use std::{
 /// Errors of AF_PACKET sockets, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
+    /// No interface has this name.
     #[error("interface {0:?} not found")]
     NoInterface(String),
+    /// A step of setting up the socket or ring failed.
     #[error("AF_PACKET on {interface}: {step}: {source}")]
     Setup {
+        /// The interface.
         interface: String,
+        /// The step (`socket`, `PACKET_RX_RING`, `mmap`, `bind`, …).
         step: &'static str,
+        /// The error of the call.
         source: io::Error,
     },
+    /// Ring sizes the kernel would refuse (not a power of two, not page-aligned, too large).
     #[error("ring settings: {0}")]
     Config(String),
 }
@@ -46,6 +52,7 @@ pub struct PacketStatistics {
 /// A PACKET_FANOUT group: sockets in one group share an interface's traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct Fanout {
+    /// The fanout group id: sockets that join the same id share the interface's traffic.
     pub group: u16,
     /// `libc::PACKET_FANOUT_HASH` and friends.
     pub mode: u32,
@@ -133,6 +140,7 @@ fn bind_to(fd: BorrowedFd<'_>, ifindex: i32, receive: bool) -> io::Result<()> {
 pub struct RingConfig {
     /// Bytes per block (a multiple of the page size, a power of two).
     pub block_size: u32,
+    /// Number of blocks in the ring.
     pub blocks: u32,
     /// A block is handed over at the latest after this long, even if not full.
     pub block_timeout_ms: u32,
@@ -246,6 +254,7 @@ impl PacketReceiver {
         Ok(receiver)
     }
 
+    /// The socket, to wait on it with `poll`/`epoll` for a ready block.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -412,6 +421,8 @@ pub struct PacketSender {
 }
 
 impl PacketSender {
+    /// An AF_PACKET socket bound to `interface` that bypasses the qdisc when the kernel lets it,
+    /// with a send buffer of `send_buffer` bytes (forced past `wmem_max` when privileged).
     pub fn open(interface: &str, send_buffer: usize) -> Result<Self, PacketError> {
         let index = ifindex(interface)?;
         let fd = packet_socket().map_err(setup(interface, "socket"))?;
@@ -484,7 +495,9 @@ impl PacketSender {
 /// Counters of an interface output.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct InterfaceStats {
+    /// The interface's name.
     pub name: String,
+    /// Frames sent from userspace.
     pub sent: u64,
     /// Frames the interface's transmit queue had no room for.
     pub dropped: u64,
@@ -515,6 +528,7 @@ enum Sender {
 const SINK_BATCH: usize = 64;
 
 impl InterfaceSink {
+    /// An output on `interface`: AF_XDP transmit when the interface takes it, else AF_PACKET.
     pub fn open(interface: &str) -> Result<Self, PacketError> {
         let sender = match crate::xdp::XskSender::open(interface, 1024) {
             Ok(xsk) => Sender::Xsk(Box::new(xsk)),
@@ -539,6 +553,8 @@ impl InterfaceSink {
         })
     }
 
+    /// Queues one frame (copied); sends the batch once 64 are queued. A frame the transmit ring
+    /// cannot take is dropped and counted, never waited for.
     #[inline]
     pub fn push(&mut self, frame: &[u8]) {
         match &mut self.sender {
@@ -619,6 +635,7 @@ impl InterfaceSink {
         }
     }
 
+    /// What was sent and dropped so far.
     pub fn stats(&self) -> &InterfaceStats {
         &self.stats
     }
@@ -714,6 +731,7 @@ impl TapSink {
         }
     }
 
+    /// What was written and dropped so far.
     pub fn stats(&self) -> &InterfaceStats {
         &self.stats
     }

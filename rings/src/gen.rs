@@ -17,7 +17,9 @@ use crate::{
 /// What to send and how fast.
 #[derive(Debug, Clone)]
 pub struct GenConfig {
+    /// The interface to send on.
     pub interface: String,
+    /// The flows and frames to generate.
     pub spec: TrafficSpec,
     /// Frames per second; `None`: as fast as possible.
     pub rate: Option<u64>,
@@ -27,6 +29,7 @@ pub struct GenConfig {
     pub first_seq: u64,
     /// Frames per `sendmmsg` (or per AF_XDP TX ring batch).
     pub batch: usize,
+    /// The socket kind to send with.
     pub transmit: Transmit,
 }
 
@@ -68,23 +71,32 @@ impl GenSender {
 /// What a generator run did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GenStats {
+    /// Frames the kernel took.
     pub sent: u64,
+    /// Bytes of those frames (without the FCS).
     pub bytes: u64,
     /// Times the kernel's queue was full and the generator had to wait.
     pub backoffs: u64,
+    /// Time since the run started (at the end: its whole length).
     pub elapsed: Duration,
 }
 
+/// Why a generator run could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
+    /// The traffic spec cannot be generated.
     #[error(transparent)]
     Spec(#[from] fastedge_wire::synth::SpecError),
+    /// The AF_PACKET socket could not be set up.
     #[error(transparent)]
     Socket(#[from] PacketError),
+    /// `sendmmsg` failed with an error other than a full queue.
     #[error("sending: {0}")]
     Send(std::io::Error),
+    /// A rate of 0 frames per second.
     #[error("--rate must be at least 1 frame per second")]
     ZeroRate,
+    /// The AF_XDP socket could not be set up or send.
     #[error(transparent)]
     Xsk(crate::xdp::XskError),
 }

@@ -24,21 +24,38 @@ use pcap_file::{
 /// Errors of pcap files, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
+    /// Opening, reading or writing the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error of the call.
         source: std::io::Error,
     },
+    /// The file's header is neither pcap nor pcapng, or a block is malformed.
     #[error("{path}: not a pcap or pcapng file ({reason})")]
-    Format { path: PathBuf, reason: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The capture is not of Ethernet frames.
     #[error("{path}: link type {link:?} is not Ethernet")]
-    LinkType { path: PathBuf, link: DataLink },
+    LinkType {
+        /// The file.
+        path: PathBuf,
+        /// Its link type.
+        link: DataLink,
+    },
 }
 
 /// File format of a capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureFormat {
+    /// Classic pcap (nanosecond timestamps when written here).
     Pcap,
+    /// pcapng.
     PcapNg,
 }
 
@@ -67,7 +84,9 @@ pub struct PcapSource {
     /// A packet read but not yet due (recorded speed).
     pending: Option<(Vec<u8>, u64)>,
     finished: bool,
+    /// Packets handed out so far.
     pub packets: u64,
+    /// Bytes of those packets.
     pub bytes: u64,
 }
 
@@ -149,6 +168,7 @@ impl PcapSource {
         })
     }
 
+    /// The file read.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -258,8 +278,11 @@ enum Writer {
 /// Counters of a PcapWriter brick.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PcapSinkStats {
+    /// The path of the first file (rotated files get `-1`, `-2`, … before the extension).
     pub path: PathBuf,
+    /// Packets written.
     pub written: u64,
+    /// Bytes of those packets.
     pub bytes: u64,
     /// Files opened so far (1 + rotations).
     pub files: u64,
@@ -277,8 +300,8 @@ pub struct Rotation {
 }
 
 /// The PcapWriter brick: writes every packet it gets to a capture file. With rotation the
-/// files are `PATH` (the first), then `PATH.1`, `PATH.2`, … (the suffix before the extension:
-/// `cap.pcap` → `cap-1.pcap`).
+/// files are `PATH` (the first), then the index before the extension: `cap.pcap`, `cap-1.pcap`,
+/// `cap-2.pcap`, … ([`rotated_path`]).
 pub struct PcapSink {
     path: PathBuf,
     format: CaptureFormat,
@@ -449,6 +472,7 @@ impl PcapSink {
         }
     }
 
+    /// What was written so far.
     pub fn stats(&self) -> &PcapSinkStats {
         &self.stats
     }

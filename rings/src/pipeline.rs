@@ -1,7 +1,7 @@
 //! Pipelines of bricks, as in packet-bricks: inputs merged into one tree of LoadBalancer
 //! (`balance`), Duplicator (`dup`), shared-memory ways (`way`) and PcapWriter (`pcap`) bricks.
 //!
-//! Declared in TOML (see README, "Pipelines"):
+//! Declared in TOML (see docs/configuration.md, "`fastedge split` pipelines"):
 //!
 //! ```toml
 //! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)
@@ -39,8 +39,10 @@ use crate::{
 pub struct PipelineConfig {
     /// Name in the way files' names; default: the first input's interface (or file stem).
     pub name: Option<String>,
+    /// The `[[input]]` tables: interfaces and capture files, merged into one pipeline.
     #[serde(rename = "input", default)]
     pub inputs: Vec<InputConfig>,
+    /// The `[output]` table: the root brick.
     pub output: BrickConfig,
     /// Hash tunnelled traffic (IP-in-IP, GRE, VXLAN) on its inner flow.
     #[serde(default = "yes")]
@@ -94,8 +96,11 @@ pub const MAX_WAY_KIB: usize = 1 << 20;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
+    /// An interface to read (exactly one of `interface` and `pcap`).
     pub interface: Option<String>,
+    /// A pcap or pcapng file of Ethernet frames to read.
     pub pcap: Option<PathBuf>,
+    /// For `interface`: how it is read.
     #[serde(default)]
     pub mode: InputMode,
     /// For `pcap`: `fast` (default) or `recorded`.
@@ -110,16 +115,22 @@ pub enum InputMode {
     /// XDP + AF_XDP in native mode, else SKB mode, else AF_PACKET.
     #[default]
     Auto,
+    /// XDP in native (driver) mode + AF_XDP; fails where the driver lacks it.
     XdpNative,
+    /// XDP in generic (SKB) mode + AF_XDP.
     XdpSkb,
+    /// An AF_PACKET TPACKET_V3 ring, no XDP (and no pre-filter).
     AfPacket,
 }
 
+/// How fast a capture file is replayed (`speed`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpeedName {
+    /// As fast as the pipeline takes the frames.
     #[default]
     Fast,
+    /// With the gaps between the recorded timestamps.
     Recorded,
 }
 
@@ -127,11 +138,15 @@ pub enum SpeedName {
 /// packet of a flow (IP fragments included) on one way; see [`HashMode`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum HashName {
+    /// The address pair only: every packet of a flow (fragments included) on one output.
     #[default]
     #[serde(rename = "2-tuple")]
     Two,
+    /// Addresses and protocol.
     #[serde(rename = "3-tuple")]
     Three,
+    /// Addresses, protocol and ports: spreads more; packets without readable ports (fragments) may
+    /// land elsewhere than the rest of their flow.
     #[serde(rename = "5-tuple")]
     Five,
 }
@@ -152,10 +167,12 @@ impl From<HashName> for HashMode {
 pub enum BrickConfig {
     /// LoadBalancer: each flow (both directions, all fragments) to one output.
     Balance {
+        /// Which fields of the flow are hashed.
         #[serde(default)]
         hash: HashName,
         /// Shorthand for `to` = this many ways.
         ways: Option<u32>,
+        /// The outputs, when `ways` is not given.
         #[serde(default)]
         to: Vec<BrickConfig>,
         /// Output that frames which are not IP (or do not parse) go to.
@@ -164,7 +181,9 @@ pub enum BrickConfig {
     },
     /// Duplicator: every packet to every output.
     Dup {
+        /// Shorthand for `to` = this many ways.
         ways: Option<u32>,
+        /// The outputs, when `ways` is not given.
         #[serde(default)]
         to: Vec<BrickConfig>,
     },
@@ -172,12 +191,19 @@ pub enum BrickConfig {
     Way {},
     /// A network interface: every packet it gets is sent out of it (e.g. one end of a veth
     /// pair whose other end an unmodified application captures on).
-    Interface { name: String },
+    Interface {
+        /// The interface's name; it must exist.
+        name: String,
+    },
     /// A TAP device fastedge creates (and removes at exit): every packet it gets arrives on
     /// the device, where an application captures it.
-    Tap { name: String },
+    Tap {
+        /// The device's name.
+        name: String,
+    },
     /// PcapWriter: every packet into a capture file.
     Pcap {
+        /// The file to write (rotated files get `-1`, `-2`, … before the extension).
         path: PathBuf,
         /// `pcap` or `pcapng`; default by the file's extension (`.pcapng` → pcapng).
         format: Option<FormatName>,
@@ -188,24 +214,33 @@ pub enum BrickConfig {
     },
 }
 
+/// A capture file format (`format` of a `pcap` brick).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatName {
+    /// Classic pcap, nanosecond timestamps.
     Pcap,
+    /// pcapng.
     Pcapng,
 }
 
 /// A pipeline that cannot be built, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The document is not TOML or does not match the pipeline's shape (unknown key, wrong type).
     #[error("pipeline: {0}")]
     Toml(#[from] toml::de::Error),
+    /// The pipeline is well-formed but not acceptable (e.g. `ways` and `to` both given, a `non_ip`
+    /// beyond the outputs, more than 4096 ways).
     #[error("pipeline: {0}")]
     Invalid(String),
+    /// A way could not be created.
     #[error(transparent)]
     Shm(#[from] crate::shm::ShmError),
+    /// A capture file could not be opened or created.
     #[error(transparent)]
     Pcap(#[from] crate::pcap::PcapError),
+    /// An interface output could not be opened.
     #[error("output interface: {0}")]
     Interface(#[from] crate::afpacket::PacketError),
 }
@@ -403,6 +438,7 @@ enum Brick {
 /// Counters of one shm way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct WayStats {
+    /// Frames written to the way.
     pub delivered: u64,
     /// Dropped because the way was full (its consumer slow, stopped or absent).
     pub dropped_full: u64,
@@ -425,7 +461,9 @@ pub struct Pipeline {
     flat_ways: Option<Vec<usize>>,
     decapsulate: bool,
     hash_key: HashKey,
+    /// Frames that are not IP, over the pipeline's life.
     pub non_ip: u64,
+    /// Frames whose headers did not parse (sent to the non-IP output like non-IP frames).
     pub parse_errors: u64,
 }
 
@@ -609,6 +647,7 @@ impl Pipeline {
             .collect()
     }
 
+    /// Counters of every way, in way order.
     pub fn way_stats(&self) -> Vec<WayStats> {
         self.ways
             .iter()
@@ -624,6 +663,7 @@ impl Pipeline {
             .collect()
     }
 
+    /// Counters of every PcapWriter brick, in declaration order.
     pub fn pcap_stats(&self) -> Vec<crate::pcap::PcapSinkStats> {
         self.pcaps.iter().map(|p| p.stats().clone()).collect()
     }

@@ -99,24 +99,52 @@ const TAIL_STRIDE: usize = 64;
 /// Errors of shared-memory ways.
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
+    /// A file operation on a way failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// The operation (`creating`, `checking`, …).
         op: &'static str,
+        /// The way's (or its position file's) path.
         path: PathBuf,
+        /// The error of the call.
         source: io::Error,
     },
+    /// The file's header is not a way's (magic or size).
     #[error("{path} is not a fastedge way (bad magic or size)")]
-    NotAWay { path: PathBuf },
+    NotAWay {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A way written by a build with another layout version.
     #[error("{path} has layout version {found}; this build reads version {VERSION}")]
-    Version { path: PathBuf, found: u32 },
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its layout version.
+        found: u32,
+    },
+    /// Another live process consumes this way.
     #[error("way {path} already has a consumer (pid {pid})")]
-    Busy { path: PathBuf, pid: u64 },
+    Busy {
+        /// The way.
+        path: PathBuf,
+        /// That consumer's pid.
+        pid: u64,
+    },
+    /// A lane capacity (bytes) that is not a power of two of at least 64 KiB.
     #[error("capacity {0} is not a power of two of at least 64 KiB")]
     Capacity(usize),
+    /// A lane count outside 1 to [`MAX_LANES`].
     #[error("{0} lanes: a way has 1 to {MAX_LANES}")]
     Lanes(u32),
+    /// A file or directory neither root nor this user owns, or that others may write.
     #[error("{path} is not trusted: {why}")]
-    Untrusted { path: PathBuf, why: &'static str },
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// Who may open the ways besides their owner.
@@ -825,10 +853,12 @@ impl Producer {
         (pid != 0 && pid <= i32::MAX as u64 && process_exists(pid)).then_some(pid)
     }
 
+    /// The way file this producer writes.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The lane of the way this producer writes (its engine thread's index).
     pub fn lane(&self) -> usize {
         self.lane
     }
@@ -851,8 +881,11 @@ fn process_exists(pid: u64) -> bool {
 /// One packet read from a way, borrowed from the consumer's own copy until the next record.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
+    /// Capture time, nanoseconds since the Unix epoch (the recorded time for file inputs).
     pub timestamp_ns: u64,
+    /// The frame's symmetric flow hash (the same in both directions).
     pub flow_hash: u64,
+    /// The Ethernet frame, without the FCS.
     pub data: &'a [u8],
 }
 

@@ -35,8 +35,11 @@ use crate::{
 /// How an input is read, as shown in logs and statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
+    /// XDP in this mode, redirecting to AF_XDP sockets.
     Xdp(XdpMode),
+    /// An AF_PACKET TPACKET_V3 ring.
     AfPacket,
+    /// A capture file.
     Pcap,
 }
 
@@ -62,10 +65,14 @@ fn kind_text<S: serde::Serializer>(kind: &Option<InputKind>, s: S) -> Result<S::
 pub struct InputStats {
     /// Interface name or file path.
     pub name: String,
+    /// How it is read; `None` before it is opened.
     #[serde(serialize_with = "kind_text")]
     pub kind: Option<InputKind>,
+    /// Receive queues read (one engine thread each for XDP).
     pub queues: u32,
+    /// Frames received.
     pub received: u64,
+    /// Bytes of those frames.
     pub bytes: u64,
     /// AF_XDP: XDP_STATISTICS summed over queues.
     pub xsk: XskStatistics,
@@ -82,15 +89,22 @@ pub struct InputStats {
 /// Counters of a running split; every drop has a named cause.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SplitStats {
+    /// Per input, in configuration order.
     pub inputs: Vec<InputStats>,
+    /// Frames that are not IP.
     pub non_ip: u64,
+    /// Frames whose headers did not parse.
     pub parse_errors: u64,
+    /// Per way, in way order.
     pub ways: Vec<WayStats>,
+    /// Per capture-file output.
     pub pcaps: Vec<PcapSinkStats>,
+    /// Per interface or TAP output.
     pub interfaces: Vec<InterfaceStats>,
 }
 
 impl SplitStats {
+    /// Frames received over every input.
     pub fn received(&self) -> u64 {
         self.inputs.iter().map(|i| i.received).sum()
     }
@@ -99,27 +113,43 @@ impl SplitStats {
 /// Errors of the split engine.
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
+    /// No interface has this name.
     #[error("interface {0:?} not found")]
     NoInterface(String),
+    /// The pipeline could not be built.
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    /// The XDP program could not be loaded or attached.
     #[error(transparent)]
     Ebpf(#[from] fastedge_ebpf::EbpfError),
+    /// An AF_XDP socket could not be set up.
     #[error(transparent)]
     Xsk(#[from] crate::xdp::XskError),
+    /// An AF_PACKET socket could not be set up.
     #[error(transparent)]
     Packet(#[from] crate::afpacket::PacketError),
+    /// A capture file could not be read.
     #[error(transparent)]
     Pcap(#[from] crate::pcap::PcapError),
+    /// `poll` on the inputs failed.
     #[error("polling the inputs: {0}")]
     Poll(std::io::Error),
+    /// Receiving from an input failed.
     #[error("reading {input}: {source}")]
     Receive {
+        /// The input's name.
         input: String,
+        /// The error of the call.
         source: std::io::Error,
     },
+    /// An engine thread could not be pinned to its CPU.
     #[error("pinning the engine to core {core}: {source}")]
-    Pin { core: usize, source: nix::Error },
+    Pin {
+        /// The CPU.
+        core: usize,
+        /// The error of `sched_setaffinity`.
+        source: nix::Error,
+    },
 }
 
 impl SplitError {

@@ -87,14 +87,19 @@ pub enum SnapshotError {
     /// The socket could not be reached, or did not answer a JSON line.
     #[error("control socket {path}: {source}")]
     Socket {
+        /// The control socket's path.
         path: String,
+        /// The error of the connect, write or read.
         source: std::io::Error,
     },
     /// The split answered a command with an error.
     #[error("control socket {path}: `{cmd}` failed: {message}")]
     Refused {
+        /// The control socket's path.
         path: String,
+        /// The command (`status`, `stats`, `rules`).
         cmd: &'static str,
+        /// The error the split answered.
         message: String,
     },
 }

@@ -85,23 +85,40 @@ impl Default for XskConfig {
 /// Errors of AF_XDP sockets.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
+    /// Ring or UMEM sizes the kernel would refuse.
     #[error("invalid AF_XDP configuration: {0}")]
     Config(String),
+    /// The interface name is not one an interface can have (xsk-rs refused it).
     #[error("interface name {0:?} is not valid")]
     Interface(String),
+    /// The UMEM (the frames' shared memory) could not be created.
     #[error("creating UMEM of {bytes} bytes: {reason} (RLIMIT_MEMLOCK may be too small)")]
-    Umem { bytes: u64, reason: String },
-    #[error("creating AF_XDP socket on {interface} queue {queue}: {reason}")]
-    Socket {
-        interface: String,
-        queue: u32,
+    Umem {
+        /// Its size.
+        bytes: u64,
+        /// xsk-rs's error.
         reason: String,
     },
+    /// The socket could not be created or bound to the queue.
+    #[error("creating AF_XDP socket on {interface} queue {queue}: {reason}")]
+    Socket {
+        /// The interface.
+        interface: String,
+        /// The receive queue.
+        queue: u32,
+        /// xsk-rs's error.
+        reason: String,
+    },
+    /// A system call on a bound socket failed.
     #[error("AF_XDP socket on {interface} queue {queue}: {op}: {source}")]
     Io {
+        /// The interface.
         interface: String,
+        /// The queue.
         queue: u32,
+        /// The operation (`poll`, `waking the kernel`, `XDP_STATISTICS`, …).
         op: &'static str,
+        /// The error of the call.
         source: std::io::Error,
     },
 }

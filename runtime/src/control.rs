@@ -27,12 +27,17 @@ pub const MAX_REQUEST: usize = 1 << 20;
 /// Errors of the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// A system call on the socket failed.
     #[error("control socket {path}: {step}: {source}")]
     Io {
+        /// The socket's path.
         path: PathBuf,
+        /// What was being done (`bind`, `creating its directory`, …).
         step: &'static str,
+        /// The error of the call.
         source: std::io::Error,
     },
+    /// A process already answers on this path (a stale socket file is removed instead).
     #[error("control socket {0} is in use by a running process")]
     InUse(PathBuf),
 }
@@ -120,6 +125,7 @@ impl ControlServer {
         })
     }
 
+    /// Where the socket listens.
     pub fn path(&self) -> &Path {
         &self.path
     }

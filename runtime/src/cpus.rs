@@ -13,18 +13,43 @@ pub struct CpuList(Vec<usize>);
 /// Why a CPU list was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CpuListError {
+    /// The list has no CPU in it.
     #[error("empty CPU list (expected e.g. `0-7`, `0,2,4` or `1-3,6`)")]
     Empty,
+    /// An item is neither a number nor a `A-B` range.
     #[error("`{item}` in CPU list is not a CPU number or range (expected e.g. `3` or `0-7`)")]
-    BadItem { item: String },
+    BadItem {
+        /// The item as written.
+        item: String,
+    },
+    /// A range `A-B` with `B < A`.
     #[error("range `{item}` in CPU list runs backwards")]
-    Backwards { item: String },
+    Backwards {
+        /// The range as written.
+        item: String,
+    },
+    /// A CPU appears twice.
     #[error("CPU {cpu} is listed more than once")]
-    Duplicate { cpu: usize },
+    Duplicate {
+        /// The CPU number.
+        cpu: usize,
+    },
+    /// A CPU number above what Linux supports.
     #[error("CPU {cpu} is beyond the largest CPU number Linux supports ({MAX_CPU})")]
-    TooLarge { cpu: usize },
+    TooLarge {
+        /// The CPU number.
+        cpu: usize,
+    },
+    /// A CPU outside this process's affinity mask (taken offline, or excluded by a cgroup or
+    /// `taskset`).
     #[error("CPU {cpu} is not available to this process (available: {available})")]
-    Unavailable { cpu: usize, available: CpuList },
+    Unavailable {
+        /// The CPU number.
+        cpu: usize,
+        /// The CPUs this process may run on.
+        available: CpuList,
+    },
+    /// `sched_getaffinity` failed.
     #[error("cannot read this process's CPU affinity: {0}")]
     Affinity(String),
 }

@@ -71,7 +71,9 @@ fn current_or_panic() -> Engine {
 /// A spawned task; await it for its output. Dropping it cancels the task.
 #[derive(Debug)]
 pub enum JoinHandle<T> {
+    /// A task on fastedge's io_uring engine.
     Uring(async_task::Task<T>),
+    /// A task on glommio.
     Glommio(glommio::Task<T>),
 }
 

@@ -12,8 +12,37 @@
 //! ([`control`]), and the network types the other crates use ([`net`]), so that only this
 //! crate names an engine.
 //!
-//! Does not own: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
-//! (`fastedge-wire`).
+//! Never does: TLS (`fastedge-tls`), packet I/O (`fastedge-rings`), wire formats
+//! (`fastedge-wire`). It knows nothing of proxies: it moves bytes and runs tasks, and `serve`
+//! registers its own metrics with the registry.
+//!
+//! # Example
+//!
+//! One executor per listed CPU, each running its own future to completion; the results come
+//! back in CPU-list order.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use fastedge_runtime::{CpuList, Executors};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cpus = CpuList::available()?; // every CPU this process may use; or "0-3".parse()?
+//! let executors = Executors::spawn("demo", &cpus, |core| {
+//!     // Runs here, once per CPU: hand each core its own resources.
+//!     move || async move {
+//!         // Runs on the executor's thread, pinned to `core.cpu`.
+//!         fastedge_runtime::sleep(Duration::from_millis(1)).await;
+//!         fastedge_runtime::pinned_cpu()
+//!     }
+//! })?;
+//! for (core, pinned) in executors.join()? {
+//!     assert_eq!(pinned, Some(core.cpu));
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
 
 pub mod control;
 mod cpus;
@@ -53,11 +82,20 @@ pub struct TimedOut(pub Duration);
 /// Errors of the runtime, each naming the CPU or address involved.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// An executor thread could not be started or pinned.
     #[error("starting the executor for CPU {cpu}: {reason}")]
-    Executor { cpu: usize, reason: String },
+    Executor {
+        /// The CPU it was for.
+        cpu: usize,
+        /// What failed.
+        reason: String,
+    },
+    /// Binding or listening on an address failed.
     #[error("listening on {addr}: {source}")]
     Listen {
+        /// The address.
         addr: SocketAddr,
+        /// The error of the call.
         source: std::io::Error,
     },
 }

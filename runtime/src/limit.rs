@@ -34,6 +34,7 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimit {
+    /// A limit of `max` open connections (at least 1: 0 is taken as 1).
     pub fn new(max: u32) -> Self {
         Self {
             inner: Rc::new(Inner {

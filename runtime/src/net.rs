@@ -16,7 +16,9 @@ use crate::{engine, uring, Engine};
 /// A TCP listener served by the calling thread's executor.
 #[derive(Debug)]
 pub enum TcpListener {
+    /// On fastedge's io_uring engine.
     Uring(uring::net::TcpListener),
+    /// On glommio.
     Glommio(glommio::net::TcpListener),
 }
 
@@ -51,6 +53,7 @@ impl TcpListener {
         }
     }
 
+    /// The address the listener is bound to (with the port the kernel chose for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Uring(l) => l.local_addr(),
@@ -62,7 +65,9 @@ impl TcpListener {
 /// A TCP connection served by the calling thread's executor.
 #[derive(Debug)]
 pub enum TcpStream {
+    /// On fastedge's io_uring engine.
     Uring(uring::net::TcpStream),
+    /// On glommio.
     Glommio(glommio::net::TcpStream),
 }
 
@@ -78,6 +83,7 @@ impl TcpStream {
         }
     }
 
+    /// The remote end's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Uring(s) => s.peer_addr(),
@@ -85,6 +91,7 @@ impl TcpStream {
         }
     }
 
+    /// Our end's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Uring(s) => s.local_addr(),
@@ -92,6 +99,7 @@ impl TcpStream {
         }
     }
 
+    /// Turns Nagle's algorithm off (`on = true`: TCP_NODELAY) or on.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Self::Uring(s) => s.set_nodelay(on),
@@ -103,7 +111,9 @@ impl TcpStream {
 /// A UNIX stream connection served by the calling thread's executor.
 #[derive(Debug)]
 pub enum UnixStream {
+    /// On fastedge's io_uring engine.
     Uring(uring::net::UnixStream),
+    /// On glommio.
     Glommio(glommio::net::UnixStream),
 }
 

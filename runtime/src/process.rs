@@ -9,21 +9,31 @@ use nix::{
 /// Errors of process set-up, each naming the step.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    /// No such user in the user database.
     #[error("user {0:?} does not exist")]
     NoUser(String),
+    /// No such group in the group database.
     #[error("group {0:?} does not exist")]
     NoGroup(String),
+    /// Reading the user or group database failed.
     #[error("looking up {what} {name:?}: {source}")]
     Lookup {
+        /// `user` or `group`.
         what: &'static str,
+        /// The name looked up.
         name: String,
+        /// The error of the lookup.
         source: nix::Error,
     },
+    /// A step of the privilege drop (`setgroups`, `setgid`, `setuid`) failed.
     #[error("{step}: {source} (dropping privileges needs root)")]
     Drop {
+        /// The step.
         step: &'static str,
+        /// The error of the call.
         source: nix::Error,
     },
+    /// Raising the open-files limit failed.
     #[error("RLIMIT_NOFILE: {0}")]
     Limit(nix::Error),
 }

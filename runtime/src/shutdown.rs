@@ -23,6 +23,7 @@ struct Inner {
 }
 
 impl Shutdown {
+    /// A signal not raised yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -42,6 +43,7 @@ impl Shutdown {
         }
     }
 
+    /// Whether `trigger` was called on this signal (or a clone of it).
     pub fn is_triggered(&self) -> bool {
         self.inner.raised.load(Ordering::SeqCst)
     }

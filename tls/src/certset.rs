@@ -310,10 +310,15 @@ pub(crate) enum PairKey {
 /// The kind of a certificate's key, as far as choosing by client support goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// RSA (PKCS#1 v1.5 signatures in TLS 1.2, RSA-PSS in both versions).
     Rsa,
+    /// ECDSA on P-256.
     EcdsaP256,
+    /// ECDSA on P-384.
     EcdsaP384,
+    /// ECDSA on P-521.
     EcdsaP521,
+    /// Ed25519.
     Ed25519,
 }
 

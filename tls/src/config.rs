@@ -74,7 +74,7 @@ trusted_proxies = []
 cert = ""
 key = ""
 # Keyless: instead of key, the UNIX socket ("unix:/run/signer.sock") of a signer that holds the
-# key and signs handshakes for us (`fastedge keyserver`; protocol in the README).
+# key and signs handshakes for us (`fastedge keyserver`; protocol in docs/serve.md).
 key_server = ""
 # A DER OCSP response to staple for this certificate (see OCSP stapling below).
 ocsp_staple = ""
@@ -236,10 +236,19 @@ health_check_interval = "0s"
 /// A configuration error; the text names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The document is not TOML, or has an unknown key or a value of the wrong type (the parser's
+    /// message names the key and line).
     #[error("{0}")]
     Syntax(String),
+    /// A value is not acceptable.
     #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key, dotted (`frontend.listen`, `context[1].cert`), or the command-line option
+        /// that set it.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -632,45 +641,66 @@ pub struct ServeConfig {
     pub cores: Option<CpuList>,
     /// The executor engine.
     pub engine: Engine,
+    /// `user`: the user to switch to after binding; `None`: stay.
     pub user: Option<String>,
+    /// `group`: the group to switch to after binding; `None`: the user's primary group.
     pub group: Option<String>,
+    /// `metrics_listen`: where Prometheus text is served on `GET /metrics`; `None`: off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The `[frontend]` table: listeners and client-side timeouts.
     pub frontend: FrontendSettings,
+    /// The `[tls]` table and the `[[context]]` tables.
     pub tls: TlsSettings,
+    /// The `[balance]` table: backend choice, retries and health.
     pub balance: BalanceSettings,
     /// Empty: the built-in demo backend.
     pub backends: Vec<BackendSpec>,
 }
 
+/// The validated `[frontend]` table: what faces the clients.
 #[derive(Debug, Clone)]
 pub struct FrontendSettings {
+    /// TLS listen addresses (`frontend.listen`), at least one.
     pub listen: Vec<SocketAddr>,
+    /// Accept queue length per listener (`frontend.backlog`).
     pub backlog: i32,
+    /// Time a client has to finish the TLS handshake.
     pub handshake_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// How long a request head may take to arrive whole (backends that get headers injected).
     pub request_head_timeout: Duration,
+    /// Open connections per core; more clients wait in the accept queue.
     pub max_connections: u32,
+    /// Keep the other direction open after one side closes its sending half.
     pub allow_half_open: bool,
+    /// On a stop or drain, how long open connections get to finish.
     pub drain_timeout: Duration,
+    /// Clients whose `X-Forwarded-For`/`Forwarded` are kept and appended to.
     pub trusted_proxies: Vec<IpPrefix>,
 }
 
 /// Where an encrypted key's passphrase comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Passphrase {
+    /// Written in the configuration (`passphrase`).
     Inline(String),
+    /// The value of this environment variable (`passphrase_env`).
     Env(String),
+    /// The first line of this file (`passphrase_file`).
     File(PathBuf),
+    /// The first line of what this shell command (`passphrase_cmd`, run with `sh -c`) prints.
     Command(String),
 }
 
 /// One certificate chain with its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateSpec {
+    /// The PEM certificate chain file, leaf first (or the PEM text itself).
     pub cert: PathBuf,
     /// The PEM key file; unused (empty) when `key_server` holds the key.
     pub key: PathBuf,
+    /// The passphrase of an encrypted key; `None`: the key is not encrypted.
     pub passphrase: Option<Passphrase>,
     /// Keyless: the UNIX socket of the signer that holds the key.
     pub key_server: Option<PathBuf>,
@@ -678,25 +708,38 @@ pub struct CertificateSpec {
     pub ocsp_staple: Option<PathBuf>,
 }
 
+/// The validated `[tls]` table: the default context's certificates and protocol settings, the SNI
+/// contexts, resumption and stapling.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     /// Certificate/key pairs in order of preference; empty for the demo certificate.
     pub certificates: Vec<CertificateSpec>,
+    /// Lowest protocol version offered.
     pub min_version: TlsVersion,
+    /// Highest protocol version offered.
     pub max_version: TlsVersion,
+    /// TLS 1.2 cipher list in BoringSSL syntax; `None`: AEAD suites with ECDHE only.
     pub ciphers: Option<String>,
+    /// Key-exchange groups, preferred first (`X25519MLKEM768`, `X25519`, `P-256`, …).
     pub groups: Vec<String>,
+    /// ALPN protocols accepted, in the server's order of preference.
     pub alpn: Vec<String>,
     /// Leave `h2` out of the ALPN lists dynamic SNI answers give: the global backends get
     /// forwarding headers, which only HTTP/1 requests can carry (set by
     /// [`ServeConfig::leave_out_h2_where_injecting`]).
     pub alpn_no_h2: bool,
+    /// The server's cipher order wins over the client's.
     pub server_preference: bool,
+    /// Client certificates of the default context.
     pub client_auth: ClientAuth,
     /// SNI contexts, in configuration order.
     pub contexts: Vec<SniContext>,
+    /// Refuse server names no context serves (`unrecognized_name`) instead of using the default
+    /// context.
     pub sni_strict: bool,
+    /// Session tickets and the session cache.
     pub resumption: Resumption,
+    /// Where OCSP staples come from.
     pub stapling: Stapling,
     /// Contexts for unlisted names from an HTTP service.
     pub dynamic_sni: Option<DynamicSniSettings>,
@@ -704,12 +747,16 @@ pub struct TlsSettings {
     pub early_data: Option<usize>,
 }
 
+/// Dynamic SNI (`tls.sni_url`): contexts for unlisted names, asked of an HTTP service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicSniSettings {
     /// `http://…` with `%s` for the server name.
     pub url: String,
+    /// Per request to the service.
     pub timeout: Duration,
+    /// How long an answer with a context is cached.
     pub cache_ttl: Duration,
+    /// How long a 404 (no such name) is cached.
     pub negative_ttl: Duration,
     /// Names cached in all (one cache for every core, least recently used dropped first);
     /// 0: no cache.
@@ -725,22 +772,29 @@ pub struct Stapling {
     pub fetch: bool,
     /// bud's stapling service, a URL with `%s`; used instead of the responders.
     pub url: Option<String>,
+    /// Per request to a responder or the stapling service.
     pub timeout: Duration,
 }
 
 /// Whether and how clients present certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientVerify {
+    /// No certificate asked for.
     None,
+    /// Asked for; a client may send none, but a bad one is refused.
     Optional,
+    /// Every client must present a good certificate.
     Required,
 }
 
+/// Client-certificate policy of one context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuth {
+    /// Whether a certificate is asked for or required.
     pub verify: ClientVerify,
     /// CA bundle; present unless `verify` is `None`.
     pub ca: Option<PathBuf>,
+    /// A PEM CRL; a certificate it revokes is refused.
     pub crl: Option<PathBuf>,
 }
 
@@ -749,41 +803,60 @@ pub struct ClientAuth {
 pub struct SniContext {
     /// As written (exact names and `*.` wildcards), validated.
     pub names: Vec<String>,
+    /// Its certificate/key pairs, in order of preference.
     pub certificates: Vec<CertificateSpec>,
+    /// Its TLS 1.2 cipher list; `None`: the `[tls]` one.
     pub ciphers: Option<String>,
+    /// Its ALPN protocols.
     pub alpn: Vec<String>,
+    /// Its client-certificate policy.
     pub client_auth: ClientAuth,
     /// Empty: the global backends.
     pub backends: Vec<BackendSpec>,
 }
 
+/// Session resumption: tickets (TLS 1.2 and 1.3) and the TLS 1.2 session-ID cache.
 #[derive(Debug, Clone)]
 pub struct Resumption {
+    /// Issue and accept session tickets.
     pub tickets: bool,
+    /// A new ticket key every this long.
     pub ticket_rotate: Duration,
+    /// How many keys before the current one still decrypt tickets.
     pub ticket_previous: u32,
+    /// Where the keys come from.
     pub ticket_keys: TicketKeySource,
     /// Read bud's ticket-key messages on standard input.
     pub ticket_key_stdin: bool,
     /// 0: no server-side session cache.
     pub session_cache_size: u32,
+    /// Lifetime of a session (ticket or cache entry).
     pub session_timeout: Duration,
     /// The fleet's shared session store, behind the local cache.
     pub session_store: Option<crate::session_store::StoreSettings>,
 }
 
+/// A TLS protocol version (`"1.2"`, `"1.3"` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
+    /// TLS 1.2.
     Tls12,
+    /// TLS 1.3.
     Tls13,
 }
 
+/// The validated `[balance]` table.
 #[derive(Debug, Clone, Copy)]
 pub struct BalanceSettings {
+    /// How a backend is chosen (round robin, first live, least connections).
     pub mode: BalanceMode,
+    /// Deadline of one backend connect.
     pub connect_timeout: Duration,
+    /// Wait between retries after a failed connect.
     pub retry_interval: Duration,
+    /// Retries over the backends after a failed connect.
     pub max_retries: u32,
+    /// Passive health: when a failing backend counts as dead and when it is probed again.
     pub health: HealthSettings,
     /// Active TCP health checks every this long; `None`: off.
     pub health_check_interval: Option<Duration>,
@@ -792,16 +865,23 @@ pub struct BalanceSettings {
 /// What a backend is told about the client at the start of its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyPrefix {
+    /// Nothing: the client's bytes from the first one.
     None,
+    /// A PROXY protocol v1 text line.
     V1,
+    /// A PROXY protocol v2 binary header with TLVs (ALPN, SNI, TLS version and cipher, client
+    /// certificate).
     V2,
+    /// bud's JSON line (`BUD {...}\r\n`).
     BudJson,
 }
 
 /// Where a backend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendAddr {
+    /// A TCP address.
     Tcp(SocketAddr),
+    /// A UNIX stream socket (`unix:/path`).
     Unix(PathBuf),
 }
 
@@ -814,13 +894,18 @@ impl std::fmt::Display for BackendAddr {
     }
 }
 
+/// One backend and what it is told about clients.
 #[derive(Debug, Clone)]
 pub struct BackendSpec {
     /// The address as written, for logs.
     pub name: String,
+    /// Where it listens.
     pub addr: BackendAddr,
+    /// The prefix written before the client's bytes.
     pub proxy_protocol: ProxyPrefix,
+    /// Add `X-Forwarded-For`/`-Proto`/`-Port` to every HTTP/1.x request.
     pub x_forwarded: bool,
+    /// Add an RFC 7239 `Forwarded` field to every HTTP/1.x request.
     pub forwarded: bool,
     /// The client certificate itself goes to the backend too (X-Client-Cert, PROXY v2 TLV).
     pub send_client_cert: bool,

@@ -5,39 +5,62 @@ use boring::error::ErrorStack;
 /// Errors of the TLS layer. Each names what it was doing; the text is what goes in the log.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file named in the configuration could not be read.
     #[error("reading {what} {path}: {source}")]
     ReadFile {
+        /// What the file is (`certificate`, `private key`, `CA bundle`, …).
         what: &'static str,
+        /// Its path.
         path: PathBuf,
+        /// The error of the read.
         source: io::Error,
     },
+    /// A file could not be written (the self-signed demo certificate).
     #[error("writing {what} {path}: {source}")]
     WriteFile {
+        /// What the file is.
         what: &'static str,
+        /// Its path.
         path: PathBuf,
+        /// The error of the write.
         source: io::Error,
     },
+    /// BoringSSL refused a setting (a cipher list, a group, a CA bundle, …).
     #[error("{what}: {stack}")]
     Config {
+        /// The setting.
         what: &'static str,
+        /// BoringSSL's errors.
         stack: ErrorStack,
     },
+    /// A certificate file with no `CERTIFICATE` PEM block in it.
     #[error("certificate file {path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The private key is not the key of the leaf certificate.
     #[error("private key does not match certificate: {0}")]
     KeyMismatch(ErrorStack),
+    /// A value that cannot be used, with the reason (e.g. `no certificate`).
     #[error("{0}")]
     Invalid(String),
+    /// An encrypted key's passphrase could not be had (missing variable, unreadable file, failed
+    /// command). A passphrase that does not decrypt the key is a [`TlsError::Config`].
     #[error("passphrase: {0}")]
     Passphrase(String),
+    /// BoringSSL failed while building a context or a connection.
     #[error("TLS setup failed: {0}")]
     Setup(ErrorStack),
+    /// The TLS handshake with a client failed.
     #[error("TLS handshake failed: {reason}")]
     Handshake {
+        /// What went wrong, in plain words (the close log line's reason).
         reason: String,
         /// The server name the client asked for, when it got that far.
         server_name: Option<String>,
     },
+    /// A handshake future was polled again after it returned its result (a bug in the caller).
     #[error("TLS handshake polled after it ended")]
     HandshakePolledAfterEnd,
 }

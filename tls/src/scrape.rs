@@ -80,34 +80,55 @@ pub enum ScrapeError {
     /// The host name did not resolve.
     #[error("resolving {authority}: {source}")]
     Resolve {
+        /// The host name as given.
         authority: String,
+        /// The resolver's error.
         source: std::io::Error,
     },
     /// Nothing accepted the connection (the server is not running, or not there).
     #[error("connecting to {addr}: {source}")]
     Connect {
+        /// The address tried.
         addr: SocketAddr,
+        /// The error of the connect.
         source: std::io::Error,
     },
     /// Sending the request or reading the answer failed or ran out of time.
     #[error("talking to {addr}: {source}")]
     Io {
+        /// The endpoint's address.
         addr: SocketAddr,
+        /// The error of the read or write.
         source: std::io::Error,
     },
     /// The answer was over [`MAX_ANSWER`].
     #[error("{addr} answered more than {MAX_ANSWER} bytes")]
-    TooLarge { addr: SocketAddr },
+    TooLarge {
+        /// The endpoint's address.
+        addr: SocketAddr,
+    },
     /// The answer was not an HTTP response with a text body.
     #[error("{addr} did not answer HTTP: {what}")]
-    NotHttp { addr: SocketAddr, what: String },
+    NotHttp {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// What was wrong with the answer.
+        what: String,
+    },
     /// A status other than 200.
     #[error("{addr} answered status {code} (is this a metrics endpoint?)")]
-    Status { addr: SocketAddr, code: u16 },
+    Status {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// The HTTP status it answered.
+        code: u16,
+    },
     /// The body is not Prometheus text within the limits.
     #[error("{addr}: {source}")]
     Parse {
+        /// The endpoint's address.
         addr: SocketAddr,
+        /// Why the text was refused.
         source: prometheus::ParseError,
     },
 }

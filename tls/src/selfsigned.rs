@@ -19,7 +19,9 @@ use crate::TlsError;
 
 /// A certificate with its private key.
 pub struct SelfSigned {
+    /// The certificate (X.509 v3, with subject alternative names).
     pub cert: X509,
+    /// Its private key.
     pub key: PKey<Private>,
 }
 

@@ -64,6 +64,8 @@ pub enum TicketKeySource {
 /// One ticket key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TicketKey {
+    /// The key name: the first 16 bytes of every ticket sealed with this key, how an incoming
+    /// ticket finds its key.
     pub name: [u8; 16],
     hmac: [u8; 16],
     aes: [u8; 16],
@@ -83,6 +85,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl TicketKey {
+    /// A key from its 48 bytes: name, HMAC secret, AES key (16 each), as bud and
+    /// `SSL_CTX_set_tlsext_ticket_keys` lay them out.
     pub fn from_bytes(bytes: &[u8; TICKET_KEY_LEN]) -> Self {
         let mut key = Self {
             name: [0; 16],

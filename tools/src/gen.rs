@@ -56,7 +56,7 @@ pub struct GenArgs {
     #[arg(long, default_value = "10.1.0.0")]
     client: IpAddr,
 
-    /// Server address and port, e.g. 10.0.0.1:443 or [fd00::1]:443.
+    /// Server address and port, e.g. `10.0.0.1:443` or `[fd00::1]:443`.
     #[arg(long, default_value = "10.0.0.1:443")]
     server: SocketAddr,
 

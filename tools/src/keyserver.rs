@@ -17,7 +17,7 @@ use crate::Failure;
 /// Listens on a UNIX stream socket (mode 0600 unless --mode says otherwise) and answers sign
 /// requests for the keys given with --key, named by the SHA-256 of their public key. In the serve
 /// configuration, give the certificate with `key_server = "unix:PATH"` instead of `key`. The
-/// protocol is documented in the README ("Keyless").
+/// protocol is documented in docs/serve.md ("Keyless").
 #[derive(Debug, Args)]
 pub struct KeyServerArgs {
     /// PEM private key to hold (unencrypted); repeat for several.

@@ -129,7 +129,7 @@ struct CommonArgs {
     veth_prefix: String,
 
     /// An XDP pre-filter rule (repeatable), e.g. "drop src 203.0.113.0/24 proto udp dport 53";
-    /// see README, "Pre-filter". With --config, rules go in its `rules` list.
+    /// see docs/split.md, "Pre-filter". With --config, rules go in its `rules` list.
     #[arg(long, value_name = "RULE")]
     rule: Vec<String>,
 

@@ -33,14 +33,18 @@ pub struct HealthSettings {
 /// Health of one backend as this core sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
+    /// Connects succeed (or none failed since the last success).
     Alive,
     /// Connects are failing since `since`, not yet for `death_timeout`.
     Failing {
+        /// When the first connect of the current failing run failed.
         since: Instant,
     },
     /// Dead since `since`; `probing` while one probe connection is in flight.
     Dead {
+        /// When the backend was marked dead.
         since: Instant,
+        /// One probe connect is in flight; other clients wait for it instead of probing too.
         probing: bool,
     },
 }
@@ -54,7 +58,9 @@ struct Backend {
 /// What changed in a backend's health, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthChange {
+    /// The backend at this index was marked dead (failing for `death_timeout`).
     Died(usize),
+    /// The backend at this index answered again after being dead.
     Revived(usize),
 }
 
@@ -84,6 +90,8 @@ impl Balancer {
         }
     }
 
+    /// The health of backend `backend` (its index in the configuration) as this core sees it;
+    /// `None` when there is no such backend.
     pub fn health(&self, backend: usize) -> Option<Health> {
         self.backends.get(backend).map(|b| b.health)
     }

@@ -14,7 +14,12 @@ pub enum BudError {
     /// Not JSON, not an object, or not expressible as TOML.
     Syntax(String),
     /// A key holds a value of the wrong kind.
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key, as a dotted path in bud's document (`frontend.port`, `contexts[2].key`).
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for BudError {
@@ -36,7 +41,10 @@ pub fn is_bud_json(text: &str) -> bool {
 /// A translation: the TOML document, and what could not be carried over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translation {
+    /// The equivalent fastedge TOML configuration, ready for `ServeConfig::parse`.
     pub toml: String,
+    /// One line per bud key that has no equivalent and was left out (`workers`, `log`, …), for a
+    /// warning.
     pub notes: Vec<String>,
 }
 

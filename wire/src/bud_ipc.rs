@@ -13,6 +13,8 @@ pub const KEY_LEN: usize = 48;
 pub struct TicketMessage {
     /// bud's context index (0: the frontend).
     pub context: u32,
+    /// The 48-byte ticket key (16-byte name, 16-byte HMAC secret, 16-byte AES key), as
+    /// `SSL_CTX_set_tlsext_ticket_keys` takes it.
     pub key: [u8; KEY_LEN],
 }
 

@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 /// One request: its command and the whole object (the command's arguments are its other keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// The value of the `cmd` key (`"stats"`, `"reload"`, …).
     pub cmd: String,
+    /// Every key of the request object, `cmd` included; commands read their arguments from here.
     pub fields: Map<String, Value>,
 }
 

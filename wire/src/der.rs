@@ -24,13 +24,21 @@ impl std::fmt::Display for DerError {
 
 impl std::error::Error for DerError {}
 
+/// Universal tag of an INTEGER.
 pub const INTEGER: u8 = 0x02;
+/// Universal tag of a BIT STRING.
 pub const BIT_STRING: u8 = 0x03;
+/// Universal tag of an OCTET STRING.
 pub const OCTET_STRING: u8 = 0x04;
+/// Universal tag of NULL.
 pub const NULL: u8 = 0x05;
+/// Universal tag of an OBJECT IDENTIFIER.
 pub const OID: u8 = 0x06;
+/// Universal tag of an ENUMERATED.
 pub const ENUMERATED: u8 = 0x0a;
+/// Universal tag of a GeneralizedTime.
 pub const GENERALIZED_TIME: u8 = 0x18;
+/// Tag of a SEQUENCE (constructed).
 pub const SEQUENCE: u8 = 0x30;
 
 /// Context-specific constructed tag `[n]`.
@@ -41,8 +49,11 @@ pub const fn explicit(n: u8) -> u8 {
 /// One element: its tag, its content, and all its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tlv<'a> {
+    /// The identifier octet (one-byte tags only: high tag numbers are refused).
     pub tag: u8,
+    /// The content octets, after the tag and length.
     pub value: &'a [u8],
+    /// The whole element: tag, length and content (what a signature covers).
     pub raw: &'a [u8],
 }
 

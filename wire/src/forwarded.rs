@@ -56,7 +56,10 @@ pub struct ClientFacts {
 pub struct ClientCertHeaders {
     /// Whether a client certificate was presented and verified.
     pub verified: bool,
+    /// The certificate's subject as an RFC 2253 distinguished name (`X-Client-Subject`).
     pub subject: Option<String>,
+    /// The certificate as PEM, sent percent-encoded in `X-Client-Cert` when the backend asks for it
+    /// (`send_client_cert`).
     pub cert_pem: Option<String>,
 }
 
@@ -77,6 +80,7 @@ pub fn percent_encode(text: &str, out: &mut Vec<u8>) {
 /// Why the stream cannot be rewritten; the connection must end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InjectError {
+    /// A request head that cannot be parsed or is too large.
     Head(HeadError),
     /// A chunked body that breaks the chunked coding.
     BadChunk(&'static str),
@@ -178,6 +182,9 @@ impl Rendered {
 }
 
 impl Injector {
+    /// An injector for one client connection: `config` says which header families to write and whom
+    /// to trust, `facts` what to state about this client. Start it at the first byte the client
+    /// sends.
     pub fn new(config: ForwardedConfig, facts: ClientFacts) -> Self {
         Self {
             config,

@@ -13,7 +13,9 @@ pub const MAX_HEADERS: usize = 100;
 /// The outcome of parsing over a stream: a value with the bytes it used, or a need for more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status<T> {
+    /// Parsed: the value (which records how many bytes it used).
     Complete(T),
+    /// The bytes so far are a valid prefix; call again with more.
     Partial,
 }
 
@@ -31,12 +33,15 @@ pub enum BodyFraming {
 /// A parsed request head, borrowing from the buffer it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead<'a> {
+    /// The request method as sent (`GET`, `CONNECT`, …).
     pub method: &'a str,
+    /// The request target as sent (origin form `/path?q`, or authority/absolute form).
     pub target: &'a str,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Bytes of the head, including the empty line that ends it.
     pub head_len: usize,
+    /// How the request's body is delimited (none, `Content-Length`, chunked).
     pub body: BodyFraming,
     /// Whether the connection stays open after this request (HTTP/1.1 unless
     /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
@@ -52,7 +57,10 @@ pub struct RequestHead<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadError {
     /// No complete head within `limit` bytes.
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The most bytes a head may have.
+        limit: usize,
+    },
     /// More than [`MAX_HEADERS`] header fields.
     TooManyHeaders,
     /// The bytes are not an HTTP/1.x request head; the text says where it broke.
@@ -200,6 +208,7 @@ pub struct ResponseHead {
     pub code: u16,
     /// Bytes of the head, including the empty line that ends it.
     pub head_len: usize,
+    /// How the response's body is delimited.
     pub body: ResponseBody,
 }
 

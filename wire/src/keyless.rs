@@ -10,11 +10,17 @@
 
 use crate::http1::Status;
 
+/// Request operation: sign `input` with the key named by its SPKI hash.
 pub const OP_SIGN: u8 = 1;
+/// Answer status: signed, the signature follows.
 pub const STATUS_OK: u8 = 0;
+/// Answer status: the signer holds no key with that SPKI hash.
 pub const STATUS_UNKNOWN_KEY: u8 = 1;
+/// Answer status: the key cannot sign with that TLS SignatureScheme.
 pub const STATUS_UNSUPPORTED: u8 = 2;
+/// Answer status: the signing operation itself failed.
 pub const STATUS_FAILED: u8 = 3;
+/// Answer status: the request frame was malformed.
 pub const STATUS_BAD_REQUEST: u8 = 4;
 /// Largest frame (after its length field) either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -48,22 +54,34 @@ impl std::error::Error for FrameError {}
 /// One request, as a signer reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
+    /// Sign `input` under TLS SignatureScheme `scheme` with the key whose SubjectPublicKeyInfo
+    /// hashes (SHA-256) to `key_id`.
     Sign {
+        /// Chosen by the client; the answer carries it back (requests are pipelined).
         id: u32,
+        /// The TLS SignatureScheme code point (e.g. 0x0403 ecdsa_secp256r1_sha256).
         scheme: u16,
+        /// SHA-256 of the key's SubjectPublicKeyInfo (DER).
         key_id: [u8; 32],
+        /// The data TLS signs, not a digest: the signer hashes as `scheme` says.
         input: &'a [u8],
     },
     /// Not a sign request, or too short for one: answered with [`STATUS_BAD_REQUEST`] and the id
     /// if the frame holds one (else 0); the stream goes on.
-    Bad { id: u32 },
+    Bad {
+        /// The request's id, or 0 when the frame is too short to hold one.
+        id: u32,
+    },
 }
 
 /// One answer, as the client reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer<'a> {
+    /// The id of the request this answers.
     pub id: u32,
+    /// One of the `STATUS_*` codes.
     pub status: u8,
+    /// The signature when `status` is [`STATUS_OK`], else empty.
     pub signature: &'a [u8],
 }
 

@@ -16,8 +16,50 @@
 //! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
 //! in [`fuzzing`].
 //!
-//! Never does: sockets, clocks, threads, or allocation in per-packet paths.
+//! Never does: sockets, clocks, threads, or allocation in per-packet paths; no I/O at all.
+//! The runtimes (`fastedge-tls`, `fastedge-rings`) read and write the bytes and pass the time
+//! in.
+//!
+//! # Example
+//!
+//! Which way a frame goes: its innermost flow, hashed symmetrically under a key, mapped onto
+//! N ways. Both directions of a flow land on the same way.
+//!
+//! ```
+//! use fastedge_wire::{
+//!     packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed},
+//!     synth::{TrafficSpec, Transport, MAX_FRAME},
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Two frames of one UDP flow: client → server, then server → client.
+//! let spec = TrafficSpec {
+//!     src_mac: [2, 0, 0, 0, 0, 1],
+//!     dst_mac: [2, 0, 0, 0, 0, 2],
+//!     client_base: "192.0.2.10".parse()?,
+//!     server: "198.51.100.1".parse()?,
+//!     server_port: 53,
+//!     transport: Transport::Udp,
+//!     flows: 1,
+//!     frame_len: 60,
+//!     both_directions: true,
+//! };
+//! let key = HashKey::from_bytes(*b"sixteen byte key");
+//! let mut ways = Vec::new();
+//! for seq in 0..2 {
+//!     let mut frame = [0u8; MAX_FRAME];
+//!     let len = spec.write(seq, &mut frame);
+//!     let Parsed::Ip(flow) = parse(&frame[..len], true)? else {
+//!         return Err("not an IP frame".into());
+//!     };
+//!     ways.push(way_of(flow_hash(&flow, HashMode::default(), &key), 4));
+//! }
+//! assert_eq!(ways[0], ways[1]);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod balance;
 pub mod bud_config;

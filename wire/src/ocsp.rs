@@ -19,14 +19,23 @@ const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 /// Signature algorithms of responses, as the caller maps them to a digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureAlgorithm {
+    /// sha1WithRSAEncryption.
     RsaSha1,
+    /// sha256WithRSAEncryption.
     RsaSha256,
+    /// sha384WithRSAEncryption.
     RsaSha384,
+    /// sha512WithRSAEncryption.
     RsaSha512,
+    /// ecdsa-with-SHA1.
     EcdsaSha1,
+    /// ecdsa-with-SHA256.
     EcdsaSha256,
+    /// ecdsa-with-SHA384.
     EcdsaSha384,
+    /// ecdsa-with-SHA512.
     EcdsaSha512,
+    /// Ed25519 (no separate digest).
     Ed25519,
 }
 
@@ -127,7 +136,9 @@ pub fn cert_fields(cert: &[u8]) -> Result<CertFields<'_>, DerError> {
 pub struct CertId {
     /// DER content of the hash algorithm's OID ([`OID_SHA1`], [`OID_SHA256`]).
     pub hash_oid: Vec<u8>,
+    /// Hash of the issuer's distinguished name (DER), under `hash_oid`.
     pub issuer_name_hash: Vec<u8>,
+    /// Hash of the issuer's public key (the BIT STRING's content), under `hash_oid`.
     pub issuer_key_hash: Vec<u8>,
     /// Content of the serial number INTEGER.
     pub serial: Vec<u8>,
@@ -178,17 +189,25 @@ pub fn encode_request(id: &CertId) -> Vec<u8> {
 /// A certificate's status in one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertStatus {
+    /// Not revoked (as far as the responder knows).
     Good,
+    /// Revoked: a staple saying so is never served.
     Revoked,
+    /// The responder does not know the certificate.
     Unknown,
 }
 
+/// The status of one certificate in a basic response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SingleResponse {
+    /// Which certificate this is about.
     pub cert_id: CertId,
+    /// Its status.
     pub status: CertStatus,
     /// Seconds since the Unix epoch.
     pub this_update: i64,
+    /// Seconds since the Unix epoch after which the answer is stale; `None`: the responder gives no
+    /// bound (newer information is always available).
     pub next_update: Option<i64>,
 }
 
@@ -197,21 +216,25 @@ pub struct SingleResponse {
 pub struct BasicResponse<'a> {
     /// The signed bytes: the whole tbsResponseData element.
     pub signed: &'a [u8],
+    /// The signature algorithm, `None` when it is not one of those fastedge verifies.
     pub algorithm: Option<SignatureAlgorithm>,
     /// The signature bits.
     pub signature: &'a [u8],
     /// Certificates the responder included (DER), e.g. a delegated responder's.
     pub certs: Vec<&'a [u8]>,
+    /// One entry per certificate the response is about.
     pub responses: Vec<SingleResponse>,
 }
 
 /// Why a response is not usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseError {
+    /// The DER structure is malformed.
     Der(DerError),
     /// responseStatus other than successful(0): 1 malformedRequest, 2 internalError,
     /// 3 tryLater, 5 sigRequired, 6 unauthorized.
     Status(u8),
+    /// A successful response of a type other than id-pkix-ocsp-basic.
     NotBasic,
 }
 

@@ -8,10 +8,15 @@
 
 /// Ethertypes.
 pub mod ethertype {
+    /// IPv4.
     pub const IPV4: u16 = 0x0800;
+    /// IPv6.
     pub const IPV6: u16 = 0x86dd;
+    /// 802.1Q VLAN tag.
     pub const VLAN: u16 = 0x8100;
+    /// 802.1ad service tag (QinQ outer tag).
     pub const QINQ: u16 = 0x88a8;
+    /// The pre-standard QinQ outer tag some switches still send.
     pub const QINQ_OLD: u16 = 0x9100;
     /// GRE payload type for an Ethernet frame (transparent Ethernet bridging).
     pub const TEB: u16 = 0x6558;
@@ -19,22 +24,39 @@ pub mod ethertype {
 
 /// IP protocol numbers.
 pub mod proto {
+    /// ICMP (IPv4).
     pub const ICMP: u8 = 1;
+    /// IPv4 encapsulated in IP (IP-in-IP).
     pub const IPIP: u8 = 4;
+    /// TCP.
     pub const TCP: u8 = 6;
+    /// UDP.
     pub const UDP: u8 = 17;
+    /// IPv6 encapsulated in IP.
     pub const IPV6: u8 = 41;
+    /// Generic Routing Encapsulation.
     pub const GRE: u8 = 47;
+    /// IPsec Encapsulating Security Payload (its payload is encrypted: no ports to read).
     pub const ESP: u8 = 50;
+    /// IPsec Authentication Header (walked over like an IPv6 extension header).
     pub const AH: u8 = 51;
+    /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+    /// IPv6 "no next header".
     pub const NO_NEXT: u8 = 59;
+    /// IPv6 hop-by-hop options extension header.
     pub const HOP_BY_HOP: u8 = 0;
+    /// IPv6 routing extension header.
     pub const ROUTING: u8 = 43;
+    /// IPv6 fragment extension header.
     pub const FRAGMENT: u8 = 44;
+    /// IPv6 destination options extension header.
     pub const DEST_OPTS: u8 = 60;
+    /// IPv6 mobility extension header.
     pub const MOBILITY: u8 = 135;
+    /// Host Identity Protocol extension header.
     pub const HIP: u8 = 139;
+    /// Shim6 extension header.
     pub const SHIM6: u8 = 140;
 }
 
@@ -51,11 +73,15 @@ const MAX_TUNNEL_DEPTH: usize = 2;
 /// every address is 128 bits), protocol and ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    /// Source address (IPv4 as IPv4-mapped IPv6).
     pub src: [u8; 16],
+    /// Destination address (IPv4 as IPv4-mapped IPv6).
     pub dst: [u8; 16],
+    /// The innermost IP protocol number (see [`proto`]).
     pub protocol: u8,
     /// 0 when the protocol has no ports or the packet is a later fragment.
     pub src_port: u16,
+    /// 0 when the protocol has no ports or the packet is a later fragment.
     pub dst_port: u16,
     /// Part of a fragmented datagram (any fragment, the first included).
     pub fragment: bool,
@@ -72,7 +98,10 @@ pub enum Parsed {
     /// An IP packet and its flow.
     Ip(FlowKey),
     /// A frame that is not IP (ARP, LLDP, …): its ethertype after any VLAN tags.
-    NonIp { ethertype: u16 },
+    NonIp {
+        /// The ethertype (see [`ethertype`]).
+        ethertype: u16,
+    },
 }
 
 /// Why a frame could not be parsed.
@@ -396,7 +425,9 @@ pub enum HashMode {
 /// one way (to flood it); a process picks a random one at start unless configured.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HashKey {
+    /// First 64 bits of the SipHash-1-3 key.
     pub k0: u64,
+    /// Second 64 bits of the SipHash-1-3 key.
     pub k1: u64,
 }
 

@@ -98,11 +98,24 @@ impl Scrape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
     /// The text is longer than [`Limits::max_text`]: `len` bytes, `max` allowed.
-    TooLong { len: usize, max: usize },
+    TooLong {
+        /// Bytes in the text.
+        len: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
     /// More samples than [`Limits::max_samples`] (`max`).
-    TooManySamples { max: usize },
+    TooManySamples {
+        /// Samples allowed.
+        max: usize,
+    },
     /// Line `line` (from 1) is malformed: `what`.
-    Line { line: usize, what: &'static str },
+    Line {
+        /// Line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for ParseError {

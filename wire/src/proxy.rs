@@ -18,15 +18,23 @@ pub const V1_MAX_LEN: usize = 107;
 
 /// PROXY v2 TLV types used here.
 pub mod tlv {
+    /// The ALPN protocol negotiated with the client.
     pub const ALPN: u8 = 0x01;
+    /// The authority: the server name (SNI) the client asked for.
     pub const AUTHORITY: u8 = 0x02;
+    /// The SSL TLV: client bits, verify result, then sub-TLVs below.
     pub const SSL: u8 = 0x20;
+    /// Sub-TLV of SSL: the TLS version (`TLSv1.3`).
     pub const SSL_VERSION: u8 = 0x21;
+    /// Sub-TLV of SSL: the client certificate's subject common name.
     pub const SSL_CN: u8 = 0x22;
+    /// Sub-TLV of SSL: the negotiated cipher's name.
     pub const SSL_CIPHER: u8 = 0x23;
     /// Client bits of the SSL TLV.
     pub const CLIENT_SSL: u8 = 0x01;
+    /// Client bit of the SSL TLV: a certificate was presented on this connection.
     pub const CLIENT_CERT_CONN: u8 = 0x02;
+    /// Client bit of the SSL TLV: a certificate was presented at least once in this TLS session.
     pub const CLIENT_CERT_SESS: u8 = 0x04;
     /// fastedge's own (in the custom range 0xE0–0xEF): the client certificate, DER.
     pub const FASTEDGE_CLIENT_CERT: u8 = 0xE0;
@@ -57,7 +65,9 @@ pub struct TlsFacts {
 /// Addresses of one connection: the client's, and ours that it connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionAddrs {
+    /// The client's address and port.
     pub client: SocketAddr,
+    /// Our address and port the client connected to.
     pub local: SocketAddr,
 }
 
@@ -231,6 +241,7 @@ fn push_json_string_or_false(out: &mut String, value: Option<&str>) {
 /// A parsed PROXY header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyHeader {
+    /// 1 or 2.
     pub version: u8,
     /// `None` for v1 `UNKNOWN`, v2 `LOCAL`, or v2 `AF_UNSPEC`/UNIX families.
     pub addrs: Option<ConnectionAddrs>,

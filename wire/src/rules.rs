@@ -14,12 +14,16 @@ use std::{
 /// What a matching rule does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleAction {
+    /// Let the frame on to the pipeline.
     Pass,
+    /// Drop the frame in XDP: it never reaches a way.
     Drop,
+    /// Hand the frame to the kernel's own network stack instead of the ways.
     Bypass,
 }
 
 impl RuleAction {
+    /// The action as a rule writes it: `pass`, `drop`, `bypass`.
     pub fn as_str(self) -> &'static str {
         match self {
             RuleAction::Pass => "pass",
@@ -106,12 +110,17 @@ impl std::str::FromStr for Prefix {
 /// A rule as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RuleSpec {
+    /// What a match does.
     pub action: RuleAction,
+    /// Source prefix; `None`: any source.
     pub src: Option<Prefix>,
+    /// Destination prefix; `None`: any destination.
     pub dst: Option<Prefix>,
     /// IP protocol number; 0: any.
     pub protocol: u8,
+    /// Source port range, inclusive (`(0, 65535)`: any).
     pub sport: (u16, u16),
+    /// Destination port range, inclusive (`(0, 65535)`: any).
     pub dport: (u16, u16),
     /// Lifetime in seconds; `None`: until removed.
     pub seconds: Option<u64>,

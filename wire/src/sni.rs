@@ -11,6 +11,7 @@ use std::collections::HashMap;
 /// Why a server-name pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatternError {
+    /// An empty name or pattern.
     Empty,
     /// A `*` anywhere but as the whole leftmost label.
     MisplacedWildcard,
@@ -52,6 +53,7 @@ pub struct NameTable {
 }
 
 impl NameTable {
+    /// An empty table: no name matches.
     pub fn new() -> Self {
         Self::default()
     }
@@ -106,6 +108,7 @@ impl NameTable {
         self.wildcard.get(parent).copied()
     }
 
+    /// Whether the table holds no names and no wildcards.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty()
     }

@@ -7,14 +7,18 @@ use serde_json::Value;
 /// One certificate chain with its key, as PEM text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertKey {
+    /// The certificate chain, leaf first, as PEM.
     pub cert: String,
+    /// The private key of the leaf, as PEM (possibly encrypted).
     pub key: String,
+    /// The passphrase of an encrypted key.
     pub passphrase: Option<String>,
 }
 
 /// A parsed answer: at least one certificate and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniAnswer {
+    /// The certificate and key pairs (e.g. RSA beside ECDSA), in the service's order.
     pub pairs: Vec<CertKey>,
     /// A cipher list for this name instead of the configured one.
     pub ciphers: Option<String>,
@@ -26,7 +30,9 @@ pub struct SniAnswer {
 /// Why an answer was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnswerError {
+    /// The body is not JSON: the parser's message.
     NotJson(String),
+    /// The body is JSON but not an object.
     NotObject,
     /// A key is missing or holds the wrong kind of value.
     Invalid(String),

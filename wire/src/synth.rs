@@ -18,6 +18,7 @@ pub const MAX_FRAME: usize = 1514;
 /// Transport of the synthetic flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// UDP datagrams.
     Udp,
     /// Data segments (ACK|PSH) of an established-looking connection.
     Tcp,
@@ -27,12 +28,19 @@ pub enum Transport {
 /// base address plus k, its port 10000 + k mod 50000) and one server endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrafficSpec {
+    /// Source MAC of client→server frames (the destination of the other direction).
     pub src_mac: [u8; 6],
+    /// Destination MAC of client→server frames.
     pub dst_mac: [u8; 6],
+    /// The first client's address; flow k uses this plus k.
     pub client_base: IpAddr,
+    /// The server's address, the same for every flow.
     pub server: IpAddr,
+    /// The server's port.
     pub server_port: u16,
+    /// UDP or TCP.
     pub transport: Transport,
+    /// Number of distinct flows, at least 1.
     pub flows: u32,
     /// Frame length without the FCS (60 is the minimum Ethernet frame, 64 bytes on the wire).
     pub frame_len: usize,
@@ -43,11 +51,29 @@ pub struct TrafficSpec {
 /// Why a traffic spec cannot be generated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpecError {
+    /// Client and server addresses are not of one family.
     MixedFamilies,
+    /// `flows` is 0.
     NoFlows,
-    FrameTooSmall { len: usize, min: usize },
-    FrameTooLarge { len: usize },
-    TooManyFlows { flows: u32, room: u128 },
+    /// The frame cannot hold the headers and the marker.
+    FrameTooSmall {
+        /// The asked frame length.
+        len: usize,
+        /// The smallest that fits.
+        min: usize,
+    },
+    /// Longer than [`MAX_FRAME`] (a 1500-byte MTU).
+    FrameTooLarge {
+        /// The asked frame length.
+        len: usize,
+    },
+    /// The flows would run past the end of the address space from the client base.
+    TooManyFlows {
+        /// Flows asked for.
+        flows: u32,
+        /// Addresses left after the client base.
+        room: u128,
+    },
 }
 
 impl std::fmt::Display for SpecError {

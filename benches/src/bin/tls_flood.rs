@@ -8,7 +8,7 @@
 //! a fraction of that (no certificate verification, BoringSSL's X25519) and keeps CONNS
 //! handshakes in flight, so one client core can keep a server core busy.
 //!
-//! Usage: tls_flood HOST:PORT SECONDS CONNS [GROUP]   (GROUP: X25519 by default)
+//! Usage: `tls_flood HOST:PORT SECONDS CONNS [GROUP]` (GROUP: X25519 by default)
 
 use std::{
     net::{SocketAddr, TcpStream},

@@ -117,6 +117,7 @@ impl TcpListener {
         })
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let state = self.state.borrow();
         socket_addr(SockRef::from(&state.fd).local_addr()?)
@@ -470,14 +471,17 @@ impl Stream {
         }
     }
 
+    /// The remote end's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         socket_addr(SockRef::from(&self.conn.borrow().fd).peer_addr()?)
     }
 
+    /// Our end's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         socket_addr(SockRef::from(&self.conn.borrow().fd).local_addr()?)
     }
 
+    /// Turns Nagle's algorithm off (`on = true`: TCP_NODELAY) or on.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         SockRef::from(&self.conn.borrow().fd).set_nodelay(on)
     }

@@ -41,7 +41,7 @@ pub struct RingSettings {
     /// Completion queue entries (power of two, ≥ `sq_entries`); the kernel keeps overflowing
     /// completions aside rather than dropping them.
     pub cq_entries: u32,
-    /// Receive buffers of [`BUF_SIZE`] bytes in the core's pool (power of two, ≤ 32,768).
+    /// Receive buffers of 16 KiB in the core's pool (power of two, ≤ 32,768).
     pub buffers: u16,
 }
 

@@ -71,6 +71,8 @@ pub struct Sleep {
 }
 
 impl Sleep {
+    /// A timer that completes at `deadline` (at once if it has passed); it needs the engine of the
+    /// calling thread to be polled.
     pub fn until(deadline: Instant) -> Self {
         Self {
             deadline,

@@ -32,8 +32,11 @@ const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
 pub struct Frontend {
     /// Counts configuration loads: a core rebuilds its balancer when this changes.
     pub generation: u64,
+    /// The TLS contexts (default and SNI) built from the configuration.
     pub context: ServerContext,
+    /// Listener and client-side settings.
     pub settings: FrontendSettings,
+    /// Backend choice, retries and health.
     pub balance: BalanceSettings,
     /// Every backend: the global ones (at least one) first, then each SNI context's own.
     pub backends: Vec<BackendSpec>,
@@ -203,7 +206,9 @@ fn log_health(
 /// A connected backend: TCP or a UNIX stream socket.
 #[derive(Debug)]
 pub enum BackendStream {
+    /// A TCP connection.
     Tcp(TcpStream),
+    /// A UNIX stream connection.
     Unix(UnixStream),
 }
 

@@ -8,7 +8,9 @@ use crate::{metrics::CloseClass, TlsError};
 /// One side of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
+    /// The TLS client.
     Client,
+    /// The backend.
     Backend,
 }
 
@@ -25,11 +27,17 @@ impl fmt::Display for Side {
 #[derive(Debug)]
 pub enum CloseReason {
     /// Both directions ended with an orderly close; `first` closed first.
-    Closed { first: Side },
+    Closed {
+        /// The side that closed first.
+        first: Side,
+    },
     /// Reading from or writing to `side` failed.
     Failed {
+        /// The side whose socket failed.
         side: Side,
+        /// `read` or `write`.
         op: &'static str,
+        /// The error of the call.
         error: io::Error,
     },
     /// A client request could not be parsed for header injection.
@@ -45,8 +53,11 @@ pub enum CloseReason {
     HandshakeTimeout(Duration),
     /// Every connect attempt failed; the last failure is named.
     BackendsFailed {
+        /// Connect attempts made.
         attempts: u32,
+        /// The backend of the last attempt, as written in the configuration.
         backend: String,
+        /// How the last attempt failed (`refused the connection`, `timed out`, …).
         failure: String,
     },
     /// Every backend is dead and none is due for a probe.
@@ -101,6 +112,7 @@ pub struct PumpOutcome {
     pub upstream: u64,
     /// Backend → client bytes.
     pub downstream: u64,
+    /// Why it ended.
     pub reason: CloseReason,
 }
 
