@@ -38,7 +38,9 @@ install -m 0644 packaging/systemd/*.service "$root/lib/systemd/system/"
 "$bin" serve --print-default-config > "$root/etc/fastedge/serve.toml"
 chmod 0644 "$root/etc/fastedge/serve.toml"
 install -m 0644 README.md SECURITY.md "$root/usr/share/doc/fastedge/"
-[ ! -d docs ] || install -m 0644 docs/*.md "$root/usr/share/doc/fastedge/"
+# README links docs/…: the guides keep that place.
+mkdir -p "$root/usr/share/doc/fastedge/docs"
+install -m 0644 docs/*.md "$root/usr/share/doc/fastedge/docs/"
 # Way readers in C: the library, its header and the example (cc way_reader.c -lfastedge_ways).
 strip --strip-debug -o "$root/usr/lib/$multiarch/libfastedge_ways.so" "$ways_lib"
 chmod 0644 "$root/usr/lib/$multiarch/libfastedge_ways.so"
