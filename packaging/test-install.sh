@@ -44,7 +44,14 @@ chroot "$root" cc -o /tmp/way_reader /usr/share/doc/fastedge/examples/way_reader
 chroot "$root" sh -c '/tmp/way_reader 2>&1 || true' | grep -qi "usage" \
   || { echo "the installed way_reader does not run" >&2; exit 1; }
 echo "C ABI: way_reader.c built against /usr/include/fastedge_ways.h and libfastedge_ways.so, runs"
-chroot "$root" man -w fastedge-serve >/dev/null 2>&1 && echo "man fastedge-serve: found" || true
+if chroot "$root" sh -c 'command -v man' >/dev/null; then
+  page=$(chroot "$root" man -w fastedge-serve) || { echo "man fastedge-serve: no page" >&2; exit 1; }
+  chroot "$root" sh -c 'MANPAGER=cat man fastedge-serve 2>/dev/null' | grep -q -- "--config" \
+    || { echo "man fastedge-serve does not show the serve options" >&2; exit 1; }
+  echo "man fastedge-serve: $page, shows the options"
+else
+  echo "man fastedge-serve: NOT CHECKED, man is not installed here (apt-get install man-db)"
+fi
 
 unit=$root/lib/systemd/system/fastedge-serve.service
 value() { sed -n "s/^$1=//p" "$unit" | head -n 1; }
