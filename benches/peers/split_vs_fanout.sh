@@ -21,8 +21,17 @@
 # or AF_PACKET ring statistics, as fastedge split or fanout_reader report them), full ways,
 # full output queues.
 #
+# With SEARCH=1 it finds instead, per contender, the highest offered rate delivered with less
+# than LOSS_PCT % loss (0.1): first the generator's own ceiling (`fastedge gen` with no rate
+# limit, into a veth nothing listens on: reported beside), then a bisection between 0 and that
+# ceiling, STEPS steps of STEP_SECONDS each, then ROUNDS confirmation rounds at the rate found
+# (backing off 10 % while their median loses more); receive-CPU per frame is reported only at
+# that rate, with ratios to fanout and to the XDP_DROP ceiling. Writes
+# RESULTS/split-search-WAYS-ways-SIZEB.json and its chart.
+#
 # Usage: benches/peers/split_vs_fanout.sh   (as root; needs clang, iproute2; builds release)
 #   RATE=300000 DURATION=5 WAYS=4 SIZE=64 ROUNDS=3 RX_CPU=0 GEN_CPU=1 RESULTS=benches/results
+#   SEARCH=1 STEPS=7 STEP_SECONDS=3 LOSS_PCT=0.1
 #   SPLIT_ARGS="..." (more arguments for every fastedge split run, e.g. "--way-kib 4096")
 # Writes RESULTS/split-WAYS-ways.json (split-WAYS-ways-SIZEB.json for other sizes than 64) and
 # an SVG chart beside it.
@@ -184,6 +193,79 @@ run_round() { # contender → ROUND="offered delivered busy_jiffies sender kerne
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "${SEARCH:-0}" = 1 ]; then
+  STEPS=${STEPS:-7}
+  STEP_SECONDS=${STEP_SECONDS:-3}
+  LOSS_PCT=${LOSS_PCT:-0.1}
+  # Loss of one round, in % of the frames the generator was asked to send.
+  round_loss() { awk -v c="$count" -v d="$1" 'BEGIN { printf "%.4f", (c - d) * 100 / c }'; }
+  below() { awk -v l="$1" -v m="$LOSS_PCT" 'BEGIN { exit !(l < m) }'; }
+  # The generator's ceiling: as fast as it can, nothing attached on the receiving side.
+  ceiling_count=$((2000000))
+  t0=$(date +%s%N)
+  taskset -c "$GEN_CPU" ip netns exec "$ns_b" "$bin" gen vb --flows 1024 --size "$SIZE" --count "$ceiling_count" 2>>"$work/gen.log"
+  t1=$(date +%s%N)
+  gen_ceiling=$(( ceiling_count * 1000000000 / (t1 - t0) ))
+  printf 'rate search: %d-byte frames, %d ways, loss < %s %%, %d steps of %d s, %d confirmation rounds; rx CPU %s, gen CPU %s\n' \
+    "$SIZE" "$WAYS" "$LOSS_PCT" "$STEPS" "$STEP_SECONDS" "$ROUNDS" "$RX_CPU" "$GEN_CPU"
+  printf 'generator ceiling (fastedge gen, no rate limit): %d frames/s\n' "$gen_ceiling"
+  printf '%-16s %14s %22s   %s\n' contender "sustained f/s" "rx-CPU ms per Mframe" "confirmation rounds (loss %)"
+  declare -A sustained=() at_cost=()
+  DURATION=$STEP_SECONDS
+  for c in $CONTENDERS; do
+    lo=0; hi=$gen_ceiling
+    for _ in $(seq "$STEPS"); do
+      RATE=$(( (lo + hi) / 2 )); count=$((RATE * DURATION))
+      [ "$count" -gt 0 ] || { hi=$RATE; continue; }
+      printf '  %s: %d frames/s ...\r' "$c" "$RATE" >&2
+      run_round "$c"
+      read -r _ d _ _ _ _ _ <<< "$ROUND"
+      if below "$(round_loss "$d")"; then lo=$RATE; else hi=$RATE; fi
+    done
+    # Confirm at the rate found: the median of ROUNDS rounds must lose less than LOSS_PCT.
+    RATE=$lo; losses=(); cost=()
+    for _ in 1 2 3; do
+      [ "$RATE" -gt 0 ] || break
+      count=$((RATE * DURATION)); losses=(); cost=()
+      for _ in $(seq "$ROUNDS"); do
+        run_round "$c"
+        read -r _ d j _ _ _ _ <<< "$ROUND"
+        losses+=("$(round_loss "$d")")
+        cost+=("$(awk -v j="$j" -v d="$d" 'BEGIN { if (d > 0) printf "%.0f", j * 10 * 1e6 / d; else print "inf" }')")
+      done
+      below "$(printf '%s\n' "${losses[@]}" | median)" && break
+      RATE=$(( RATE * 9 / 10 ))
+    done
+    [ -t 2 ] && printf '\r%60s\r' '' >&2
+    sustained[$c]=$RATE
+    at_cost[$c]=$(printf '%s\n' "${cost[@]:-inf}" | median)
+    printf '%-16s %14d %22s   %s\n' "$c" "$RATE" "${at_cost[$c]}" "${losses[*]:-}"
+  done
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+  echo
+  printf '%-16s %14s %12s %12s\n' contender "sustained f/s" "x fanout" "x xdp-drop"
+  json_rate=(); json_cost=()
+  for c in $CONTENDERS; do
+    printf '%-16s %14d %12s %12s\n' "$c" "${sustained[$c]}" "$(ratio "${sustained[$c]}" "${sustained[fanout]:-0}")" "$(ratio "${sustained[$c]}" "${sustained[xdp-drop]:-0}")"
+    json_rate+=("\"$c\": ${sustained[$c]}")
+    [ "${at_cost[$c]}" != inf ] && json_cost+=("\"$c\": ${at_cost[$c]}")
+  done
+  mkdir -p "$RESULTS"
+  join() { local IFS=,; echo "$*"; }
+  out=$RESULTS/split-search-$WAYS-ways-${SIZE}B.json
+  cat > "$out" <<JSON
+{"title": "split, $WAYS ways, $SIZE-byte frames: highest rate with < $LOSS_PCT % loss (generator ceiling $gen_ceiling frames/s)",
+ "machine": "$(nproc) CPUs, $(uname -r); receive work and readers on CPU $RX_CPU, generator on CPU $GEN_CPU; $STEPS bisection steps of $STEP_SECONDS s, median of $ROUNDS confirmation rounds",
+ "generator_ceiling": $gen_ceiling,
+ "metrics": [
+  {"name": "sustained rate", "unit": "frames/s", "higher_is_better": true, "values": {$(join "${json_rate[@]}")}},
+  {"name": "receive-CPU time per Mframe at that rate", "unit": "ms", "higher_is_better": false, "values": {$(join "${json_cost[@]}")}}
+ ]}
+JSON
+  "$chart" "$out" "${out%.json}.svg" && echo "results: $out, chart: ${out%.json}.svg"
+  exit 0
+fi
 printf 'offered %d frames/round of %d bytes at %d frames/s, %d ways, rx CPU %s, gen CPU %s, %d rounds (median)\n' \
   "$count" "$SIZE" "$RATE" "$WAYS" "$RX_CPU" "$GEN_CPU" "$ROUNDS"
 printf '%-16s %12s %12s %8s %22s   %s\n' contender offered delivered loss% "rx-CPU ms per Mframe" "drops over all rounds: sender/kernel/ways full/outputs full"
