@@ -28,6 +28,11 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Whether a service manager listens (`$NOTIFY_SOCKET` is set): worth computing a status line.
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// The process serves: `READY=1` with a status line.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);

@@ -416,10 +416,17 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
     manager
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    let next = || {
+    let live = std::cell::RefCell::new(Vec::new());
+    // The next state change; the live status lines in between are kept aside.
+    let next = || loop {
         let mut buf = [0u8; 1024];
         let n = manager.recv(&mut buf).expect("a notification within 15 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.starts_with("STATUS=") && message.contains("handshakes/s") {
+            live.borrow_mut().push(message);
+            continue;
+        }
+        return message;
     };
     let state_dir = state.path().to_str().unwrap().to_owned();
     let mut server = Fastedge::start(
@@ -444,6 +451,25 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
     assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
     let again = next();
     assert!(again.lines().any(|l| l == "READY=1"), "{again}");
+    // Every few seconds, a live line of what it does: the request above was a handshake.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while live.borrow().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no live status line");
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = manager.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(
+                message.starts_with("STATUS=serving on 127.0.0.1:"),
+                "{message}"
+            );
+            live.borrow_mut().push(message);
+        }
+    }
+    let line = live.borrow()[0].clone();
+    assert!(
+        line.contains(" open, ") && line.contains("handshakes/s") && line.contains("requests/s"),
+        "{line}"
+    );
     server.signal(nix::sys::signal::Signal::SIGTERM);
     let stopping = next();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");

@@ -504,6 +504,52 @@ impl ServeRates {
     }
 }
 
+impl ServeSnapshot {
+    /// A snapshot of `registry` (a serve's own metrics, read in-process).
+    pub fn of_registry(registry: &fastedge_runtime::metrics::Registry) -> Self {
+        // Our own rendering is within any limit the parser sets; an error leaves the defaults.
+        prometheus::parse(&registry.render(), Limits::default())
+            .map(|scrape| Self::from_scrape(&scrape))
+            .unwrap_or_default()
+    }
+}
+
+impl ServeRates {
+    /// One line of what a serve does now (for `systemctl status`): open connections, handshakes
+    /// per second and the share resumed, requests per second, bytes per second both ways.
+    pub fn summary(&self) -> String {
+        let resumed = self
+            .resumed_ratio
+            .map_or_else(String::new, |r| format!(" ({:.0}% resumed)", r * 100.0));
+        format!(
+            "{} open, {:.0} handshakes/s{resumed}, {:.0} requests/s, {} in, {} out",
+            self.active,
+            self.handshakes_per_s,
+            self.requests_per_s,
+            bytes_per_s(self.upstream_bytes_per_s),
+            bytes_per_s(self.downstream_bytes_per_s),
+        )
+    }
+}
+
+/// A byte rate in B/s, kB/s, MB/s or GB/s (powers of 1000), three significant figures at most.
+fn bytes_per_s(rate: f64) -> String {
+    let mut value = rate.max(0.0);
+    let mut unit = "B/s";
+    for next in ["kB/s", "MB/s", "GB/s"] {
+        if value < 1000.0 {
+            break;
+        }
+        value /= 1000.0;
+        unit = next;
+    }
+    if value < 10.0 && unit != "B/s" {
+        format!("{value:.1} {unit}")
+    } else {
+        format!("{value:.0} {unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +590,10 @@ mod tests {
         assert_eq!(rates.cores[1].requests_per_s, 15.0);
         assert_eq!(rates.requests_per_s, 15.0);
         assert_eq!(rates.resumed_ratio, Some(1.0));
+        assert_eq!(
+            rates.summary(),
+            "1 open, 5 handshakes/s (100% resumed), 15 requests/s, 500 B/s in, 1.5 kB/s out"
+        );
         assert_eq!(rates.cores[1].bytes_per_s, 2000.0);
         assert_eq!(rates.connections_per_s, 5.5);
         assert_eq!(rates.downstream_bytes_per_s, 1500.0);

@@ -11,11 +11,15 @@ use clap::Args;
 use fastedge_tls::{
     bud::Translation,
     config::{ServeConfig, ServeOverrides, DEFAULT_CONFIG},
+    scrape::{ServeRates, ServeSnapshot},
     Terminator, TerminatorError,
 };
 use nix::sys::signal::Signal;
 
 use crate::Failure;
+
+/// How often the status line a service manager shows is renewed.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Terminate TLS and forward the plain bytes to TCP backends.
 ///
@@ -303,6 +307,21 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     } else {
         fastedge_runtime::notify::ready(&serving(terminator.generation()));
+    }
+    if fastedge_runtime::notify::enabled() {
+        // `systemctl status` shows what the server does now, renewed every STATUS_EVERY.
+        let registry = terminator.registry().clone();
+        let serving_now = format!("serving on {addrs} with {cores} cores");
+        std::thread::spawn(move || {
+            let mut before = ServeSnapshot::of_registry(&registry);
+            loop {
+                std::thread::sleep(STATUS_EVERY);
+                let after = ServeSnapshot::of_registry(&registry);
+                let rates = ServeRates::between(&before, &after, STATUS_EVERY);
+                fastedge_runtime::notify::status(&format!("{serving_now}; {}", rates.summary()));
+                before = after;
+            }
+        });
     }
     if let Some(interval) = fastedge_runtime::notify::watchdog_interval() {
         std::thread::spawn(move || loop {
