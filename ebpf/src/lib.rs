@@ -93,6 +93,14 @@ pub enum EbpfError {
         /// The kernel's error.
         source: std::io::Error,
     },
+    /// Asking the kernel what an interface's XDP support offers failed.
+    #[error("querying the XDP features of interface index {ifindex}: {source}")]
+    Query {
+        /// The interface index.
+        ifindex: u32,
+        /// libbpf's error.
+        source: libbpf_rs::Error,
+    },
     /// A map operation failed.
     #[error("{op} on map {map}: {source}")]
     Map {
@@ -344,4 +352,53 @@ impl XskRedirect {
             bypassed,
         })
     }
+}
+
+/// What a driver's XDP support offers (the kernel's `netdev` XDP feature bits, Linux 6.3+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpFeatures(u64);
+
+impl XdpFeatures {
+    const BASIC: u64 = 1 << 0;
+    const REDIRECT: u64 = 1 << 1;
+    const XSK_ZEROCOPY: u64 = 1 << 3;
+
+    /// Features from the kernel's bit set (`NETDEV_XDP_ACT_*`).
+    pub fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+
+    /// The kernel's bit set.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// Native (driver) XDP programs run, with XDP_REDIRECT.
+    pub fn native(self) -> bool {
+        self.0 & (Self::BASIC | Self::REDIRECT) == Self::BASIC | Self::REDIRECT
+    }
+
+    /// AF_XDP sockets can bind in zero-copy mode: the NIC writes frames into the UMEM.
+    pub fn zero_copy(self) -> bool {
+        self.0 & Self::XSK_ZEROCOPY != 0
+    }
+}
+
+/// The XDP features the driver of interface `ifindex` reports, or `None` where the kernel
+/// reports none (before Linux 6.3, all bits read zero).
+pub fn xdp_features(ifindex: u32) -> Result<Option<XdpFeatures>, EbpfError> {
+    // libbpf's query reads the interface's state over netlink; the program fd an `Xdp` carries
+    // is only used to attach, so any open file will do for it.
+    let placeholder = std::fs::File::open("/dev/null").map_err(|source| EbpfError::Query {
+        ifindex,
+        source: source.into(),
+    })?;
+    let ifindex_arg = i32::try_from(ifindex).map_err(|_| EbpfError::Query {
+        ifindex,
+        source: libbpf_rs::Error::from(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+    })?;
+    let opts = libbpf_rs::Xdp::new(placeholder.as_fd())
+        .query(ifindex_arg, libbpf_rs::XdpFlags::NONE)
+        .map_err(|source| EbpfError::Query { ifindex, source })?;
+    Ok((opts.feature_flags != 0).then_some(XdpFeatures(opts.feature_flags)))
 }

@@ -322,6 +322,7 @@ pub fn fast_plan(config: &PipelineConfig, hash_key: HashKey) -> Result<FastPlan,
 fn open_xdp(
     interface: &str,
     mode: XdpMode,
+    bind: XskBindMode,
     prefilter: Option<&Prefilter>,
     fast: Option<&FastPlan>,
 ) -> Result<XdpInput, SplitError> {
@@ -353,7 +354,7 @@ fn open_xdp(
         }
     };
     let queues = rx_queues(interface);
-    let socket_config = XskConfig::new(2048, 2048, 1024, XskBindMode::Copy)?;
+    let socket_config = XskConfig::new(2048, 2048, 1024, bind)?;
     let mut sockets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
         let socket = XskReceiver::open(interface, queue, &socket_config)?;
@@ -377,6 +378,7 @@ enum Opened {
 fn open_input(
     config: &InputConfig,
     prefilter: Option<&Prefilter>,
+    prefilter_wanted: bool,
     fast: Option<&FastPlan>,
 ) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
@@ -419,27 +421,146 @@ fn open_input(
     };
     match config.mode {
         InputMode::XdpNative => Ok(xdp(
-            open_xdp(&interface, XdpMode::Native, prefilter, fast)?,
+            open_xdp(
+                &interface,
+                XdpMode::Native,
+                XskBindMode::Copy,
+                prefilter,
+                fast,
+            )?,
             XdpMode::Native,
         )),
         InputMode::XdpSkb => Ok(xdp(
-            open_xdp(&interface, XdpMode::Skb, prefilter, fast)?,
+            open_xdp(&interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast)?,
             XdpMode::Skb,
         )),
         InputMode::AfPacket => af_packet(),
-        InputMode::Auto => match open_xdp(&interface, XdpMode::Native, prefilter, fast) {
-            Ok(input) => Ok(xdp(input, XdpMode::Native)),
-            Err(native) => {
-                tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
-                match open_xdp(&interface, XdpMode::Skb, prefilter, fast) {
-                    Ok(input) => Ok(xdp(input, XdpMode::Skb)),
-                    Err(skb) => {
-                        tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
-                        af_packet()
+        InputMode::Auto => {
+            let features = nix::net::if_::if_nametoindex(interface.as_str())
+                .ok()
+                .and_then(|ifindex| match fastedge_ebpf::xdp_features(ifindex) {
+                    Ok(features) => features,
+                    Err(error) => {
+                        tracing::info!(%interface, %error, "XDP features unknown");
+                        None
+                    }
+                });
+            let needs_xdp = if fast.is_some() {
+                Some("the in-kernel fast path")
+            } else if prefilter.is_some() && prefilter_wanted {
+                Some("the pre-filter (rules in the pipeline, or a control socket to add them)")
+            } else {
+                None
+            };
+            let (choice, why) = auto_choice(features, needs_xdp);
+            tracing::info!(%interface, choice = ?choice, "mode auto: {why}");
+            match choice {
+                AutoChoice::AfPacket => af_packet(),
+                AutoChoice::XdpZeroCopy => {
+                    match open_xdp(
+                        &interface,
+                        XdpMode::Native,
+                        XskBindMode::ZeroCopy,
+                        prefilter,
+                        fast,
+                    ) {
+                        Ok(input) => Ok(xdp(input, XdpMode::Native)),
+                        Err(error) => {
+                            tracing::warn!(%interface, %error, "zero-copy AF_XDP refused; copy mode");
+                            first_that_opens(&interface, prefilter, fast, &xdp, &af_packet)
+                        }
                     }
                 }
+                AutoChoice::XdpCopy | AutoChoice::FirstThatOpens => {
+                    first_that_opens(&interface, prefilter, fast, &xdp, &af_packet)
+                }
             }
-        },
+        }
+    }
+}
+
+/// Native XDP, else SKB-mode XDP (both with AF_XDP in copy mode), else AF_PACKET: the first
+/// that opens, each refusal logged.
+fn first_that_opens(
+    interface: &str,
+    prefilter: Option<&Prefilter>,
+    fast: Option<&FastPlan>,
+    xdp: &dyn Fn(XdpInput, XdpMode) -> Opened,
+    af_packet: &dyn Fn() -> Result<Opened, SplitError>,
+) -> Result<Opened, SplitError> {
+    match open_xdp(
+        interface,
+        XdpMode::Native,
+        XskBindMode::Copy,
+        prefilter,
+        fast,
+    ) {
+        Ok(input) => Ok(xdp(input, XdpMode::Native)),
+        Err(native) => {
+            tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
+            match open_xdp(interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast) {
+                Ok(input) => Ok(xdp(input, XdpMode::Skb)),
+                Err(skb) => {
+                    tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
+                    af_packet()
+                }
+            }
+        }
+    }
+}
+
+/// What `mode = "auto"` reads an interface with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoChoice {
+    /// Native XDP with zero-copy AF_XDP: the driver offers it.
+    XdpZeroCopy,
+    /// XDP with AF_XDP in copy mode (native, else SKB): something needs XDP.
+    XdpCopy,
+    /// AF_PACKET: no zero-copy AF_XDP here and nothing needs XDP, so the cheaper path.
+    AfPacket,
+    /// The kernel does not say what the driver offers: native XDP, SKB mode, then AF_PACKET,
+    /// the first that opens.
+    FirstThatOpens,
+}
+
+/// The path `mode = "auto"` takes on a driver offering `features` (`None`: the kernel does not
+/// tell, before Linux 6.3), when `needs_xdp` names what needs XDP (the pre-filter, the
+/// in-kernel path), and why, in words for the log.
+///
+/// On a driver without zero-copy AF_XDP, every XDP path first turns the frame into an XDP
+/// buffer and then copies it into the UMEM; AF_PACKET costs less per frame there (measured on
+/// veth, BENCHMARKS.md: 380 against 1,167 ms of CPU per million 64-byte frames).
+pub fn auto_choice(
+    features: Option<fastedge_ebpf::XdpFeatures>,
+    needs_xdp: Option<&str>,
+) -> (AutoChoice, String) {
+    match (features, needs_xdp) {
+        (None, _) => (
+            AutoChoice::FirstThatOpens,
+            "the kernel does not report the driver's XDP features: native XDP, else SKB mode, \
+             else AF_PACKET, the first that opens"
+                .into(),
+        ),
+        (Some(f), _) if f.native() && f.zero_copy() => (
+            AutoChoice::XdpZeroCopy,
+            "the driver offers native XDP with zero-copy AF_XDP: frames land in the UMEM without \
+             a copy"
+                .into(),
+        ),
+        (Some(_), Some(what)) => (
+            AutoChoice::XdpCopy,
+            format!(
+                "no zero-copy AF_XDP on this driver, but {what} needs XDP: XDP with AF_XDP in \
+                 copy mode"
+            ),
+        ),
+        (Some(_), None) => (
+            AutoChoice::AfPacket,
+            "no zero-copy AF_XDP on this driver and nothing needs XDP (no pre-filter rules, no \
+             control socket, no in-kernel path): AF_PACKET, which costs less per frame here than \
+             XDP with AF_XDP in copy mode"
+                .into(),
+        ),
     }
 }
 
@@ -460,6 +581,10 @@ pub struct EngineOptions {
     /// key for this run. A supervisor sets one random key at start to keep flows on their
     /// ways across reloads.
     pub hash_key: Option<HashKey>,
+    /// Whether a pre-filter may get rules (the pipeline has some, or a control socket can add
+    /// them): then `mode = "auto"` keeps XDP even where AF_PACKET would cost less, since rules
+    /// run in the XDP program.
+    pub prefilter_wanted: bool,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -508,7 +633,14 @@ pub fn run(
     let mut opened = config
         .inputs
         .iter()
-        .map(|input| open_input(input, options.prefilter.as_deref(), plan.as_ref()))
+        .map(|input| {
+            open_input(
+                input,
+                options.prefilter.as_deref(),
+                options.prefilter_wanted,
+                plan.as_ref(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut programs = Vec::new();
     let per_queue = match opened.as_slice() {
@@ -910,4 +1042,33 @@ fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{auto_choice, AutoChoice};
+    use fastedge_ebpf::XdpFeatures;
+
+    #[test]
+    fn auto_takes_the_cheaper_path_the_driver_allows() {
+        // NETDEV_XDP_ACT_BASIC | REDIRECT | NDO_XMIT | RX_SG | NDO_XMIT_SG: veth.
+        let veth = XdpFeatures::from_bits(0b111_0111);
+        // …plus XSK_ZEROCOPY: a NIC such as ice or mlx5.
+        let nic = XdpFeatures::from_bits(0b111_1111);
+        assert_eq!(auto_choice(Some(nic), None).0, AutoChoice::XdpZeroCopy);
+        assert_eq!(
+            auto_choice(Some(nic), Some("the pre-filter")).0,
+            AutoChoice::XdpZeroCopy
+        );
+        assert_eq!(auto_choice(Some(veth), None).0, AutoChoice::AfPacket);
+        let (choice, why) = auto_choice(Some(veth), Some("the in-kernel fast path"));
+        assert_eq!(choice, AutoChoice::XdpCopy);
+        assert!(why.contains("the in-kernel fast path needs XDP"), "{why}");
+        assert_eq!(auto_choice(None, None).0, AutoChoice::FirstThatOpens);
+        // Zero-copy bits without native XDP do not count.
+        assert_eq!(
+            auto_choice(Some(XdpFeatures::from_bits(0b1000)), None).0,
+            AutoChoice::AfPacket
+        );
+    }
 }

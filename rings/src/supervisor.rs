@@ -327,6 +327,7 @@ impl Supervisor {
                 prefilter: prefilter.clone(),
                 fast_path: options.fast_path,
                 hash_key: Some(hash_key),
+                prefilter_wanted: options.control.is_some() || !config.rules.is_empty(),
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
                 let line = format!("{}: {}", config.name(), stats.summary());

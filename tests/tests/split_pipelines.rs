@@ -145,6 +145,9 @@ fn gen_af_xdp_burst_puts_every_frame_on_the_wire() {
             "--way-kib",
             "1024",
             "--no-control",
+            // XDP's drop accounting is what this counts (auto would take AF_PACKET on veth).
+            "--mode",
+            "xdp-native",
         ],
         LOG,
     );
@@ -172,6 +175,49 @@ fn gen_af_xdp_burst_puts_every_frame_on_the_wire() {
     let received = number_after("received ");
     let dropped = number_after("other ");
     assert_eq!(received + dropped, 5000, "{summary}");
+}
+
+#[test]
+fn auto_mode_takes_the_cheaper_path_and_says_why() {
+    let pair = VethPair::new();
+    let _files = WayFiles(pair.dev_a.clone());
+    // veth has no zero-copy AF_XDP; with no control socket and no rules nothing needs XDP.
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &["split", &pair.dev_a, "--ways", "2", "--no-control"],
+        LOG,
+    );
+    let why = split.wait_for_logged("mode auto:", Duration::from_secs(15));
+    assert!(
+        why.contains("AfPacket") && why.contains("costs less per frame"),
+        "{why}"
+    );
+    split.wait_for_logged("AF_PACKET", Duration::from_secs(15));
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let mut ways = attach(&pair.dev_a, 0..2);
+    gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &["--count", "200", "--rate", "10000", "--flows", "8"],
+    );
+    let arrivals = read_markers(&mut ways, 200, Duration::from_secs(5));
+    assert_eq!(arrivals.len(), 200, "every frame through AF_PACKET");
+    drop(ways);
+    split.terminate_cleanly(Duration::from_secs(10));
+
+    // The control socket (on by default) can add pre-filter rules, which run in XDP.
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &["split", &pair.dev_a, "--ways", "2"],
+        LOG,
+    );
+    let why = split.wait_for_logged("mode auto:", Duration::from_secs(15));
+    assert!(
+        why.contains("XdpCopy") && why.contains("the pre-filter"),
+        "{why}"
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    split.terminate_cleanly(Duration::from_secs(10));
 }
 
 #[test]

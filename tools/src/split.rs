@@ -80,8 +80,10 @@ pub struct SplitArgs {
 /// Options of `split` and `dup` alike.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// How interfaces are read: `auto` (XDP native, else XDP SKB, else AF_PACKET),
-    /// `xdp-native`, `xdp-skb`, `af-packet`.
+    /// How interfaces are read: `auto` (the cheaper path the driver allows: native XDP with
+    /// zero-copy AF_XDP where the driver offers it; else XDP in copy mode if the pre-filter or
+    /// the in-kernel path needs it; else AF_PACKET; the log says which and why), `xdp-native`,
+    /// `xdp-skb`, `af-packet`.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
 
