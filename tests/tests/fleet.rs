@@ -245,6 +245,12 @@ fn run_clients(
                     let addr = boxes[(c + n as usize) % boxes.len()];
                     let offered = client.latest.lock().unwrap().is_some();
                     let outcome = client.connect(addr);
+                    if kind == Kind::SessionIds && !offered {
+                        // The box writes the new session to Redis as the handshake ends, without
+                        // waiting; a client back within a few milliseconds may beat the write
+                        // (docs/fleet.md). Real clients come back later than this.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     let mut t = tally.lock().unwrap();
                     t.connections += 1;
                     match outcome {
