@@ -42,6 +42,43 @@ thread_local! {
 /// Output bytes a connection may queue (beside what the kernel is sending) before writers
 /// wait: a proxy's pump buffer fits, and a stalled peer costs at most twice this.
 const TX_MAX_QUEUED: usize = 32 * 1024;
+/// Output buffers a core keeps for reuse once their send completed, so a keep-alive exchange
+/// does not allocate and free one per response (at most this many × [`TX_MAX_QUEUED`] bytes
+/// per core; an idle connection still holds none).
+const TX_POOL_KEEP: usize = 64;
+
+thread_local! {
+    /// This core's spare output buffers (empty, with capacity).
+    static TX_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty output buffer of at least `capacity` bytes: a spare of this core's, or a new one.
+pub(crate) fn tx_buffer(capacity: usize) -> Vec<u8> {
+    TX_POOL
+        .try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let at = pool.iter().rposition(|b| b.capacity() >= capacity)?;
+            Some(pool.swap_remove(at))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Gives an output buffer the kernel has finished with back to this core's spares.
+pub(crate) fn tx_return(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > TX_MAX_QUEUED {
+        return;
+    }
+    buffer.clear();
+    // `try_with`: a connection dropped while the thread's locals are torn down frees it.
+    let _ = TX_POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < TX_POOL_KEEP {
+            pool.push(buffer);
+        }
+    });
+}
 /// Accepted sockets a listener may hold before its multishot accept is paused.
 const ACCEPT_MAX_QUEUED: usize = 64;
 /// How long a dropped stream's queued output may take to leave.
@@ -370,9 +407,9 @@ impl Conn {
                 // used it would deliver poison (the engine tests check every byte).
                 #[cfg(debug_assertions)]
                 self.tx_inflight.fill(reactor::POISON);
-                // Freed, not kept: an idle connection holds no output buffer (the next write
-                // allocates one, and the swap in `start_send` hands it over).
-                self.tx_inflight = Vec::new();
+                // Back to the core's spares, not kept: an idle connection holds no output
+                // buffer (the next write takes one, and the swap in `start_send` hands it over).
+                tx_return(std::mem::take(&mut self.tx_inflight));
                 self.tx_sent = 0;
                 if self.tx_queue.is_empty() {
                     SendNext::Idle
@@ -608,6 +645,9 @@ impl Stream {
         }
         let n = buf.len().min(room);
         let needed = conn.tx_queue.len() + n;
+        if conn.tx_queue.capacity() == 0 {
+            conn.tx_queue = tx_buffer(needed.next_power_of_two().clamp(4096, TX_MAX_QUEUED));
+        }
         if needed > conn.tx_queue.capacity() {
             // Grow by powers of two, never past the bound (a Vec left to itself doubles).
             let target = needed

@@ -396,3 +396,21 @@ fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
     );
     assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
 }
+
+#[test]
+fn output_buffers_are_reused_once_their_send_completed() {
+    use super::net::{tx_buffer, tx_return};
+    let first = tx_buffer(4096);
+    let address = first.as_ptr();
+    assert!(first.capacity() >= 4096);
+    tx_return(first);
+    // The same memory comes back for the next response of this core, empty.
+    let again = tx_buffer(4096);
+    assert_eq!(again.as_ptr(), address);
+    assert!(again.is_empty());
+    // A spare too small for what is asked is not handed out.
+    tx_return(again);
+    let bigger = tx_buffer(16 * 1024);
+    assert_ne!(bigger.as_ptr(), address);
+    assert!(bigger.capacity() >= 16 * 1024);
+}

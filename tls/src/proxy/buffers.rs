@@ -30,3 +30,36 @@ pub(super) fn return_buffer(buf: Box<[u8]>) {
         }
     });
 }
+
+/// Rewritten-request buffers a core keeps for reuse, and the largest kept.
+const OUT_KEEP: usize = 64;
+const OUT_KEEP_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// This core's spare buffers for rewritten requests (forwarding headers): a rewriting
+    /// direction takes one when bytes come and gives it back when idle.
+    static OUT_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer for rewritten bytes: a spare of this core's, or a new (unallocated) one.
+pub(super) fn borrow_out() -> Vec<u8> {
+    OUT_POOL
+        .try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Gives a buffer for rewritten bytes back to this core's spares (emptied).
+pub(super) fn return_out(mut out: Vec<u8>) {
+    if out.capacity() == 0 || out.capacity() > OUT_KEEP_BYTES {
+        return;
+    }
+    out.clear();
+    let _ = OUT_POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < OUT_KEEP {
+            pool.push(out);
+        }
+    });
+}

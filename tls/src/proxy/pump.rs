@@ -18,7 +18,7 @@ use fastedge_wire::forwarded::Injector;
 use futures_io::{AsyncRead, AsyncWrite};
 
 use super::{
-    buffers::{borrow_buffer, return_buffer},
+    buffers::{borrow_buffer, borrow_out, return_buffer, return_out},
     CloseReason, PumpOutcome, Side,
 };
 
@@ -160,6 +160,9 @@ impl Flow {
                     (injector.as_deref_mut(), &self.buf, self.start < self.end)
                 {
                     injector.set_early(self.early_read);
+                    if self.out.capacity() == 0 {
+                        self.out = borrow_out();
+                    }
                     let used = injector
                         .feed(&buf[self.start..self.end], &mut self.out)
                         .map_err(|e| {
@@ -210,7 +213,7 @@ impl Flow {
                     if let Some(buf) = self.buf.take() {
                         return_buffer(buf);
                     }
-                    self.out = Vec::new();
+                    return_out(std::mem::take(&mut self.out));
                     return self.poll_flush_pending(cx, to, writer);
                 }
             }
