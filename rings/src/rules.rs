@@ -121,7 +121,8 @@ impl Rules {
 
     /// Replaces the rules that came from the config with `rules`. The new rules are in place
     /// before the old ones go, so a reload never runs unfiltered; when one of them does not
-    /// parse, or the table has no room for the first of them, nothing changes.
+    /// parse, or the table or its maps cannot take all of them, nothing changes
+    /// ([`RuleTable::add_many`] takes back what it added).
     pub fn set_config_rules(&mut self, rules: &[String]) -> Result<(), RulesError> {
         let old: Vec<u32> = self
             .origin
