@@ -7,6 +7,7 @@
 //! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)
 //! [[input]]
 //! interface = "eth1"                # mode = "auto" | "xdp-native" | "xdp-skb" | "af-packet"
+//!                                   #   ("netmap": only in builds with the `netmap` feature)
 //! [[input]]
 //! interface = "eth2"                # several inputs: merged into one pipeline
 //! [output]
@@ -113,6 +114,33 @@ pub enum InputMode {
     XdpNative,
     XdpSkb,
     AfPacket,
+    /// A netmap port (an interface named `netmap:IFACE` asks for the same). Refused with the
+    /// reason ([`NETMAP_UNAVAILABLE`]): no build reads netmap ports yet; builds with the
+    /// `netmap` feature have netmap's bindings only.
+    Netmap,
+}
+
+/// Why a netmap input is refused in this build.
+#[cfg(not(feature = "netmap"))]
+pub const NETMAP_UNAVAILABLE: &str = "this build has no netmap support: netmap is behind the \
+    `netmap` build feature (off by default; `cargo build --features fastedge-rings/netmap`, on a \
+    kernel with the netmap module); read the interface with mode auto, xdp-native, xdp-skb or \
+    af-packet instead";
+/// Why a netmap input is refused in this build.
+#[cfg(feature = "netmap")]
+pub const NETMAP_UNAVAILABLE: &str = "netmap input is not implemented yet (this build has \
+    netmap's bindings only); read the interface with mode auto, xdp-native, xdp-skb or \
+    af-packet instead";
+
+impl InputConfig {
+    /// True when this input asks for netmap (`mode = "netmap"` or a `netmap:` interface).
+    pub fn wants_netmap(&self) -> bool {
+        self.mode == InputMode::Netmap
+            || self
+                .interface
+                .as_deref()
+                .is_some_and(|i| i.starts_with("netmap:"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -235,6 +263,9 @@ impl PipelineConfig {
             }
             if input.pcap.is_some() && input.mode != InputMode::Auto {
                 return invalid(format!("input {i}: `mode` applies to interfaces only"));
+            }
+            if input.wants_netmap() {
+                return invalid(format!("input {i}: netmap: {NETMAP_UNAVAILABLE}"));
             }
         }
         if !self.way_kib.is_power_of_two() || !(64..=MAX_WAY_KIB).contains(&self.way_kib) {
@@ -854,6 +885,14 @@ mod tests {
             (
                 "[[input]]\ninterface=\"a\"\n[output]\ntype=\"balance\"\nways=4097",
                 "4097 ways, at most 4096",
+            ),
+            (
+                "[[input]]\ninterface=\"a\"\nmode=\"netmap\"\n[output]\ntype=\"way\"",
+                "input 0: netmap: ",
+            ),
+            (
+                "[[input]]\ninterface=\"netmap:eth1\"\n[output]\ntype=\"way\"",
+                "input 0: netmap: ",
             ),
         ];
         for (text, expected) in cases {

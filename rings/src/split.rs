@@ -397,6 +397,12 @@ fn open_input(
             XdpMode::Skb,
         )),
         InputMode::AfPacket => af_packet(),
+        InputMode::Netmap => Err(SplitError::Pipeline(
+            crate::pipeline::PipelineError::Invalid(format!(
+                "{interface}: netmap: {}",
+                crate::pipeline::NETMAP_UNAVAILABLE
+            )),
+        )),
         InputMode::Auto => match open_xdp(&interface, XdpMode::Native, prefilter, fast) {
             Ok(input) => Ok(xdp(input, XdpMode::Native)),
             Err(native) => {

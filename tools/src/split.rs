@@ -81,7 +81,8 @@ pub struct SplitArgs {
 #[derive(Debug, Args)]
 struct CommonArgs {
     /// How interfaces are read: `auto` (XDP native, else XDP SKB, else AF_PACKET),
-    /// `xdp-native`, `xdp-skb`, `af-packet`.
+    /// `xdp-native`, `xdp-skb`, `af-packet`, or `netmap` (only in builds with the `netmap`
+    /// feature, off by default; refused with the reason otherwise).
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
 
@@ -193,6 +194,7 @@ enum ModeArg {
     XdpNative,
     XdpSkb,
     AfPacket,
+    Netmap,
 }
 
 /// Write one way of a running split as a pcap stream (nanosecond timestamps), to standard
@@ -245,6 +247,7 @@ fn mode_of(common: &CommonArgs) -> InputMode {
         Some(ModeArg::XdpNative) => InputMode::XdpNative,
         Some(ModeArg::XdpSkb) => InputMode::XdpSkb,
         Some(ModeArg::AfPacket) => InputMode::AfPacket,
+        Some(ModeArg::Netmap) => InputMode::Netmap,
     }
 }
 
