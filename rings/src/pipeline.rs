@@ -29,7 +29,7 @@ use fastedge_wire::packet::{flow_hash, way_of, HashKey, HashMode, Parsed};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    afpacket::{InterfaceSink, InterfaceStats, TapSink},
+    afpacket::{InterfaceSink, InterfaceStats, TapDevices, TapSink},
     pcap::{CaptureFormat, PcapSink, Rotation},
     shm::Producer,
 };
@@ -474,6 +474,22 @@ impl Pipeline {
             .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
     }
 
+    /// The TAP devices the pipeline writes to, by name, in the order declared.
+    pub fn tap_names(config: &PipelineConfig) -> Vec<String> {
+        fn walk(brick: &BrickConfig, names: &mut Vec<String>) {
+            match brick {
+                BrickConfig::Tap { name } => names.push(name.clone()),
+                BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
+                    to.iter().for_each(|b| walk(b, names))
+                }
+                _ => {}
+            }
+        }
+        let mut names = Vec::new();
+        walk(&config.output, &mut names);
+        names
+    }
+
     /// True when the pipeline writes capture files or TAP devices (which one thread must
     /// own).
     pub fn has_capture_files(config: &PipelineConfig) -> bool {
@@ -500,6 +516,19 @@ impl Pipeline {
         reuse: bool,
         hash_key: HashKey,
     ) -> Result<Vec<Self>, PipelineError> {
+        Self::build_lanes_with(config, lanes, reuse, hash_key, &TapDevices::default())
+    }
+
+    /// [`Pipeline::build_lanes`] whose TAP outputs come from `taps`: devices it keeps from an
+    /// earlier pipeline are used again (a reload keeps them, and their captures), new ones
+    /// are made and kept there.
+    pub fn build_lanes_with(
+        config: &PipelineConfig,
+        lanes: u32,
+        reuse: bool,
+        hash_key: HashKey,
+        taps: &TapDevices,
+    ) -> Result<Vec<Self>, PipelineError> {
         config.validate()?;
         if lanes > 1 && Self::has_capture_files(config) {
             return Err(PipelineError::Invalid(
@@ -516,6 +545,7 @@ impl Pipeline {
             pcaps: Vec::new(),
             ifaces: Vec::new(),
             taps: Vec::new(),
+            tap_devices: taps,
         };
         let root = builder.brick(&config.output, 0)?;
         let mut copies: Vec<Self> = (0..lanes)
@@ -661,7 +691,7 @@ impl Pipeline {
 }
 
 /// Creates the outputs of a pipeline while walking its bricks.
-struct Builder {
+struct Builder<'a> {
     name: String,
     capacity: usize,
     lanes: u32,
@@ -672,9 +702,11 @@ struct Builder {
     pcaps: Vec<PcapSink>,
     ifaces: Vec<String>,
     taps: Vec<TapSink>,
+    /// Where TAP devices come from (and are kept).
+    tap_devices: &'a TapDevices,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn children(
         &mut self,
         ways: Option<u32>,
@@ -718,7 +750,7 @@ impl Builder {
                 Brick::Iface(self.ifaces.len() - 1)
             }
             BrickConfig::Tap { name } => {
-                self.taps.push(TapSink::create(name)?);
+                self.taps.push(self.tap_devices.open(name)?);
                 Brick::Tap(self.taps.len() - 1)
             }
             BrickConfig::Pcap {

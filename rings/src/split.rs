@@ -436,6 +436,8 @@ pub struct EngineOptions {
     /// key for this run. A supervisor sets one random key at start to keep flows on their
     /// ways across reloads.
     pub hash_key: Option<HashKey>,
+    /// Where the pipeline's TAP devices come from: a supervisor keeps them across reloads.
+    pub taps: crate::afpacket::TapDevices,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -504,7 +506,8 @@ pub fn run(
             unreachable!("matched above");
         };
         let lanes = xdp.sockets.len() as u32;
-        let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways, hash_key)?;
+        let pipelines =
+            Pipeline::build_lanes_with(config, lanes, options.reuse_ways, hash_key, &options.taps)?;
         for (k, (socket, pipeline)) in xdp.sockets.into_iter().zip(pipelines).enumerate() {
             let program = (k == 0).then(|| xdp.program.clone());
             workers.push(Worker {
@@ -535,9 +538,15 @@ pub fn run(
         }
         workers.push(Worker {
             inputs,
-            pipeline: Pipeline::build_lanes(config, 1, options.reuse_ways, hash_key)?
-                .pop()
-                .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
+            pipeline: Pipeline::build_lanes_with(
+                config,
+                1,
+                options.reuse_ways,
+                hash_key,
+                &options.taps,
+            )?
+            .pop()
+            .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
         });
     }
     tracing::info!(

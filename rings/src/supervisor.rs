@@ -318,6 +318,9 @@ impl Supervisor {
         // watchdog ping with every tick.
         let watchdog = fastedge_runtime::notify::watchdog_interval();
         let mut last_ping = None;
+        // TAP outputs outlive each run of the pipeline: a reload keeps the devices (and what
+        // captures on them); they go when the split stops.
+        let taps = crate::afpacket::TapDevices::default();
         loop {
             let mut previous = SplitStats::default();
             let mut announced = false;
@@ -327,6 +330,7 @@ impl Supervisor {
                 prefilter: prefilter.clone(),
                 fast_path: options.fast_path,
                 hash_key: Some(hash_key),
+                taps: taps.clone(),
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
                 let line = format!("{}: {}", config.name(), stats.summary());
@@ -402,6 +406,8 @@ impl Supervisor {
             if let Ok(mut current) = state.config.lock() {
                 *current = config.clone();
             }
+            // TAP outputs the new pipeline no longer has go now; the others stay.
+            taps.retain(&crate::pipeline::Pipeline::tap_names(&config));
             requests.engine_stop.store(false, Ordering::Relaxed);
             if requests.shutdown.load(Ordering::Relaxed) {
                 return Ok(stats);
