@@ -23,14 +23,21 @@
 //!
 //! Ways are numbered depth-first in the order they are declared.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use fastedge_wire::packet::{flow_hash, way_of, HashKey, HashMode, Parsed};
+use fastedge_wire::{
+    packet::{flow_hash, way_of, HashKey, HashMode, Parsed},
+    rules::RuleSpec,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     afpacket::{InterfaceSink, InterfaceStats, TapDevices, TapSink},
     pcap::{CaptureFormat, PcapSink, Rotation},
+    rules::{kept_from_way, WayFilters},
     shm::Producer,
 };
 
@@ -442,6 +449,8 @@ pub struct WayStats {
     /// Read positions the consumer wrote that were ignored (behind its last one or past the
     /// head: a broken or hostile consumer; its way only).
     pub bad_positions: u64,
+    /// Frames a rule aimed at this way kept from it ([`crate::rules::WayFilters`]).
+    pub filtered: u64,
 }
 
 /// The built bricks of a pipeline and their outputs.
@@ -458,6 +467,15 @@ pub struct Pipeline {
     hash_key: HashKey,
     pub non_ip: u64,
     pub parse_errors: u64,
+    /// Rules aimed at single ways, as the control socket changes them.
+    way_filters: Option<Arc<WayFilters>>,
+    /// The generation of `way_filters` that `filters` is a copy of.
+    filters_seen: u64,
+    /// Per way number, the rules aimed at it; empty when there are none at all (one test
+    /// per frame).
+    filters: Vec<Vec<RuleSpec>>,
+    /// Per way, frames those rules kept from it.
+    filtered: Vec<u64>,
 }
 
 impl Pipeline {
@@ -569,6 +587,10 @@ impl Pipeline {
                 hash_key,
                 non_ip: 0,
                 parse_errors: 0,
+                way_filters: None,
+                filters_seen: 0,
+                filters: Vec::new(),
+                filtered: vec![0; builder.ways.len()],
             })
             .collect();
         for way in builder.ways {
@@ -622,7 +644,12 @@ impl Pipeline {
                     }
                     None => (*non_ip, 0),
                 };
-                self.ways[ways[child]].push(frame, timestamp_ns, hash);
+                let way = ways[child];
+                if !self.filters.is_empty() && filtered(&self.filters, way, key) {
+                    self.filtered[way] += 1;
+                    return;
+                }
+                self.ways[way].push(frame, timestamp_ns, hash);
                 return;
             }
         }
@@ -634,6 +661,8 @@ impl Pipeline {
             pcaps: &mut self.pcaps,
             ifaces: &mut self.ifaces,
             taps: &mut self.taps,
+            filters: &self.filters,
+            filtered: &mut self.filtered,
         };
         deliver(&self.root, &mut outputs, frame, timestamp_ns, key, hash);
     }
@@ -661,6 +690,35 @@ impl Pipeline {
         }
     }
 
+    /// Takes the rules aimed at single ways again if they changed (one atomic load when they
+    /// did not). The engine calls it before each batch.
+    #[inline]
+    pub fn refresh_way_filters(&mut self) {
+        if let Some(filters) = &self.way_filters {
+            if filters.generation() != self.filters_seen {
+                self.take_filters();
+            }
+        }
+    }
+
+    /// Applies `filters` (rules aimed at single ways) from the next frame on, and whenever
+    /// they change (seen by [`Pipeline::refresh_way_filters`], before each batch).
+    pub fn set_way_filters(&mut self, filters: Option<Arc<WayFilters>>) {
+        self.way_filters = filters;
+        self.take_filters();
+    }
+
+    #[cold]
+    fn take_filters(&mut self) {
+        match &self.way_filters {
+            Some(filters) => {
+                self.filters_seen = filters.generation();
+                self.filters = filters.by_way();
+            }
+            None => self.filters.clear(),
+        }
+    }
+
     /// Interface outputs, then TAP outputs.
     pub fn interface_stats(&self) -> Vec<InterfaceStats> {
         self.ifaces
@@ -680,7 +738,13 @@ impl Pipeline {
                     dropped_full,
                     consumer: p.consumer(),
                     bad_positions: p.bad_positions(),
+                    filtered: 0,
                 }
+            })
+            .zip(&self.filtered)
+            .map(|(stats, filtered)| WayStats {
+                filtered: *filtered,
+                ..stats
             })
             .collect()
     }
@@ -788,6 +852,20 @@ struct Outputs<'a> {
     pcaps: &'a mut [PcapSink],
     ifaces: &'a mut [InterfaceSink],
     taps: &'a mut [TapSink],
+    filters: &'a [Vec<RuleSpec>],
+    filtered: &'a mut [u64],
+}
+
+/// Whether the rules aimed at way `way` keep a frame of flow `key` from it.
+#[inline]
+fn filtered(
+    filters: &[Vec<RuleSpec>],
+    way: usize,
+    key: Option<&fastedge_wire::packet::FlowKey>,
+) -> bool {
+    filters
+        .get(way)
+        .is_some_and(|rules| kept_from_way(rules, key))
 }
 
 fn deliver(
@@ -800,7 +878,11 @@ fn deliver(
 ) {
     match brick {
         Brick::Way(i) => {
-            out.ways[*i].push(frame, ts, hash);
+            if filtered(out.filters, *i, key) {
+                out.filtered[*i] += 1;
+            } else {
+                out.ways[*i].push(frame, ts, hash);
+            }
         }
         Brick::Pcap(i) => out.pcaps[*i].write(frame, ts),
         Brick::Iface(i) => out.ifaces[*i].push(frame),
@@ -979,5 +1061,72 @@ mod tests {
         for way in 0..8 {
             let _ = std::fs::remove_file(crate::shm::way_path(&name, way));
         }
+    }
+
+    #[test]
+    fn rules_aimed_at_one_way_keep_their_flows_from_it_only() {
+        let name = format!("unit-way-filter-{}", std::process::id());
+        let config = PipelineConfig::from_toml(&format!(
+            "name = \"{name}\"\nway_kib = 256\n[[input]]\ninterface = \"x\"\n[output]\ntype = \"dup\"\nways = 2\n"
+        ))
+        .unwrap();
+        let mut pipeline = Pipeline::build(&config).unwrap();
+        // Rules go in through the bookkeeping (as from the control socket); the engine reads
+        // its filters. (Its XDP table needs BPF maps: root.)
+        let mut table = crate::rules::Rules::new(fastedge_ebpf::rules::RuleTable::new(Arc::new(
+            fastedge_ebpf::rules::Prefilter::create(4).unwrap(),
+        )));
+        pipeline.set_way_filters(Some(table.way_filters()));
+        let add = |table: &mut crate::rules::Rules, rule: serde_json::Value| {
+            let answer = table.netcontrol(
+                &crate::control::into_map(serde_json::json!({"op": "add", "rule": rule})),
+                2,
+            );
+            assert_eq!(answer["result"], "added", "{answer:?}");
+            answer["id"].as_u64().unwrap()
+        };
+        let dropped = add(
+            &mut table,
+            serde_json::json!({"ty": "drop", "way": 1,
+                               "entity": {"ty": "address", "ip": "10.1.0.7"}}),
+        );
+        add(
+            &mut table,
+            serde_json::json!({"ty": "whitelist", "way": 1,
+                               "entity": {"ty": "flow", "flow": {"src_h": "10.1.0.7", "dst_p": "53/udp"}}}),
+        );
+        let send = |pipeline: &mut Pipeline| {
+            pipeline.push(&udp([10, 1, 0, 7], [10, 0, 0, 1], 1000, 80), 1);
+            pipeline.push(&udp([10, 0, 0, 1], [10, 1, 0, 7], 80, 1000), 2);
+            pipeline.push(&udp([10, 1, 0, 7], [10, 0, 0, 1], 1000, 53), 3);
+            pipeline.push(&udp([10, 1, 0, 8], [10, 0, 0, 1], 1000, 80), 4);
+            pipeline.push(&[0u8; 20], 5); // not IP: never kept back
+            pipeline.flush_outputs();
+        };
+        pipeline.refresh_way_filters(); // as the engine does before each batch
+        send(&mut pipeline);
+        let stats = pipeline.way_stats();
+        assert_eq!(
+            (stats[0].delivered, stats[0].filtered),
+            (5, 0),
+            "way 0: all"
+        );
+        assert_eq!(
+            (stats[1].delivered, stats[1].filtered),
+            (3, 2),
+            "way 1: not 10.1.0.7 either way, but its whitelisted DNS"
+        );
+        // Removed: seen before the next batch.
+        let removed = table.netcontrol(
+            &crate::control::into_map(serde_json::json!({"op": "remove", "id": dropped})),
+            2,
+        );
+        assert_eq!(removed["result"], "removed");
+        pipeline.refresh_way_filters();
+        send(&mut pipeline);
+        let stats = pipeline.way_stats();
+        assert_eq!((stats[1].delivered, stats[1].filtered), (8, 2));
+        drop(pipeline);
+        crate::shm::remove_ways(&name, 2);
     }
 }

@@ -438,6 +438,9 @@ pub struct EngineOptions {
     pub hash_key: Option<HashKey>,
     /// Where the pipeline's TAP devices come from: a supervisor keeps them across reloads.
     pub taps: crate::afpacket::TapDevices,
+    /// Rules aimed at single ways (NetControl rules with a way), applied by every engine
+    /// thread; `None`: none.
+    pub way_filters: Option<Arc<crate::rules::WayFilters>>,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -548,6 +551,9 @@ pub fn run(
             .pop()
             .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
         });
+    }
+    for worker in &mut workers {
+        worker.pipeline.set_way_filters(options.way_filters.clone());
     }
     tracing::info!(
         name = %config.name(),
@@ -699,6 +705,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
             sum.delivered += way.delivered;
             sum.dropped_full += way.dropped_full;
             sum.bad_positions += way.bad_positions;
+            sum.filtered += way.filtered;
             sum.consumer = sum.consumer.or(way.consumer);
         }
         total.pcaps.extend(part.pcaps.iter().cloned());
@@ -742,6 +749,7 @@ impl Worker {
         tick(&collect(&mut self.inputs, pipeline));
         let mut last_tick = Instant::now();
         while !stop.load() {
+            pipeline.refresh_way_filters();
             let now_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);

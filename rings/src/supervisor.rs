@@ -321,6 +321,9 @@ impl Supervisor {
         // TAP outputs outlive each run of the pipeline: a reload keeps the devices (and what
         // captures on them); they go when the split stops.
         let taps = crate::afpacket::TapDevices::default();
+        let way_filters = rules
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.way_filters()));
         loop {
             let mut previous = SplitStats::default();
             let mut announced = false;
@@ -331,6 +334,7 @@ impl Supervisor {
                 fast_path: options.fast_path,
                 hash_key: Some(hash_key),
                 taps: taps.clone(),
+                way_filters: way_filters.clone(),
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
                 let line = format!("{}: {}", config.name(), stats.summary());
@@ -460,7 +464,7 @@ impl SplitStats {
                 .enumerate()
                 .map(|(i, w)| {
                     format!(
-                        "{i}:{}/{}{}{}",
+                        "{i}:{}/{}{}{}{}",
                         w.delivered,
                         w.dropped_full,
                         if w.consumer.is_some() {
@@ -470,6 +474,11 @@ impl SplitStats {
                         },
                         if w.bad_positions > 0 {
                             format!("(bad consumer positions {})", w.bad_positions)
+                        } else {
+                            String::new()
+                        },
+                        if w.filtered > 0 {
+                            format!("(kept back by way rules {})", w.filtered)
                         } else {
                             String::new()
                         }
