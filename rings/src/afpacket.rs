@@ -668,17 +668,6 @@ impl TapDevices {
             kept.retain(|name, _| names.contains(name));
         }
     }
-
-    /// Names of the devices kept, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .0
-            .lock()
-            .map(|kept| kept.keys().cloned().collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
 }
 
 fn ifreq_for(name: &str) -> Result<libc::ifreq, String> {
