@@ -535,6 +535,11 @@ pub struct Producer {
 // touches), so the producer may move to another thread.
 unsafe impl Send for Producer {}
 
+// SAFETY: through a shared reference a producer only reads its own fields and uses atomics
+// in the mapping (heartbeat, counters, the consumer's pid); `cursor.data` is written through
+// only by `push`, which takes `&mut self`.
+unsafe impl Sync for Producer {}
+
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
