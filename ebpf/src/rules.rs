@@ -271,9 +271,29 @@ impl RuleTable {
     /// Adds many rules, in order; returns their ids. Rules on prefixes that have no rules yet
     /// are written with batched map updates (one system call per few thousand rules) where the
     /// kernel supports it; the others one by one, as [`RuleTable::add`] does.
+    ///
+    /// All or nothing: when one of them cannot be added (the table or a map is full, a map
+    /// refuses), the rules this call added are taken out again, newest first, and the error
+    /// is returned; the table and the maps hold what they held before. (A rule whose removal
+    /// the maps refuse too stays, and stays listed: the table never claims less or more than
+    /// the maps hold.)
     pub fn add_many(&mut self, specs: &[RuleSpec]) -> Result<Vec<u32>, RuleTableError> {
-        const BATCH: usize = 4096;
         let mut ids = Vec::with_capacity(specs.len());
+        match self.add_each(specs, &mut ids) {
+            Ok(()) => Ok(ids),
+            Err(error) => {
+                for id in ids.into_iter().rev() {
+                    let _ = self.remove(id);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The work of [`RuleTable::add_many`]: `ids` gets the id of each rule once it is in the
+    /// maps and the table, so that the caller knows exactly what to take back.
+    fn add_each(&mut self, specs: &[RuleSpec], ids: &mut Vec<u32>) -> Result<(), RuleTableError> {
+        const BATCH: usize = 4096;
         let mut pending: Vec<(u32, RuleSpec)> = Vec::new();
         let mut pending_places = std::collections::HashSet::new();
         for spec in specs {
@@ -282,29 +302,74 @@ impl RuleTable {
                 && self.free.is_empty()
                 && !pending_places.contains(&place);
             if fresh {
-                let (id, _) = self.allocate()?;
+                let id = match self.allocate() {
+                    Ok((id, _)) => id,
+                    Err(error) => {
+                        self.release_unwritten(&mut pending);
+                        return Err(error);
+                    }
+                };
                 pending.push((id, *spec));
                 pending_places.insert(place);
-                ids.push(id);
                 if pending.len() == BATCH {
-                    self.write_batch(&mut pending)?;
+                    self.write_batch(&mut pending, ids)?;
                     pending_places.clear();
                 }
             } else {
-                self.write_batch(&mut pending)?;
+                self.write_batch(&mut pending, ids)?;
                 pending_places.clear();
                 ids.push(self.add(*spec)?);
             }
         }
-        self.write_batch(&mut pending)?;
-        Ok(ids)
+        self.write_batch(&mut pending, ids)
     }
 
-    /// Writes rules that each start a new chain: all rules first, then their prefixes.
-    fn write_batch(&mut self, pending: &mut Vec<(u32, RuleSpec)>) -> Result<(), RuleTableError> {
+    /// Gives back ids that were allocated for `pending` but never written (so never hit).
+    fn release_unwritten(&mut self, pending: &mut Vec<(u32, RuleSpec)>) {
+        for (id, _) in pending.drain(..).rev() {
+            if id + 1 == self.next_id {
+                self.next_id = id;
+            } else {
+                self.free.push(id);
+            }
+        }
+    }
+
+    /// Writes rules that each start a new chain: all rules first, then their prefixes; appends
+    /// their ids to `ids`. When a map refuses, whatever of the batch was written is deleted
+    /// again (prefixes first: their tries had no entry for them before) and their ids are
+    /// free again.
+    fn write_batch(
+        &mut self,
+        pending: &mut Vec<(u32, RuleSpec)>,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), RuleTableError> {
         if pending.is_empty() {
             return Ok(());
         }
+        if let Err(error) = self.write_pending(pending, ids) {
+            let p = self.prefilter.clone();
+            for (_, spec) in pending.iter() {
+                let (by_source, prefix) = placement(spec);
+                let _ = p.trie(by_source).0.delete(&key_bytes(&prefix));
+            }
+            // Traffic may have hit them meanwhile: their ids count as used (their hit
+            // counters are cleared when they are given out again).
+            for (id, _) in pending.drain(..) {
+                let _ = p.rules.delete(&id.to_ne_bytes());
+                self.free.push(id);
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// The map updates of [`RuleTable::write_batch`], then the bookkeeping once all are in.
+    fn write_pending(
+        &mut self,
+        pending: &mut Vec<(u32, RuleSpec)>,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), RuleTableError> {
         let now = monotonic_ns();
         let mut rule_keys = Vec::with_capacity(pending.len() * 4);
         let mut rule_values = Vec::with_capacity(pending.len() * RULE_SIZE as usize);
@@ -370,6 +435,7 @@ impl RuleTable {
                     expires_ns,
                 },
             );
+            ids.push(id);
         }
         pending.clear();
         Ok(())
@@ -534,5 +600,92 @@ impl RuleTable {
             return Err(RuleTableError::NoSuchRule(id));
         }
         Ok(self.prefilter.hits_of(id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn specs(rules: &[&str]) -> Vec<RuleSpec> {
+        rules.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    fn entries(map: &MapHandle) -> usize {
+        map.keys().count()
+    }
+
+    /// A table of 16 rules whose destination trie takes one prefix only: a map that refuses
+    /// while the table still has room (BPF maps need root).
+    fn refusing_table() -> RuleTable {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the rule table tests make BPF maps: run them as root"
+        );
+        let mut prefilter = Prefilter::create(16).unwrap();
+        let no_prealloc = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
+            ..Default::default()
+        };
+        prefilter.dst_prefixes = MapHandle::create(
+            MapType::LpmTrie,
+            Some("dst_prefixes"),
+            KEY_SIZE,
+            4,
+            1,
+            &no_prealloc,
+        )
+        .unwrap();
+        RuleTable::new(std::sync::Arc::new(prefilter))
+    }
+
+    #[test]
+    fn add_many_takes_back_what_it_added_when_a_map_refuses_midway() {
+        let mut table = refusing_table();
+        let before = table.add("drop src 10.9.9.9".parse().unwrap()).unwrap();
+        // Batched (a new prefix), one by one (a second rule on it), then two new destination
+        // prefixes in one batch: the trie takes the first and refuses the second.
+        let error = table
+            .add_many(&specs(&[
+                "drop src 10.0.0.1",
+                "pass src 10.0.0.1 proto udp",
+                "drop src 10.0.0.2",
+                "drop dst 192.0.2.1",
+                "drop dst 192.0.2.2",
+            ]))
+            .unwrap_err();
+        assert!(matches!(error, RuleTableError::Map(_)), "{error}");
+        let listed: Vec<u32> = table.list().unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(listed, [before], "the table holds what it held before");
+        let p = table.prefilter().clone();
+        assert_eq!(entries(&p.rules), 1, "no rule left behind in the map");
+        assert_eq!(entries(&p.src_prefixes), 1);
+        assert_eq!(entries(&p.dst_prefixes), 0);
+        // The table works on: its ids are given out again, and a set that fits goes in.
+        let ids = table
+            .add_many(&specs(&["drop src 10.0.0.1", "drop dst 192.0.2.1"]))
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|&id| id < 16 && id != before), "{ids:?}");
+        assert_eq!(table.len(), 3);
+        assert_eq!(entries(&p.rules), 3);
+        assert_eq!(entries(&p.dst_prefixes), 1);
+    }
+
+    #[test]
+    fn add_many_beyond_the_capacity_adds_nothing() {
+        let mut table = refusing_table();
+        let many: Vec<String> = (0..20).map(|i| format!("drop src 10.1.0.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let error = table.add_many(&specs(&many)).unwrap_err();
+        assert!(matches!(error, RuleTableError::Full(16)), "{error}");
+        assert!(table.is_empty());
+        assert_eq!(entries(&table.prefilter().rules), 0);
+        assert_eq!(entries(&table.prefilter().src_prefixes), 0);
+        // Every id is free again: 16 rules fit.
+        assert_eq!(table.add_many(&specs(&many[..16])).unwrap().len(), 16);
     }
 }

@@ -9,10 +9,14 @@
 //! into metadata is put back into the frame, so parsing and captures see the wire's bytes.
 
 use std::{
+    collections::HashMap,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{fence, AtomicU32, Ordering},
+    sync::{
+        atomic::{fence, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -647,8 +651,40 @@ impl InterfaceSink {
 /// cannot take now is dropped and counted.
 #[derive(Debug)]
 pub struct TapSink {
-    fd: OwnedFd,
+    /// Shared with [`TapDevices`] when the device is kept across pipelines.
+    fd: Arc<OwnedFd>,
     stats: InterfaceStats,
+}
+
+/// TAP devices kept open from one pipeline to the next (a reload): a pipeline built with
+/// them writes into the device an earlier one made, so the device keeps its interface index
+/// and what captures on it goes on capturing. A device lives as long as this set or a
+/// pipeline holds it. Cheap to clone (one shared set).
+#[derive(Debug, Clone, Default)]
+pub struct TapDevices(Arc<Mutex<HashMap<String, Arc<OwnedFd>>>>);
+
+impl TapDevices {
+    /// An output into TAP device `name`: the one this set keeps, else a new one
+    /// ([`TapSink::create`]), kept from now on.
+    pub fn open(&self, name: &str) -> Result<TapSink, PacketError> {
+        let mut kept = self
+            .0
+            .lock()
+            .map_err(|_| PacketError::Config("the TAP device set is poisoned".into()))?;
+        if let Some(fd) = kept.get(name) {
+            return Ok(TapSink::with_fd(name, fd.clone()));
+        }
+        let sink = TapSink::create(name)?;
+        kept.insert(name.to_owned(), sink.fd.clone());
+        Ok(sink)
+    }
+
+    /// Lets go of the devices not named in `names` (each goes once no pipeline holds it).
+    pub fn retain(&self, names: &[String]) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.retain(|name, _| names.contains(name));
+        }
+    }
 }
 
 fn ifreq_for(name: &str) -> Result<libc::ifreq, String> {
@@ -704,14 +740,18 @@ impl TapSink {
                 return Err(fail("bringing it up")(io::Error::last_os_error()));
             }
         }
-        Ok(Self {
+        Ok(Self::with_fd(name, Arc::new(fd)))
+    }
+
+    fn with_fd(name: &str, fd: Arc<OwnedFd>) -> Self {
+        Self {
             fd,
             stats: InterfaceStats {
                 name: name.to_owned(),
                 transmit: "TAP".to_owned(),
                 ..InterfaceStats::default()
             },
-        })
+        }
     }
 
     /// Writes one frame into the device, or counts it dropped.

@@ -174,6 +174,7 @@ pub fn answer(state: &ControlState, cmd: &str, request: &Map<String, Value>) -> 
                 "way": i,
                 "delivered": w.delivered,
                 "dropped_full": w.dropped_full,
+                "filtered": w.filtered,
                 "consumer_pid": w.consumer,
             })).collect::<Vec<_>>()
         }))),
@@ -205,7 +206,8 @@ pub fn answer(state: &ControlState, cmd: &str, request: &Map<String, Value>) -> 
             if command == Command::Rules {
                 rules.control(request)
             } else {
-                Ok(rules.netcontrol(request))
+                let ways = state.config.lock().map_or(0, |c| c.way_count());
+                Ok(rules.netcontrol(request, ways))
             }
         }
     }
@@ -296,13 +298,14 @@ pub fn render(request: &Value, answer: &Value) -> String {
     match request["cmd"].as_str().and_then(Command::from_name) {
         Some(Command::Pipeline) => answer["toml"].as_str().unwrap_or_default().to_owned(),
         Some(Command::Ways) => {
-            let mut out = String::from("way  delivered  dropped-full  consumer\n");
+            let mut out = String::from("way  delivered  dropped-full  filtered  consumer\n");
             for w in answer["ways"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "{:>3}  {:>9}  {:>12}  {}\n",
+                    "{:>3}  {:>9}  {:>12}  {:>8}  {}\n",
                     cell(&w["way"]),
                     cell(&w["delivered"]),
                     cell(&w["dropped_full"]),
+                    cell(&w["filtered"]),
                     w["consumer_pid"]
                         .as_u64()
                         .map_or("-".to_owned(), |p| format!("pid {p}"))
@@ -421,10 +424,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("-  config"), "{text}");
-        let ways = json!({"ok": true, "ways": [{"way": 0, "delivered": 5, "dropped_full": 1, "consumer_pid": 42}]});
+        let ways = json!({"ok": true, "ways": [{"way": 0, "delivered": 5, "dropped_full": 1, "filtered": 3, "consumer_pid": 42}]});
         let text = render(&json!({"cmd": "ways"}), &ways);
         assert!(
-            text.contains("  0          5             1  pid 42"),
+            text.contains("  0          5             1         3  pid 42"),
             "{text}"
         );
         let error = json!({"ok": false, "error": "it failed"});

@@ -7,6 +7,7 @@
 //! name = "ids"                      # ways are /dev/shm/fastedge/ids-0 … (default: first input)
 //! [[input]]
 //! interface = "eth1"                # mode = "auto" | "xdp-native" | "xdp-skb" | "af-packet"
+//!                                   #   ("netmap": only in builds with the `netmap` feature)
 //! [[input]]
 //! interface = "eth2"                # several inputs: merged into one pipeline
 //! [output]
@@ -22,14 +23,21 @@
 //!
 //! Ways are numbered depth-first in the order they are declared.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use fastedge_wire::packet::{flow_hash, way_of, HashKey, HashMode, Parsed};
+use fastedge_wire::{
+    packet::{flow_hash, way_of, HashKey, HashMode, Parsed},
+    rules::RuleSpec,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    afpacket::{InterfaceSink, InterfaceStats, TapSink},
+    afpacket::{InterfaceSink, InterfaceStats, TapDevices, TapSink},
     pcap::{CaptureFormat, PcapSink, Rotation},
+    rules::{kept_from_way, WayFilters},
     shm::Producer,
 };
 
@@ -121,6 +129,33 @@ pub enum InputMode {
     XdpSkb,
     /// An AF_PACKET TPACKET_V3 ring, no XDP (and no pre-filter).
     AfPacket,
+    /// A netmap port (an interface named `netmap:IFACE` asks for the same). Refused with the
+    /// reason ([`NETMAP_UNAVAILABLE`]): no build reads netmap ports yet; builds with the
+    /// `netmap` feature have netmap's bindings only.
+    Netmap,
+}
+
+/// Why a netmap input is refused in this build.
+#[cfg(not(feature = "netmap"))]
+pub const NETMAP_UNAVAILABLE: &str = "this build has no netmap support: netmap is behind the \
+    `netmap` build feature (off by default; `cargo build --features fastedge-rings/netmap`, on a \
+    kernel with the netmap module); read the interface with mode auto, xdp-native, xdp-skb or \
+    af-packet instead";
+/// Why a netmap input is refused in this build.
+#[cfg(feature = "netmap")]
+pub const NETMAP_UNAVAILABLE: &str = "netmap input is not implemented yet (this build has \
+    netmap's bindings only); read the interface with mode auto, xdp-native, xdp-skb or \
+    af-packet instead";
+
+impl InputConfig {
+    /// True when this input asks for netmap (`mode = "netmap"` or a `netmap:` interface).
+    pub fn wants_netmap(&self) -> bool {
+        self.mode == InputMode::Netmap
+            || self
+                .interface
+                .as_deref()
+                .is_some_and(|i| i.starts_with("netmap:"))
+    }
 }
 
 /// How fast a capture file is replayed (`speed`).
@@ -270,6 +305,9 @@ impl PipelineConfig {
             }
             if input.pcap.is_some() && input.mode != InputMode::Auto {
                 return invalid(format!("input {i}: `mode` applies to interfaces only"));
+            }
+            if input.wants_netmap() {
+                return invalid(format!("input {i}: netmap: {NETMAP_UNAVAILABLE}"));
             }
         }
         if !self.way_kib.is_power_of_two() || !(64..=MAX_WAY_KIB).contains(&self.way_kib) {
@@ -447,6 +485,8 @@ pub struct WayStats {
     /// Read positions the consumer wrote that were ignored (behind its last one or past the
     /// head: a broken or hostile consumer; its way only).
     pub bad_positions: u64,
+    /// Frames a rule aimed at this way kept from it ([`crate::rules::WayFilters`]).
+    pub filtered: u64,
 }
 
 /// The built bricks of a pipeline and their outputs.
@@ -465,6 +505,15 @@ pub struct Pipeline {
     pub non_ip: u64,
     /// Frames whose headers did not parse (sent to the non-IP output like non-IP frames).
     pub parse_errors: u64,
+    /// Rules aimed at single ways, as the control socket changes them.
+    way_filters: Option<Arc<WayFilters>>,
+    /// The generation of `way_filters` that `filters` is a copy of.
+    filters_seen: u64,
+    /// Per way number, the rules aimed at it; empty when there are none at all (one test
+    /// per frame).
+    filters: Vec<Vec<RuleSpec>>,
+    /// Per way, frames those rules kept from it.
+    filtered: Vec<u64>,
 }
 
 impl Pipeline {
@@ -479,6 +528,22 @@ impl Pipeline {
         lanes
             .pop()
             .ok_or_else(|| PipelineError::Invalid("no lanes".into()))
+    }
+
+    /// The TAP devices the pipeline writes to, by name, in the order declared.
+    pub fn tap_names(config: &PipelineConfig) -> Vec<String> {
+        fn walk(brick: &BrickConfig, names: &mut Vec<String>) {
+            match brick {
+                BrickConfig::Tap { name } => names.push(name.clone()),
+                BrickConfig::Balance { to, .. } | BrickConfig::Dup { to, .. } => {
+                    to.iter().for_each(|b| walk(b, names))
+                }
+                _ => {}
+            }
+        }
+        let mut names = Vec::new();
+        walk(&config.output, &mut names);
+        names
     }
 
     /// True when the pipeline writes capture files or TAP devices (which one thread must
@@ -507,6 +572,19 @@ impl Pipeline {
         reuse: bool,
         hash_key: HashKey,
     ) -> Result<Vec<Self>, PipelineError> {
+        Self::build_lanes_with(config, lanes, reuse, hash_key, &TapDevices::default())
+    }
+
+    /// [`Pipeline::build_lanes`] whose TAP outputs come from `taps`: devices it keeps from an
+    /// earlier pipeline are used again (a reload keeps them, and their captures), new ones
+    /// are made and kept there.
+    pub fn build_lanes_with(
+        config: &PipelineConfig,
+        lanes: u32,
+        reuse: bool,
+        hash_key: HashKey,
+        taps: &TapDevices,
+    ) -> Result<Vec<Self>, PipelineError> {
         config.validate()?;
         if lanes > 1 && Self::has_capture_files(config) {
             return Err(PipelineError::Invalid(
@@ -523,6 +601,7 @@ impl Pipeline {
             pcaps: Vec::new(),
             ifaces: Vec::new(),
             taps: Vec::new(),
+            tap_devices: taps,
         };
         let root = builder.brick(&config.output, 0)?;
         let mut copies: Vec<Self> = (0..lanes)
@@ -546,6 +625,10 @@ impl Pipeline {
                 hash_key,
                 non_ip: 0,
                 parse_errors: 0,
+                way_filters: None,
+                filters_seen: 0,
+                filters: Vec::new(),
+                filtered: vec![0; builder.ways.len()],
             })
             .collect();
         for way in builder.ways {
@@ -599,7 +682,12 @@ impl Pipeline {
                     }
                     None => (*non_ip, 0),
                 };
-                self.ways[ways[child]].push(frame, timestamp_ns, hash);
+                let way = ways[child];
+                if !self.filters.is_empty() && filtered(&self.filters, way, key) {
+                    self.filtered[way] += 1;
+                    return;
+                }
+                self.ways[way].push(frame, timestamp_ns, hash);
                 return;
             }
         }
@@ -611,6 +699,8 @@ impl Pipeline {
             pcaps: &mut self.pcaps,
             ifaces: &mut self.ifaces,
             taps: &mut self.taps,
+            filters: &self.filters,
+            filtered: &mut self.filtered,
         };
         deliver(&self.root, &mut outputs, frame, timestamp_ns, key, hash);
     }
@@ -638,6 +728,35 @@ impl Pipeline {
         }
     }
 
+    /// Takes the rules aimed at single ways again if they changed (one atomic load when they
+    /// did not). The engine calls it before each batch.
+    #[inline]
+    pub fn refresh_way_filters(&mut self) {
+        if let Some(filters) = &self.way_filters {
+            if filters.generation() != self.filters_seen {
+                self.take_filters();
+            }
+        }
+    }
+
+    /// Applies `filters` (rules aimed at single ways) from the next frame on, and whenever
+    /// they change (seen by [`Pipeline::refresh_way_filters`], before each batch).
+    pub fn set_way_filters(&mut self, filters: Option<Arc<WayFilters>>) {
+        self.way_filters = filters;
+        self.take_filters();
+    }
+
+    #[cold]
+    fn take_filters(&mut self) {
+        match &self.way_filters {
+            Some(filters) => {
+                self.filters_seen = filters.generation();
+                self.filters = filters.by_way();
+            }
+            None => self.filters.clear(),
+        }
+    }
+
     /// Interface outputs, then TAP outputs.
     pub fn interface_stats(&self) -> Vec<InterfaceStats> {
         self.ifaces
@@ -658,7 +777,13 @@ impl Pipeline {
                     dropped_full,
                     consumer: p.consumer(),
                     bad_positions: p.bad_positions(),
+                    filtered: 0,
                 }
+            })
+            .zip(&self.filtered)
+            .map(|(stats, filtered)| WayStats {
+                filtered: *filtered,
+                ..stats
             })
             .collect()
     }
@@ -670,7 +795,7 @@ impl Pipeline {
 }
 
 /// Creates the outputs of a pipeline while walking its bricks.
-struct Builder {
+struct Builder<'a> {
     name: String,
     capacity: usize,
     lanes: u32,
@@ -681,9 +806,11 @@ struct Builder {
     pcaps: Vec<PcapSink>,
     ifaces: Vec<String>,
     taps: Vec<TapSink>,
+    /// Where TAP devices come from (and are kept).
+    tap_devices: &'a TapDevices,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn children(
         &mut self,
         ways: Option<u32>,
@@ -727,7 +854,7 @@ impl Builder {
                 Brick::Iface(self.ifaces.len() - 1)
             }
             BrickConfig::Tap { name } => {
-                self.taps.push(TapSink::create(name)?);
+                self.taps.push(self.tap_devices.open(name)?);
                 Brick::Tap(self.taps.len() - 1)
             }
             BrickConfig::Pcap {
@@ -765,6 +892,20 @@ struct Outputs<'a> {
     pcaps: &'a mut [PcapSink],
     ifaces: &'a mut [InterfaceSink],
     taps: &'a mut [TapSink],
+    filters: &'a [Vec<RuleSpec>],
+    filtered: &'a mut [u64],
+}
+
+/// Whether the rules aimed at way `way` keep a frame of flow `key` from it.
+#[inline]
+fn filtered(
+    filters: &[Vec<RuleSpec>],
+    way: usize,
+    key: Option<&fastedge_wire::packet::FlowKey>,
+) -> bool {
+    filters
+        .get(way)
+        .is_some_and(|rules| kept_from_way(rules, key))
 }
 
 fn deliver(
@@ -777,7 +918,11 @@ fn deliver(
 ) {
     match brick {
         Brick::Way(i) => {
-            out.ways[*i].push(frame, ts, hash);
+            if filtered(out.filters, *i, key) {
+                out.filtered[*i] += 1;
+            } else {
+                out.ways[*i].push(frame, ts, hash);
+            }
         }
         Brick::Pcap(i) => out.pcaps[*i].write(frame, ts),
         Brick::Iface(i) => out.ifaces[*i].push(frame),
@@ -895,6 +1040,14 @@ mod tests {
                 "[[input]]\ninterface=\"a\"\n[output]\ntype=\"balance\"\nways=4097",
                 "4097 ways, at most 4096",
             ),
+            (
+                "[[input]]\ninterface=\"a\"\nmode=\"netmap\"\n[output]\ntype=\"way\"",
+                "input 0: netmap: ",
+            ),
+            (
+                "[[input]]\ninterface=\"netmap:eth1\"\n[output]\ntype=\"way\"",
+                "input 0: netmap: ",
+            ),
         ];
         for (text, expected) in cases {
             let error = PipelineConfig::from_toml(text).unwrap_err().to_string();
@@ -948,5 +1101,72 @@ mod tests {
         for way in 0..8 {
             let _ = std::fs::remove_file(crate::shm::way_path(&name, way));
         }
+    }
+
+    #[test]
+    fn rules_aimed_at_one_way_keep_their_flows_from_it_only() {
+        let name = format!("unit-way-filter-{}", std::process::id());
+        let config = PipelineConfig::from_toml(&format!(
+            "name = \"{name}\"\nway_kib = 256\n[[input]]\ninterface = \"x\"\n[output]\ntype = \"dup\"\nways = 2\n"
+        ))
+        .unwrap();
+        let mut pipeline = Pipeline::build(&config).unwrap();
+        // Rules go in through the bookkeeping (as from the control socket); the engine reads
+        // its filters. (Its XDP table needs BPF maps: root.)
+        let mut table = crate::rules::Rules::new(fastedge_ebpf::rules::RuleTable::new(Arc::new(
+            fastedge_ebpf::rules::Prefilter::create(4).unwrap(),
+        )));
+        pipeline.set_way_filters(Some(table.way_filters()));
+        let add = |table: &mut crate::rules::Rules, rule: serde_json::Value| {
+            let answer = table.netcontrol(
+                &crate::control::into_map(serde_json::json!({"op": "add", "rule": rule})),
+                2,
+            );
+            assert_eq!(answer["result"], "added", "{answer:?}");
+            answer["id"].as_u64().unwrap()
+        };
+        let dropped = add(
+            &mut table,
+            serde_json::json!({"ty": "drop", "way": 1,
+                               "entity": {"ty": "address", "ip": "10.1.0.7"}}),
+        );
+        add(
+            &mut table,
+            serde_json::json!({"ty": "whitelist", "way": 1,
+                               "entity": {"ty": "flow", "flow": {"src_h": "10.1.0.7", "dst_p": "53/udp"}}}),
+        );
+        let send = |pipeline: &mut Pipeline| {
+            pipeline.push(&udp([10, 1, 0, 7], [10, 0, 0, 1], 1000, 80), 1);
+            pipeline.push(&udp([10, 0, 0, 1], [10, 1, 0, 7], 80, 1000), 2);
+            pipeline.push(&udp([10, 1, 0, 7], [10, 0, 0, 1], 1000, 53), 3);
+            pipeline.push(&udp([10, 1, 0, 8], [10, 0, 0, 1], 1000, 80), 4);
+            pipeline.push(&[0u8; 20], 5); // not IP: never kept back
+            pipeline.flush_outputs();
+        };
+        pipeline.refresh_way_filters(); // as the engine does before each batch
+        send(&mut pipeline);
+        let stats = pipeline.way_stats();
+        assert_eq!(
+            (stats[0].delivered, stats[0].filtered),
+            (5, 0),
+            "way 0: all"
+        );
+        assert_eq!(
+            (stats[1].delivered, stats[1].filtered),
+            (3, 2),
+            "way 1: not 10.1.0.7 either way, but its whitelisted DNS"
+        );
+        // Removed: seen before the next batch.
+        let removed = table.netcontrol(
+            &crate::control::into_map(serde_json::json!({"op": "remove", "id": dropped})),
+            2,
+        );
+        assert_eq!(removed["result"], "removed");
+        pipeline.refresh_way_filters();
+        send(&mut pipeline);
+        let stats = pipeline.way_stats();
+        assert_eq!((stats[1].delivered, stats[1].filtered), (8, 2));
+        drop(pipeline);
+        crate::shm::remove_ways(&name, 2);
     }
 }

@@ -11,12 +11,19 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use fastedge_ebpf::rules::{RuleInfo, RuleTable, RuleTableError};
 use fastedge_runtime::control::Answer;
-use fastedge_wire::rules::{RuleError, RuleSpec};
+use fastedge_wire::{
+    packet::FlowKey,
+    rules::{RuleAction, RuleError, RuleSpec},
+};
 use serde_json::{json, Map, Value};
 
 use crate::control::into_map;
@@ -78,6 +85,108 @@ pub struct ListedRule {
     pub origin: RuleOrigin,
 }
 
+/// One rule of a NetControl rule aimed at a single way.
+#[derive(Debug, Clone)]
+pub struct WayRule {
+    /// The NetControl rule's id.
+    pub netcontrol: u32,
+    /// The way it applies to.
+    pub way: u32,
+    /// What it matches and does (`drop` or `pass`).
+    pub spec: RuleSpec,
+    /// When it goes; `None`: when removed.
+    pub expires: Option<Instant>,
+}
+
+/// Rules aimed at single ways (NetControl rules with `"way": N`), applied by the engine to
+/// each frame on its way to that way: a frame a `drop` rule matches (and no `pass` rule does)
+/// does not reach the way; every other way, and the way's other frames, are not affected.
+/// Shared between the control socket, which changes them, and the engine threads, which look
+/// at `generation` before each batch and take a copy when it moved.
+#[derive(Debug, Default)]
+pub struct WayFilters {
+    generation: AtomicU64,
+    rules: Mutex<Vec<WayRule>>,
+}
+
+impl WayFilters {
+    /// Moves on at every change.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn change<R>(&self, apply: impl FnOnce(&mut Vec<WayRule>) -> R) -> R {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let result = apply(&mut rules);
+        self.generation.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    /// The rules, in the order added.
+    pub fn rules(&self) -> Vec<WayRule> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Per way number, the rules aimed at it (as long as the highest way named; empty when
+    /// there are none).
+    pub fn by_way(&self) -> Vec<Vec<RuleSpec>> {
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_way: Vec<Vec<RuleSpec>> = Vec::new();
+        for rule in rules.iter() {
+            let way = rule.way as usize;
+            if by_way.len() <= way {
+                by_way.resize(way + 1, Vec::new());
+            }
+            by_way[way].push(rule.spec);
+        }
+        by_way
+    }
+
+    fn remove(&self, netcontrol: u32) {
+        self.change(|rules| rules.retain(|r| r.netcontrol != netcontrol));
+    }
+
+    /// Removes the rules whose time is up; returns the NetControl ids they belonged to.
+    fn expire(&self, now: Instant) -> Vec<u32> {
+        let due = |r: &WayRule| r.expires.is_some_and(|e| e <= now);
+        if !self.rules().iter().any(due) {
+            return Vec::new();
+        }
+        self.change(|rules| {
+            let mut gone: Vec<u32> = rules
+                .iter()
+                .filter(|r| due(r))
+                .map(|r| r.netcontrol)
+                .collect();
+            rules.retain(|r| !due(r));
+            gone.sort_unstable();
+            gone.dedup();
+            gone
+        })
+    }
+}
+
+/// Whether `rules` (those aimed at one way) keep a frame of flow `key` from it: a `drop`
+/// rule matches and no `pass` rule does. Frames that are not IP are never kept back.
+#[inline]
+pub fn kept_from_way(rules: &[RuleSpec], key: Option<&FlowKey>) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    let mut dropped = false;
+    for rule in rules {
+        if rule.matches(key) {
+            match rule.action {
+                RuleAction::Pass => return false,
+                RuleAction::Drop => dropped = true,
+                RuleAction::Bypass => {}
+            }
+        }
+    }
+    dropped
+}
+
 /// The rule table and its bookkeeping.
 #[derive(Debug)]
 pub struct Rules {
@@ -85,6 +194,9 @@ pub struct Rules {
     origin: HashMap<u32, RuleOrigin>,
     /// NetControl id → our rule ids.
     netcontrol: HashMap<u32, Vec<u32>>,
+    /// NetControl id → the way, for NetControl rules aimed at one way (in `way_filters`).
+    netcontrol_ways: HashMap<u32, u32>,
+    way_filters: Arc<WayFilters>,
     next_netcontrol: u32,
 }
 
@@ -105,8 +217,15 @@ impl Rules {
             table,
             origin: HashMap::new(),
             netcontrol: HashMap::new(),
+            netcontrol_ways: HashMap::new(),
+            way_filters: Arc::default(),
             next_netcontrol: 1,
         }
+    }
+
+    /// The rules aimed at single ways, for the engine.
+    pub fn way_filters(&self) -> Arc<WayFilters> {
+        self.way_filters.clone()
     }
 
     /// How many rules are installed.
@@ -121,7 +240,8 @@ impl Rules {
 
     /// Replaces the rules that came from the config with `rules`. The new rules are in place
     /// before the old ones go, so a reload never runs unfiltered; when one of them does not
-    /// parse, or the table has no room for the first of them, nothing changes.
+    /// parse, or the table or its maps cannot take all of them, nothing changes
+    /// ([`RuleTable::add_many`] takes back what it added).
     pub fn set_config_rules(&mut self, rules: &[String]) -> Result<(), RulesError> {
         let old: Vec<u32> = self
             .origin
@@ -146,6 +266,13 @@ impl Rules {
     /// Removes expired rules; returns how many. A NetControl rule whose rules are all gone
     /// is forgotten.
     pub fn expire(&mut self) -> usize {
+        let mut expired = 0;
+        for nc in self.way_filters.expire(Instant::now()) {
+            if self.netcontrol_ways.remove(&nc).is_some() {
+                tracing::info!(netcontrol_id = nc, "NetControl rule expired");
+                expired += 1;
+            }
+        }
         let gone = self.table.expire();
         for id in &gone {
             if let Some(RuleOrigin::NetControl(nc)) = self.origin.remove(id) {
@@ -158,7 +285,7 @@ impl Rules {
                 }
             }
         }
-        gone.len()
+        gone.len() + expired
     }
 
     /// Adds `spec` with its origin; returns its id.
@@ -224,8 +351,36 @@ impl Rules {
         Ok((nc, ids))
     }
 
+    /// Installs the rules `specs` as one NetControl rule aimed at way `way` only (applied by
+    /// the engine, not by XDP). Returns its id.
+    pub fn add_netcontrol_for_way(&mut self, way: u32, specs: &[RuleSpec]) -> u32 {
+        let nc = self.next_netcontrol;
+        self.next_netcontrol += 1;
+        let now = Instant::now();
+        self.way_filters.change(|rules| {
+            rules.extend(specs.iter().map(|spec| WayRule {
+                netcontrol: nc,
+                way,
+                spec: *spec,
+                expires: spec.seconds.map(|s| now + Duration::from_secs(s)),
+            }))
+        });
+        self.netcontrol_ways.insert(nc, way);
+        tracing::info!(
+            netcontrol_id = nc,
+            way,
+            rules = specs.len(),
+            "NetControl rule added for one way"
+        );
+        nc
+    }
+
     /// Removes NetControl rule `nc` and the rules it stands for.
     pub fn remove_netcontrol(&mut self, nc: u32) -> Result<(), RulesError> {
+        if self.netcontrol_ways.remove(&nc).is_some() {
+            self.way_filters.remove(nc);
+            return Ok(());
+        }
         let ids = self
             .netcontrol
             .remove(&nc)
@@ -242,6 +397,7 @@ impl Rules {
         let answer = match op {
             "list" => {
                 let listed = self.list().map_err(|e| e.to_string())?;
+                let now = Instant::now();
                 json!({
                     "rules": listed.iter().map(|r| json!({
                         "id": r.info.id,
@@ -249,7 +405,13 @@ impl Rules {
                         "hits": r.info.hits,
                         "expires_in_s": r.info.expires_in_s,
                         "origin": r.origin.to_string(),
-                    })).collect::<Vec<_>>()
+                    })).collect::<Vec<_>>(),
+                    "way_rules": self.way_filters.rules().iter().map(|r| json!({
+                        "way": r.way,
+                        "rule": r.spec.to_string(),
+                        "expires_in_s": r.expires.map(|e| e.saturating_duration_since(now).as_secs()),
+                        "origin": RuleOrigin::NetControl(r.netcontrol).to_string(),
+                    })).collect::<Vec<_>>(),
                 })
             }
             "add" => {
@@ -277,14 +439,29 @@ impl Rules {
 
     /// Answers `{"cmd": "netcontrol", "op": "add", "rule": {…}}` or `{"op": "remove", "id": N}`
     /// with `{"result": "added" | "removed" | "error", "id": …}`, as NetControl clients expect.
-    pub fn netcontrol(&mut self, request: &Map<String, Value>) -> Map<String, Value> {
+    /// A rule with `"way": N` (one of the pipeline's `ways`) applies to that way only.
+    pub fn netcontrol(&mut self, request: &Map<String, Value>, ways: u32) -> Map<String, Value> {
         let op = request.get("op").and_then(Value::as_str).unwrap_or("add");
         let result = match op {
             "add" => {
                 let rule = request.get("rule").unwrap_or(&Value::Null);
-                fastedge_wire::netcontrol::rule_specs(rule).and_then(|specs| {
-                    let (nc, ids) = self.add_netcontrol(&specs).map_err(|e| e.to_string())?;
-                    Ok(json!({ "result": "added", "id": nc, "rules": ids }))
+                fastedge_wire::netcontrol::rule_way(rule).and_then(|way| {
+                    let specs = fastedge_wire::netcontrol::rule_specs(rule)?;
+                    match way {
+                        Some(way) if way >= ways => Err(format!(
+                            "way {way}: the pipeline has ways 0 to {}",
+                            ways.saturating_sub(1)
+                        )),
+                        Some(way) => {
+                            let nc = self.add_netcontrol_for_way(way, &specs);
+                            Ok(json!({ "result": "added", "id": nc, "way": way, "rules": [] }))
+                        }
+                        None => {
+                            let (nc, ids) =
+                                self.add_netcontrol(&specs).map_err(|e| e.to_string())?;
+                            Ok(json!({ "result": "added", "id": nc, "rules": ids }))
+                        }
+                    }
                 })
             }
             "remove" => request
@@ -445,11 +622,14 @@ mod tests {
     #[test]
     fn netcontrol_rules_become_ours_and_go_as_one() {
         let mut rules = rules(16);
-        let added = rules.netcontrol(&request(json!({
-            "op": "add",
-            "rule": {"ty": "drop", "target": "forward",
-                     "entity": {"ty": "address", "ip": "198.51.100.4"}},
-        })));
+        let added = rules.netcontrol(
+            &request(json!({
+                "op": "add",
+                "rule": {"ty": "drop", "target": "forward",
+                         "entity": {"ty": "address", "ip": "198.51.100.4"}},
+            })),
+            4,
+        );
         assert_eq!(added["result"], "added", "{added:?}");
         assert_eq!(added["id"], 1);
         assert_eq!(added["rules"].as_array().unwrap().len(), 2);
@@ -466,13 +646,16 @@ mod tests {
             .control(&request(json!({"op": "del", "id": one})))
             .unwrap_err();
         assert!(error.contains("netcontrol remove 1"), "{error}");
-        let second = rules.netcontrol(&request(json!({
-            "op": "add",
-            "rule": {"ty": "whitelist", "entity": {"ty": "flow", "flow": {"dst_p": "443/tcp"}}},
-        })));
+        let second = rules.netcontrol(
+            &request(json!({
+                "op": "add",
+                "rule": {"ty": "whitelist", "entity": {"ty": "flow", "flow": {"dst_p": "443/tcp"}}},
+            })),
+            4,
+        );
         assert_eq!(second["id"], 2);
 
-        let removed = rules.netcontrol(&request(json!({"op": "remove", "id": 1})));
+        let removed = rules.netcontrol(&request(json!({"op": "remove", "id": 1})), 4);
         assert_eq!(removed["result"], "removed");
         assert_eq!(
             listed(&mut rules),
@@ -487,7 +670,7 @@ mod tests {
                 "MAC",
             ),
         ] {
-            let answer = rules.netcontrol(&request(bad.clone()));
+            let answer = rules.netcontrol(&request(bad.clone()), 4);
             assert_eq!(answer["ok"], false, "{bad}");
             assert_eq!(answer["result"], "error", "{bad}");
             assert!(
@@ -504,10 +687,13 @@ mod tests {
             .set_config_rules(&strings(&["drop src 10.0.0.1", "drop src 10.0.0.2"]))
             .unwrap();
         // An address needs two rules; one slot is left: nothing of it stays.
-        let refused = rules.netcontrol(&request(json!({
-            "op": "add",
-            "rule": {"ty": "drop", "entity": {"ty": "address", "ip": "10.0.0.3"}},
-        })));
+        let refused = rules.netcontrol(
+            &request(json!({
+                "op": "add",
+                "rule": {"ty": "drop", "entity": {"ty": "address", "ip": "10.0.0.3"}},
+            })),
+            4,
+        );
         assert_eq!(refused["result"], "error");
         assert!(
             refused["error"]
@@ -550,11 +736,14 @@ mod tests {
     #[test]
     fn expired_netcontrol_rules_are_forgotten() {
         let mut rules = rules(8);
-        let added = rules.netcontrol(&request(json!({
-            "op": "add",
-            "rule": {"ty": "drop", "expire": 1,
-                     "entity": {"ty": "address", "ip": "192.0.2.200"}},
-        })));
+        let added = rules.netcontrol(
+            &request(json!({
+                "op": "add",
+                "rule": {"ty": "drop", "expire": 1,
+                         "entity": {"ty": "address", "ip": "192.0.2.200"}},
+            })),
+            4,
+        );
         assert_eq!(added["result"], "added");
         rules
             .set_config_rules(&strings(&["drop src 10.0.0.0/8"]))
@@ -566,7 +755,7 @@ mod tests {
             listed(&mut rules),
             [("drop src 10.0.0.0/8".into(), "config".into())]
         );
-        let answer = rules.netcontrol(&request(json!({"op": "remove", "id": 1})));
+        let answer = rules.netcontrol(&request(json!({"op": "remove", "id": 1})), 4);
         assert!(
             answer["error"]
                 .as_str()
@@ -574,5 +763,63 @@ mod tests {
                 .contains("no NetControl rule 1"),
             "{answer:?}"
         );
+    }
+
+    #[test]
+    fn a_netcontrol_rule_aimed_at_one_way_goes_to_the_way_filters() {
+        let mut rules = rules(16);
+        let filters = rules.way_filters();
+        let before = filters.generation();
+        let added = rules.netcontrol(
+            &request(json!({
+                "op": "add",
+                "rule": {"ty": "drop", "way": 1, "expire": 1,
+                         "entity": {"ty": "address", "ip": "198.51.100.4"}},
+            })),
+            2,
+        );
+        assert_eq!(added["result"], "added", "{added:?}");
+        assert_eq!(added["way"], 1);
+        assert_eq!(added["rules"], json!([]), "nothing in the XDP table");
+        assert!(rules.is_empty());
+        assert_ne!(filters.generation(), before);
+        let by_way = filters.by_way();
+        assert_eq!(by_way.len(), 2);
+        assert!(by_way[0].is_empty());
+        let texts: Vec<String> = by_way[1].iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "drop src 198.51.100.4/32 for 1",
+                "drop dst 198.51.100.4/32 for 1"
+            ]
+        );
+        let list = rules.control(&request(json!({"op": "list"}))).unwrap();
+        assert_eq!(list["way_rules"][0]["way"], 1);
+        assert_eq!(list["way_rules"][0]["origin"], "netcontrol 1");
+        // A way the pipeline does not have, refused with the reason.
+        let refused = rules.netcontrol(
+            &request(json!({"op": "add", "rule": {"ty": "drop", "way": 2,
+                            "entity": {"ty": "address", "ip": "198.51.100.5"}}})),
+            2,
+        );
+        assert!(
+            refused["error"].as_str().unwrap().contains("ways 0 to 1"),
+            "{refused:?}"
+        );
+        // It expires like the others.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(rules.expire(), 1);
+        assert!(filters.by_way().is_empty());
+        // And is removed by its id.
+        let second = rules.netcontrol(
+            &request(json!({"op": "add", "rule": {"ty": "whitelist", "way": 0,
+                            "entity": {"ty": "flow", "flow": {"dst_p": "53/udp"}}}})),
+            2,
+        );
+        let id = second["id"].clone();
+        let removed = rules.netcontrol(&request(json!({"op": "remove", "id": id})), 2);
+        assert_eq!(removed["result"], "removed", "{removed:?}");
+        assert!(filters.rules().is_empty());
     }
 }

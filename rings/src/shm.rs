@@ -47,6 +47,16 @@
 //! The producer maps the position file read-only to load `asleep` (a consumer that truncates
 //! it only blinds the producer to its own flag: see `sigbus`).
 //!
+//! ## Batches
+//!
+//! A producer stores its lane's `head` once per batch of pushes, not per packet: a push only
+//! writes the record (and keeps the head in the producer's own memory, with the rest of what a
+//! push touches, on one cache line); [`Producer::publish`] (or [`publish`] for all the ways of
+//! an engine thread) stores the head with release ordering, then looks for a sleeper as above.
+//! A consumer sees a batch whole, from its first packet to its last, once it is published. A
+//! batch that fills a quarter of a lane is published in part as it goes, so that a consumer
+//! reading meanwhile makes room for the rest.
+//!
 //! A record never wraps: when it does not fit before the end, a padding record (flags bit 0)
 //! fills the rest and the record starts at offset 0. The producer never waits: when the lane is
 //! full the packet is dropped and counted. A consumer that stops just stops reading; one that
@@ -394,6 +404,31 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     };
 }
 
+/// Copies `packet` to `to`: frames up to 64 bytes (the common small frame) in two
+/// overlapping fixed-size moves, inline, instead of a call into `memcpy`.
+///
+/// # Safety
+///
+/// `to` must be valid for writes of `packet.len()` bytes and not overlap `packet`.
+#[inline(always)]
+unsafe fn copy_packet(to: *mut u8, packet: &[u8]) {
+    let len = packet.len();
+    let from = packet.as_ptr();
+    // SAFETY: in every arm, every read lies in `packet` (offsets 0 and len - n, with
+    // n <= len) and every write in `to[..len]`, which the caller vouches for.
+    unsafe {
+        if (32..=64).contains(&len) {
+            std::ptr::copy_nonoverlapping(from, to, 32);
+            std::ptr::copy_nonoverlapping(from.add(len - 32), to.add(len - 32), 32);
+        } else if (16..32).contains(&len) {
+            std::ptr::copy_nonoverlapping(from, to, 16);
+            std::ptr::copy_nonoverlapping(from.add(len - 16), to.add(len - 16), 16);
+        } else {
+            std::ptr::copy_nonoverlapping(from, to, len);
+        }
+    }
+}
+
 /// One entry of futex_waitv(2) (`struct futex_waitv`, linux/futex.h).
 #[repr(C)]
 struct FutexWaitv {
@@ -460,18 +495,54 @@ fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Duration) -> bool {
 /// [`Producer::publish`] for each of them.
 #[inline]
 pub fn publish(producers: &mut [Producer]) {
-    if producers.iter().any(|p| p.head != p.published) {
+    let mut pushed = false;
+    for producer in producers.iter_mut() {
+        if producer.cursor.head != producer.cursor.published {
+            producer.store_head();
+            pushed = true;
+        }
+    }
+    if pushed {
         fence(Ordering::SeqCst);
         for producer in producers {
-            if producer.head != producer.published {
+            if producer.cursor.head != producer.cursor.published {
                 producer.wake_if_asleep();
             }
         }
     }
 }
 
+/// What a push reads and writes of its producer, together on one cache line: with many ways,
+/// each way's lane costs the engine this line and the lines its records go to, nothing more.
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct Cursor {
+    /// This lane's data in the mapping (`mask + 1` bytes).
+    data: *mut u8,
+    /// The lane's capacity minus one (a power of two minus one).
+    mask: usize,
+    /// The lane's head: only this producer moves it, so it is kept here; consumers see it
+    /// when it is stored ([`Producer::publish`]), once per batch.
+    head: u64,
+    /// The head as last stored in the lane's header.
+    stored: u64,
+    /// The consumer's tail as last accepted: it only moves forward, so free space computed
+    /// from it is a lower bound; the position file is read again only when that bound says
+    /// full.
+    tail_seen: u64,
+    /// The lane's delivered counter (only this producer writes it; stored with the head).
+    delivered: u64,
+    /// The lane's dropped counter (only this producer writes it; stored at each drop).
+    dropped: u64,
+    /// The head when the consumer was last woken if asleep (see [`Producer::publish`]):
+    /// here, so that ending a batch looks at this line only for the ways it did not touch.
+    published: u64,
+}
+
 /// The writing end of one lane of a way: owned by one engine thread.
 pub struct Producer {
+    /// The per-push state (first: the struct is cache-line aligned).
+    cursor: Cursor,
     region: Region,
     /// The position file, read with `pread` (see the module doc) but for `asleep`.
     positions: File,
@@ -480,21 +551,22 @@ pub struct Producer {
     /// The position file's first page, mapped read-only to load `asleep` after each batch;
     /// `None` when it cannot be protected (then `asleep` is read with `pread`).
     asleep_map: Option<MmapRaw>,
-    /// The head when the consumer was last woken if asleep (see [`Producer::publish`]).
-    published: u64,
     lane: usize,
     path: PathBuf,
-    /// The lane's head: only this producer moves it, so it is kept here and only stored.
-    head: u64,
-    /// The consumer's tail as last accepted: it only moves forward, so free space computed
-    /// from it is a lower bound; the position file is read again only when that bound says
-    /// full.
-    tail_seen: u64,
-    /// The lane's delivered counter (only this producer writes it).
-    delivered: u64,
     /// The last position rejected, so that one bad value is counted once.
     last_bad: Option<u64>,
 }
+
+// SAFETY: the only field that is not Send by itself is `cursor.data`, a pointer into this
+// producer's own mapping (`region`, which moves with it and outlives every use); only this
+// producer writes through it (its lane's data, which no other producer of this process
+// touches), so the producer may move to another thread.
+unsafe impl Send for Producer {}
+
+// SAFETY: through a shared reference a producer only reads its own fields and uses atomics
+// in the mapping (heartbeat, counters, the consumer's pid); `cursor.data` is written through
+// only by `push`, which takes `&mut self`.
+unsafe impl Sync for Producer {}
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -639,18 +711,25 @@ impl Producer {
                 lanes: lanes as usize,
             };
             let head = region.lane_atomic(lane, HEAD).load(Ordering::Acquire);
+            let cursor = Cursor {
+                data: region.data_ptr(lane, 0),
+                mask: capacity - 1,
+                head,
+                stored: head,
+                tail_seen: head,
+                delivered: region.lane_atomic(lane, DELIVERED).load(Ordering::Relaxed),
+                dropped: region.lane_atomic(lane, DROPPED).load(Ordering::Relaxed),
+                published: head,
+            };
             let asleep_map = MmapOptions::new()
                 .len(4096)
                 .map_raw_read_only(&positions)
                 .map_err(io_error("mapping", &position_path(path)))?;
             let asleep_guard = sigbus::Guard::register(asleep_map.as_ptr(), asleep_map.len());
             let mut producer = Self {
-                head,
-                published: head,
+                cursor,
                 asleep_map: asleep_guard.is_some().then_some(asleep_map),
                 _asleep_guard: asleep_guard,
-                tail_seen: head,
-                delivered: region.lane_atomic(lane, DELIVERED).load(Ordering::Relaxed),
                 region,
                 positions: positions
                     .try_clone()
@@ -662,7 +741,7 @@ impl Producer {
             // A kept way: start from the consumer's position if it is a sane one.
             let tail = producer.read_tail();
             if head.wrapping_sub(tail) <= capacity as u64 {
-                producer.tail_seen = tail;
+                producer.cursor.tail_seen = tail;
             }
             producer.heartbeat();
             producers.push(producer);
@@ -697,9 +776,9 @@ impl Producer {
     #[cold]
     fn refresh_tail(&mut self) {
         let tail = self.read_tail();
-        let behind = self.head.wrapping_sub(tail);
-        if behind <= self.head.wrapping_sub(self.tail_seen) {
-            self.tail_seen = tail;
+        let head = self.cursor.head;
+        if head.wrapping_sub(tail) <= head.wrapping_sub(self.cursor.tail_seen) {
+            self.cursor.tail_seen = tail;
         } else if self.last_bad != Some(tail) {
             self.last_bad = Some(tail);
             self.region
@@ -709,73 +788,95 @@ impl Producer {
     }
 
     /// Appends one packet; returns false (and counts a drop) when the lane is full or the
-    /// packet cannot fit at all. Never waits. A consumer that sleeps sees it once the batch
-    /// ends with [`Producer::publish`] (or [`publish`]).
+    /// packet cannot fit at all. Never waits. Consumers see the packet once the batch ends
+    /// with [`Producer::publish`] (or [`publish`]): one store of the head per batch, not per
+    /// packet (and one within a batch that fills a quarter of the lane).
     #[inline]
     pub fn push(&mut self, packet: &[u8], timestamp_ns: u64, flow_hash: u64) -> bool {
-        let lane = self.lane;
-        let capacity = self.region.capacity;
+        let cursor = &mut self.cursor;
+        let capacity = cursor.mask + 1;
         let size = (RECORD_HEADER + packet.len()).next_multiple_of(8);
-        let head = self.head;
-        let at = (head as usize) & (capacity - 1);
+        let head = cursor.head;
+        let at = (head as usize) & cursor.mask;
         let to_end = capacity - at;
         let padding = if size > to_end { to_end } else { 0 };
-        let fits = |tail: u64| head.wrapping_sub(tail) as usize + padding + size <= capacity;
-        if !fits(self.tail_seen) {
+        let needed = (padding + size) as u64;
+        let fits = |tail: u64| head.wrapping_sub(tail) + needed <= capacity as u64;
+        if !fits(cursor.tail_seen) {
             self.refresh_tail();
         }
-        if size > capacity / 2 || !fits(self.tail_seen) {
-            self.region
-                .lane_atomic(lane, DROPPED)
-                .fetch_add(1, Ordering::Relaxed);
-            return false;
+        let cursor = &mut self.cursor;
+        if size > capacity / 2 || !fits(cursor.tail_seen) {
+            return self.count_drop();
         }
+        let data = cursor.data;
         if padding > 0 {
             // A padding record: length 0, flag set; the reader skips to offset 0. Always room
             // for its 8-byte head: records are 8-aligned and at least 24 bytes.
-            let mut pad = [0u8; 8];
-            pad[4..].copy_from_slice(&FLAG_PADDING.to_le_bytes());
             // SAFETY: at + 8 <= capacity (records are 8-aligned, so at least 8 bytes remain
-            // before the end); this lane's data is written by this producer only and the
-            // consumer reads it only after the head moves past it.
+            // before the end; `at` is masked); this lane's data is written by this producer
+            // only and the consumer reads it only after the head moves past it.
             unsafe {
-                std::ptr::copy_nonoverlapping(pad.as_ptr(), self.region.data_ptr(lane, at), 8)
+                (data.add(at) as *mut u64).write_unaligned((u64::from(FLAG_PADDING) << 32).to_le())
             };
         }
-        let start = (at + padding) & (capacity - 1);
-        let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&(packet.len() as u32).to_le_bytes());
-        header[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
-        header[16..24].copy_from_slice(&flow_hash.to_le_bytes());
-        let record = self.region.data_ptr(lane, start);
-        // SAFETY: start + size <= capacity (a record never wraps: padding moved it to 0 when
-        // it did not fit before the end, and size <= capacity / 2), so both copies stay in
-        // this lane's data; nobody else writes it, and the consumer reads it only after the
-        // head's release store below.
+        let start = (at + padding) & cursor.mask;
+        // SAFETY: `data` is the lane's `capacity` bytes (set up with the mapping, whose size
+        // was checked); start + size <= capacity (a record never wraps: padding moved it to 0
+        // when it did not fit before the end, and size <= capacity / 2), and the header plus
+        // the packet are at most `size` bytes, so every write stays in this lane's data; nobody
+        // else writes it, and the consumer reads it only after the head is stored past it.
         unsafe {
-            std::ptr::copy_nonoverlapping(header.as_ptr(), record, RECORD_HEADER);
-            std::ptr::copy_nonoverlapping(packet.as_ptr(), record.add(RECORD_HEADER), packet.len());
+            let record = data.add(start);
+            (record as *mut u64).write_unaligned((packet.len() as u64).to_le());
+            (record.add(8) as *mut u64).write_unaligned(timestamp_ns.to_le());
+            (record.add(16) as *mut u64).write_unaligned(flow_hash.to_le());
+            copy_packet(record.add(RECORD_HEADER), packet);
         }
-        self.head = head + (padding + size) as u64;
-        self.region
-            .lane_atomic(lane, HEAD)
-            .store(self.head, Ordering::Release);
-        // Only this producer writes the counter: a plain store, not a locked add.
-        self.delivered += 1;
-        self.region
-            .lane_atomic(lane, DELIVERED)
-            .store(self.delivered, Ordering::Relaxed);
+        cursor.head = head + needed;
+        cursor.delivered += 1;
+        // A batch that fills a quarter of the lane shows before it ends, so that a consumer
+        // reading meanwhile makes room for the rest of it.
+        if cursor.head - cursor.stored > (cursor.mask as u64) >> 2 {
+            self.store_head();
+        }
         true
     }
 
-    /// Ends a batch of pushes: if the consumer sleeps waiting for data, wakes it (see the
-    /// module doc). Call it once per batch, not per packet: it costs a fence and one load when
-    /// the consumer is awake, a syscall when it sleeps; nothing when nothing was pushed since
-    /// the last call. Until it is called, a sleeping consumer may not see the new packets
-    /// before its timeout.
+    /// Counts a dropped packet (only this producer writes the counter: a plain store).
+    #[cold]
+    fn count_drop(&mut self) -> bool {
+        self.cursor.dropped += 1;
+        self.region
+            .lane_atomic(self.lane, DROPPED)
+            .store(self.cursor.dropped, Ordering::Relaxed);
+        false
+    }
+
+    /// Makes the packets pushed so far visible to the consumer: stores the head (release:
+    /// after the records) and the delivered counter.
+    #[inline]
+    fn store_head(&mut self) {
+        let cursor = &mut self.cursor;
+        if cursor.head != cursor.stored {
+            cursor.stored = cursor.head;
+            let header = self.region.lane_offset(self.lane);
+            atomic_at(&self.region.map, header + HEAD).store(cursor.head, Ordering::Release);
+            atomic_at(&self.region.map, header + DELIVERED)
+                .store(cursor.delivered, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a batch of pushes: stores the head once for the whole batch (the consumer sees
+    /// its packets from now on) and, if the consumer sleeps waiting for data, wakes it (see
+    /// the module doc). Call it once per batch, not per packet: it costs two stores, a fence
+    /// and one load when the consumer is awake, a syscall when it sleeps; nothing when nothing
+    /// was pushed since the last call. Until it is called, the consumer may not see the new
+    /// packets.
     #[inline]
     pub fn publish(&mut self) {
-        if self.head != self.published {
+        if self.cursor.head != self.cursor.published {
+            self.store_head();
             fence(Ordering::SeqCst);
             self.wake_if_asleep();
         }
@@ -784,7 +885,7 @@ impl Producer {
     /// The part of [`Producer::publish`] after the fence.
     #[inline]
     fn wake_if_asleep(&mut self) {
-        self.published = self.head;
+        self.cursor.published = self.cursor.head;
         let asleep = match &self.asleep_map {
             Some(map) => atomic_at(map, ASLEEP).load(Ordering::Relaxed),
             None => self.read_asleep(),
@@ -823,16 +924,10 @@ impl Producer {
         }
     }
 
-    /// Packets delivered into this lane and dropped because it was full.
+    /// Packets delivered into this lane (published or not yet) and dropped because it was
+    /// full.
     pub fn counters(&self) -> (u64, u64) {
-        (
-            self.region
-                .lane_atomic(self.lane, DELIVERED)
-                .load(Ordering::Relaxed),
-            self.region
-                .lane_atomic(self.lane, DROPPED)
-                .load(Ordering::Relaxed),
-        )
+        (self.cursor.delivered, self.cursor.dropped)
     }
 
     /// Consumer positions of this lane that were ignored (behind the last one or past the
@@ -868,6 +963,7 @@ impl Drop for Producer {
     /// A sleeping consumer wakes at once (and can tell the producer is gone by its heartbeat
     /// or attach again to a new way) instead of at its timeout.
     fn drop(&mut self) {
+        self.store_head();
         let wake = self.region.wake();
         wake.fetch_add(1, Ordering::SeqCst);
         futex_wake(wake);
@@ -1305,6 +1401,7 @@ mod tests {
                 );
                 sent += 1;
             }
+            producer.publish();
             consumer.read_batch(usize::MAX, |record| {
                 let n = record.timestamp_ns;
                 assert_eq!(n, next_expected);
@@ -1320,6 +1417,40 @@ mod tests {
         }
         assert_eq!(next_expected, sent);
         assert_eq!(producer.counters(), (sent, 0));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_batch_is_published_with_one_head_store() {
+        let path = temp_path("batch");
+        let mut producer = Producer::create(&path, 64 * 1024).unwrap();
+        let mut consumer = Consumer::open_path(&path).unwrap();
+        let head = || consumer.region.lane_atomic(0, HEAD).load(Ordering::Acquire);
+        let before = head();
+        for i in 0..10u64 {
+            assert!(producer.push(&[i as u8; 60], i, i));
+        }
+        assert_eq!(head(), before, "no head store per packet");
+        assert_eq!(producer.counters(), (10, 0));
+        producer.publish();
+        assert_eq!(head(), before + 10 * 88, "one store for the batch");
+        let mut seen = Vec::new();
+        consumer.read_batch(usize::MAX, |r| seen.push(r.timestamp_ns));
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(consumer.counters(), (10, 0));
+        // A batch longer than a quarter of the lane shows before it ends, so that a consumer
+        // reading meanwhile makes room for the rest of it.
+        let packet = [7u8; 1000];
+        let mut visible_at = None;
+        for i in 0..40u64 {
+            assert!(producer.push(&packet, i, 0));
+            if visible_at.is_none() && consumer.read_batch(usize::MAX, |_| {}) > 0 {
+                visible_at = Some(i);
+            }
+        }
+        assert_eq!(visible_at, Some(15), "stored once 16 KiB were pushed");
+        producer.publish();
+        assert_eq!(consumer.read_batch(usize::MAX, |_| {}), 40 - 16);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -1346,6 +1477,7 @@ mod tests {
             "stale data skipped"
         );
         assert!(producer.push(&packet, 999, 0));
+        producer.publish();
         let mut seen = Vec::new();
         again.read_batch(usize::MAX, |r| seen.push(r.timestamp_ns));
         assert_eq!(seen, [999]);
@@ -1399,7 +1531,11 @@ mod tests {
                     let lane = p.lane() as u64;
                     for i in 0..N {
                         assert!(p.push(&[lane as u8; 60], lane * 1000 + i, lane));
+                        if i % 16 == 15 {
+                            p.publish();
+                        }
                     }
+                    p.publish();
                     p
                 })
             })
@@ -1430,6 +1566,7 @@ mod tests {
             .unwrap();
         assert_eq!(again.consumer(), Some(u64::from(std::process::id())));
         assert!(again.push(b"after", 2, 0));
+        again.publish();
         let mut seen = Vec::new();
         consumer.read_batch(usize::MAX, |r| seen.push(r.data.to_vec()));
         assert_eq!(seen, [b"before".to_vec(), b"after".to_vec()]);
@@ -1473,7 +1610,11 @@ mod tests {
         });
         for i in 0..N {
             producer.push(&i.to_le_bytes(), i, 0);
+            if i % 64 == 63 {
+                producer.publish();
+            }
         }
+        producer.publish();
         finished.store(true, std::sync::atomic::Ordering::Release);
         let gaps = reader.join().unwrap();
         let (delivered, dropped) = producer.counters();
@@ -1550,9 +1691,9 @@ mod tests {
         // The consumer writes positions past the head, behind what it had, and garbage.
         let tail = atomic_at(&hostile.positions, TAILS);
         for bad in [
-            victim.head + 4096,
+            victim.cursor.head + 4096,
             u64::MAX,
-            victim.head.wrapping_sub(1 << 20),
+            victim.cursor.head.wrapping_sub(1 << 20),
         ] {
             tail.store(bad, Ordering::Release);
             for i in 0..50 {
@@ -1561,6 +1702,7 @@ mod tests {
                     "{bad}: nothing unread is overwritten"
                 );
                 assert!(other.push(&packet, i, 1), "the other way is unaffected");
+                other.publish();
                 assert_eq!(
                     honest.read_batch(usize::MAX, |r| assert_eq!(r.flow_hash, 1)),
                     1
@@ -1572,9 +1714,10 @@ mod tests {
         assert_eq!((delivered, dropped), (fit, 200 - fit + 150));
         assert_eq!(other.bad_positions(), 0);
         // Back to a sane position (everything read): the way works again.
-        tail.store(victim.head, Ordering::Release);
-        hostile.tails[0] = victim.head;
+        tail.store(victim.cursor.head, Ordering::Release);
+        hostile.tails[0] = victim.cursor.head;
         assert!(victim.push(b"again", 1, 2));
+        victim.publish();
         let mut seen = Vec::new();
         hostile.read_batch(usize::MAX, |r| seen.push(r.data.to_vec()));
         assert_eq!(seen, [b"again".to_vec()]);

@@ -435,6 +435,12 @@ fn open_input(
             XdpMode::Skb,
         )),
         InputMode::AfPacket => af_packet(),
+        InputMode::Netmap => Err(SplitError::Pipeline(
+            crate::pipeline::PipelineError::Invalid(format!(
+                "{interface}: netmap: {}",
+                crate::pipeline::NETMAP_UNAVAILABLE
+            )),
+        )),
         InputMode::Auto => {
             let features = nix::net::if_::if_nametoindex(interface.as_str())
                 .ok()
@@ -585,6 +591,11 @@ pub struct EngineOptions {
     /// them): then `mode = "auto"` keeps XDP even where AF_PACKET would cost less, since rules
     /// run in the XDP program.
     pub prefilter_wanted: bool,
+    /// Where the pipeline's TAP devices come from: a supervisor keeps them across reloads.
+    pub taps: crate::afpacket::TapDevices,
+    /// Rules aimed at single ways (NetControl rules with a way), applied by every engine
+    /// thread; `None`: none.
+    pub way_filters: Option<Arc<crate::rules::WayFilters>>,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -660,7 +671,8 @@ pub fn run(
             unreachable!("matched above");
         };
         let lanes = xdp.sockets.len() as u32;
-        let pipelines = Pipeline::build_lanes(config, lanes, options.reuse_ways, hash_key)?;
+        let pipelines =
+            Pipeline::build_lanes_with(config, lanes, options.reuse_ways, hash_key, &options.taps)?;
         for (k, (socket, pipeline)) in xdp.sockets.into_iter().zip(pipelines).enumerate() {
             let program = (k == 0).then(|| xdp.program.clone());
             workers.push(Worker {
@@ -691,10 +703,19 @@ pub fn run(
         }
         workers.push(Worker {
             inputs,
-            pipeline: Pipeline::build_lanes(config, 1, options.reuse_ways, hash_key)?
-                .pop()
-                .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
+            pipeline: Pipeline::build_lanes_with(
+                config,
+                1,
+                options.reuse_ways,
+                hash_key,
+                &options.taps,
+            )?
+            .pop()
+            .ok_or_else(|| SplitError::Poll(std::io::Error::other("no pipeline")))?,
         });
+    }
+    for worker in &mut workers {
+        worker.pipeline.set_way_filters(options.way_filters.clone());
     }
     tracing::info!(
         name = %config.name(),
@@ -846,6 +867,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
             sum.delivered += way.delivered;
             sum.dropped_full += way.dropped_full;
             sum.bad_positions += way.bad_positions;
+            sum.filtered += way.filtered;
             sum.consumer = sum.consumer.or(way.consumer);
         }
         total.pcaps.extend(part.pcaps.iter().cloned());
@@ -889,6 +911,7 @@ impl Worker {
         tick(&collect(&mut self.inputs, pipeline));
         let mut last_tick = Instant::now();
         while !stop.load() {
+            pipeline.refresh_way_filters();
             let now_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);

@@ -318,6 +318,12 @@ impl Supervisor {
         // watchdog ping with every tick.
         let watchdog = fastedge_runtime::notify::watchdog_interval();
         let mut last_ping = None;
+        // TAP outputs outlive each run of the pipeline: a reload keeps the devices (and what
+        // captures on them); they go when the split stops.
+        let taps = crate::afpacket::TapDevices::default();
+        let way_filters = rules
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.way_filters()));
         loop {
             let mut previous = SplitStats::default();
             let mut announced = false;
@@ -328,6 +334,8 @@ impl Supervisor {
                 fast_path: options.fast_path,
                 hash_key: Some(hash_key),
                 prefilter_wanted: options.control.is_some() || !config.rules.is_empty(),
+                taps: taps.clone(),
+                way_filters: way_filters.clone(),
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
                 let line = format!("{}: {}", config.name(), stats.summary());
@@ -403,6 +411,8 @@ impl Supervisor {
             if let Ok(mut current) = state.config.lock() {
                 *current = config.clone();
             }
+            // TAP outputs the new pipeline no longer has go now; the others stay.
+            taps.retain(&crate::pipeline::Pipeline::tap_names(&config));
             requests.engine_stop.store(false, Ordering::Relaxed);
             if requests.shutdown.load(Ordering::Relaxed) {
                 return Ok(stats);
@@ -455,7 +465,7 @@ impl SplitStats {
                 .enumerate()
                 .map(|(i, w)| {
                     format!(
-                        "{i}:{}/{}{}{}",
+                        "{i}:{}/{}{}{}{}",
                         w.delivered,
                         w.dropped_full,
                         if w.consumer.is_some() {
@@ -465,6 +475,11 @@ impl SplitStats {
                         },
                         if w.bad_positions > 0 {
                             format!("(bad consumer positions {})", w.bad_positions)
+                        } else {
+                            String::new()
+                        },
+                        if w.filtered > 0 {
+                            format!("(kept back by way rules {})", w.filtered)
                         } else {
                             String::new()
                         }

@@ -107,6 +107,7 @@ mod tests {
         for (i, frame) in frames.iter().enumerate() {
             assert!(producer.push(frame, 1_700_000_000_123_456_789 + i as u64, 0));
         }
+        producer.publish();
         let mut out = Vec::new();
         let stop = AtomicBool::new(false);
         let written = stream_way(&mut consumer, &mut out, Some(5), &stop).unwrap();

@@ -2,7 +2,8 @@
 //! way's frames into it; tcpdump on each pair's far end sees its share — the flows the hash
 //! gives that way, both directions — and nothing else; the pairs go away at exit. The same in
 //! the kernel (XDP + DEVMAP, picked by itself) and in userspace (`--no-fast-path`): each flow
-//! lands on the same output.
+//! lands on the same output. TAP outputs likewise, and they survive a reload: the same
+//! devices, with the captures started before it.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -313,5 +314,132 @@ fn tap_outputs_carry_their_ways_flows_like_veths() {
         tap,
         split_to_veths(false),
         "same flow → output map as the veth outputs"
+    );
+}
+
+/// The sequence numbers of our frames in a pcap capture.
+fn captured_seqs(pcap: &[u8], dir: &std::path::Path, name: &str) -> HashSet<u64> {
+    let file = dir.join(name);
+    std::fs::write(&file, pcap).unwrap();
+    let mut seqs = HashSet::new();
+    let mut source = PcapSource::open(&file, ReplaySpeed::Fast).unwrap();
+    while !source.finished() {
+        source
+            .receive(1024, |frame, _| {
+                if let Some((_, seq)) = fastedge_wire::synth::marker(frame) {
+                    seqs.insert(seq);
+                }
+            })
+            .unwrap();
+    }
+    seqs
+}
+
+/// The interface index of `dev` in namespace `ns`.
+fn ifindex(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{dev} exists");
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A reload (SIGHUP) keeps the TAP outputs: the same devices (same interface index), so a
+/// capture started before the reload goes on and sees the frames sent after it.
+#[test]
+fn tap_outputs_survive_a_reload() {
+    require_tool("tcpdump", "tcpdump");
+    let pair = VethPair::new();
+    let dir = TempDir::new("tap-reload");
+    let prefix = format!("fr{}", std::process::id() % 100_000);
+    let mut split = Fastedge::start_in(
+        Some(&pair.ns_a),
+        &[
+            "split",
+            &pair.dev_a,
+            "--ways",
+            "2",
+            "--to",
+            "tap",
+            "--veth-prefix",
+            &prefix,
+            "--no-control",
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    split.wait_for_logged("split running", Duration::from_secs(15));
+    let devices: Vec<String> = (0..2).map(|k| format!("{prefix}{k}")).collect();
+    let indexes: Vec<String> = devices.iter().map(|d| ifindex(&pair.ns_a, d)).collect();
+    let captures: Vec<Capture> = devices.iter().map(|d| tcpdump(&pair.ns_a, d)).collect();
+    let send = |first_seq: &str| {
+        gen(
+            &pair.ns_b,
+            &pair.dev_b,
+            &[
+                "--flows",
+                "100",
+                "--count",
+                "500",
+                "--rate",
+                "5000",
+                "--first-seq",
+                first_seq,
+            ],
+        );
+    };
+    send("0");
+    split.signal(nix::sys::signal::Signal::SIGHUP);
+    split.wait_for_logged(
+        "reload: starting the pipeline again",
+        Duration::from_secs(10),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while split.log_text().matches("split running").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pipeline did not start again: {}",
+            split.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send("10000");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seqs = HashSet::new();
+    for (k, mut capture) in captures.into_iter().enumerate() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(capture.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = capture.0.wait();
+        let pcap = capture.1.take().unwrap().join().unwrap();
+        seqs.extend(captured_seqs(&pcap, dir.path(), &format!("out{k}.pcap")));
+    }
+    let before = (0..500u64).filter(|s| seqs.contains(s)).count();
+    let after = (10_000..10_500u64).filter(|s| seqs.contains(s)).count();
+    assert_eq!(before, 500, "every frame before the reload on a TAP device");
+    assert_eq!(
+        after,
+        500,
+        "every frame after the reload reaches the captures started before it; log:\n{}",
+        split.log_text()
+    );
+    let now: Vec<String> = devices.iter().map(|d| ifindex(&pair.ns_a, d)).collect();
+    assert_eq!(
+        now, indexes,
+        "the same devices, not new ones of the same name"
+    );
+    split.terminate_cleanly(Duration::from_secs(10));
+    let links = Command::new("ip")
+        .args(["-n", &pair.ns_a, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&prefix),
+        "TAP devices removed at exit"
     );
 }

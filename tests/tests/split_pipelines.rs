@@ -767,6 +767,21 @@ fn bad_pipelines_and_arguments_are_refused_with_the_reason() {
             vec!["gen".into(), "lo".into(), "--size".into(), "2000".into()],
             "between 64 and 1518",
         ),
+        // This build has no netmap (the `netmap` feature is off by default): asked for, by
+        // mode or by netmap's own port name, it is refused with the reason.
+        (
+            vec![
+                "split".into(),
+                "lo".into(),
+                "--mode".into(),
+                "netmap".into(),
+            ],
+            "netmap: this build has no netmap support",
+        ),
+        (
+            vec!["split".into(), "netmap:lo".into()],
+            "netmap: this build has no netmap support",
+        ),
     ];
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -798,7 +813,19 @@ fn bad_pipelines_and_arguments_are_refused_with_the_reason() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // `--help` names the netmap mode and what it needs.
+    let help = Command::new(fastedge_bin())
+        .args(["split", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("`netmap` (only in builds with the `netmap` feature"),
+        "{help}"
+    );
 }
 
 #[test]

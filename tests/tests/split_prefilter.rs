@@ -1,7 +1,8 @@
 //! The XDP pre-filter of a running `fastedge split`, fed by `fastedge gen` over veth: rules
 //! from the config drop, pass and bypass exactly the frames they name (the ways, the counters
 //! and the per-rule hits agree); rules added and removed with `fastedge ctl` under traffic lose
-//! nothing; NetControl-shaped rules from the example client expire on time.
+//! nothing; NetControl-shaped rules from the example client expire on time; a NetControl rule
+//! aimed at one way keeps its flow from that way only.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -75,6 +76,11 @@ struct Split {
 }
 
 fn start(rules: &[&str]) -> Split {
+    start_with(rules, "type = \"balance\"\nways = 2")
+}
+
+/// A split whose pipeline's `[output]` is `output` (TOML).
+fn start_with(rules: &[&str], output: &str) -> Split {
     let pair = VethPair::new();
     let dir = TempDir::new("prefilter");
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -86,7 +92,7 @@ fn start(rules: &[&str]) -> Split {
     std::fs::write(
         &config,
         format!(
-            "name = \"{name}\"\nway_kib = 1024\nrules = [{}]\n[[input]]\ninterface = \"{}\"\n[output]\ntype = \"balance\"\nways = 2\n",
+            "name = \"{name}\"\nway_kib = 1024\nrules = [{}]\n[[input]]\ninterface = \"{}\"\n[output]\n{output}\n",
             rules.join(", "),
             pair.dev_a
         ),
@@ -302,5 +308,100 @@ fn netcontrol_example_client_drops_a_flow_until_the_rule_expires() {
     .unwrap();
     assert_eq!(raw["result"], "error");
     assert!(raw["error"].as_str().unwrap().contains("MAC"), "{raw}");
+    drop(split.process);
+}
+
+#[test]
+fn a_netcontrol_rule_aimed_at_one_way_drops_its_flow_there_only() {
+    // Every frame to both ways; the rule is for way 1.
+    let split = start_with(&[], "type = \"dup\"\nways = 2");
+    let netcontrol = |request: serde_json::Value| {
+        fastedge_runtime::control::request(&split.socket, &request).unwrap()
+    };
+    let added = netcontrol(serde_json::json!({
+        "cmd": "netcontrol", "op": "add",
+        "rule": {"ty": "drop", "way": 1, "entity": {"ty": "address", "ip": "10.3.0.5"}},
+    }));
+    assert_eq!(added["result"], "added", "{added}");
+    assert_eq!(added["way"], 1);
+    let listed = ctl_json(&split.socket, &["rules", "list"]);
+    assert!(listed["rules"].as_array().unwrap().is_empty(), "{listed}");
+    assert_eq!(listed["way_rules"].as_array().unwrap().len(), 2, "{listed}");
+    let mut consumers = attach(&split.name, 0..2);
+    let send_from = |client: &str, first: &str| {
+        send(
+            &split.pair,
+            &[
+                "--flows",
+                "1",
+                "--client",
+                client,
+                "--count",
+                "100",
+                "--rate",
+                "10000",
+                "--first-seq",
+                first,
+            ],
+        )
+    };
+    let ways_of = |arrivals: &std::collections::HashMap<u64, Vec<(usize, u32)>>,
+                   seqs: std::ops::Range<u64>| {
+        seqs.map(|s| {
+            let mut ways: Vec<usize> = arrivals
+                .get(&s)
+                .map(|a| a.iter().map(|(w, _)| *w).collect())
+                .unwrap_or_default();
+            ways.sort_unstable();
+            ways
+        })
+        .collect::<HashSet<Vec<usize>>>()
+    };
+    send_from("10.3.0.5", "0");
+    send_from("10.3.0.6", "1000");
+    let arrivals = read_markers(&mut consumers, 300, Duration::from_millis(700));
+    assert_eq!(
+        ways_of(&arrivals, 0..100),
+        HashSet::from([vec![0]]),
+        "10.3.0.5: way 0 only"
+    );
+    assert_eq!(
+        ways_of(&arrivals, 1000..1100),
+        HashSet::from([vec![0, 1]]),
+        "another client: both ways"
+    );
+    let stats = stats_until(&split.socket, "100 kept from way 1", |s| {
+        s["ways"][1]["filtered"] == 100
+    });
+    assert_eq!(stats["ways"][0]["filtered"], 0, "{stats}");
+    assert_eq!(stats["inputs"][0]["prefilter_dropped"], 0, "not in XDP");
+
+    // Removed: way 1 gets the address again.
+    let removed = netcontrol(serde_json::json!({
+        "cmd": "netcontrol", "op": "remove", "id": added["id"].clone(),
+    }));
+    assert_eq!(removed["result"], "removed", "{removed}");
+    // The engine takes the change at the end of its next batch: send until it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = 2000u64;
+    loop {
+        send_from("10.3.0.5", &first.to_string());
+        let arrivals = read_markers(&mut consumers, 200, Duration::from_millis(700));
+        if ways_of(&arrivals, first + 50..first + 100) == HashSet::from([vec![0, 1]]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "way 1 never got 10.3.0.5 back");
+        first += 1000;
+    }
+    // A way the pipeline does not have is refused with the reason.
+    let refused = netcontrol(serde_json::json!({
+        "cmd": "netcontrol", "op": "add",
+        "rule": {"ty": "drop", "way": 2, "entity": {"ty": "address", "ip": "10.3.0.5"}},
+    }));
+    assert_eq!(refused["result"], "error");
+    assert!(
+        refused["error"].as_str().unwrap().contains("ways 0 to 1"),
+        "{refused}"
+    );
     drop(split.process);
 }

@@ -83,7 +83,8 @@ struct CommonArgs {
     /// How interfaces are read: `auto` (the cheaper path the driver allows: native XDP with
     /// zero-copy AF_XDP where the driver offers it; else XDP in copy mode if the pre-filter or
     /// the in-kernel path needs it; else AF_PACKET; the log says which and why), `xdp-native`,
-    /// `xdp-skb`, `af-packet`.
+    /// `xdp-skb`, `af-packet`, or `netmap` (only in builds with the `netmap` feature, off by
+    /// default; refused with the reason otherwise).
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
 
@@ -195,6 +196,7 @@ enum ModeArg {
     XdpNative,
     XdpSkb,
     AfPacket,
+    Netmap,
 }
 
 /// Write one way of a running split as a pcap stream (nanosecond timestamps), to standard
@@ -247,6 +249,7 @@ fn mode_of(common: &CommonArgs) -> InputMode {
         Some(ModeArg::XdpNative) => InputMode::XdpNative,
         Some(ModeArg::XdpSkb) => InputMode::XdpSkb,
         Some(ModeArg::AfPacket) => InputMode::AfPacket,
+        Some(ModeArg::Netmap) => InputMode::Netmap,
     }
 }
 

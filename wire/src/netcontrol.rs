@@ -11,6 +11,19 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
 
+/// The way a NetControl rule is aimed at (`"way": N` in the rule, fastedge's own field), or
+/// `None` for the whole input. The error is what the client is told.
+pub fn rule_way(rule: &Value) -> Result<Option<u32>, String> {
+    match &rule["way"] {
+        Value::Null => Ok(None),
+        way => way
+            .as_u64()
+            .and_then(|w| u32::try_from(w).ok())
+            .map(Some)
+            .ok_or_else(|| format!("way {way}: a way number (0, 1, …)")),
+    }
+}
+
 /// The pre-filter rules one NetControl rule stands for: one for a flow, two for an address
 /// (traffic from it and to it) or a connection (both directions). The error is what the client
 /// is told.
@@ -266,6 +279,20 @@ mod tests {
         ] {
             let error = rule_specs(&rule).expect_err(&rule.to_string());
             assert!(error.contains(why), "{rule}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_rule_may_name_one_way() {
+        let rule = |way: Value| serde_json::json!({"ty": "drop", "way": way});
+        assert_eq!(rule_way(&serde_json::json!({"ty": "drop"})), Ok(None));
+        assert_eq!(rule_way(&rule(serde_json::json!(3))), Ok(Some(3)));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!("3"),
+            serde_json::json!(1.5),
+        ] {
+            assert!(rule_way(&rule(bad)).unwrap_err().contains("a way number"));
         }
     }
 }

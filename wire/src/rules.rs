@@ -69,6 +69,14 @@ impl Prefix {
         len: 0,
     };
 
+    /// Whether `addr` (IPv6, IPv4 as IPv4-mapped) lies in this prefix.
+    pub fn contains(&self, addr: &[u8; 16]) -> bool {
+        let len = usize::from(self.len.min(128));
+        let (whole, bits) = (len / 8, len % 8);
+        addr[..whole] == self.addr[..whole]
+            && (bits == 0 || (addr[whole] ^ self.addr[whole]) & (0xffu8 << (8 - bits)) == 0)
+    }
+
     fn is_v4(&self) -> bool {
         self.len >= 96 && self.addr[..10] == [0; 10] && self.addr[10..12] == [0xff, 0xff]
     }
@@ -124,6 +132,23 @@ pub struct RuleSpec {
     pub dport: (u16, u16),
     /// Lifetime in seconds; `None`: until removed.
     pub seconds: Option<u64>,
+}
+
+impl RuleSpec {
+    /// Whether a packet of flow `key` matches: its addresses in the prefixes, its protocol
+    /// (0: any) and its ports in the ranges (a rule with ports matches only packets whose
+    /// ports were read, so not later fragments). The action and the lifetime play no part.
+    pub fn matches(&self, key: &crate::packet::FlowKey) -> bool {
+        let ports_given = self.sport != ANY_PORT || self.dport != ANY_PORT;
+        let ports_read = !key.fragment && !key.unwalked;
+        self.src.is_none_or(|p| p.contains(&key.src))
+            && self.dst.is_none_or(|p| p.contains(&key.dst))
+            && (self.protocol == 0 || self.protocol == key.protocol)
+            && (!ports_given
+                || (ports_read
+                    && (self.sport.0..=self.sport.1).contains(&key.src_port)
+                    && (self.dport.0..=self.dport.1).contains(&key.dst_port)))
+    }
 }
 
 /// Why a rule does not parse.
@@ -326,5 +351,47 @@ mod tests {
             let error = text.parse::<RuleSpec>().expect_err(text).to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_rule_matches_the_flows_it_names() {
+        let key = |src: &str, dst: &str, protocol: u8, sport: u16, dport: u16| {
+            let v6 = |a: &str| match a.parse::<std::net::IpAddr>().unwrap() {
+                std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(a) => a.octets(),
+            };
+            crate::packet::FlowKey {
+                src: v6(src),
+                dst: v6(dst),
+                protocol,
+                src_port: sport,
+                dst_port: dport,
+                fragment: false,
+                tunnel_depth: 0,
+                unwalked: false,
+            }
+        };
+        let rule = |text: &str| text.parse::<RuleSpec>().unwrap();
+        let udp = key("203.0.113.9", "10.0.0.1", 17, 5000, 53);
+        assert!(rule("drop src 203.0.113.0/24").matches(&udp));
+        assert!(rule("drop src 203.0.113.8/31 proto udp dport 53").matches(&udp));
+        assert!(rule("drop dst 10.0.0.1").matches(&udp));
+        assert!(rule("pass").matches(&udp));
+        assert!(!rule("drop src 203.0.113.10/31").matches(&udp));
+        assert!(
+            !rule("drop dst 203.0.113.9").matches(&udp),
+            "direction counts"
+        );
+        assert!(!rule("drop proto tcp").matches(&udp));
+        assert!(!rule("drop proto udp dport 54-60").matches(&udp));
+        let mut later_fragment = udp;
+        later_fragment.fragment = true;
+        assert!(!rule("drop proto udp dport 53").matches(&later_fragment));
+        assert!(rule("drop src 203.0.113.9").matches(&later_fragment));
+        let v6 = key("2001:db8::7", "2001:db8:1::1", 6, 1, 443);
+        assert!(rule("drop src 2001:db8::/33").matches(&v6));
+        assert!(!rule("drop src 2001:db8:8000::/33").matches(&v6));
+        assert!(!rule("drop src 0.0.0.0/0").matches(&v6), "IPv4 space only");
+        assert!(rule("drop src ::/0").matches(&udp), "every address");
     }
 }
