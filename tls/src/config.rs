@@ -1203,29 +1203,62 @@ fn backend_list(
         .collect()
 }
 
+/// Validates a whole document: each section by its own validator, in document order (so the
+/// first error reported is the same whichever way the sections are written).
 fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
-    let cores = match raw.cores.trim() {
-        "" | "all" => None,
-        list => Some(
-            list.parse::<CpuList>()
-                .map_err(|e| invalid(raw.origins.cores, format!("{list:?}: {e}")))?,
-        ),
-    };
-    let engine = raw
-        .engine
-        .trim()
+    let cores = validate_cores(&raw.cores, raw.origins.cores)?;
+    let engine = validate_engine(&raw.engine)?;
+    let metrics_listen = validate_metrics_listen(&raw.metrics_listen)?;
+    let frontend = validate_frontend(&raw.frontend)?;
+    let tls = validate_tls(raw.tls, &raw.context, raw.origins.alpn)?;
+    let balance = validate_balance(&raw.balance)?;
+    let backends = backend_list("backend", &raw.backend, raw.origins.backend.as_deref())?;
+    Ok(ServeConfig {
+        cores,
+        engine,
+        user: nonempty(&raw.user),
+        group: nonempty(&raw.group),
+        metrics_listen,
+        frontend,
+        tls,
+        balance,
+        backends,
+    })
+}
+
+/// `cores` (or the option named `key` that set it): `None` for every CPU.
+fn validate_cores(text: &str, key: &str) -> Result<Option<CpuList>, ConfigError> {
+    match text.trim() {
+        "" | "all" => Ok(None),
+        list => list
+            .parse::<CpuList>()
+            .map(Some)
+            .map_err(|e| invalid(key, format!("{list:?}: {e}"))),
+    }
+}
+
+/// `engine`.
+fn validate_engine(text: &str) -> Result<Engine, ConfigError> {
+    text.trim()
         .parse::<Engine>()
-        .map_err(|e| invalid("engine", e.to_string()))?;
-    let metrics_listen = match raw.metrics_listen.trim() {
-        "" => None,
-        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+        .map_err(|e| invalid("engine", e.to_string()))
+}
+
+/// `metrics_listen`: `None` when empty.
+fn validate_metrics_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.trim() {
+        "" => Ok(None),
+        text => text.parse::<SocketAddr>().map(Some).map_err(|_| {
             invalid(
                 "metrics_listen",
                 format!("{text:?} is not an IP:port address"),
             )
-        })?),
-    };
-    let f = raw.frontend;
+        }),
+    }
+}
+
+/// The `[frontend]` table.
+fn validate_frontend(f: &RawFrontend) -> Result<FrontendSettings, ConfigError> {
     if f.listen.is_empty() {
         return Err(invalid("frontend.listen", "needs at least one address"));
     }
@@ -1257,7 +1290,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
                 .map_err(|e| invalid(format!("frontend.trusted_proxies[{i}]"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let frontend = FrontendSettings {
+    Ok(FrontendSettings {
         listen,
         backlog: f.backlog,
         handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
@@ -1270,10 +1303,63 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         allow_half_open: f.allow_half_open,
         drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,
         trusted_proxies,
-    };
+    })
+}
 
-    let t = raw.tls;
+/// The `[tls]` table and the `[[context]]` tables (which inherit from it); `alpn_key` names
+/// `tls.alpn` (or the option that set it).
+fn validate_tls(
+    t: RawTls,
+    contexts: &[RawContext],
+    alpn_key: &str,
+) -> Result<TlsSettings, ConfigError> {
     let certificates = certificate_list("tls", &t.shorthand(), &t.certificate)?;
+    let (min_version, max_version) = validate_versions(&t.min_version, &t.max_version)?;
+    if t.groups.is_empty() {
+        return Err(invalid("tls.groups", "needs at least one group"));
+    }
+    check_alpn(alpn_key, &t.alpn)?;
+    let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
+    let resumption = validate_resumption(&t)?;
+    let ciphers = nonempty(&t.ciphers);
+    let stapling = validate_stapling(&t)?;
+    let dynamic_sni = validate_dynamic_sni(&t)?;
+    let contexts = validate_contexts(contexts, &t, &ciphers)?;
+    if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
+        return Err(invalid(
+            "tls.sni_strict",
+            "refuses every client unless at least one [[context]] or sni_url is configured",
+        ));
+    }
+    let early_data = if t.early_data {
+        if t.early_data_max == 0 {
+            return Err(invalid("tls.early_data_max", "must be positive"));
+        }
+        Some(t.early_data_max)
+    } else {
+        None
+    };
+    Ok(TlsSettings {
+        certificates,
+        min_version,
+        max_version,
+        ciphers,
+        groups: t.groups,
+        alpn: t.alpn,
+        alpn_no_h2: false,
+        server_preference: t.server_preference,
+        client_auth,
+        contexts,
+        sni_strict: t.sni_strict,
+        resumption,
+        stapling,
+        dynamic_sni,
+        early_data,
+    })
+}
+
+/// `tls.min_version` and `tls.max_version`, in that order.
+fn validate_versions(min: &str, max: &str) -> Result<(TlsVersion, TlsVersion), ConfigError> {
     let version = |key: &str, text: &str| match text.trim() {
         "1.2" => Ok(TlsVersion::Tls12),
         "1.3" => Ok(TlsVersion::Tls13),
@@ -1282,16 +1368,17 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             format!("{other:?} is not a supported TLS version (\"1.2\" or \"1.3\")"),
         )),
     };
-    let min_version = version("tls.min_version", &t.min_version)?;
-    let max_version = version("tls.max_version", &t.max_version)?;
+    let min_version = version("tls.min_version", min)?;
+    let max_version = version("tls.max_version", max)?;
     if min_version > max_version {
         return Err(invalid("tls.min_version", "is above tls.max_version"));
     }
-    if t.groups.is_empty() {
-        return Err(invalid("tls.groups", "needs at least one group"));
-    }
-    check_alpn(raw.origins.alpn, &t.alpn)?;
-    let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
+    Ok((min_version, max_version))
+}
+
+/// Session resumption: `tls.tickets`, the ticket keys' source (fixed keys parsed here, once),
+/// the session cache and the fleet's session store.
+fn validate_resumption(t: &RawTls) -> Result<Resumption, ConfigError> {
     let ticket_keys = match (
         nonempty(&t.ticket_secret_file),
         nonempty(&t.ticket_key_file),
@@ -1323,30 +1410,8 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     if t.ticket_key_stdin && !t.tickets {
         return Err(invalid("tls.ticket_key_stdin", "needs tls.tickets = true"));
     }
-    let session_store = match nonempty(&t.session_store) {
-        None => None,
-        Some(address) => {
-            if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
-                return Err(invalid(
-                    "tls.session_store",
-                    "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
-                     the fleet's secret before they leave the box",
-                ));
-            }
-            if t.session_cache_size == 0 {
-                return Err(invalid(
-                    "tls.session_store",
-                    "needs the local session cache in front (tls.session_cache_size above 0)",
-                ));
-            }
-            let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
-            Some(
-                crate::session_store::StoreSettings::new(&address, timeout)
-                    .map_err(|e| invalid("tls.session_store", e))?,
-            )
-        }
-    };
-    let resumption = Resumption {
+    let session_store = validate_session_store(t, &ticket_keys)?;
+    Ok(Resumption {
         tickets: t.tickets,
         ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
         ticket_previous: t.ticket_previous,
@@ -1355,144 +1420,166 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         session_cache_size: t.session_cache_size,
         session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
         session_store,
-    };
-    let ciphers = nonempty(&t.ciphers);
-    let stapling = Stapling {
-        fetch: t.ocsp_fetch,
-        url: match nonempty(&t.ocsp_url) {
-            None => None,
-            Some(url) if url.starts_with("http://") && url.contains("%s") => Some(url),
-            Some(url) => {
-                return Err(invalid(
-                    "tls.ocsp_url",
-                    format!("{url:?}: expected an http:// URL with %s for the certificate ID"),
-                ))
-            }
-        },
-        timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
-    };
+    })
+}
 
-    let dynamic_sni = match nonempty(&t.sni_url) {
-        None => None,
-        Some(url) => {
-            if !(url.starts_with("http://") && url.contains("%s")) {
-                return Err(invalid(
-                    "tls.sni_url",
-                    format!("{url:?}: expected an http:// URL with %s for the server name"),
-                ));
-            }
-            if t.sni_fetchers == 0 {
-                return Err(invalid("tls.sni_fetchers", "must be at least 1"));
-            }
-            Some(DynamicSniSettings {
-                url,
-                timeout: positive_duration("tls.sni_timeout", &t.sni_timeout)?,
-                cache_ttl: parse_duration("tls.sni_cache_ttl", &t.sni_cache_ttl)?,
-                negative_ttl: parse_duration("tls.sni_negative_ttl", &t.sni_negative_ttl)?,
-                cache_size: t.sni_cache_size,
-                fetchers: t.sni_fetchers,
-            })
-        }
+/// `tls.session_store` and `tls.session_store_timeout`: `None` when no store is named.
+fn validate_session_store(
+    t: &RawTls,
+    ticket_keys: &TicketKeySource,
+) -> Result<Option<crate::session_store::StoreSettings>, ConfigError> {
+    let Some(address) = nonempty(&t.session_store) else {
+        return Ok(None);
     };
-
-    let mut contexts = Vec::with_capacity(raw.context.len());
-    let mut names = fastedge_wire::sni::NameTable::new();
-    for (i, c) in raw.context.iter().enumerate() {
-        let prefix = format!("context[{i}]");
-        if c.servername.is_empty() {
-            return Err(invalid(
-                format!("{prefix}.servername"),
-                "needs at least one server name",
-            ));
-        }
-        for (j, name) in c.servername.iter().enumerate() {
-            names.insert(name, i).map_err(|e| {
-                invalid(
-                    format!("{prefix}.servername[{j}]"),
-                    format!("{name:?}: {e}"),
-                )
-            })?;
-        }
-        let shorthand = RawCertificate {
-            cert: c.cert.clone(),
-            key: c.key.clone(),
-            key_server: c.key_server.clone(),
-            ocsp_staple: c.ocsp_staple.clone(),
-            passphrase: c.passphrase.clone(),
-            passphrase_env: c.passphrase_env.clone(),
-            passphrase_file: c.passphrase_file.clone(),
-            passphrase_cmd: c.passphrase_cmd.clone(),
-        };
-        let certificates = certificate_list(&prefix, &shorthand, &c.certificate)?;
-        if certificates.is_empty() {
-            return Err(invalid(
-                format!("{prefix}.cert"),
-                "an SNI context needs its own cert and key",
-            ));
-        }
-        let alpn = c.alpn.clone().unwrap_or_else(|| t.alpn.clone());
-        check_alpn(&format!("{prefix}.alpn"), &alpn)?;
-        let pick = |own: &Option<String>, global: &String| own.clone().unwrap_or(global.clone());
-        contexts.push(SniContext {
-            names: c.servername.clone(),
-            certificates,
-            ciphers: match &c.ciphers {
-                Some(own) => nonempty(own),
-                None => ciphers.clone(),
-            },
-            alpn,
-            client_auth: {
-                let verify = pick(&c.client_verify, &t.client_verify);
-                // A context that turns client certificates off does not inherit CA or CRL.
-                let (ca, crl) = if verify.trim() == "none" {
-                    (
-                        c.client_ca.clone().unwrap_or_default(),
-                        c.client_crl.clone().unwrap_or_default(),
-                    )
-                } else {
-                    (
-                        pick(&c.client_ca, &t.client_ca),
-                        pick(&c.client_crl, &t.client_crl),
-                    )
-                };
-                parse_client_auth(&prefix, &verify, &ca, &crl)?
-            },
-            backends: backend_list(&format!("{prefix}.backend"), &c.backend, None)?,
-        });
-    }
-    if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
+    if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
         return Err(invalid(
-            "tls.sni_strict",
-            "refuses every client unless at least one [[context]] or sni_url is configured",
+            "tls.session_store",
+            "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
+             the fleet's secret before they leave the box",
         ));
     }
+    if t.session_cache_size == 0 {
+        return Err(invalid(
+            "tls.session_store",
+            "needs the local session cache in front (tls.session_cache_size above 0)",
+        ));
+    }
+    let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
+    crate::session_store::StoreSettings::new(&address, timeout)
+        .map(Some)
+        .map_err(|e| invalid("tls.session_store", e))
+}
 
-    let tls = TlsSettings {
-        certificates,
-        min_version,
-        max_version,
-        ciphers,
-        groups: t.groups,
-        alpn: t.alpn,
-        alpn_no_h2: false,
-        server_preference: t.server_preference,
-        client_auth,
-        contexts,
-        sni_strict: t.sni_strict,
-        resumption,
-        stapling,
-        dynamic_sni,
-        early_data: if t.early_data {
-            if t.early_data_max == 0 {
-                return Err(invalid("tls.early_data_max", "must be positive"));
-            }
-            Some(t.early_data_max)
-        } else {
-            None
-        },
+/// OCSP stapling: `tls.ocsp_fetch`, `tls.ocsp_url`, `tls.ocsp_timeout`.
+fn validate_stapling(t: &RawTls) -> Result<Stapling, ConfigError> {
+    let url = match nonempty(&t.ocsp_url) {
+        None => None,
+        Some(url) if url.starts_with("http://") && url.contains("%s") => Some(url),
+        Some(url) => {
+            return Err(invalid(
+                "tls.ocsp_url",
+                format!("{url:?}: expected an http:// URL with %s for the certificate ID"),
+            ))
+        }
     };
+    Ok(Stapling {
+        fetch: t.ocsp_fetch,
+        url,
+        timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
+    })
+}
 
-    let b = raw.balance;
+/// Dynamic SNI: `tls.sni_url` and the `tls.sni_*` keys that go with it; `None` when off.
+fn validate_dynamic_sni(t: &RawTls) -> Result<Option<DynamicSniSettings>, ConfigError> {
+    let Some(url) = nonempty(&t.sni_url) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") && url.contains("%s")) {
+        return Err(invalid(
+            "tls.sni_url",
+            format!("{url:?}: expected an http:// URL with %s for the server name"),
+        ));
+    }
+    if t.sni_fetchers == 0 {
+        return Err(invalid("tls.sni_fetchers", "must be at least 1"));
+    }
+    Ok(Some(DynamicSniSettings {
+        url,
+        timeout: positive_duration("tls.sni_timeout", &t.sni_timeout)?,
+        cache_ttl: parse_duration("tls.sni_cache_ttl", &t.sni_cache_ttl)?,
+        negative_ttl: parse_duration("tls.sni_negative_ttl", &t.sni_negative_ttl)?,
+        cache_size: t.sni_cache_size,
+        fetchers: t.sni_fetchers,
+    }))
+}
+
+/// The `[[context]]` tables, in order; keys a context does not give come from `[tls]` (`t`,
+/// whose cipher list is `ciphers`).
+fn validate_contexts(
+    contexts: &[RawContext],
+    t: &RawTls,
+    ciphers: &Option<String>,
+) -> Result<Vec<SniContext>, ConfigError> {
+    let mut names = fastedge_wire::sni::NameTable::new();
+    contexts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| validate_context(i, c, t, ciphers, &mut names))
+        .collect()
+}
+
+/// One `[[context]]` table, `context[i]`; its server names go into `names`.
+fn validate_context(
+    i: usize,
+    c: &RawContext,
+    t: &RawTls,
+    ciphers: &Option<String>,
+    names: &mut fastedge_wire::sni::NameTable,
+) -> Result<SniContext, ConfigError> {
+    let prefix = format!("context[{i}]");
+    if c.servername.is_empty() {
+        return Err(invalid(
+            format!("{prefix}.servername"),
+            "needs at least one server name",
+        ));
+    }
+    for (j, name) in c.servername.iter().enumerate() {
+        names.insert(name, i).map_err(|e| {
+            invalid(
+                format!("{prefix}.servername[{j}]"),
+                format!("{name:?}: {e}"),
+            )
+        })?;
+    }
+    let shorthand = RawCertificate {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        key_server: c.key_server.clone(),
+        ocsp_staple: c.ocsp_staple.clone(),
+        passphrase: c.passphrase.clone(),
+        passphrase_env: c.passphrase_env.clone(),
+        passphrase_file: c.passphrase_file.clone(),
+        passphrase_cmd: c.passphrase_cmd.clone(),
+    };
+    let certificates = certificate_list(&prefix, &shorthand, &c.certificate)?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            format!("{prefix}.cert"),
+            "an SNI context needs its own cert and key",
+        ));
+    }
+    let alpn = c.alpn.clone().unwrap_or_else(|| t.alpn.clone());
+    check_alpn(&format!("{prefix}.alpn"), &alpn)?;
+    let pick = |own: &Option<String>, global: &String| own.clone().unwrap_or(global.clone());
+    let verify = pick(&c.client_verify, &t.client_verify);
+    // A context that turns client certificates off does not inherit CA or CRL.
+    let (ca, crl) = if verify.trim() == "none" {
+        (
+            c.client_ca.clone().unwrap_or_default(),
+            c.client_crl.clone().unwrap_or_default(),
+        )
+    } else {
+        (
+            pick(&c.client_ca, &t.client_ca),
+            pick(&c.client_crl, &t.client_crl),
+        )
+    };
+    let client_auth = parse_client_auth(&prefix, &verify, &ca, &crl)?;
+    Ok(SniContext {
+        names: c.servername.clone(),
+        certificates,
+        ciphers: match &c.ciphers {
+            Some(own) => nonempty(own),
+            None => ciphers.clone(),
+        },
+        alpn,
+        client_auth,
+        backends: backend_list(&format!("{prefix}.backend"), &c.backend, None)?,
+    })
+}
+
+/// The `[balance]` table.
+fn validate_balance(b: &RawBalance) -> Result<BalanceSettings, ConfigError> {
     let mode = match b.mode.trim() {
         "roundrobin" | "sni" => BalanceMode::RoundRobin,
         "on-fail" => BalanceMode::OnFail,
@@ -1506,7 +1593,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             ))
         }
     };
-    let balance = BalanceSettings {
+    Ok(BalanceSettings {
         mode,
         connect_timeout: positive_duration("balance.connect_timeout", &b.connect_timeout)?,
         retry_interval: parse_duration("balance.retry_interval", &b.retry_interval)?,
@@ -1520,20 +1607,6 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             &b.health_check_interval,
         )?)
         .filter(|d| !d.is_zero()),
-    };
-
-    let backends = backend_list("backend", &raw.backend, raw.origins.backend.as_deref())?;
-
-    Ok(ServeConfig {
-        cores,
-        engine,
-        user: nonempty(&raw.user),
-        group: nonempty(&raw.group),
-        metrics_listen,
-        frontend,
-        tls,
-        balance,
-        backends,
     })
 }
 
