@@ -1,7 +1,9 @@
 //! The configuration of `fastedge serve`: TOML in, validated settings out.
 //!
 //! [`DEFAULT_CONFIG`] is the reference: every field, its default and what it means, in one
-//! place (`fastedge serve --print-default-config` prints it). [`ServeConfig::parse`] turns a
+//! place (`fastedge serve --print-default-config` prints it). It is also where the defaults
+//! come from: a document is read over it, so a key the document leaves out takes the value
+//! written there, and there is no second copy to keep in step. [`ServeConfig::parse`] turns a
 //! document into validated settings; errors name the key. Nothing downstream re-checks.
 //! Settings given on a command line ([`ServeOverrides`]) replace the document's before it is
 //! validated ([`ServeConfig::parse_with`]), so a bad value is reported once, under its option.
@@ -9,6 +11,7 @@
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     path::PathBuf,
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -18,11 +21,13 @@ use fastedge_wire::{
     net::IpPrefix,
 };
 use serde::Deserialize;
+use toml::{de::DeTable, Spanned};
 
 use crate::tickets::parse_keys;
 pub use crate::tickets::TicketKeySource;
 
-/// The documented default configuration. Parsing it gives exactly the built-in defaults.
+/// The documented default configuration, and the source of the built-in defaults: every
+/// document is read over it (a key the document leaves out takes its value here).
 pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every key is optional; shown with its default.
 # Durations are written with a unit: "250ms", "10s", "5m", "1h".
 
@@ -258,8 +263,11 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A document as written, read over [`DEFAULT_CONFIG`] ([`RawConfig::read`]). Its tables are
+/// strict: every key must be present after that (so the default document must hold them all),
+/// except the lists of tables, which the default document leaves empty.
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     cores: String,
     engine: String,
@@ -269,7 +277,9 @@ struct RawConfig {
     frontend: RawFrontend,
     tls: RawTls,
     balance: RawBalance,
+    #[serde(default)]
     backend: Vec<RawBackend>,
+    #[serde(default)]
     context: Vec<RawContext>,
     /// Which keys came from [`ServeOverrides`], so that errors name the option.
     #[serde(skip)]
@@ -375,7 +385,7 @@ impl ServeOverrides {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawFrontend {
     listen: Vec<String>,
     backlog: i32,
@@ -389,7 +399,7 @@ struct RawFrontend {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawTls {
     cert: String,
     key: String,
@@ -399,6 +409,7 @@ struct RawTls {
     passphrase_env: String,
     passphrase_file: String,
     passphrase_cmd: String,
+    #[serde(default)]
     certificate: Vec<RawCertificate>,
     min_version: String,
     max_version: String,
@@ -471,7 +482,7 @@ struct RawCertificate {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawBalance {
     mode: String,
     connect_timeout: String,
@@ -500,21 +511,59 @@ fn default_proxy_protocol() -> String {
     "none".into()
 }
 
-impl Default for RawConfig {
-    fn default() -> Self {
-        Self {
-            cores: "all".into(),
-            engine: "uring".into(),
-            user: String::new(),
-            group: String::new(),
-            metrics_listen: String::new(),
-            frontend: RawFrontend::default(),
-            tls: RawTls::default(),
-            balance: RawBalance::default(),
-            backend: Vec::new(),
-            context: Vec::new(),
-            origins: Origins::default(),
+/// [`DEFAULT_CONFIG`] parsed, once: the layer every document is read over.
+fn default_table() -> Result<&'static DeTable<'static>, ConfigError> {
+    static TABLE: OnceLock<Result<DeTable<'static>, String>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            DeTable::parse(DEFAULT_CONFIG)
+                .map(Spanned::into_inner)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| ConfigError::Syntax(format!("the default configuration: {e}")))
+}
+
+/// Gives `document` every key of `defaults` it lacks, table by table (a table the document
+/// gives is filled in key by key; any other value it gives replaces the default whole).
+fn fill_in<'i>(document: &mut DeTable<'i>, defaults: &DeTable<'static>) {
+    for (key, default) in defaults.iter() {
+        match document.get_mut(key.get_ref().as_ref()) {
+            None => {
+                document.insert(key.clone(), default.clone());
+            }
+            Some(given) => {
+                if let (toml::de::DeValue::Table(given), toml::de::DeValue::Table(default)) =
+                    (given.get_mut(), default.get_ref())
+                {
+                    fill_in(given, default);
+                }
+            }
         }
+    }
+}
+
+impl RawConfig {
+    /// Reads a TOML document over [`DEFAULT_CONFIG`]. Leading and trailing whitespace is fine.
+    /// Errors show where in `text` they are, as the TOML parser words them.
+    fn read(text: &str) -> Result<Self, ConfigError> {
+        let text = text.trim();
+        let syntax = |e: toml::de::Error| ConfigError::Syntax(e.to_string());
+        let document = DeTable::parse(text).map_err(syntax)?;
+        let span = document.span();
+        let mut table = document.into_inner();
+        fill_in(&mut table, default_table()?);
+        RawConfig::deserialize(toml::Deserializer::from(Spanned::new(span, table))).map_err(
+            |mut e| {
+                e.set_input(Some(text));
+                syntax(e)
+            },
+        )
+    }
+
+    /// The built-in defaults: [`DEFAULT_CONFIG`] as it reads.
+    fn documented() -> Result<Self, ConfigError> {
+        Self::read("")
     }
 }
 
@@ -549,87 +598,6 @@ impl RawCertificate {
         ]
         .iter()
         .any(|v| !v.trim().is_empty())
-    }
-}
-
-impl Default for RawFrontend {
-    fn default() -> Self {
-        Self {
-            listen: vec!["127.0.0.1:8443".into()],
-            backlog: 1024,
-            handshake_timeout: "10s".into(),
-            idle_timeout: "5m".into(),
-            request_head_timeout: "10s".into(),
-            max_connections: 10_000,
-            allow_half_open: true,
-            drain_timeout: "30s".into(),
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-impl Default for RawTls {
-    fn default() -> Self {
-        Self {
-            cert: String::new(),
-            key: String::new(),
-            key_server: String::new(),
-            ocsp_staple: String::new(),
-            passphrase: String::new(),
-            passphrase_env: String::new(),
-            passphrase_file: String::new(),
-            passphrase_cmd: String::new(),
-            certificate: Vec::new(),
-            min_version: "1.2".into(),
-            max_version: "1.3".into(),
-            ciphers: String::new(),
-            groups: ["X25519MLKEM768", "X25519", "P-256", "P-384"]
-                .map(String::from)
-                .to_vec(),
-            alpn: vec!["http/1.1".into()],
-            server_preference: true,
-            client_verify: "none".into(),
-            client_ca: String::new(),
-            client_crl: String::new(),
-            sni_strict: false,
-            tickets: true,
-            ticket_rotate: "1h".into(),
-            ticket_previous: 2,
-            ticket_secret_file: String::new(),
-            ticket_secret_accept_file: String::new(),
-            ticket_key_file: String::new(),
-            ticket_key: String::new(),
-            ticket_key_stdin: false,
-            session_cache_size: 20480,
-            session_timeout: "1h".into(),
-            session_store: String::new(),
-            session_store_timeout: "20ms".into(),
-            ocsp_fetch: true,
-            ocsp_url: String::new(),
-            ocsp_timeout: "5s".into(),
-            sni_url: String::new(),
-            sni_timeout: "2s".into(),
-            sni_cache_ttl: "5m".into(),
-            sni_negative_ttl: "30s".into(),
-            sni_cache_size: 10_000,
-            sni_fetchers: 4,
-            early_data: false,
-            early_data_max: 14336,
-        }
-    }
-}
-
-impl Default for RawBalance {
-    fn default() -> Self {
-        Self {
-            mode: "roundrobin".into(),
-            connect_timeout: "5s".into(),
-            retry_interval: "250ms".into(),
-            max_retries: 5,
-            death_timeout: "1s".into(),
-            revive_interval: "2500ms".into(),
-            health_check_interval: "0s".into(),
-        }
     }
 }
 
@@ -920,8 +888,11 @@ impl BackendSpec {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        // The built-in defaults are valid by construction; `tests::defaults_are_valid` checks.
-        validate(RawConfig::default()).unwrap_or_else(|e| unreachable!("built-in defaults: {e}"))
+        // The default document is complete and valid; `tests::default_document_is_the_defaults`
+        // and `tests::defaults_are_valid` check.
+        RawConfig::documented()
+            .and_then(validate)
+            .unwrap_or_else(|e| unreachable!("built-in defaults: {e}"))
     }
 }
 
@@ -966,15 +937,14 @@ impl ServeConfig {
     /// Parses a TOML document, replaces its settings by `overrides`, and validates the result
     /// (once: a bad override is reported under its option's name).
     pub fn parse_with(text: &str, overrides: &ServeOverrides) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig =
-            toml::from_str(text.trim()).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut raw = RawConfig::read(text)?;
         overrides.apply(&mut raw);
         validate(raw)
     }
 
     /// The built-in defaults with `overrides` applied, validated.
     pub fn defaults_with(overrides: &ServeOverrides) -> Result<Self, ConfigError> {
-        let mut raw = RawConfig::default();
+        let mut raw = RawConfig::documented()?;
         overrides.apply(&mut raw);
         validate(raw)
     }
@@ -1638,14 +1608,49 @@ mod tests {
 
     #[test]
     fn default_document_is_the_defaults() {
+        // Read alone (not over itself), the document must hold every key of every table: the
+        // tables are strict, so a key missing from it fails here.
         let parsed: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
-        assert_eq!(parsed, RawConfig::default());
+        assert_eq!(parsed, RawConfig::documented().unwrap());
+        let without = DEFAULT_CONFIG.replace("\nbacklog = 1024\n", "\n");
+        assert_ne!(without, DEFAULT_CONFIG);
+        let missing = toml::from_str::<RawConfig>(&without).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `backlog`"),
+            "{missing}"
+        );
         let config = ServeConfig::parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(
             config.frontend.listen,
             vec!["127.0.0.1:8443".parse().unwrap()]
         );
         assert!(config.backends.is_empty());
+    }
+
+    #[test]
+    fn a_table_given_in_part_takes_the_rest_from_the_default_document() {
+        let text = "[frontend]\nbacklog = 5\n[tls]\nalpn = [\"h2\"]\n\
+                    [[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\n";
+        let config = ServeConfig::parse(text).unwrap();
+        assert_eq!(config.frontend.backlog, 5);
+        assert_eq!(config.frontend.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            config.frontend.listen,
+            ServeConfig::default().frontend.listen
+        );
+        assert_eq!(config.tls.alpn, vec!["h2".to_owned()]);
+        assert_eq!(config.tls.groups.len(), 4);
+        assert_eq!(config.tls.certificates.len(), 1);
+        assert_eq!(config.tls.resumption.session_cache_size, 20480);
+        assert_eq!(config.balance.max_retries, 5);
+        // Errors still point into the document given, not into the default one.
+        let error = ServeConfig::parse("\n[balance]\nmax_retries = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("TOML parse error at line 2, column 15"),
+            "{error}"
+        );
     }
 
     #[test]
