@@ -16,6 +16,7 @@ use std::{
 };
 
 use fastedge_runtime::{CpuList, Engine};
+pub use fastedge_wire::sni::ServerName;
 use fastedge_wire::{
     balance::{BalanceMode, HealthSettings},
     net::IpPrefix,
@@ -769,8 +770,9 @@ pub struct ClientAuth {
 /// One SNI context: the names it serves and what differs from the default context.
 #[derive(Debug, Clone)]
 pub struct SniContext {
-    /// As written (exact names and `*.` wildcards), validated.
-    pub names: Vec<String>,
+    /// Exact names and `*.` wildcards, checked when the configuration was validated (the
+    /// context builder puts them in its name table as they are).
+    pub names: Vec<ServerName>,
     /// Its certificate/key pairs, in order of preference.
     pub certificates: Vec<CertificateSpec>,
     /// Its TLS 1.2 cipher list; `None`: the `[tls]` one.
@@ -1470,21 +1472,19 @@ fn validate_contexts(
     t: &RawTls,
     ciphers: &Option<String>,
 ) -> Result<Vec<SniContext>, ConfigError> {
-    let mut names = fastedge_wire::sni::NameTable::new();
     contexts
         .iter()
         .enumerate()
-        .map(|(i, c)| validate_context(i, c, t, ciphers, &mut names))
+        .map(|(i, c)| validate_context(i, c, t, ciphers))
         .collect()
 }
 
-/// One `[[context]]` table, `context[i]`; its server names go into `names`.
+/// One `[[context]]` table, `context[i]`.
 fn validate_context(
     i: usize,
     c: &RawContext,
     t: &RawTls,
     ciphers: &Option<String>,
-    names: &mut fastedge_wire::sni::NameTable,
 ) -> Result<SniContext, ConfigError> {
     let prefix = format!("context[{i}]");
     if c.servername.is_empty() {
@@ -1493,14 +1493,19 @@ fn validate_context(
             "needs at least one server name",
         ));
     }
-    for (j, name) in c.servername.iter().enumerate() {
-        names.insert(name, i).map_err(|e| {
-            invalid(
-                format!("{prefix}.servername[{j}]"),
-                format!("{name:?}: {e}"),
-            )
-        })?;
-    }
+    let names = c
+        .servername
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            ServerName::parse(name).map_err(|e| {
+                invalid(
+                    format!("{prefix}.servername[{j}]"),
+                    format!("{name:?}: {e}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let shorthand = RawCertificate {
         cert: c.cert.clone(),
         key: c.key.clone(),
@@ -1536,7 +1541,7 @@ fn validate_context(
     };
     let client_auth = parse_client_auth(&prefix, &verify, &ca, &crl)?;
     Ok(SniContext {
-        names: c.servername.clone(),
+        names,
         certificates,
         ciphers: match &c.ciphers {
             Some(own) => nonempty(own),
@@ -1860,6 +1865,32 @@ mod tests {
             let err = ServeConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: expected {key:?} in {err}");
         }
+    }
+
+    #[test]
+    fn server_names_are_checked_once_at_validation_under_their_key() {
+        let text = "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context]]\nservername = [\"b.test\", \"*.com\"]\ncert = \"a\"\nkey = \"b\"\n";
+        let error = ServeConfig::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "context[1].servername[1]: \"*.com\": a wildcard needs at least two labels after it \
+             (\"*.example.com\")"
+        );
+        // What validation hands on is checked already: the context builder's name table takes
+        // it with no error path, as written.
+        let text = text.replace("\"*.com\"", "\"*.B.test.\"");
+        let config = ServeConfig::parse(&text).unwrap();
+        let names = &config.tls.contexts[1].names;
+        assert_eq!(*names, vec!["b.test".to_owned(), "*.B.test.".to_owned()]);
+        let mut table = fastedge_wire::sni::NameTable::new();
+        for (i, context) in config.tls.contexts.iter().enumerate() {
+            for name in &context.names {
+                table.add(name, i);
+            }
+        }
+        assert_eq!(table.lookup("a.test"), Some(0));
+        assert_eq!(table.lookup("x.b.test"), Some(1));
     }
 
     #[test]
