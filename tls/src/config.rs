@@ -1101,23 +1101,27 @@ fn check_alpn(key: &str, alpn: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_client_auth(
+/// `{prefix}.client_verify`.
+fn parse_client_verify(prefix: &str, text: &str) -> Result<ClientVerify, ConfigError> {
+    match text.trim() {
+        "none" => Ok(ClientVerify::None),
+        "optional" => Ok(ClientVerify::Optional),
+        "required" => Ok(ClientVerify::Required),
+        other => Err(invalid(
+            format!("{prefix}.client_verify"),
+            format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
+        )),
+    }
+}
+
+/// A client-certificate policy from its mode and its `{prefix}.client_ca` and
+/// `{prefix}.client_crl`.
+fn client_auth(
     prefix: &str,
-    verify: &str,
+    verify: ClientVerify,
     ca: &str,
     crl: &str,
 ) -> Result<ClientAuth, ConfigError> {
-    let verify = match verify.trim() {
-        "none" => ClientVerify::None,
-        "optional" => ClientVerify::Optional,
-        "required" => ClientVerify::Required,
-        other => {
-            return Err(invalid(
-                format!("{prefix}.client_verify"),
-                format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
-            ))
-        }
-    };
     let ca = nonempty(ca).map(PathBuf::from);
     let crl = nonempty(crl).map(PathBuf::from);
     if verify != ClientVerify::None && ca.is_none() {
@@ -1291,12 +1295,20 @@ fn validate_tls(
         return Err(invalid("tls.groups", "needs at least one group"));
     }
     check_alpn(alpn_key, &t.alpn)?;
-    let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
+    let verify = parse_client_verify("tls", &t.client_verify)?;
+    let client_auth = client_auth("tls", verify, &t.client_ca, &t.client_crl)?;
     let resumption = validate_resumption(&t)?;
     let ciphers = nonempty(&t.ciphers);
     let stapling = validate_stapling(&t)?;
     let dynamic_sni = validate_dynamic_sni(&t)?;
-    let contexts = validate_contexts(contexts, &t, &ciphers)?;
+    let inherited = Inherited {
+        alpn: &t.alpn,
+        ciphers: &ciphers,
+        verify,
+        client_ca: &t.client_ca,
+        client_crl: &t.client_crl,
+    };
+    let contexts = validate_contexts(contexts, &inherited)?;
     if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
         return Err(invalid(
             "tls.sni_strict",
@@ -1469,22 +1481,35 @@ fn validate_dynamic_sni(t: &RawTls) -> Result<Option<DynamicSniSettings>, Config
 /// whose cipher list is `ciphers`).
 fn validate_contexts(
     contexts: &[RawContext],
-    t: &RawTls,
-    ciphers: &Option<String>,
+    inherited: &Inherited<'_>,
 ) -> Result<Vec<SniContext>, ConfigError> {
     contexts
         .iter()
         .enumerate()
-        .map(|(i, c)| validate_context(i, c, t, ciphers))
+        .map(|(i, c)| validate_context(i, c, inherited))
         .collect()
+}
+
+/// What a `[[context]]` takes from `[tls]` when it does not give its own, as validated there
+/// (so a context checks only what it gives itself).
+struct Inherited<'a> {
+    /// `tls.alpn` (or `--alpn`).
+    alpn: &'a [String],
+    /// `tls.ciphers`; `None`: the default list.
+    ciphers: &'a Option<String>,
+    /// `tls.client_verify`.
+    verify: ClientVerify,
+    /// `tls.client_ca` as written (a context asking for certificates inherits it).
+    client_ca: &'a str,
+    /// `tls.client_crl` as written.
+    client_crl: &'a str,
 }
 
 /// One `[[context]]` table, `context[i]`.
 fn validate_context(
     i: usize,
     c: &RawContext,
-    t: &RawTls,
-    ciphers: &Option<String>,
+    inherited: &Inherited<'_>,
 ) -> Result<SniContext, ConfigError> {
     let prefix = format!("context[{i}]");
     if c.servername.is_empty() {
@@ -1523,29 +1548,37 @@ fn validate_context(
             "an SNI context needs its own cert and key",
         ));
     }
-    let alpn = c.alpn.clone().unwrap_or_else(|| t.alpn.clone());
-    check_alpn(&format!("{prefix}.alpn"), &alpn)?;
-    let pick = |own: &Option<String>, global: &String| own.clone().unwrap_or(global.clone());
-    let verify = pick(&c.client_verify, &t.client_verify);
+    let alpn = match &c.alpn {
+        Some(own) => {
+            check_alpn(&format!("{prefix}.alpn"), own)?;
+            own.clone()
+        }
+        None => inherited.alpn.to_vec(),
+    };
+    let verify = match &c.client_verify {
+        Some(own) => parse_client_verify(&prefix, own)?,
+        None => inherited.verify,
+    };
+    let pick = |own: &Option<String>, global: &str| own.clone().unwrap_or(global.to_owned());
     // A context that turns client certificates off does not inherit CA or CRL.
-    let (ca, crl) = if verify.trim() == "none" {
+    let (ca, crl) = if verify == ClientVerify::None {
         (
             c.client_ca.clone().unwrap_or_default(),
             c.client_crl.clone().unwrap_or_default(),
         )
     } else {
         (
-            pick(&c.client_ca, &t.client_ca),
-            pick(&c.client_crl, &t.client_crl),
+            pick(&c.client_ca, inherited.client_ca),
+            pick(&c.client_crl, inherited.client_crl),
         )
     };
-    let client_auth = parse_client_auth(&prefix, &verify, &ca, &crl)?;
+    let client_auth = client_auth(&prefix, verify, &ca, &crl)?;
     Ok(SniContext {
         names,
         certificates,
         ciphers: match &c.ciphers {
             Some(own) => nonempty(own),
-            None => ciphers.clone(),
+            None => inherited.ciphers.clone(),
         },
         alpn,
         client_auth,
@@ -1891,6 +1924,53 @@ mod tests {
         }
         assert_eq!(table.lookup("a.test"), Some(0));
         assert_eq!(table.lookup("x.b.test"), Some(1));
+    }
+
+    #[test]
+    fn what_a_context_inherits_is_checked_once_under_the_tls_key() {
+        let context = "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n";
+        for (tls, expected) in [
+            (
+                "alpn = [\"\"]",
+                "tls.alpn[0]: protocol names are 1 to 255 bytes",
+            ),
+            (
+                "client_verify = \"maybe\"",
+                "tls.client_verify: \"maybe\" is not one of \"none\", \"optional\", \"required\"",
+            ),
+        ] {
+            let text = format!("[tls]\n{tls}\n{context}");
+            let error = ServeConfig::parse(&text).unwrap_err().to_string();
+            assert_eq!(error, expected);
+        }
+        // Under --alpn when the list came from it.
+        let overrides = ServeOverrides {
+            alpn: Some(vec!["x".repeat(256)]),
+            ..ServeOverrides::default()
+        };
+        let error = ServeConfig::parse_with(context, &overrides)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "--alpn[0]: protocol names are 1 to 255 bytes");
+        // What the context gives itself is checked under its own key.
+        let text = format!("{context}alpn = [\"\"]\nclient_verify = \"maybe\"\n");
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "context[0].alpn[0]: protocol names are 1 to 255 bytes"
+        );
+        let text = format!("{context}client_verify = \"maybe\"\n");
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("context[0].client_verify: \"maybe\""),
+            "{error}"
+        );
+        // An inherited mode with a CA the context drops is the context's own error.
+        let text = format!(
+            "[tls]\nclient_verify = \"required\"\nclient_ca = \"ca.pem\"\n{context}client_ca = \"\"\n"
+        );
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("context[0].client_ca: "), "{error}");
     }
 
     #[test]
