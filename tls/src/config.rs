@@ -1692,6 +1692,21 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_backend_example_shows_a_backend_s_defaults() {
+        // A [[backend]]'s defaults live in RawBackend's serde attributes; the default document
+        // shows them in a commented-out example, which must agree.
+        let start = DEFAULT_CONFIG.find("# [[backend]]\n").unwrap();
+        let example: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap()))
+            .collect();
+        let shown = RawConfig::read(&example).unwrap();
+        let address = shown.backend[0].address.clone();
+        let bare = RawConfig::read(&format!("[[backend]]\naddress = {address:?}")).unwrap();
+        assert_eq!(shown.backend, bare.backend);
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let config = ServeConfig::default();
         assert_eq!(config.balance.mode, BalanceMode::RoundRobin);
