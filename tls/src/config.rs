@@ -1,7 +1,9 @@
 //! The configuration of `fastedge serve`: TOML in, validated settings out.
 //!
 //! [`DEFAULT_CONFIG`] is the reference: every field, its default and what it means, in one
-//! place (`fastedge serve --print-default-config` prints it). [`ServeConfig::parse`] turns a
+//! place (`fastedge serve --print-default-config` prints it). It is also where the defaults
+//! come from: a document is read over it, so a key the document leaves out takes the value
+//! written there, and there is no second copy to keep in step. [`ServeConfig::parse`] turns a
 //! document into validated settings; errors name the key. Nothing downstream re-checks.
 //! Settings given on a command line ([`ServeOverrides`]) replace the document's before it is
 //! validated ([`ServeConfig::parse_with`]), so a bad value is reported once, under its option.
@@ -9,20 +11,24 @@
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     path::PathBuf,
+    sync::OnceLock,
     time::Duration,
 };
 
 use fastedge_runtime::{CpuList, Engine};
+pub use fastedge_wire::sni::ServerName;
 use fastedge_wire::{
     balance::{BalanceMode, HealthSettings},
     net::IpPrefix,
 };
 use serde::Deserialize;
+use toml::{de::DeTable, Spanned};
 
 use crate::tickets::parse_keys;
 pub use crate::tickets::TicketKeySource;
 
-/// The documented default configuration. Parsing it gives exactly the built-in defaults.
+/// The documented default configuration, and the source of the built-in defaults: every
+/// document is read over it (a key the document leaves out takes its value here).
 pub const DEFAULT_CONFIG: &str = r#"# fastedge serve configuration (TOML). Every key is optional; shown with its default.
 # Durations are written with a unit: "250ms", "10s", "5m", "1h".
 
@@ -258,8 +264,11 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A document as written, read over [`DEFAULT_CONFIG`] ([`RawConfig::read`]). Its tables are
+/// strict: every key must be present after that (so the default document must hold them all),
+/// except the lists of tables, which the default document leaves empty.
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     cores: String,
     engine: String,
@@ -269,7 +278,9 @@ struct RawConfig {
     frontend: RawFrontend,
     tls: RawTls,
     balance: RawBalance,
+    #[serde(default)]
     backend: Vec<RawBackend>,
+    #[serde(default)]
     context: Vec<RawContext>,
     /// Which keys came from [`ServeOverrides`], so that errors name the option.
     #[serde(skip)]
@@ -375,7 +386,7 @@ impl ServeOverrides {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawFrontend {
     listen: Vec<String>,
     backlog: i32,
@@ -389,7 +400,7 @@ struct RawFrontend {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawTls {
     cert: String,
     key: String,
@@ -399,6 +410,7 @@ struct RawTls {
     passphrase_env: String,
     passphrase_file: String,
     passphrase_cmd: String,
+    #[serde(default)]
     certificate: Vec<RawCertificate>,
     min_version: String,
     max_version: String,
@@ -471,7 +483,7 @@ struct RawCertificate {
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 struct RawBalance {
     mode: String,
     connect_timeout: String,
@@ -500,21 +512,59 @@ fn default_proxy_protocol() -> String {
     "none".into()
 }
 
-impl Default for RawConfig {
-    fn default() -> Self {
-        Self {
-            cores: "all".into(),
-            engine: "uring".into(),
-            user: String::new(),
-            group: String::new(),
-            metrics_listen: String::new(),
-            frontend: RawFrontend::default(),
-            tls: RawTls::default(),
-            balance: RawBalance::default(),
-            backend: Vec::new(),
-            context: Vec::new(),
-            origins: Origins::default(),
+/// [`DEFAULT_CONFIG`] parsed, once: the layer every document is read over.
+fn default_table() -> Result<&'static DeTable<'static>, ConfigError> {
+    static TABLE: OnceLock<Result<DeTable<'static>, String>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            DeTable::parse(DEFAULT_CONFIG)
+                .map(Spanned::into_inner)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| ConfigError::Syntax(format!("the default configuration: {e}")))
+}
+
+/// Gives `document` every key of `defaults` it lacks, table by table (a table the document
+/// gives is filled in key by key; any other value it gives replaces the default whole).
+fn fill_in<'i>(document: &mut DeTable<'i>, defaults: &DeTable<'static>) {
+    for (key, default) in defaults.iter() {
+        match document.get_mut(key.get_ref().as_ref()) {
+            None => {
+                document.insert(key.clone(), default.clone());
+            }
+            Some(given) => {
+                if let (toml::de::DeValue::Table(given), toml::de::DeValue::Table(default)) =
+                    (given.get_mut(), default.get_ref())
+                {
+                    fill_in(given, default);
+                }
+            }
         }
+    }
+}
+
+impl RawConfig {
+    /// Reads a TOML document over [`DEFAULT_CONFIG`]. Leading and trailing whitespace is fine.
+    /// Errors show where in `text` they are, as the TOML parser words them.
+    fn read(text: &str) -> Result<Self, ConfigError> {
+        let text = text.trim();
+        let syntax = |e: toml::de::Error| ConfigError::Syntax(e.to_string());
+        let document = DeTable::parse(text).map_err(syntax)?;
+        let span = document.span();
+        let mut table = document.into_inner();
+        fill_in(&mut table, default_table()?);
+        RawConfig::deserialize(toml::Deserializer::from(Spanned::new(span, table))).map_err(
+            |mut e| {
+                e.set_input(Some(text));
+                syntax(e)
+            },
+        )
+    }
+
+    /// The built-in defaults: [`DEFAULT_CONFIG`] as it reads.
+    fn documented() -> Result<Self, ConfigError> {
+        Self::read("")
     }
 }
 
@@ -549,87 +599,6 @@ impl RawCertificate {
         ]
         .iter()
         .any(|v| !v.trim().is_empty())
-    }
-}
-
-impl Default for RawFrontend {
-    fn default() -> Self {
-        Self {
-            listen: vec!["127.0.0.1:8443".into()],
-            backlog: 1024,
-            handshake_timeout: "10s".into(),
-            idle_timeout: "5m".into(),
-            request_head_timeout: "10s".into(),
-            max_connections: 10_000,
-            allow_half_open: true,
-            drain_timeout: "30s".into(),
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-impl Default for RawTls {
-    fn default() -> Self {
-        Self {
-            cert: String::new(),
-            key: String::new(),
-            key_server: String::new(),
-            ocsp_staple: String::new(),
-            passphrase: String::new(),
-            passphrase_env: String::new(),
-            passphrase_file: String::new(),
-            passphrase_cmd: String::new(),
-            certificate: Vec::new(),
-            min_version: "1.2".into(),
-            max_version: "1.3".into(),
-            ciphers: String::new(),
-            groups: ["X25519MLKEM768", "X25519", "P-256", "P-384"]
-                .map(String::from)
-                .to_vec(),
-            alpn: vec!["http/1.1".into()],
-            server_preference: true,
-            client_verify: "none".into(),
-            client_ca: String::new(),
-            client_crl: String::new(),
-            sni_strict: false,
-            tickets: true,
-            ticket_rotate: "1h".into(),
-            ticket_previous: 2,
-            ticket_secret_file: String::new(),
-            ticket_secret_accept_file: String::new(),
-            ticket_key_file: String::new(),
-            ticket_key: String::new(),
-            ticket_key_stdin: false,
-            session_cache_size: 20480,
-            session_timeout: "1h".into(),
-            session_store: String::new(),
-            session_store_timeout: "20ms".into(),
-            ocsp_fetch: true,
-            ocsp_url: String::new(),
-            ocsp_timeout: "5s".into(),
-            sni_url: String::new(),
-            sni_timeout: "2s".into(),
-            sni_cache_ttl: "5m".into(),
-            sni_negative_ttl: "30s".into(),
-            sni_cache_size: 10_000,
-            sni_fetchers: 4,
-            early_data: false,
-            early_data_max: 14336,
-        }
-    }
-}
-
-impl Default for RawBalance {
-    fn default() -> Self {
-        Self {
-            mode: "roundrobin".into(),
-            connect_timeout: "5s".into(),
-            retry_interval: "250ms".into(),
-            max_retries: 5,
-            death_timeout: "1s".into(),
-            revive_interval: "2500ms".into(),
-            health_check_interval: "0s".into(),
-        }
     }
 }
 
@@ -801,8 +770,9 @@ pub struct ClientAuth {
 /// One SNI context: the names it serves and what differs from the default context.
 #[derive(Debug, Clone)]
 pub struct SniContext {
-    /// As written (exact names and `*.` wildcards), validated.
-    pub names: Vec<String>,
+    /// Exact names and `*.` wildcards, checked when the configuration was validated (the
+    /// context builder puts them in its name table as they are).
+    pub names: Vec<ServerName>,
     /// Its certificate/key pairs, in order of preference.
     pub certificates: Vec<CertificateSpec>,
     /// Its TLS 1.2 cipher list; `None`: the `[tls]` one.
@@ -920,8 +890,11 @@ impl BackendSpec {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        // The built-in defaults are valid by construction; `tests::defaults_are_valid` checks.
-        validate(RawConfig::default()).unwrap_or_else(|e| unreachable!("built-in defaults: {e}"))
+        // The default document is complete and valid; `tests::default_document_is_the_defaults`
+        // and `tests::defaults_are_valid` check.
+        RawConfig::documented()
+            .and_then(validate)
+            .unwrap_or_else(|e| unreachable!("built-in defaults: {e}"))
     }
 }
 
@@ -966,15 +939,14 @@ impl ServeConfig {
     /// Parses a TOML document, replaces its settings by `overrides`, and validates the result
     /// (once: a bad override is reported under its option's name).
     pub fn parse_with(text: &str, overrides: &ServeOverrides) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig =
-            toml::from_str(text.trim()).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut raw = RawConfig::read(text)?;
         overrides.apply(&mut raw);
         validate(raw)
     }
 
     /// The built-in defaults with `overrides` applied, validated.
     pub fn defaults_with(overrides: &ServeOverrides) -> Result<Self, ConfigError> {
-        let mut raw = RawConfig::default();
+        let mut raw = RawConfig::documented()?;
         overrides.apply(&mut raw);
         validate(raw)
     }
@@ -1129,23 +1101,27 @@ fn check_alpn(key: &str, alpn: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_client_auth(
+/// `{prefix}.client_verify`.
+fn parse_client_verify(prefix: &str, text: &str) -> Result<ClientVerify, ConfigError> {
+    match text.trim() {
+        "none" => Ok(ClientVerify::None),
+        "optional" => Ok(ClientVerify::Optional),
+        "required" => Ok(ClientVerify::Required),
+        other => Err(invalid(
+            format!("{prefix}.client_verify"),
+            format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
+        )),
+    }
+}
+
+/// A client-certificate policy from its mode and its `{prefix}.client_ca` and
+/// `{prefix}.client_crl`.
+fn client_auth(
     prefix: &str,
-    verify: &str,
+    verify: ClientVerify,
     ca: &str,
     crl: &str,
 ) -> Result<ClientAuth, ConfigError> {
-    let verify = match verify.trim() {
-        "none" => ClientVerify::None,
-        "optional" => ClientVerify::Optional,
-        "required" => ClientVerify::Required,
-        other => {
-            return Err(invalid(
-                format!("{prefix}.client_verify"),
-                format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
-            ))
-        }
-    };
     let ca = nonempty(ca).map(PathBuf::from);
     let crl = nonempty(crl).map(PathBuf::from);
     if verify != ClientVerify::None && ca.is_none() {
@@ -1203,29 +1179,62 @@ fn backend_list(
         .collect()
 }
 
+/// Validates a whole document: each section by its own validator, in document order (so the
+/// first error reported is the same whichever way the sections are written).
 fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
-    let cores = match raw.cores.trim() {
-        "" | "all" => None,
-        list => Some(
-            list.parse::<CpuList>()
-                .map_err(|e| invalid(raw.origins.cores, format!("{list:?}: {e}")))?,
-        ),
-    };
-    let engine = raw
-        .engine
-        .trim()
+    let cores = validate_cores(&raw.cores, raw.origins.cores)?;
+    let engine = validate_engine(&raw.engine)?;
+    let metrics_listen = validate_metrics_listen(&raw.metrics_listen)?;
+    let frontend = validate_frontend(&raw.frontend)?;
+    let tls = validate_tls(raw.tls, &raw.context, raw.origins.alpn)?;
+    let balance = validate_balance(&raw.balance)?;
+    let backends = backend_list("backend", &raw.backend, raw.origins.backend.as_deref())?;
+    Ok(ServeConfig {
+        cores,
+        engine,
+        user: nonempty(&raw.user),
+        group: nonempty(&raw.group),
+        metrics_listen,
+        frontend,
+        tls,
+        balance,
+        backends,
+    })
+}
+
+/// `cores` (or the option named `key` that set it): `None` for every CPU.
+fn validate_cores(text: &str, key: &str) -> Result<Option<CpuList>, ConfigError> {
+    match text.trim() {
+        "" | "all" => Ok(None),
+        list => list
+            .parse::<CpuList>()
+            .map(Some)
+            .map_err(|e| invalid(key, format!("{list:?}: {e}"))),
+    }
+}
+
+/// `engine`.
+fn validate_engine(text: &str) -> Result<Engine, ConfigError> {
+    text.trim()
         .parse::<Engine>()
-        .map_err(|e| invalid("engine", e.to_string()))?;
-    let metrics_listen = match raw.metrics_listen.trim() {
-        "" => None,
-        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+        .map_err(|e| invalid("engine", e.to_string()))
+}
+
+/// `metrics_listen`: `None` when empty.
+fn validate_metrics_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.trim() {
+        "" => Ok(None),
+        text => text.parse::<SocketAddr>().map(Some).map_err(|_| {
             invalid(
                 "metrics_listen",
                 format!("{text:?} is not an IP:port address"),
             )
-        })?),
-    };
-    let f = raw.frontend;
+        }),
+    }
+}
+
+/// The `[frontend]` table.
+fn validate_frontend(f: &RawFrontend) -> Result<FrontendSettings, ConfigError> {
     if f.listen.is_empty() {
         return Err(invalid("frontend.listen", "needs at least one address"));
     }
@@ -1257,7 +1266,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
                 .map_err(|e| invalid(format!("frontend.trusted_proxies[{i}]"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let frontend = FrontendSettings {
+    Ok(FrontendSettings {
         listen,
         backlog: f.backlog,
         handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
@@ -1270,10 +1279,71 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         allow_half_open: f.allow_half_open,
         drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,
         trusted_proxies,
-    };
+    })
+}
 
-    let t = raw.tls;
+/// The `[tls]` table and the `[[context]]` tables (which inherit from it); `alpn_key` names
+/// `tls.alpn` (or the option that set it).
+fn validate_tls(
+    t: RawTls,
+    contexts: &[RawContext],
+    alpn_key: &str,
+) -> Result<TlsSettings, ConfigError> {
     let certificates = certificate_list("tls", &t.shorthand(), &t.certificate)?;
+    let (min_version, max_version) = validate_versions(&t.min_version, &t.max_version)?;
+    if t.groups.is_empty() {
+        return Err(invalid("tls.groups", "needs at least one group"));
+    }
+    check_alpn(alpn_key, &t.alpn)?;
+    let verify = parse_client_verify("tls", &t.client_verify)?;
+    let client_auth = client_auth("tls", verify, &t.client_ca, &t.client_crl)?;
+    let resumption = validate_resumption(&t)?;
+    let ciphers = nonempty(&t.ciphers);
+    let stapling = validate_stapling(&t)?;
+    let dynamic_sni = validate_dynamic_sni(&t)?;
+    let inherited = Inherited {
+        alpn: &t.alpn,
+        ciphers: &ciphers,
+        verify,
+        client_ca: &t.client_ca,
+        client_crl: &t.client_crl,
+    };
+    let contexts = validate_contexts(contexts, &inherited)?;
+    if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
+        return Err(invalid(
+            "tls.sni_strict",
+            "refuses every client unless at least one [[context]] or sni_url is configured",
+        ));
+    }
+    let early_data = if t.early_data {
+        if t.early_data_max == 0 {
+            return Err(invalid("tls.early_data_max", "must be positive"));
+        }
+        Some(t.early_data_max)
+    } else {
+        None
+    };
+    Ok(TlsSettings {
+        certificates,
+        min_version,
+        max_version,
+        ciphers,
+        groups: t.groups,
+        alpn: t.alpn,
+        alpn_no_h2: false,
+        server_preference: t.server_preference,
+        client_auth,
+        contexts,
+        sni_strict: t.sni_strict,
+        resumption,
+        stapling,
+        dynamic_sni,
+        early_data,
+    })
+}
+
+/// `tls.min_version` and `tls.max_version`, in that order.
+fn validate_versions(min: &str, max: &str) -> Result<(TlsVersion, TlsVersion), ConfigError> {
     let version = |key: &str, text: &str| match text.trim() {
         "1.2" => Ok(TlsVersion::Tls12),
         "1.3" => Ok(TlsVersion::Tls13),
@@ -1282,16 +1352,17 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             format!("{other:?} is not a supported TLS version (\"1.2\" or \"1.3\")"),
         )),
     };
-    let min_version = version("tls.min_version", &t.min_version)?;
-    let max_version = version("tls.max_version", &t.max_version)?;
+    let min_version = version("tls.min_version", min)?;
+    let max_version = version("tls.max_version", max)?;
     if min_version > max_version {
         return Err(invalid("tls.min_version", "is above tls.max_version"));
     }
-    if t.groups.is_empty() {
-        return Err(invalid("tls.groups", "needs at least one group"));
-    }
-    check_alpn(raw.origins.alpn, &t.alpn)?;
-    let client_auth = parse_client_auth("tls", &t.client_verify, &t.client_ca, &t.client_crl)?;
+    Ok((min_version, max_version))
+}
+
+/// Session resumption: `tls.tickets`, the ticket keys' source (fixed keys parsed here, once),
+/// the session cache and the fleet's session store.
+fn validate_resumption(t: &RawTls) -> Result<Resumption, ConfigError> {
     let ticket_keys = match (
         nonempty(&t.ticket_secret_file),
         nonempty(&t.ticket_key_file),
@@ -1323,30 +1394,8 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
     if t.ticket_key_stdin && !t.tickets {
         return Err(invalid("tls.ticket_key_stdin", "needs tls.tickets = true"));
     }
-    let session_store = match nonempty(&t.session_store) {
-        None => None,
-        Some(address) => {
-            if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
-                return Err(invalid(
-                    "tls.session_store",
-                    "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
-                     the fleet's secret before they leave the box",
-                ));
-            }
-            if t.session_cache_size == 0 {
-                return Err(invalid(
-                    "tls.session_store",
-                    "needs the local session cache in front (tls.session_cache_size above 0)",
-                ));
-            }
-            let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
-            Some(
-                crate::session_store::StoreSettings::new(&address, timeout)
-                    .map_err(|e| invalid("tls.session_store", e))?,
-            )
-        }
-    };
-    let resumption = Resumption {
+    let session_store = validate_session_store(t, &ticket_keys)?;
+    Ok(Resumption {
         tickets: t.tickets,
         ticket_rotate: positive_duration("tls.ticket_rotate", &t.ticket_rotate)?,
         ticket_previous: t.ticket_previous,
@@ -1355,144 +1404,190 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
         session_cache_size: t.session_cache_size,
         session_timeout: positive_duration("tls.session_timeout", &t.session_timeout)?,
         session_store,
-    };
-    let ciphers = nonempty(&t.ciphers);
-    let stapling = Stapling {
-        fetch: t.ocsp_fetch,
-        url: match nonempty(&t.ocsp_url) {
-            None => None,
-            Some(url) if url.starts_with("http://") && url.contains("%s") => Some(url),
-            Some(url) => {
-                return Err(invalid(
-                    "tls.ocsp_url",
-                    format!("{url:?}: expected an http:// URL with %s for the certificate ID"),
-                ))
-            }
-        },
-        timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
-    };
+    })
+}
 
-    let dynamic_sni = match nonempty(&t.sni_url) {
+/// `tls.session_store` and `tls.session_store_timeout`: `None` when no store is named.
+fn validate_session_store(
+    t: &RawTls,
+    ticket_keys: &TicketKeySource,
+) -> Result<Option<crate::session_store::StoreSettings>, ConfigError> {
+    let Some(address) = nonempty(&t.session_store) else {
+        return Ok(None);
+    };
+    if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
+        return Err(invalid(
+            "tls.session_store",
+            "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
+             the fleet's secret before they leave the box",
+        ));
+    }
+    if t.session_cache_size == 0 {
+        return Err(invalid(
+            "tls.session_store",
+            "needs the local session cache in front (tls.session_cache_size above 0)",
+        ));
+    }
+    let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
+    crate::session_store::StoreSettings::new(&address, timeout)
+        .map(Some)
+        .map_err(|e| invalid("tls.session_store", e))
+}
+
+/// OCSP stapling: `tls.ocsp_fetch`, `tls.ocsp_url`, `tls.ocsp_timeout`.
+fn validate_stapling(t: &RawTls) -> Result<Stapling, ConfigError> {
+    let url = match nonempty(&t.ocsp_url) {
         None => None,
+        Some(url) if url.starts_with("http://") && url.contains("%s") => Some(url),
         Some(url) => {
-            if !(url.starts_with("http://") && url.contains("%s")) {
-                return Err(invalid(
-                    "tls.sni_url",
-                    format!("{url:?}: expected an http:// URL with %s for the server name"),
-                ));
-            }
-            if t.sni_fetchers == 0 {
-                return Err(invalid("tls.sni_fetchers", "must be at least 1"));
-            }
-            Some(DynamicSniSettings {
-                url,
-                timeout: positive_duration("tls.sni_timeout", &t.sni_timeout)?,
-                cache_ttl: parse_duration("tls.sni_cache_ttl", &t.sni_cache_ttl)?,
-                negative_ttl: parse_duration("tls.sni_negative_ttl", &t.sni_negative_ttl)?,
-                cache_size: t.sni_cache_size,
-                fetchers: t.sni_fetchers,
-            })
+            return Err(invalid(
+                "tls.ocsp_url",
+                format!("{url:?}: expected an http:// URL with %s for the certificate ID"),
+            ))
         }
     };
+    Ok(Stapling {
+        fetch: t.ocsp_fetch,
+        url,
+        timeout: positive_duration("tls.ocsp_timeout", &t.ocsp_timeout)?,
+    })
+}
 
-    let mut contexts = Vec::with_capacity(raw.context.len());
-    let mut names = fastedge_wire::sni::NameTable::new();
-    for (i, c) in raw.context.iter().enumerate() {
-        let prefix = format!("context[{i}]");
-        if c.servername.is_empty() {
-            return Err(invalid(
-                format!("{prefix}.servername"),
-                "needs at least one server name",
-            ));
-        }
-        for (j, name) in c.servername.iter().enumerate() {
-            names.insert(name, i).map_err(|e| {
+/// Dynamic SNI: `tls.sni_url` and the `tls.sni_*` keys that go with it; `None` when off.
+fn validate_dynamic_sni(t: &RawTls) -> Result<Option<DynamicSniSettings>, ConfigError> {
+    let Some(url) = nonempty(&t.sni_url) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") && url.contains("%s")) {
+        return Err(invalid(
+            "tls.sni_url",
+            format!("{url:?}: expected an http:// URL with %s for the server name"),
+        ));
+    }
+    if t.sni_fetchers == 0 {
+        return Err(invalid("tls.sni_fetchers", "must be at least 1"));
+    }
+    Ok(Some(DynamicSniSettings {
+        url,
+        timeout: positive_duration("tls.sni_timeout", &t.sni_timeout)?,
+        cache_ttl: parse_duration("tls.sni_cache_ttl", &t.sni_cache_ttl)?,
+        negative_ttl: parse_duration("tls.sni_negative_ttl", &t.sni_negative_ttl)?,
+        cache_size: t.sni_cache_size,
+        fetchers: t.sni_fetchers,
+    }))
+}
+
+/// The `[[context]]` tables, in order; keys a context does not give come from `[tls]` (`t`,
+/// whose cipher list is `ciphers`).
+fn validate_contexts(
+    contexts: &[RawContext],
+    inherited: &Inherited<'_>,
+) -> Result<Vec<SniContext>, ConfigError> {
+    contexts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| validate_context(i, c, inherited))
+        .collect()
+}
+
+/// What a `[[context]]` takes from `[tls]` when it does not give its own, as validated there
+/// (so a context checks only what it gives itself).
+struct Inherited<'a> {
+    /// `tls.alpn` (or `--alpn`).
+    alpn: &'a [String],
+    /// `tls.ciphers`; `None`: the default list.
+    ciphers: &'a Option<String>,
+    /// `tls.client_verify`.
+    verify: ClientVerify,
+    /// `tls.client_ca` as written (a context asking for certificates inherits it).
+    client_ca: &'a str,
+    /// `tls.client_crl` as written.
+    client_crl: &'a str,
+}
+
+/// One `[[context]]` table, `context[i]`.
+fn validate_context(
+    i: usize,
+    c: &RawContext,
+    inherited: &Inherited<'_>,
+) -> Result<SniContext, ConfigError> {
+    let prefix = format!("context[{i}]");
+    if c.servername.is_empty() {
+        return Err(invalid(
+            format!("{prefix}.servername"),
+            "needs at least one server name",
+        ));
+    }
+    let names = c
+        .servername
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            ServerName::parse(name).map_err(|e| {
                 invalid(
                     format!("{prefix}.servername[{j}]"),
                     format!("{name:?}: {e}"),
                 )
-            })?;
-        }
-        let shorthand = RawCertificate {
-            cert: c.cert.clone(),
-            key: c.key.clone(),
-            key_server: c.key_server.clone(),
-            ocsp_staple: c.ocsp_staple.clone(),
-            passphrase: c.passphrase.clone(),
-            passphrase_env: c.passphrase_env.clone(),
-            passphrase_file: c.passphrase_file.clone(),
-            passphrase_cmd: c.passphrase_cmd.clone(),
-        };
-        let certificates = certificate_list(&prefix, &shorthand, &c.certificate)?;
-        if certificates.is_empty() {
-            return Err(invalid(
-                format!("{prefix}.cert"),
-                "an SNI context needs its own cert and key",
-            ));
-        }
-        let alpn = c.alpn.clone().unwrap_or_else(|| t.alpn.clone());
-        check_alpn(&format!("{prefix}.alpn"), &alpn)?;
-        let pick = |own: &Option<String>, global: &String| own.clone().unwrap_or(global.clone());
-        contexts.push(SniContext {
-            names: c.servername.clone(),
-            certificates,
-            ciphers: match &c.ciphers {
-                Some(own) => nonempty(own),
-                None => ciphers.clone(),
-            },
-            alpn,
-            client_auth: {
-                let verify = pick(&c.client_verify, &t.client_verify);
-                // A context that turns client certificates off does not inherit CA or CRL.
-                let (ca, crl) = if verify.trim() == "none" {
-                    (
-                        c.client_ca.clone().unwrap_or_default(),
-                        c.client_crl.clone().unwrap_or_default(),
-                    )
-                } else {
-                    (
-                        pick(&c.client_ca, &t.client_ca),
-                        pick(&c.client_crl, &t.client_crl),
-                    )
-                };
-                parse_client_auth(&prefix, &verify, &ca, &crl)?
-            },
-            backends: backend_list(&format!("{prefix}.backend"), &c.backend, None)?,
-        });
-    }
-    if t.sni_strict && contexts.is_empty() && dynamic_sni.is_none() {
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let shorthand = RawCertificate {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        key_server: c.key_server.clone(),
+        ocsp_staple: c.ocsp_staple.clone(),
+        passphrase: c.passphrase.clone(),
+        passphrase_env: c.passphrase_env.clone(),
+        passphrase_file: c.passphrase_file.clone(),
+        passphrase_cmd: c.passphrase_cmd.clone(),
+    };
+    let certificates = certificate_list(&prefix, &shorthand, &c.certificate)?;
+    if certificates.is_empty() {
         return Err(invalid(
-            "tls.sni_strict",
-            "refuses every client unless at least one [[context]] or sni_url is configured",
+            format!("{prefix}.cert"),
+            "an SNI context needs its own cert and key",
         ));
     }
-
-    let tls = TlsSettings {
-        certificates,
-        min_version,
-        max_version,
-        ciphers,
-        groups: t.groups,
-        alpn: t.alpn,
-        alpn_no_h2: false,
-        server_preference: t.server_preference,
-        client_auth,
-        contexts,
-        sni_strict: t.sni_strict,
-        resumption,
-        stapling,
-        dynamic_sni,
-        early_data: if t.early_data {
-            if t.early_data_max == 0 {
-                return Err(invalid("tls.early_data_max", "must be positive"));
-            }
-            Some(t.early_data_max)
-        } else {
-            None
-        },
+    let alpn = match &c.alpn {
+        Some(own) => {
+            check_alpn(&format!("{prefix}.alpn"), own)?;
+            own.clone()
+        }
+        None => inherited.alpn.to_vec(),
     };
+    let verify = match &c.client_verify {
+        Some(own) => parse_client_verify(&prefix, own)?,
+        None => inherited.verify,
+    };
+    let pick = |own: &Option<String>, global: &str| own.clone().unwrap_or(global.to_owned());
+    // A context that turns client certificates off does not inherit CA or CRL.
+    let (ca, crl) = if verify == ClientVerify::None {
+        (
+            c.client_ca.clone().unwrap_or_default(),
+            c.client_crl.clone().unwrap_or_default(),
+        )
+    } else {
+        (
+            pick(&c.client_ca, inherited.client_ca),
+            pick(&c.client_crl, inherited.client_crl),
+        )
+    };
+    let client_auth = client_auth(&prefix, verify, &ca, &crl)?;
+    Ok(SniContext {
+        names,
+        certificates,
+        ciphers: match &c.ciphers {
+            Some(own) => nonempty(own),
+            None => inherited.ciphers.clone(),
+        },
+        alpn,
+        client_auth,
+        backends: backend_list(&format!("{prefix}.backend"), &c.backend, None)?,
+    })
+}
 
-    let b = raw.balance;
+/// The `[balance]` table.
+fn validate_balance(b: &RawBalance) -> Result<BalanceSettings, ConfigError> {
     let mode = match b.mode.trim() {
         "roundrobin" | "sni" => BalanceMode::RoundRobin,
         "on-fail" => BalanceMode::OnFail,
@@ -1506,7 +1601,7 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             ))
         }
     };
-    let balance = BalanceSettings {
+    Ok(BalanceSettings {
         mode,
         connect_timeout: positive_duration("balance.connect_timeout", &b.connect_timeout)?,
         retry_interval: parse_duration("balance.retry_interval", &b.retry_interval)?,
@@ -1520,20 +1615,6 @@ fn validate(raw: RawConfig) -> Result<ServeConfig, ConfigError> {
             &b.health_check_interval,
         )?)
         .filter(|d| !d.is_zero()),
-    };
-
-    let backends = backend_list("backend", &raw.backend, raw.origins.backend.as_deref())?;
-
-    Ok(ServeConfig {
-        cores,
-        engine,
-        user: nonempty(&raw.user),
-        group: nonempty(&raw.group),
-        metrics_listen,
-        frontend,
-        tls,
-        balance,
-        backends,
     })
 }
 
@@ -1565,14 +1646,64 @@ mod tests {
 
     #[test]
     fn default_document_is_the_defaults() {
+        // Read alone (not over itself), the document must hold every key of every table: the
+        // tables are strict, so a key missing from it fails here.
         let parsed: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
-        assert_eq!(parsed, RawConfig::default());
+        assert_eq!(parsed, RawConfig::documented().unwrap());
+        let without = DEFAULT_CONFIG.replace("\nbacklog = 1024\n", "\n");
+        assert_ne!(without, DEFAULT_CONFIG);
+        let missing = toml::from_str::<RawConfig>(&without).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `backlog`"),
+            "{missing}"
+        );
         let config = ServeConfig::parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(
             config.frontend.listen,
             vec!["127.0.0.1:8443".parse().unwrap()]
         );
         assert!(config.backends.is_empty());
+    }
+
+    #[test]
+    fn a_table_given_in_part_takes_the_rest_from_the_default_document() {
+        let text = "[frontend]\nbacklog = 5\n[tls]\nalpn = [\"h2\"]\n\
+                    [[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\n";
+        let config = ServeConfig::parse(text).unwrap();
+        assert_eq!(config.frontend.backlog, 5);
+        assert_eq!(config.frontend.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            config.frontend.listen,
+            ServeConfig::default().frontend.listen
+        );
+        assert_eq!(config.tls.alpn, vec!["h2".to_owned()]);
+        assert_eq!(config.tls.groups.len(), 4);
+        assert_eq!(config.tls.certificates.len(), 1);
+        assert_eq!(config.tls.resumption.session_cache_size, 20480);
+        assert_eq!(config.balance.max_retries, 5);
+        // Errors still point into the document given, not into the default one.
+        let error = ServeConfig::parse("\n[balance]\nmax_retries = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("TOML parse error at line 2, column 15"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_commented_backend_example_shows_a_backend_s_defaults() {
+        // A [[backend]]'s defaults live in RawBackend's serde attributes; the default document
+        // shows them in a commented-out example, which must agree.
+        let start = DEFAULT_CONFIG.find("# [[backend]]\n").unwrap();
+        let example: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap()))
+            .collect();
+        let shown = RawConfig::read(&example).unwrap();
+        let address = shown.backend[0].address.clone();
+        let bare = RawConfig::read(&format!("[[backend]]\naddress = {address:?}")).unwrap();
+        assert_eq!(shown.backend, bare.backend);
     }
 
     #[test]
@@ -1782,6 +1913,79 @@ mod tests {
             let err = ServeConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: expected {key:?} in {err}");
         }
+    }
+
+    #[test]
+    fn server_names_are_checked_once_at_validation_under_their_key() {
+        let text = "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n\
+                    [[context]]\nservername = [\"b.test\", \"*.com\"]\ncert = \"a\"\nkey = \"b\"\n";
+        let error = ServeConfig::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "context[1].servername[1]: \"*.com\": a wildcard needs at least two labels after it \
+             (\"*.example.com\")"
+        );
+        // What validation hands on is checked already: the context builder's name table takes
+        // it with no error path, as written.
+        let text = text.replace("\"*.com\"", "\"*.B.test.\"");
+        let config = ServeConfig::parse(&text).unwrap();
+        let names = &config.tls.contexts[1].names;
+        assert_eq!(*names, vec!["b.test".to_owned(), "*.B.test.".to_owned()]);
+        let mut table = fastedge_wire::sni::NameTable::new();
+        for (i, context) in config.tls.contexts.iter().enumerate() {
+            for name in &context.names {
+                table.add(name, i);
+            }
+        }
+        assert_eq!(table.lookup("a.test"), Some(0));
+        assert_eq!(table.lookup("x.b.test"), Some(1));
+    }
+
+    #[test]
+    fn what_a_context_inherits_is_checked_once_under_the_tls_key() {
+        let context = "[[context]]\nservername = [\"a.test\"]\ncert = \"a\"\nkey = \"b\"\n";
+        for (tls, expected) in [
+            (
+                "alpn = [\"\"]",
+                "tls.alpn[0]: protocol names are 1 to 255 bytes",
+            ),
+            (
+                "client_verify = \"maybe\"",
+                "tls.client_verify: \"maybe\" is not one of \"none\", \"optional\", \"required\"",
+            ),
+        ] {
+            let text = format!("[tls]\n{tls}\n{context}");
+            let error = ServeConfig::parse(&text).unwrap_err().to_string();
+            assert_eq!(error, expected);
+        }
+        // Under --alpn when the list came from it.
+        let overrides = ServeOverrides {
+            alpn: Some(vec!["x".repeat(256)]),
+            ..ServeOverrides::default()
+        };
+        let error = ServeConfig::parse_with(context, &overrides)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "--alpn[0]: protocol names are 1 to 255 bytes");
+        // What the context gives itself is checked under its own key.
+        let text = format!("{context}alpn = [\"\"]\nclient_verify = \"maybe\"\n");
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "context[0].alpn[0]: protocol names are 1 to 255 bytes"
+        );
+        let text = format!("{context}client_verify = \"maybe\"\n");
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("context[0].client_verify: \"maybe\""),
+            "{error}"
+        );
+        // An inherited mode with a CA the context drops is the context's own error.
+        let text = format!(
+            "[tls]\nclient_verify = \"required\"\nclient_ca = \"ca.pem\"\n{context}client_ca = \"\"\n"
+        );
+        let error = ServeConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("context[0].client_ca: "), "{error}");
     }
 
     #[test]

@@ -220,12 +220,11 @@ impl ServerContext {
         } else {
             None
         };
+        // The names were checked when the configuration was validated.
         let mut table = NameTable::new();
         for (i, c) in settings.contexts.iter().enumerate() {
             for name in &c.names {
-                table.insert(name, i).map_err(|e| {
-                    TlsError::Invalid(format!("context[{i}].servername {name:?}: {e}"))
-                })?;
+                table.add(name, i);
             }
         }
 

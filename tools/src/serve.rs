@@ -236,7 +236,11 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
     for c in &config.tls.contexts {
         println!(
             "  context {}: {} certificate(s), alpn {:?}, client certificates {:?}, {}",
-            c.names.join(" "),
+            c.names
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
             c.certificates.len(),
             c.alpn,
             c.client_auth.verify,

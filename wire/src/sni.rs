@@ -44,6 +44,88 @@ pub fn normalize(name: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
+/// A server-name pattern checked once: an exact name or a `*.` wildcard that a [`NameTable`]
+/// takes without checking it again. Keeps the text as written (for logs and equality) beside
+/// the form it is matched in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerName {
+    /// As written.
+    written: String,
+    /// Lower case without the trailing dot; for a wildcard, what follows `*.`.
+    key: String,
+    /// `*.` then `key`.
+    wildcard: bool,
+}
+
+impl ServerName {
+    /// Checks `pattern`: an exact name (`www.example.com`) or a wildcard for one leftmost
+    /// label (`*.example.com`), of host-name characters, with no empty label.
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        let name = normalize(pattern).ok_or(PatternError::Empty)?;
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*')))
+        {
+            return Err(PatternError::BadCharacter(bad));
+        }
+        if name.split('.').any(str::is_empty) {
+            return Err(PatternError::Empty);
+        }
+        let (key, wildcard) = match name.strip_prefix("*.") {
+            Some(rest) => {
+                if rest.contains('*') {
+                    return Err(PatternError::MisplacedWildcard);
+                }
+                if !rest.contains('.') {
+                    return Err(PatternError::WildcardTooBroad);
+                }
+                (rest.to_owned(), true)
+            }
+            None if name.contains('*') => return Err(PatternError::MisplacedWildcard),
+            None => (name, false),
+        };
+        Ok(Self {
+            written: pattern.to_owned(),
+            key,
+            wildcard,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+
+    /// Whether it is a `*.` wildcard.
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
+impl PartialEq<str> for ServerName {
+    fn eq(&self, other: &str) -> bool {
+        self.written == other
+    }
+}
+
+impl PartialEq<&str> for ServerName {
+    fn eq(&self, other: &&str) -> bool {
+        self.written == *other
+    }
+}
+
+impl PartialEq<String> for ServerName {
+    fn eq(&self, other: &String) -> bool {
+        &self.written == other
+    }
+}
+
 /// Server-name patterns → context index.
 #[derive(Debug, Clone, Default)]
 pub struct NameTable {
@@ -58,33 +140,22 @@ impl NameTable {
         Self::default()
     }
 
-    /// Adds `pattern` for `context`. A pattern already present keeps its first context.
+    /// Adds `pattern` for `context`, checking it first ([`ServerName::parse`]). A pattern
+    /// already present keeps its first context.
     pub fn insert(&mut self, pattern: &str, context: usize) -> Result<(), PatternError> {
-        let name = normalize(pattern).ok_or(PatternError::Empty)?;
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*')))
-        {
-            return Err(PatternError::BadCharacter(bad));
-        }
-        if name.split('.').any(str::is_empty) {
-            return Err(PatternError::Empty);
-        }
-        let (table, key) = match name.strip_prefix("*.") {
-            Some(rest) => {
-                if rest.contains('*') {
-                    return Err(PatternError::MisplacedWildcard);
-                }
-                if !rest.contains('.') {
-                    return Err(PatternError::WildcardTooBroad);
-                }
-                (&mut self.wildcard, rest.to_owned())
-            }
-            None if name.contains('*') => return Err(PatternError::MisplacedWildcard),
-            None => (&mut self.exact, name),
-        };
-        table.entry(key).or_insert(context);
+        self.add(&ServerName::parse(pattern)?, context);
         Ok(())
+    }
+
+    /// Adds a checked pattern for `context`; a pattern already present keeps its first
+    /// context.
+    pub fn add(&mut self, name: &ServerName, context: usize) {
+        let table = if name.wildcard {
+            &mut self.wildcard
+        } else {
+            &mut self.exact
+        };
+        table.entry(name.key.clone()).or_insert(context);
     }
 
     /// The context for a client's server name, if any pattern matches.
@@ -157,6 +228,35 @@ mod tests {
     }
 
     #[test]
+    fn checked_names_go_in_as_written_and_match_as_inserted_ones() {
+        let names: Vec<ServerName> = ["Example.COM.", "*.Example.com", "www.example.com"]
+            .iter()
+            .map(|p| ServerName::parse(p).unwrap())
+            .collect();
+        assert_eq!(names[0], "Example.COM.");
+        assert_eq!(names[1].to_string(), "*.Example.com");
+        assert!(names[1].is_wildcard() && !names[0].is_wildcard());
+        let mut added = NameTable::new();
+        for (i, name) in names.iter().enumerate() {
+            added.add(name, i);
+        }
+        let inserted = table(&[
+            ("Example.COM.", 0),
+            ("*.Example.com", 1),
+            ("www.example.com", 2),
+        ]);
+        for probe in [
+            "example.com",
+            "a.example.com",
+            "WWW.example.com.",
+            "a.b.example.com",
+        ] {
+            assert_eq!(added.lookup(probe), inserted.lookup(probe), "{probe}");
+        }
+        assert_eq!(added.lookup("a.example.com"), Some(1));
+    }
+
+    #[test]
     fn bad_patterns() {
         let mut t = NameTable::new();
         for (p, e) in [
@@ -169,6 +269,7 @@ mod tests {
             ("*", PatternError::MisplacedWildcard),
             ("exa mple.com", PatternError::BadCharacter(' ')),
         ] {
+            assert_eq!(ServerName::parse(p), Err(e.clone()), "{p:?}");
             assert_eq!(t.insert(p, 0), Err(e), "{p:?}");
         }
         assert!(t.is_empty());
