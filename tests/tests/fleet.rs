@@ -737,6 +737,8 @@ fn the_store_client_speaks_to_redis_over_a_unix_socket() {
     let settings = StoreSettings::new(
         &format!("unix:{}", socket.display()),
         Duration::from_millis(500),
+        state.path().join("unused.secret"),
+        None,
     )
     .unwrap();
     let client = StoreClient::for_url(&settings.url).unwrap();

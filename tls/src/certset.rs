@@ -281,12 +281,7 @@ pub(crate) fn set_session_cache(
     let seconds = u32::try_from(r.session_timeout.as_secs()).unwrap_or(u32::MAX);
     ffi::set_session_timeout(builder, seconds.max(1));
     if let Some(store) = &r.session_store {
-        let crate::tickets::TicketKeySource::SharedSecret { path, accept } = &r.ticket_keys else {
-            return Err(TlsError::Invalid(
-                "tls.session_store needs tls.ticket_secret_file to seal sessions".into(),
-            ));
-        };
-        let secrets = crate::tickets::read_fleet_secrets(path, accept.as_deref())?;
+        let secrets = crate::tickets::read_fleet_secrets(&store.secret, store.accept.as_deref())?;
         let secrets: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
         let seal = crate::session_store::SessionSeal::from_secrets(&secrets)?;
         let client = crate::session_store::StoreClient::for_url(&store.url)?;

@@ -1415,13 +1415,13 @@ fn validate_session_store(
     let Some(address) = nonempty(&t.session_store) else {
         return Ok(None);
     };
-    if !matches!(ticket_keys, TicketKeySource::SharedSecret { .. }) {
+    let TicketKeySource::SharedSecret { path, accept } = ticket_keys else {
         return Err(invalid(
             "tls.session_store",
             "needs tls.ticket_secret_file: sessions are sealed with a key derived from \
              the fleet's secret before they leave the box",
         ));
-    }
+    };
     if t.session_cache_size == 0 {
         return Err(invalid(
             "tls.session_store",
@@ -1429,7 +1429,7 @@ fn validate_session_store(
         ));
     }
     let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
-    crate::session_store::StoreSettings::new(&address, timeout)
+    crate::session_store::StoreSettings::new(&address, timeout, path.clone(), accept.clone())
         .map(Some)
         .map_err(|e| invalid("tls.session_store", e))
 }

@@ -52,21 +52,32 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const KEY_PREFIX: &str = "fastedge:session:";
 const HKDF_SALT: &[u8] = b"fastedge session store v1";
 
-/// Where a store is and how long a lookup may take (`tls.session_store`,
-/// `tls.session_store_timeout`), validated.
+/// Where a store is, how long a lookup may take and which secrets seal what goes there
+/// (`tls.session_store`, `tls.session_store_timeout`, `tls.ticket_secret_file`,
+/// `tls.ticket_secret_accept_file`), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// A Redis URL: `redis://host:port/db` or `redis+unix:///path/to/socket`.
     pub url: String,
-    /// How long a handshake waits for a lookup before going on as a full one.
+    /// How long a handshake waits for a lookup before going on as a full one (zero: it never
+    /// waits, every store lookup counts as timed out).
     pub timeout: Duration,
+    /// The fleet secret that seals sessions (and opens them).
+    pub secret: std::path::PathBuf,
+    /// A second secret that only opens them, while the fleet changes its secret.
+    pub accept: Option<std::path::PathBuf>,
 }
 
 impl StoreSettings {
     /// Validates a store address as written in the configuration: `redis://host[:port][/db]`,
     /// `redis+unix:///path`, `unix:///path` or `unix:/path` (a UNIX socket). TLS to Redis
     /// (`rediss://`) is not built in: reach a remote Redis over a trusted network or a tunnel.
-    pub fn new(address: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        address: &str,
+        timeout: Duration,
+        secret: std::path::PathBuf,
+        accept: Option<std::path::PathBuf>,
+    ) -> Result<Self, String> {
         let url = if let Some(path) = address
             .strip_prefix("unix:")
             .filter(|rest| !rest.starts_with("//"))
@@ -90,10 +101,12 @@ impl StoreSettings {
             ));
         }
         redis::Client::open(url.as_str()).map_err(|e| format!("{address:?}: {e}"))?;
-        if timeout.is_zero() {
-            return Err("the lookup timeout must be above zero".into());
-        }
-        Ok(Self { url, timeout })
+        Ok(Self {
+            url,
+            timeout,
+            secret,
+            accept,
+        })
     }
 }
 
@@ -714,16 +727,17 @@ mod tests {
 
     #[test]
     fn store_addresses_are_checked() {
-        let t = Duration::from_millis(20);
+        let new = |address: &str| {
+            StoreSettings::new(address, Duration::from_millis(20), "s".into(), None)
+        };
         assert_eq!(
-            StoreSettings::new("unix:/run/redis.sock", t).unwrap().url,
+            new("unix:/run/redis.sock").unwrap().url,
             "redis+unix:///run/redis.sock"
         );
-        assert!(StoreSettings::new("redis://10.0.0.1:6379/2", t).is_ok());
+        assert!(new("redis://10.0.0.1:6379/2").is_ok());
         for bad in ["rediss://h", "http://h", "", "redis://"] {
-            assert!(StoreSettings::new(bad, t).is_err(), "{bad:?}");
+            assert!(new(bad).is_err(), "{bad:?}");
         }
-        assert!(StoreSettings::new("redis://h", Duration::ZERO).is_err());
     }
 
     #[test]
