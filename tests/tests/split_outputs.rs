@@ -393,6 +393,9 @@ fn tap_outputs_survive_a_reload() {
         );
     };
     send("0");
+    // Let the last frames through first: what this checks is the devices, not frames in flight
+    // at the moment of a reload (the input is closed and opened again).
+    std::thread::sleep(Duration::from_millis(500));
     split.signal(nix::sys::signal::Signal::SIGHUP);
     split.wait_for_logged(
         "reload: starting the pipeline again",
