@@ -6,7 +6,7 @@
 # HANDSHAKES rounds each; prints each run's line (medians and p99 in µs, store/local ratio).
 #
 # Usage: benches/peers/session_store.sh   (needs redis-server; builds fastedge release)
-#   ROUNDS=3 HANDSHAKES=2000 SERVER_CPU=0 CLIENT_CPU=1 ENGINE=uring (or glommio)
+#   ROUNDS=3 HANDSHAKES=2000 SERVER_CPU=0 CLIENT_CPU=1 REDIS_CPU=$CLIENT_CPU ENGINE=uring (or glommio)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SERVER_CPU=${SERVER_CPU:-0}
@@ -14,6 +14,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 ROUNDS=${ROUNDS:-3}
 HANDSHAKES=${HANDSHAKES:-2000}
 ENGINE=${ENGINE:-uring}
+REDIS_CPU=${REDIS_CPU:-$CLIENT_CPU}
 command -v redis-server >/dev/null || { echo "needs redis-server: apt-get install redis-server" >&2; exit 1; }
 work=$(mktemp -d /tmp/fastedge-store-bench.XXXXXX)
 pids=()
@@ -27,7 +28,7 @@ echo "building fastedge and the bench tools (release)..." >&2
 cargo build --release -p fastedge -p fastedge-benches --bins 2>/dev/null
 bin=$PWD/target/release/fastedge
 redis_port=16379
-taskset -c "$CLIENT_CPU" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
+taskset -c "$REDIS_CPU" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
   --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 "$bin" ticket-secret "$work/secret" >/dev/null

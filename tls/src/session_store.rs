@@ -325,6 +325,31 @@ pub struct StoreClient {
     stats: Arc<StoreStats>,
 }
 
+/// The CPUs store client threads run on (`None`: wherever the scheduler puts them).
+static CPUS: Mutex<Option<Vec<usize>>> = Mutex::new(None);
+
+/// Keeps the client threads started from now on to `cpus`, the CPUs of the cores that ask
+/// them: a lookup then hands over to a thread on the same CPUs instead of waking another CPU
+/// and back (on a VM a sleeping CPU takes tens of µs to wake; measured in BENCHMARKS.md).
+/// A terminator calls it before it builds its contexts.
+pub fn keep_on_cpus(cpus: &[usize]) {
+    *CPUS.lock().unwrap_or_else(PoisonError::into_inner) = Some(cpus.to_vec());
+}
+
+/// Pins the calling thread to [`keep_on_cpus`]'s CPUs, if set; a failure is logged only.
+fn pin_to_store_cpus() {
+    let Some(cpus) = CPUS.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+        return;
+    };
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in &cpus {
+        let _ = set.set(cpu);
+    }
+    if let Err(error) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        tracing::warn!(%error, ?cpus, "session store thread left unpinned");
+    }
+}
+
 fn clients() -> &'static Mutex<HashMap<String, Arc<StoreClient>>> {
     static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<StoreClient>>>> = OnceLock::new();
     CLIENTS.get_or_init(Default::default)
@@ -364,7 +389,10 @@ impl StoreClient {
         };
         std::thread::Builder::new()
             .name("fastedge-sessions".into())
-            .spawn(move || runtime.block_on(worker.run(redis, lookup_rx, write_rx)))
+            .spawn(move || {
+                pin_to_store_cpus();
+                runtime.block_on(worker.run(redis, lookup_rx, write_rx))
+            })
             .map_err(|e| {
                 TlsError::Invalid(format!("session store {url:?}: starting its thread: {e}"))
             })?;

@@ -327,6 +327,8 @@ impl Terminator {
             state_dir,
             demo_addr,
         };
+        // A shared session store's client thread runs beside the cores that ask it.
+        crate::session_store::keep_on_cpus(cpus.cpus());
         let frontend = loader.frontend(&config, 0, None)?;
         let mut groups: Vec<Vec<BoundListener>> = Vec::new();
         let mut predecessor = None;
