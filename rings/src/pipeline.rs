@@ -120,7 +120,9 @@ pub struct InputConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputMode {
-    /// XDP + AF_XDP in native mode, else SKB mode, else AF_PACKET.
+    /// From the driver's XDP features ([`crate::split::auto_choice`]): native XDP with
+    /// zero-copy AF_XDP where offered, else native XDP in copy mode; without native XDP, SKB
+    /// mode where XDP is needed, else AF_PACKET.
     #[default]
     Auto,
     /// XDP in native (driver) mode + AF_XDP; fails where the driver lacks it.

@@ -477,8 +477,40 @@ fn open_input(
                         }
                     }
                 }
-                AutoChoice::XdpCopy | AutoChoice::FirstThatOpens => {
+                AutoChoice::XdpCopy => {
                     first_that_opens(&interface, prefilter, fast, &xdp, &af_packet)
+                }
+                AutoChoice::XdpSkb => Ok(xdp(
+                    open_xdp(&interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast)?,
+                    XdpMode::Skb,
+                )),
+                AutoChoice::FirstThatOpens => {
+                    match open_xdp(
+                        &interface,
+                        XdpMode::Native,
+                        XskBindMode::Copy,
+                        prefilter,
+                        fast,
+                    ) {
+                        Ok(input) => Ok(xdp(input, XdpMode::Native)),
+                        Err(native) if needs_xdp.is_some() => {
+                            tracing::info!(%interface, error = %native, "native XDP unavailable; SKB mode");
+                            Ok(xdp(
+                                open_xdp(
+                                    &interface,
+                                    XdpMode::Skb,
+                                    XskBindMode::Copy,
+                                    prefilter,
+                                    fast,
+                                )?,
+                                XdpMode::Skb,
+                            ))
+                        }
+                        Err(native) => {
+                            tracing::info!(%interface, error = %native, "native XDP unavailable; AF_PACKET");
+                            af_packet()
+                        }
+                    }
                 }
             }
         }
@@ -520,12 +552,14 @@ fn first_that_opens(
 pub enum AutoChoice {
     /// Native XDP with zero-copy AF_XDP: the driver offers it.
     XdpZeroCopy,
-    /// XDP with AF_XDP in copy mode (native, else SKB): something needs XDP.
+    /// Native XDP with AF_XDP in copy mode: the driver runs XDP but offers no zero-copy.
     XdpCopy,
-    /// AF_PACKET: no zero-copy AF_XDP here and nothing needs XDP, so the cheaper path.
+    /// Generic (SKB-mode) XDP: no native XDP here, but something needs XDP.
+    XdpSkb,
+    /// AF_PACKET: no native XDP here and nothing needs XDP.
     AfPacket,
-    /// The kernel does not say what the driver offers: native XDP, SKB mode, then AF_PACKET,
-    /// the first that opens.
+    /// The kernel does not say what the driver offers: native XDP if it attaches, else SKB
+    /// mode when something needs XDP, else AF_PACKET.
     FirstThatOpens,
 }
 
@@ -533,9 +567,10 @@ pub enum AutoChoice {
 /// tell, before Linux 6.3), when `needs_xdp` names what needs XDP (the pre-filter, the
 /// in-kernel path), and why, in words for the log.
 ///
-/// On a driver without zero-copy AF_XDP, every XDP path first turns the frame into an XDP
-/// buffer and then copies it into the UMEM; AF_PACKET costs less per frame there (measured on
-/// veth, BENCHMARKS.md: 380 against 1,167 ms of CPU per million 64-byte frames).
+/// Measured on veth (BENCHMARKS.md, rate search): native XDP with AF_XDP in copy mode sustains
+/// the highest rate without loss (1.38 M 64-byte frames/s against 1.11 M for AF_PACKET), though
+/// at moderate rates it costs more CPU per frame; SKB-mode XDP sustains far less (0.15 M), so it
+/// is only taken when XDP is needed and there is no native XDP.
 pub fn auto_choice(
     features: Option<fastedge_ebpf::XdpFeatures>,
     needs_xdp: Option<&str>,
@@ -543,8 +578,8 @@ pub fn auto_choice(
     match (features, needs_xdp) {
         (None, _) => (
             AutoChoice::FirstThatOpens,
-            "the kernel does not report the driver's XDP features: native XDP, else SKB mode, \
-             else AF_PACKET, the first that opens"
+            "the kernel does not report the driver's XDP features: native XDP if it attaches, \
+             else SKB mode where XDP is needed, else AF_PACKET"
                 .into(),
         ),
         (Some(f), _) if f.native() && f.zero_copy() => (
@@ -553,18 +588,24 @@ pub fn auto_choice(
              a copy"
                 .into(),
         ),
-        (Some(_), Some(what)) => (
+        (Some(f), _) if f.native() => (
             AutoChoice::XdpCopy,
+            "native XDP without zero-copy AF_XDP: XDP with AF_XDP in copy mode, which sustains \
+             the highest rate without loss here (AF_PACKET costs less CPU per frame at \
+             moderate rates: --mode af-packet)"
+                .into(),
+        ),
+        (Some(_), Some(what)) => (
+            AutoChoice::XdpSkb,
             format!(
-                "no zero-copy AF_XDP on this driver, but {what} needs XDP: XDP with AF_XDP in \
-                 copy mode"
+                "no native XDP on this driver, but {what} needs XDP: SKB-mode XDP (it sustains \
+                 far lower rates than AF_PACKET)"
             ),
         ),
         (Some(_), None) => (
             AutoChoice::AfPacket,
-            "no zero-copy AF_XDP on this driver and nothing needs XDP (no pre-filter rules, no \
-             control socket, no in-kernel path): AF_PACKET, which costs less per frame here than \
-             XDP with AF_XDP in copy mode"
+            "no native XDP on this driver and nothing needs XDP (no pre-filter rules, no control \
+             socket, no in-kernel path): AF_PACKET, which sustains higher rates than SKB-mode XDP"
                 .into(),
         ),
     }
@@ -1073,19 +1114,22 @@ mod tests {
     use fastedge_ebpf::XdpFeatures;
 
     #[test]
-    fn auto_takes_the_cheaper_path_the_driver_allows() {
+    fn auto_takes_the_path_that_sustains_most_the_driver_allows() {
         // NETDEV_XDP_ACT_BASIC | REDIRECT | NDO_XMIT | RX_SG | NDO_XMIT_SG: veth.
         let veth = XdpFeatures::from_bits(0b111_0111);
         // …plus XSK_ZEROCOPY: a NIC such as ice or mlx5.
         let nic = XdpFeatures::from_bits(0b111_1111);
+        // No native XDP at all (only generic XDP would run).
+        let plain = XdpFeatures::from_bits(0b100_0000);
         assert_eq!(auto_choice(Some(nic), None).0, AutoChoice::XdpZeroCopy);
         assert_eq!(
             auto_choice(Some(nic), Some("the pre-filter")).0,
             AutoChoice::XdpZeroCopy
         );
-        assert_eq!(auto_choice(Some(veth), None).0, AutoChoice::AfPacket);
-        let (choice, why) = auto_choice(Some(veth), Some("the in-kernel fast path"));
-        assert_eq!(choice, AutoChoice::XdpCopy);
+        assert_eq!(auto_choice(Some(veth), None).0, AutoChoice::XdpCopy);
+        assert_eq!(auto_choice(Some(plain), None).0, AutoChoice::AfPacket);
+        let (choice, why) = auto_choice(Some(plain), Some("the in-kernel fast path"));
+        assert_eq!(choice, AutoChoice::XdpSkb);
         assert!(why.contains("the in-kernel fast path needs XDP"), "{why}");
         assert_eq!(auto_choice(None, None).0, AutoChoice::FirstThatOpens);
         // Zero-copy bits without native XDP do not count.

@@ -178,10 +178,11 @@ fn gen_af_xdp_burst_puts_every_frame_on_the_wire() {
 }
 
 #[test]
-fn auto_mode_takes_the_cheaper_path_and_says_why() {
+fn auto_mode_says_which_path_it_took_and_why() {
     let pair = VethPair::new();
     let _files = WayFiles(pair.dev_a.clone());
-    // veth has no zero-copy AF_XDP; with no control socket and no rules nothing needs XDP.
+    // veth runs native XDP but offers no zero-copy AF_XDP: XDP with AF_XDP in copy mode, the
+    // path that sustains the most here (BENCHMARKS.md), even with nothing needing XDP.
     let mut split = Fastedge::start_in(
         Some(&pair.ns_a),
         &["split", &pair.dev_a, "--ways", "2", "--no-control"],
@@ -189,10 +190,9 @@ fn auto_mode_takes_the_cheaper_path_and_says_why() {
     );
     let why = split.wait_for_logged("mode auto:", Duration::from_secs(15));
     assert!(
-        why.contains("AfPacket") && why.contains("costs less per frame"),
+        why.contains("XdpCopy") && why.contains("without zero-copy"),
         "{why}"
     );
-    split.wait_for_logged("AF_PACKET", Duration::from_secs(15));
     split.wait_for_logged("split running", Duration::from_secs(15));
     let mut ways = attach(&pair.dev_a, 0..2);
     gen(
@@ -201,23 +201,18 @@ fn auto_mode_takes_the_cheaper_path_and_says_why() {
         &["--count", "200", "--rate", "10000", "--flows", "8"],
     );
     let arrivals = read_markers(&mut ways, 200, Duration::from_secs(5));
-    assert_eq!(arrivals.len(), 200, "every frame through AF_PACKET");
+    assert_eq!(
+        arrivals.len(),
+        200,
+        "every frame through the path auto took"
+    );
     drop(ways);
     split.terminate_cleanly(Duration::from_secs(10));
-
-    // The control socket (on by default) can add pre-filter rules, which run in XDP.
-    let mut split = Fastedge::start_in(
-        Some(&pair.ns_a),
-        &["split", &pair.dev_a, "--ways", "2"],
-        LOG,
-    );
-    let why = split.wait_for_logged("mode auto:", Duration::from_secs(15));
     assert!(
-        why.contains("XdpCopy") && why.contains("the pre-filter"),
-        "{why}"
+        split.log_text().contains("XDP native"),
+        "{}",
+        split.log_text()
     );
-    split.wait_for_logged("split running", Duration::from_secs(15));
-    split.terminate_cleanly(Duration::from_secs(10));
 }
 
 #[test]

@@ -80,9 +80,10 @@ pub struct SplitArgs {
 /// Options of `split` and `dup` alike.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// How interfaces are read: `auto` (the cheaper path the driver allows: native XDP with
-    /// zero-copy AF_XDP where the driver offers it; else XDP in copy mode if the pre-filter or
-    /// the in-kernel path needs it; else AF_PACKET; the log says which and why), `xdp-native`,
+    /// How interfaces are read: `auto` (from the driver's XDP features: native XDP with
+    /// zero-copy AF_XDP where offered, else native XDP in copy mode; without native XDP, SKB
+    /// mode if the pre-filter or the in-kernel path needs XDP, else AF_PACKET; the log says
+    /// which and why), `xdp-native`,
     /// `xdp-skb`, `af-packet`, or `netmap` (only in builds with the `netmap` feature, off by
     /// default; refused with the reason otherwise).
     #[arg(long, value_enum)]
