@@ -1429,6 +1429,13 @@ fn validate_session_store(
         ));
     }
     let timeout = positive_duration("tls.session_store_timeout", &t.session_store_timeout)?;
+    if timeout > Duration::from_secs(1) {
+        return Err(invalid(
+            "tls.session_store_timeout",
+            "at most 1s: a handshake waits this long for the store, and each wait holds a \
+             lookup in flight",
+        ));
+    }
     crate::session_store::StoreSettings::new(&address, timeout, path.clone(), accept.clone())
         .map(Some)
         .map_err(|e| invalid("tls.session_store", e))
@@ -1856,6 +1863,11 @@ mod tests {
             (
                 "[tls]\nticket_secret_file = \"s\"\nsession_store = \"redis://h\"\n\
                  session_store_timeout = \"0s\"",
+                "tls.session_store_timeout",
+            ),
+            (
+                "[tls]\nticket_secret_file = \"s\"\nsession_store = \"redis://h\"\n\
+                 session_store_timeout = \"5s\"",
                 "tls.session_store_timeout",
             ),
             ("[[backend]]\naddress = \"127.0.0.1\"", "backend[0].address"),

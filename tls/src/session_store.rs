@@ -46,6 +46,8 @@ use crate::{oneshot::OneShot, TlsError};
 pub const LOOKUP_QUEUE: usize = 4096;
 /// Sealed sessions waiting to be written at most; more are dropped (and counted).
 pub const WRITE_QUEUE: usize = 4096;
+/// Writes in flight at most (each within [`WRITE_TIMEOUT`]).
+const WRITES_IN_FLIGHT: usize = 256;
 /// How long one write may take before it is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Redis keys are this prefix followed by the session ID in hex.
@@ -110,11 +112,26 @@ impl StoreSettings {
     }
 }
 
-/// One sealing key: its id (written with what it sealed) and its AES-256 key.
+/// One fleet secret's sealing material: its id (written with what it sealed) and the HKDF
+/// pseudo-random key each session's own AES-256 key is expanded from.
 #[derive(Clone)]
 struct SealKey {
     id: [u8; KEY_ID_LEN],
-    key: [u8; 32],
+    prk: Vec<u8>,
+}
+
+impl SealKey {
+    /// The AES-256-GCM key of one session: HKDF-Expand(prk, "aes-256-gcm key" || session ID).
+    /// A key per session keeps the random 96-bit nonces far from their collision bound
+    /// however many sessions a fleet seals under one secret.
+    fn session_key(&self, session_id: &[u8]) -> Result<[u8; 32], boring::error::ErrorStack> {
+        let mut info = Vec::with_capacity(15 + session_id.len());
+        info.extend_from_slice(b"aes-256-gcm key");
+        info.extend_from_slice(session_id);
+        let mut key = [0u8; 32];
+        HkdfSuite::new(MessageDigest::sha256()).expand(&self.prk, &info, &mut key)?;
+        Ok(key)
+    }
 }
 
 /// Seals sessions before they leave the box and opens what comes back. Built from the fleet's
@@ -159,11 +176,9 @@ impl SessionSeal {
                 let prk = hkdf.extract(HKDF_SALT, secret).map_err(TlsError::Setup)?;
                 let mut key = SealKey {
                     id: [0; KEY_ID_LEN],
-                    key: [0; 32],
+                    prk: prk.to_vec(),
                 };
                 hkdf.expand(&prk, b"key id", &mut key.id)
-                    .map_err(TlsError::Setup)?;
-                hkdf.expand(&prk, b"aes-256-gcm key", &mut key.key)
                     .map_err(TlsError::Setup)?;
                 Ok(key)
             })
@@ -177,9 +192,10 @@ impl SessionSeal {
         let mut nonce = [0u8; NONCE_LEN];
         boring::rand::rand_bytes(&mut nonce).map_err(TlsError::Setup)?;
         let mut tag = [0u8; TAG_LEN];
+        let session_key = key.session_key(session_id).map_err(TlsError::Setup)?;
         let ciphertext = encrypt_aead(
             Cipher::aes_256_gcm(),
-            &key.key,
+            &session_key,
             Some(&nonce),
             &layout::associated_data(session_id),
             session,
@@ -201,9 +217,10 @@ impl SessionSeal {
             .iter()
             .find(|k| k.id == sealed.key_id)
             .ok_or(OpenError::UnknownKey)?;
+        let session_key = key.session_key(session_id).map_err(|_| OpenError::Forged)?;
         decrypt_aead(
             Cipher::aes_256_gcm(),
-            &key.key,
+            &session_key,
             Some(&sealed.nonce),
             &layout::associated_data(session_id),
             sealed.ciphertext,
@@ -310,6 +327,15 @@ struct Lookup {
     reply: Arc<OneShot<Answer>>,
 }
 
+impl Drop for Lookup {
+    /// A lookup dropped unanswered (its task failed, or the client thread went away) still
+    /// lets its handshake go on: as a failed lookup, within the store's timeout, not the
+    /// handshake's. A second answer is ignored, so answered lookups are unaffected.
+    fn drop(&mut self) {
+        self.reply.complete(Answer::Failed);
+    }
+}
+
 struct Write {
     key: String,
     value: Vec<u8>,
@@ -386,6 +412,7 @@ impl StoreClient {
             url: url.to_owned(),
             stats: stats.clone(),
             up: Arc::new(AtomicBool::new(true)),
+            last_error_logged: Mutex::new(None),
         };
         std::thread::Builder::new()
             .name("fastedge-sessions".into())
@@ -484,6 +511,8 @@ struct Worker {
     /// Whether the last exchange with the store worked: an outage is logged once, and so is
     /// the recovery.
     up: Arc<AtomicBool>,
+    /// When an error answer was last logged.
+    last_error_logged: Mutex<Option<Instant>>,
 }
 
 impl Worker {
@@ -524,57 +553,85 @@ impl Worker {
         let worker = Arc::new(self);
         let writer = {
             let worker = worker.clone();
-            let mut conn = manager.clone();
+            let manager = manager.clone();
+            // Writes overlap (a box writes faster than one per round trip), at most this many
+            // at once; the queue in front holds the rest.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
             tokio::spawn(async move {
                 while let Some(write) = writes.recv().await {
-                    let command = redis::cmd("SET")
-                        .arg(&write.key)
-                        .arg(&write.value)
-                        .arg("EX")
-                        .arg(write.ttl_seconds)
-                        .to_owned();
-                    let result =
-                        tokio::time::timeout(WRITE_TIMEOUT, command.query_async::<()>(&mut conn))
-                            .await;
-                    match result {
-                        Ok(Ok(())) => {
-                            worker.stats.written.fetch_add(1, Ordering::Relaxed);
-                            worker.mark_up();
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let worker = worker.clone();
+                    let mut conn = manager.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let command = redis::cmd("SET")
+                            .arg(&write.key)
+                            .arg(&write.value)
+                            .arg("EX")
+                            .arg(write.ttl_seconds)
+                            .to_owned();
+                        let result = tokio::time::timeout(
+                            WRITE_TIMEOUT,
+                            command.query_async::<()>(&mut conn),
+                        )
+                        .await;
+                        match result {
+                            Ok(Ok(())) => {
+                                worker.stats.written.fetch_add(1, Ordering::Relaxed);
+                                worker.mark_up();
+                            }
+                            Ok(Err(e)) => {
+                                worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                                worker.failed(&e);
+                            }
+                            Err(_) => {
+                                worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
+                                worker.mark_down("a write took over 1 s");
+                            }
                         }
-                        Ok(Err(e)) => {
-                            worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
-                            worker.mark_down(&e.to_string());
-                        }
-                        Err(_) => {
-                            worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
-                            worker.mark_down("a write took over 1 s");
-                        }
-                    }
+                    });
                 }
             })
         };
+        // Lookups in flight at most: each ends within its deadline, and one more is answered
+        // "refused" at once rather than queued behind a stalled store.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(LOOKUP_QUEUE));
         while let Some(lookup) = lookups.recv().await {
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                lookup.reply.complete(Answer::Refused);
+                continue;
+            };
             let worker = worker.clone();
             let mut conn = manager.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let left = lookup.deadline.saturating_sub(lookup.asked.elapsed());
                 if left.is_zero() {
                     lookup.reply.complete(Answer::TimedOut);
                     return;
                 }
-                let command = redis::cmd("GET").arg(&lookup.key).to_owned();
-                let get = command.query_async::<Option<Vec<u8>>>(&mut conn);
+                // At most one byte past the longest sealed session is read: a huge value put
+                // in the store costs nothing (it does not parse, and is counted unopened).
+                let command = redis::cmd("GETRANGE")
+                    .arg(&lookup.key)
+                    .arg(0)
+                    .arg(layout::MAX_SEALED)
+                    .to_owned();
+                let get = command.query_async::<Vec<u8>>(&mut conn);
                 let answer = match tokio::time::timeout(left, get).await {
-                    Ok(Ok(Some(value))) => {
-                        worker.mark_up();
-                        Answer::Found(value)
-                    }
-                    Ok(Ok(None)) => {
+                    // Redis answers an empty string for a key it does not hold.
+                    Ok(Ok(value)) if value.is_empty() => {
                         worker.mark_up();
                         Answer::Missing
                     }
+                    Ok(Ok(value)) => {
+                        worker.mark_up();
+                        Answer::Found(value)
+                    }
                     Ok(Err(e)) => {
-                        worker.mark_down(&e.to_string());
+                        worker.failed(&e);
                         Answer::Failed
                     }
                     Err(_) => Answer::TimedOut,
@@ -583,6 +640,29 @@ impl Worker {
             });
         }
         writer.abort();
+    }
+
+    /// A command failed: the store counts as down only for connection trouble; an error
+    /// answer (a full Redis refusing writes, a key of another type) is logged at most once a
+    /// minute, so a store that answers reads but refuses writes does not flood the log.
+    fn failed(&self, error: &redis::RedisError) {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.mark_down(&error.to_string());
+            return;
+        }
+        let now = Instant::now();
+        let mut last = self
+            .last_error_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(store = %self.url, %error, "session store answered with an error (logged at most once a minute)");
+        }
     }
 
     fn mark_up(&self) {
@@ -766,6 +846,36 @@ mod tests {
         for bad in ["rediss://h", "http://h", "", "redis://"] {
             assert!(new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_lookup_dropped_unanswered_still_answers() {
+        let reply = Arc::new(OneShot::default());
+        drop(Lookup {
+            key: redis_key(b"id"),
+            asked: Instant::now(),
+            deadline: Duration::from_secs(1),
+            reply: reply.clone(),
+        });
+        let waker = std::task::Waker::noop();
+        assert_eq!(
+            reply.poll_value(&Context::from_waker(waker)),
+            Poll::Ready(Answer::Failed)
+        );
+    }
+
+    #[test]
+    fn each_session_is_sealed_under_its_own_key() {
+        let s = seal(&[1; 32]);
+        let key = &s.keys[0];
+        assert_ne!(
+            key.session_key(b"a").unwrap(),
+            key.session_key(b"b").unwrap()
+        );
+        assert_eq!(
+            key.session_key(b"a").unwrap(),
+            key.session_key(b"a").unwrap()
+        );
     }
 
     #[test]

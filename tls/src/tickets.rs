@@ -268,8 +268,15 @@ pub fn write_secret(path: &Path, mode: u32) -> Result<(), TlsError> {
         .mode(mode)
         .open(path)
         .map_err(write_error)?;
-    file.write_all(text.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(source) = written {
+        // No half-written secret left behind for the next try to refuse to overwrite.
+        let _ = std::fs::remove_file(path);
+        return Err(write_error(source));
+    }
+    Ok(())
 }
 
 impl TicketKeys {
