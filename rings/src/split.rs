@@ -473,56 +473,26 @@ fn open_input(
                         Ok(input) => Ok(xdp(input, XdpMode::Native)),
                         Err(error) => {
                             tracing::warn!(%interface, %error, "zero-copy AF_XDP refused; copy mode");
-                            first_that_opens(&interface, prefilter, fast, &xdp, &af_packet)
+                            native_else(&interface, prefilter, fast, needs_xdp, &xdp, &af_packet)
                         }
                     }
                 }
-                AutoChoice::XdpCopy => {
-                    first_that_opens(&interface, prefilter, fast, &xdp, &af_packet)
+                AutoChoice::XdpCopy | AutoChoice::FirstThatOpens => {
+                    native_else(&interface, prefilter, fast, needs_xdp, &xdp, &af_packet)
                 }
-                AutoChoice::XdpSkb => Ok(xdp(
-                    open_xdp(&interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast)?,
-                    XdpMode::Skb,
-                )),
-                AutoChoice::FirstThatOpens => {
-                    match open_xdp(
-                        &interface,
-                        XdpMode::Native,
-                        XskBindMode::Copy,
-                        prefilter,
-                        fast,
-                    ) {
-                        Ok(input) => Ok(xdp(input, XdpMode::Native)),
-                        Err(native) if needs_xdp.is_some() => {
-                            tracing::info!(%interface, error = %native, "native XDP unavailable; SKB mode");
-                            Ok(xdp(
-                                open_xdp(
-                                    &interface,
-                                    XdpMode::Skb,
-                                    XskBindMode::Copy,
-                                    prefilter,
-                                    fast,
-                                )?,
-                                XdpMode::Skb,
-                            ))
-                        }
-                        Err(native) => {
-                            tracing::info!(%interface, error = %native, "native XDP unavailable; AF_PACKET");
-                            af_packet()
-                        }
-                    }
-                }
+                AutoChoice::XdpSkb => skb_else(&interface, prefilter, fast, &xdp, &af_packet),
             }
         }
     }
 }
 
-/// Native XDP, else SKB-mode XDP (both with AF_XDP in copy mode), else AF_PACKET: the first
-/// that opens, each refusal logged.
-fn first_that_opens(
+/// Native XDP with AF_XDP in copy mode; if it does not attach, SKB mode where `needs_xdp`,
+/// else AF_PACKET.
+fn native_else(
     interface: &str,
     prefilter: Option<&Prefilter>,
     fast: Option<&FastPlan>,
+    needs_xdp: Option<&str>,
     xdp: &dyn Fn(XdpInput, XdpMode) -> Opened,
     af_packet: &dyn Fn() -> Result<Opened, SplitError>,
 ) -> Result<Opened, SplitError> {
@@ -534,15 +504,30 @@ fn first_that_opens(
         fast,
     ) {
         Ok(input) => Ok(xdp(input, XdpMode::Native)),
-        Err(native) => {
+        Err(native) if needs_xdp.is_some() => {
             tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
-            match open_xdp(interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast) {
-                Ok(input) => Ok(xdp(input, XdpMode::Skb)),
-                Err(skb) => {
-                    tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET");
-                    af_packet()
-                }
-            }
+            skb_else(interface, prefilter, fast, xdp, af_packet)
+        }
+        Err(native) => {
+            tracing::info!(%interface, error = %native, "native XDP unavailable; reading with AF_PACKET");
+            af_packet()
+        }
+    }
+}
+
+/// SKB-mode XDP; if even that does not attach, AF_PACKET, saying what is lost.
+fn skb_else(
+    interface: &str,
+    prefilter: Option<&Prefilter>,
+    fast: Option<&FastPlan>,
+    xdp: &dyn Fn(XdpInput, XdpMode) -> Opened,
+    af_packet: &dyn Fn() -> Result<Opened, SplitError>,
+) -> Result<Opened, SplitError> {
+    match open_xdp(interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast) {
+        Ok(input) => Ok(xdp(input, XdpMode::Skb)),
+        Err(skb) => {
+            tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET: pre-filter rules and the in-kernel path do not apply to this input");
+            af_packet()
         }
     }
 }
