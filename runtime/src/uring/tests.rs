@@ -23,12 +23,22 @@ where
     F: std::future::Future<Output = T> + 'static,
     M: FnOnce() -> F + Send + 'static,
 {
+    // A test whose engine never finishes fails after a minute instead of holding up the
+    // whole run (its thread is left behind; the process ends with the test binary).
+    let (done, result) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = Runtime::new(settings).expect("io_uring engine");
-        runtime.block_on(async move { make().await })
-    })
-    .join()
-    .expect("engine thread")
+        let _ = done.send(runtime.block_on(async move { make().await }));
+    });
+    match result.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the engine's work did not finish within 60 s (a hang)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the engine thread failed (see its panic above)")
+        }
+    }
 }
 
 fn listener() -> (TcpListener, SocketAddr) {
