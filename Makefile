@@ -68,8 +68,6 @@ doc-check:
 unit-and-e2e:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
-	# Alone: beside the other runtime tests it sometimes hangs (an engine defect, #13).
-	$(CARGO) test --workspace --lib -- --ignored --exact uring::tests::readers_that_fall_behind_cannot_starve_the_core_of_buffers
 
 # The serve suites once more on the second engine (the default run above uses io_uring).
 SERVE_SUITES := $(patsubst tests/tests/%.rs,%,$(wildcard tests/tests/serve_*.rs)) tls_adapter runtime_executors terminator_embed

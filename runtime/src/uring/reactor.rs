@@ -414,8 +414,9 @@ impl Reactor {
         }
         self.bufs.publish();
         let pending = self.ring.submission().len() as u32;
-        // With completions already waiting, don't sleep.
-        let wait = if self.ring.completion().is_empty() {
+        // With completions already waiting, or readers just given buffers back (their wakers
+        // run after this enter), don't sleep: nothing else may ever complete to end the wait.
+        let wait = if self.ring.completion().is_empty() && out.wakers.is_empty() {
             wait
         } else {
             Some(Duration::ZERO)

@@ -315,7 +315,6 @@ fn timers_fire_on_time_and_a_remote_wake_reaches_a_sleeping_engine() {
 }
 
 #[test]
-#[ignore = "hangs about 1 run in 8 when run beside the other runtime tests under load (also before 2026-12-06's engine changes): an engine defect under investigation (#13); `make test` runs it on its own"]
 fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
     // 24 connections send 256 KiB each and are read one byte, then left unread: without
     // relief they would hold every buffer of a 16-buffer pool, and a connection read
@@ -405,6 +404,70 @@ fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
         most <= 16 * super::reactor::BUF_SIZE,
         "a slow reader holds {most} bytes; {held:?}"
     );
+    assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
+}
+
+#[test]
+fn a_reader_given_buffers_back_runs_without_waiting_for_another_completion() {
+    // A two-buffer pool, both held by a connection whose reader keeps them unread while its
+    // receive stays armed; a second connection's reader then finds the pool empty and waits
+    // on the starved list. The next turn copies the first connection's bytes out and hands
+    // the buffers to the starved reader, whose wake-up must not wait for a completion: none
+    // will come (no timer, no I/O in flight but the idle receive), so the engine would sleep
+    // for ever with the second connection's bytes waiting in the kernel.
+    let settings = RingSettings {
+        buffers: 2,
+        ..RingSettings::default()
+    };
+    let (first, second, state) = on_engine(settings, || async {
+        let (listener, addr) = listener();
+        let (piece_two, wait_piece_two) = std::sync::mpsc::channel::<()>();
+        let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut a = std::net::TcpStream::connect(addr).expect("connect a");
+            let mut b = std::net::TcpStream::connect(addr).expect("connect b");
+            b.write_all(b"hello").expect("write b");
+            a.write_all(b"one").expect("write a");
+            // The second piece only once the first sits in a buffer of its own.
+            wait_piece_two.recv().expect("piece two");
+            a.write_all(b"two").expect("write a");
+            let _ = wait_finish.recv();
+        });
+        let mut a = listener.accept().await.expect("accept a");
+        let mut b = listener.accept().await.expect("accept b");
+        drop(listener);
+        // A's reader takes one byte, then holds the rest of its buffers unread.
+        let holder = spawn(async move {
+            let mut first = [0u8; 1];
+            a.read_exact(&mut first).await.expect("a");
+            futures_lite::future::pending::<()>().await;
+            drop(a);
+        });
+        let mut sent_two = false;
+        loop {
+            match settled().1 {
+                1 if !sent_two => {
+                    piece_two.send(()).expect("peer");
+                    sent_two = true;
+                }
+                2 => break,
+                _ => {}
+            }
+            time::sleep(Duration::from_millis(1)).await;
+        }
+        let held_by_a = settled().1;
+        // No timer from here: only the engine's own hand-over can run B's reader.
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).await.expect("b");
+        drop(holder);
+        let _ = finish.send(());
+        peer.join().expect("peer thread");
+        drop(b);
+        (held_by_a, got, settle().await)
+    });
+    assert_eq!(first, 2, "the first connection held the whole pool");
+    assert_eq!(&second, b"hello");
     assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
 }
 
