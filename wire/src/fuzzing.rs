@@ -355,6 +355,19 @@ pub fn sealed_session(data: &[u8]) {
     }
 }
 
+/// A stream of Redis replies: parsing never panics, never reads past the input, always makes
+/// progress, and a bulk reply is never longer than the limit.
+pub fn resp_replies(data: &[u8]) {
+    let mut at = 0;
+    while let Ok(Some((reply, used))) = crate::resp::parse_reply(&data[at..], 64) {
+        assert!(used > 0 && at + used <= data.len());
+        if let crate::resp::Reply::Bulk(bytes) = reply {
+            assert!(bytes.len() <= 64);
+        }
+        at += used;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -384,6 +397,7 @@ mod tests {
             super::control_request(sample);
             super::sni_answer(sample);
             super::sealed_session(sample);
+            super::resp_replies(sample);
         }
     }
 }

@@ -12,7 +12,8 @@
 //! hash ([`packet`]); synthetic flows for the traffic generator ([`synth`]); pre-filter rules as
 //! text ([`rules`]), Zeek NetControl rules as pre-filter rules ([`netcontrol`]), and a metrics
 //! endpoint's Prometheus text as samples ([`prometheus`]); the binary-upgrade handover's
-//! description of the listening sockets passed ([`takeover`]). Every parser
+//! description of the listening sockets passed ([`takeover`]); Redis's protocol for the session
+//! store ([`resp`]). Every parser
 //! answers "complete, with the bytes used", "partial", or a typed error, and has a fuzz entry point
 //! in [`fuzzing`].
 //!
@@ -78,6 +79,7 @@ pub mod ocsp;
 pub mod packet;
 pub mod prometheus;
 pub mod proxy;
+pub mod resp;
 pub mod response;
 pub mod rules;
 pub mod sealed_session;
