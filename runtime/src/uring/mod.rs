@@ -207,6 +207,9 @@ impl Runtime {
         // Cancel the detached tasks; their futures are dropped when their runnables run.
         let detached = DETACHED.with(|d| std::mem::take(&mut d.borrow_mut().tasks));
         drop(detached);
+        // Runnables other threads woke are on the remote queue: a cancelled task that was
+        // already scheduled there is dropped only when its runnable runs.
+        self.remote.drain_into_queue();
         run_ready(usize::MAX, None);
         apply_deferred();
         let deadline = Instant::now() + STOP_GRACE;
@@ -215,6 +218,7 @@ impl Runtime {
             with_reactor(|r| r.cancel_all());
             let _ = with_reactor(|r| r.turn(Some(Duration::from_millis(10)), reaped));
             reaped.finish();
+            self.remote.drain_into_queue();
             run_ready(usize::MAX, None);
             apply_deferred();
             if with_reactor(|r| r.in_flight()) == 0 || Instant::now() >= deadline {
@@ -226,6 +230,7 @@ impl Runtime {
         // (a cancelled task's future is dropped with its runnable).
         let detached = DETACHED.with(|d| std::mem::take(&mut d.borrow_mut().tasks));
         drop(detached);
+        self.remote.drain_into_queue();
         let queue = RUN_QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
         drop(queue);
         ENGINE.with(|e| e.borrow_mut().take());

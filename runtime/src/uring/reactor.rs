@@ -403,14 +403,23 @@ impl Reactor {
         self.flush_output();
         self.relieve_pool(out);
         if !self.starved.is_empty() && self.bufs.available() > 0 {
-            // As many readers as there are free buffers; the rest wait for more.
-            let wake = self.starved.len().min(usize::from(self.bufs.available()));
-            for conn in self.starved.drain(..wake) {
+            // As many waiting readers as there are free buffers; the rest wait for more. An
+            // entry with no reader waiting (its stream dropped, or it starved while re-arming
+            // ahead of a read) leaves the list without taking a buffer's turn: it would wake
+            // nobody while a reader behind it waited for ever.
+            let mut free = usize::from(self.bufs.available());
+            let mut handed = 0;
+            for conn in &self.starved {
+                if free == 0 {
+                    break;
+                }
+                handed += 1;
                 if let Some(waker) = conn.borrow_mut().rx_starved_done() {
                     out.wakers.push(waker);
+                    free -= 1;
                 }
-                out.garbage_conns.push(conn);
             }
+            out.garbage_conns.extend(self.starved.drain(..handed));
         }
         self.bufs.publish();
         let pending = self.ring.submission().len() as u32;

@@ -472,6 +472,116 @@ fn a_reader_given_buffers_back_runs_without_waiting_for_another_completion() {
 }
 
 #[test]
+fn buffers_go_to_starved_readers_that_wait_not_to_streams_already_gone() {
+    // Two readers starve on an empty pool and their streams are dropped; a third starves
+    // after them. When the pool is relieved, the two buffers must go to the reader that still
+    // waits: handed to the dropped ones, they would wake nobody, and with no timer and nothing
+    // in flight the engine would sleep for ever with the third reader's bytes in the kernel.
+    let settings = RingSettings {
+        buffers: 2,
+        ..RingSettings::default()
+    };
+    let (got, state) = on_engine(settings, || async {
+        let (listener, addr) = listener();
+        let (piece_two, wait_piece_two) = std::sync::mpsc::channel::<()>();
+        let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut h = std::net::TcpStream::connect(addr).expect("connect h");
+            let d1 = std::net::TcpStream::connect(addr).expect("connect d1");
+            let d2 = std::net::TcpStream::connect(addr).expect("connect d2");
+            let mut b = std::net::TcpStream::connect(addr).expect("connect b");
+            b.write_all(b"hello").expect("write b");
+            h.write_all(b"one").expect("write h");
+            wait_piece_two.recv().expect("piece two");
+            h.write_all(b"two").expect("write h");
+            let _ = wait_finish.recv();
+            drop((d1, d2));
+        });
+        let mut h = listener.accept().await.expect("accept h");
+        let mut d1 = listener.accept().await.expect("accept d1");
+        let mut d2 = listener.accept().await.expect("accept d2");
+        let mut b = listener.accept().await.expect("accept b");
+        drop(listener);
+        let holder = spawn(async move {
+            let mut first = [0u8; 1];
+            h.read_exact(&mut first).await.expect("h");
+            futures_lite::future::pending::<()>().await;
+            drop(h);
+        });
+        let mut sent_two = false;
+        loop {
+            match settled().1 {
+                1 if !sent_two => {
+                    piece_two.send(()).expect("peer");
+                    sent_two = true;
+                }
+                2 => break,
+                _ => {}
+            }
+            time::sleep(Duration::from_millis(1)).await;
+        }
+        // Both readers find the pool empty and wait on the starved list; then they are gone.
+        let r1 = spawn(async move {
+            let _ = d1.read(&mut [0u8; 8]).await;
+        });
+        let r2 = spawn(async move {
+            let _ = d2.read(&mut [0u8; 8]).await;
+        });
+        futures_lite::future::yield_now().await;
+        drop((r1, r2));
+        // No timer from here.
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).await.expect("b");
+        drop(holder);
+        let _ = finish.send(());
+        peer.join().expect("peer thread");
+        drop(b);
+        (got, settle().await)
+    });
+    assert_eq!(&got, b"hello");
+    assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
+}
+
+#[test]
+fn a_task_woken_from_another_thread_as_the_engine_stops_is_still_dropped() {
+    // A detached task parks; another thread wakes it (what `Shutdown::trigger` does to
+    // connection tasks) just before the engine's main future ends. Its runnable then waits on
+    // the engine's remote queue: a stop that never looks there would never drop the task's
+    // future, and with it its sockets and memory.
+    struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Flag(dropped.clone());
+    let runtime = Runtime::new(RingSettings::default()).expect("io_uring engine");
+    runtime.block_on(async move {
+        let parked = Rc::new(std::cell::RefCell::new(None::<std::task::Waker>));
+        let slot = parked.clone();
+        super::spawn_detached(async move {
+            let _flag = flag;
+            std::future::poll_fn(|cx| {
+                *slot.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::<()>::Pending
+            })
+            .await;
+        });
+        futures_lite::future::yield_now().await;
+        let waker = parked.borrow_mut().take().expect("the task ran once");
+        std::thread::spawn(move || waker.wake())
+            .join()
+            .expect("waking thread");
+    });
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the woken task's future was never dropped"
+    );
+}
+
+#[test]
 fn output_buffers_are_reused_once_their_send_completed() {
     use super::net::{tx_buffer, tx_return};
     let first = tx_buffer(4096);
