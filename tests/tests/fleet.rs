@@ -809,3 +809,207 @@ fn the_store_client_speaks_to_redis_over_a_unix_socket() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// A `redis-server` on loopback with a password, nothing on disk, stopped on drop.
+struct LocalRedis {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl LocalRedis {
+    fn start(port: u16) -> Self {
+        let dir = TempDir::new("store-core");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "sesame",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "-a", "sesame", "--no-auth-warning"])
+        .args(args)
+        .output()
+        .expect("redis-cli (package redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_core_of_the_uring_engine_asks_redis_itself_within_the_deadline() {
+    use fastedge_tls::session_store::{Answer, StoreClient};
+    require_tool("redis-server", "redis-server");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut redis = LocalRedis::start(port);
+    // Database 3 behind a password: the core's connection says AUTH and SELECT first.
+    redis.cli(&["-n", "3", "SET", "fastedge:session:6b6e6f776e", "sealed"]);
+    let url = format!("redis://:sesame@127.0.0.1:{port}/3");
+    let client = StoreClient::for_url(&url).unwrap();
+    let deadline = Duration::from_millis(100);
+    // Lookups made one after the other on a fresh core of the io_uring engine.
+    let ask = {
+        let client = client.clone();
+        move |ids: Vec<&'static [u8]>| {
+            let client = client.clone();
+            on_core(move || async move {
+                let mut answers = Vec::new();
+                for id in ids {
+                    let asked = Instant::now();
+                    let answer = client.lookup(id, deadline).await;
+                    answers.push((answer, asked.elapsed()));
+                }
+                answers
+            })
+        }
+    };
+
+    // Found and missing, from the core's own connection: no client thread connected (the
+    // redis crate's connections name themselves `redis-rs`; the core's does not).
+    let (answers, clients) = {
+        let client = client.clone();
+        on_core(move || async move {
+            let mut answers = Vec::new();
+            for id in [&b"known"[..], b"unknown", b"known"] {
+                answers.push(client.lookup(id, deadline).await);
+            }
+            (answers, redis_cli(port, &["CLIENT", "LIST"]))
+        })
+    };
+    assert_eq!(
+        answers,
+        [
+            Answer::Found(b"sealed".to_vec()),
+            Answer::Missing,
+            Answer::Found(b"sealed".to_vec())
+        ]
+    );
+    assert!(
+        clients
+            .lines()
+            .any(|c| c.contains("cmd=getrange") && c.contains("db=3")),
+        "{clients}"
+    );
+    assert!(!clients.contains("redis-rs"), "{clients}");
+
+    // A stalled store: lookups are answered "timed out" at their deadline, not later; once
+    // it answers again, the connection reads and skips the late replies, and the next answers
+    // are right.
+    redis.signal("-STOP");
+    let (stalled, after) = {
+        let client = client.clone();
+        let pid = redis.child.id();
+        on_core(move || async move {
+            let mut stalled = Vec::new();
+            for id in [&b"known"[..], b"unknown"] {
+                let asked = Instant::now();
+                stalled.push((client.lookup(id, deadline).await, asked.elapsed()));
+            }
+            Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status()
+                .unwrap();
+            let mut after = Vec::new();
+            for id in [&b"unknown"[..], b"known"] {
+                after.push(client.lookup(id, Duration::from_secs(1)).await);
+            }
+            (stalled, after)
+        })
+    };
+    for (answer, took) in &stalled {
+        assert_eq!(answer, &Answer::TimedOut);
+        assert!(*took < deadline * 3, "answered after {took:?}");
+    }
+    assert_eq!(after, [Answer::Missing, Answer::Found(b"sealed".to_vec())]);
+
+    // Redis gone: lookups fail fast (a full handshake follows), never wait past the deadline.
+    drop(redis);
+    let answers = ask(vec![b"known", b"known", b"known"]);
+    for (answer, took) in &answers {
+        assert_eq!(answer, &Answer::Failed);
+        assert!(*took < deadline, "answered after {took:?}");
+    }
+    // Back: the next lookups after the back-off connect again by themselves.
+    redis = LocalRedis::start(port);
+    redis.cli(&["-n", "3", "SET", "fastedge:session:6b6e6f776e", "again"]);
+    let started = Instant::now();
+    loop {
+        let answers = ask(vec![b"known"]);
+        if answers[0].0 == Answer::Found(b"again".to_vec()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the core never reconnected: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counts = client.stats().counts();
+    assert!(counts.found >= 4 && counts.missing >= 2, "{counts:?}");
+    assert!(counts.timed_out >= 2 && counts.failed >= 3, "{counts:?}");
+
+    // A wrong password: the connection is refused at AUTH, and lookups fail, not hang.
+    let wrong = StoreClient::for_url(&format!("redis://:wrong@127.0.0.1:{port}/3")).unwrap();
+    let answer = on_core(move || async move { wrong.lookup(b"known", deadline).await });
+    assert_eq!(answer, Answer::Failed);
+}
+
+/// Runs `make()` on a fresh io_uring engine thread (a core, as `serve` runs them).
+fn on_core<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + 'static,
+{
+    use fastedge_runtime::uring::{RingSettings, Runtime};
+    std::thread::spawn(move || {
+        Runtime::new(RingSettings::default())
+            .unwrap()
+            .block_on(async move { make().await })
+    })
+    .join()
+    .unwrap()
+}

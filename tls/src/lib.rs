@@ -161,6 +161,7 @@ pub mod proxy;
 pub mod scrape;
 mod selfsigned;
 pub mod session_store;
+mod store_link;
 pub mod terminator;
 pub mod tickets;
 

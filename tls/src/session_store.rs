@@ -14,9 +14,12 @@
 //!   front; lookups and writes wait in bounded queues (a full queue counts and skips, never
 //!   waits); entries expire in Redis with the session timeout.
 //!
-//! One client per store address per process: a thread running a small tokio runtime with a
-//! reconnecting, multiplexed Redis connection ([`redis::aio::ConnectionManager`]), so lookups
-//! of every core share one connection and are pipelined.
+//! One client per store address per process. Each core of the io_uring engine looks sessions
+//! up over a connection of its own, on its own ring (one round trip to Redis, no thread in
+//! between; `store_link`, replies parsed by [`fastedge_wire::resp`]). Writes, and lookups from
+//! other threads (the glommio engine, or a store given by host name, which a core would have
+//! to resolve by blocking), go through a thread running a small tokio runtime with a
+//! reconnecting, multiplexed Redis connection ([`redis::aio::ConnectionManager`]).
 
 use std::{
     collections::HashMap,
@@ -346,6 +349,10 @@ struct Write {
 #[derive(Debug)]
 pub struct StoreClient {
     url: String,
+    /// Where cores of the io_uring engine connect by themselves for lookups (`None`: a host
+    /// name, which only the client thread resolves).
+    target: Option<crate::store_link::Target>,
+    health: Arc<Health>,
     lookups: tokio::sync::mpsc::Sender<Lookup>,
     writes: tokio::sync::mpsc::Sender<Write>,
     stats: Arc<StoreStats>,
@@ -408,11 +415,12 @@ impl StoreClient {
             .enable_all()
             .build()
             .map_err(|e| TlsError::Invalid(format!("session store runtime: {e}")))?;
+        let target = crate::store_link::Target::from_info(redis.get_connection_info());
+        let health = Arc::new(Health::new(url));
         let worker = Worker {
             url: url.to_owned(),
             stats: stats.clone(),
-            up: Arc::new(AtomicBool::new(true)),
-            last_error_logged: Mutex::new(None),
+            health: health.clone(),
         };
         std::thread::Builder::new()
             .name("fastedge-sessions".into())
@@ -425,6 +433,8 @@ impl StoreClient {
             })?;
         let client = Arc::new(Self {
             url: url.to_owned(),
+            target,
+            health,
             lookups,
             writes,
             stats,
@@ -444,16 +454,26 @@ impl StoreClient {
     }
 
     /// Asks the store for `session_id`; the answer comes within `deadline`.
+    ///
+    /// On a core of the io_uring engine the core asks Redis itself, over its own connection
+    /// (see `store_link`); elsewhere the store's client thread asks.
     pub fn lookup(&self, session_id: &[u8], deadline: Duration) -> AnswerFuture {
         let reply = Arc::new(OneShot::default());
-        let lookup = Lookup {
-            key: redis_key(session_id),
-            asked: Instant::now(),
-            deadline,
-            reply: reply.clone(),
-        };
-        if self.lookups.try_send(lookup).is_err() {
-            reply.complete(Answer::Refused);
+        let key = redis_key(session_id);
+        if deadline.is_zero() {
+            reply.complete(Answer::TimedOut);
+        } else if !self.target.as_ref().is_some_and(|target| {
+            crate::store_link::lookup(&self.url, target, &self.health, &key, deadline, &reply)
+        }) {
+            let lookup = Lookup {
+                key,
+                asked: Instant::now(),
+                deadline,
+                reply: reply.clone(),
+            };
+            if self.lookups.try_send(lookup).is_err() {
+                reply.complete(Answer::Refused);
+            }
         }
         AnswerFuture {
             reply,
@@ -508,11 +528,56 @@ impl Future for AnswerFuture {
 struct Worker {
     url: String,
     stats: Arc<StoreStats>,
-    /// Whether the last exchange with the store worked: an outage is logged once, and so is
-    /// the recovery.
-    up: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// Whether the store answers, shared by the client thread and the cores' own links: an outage
+/// is logged once, and so is the recovery; error answers at most once a minute.
+#[derive(Debug)]
+pub(crate) struct Health {
+    url: String,
+    up: AtomicBool,
     /// When an error answer was last logged.
     last_error_logged: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            up: AtomicBool::new(true),
+            last_error_logged: Mutex::new(None),
+        }
+    }
+
+    /// An exchange with the store worked.
+    pub(crate) fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(store = %self.url, "session store reachable again: sessions are shared across boxes");
+        }
+    }
+
+    /// The store cannot be reached (connection trouble, not an error answer).
+    pub(crate) fn mark_down(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(store = %self.url, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
+        }
+    }
+
+    /// The store answered a command with an error (a full Redis refusing writes, a key of
+    /// another type): logged at most once a minute, so a store that answers reads but refuses
+    /// writes does not flood the log.
+    pub(crate) fn error_answer(&self, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        let mut last = self
+            .last_error_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(store = %self.url, %error, "session store answered with an error (logged at most once a minute)");
+        }
+    }
 }
 
 impl Worker {
@@ -643,38 +708,25 @@ impl Worker {
     }
 
     /// A command failed: the store counts as down only for connection trouble; an error
-    /// answer (a full Redis refusing writes, a key of another type) is logged at most once a
-    /// minute, so a store that answers reads but refuses writes does not flood the log.
+    /// answer is logged (at most once a minute).
     fn failed(&self, error: &redis::RedisError) {
         if error.is_io_error()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_timeout()
         {
-            self.mark_down(&error.to_string());
-            return;
-        }
-        let now = Instant::now();
-        let mut last = self
-            .last_error_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
-            *last = Some(now);
-            tracing::warn!(store = %self.url, %error, "session store answered with an error (logged at most once a minute)");
+            self.health.mark_down(&error.to_string());
+        } else {
+            self.health.error_answer(error);
         }
     }
 
     fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!(store = %self.url, "session store reachable again: sessions are shared across boxes");
-        }
+        self.health.mark_up();
     }
 
     fn mark_down(&self, why: &str) {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(store = %self.url, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
-        }
+        self.health.mark_down(why);
     }
 }
 
