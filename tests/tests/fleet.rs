@@ -992,6 +992,31 @@ fn a_core_of_the_uring_engine_asks_redis_itself_within_the_deadline() {
     assert!(counts.found >= 4 && counts.missing >= 2, "{counts:?}");
     assert!(counts.timed_out >= 2 && counts.failed >= 3, "{counts:?}");
 
+    // Redis closes connections idle for its `timeout`: not an outage; the next lookup
+    // connects again at once (no back-off, no failed lookup).
+    redis.cli(&["CONFIG", "SET", "timeout", "1"]);
+    let (first, second) = {
+        let client = client.clone();
+        on_core(move || async move {
+            let first = client.lookup(b"known", deadline).await;
+            let closed_by = Instant::now() + Duration::from_secs(10);
+            while redis_cli(port, &["CLIENT", "LIST"]).contains("cmd=getrange") {
+                assert!(Instant::now() < closed_by, "Redis kept the idle connection");
+                fastedge_runtime::uring::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Let the core see the end of the connection, then ask at once.
+            fastedge_runtime::uring::time::sleep(Duration::from_millis(1)).await;
+            (first, client.lookup(b"known", deadline).await)
+        })
+    };
+    assert_eq!(first, Answer::Found(b"again".to_vec()));
+    assert_eq!(
+        second,
+        Answer::Found(b"again".to_vec()),
+        "right after an idle close"
+    );
+    redis.cli(&["CONFIG", "SET", "timeout", "0"]);
+
     // A wrong password: the connection is refused at AUTH, and lookups fail, not hang.
     let wrong = StoreClient::for_url(&format!("redis://:wrong@127.0.0.1:{port}/3")).unwrap();
     let answer = on_core(move || async move { wrong.lookup(b"known", deadline).await });

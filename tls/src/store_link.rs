@@ -193,6 +193,7 @@ impl Link {
         let mut ending = Ending {
             link: self.clone(),
             why: None,
+            quiet: false,
         };
         ending.why = Some(match time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Err(()) => format!("connecting took over {} ms", CONNECT_TIMEOUT.as_millis()),
@@ -204,7 +205,15 @@ impl Link {
                     state.retry_at = None;
                 }
                 self.introduce();
-                self.serve(stream).await
+                match self.serve(stream).await {
+                    Some(why) => why,
+                    None => {
+                        // Closed by the store while nothing waited (Redis's idle `timeout`):
+                        // not an outage; the next lookup connects again at once.
+                        ending.quiet = true;
+                        return;
+                    }
+                }
             }
         });
     }
@@ -252,20 +261,21 @@ impl Link {
         }
     }
 
-    /// Writes and reads until the connection fails; returns why.
-    async fn serve(&self, mut stream: Stream) -> String {
+    /// Writes and reads until the connection fails; returns why (`None`: the store closed it
+    /// while no command waited).
+    async fn serve(&self, mut stream: Stream) -> Option<String> {
         let mut input: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let out = std::mem::take(&mut self.state.borrow_mut().out);
             if !out.is_empty() {
                 if let Err(error) = stream.write_all(&out).await {
-                    return format!("writing: {error}");
+                    return Some(format!("writing: {error}"));
                 }
             }
             let wake_at = match self.expire() {
                 Ok(at) => at,
-                Err(why) => return why,
+                Err(why) => return Some(why),
             };
             let event = futures_lite::future::or(
                 async { Event::Read(stream.read(&mut chunk).await) },
@@ -287,12 +297,15 @@ impl Link {
             )
             .await;
             match event {
-                Event::Read(Ok(0)) => return "the store closed the connection".to_owned(),
-                Event::Read(Err(error)) => return format!("reading: {error}"),
+                Event::Read(Ok(0)) => {
+                    let idle = self.state.borrow().waiting.is_empty() && input.is_empty();
+                    return (!idle).then(|| "the store closed the connection".to_owned());
+                }
+                Event::Read(Err(error)) => return Some(format!("reading: {error}")),
                 Event::Read(Ok(n)) => {
                     input.extend_from_slice(&chunk[..n]);
                     if let Err(why) = self.take_replies(&mut input) {
-                        return why;
+                        return Some(why);
                     }
                 }
                 Event::Write | Event::Tick => {}
@@ -393,10 +406,12 @@ impl Link {
 }
 
 /// Ends a connection task: everything waiting is answered `Failed`, and the next lookup after
-/// the back-off connects again. `why` is `None` when the task was dropped with its core.
+/// the back-off connects again. `why` is `None` when the task was dropped with its core;
+/// `quiet` when the store closed an idle connection (no back-off).
 struct Ending {
     link: Rc<Link>,
     why: Option<String>,
+    quiet: bool,
 }
 
 impl Drop for Ending {
@@ -409,8 +424,10 @@ impl Drop for Ending {
             state.out.clear();
             state.driver = None;
             state.running = false;
-            state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-            state.retry_at = Some(uring::time::now() + state.backoff);
+            if !self.quiet {
+                state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                state.retry_at = Some(uring::time::now() + state.backoff);
+            }
             std::mem::take(&mut state.waiting)
         };
         // Answered outside the borrow: a woken handshake may ask again at once.
