@@ -352,7 +352,8 @@ pub struct StoreClient {
     /// Where cores of the io_uring engine connect by themselves for lookups (`None`: a host
     /// name, which only the client thread resolves).
     target: Option<crate::store_link::Target>,
-    health: Arc<Health>,
+    /// Whether the cores' own connections reach the store (the store thread has its own).
+    link_health: Arc<Health>,
     lookups: tokio::sync::mpsc::Sender<Lookup>,
     writes: tokio::sync::mpsc::Sender<Write>,
     stats: Arc<StoreStats>,
@@ -416,7 +417,7 @@ impl StoreClient {
             .build()
             .map_err(|e| TlsError::Invalid(format!("session store runtime: {e}")))?;
         let target = crate::store_link::Target::from_info(redis.get_connection_info());
-        let health = Arc::new(Health::new(url));
+        let health = Arc::new(Health::new(url, "the store thread"));
         let worker = Worker {
             url: url.to_owned(),
             stats: stats.clone(),
@@ -434,7 +435,7 @@ impl StoreClient {
         let client = Arc::new(Self {
             url: url.to_owned(),
             target,
-            health,
+            link_health: Arc::new(Health::new(url, "the cores' own connections")),
             lookups,
             writes,
             stats,
@@ -463,7 +464,7 @@ impl StoreClient {
         if deadline.is_zero() {
             reply.complete(Answer::TimedOut);
         } else if !self.target.as_ref().is_some_and(|target| {
-            crate::store_link::lookup(&self.url, target, &self.health, &key, deadline, &reply)
+            crate::store_link::lookup(&self.url, target, &self.link_health, &key, deadline, &reply)
         }) {
             let lookup = Lookup {
                 key,
@@ -536,15 +537,18 @@ struct Worker {
 #[derive(Debug)]
 pub(crate) struct Health {
     url: String,
+    /// Which connections: the store thread's, or the cores' own.
+    via: &'static str,
     up: AtomicBool,
     /// When an error answer was last logged.
     last_error_logged: Mutex<Option<Instant>>,
 }
 
 impl Health {
-    fn new(url: &str) -> Self {
+    fn new(url: &str, via: &'static str) -> Self {
         Self {
             url: url.to_owned(),
+            via,
             up: AtomicBool::new(true),
             last_error_logged: Mutex::new(None),
         }
@@ -553,14 +557,14 @@ impl Health {
     /// An exchange with the store worked.
     pub(crate) fn mark_up(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!(store = %self.url, "session store reachable again: sessions are shared across boxes");
+            tracing::info!(store = %self.url, via = self.via, "session store reachable again: sessions are shared across boxes");
         }
     }
 
     /// The store cannot be reached (connection trouble, not an error answer).
     pub(crate) fn mark_down(&self, why: &str) {
         if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(store = %self.url, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
+            tracing::warn!(store = %self.url, via = self.via, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
         }
     }
 
@@ -575,7 +579,7 @@ impl Health {
             .unwrap_or_else(PoisonError::into_inner);
         if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
             *last = Some(now);
-            tracing::warn!(store = %self.url, %error, "session store answered with an error (logged at most once a minute)");
+            tracing::warn!(store = %self.url, via = self.via, %error, "session store answered with an error (logged at most once a minute)");
         }
     }
 }

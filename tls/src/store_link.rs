@@ -16,8 +16,10 @@
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque},
+    future::Future,
     net::SocketAddr,
     path::PathBuf,
+    pin::Pin,
     rc::Rc,
     sync::Arc,
     task::{Poll, Waker},
@@ -29,7 +31,7 @@ use fastedge_wire::{
     resp::{self, Reply},
     sealed_session as layout,
 };
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::{
     oneshot::OneShot,
@@ -44,6 +46,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// What the cores' connections call themselves (`CLIENT LIST`).
+pub(crate) const CLIENT_NAME: &str = "fastedge-core";
 
 /// Where a core connects, and what it says first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +90,8 @@ impl Target {
 }
 
 /// One command in the pipeline: a lookup (its `reply` taken once answered, also when it timed
-/// out before its reply came), or the connection's own introduction (`setup`).
+/// out before its reply came), or the connection's own introduction (`setup`). Dropped
+/// unanswered (the connection failed), a lookup is answered `Failed`.
 struct Waiting {
     setup: bool,
     reply: Option<Arc<OneShot<Answer>>>,
@@ -94,9 +99,23 @@ struct Waiting {
     deadline: Instant,
 }
 
+impl Waiting {
+    fn answer(&mut self, answer: Answer) {
+        if let Some(reply) = self.reply.take() {
+            reply.complete(answer);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.answer(Answer::Failed);
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Commands not written yet.
+    /// Commands not handed to the connection yet.
     out: Vec<u8>,
     /// One entry per command queued or written, in order.
     waiting: VecDeque<Waiting>,
@@ -152,7 +171,8 @@ pub(crate) fn lookup(
 
 impl Link {
     fn ask(self: &Rc<Self>, key: &str, deadline: Duration, reply: Arc<OneShot<Answer>>) {
-        let now = uring::time::now();
+        // The clock, not the turn's time: a deadline counts from now.
+        let now = Instant::now();
         let mut state = self.state.borrow_mut();
         if state.retry_at.is_some_and(|at| now < at) {
             reply.complete(Answer::Failed);
@@ -180,42 +200,63 @@ impl Link {
         }
         if !state.running {
             state.running = true;
-            let link = self.clone();
-            uring::spawn_detached(async move { link.drive().await });
+            // Made here, not in the task: a task dropped before it first runs (its core
+            // stopping) still ends the link's run.
+            let ending = Ending {
+                link: self.clone(),
+                why: None,
+                quiet: false,
+            };
+            uring::spawn_detached(async move { ending.link.clone().drive(ending).await });
         }
     }
 
     /// The connection's life: connect, introduce, then write commands and read replies until
-    /// something fails; then everything waiting is answered `Failed` and the next lookup
-    /// after the back-off connects again.
-    async fn drive(self: Rc<Self>) {
-        // Also when the task is dropped (the core stops): nothing waits for ever.
-        let mut ending = Ending {
-            link: self.clone(),
-            why: None,
-            quiet: false,
-        };
-        ending.why = Some(match time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-            Err(()) => format!("connecting took over {} ms", CONNECT_TIMEOUT.as_millis()),
-            Ok(Err(error)) => format!("connecting: {error}"),
-            Ok(Ok(stream)) => {
-                {
-                    let mut state = self.state.borrow_mut();
-                    state.backoff = Duration::ZERO;
-                    state.retry_at = None;
+    /// something fails; then (`ending`) everything waiting is answered `Failed` and the next
+    /// lookup after the back-off connects again. Deadlines are kept all along, connecting
+    /// included.
+    async fn drive(self: Rc<Self>, mut ending: Ending) {
+        let connect_by = Instant::now() + CONNECT_TIMEOUT;
+        let mut connect = std::pin::pin!(self.connect());
+        let stream = loop {
+            let wake_at = match self.expire() {
+                Ok(at) => at.map_or(connect_by, |at| at.min(connect_by)),
+                Err(why) => {
+                    ending.why = Some(why);
+                    return;
                 }
-                self.introduce();
-                match self.serve(stream).await {
-                    Some(why) => why,
-                    None => {
-                        // Closed by the store while nothing waited (Redis's idle `timeout`):
-                        // not an outage; the next lookup connects again at once.
-                        ending.quiet = true;
-                        return;
-                    }
+            };
+            let connected =
+                futures_lite::future::or(async { Some(connect.as_mut().await) }, async {
+                    time::Sleep::until(wake_at).await;
+                    None
+                })
+                .await;
+            match connected {
+                Some(Ok(stream)) => break stream,
+                Some(Err(error)) => {
+                    ending.why = Some(format!("connecting: {error}"));
+                    return;
                 }
+                None if Instant::now() >= connect_by => {
+                    ending.why = Some(format!(
+                        "connecting took over {} ms",
+                        CONNECT_TIMEOUT.as_millis()
+                    ));
+                    return;
+                }
+                None => {}
             }
-        });
+        };
+        self.introduce();
+        match self.serve(stream).await {
+            Ok(()) => {
+                // Closed by the store while idle (Redis's `timeout`): not an outage; the next
+                // lookup connects again at once.
+                ending.quiet = true;
+            }
+            Err(why) => ending.why = Some(why),
+        }
     }
 
     async fn connect(&self) -> std::io::Result<Stream> {
@@ -229,7 +270,8 @@ impl Link {
         }
     }
 
-    /// `AUTH` and `SELECT` go ahead of the lookups queued while connecting.
+    /// `AUTH`, `SELECT` and `CLIENT SETNAME` go ahead of the lookups queued while connecting
+    /// (the name shows the cores' connections in `CLIENT LIST`).
     fn introduce(&self) {
         let mut first = Vec::new();
         let mut count = 0;
@@ -247,7 +289,9 @@ impl Link {
             resp::command(&[b"SELECT", db.as_bytes()], &mut first);
             count += 1;
         }
-        let now = uring::time::now();
+        resp::command(&[b"CLIENT", b"SETNAME", CLIENT_NAME.as_bytes()], &mut first);
+        count += 1;
+        let now = Instant::now();
         let mut state = self.state.borrow_mut();
         first.extend_from_slice(&state.out);
         state.out = first;
@@ -261,54 +305,76 @@ impl Link {
         }
     }
 
-    /// Writes and reads until the connection fails; returns why (`None`: the store closed it
-    /// while no command waited).
-    async fn serve(&self, mut stream: Stream) -> Option<String> {
+    /// Writes and reads until the connection ends: `Ok` when the store closed it while no
+    /// command waited and it had answered no command with an error, else why it failed.
+    /// Writing never holds up the rest: a store that stops reading still gets its lookups
+    /// answered `TimedOut` at their deadlines, and dropped after [`RESPONSE_TIMEOUT`].
+    async fn serve(&self, mut stream: Stream) -> Result<(), String> {
         let mut input: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
+        let mut unsent: Vec<u8> = Vec::new();
+        let mut sent = 0;
+        let mut errors = false;
         loop {
-            let out = std::mem::take(&mut self.state.borrow_mut().out);
-            if !out.is_empty() {
-                if let Err(error) = stream.write_all(&out).await {
-                    return Some(format!("writing: {error}"));
-                }
-            }
-            let wake_at = match self.expire() {
-                Ok(at) => at,
-                Err(why) => return Some(why),
-            };
-            let event = futures_lite::future::or(
-                async { Event::Read(stream.read(&mut chunk).await) },
-                futures_lite::future::or(
-                    async {
-                        self.more_to_write().await;
-                        Event::Write
-                    },
-                    async {
-                        match wake_at {
-                            Some(at) => {
-                                time::sleep(at.saturating_duration_since(uring::time::now())).await
-                            }
-                            None => std::future::pending::<()>().await,
+            let wake_at = self.expire()?;
+            let mut timer = wake_at.map(time::Sleep::until);
+            let event = std::future::poll_fn(|cx| {
+                // New lookups bring new deadlines: the timer is set again for them.
+                let mut new_lookups = false;
+                loop {
+                    // Hand queued commands to the connection, as far as it takes them.
+                    if sent == unsent.len() {
+                        unsent.clear();
+                        sent = 0;
+                        let mut state = self.state.borrow_mut();
+                        std::mem::swap(&mut unsent, &mut state.out);
+                        if unsent.is_empty() {
+                            state.driver = Some(cx.waker().clone());
+                            break;
                         }
-                        Event::Tick
-                    },
-                ),
-            )
+                        new_lookups = true;
+                    }
+                    match Pin::new(&mut stream).poll_write(cx, &unsent[sent..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Event::Failed(
+                                "the connection took no bytes".into(),
+                            ))
+                        }
+                        Poll::Ready(Ok(n)) => sent += n,
+                        Poll::Ready(Err(error)) => {
+                            return Poll::Ready(Event::Failed(format!("writing: {error}")))
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if let Poll::Ready(read) = Pin::new(&mut stream).poll_read(cx, &mut chunk) {
+                    return Poll::Ready(Event::Read(read));
+                }
+                if new_lookups {
+                    return Poll::Ready(Event::Tick);
+                }
+                match timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Event::Tick),
+                    _ => Poll::Pending,
+                }
+            })
             .await;
             match event {
                 Event::Read(Ok(0)) => {
                     let idle = self.state.borrow().waiting.is_empty() && input.is_empty();
-                    return (!idle).then(|| "the store closed the connection".to_owned());
+                    return if idle && !errors {
+                        Ok(())
+                    } else {
+                        Err("the store closed the connection".to_owned())
+                    };
                 }
-                Event::Read(Err(error)) => return Some(format!("reading: {error}")),
+                Event::Read(Err(error)) => return Err(format!("reading: {error}")),
                 Event::Read(Ok(n)) => {
                     input.extend_from_slice(&chunk[..n]);
-                    if let Err(why) = self.take_replies(&mut input) {
-                        return Some(why);
-                    }
+                    self.take_replies(&mut input, &mut errors)?;
                 }
-                Event::Write | Event::Tick => {}
+                Event::Failed(why) => return Err(why),
+                Event::Tick => {}
             }
         }
     }
@@ -317,47 +383,36 @@ impl Link {
     /// read and ignored); an error if the oldest command has waited over [`RESPONSE_TIMEOUT`].
     /// Returns when to look again.
     fn expire(&self) -> Result<Option<Instant>, String> {
-        let now = uring::time::now();
+        let now = Instant::now();
         let mut state = self.state.borrow_mut();
-        if state
-            .waiting
-            .front()
-            .is_some_and(|oldest| now.duration_since(oldest.asked) >= RESPONSE_TIMEOUT)
-        {
+        let Some(oldest) = state.waiting.front().map(|w| w.asked) else {
+            return Ok(None);
+        };
+        if now.duration_since(oldest) >= RESPONSE_TIMEOUT {
             return Err(format!("no answer for {} ms", RESPONSE_TIMEOUT.as_millis()));
         }
-        let mut next: Option<Instant> = state.waiting.front().map(|w| w.asked + RESPONSE_TIMEOUT);
+        let mut next = oldest + RESPONSE_TIMEOUT;
+        let mut expired = Vec::new();
         for waiting in &mut state.waiting {
             if waiting.reply.is_none() {
                 continue;
             }
             if waiting.deadline <= now {
-                if let Some(reply) = waiting.reply.take() {
-                    reply.complete(Answer::TimedOut);
-                }
+                expired.extend(waiting.reply.take());
             } else {
-                next = Some(next.map_or(waiting.deadline, |at| at.min(waiting.deadline)));
+                next = next.min(waiting.deadline);
             }
         }
-        Ok(next)
-    }
-
-    /// Resolves when a lookup queued a command.
-    async fn more_to_write(&self) {
-        std::future::poll_fn(|cx| {
-            let mut state = self.state.borrow_mut();
-            if state.out.is_empty() {
-                state.driver = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
+        drop(state);
+        for reply in expired {
+            reply.complete(Answer::TimedOut);
+        }
+        Ok(Some(next))
     }
 
     /// Answers the lookups whose replies are complete in `input`, and drops those bytes.
-    fn take_replies(&self, input: &mut Vec<u8>) -> Result<(), String> {
+    /// `errors` records that the store answered a command with an error.
+    fn take_replies(&self, input: &mut Vec<u8>, errors: &mut bool) -> Result<(), String> {
         let mut at = 0;
         let result = loop {
             let (reply, used) = match resp::parse_reply(&input[at..], layout::MAX_SEALED + 1) {
@@ -366,20 +421,23 @@ impl Link {
                 Err(error) => break Err(format!("the store's reply: {error}")),
             };
             at += used;
-            let Some(waiting) = self.state.borrow_mut().waiting.pop_front() else {
+            // Dropped unanswered on any error below: `Waiting` answers `Failed`.
+            let Some(mut waiting) = self.state.borrow_mut().waiting.pop_front() else {
                 break Err("a reply to no command".to_owned());
             };
             if waiting.setup {
-                // AUTH or SELECT.
                 match reply {
                     Reply::Simple(_) => continue,
                     Reply::Error(error) => {
                         break Err(format!(
-                            "refused the connection's AUTH or SELECT: {}",
+                            "refused the connection's introduction (AUTH, SELECT or CLIENT \
+                             SETNAME): {}",
                             String::from_utf8_lossy(error)
                         ))
                     }
-                    other => break Err(format!("unexpected answer to AUTH or SELECT: {other:?}")),
+                    other => {
+                        break Err(format!("unexpected answer to the introduction: {other:?}"))
+                    }
                 }
             }
             let answer = match reply {
@@ -387,27 +445,27 @@ impl Link {
                 Reply::Bulk([]) | Reply::Nil => Answer::Missing,
                 Reply::Bulk(value) => Answer::Found(value.to_vec()),
                 Reply::Error(error) => {
+                    *errors = true;
                     self.health.error_answer(&String::from_utf8_lossy(error));
                     Answer::Failed
                 }
                 other => break Err(format!("unexpected answer to GETRANGE: {other:?}")),
             };
             if answer != Answer::Failed {
+                // A good answer: the store works, and a later failure backs off from the start.
                 self.health.mark_up();
+                self.state.borrow_mut().backoff = Duration::ZERO;
             }
-            // A lookup that timed out has no one to answer any more.
-            if let Some(reply) = waiting.reply {
-                reply.complete(answer);
-            }
+            waiting.answer(answer);
         };
         input.drain(..at);
         result
     }
 }
 
-/// Ends a connection task: everything waiting is answered `Failed`, and the next lookup after
-/// the back-off connects again. `why` is `None` when the task was dropped with its core;
-/// `quiet` when the store closed an idle connection (no back-off).
+/// Ends a link's run: everything waiting is answered `Failed`, and the next lookup after the
+/// back-off connects again. `why` is `None` when the run was dropped with its core or the store
+/// closed an idle connection (`quiet`: no back-off).
 struct Ending {
     link: Rc<Link>,
     why: Option<String>,
@@ -426,21 +484,18 @@ impl Drop for Ending {
             state.running = false;
             if !self.quiet {
                 state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                state.retry_at = Some(uring::time::now() + state.backoff);
+                state.retry_at = Some(Instant::now() + state.backoff);
             }
             std::mem::take(&mut state.waiting)
         };
-        // Answered outside the borrow: a woken handshake may ask again at once.
-        for waiting in waiting {
-            if let Some(reply) = waiting.reply {
-                reply.complete(Answer::Failed);
-            }
-        }
+        // Answered (`Failed`, by `Waiting`'s drop) outside the borrow: a woken handshake may
+        // ask again at once.
+        drop(waiting);
     }
 }
 
 enum Event {
     Read(std::io::Result<usize>),
-    Write,
+    Failed(String),
     Tick,
 }
