@@ -113,7 +113,7 @@
 //!     a = dir.join("a.pcap"),
 //!     b = dir.join("b.pcap"),
 //! ))?;
-//! let supervisor = Supervisor::new(config, SupervisorOptions::default())?;
+//! let supervisor = Supervisor::new(config, SupervisorOptions::default());
 //! let _handle = supervisor.handle(); // reload() and shutdown() from any thread
 //! // Runs until the file is read (an interface input: until a shutdown).
 //! let stats = supervisor.run(|now, before| eprintln!("{}", now.live_line(before)))?;

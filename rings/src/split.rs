@@ -27,7 +27,7 @@ use crate::{
     pcap::{PcapSinkStats, PcapSource, ReplaySpeed},
     pipeline::{
         BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
-        WayStats,
+        ValidPipeline, WayStats,
     },
     xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
 };
@@ -646,13 +646,12 @@ struct Worker {
 /// otherwise one engine thread serves every input. Threads are pinned to `options.cores` in
 /// turn.
 pub fn run(
-    config: &PipelineConfig,
+    config: &ValidPipeline,
     options: &EngineOptions,
     stop: &AtomicBool,
     mut tick: impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
-    config.validate()?;
-    let hash_key = match (config.hash_key()?, options.hash_key) {
+    let hash_key = match (config.hash_key(), options.hash_key) {
         (Some(key), _) | (None, Some(key)) => key,
         (None, None) => crate::pipeline::random_hash_key()?,
     };

@@ -125,6 +125,7 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             args.size
         )));
     }
+    let size = args.size;
     let config = GenConfig {
         interface: args.interface,
         spec: TrafficSpec {
@@ -150,16 +151,6 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             TxArg::AfXdp => Transmit::AfXdp,
         },
     };
-    if let Err(error) = config.spec.validate() {
-        return Err(Failure::config(match error {
-            SpecError::FrameTooSmall { min, .. } => anyhow!(
-                "--size {} is too small: these headers and the 16-byte marker need {} bytes on the wire",
-                args.size,
-                min + 4
-            ),
-            other => anyhow!(other),
-        }));
-    }
     let stop = fastedge_runtime::signals::stop_flag().map_err(Failure::runtime)?;
     let live = std::io::stderr().is_terminal();
     let mut previous = 0;
@@ -170,6 +161,11 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
         previous = stats.sent;
     })
     .map_err(|e| match e {
+        GenError::Spec(SpecError::FrameTooSmall { min, .. }) => Failure::config(anyhow!(
+            "--size {} is too small: these headers and the 16-byte marker need {} bytes on the wire",
+            size,
+            min + 4
+        )),
         GenError::Spec(_) | GenError::ZeroRate => Failure::config(e),
         GenError::Socket(fastedge_rings::afpacket::PacketError::NoInterface(_)) => {
             Failure::config(e)

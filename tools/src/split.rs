@@ -9,7 +9,9 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use clap::{Args, ValueEnum};
 use fastedge_rings::{
-    pipeline::{BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName},
+    pipeline::{
+        BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName, ValidPipeline,
+    },
     shm::Consumer,
     supervisor::{ControlSocket, Supervisor, SupervisorError, SupervisorOptions},
     tap,
@@ -269,6 +271,7 @@ pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
         hash_key: None,
         way_group: args.common.way_group.clone(),
     };
+    let config = config.validate().map_err(Failure::config)?;
     run_engine(config, &args.common, None)
 }
 
@@ -313,6 +316,8 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                 hash_key: args.hash_key.clone(),
                 way_group: args.common.way_group.clone(),
             }
+            .validate()
+            .map_err(Failure::config)?
         }
     };
     run_engine(config, &args.common, args.config.as_deref())
@@ -349,7 +354,7 @@ fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
 /// Runs `config` under the split supervisor until a signal, `fastedge ctl shutdown`, or the end
 /// of its capture-file inputs; a live line per second on a terminal.
 fn run_engine(
-    config: PipelineConfig,
+    config: ValidPipeline,
     common: &CommonArgs,
     config_path: Option<&Path>,
 ) -> Result<(), Failure> {
@@ -380,7 +385,7 @@ fn run_engine(
         veth_prefix: (common.to == ToArg::Veth && config_path.is_none())
             .then(|| common.veth_prefix.clone()),
     };
-    let supervisor = Supervisor::new(config, options).map_err(failure)?;
+    let supervisor = Supervisor::new(config, options);
     if common.daemon {
         // Before any thread exists: fork, new session, stdio to /dev/null.
         nix::unistd::daemon(false, false)
