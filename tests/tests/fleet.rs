@@ -391,20 +391,27 @@ fn three_boxes_resume_each_others_sessions_and_prometheus_adds_them_up() {
             &[("FASTEDGE_LOG", "info")],
         );
         server.wait_for_line("listening addr=", Duration::from_secs(30));
-        // The store's client thread runs on the box's cores, beside the cores that ask it.
-        let store_thread = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
-            .unwrap()
-            .flatten()
-            .find(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|comm| comm.starts_with("fastedge-sessio"))
-            })
-            .expect("a session store thread");
-        let status = std::fs::read_to_string(store_thread.path().join("status")).unwrap();
-        assert!(
-            status.contains(&format!("Cpus_allowed_list:\t{}\n", i % 2)),
-            "{status}"
-        );
+        // The store's client thread runs on the box's cores, beside the cores that ask it. It
+        // names and pins itself when it first runs, which may be a moment after the listening
+        // line: wait for that, a few seconds at most.
+        let pinned = format!("Cpus_allowed_list:\t{}\n", i % 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+                .unwrap()
+                .flatten()
+                .find(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("fastedge-sessio"))
+                })
+                .and_then(|task| std::fs::read_to_string(task.path().join("status")).ok());
+            match status {
+                Some(status) if status.contains(&pinned) => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Some(status) => panic!("the session store thread is not pinned: {status}"),
+                None => panic!("no session store thread"),
+            }
+        }
         servers.push(server);
         boxes.push(SocketAddr::from((addr, TLS_PORT)));
     }
