@@ -116,6 +116,67 @@ pub struct InputConfig {
     pub speed: SpeedName,
 }
 
+impl InputConfig {
+    /// An input reading `interface` in `mode`.
+    pub fn interface(interface: &str, mode: InputMode) -> Self {
+        Self {
+            interface: Some(interface.to_owned()),
+            pcap: None,
+            mode,
+            speed: SpeedName::Fast,
+        }
+    }
+
+    /// An input reading the capture file `pcap` at `speed`.
+    pub fn pcap(pcap: &Path, speed: SpeedName) -> Self {
+        Self {
+            interface: None,
+            pcap: Some(pcap.to_owned()),
+            mode: InputMode::Auto,
+            speed,
+        }
+    }
+}
+
+/// Where the outputs of a stage declared by count go (`fastedge split --to`): shared-memory
+/// ways, or interfaces or TAP devices named by a prefix and the output's number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Shared-memory ways.
+    Ways,
+    /// Interfaces PREFIX0, PREFIX1 … (veth pairs the supervisor can create,
+    /// [`crate::supervisor::SupervisorOptions::veth_prefix`]).
+    Veth(String),
+    /// TAP devices PREFIX0, PREFIX1 …, made by the pipeline.
+    Tap(String),
+}
+
+impl OutputKind {
+    /// `count` outputs of this kind as the `ways` and `to` of a balance or dup brick:
+    /// `ways = count` for shared-memory ways, else `count` interface or TAP bricks.
+    pub fn outputs(&self, count: u32) -> (Option<u32>, Vec<BrickConfig>) {
+        match self {
+            OutputKind::Ways => (Some(count), Vec::new()),
+            OutputKind::Veth(prefix) => (
+                None,
+                (0..count)
+                    .map(|k| BrickConfig::Interface {
+                        name: format!("{prefix}{k}"),
+                    })
+                    .collect(),
+            ),
+            OutputKind::Tap(prefix) => (
+                None,
+                (0..count)
+                    .map(|k| BrickConfig::Tap {
+                        name: format!("{prefix}{k}"),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// How an interface is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1008,6 +1008,15 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// A way written `NAME:WAY` (`eth1:3`, as `fastedge tap` takes it): the distribution's name
+/// and the way's number. The name may itself hold colons; the number follows the last one.
+pub fn parse_way(text: &str) -> Result<(&str, u32), String> {
+    text.rsplit_once(':')
+        .filter(|(name, _)| !name.is_empty())
+        .and_then(|(name, way)| Some((name, way.parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("{text:?}: expected NAME:WAY, e.g. eth1:3"))
+}
+
 impl Consumer {
     /// Attaches to way `way` of distribution `name` (see [`way_path`]).
     pub fn open(name: &str, way: u32) -> Result<Self, ShmError> {
@@ -1373,6 +1382,25 @@ impl Drop for Consumer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_way_is_named_name_colon_number() {
+        assert_eq!(super::parse_way("eth1:3"), Ok(("eth1", 3)));
+        assert_eq!(super::parse_way("a:b:0"), Ok(("a:b", 0)));
+        for bad in [
+            "eth1",
+            "eth1:",
+            ":3",
+            "eth1:-1",
+            "eth1:x",
+            "eth1:4294967296",
+        ] {
+            assert_eq!(
+                super::parse_way(bad),
+                Err(format!("{bad:?}: expected NAME:WAY, e.g. eth1:3"))
+            );
+        }
+    }
+
     use super::*;
 
     /// A way in a private directory of this test process (like `/dev/shm/fastedge`), one per
