@@ -235,6 +235,115 @@ pub(crate) fn set_interface_up(
     Ok(())
 }
 
+/// Wakes every thread waiting on `word` (FUTEX_WAKE on a shared mapping: other processes).
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only looks the word's page up (a valid mapping that `word` borrows)
+    // and wakes its waiters; no pointer is written through.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// Sleeps until `word` is woken, no longer holds `expected`, `timeout` passes or a signal
+/// arrives (FUTEX_WAIT on a shared mapping, which may be read-only).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the word (aligned, in a mapping `word` borrows) and sleeps;
+    // the timespec outlives the call. Every outcome (woken, changed, timed out, interrupted)
+    // is a return to the caller, which looks at the lanes again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)`: the clock futex deadlines are measured on.
+pub(crate) fn clock_monotonic() -> libc::timespec {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, alive for the call; with a valid
+    // clock id and pointer it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now
+}
+
+/// One entry of futex_waitv(2) (`struct futex_waitv`, linux/futex.h).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+/// FUTEX2_SIZE_U32: a 32-bit word, shared (no FUTEX2_PRIVATE).
+const FUTEX2_SIZE_U32: u32 = 2;
+/// Most words one futex_waitv call waits on (FUTEX_WAITV_MAX).
+const FUTEX_WAITV_MAX: usize = 128;
+
+/// Sleeps until one of `words` is woken or no longer holds its value, `timeout` passes or a
+/// signal arrives. False when the kernel has no futex_waitv (before 5.16) or there are too
+/// many words: the caller waits another way.
+pub(crate) fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Duration) -> bool {
+    if words.len() > FUTEX_WAITV_MAX {
+        return false;
+    }
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(word, value)| FutexWaitv {
+            val: u64::from(*value),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    let now = clock_monotonic();
+    let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
+    let deadline = libc::timespec {
+        tv_sec: now
+            .tv_sec
+            .saturating_add(timeout.as_secs().min(i32::MAX as u64) as libc::time_t)
+            .saturating_add((nanos / 1_000_000_000) as libc::time_t),
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `waiters` (each naming an aligned u32 in a mapping the caller borrows) and
+    // `deadline` outlive the call; the kernel only reads them.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0u32,
+            &deadline as *const libc::timespec,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    !(result < 0
+        && matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL)
+        ))
+}
+
 /// A shared memory mapping of a descriptor (`mmap(2)`), unmapped when dropped (`munmap(2)`).
 /// It hands out addresses, never references to the bytes, which another party (the kernel,
 /// another process) may write at any time.
@@ -343,6 +452,45 @@ mod tests {
         assert!(check_interface_name("").is_err());
         assert!(check_interface_name("a-name-of-16-bytes").is_err());
         check_interface_name("veth0").unwrap();
+    }
+
+    #[test]
+    fn futexes_return_when_woken_changed_or_timed_out() {
+        use std::time::Instant;
+        let word = AtomicU32::new(7);
+        let started = Instant::now();
+        futex_wait(&word, 7, Duration::from_millis(50));
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "timed out early"
+        );
+        let started = Instant::now();
+        futex_wait(&word, 8, Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the word had changed"
+        );
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                word.store(8, Ordering::Release);
+                futex_wake(&word);
+            });
+            let started = Instant::now();
+            futex_wait(&word, 7, Duration::from_secs(5));
+            assert!(started.elapsed() < Duration::from_secs(4), "not woken");
+        });
+        // A word that no longer holds its value: at once (true), or no futex_waitv (false).
+        let started = Instant::now();
+        let _ = futex_waitv(&[(&word, 7)], Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let many: Vec<(&AtomicU32, u32)> = (0..129).map(|_| (&word, 8)).collect();
+        assert!(
+            !futex_waitv(&many, Duration::from_secs(5)),
+            "over FUTEX_WAITV_MAX"
+        );
+        let now = clock_monotonic();
+        assert!(now.tv_sec > 0 || now.tv_nsec > 0);
     }
 
     fn temp_file() -> std::fs::File {
