@@ -344,6 +344,66 @@ pub(crate) fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Duration) -> boo
         ))
 }
 
+/// A handler with the `SA_SIGINFO` signature.
+pub(crate) type SigInfoHandler =
+    extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// `sigaction(2)` read-only: the disposition of `signal` now.
+pub(crate) fn sigaction_current(signal: libc::c_int) -> io::Result<libc::sigaction> {
+    // SAFETY: an all-zero sigaction is valid (no handler, empty mask, no flags).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: no new action (null); `old` is a writable sigaction alive for the call.
+    cvt(unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) })?;
+    Ok(old)
+}
+
+/// `sigaction(2)`: `handler` for `signal`, with `SA_SIGINFO` and `flags`, nothing blocked
+/// while it runs but the signal itself.
+pub(crate) fn sigaction_install(
+    signal: libc::c_int,
+    handler: SigInfoHandler,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is valid (no handler, empty mask, no flags).
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = handler as *const () as usize;
+    new.sa_flags = libc::SA_SIGINFO | flags;
+    // SAFETY: `new.sa_mask` is a sigset_t this function owns.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: `new` is a complete sigaction whose handler has the SA_SIGINFO signature the
+    // flags announce; no old action is asked for.
+    cvt(unsafe { libc::sigaction(signal, &new, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
+/// `signal(2)`: the default action for `signal` again. Async-signal-safe.
+pub(crate) fn signal_default(signal: libc::c_int) {
+    // SAFETY: SIG_DFL is not a handler address: nothing of ours runs because of it.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// `mmap(2)` with `MAP_FIXED`: anonymous read-only zero pages in place of whatever is mapped
+/// at `[start, start + len)`; false when the kernel refused. Async-signal-safe.
+///
+/// # Safety
+///
+/// The range must be a whole mapping its owner keeps for as long as anything may read it, and
+/// that nobody writes or holds references into: its contents change to zeros under readers.
+pub(crate) unsafe fn replace_with_zero_pages(start: usize, len: usize) -> bool {
+    // SAFETY: the caller vouches for the range (above); MAP_FIXED replaces only it.
+    let replaced = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    replaced != libc::MAP_FAILED
+}
+
 /// A shared memory mapping of a descriptor (`mmap(2)`), unmapped when dropped (`munmap(2)`).
 /// It hands out addresses, never references to the bytes, which another party (the kernel,
 /// another process) may write at any time.
