@@ -9,8 +9,8 @@
 //! bookkeeping ([`rules`]), veth outputs ([`veth`])); a running split's counters as per-second
 //! rows for `fastedge top` ([`top`]); the traffic generator ([`gen`]). Raw system calls go
 //! through one private module, `sys` (one safe wrapper per call, its `unsafe` kept there):
-//! AF_PACKET's calls, shm's futexes and sigbus's handler go through it; the AF_XDP sockets'
-//! unsafe calls are xsk-rs's API, not system calls.
+//! AF_PACKET's calls, shm's futexes, sigbus's handler and the engine's poll go through it;
+//! the AF_XDP sockets' unsafe calls are xsk-rs's API, not system calls.
 //!
 //! This is split's engine: `fastedge split`, `dup`, `tap` and `gen` are thin shells over
 //! [`supervisor::Supervisor`], [`tap`] and [`gen`].

@@ -1694,12 +1694,7 @@ mod tests {
     }
 
     fn monotonic_ns() -> u64 {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec it is given.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = crate::sys::clock_monotonic();
         now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 

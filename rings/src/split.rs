@@ -1075,16 +1075,11 @@ fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> 
             Source::Pcap(_) => {}
         }
     }
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     if fds.is_empty() {
         std::thread::sleep(timeout);
         return Ok(());
     }
-    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs for
-    // the duration of the call, and every fd in it is open (owned by `inputs`).
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if rc < 0 {
-        let error = std::io::Error::last_os_error();
+    if let Err(error) = crate::sys::poll_many(&mut fds, timeout) {
         if error.kind() != std::io::ErrorKind::Interrupted {
             return Err(SplitError::Poll(error));
         }

@@ -129,15 +129,24 @@ pub(crate) fn poll(
     events: libc::c_short,
     timeout: Duration,
 ) -> io::Result<libc::c_short> {
-    let mut pfd = libc::pollfd {
+    let mut fds = [libc::pollfd {
         fd: fd.as_raw_fd(),
         events,
         revents: 0,
-    };
+    }];
+    poll_many(&mut fds, timeout)?;
+    Ok(fds[0].revents)
+}
+
+/// `poll(2)` on every descriptor of `fds` (their `revents` filled in), up to `timeout`; how
+/// many are ready (0: timed out). An interrupted wait is an `Interrupted` error. A descriptor
+/// that is not open only comes back with `POLLNVAL`.
+pub(crate) fn poll_many(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd, alive for the call.
-    cvt(unsafe { libc::poll(&mut pfd, 1, millis) })?;
-    Ok(pfd.revents)
+    // SAFETY: `fds` is an exclusively borrowed array of `fds.len()` pollfd structs, alive for
+    // the call; the kernel writes only their `revents`.
+    let ready = cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) })?;
+    Ok(ready as usize)
 }
 
 /// `sendmmsg(2)` of `frames` (one message each) on a bound socket, with `flags`; how many the
