@@ -24,7 +24,9 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for ways in [4u32, 64] {
         let name = format!("bench-{}-{ways}", std::process::id());
-        let config = balance_pipeline(&name, ways);
+        let config = balance_pipeline(&name, ways)
+            .validate()
+            .expect("a valid pipeline");
         let mut pipeline = Pipeline::build(&config).expect("building the pipeline");
         let mut consumers: Vec<Consumer> = (0..ways)
             .map(|w| Consumer::open(&name, w).expect("consumer"))

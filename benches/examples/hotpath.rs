@@ -20,7 +20,9 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or(4);
         let name = format!("hotpath-{}", std::process::id());
-        let config = balance_pipeline(&name, ways);
+        let config = balance_pipeline(&name, ways)
+            .validate()
+            .expect("a valid pipeline");
         let mut pipeline = Pipeline::build(&config).expect("pipeline");
         let mut consumers: Vec<Consumer> = (0..ways)
             .map(|w| Consumer::open(&name, w).expect("way"))

@@ -11,14 +11,15 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    ptr::NonNull,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
         atomic::{fence, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::Duration,
 };
+
+use crate::sys::{self, set_option, Mapping};
 
 /// Errors of AF_PACKET sockets, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,63 +81,18 @@ fn setup<'a>(interface: &'a str, step: &'static str) -> impl FnOnce(io::Error) -
 /// opened with ETH_P_ALL would queue every interface's frames until `bind`, and a sender's
 /// would queue frames nobody reads).
 fn packet_socket() -> io::Result<OwnedFd> {
-    let protocol = 0;
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_option<T>(fd: BorrowedFd<'_>, level: i32, name: i32, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points to a live `T` of the size passed; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
 }
 
 /// Binds to interface `ifindex`; with `receive`, for every protocol (ETH_P_ALL), else for none
 /// (a sender).
 fn bind_to(fd: BorrowedFd<'_>, ifindex: i32, receive: bool) -> io::Result<()> {
-    // SAFETY: sockaddr_ll is plain integers and byte arrays; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = if receive {
+    let protocol = if receive {
         (libc::ETH_P_ALL as u16).to_be()
     } else {
         0
     };
-    addr.sll_ifindex = ifindex;
-    // SAFETY: `addr` is a fully initialised sockaddr_ll of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::bind_packet(fd, ifindex, protocol)
 }
 
 /// Sizes of a TPACKET_V3 receive ring.
@@ -165,7 +121,7 @@ impl Default for RingConfig {
 #[derive(Debug)]
 pub struct PacketReceiver {
     fd: OwnedFd,
-    ring: NonNull<u8>,
+    ring: Mapping,
     config: RingConfig,
     /// The block to read next.
     block: u32,
@@ -173,10 +129,6 @@ pub struct PacketReceiver {
     /// Frame with its VLAN tag put back (only used for frames whose tag was taken off).
     scratch: Vec<u8>,
 }
-
-// SAFETY: the ring mapping is owned by this value alone (no aliases are handed out beyond a
-// `receive` call), so moving it to another thread is sound.
-unsafe impl Send for PacketReceiver {}
 
 impl PacketReceiver {
     /// Opens a receive ring on `interface`; with `fanout`, joins that PACKET_FANOUT group.
@@ -217,25 +169,8 @@ impl PacketReceiver {
         set_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_RX_RING, &request)
             .map_err(setup(interface, "PACKET_RX_RING"))?;
         let length = config.block_size as usize * config.blocks as usize;
-        // SAFETY: maps the ring the kernel just set up on this socket; length is its size.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                length,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(setup(interface, "mmap of the ring")(
-                io::Error::last_os_error(),
-            ));
-        }
-        let ring = NonNull::new(ring.cast::<u8>()).ok_or_else(|| {
-            setup(interface, "mmap of the ring")(io::Error::other("null mapping"))
-        })?;
+        let ring =
+            Mapping::shared(fd.as_fd(), length, 0).map_err(setup(interface, "mmap of the ring"))?;
         let receiver = Self {
             fd,
             ring,
@@ -263,15 +198,11 @@ impl PacketReceiver {
         self.fd.as_fd()
     }
 
-    fn block_status(&self, block: u32) -> &AtomicU32 {
+    /// The block's `block_status` (offset 8 of its descriptor), shared with the kernel; `None`
+    /// only if the ring were not the size it was made with.
+    fn block_status(&self, block: u32) -> Option<&AtomicU32> {
         let offset = block as usize * self.config.block_size as usize;
-        // SAFETY: `block` < blocks, so the block descriptor lies inside the mapping; its
-        // `block_status` (offset 8, 4-byte aligned as blocks are page aligned) is shared with
-        // the kernel, hence accessed atomically.
-        unsafe {
-            let desc = self.ring.as_ptr().add(offset);
-            AtomicU32::from_ptr(desc.add(8).cast::<u32>())
-        }
+        self.ring.atomic_u32(offset + 8)
     }
 
     /// Hands frames of ready blocks to `on_frame(frame, timestamp_ns)`, waiting up to
@@ -290,33 +221,27 @@ impl PacketReceiver {
             if blocks == self.config.blocks {
                 return Ok(frames);
             }
-            let status = self.block_status(self.block).load(Ordering::Acquire);
+            let Some(status) = self.block_status(self.block) else {
+                return Ok(frames);
+            };
+            let status = status.load(Ordering::Acquire);
             if status & libc::TP_STATUS_USER == 0 {
                 if frames > 0 || waited || timeout.is_zero() {
                     return Ok(frames);
                 }
                 waited = true;
-                let mut pfd = libc::pollfd {
-                    fd: self.fd.as_raw_fd(),
-                    events: libc::POLLIN | libc::POLLERR,
-                    revents: 0,
-                };
-                let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-                // SAFETY: one valid pollfd for an open fd.
-                let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
-                if rc < 0 {
-                    let error = io::Error::last_os_error();
-                    if error.kind() != io::ErrorKind::Interrupted {
-                        return Err(error);
-                    }
+                match sys::poll(self.fd.as_fd(), libc::POLLIN | libc::POLLERR, timeout) {
+                    Err(error) if error.kind() != io::ErrorKind::Interrupted => return Err(error),
+                    _ => {}
                 }
                 continue;
             }
             frames += self.walk_block(&mut on_frame);
             blocks += 1;
             fence(Ordering::Release);
-            self.block_status(self.block)
-                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            if let Some(status) = self.block_status(self.block) {
+                status.store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            }
             self.block = (self.block + 1) % self.config.blocks;
         }
     }
@@ -324,9 +249,12 @@ impl PacketReceiver {
     fn walk_block(&mut self, on_frame: &mut impl FnMut(&[u8], u64)) -> usize {
         let block_size = self.config.block_size as usize;
         let base = self.block as usize * block_size;
-        // SAFETY: the block [base, base + block_size) is inside the mapping and owned by user
-        // space until its status is set back to TP_STATUS_KERNEL; the kernel wrote its header
-        // and packets before setting TP_STATUS_USER (acquired by the caller).
+        if base + block_size > self.ring.len() {
+            return 0;
+        }
+        // SAFETY: the block [base, base + block_size) is inside the mapping (checked above) and
+        // owned by user space until its status is set back to TP_STATUS_KERNEL; the kernel
+        // wrote its header and packets before setting TP_STATUS_USER (acquired by the caller).
         let block = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(base), block_size) };
         let u32_at = |at: usize| -> Option<u32> {
             Some(u32::from_ne_bytes(block.get(at..at + 4)?.try_into().ok()?))
@@ -382,39 +310,12 @@ impl PacketReceiver {
 
     /// Kernel counters since the socket opened.
     pub fn statistics(&mut self) -> io::Result<PacketStatistics> {
-        let mut stats = libc::tpacket_stats_v3 {
-            tp_packets: 0,
-            tp_drops: 0,
-            tp_freeze_q_cnt: 0,
-        };
-        let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        // SAFETY: `stats` is a writable tpacket_stats_v3 and `len` its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut stats as *mut libc::tpacket_stats_v3).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let stats: libc::tpacket_stats_v3 =
+            sys::get_option(self.fd.as_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS)?;
         self.totals.packets += u64::from(stats.tp_packets);
         self.totals.drops += u64::from(stats.tp_drops);
         self.totals.freezes += u64::from(stats.tp_freeze_q_cnt);
         Ok(self.totals)
-    }
-}
-
-impl Drop for PacketReceiver {
-    fn drop(&mut self) {
-        let length = self.config.block_size as usize * self.config.blocks as usize;
-        // SAFETY: unmaps exactly the mapping made in `open`; nothing borrows it any more.
-        unsafe {
-            libc::munmap(self.ring.as_ptr().cast(), length);
-        }
     }
 }
 
@@ -453,46 +354,13 @@ impl PacketSender {
         if frames.is_empty() {
             return Ok(0);
         }
-        let mut iovecs: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: msghdr is plain integers and pointers; all-zero (null name, no
-                // control data) is valid.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov;
-                msg.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: msg,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose iovecs point into
-        // `frames`, all alive for the duration of the call; the socket is bound, so no
-        // destination address is needed.
-        let rc = unsafe {
-            libc::sendmmsg(
-                self.fd.as_raw_fd(),
-                headers.as_mut_ptr(),
-                headers.len() as u32,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            return match error.raw_os_error() {
+        match sys::send_frames(self.fd.as_fd(), frames, libc::MSG_DONTWAIT) {
+            Err(error) => match error.raw_os_error() {
                 Some(libc::ENOBUFS) | Some(libc::EAGAIN) => Ok(0),
                 _ => Err(error),
-            };
+            },
+            sent => sent,
         }
-        Ok(rc as usize)
     }
 }
 
@@ -687,59 +555,21 @@ impl TapDevices {
     }
 }
 
-fn ifreq_for(name: &str) -> Result<libc::ifreq, String> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!("{name:?}: an interface name has 1 to 15 bytes"));
-    }
-    // SAFETY: ifreq is plain integers, byte arrays and a union of those; all-zero is valid.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte as libc::c_char;
-    }
-    Ok(request)
-}
-
 impl TapSink {
     /// Creates TAP device `name` and brings it up.
     pub fn create(name: &str) -> Result<Self, PacketError> {
         let fail = |step: &'static str| setup(name, step);
-        let mut request = ifreq_for(name).map_err(PacketError::Config)?;
+        sys::check_interface_name(name).map_err(PacketError::Config)?;
+        let fd = sys::open_device(c"/dev/net/tun").map_err(fail("opening /dev/net/tun"))?;
         // Exclusive: never attach to an existing (persistent) device of that name.
-        request.ifr_ifru.ifru_flags =
-            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
-        // SAFETY: opening a device node with a constant path and flags; checked below.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(fail("opening /dev/net/tun")(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: TUNSETIFF reads and writes one ifreq, which `request` is, alive for the call.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
-            return Err(fail("TUNSETIFF")(io::Error::last_os_error()));
-        }
+        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL;
+        sys::tun_set_interface(fd.as_fd(), name, flags).map_err(fail("TUNSETIFF"))?;
         // No IPv6 chatter (router solicitations, DAD) on a capture device.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         // Up, through any socket of this namespace.
         let control = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
             .map_err(fail("control socket"))?;
-        let mut flags = ifreq_for(name).map_err(PacketError::Config)?;
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq (`flags`), alive for the
-        // calls; the union member read is the one the kernel just filled.
-        unsafe {
-            if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS, &mut flags) < 0 {
-                return Err(fail("SIOCGIFFLAGS")(io::Error::last_os_error()));
-            }
-            flags.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS, &flags) < 0 {
-                return Err(fail("bringing it up")(io::Error::last_os_error()));
-            }
-        }
+        sys::set_interface_up(control.as_fd(), name).map_err(|(step, e)| fail(step)(e))?;
         Ok(Self::with_fd(name, Arc::new(fd)))
     }
 
@@ -757,10 +587,8 @@ impl TapSink {
     /// Writes one frame into the device, or counts it dropped.
     #[inline]
     pub fn push(&mut self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for `frame.len()` bytes for the call; the fd is open.
-        let written =
-            unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        if written == frame.len() as isize {
+        let written = sys::write(self.fd.as_fd(), frame);
+        if written.is_ok_and(|n| n == frame.len()) {
             self.stats.sent += 1;
         } else {
             if self.stats.dropped == 0 {

@@ -15,7 +15,10 @@ use fastedge_runtime::control::Answer;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    pipeline::PipelineConfig, rules::SharedRules, split::SplitStats, supervisor::SplitHandle,
+    pipeline::{PipelineConfig, ValidPipeline},
+    rules::SharedRules,
+    split::SplitStats,
+    supervisor::SplitHandle,
 };
 
 /// Directory of the split control sockets by default.
@@ -114,7 +117,10 @@ pub(crate) fn into_map(v: Value) -> Map<String, Value> {
 #[derive(Debug)]
 pub struct ControlState {
     pub(crate) handle: SplitHandle,
-    pub(crate) config: Mutex<PipelineConfig>,
+    pub(crate) config: Mutex<ValidPipeline>,
+    /// The pipeline a `reload` request read and checked, for the supervisor to start (so the
+    /// file is validated once per reload, and what was checked is what runs).
+    pub(crate) approved: Mutex<Option<ValidPipeline>>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) stats: Mutex<SplitStats>,
     pub(crate) started: Instant,
@@ -128,7 +134,7 @@ impl ControlState {
     }
 
     /// The pipeline in use.
-    pub fn config(&self) -> Result<PipelineConfig, String> {
+    pub fn config(&self) -> Result<ValidPipeline, String> {
         self.config
             .lock()
             .map(|c| c.clone())
@@ -188,7 +194,11 @@ pub fn answer(state: &ControlState, cmd: &str, request: &Map<String, Value>) -> 
                 // Refuse a bad file here, with the reason, rather than after stopping.
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                PipelineConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                let checked = PipelineConfig::from_toml(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if let Ok(mut approved) = state.approved.lock() {
+                    *approved = Some(checked);
+                }
             }
             state.handle.reload();
             Ok(into_map(json!({ "reload": "started" })))

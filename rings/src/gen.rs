@@ -81,6 +81,22 @@ pub struct GenStats {
     pub elapsed: Duration,
 }
 
+impl GenStats {
+    /// The run in one line: frames, bytes, time, frame and bit rates, queue-full waits.
+    pub fn summary(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        format!(
+            "sent {} frames ({} bytes) in {:.3} s: {:.0} frames/s, {:.1} Mbit/s; queue-full waits {}",
+            self.sent,
+            self.bytes,
+            secs,
+            self.sent as f64 / secs,
+            self.bytes as f64 * 8.0 / secs / 1e6,
+            self.backoffs
+        )
+    }
+}
+
 /// Why a generator run could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
@@ -99,6 +115,16 @@ pub enum GenError {
     /// The AF_XDP socket could not be set up or send.
     #[error(transparent)]
     Xsk(crate::xdp::XskError),
+}
+
+impl GenError {
+    /// Whether the request (spec, rate, interface name) is at fault, as opposed to the system.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            GenError::Spec(_) | GenError::ZeroRate | GenError::Socket(PacketError::NoInterface(_))
+        )
+    }
 }
 
 /// Sends until `count` frames went out or `stop` is set; calls `tick` about once a second.

@@ -7,7 +7,10 @@
 //! ([`pipeline`]) and the engine that runs them ([`split`]); the split supervisor
 //! ([`supervisor`]: reloads, the control socket's commands ([`control`]), pre-filter rule
 //! bookkeeping ([`rules`]), veth outputs ([`veth`])); a running split's counters as per-second
-//! rows for `fastedge top` ([`top`]); the traffic generator ([`gen`]).
+//! rows for `fastedge top` ([`top`]); the traffic generator ([`gen`]). Raw system calls go
+//! through one private module, `sys` (one safe wrapper per call, its `unsafe` kept there):
+//! AF_PACKET's calls, shm's futexes, sigbus's handler and the engine's poll go through it;
+//! the AF_XDP sockets' unsafe calls are xsk-rs's API, not system calls.
 //!
 //! This is split's engine: `fastedge split`, `dup`, `tap` and `gen` are thin shells over
 //! [`supervisor::Supervisor`], [`tap`] and [`gen`].
@@ -113,7 +116,7 @@
 //!     a = dir.join("a.pcap"),
 //!     b = dir.join("b.pcap"),
 //! ))?;
-//! let supervisor = Supervisor::new(config, SupervisorOptions::default())?;
+//! let supervisor = Supervisor::new(config, SupervisorOptions::default());
 //! let _handle = supervisor.handle(); // reload() and shutdown() from any thread
 //! // Runs until the file is read (an interface input: until a shutdown).
 //! let stats = supervisor.run(|now, before| eprintln!("{}", now.live_line(before)))?;
@@ -138,6 +141,7 @@ pub mod shm;
 mod sigbus;
 pub mod split;
 pub mod supervisor;
+mod sys;
 pub mod tap;
 pub mod top;
 pub mod veth;

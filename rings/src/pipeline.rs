@@ -116,6 +116,67 @@ pub struct InputConfig {
     pub speed: SpeedName,
 }
 
+impl InputConfig {
+    /// An input reading `interface` in `mode`.
+    pub fn interface(interface: &str, mode: InputMode) -> Self {
+        Self {
+            interface: Some(interface.to_owned()),
+            pcap: None,
+            mode,
+            speed: SpeedName::Fast,
+        }
+    }
+
+    /// An input reading the capture file `pcap` at `speed`.
+    pub fn pcap(pcap: &Path, speed: SpeedName) -> Self {
+        Self {
+            interface: None,
+            pcap: Some(pcap.to_owned()),
+            mode: InputMode::Auto,
+            speed,
+        }
+    }
+}
+
+/// Where the outputs of a stage declared by count go (`fastedge split --to`): shared-memory
+/// ways, or interfaces or TAP devices named by a prefix and the output's number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Shared-memory ways.
+    Ways,
+    /// Interfaces PREFIX0, PREFIX1 … (veth pairs the supervisor can create,
+    /// [`crate::supervisor::SupervisorOptions::veth_prefix`]).
+    Veth(String),
+    /// TAP devices PREFIX0, PREFIX1 …, made by the pipeline.
+    Tap(String),
+}
+
+impl OutputKind {
+    /// `count` outputs of this kind as the `ways` and `to` of a balance or dup brick:
+    /// `ways = count` for shared-memory ways, else `count` interface or TAP bricks.
+    pub fn outputs(&self, count: u32) -> (Option<u32>, Vec<BrickConfig>) {
+        match self {
+            OutputKind::Ways => (Some(count), Vec::new()),
+            OutputKind::Veth(prefix) => (
+                None,
+                (0..count)
+                    .map(|k| BrickConfig::Interface {
+                        name: format!("{prefix}{k}"),
+                    })
+                    .collect(),
+            ),
+            OutputKind::Tap(prefix) => (
+                None,
+                (0..count)
+                    .map(|k| BrickConfig::Tap {
+                        name: format!("{prefix}{k}"),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// How an interface is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -282,16 +343,56 @@ pub enum PipelineError {
     Interface(#[from] crate::afpacket::PacketError),
 }
 
-impl PipelineConfig {
-    /// Parses and checks a TOML pipeline.
-    pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
-        let config: Self = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
+/// A pipeline that passed [`PipelineConfig::validate`], with its flow-hash key parsed and its
+/// way group resolved. `validate` is its only constructor, so what takes one (the engine,
+/// [`Pipeline::build_lanes`], the supervisor) never checks again. Reads as the
+/// [`PipelineConfig`] it came from; to change it, take that back with
+/// [`ValidPipeline::into_config`] and validate again.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ValidPipeline {
+    config: PipelineConfig,
+    #[serde(skip)]
+    hash_key: Option<HashKey>,
+    #[serde(skip)]
+    access: crate::shm::WayAccess,
+}
+
+impl ValidPipeline {
+    /// The configured flow-hash key, if any (`None`: the caller picks a random one).
+    pub fn hash_key(&self) -> Option<HashKey> {
+        self.hash_key
     }
 
-    /// Checks everything that can be checked without opening anything.
-    pub fn validate(&self) -> Result<(), PipelineError> {
+    /// Who may open the ways: the configured `way_group` resolved to its id.
+    pub fn way_access(&self) -> crate::shm::WayAccess {
+        self.access
+    }
+
+    /// The declaration it was made from.
+    pub fn into_config(self) -> PipelineConfig {
+        self.config
+    }
+}
+
+impl std::ops::Deref for ValidPipeline {
+    type Target = PipelineConfig;
+
+    fn deref(&self) -> &PipelineConfig {
+        &self.config
+    }
+}
+
+impl PipelineConfig {
+    /// Parses and checks a TOML pipeline.
+    pub fn from_toml(text: &str) -> Result<ValidPipeline, PipelineError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()
+    }
+
+    /// Checks everything that can be checked without opening anything, once: the pipeline
+    /// comes back as a [`ValidPipeline`].
+    pub fn validate(self) -> Result<ValidPipeline, PipelineError> {
         let invalid = |what: String| Err(PipelineError::Invalid(what));
         if self.inputs.is_empty() {
             return invalid("no [[input]]: give at least one interface or pcap file".into());
@@ -329,8 +430,8 @@ impl PipelineConfig {
                 self.rules.len()
             ));
         }
-        self.hash_key()?;
-        self.way_access()?;
+        let hash_key = self.parse_hash_key()?;
+        let access = self.resolve_way_access()?;
         if let Some(name) = &self.name {
             if name.is_empty() || name.contains('/') {
                 return invalid(format!("name {name:?} must be non-empty and without '/'"));
@@ -348,11 +449,15 @@ impl PipelineConfig {
                 }
             ));
         }
-        Ok(())
+        Ok(ValidPipeline {
+            config: self,
+            hash_key,
+            access,
+        })
     }
 
     /// Who may open the ways: the configured `way_group` resolved to its id.
-    pub fn way_access(&self) -> Result<crate::shm::WayAccess, PipelineError> {
+    fn resolve_way_access(&self) -> Result<crate::shm::WayAccess, PipelineError> {
         let Some(group) = &self.way_group else {
             return Ok(crate::shm::WayAccess::default());
         };
@@ -370,7 +475,7 @@ impl PipelineConfig {
     }
 
     /// The configured flow-hash key, if any.
-    pub fn hash_key(&self) -> Result<Option<HashKey>, PipelineError> {
+    fn parse_hash_key(&self) -> Result<Option<HashKey>, PipelineError> {
         self.hash_key
             .as_deref()
             .map(|text| {
@@ -521,8 +626,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Creates the ways (`/dev/shm/fastedge/NAME-K`) and capture files of `config`; the flow
     /// hash is keyed with the configured key, else a random one.
-    pub fn build(config: &PipelineConfig) -> Result<Self, PipelineError> {
-        let hash_key = match config.hash_key()? {
+    pub fn build(config: &ValidPipeline) -> Result<Self, PipelineError> {
+        let hash_key = match config.hash_key() {
             Some(key) => key,
             None => random_hash_key()?,
         };
@@ -569,7 +674,7 @@ impl Pipeline {
     /// hashed under `hash_key` (the caller resolves the configured or a random key once, so
     /// that every lane and the XDP program agree).
     pub fn build_lanes(
-        config: &PipelineConfig,
+        config: &ValidPipeline,
         lanes: u32,
         reuse: bool,
         hash_key: HashKey,
@@ -581,13 +686,12 @@ impl Pipeline {
     /// earlier pipeline are used again (a reload keeps them, and their captures), new ones
     /// are made and kept there.
     pub fn build_lanes_with(
-        config: &PipelineConfig,
+        config: &ValidPipeline,
         lanes: u32,
         reuse: bool,
         hash_key: HashKey,
         taps: &TapDevices,
     ) -> Result<Vec<Self>, PipelineError> {
-        config.validate()?;
         if lanes > 1 && Self::has_capture_files(config) {
             return Err(PipelineError::Invalid(
                 "capture-file outputs need a single engine thread".into(),
@@ -598,7 +702,7 @@ impl Pipeline {
             capacity: config.way_kib * 1024,
             lanes,
             reuse,
-            access: config.way_access()?,
+            access: config.way_access(),
             ways: Vec::new(),
             pcaps: Vec::new(),
             ifaces: Vec::new(),

@@ -76,7 +76,7 @@ use std::{
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::sigbus;
+use crate::{sigbus, sys};
 
 const MAGIC: [u8; 8] = *b"FEDGWAY\0";
 /// Version of the layout above; bumped on any change.
@@ -364,46 +364,6 @@ fn atomic_at(map: &MmapRaw, offset: usize) -> &AtomicU64 {
     unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }
 }
 
-/// Wakes every thread waiting on `word` (FUTEX_WAKE on a shared mapping: other processes).
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only looks the word's page up (a valid mapping that `word` borrows)
-    // and wakes its waiters; no pointer is written through.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        )
-    };
-}
-
-/// Sleeps until `word` is woken, no longer holds `expected`, `timeout` passes or a signal
-/// arrives (FUTEX_WAIT on a shared mapping, which may be read-only).
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let timeout = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: FUTEX_WAIT reads the word (aligned, in a mapping `word` borrows) and sleeps;
-    // the timespec outlives the call. Every outcome (woken, changed, timed out, interrupted)
-    // is a return to the caller, which looks at the lanes again.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &timeout as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0,
-        )
-    };
-}
-
 /// Copies `packet` to `to`: frames up to 64 bytes (the common small frame) in two
 /// overlapping fixed-size moves, inline, instead of a call into `memcpy`.
 ///
@@ -427,68 +387,6 @@ unsafe fn copy_packet(to: *mut u8, packet: &[u8]) {
             std::ptr::copy_nonoverlapping(from, to, len);
         }
     }
-}
-
-/// One entry of futex_waitv(2) (`struct futex_waitv`, linux/futex.h).
-#[repr(C)]
-struct FutexWaitv {
-    val: u64,
-    uaddr: u64,
-    flags: u32,
-    reserved: u32,
-}
-/// FUTEX2_SIZE_U32: a 32-bit word, shared (no FUTEX2_PRIVATE).
-const FUTEX2_SIZE_U32: u32 = 2;
-/// Most words one futex_waitv call waits on (FUTEX_WAITV_MAX).
-const FUTEX_WAITV_MAX: usize = 128;
-
-/// Sleeps until one of `words` is woken or no longer holds its value, `timeout` passes or a
-/// signal arrives. False when the kernel has no futex_waitv (before 5.16) or there are too
-/// many words: the caller waits another way.
-fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Duration) -> bool {
-    if words.len() > FUTEX_WAITV_MAX {
-        return false;
-    }
-    let waiters: Vec<FutexWaitv> = words
-        .iter()
-        .map(|(word, value)| FutexWaitv {
-            val: u64::from(*value),
-            uaddr: word.as_ptr() as u64,
-            flags: FUTEX2_SIZE_U32,
-            reserved: 0,
-        })
-        .collect();
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
-    let deadline = libc::timespec {
-        tv_sec: now
-            .tv_sec
-            .saturating_add(timeout.as_secs().min(i32::MAX as u64) as libc::time_t)
-            .saturating_add((nanos / 1_000_000_000) as libc::time_t),
-        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: `waiters` (each naming an aligned u32 in a mapping the caller borrows) and
-    // `deadline` outlive the call; the kernel only reads them.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_futex_waitv,
-            waiters.as_ptr(),
-            waiters.len() as libc::c_uint,
-            0u32,
-            &deadline as *const libc::timespec,
-            libc::CLOCK_MONOTONIC,
-        )
-    };
-    !(result < 0
-        && matches!(
-            io::Error::last_os_error().raw_os_error(),
-            Some(libc::ENOSYS | libc::EINVAL)
-        ))
 }
 
 /// Ends a batch of pushes on many lanes (e.g. every way of an engine thread) with one fence:
@@ -910,7 +808,7 @@ impl Producer {
                 )
                 .is_ok()
         {
-            futex_wake(wake);
+            sys::futex_wake(wake);
         }
     }
 
@@ -966,7 +864,7 @@ impl Drop for Producer {
         self.store_head();
         let wake = self.region.wake();
         wake.fetch_add(1, Ordering::SeqCst);
-        futex_wake(wake);
+        sys::futex_wake(wake);
     }
 }
 
@@ -1006,6 +904,15 @@ impl std::fmt::Debug for Consumer {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// A way written `NAME:WAY` (`eth1:3`, as `fastedge tap` takes it): the distribution's name
+/// and the way's number. The name may itself hold colons; the number follows the last one.
+pub fn parse_way(text: &str) -> Result<(&str, u32), String> {
+    text.rsplit_once(':')
+        .filter(|(name, _)| !name.is_empty())
+        .and_then(|(name, way)| Some((name, way.parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("{text:?}: expected NAME:WAY, e.g. eth1:3"))
 }
 
 impl Consumer {
@@ -1180,7 +1087,7 @@ impl Consumer {
         let seen = self.fall_asleep();
         fence(Ordering::SeqCst);
         if !self.readable() {
-            futex_wait(self.region.wake(), seen, timeout);
+            sys::futex_wait(self.region.wake(), seen, timeout);
         }
         self.wake_up();
         self.readable()
@@ -1346,8 +1253,8 @@ fn wait_any_in<'a>(
         .map(|c| (c.region.wake(), c.fall_asleep()))
         .collect();
     fence(Ordering::SeqCst);
-    if !consumers.clone().any(Consumer::readable) && !futex_waitv(&words, timeout) {
-        futex_wait(
+    if !consumers.clone().any(Consumer::readable) && !sys::futex_waitv(&words, timeout) {
+        sys::futex_wait(
             words[0].0,
             words[0].1,
             timeout.min(Duration::from_millis(1)),
@@ -1373,6 +1280,25 @@ impl Drop for Consumer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_way_is_named_name_colon_number() {
+        assert_eq!(super::parse_way("eth1:3"), Ok(("eth1", 3)));
+        assert_eq!(super::parse_way("a:b:0"), Ok(("a:b", 0)));
+        for bad in [
+            "eth1",
+            "eth1:",
+            ":3",
+            "eth1:-1",
+            "eth1:x",
+            "eth1:4294967296",
+        ] {
+            assert_eq!(
+                super::parse_way(bad),
+                Err(format!("{bad:?}: expected NAME:WAY, e.g. eth1:3"))
+            );
+        }
+    }
+
     use super::*;
 
     /// A way in a private directory of this test process (like `/dev/shm/fastedge`), one per
@@ -1768,12 +1694,7 @@ mod tests {
     }
 
     fn monotonic_ns() -> u64 {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec it is given.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = crate::sys::clock_monotonic();
         now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 

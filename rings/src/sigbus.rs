@@ -14,6 +14,8 @@ use std::sync::{
     Once, OnceLock,
 };
 
+use crate::sys;
+
 /// Mappings that can be protected at once; past that, [`Guard::register`] returns `None`
 /// (the caller reads with `pread` instead).
 const SLOTS: usize = 1024;
@@ -80,21 +82,12 @@ impl Drop for Guard {
 
 fn install() {
     INSTALL.call_once(|| {
-        // SAFETY: zeroed sigaction structs are valid (no handler, empty mask, no flags);
-        // sigaction(2) with valid pointers; `on_sigbus` has the SA_SIGINFO signature.
-        unsafe {
-            let mut new: libc::sigaction = std::mem::zeroed();
-            new.sa_sigaction = on_sigbus as *const () as usize;
-            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            libc::sigemptyset(&mut new.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
-                return;
-            }
-            let _ = PREVIOUS.set(Previous(old));
-            if libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) != 0 {
-                tracing::warn!("cannot install the SIGBUS handler for way position files");
-            }
+        let Ok(old) = sys::sigaction_current(libc::SIGBUS) else {
+            return;
+        };
+        let _ = PREVIOUS.set(Previous(old));
+        if sys::sigaction_install(libc::SIGBUS, on_sigbus, libc::SA_ONSTACK).is_err() {
+            tracing::warn!("cannot install the SIGBUS handler for way position files");
         }
     });
 }
@@ -113,20 +106,11 @@ extern "C" fn on_sigbus(
         }
         let len = range.len.load(Ordering::Acquire);
         if address >= start && address < start.saturating_add(len) {
-            // SAFETY: the range is a mapping its owner keeps until it unregisters it (see
-            // `Guard::register`); replacing it with zero pages changes only what it reads.
-            // mmap is async-signal-safe.
-            let replaced = unsafe {
-                libc::mmap(
-                    start as *mut libc::c_void,
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
-            if replaced != libc::MAP_FAILED {
+            // SAFETY: the range is a read-only mapping its owner keeps until it unregisters
+            // it (see `Guard::register`) and reads only with loads; zero pages change only
+            // what those loads read.
+            let replaced = unsafe { sys::replace_with_zero_pages(start, len) };
+            if replaced {
                 return;
             }
         }
@@ -137,9 +121,9 @@ extern "C" fn on_sigbus(
     };
     let handler = previous.sa_sigaction;
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // SAFETY: restoring the default action; returning re-runs the faulting access, which
-        // then terminates the process as it would have.
-        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+        // Returning re-runs the faulting access, which then ends the process as it would
+        // have.
+        sys::signal_default(libc::SIGBUS);
     } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO: this signature.
         let previous: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =

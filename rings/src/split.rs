@@ -27,7 +27,7 @@ use crate::{
     pcap::{PcapSinkStats, PcapSource, ReplaySpeed},
     pipeline::{
         BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
-        WayStats,
+        ValidPipeline, WayStats,
     },
     xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
 };
@@ -646,13 +646,12 @@ struct Worker {
 /// otherwise one engine thread serves every input. Threads are pinned to `options.cores` in
 /// turn.
 pub fn run(
-    config: &PipelineConfig,
+    config: &ValidPipeline,
     options: &EngineOptions,
     stop: &AtomicBool,
     mut tick: impl FnMut(&SplitStats),
 ) -> Result<SplitStats, SplitError> {
-    config.validate()?;
-    let hash_key = match (config.hash_key()?, options.hash_key) {
+    let hash_key = match (config.hash_key(), options.hash_key) {
         (Some(key), _) | (None, Some(key)) => key,
         (None, None) => crate::pipeline::random_hash_key()?,
     };
@@ -1076,16 +1075,11 @@ fn wait_readable(inputs: &[Input], timeout: Duration) -> Result<(), SplitError> 
             Source::Pcap(_) => {}
         }
     }
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     if fds.is_empty() {
         std::thread::sleep(timeout);
         return Ok(());
     }
-    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs for
-    // the duration of the call, and every fd in it is open (owned by `inputs`).
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if rc < 0 {
-        let error = std::io::Error::last_os_error();
+    if let Err(error) = crate::sys::poll_many(&mut fds, timeout) {
         if error.kind() != std::io::ErrorKind::Interrupted {
             return Err(SplitError::Poll(error));
         }

@@ -10,7 +10,7 @@
 //! let config = PipelineConfig::from_toml(
 //!     "[[input]]\ninterface = \"eth1\"\n[output]\ntype = \"balance\"\nways = 4\n",
 //! )?;
-//! let supervisor = Supervisor::new(config, SupervisorOptions::default())?;
+//! let supervisor = Supervisor::new(config, SupervisorOptions::default());
 //! // SIGINT/SIGTERM stop it, SIGHUP reloads; `supervisor.handle()` does the same from code.
 //! supervisor.handle().handle_signals()?;
 //! let stats = supervisor.run(|now, _before| eprintln!("{} frames", now.received()))?;
@@ -35,7 +35,7 @@ use fastedge_runtime::{
 
 use crate::{
     control::{self, ControlState},
-    pipeline::{BrickConfig, PipelineConfig, PipelineError},
+    pipeline::{BrickConfig, PipelineConfig, PipelineError, ValidPipeline},
     rules::{Rules, RulesError, SharedRules},
     split::{self, EngineOptions, InputKind, SplitError, SplitStats},
     veth::{VethError, VethPairs},
@@ -176,7 +176,7 @@ impl SplitHandle {
 /// A split pipeline with its options, ready to run.
 #[derive(Debug)]
 pub struct Supervisor {
-    config: PipelineConfig,
+    config: ValidPipeline,
     options: SupervisorOptions,
     handle: SplitHandle,
 }
@@ -235,24 +235,21 @@ fn interface_outputs(config: &PipelineConfig) -> u32 {
     }
 }
 
-/// The pipeline in `path`, read again for a reload.
-fn read_config(path: &Path) -> Result<PipelineConfig, String> {
+/// The pipeline in `path`, read again (and validated) for a reload.
+fn read_config(path: &Path) -> Result<ValidPipeline, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     PipelineConfig::from_toml(&text).map_err(|e| e.to_string())
 }
 
 impl Supervisor {
-    /// Checks `config`; nothing starts until [`Supervisor::run`].
-    pub fn new(
-        config: PipelineConfig,
-        options: SupervisorOptions,
-    ) -> Result<Self, SupervisorError> {
-        config.validate()?;
-        Ok(Self {
+    /// A supervisor of `config` (checked when it was made); nothing starts until
+    /// [`Supervisor::run`].
+    pub fn new(config: ValidPipeline, options: SupervisorOptions) -> Self {
+        Self {
             config,
             options,
             handle: SplitHandle::new(),
-        })
+        }
     }
 
     /// The handle that reloads or stops this split.
@@ -287,6 +284,7 @@ impl Supervisor {
         let state = Arc::new(ControlState {
             handle: handle.clone(),
             config: Mutex::new(config.clone()),
+            approved: Mutex::new(None),
             config_path: options.config_path.clone(),
             stats: Mutex::new(SplitStats::default()),
             started: Instant::now(),
@@ -313,7 +311,7 @@ impl Supervisor {
         // keeps flows on their ways.
         let hash_key = crate::pipeline::random_hash_key()?;
         // The pipeline that ran before a reload, to go back to if the new one cannot start.
-        let mut fallback: Option<PipelineConfig> = None;
+        let mut fallback: Option<ValidPipeline> = None;
         // A service manager hears READY at each start of the pipeline, a status line and a
         // watchdog ping with every tick.
         let watchdog = fastedge_runtime::notify::watchdog_interval();
@@ -381,7 +379,10 @@ impl Supervisor {
             fastedge_runtime::notify::reloading();
             tracing::info!("reload: pipeline stopped: {}", stats.summary());
             if let Some(path) = &options.config_path {
-                match read_config(path) {
+                // A pipeline the control socket checked before asking for this reload is the
+                // one to run; otherwise (SIGHUP, the handle) the file is read now.
+                let approved = state.approved.lock().ok().and_then(|mut a| a.take());
+                match approved.map_or_else(|| read_config(path), Ok) {
                     Ok(new) => {
                         if new.rule_capacity != config.rule_capacity {
                             tracing::warn!(
@@ -595,7 +596,7 @@ mod tests {
             }),
             ..SupervisorOptions::default()
         };
-        let supervisor = Supervisor::new(config, options).unwrap();
+        let supervisor = Supervisor::new(config, options);
         let handle = supervisor.handle();
         // Per start of the pipeline (its first tick follows zero counters): frames received.
         let runs = Arc::new(Mutex::new(Vec::<u64>::new()));

@@ -57,6 +57,33 @@ pub fn bind_private(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Permission bits written in octal as a command line gives them (`600`, `0660`): at most
+/// 0o777.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal mode like 600"))
+}
+
+/// Removes the socket file a previous run left at `path`, before binding there again. Nothing
+/// at `path` is fine; anything but a socket is not ours to remove: an `AlreadyExists` error
+/// that says so.
+pub fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
 /// A bound control socket, serving on its own threads until dropped.
 #[derive(Debug)]
 pub struct ControlServer {
@@ -214,6 +241,38 @@ pub fn request(path: &Path, request: &Value) -> Result<Value, std::io::Error> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    #[test]
+    fn only_a_stale_socket_is_removed() {
+        let dir = std::env::temp_dir().join(format!("fastedge-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (socket, file) = (dir.join("s.sock"), dir.join("file"));
+        super::remove_stale_socket(&socket).unwrap(); // nothing there
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        super::remove_stale_socket(&socket).unwrap();
+        assert!(!socket.exists());
+        std::fs::write(&file, b"keep").unwrap();
+        let error = super::remove_stale_socket(&file).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            error.to_string(),
+            format!("{} exists and is not a socket", file.display())
+        );
+        assert!(file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn modes_are_octal_permission_bits() {
+        assert_eq!(super::parse_mode("600"), Ok(0o600));
+        assert_eq!(super::parse_mode("0660"), Ok(0o660));
+        for bad in ["", "800", "1000", "rw", "-1"] {
+            assert_eq!(
+                super::parse_mode(bad),
+                Err(format!("{bad:?} is not an octal mode like 600"))
+            );
+        }
+    }
+
     use super::*;
 
     fn handler(cmd: &str, request: &Map<String, Value>) -> Answer {

@@ -83,6 +83,13 @@ impl CpuList {
         Ok(CpuList(cpus))
     }
 
+    /// Parses the CPU list `text` and checks that this process may run on every CPU in it.
+    pub fn parse_available(text: &str) -> Result<CpuList, CpuListError> {
+        let list: CpuList = text.parse()?;
+        list.check_within(&CpuList::available()?)?;
+        Ok(list)
+    }
+
     /// Checks that every listed CPU is in `available`.
     pub fn check_within(&self, available: &CpuList) -> Result<(), CpuListError> {
         match self
@@ -228,6 +235,24 @@ mod tests {
         for text in ["0-7", "0,2,4", "1-3,6", "0", "0-1,3-4,9"] {
             assert_eq!(text.parse::<CpuList>().unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_list_parsed_for_this_process_is_checked_against_its_cpus() {
+        let available = CpuList::available().unwrap();
+        assert_eq!(
+            CpuList::parse_available(&available.to_string()).unwrap(),
+            available
+        );
+        assert!(matches!(
+            CpuList::parse_available("0,x"),
+            Err(CpuListError::BadItem { .. })
+        ));
+        let beyond = available.cpus()[available.len() - 1] + 1;
+        assert!(matches!(
+            CpuList::parse_available(&beyond.to_string()),
+            Err(CpuListError::Unavailable { cpu, .. }) if cpu == beyond
+        ));
     }
 
     #[test]

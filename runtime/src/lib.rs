@@ -8,7 +8,8 @@
 //! Prometheus text ([`metrics`]), per-core connection caps ([`ConnectionLimit`]), process
 //! set-up (open-files limit, privilege drop, pid file), passing listening sockets to a new binary
 //! ([`handover`]), service-manager notifications
-//! ([`notify`]), log lines to syslog ([`SyslogWriter`]), the JSON-lines control socket
+//! ([`notify`]), the log set-up ([`logging`]: text or JSON, stderr or syslog via
+//! [`SyslogWriter`]), the JSON-lines control socket
 //! ([`control`]), and the network types the other crates use ([`net`]), so that only this
 //! crate names an engine.
 //!
@@ -51,6 +52,7 @@ mod executors;
 pub mod handover;
 mod limit;
 mod listen;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;
@@ -70,7 +72,9 @@ pub use engine::{
 pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};
 pub use listen::{bind_reuseport, BoundListener, DEFAULT_BACKLOG};
-pub use process::{drop_privileges, raise_nofile_limit, spawn_successor, PidFile, ProcessError};
+pub use process::{
+    detach, drop_privileges, raise_nofile_limit, spawn_successor, PidFile, ProcessError,
+};
 pub use shutdown::Shutdown;
 pub use syslog::SyslogWriter;
 

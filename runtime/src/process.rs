@@ -36,6 +36,44 @@ pub enum ProcessError {
     /// Raising the open-files limit failed.
     #[error("RLIMIT_NOFILE: {0}")]
     Limit(nix::Error),
+    /// Detaching into the background (`daemon(3)`) failed.
+    #[error("detaching (--daemon): {0}")]
+    Detach(nix::Error),
+    /// The pid file could not be written.
+    #[error("writing the pid file {path}: {source}")]
+    PidFile {
+        /// The pid file.
+        path: std::path::PathBuf,
+        /// The system's answer.
+        source: std::io::Error,
+    },
+}
+
+impl ProcessError {
+    /// Whether the configuration (a name, a path) is at fault, as opposed to the system.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, ProcessError::Limit(_) | ProcessError::Detach(_))
+    }
+}
+
+/// Detaches into the background when `daemon` (fork, new session, standard streams to
+/// /dev/null; the process goes on in the child), then writes its pid to `pid_file`, removed
+/// when the returned value is dropped. Call before any thread exists.
+pub fn detach(
+    daemon: bool,
+    pid_file: Option<&std::path::Path>,
+) -> Result<Option<PidFile>, ProcessError> {
+    if daemon {
+        nix::unistd::daemon(false, false).map_err(ProcessError::Detach)?;
+    }
+    pid_file
+        .map(|path| {
+            PidFile::create(path).map_err(|source| ProcessError::PidFile {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .transpose()
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit. A proxy needs

@@ -30,7 +30,7 @@ use std::{
 
 use fastedge_rings::pipeline::PipelineConfig;
 use fastedge_tests::process::fastedge_bin;
-use fastedge_tls::config::ServeConfig;
+use fastedge_tls::config::{ServeConfig, DEFAULT_CONFIG};
 use fastedge_wire::rules::RuleSpec;
 
 /// One fenced block of a page.
@@ -610,4 +610,206 @@ fn every_link_between_pages_reaches_a_file_and_heading() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The rows of the table of `serve` defaults in docs/configuration.md: each key (dotted, or
+/// `[[backend]] name`) with the text of its documented default (`None`: the cell is `—`), and
+/// the row's line for messages. A cell may list several keys sharing a prefix (`tls.cert`,
+/// `tls.key`; `tls.passphrase`, `_env` for `tls.passphrase_env`; `tls.sni_timeout`,
+/// `sni_cache_ttl`) and either one default for all or one per key.
+fn documented_defaults(text: &str) -> Result<Vec<(String, Option<String>, usize)>, String> {
+    let spans = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim() == "| key | default | meaning |")
+        .ok_or("no `| key | default | meaning |` table")?;
+    let mut rows = Vec::new();
+    for (i, line) in lines.iter().enumerate().skip(header + 2) {
+        let n = i + 1;
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let [key_cell, default_cell, ..] = cells.as_slice() else {
+            return Err(format!("line {n}: not a key | default | meaning row"));
+        };
+        let names = spans(key_cell.trim_start_matches('|'));
+        let Some(first) = names.first() else {
+            return Err(format!("line {n}: no `key` in the first cell"));
+        };
+        let prefix = &first[..first.rfind(['.', ' ']).map_or(0, |i| i + 1)];
+        let keys: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| match name {
+                _ if k == 0 || name.contains('.') => name.clone(),
+                _ if name.starts_with('_') => format!("{first}{name}"),
+                _ => format!("{prefix}{name}"),
+            })
+            .collect();
+        let defaults = spans(default_cell);
+        match defaults.len() {
+            0 if default_cell.trim() == "—" => {
+                rows.extend(keys.into_iter().map(|key| (key, None, n)));
+            }
+            1 => rows.extend(
+                keys.into_iter()
+                    .map(|key| (key, Some(defaults[0].clone()), n)),
+            ),
+            d if d == keys.len() => rows.extend(
+                keys.into_iter()
+                    .zip(defaults)
+                    .map(|(key, default)| (key, Some(default), n)),
+            ),
+            d => {
+                return Err(format!(
+                    "line {n}: {} key(s) but {d} default(s): {default_cell:?}",
+                    keys.len()
+                ))
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Every key of the default configuration (`fastedge serve --print-default-config`, the
+/// layer every document is read over), dotted, with its value.
+fn code_defaults() -> Vec<(String, toml::Value)> {
+    let table: toml::Table = toml::from_str(DEFAULT_CONFIG).unwrap();
+    let mut keys = Vec::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(inner) => keys.extend(
+                inner
+                    .into_iter()
+                    .map(|(key, value)| (format!("{name}.{key}"), value)),
+            ),
+            value => keys.push((name, value)),
+        }
+    }
+    keys
+}
+
+/// `key = value` as a document: in its table (`tls.cert` → `[tls]`), or in a `[[backend]]`
+/// with an address.
+fn document_setting(key: &str, value: &str) -> String {
+    if let Some(name) = key.strip_prefix("[[backend]] ") {
+        let address = "address = \"127.0.0.1:1\"";
+        return match name {
+            "address" => format!("[[backend]]\n{address}\n"),
+            _ => format!("[[backend]]\n{address}\n{name} = {value}\n"),
+        };
+    }
+    match key.split_once('.') {
+        Some((table, name)) => format!("[{table}]\n{name} = {value}\n"),
+        None => format!("{key} = {value}\n"),
+    }
+}
+
+#[test]
+fn the_table_of_serve_defaults_says_what_the_code_uses() {
+    let path = root().join("docs/configuration.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rows = documented_defaults(&text).unwrap();
+    let code: HashMap<String, toml::Value> = code_defaults().into_iter().collect();
+    let mut failures = Vec::new();
+    for (key, documented, line) in &rows {
+        let at = format!("docs/configuration.md:{line}: {key}");
+        let Some(documented) = documented else {
+            // `—`: a table of tables, or a key with no default (a backend's address).
+            if !key.starts_with("[[") {
+                failures.push(format!("{at}: no default given"));
+            }
+            continue;
+        };
+        // Written with a note after it, e.g. `"0s"` (off): the value is in the backticks.
+        let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {documented}")) {
+            Ok(mut table) => table.remove("v").unwrap(),
+            Err(e) => {
+                failures.push(format!(
+                    "{at}: default {documented} is not a TOML value: {e}"
+                ));
+                continue;
+            }
+        };
+        if key.starts_with("[[") {
+            // Backends are not in the default document: the loader's own default must give
+            // the same configuration as the documented value written out.
+            let base = document_setting("[[backend]] address", "");
+            let written = document_setting(key, documented);
+            match (ServeConfig::parse(&base), ServeConfig::parse(&written)) {
+                (Ok(a), Ok(b)) if format!("{a:?}") == format!("{b:?}") => {}
+                (Ok(_), Ok(_)) => failures.push(format!(
+                    "{at}: documented {documented}, but the code's default differs"
+                )),
+                (Err(e), _) | (_, Err(e)) => failures.push(format!("{at}: {e}")),
+            }
+            continue;
+        }
+        match code.get(key) {
+            None => failures.push(format!("{at}: not a key of the default configuration")),
+            Some(used) if *used != value => failures.push(format!(
+                "{at}: documented {documented}, but the code uses {used}"
+            )),
+            Some(_) => {}
+        }
+    }
+    let documented: std::collections::HashSet<&str> =
+        rows.iter().map(|(key, ..)| key.as_str()).collect();
+    for (key, value) in code_defaults() {
+        if !documented.contains(key.as_str()) {
+            failures.push(format!(
+                "docs/configuration.md: {key} (default {value}) is missing from the table"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(rows.len() >= code.len(), "{} rows read", rows.len());
+}
+
+#[test]
+fn the_defaults_table_reader_expands_shared_prefixes_and_fails_on_mismatches() {
+    let table = "| key | default | meaning |\n|---|---|---|\n\
+        | `user`, `group` | `\"\"` | x |\n\
+        | `tls.passphrase`, `_env` | `\"\"` | x |\n\
+        | `tls.sni_timeout`, `sni_cache_ttl` | `\"2s\"`, `\"5m\"` | x |\n\
+        | `balance.health_check_interval` | `\"0s\"` (off) | x |\n\
+        | `[[backend]] x_forwarded`, `forwarded` | `false` | x |\n\
+        | `[[context]]` | — | x |\n\nafter";
+    let rows = documented_defaults(table).unwrap();
+    let keys: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|(k, d, _)| (k.as_str(), d.as_deref()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("user", Some("\"\"")),
+            ("group", Some("\"\"")),
+            ("tls.passphrase", Some("\"\"")),
+            ("tls.passphrase_env", Some("\"\"")),
+            ("tls.sni_timeout", Some("\"2s\"")),
+            ("tls.sni_cache_ttl", Some("\"5m\"")),
+            ("balance.health_check_interval", Some("\"0s\"")),
+            ("[[backend]] x_forwarded", Some("false")),
+            ("[[backend]] forwarded", Some("false")),
+            ("[[context]]", None),
+        ]
+    );
+    let uneven = "| key | default | meaning |\n|---|---|---|\n| `a`, `b`, `c` | `1`, `2` | x |\n";
+    assert!(documented_defaults(uneven)
+        .unwrap_err()
+        .contains("3 key(s) but 2 default(s)"));
+    // The loader tells a documented backend default from the code's.
+    let base = ServeConfig::parse(&document_setting("[[backend]] address", "")).unwrap();
+    let other =
+        ServeConfig::parse(&document_setting("[[backend]] proxy_protocol", "\"v2\"")).unwrap();
+    assert_ne!(format!("{base:?}"), format!("{other:?}"));
 }

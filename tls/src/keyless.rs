@@ -455,6 +455,51 @@ pub fn sign_with(key: &PKey<Private>, scheme: u16, input: &[u8]) -> (u8, Vec<u8>
     }
 }
 
+/// A private key the reference signer cannot hold, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerKeyError {
+    /// The file could not be read.
+    #[error("reading key {path}: {error}")]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The system's answer.
+        error: std::io::Error,
+    },
+    /// The file is not an unencrypted PEM private key, or its public key cannot be encoded.
+    #[error("{path}: {why}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// BoringSSL's reason, prefixed with what was tried.
+        why: String,
+    },
+}
+
+/// The keys in the PEM files `paths` (unencrypted private keys), by key id ([`key_id`]), as
+/// [`serve_signer`] takes them; each is logged with its id.
+pub fn signer_keys(paths: &[PathBuf]) -> Result<HashMap<[u8; 32], PKey<Private>>, SignerKeyError> {
+    let mut keys = HashMap::new();
+    for path in paths {
+        let pem = std::fs::read(path).map_err(|error| SignerKeyError::Read {
+            path: path.clone(),
+            error,
+        })?;
+        let failed = |why: String| SignerKeyError::Key {
+            path: path.clone(),
+            why,
+        };
+        let key = PKey::private_key_from_pem(&pem)
+            .map_err(|e| failed(format!("not a PEM private key: {e}")))?;
+        let spki = key.public_key_to_der().map_err(|e| failed(e.to_string()))?;
+        let id = key_id(&spki).map_err(|e| failed(e.to_string()))?;
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        tracing::info!(key = %path.display(), id = %hex, "holding key");
+        keys.insert(id, key);
+    }
+    Ok(keys)
+}
+
 /// The reference signer: serves the keys `keys` (by key id) on connections from `accept` until
 /// it fails, one thread per connection, answering requests in order.
 pub fn serve_signer<S, A>(keys: HashMap<[u8; 32], PKey<Private>>, mut accept: A)

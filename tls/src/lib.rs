@@ -13,12 +13,15 @@
 //! between a TLS client and a plain backend ([`proxy`]), serve's metrics ([`metrics`],
 //! registered with the runtime's registry, and [`scrape`], their reader for `fastedge top`),
 //! bud's configuration and ticket messages ([`bud`]), and the supervisor ([`Terminator`]:
-//! accept loops, health checks, reload, drain, binary upgrade), embeddable in any program.
+//! accept loops, health checks, reload, drain, binary upgrade), embeddable in any program;
+//! and on top of it [`service`], the terminator as a system service, which is all `fastedge
+//! serve` does: the configuration file read at start and on SIGHUP, signals, the service
+//! manager's notifications, binary upgrades on SIGUSR2.
 //!
 //! Never does: parse or write wire formats itself (PROXY headers, HTTP rewriting, OCSP DER:
-//! `fastedge-wire`), own executors or listeners (`fastedge-runtime`), read signals, the
-//! environment or the command line (the embedder's job; `fastedge serve` maps SIGHUP to
-//! [`TerminatorHandle::reload`]).
+//! `fastedge-wire`), own executors or listeners (`fastedge-runtime`), read the command line.
+//! The terminator itself reads no signals or environment ([`service`] does, for who wants
+//! them).
 //!
 //! # Embedding the terminator
 //!
@@ -160,6 +163,7 @@ mod pem;
 pub mod proxy;
 pub mod scrape;
 mod selfsigned;
+pub mod service;
 pub mod session_store;
 mod store_link;
 pub mod terminator;

@@ -287,6 +287,11 @@ fn count(value: f64) -> u64 {
 const MAX_CORE_INDEX: usize = 4096;
 
 impl ServeSnapshot {
+    /// Scrapes `endpoint` ([`fetch`]) and reads the figures.
+    pub fn fetch(endpoint: &Endpoint, timeout: Duration) -> Result<Self, ScrapeError> {
+        Ok(Self::from_scrape(&fetch(endpoint, timeout)?))
+    }
+
     /// Reads the `fastedge_*` series of `scrape`; other series are ignored.
     pub fn from_scrape(scrape: &Scrape) -> Self {
         let mut snapshot = Self::default();

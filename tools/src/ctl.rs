@@ -6,7 +6,6 @@ use anyhow::{anyhow, Context as _};
 use clap::Args;
 use fastedge_rings::control::{find_socket, render, request_for};
 use fastedge_runtime::control;
-use serde_json::Value;
 
 use crate::Failure;
 
@@ -36,12 +35,6 @@ pub struct CtlArgs {
     command: Vec<String>,
 }
 
-fn send(socket: &std::path::Path, request: &Value) -> Result<Value, Failure> {
-    control::request(socket, request)
-        .with_context(|| format!("control socket {}", socket.display()))
-        .map_err(Failure::runtime)
-}
-
 pub fn run(args: CtlArgs) -> Result<(), Failure> {
     let socket = match &args.socket {
         Some(path) => path.clone(),
@@ -49,7 +42,9 @@ pub fn run(args: CtlArgs) -> Result<(), Failure> {
     };
     if !args.command.is_empty() {
         let request = request_for(&args.command).map_err(|e| Failure::config(anyhow!(e)))?;
-        let answer = send(&socket, &request)?;
+        let answer = control::request(&socket, &request)
+            .with_context(|| format!("control socket {}", socket.display()))
+            .map_err(Failure::runtime)?;
         if args.json {
             println!("{answer}");
         } else {

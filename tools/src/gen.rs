@@ -7,8 +7,8 @@ use std::{
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
-use fastedge_rings::gen::{self, GenConfig, GenError, GenStats, Transmit};
-use fastedge_wire::synth::{SpecError, TrafficSpec, Transport};
+use fastedge_rings::gen::{self, GenConfig, GenError, Transmit};
+use fastedge_wire::synth::{parse_mac, SpecError, TrafficSpec, Transport};
 
 use crate::Failure;
 
@@ -94,30 +94,6 @@ enum ProtoArg {
     Tcp,
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("{text:?} is not a MAC address like 02:fe:00:00:00:02"))?;
-    bytes
-        .try_into()
-        .map_err(|_| format!("{text:?} is not a MAC address like 02:fe:00:00:00:02"))
-}
-
-fn describe(stats: &GenStats) -> String {
-    let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    format!(
-        "sent {} frames ({} bytes) in {:.3} s: {:.0} frames/s, {:.1} Mbit/s; queue-full waits {}",
-        stats.sent,
-        stats.bytes,
-        secs,
-        stats.sent as f64 / secs,
-        stats.bytes as f64 * 8.0 / secs / 1e6,
-        stats.backoffs
-    )
-}
-
 pub fn run(args: GenArgs) -> Result<(), Failure> {
     if !(64..=1518).contains(&args.size) {
         return Err(Failure::config(anyhow!(
@@ -125,6 +101,7 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             args.size
         )));
     }
+    let size = args.size;
     let config = GenConfig {
         interface: args.interface,
         spec: TrafficSpec {
@@ -150,16 +127,6 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             TxArg::AfXdp => Transmit::AfXdp,
         },
     };
-    if let Err(error) = config.spec.validate() {
-        return Err(Failure::config(match error {
-            SpecError::FrameTooSmall { min, .. } => anyhow!(
-                "--size {} is too small: these headers and the 16-byte marker need {} bytes on the wire",
-                args.size,
-                min + 4
-            ),
-            other => anyhow!(other),
-        }));
-    }
     let stop = fastedge_runtime::signals::stop_flag().map_err(Failure::runtime)?;
     let live = std::io::stderr().is_terminal();
     let mut previous = 0;
@@ -170,12 +137,13 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
         previous = stats.sent;
     })
     .map_err(|e| match e {
-        GenError::Spec(_) | GenError::ZeroRate => Failure::config(e),
-        GenError::Socket(fastedge_rings::afpacket::PacketError::NoInterface(_)) => {
-            Failure::config(e)
-        }
-        other => Failure::runtime(other),
+        GenError::Spec(SpecError::FrameTooSmall { min, .. }) => Failure::config(anyhow!(
+            "--size {} is too small: these headers and the 16-byte marker need {} bytes on the wire",
+            size,
+            min + 4
+        )),
+        other => Failure::of(other.is_config(), other),
     })?;
-    tracing::info!("gen done: {}", describe(&stats));
+    tracing::info!("gen done: {}", stats.summary());
     Ok(())
 }

@@ -1,14 +1,12 @@
 //! `fastedge keyserver`: the reference signer for keyless certificates. It holds private keys
 //! and signs handshakes for `fastedge serve` processes configured with `key_server`.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
-use fastedge_tls::{
-    boring::pkey::PKey,
-    keyless::{key_id, serve_signer},
-};
+use fastedge_runtime::control::parse_mode;
+use fastedge_tls::keyless::{serve_signer, signer_keys};
 
 use crate::Failure;
 
@@ -33,40 +31,12 @@ pub struct KeyServerArgs {
     mode: u32,
 }
 
-pub fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{text:?} is not an octal mode like 600"))
-}
-
 pub fn run(args: KeyServerArgs) -> Result<(), Failure> {
-    let mut keys = HashMap::new();
-    for path in &args.keys {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading key {}", path.display()))
-            .map_err(Failure::config)?;
-        let key = PKey::private_key_from_pem(&pem).map_err(|e| {
-            Failure::config(anyhow!("{}: not a PEM private key: {e}", path.display()))
-        })?;
-        let spki = key
-            .public_key_to_der()
-            .map_err(|e| Failure::config(anyhow!("{}: {e}", path.display())))?;
-        let id = key_id(&spki).map_err(Failure::runtime)?;
-        tracing::info!(key = %path.display(), id = %hex(&id), "holding key");
-        keys.insert(id, key);
-    }
-    if args.listen.exists() {
-        // A socket left by a previous run; anything else is not ours to remove.
-        let meta = std::fs::symlink_metadata(&args.listen).map_err(Failure::runtime)?;
-        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-            return Err(Failure::config(anyhow!(
-                "{} exists and is not a socket",
-                args.listen.display()
-            )));
-        }
-        std::fs::remove_file(&args.listen).map_err(Failure::runtime)?;
-    }
+    let keys = signer_keys(&args.keys).map_err(Failure::config)?;
+    fastedge_runtime::control::remove_stale_socket(&args.listen).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Failure::config(e),
+        _ => Failure::runtime(e),
+    })?;
     // Never, even between bind and chmod, open to more than the owner.
     let listener = fastedge_runtime::control::bind_private(&args.listen, args.mode)
         .with_context(|| format!("binding {} (mode {:o})", args.listen.display(), args.mode))
@@ -83,8 +53,4 @@ pub fn run(args: KeyServerArgs) -> Result<(), Failure> {
         "accepting on {} failed",
         args.listen.display()
     )))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -107,6 +107,14 @@ impl Failure {
         }
     }
 
+    /// A bad configuration when `is_config`, else a failure at run time.
+    fn of(is_config: bool, error: impl Into<anyhow::Error>) -> Self {
+        match is_config {
+            true => Self::config(error),
+            false => Self::runtime(error),
+        }
+    }
+
     /// A failure at run time: exit code 1.
     fn runtime(error: impl Into<anyhow::Error>) -> Self {
         Self {
@@ -119,53 +127,9 @@ impl Failure {
 /// Logs go to stderr (or syslog); `FASTEDGE_LOG` (or `RUST_LOG`) sets the filter, `info` by
 /// default.
 fn init_logging(format: LogFormat, syslog: Option<&std::path::Path>) -> std::io::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("FASTEDGE_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|error| {
-        eprintln!("fastedge: ignoring invalid log filter {filter:?}: {error}; using `info`");
-        EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match (syslog, format) {
-        (Some(path), LogFormat::Text) => {
-            let writer = fastedge_runtime::SyslogWriter::connect(path, "fastedge")?;
-            // syslog adds its own timestamp.
-            builder
-                .without_time()
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(writer))
-                .init();
-        }
-        (Some(path), LogFormat::Json) => {
-            let writer = fastedge_runtime::SyslogWriter::connect(path, "fastedge")?;
-            builder
-                .json()
-                .flatten_event(true)
-                .with_writer(std::sync::Mutex::new(writer))
-                .init();
-        }
-        (None, LogFormat::Text) => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        (None, LogFormat::Json) => builder
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .init(),
-    }
-    Ok(())
-}
-
-/// Blocks `signals` in the calling thread (and the threads it starts later), so that only a
-/// thread waiting on the returned set receives them.
-pub(crate) fn block_signals(
-    signals: &[nix::sys::signal::Signal],
-) -> Result<nix::sys::signal::SigSet, Failure> {
-    fastedge_runtime::signals::block(signals).map_err(Failure::runtime)
+    let format = match format {
+        LogFormat::Text => fastedge_runtime::logging::Format::Text,
+        LogFormat::Json => fastedge_runtime::logging::Format::Json,
+    };
+    fastedge_runtime::logging::init(format, syslog)
 }

@@ -20,7 +20,7 @@ pub struct TicketSecretArgs {
     path: PathBuf,
 
     /// Permission bits of the file, in octal (e.g. 640 with a group that `serve` runs as).
-    #[arg(long, default_value = "600", value_parser = crate::keyserver::parse_mode)]
+    #[arg(long, default_value = "600", value_parser = fastedge_runtime::control::parse_mode)]
     mode: u32,
 }
 

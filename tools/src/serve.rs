@@ -1,25 +1,14 @@
 //! `fastedge serve`: TLS termination in front of TCP backends.
 
-use std::{
-    io::Read,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{anyhow, Context as _};
 use clap::Args;
 use fastedge_tls::{
-    bud::Translation,
-    config::{ServeConfig, ServeOverrides, DEFAULT_CONFIG},
-    scrape::{ServeRates, ServeSnapshot},
-    Terminator, TerminatorError,
+    config::{ServeOverrides, DEFAULT_CONFIG},
+    service::{check, default_state_dir, ConfigSource, Service},
 };
-use nix::sys::signal::Signal;
 
 use crate::Failure;
-
-/// How often the status line a service manager shows is renewed.
-const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Terminate TLS and forward the plain bytes to TCP backends.
 ///
@@ -129,128 +118,16 @@ impl ServeArgs {
             alpn: self.alpn.clone(),
         }
     }
-
-    /// The configuration: `--config` (or the defaults) with the options applied.
-    fn load(&self) -> Result<ServeConfig, Failure> {
-        let overrides = self.overrides();
-        match &self.config {
-            Some(path) => Ok(read_config(path, &overrides)?.0),
-            None => ServeConfig::defaults_with(&overrides).map_err(Failure::config),
-        }
-    }
-
-    /// Where the demo certificate is kept: `--state-dir`, else $FASTEDGE_STATE_DIR, else
-    /// $XDG_STATE_HOME/fastedge, else ~/.local/state/fastedge.
-    fn state_dir(&self) -> Option<PathBuf> {
-        if let Some(dir) = &self.state_dir {
-            return Some(dir.clone());
-        }
-        if let Some(dir) = std::env::var_os("FASTEDGE_STATE_DIR") {
-            return Some(dir.into());
-        }
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
-            return Some(Path::new(&dir).join("fastedge"));
-        }
-        let home = std::env::var_os("HOME")?;
-        Some(Path::new(&home).join(".local/state/fastedge"))
-    }
-}
-
-/// A terminator failure with the exit code its kind calls for.
-fn failure(error: TerminatorError) -> Failure {
-    if error.is_config() {
-        Failure::config(error)
-    } else {
-        Failure::runtime(error)
-    }
-}
-
-/// Reads and validates a configuration file (`-`: standard input) with `overrides` applied;
-/// for a bud JSON configuration, also its TOML translation.
-fn read_config(
-    path: &Path,
-    overrides: &ServeOverrides,
-) -> Result<(ServeConfig, Option<Translation>), Failure> {
-    let (name, text) = if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the configuration from standard input")
-            .map_err(Failure::config)?;
-        ("standard input".to_owned(), text)
-    } else {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading configuration {}", path.display()))
-            .map_err(Failure::config)?;
-        (path.display().to_string(), text)
-    };
-    let (config, translation) = fastedge_tls::bud::parse_any(&text, overrides)
-        .map_err(|e| Failure::config(anyhow!("configuration {name}: {e}")))?;
-    if let Some(translation) = &translation {
-        tracing::info!(config = %name, "read as a bud JSON configuration");
-        for note in &translation.notes {
-            tracing::warn!(config = %name, "bud key not carried over: {note}");
-        }
-    }
-    Ok((config, translation))
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), Failure> {
-    let (mut config, translation) = read_config(&args.config, &ServeOverrides::default())?;
-    for key in config.leave_out_h2_where_injecting() {
-        eprintln!("note: {key}: h2 left out, its backends get forwarding headers (HTTP/1 only)");
+    let source = ConfigSource::from_arg(Some(&args.config));
+    let (notes, report) = check(&source, &args.config.display().to_string())
+        .map_err(|e| Failure::of(e.is_config(), e))?;
+    for note in notes {
+        eprintln!("note: {note}");
     }
-    let terminator = Terminator::new(config);
-    terminator.check().map_err(failure)?;
-    let config = terminator.config();
-    println!(
-        "{}: OK ({} listen address(es), {} backend(s){}, {} SNI context(s))",
-        args.config.display(),
-        config.frontend.listen.len(),
-        config.backends.len(),
-        if config.backends.is_empty() {
-            ": the demo backend"
-        } else {
-            ""
-        },
-        config.tls.contexts.len(),
-    );
-    if let Some(dynamic) = &config.tls.dynamic_sni {
-        println!(
-            "  dynamic SNI: {} (timeout {} ms, cache {} names per core)",
-            dynamic.url,
-            dynamic.timeout.as_millis(),
-            dynamic.cache_size
-        );
-    }
-    if let Some(translation) = translation.filter(|_| args.config != Path::new("-")) {
-        println!("  read as a bud JSON configuration; in fastedge's TOML it reads:\n");
-        for line in translation.toml.lines() {
-            println!("    {line}");
-        }
-        println!();
-        for note in &translation.notes {
-            println!("  not carried over: {note}");
-        }
-    }
-    for c in &config.tls.contexts {
-        println!(
-            "  context {}: {} certificate(s), alpn {:?}, client certificates {:?}, {}",
-            c.names
-                .iter()
-                .map(|name| name.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            c.certificates.len(),
-            c.alpn,
-            c.client_auth.verify,
-            if c.backends.is_empty() {
-                "global backends".to_owned()
-            } else {
-                format!("{} own backend(s)", c.backends.len())
-            }
-        );
-    }
+    print!("{report}");
     Ok(())
 }
 
@@ -259,187 +136,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         print!("{DEFAULT_CONFIG}");
         return Ok(());
     }
-    let config = args.load()?;
-    let mut terminator = Terminator::new(config.clone());
-    if let Some(dir) = args.state_dir() {
-        terminator = terminator.state_dir(dir);
+    Service {
+        source: ConfigSource::from_arg(args.config.as_deref()),
+        overrides: args.overrides(),
+        state_dir: args.state_dir.clone().or_else(default_state_dir),
+        upgrade_socket: args.upgrade_socket.clone(),
+        take_over: args.take_over.clone(),
     }
-    if let Some(path) = &args.upgrade_socket {
-        terminator = terminator.upgrade_socket(path);
-    }
-    if let Some(path) = &args.take_over {
-        terminator = terminator.take_over(path);
-    }
-    // Signals and the hand-over to a successor arrive on one channel.
-    let (events, arrived) = std::sync::mpsc::channel();
-    let handed_over = events.clone();
-    terminator = terminator.on_handed_over(move || drop(handed_over.send(Event::HandedOver)));
-    // The terminator's threads inherit the signal mask: block the signals so only `sigwait`
-    // below sees them.
-    let signals = crate::block_signals(&[
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGUSR2,
-    ])?;
-    let mut terminator = terminator.start().map_err(failure)?;
-    std::thread::spawn(move || {
-        while let Ok(signal) = signals.wait() {
-            if events.send(Event::Signal(signal)).is_err() {
-                return;
-            }
-        }
-    });
-    // A service manager (systemd, Type=notify) hears READY once every listener accepts, and
-    // watchdog pings from a thread of their own for as long as the process runs.
-    let addrs: Vec<String> = terminator
-        .listen_addrs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let (addrs, cores) = (addrs.join(" "), terminator.cpus().len());
-    let serving = |generation: u64| {
-        format!("serving on {addrs} with {cores} cores (configuration generation {generation})")
-    };
-    if terminator.predecessor_pid().is_some() {
-        // Serving on the old process's sockets: this process is the service's main one now;
-        // then the old one drains.
-        fastedge_runtime::notify::ready_as_main(&serving(terminator.generation()));
-        match terminator.release_predecessor() {
-            Ok(pid) => tracing::info!(old = pid, "binary upgrade done: the old process drains"),
-            Err(error) => tracing::warn!(%error, "telling the old process to drain"),
-        }
-    } else {
-        fastedge_runtime::notify::ready(&serving(terminator.generation()));
-    }
-    if fastedge_runtime::notify::enabled() {
-        // `systemctl status` shows what the server does now, renewed every STATUS_EVERY.
-        let registry = terminator.registry().clone();
-        let serving_now = format!("serving on {addrs} with {cores} cores");
-        std::thread::spawn(move || {
-            let mut before = ServeSnapshot::of_registry(&registry);
-            loop {
-                std::thread::sleep(STATUS_EVERY);
-                let after = ServeSnapshot::of_registry(&registry);
-                let rates = ServeRates::between(&before, &after, STATUS_EVERY);
-                fastedge_runtime::notify::status(&format!("{serving_now}; {}", rates.summary()));
-                before = after;
-            }
-        });
-    }
-    if let Some(interval) = fastedge_runtime::notify::watchdog_interval() {
-        std::thread::spawn(move || loop {
-            fastedge_runtime::notify::watchdog();
-            std::thread::sleep(interval);
-        });
-    }
-    let signal = loop {
-        let event = arrived
-            .recv()
-            .context("waiting for signals")
-            .map_err(Failure::runtime)?;
-        let signal = match event {
-            Event::Signal(signal) => signal,
-            Event::HandedOver => {
-                // The new process is the service's main one: no STOPPING=1 from here.
-                tracing::info!("handed over to a new process: draining, then exiting");
-                return terminator.join().map_err(failure);
-            }
-        };
-        if signal == Signal::SIGUSR2 {
-            start_successor(&args);
-            continue;
-        }
-        if signal != Signal::SIGHUP {
-            break signal;
-        }
-        // SIGHUP: the configuration file again (and the certificates it names); standard
-        // input cannot be read twice, so a configuration from there is reloaded as it was.
-        fastedge_runtime::notify::reloading();
-        let reloaded = match &args.config {
-            Some(path) if path != Path::new("-") => read_config(path, &args.overrides()),
-            _ => Ok((config.clone(), None)),
-        };
-        match reloaded {
-            // The terminator logs how the reload went.
-            Ok((config, _)) => drop(terminator.reload(config)),
-            Err(failure) => tracing::error!(
-                "reload failed, keeping the running configuration: {:#}",
-                failure.error
-            ),
-        }
-        // Serving either way: the new configuration, or the one before it.
-        fastedge_runtime::notify::ready(&serving(terminator.generation()));
-    };
-    tracing::info!(signal = %signal, "signal received");
-    fastedge_runtime::notify::stopping(&format!(
-        "draining open connections (at most {} s)",
-        terminator.drain_timeout().as_secs()
-    ));
-    terminator.drain();
-    std::thread::spawn(move || loop {
-        match arrived.recv() {
-            Ok(Event::Signal(signal @ (Signal::SIGHUP | Signal::SIGUSR2))) => {
-                tracing::info!(signal = %signal, "ignored while stopping")
-            }
-            Ok(Event::Signal(signal)) => {
-                tracing::warn!(signal = %signal, "second signal: exiting without draining");
-                std::process::exit(1);
-            }
-            Ok(Event::HandedOver) => {}
-            Err(_) => return,
-        }
-    });
-    terminator.join().map_err(failure)
-}
-
-/// SIGUSR2: starts this binary again (by the name it was started with, so the upgraded one)
-/// with the same options and `--take-over` the upgrade socket; this process drains once the
-/// new one serves. Under systemd (`NotifyAccess=all`) the new process becomes the unit's main
-/// one.
-fn start_successor(args: &ServeArgs) {
-    let Some(socket) = &args.upgrade_socket else {
-        tracing::warn!("SIGUSR2: no --upgrade-socket, so no binary upgrade: ignored");
-        return;
-    };
-    if args.config.as_deref() == Some(Path::new("-")) {
-        tracing::warn!(
-            "SIGUSR2: the configuration came from standard input and cannot be read again: ignored"
-        );
-        return;
-    }
-    // The same options, less a --take-over this process was started with.
-    let mut argv: Vec<std::ffi::OsString> = Vec::new();
-    let mut skip = false;
-    for arg in std::env::args_os().skip(1) {
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        let text = arg.to_string_lossy();
-        if text == "--take-over" || text == "--takeover" {
-            skip = true;
-            continue;
-        }
-        if text.starts_with("--take-over=") || text.starts_with("--takeover=") {
-            continue;
-        }
-        argv.push(arg);
-    }
-    argv.push("--take-over".into());
-    argv.push(socket.clone().into_os_string());
-    match fastedge_runtime::spawn_successor(&argv) {
-        Ok(pid) => tracing::info!(
-            pid,
-            "SIGUSR2: started the new binary; it takes the listening sockets over"
-        ),
-        Err(error) => tracing::error!(%error, "SIGUSR2: starting the new binary"),
-    }
-}
-
-/// What the main thread of `serve` waits for.
-enum Event {
-    /// A signal arrived.
-    Signal(Signal),
-    /// A new process took the listening sockets over; the terminator drains.
-    HandedOver,
+    .run()
+    .map_err(|e| Failure::of(e.is_config(), e))
 }

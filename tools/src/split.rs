@@ -9,12 +9,15 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use clap::{Args, ValueEnum};
 use fastedge_rings::{
-    pipeline::{BrickConfig, HashName, InputConfig, InputMode, PipelineConfig, SpeedName},
-    shm::Consumer,
-    supervisor::{ControlSocket, Supervisor, SupervisorError, SupervisorOptions},
+    pipeline::{
+        BrickConfig, HashName, InputConfig, InputMode, OutputKind, PipelineConfig, SpeedName,
+        ValidPipeline,
+    },
+    shm::{self, Consumer},
+    supervisor::{ControlSocket, Supervisor, SupervisorOptions},
     tap,
 };
-use fastedge_runtime::{signals, CpuList, PidFile};
+use fastedge_runtime::{control::parse_mode, signals, CpuList, CpuListError};
 
 use crate::Failure;
 
@@ -109,8 +112,8 @@ struct CommonArgs {
     control: Option<PathBuf>,
 
     /// Permissions of the control socket, octal.
-    #[arg(long, value_name = "MODE", default_value = "600")]
-    control_mode: String,
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    control_mode: u32,
 
     /// No control socket.
     #[arg(long, conflicts_with = "control")]
@@ -216,59 +219,59 @@ pub struct TapArgs {
     count: Option<u64>,
 }
 
-fn inputs(
-    interfaces: &[String],
-    pcaps: &[PathBuf],
-    mode: InputMode,
-    recorded: bool,
-) -> Vec<InputConfig> {
-    let mut inputs: Vec<InputConfig> = interfaces
-        .iter()
-        .map(|i| InputConfig {
-            interface: Some(i.clone()),
-            pcap: None,
-            mode,
-            speed: SpeedName::Fast,
-        })
-        .collect();
-    inputs.extend(pcaps.iter().map(|p| InputConfig {
-        interface: None,
-        pcap: Some(p.clone()),
-        mode: InputMode::Auto,
-        speed: if recorded {
-            SpeedName::Recorded
-        } else {
-            SpeedName::Fast
-        },
-    }));
-    inputs
-}
+impl CommonArgs {
+    /// The pipeline these options declare over `inputs` (interfaces read in `--mode`, then
+    /// capture files at `speed`) with `output` as its root brick.
+    fn pipeline(
+        &self,
+        (interfaces, pcaps, speed): (&[String], &[PathBuf], SpeedName),
+        output: BrickConfig,
+        decapsulate: bool,
+        hash_key: Option<String>,
+    ) -> PipelineConfig {
+        let mode = match self.mode {
+            None | Some(ModeArg::Auto) => InputMode::Auto,
+            Some(ModeArg::XdpNative) => InputMode::XdpNative,
+            Some(ModeArg::XdpSkb) => InputMode::XdpSkb,
+            Some(ModeArg::AfPacket) => InputMode::AfPacket,
+            Some(ModeArg::Netmap) => InputMode::Netmap,
+        };
+        let interfaces = interfaces.iter().map(|i| InputConfig::interface(i, mode));
+        PipelineConfig {
+            name: self.name.clone(),
+            inputs: interfaces
+                .chain(pcaps.iter().map(|p| InputConfig::pcap(p, speed)))
+                .collect(),
+            output,
+            decapsulate,
+            way_kib: self.way_kib.unwrap_or(4096),
+            rules: self.rule.clone(),
+            rule_capacity: self.rule_capacity,
+            hash_key,
+            way_group: self.way_group.clone(),
+        }
+    }
 
-fn mode_of(common: &CommonArgs) -> InputMode {
-    match common.mode {
-        None | Some(ModeArg::Auto) => InputMode::Auto,
-        Some(ModeArg::XdpNative) => InputMode::XdpNative,
-        Some(ModeArg::XdpSkb) => InputMode::XdpSkb,
-        Some(ModeArg::AfPacket) => InputMode::AfPacket,
-        Some(ModeArg::Netmap) => InputMode::Netmap,
+    /// `count` outputs where `--to` sends them.
+    fn outputs(&self, count: u32) -> (Option<u32>, Vec<BrickConfig>) {
+        let prefix = self.veth_prefix.clone();
+        match self.to {
+            ToArg::Ways => OutputKind::Ways,
+            ToArg::Veth => OutputKind::Veth(prefix),
+            ToArg::Tap => OutputKind::Tap(prefix),
+        }
+        .outputs(count)
     }
 }
 
 pub fn run_dup(args: DupArgs) -> Result<(), Failure> {
-    let config = PipelineConfig {
-        name: args.common.name.clone(),
-        inputs: inputs(&args.interfaces, &[], mode_of(&args.common), false),
-        output: BrickConfig::Dup {
-            ways: (args.common.to == ToArg::Ways).then_some(args.ways),
-            to: veth_outputs(&args.common, args.ways),
-        },
-        decapsulate: true,
-        way_kib: args.common.way_kib.unwrap_or(4096),
-        rules: args.common.rule.clone(),
-        rule_capacity: args.common.rule_capacity,
-        hash_key: None,
-        way_group: args.common.way_group.clone(),
-    };
+    let (ways, to) = args.common.outputs(args.ways);
+    let inputs = (args.interfaces.as_slice(), &[][..], SpeedName::Fast);
+    let config = args
+        .common
+        .pipeline(inputs, BrickConfig::Dup { ways, to }, true, None)
+        .validate()
+        .map_err(Failure::config)?;
     run_engine(config, &args.common, None)
 }
 
@@ -288,113 +291,66 @@ pub fn run_split(args: SplitArgs) -> Result<(), Failure> {
                     "give an interface (fastedge split eth1 --ways 4), --pcap FILE, or --config FILE"
                 )));
             }
-            PipelineConfig {
-                name: args.common.name.clone(),
-                inputs: inputs(
-                    &args.interfaces,
-                    &args.pcap,
-                    mode_of(&args.common),
-                    args.recorded_speed,
-                ),
-                output: BrickConfig::Balance {
-                    hash: match args.hash {
-                        Some(HashArg::Two) | None => HashName::Two,
-                        Some(HashArg::Three) => HashName::Three,
-                        Some(HashArg::Five) => HashName::Five,
-                    },
-                    ways: (args.common.to == ToArg::Ways).then_some(args.ways.unwrap_or(4)),
-                    to: veth_outputs(&args.common, args.ways.unwrap_or(4)),
-                    non_ip: args.non_ip_way.unwrap_or(0),
-                },
-                decapsulate: !args.no_decap,
-                way_kib: args.common.way_kib.unwrap_or(4096),
-                rules: args.common.rule.clone(),
-                rule_capacity: args.common.rule_capacity,
-                hash_key: args.hash_key.clone(),
-                way_group: args.common.way_group.clone(),
-            }
+            let (ways, to) = args.common.outputs(args.ways.unwrap_or(4));
+            let hash = match args.hash {
+                Some(HashArg::Two) | None => HashName::Two,
+                Some(HashArg::Three) => HashName::Three,
+                Some(HashArg::Five) => HashName::Five,
+            };
+            let non_ip = args.non_ip_way.unwrap_or(0);
+            let speed = match args.recorded_speed {
+                true => SpeedName::Recorded,
+                false => SpeedName::Fast,
+            };
+            let output = BrickConfig::Balance {
+                hash,
+                ways,
+                to,
+                non_ip,
+            };
+            let inputs = (args.interfaces.as_slice(), args.pcap.as_slice(), speed);
+            let (decapsulate, key) = (!args.no_decap, args.hash_key.clone());
+            args.common
+                .pipeline(inputs, output, decapsulate, key)
+                .validate()
+                .map_err(Failure::config)?
         }
     };
     run_engine(config, &args.common, args.config.as_deref())
-}
-
-/// Output bricks for `--to veth` (interfaces PREFIX0 … PREFIX(n-1)) and `--to tap` (TAP
-/// devices of those names).
-fn veth_outputs(common: &CommonArgs, ways: u32) -> Vec<BrickConfig> {
-    let name = |k: u32| format!("{}{k}", common.veth_prefix);
-    match common.to {
-        ToArg::Ways => Vec::new(),
-        ToArg::Veth => (0..ways)
-            .map(|k| BrickConfig::Interface { name: name(k) })
-            .collect(),
-        ToArg::Tap => (0..ways)
-            .map(|k| BrickConfig::Tap { name: name(k) })
-            .collect(),
-    }
 }
 
 fn parse_cores(cores: Option<&str>) -> Result<Vec<usize>, Failure> {
     let Some(text) = cores else {
         return Ok(Vec::new());
     };
-    let list: CpuList = text
-        .parse()
-        .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
-    let available = CpuList::available().map_err(Failure::runtime)?;
-    list.check_within(&available)
-        .map_err(|e| Failure::config(anyhow!("--cores {text:?}: {e}")))?;
-    Ok(list.cpus().to_vec())
+    match CpuList::parse_available(text) {
+        Ok(list) => Ok(list.cpus().to_vec()),
+        Err(e @ CpuListError::Affinity(_)) => Err(Failure::runtime(e)),
+        Err(e) => Err(Failure::config(anyhow!("--cores {text:?}: {e}"))),
+    }
 }
 
 /// Runs `config` under the split supervisor until a signal, `fastedge ctl shutdown`, or the end
 /// of its capture-file inputs; a live line per second on a terminal.
 fn run_engine(
-    config: PipelineConfig,
+    config: ValidPipeline,
     common: &CommonArgs,
     config_path: Option<&Path>,
 ) -> Result<(), Failure> {
-    let failure = |e: SupervisorError| {
-        if e.is_config() {
-            Failure::config(e)
-        } else {
-            Failure::runtime(e)
-        }
-    };
-    let mode = u32::from_str_radix(&common.control_mode, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| {
-            Failure::config(anyhow!(
-                "--control-mode {:?} is not an octal mode like 600",
-                common.control_mode
-            ))
-        })?;
     let options = SupervisorOptions {
         cores: parse_cores(common.cores.as_deref())?,
         fast_path: !common.no_fast_path,
         config_path: config_path.map(ToOwned::to_owned),
         control: (!common.no_control).then(|| ControlSocket {
             path: common.control.clone(),
-            mode,
+            mode: common.control_mode,
         }),
         veth_prefix: (common.to == ToArg::Veth && config_path.is_none())
             .then(|| common.veth_prefix.clone()),
     };
-    let supervisor = Supervisor::new(config, options).map_err(failure)?;
-    if common.daemon {
-        // Before any thread exists: fork, new session, stdio to /dev/null.
-        nix::unistd::daemon(false, false)
-            .context("detaching (--daemon)")
-            .map_err(Failure::runtime)?;
-    }
-    let _pid_file = match &common.pid_file {
-        Some(path) => Some(
-            PidFile::create(path)
-                .with_context(|| format!("writing the pid file {}", path.display()))
-                .map_err(Failure::config)?,
-        ),
-        None => None,
-    };
+    let supervisor = Supervisor::new(config, options);
+    let detached = fastedge_runtime::detach(common.daemon, common.pid_file.as_deref());
+    let _pid_file = detached.map_err(|e| Failure::of(e.is_config(), e))?;
     supervisor
         .handle()
         .handle_signals()
@@ -406,18 +362,12 @@ fn run_engine(
                 eprintln!("{}", now.live_line(before));
             }
         })
-        .map_err(failure)?;
+        .map_err(|e| Failure::of(e.is_config(), e))?;
     Ok(())
 }
 
 pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
-    let (name, way) = args
-        .way
-        .rsplit_once(':')
-        .and_then(|(n, w)| Some((n, w.parse::<u32>().ok()?)))
-        .ok_or_else(|| {
-            Failure::config(anyhow!("{:?}: expected NAME:WAY, e.g. eth1:3", args.way))
-        })?;
+    let (name, way) = shm::parse_way(&args.way).map_err(|e| Failure::config(anyhow!(e)))?;
     let mut consumer = Consumer::open(name, way).map_err(Failure::config)?;
     let stop = signals::stop_flag().map_err(Failure::runtime)?;
     let out: Box<dyn Write> = match &args.output {

@@ -10,10 +10,13 @@ use std::{
 use anyhow::anyhow;
 use clap::{ArgGroup, Args};
 use fastedge_rings::top::{SplitRates, SplitSnapshot};
-use fastedge_tls::scrape::{self, Endpoint, ServeRates, ServeSnapshot};
+use fastedge_tls::scrape::{Endpoint, ServeRates, ServeSnapshot};
 use ratatui::{
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
-    layout::{Constraint, Layout, Rect},
+    layout::{
+        Constraint::{self, Length, Min, Percentage},
+        Layout, Rect,
+    },
     style::{Modifier, Style},
     text::Line,
     widgets::{Block, Paragraph, Row, Table},
@@ -92,9 +95,7 @@ impl Source {
 
     fn read(&self, timeout: Duration) -> anyhow::Result<Snapshot> {
         Ok(match self {
-            Source::Serve(endpoint) => Snapshot::Serve(ServeSnapshot::from_scrape(&scrape::fetch(
-                endpoint, timeout,
-            )?)),
+            Source::Serve(endpoint) => Snapshot::Serve(ServeSnapshot::fetch(endpoint, timeout)?),
             Source::Split(path) => Snapshot::Split(SplitSnapshot::fetch(path)?),
         })
     }
@@ -250,8 +251,16 @@ fn bold() -> Style {
     Style::default().add_modifier(Modifier::BOLD)
 }
 
-fn header(cells: &[&'static str]) -> Row<'static> {
-    Row::new(cells.to_vec()).style(bold())
+/// A bordered table titled `title`, with bold `headers` over `rows`, columns `widths` wide.
+fn table<'a>(
+    title: &'static str,
+    headers: &[&'static str],
+    rows: impl IntoIterator<Item = Row<'a>>,
+    widths: &[Constraint],
+) -> Table<'a> {
+    Table::new(rows, widths.to_vec())
+        .header(Row::new(headers.to_vec()).style(bold()))
+        .block(Block::bordered().title(title))
 }
 
 fn rate(v: f64) -> String {
@@ -269,14 +278,9 @@ fn bytes_rate(v: f64) -> String {
 
 fn draw(frame: &mut Frame<'_>, screen: &Screen) {
     let [h0, h1, h2, h3] = sections(screen);
-    let [top, main, lower, status, _] = Layout::vertical([
-        Constraint::Length(h0),
-        Constraint::Length(h1),
-        Constraint::Length(h2),
-        Constraint::Length(h3),
-        Constraint::Min(0),
-    ])
-    .areas(frame.area());
+    let [top, main, lower, status, _] =
+        Layout::vertical([Length(h0), Length(h1), Length(h2), Length(h3), Min(0)])
+            .areas(frame.area());
     let title = Line::from(format!(
         "fastedge top — {}   every {:?}   q quits",
         screen.source, screen.interval
@@ -312,29 +316,18 @@ fn draw_serve(
         bytes_rate(r.downstream_bytes_per_s),
     );
     frame.render_widget(Paragraph::new(vec![title, Line::from(totals)]), top);
-    let cores = Table::new(
-        r.cores.iter().map(|c| {
-            Row::new(vec![
-                c.core.to_string(),
-                rate(c.connections_per_s),
-                rate(c.handshakes_per_s),
-                rate(c.requests_per_s),
-                bytes_rate(c.bytes_per_s),
-                c.active.to_string(),
-                c.accepted.to_string(),
-            ])
-        }),
-        [
-            Constraint::Length(5),
-            Constraint::Length(14),
-            Constraint::Length(14),
-            Constraint::Length(12),
-            Constraint::Length(12),
-            Constraint::Length(8),
-            Constraint::Length(12),
-        ],
-    )
-    .header(header(&[
+    let cores = r.cores.iter().map(|c| {
+        Row::new(vec![
+            c.core.to_string(),
+            rate(c.connections_per_s),
+            rate(c.handshakes_per_s),
+            rate(c.requests_per_s),
+            bytes_rate(c.bytes_per_s),
+            c.active.to_string(),
+            c.accepted.to_string(),
+        ])
+    });
+    let headers = [
         "core",
         "connections/s",
         "handshakes/s",
@@ -342,45 +335,29 @@ fn draw_serve(
         "bytes/s",
         "open",
         "accepted",
-    ]))
-    .block(Block::bordered().title("Cores"));
-    frame.render_widget(cores, main);
-    let [left, right] =
-        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(lower);
-    let closes = Table::new(
-        r.closes
-            .iter()
-            .map(|c| Row::new(vec![c.reason.clone(), c.total.to_string(), rate(c.per_s)])),
-        [
-            Constraint::Length(20),
-            Constraint::Length(10),
-            Constraint::Length(8),
-        ],
-    )
-    .header(header(&["reason", "total", "/s"]))
-    .block(Block::bordered().title("Closed connections"));
-    frame.render_widget(closes, left);
-    let backends = Table::new(
-        r.backends.iter().map(|b| {
-            Row::new(vec![
-                b.name.clone(),
-                b.state(r.core_count).to_owned(),
-                format!("{}/{}", b.alive_cores, r.core_count),
-                b.connect_failures.to_string(),
-                rate(b.connect_failures_per_s),
-            ])
-        }),
-        [
-            Constraint::Min(16),
-            Constraint::Length(8),
-            Constraint::Length(6),
-            Constraint::Length(9),
-            Constraint::Length(6),
-        ],
-    )
-    .header(header(&["backend", "health", "alive", "failures", "/s"]))
-    .block(Block::bordered().title("Backends"));
-    frame.render_widget(backends, right);
+    ];
+    let widths = [5, 14, 14, 12, 12, 8, 12].map(Length);
+    frame.render_widget(table("Cores", &headers, cores, &widths), main);
+    let [left, right] = Layout::horizontal([Percentage(45), Percentage(55)]).areas(lower);
+    let closes = r
+        .closes
+        .iter()
+        .map(|c| Row::new(vec![c.reason.clone(), c.total.to_string(), rate(c.per_s)]));
+    let headers = ["reason", "total", "/s"];
+    let widths = [20, 10, 8].map(Length);
+    frame.render_widget(table("Closed connections", &headers, closes, &widths), left);
+    let backends = r.backends.iter().map(|b| {
+        Row::new(vec![
+            b.name.clone(),
+            b.state(r.core_count).to_owned(),
+            format!("{}/{}", b.alive_cores, r.core_count),
+            b.connect_failures.to_string(),
+            rate(b.connect_failures_per_s),
+        ])
+    });
+    let headers = ["backend", "health", "alive", "failures", "/s"];
+    let widths = [Min(16), Length(8), Length(6), Length(9), Length(6)];
+    frame.render_widget(table("Backends", &headers, backends, &widths), right);
 }
 
 fn draw_split(
@@ -410,52 +387,37 @@ fn draw_split(
         )));
     }
     frame.render_widget(Paragraph::new(lines), top);
-    let ways = Table::new(
-        r.ways.iter().map(|w| {
-            Row::new(vec![
-                w.way.to_string(),
-                rate(w.delivered_per_s),
-                rate(w.dropped_per_s),
-                w.delivered.to_string(),
-                w.dropped_full.to_string(),
-                w.consumer.map_or("-".to_owned(), |p| format!("pid {p}")),
-            ])
-        }),
-        [
-            Constraint::Length(4),
-            Constraint::Length(13),
-            Constraint::Length(11),
-            Constraint::Length(12),
-            Constraint::Length(12),
-            Constraint::Length(12),
-        ],
-    )
-    .header(header(&[
+    let ways = r.ways.iter().map(|w| {
+        Row::new(vec![
+            w.way.to_string(),
+            rate(w.delivered_per_s),
+            rate(w.dropped_per_s),
+            w.delivered.to_string(),
+            w.dropped_full.to_string(),
+            w.consumer.map_or("-".to_owned(), |p| format!("pid {p}")),
+        ])
+    });
+    let headers = [
         "way",
         "delivered/s",
         "dropped/s",
         "delivered",
         "dropped",
         "consumer",
-    ]))
-    .block(Block::bordered().title("Ways"));
-    frame.render_widget(ways, main);
-    let [left, right] =
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(lower);
-    let drops = Table::new(
-        r.drops
-            .iter()
-            .map(|d| Row::new(vec![d.cause.to_owned(), d.total.to_string(), rate(d.per_s)])),
-        [
-            Constraint::Min(36),
-            Constraint::Length(10),
-            Constraint::Length(8),
-        ],
-    )
-    .header(header(&["cause", "total", "/s"]))
-    .block(Block::bordered().title("Drops"));
-    frame.render_widget(drops, left);
-    let rule_rows: Vec<Row<'_>> = match &r.rules {
+    ];
+    let widths = [4, 13, 11, 12, 12, 12].map(Length);
+    frame.render_widget(table("Ways", &headers, ways, &widths), main);
+    let [left, right] = Layout::horizontal([Percentage(55), Percentage(45)]).areas(lower);
+    let drops = r
+        .drops
+        .iter()
+        .map(|d| Row::new(vec![d.cause.to_owned(), d.total.to_string(), rate(d.per_s)]));
+    let widths = [Min(36), Length(10), Length(8)];
+    frame.render_widget(
+        table("Drops", &["cause", "total", "/s"], drops, &widths),
+        left,
+    );
+    let rules: Vec<Row<'_>> = match &r.rules {
         Some(rules) => rules
             .iter()
             .map(|rule| {
@@ -472,16 +434,7 @@ fn draw_split(
             "(no XDP pre-filter)".to_owned(),
         ])],
     };
-    let rules = Table::new(
-        rule_rows,
-        [
-            Constraint::Length(4),
-            Constraint::Min(20),
-            Constraint::Length(10),
-            Constraint::Length(8),
-        ],
-    )
-    .header(header(&["id", "rule", "hits", "/s"]))
-    .block(Block::bordered().title("Pre-filter rules"));
-    frame.render_widget(rules, right);
+    let headers = ["id", "rule", "hits", "/s"];
+    let widths = [Length(4), Min(20), Length(10), Length(8)];
+    frame.render_widget(table("Pre-filter rules", &headers, rules, &widths), right);
 }

@@ -15,6 +15,24 @@ const MARKER_MAGIC: [u8; 4] = *b"FEGN";
 /// Largest frame written (a standard Ethernet MTU of 1500 plus the header).
 pub const MAX_FRAME: usize = 1514;
 
+/// A MAC address written as six hexadecimal bytes separated by colons (`02:fe:00:00:00:02`).
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{text:?} is not a MAC address like 02:fe:00:00:00:02");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts
+            .next()
+            .filter(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    match parts.next() {
+        None => Ok(mac),
+        Some(_) => Err(bad()),
+    }
+}
+
 /// Transport of the synthetic flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -339,6 +357,31 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mac_addresses_are_six_hex_bytes() {
+        assert_eq!(
+            super::parse_mac("02:fe:00:00:0a:FF"),
+            Ok([2, 0xfe, 0, 0, 0x0a, 0xff])
+        );
+        for bad in [
+            "",
+            "02:fe:00:00:00",
+            "02:fe:00:00:00:02:03",
+            "02:fe:00:00:00:0g",
+            "002:fe:0:0:0:2",
+            "02::00:00:00:02",
+            "+2:fe:00:00:00:02",
+        ] {
+            assert_eq!(
+                super::parse_mac(bad),
+                Err(format!(
+                    "{bad:?} is not a MAC address like 02:fe:00:00:00:02"
+                )),
+                "{bad}"
+            );
+        }
+    }
+
     use super::*;
     use crate::packet::{flow_hash, parse, HashKey, HashMode, Parsed};
     use std::net::{Ipv4Addr, Ipv6Addr};

@@ -15,7 +15,8 @@
 //! the state directory ([`Terminator::state_dir`]).
 //!
 //! Owns: the supervisor of `serve` (start-up order, accept, health, reload, drain, stop).
-//! Does not own: signals, reading files or the environment, printing (the embedder's or the
+//! Does not own: signals, reading files or the environment ([`crate::service`] does, on top of
+//! it), printing (the embedder's or the
 //! binary's), nor what happens on one connection ([`crate::proxy`]).
 
 mod demo;
