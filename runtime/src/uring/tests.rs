@@ -407,6 +407,77 @@ fn readers_that_fall_behind_cannot_starve_the_core_of_buffers() {
     assert_eq!(state, (1, 0), "ops in flight / buffers held at the end");
 }
 
+/// A two-buffer pool taken whole: connection H's reader reads one byte and keeps the rest of
+/// its two buffers unread while its receive stays armed. `others` more connections are
+/// accepted after H (returned in order); the peer writes `hello` to the last of them before
+/// anything else. No timer is left pending.
+async fn pool_held_by_one(others: usize) -> (Vec<Stream>, HeldPool) {
+    let (listener, addr) = listener();
+    let (piece_two, wait_piece_two) = std::sync::mpsc::channel::<()>();
+    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut h = std::net::TcpStream::connect(addr).expect("connect h");
+        let mut rest: Vec<_> = (0..others)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        if let Some(last) = rest.last_mut() {
+            last.write_all(b"hello").expect("write");
+        }
+        h.write_all(b"one").expect("write h");
+        // The second piece only once the first sits in a buffer of its own.
+        wait_piece_two.recv().expect("piece two");
+        h.write_all(b"two").expect("write h");
+        let _ = wait_finish.recv();
+        drop(rest);
+    });
+    let mut h = listener.accept().await.expect("accept h");
+    let mut streams = Vec::new();
+    for _ in 0..others {
+        streams.push(listener.accept().await.expect("accept"));
+    }
+    drop(listener);
+    let holder = spawn(async move {
+        let mut first = [0u8; 1];
+        h.read_exact(&mut first).await.expect("h");
+        futures_lite::future::pending::<()>().await;
+        drop(h);
+    });
+    let mut sent_two = false;
+    loop {
+        match settled().1 {
+            1 if !sent_two => {
+                piece_two.send(()).expect("peer");
+                sent_two = true;
+            }
+            2 => break,
+            _ => {}
+        }
+        time::sleep(Duration::from_millis(1)).await;
+    }
+    let pool = HeldPool {
+        holder,
+        finish,
+        peer,
+    };
+    (streams, pool)
+}
+
+/// What [`pool_held_by_one`] leaves running until [`HeldPool::release`].
+struct HeldPool {
+    holder: async_task::Task<()>,
+    finish: std::sync::mpsc::Sender<()>,
+    peer: std::thread::JoinHandle<()>,
+}
+
+impl HeldPool {
+    fn release(self) {
+        drop(self.holder);
+        let _ = self.finish.send(());
+        self.peer.join().expect("peer thread");
+    }
+}
+
 #[test]
 fn a_reader_given_buffers_back_runs_without_waiting_for_another_completion() {
     // A two-buffer pool, both held by a connection whose reader keeps them unread while its
@@ -420,51 +491,15 @@ fn a_reader_given_buffers_back_runs_without_waiting_for_another_completion() {
         ..RingSettings::default()
     };
     let (first, second, state) = on_engine(settings, || async {
-        let (listener, addr) = listener();
-        let (piece_two, wait_piece_two) = std::sync::mpsc::channel::<()>();
-        let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
-        let peer = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut a = std::net::TcpStream::connect(addr).expect("connect a");
-            let mut b = std::net::TcpStream::connect(addr).expect("connect b");
-            b.write_all(b"hello").expect("write b");
-            a.write_all(b"one").expect("write a");
-            // The second piece only once the first sits in a buffer of its own.
-            wait_piece_two.recv().expect("piece two");
-            a.write_all(b"two").expect("write a");
-            let _ = wait_finish.recv();
-        });
-        let mut a = listener.accept().await.expect("accept a");
-        let mut b = listener.accept().await.expect("accept b");
-        drop(listener);
-        // A's reader takes one byte, then holds the rest of its buffers unread.
-        let holder = spawn(async move {
-            let mut first = [0u8; 1];
-            a.read_exact(&mut first).await.expect("a");
-            futures_lite::future::pending::<()>().await;
-            drop(a);
-        });
-        let mut sent_two = false;
-        loop {
-            match settled().1 {
-                1 if !sent_two => {
-                    piece_two.send(()).expect("peer");
-                    sent_two = true;
-                }
-                2 => break,
-                _ => {}
-            }
-            time::sleep(Duration::from_millis(1)).await;
-        }
-        let held_by_a = settled().1;
+        let (mut streams, pool) = pool_held_by_one(1).await;
+        let mut b = streams.pop().expect("b");
+        let held_by_h = settled().1;
         // No timer from here: only the engine's own hand-over can run B's reader.
         let mut got = [0u8; 5];
         b.read_exact(&mut got).await.expect("b");
-        drop(holder);
-        let _ = finish.send(());
-        peer.join().expect("peer thread");
+        pool.release();
         drop(b);
-        (held_by_a, got, settle().await)
+        (held_by_h, got, settle().await)
     });
     assert_eq!(first, 2, "the first connection held the whole pool");
     assert_eq!(&second, b"hello");
@@ -482,45 +517,8 @@ fn buffers_go_to_starved_readers_that_wait_not_to_streams_already_gone() {
         ..RingSettings::default()
     };
     let (got, state) = on_engine(settings, || async {
-        let (listener, addr) = listener();
-        let (piece_two, wait_piece_two) = std::sync::mpsc::channel::<()>();
-        let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
-        let peer = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut h = std::net::TcpStream::connect(addr).expect("connect h");
-            let d1 = std::net::TcpStream::connect(addr).expect("connect d1");
-            let d2 = std::net::TcpStream::connect(addr).expect("connect d2");
-            let mut b = std::net::TcpStream::connect(addr).expect("connect b");
-            b.write_all(b"hello").expect("write b");
-            h.write_all(b"one").expect("write h");
-            wait_piece_two.recv().expect("piece two");
-            h.write_all(b"two").expect("write h");
-            let _ = wait_finish.recv();
-            drop((d1, d2));
-        });
-        let mut h = listener.accept().await.expect("accept h");
-        let mut d1 = listener.accept().await.expect("accept d1");
-        let mut d2 = listener.accept().await.expect("accept d2");
-        let mut b = listener.accept().await.expect("accept b");
-        drop(listener);
-        let holder = spawn(async move {
-            let mut first = [0u8; 1];
-            h.read_exact(&mut first).await.expect("h");
-            futures_lite::future::pending::<()>().await;
-            drop(h);
-        });
-        let mut sent_two = false;
-        loop {
-            match settled().1 {
-                1 if !sent_two => {
-                    piece_two.send(()).expect("peer");
-                    sent_two = true;
-                }
-                2 => break,
-                _ => {}
-            }
-            time::sleep(Duration::from_millis(1)).await;
-        }
+        let (streams, pool) = pool_held_by_one(3).await;
+        let [mut d1, mut d2, mut b]: [Stream; 3] = streams.try_into().expect("three streams");
         // Both readers find the pool empty and wait on the starved list; then they are gone.
         let r1 = spawn(async move {
             let _ = d1.read(&mut [0u8; 8]).await;
@@ -533,9 +531,7 @@ fn buffers_go_to_starved_readers_that_wait_not_to_streams_already_gone() {
         // No timer from here.
         let mut got = [0u8; 5];
         b.read_exact(&mut got).await.expect("b");
-        drop(holder);
-        let _ = finish.send(());
-        peer.join().expect("peer thread");
+        pool.release();
         drop(b);
         (got, settle().await)
     });
