@@ -115,6 +115,16 @@ pub enum GenError {
     /// The AF_XDP socket could not be set up or send.
     #[error(transparent)]
     Xsk(crate::xdp::XskError),
+    /// Frames longer than the interface's MTU allows (the kernel would drop every one).
+    #[error("{interface} has an MTU of {mtu} bytes: a frame of {frame_len} bytes (FCS excluded) needs {needed}; raise it with `ip link set {interface} mtu {needed}`", needed = .frame_len - 14)]
+    AboveMtu {
+        /// The interface.
+        interface: String,
+        /// Its MTU.
+        mtu: usize,
+        /// The frame length asked for, without the FCS.
+        frame_len: usize,
+    },
 }
 
 impl GenError {
@@ -122,7 +132,10 @@ impl GenError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            GenError::Spec(_) | GenError::ZeroRate | GenError::Socket(PacketError::NoInterface(_))
+            GenError::Spec(_)
+                | GenError::ZeroRate
+                | GenError::AboveMtu { .. }
+                | GenError::Socket(PacketError::NoInterface(_))
         )
     }
 }
@@ -137,14 +150,33 @@ pub fn run(
     if config.rate == Some(0) {
         return Err(GenError::ZeroRate);
     }
+    if let Some(mtu) = crate::sys::mtu(&config.interface) {
+        if config.spec.frame_len > mtu + 14 {
+            return Err(GenError::AboveMtu {
+                interface: config.interface.clone(),
+                mtu,
+                frame_len: config.spec.frame_len,
+            });
+        }
+    }
     let mut sender = match config.transmit {
         Transmit::AfPacket => GenSender::Packet(PacketSender::open(&config.interface, 4 << 20)?),
-        Transmit::AfXdp => GenSender::Xsk(Box::new(
-            XskSender::open(&config.interface, 2048).map_err(GenError::Xsk)?,
-        )),
+        Transmit::AfXdp => {
+            let sender = XskSender::open(&config.interface, 2048).map_err(GenError::Xsk)?;
+            if config.spec.frame_len > sender.max_frame() {
+                return Err(GenError::Xsk(crate::xdp::XskError::Config(format!(
+                    "AF_XDP on {} sends frames of at most {} bytes here (the kernel refused multi-buffer mode); use --tx af-packet for {}-byte frames",
+                    config.interface,
+                    sender.max_frame(),
+                    config.spec.frame_len
+                ))));
+            }
+            GenSender::Xsk(Box::new(sender))
+        }
     };
     let batch = config.batch.clamp(1, 1024);
-    let mut buffers = vec![[0u8; MAX_FRAME]; batch];
+    let frame_room = config.spec.frame_len.min(MAX_FRAME);
+    let mut buffers = vec![vec![0u8; frame_room]; batch];
     let mut lengths = vec![0usize; batch];
     let mut stats = GenStats::default();
     let start = Instant::now();

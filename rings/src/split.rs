@@ -408,7 +408,19 @@ fn open_input(
     };
     let xdp = |input: XdpInput, mode: XdpMode| {
         let queues = input.sockets.len() as u32;
-        tracing::info!(%interface, mode = %InputKind::Xdp(mode), queues, "input open");
+        let multi_buffer = input.sockets.iter().all(XskReceiver::multi_buffer);
+        tracing::info!(
+            %interface,
+            mode = %InputKind::Xdp(mode),
+            queues,
+            multi_buffer,
+            "input open{}",
+            if multi_buffer {
+                ""
+            } else {
+                " (AF_XDP without multi-buffer: frames longer than 1,792 bytes are dropped by the kernel)"
+            }
+        );
         Opened::Xdp(input, stats(InputKind::Xdp(mode), queues))
     };
     let af_packet = || -> Result<Opened, SplitError> {
@@ -870,6 +882,7 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
                     sum.xsk.rx_ring_full += input.xsk.rx_ring_full;
                     sum.xsk.rx_fill_ring_empty += input.xsk.rx_fill_ring_empty;
                     sum.xsk.rx_invalid += input.xsk.rx_invalid;
+                    sum.xsk.rx_too_long += input.xsk.rx_too_long;
                     sum.packet.packets += input.packet.packets;
                     sum.packet.drops += input.packet.drops;
                     sum.packet.freezes += input.packet.freezes;
@@ -1032,6 +1045,7 @@ fn collect(inputs: &mut [Input], pipeline: &Pipeline) -> SplitStats {
                         kernel.rx_ring_full += s.rx_ring_full;
                         kernel.rx_fill_ring_empty += s.rx_fill_ring_empty;
                         kernel.rx_invalid += s.rx_invalid;
+                        kernel.rx_too_long += s.rx_too_long;
                     }
                 }
                 input.stats.xsk = kernel;

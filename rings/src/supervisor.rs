@@ -235,6 +235,17 @@ fn interface_outputs(config: &PipelineConfig) -> u32 {
     }
 }
 
+/// The largest MTU of the pipeline's interface inputs (veth outputs get it, so that every
+/// frame received can leave on them); `None` without interface inputs.
+fn inputs_mtu(config: &PipelineConfig) -> Option<usize> {
+    config
+        .inputs
+        .iter()
+        .filter_map(|input| input.interface.as_deref())
+        .filter_map(crate::sys::mtu)
+        .max()
+}
+
 /// The pipeline in `path`, read again (and validated) for a reload.
 fn read_config(path: &Path) -> Result<ValidPipeline, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
@@ -274,6 +285,7 @@ impl Supervisor {
             Some(prefix) => Some(VethPairs::create(
                 prefix,
                 config.way_count().max(interface_outputs(&config)),
+                inputs_mtu(&config),
             )?),
             None => None,
         };
@@ -433,13 +445,14 @@ impl SplitStats {
             let kind = input.kind.map_or("-".to_owned(), |k| k.to_string());
             let drops = match input.kind {
                 Some(InputKind::Xdp(_)) => format!(
-                    "; pre-filter dropped {}, bypassed {}; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}",
+                    "; pre-filter dropped {}, bypassed {}; kernel drops: ring full {}, fill ring empty {}, other {}, invalid {}; longer than 64 KiB {}",
                     input.prefilter_dropped,
                     input.prefilter_bypassed,
                     input.xsk.rx_ring_full,
                     input.xsk.rx_fill_ring_empty,
                     input.xsk.rx_dropped,
-                    input.xsk.rx_invalid
+                    input.xsk.rx_invalid,
+                    input.xsk.rx_too_long
                 ),
                 Some(InputKind::AfPacket) => format!(
                     "; kernel drops: ring full {} (ring frozen {} times)",

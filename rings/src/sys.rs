@@ -244,6 +244,18 @@ pub(crate) fn set_interface_up(
     Ok(())
 }
 
+/// `ioctl(SIOCGIFMTU)`: the MTU of interface `name` in this network namespace; `None` when
+/// there is no such interface (or the name cannot be one).
+pub(crate) fn mtu(name: &str) -> Option<usize> {
+    let mut request = ifreq(name).ok()?;
+    let control = socket(libc::AF_INET, libc::SOCK_DGRAM, 0).ok()?;
+    // SAFETY: SIOCGIFMTU writes one ifreq (`request`), alive for the call.
+    cvt(unsafe { libc::ioctl(control.as_raw_fd(), libc::SIOCGIFMTU, &mut request) }).ok()?;
+    // SAFETY: the union member read is the one SIOCGIFMTU just filled.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    usize::try_from(mtu).ok()
+}
+
 /// Wakes every thread waiting on `word` (FUTEX_WAKE on a shared mapping: other processes).
 pub(crate) fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only looks the word's page up (a valid mapping that `word` borrows)

@@ -63,8 +63,11 @@ fn ip(args: &[&str]) -> Result<(), VethError> {
 
 impl VethPairs {
     /// Makes `count` pairs PREFIXk / PREFIXkp, up, with IPv6 off (no router solicitations or
-    /// address detection on capture interfaces). Pairs made before a failure are deleted.
-    pub fn create(prefix: &str, count: u32) -> Result<Self, VethError> {
+    /// address detection on capture interfaces), both ends with an MTU of `mtu` (the kernel's
+    /// default, 1500, when `None`; give the inputs' MTU so that jumbo frames fit). Pairs made
+    /// before a failure are deleted.
+    pub fn create(prefix: &str, count: u32, mtu: Option<usize>) -> Result<Self, VethError> {
+        let mtu = mtu.map(|m| m.to_string());
         let mut made = Self(Vec::new());
         for k in 0..count {
             let name = format!("{prefix}{k}");
@@ -78,7 +81,13 @@ impl VethPairs {
             if Path::new("/sys/class/net").join(&name).exists() {
                 return Err(VethError::Exists(name));
             }
-            ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+            match &mtu {
+                Some(mtu) => ip(&[
+                    "link", "add", &name, "mtu", mtu, "type", "veth", "peer", "name", &peer, "mtu",
+                    mtu,
+                ])?,
+                None => ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?,
+            }
             made.0.push(name.clone());
             for dev in [&name, &peer] {
                 let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");

@@ -136,7 +136,14 @@ pub struct XskStatistics {
     pub rx_fill_ring_empty: u64,
     /// Invalid descriptors on the RX side.
     pub rx_invalid: u64,
+    /// Multi-buffer frames longer than [`MAX_CHAINED_FRAME`] bytes, dropped by fastedge (not a
+    /// kernel counter; no frame an Ethernet MTU allows is that long).
+    pub rx_too_long: u64,
 }
+
+/// The longest frame an [`XskReceiver`] puts together from a multi-buffer chain; the parts of
+/// a longer one are dropped and counted in [`XskStatistics::rx_too_long`].
+pub const MAX_CHAINED_FRAME: usize = 65_536;
 
 /// An AF_XDP socket receiving from one queue of one interface.
 pub struct XskReceiver {
@@ -148,6 +155,14 @@ pub struct XskReceiver {
     batch: Vec<FrameDesc>,
     /// Received frames the fill ring had no room for yet; given back before the next receive.
     refill: Vec<FrameDesc>,
+    /// The buffers received so far of a multi-buffer frame (it may span two receives).
+    chain: Vec<u8>,
+    /// The chain being received is too long: its remaining buffers are skipped.
+    chain_too_long: bool,
+    /// Chains dropped for their length.
+    too_long: u64,
+    /// Bound with `XDP_USE_SG`.
+    multi_buffer: bool,
     interface: String,
     queue: u32,
 }
@@ -165,7 +180,33 @@ impl XskReceiver {
     /// Opens an AF_XDP socket on `interface` queue `queue` and gives the kernel every frame of
     /// its UMEM to receive into. No XDP program is loaded: register [`Self::fd`] in the XSKMAP of
     /// the program attached to the interface.
+    ///
+    /// The socket takes frames longer than one UMEM frame (jumbo frames) in several buffers
+    /// (AF_XDP multi-buffer, `XDP_USE_SG`, Linux 6.6; in zero-copy mode the driver must offer
+    /// it too) and hands them to the caller whole. Where that mode is refused the socket is
+    /// bound without it, and the kernel drops such frames (counted in `rx_dropped`).
     pub fn open(interface: &str, queue: u32, config: &XskConfig) -> Result<Self, XskError> {
+        match Self::open_with(interface, queue, config, true) {
+            Ok(receiver) => Ok(receiver),
+            Err(XskError::Socket { reason, .. }) => {
+                tracing::info!(
+                    %interface,
+                    queue,
+                    %reason,
+                    "AF_XDP multi-buffer receive refused; frames longer than one UMEM frame will be dropped by the kernel"
+                );
+                Self::open_with(interface, queue, config, false)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn open_with(
+        interface: &str,
+        queue: u32,
+        config: &XskConfig,
+        multi_buffer: bool,
+    ) -> Result<Self, XskError> {
         let ifname: Interface = interface
             .parse()
             .map_err(|_| XskError::Interface(interface.to_owned()))?;
@@ -188,10 +229,13 @@ impl XskReceiver {
                 bytes: config.umem_bytes(),
                 reason: e.to_string(),
             })?;
-        let bind = match config.bind {
+        let mut bind = match config.bind {
             XskBindMode::Copy => BindFlags::XDP_COPY,
             XskBindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
         };
+        if multi_buffer {
+            bind |= BindFlags::XDP_USE_SG;
+        }
         let socket_config = SocketConfig::builder()
             .rx_queue_size(size(config.ring_size)?)
             .tx_queue_size(size(config.ring_size)?)
@@ -228,9 +272,18 @@ impl XskReceiver {
             _completion: completion,
             refill: Vec::with_capacity(ring),
             batch: descs,
+            chain: Vec::new(),
+            chain_too_long: false,
+            too_long: 0,
+            multi_buffer,
             interface: interface.to_owned(),
             queue,
         })
+    }
+
+    /// Whether frames longer than one UMEM frame are received (multi-buffer mode).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// The socket fd, for the XSKMAP.
@@ -239,8 +292,9 @@ impl XskReceiver {
         unsafe { BorrowedFd::borrow_raw(self.rx.fd().as_raw_fd()) }
     }
 
-    /// Waits up to `timeout` for frames, hands each received frame to `on_frame`, then returns
-    /// the frames to the fill ring. Returns the number of frames received.
+    /// Waits up to `timeout` for frames, hands each received frame to `on_frame` (a multi-buffer
+    /// frame once whole, copied together), then returns the UMEM frames to the fill ring.
+    /// Returns the number of frames handed over.
     pub fn receive(
         &mut self,
         timeout: Duration,
@@ -257,11 +311,36 @@ impl XskReceiver {
             received = unsafe { self.rx.poll_and_consume(&mut self.batch, millis) }
                 .map_err(|source| self.io_error("poll", source))?;
         }
+        let mut frames = 0;
         for desc in &self.batch[..received] {
             // SAFETY: `desc` was just consumed from the RX ring of this UMEM and is not in any
             // kernel ring until we put it back below, so nothing writes to it meanwhile.
             let data = unsafe { self.umem.data(desc) };
-            on_frame(data.contents());
+            let bytes = data.contents();
+            let more = desc.options() & XDP_PKT_CONTD != 0;
+            if !more && self.chain.is_empty() && !self.chain_too_long {
+                on_frame(bytes);
+                frames += 1;
+                continue;
+            }
+            if !self.chain_too_long {
+                if self.chain.len() + bytes.len() > MAX_CHAINED_FRAME {
+                    self.chain_too_long = true;
+                    self.chain.clear();
+                } else {
+                    self.chain.extend_from_slice(bytes);
+                }
+            }
+            if !more {
+                if self.chain_too_long {
+                    self.too_long += 1;
+                    self.chain_too_long = false;
+                } else {
+                    on_frame(&self.chain);
+                    frames += 1;
+                }
+                self.chain.clear();
+            }
         }
         if received > 0 {
             // Frames go back in the order they came; whatever the fill ring cannot take now
@@ -274,7 +353,7 @@ impl XskReceiver {
                 .wakeup(self.rx.fd_mut(), 0)
                 .map_err(|source| self.io_error("waking the kernel", source))?;
         }
-        Ok(received)
+        Ok(frames)
     }
 
     /// Puts the frames waiting in `refill` on the fill ring, if it has room for all of them.
@@ -302,6 +381,7 @@ impl XskReceiver {
             rx_ring_full: stats.rx_ring_full(),
             rx_fill_ring_empty: stats.rx_fill_ring_empty_descs(),
             rx_invalid: stats.rx_invalid_descs(),
+            rx_too_long: self.too_long,
         })
     }
 
@@ -315,10 +395,18 @@ impl XskReceiver {
     }
 }
 
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): on a descriptor, "the frame goes on in the next one".
+const XDP_PKT_CONTD: u32 = 1;
+
 /// An AF_XDP socket that sends (copy mode) on queue 0 of an interface: frames are written into
 /// free UMEM frames and put on the TX ring in batches; frames the kernel has sent come back
 /// through the completion ring. When no UMEM frame is free (the interface is slower than the
 /// traffic) a frame is refused, never waited for.
+///
+/// A frame longer than one UMEM frame (1,792 bytes of data in a 2 KiB frame, so any jumbo
+/// frame) goes out in several, chained as the kernel's AF_XDP multi-buffer mode wants
+/// (`XDP_USE_SG`, Linux 6.6). Where the kernel refuses that mode the socket is bound without
+/// it and such frames are refused ([`Self::multi_buffer`] says which).
 pub struct XskSender {
     umem: Umem,
     tx: TxQueue,
@@ -326,7 +414,14 @@ pub struct XskSender {
     _rx: RxQueue,
     _fill: FillQueue,
     free: Vec<FrameDesc>,
+    /// Descriptors written and not yet on the TX ring; a frame's chain is never split.
     pending: Vec<FrameDesc>,
+    /// Frames (not descriptors) in `pending`.
+    pending_frames: usize,
+    /// Bytes of frame data one UMEM frame holds.
+    chunk: usize,
+    /// Bound with `XDP_USE_SG`.
+    multi_buffer: bool,
     /// UMEM frames in all.
     frames: usize,
     /// Space for descriptors coming back from the completion ring.
@@ -344,8 +439,24 @@ impl fmt::Debug for XskSender {
 }
 
 impl XskSender {
-    /// Opens a sending socket on `interface` with `frames` UMEM frames of 2 KiB.
+    /// Opens a sending socket on `interface` with `frames` UMEM frames of 2 KiB, in multi-buffer
+    /// mode where the kernel has it.
     pub fn open(interface: &str, frames: u32) -> Result<Self, XskError> {
+        match Self::open_with(interface, frames, true) {
+            Ok(sender) => Ok(sender),
+            Err(XskError::Socket { reason, .. }) => {
+                tracing::info!(
+                    %interface,
+                    %reason,
+                    "AF_XDP multi-buffer send refused (XDP_USE_SG needs Linux 6.6); frames above 1,792 bytes will not be sent"
+                );
+                Self::open_with(interface, frames, false)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn open_with(interface: &str, frames: u32, multi_buffer: bool) -> Result<Self, XskError> {
         let ifname: Interface = interface
             .parse()
             .map_err(|_| XskError::Interface(interface.to_owned()))?;
@@ -359,15 +470,20 @@ impl XskSender {
             .map_err(|e| XskError::Config(e.to_string()))?;
         let count =
             NonZeroU32::new(frames).ok_or_else(|| XskError::Config("zero UMEM frames".into()))?;
+        let chunk = umem_config.mtu() as usize;
         let (umem, descs) = Umem::new(umem_config, count, false).map_err(|e| XskError::Umem {
             bytes: u64::from(frames) * 2048,
             reason: e.to_string(),
         })?;
+        let mut bind = BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP;
+        if multi_buffer {
+            bind |= BindFlags::XDP_USE_SG;
+        }
         let socket_config = SocketConfig::builder()
             .rx_queue_size(size(64)?)
             .tx_queue_size(size(ring)?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .bind_flags(bind)
             .build();
         let socket_error = |reason: String| XskError::Socket {
             interface: interface.to_owned(),
@@ -389,8 +505,27 @@ impl XskSender {
             frames: descs.len(),
             free: descs,
             pending: Vec::with_capacity(64),
+            pending_frames: 0,
+            chunk,
+            multi_buffer,
             interface: interface.to_owned(),
         })
+    }
+
+    /// Whether frames longer than one UMEM frame can be sent (multi-buffer mode).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
+    /// The longest frame [`Self::push`] takes.
+    pub fn max_frame(&self) -> usize {
+        if self.multi_buffer {
+            // The kernel's limit on buffers per frame is MAX_SKB_FRAGS (17) and more; 16
+            // UMEM frames hold any jumbo frame with room to spare.
+            self.chunk * 16
+        } else {
+            self.chunk
+        }
     }
 
     /// Takes back the frames the kernel has sent.
@@ -408,34 +543,49 @@ impl XskSender {
         self.scratch = scratch;
     }
 
-    /// Queues one frame; false when no UMEM frame is free (the frame is not sent).
+    /// Queues one frame; false when it is empty, longer than [`Self::max_frame`], or no UMEM
+    /// frame is free for it (the frame is not sent).
     pub fn push(&mut self, frame: &[u8]) -> bool {
-        if self.free.is_empty() {
+        if frame.is_empty() || frame.len() > self.max_frame() {
+            return false;
+        }
+        let needed = frame.len().div_ceil(self.chunk);
+        if self.free.len() < needed {
             self.reclaim();
+            if self.free.len() < needed {
+                return false;
+            }
         }
-        let Some(mut desc) = self.free.pop() else {
-            return false;
-        };
-        // SAFETY: `desc` is a free frame of this UMEM: in no kernel ring, so nothing else
-        // reads or writes it while we fill it.
-        let mut data = unsafe { self.umem.data_mut(&mut desc) };
-        let mut cursor = data.cursor();
-        cursor.set_pos(0);
-        if std::io::Write::write_all(&mut cursor, frame).is_err() {
-            self.free.push(desc);
-            return false;
+        let first = self.pending.len();
+        let from = self.free.len() - needed;
+        self.pending.extend(self.free.drain(from..));
+        for (k, (desc, part)) in self.pending[first..]
+            .iter_mut()
+            .zip(frame.chunks(self.chunk))
+            .enumerate()
+        {
+            // SAFETY: `desc` was a free frame of this UMEM: in no kernel ring, so nothing else
+            // reads or writes it while we fill it.
+            let mut data = unsafe { self.umem.data_mut(desc) };
+            let mut cursor = data.cursor();
+            cursor.set_pos(0);
+            // `part` is at most `chunk` bytes, what a frame's data segment holds.
+            let written = std::io::Write::write_all(&mut cursor, part).is_ok();
+            debug_assert!(written, "a part of one chunk fits a UMEM frame");
+            desc.set_options(if k + 1 < needed { XDP_PKT_CONTD } else { 0 });
         }
-        self.pending.push(desc);
+        self.pending_frames += 1;
         true
     }
 
-    /// Frames on the TX ring the kernel has not completed yet.
+    /// UMEM frames on the TX ring the kernel has not completed yet.
     fn in_flight(&self) -> usize {
         self.frames - self.free.len() - self.pending.len()
     }
 
     /// Puts the queued frames on the TX ring and has the kernel send them; returns how many
-    /// were put on the ring.
+    /// frames were put on the ring (all queued ones, or none when the ring had no room: those
+    /// are not sent, and counted by the caller).
     pub fn flush(&mut self) -> Result<usize, XskError> {
         if self.pending.is_empty() {
             self.kick()?;
@@ -444,12 +594,18 @@ impl XskSender {
         // SAFETY: the pending descriptors belong to this UMEM, hold written frames, and are in
         // no ring; `produce` takes all or none, and those it takes are the kernel's until they
         // come back through the completion ring.
-        let sent = unsafe { self.tx.produce(&self.pending) };
+        let taken = unsafe { self.tx.produce(&self.pending) };
+        let sent = if taken == self.pending.len() {
+            self.pending_frames
+        } else {
+            0
+        };
         // Taken ones leave `pending` at once (never in the ring and the free list both).
-        self.pending.drain(..sent);
-        // Frames the ring had no room for go back to the free list (counted by the caller).
+        self.pending.drain(..taken);
+        // Frames the ring had no room for go back to the free list.
         let unsent: Vec<FrameDesc> = self.pending.drain(..).collect();
         self.free.extend(unsent);
+        self.pending_frames = 0;
         self.kick()?;
         Ok(sent)
     }

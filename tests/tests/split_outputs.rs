@@ -3,7 +3,8 @@
 //! gives that way, both directions — and nothing else; the pairs go away at exit. The same in
 //! the kernel (XDP + DEVMAP, picked by itself) and in userspace (`--no-fast-path`): each flow
 //! lands on the same output. TAP outputs likewise, and they survive a reload: the same
-//! devices, with the captures started before it.
+//! devices, with the captures started before it. Jumbo frames (a 9,000-byte MTU) leave the
+//! veth outputs whole, by either path.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,7 +17,13 @@ use std::{
 };
 
 use fastedge_rings::pcap::{PcapSource, ReplaySpeed};
-use fastedge_tests::{netns::VethPair, process::Fastedge, require_tool, ways::gen, TempDir};
+use fastedge_tests::{
+    netns::{ip, VethPair},
+    process::Fastedge,
+    require_tool,
+    ways::gen,
+    TempDir,
+};
 use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
 
 /// The flow-hash key given to the split, so the test can compute each frame's output.
@@ -85,13 +92,18 @@ fn tcpdump(ns: &str, dev: &str) -> Capture {
 /// Splits 3000 generated frames to 3 veth outputs and captures each; returns each flow's
 /// output. `fast`: the in-kernel path (the default); else `--no-fast-path`.
 fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
-    split_to("veth", fast)
+    split_to("veth", fast, false)
 }
 
-/// The same with `--to TO` (`veth` or `tap`).
-fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
+/// The same with `--to TO` (`veth` or `tap`); `jumbo`: 9,018-byte frames on a pair with a
+/// 9,000-byte MTU (else 64-byte frames).
+fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
+    if jumbo {
+        ip(&["-n", &pair.ns_a, "link", "set", &pair.dev_a, "mtu", "9000"]);
+        ip(&["-n", &pair.ns_b, "link", "set", &pair.dev_b, "mtu", "9000"]);
+    }
     let dir = TempDir::new("veth-outputs");
     // Unique per call: tests run in parallel in one process.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -99,10 +111,12 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
     let prefix = format!(
         "fo{}{n}{}",
         std::process::id() % 100_000,
-        match (to, fast) {
-            ("tap", _) => "t",
-            (_, true) => "k",
-            _ => "u",
+        match (to, fast, jumbo) {
+            ("tap", _, _) => "t",
+            (_, true, false) => "k",
+            (_, false, false) => "u",
+            (_, true, true) => "kj",
+            (_, false, true) => "uj",
         }
     );
     let mut args = vec![
@@ -139,11 +153,11 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
             tcpdump(&pair.ns_a, &device)
         })
         .collect();
-    gen(
-        &pair.ns_b,
-        &pair.dev_b,
-        &["--flows", "300", "--count", "3000", "--rate", "3000"],
-    );
+    let mut gen_args = vec!["--flows", "300", "--count", "3000", "--rate", "3000"];
+    if jumbo {
+        gen_args.extend(["--size", "9018"]);
+    }
+    gen(&pair.ns_b, &pair.dev_b, &gen_args);
     std::thread::sleep(Duration::from_millis(500));
     for c in &captures {
         nix::sys::signal::kill(
@@ -169,6 +183,11 @@ fn split_to(to: &str, fast: bool) -> HashMap<u32, usize> {
                         panic!("output {k} carried a frame that is not ours: {frame:02x?}");
                     };
                     assert!(seen.insert(seq, k).is_none(), "frame {seq} on two outputs");
+                    assert_eq!(frame.len(), if jumbo { 9014 } else { 60 }, "frame {seq}");
+                    assert!(
+                        fastedge_wire::synth::payload_intact(frame),
+                        "frame {seq} arrived changed"
+                    );
                     assert_eq!(
                         *flow_output.entry(flow).or_insert(k),
                         k,
@@ -240,6 +259,21 @@ fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
     split_to_veths(false);
 }
 
+/// 9,014-byte frames: native XDP (a frags program) and an AF_XDP socket in multi-buffer mode
+/// take each one in as 1,792-byte buffers, the engine puts it together, and the veth
+/// output's AF_XDP sender sends it out as a chain again; tcpdump sees every frame whole.
+#[test]
+fn jumbo_frames_leave_userspace_veth_outputs_whole() {
+    split_to("veth", false, true);
+}
+
+/// The same through the in-kernel path: XDP redirects the multi-buffer frames to the veth
+/// outputs (DEVMAP) without userspace, whole.
+#[test]
+fn jumbo_frames_leave_in_kernel_veth_outputs_whole() {
+    split_to("veth", true, true);
+}
+
 #[test]
 fn the_in_kernel_path_splits_exactly_as_userspace_does() {
     let kernel = split_to_veths(true);
@@ -308,7 +342,7 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
 
 #[test]
 fn tap_outputs_carry_their_ways_flows_like_veths() {
-    let tap = split_to("tap", true);
+    let tap = split_to("tap", true, false);
     assert_eq!(tap.len(), 300);
     assert_eq!(
         tap,

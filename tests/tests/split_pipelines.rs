@@ -759,8 +759,8 @@ fn bad_pipelines_and_arguments_are_refused_with_the_reason() {
             "power of two",
         ),
         (
-            vec!["gen".into(), "lo".into(), "--size".into(), "2000".into()],
-            "between 64 and 1518",
+            vec!["gen".into(), "lo".into(), "--size".into(), "9019".into()],
+            "between 64 and 9018",
         ),
         // This build has no netmap (the `netmap` feature is off by default): asked for, by
         // mode or by netmap's own port name, it is refused with the reason.

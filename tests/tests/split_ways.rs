@@ -1,7 +1,7 @@
 //! `fastedge split` on a veth end inside a namespace, fed crafted frames from the peer
 //! namespace: every frame arrives exactly once across the ways, both directions of a flow and
-//! all fragments of a datagram land on one way; `fastedge tap` streams a way to tcpdump, and
-//! sleeps while there is nothing to read.
+//! all fragments of a datagram land on one way; jumbo frames arrive whole; `fastedge tap`
+//! streams a way to tcpdump, and sleeps while there is nothing to read.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,10 +16,10 @@ use std::{
 use fastedge_rings::shm::{wait_any, way_path, Consumer};
 use fastedge_tests::{
     frames::{frame_seq, udp_frame, RawSender},
-    netns::VethPair,
+    netns::{ip, VethPair},
     process::fastedge_bin,
     require_tool,
-    ways::WayFiles,
+    ways::{gen, WayFiles},
 };
 
 struct Child(std::process::Child);
@@ -82,6 +82,17 @@ fn send_traffic(pair: &VethPair, flows: u32) -> Sent {
 
 /// Starts `fastedge COMMAND DEV --ways N …` inside namespace A.
 fn start_engine(pair: &VethPair, command: &str, ways: u32, way_kib: u32) -> Child {
+    start_engine_with(pair, command, ways, way_kib, &[])
+}
+
+/// The same with more arguments.
+fn start_engine_with(
+    pair: &VethPair,
+    command: &str,
+    ways: u32,
+    way_kib: u32,
+    more: &[&str],
+) -> Child {
     Child(
         Command::new("ip")
             .args(["netns", "exec", &pair.ns_a])
@@ -94,6 +105,7 @@ fn start_engine(pair: &VethPair, command: &str, ways: u32, way_kib: u32) -> Chil
                 "--way-kib",
                 &way_kib.to_string(),
             ])
+            .args(more)
             .env("FASTEDGE_LOG", "info")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -215,6 +227,91 @@ fn split_over_30_and_64_ways() {
 #[test]
 fn split_over_256_ways() {
     split_by_flow(256, 4000, 64);
+}
+
+/// Jumbo frames on a 9,000-byte MTU: `fastedge gen` sends 9,014-byte frames through AF_XDP
+/// in multi-buffer mode, split takes them in with a frags XDP program and a multi-buffer
+/// AF_XDP socket (1,792 bytes per buffer), and every frame reaches its way once, whole.
+#[test]
+fn jumbo_frames_reach_the_ways_whole() {
+    jumbo_frames_to_ways("auto", "XDP native mode");
+}
+
+/// The same read with AF_PACKET.
+#[test]
+fn jumbo_frames_reach_the_ways_whole_through_af_packet() {
+    jumbo_frames_to_ways("af-packet", "AF_PACKET TPACKET_V3");
+}
+
+/// 400 frames of 9,014 bytes into `split --mode MODE` over 2 ways; `logged`: the input kind
+/// its log must name.
+fn jumbo_frames_to_ways(mode: &str, logged: &str) {
+    let pair = VethPair::new();
+    // Above the interface's MTU, gen refuses and says how to raise it.
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &pair.ns_b])
+        .arg(fastedge_bin())
+        .args(["gen", &pair.dev_b, "--size", "9018", "--count", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("has an MTU of 1500 bytes") && stderr.contains("mtu 9000"),
+        "{stderr}"
+    );
+    ip(&["-n", &pair.ns_a, "link", "set", &pair.dev_a, "mtu", "9000"]);
+    ip(&["-n", &pair.ns_b, "link", "set", &pair.dev_b, "mtu", "9000"]);
+    let _files = WayFiles(pair.dev_a.clone());
+    let engine = start_engine_with(&pair, "split", 2, 8192, &["--mode", mode]);
+    let mut consumers = attach(&pair, 0..2);
+    let sent = 400;
+    let gen_log = gen(
+        &pair.ns_b,
+        &pair.dev_b,
+        &[
+            "--size", "9018", "--flows", "40", "--count", "400", "--rate", "4000", "--tx", "af-xdp",
+        ],
+    );
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut flows_on = [
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < sent && Instant::now() < deadline {
+        for (way, consumer) in consumers.iter_mut().enumerate() {
+            consumer.read_batch(usize::MAX, |record| {
+                let Some((flow, seq)) = fastedge_wire::synth::marker(record.data) else {
+                    return;
+                };
+                assert_eq!(record.data.len(), 9014, "frame {seq}: its length");
+                assert!(
+                    fastedge_wire::synth::payload_intact(record.data),
+                    "frame {seq} arrived changed"
+                );
+                *seen.entry(seq).or_default() += 1;
+                flows_on[way].insert(flow);
+            });
+        }
+        wait_any(&consumers, Duration::from_millis(100));
+    }
+    let (status, log) = stop_engine(engine);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        seen.len(),
+        sent,
+        "every jumbo frame reached a way; gen: {gen_log}\nsplit: {log}"
+    );
+    assert!(seen.values().all(|&n| n == 1), "each frame once");
+    assert!(
+        flows_on[0].is_disjoint(&flows_on[1]),
+        "a flow's frames on one way"
+    );
+    assert!(log.contains(logged), "{log}");
+    if mode == "auto" {
+        assert!(log.contains("multi_buffer=true"), "{log}");
+    }
 }
 
 #[test]

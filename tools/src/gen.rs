@@ -32,7 +32,8 @@ pub struct GenArgs {
     flows: u32,
 
     /// Frame size in bytes as on the wire, FCS included (64 = the minimum Ethernet frame;
-    /// at most 1518).
+    /// 1518 = a 1500-byte MTU; at most 9018, a 9,000-byte jumbo MTU, which the interface's
+    /// MTU must allow).
     #[arg(long, default_value_t = 64)]
     size: usize,
 
@@ -95,9 +96,9 @@ enum ProtoArg {
 }
 
 pub fn run(args: GenArgs) -> Result<(), Failure> {
-    if !(64..=1518).contains(&args.size) {
+    if !(64..=fastedge_wire::synth::MAX_FRAME + 4).contains(&args.size) {
         return Err(Failure::config(anyhow!(
-            "--size {} must be between 64 and 1518 (bytes on the wire, FCS included)",
+            "--size {} must be between 64 and 9018 (bytes on the wire, FCS included)",
             args.size
         )));
     }

@@ -12,8 +12,9 @@ use crate::packet::{ethertype, proto};
 /// Bytes of the payload marker.
 pub const MARKER_LEN: usize = 16;
 const MARKER_MAGIC: [u8; 4] = *b"FEGN";
-/// Largest frame written (a standard Ethernet MTU of 1500 plus the header).
-pub const MAX_FRAME: usize = 1514;
+/// Largest frame written: a jumbo MTU of 9,000 bytes plus the Ethernet header. Whether an
+/// interface carries a frame this long is its MTU's business (`fastedge gen` checks).
+pub const MAX_FRAME: usize = 9014;
 
 /// A MAC address written as six hexadecimal bytes separated by colons (`02:fe:00:00:00:02`).
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
@@ -80,7 +81,7 @@ pub enum SpecError {
         /// The smallest that fits.
         min: usize,
     },
-    /// Longer than [`MAX_FRAME`] (a 1500-byte MTU).
+    /// Longer than [`MAX_FRAME`] (a 9,000-byte jumbo MTU).
     FrameTooLarge {
         /// The asked frame length.
         len: usize,
@@ -109,7 +110,10 @@ impl std::fmt::Display for SpecError {
                 "frame size {len} is too small: these headers and the 16-byte marker need {min}"
             ),
             SpecError::FrameTooLarge { len } => {
-                write!(f, "frame size {len} is above {MAX_FRAME} (a 1500-byte MTU)")
+                write!(
+                    f,
+                    "frame size {len} is above {MAX_FRAME} (a 9,000-byte jumbo MTU)"
+                )
             }
             SpecError::TooManyFlows { flows, room } => write!(
                 f,
@@ -262,6 +266,11 @@ impl TrafficSpec {
         l4[marker_at..marker_at + 4].copy_from_slice(&MARKER_MAGIC);
         l4[marker_at + 4..marker_at + 8].copy_from_slice(&flow.to_be_bytes());
         l4[marker_at + 8..marker_at + 16].copy_from_slice(&seq.to_be_bytes());
+        let payload_at = l4_at + marker_at + MARKER_LEN;
+        for (at, byte) in frame.iter_mut().enumerate().skip(payload_at) {
+            *byte = payload_byte(at);
+        }
+        let l4 = &mut frame[l4_at..];
         let pseudo = pseudo_header_sum(src.0, dst.0, protocol, l4_len);
         let sum = !fold(sum_words(l4, pseudo));
         let sum = if sum == 0 && protocol == proto::UDP {
@@ -275,17 +284,41 @@ impl TrafficSpec {
     }
 }
 
+/// The byte a generated frame carries at offset `at` of its payload area (after the marker):
+/// a pattern with a period (251) that no buffer size divides, so that a frame put together
+/// from pieces in the wrong order, or with a piece lost or repeated, does not match it.
+pub fn payload_byte(at: usize) -> u8 {
+    (at % 251) as u8
+}
+
+/// Where the marker of a generated frame starts.
+fn marker_at(frame: &[u8]) -> Option<usize> {
+    // After the L4 header: try the offsets the generator uses.
+    [42usize, 54, 62, 74].into_iter().find(|&at| {
+        frame
+            .get(at..at + MARKER_LEN)
+            .is_some_and(|m| m[..4] == MARKER_MAGIC)
+    })
+}
+
 /// The (flow, sequence number) a generated frame carries, if `frame` is one.
 pub fn marker(frame: &[u8]) -> Option<(u32, u64)> {
-    // Find the marker after the L4 header: try the offsets the generator uses.
-    [42usize, 54, 62, 74].iter().find_map(|&at| {
-        let m = frame.get(at..at + MARKER_LEN)?;
-        if m[..4] != MARKER_MAGIC {
-            return None;
-        }
-        let flow = u32::from_be_bytes(m[4..8].try_into().ok()?);
-        let seq = u64::from_be_bytes(m[8..16].try_into().ok()?);
-        Some((flow, seq))
+    let at = marker_at(frame)?;
+    let m = &frame[at..at + MARKER_LEN];
+    let flow = u32::from_be_bytes(m[4..8].try_into().ok()?);
+    let seq = u64::from_be_bytes(m[8..16].try_into().ok()?);
+    Some((flow, seq))
+}
+
+/// Whether every byte after a generated frame's marker is the one [`TrafficSpec::write`] put
+/// there ([`payload_byte`]); false for a frame that is not a generated one.
+pub fn payload_intact(frame: &[u8]) -> bool {
+    marker_at(frame).is_some_and(|at| {
+        frame
+            .iter()
+            .enumerate()
+            .skip(at + MARKER_LEN)
+            .all(|(at, &byte)| byte == payload_byte(at))
     })
 }
 
@@ -442,6 +475,32 @@ mod tests {
     }
 
     #[test]
+    fn a_jumbo_frame_carries_a_payload_that_shows_pieces_out_of_place() {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let s = spec(transport, false, MAX_FRAME);
+            s.validate().unwrap();
+            let mut buf = vec![0u8; MAX_FRAME];
+            let n = s.write(7, &mut buf);
+            assert_eq!(n, MAX_FRAME);
+            assert!(checksums_ok(&buf), "{transport:?}");
+            assert!(payload_intact(&buf), "{transport:?}");
+            // Two 1,792-byte pieces (an AF_XDP buffer's worth) swapped.
+            let mut swapped = buf.clone();
+            let (a, b) = swapped[1792..5376].split_at_mut(1792);
+            a.swap_with_slice(b);
+            assert!(!payload_intact(&swapped));
+            // A piece lost (the frame shorter by one) or one byte changed.
+            let mut lost = buf[..1792].to_vec();
+            lost.extend_from_slice(&buf[3584..]);
+            assert!(!payload_intact(&lost));
+            let mut changed = buf.clone();
+            changed[8000] ^= 1;
+            assert!(!payload_intact(&changed));
+            assert!(!payload_intact(&[0u8; 100]), "not a generated frame");
+        }
+    }
+
+    #[test]
     fn both_directions_of_a_flow_hash_alike() {
         let s = spec(Transport::Udp, false, 60);
         let mut a = [0u8; MAX_FRAME];
@@ -490,8 +549,10 @@ mod tests {
             s.validate(),
             Err(SpecError::FrameTooSmall { len: 60, min: 90 })
         );
-        s.frame_len = 1515;
-        assert_eq!(s.validate(), Err(SpecError::FrameTooLarge { len: 1515 }));
+        s.frame_len = 9015;
+        assert_eq!(s.validate(), Err(SpecError::FrameTooLarge { len: 9015 }));
+        s.frame_len = 9014;
+        assert_eq!(s.validate(), Ok(()));
         s.frame_len = 100;
         s.flows = 0;
         assert_eq!(s.validate(), Err(SpecError::NoFlows));

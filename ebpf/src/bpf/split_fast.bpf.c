@@ -312,7 +312,9 @@ static __always_inline int to_output(__u32 index)
 	return action;
 }
 
-SEC("xdp")
+// "frags": the program reads headers only, which lie in the first buffer of a multi-buffer
+// (jumbo) frame; so declared, it attaches to interfaces whose MTU is above one page.
+SEC("xdp.frags")
 int split_fast(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -369,7 +371,9 @@ int split_fast(struct xdp_md *ctx)
 // For the receiving end of a veth output: a frame redirected into a veth is only delivered
 // when the peer has an XDP program; this one lets everything through to the stack (and so to
 // the applications capturing there).
-SEC("xdp")
+// "frags": the program reads headers only, which lie in the first buffer of a multi-buffer
+// (jumbo) frame; so declared, it attaches to interfaces whose MTU is above one page.
+SEC("xdp.frags")
 int xdp_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;

@@ -23,7 +23,9 @@ struct {
 
 FASTEDGE_COUNTERS_MAP(FASTEDGE_COUNTERS)
 
-SEC("xdp")
+// "frags": the program reads headers only, which lie in the first buffer of a multi-buffer
+// (jumbo) frame; so declared, it attaches to interfaces whose MTU is above one page.
+SEC("xdp.frags")
 int xsk_redirect(struct xdp_md *ctx)
 {
 	__u32 queue = ctx->rx_queue_index;
