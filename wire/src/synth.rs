@@ -266,9 +266,13 @@ impl TrafficSpec {
         l4[marker_at..marker_at + 4].copy_from_slice(&MARKER_MAGIC);
         l4[marker_at + 4..marker_at + 8].copy_from_slice(&flow.to_be_bytes());
         l4[marker_at + 8..marker_at + 16].copy_from_slice(&seq.to_be_bytes());
-        let payload_at = l4_at + marker_at + MARKER_LEN;
-        for (at, byte) in frame.iter_mut().enumerate().skip(payload_at) {
-            *byte = payload_byte(at);
+        // The payload pattern, copied a period at a time (no division per byte).
+        let mut at = l4_at + marker_at + MARKER_LEN;
+        while at < len {
+            let phase = at % PATTERN_PERIOD;
+            let n = (PATTERN_PERIOD - phase).min(len - at);
+            frame[at..at + n].copy_from_slice(&PATTERN[phase..phase + n]);
+            at += n;
         }
         let l4 = &mut frame[l4_at..];
         let pseudo = pseudo_header_sum(src.0, dst.0, protocol, l4_len);
@@ -284,11 +288,25 @@ impl TrafficSpec {
     }
 }
 
-/// The byte a generated frame carries at offset `at` of its payload area (after the marker):
-/// a pattern with a period (251) that no buffer size divides, so that a frame put together
-/// from pieces in the wrong order, or with a piece lost or repeated, does not match it.
+/// The period of the payload pattern: a prime, so no buffer size is a multiple of it.
+const PATTERN_PERIOD: usize = 251;
+
+/// One period of the payload pattern: byte k is k.
+const PATTERN: [u8; PATTERN_PERIOD] = {
+    let mut table = [0u8; PATTERN_PERIOD];
+    let mut k = 0;
+    while k < PATTERN_PERIOD {
+        table[k] = k as u8;
+        k += 1;
+    }
+    table
+};
+
+/// The byte a generated frame carries at offset `at` of the frame, in its payload (after the
+/// marker): a pattern with a period (251) that no buffer size divides, so that a frame put
+/// together from pieces in the wrong order, or with a piece lost or repeated, does not match.
 pub fn payload_byte(at: usize) -> u8 {
-    (at % 251) as u8
+    PATTERN[at % PATTERN_PERIOD]
 }
 
 /// Where the marker of a generated frame starts.
