@@ -400,12 +400,25 @@ enum Sender {
 const SINK_BATCH: usize = 64;
 
 impl InterfaceSink {
-    /// An output on `interface`: AF_XDP transmit when the interface takes it, else AF_PACKET.
+    /// An output on `interface`: AF_XDP transmit on queue 0 when the interface takes it, else
+    /// AF_PACKET.
     pub fn open(interface: &str) -> Result<Self, PacketError> {
-        let sender = match crate::xdp::XskSender::open(interface, 1024) {
+        Self::open_on_queue(interface, 0)
+    }
+
+    /// An output on `interface` for one engine thread: AF_XDP transmit on queue `queue` (each
+    /// thread its own: an AF_XDP socket owns its queue) when the interface has that queue and
+    /// takes it, else AF_PACKET; the log says which and why.
+    pub fn open_on_queue(interface: &str, queue: u32) -> Result<Self, PacketError> {
+        let sender = match crate::xdp::XskSender::open_queue(interface, queue, 1024) {
             Ok(xsk) => Sender::Xsk(Box::new(xsk)),
             Err(error) => {
-                tracing::info!(%interface, %error, "AF_XDP transmit unavailable; sending with AF_PACKET");
+                let queues = crate::split::tx_queues(interface);
+                if queue >= queues {
+                    tracing::info!(%interface, queue, queues, "AF_XDP transmit needs a queue per engine thread and {interface} has {queues}; this thread sends with AF_PACKET");
+                } else {
+                    tracing::info!(%interface, queue, %error, "AF_XDP transmit unavailable; sending with AF_PACKET");
+                }
                 Sender::Packet(PacketSender::open(interface, 4 << 20)?)
             }
         };

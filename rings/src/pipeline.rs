@@ -746,10 +746,10 @@ impl Pipeline {
             first.pcaps = builder.pcaps;
             first.taps = builder.taps;
         }
-        // Each engine thread sends through sockets of its own.
-        for copy in &mut copies {
+        // Each engine thread sends through sockets of its own, on a queue of its own.
+        for (lane, copy) in (0u32..).zip(&mut copies) {
             for name in &builder.ifaces {
-                copy.ifaces.push(InterfaceSink::open(name)?);
+                copy.ifaces.push(InterfaceSink::open_on_queue(name, lane)?);
             }
         }
         Ok(copies)

@@ -168,14 +168,23 @@ impl SplitError {
     }
 }
 
-/// Receive queues of `interface`, from sysfs.
-fn rx_queues(interface: &str) -> u32 {
+/// Receive queues of `interface`, from sysfs (one engine thread each, for an XDP input).
+pub(crate) fn rx_queues(interface: &str) -> u32 {
+    queues(interface, "rx-")
+}
+
+/// Transmit queues of `interface`, from sysfs (an AF_XDP sender owns one).
+pub(crate) fn tx_queues(interface: &str) -> u32 {
+    queues(interface, "tx-")
+}
+
+fn queues(interface: &str, kind: &str) -> u32 {
     let dir = PathBuf::from(format!("/sys/class/net/{interface}/queues"));
     let count = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .filter(|e| e.file_name().to_string_lossy().starts_with(kind))
                 .count()
         })
         .unwrap_or(1);
@@ -915,6 +924,10 @@ fn merge(parts: &[SplitStats]) -> SplitStats {
                     sum.sent += iface.sent;
                     sum.dropped += iface.dropped;
                     sum.sent_in_kernel += iface.sent_in_kernel;
+                    // Threads that send differently (one queue each, too few queues) all say so.
+                    if !sum.transmit.split('+').any(|t| t == iface.transmit) {
+                        sum.transmit = format!("{}+{}", sum.transmit, iface.transmit);
+                    }
                 }
                 None => total.interfaces.push(iface.clone()),
             }

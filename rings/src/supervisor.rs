@@ -238,12 +238,24 @@ fn interface_outputs(config: &PipelineConfig) -> u32 {
 /// The largest MTU of the pipeline's interface inputs (veth outputs get it, so that every
 /// frame received can leave on them); `None` without interface inputs.
 fn inputs_mtu(config: &PipelineConfig) -> Option<usize> {
+    input_interfaces(config).filter_map(crate::sys::mtu).max()
+}
+
+/// The interfaces the pipeline reads.
+fn input_interfaces(config: &PipelineConfig) -> impl Iterator<Item = &str> {
     config
         .inputs
         .iter()
         .filter_map(|input| input.interface.as_deref())
-        .filter_map(crate::sys::mtu)
+}
+
+/// The most receive queues of the pipeline's interface inputs: an engine thread each, and
+/// veth outputs get as many queues, so that each thread sends on one of its own.
+fn inputs_queues(config: &PipelineConfig) -> u32 {
+    input_interfaces(config)
+        .map(crate::split::rx_queues)
         .max()
+        .unwrap_or(1)
 }
 
 /// The pipeline in `path`, read again (and validated) for a reload.
@@ -286,6 +298,7 @@ impl Supervisor {
                 prefix,
                 config.way_count().max(interface_outputs(&config)),
                 inputs_mtu(&config),
+                inputs_queues(&config),
             )?),
             None => None,
         };

@@ -64,10 +64,26 @@ fn ip(args: &[&str]) -> Result<(), VethError> {
 impl VethPairs {
     /// Makes `count` pairs PREFIXk / PREFIXkp, up, with IPv6 off (no router solicitations or
     /// address detection on capture interfaces), both ends with an MTU of `mtu` (the kernel's
-    /// default, 1500, when `None`; give the inputs' MTU so that jumbo frames fit). Pairs made
-    /// before a failure are deleted.
-    pub fn create(prefix: &str, count: u32, mtu: Option<usize>) -> Result<Self, VethError> {
+    /// default, 1500, when `None`; give the inputs' MTU so that jumbo frames fit) and `queues`
+    /// transmit and receive queues (one per engine thread, so that each sends through an
+    /// AF_XDP socket of its own). Pairs made before a failure are deleted.
+    pub fn create(
+        prefix: &str,
+        count: u32,
+        mtu: Option<usize>,
+        queues: u32,
+    ) -> Result<Self, VethError> {
+        let queues = queues.max(1).to_string();
+        let mut shape = vec![
+            "numtxqueues",
+            queues.as_str(),
+            "numrxqueues",
+            queues.as_str(),
+        ];
         let mtu = mtu.map(|m| m.to_string());
+        if let Some(mtu) = &mtu {
+            shape.extend(["mtu", mtu.as_str()]);
+        }
         let mut made = Self(Vec::new());
         for k in 0..count {
             let name = format!("{prefix}{k}");
@@ -81,13 +97,11 @@ impl VethPairs {
             if Path::new("/sys/class/net").join(&name).exists() {
                 return Err(VethError::Exists(name));
             }
-            match &mtu {
-                Some(mtu) => ip(&[
-                    "link", "add", &name, "mtu", mtu, "type", "veth", "peer", "name", &peer, "mtu",
-                    mtu,
-                ])?,
-                None => ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?,
-            }
+            let mut args = vec!["link", "add", name.as_str()];
+            args.extend(&shape);
+            args.extend(["type", "veth", "peer", "name", peer.as_str()]);
+            args.extend(&shape);
+            ip(&args)?;
             made.0.push(name.clone());
             for dev in [&name, &peer] {
                 let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");

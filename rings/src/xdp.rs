@@ -189,13 +189,14 @@ impl XskReceiver {
         match Self::open_with(interface, queue, config, true) {
             Ok(receiver) => Ok(receiver),
             Err(XskError::Socket { reason, .. }) => {
+                let plain = Self::open_with(interface, queue, config, false)?;
                 tracing::info!(
                     %interface,
                     queue,
                     %reason,
                     "AF_XDP multi-buffer receive refused; frames longer than one UMEM frame will be dropped by the kernel"
                 );
-                Self::open_with(interface, queue, config, false)
+                Ok(plain)
             }
             Err(other) => Err(other),
         }
@@ -398,7 +399,7 @@ impl XskReceiver {
 /// `XDP_PKT_CONTD` (linux/if_xdp.h): on a descriptor, "the frame goes on in the next one".
 const XDP_PKT_CONTD: u32 = 1;
 
-/// An AF_XDP socket that sends (copy mode) on queue 0 of an interface: frames are written into
+/// An AF_XDP socket that sends (copy mode) on one queue of an interface: frames are written into
 /// free UMEM frames and put on the TX ring in batches; frames the kernel has sent come back
 /// through the completion ring. When no UMEM frame is free (the interface is slower than the
 /// traffic) a frame is refused, never waited for.
@@ -422,6 +423,8 @@ pub struct XskSender {
     chunk: usize,
     /// Bound with `XDP_USE_SG`.
     multi_buffer: bool,
+    /// The transmit queue.
+    queue: u32,
     /// UMEM frames in all.
     frames: usize,
     /// Space for descriptors coming back from the completion ring.
@@ -439,24 +442,36 @@ impl fmt::Debug for XskSender {
 }
 
 impl XskSender {
-    /// Opens a sending socket on `interface` with `frames` UMEM frames of 2 KiB, in multi-buffer
-    /// mode where the kernel has it.
+    /// Opens a sending socket on queue 0 of `interface` with `frames` UMEM frames of 2 KiB, in
+    /// multi-buffer mode where the kernel has it.
     pub fn open(interface: &str, frames: u32) -> Result<Self, XskError> {
-        match Self::open_with(interface, frames, true) {
+        Self::open_queue(interface, 0, frames)
+    }
+
+    /// The same on transmit queue `queue` (a queue takes one AF_XDP socket).
+    pub fn open_queue(interface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+        match Self::open_with(interface, queue, frames, true) {
             Ok(sender) => Ok(sender),
             Err(XskError::Socket { reason, .. }) => {
+                let plain = Self::open_with(interface, queue, frames, false)?;
                 tracing::info!(
                     %interface,
+                    queue,
                     %reason,
                     "AF_XDP multi-buffer send refused (XDP_USE_SG needs Linux 6.6); frames above 1,792 bytes will not be sent"
                 );
-                Self::open_with(interface, frames, false)
+                Ok(plain)
             }
             Err(other) => Err(other),
         }
     }
 
-    fn open_with(interface: &str, frames: u32, multi_buffer: bool) -> Result<Self, XskError> {
+    fn open_with(
+        interface: &str,
+        queue: u32,
+        frames: u32,
+        multi_buffer: bool,
+    ) -> Result<Self, XskError> {
         let ifname: Interface = interface
             .parse()
             .map_err(|_| XskError::Interface(interface.to_owned()))?;
@@ -487,11 +502,11 @@ impl XskSender {
             .build();
         let socket_error = |reason: String| XskError::Socket {
             interface: interface.to_owned(),
-            queue: 0,
+            queue,
             reason,
         };
         // SAFETY: the UMEM is new and used by this socket only.
-        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, 0) }
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, queue) }
             .map_err(|e| socket_error(e.to_string()))?;
         let (fill, completion) =
             rings.ok_or_else(|| socket_error("kernel returned no fill/completion rings".into()))?;
@@ -509,6 +524,7 @@ impl XskSender {
             chunk,
             multi_buffer,
             interface: interface.to_owned(),
+            queue,
         })
     }
 
@@ -630,7 +646,7 @@ impl XskSender {
                 }
                 return Err(XskError::Io {
                     interface: self.interface.clone(),
-                    queue: 0,
+                    queue: self.queue,
                     op: "waking the kernel to send",
                     source,
                 });

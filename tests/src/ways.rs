@@ -75,7 +75,34 @@ pub fn read_markers(consumers: &mut [Consumer], expected: usize, quiet: Duration
 /// Runs `fastedge gen DEV ARGS…` in namespace `ns` to completion (panics if it fails);
 /// returns its log.
 pub fn gen(ns: &str, dev: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
+    run_gen(None, ns, dev, args)
+}
+
+/// One [`gen`] per (CPU, first sequence number) in `runs`, all at once, each pinned to its CPU
+/// (`taskset`; on a veth, a sender's CPU picks the receive queue) and given `args` and
+/// `--first-seq`; waits for all.
+pub fn gen_per_cpu(ns: &str, dev: &str, runs: &[(&str, &str)], args: &[&str]) {
+    std::thread::scope(|scope| {
+        for &(cpu, first) in runs {
+            scope.spawn(move || {
+                let mut all = args.to_vec();
+                all.extend(["--first-seq", first]);
+                run_gen(Some(cpu), ns, dev, &all)
+            });
+        }
+    });
+}
+
+fn run_gen(cpu: Option<&str>, ns: &str, dev: &str, args: &[&str]) -> String {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = std::process::Command::new("taskset");
+            taskset.args(["-c", cpu, "ip"]);
+            taskset
+        }
+        None => std::process::Command::new("ip"),
+    };
+    let out = command
         .args(["netns", "exec", ns])
         .arg(crate::process::fastedge_bin())
         .args(["gen", dev])

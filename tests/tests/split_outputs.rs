@@ -21,7 +21,7 @@ use fastedge_tests::{
     netns::{ip, VethPair},
     process::Fastedge,
     require_tool,
-    ways::gen,
+    ways::{gen, gen_per_cpu},
     TempDir,
 };
 use fastedge_wire::packet::{flow_hash, parse, way_of, HashKey, HashMode, Parsed};
@@ -92,14 +92,15 @@ fn tcpdump(ns: &str, dev: &str) -> Capture {
 /// Splits 3000 generated frames to 3 veth outputs and captures each; returns each flow's
 /// output. `fast`: the in-kernel path (the default); else `--no-fast-path`.
 fn split_to_veths(fast: bool) -> HashMap<u32, usize> {
-    split_to("veth", fast, false)
+    split_to("veth", fast, false, 1)
 }
 
 /// The same with `--to TO` (`veth` or `tap`); `jumbo`: 9,018-byte frames on a pair with a
-/// 9,000-byte MTU (else 64-byte frames).
-fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
+/// 9,000-byte MTU (else 64-byte frames); `queues`: receive queues of the input (2: two engine
+/// threads, fed by two generators on CPUs 0 and 1).
+fn split_to(to: &str, fast: bool, jumbo: bool, queues: u32) -> HashMap<u32, usize> {
     require_tool("tcpdump", "tcpdump");
-    let pair = VethPair::new();
+    let pair = VethPair::with_queues(queues);
     if jumbo {
         ip(&["-n", &pair.ns_a, "link", "set", &pair.dev_a, "mtu", "9000"]);
         ip(&["-n", &pair.ns_b, "link", "set", &pair.dev_b, "mtu", "9000"]);
@@ -119,6 +120,7 @@ fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
             (_, false, true) => "uj",
         }
     );
+
     let mut args = vec![
         "split",
         &pair.dev_a,
@@ -134,6 +136,9 @@ fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
         "--hash-key",
         HASH_KEY,
     ];
+    if queues > 1 {
+        args.extend(["--cores", "0-1"]);
+    }
     if !fast {
         args.push("--no-fast-path");
     }
@@ -153,11 +158,26 @@ fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
             tcpdump(&pair.ns_a, &device)
         })
         .collect();
-    let mut gen_args = vec!["--flows", "300", "--count", "3000", "--rate", "3000"];
-    if jumbo {
-        gen_args.extend(["--size", "9018"]);
+    let size = if jumbo { "9018" } else { "64" };
+    if queues == 1 {
+        gen(
+            &pair.ns_b,
+            &pair.dev_b,
+            &[
+                "--flows", "300", "--count", "3000", "--rate", "3000", "--size", size,
+            ],
+        );
+    } else {
+        // Two generators on two CPUs: veth gives each CPU's frames to its own queue.
+        gen_per_cpu(
+            &pair.ns_b,
+            &pair.dev_b,
+            &[("0", "0"), ("1", "1500")],
+            &[
+                "--flows", "300", "--count", "1500", "--rate", "3000", "--size", size,
+            ],
+        );
     }
-    gen(&pair.ns_b, &pair.dev_b, &gen_args);
     std::thread::sleep(Duration::from_millis(500));
     for c in &captures {
         nix::sys::signal::kill(
@@ -224,6 +244,8 @@ fn split_to(to: &str, fast: bool, jumbo: bool) -> HashMap<u32, usize> {
 
     split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
+    assert!(log.contains(&format!("threads={queues}")), "{log}");
+    // Every engine thread sends on a queue of its own (else "AF_XDP+AF_PACKET").
     let transmit = if to == "tap" { "TAP" } else { "AF_XDP" };
     assert!(
         log.contains(&format!("output {prefix}0 ({transmit}): sent")),
@@ -264,14 +286,22 @@ fn each_veth_output_carries_its_ways_flows_and_nothing_else() {
 /// output's AF_XDP sender sends it out as a chain again; tcpdump sees every frame whole.
 #[test]
 fn jumbo_frames_leave_userspace_veth_outputs_whole() {
-    split_to("veth", false, true);
+    split_to("veth", false, true, 1);
+}
+
+/// Two receive queues, two engine threads: split makes its veth outputs with two queues, and
+/// each thread sends through an AF_XDP socket on one of them (before, the second thread found
+/// queue 0 taken and fell back to AF_PACKET).
+#[test]
+fn each_engine_thread_sends_to_veth_outputs_through_af_xdp() {
+    split_to("veth", false, false, 2);
 }
 
 /// The same through the in-kernel path: XDP redirects the multi-buffer frames to the veth
 /// outputs (DEVMAP) without userspace, whole.
 #[test]
 fn jumbo_frames_leave_in_kernel_veth_outputs_whole() {
-    split_to("veth", true, true);
+    split_to("veth", true, true, 1);
 }
 
 #[test]
@@ -342,7 +372,7 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
 
 #[test]
 fn tap_outputs_carry_their_ways_flows_like_veths() {
-    let tap = split_to("tap", true, false);
+    let tap = split_to("tap", true, false, 1);
     assert_eq!(tap.len(), 300);
     assert_eq!(
         tap,

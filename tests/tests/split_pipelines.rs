@@ -21,7 +21,7 @@ use fastedge_tests::{
     netns::{ip, VethPair},
     process::{fastedge_bin, Fastedge},
     require_tool,
-    ways::{attach, gen, read_markers, Arrivals, WayFiles},
+    ways::{attach, gen, gen_per_cpu, read_markers, Arrivals, WayFiles},
     TempDir,
 };
 use fastedge_wire::synth::{TrafficSpec, Transport, MAX_FRAME};
@@ -267,27 +267,12 @@ fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
         }
         (arrivals, lanes)
     });
-    std::thread::scope(|s| {
-        for (cpu, first) in [("0", "0"), ("1", "100000")] {
-            let (ns, dev) = (&pair.ns_b, &pair.dev_b);
-            s.spawn(move || {
-                let out = Command::new("taskset")
-                    .args(["-c", cpu, "ip", "netns", "exec", ns])
-                    .arg(fastedge_bin())
-                    .args([
-                        "gen", dev, "--flows", "500", "--count", "8000", "--rate", "20000",
-                    ])
-                    .args(["--first-seq", first])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            });
-        }
-    });
+    gen_per_cpu(
+        &pair.ns_b,
+        &pair.dev_b,
+        &[("0", "0"), ("1", "100000")],
+        &["--flows", "500", "--count", "8000", "--rate", "20000"],
+    );
     let (arrivals, lanes) = reader.join().unwrap();
     split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
