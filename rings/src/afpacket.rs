@@ -54,6 +54,10 @@ pub struct PacketStatistics {
     pub freezes: u64,
 }
 
+/// `PACKET_FANOUT_FLAG_UNIQUEID` (linux/if_packet.h) in [`Fanout::mode`]: the kernel picks an
+/// unused group id (the group given must be 0).
+const FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+
 /// A PACKET_FANOUT group: sockets in one group share an interface's traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct Fanout {
@@ -191,6 +195,37 @@ impl PacketReceiver {
             .map_err(setup(interface, "PACKET_FANOUT"))?;
         }
         Ok(receiver)
+    }
+
+    /// Opens `count` receive rings on `interface` in a new PACKET_FANOUT group of `mode`
+    /// (`libc::PACKET_FANOUT_QM`: by receive queue, …), whose id the kernel picks
+    /// (`PACKET_FANOUT_FLAG_UNIQUEID`), so no other process's group on the interface is joined
+    /// by mistake.
+    pub fn open_group(
+        interface: &str,
+        config: RingConfig,
+        mode: u32,
+        count: u32,
+    ) -> Result<Vec<Self>, PacketError> {
+        let first = Self::open(
+            interface,
+            config,
+            Some(Fanout {
+                group: 0,
+                mode: mode | FANOUT_FLAG_UNIQUEID,
+            }),
+        )?;
+        let joined: u32 = sys::get_option(first.fd.as_fd(), libc::SOL_PACKET, libc::PACKET_FANOUT)
+            .map_err(setup(interface, "reading the PACKET_FANOUT group id"))?;
+        let fanout = Fanout {
+            group: (joined & 0xffff) as u16,
+            mode,
+        };
+        let mut receivers = vec![first];
+        for _ in 1..count {
+            receivers.push(Self::open(interface, config, Some(fanout))?);
+        }
+        Ok(receivers)
     }
 
     /// The socket, to wait on it with `poll`/`epoll` for a ready block.

@@ -381,14 +381,30 @@ fn open_xdp(
 /// An input opened, before it is handed to engine threads.
 enum Opened {
     Xdp(XdpInput, InputStats),
+    /// AF_PACKET rings in one fanout group by receive queue: one per queue.
+    PacketQueues(Vec<PacketReceiver>, InputStats),
     Other(Box<Input>),
 }
 
+impl Opened {
+    /// The receive queues it can give an engine thread each (1: it takes one thread).
+    fn queues(&self) -> usize {
+        match self {
+            Opened::Xdp(xdp, _) => xdp.sockets.len(),
+            Opened::PacketQueues(receivers, _) => receivers.len(),
+            Opened::Other(_) => 1,
+        }
+    }
+}
+
+/// Opens one input. `thread_per_queue`: the engine may give each receive queue a thread of
+/// its own (one input, no capture-file outputs), so AF_PACKET opens a ring per queue.
 fn open_input(
     config: &InputConfig,
     prefilter: Option<&Prefilter>,
     prefilter_wanted: bool,
     fast: Option<&FastPlan>,
+    thread_per_queue: bool,
 ) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
@@ -433,6 +449,25 @@ fn open_input(
         Opened::Xdp(input, stats(InputKind::Xdp(mode), queues))
     };
     let af_packet = || -> Result<Opened, SplitError> {
+        let queues = rx_queues(&interface);
+        if thread_per_queue && queues > 1 {
+            let receivers = PacketReceiver::open_group(
+                &interface,
+                RingConfig::default(),
+                libc::PACKET_FANOUT_QM,
+                queues,
+            )?;
+            tracing::info!(
+                %interface,
+                mode = %InputKind::AfPacket,
+                queues,
+                "input open: a ring per receive queue (PACKET_FANOUT_QM), an engine thread each"
+            );
+            return Ok(Opened::PacketQueues(
+                receivers,
+                stats(InputKind::AfPacket, queues),
+            ));
+        }
         let receiver = PacketReceiver::open(&interface, RingConfig::default(), None)?;
         tracing::info!(%interface, mode = %InputKind::AfPacket, "input open");
         Ok(Opened::Other(Box::new(Input {
@@ -687,6 +722,8 @@ pub fn run(
     } else {
         None
     };
+    // One input and no capture-file outputs: each receive queue may get a thread of its own.
+    let thread_per_queue = config.inputs.len() == 1 && !Pipeline::has_capture_files(config);
     let mut opened = config
         .inputs
         .iter()
@@ -696,12 +733,13 @@ pub fn run(
                 options.prefilter.as_deref(),
                 options.prefilter_wanted,
                 plan.as_ref(),
+                thread_per_queue,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut programs = Vec::new();
     let per_queue = match opened.as_slice() {
-        [Opened::Xdp(xdp, _)] if xdp.sockets.len() > 1 => {
+        [one] if one.queues() > 1 => {
             if Pipeline::has_capture_files(config) {
                 tracing::info!("capture-file outputs: one engine thread serves every queue");
                 false
@@ -713,17 +751,35 @@ pub fn run(
     };
     let mut workers = Vec::new();
     if per_queue {
-        let Some(Opened::Xdp(xdp, stats)) = opened.pop() else {
+        let Some(one) = opened.pop() else {
             unreachable!("matched above");
         };
-        let lanes = xdp.sockets.len() as u32;
+        let lanes = one.queues() as u32;
         let pipelines =
             Pipeline::build_lanes_with(config, lanes, options.reuse_ways, hash_key, &options.taps)?;
-        for (k, (socket, pipeline)) in xdp.sockets.into_iter().zip(pipelines).enumerate() {
-            let program = (k == 0).then(|| xdp.program.clone());
+        let (sources, stats): (Vec<Source>, InputStats) = match one {
+            Opened::Xdp(xdp, stats) => {
+                let sources = xdp
+                    .sockets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, socket)| {
+                        let program = (k == 0).then(|| xdp.program.clone());
+                        Source::Xdp(vec![socket], program)
+                    })
+                    .collect();
+                programs.push(xdp.program);
+                (sources, stats)
+            }
+            Opened::PacketQueues(receivers, stats) => {
+                (receivers.into_iter().map(Source::Packet).collect(), stats)
+            }
+            Opened::Other(_) => unreachable!("one queue only"),
+        };
+        for (source, pipeline) in sources.into_iter().zip(pipelines) {
             workers.push(Worker {
                 inputs: vec![Input {
-                    source: Source::Xdp(vec![socket], program),
+                    source,
                     stats: InputStats {
                         queues: 1,
                         ..stats.clone()
@@ -732,7 +788,6 @@ pub fn run(
                 pipeline,
             });
         }
-        programs.push(xdp.program);
     } else {
         let mut inputs = Vec::new();
         for input in opened {
@@ -743,6 +798,14 @@ pub fn run(
                         stats,
                     });
                     programs.push(xdp.program);
+                }
+                Opened::PacketQueues(receivers, stats) => {
+                    for receiver in receivers {
+                        inputs.push(Input {
+                            source: Source::Packet(receiver),
+                            stats: stats.clone(),
+                        });
+                    }
                 }
                 Opened::Other(input) => inputs.push(*input),
             }

@@ -228,6 +228,16 @@ fn gen_to_split_over_af_packet_4_and_30_ways() {
 
 #[test]
 fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
+    threads_per_queue("auto");
+}
+
+/// The same read with AF_PACKET: a ring per receive queue in a PACKET_FANOUT_QM group.
+#[test]
+fn one_af_packet_ring_and_thread_per_receive_queue_each_flow_on_one_way() {
+    threads_per_queue("af-packet");
+}
+
+fn threads_per_queue(mode: &str) {
     // Two receive queues; two generators on CPUs 0 and 1 send the same 500 flows, so frames of
     // one flow arrive on both queues, through both engine threads, and must meet on one way.
     let pair = VethPair::with_queues(2);
@@ -243,6 +253,8 @@ fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
             "256",
             "--cores",
             "0-1",
+            "--mode",
+            mode,
         ],
         LOG,
     );
@@ -294,6 +306,10 @@ fn one_engine_thread_per_receive_queue_each_flow_on_one_way() {
         }
     }
     assert!(log.contains("2 queue(s)"), "{log}");
+    if mode == "af-packet" {
+        assert!(log.contains("AF_PACKET TPACKET_V3, 2 queue(s)"), "{log}");
+        assert!(log.contains("PACKET_FANOUT_QM"), "{log}");
+    }
 }
 
 /// Reads every packet of a capture file.
