@@ -410,7 +410,8 @@ pub struct InterfaceStats {
     pub dropped: u64,
     /// Frames the in-kernel path sent to it (never seen by userspace).
     pub sent_in_kernel: u64,
-    /// How userspace sends to it: "AF_XDP", "AF_PACKET" or "TAP".
+    /// How userspace sends to it: "AF_XDP", "AF_PACKET" or "TAP"; in counters merged over
+    /// engine threads that send differently, each joined by "+" ("AF_XDP+AF_PACKET").
     pub transmit: String,
 }
 

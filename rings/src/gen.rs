@@ -115,6 +115,16 @@ pub enum GenError {
     /// The AF_XDP socket could not be set up or send.
     #[error(transparent)]
     Xsk(crate::xdp::XskError),
+    /// Frames longer than the AF_XDP sender takes (without multi-buffer mode, one UMEM frame).
+    #[error("AF_XDP on {interface} sends frames of at most {max} bytes here (multi-buffer mode refused); use --tx af-packet for {frame_len}-byte frames")]
+    TooLongForAfXdp {
+        /// The interface.
+        interface: String,
+        /// The longest frame the sender takes.
+        max: usize,
+        /// The frame length asked for.
+        frame_len: usize,
+    },
     /// Frames longer than the interface's MTU allows (the kernel would drop every one).
     #[error("{interface} has an MTU of {mtu} bytes: a frame of {frame_len} bytes (FCS excluded) needs {needed}; raise it with `ip link set {interface} mtu {needed}`", needed = .frame_len - 14)]
     AboveMtu {
@@ -135,6 +145,7 @@ impl GenError {
             GenError::Spec(_)
                 | GenError::ZeroRate
                 | GenError::AboveMtu { .. }
+                | GenError::TooLongForAfXdp { .. }
                 | GenError::Socket(PacketError::NoInterface(_))
         )
     }
@@ -164,12 +175,11 @@ pub fn run(
         Transmit::AfXdp => {
             let sender = XskSender::open(&config.interface, 2048).map_err(GenError::Xsk)?;
             if config.spec.frame_len > sender.max_frame() {
-                return Err(GenError::Xsk(crate::xdp::XskError::Config(format!(
-                    "AF_XDP on {} sends frames of at most {} bytes here (the kernel refused multi-buffer mode); use --tx af-packet for {}-byte frames",
-                    config.interface,
-                    sender.max_frame(),
-                    config.spec.frame_len
-                ))));
+                return Err(GenError::TooLongForAfXdp {
+                    interface: config.interface.clone(),
+                    max: sender.max_frame(),
+                    frame_len: config.spec.frame_len,
+                });
             }
             GenSender::Xsk(Box::new(sender))
         }

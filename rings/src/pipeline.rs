@@ -834,6 +834,15 @@ impl Pipeline {
         }
     }
 
+    /// Has the kernel send what AF_XDP interface outputs still hold on their TX rings (a busy
+    /// device can leave some after a flush). The engine calls it when no frame came, so the
+    /// tail of a burst does not wait for the next frame.
+    pub fn kick_outputs(&mut self) {
+        for iface in &mut self.ifaces {
+            iface.flush();
+        }
+    }
+
     /// Takes the rules aimed at single ways again if they changed (one atomic load when they
     /// did not). The engine calls it before each batch.
     #[inline]

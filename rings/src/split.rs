@@ -397,14 +397,14 @@ impl Opened {
     }
 }
 
-/// Opens one input. `thread_per_queue`: the engine may give each receive queue a thread of
-/// its own (one input, no capture-file outputs), so AF_PACKET opens a ring per queue.
+/// Opens one input. `threads`: how many engine threads its receive queues may get (`None`:
+/// one, as with several inputs or capture-file outputs); AF_PACKET opens a ring for each.
 fn open_input(
     config: &InputConfig,
     prefilter: Option<&Prefilter>,
     prefilter_wanted: bool,
     fast: Option<&FastPlan>,
-    thread_per_queue: bool,
+    threads: Option<u32>,
 ) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
@@ -450,22 +450,24 @@ fn open_input(
     };
     let af_packet = || -> Result<Opened, SplitError> {
         let queues = rx_queues(&interface);
-        if thread_per_queue && queues > 1 {
+        let rings = threads.map_or(1, |threads| queues.min(threads));
+        if rings > 1 {
             let receivers = PacketReceiver::open_group(
                 &interface,
                 RingConfig::default(),
                 libc::PACKET_FANOUT_QM,
-                queues,
+                rings,
             )?;
             tracing::info!(
                 %interface,
                 mode = %InputKind::AfPacket,
                 queues,
-                "input open: a ring per receive queue (PACKET_FANOUT_QM), an engine thread each"
+                rings,
+                "input open: rings in a PACKET_FANOUT_QM group (receive queue k to ring k mod {rings}), an engine thread each"
             );
             return Ok(Opened::PacketQueues(
                 receivers,
-                stats(InputKind::AfPacket, queues),
+                stats(InputKind::AfPacket, rings),
             ));
         }
         let receiver = PacketReceiver::open(&interface, RingConfig::default(), None)?;
@@ -697,10 +699,11 @@ struct Worker {
 /// Runs `config` until `stop` is set (or every input, all capture files, is read to the end);
 /// calls `tick` about once a second with the counters.
 ///
-/// With a single interface read through XDP on several receive queues (and no capture-file
-/// outputs), there is one engine thread per queue, each writing its own lane of every way;
-/// otherwise one engine thread serves every input. Threads are pinned to `options.cores` in
-/// turn.
+/// With a single interface on several receive queues (and no capture-file outputs), there is
+/// one engine thread per queue through XDP, and through AF_PACKET one per ring of a
+/// PACKET_FANOUT_QM group (as many as queues, at most one per CPU of `options.cores`, else of
+/// the machine), each writing its own lane of every way; otherwise one engine thread serves
+/// every input. Threads are pinned to `options.cores` in turn.
 pub fn run(
     config: &ValidPipeline,
     options: &EngineOptions,
@@ -722,8 +725,15 @@ pub fn run(
     } else {
         None
     };
-    // One input and no capture-file outputs: each receive queue may get a thread of its own.
-    let thread_per_queue = config.inputs.len() == 1 && !Pipeline::has_capture_files(config);
+    // One input and no capture-file outputs: its receive queues may get a thread each, as
+    // many as there are CPUs to run them (`--cores`, else the machine's).
+    let cpus = if options.cores.is_empty() {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    } else {
+        options.cores.len() as u32
+    };
+    let threads =
+        (config.inputs.len() == 1 && !Pipeline::has_capture_files(config)).then_some(cpus);
     let mut opened = config
         .inputs
         .iter()
@@ -733,7 +743,7 @@ pub fn run(
                 options.prefilter.as_deref(),
                 options.prefilter_wanted,
                 plan.as_ref(),
-                thread_per_queue,
+                threads,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -1073,6 +1083,7 @@ impl Worker {
             if got > 0 {
                 pipeline.flush_outputs();
             } else {
+                pipeline.kick_outputs();
                 let timeout = next_due.map_or(Duration::from_millis(100), |d| {
                     d.min(Duration::from_millis(100))
                 });

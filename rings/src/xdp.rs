@@ -104,10 +104,12 @@ pub enum XskError {
     Socket {
         /// The interface.
         interface: String,
-        /// The receive queue.
+        /// The queue.
         queue: u32,
-        /// xsk-rs's error.
+        /// xsk-rs's error, with the system's where there is one.
         reason: String,
+        /// The system error number, where there is one (`EBUSY`: the queue has a socket).
+        errno: Option<i32>,
     },
     /// A system call on a bound socket failed.
     #[error("AF_XDP socket on {interface} queue {queue}: {op}: {source}")]
@@ -121,6 +123,37 @@ pub enum XskError {
         /// The error of the call.
         source: std::io::Error,
     },
+}
+
+/// [`XskError::Socket`] for a socket xsk-rs could not create: its reason and the system's.
+fn socket_failure(
+    interface: &str,
+    queue: u32,
+    error: &xsk_rs::socket::SocketCreateError,
+) -> XskError {
+    let system =
+        std::error::Error::source(error).and_then(|source| source.downcast_ref::<std::io::Error>());
+    XskError::Socket {
+        interface: interface.to_owned(),
+        queue,
+        reason: match system {
+            Some(system) => format!("{error}: {system}"),
+            None => error.to_string(),
+        },
+        errno: system.and_then(std::io::Error::raw_os_error),
+    }
+}
+
+/// Whether binding failed for want of multi-buffer mode (an older kernel, or a zero-copy
+/// driver without it) rather than for another reason (a busy queue, say).
+fn multi_buffer_refused(error: &XskError) -> bool {
+    matches!(
+        error,
+        XskError::Socket {
+            errno: Some(libc::EINVAL | libc::EOPNOTSUPP),
+            ..
+        }
+    )
 }
 
 /// Kernel-side drop counters of an AF_XDP socket (`XDP_STATISTICS`).
@@ -187,18 +220,17 @@ impl XskReceiver {
     /// bound without it, and the kernel drops such frames (counted in `rx_dropped`).
     pub fn open(interface: &str, queue: u32, config: &XskConfig) -> Result<Self, XskError> {
         match Self::open_with(interface, queue, config, true) {
-            Ok(receiver) => Ok(receiver),
-            Err(XskError::Socket { reason, .. }) => {
+            Err(error) if multi_buffer_refused(&error) => {
                 let plain = Self::open_with(interface, queue, config, false)?;
                 tracing::info!(
                     %interface,
                     queue,
-                    %reason,
+                    %error,
                     "AF_XDP multi-buffer receive refused; frames longer than one UMEM frame will be dropped by the kernel"
                 );
                 Ok(plain)
             }
-            Err(other) => Err(other),
+            other => other,
         }
     }
 
@@ -247,12 +279,13 @@ impl XskReceiver {
             interface: interface.to_owned(),
             queue,
             reason,
+            errno: None,
         };
         // SAFETY: the UMEM is new and not shared with any other socket, so the sharing
         // precondition of `Socket::new` (inhibit program load on a bound pair) does not apply;
         // we set INHIBIT_PROG_LOAD anyway.
         let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, queue) }
-            .map_err(|e| socket_error(e.to_string()))?;
+            .map_err(|e| socket_failure(interface, queue, &e))?;
         let (mut fill, completion) =
             rings.ok_or_else(|| socket_error("kernel returned no fill/completion rings".into()))?;
         let ring = config.ring_size as usize;
@@ -451,18 +484,17 @@ impl XskSender {
     /// The same on transmit queue `queue` (a queue takes one AF_XDP socket).
     pub fn open_queue(interface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
         match Self::open_with(interface, queue, frames, true) {
-            Ok(sender) => Ok(sender),
-            Err(XskError::Socket { reason, .. }) => {
+            Err(error) if multi_buffer_refused(&error) => {
                 let plain = Self::open_with(interface, queue, frames, false)?;
                 tracing::info!(
                     %interface,
                     queue,
-                    %reason,
+                    %error,
                     "AF_XDP multi-buffer send refused (XDP_USE_SG needs Linux 6.6); frames above 1,792 bytes will not be sent"
                 );
                 Ok(plain)
             }
-            Err(other) => Err(other),
+            other => other,
         }
     }
 
@@ -504,10 +536,11 @@ impl XskSender {
             interface: interface.to_owned(),
             queue,
             reason,
+            errno: None,
         };
         // SAFETY: the UMEM is new and used by this socket only.
         let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &ifname, queue) }
-            .map_err(|e| socket_error(e.to_string()))?;
+            .map_err(|e| socket_failure(interface, queue, &e))?;
         let (fill, completion) =
             rings.ok_or_else(|| socket_error("kernel returned no fill/completion rings".into()))?;
         Ok(Self {

@@ -314,9 +314,28 @@ fn the_in_kernel_path_splits_exactly_as_userspace_does() {
 
 #[test]
 fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
+    dup_to_veths(false);
+}
+
+/// The same with 9,014-byte frames: a multi-buffer frame the kernel would have to clone for
+/// each output goes through userspace instead, and every output gets it whole.
+#[test]
+fn dup_to_veths_gives_every_output_every_jumbo_frame_whole() {
+    dup_to_veths(true);
+}
+
+fn dup_to_veths(jumbo: bool) {
     require_tool("tcpdump", "tcpdump");
     let pair = VethPair::new();
-    let prefix = format!("fd{}x", std::process::id() % 100_000);
+    if jumbo {
+        ip(&["-n", &pair.ns_a, "link", "set", &pair.dev_a, "mtu", "9000"]);
+        ip(&["-n", &pair.ns_b, "link", "set", &pair.dev_b, "mtu", "9000"]);
+    }
+    let prefix = format!(
+        "fd{}{}",
+        std::process::id() % 100_000,
+        if jumbo { "j" } else { "x" }
+    );
     let mut split = Fastedge::start_in(
         Some(&pair.ns_a),
         &[
@@ -336,10 +355,13 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
     let captures: Vec<Capture> = (0..2)
         .map(|k| tcpdump(&pair.ns_a, &format!("{prefix}{k}p")))
         .collect();
+    let size = if jumbo { "9018" } else { "64" };
     gen(
         &pair.ns_b,
         &pair.dev_b,
-        &["--flows", "50", "--count", "1000", "--rate", "2000"],
+        &[
+            "--flows", "50", "--count", "1000", "--rate", "2000", "--size", size,
+        ],
     );
     std::thread::sleep(Duration::from_millis(500));
     for mut capture in captures {
@@ -360,6 +382,11 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
                 .receive(1024, |frame, _| {
                     let (_, seq) = fastedge_wire::synth::marker(frame).expect("only our frames");
                     assert!(seqs.insert(seq), "frame {seq} twice");
+                    assert_eq!(frame.len(), if jumbo { 9014 } else { 60 }, "frame {seq}");
+                    assert!(
+                        fastedge_wire::synth::payload_intact(frame),
+                        "frame {seq} arrived changed"
+                    );
                 })
                 .unwrap();
         }
@@ -367,7 +394,11 @@ fn dup_to_veths_in_the_kernel_gives_every_output_every_frame() {
     }
     split.terminate_cleanly(Duration::from_secs(10));
     let log = split.log_text();
-    assert!(log.contains("in-kernel fast path: 1000 frames"), "{log}");
+    if jumbo {
+        assert!(log.contains("in-kernel fast path: 0 frames"), "{log}");
+    } else {
+        assert!(log.contains("in-kernel fast path: 1000 frames"), "{log}");
+    }
 }
 
 #[test]

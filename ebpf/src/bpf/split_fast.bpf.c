@@ -340,8 +340,14 @@ int split_fast(struct xdp_md *ctx)
 	if (!cfg || cfg->outputs == 0)
 		return to_user(ctx);
 	if (cfg->duplicate) {
-		long action = bpf_redirect_map(&outputs, 0, BPF_F_BROADCAST);
+		long action;
 		__u32 i;
+
+		// A multi-buffer (jumbo) frame: the kernel's broadcast clones only a frame's first
+		// buffer, so such frames are duplicated in userspace.
+		if (bpf_xdp_get_buff_len(ctx) > (__u64)(end - data))
+			return to_user(ctx);
+		action = bpf_redirect_map(&outputs, 0, BPF_F_BROADCAST);
 
 		if (action == XDP_REDIRECT) {
 			bump(FAST_IN_KERNEL);
