@@ -449,7 +449,7 @@ impl InterfaceSink {
         let sender = match crate::xdp::XskSender::open_queue(interface, queue, 1024) {
             Ok(xsk) => Sender::Xsk(Box::new(xsk)),
             Err(error) => {
-                let queues = crate::split::tx_queues(interface);
+                let queues = crate::sys::tx_queues(interface);
                 if queue >= queues {
                     tracing::info!(%interface, queue, queues, "AF_XDP transmit needs a queue per engine thread and {interface} has {queues}; this thread sends with AF_PACKET");
                 } else {

@@ -9,7 +9,6 @@
 
 use std::{
     os::fd::{AsRawFd, BorrowedFd},
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     sync::Arc,
     time::{Duration, Instant},
@@ -166,29 +165,6 @@ impl SplitError {
                 | SplitError::Pipeline(crate::pipeline::PipelineError::Interface(_))
         )
     }
-}
-
-/// Receive queues of `interface`, from sysfs (one engine thread each, for an XDP input).
-pub(crate) fn rx_queues(interface: &str) -> u32 {
-    queues(interface, "rx-")
-}
-
-/// Transmit queues of `interface`, from sysfs (an AF_XDP sender owns one).
-pub(crate) fn tx_queues(interface: &str) -> u32 {
-    queues(interface, "tx-")
-}
-
-fn queues(interface: &str, kind: &str) -> u32 {
-    let dir = PathBuf::from(format!("/sys/class/net/{interface}/queues"));
-    let count = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(kind))
-                .count()
-        })
-        .unwrap_or(1);
-    count.max(1) as u32
 }
 
 enum Source {
@@ -362,7 +338,7 @@ fn open_xdp(
             }
         }
     };
-    let queues = rx_queues(interface);
+    let queues = crate::sys::rx_queues(interface);
     let socket_config = XskConfig::new(2048, 2048, 1024, bind)?;
     let mut sockets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
@@ -449,7 +425,7 @@ fn open_input(
         Opened::Xdp(input, stats(InputKind::Xdp(mode), queues))
     };
     let af_packet = || -> Result<Opened, SplitError> {
-        let queues = rx_queues(&interface);
+        let queues = crate::sys::rx_queues(&interface);
         let rings = threads.map_or(1, |threads| queues.min(threads));
         if rings > 1 {
             let receivers = PacketReceiver::open_group(

@@ -253,7 +253,7 @@ fn input_interfaces(config: &PipelineConfig) -> impl Iterator<Item = &str> {
 /// veth outputs get as many queues, so that each thread sends on one of its own.
 fn inputs_queues(config: &PipelineConfig) -> u32 {
     input_interfaces(config)
-        .map(crate::split::rx_queues)
+        .map(crate::sys::rx_queues)
         .max()
         .unwrap_or(1)
 }

@@ -256,6 +256,30 @@ pub(crate) fn mtu(name: &str) -> Option<usize> {
     usize::try_from(mtu).ok()
 }
 
+/// Receive queues of `interface`, from sysfs (one engine thread each, for an XDP input). Not a
+/// system call, but like [`mtu`] the kernel's word on an interface.
+pub(crate) fn rx_queues(interface: &str) -> u32 {
+    queues(interface, "rx-")
+}
+
+/// Transmit queues of `interface`, from sysfs (an AF_XDP sender owns one).
+pub(crate) fn tx_queues(interface: &str) -> u32 {
+    queues(interface, "tx-")
+}
+
+fn queues(interface: &str, kind: &str) -> u32 {
+    let dir = std::path::PathBuf::from(format!("/sys/class/net/{interface}/queues"));
+    let count = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(kind))
+                .count()
+        })
+        .unwrap_or(1);
+    count.max(1) as u32
+}
+
 /// Wakes every thread waiting on `word` (FUTEX_WAKE on a shared mapping: other processes).
 pub(crate) fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only looks the word's page up (a valid mapping that `word` borrows)

@@ -166,6 +166,7 @@ mod selfsigned;
 pub mod service;
 pub mod session_store;
 mod store_link;
+mod store_state;
 pub mod terminator;
 pub mod tickets;
 

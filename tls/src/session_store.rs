@@ -26,7 +26,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock, PoisonError,
     },
     task::{Context, Poll},
@@ -43,6 +43,9 @@ use fastedge_runtime::metrics::{label, write_family};
 use fastedge_wire::sealed_session::{self as layout, KEY_ID_LEN, NONCE_LEN, TAG_LEN};
 
 use crate::{oneshot::OneShot, TlsError};
+
+pub use crate::store_state::Answer;
+use crate::store_state::Health;
 
 /// Lookups waiting for the client thread at most (all cores of a process together); more are
 /// answered "refused" at once.
@@ -240,21 +243,6 @@ fn hex(bytes: &[u8]) -> String {
 /// The Redis key of a session ID.
 pub fn redis_key(session_id: &[u8]) -> String {
     format!("{KEY_PREFIX}{}", hex(session_id))
-}
-
-/// What a lookup came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// The store held this (sealed) value.
-    Found(Vec<u8>),
-    /// The store holds nothing under that ID.
-    Missing,
-    /// No answer within the timeout.
-    TimedOut,
-    /// The store could not be asked (down, or an error answer).
-    Failed,
-    /// Too many lookups were waiting: not asked.
-    Refused,
 }
 
 /// A store's counters since the process started.
@@ -530,58 +518,6 @@ struct Worker {
     url: String,
     stats: Arc<StoreStats>,
     health: Arc<Health>,
-}
-
-/// Whether the store answers, shared by the client thread and the cores' own links: an outage
-/// is logged once, and so is the recovery; error answers at most once a minute.
-#[derive(Debug)]
-pub(crate) struct Health {
-    url: String,
-    /// Which connections: the store thread's, or the cores' own.
-    via: &'static str,
-    up: AtomicBool,
-    /// When an error answer was last logged.
-    last_error_logged: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    fn new(url: &str, via: &'static str) -> Self {
-        Self {
-            url: url.to_owned(),
-            via,
-            up: AtomicBool::new(true),
-            last_error_logged: Mutex::new(None),
-        }
-    }
-
-    /// An exchange with the store worked.
-    pub(crate) fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!(store = %self.url, via = self.via, "session store reachable again: sessions are shared across boxes");
-        }
-    }
-
-    /// The store cannot be reached (connection trouble, not an error answer).
-    pub(crate) fn mark_down(&self, why: &str) {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(store = %self.url, via = self.via, error = why, "session store unreachable: clients resuming by session ID from other boxes get full handshakes until it is back");
-        }
-    }
-
-    /// The store answered a command with an error (a full Redis refusing writes, a key of
-    /// another type): logged at most once a minute, so a store that answers reads but refuses
-    /// writes does not flood the log.
-    pub(crate) fn error_answer(&self, error: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        let mut last = self
-            .last_error_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
-            *last = Some(now);
-            tracing::warn!(store = %self.url, via = self.via, %error, "session store answered with an error (logged at most once a minute)");
-        }
-    }
 }
 
 impl Worker {

@@ -35,7 +35,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::{
     oneshot::OneShot,
-    session_store::{Answer, Health},
+    store_state::{Answer, Health},
 };
 
 /// Lookups waiting on one core's link at most; more are answered `Refused` at once.
