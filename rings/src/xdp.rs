@@ -144,16 +144,26 @@ fn socket_failure(
     }
 }
 
-/// Whether binding failed for want of multi-buffer mode (an older kernel, or a zero-copy
-/// driver without it) rather than for another reason (a busy queue, say).
-fn multi_buffer_refused(error: &XskError) -> bool {
-    matches!(
-        error,
-        XskError::Socket {
-            errno: Some(libc::EINVAL | libc::EOPNOTSUPP),
-            ..
+/// Opens a socket with `open(true)` (multi-buffer mode); where binding failed for want of that
+/// mode (an older kernel, or a zero-copy driver without it) rather than for another reason (a
+/// busy queue, say), opens it with `open(false)` and logs `refused` with the first error.
+fn multi_buffer_else_plain<T>(
+    open: impl Fn(bool) -> Result<T, XskError>,
+    refused: &str,
+) -> Result<T, XskError> {
+    match open(true) {
+        Err(
+            error @ XskError::Socket {
+                errno: Some(libc::EINVAL | libc::EOPNOTSUPP),
+                ..
+            },
+        ) => {
+            let plain = open(false)?;
+            tracing::info!(%error, "{refused}");
+            Ok(plain)
         }
-    )
+        other => other,
+    }
 }
 
 /// Kernel-side drop counters of an AF_XDP socket (`XDP_STATISTICS`).
@@ -219,19 +229,10 @@ impl XskReceiver {
     /// it too) and hands them to the caller whole. Where that mode is refused the socket is
     /// bound without it, and the kernel drops such frames (counted in `rx_dropped`).
     pub fn open(interface: &str, queue: u32, config: &XskConfig) -> Result<Self, XskError> {
-        match Self::open_with(interface, queue, config, true) {
-            Err(error) if multi_buffer_refused(&error) => {
-                let plain = Self::open_with(interface, queue, config, false)?;
-                tracing::info!(
-                    %interface,
-                    queue,
-                    %error,
-                    "AF_XDP multi-buffer receive refused; frames longer than one UMEM frame will be dropped by the kernel"
-                );
-                Ok(plain)
-            }
-            other => other,
-        }
+        multi_buffer_else_plain(
+            |multi_buffer| Self::open_with(interface, queue, config, multi_buffer),
+            "AF_XDP multi-buffer receive refused; frames longer than one UMEM frame will be dropped by the kernel",
+        )
     }
 
     fn open_with(
@@ -483,19 +484,10 @@ impl XskSender {
 
     /// The same on transmit queue `queue` (a queue takes one AF_XDP socket).
     pub fn open_queue(interface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
-        match Self::open_with(interface, queue, frames, true) {
-            Err(error) if multi_buffer_refused(&error) => {
-                let plain = Self::open_with(interface, queue, frames, false)?;
-                tracing::info!(
-                    %interface,
-                    queue,
-                    %error,
-                    "AF_XDP multi-buffer send refused (XDP_USE_SG needs Linux 6.6); frames above 1,792 bytes will not be sent"
-                );
-                Ok(plain)
-            }
-            other => other,
-        }
+        multi_buffer_else_plain(
+            |multi_buffer| Self::open_with(interface, queue, frames, multi_buffer),
+            "AF_XDP multi-buffer send refused (XDP_USE_SG needs Linux 6.6); frames above 1,792 bytes will not be sent",
+        )
     }
 
     fn open_with(
