@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastedge_wire::synth::{TrafficSpec, MAX_FRAME};
+use fastedge_wire::synth::TrafficSpec;
 
 use crate::{
     afpacket::{PacketError, PacketSender},
@@ -185,8 +185,7 @@ pub fn run(
         }
     };
     let batch = config.batch.clamp(1, 1024);
-    let frame_room = config.spec.frame_len.min(MAX_FRAME);
-    let mut buffers = vec![vec![0u8; frame_room]; batch];
+    let mut buffers = vec![vec![0u8; config.spec.frame_len]; batch];
     let mut lengths = vec![0usize; batch];
     let mut stats = GenStats::default();
     let start = Instant::now();

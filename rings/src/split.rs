@@ -726,12 +726,10 @@ pub fn run(
     let mut programs = Vec::new();
     let per_queue = match opened.as_slice() {
         [one] if one.queues() > 1 => {
-            if Pipeline::has_capture_files(config) {
+            if threads.is_none() {
                 tracing::info!("capture-file outputs: one engine thread serves every queue");
-                false
-            } else {
-                true
             }
+            threads.is_some()
         }
         _ => false,
     };
@@ -785,13 +783,8 @@ pub fn run(
                     });
                     programs.push(xdp.program);
                 }
-                Opened::PacketQueues(receivers, stats) => {
-                    for receiver in receivers {
-                        inputs.push(Input {
-                            source: Source::Packet(receiver),
-                            stats: stats.clone(),
-                        });
-                    }
+                Opened::PacketQueues(..) => {
+                    unreachable!("rings per queue are opened only when each gets a thread")
                 }
                 Opened::Other(input) => inputs.push(*input),
             }
