@@ -585,7 +585,7 @@ impl Worker {
                         match result {
                             Ok(Ok(())) => {
                                 worker.stats.written.fetch_add(1, Ordering::Relaxed);
-                                worker.mark_up();
+                                worker.health.mark_up();
                             }
                             Ok(Err(e)) => {
                                 worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
@@ -593,7 +593,7 @@ impl Worker {
                             }
                             Err(_) => {
                                 worker.stats.write_failed.fetch_add(1, Ordering::Relaxed);
-                                worker.mark_down("a write took over 1 s");
+                                worker.health.mark_down("a write took over 1 s");
                             }
                         }
                     });
@@ -628,11 +628,11 @@ impl Worker {
                 let answer = match tokio::time::timeout(left, get).await {
                     // Redis answers an empty string for a key it does not hold.
                     Ok(Ok(value)) if value.is_empty() => {
-                        worker.mark_up();
+                        worker.health.mark_up();
                         Answer::Missing
                     }
                     Ok(Ok(value)) => {
-                        worker.mark_up();
+                        worker.health.mark_up();
                         Answer::Found(value)
                     }
                     Ok(Err(e)) => {
@@ -659,14 +659,6 @@ impl Worker {
         } else {
             self.health.error_answer(error);
         }
-    }
-
-    fn mark_up(&self) {
-        self.health.mark_up();
-    }
-
-    fn mark_down(&self, why: &str) {
-        self.health.mark_down(why);
     }
 }
 

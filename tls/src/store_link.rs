@@ -40,6 +40,8 @@ use crate::{
 
 /// Lookups waiting on one core's link at most; more are answered `Refused` at once.
 const WAITING_MAX: usize = 4096;
+/// [`layout::MAX_SEALED`] as the text a GETRANGE takes (written once, not per lookup).
+const MAX_SEALED_TEXT: &str = "16384";
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A store that has not answered the oldest command for this long is treated as gone.
@@ -153,17 +155,16 @@ pub(crate) fn lookup(
         return false;
     }
     let link = LINKS.with(|links| {
-        links
-            .borrow_mut()
-            .entry(url.to_owned())
-            .or_insert_with(|| {
-                Rc::new(Link {
-                    target: target.clone(),
-                    health: health.clone(),
-                    state: RefCell::new(State::default()),
-                })
-            })
-            .clone()
+        let found = links.borrow().get(url).cloned();
+        found.unwrap_or_else(|| {
+            let link = Rc::new(Link {
+                target: target.clone(),
+                health: health.clone(),
+                state: RefCell::new(State::default()),
+            });
+            links.borrow_mut().insert(url.to_owned(), link.clone());
+            link
+        })
     });
     link.ask(key, deadline, reply.clone());
     true
@@ -184,9 +185,13 @@ impl Link {
         }
         // At most one byte past the longest sealed session is read: a huge value put in the
         // store costs nothing (it does not parse, and is counted unopened).
-        let last = layout::MAX_SEALED.to_string();
         resp::command(
-            &[b"GETRANGE", key.as_bytes(), b"0", last.as_bytes()],
+            &[
+                b"GETRANGE",
+                key.as_bytes(),
+                b"0",
+                MAX_SEALED_TEXT.as_bytes(),
+            ],
             &mut state.out,
         );
         state.waiting.push_back(Waiting {
@@ -498,4 +503,15 @@ enum Event {
     Read(std::io::Result<usize>),
     Failed(String),
     Tick,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_getrange_bound_is_the_longest_sealed_session() {
+        assert_eq!(
+            super::MAX_SEALED_TEXT,
+            fastedge_wire::sealed_session::MAX_SEALED.to_string()
+        );
+    }
 }

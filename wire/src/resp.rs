@@ -73,13 +73,11 @@ impl std::error::Error for RespError {}
 
 /// Appends `args` as one command (an array of bulk strings) to `out`.
 pub fn command(args: &[&[u8]], out: &mut Vec<u8>) {
-    out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "*{}\r\n", args.len());
     for arg in args {
-        out.push(b'$');
-        out.extend_from_slice(arg.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "${}\r\n", arg.len());
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
