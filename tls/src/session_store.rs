@@ -236,8 +236,16 @@ impl SessionSeal {
     }
 }
 
+/// Lower-case hexadecimal, two digits a byte (no allocation per byte: session IDs are hexed
+/// on every lookup).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// The Redis key of a session ID.
@@ -774,6 +782,14 @@ pub fn render_metrics(out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_session_id_is_keyed_as_lower_case_hex() {
+        assert_eq!(
+            super::redis_key(&[0x00, 0x0a, 0xab, 0xff]),
+            format!("{}000aabff", super::KEY_PREFIX)
+        );
+    }
+
     use super::*;
 
     fn seal(secret: &[u8]) -> SessionSeal {

@@ -385,17 +385,15 @@ impl Link {
     }
 
     /// Answers `TimedOut` to lookups past their deadline (their replies, when they come, are
-    /// read and ignored); an error if the oldest command has waited over [`RESPONSE_TIMEOUT`].
-    /// Returns when to look again.
+    /// read and ignored) — also when the store is then found gone, since their deadline came
+    /// first; an error if the oldest command has waited over [`RESPONSE_TIMEOUT`]. Returns
+    /// when to look again.
     fn expire(&self) -> Result<Option<Instant>, String> {
         let now = Instant::now();
         let mut state = self.state.borrow_mut();
         let Some(oldest) = state.waiting.front().map(|w| w.asked) else {
             return Ok(None);
         };
-        if now.duration_since(oldest) >= RESPONSE_TIMEOUT {
-            return Err(format!("no answer for {} ms", RESPONSE_TIMEOUT.as_millis()));
-        }
         let mut next = oldest + RESPONSE_TIMEOUT;
         let mut expired = Vec::new();
         for waiting in &mut state.waiting {
@@ -411,6 +409,9 @@ impl Link {
         drop(state);
         for reply in expired {
             reply.complete(Answer::TimedOut);
+        }
+        if now.duration_since(oldest) >= RESPONSE_TIMEOUT {
+            return Err(format!("no answer for {} ms", RESPONSE_TIMEOUT.as_millis()));
         }
         Ok(Some(next))
     }
