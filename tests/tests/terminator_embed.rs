@@ -18,6 +18,17 @@ use fastedge_tests::{
 use fastedge_tls::{Terminator, TerminatorError};
 
 /// The first CPU this process may use, as a one-CPU list.
+/// Held by each test for its whole run: the tests bind listening ports (`127.0.0.1:0`), and
+/// one that checks nothing listens on its address after a stop would see another test's
+/// listener given the port just freed.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn one_cpu() -> CpuList {
     let cpu = CpuList::available().unwrap().cpus()[0];
     cpu.to_string().parse().unwrap()
@@ -52,6 +63,7 @@ fn config(state: &TempDir, backend: SocketAddr, x_forwarded: bool) -> String {
 
 #[test]
 fn a_terminator_from_toml_serves_reloads_and_stops_through_its_handle() {
+    let _serial = one_at_a_time();
     let state = TempDir::new("embed");
     let (first, first_seen) = echo_backend();
     let (second, second_seen) = echo_backend();
@@ -129,6 +141,7 @@ fn a_terminator_from_toml_serves_reloads_and_stops_through_its_handle() {
 
 #[test]
 fn without_backend_or_certificate_the_demo_backend_answers() {
+    let _serial = one_at_a_time();
     let state = TempDir::new("embed-demo");
     let toml = format!(
         "engine = \"{}\"\n[frontend]\nlisten = [\"127.0.0.1:0\"]\n",
@@ -153,6 +166,7 @@ fn without_backend_or_certificate_the_demo_backend_answers() {
 
 #[test]
 fn start_failures_are_named_and_classed() {
+    let _serial = one_at_a_time();
     let state = TempDir::new("embed-fail");
     let (backend, _) = echo_backend();
     // Without a state directory, the demo certificate has nowhere to go.
@@ -181,6 +195,7 @@ fn start_failures_are_named_and_classed() {
 
 #[test]
 fn a_terminator_takes_the_listening_sockets_of_another_over() {
+    let _serial = one_at_a_time();
     let state = TempDir::new("embed-upgrade");
     let (backend, _seen) = echo_backend();
     let socket = state.path().join("serve.upgrade");
