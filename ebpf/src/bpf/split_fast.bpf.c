@@ -234,14 +234,14 @@ static __always_inline void sip_word(struct sip *s, __u64 m)
 	s->v0 ^= m;
 }
 
-// fastedge_wire::packet::flow_hash: the endpoints in order, then SipHash-1-3 of five 64-bit
-// words (a 40-byte message) under the key.
+// fastedge_wire::packet::flow_hash: the endpoints in order, then SipHash-1-3 under the key
+// of two 64-bit words when both addresses are IPv4 (IPv4-mapped), of five otherwise.
 static __always_inline __u64 flow_hash(struct fast_key *key, struct fast_config *cfg)
 {
 	__u32 mode = cfg->hash_mode;
 	__u16 sport = 0, dport = 0;
 	__u8 protocol = key->protocol;
-	__u64 a0, a1, b0, b1, last, tail = (__u64)40 << 56;
+	__u64 a0, a1, b0, b1, last, tail;
 	struct sip s;
 	int a_low;
 
@@ -263,18 +263,33 @@ static __always_inline __u64 flow_hash(struct fast_key *key, struct fast_config 
 	s.v1 = cfg->k1 ^ 0x646f72616e646f6dULL;
 	s.v2 = cfg->k0 ^ 0x6c7967656e657261ULL;
 	s.v3 = cfg->k1 ^ 0x7465646279746573ULL;
-	if (a_low) {
-		sip_word(&s, a0);
-		sip_word(&s, a1);
-		sip_word(&s, b0);
-		sip_word(&s, b1);
-		last = ((__u64)protocol << 32) | ((__u64)sport << 16) | dport;
+	if (a0 == 0 && b0 == 0 && (a1 >> 32) == 0xffff && (b1 >> 32) == 0xffff) {
+		// IPv4: the addresses are the low 32 bits; a1 vs b1 orders like the addresses.
+		__u64 a4 = a1 & 0xffffffffULL, b4 = b1 & 0xffffffffULL;
+
+		if (a_low) {
+			sip_word(&s, (a4 << 32) | b4);
+			last = ((__u64)protocol << 32) | ((__u64)sport << 16) | dport;
+		} else {
+			sip_word(&s, (b4 << 32) | a4);
+			last = ((__u64)protocol << 32) | ((__u64)dport << 16) | sport;
+		}
+		tail = (__u64)16 << 56;
 	} else {
-		sip_word(&s, b0);
-		sip_word(&s, b1);
-		sip_word(&s, a0);
-		sip_word(&s, a1);
-		last = ((__u64)protocol << 32) | ((__u64)dport << 16) | sport;
+		if (a_low) {
+			sip_word(&s, a0);
+			sip_word(&s, a1);
+			sip_word(&s, b0);
+			sip_word(&s, b1);
+			last = ((__u64)protocol << 32) | ((__u64)sport << 16) | dport;
+		} else {
+			sip_word(&s, b0);
+			sip_word(&s, b1);
+			sip_word(&s, a0);
+			sip_word(&s, a1);
+			last = ((__u64)protocol << 32) | ((__u64)dport << 16) | sport;
+		}
+		tail = (__u64)40 << 56;
 	}
 	sip_word(&s, last);
 	sip_word(&s, tail);
