@@ -8,6 +8,7 @@
 
 use std::{
     cell::RefCell,
+    collections::VecDeque,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     rc::Rc,
@@ -212,6 +213,10 @@ pub(crate) struct Reactor {
     wake_fd: RawFd,
     /// The engine is stopping: the wake-up read is not armed again.
     stopping: bool,
+    /// Entries the full submission queue could not take (the kernel would not take the
+    /// queue's entries just then), in order: they go before any newer entry, at the next
+    /// turn. Nothing pushed is ever dropped, and a push never waits.
+    backlog: VecDeque<squeue::Entry>,
 }
 
 impl Reactor {
@@ -249,6 +254,7 @@ impl Reactor {
             task_run,
             wake_fd,
             stopping: false,
+            backlog: VecDeque::new(),
         };
         reactor.bufs.publish();
         reactor.arm_wake(Box::new(0));
@@ -292,21 +298,37 @@ impl Reactor {
         op
     }
 
-    /// Queues `entry` for this turn's submission, making room by submitting if the queue is
-    /// full.
+    /// Queues `entry` for this turn's submission. When the queue is full, what it holds is
+    /// handed to the kernel now (no waiting) to make room; if that fails, or the kernel takes
+    /// none, the entry waits in the backlog for the next turn.
     pub(crate) fn push(&mut self, entry: squeue::Entry) {
-        loop {
+        if self.backlog.is_empty() {
             // SAFETY: every entry pushed refers to memory owned by its slot (see the module
             // comment) or to nothing, so it stays valid until the completion.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            // Full: hand what we have to the kernel now (no waiting).
             let pending = self.ring.submission().len() as u32;
-            if let Err(error) = self.handle.enter(pending, Some(Duration::ZERO)) {
-                tracing::error!(%error, "io_uring submission failed");
-                return;
+            match self.handle.enter(pending, Some(Duration::ZERO)) {
+                // SAFETY: as above.
+                Ok(()) if unsafe { self.ring.submission().push(&entry) }.is_ok() => return,
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "io_uring submission failed; retrying next turn")
+                }
             }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Moves backlog entries into the submission queue, oldest first, while it has room.
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: as in `push`: the entry's memory belongs to its slot until completion.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                break;
+            }
+            self.backlog.pop_front();
         }
     }
 
@@ -422,10 +444,15 @@ impl Reactor {
             out.garbage_conns.extend(self.starved.drain(..handed));
         }
         self.bufs.publish();
+        self.drain_backlog();
         let pending = self.ring.submission().len() as u32;
         // With completions already waiting, or readers just given buffers back (their wakers
         // run after this enter), don't sleep: nothing else may ever complete to end the wait.
-        let wait = if self.ring.completion().is_empty() && out.wakers.is_empty() {
+        // Nor with entries still in the backlog: they go in the next turn.
+        let wait = if self.ring.completion().is_empty()
+            && out.wakers.is_empty()
+            && self.backlog.is_empty()
+        {
             wait
         } else {
             Some(Duration::ZERO)

@@ -25,6 +25,13 @@ struct RsrcUpdate {
     data: u64,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Fault injection for tests: this thread's next N `enter` calls fail with ENOMEM (as
+    /// the kernel's can when it cannot allocate) without reaching the kernel.
+    pub(crate) static FAIL_ENTERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// How `enter` names the ring: its descriptor, or its slot in the registered-ring table.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RingHandle {
@@ -68,6 +75,10 @@ impl RingHandle {
     /// Submits `to_submit` entries and runs pending completion work; waits for at least one
     /// completion up to `wait` (`None`: no limit) unless `wait` is zero.
     pub(crate) fn enter(&self, to_submit: u32, wait: Option<Duration>) -> io::Result<()> {
+        #[cfg(test)]
+        if FAIL_ENTERS.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
         let mut flags = IORING_ENTER_GETEVENTS;
         if self.registered {
             flags |= IORING_ENTER_REGISTERED_RING;

@@ -594,3 +594,45 @@ fn output_buffers_are_reused_once_their_send_completed() {
     assert_ne!(bigger.as_ptr(), address);
     assert!(bigger.capacity() >= 16 * 1024);
 }
+
+#[test]
+fn an_entry_pushed_on_a_full_queue_is_not_lost_when_the_kernel_refuses_it() {
+    // A 4-entry submission queue and 32 connects started in one turn: the queue fills, and
+    // the submission meant to make room fails (injected, as ENOMEM from the kernel). Every
+    // connect must still complete; the entry that found the queue full was dropped before.
+    const CONNS: usize = 32;
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = std_listener.local_addr().expect("addr");
+    let acceptor = std::thread::spawn(move || {
+        (0..CONNS)
+            .map(|_| std_listener.accept().expect("accept").0)
+            .collect::<Vec<_>>()
+    });
+    let settings = RingSettings {
+        sq_entries: 4,
+        cq_entries: 256,
+        buffers: 16,
+    };
+    let (connected, injected_left) = on_engine(settings, move || async move {
+        super::sys::FAIL_ENTERS.with(|n| n.set(1));
+        let tasks: Vec<_> = (0..CONNS)
+            .map(|_| spawn(async move { Stream::connect(addr).await.is_ok() }))
+            .collect();
+        let all = async {
+            let mut ok = 0;
+            for task in tasks {
+                ok += usize::from(task.await);
+            }
+            ok
+        };
+        let connected = time::timeout(Duration::from_secs(10), all).await;
+        (connected, super::sys::FAIL_ENTERS.with(|n| n.get()))
+    });
+    assert_eq!(injected_left, 0, "the injected failure never happened");
+    assert_eq!(
+        connected,
+        Ok(CONNS),
+        "connects lost (Err: some never completed)"
+    );
+    assert_eq!(acceptor.join().expect("acceptor").len(), CONNS);
+}
