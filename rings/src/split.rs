@@ -738,34 +738,53 @@ pub fn run(
         let Some(one) = opened.pop() else {
             unreachable!("matched above");
         };
-        let lanes = one.queues() as u32;
-        let pipelines =
-            Pipeline::build_lanes_with(config, lanes, options.reuse_ways, hash_key, &options.taps)?;
-        let (sources, stats): (Vec<Source>, InputStats) = match one {
+        // As many threads as queues, at most one per CPU: a thread with several AF_XDP
+        // queues serves their sockets in turn (AF_PACKET opened no more rings than that).
+        let cap = threads.map_or(1, |t| t.max(1) as usize);
+        let (sources, stats): (Vec<(Source, u32)>, InputStats) = match one {
             Opened::Xdp(xdp, stats) => {
-                let sources = xdp
-                    .sockets
+                let n = xdp.sockets.len().min(cap);
+                let mut groups: Vec<Vec<XskReceiver>> = (0..n).map(|_| Vec::new()).collect();
+                for (k, socket) in xdp.sockets.into_iter().enumerate() {
+                    groups[k % n].push(socket);
+                }
+                if n < groups.iter().map(Vec::len).sum::<usize>() {
+                    tracing::info!(
+                        queues = groups.iter().map(Vec::len).sum::<usize>(),
+                        threads = n,
+                        "more receive queues than CPUs to run them: threads serve several"
+                    );
+                }
+                let sources = groups
                     .into_iter()
                     .enumerate()
-                    .map(|(k, socket)| {
+                    .map(|(k, sockets)| {
                         let program = (k == 0).then(|| xdp.program.clone());
-                        Source::Xdp(vec![socket], program)
+                        let queues = sockets.len() as u32;
+                        (Source::Xdp(sockets, program), queues)
                     })
                     .collect();
                 programs.push(xdp.program);
                 (sources, stats)
             }
-            Opened::PacketQueues(receivers, stats) => {
-                (receivers.into_iter().map(Source::Packet).collect(), stats)
-            }
+            Opened::PacketQueues(receivers, stats) => (
+                receivers
+                    .into_iter()
+                    .map(|r| (Source::Packet(r), 1))
+                    .collect(),
+                stats,
+            ),
             Opened::Other(_) => unreachable!("one queue only"),
         };
-        for (source, pipeline) in sources.into_iter().zip(pipelines) {
+        let lanes = sources.len() as u32;
+        let pipelines =
+            Pipeline::build_lanes_with(config, lanes, options.reuse_ways, hash_key, &options.taps)?;
+        for ((source, queues), pipeline) in sources.into_iter().zip(pipelines) {
             workers.push(Worker {
                 inputs: vec![Input {
                     source,
                     stats: InputStats {
-                        queues: 1,
+                        queues,
                         ..stats.clone()
                     },
                 }],
