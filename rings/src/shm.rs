@@ -389,15 +389,17 @@ unsafe fn copy_packet(to: *mut u8, packet: &[u8]) {
     }
 }
 
-/// Asks the CPU to bring the cache line at `at` in for a coming write. Only a hint: any
-/// address is fine (it is never dereferenced, and a bad one is ignored by the CPU).
+/// Asks the CPU to bring the cache line at `at` into its caches before a coming write
+/// (`prefetcht0`: a write prefetch, `prefetchw`, is not in the x86-64 baseline this builds
+/// for). Only a hint: any address is fine (it is never dereferenced, and a bad one is ignored
+/// by the CPU).
 #[inline(always)]
 fn prefetch_for_write(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE, the instruction's only requirement, is part of every x86_64 CPU; a
     // prefetch reads and writes nothing.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(at.cast())
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;

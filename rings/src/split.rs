@@ -67,7 +67,8 @@ pub struct InputStats {
     /// How it is read; `None` before it is opened.
     #[serde(serialize_with = "kind_text")]
     pub kind: Option<InputKind>,
-    /// Receive queues read (one engine thread each for XDP).
+    /// Receive queues read through XDP (an AF_XDP socket each), or AF_PACKET rings (one ring
+    /// reads every queue when there is one engine thread).
     pub queues: u32,
     /// Frames received.
     pub received: u64,
@@ -676,10 +677,11 @@ struct Worker {
 /// calls `tick` about once a second with the counters.
 ///
 /// With a single interface on several receive queues (and no capture-file outputs), there is
-/// one engine thread per queue through XDP, and through AF_PACKET one per ring of a
-/// PACKET_FANOUT_QM group (as many as queues, at most one per CPU of `options.cores`, else of
-/// the machine), each writing its own lane of every way; otherwise one engine thread serves
-/// every input. Threads are pinned to `options.cores` in turn.
+/// one engine thread per queue, at most one per CPU of `options.cores` (else of the
+/// machine): through XDP a thread serves one or more queues' AF_XDP sockets, through AF_PACKET
+/// one ring of a PACKET_FANOUT_QM group; each thread writes its own lane of every way.
+/// Otherwise one engine thread serves every input. Threads are pinned to `options.cores` in
+/// turn.
 pub fn run(
     config: &ValidPipeline,
     options: &EngineOptions,
@@ -751,8 +753,8 @@ pub fn run(
                 if n < groups.iter().map(Vec::len).sum::<usize>() {
                     tracing::info!(
                         queues = groups.iter().map(Vec::len).sum::<usize>(),
-                        threads = n,
-                        "more receive queues than CPUs to run them: threads serve several"
+                        cpus = n,
+                        "more receive queues than CPUs to run them: an engine thread serves several"
                     );
                 }
                 let sources = groups

@@ -274,10 +274,14 @@ fn threads_per_queue(mode: &str, cores: &str) {
         LOG,
     );
     split.wait_for_logged("split running", Duration::from_secs(15));
+    let log = split.log_text();
+    let running = log
+        .lines()
+        .find(|line| line.contains("split running"))
+        .unwrap_or_default();
     assert!(
-        split.log_text().contains(&format!("threads={threads}")),
-        "one thread per queue, at most one per CPU: {}",
-        split.log_text()
+        running.contains(&format!(" threads={threads} ")),
+        "one thread per queue, at most one per CPU: {log}"
     );
     let mut consumers = attach(&pair.dev_a, 0..8);
     assert!(

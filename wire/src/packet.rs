@@ -493,11 +493,15 @@ impl std::str::FromStr for HashKey {
 /// (the XDP program computes the same function).
 ///
 /// The message is 64-bit words, each taken little-endian (SipHash's own word order, so the
-/// XDP program feeds them without byte swaps). When both addresses are IPv4 (IPv4-mapped),
-/// two words: `low address << 32 | high address` and `protocol << 32 | low port << 16 | high
-/// port`; otherwise five: the lower endpoint's address as two big-endian halves, the higher
+/// XDP program feeds them without byte swaps). The two endpoints (address, port) are ordered
+/// first, the lower one first (addresses compared as big-endian numbers, then ports); ports
+/// are 0 outside [`HashMode::FiveTuple`], and the protocol is 0 in [`HashMode::TwoTuple`]
+/// (which fragments and unwalked packets always use). When both addresses are IPv4 (or
+/// IPv4-mapped IPv6), two words: `lower address << 32 | higher address` (the 32-bit IPv4
+/// addresses) and `protocol << 32 | lower endpoint's port << 16 | higher endpoint's port`;
+/// otherwise five: the lower endpoint's address as two big-endian 64-bit halves, the higher
 /// one's, then the same protocol-and-ports word. (Two words for IPv4 is 6 SipHash rounds
-/// where five words are 9: a third of the cost of the hot path's hash.)
+/// where five words are 9.)
 #[inline]
 pub fn flow_hash(key: &FlowKey, mode: HashMode, hash_key: &HashKey) -> u64 {
     let mode = if key.fragment || key.unwalked {

@@ -27,9 +27,12 @@ struct RsrcUpdate {
 
 #[cfg(test)]
 thread_local! {
-    /// Fault injection for tests: this thread's next N `enter` calls fail with ENOMEM (as
-    /// the kernel's can when it cannot allocate) without reaching the kernel.
+    /// Fault injection for tests: this thread's next N `enter` calls fail (with EBADF)
+    /// without reaching the kernel.
     pub(crate) static FAIL_ENTERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Fault injection for tests: this thread's next N `enter` calls take nothing and report
+    /// no error, as when the kernel answers EAGAIN or EBUSY (which `enter` passes as `Ok`).
+    pub(crate) static REFUSE_ENTERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// How `enter` names the ring: its descriptor, or its slot in the registered-ring table.
@@ -77,7 +80,12 @@ impl RingHandle {
     pub(crate) fn enter(&self, to_submit: u32, wait: Option<Duration>) -> io::Result<()> {
         #[cfg(test)]
         if FAIL_ENTERS.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        #[cfg(test)]
+        if REFUSE_ENTERS.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+            // What EAGAIN or EBUSY come to below: no error, nothing submitted.
+            return Ok(());
         }
         let mut flags = IORING_ENTER_GETEVENTS;
         if self.registered {

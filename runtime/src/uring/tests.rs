@@ -596,10 +596,21 @@ fn output_buffers_are_reused_once_their_send_completed() {
 }
 
 #[test]
-fn an_entry_pushed_on_a_full_queue_is_not_lost_when_the_kernel_refuses_it() {
-    // A 4-entry submission queue and 32 connects started in one turn: the queue fills, and
-    // the submission meant to make room fails (injected, as ENOMEM from the kernel). Every
-    // connect must still complete; the entry that found the queue full was dropped before.
+fn an_entry_pushed_on_a_full_queue_is_not_lost_when_submitting_fails() {
+    entries_pushed_on_a_full_queue_all_complete(&super::sys::FAIL_ENTERS);
+}
+
+#[test]
+fn an_entry_pushed_on_a_full_queue_is_not_lost_when_the_kernel_takes_none() {
+    entries_pushed_on_a_full_queue_all_complete(&super::sys::REFUSE_ENTERS);
+}
+
+/// A 4-entry submission queue and 32 connects started in one turn: the queue fills, and the
+/// submission meant to make room goes wrong once (`fault`). Every connect must still
+/// complete; the entry that found the queue full was dropped before.
+fn entries_pushed_on_a_full_queue_all_complete(
+    fault: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
+) {
     const CONNS: usize = 32;
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = std_listener.local_addr().expect("addr");
@@ -614,7 +625,7 @@ fn an_entry_pushed_on_a_full_queue_is_not_lost_when_the_kernel_refuses_it() {
         buffers: 16,
     };
     let (connected, injected_left) = on_engine(settings, move || async move {
-        super::sys::FAIL_ENTERS.with(|n| n.set(1));
+        fault.with(|n| n.set(1));
         let tasks: Vec<_> = (0..CONNS)
             .map(|_| spawn(async move { Stream::connect(addr).await.is_ok() }))
             .collect();
@@ -626,9 +637,9 @@ fn an_entry_pushed_on_a_full_queue_is_not_lost_when_the_kernel_refuses_it() {
             ok
         };
         let connected = time::timeout(Duration::from_secs(10), all).await;
-        (connected, super::sys::FAIL_ENTERS.with(|n| n.get()))
+        (connected, fault.with(|n| n.get()))
     });
-    assert_eq!(injected_left, 0, "the injected failure never happened");
+    assert_eq!(injected_left, 0, "the injected fault never happened");
     assert_eq!(
         connected,
         Ok(CONNS),
