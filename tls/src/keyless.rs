@@ -493,8 +493,7 @@ pub fn signer_keys(paths: &[PathBuf]) -> Result<HashMap<[u8; 32], PKey<Private>>
             .map_err(|e| failed(format!("not a PEM private key: {e}")))?;
         let spki = key.public_key_to_der().map_err(|e| failed(e.to_string()))?;
         let id = key_id(&spki).map_err(|e| failed(e.to_string()))?;
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        tracing::info!(key = %path.display(), id = %hex, "holding key");
+        tracing::info!(key = %path.display(), id = %hex::encode(id), "holding key");
         keys.insert(id, key);
     }
     Ok(keys)

@@ -240,22 +240,18 @@ impl Service {
         let (events, arrived) = mpsc::channel();
         let handed_over = events.clone();
         terminator = terminator.on_handed_over(move || drop(handed_over.send(Event::HandedOver)));
-        // The terminator's threads inherit the signal mask: block the signals so only `sigwait`
-        // below sees them.
-        let signals = fastedge_runtime::signals::block(&[
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGHUP,
-            Signal::SIGUSR2,
-        ])?;
+        // Before the terminator starts: its threads inherit the signal mask, so only the
+        // signal thread sees these.
+        fastedge_runtime::signals::handle(
+            &[
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGUSR2,
+            ],
+            move |signal| events.send(Event::Signal(signal)).is_ok(),
+        )?;
         let mut terminator = terminator.start()?;
-        std::thread::spawn(move || {
-            while let Ok(signal) = signals.wait() {
-                if events.send(Event::Signal(signal)).is_err() {
-                    return;
-                }
-            }
-        });
         // A service manager (systemd, Type=notify) hears READY once every listener accepts, and
         // watchdog pings from a thread of their own for as long as the process runs.
         let addrs: Vec<String> = terminator

@@ -44,12 +44,9 @@ use fastedge_wire::sealed_session::{self as layout, KEY_ID_LEN, NONCE_LEN, TAG_L
 
 use crate::{oneshot::OneShot, TlsError};
 
-pub use crate::store_state::Answer;
-use crate::store_state::Health;
+pub use crate::store_state::{Answer, LOOKUP_QUEUE};
+use crate::store_state::{Health, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
-/// Lookups waiting for the client thread at most (all cores of a process together); more are
-/// answered "refused" at once.
-pub const LOOKUP_QUEUE: usize = 4096;
 /// Sealed sessions waiting to be written at most; more are dropped (and counted).
 pub const WRITE_QUEUE: usize = 4096;
 /// Writes in flight at most (each within [`WRITE_TIMEOUT`]).
@@ -149,7 +146,7 @@ pub struct SessionSeal {
 
 impl std::fmt::Debug for SessionSeal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<String> = self.keys.iter().map(|k| hex(&k.id)).collect();
+        let ids: Vec<String> = self.keys.iter().map(|k| hex::encode(k.id)).collect();
         f.debug_struct("SessionSeal")
             .field("key_ids", &ids)
             .finish()
@@ -236,21 +233,9 @@ impl SessionSeal {
     }
 }
 
-/// Lower-case hexadecimal, two digits a byte (no allocation per byte: session IDs are hexed
-/// on every lookup).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
-}
-
 /// The Redis key of a session ID.
 pub fn redis_key(session_id: &[u8]) -> String {
-    format!("{KEY_PREFIX}{}", hex(session_id))
+    format!("{KEY_PREFIX}{}", hex::encode(session_id))
 }
 
 /// A store's counters since the process started.
@@ -538,11 +523,11 @@ impl Worker {
         // Lookups must be answered quickly even while Redis is unreachable: a connection
         // attempt is bounded, and retried from scratch by the next command.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
+            .set_min_delay(BACKOFF_MIN)
+            .set_max_delay(BACKOFF_MAX);
         let manager = match redis::aio::ConnectionManager::new_lazy_with_config(redis, config) {
             Ok(manager) => manager,
             Err(e) => {

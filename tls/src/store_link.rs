@@ -35,19 +35,13 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::{
     oneshot::OneShot,
-    store_state::{Answer, Health},
+    store_state::{
+        Answer, Health, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, LOOKUP_QUEUE, RESPONSE_TIMEOUT,
+    },
 };
 
-/// Lookups waiting on one core's link at most; more are answered `Refused` at once.
-const WAITING_MAX: usize = 4096;
 /// [`layout::MAX_SEALED`] as the text a GETRANGE takes (written once, not per lookup).
 const MAX_SEALED_TEXT: &str = "16384";
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A store that has not answered the oldest command for this long is treated as gone.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// What the cores' connections call themselves (`CLIENT LIST`).
 pub(crate) const CLIENT_NAME: &str = "fastedge-core";
 
@@ -179,7 +173,7 @@ impl Link {
             reply.complete(Answer::Failed);
             return;
         }
-        if state.waiting.len() >= WAITING_MAX {
+        if state.waiting.len() >= LOOKUP_QUEUE {
             reply.complete(Answer::Refused);
             return;
         }

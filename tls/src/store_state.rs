@@ -10,6 +10,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How long connecting to the store may take (both clients).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A store that has not answered a command for this long is treated as gone (both clients).
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first wait before connecting again after the store went away; it doubles up to
+/// [`BACKOFF_MAX`].
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest wait between attempts to connect again.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Lookups waiting at most: for the client thread (all cores of a process together), and for
+/// each core's own connection; more are answered `Refused` at once.
+pub const LOOKUP_QUEUE: usize = 4096;
+
 /// What a lookup came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
