@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use crate::sys::{self, set_option, Mapping};
+use crate::sys::{self, set_option};
 
 /// Errors of AF_PACKET sockets, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ impl Default for RingConfig {
 #[derive(Debug)]
 pub struct PacketReceiver {
     fd: OwnedFd,
-    ring: Mapping,
+    ring: memmap2::MmapRaw,
     config: RingConfig,
     /// The block to read next.
     block: u32,
@@ -174,7 +174,7 @@ impl PacketReceiver {
             .map_err(setup(interface, "PACKET_RX_RING"))?;
         let length = config.block_size as usize * config.blocks as usize;
         let ring =
-            Mapping::shared(fd.as_fd(), length, 0).map_err(setup(interface, "mmap of the ring"))?;
+            sys::map_shared(fd.as_fd(), length).map_err(setup(interface, "mmap of the ring"))?;
         let receiver = Self {
             fd,
             ring,
@@ -237,7 +237,7 @@ impl PacketReceiver {
     /// only if the ring were not the size it was made with.
     fn block_status(&self, block: u32) -> Option<&AtomicU32> {
         let offset = block as usize * self.config.block_size as usize;
-        self.ring.atomic_u32(offset + 8)
+        sys::atomic_u32(&self.ring, offset + 8)
     }
 
     /// Hands frames of ready blocks to `on_frame(frame, timestamp_ns)`, waiting up to

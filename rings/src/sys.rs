@@ -3,11 +3,11 @@
 //! spread over the packet modules. Errors come back as [`io::Error`] (errno); the callers say
 //! which step failed.
 
+use memmap2::{MmapOptions, MmapRaw};
 use std::{
     ffi::CStr,
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    ptr::NonNull,
     sync::atomic::AtomicU32,
     time::Duration,
 };
@@ -449,72 +449,24 @@ pub(crate) unsafe fn replace_with_zero_pages(start: usize, len: usize) -> bool {
     replaced != libc::MAP_FAILED
 }
 
-/// A shared memory mapping of a descriptor (`mmap(2)`), unmapped when dropped (`munmap(2)`).
-/// It hands out addresses, never references to the bytes, which another party (the kernel,
-/// another process) may write at any time.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+/// A shared memory mapping of `len` bytes of `fd` from its start, readable and writable
+/// (`mmap(2)`, through memmap2). Its bytes are reached through addresses only, never
+/// references: another party (the kernel, another process) may write them at any time.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
+    MmapOptions::new().len(len).map_raw(&fd)
 }
 
-// SAFETY: a `Mapping` is an address range owned by this value alone; nothing in it is tied to
-// the thread that made it, so it may move to another thread.
-unsafe impl Send for Mapping {}
-
-impl Mapping {
-    /// `mmap(2)` of `len` bytes of `fd` from `offset`, readable and writable, shared.
-    pub(crate) fn shared(fd: BorrowedFd<'_>, len: usize, offset: libc::off_t) -> io::Result<Self> {
-        // SAFETY: a new mapping at an address the kernel picks: no existing memory changes.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("null mapping"))?;
-        Ok(Self { ptr, len })
+/// The 4 bytes at `offset` of `map` as an atomic: `None` when they are not inside the mapping
+/// or not 4-byte aligned.
+pub(crate) fn atomic_u32(map: &MmapRaw, offset: usize) -> Option<&AtomicU32> {
+    let address = (map.as_ptr() as usize).wrapping_add(offset);
+    if offset.checked_add(4)? > map.len() || !address.is_multiple_of(4) {
+        return None;
     }
-
-    /// The first byte's address.
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Its length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The 4 bytes at `offset` as an atomic: `None` when they are not inside the mapping or
-    /// not 4-byte aligned.
-    pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        let address = (self.ptr.as_ptr() as usize).wrapping_add(offset);
-        if offset.checked_add(4)? > self.len || !address.is_multiple_of(4) {
-            return None;
-        }
-        // SAFETY: the 4 bytes are inside the mapping, which lives as long as `self`, and
-        // aligned; they are only ever accessed atomically from here (the other party writes
-        // them atomically too).
-        Some(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `shared`; the references `atomic_u32`
-        // hands out borrow `self`, so none outlives it.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
+    // SAFETY: the 4 bytes are inside the mapping, which lives as long as `map` (borrowed by
+    // the result), and aligned; they are only ever accessed atomically from here (the other
+    // party writes them atomically too).
+    Some(unsafe { AtomicU32::from_ptr(map.as_mut_ptr().add(offset).cast::<u32>()) })
 }
 
 #[cfg(test)]
@@ -528,9 +480,9 @@ mod tests {
     fn a_shared_mapping_sees_the_file_and_checks_its_atomics() {
         let mut file = temp_file();
         std::io::Write::write_all(&mut file, &[0u8; 4096]).unwrap();
-        let map = Mapping::shared(file.as_fd(), 4096, 0).unwrap();
+        let map = map_shared(file.as_fd(), 4096).unwrap();
         assert_eq!(map.len(), 4096);
-        map.atomic_u32(8)
+        atomic_u32(&map, 8)
             .unwrap()
             .store(0x0102_0304, Ordering::Release);
         let mut bytes = [0u8; 12];
@@ -539,9 +491,9 @@ mod tests {
             u32::from_ne_bytes(bytes[8..12].try_into().unwrap()),
             0x0102_0304
         );
-        assert!(map.atomic_u32(4093).is_none(), "past the end");
-        assert!(map.atomic_u32(6).is_none(), "unaligned");
-        assert!(map.atomic_u32(usize::MAX - 1).is_none(), "overflow");
+        assert!(atomic_u32(&map, 4093).is_none(), "past the end");
+        assert!(atomic_u32(&map, 6).is_none(), "unaligned");
+        assert!(atomic_u32(&map, usize::MAX - 1).is_none(), "overflow");
     }
 
     #[test]

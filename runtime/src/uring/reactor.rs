@@ -21,7 +21,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::{
     net::{Conn, ListenerState},
-    sys::{Mapping, RingHandle},
+    sys::{anonymous_mapping, RingHandle},
 };
 
 /// Size of one provided receive buffer: a whole TLS record's payload.
@@ -100,8 +100,8 @@ struct Slot {
 
 /// The per-core pool of receive buffers, shared with the kernel through a buffer ring.
 pub(crate) struct BufPool {
-    ring: Mapping,
-    data: Mapping,
+    ring: memmap2::MmapRaw,
+    data: memmap2::MmapRaw,
     entries: u16,
     /// Our copy of the ring's tail; published to the kernel once per turn.
     tail: u16,
@@ -114,8 +114,8 @@ impl BufPool {
     fn new(entries: u16) -> io::Result<Self> {
         let ring_len = (usize::from(entries) * std::mem::size_of::<types::BufRingEntry>())
             .next_multiple_of(4096);
-        let ring = Mapping::new(ring_len)?;
-        let data = Mapping::new(usize::from(entries) * BUF_SIZE)?;
+        let ring = anonymous_mapping(ring_len)?;
+        let data = anonymous_mapping(usize::from(entries) * BUF_SIZE)?;
         let mut pool = Self {
             ring,
             data,
@@ -131,7 +131,7 @@ impl BufPool {
     }
 
     fn base(&self) -> *mut types::BufRingEntry {
-        self.ring.as_ptr().cast()
+        self.ring.as_mut_ptr().cast()
     }
 
     /// Puts buffer `bid` back at the ring's tail (visible to the kernel after [`publish`]).
@@ -142,7 +142,7 @@ impl BufPool {
         let entry = unsafe { self.base().add(index) }.cast::<u8>();
         // SAFETY: `bid` < entries (callers pass ids the kernel reported, checked in `buffer`),
         // so the buffer lies inside the data mapping.
-        let addr = unsafe { self.data.as_ptr().add(usize::from(bid) * BUF_SIZE) };
+        let addr = unsafe { self.data.as_mut_ptr().add(usize::from(bid) * BUF_SIZE) };
         // Debug builds poison a buffer as it goes back: a reader still holding on to it would
         // read poison instead of the stream's bytes (the engine tests check every byte).
         #[cfg(debug_assertions)]

@@ -6,7 +6,6 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    ptr::NonNull,
     time::Duration,
 };
 
@@ -131,46 +130,13 @@ impl RingHandle {
     }
 }
 
-/// An anonymous, page-aligned, private read-write mapping, unmapped on drop.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    pub(crate) fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Self { ptr, len })
-    }
-
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more (the
-        // owner drops it after the ring that referred to it).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
+/// An anonymous, page-aligned, private read-write mapping (through memmap2), unmapped on
+/// drop. Reached through its address only: the kernel writes into it.
+pub(crate) fn anonymous_mapping(len: usize) -> io::Result<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new()
+        .len(len)
+        .map_anon()
+        .map(memmap2::MmapRaw::from)
 }
 
 /// A non-blocking eventfd that other threads write to wake the engine.
