@@ -311,6 +311,7 @@ fn open_xdp(
     bind: XskBindMode,
     prefilter: Option<&Prefilter>,
     fast: Option<&FastPlan>,
+    ring: Option<u32>,
 ) -> Result<XdpInput, SplitError> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .map_err(|_| SplitError::NoInterface(interface.to_owned()))?;
@@ -340,7 +341,17 @@ fn open_xdp(
         }
     };
     let queues = crate::sys::rx_queues(interface);
-    let socket_config = XskConfig::new(2048, 2048, 1024, bind)?;
+    let socket_config = match ring {
+        Some(ring) => XskConfig::with_ring(ring, bind)?,
+        None => XskConfig::with_ring(crate::xdp::DEFAULT_RING, bind)?,
+    };
+    tracing::info!(
+        %interface,
+        ring = socket_config.ring_size(),
+        umem_mib = socket_config.umem_bytes() >> 20,
+        "AF_XDP rings ({})",
+        if ring.is_some() { "--xdp-ring" } else { "default" }
+    );
     let mut sockets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
         let socket = XskReceiver::open(interface, queue, &socket_config)?;
@@ -382,6 +393,7 @@ fn open_input(
     prefilter_wanted: bool,
     fast: Option<&FastPlan>,
     threads: Option<u32>,
+    ring: Option<u32>,
 ) -> Result<Opened, SplitError> {
     if let Some(path) = &config.pcap {
         let speed = match config.speed {
@@ -462,11 +474,19 @@ fn open_input(
                 XskBindMode::Copy,
                 prefilter,
                 fast,
+                ring,
             )?,
             XdpMode::Native,
         )),
         InputMode::XdpSkb => Ok(xdp(
-            open_xdp(&interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast)?,
+            open_xdp(
+                &interface,
+                XdpMode::Skb,
+                XskBindMode::Copy,
+                prefilter,
+                fast,
+                ring,
+            )?,
             XdpMode::Skb,
         )),
         InputMode::AfPacket => af_packet(),
@@ -504,18 +524,21 @@ fn open_input(
                         XskBindMode::ZeroCopy,
                         prefilter,
                         fast,
+                        ring,
                     ) {
                         Ok(input) => Ok(xdp(input, XdpMode::Native)),
                         Err(error) => {
                             tracing::warn!(%interface, %error, "zero-copy AF_XDP refused; copy mode");
-                            native_else(&interface, prefilter, fast, needs_xdp, &xdp, &af_packet)
+                            native_else(
+                                &interface, prefilter, fast, ring, needs_xdp, &xdp, &af_packet,
+                            )
                         }
                     }
                 }
-                AutoChoice::XdpCopy | AutoChoice::FirstThatOpens => {
-                    native_else(&interface, prefilter, fast, needs_xdp, &xdp, &af_packet)
-                }
-                AutoChoice::XdpSkb => skb_else(&interface, prefilter, fast, &xdp, &af_packet),
+                AutoChoice::XdpCopy | AutoChoice::FirstThatOpens => native_else(
+                    &interface, prefilter, fast, ring, needs_xdp, &xdp, &af_packet,
+                ),
+                AutoChoice::XdpSkb => skb_else(&interface, prefilter, fast, ring, &xdp, &af_packet),
             }
         }
     }
@@ -527,6 +550,7 @@ fn native_else(
     interface: &str,
     prefilter: Option<&Prefilter>,
     fast: Option<&FastPlan>,
+    ring: Option<u32>,
     needs_xdp: Option<&str>,
     xdp: &dyn Fn(XdpInput, XdpMode) -> Opened,
     af_packet: &dyn Fn() -> Result<Opened, SplitError>,
@@ -537,11 +561,12 @@ fn native_else(
         XskBindMode::Copy,
         prefilter,
         fast,
+        ring,
     ) {
         Ok(input) => Ok(xdp(input, XdpMode::Native)),
         Err(native) if needs_xdp.is_some() => {
             tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
-            skb_else(interface, prefilter, fast, xdp, af_packet)
+            skb_else(interface, prefilter, fast, ring, xdp, af_packet)
         }
         Err(native) => {
             tracing::info!(%interface, error = %native, "native XDP unavailable; reading with AF_PACKET");
@@ -555,10 +580,18 @@ fn skb_else(
     interface: &str,
     prefilter: Option<&Prefilter>,
     fast: Option<&FastPlan>,
+    ring: Option<u32>,
     xdp: &dyn Fn(XdpInput, XdpMode) -> Opened,
     af_packet: &dyn Fn() -> Result<Opened, SplitError>,
 ) -> Result<Opened, SplitError> {
-    match open_xdp(interface, XdpMode::Skb, XskBindMode::Copy, prefilter, fast) {
+    match open_xdp(
+        interface,
+        XdpMode::Skb,
+        XskBindMode::Copy,
+        prefilter,
+        fast,
+        ring,
+    ) {
         Ok(input) => Ok(xdp(input, XdpMode::Skb)),
         Err(skb) => {
             tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET: pre-filter rules and the in-kernel path do not apply to this input");
@@ -657,6 +690,9 @@ pub struct EngineOptions {
     /// Rules aimed at single ways (NetControl rules with a way), applied by every engine
     /// thread; `None`: none.
     pub way_filters: Option<Arc<crate::rules::WayFilters>>,
+    /// Entries of each AF_XDP socket's receive and fill rings ([`XskConfig::with_ring`]);
+    /// `None`: [`crate::xdp::DEFAULT_RING`].
+    pub xdp_ring: Option<u32>,
 }
 
 fn pin(core: usize) -> Result<(), SplitError> {
@@ -722,6 +758,7 @@ pub fn run(
                 options.prefilter_wanted,
                 plan.as_ref(),
                 threads,
+                options.xdp_ring,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;

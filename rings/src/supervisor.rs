@@ -65,6 +65,8 @@ pub struct SupervisorOptions {
     /// Make veth pairs PREFIX0/PREFIX0p … for the pipeline's interface outputs (as many as it
     /// has ways or interface outputs), deleted at the end.
     pub veth_prefix: Option<String>,
+    /// Entries of each AF_XDP socket's receive ring ([`split::EngineOptions::xdp_ring`]).
+    pub xdp_ring: Option<u32>,
 }
 
 /// Why the split could not run.
@@ -359,6 +361,7 @@ impl Supervisor {
                 prefilter_wanted: options.control.is_some() || !config.rules.is_empty(),
                 taps: taps.clone(),
                 way_filters: way_filters.clone(),
+                xdp_ring: options.xdp_ring,
             };
             let result = split::run(&config, &engine, &requests.engine_stop, |stats| {
                 let line = format!("{}: {}", config.name(), stats.summary());

@@ -67,16 +67,40 @@ impl XskConfig {
     pub fn umem_bytes(&self) -> u64 {
         u64::from(self.frames) * u64::from(self.frame_size)
     }
+
+    /// Entries of the receive and fill rings.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    /// Receive and fill rings of `ring` entries (a power of two from 64 to 16,384) and twice
+    /// as many 2 KiB UMEM frames (`ring` 4,096: 16 MiB of UMEM per socket). The default is
+    /// [`DEFAULT_RING`] ([`XskConfig::default`]).
+    pub fn with_ring(ring: u32, bind: XskBindMode) -> Result<Self, XskError> {
+        if !(MIN_RING..=MAX_RING).contains(&ring) {
+            return Err(XskError::Config(format!(
+                "ring size {ring} is not between {MIN_RING} and {MAX_RING}"
+            )));
+        }
+        Self::new(2 * ring, 2048, ring, bind)
+    }
 }
+
+/// The ring size of [`XskConfig::default`] (4 MiB of UMEM per socket).
+pub const DEFAULT_RING: u32 = 1024;
+/// Smallest ring [`XskConfig::with_ring`] takes.
+pub const MIN_RING: u32 = 64;
+/// Largest ring [`XskConfig::with_ring`] takes.
+pub const MAX_RING: u32 = 16_384;
 
 impl Default for XskConfig {
     /// 2048 frames of 2 KiB (4 MiB of UMEM, within an 8 MiB RLIMIT_MEMLOCK), rings of 1024,
     /// copy mode.
     fn default() -> Self {
         Self {
-            frames: 2048,
+            frames: 2 * DEFAULT_RING,
             frame_size: 2048,
-            ring_size: 1024,
+            ring_size: DEFAULT_RING,
             bind: XskBindMode::Copy,
         }
     }
@@ -694,5 +718,23 @@ impl XskSender {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_checked() {
+        let config = XskConfig::with_ring(4096, XskBindMode::Copy).expect("valid");
+        assert_eq!(config.ring_size(), 4096);
+        assert_eq!(config.umem_bytes(), 16 << 20);
+        for bad in [0, 32, 1000, 32_768] {
+            assert!(
+                XskConfig::with_ring(bad, XskBindMode::Copy).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -67,23 +67,38 @@ fn gen_to_split(mode: &str, ways: u32, expect_mode: &str) {
 }
 
 /// The same with these generator options (transmit path, rate).
-fn gen_to_split_sent_with(mode: &str, ways: u32, expect_mode: &str, gen_options: &[&str]) {
+fn gen_to_split_sent_with(
+    mode: &str,
+    ways: u32,
+    expect_mode: &str,
+    gen_options: &[&str],
+) -> String {
+    gen_to_split_with(mode, ways, expect_mode, &[], gen_options)
+}
+
+/// The same with more options for split; returns its log.
+fn gen_to_split_with(
+    mode: &str,
+    ways: u32,
+    expect_mode: &str,
+    split_options: &[&str],
+    gen_options: &[&str],
+) -> String {
     let pair = VethPair::new();
     let _files = WayFiles(pair.dev_a.clone());
-    let mut split = Fastedge::start_in(
-        Some(&pair.ns_a),
-        &[
-            "split",
-            &pair.dev_a,
-            "--ways",
-            &ways.to_string(),
-            "--way-kib",
-            "256",
-            "--mode",
-            mode,
-        ],
-        LOG,
-    );
+    let ways_text = ways.to_string();
+    let mut args = vec![
+        "split",
+        &pair.dev_a,
+        "--ways",
+        &ways_text,
+        "--way-kib",
+        "256",
+        "--mode",
+        mode,
+    ];
+    args.extend_from_slice(split_options);
+    let mut split = Fastedge::start_in(Some(&pair.ns_a), &args, LOG);
     split.wait_for_logged("split running", Duration::from_secs(15));
     let mut consumers = attach(&pair.dev_a, 0..ways);
     let count: u64 = 20_000;
@@ -110,12 +125,52 @@ fn gen_to_split_sent_with(mode: &str, ways: u32, expect_mode: &str, gen_options:
         log.contains("split stopped") && log.contains("received 20000"),
         "{log}"
     );
+    log
 }
 
 #[test]
 fn gen_to_split_over_xdp_native_4_and_64_ways() {
     gen_to_split("auto", 4, "XDP native mode");
     gen_to_split("xdp-native", 64, "XDP native mode");
+}
+
+/// `--xdp-ring`: the AF_XDP rings are the size asked (every frame still arrives); without
+/// it, 1024, and the log says which; a size the sockets cannot take is refused before
+/// anything opens.
+#[test]
+fn the_xdp_ring_size_is_the_one_asked_for_or_the_default() {
+    let log = gen_to_split_with(
+        "xdp-native",
+        4,
+        "XDP native mode",
+        &["--xdp-ring", "256"],
+        &["--tx", "af-packet", "--rate", "20000"],
+    );
+    assert!(
+        log.contains("AF_XDP rings (--xdp-ring)")
+            && log.contains("ring=256")
+            && log.contains("umem_mib=1"),
+        "{log}"
+    );
+    let log = gen_to_split_sent_with(
+        "xdp-native",
+        4,
+        "XDP native mode",
+        &["--tx", "af-packet", "--rate", "20000"],
+    );
+    assert!(
+        log.contains("AF_XDP rings (default)") && log.contains("ring=1024"),
+        "{log}"
+    );
+    for bad in ["1000", "32", "32768", "many"] {
+        let out = std::process::Command::new(fastedge_tests::process::fastedge_bin())
+            .args(["split", "lo", "--xdp-ring", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--xdp-ring"), "{bad}: {stderr}");
+    }
 }
 
 #[test]

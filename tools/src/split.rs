@@ -96,6 +96,12 @@ struct CommonArgs {
     #[arg(long)]
     way_kib: Option<usize>,
 
+    /// Entries of each AF_XDP socket's receive and fill rings, a power of two from 64 to
+    /// 16384 (default 1024); the UMEM holds twice as many 2 KiB frames, locked memory (4 MiB
+    /// per receive queue by default; without CAP_IPC_LOCK it must fit in RLIMIT_MEMLOCK).
+    #[arg(long, value_name = "ENTRIES", value_parser = parse_xdp_ring)]
+    xdp_ring: Option<u32>,
+
     /// Name in the way files' names (default: the first interface or file).
     #[arg(long)]
     name: Option<String>,
@@ -347,6 +353,7 @@ fn run_engine(
         }),
         veth_prefix: (common.to == ToArg::Veth && config_path.is_none())
             .then(|| common.veth_prefix.clone()),
+        xdp_ring: common.xdp_ring,
     };
     let supervisor = Supervisor::new(config, options);
     let detached = fastedge_runtime::detach(common.daemon, common.pid_file.as_deref());
@@ -382,4 +389,18 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
         .context("writing the pcap stream")
         .map_err(Failure::runtime)?;
     Ok(())
+}
+
+/// `--xdp-ring`: a power of two in the range the AF_XDP sockets take.
+fn parse_xdp_ring(text: &str) -> Result<u32, String> {
+    use fastedge_rings::xdp::{MAX_RING, MIN_RING};
+    let ring: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of ring entries"))?;
+    if !ring.is_power_of_two() || !(MIN_RING..=MAX_RING).contains(&ring) {
+        return Err(format!(
+            "{ring} is not a power of two from {MIN_RING} to {MAX_RING}"
+        ));
+    }
+    Ok(ring)
 }
