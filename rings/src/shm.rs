@@ -1175,10 +1175,13 @@ impl Consumer {
                 tail = head;
                 break;
             }
-            self.scratch.clear();
-            self.scratch.resize(len, 0);
+            // Grown, never cleared: zero-filling it for every record cost as much as the copy.
+            if self.scratch.len() < len {
+                self.scratch.resize(len, 0);
+            }
             // SAFETY: at + size <= capacity (checked), so the packet's bytes lie inside this
-            // lane's data; copied out before the application sees them.
+            // lane's data; `scratch` holds at least `len` bytes (above); copied out before the
+            // application sees them.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     self.region.data_ptr(lane, at).add(RECORD_HEADER),
@@ -1194,7 +1197,7 @@ impl Consumer {
             on_record(Record {
                 timestamp_ns: word(8..16),
                 flow_hash: word(16..24),
-                data: &self.scratch,
+                data: &self.scratch[..len],
             });
             tail += size as u64;
             read += 1;
