@@ -28,7 +28,7 @@ use crate::{
         BrickConfig, HashName, InputConfig, InputMode, Pipeline, PipelineConfig, SpeedName,
         ValidPipeline, WayStats,
     },
-    xdp::{XskBindMode, XskConfig, XskReceiver, XskStatistics},
+    xdp::{XskBindMode, XskConfig, XskError, XskReceiver, XskStatistics},
 };
 
 /// How an input is read, as shown in logs and statistics.
@@ -341,10 +341,13 @@ fn open_xdp(
         }
     };
     let queues = crate::sys::rx_queues(interface);
-    let socket_config = match ring {
-        Some(ring) => XskConfig::with_ring(ring, bind)?,
-        None => XskConfig::with_ring(crate::xdp::DEFAULT_RING, bind)?,
-    };
+    let socket_config = XskConfig::with_ring(ring.unwrap_or(crate::xdp::DEFAULT_RING), bind)?;
+    let mut sockets = Vec::with_capacity(queues as usize);
+    for queue in 0..queues {
+        let socket = XskReceiver::open(interface, queue, &socket_config)?;
+        program.register_socket(queue, socket.fd())?;
+        sockets.push(socket);
+    }
     tracing::info!(
         %interface,
         ring = socket_config.ring_size(),
@@ -352,12 +355,6 @@ fn open_xdp(
         "AF_XDP rings ({})",
         if ring.is_some() { "--xdp-ring" } else { "default" }
     );
-    let mut sockets = Vec::with_capacity(queues as usize);
-    for queue in 0..queues {
-        let socket = XskReceiver::open(interface, queue, &socket_config)?;
-        program.register_socket(queue, socket.fd())?;
-        sockets.push(socket);
-    }
     // Attach last: every queue has its socket before the first frame is redirected.
     program.attach(ifindex, mode)?;
     Ok(XdpInput {
@@ -564,6 +561,7 @@ fn native_else(
         ring,
     ) {
         Ok(input) => Ok(xdp(input, XdpMode::Native)),
+        Err(error @ SplitError::Xsk(XskError::Umem { .. })) if ring.is_some() => Err(error),
         Err(native) if needs_xdp.is_some() => {
             tracing::info!(%interface, error = %native, "native XDP unavailable; trying SKB mode");
             skb_else(interface, prefilter, fast, ring, xdp, af_packet)
@@ -593,6 +591,7 @@ fn skb_else(
         ring,
     ) {
         Ok(input) => Ok(xdp(input, XdpMode::Skb)),
+        Err(error @ SplitError::Xsk(XskError::Umem { .. })) if ring.is_some() => Err(error),
         Err(skb) => {
             tracing::warn!(%interface, error = %skb, "XDP unavailable; reading with AF_PACKET: pre-filter rules and the in-kernel path do not apply to this input");
             af_packet()
@@ -690,7 +689,8 @@ pub struct EngineOptions {
     /// Rules aimed at single ways (NetControl rules with a way), applied by every engine
     /// thread; `None`: none.
     pub way_filters: Option<Arc<crate::rules::WayFilters>>,
-    /// Entries of each AF_XDP socket's receive and fill rings ([`XskConfig::with_ring`]);
+    /// Entries of each AF_XDP socket's receive ring (the fill ring and UMEM hold twice as many;
+    /// [`XskConfig::with_ring`]);
     /// `None`: [`crate::xdp::DEFAULT_RING`].
     pub xdp_ring: Option<u32>,
 }
@@ -739,6 +739,11 @@ pub fn run(
     } else {
         None
     };
+    // A ring size the sockets cannot take is an error before anything opens (in auto mode a
+    // failing AF_XDP socket would otherwise fall back to AF_PACKET).
+    if let Some(ring) = options.xdp_ring {
+        XskConfig::with_ring(ring, XskBindMode::Copy)?;
+    }
     // One input and no capture-file outputs: its receive queues may get a thread each, as
     // many as there are CPUs to run them (`--cores`, else the machine's).
     let cpus = if options.cores.is_empty() {

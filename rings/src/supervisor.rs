@@ -65,7 +65,8 @@ pub struct SupervisorOptions {
     /// Make veth pairs PREFIX0/PREFIX0p … for the pipeline's interface outputs (as many as it
     /// has ways or interface outputs), deleted at the end.
     pub veth_prefix: Option<String>,
-    /// Entries of each AF_XDP socket's receive ring ([`split::EngineOptions::xdp_ring`]).
+    /// Entries of each AF_XDP socket's receive ring ([`split::EngineOptions::xdp_ring`]);
+    /// `None`: the default.
     pub xdp_ring: Option<u32>,
 }
 

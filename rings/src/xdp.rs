@@ -35,8 +35,8 @@ pub struct XskConfig {
 }
 
 impl XskConfig {
-    /// `frames` UMEM frames of `frame_size` bytes (a power of two, 2048 or 4096), RX and fill
-    /// rings of `ring_size` entries (a power of two).
+    /// `frames` UMEM frames of `frame_size` bytes (a power of two, 2048 or 4096), an RX ring
+    /// of `ring_size` entries (a power of two) and a fill ring of twice as many.
     pub fn new(
         frames: u32,
         frame_size: u32,
@@ -73,8 +73,8 @@ impl XskConfig {
         self.ring_size
     }
 
-    /// Receive and fill rings of `ring` entries (a power of two from 64 to 16,384) and twice
-    /// as many 2 KiB UMEM frames (`ring` 4,096: 16 MiB of UMEM per socket). The default is
+    /// A receive ring of `ring` entries (a power of two from 64 to 16,384), a fill ring and a
+    /// UMEM of twice as many (2 KiB frames: `ring` 4,096 is 16 MiB of UMEM per socket). The default is
     /// [`DEFAULT_RING`] ([`XskConfig::default`]).
     pub fn with_ring(ring: u32, bind: XskBindMode) -> Result<Self, XskError> {
         if !(MIN_RING..=MAX_RING).contains(&ring) {

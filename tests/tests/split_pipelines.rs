@@ -134,6 +134,45 @@ fn gen_to_split_over_xdp_native_4_and_64_ways() {
     gen_to_split("xdp-native", 64, "XDP native mode");
 }
 
+/// A ring size whose UMEM the process may not lock stops split with the reason, in `auto`
+/// mode too (where a failing AF_XDP socket would otherwise mean a quiet AF_PACKET).
+#[test]
+fn an_xdp_ring_too_large_to_lock_is_an_error_not_a_fallback() {
+    let pair = VethPair::new();
+    let _files = WayFiles(pair.dev_a.clone());
+    // No CAP_IPC_LOCK (dropped from the bounding set, so the exec'd binary lacks it) and an
+    // RLIMIT_MEMLOCK of 8 MiB: rings of 16,384 need 64 MiB of UMEM.
+    let command = format!(
+        "exec prlimit --memlock=8388608 timeout 20 {} split {} --mode auto --xdp-ring 16384 --no-control",
+        fastedge_tests::process::fastedge_bin().display(),
+        pair.dev_a
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns_a,
+            "capsh",
+            "--drop=cap_ipc_lock",
+            "--",
+            "-c",
+        ])
+        .arg(&command)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "still running: fell back? {stderr}"
+    );
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("UMEM"),
+        "the reason named: {stderr}"
+    );
+}
+
 /// `--xdp-ring`: the AF_XDP rings are the size asked (every frame still arrives); without
 /// it, 1024, and the log says which; a size the sockets cannot take is refused before
 /// anything opens.

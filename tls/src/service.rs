@@ -174,7 +174,7 @@ pub enum ServiceError {
     /// The terminator could not start, or ended abnormally.
     #[error(transparent)]
     Terminator(#[from] TerminatorError),
-    /// The signals could not be blocked.
+    /// The signals could not be blocked, or their thread not started.
     #[error(transparent)]
     Signals(#[from] SignalError),
     /// Waiting for signals failed.

@@ -96,8 +96,8 @@ struct CommonArgs {
     #[arg(long)]
     way_kib: Option<usize>,
 
-    /// Entries of each AF_XDP socket's receive and fill rings, a power of two from 64 to
-    /// 16384 (default 1024); the UMEM holds twice as many 2 KiB frames, locked memory (4 MiB
+    /// Entries of each AF_XDP socket's receive ring, a power of two from 64 to 16384 (default
+    /// 1024); its fill ring and UMEM hold twice as many (2 KiB frames: 4 MiB of locked memory
     /// per receive queue by default; without CAP_IPC_LOCK it must fit in RLIMIT_MEMLOCK).
     #[arg(long, value_name = "ENTRIES", value_parser = parse_xdp_ring)]
     xdp_ring: Option<u32>,
