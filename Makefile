@@ -21,9 +21,11 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # `fastedge top` test reads); gcc (`cc`: the C way reader, capi/examples/way_reader.c, is compiled
 # against the built libfastedge_ways by the c_consumer suite); redis-server and prometheus (the
 # fleet suite: three boxes sharing sessions through a real Redis, scraped by a real Prometheus,
-# whose promtool checks our exposition and the shipped rules).
+# whose promtool checks our exposition and the shipped rules); libcap2-bin and util-linux (`capsh`
+# and `prlimit`: split run without CAP_IPC_LOCK under a small RLIMIT_MEMLOCK).
 PACKAGES := clang cmake libelf-dev zlib1g-dev m4 pkg-config make iproute2 curl openssl ca-certificates \
-	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3 tmux gcc redis-server prometheus
+	nginx-light nghttp2-client tcpdump tshark bsdutils dpkg-dev python3 tmux gcc redis-server prometheus \
+	libcap2-bin util-linux
 
 .PHONY: bench-split-search run deb test deps build fmt-check clippy unit-and-e2e serve-on-glommio netmap-check fuzz-check fuzz fuzz-long soak bench bench-peers clean-netns
 
