@@ -689,9 +689,8 @@ pub struct EngineOptions {
     /// Rules aimed at single ways (NetControl rules with a way), applied by every engine
     /// thread; `None`: none.
     pub way_filters: Option<Arc<crate::rules::WayFilters>>,
-    /// Entries of each AF_XDP socket's receive ring (the fill ring and UMEM hold twice as many;
-    /// [`XskConfig::with_ring`]);
-    /// `None`: [`crate::xdp::DEFAULT_RING`].
+    /// Entries of each AF_XDP socket's receive ring; the fill ring and UMEM hold twice as many
+    /// ([`XskConfig::with_ring`]). `None`: [`crate::xdp::DEFAULT_RING`].
     pub xdp_ring: Option<u32>,
 }
 
@@ -787,14 +786,15 @@ pub fn run(
         let cap = threads.map_or(1, |t| t.max(1) as usize);
         let (sources, stats): (Vec<(Source, u32)>, InputStats) = match one {
             Opened::Xdp(xdp, stats) => {
-                let n = xdp.sockets.len().min(cap);
+                let queues = xdp.sockets.len();
+                let n = queues.min(cap);
                 let mut groups: Vec<Vec<XskReceiver>> = (0..n).map(|_| Vec::new()).collect();
                 for (k, socket) in xdp.sockets.into_iter().enumerate() {
                     groups[k % n].push(socket);
                 }
-                if n < groups.iter().map(Vec::len).sum::<usize>() {
+                if n < queues {
                     tracing::info!(
-                        queues = groups.iter().map(Vec::len).sum::<usize>(),
+                        queues,
                         cpus = n,
                         "more receive queues than CPUs to run them: an engine thread serves several"
                     );
