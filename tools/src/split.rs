@@ -391,16 +391,12 @@ pub fn run_tap(args: TapArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `--xdp-ring`: a power of two in the range the AF_XDP sockets take.
+/// `--xdp-ring`: a size the AF_XDP sockets take (the library's own check).
 fn parse_xdp_ring(text: &str) -> Result<u32, String> {
-    use fastedge_rings::xdp::{MAX_RING, MIN_RING};
     let ring: u32 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of ring entries"))?;
-    if !ring.is_power_of_two() || !(MIN_RING..=MAX_RING).contains(&ring) {
-        return Err(format!(
-            "{ring} is not a power of two from {MIN_RING} to {MAX_RING}"
-        ));
-    }
+    fastedge_rings::xdp::XskConfig::with_ring(ring, fastedge_rings::xdp::XskBindMode::Copy)
+        .map_err(|error| error.to_string())?;
     Ok(ring)
 }

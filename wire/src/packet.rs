@@ -1088,16 +1088,20 @@ mod tests {
             (low << 32) | high,
             (u64::from(proto::UDP) << 32) | (5000 << 16) | 53,
         ]));
+        // Both directions of the flow between x:5000 and y:53 hash to `expected`.
+        let both_directions = |x: [u8; 16], y: [u8; 16], expected: u64| {
+            assert_eq!(
+                flow_hash(&key(x, y, 5000, 53), HashMode::FiveTuple, &KEY),
+                expected
+            );
+            assert_eq!(
+                flow_hash(&key(y, x, 53, 5000), HashMode::FiveTuple, &KEY),
+                expected
+            );
+        };
         let a = v4_mapped(&[10, 0, 0, 1]);
         let b = v4_mapped(&[10, 0, 0, 2]);
-        assert_eq!(
-            flow_hash(&key(a, b, 5000, 53), HashMode::FiveTuple, &KEY),
-            expected
-        );
-        assert_eq!(
-            flow_hash(&key(b, a, 53, 5000), HashMode::FiveTuple, &KEY),
-            expected
-        );
+        both_directions(a, b, expected);
         // One address IPv4-mapped, the other not: the five-word message.
         let mut other = [0u8; 16];
         other[0] = 0x20;
@@ -1109,14 +1113,7 @@ mod tests {
             1,
             (u64::from(proto::UDP) << 32) | (5000 << 16) | 53,
         ]));
-        assert_eq!(
-            flow_hash(&key(a, other, 5000, 53), HashMode::FiveTuple, &KEY),
-            expected
-        );
-        assert_eq!(
-            flow_hash(&key(other, a, 53, 5000), HashMode::FiveTuple, &KEY),
-            expected
-        );
+        both_directions(a, other, expected);
     }
 
     #[test]
