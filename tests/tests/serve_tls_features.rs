@@ -294,6 +294,55 @@ fn tickets_resume_on_a_second_process_sharing_the_secret_and_across_a_rotation()
 }
 
 #[test]
+fn a_client_that_says_nothing_still_gets_a_ticket_it_can_resume_with() {
+    // BoringSSL holds TLS 1.3 session tickets until the connection's first write; the proxy
+    // flushes them when the client has said nothing, so an idle connection does not keep them
+    // and a client that waits for the server (or for nothing) can still resume.
+    require_tool("openssl", "openssl");
+    let state = TempDir::new("tickets-silent");
+    let (backend, seen) = echo_backend();
+    let (_server, addr) =
+        Fastedge::serve_config(&state, &format!("[[backend]]\naddress = \"{backend}\"\n"));
+    let session = state.path().join("silent-session.pem");
+    // s_client writes `-sess_out` when a ticket arrives (and again as it exits): the file
+    // must appear while the client is still connected and silent (its stdin held open).
+    let mut silent = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-tls1_3",
+            "-sess_out",
+        ])
+        .arg(&session)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !session.exists() && std::time::Instant::now() < deadline {
+        assert!(
+            silent.try_wait().unwrap().is_none(),
+            "s_client exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let arrived = session.exists();
+    silent.kill().unwrap();
+    silent.wait().unwrap();
+    assert!(
+        arrived,
+        "no ticket reached a client that sent nothing within 5 s"
+    );
+    let session = path(&session);
+    let request = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let again = s_client(addr, &["-tls1_3", "-sess_in", session], request);
+    assert!(resumed(&again), "{again}");
+    assert_eq!(requests_seen(&seen), 1, "the silent client sent nothing");
+}
+
+#[test]
 fn a_fleet_changes_its_secret_without_losing_resumption() {
     let state = TempDir::new("secret-change");
     let (old, new) = (

@@ -315,10 +315,18 @@ fn map_ssl_error<T>(error: ssl::Error) -> Poll<io::Result<T>> {
         {
             Poll::Pending
         }
-        ErrorCode::SYSCALL if error.io_error().is_none() => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "peer closed the transport without TLS close_notify",
-        ))),
+        // A `WouldBlock` here is not this call's: a zero-byte write (see `write_queued`) that
+        // had to wait left it in the BIO, and `boring` hands out the last one it saw.
+        ErrorCode::SYSCALL
+            if error
+                .io_error()
+                .is_none_or(|e| e.kind() == io::ErrorKind::WouldBlock) =>
+        {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the transport without TLS close_notify",
+            )))
+        }
         _ => Poll::Ready(Err(match error.into_io_error() {
             Ok(io) => io,
             Err(other) => io::Error::other(TlsError::handshake(other)),
@@ -444,8 +452,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         }
     }
 
+    /// Writes what BoringSSL queued on its own first (TLS 1.3 session tickets wait in it until
+    /// the connection's first write), then flushes the transport.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.inner.get_mut().register(cx);
+        // Not while a write is unfinished (BoringSSL wants that write retried first), after
+        // close_notify, or before the handshake completed (early data).
+        if this.close == CloseState::Open
+            && this.pending_write.is_none()
+            && !crate::ffi::in_early_data(this.inner.ssl())
+        {
+            match crate::ffi::write_queued(this.inner.ssl_mut()) {
+                Ok(()) => {}
+                // The transport registered our waker.
+                Err(ErrorCode::WANT_WRITE) => return Poll::Pending,
+                Err(code) => {
+                    let stack = boring::error::ErrorStack::get();
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "writing TLS handshake messages: SSL error {}: {stack}",
+                        code.as_raw()
+                    ))));
+                }
+            }
+        }
         Pin::new(&mut this.inner.get_mut().stream).poll_flush(cx)
     }
 

@@ -108,6 +108,23 @@ pub fn in_early_data(ssl: &SslRef) -> bool {
     unsafe { boring_sys::SSL_in_early_data(ssl.as_ptr()) == 1 }
 }
 
+/// Writes to the transport what BoringSSL queued on its own (TLS 1.3 session tickets, which it
+/// holds until the connection's first write; KeyUpdate acknowledgements): a zero-byte
+/// `SSL_write`, which `boring`'s `ssl_write` skips. `Err` carries `SSL_get_error`'s code
+/// (`WANT_WRITE` when the transport cannot take it yet).
+#[doc(alias = "SSL_write")]
+pub fn write_queued(ssl: &mut SslRef) -> Result<(), boring::ssl::ErrorCode> {
+    // SAFETY: `ssl` is a live SSL owned by the caller's borrow; a zero-length write reads no
+    // buffer (the pointer is a valid, empty one).
+    let ret = unsafe { boring_sys::SSL_write(ssl.as_ptr(), [0u8; 0].as_ptr().cast(), 0) };
+    if ret >= 0 {
+        return Ok(());
+    }
+    // SAFETY: `ssl` is live; SSL_get_error only reads its state and this thread's error queue.
+    let code = unsafe { boring_sys::SSL_get_error(ssl.as_ptr(), ret) };
+    Err(boring::ssl::ErrorCode::from_raw(code))
+}
+
 /// Whether the server accepted the client's early data on this connection.
 #[doc(alias = "SSL_early_data_accepted")]
 pub fn early_data_accepted(ssl: &SslRef) -> bool {

@@ -28,6 +28,7 @@ use boring::{
 };
 use fastedge_runtime::net::TcpStream;
 use fastedge_wire::{
+    forwarded::Injector,
     logtext::Untrusted,
     proxy::{ConnectionAddrs, TlsFacts},
 };
@@ -38,7 +39,7 @@ pub use close::{CloseReason, PumpOutcome, Side};
 pub use pump::{pump, PumpOptions};
 
 use crate::{accept_observed, ServerContext, TlsError, TlsStream};
-use backends::connect_backend;
+use backends::{connect_backend, Lease};
 use buffers::{borrow_buffer, return_buffer};
 use introduce::{introduce, Client};
 
@@ -50,34 +51,63 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted client connection and logs one line when it ends.
-pub async fn serve_connection(
+///
+/// Not an `async fn`: that would keep its arguments twice in the connection's task (as
+/// arguments and as the body's locals) for as long as the connection lives.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (see above)"
+)]
+pub fn serve_connection(
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: Arc<Frontend>,
     core: CoreBackends,
-) {
-    let started = Instant::now();
-    let mut log = ConnectionLog::default();
-    core.metrics.connection_opened();
-    // Boxed: the connection's task then holds only what every phase needs, and the phases'
-    // own state (sized by the largest of them) lives in one allocation of its own.
-    let reason = Box::pin(run(&mut client, peer, local, &frontend, &core, &mut log)).await;
-    core.metrics
-        .connection_closed(reason.class(), log.upstream, log.downstream);
-    tracing::info!(
-        %peer,
-        sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
-        alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
-        tls = log.version.as_deref().unwrap_or("-"),
-        backend = log.backend.as_deref().unwrap_or("-"),
-        upstream = log.upstream,
-        downstream = log.downstream,
-        ms = started.elapsed().as_millis() as u64,
-        %reason,
-        "connection closed"
-    );
-    Box::pin(linger(&mut client)).await;
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let started = Instant::now();
+        let mut log = ConnectionLog::default();
+        core.metrics.connection_opened();
+        // Each phase is boxed: the connection's task then holds only what every phase needs, and
+        // the handshake's, the backend connect's and the introduction's state is freed before
+        // the pump, where an idle connection waits, starts with what it moves bytes with.
+        let reason = {
+            let established = Box::pin(establish(
+                &mut client,
+                peer,
+                local,
+                &frontend,
+                &core,
+                &mut log,
+            ));
+            // The pump is not awaited inside this `match`: the match's scrutinee (the
+            // established connection, moved out) would keep its place in the task meanwhile.
+            let pump = match established.await {
+                Ok(established) => Ok(Box::pin(forward(established, &frontend, &core, &mut log))),
+                Err(reason) => Err(reason),
+            };
+            match pump {
+                Ok(pump) => pump.await,
+                Err(reason) => reason,
+            }
+        };
+        core.metrics
+            .connection_closed(reason.class(), log.upstream, log.downstream);
+        tracing::info!(
+            %peer,
+            sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
+            alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
+            tls = log.version.as_deref().unwrap_or("-"),
+            backend = log.backend.as_deref().unwrap_or("-"),
+            upstream = log.upstream,
+            downstream = log.downstream,
+            ms = started.elapsed().as_millis() as u64,
+            %reason,
+            "connection closed"
+        );
+        Box::pin(linger(&mut client)).await;
+    }
 }
 
 /// Ends our side of a client connection the way nginx's lingering close does: what we queued
@@ -117,17 +147,32 @@ struct ConnectionLog {
     downstream: u64,
 }
 
-async fn run(
-    client: &mut TcpStream,
+/// A connection whose handshake completed and whose backend is connected and introduced: what
+/// the pump needs, and nothing of the phases before it.
+struct Established<'a> {
+    tls: TlsStream<&'a mut TcpStream>,
+    backend: BackendStream,
+    /// The balancer's count of this connection on its backend: held (never read) until the pump
+    /// ends.
+    _lease: Lease,
+    /// Boxed: most connections have none, and this lives as long as the connection.
+    injector: Option<Box<Injector>>,
+    /// Whether the last read from the client may have been early data (0-RTT accepted).
+    early: Option<Arc<AtomicBool>>,
+}
+
+/// The handshake, the backend connect (cut-through) and the backend's introduction.
+async fn establish<'a>(
+    client: &'a mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     frontend: &Arc<Frontend>,
     core: &CoreBackends,
     log: &mut ConnectionLog,
-) -> CloseReason {
+) -> Result<Established<'a>, CloseReason> {
     let ssl = match frontend.context.new_session() {
         Ok(ssl) => ssl,
-        Err(error) => return CloseReason::Handshake(error),
+        Err(error) => return Err(CloseReason::Handshake(error)),
     };
     // Cut-through: the backend connect runs as its own task while the handshake goes on, from
     // when the ClientHello has been processed (it chose the context, and so the backend
@@ -158,9 +203,9 @@ async fn run(
             if let TlsError::Handshake { server_name, .. } = &error {
                 log.sni = server_name.clone();
             }
-            return CloseReason::Handshake(error);
+            return Err(CloseReason::Handshake(error));
         }
-        Err(_) => return CloseReason::HandshakeTimeout(timeout),
+        Err(_) => return Err(CloseReason::HandshakeTimeout(timeout)),
     };
     let connecting = connecting.unwrap_or_else(|| {
         let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
@@ -187,7 +232,7 @@ async fn run(
         Ok(connected) => connected,
         Err(reason) => {
             let _ = fastedge_runtime::timeout(GOODBYE_TIMEOUT, tls.close()).await;
-            return reason;
+            return Err(reason);
         }
     };
     let spec = &frontend.backends[lease.index];
@@ -208,25 +253,44 @@ async fn run(
         cert_requested: ServerContext::hello_choice(tls.ssl())
             .map_or(default_cert_requested, |choice| choice.cert_requested),
     };
-    let mut injector = match introduce(&mut backend, spec, client).await {
-        Ok(injector) => injector,
-        Err(reason) => return reason,
-    };
-    let options = PumpOptions {
-        injector: injector.as_mut(),
-        half_open: frontend.settings.allow_half_open,
-        idle_timeout: Some(frontend.settings.idle_timeout),
-        head_timeout: Some(frontend.settings.request_head_timeout),
+    let injector = introduce(&mut backend, spec, client).await?.map(Box::new);
+    Ok(Established {
+        tls,
+        backend,
+        _lease: lease,
+        injector,
         early,
-        metrics: Some(&core.metrics),
-    };
-    // Boxed: the pump is what an idle connection waits in; its state alone stays allocated,
-    // not the larger state of the phases before it.
-    let outcome = Box::pin(pump(&mut tls, &mut backend, options)).await;
-    log.upstream = outcome.upstream;
-    log.downstream = outcome.downstream;
-    drop(lease);
-    outcome.reason
+    })
+}
+
+/// The pump over an established connection, which it takes whole. Not an `async fn`: that
+/// would keep `established` twice in its state (as the argument and as the body's local),
+/// and this state lives as long as the connection.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (see above)"
+)]
+fn forward<'a>(
+    mut established: Established<'a>,
+    frontend: &'a Frontend,
+    core: &'a CoreBackends,
+    log: &'a mut ConnectionLog,
+) -> impl std::future::Future<Output = CloseReason> + 'a {
+    async move {
+        let options = PumpOptions {
+            injector: established.injector.as_deref_mut(),
+            half_open: frontend.settings.allow_half_open,
+            idle_timeout: Some(frontend.settings.idle_timeout),
+            head_timeout: Some(frontend.settings.request_head_timeout),
+            early: established.early.take(),
+            metrics: Some(&core.metrics),
+        };
+        let outcome = pump(&mut established.tls, &mut established.backend, options).await;
+        log.upstream = outcome.upstream;
+        log.downstream = outcome.downstream;
+        drop(established);
+        outcome.reason
+    }
 }
 
 fn tls_facts<S>(tls: &TlsStream<S>) -> TlsFacts {

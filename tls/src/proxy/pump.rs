@@ -264,6 +264,7 @@ where
     let mut up = Flow::new(Role::Rewrite);
     let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
+    let mut greeted = false;
     let activity = Cell::new(fastedge_runtime::now());
     let moving = std::future::poll_fn(|cx| {
         let up_poll = up.poll_move(
@@ -322,10 +323,19 @@ where
             }
         }
         if up.done && down.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok(()));
         }
+        if !greeted && up.bytes == 0 && down.bytes == 0 && !up.read_done {
+            // Nothing moved yet and the client is waiting: flush it once. A TLS client is then
+            // sent what the handshake left queued (BoringSSL holds TLS 1.3 session tickets,
+            // 0.6 KiB, until the first write), so an idle connection does not keep it. Clients
+            // that speak first get it with the answer instead, in the same segments.
+            greeted = true;
+            if let Poll::Ready(Err(error)) = Pin::new(&mut *client).poll_flush(cx) {
+                return Poll::Ready(Err((Side::Client, "flush", error)));
+            }
+        }
+        Poll::Pending
     });
     // The next deadline: the idle timer's, or a request head's if that comes first.
     let deadline = || {
@@ -365,8 +375,17 @@ where
             .await;
         }
     };
-    let result =
-        futures_lite::future::or(async { Ok(moving.await) }, async { Err(watchdog.await) }).await;
+    // Both polled in place (not as `async` blocks awaiting them, which would store each twice):
+    // this state lives as long as the connection.
+    let mut moving = std::pin::pin!(moving);
+    let mut watchdog = std::pin::pin!(watchdog);
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(moved) = std::future::Future::poll(moving.as_mut(), cx) {
+            return Poll::Ready(Ok(moved));
+        }
+        std::future::Future::poll(watchdog.as_mut(), cx).map(Err)
+    })
+    .await;
     let reason = match result {
         Err(expired) => expired,
         Ok(Ok(())) => CloseReason::Closed {

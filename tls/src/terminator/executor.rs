@@ -136,9 +136,9 @@ async fn accept_loop(
         // The configuration of the moment; a reload builds this core a new balancer.
         let frontend = current.load_full();
         let backends = backends_for(&core_backends, &frontend, &metrics);
-        fastedge_runtime::spawn_detached(async move {
-            serve_connection(stream, peer, local, frontend, backends).await;
-            drop(permit);
+        fastedge_runtime::spawn_detached(Holding {
+            future: serve_connection(stream, peer, local, frontend, backends),
+            permit: Some(permit),
         });
     };
     loop {
@@ -278,5 +278,30 @@ async fn health_check_loop(
             let backends = backends_for(&core_backends, &frontend, &metrics);
             probe_backends(&frontend, &backends).await;
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future and its slot under the connection cap, released when it ends. A
+    /// future type of its own, not an `async` block awaiting the connection (which would store
+    /// the connection's arguments twice in its task, for as long as the connection lives).
+    struct Holding<F, P> {
+        #[pin]
+        future: F,
+        permit: Option<P>,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>, P> std::future::Future for Holding<F, P> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        std::task::ready!(this.future.poll(cx));
+        this.permit.take();
+        std::task::Poll::Ready(())
     }
 }
