@@ -220,9 +220,9 @@ fn slow_readers_behind_many_uploads_lose_nothing_and_memory_stays_bounded() {
 fn an_idle_tls_connection_costs_little_memory() {
     // Idle: handshake done, nothing asked yet; its backend connection is open (the connect
     // starts once the ClientHello is in). What the server holds then is the TLS state (about
-    // 2.8 KiB in BoringSSL once the session tickets it held until a first write are flushed),
-    // the connection's task, the pump's state and the engine's two streams: 5.0 KiB in a debug
-    // build (5.5 on glommio), 5.3 KiB in a release one. It was 7.0 KiB (debug) while the
+    // 2.8 KiB in BoringSSL once the session tickets it held until a first write are flushed,
+    // 100 ms into the silence), the connection's task, the pump's state and the engine's two
+    // streams: 5.1 KiB in a debug build (5.5 on glommio), 5.4 KiB in a release one. It was 7.0 KiB (debug) while the
     // tickets waited in BoringSSL and the phases before the pump kept their state allocated;
     // 9.7 KiB before the phases were boxed at all.
     const CONNECTIONS: usize = 1000;

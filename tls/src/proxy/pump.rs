@@ -22,6 +22,14 @@ use super::{
     CloseReason, PumpOutcome, Side,
 };
 
+/// How long a client that has sent nothing, and was sent nothing, waits before the pump flushes
+/// it: what the TLS layer queued at the end of the handshake (BoringSSL holds TLS 1.3 session
+/// tickets, 0.6 KiB, until the connection's first write) then goes out, so an idle connection
+/// does not keep it and a client waiting for the server gets its tickets. Clients that speak
+/// first get them with the answer, in the same segments; ones that leave at once (handshake
+/// floods) are not sent them at all.
+const SILENT_FLUSH_AFTER: Duration = Duration::from_millis(100);
+
 /// Settings of one [`pump`].
 #[derive(Debug, Default)]
 pub struct PumpOptions<'a> {
@@ -264,7 +272,10 @@ where
     let mut up = Flow::new(Role::Rewrite);
     let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
+    // The flush of a client that has said nothing (see SILENT_FLUSH_AFTER): when it is due,
+    // and whether it happened (or is not needed).
     let mut greeted = false;
+    let silent_flush_at: Cell<Option<Instant>> = Cell::new(None);
     let activity = Cell::new(fastedge_runtime::now());
     let moving = std::future::poll_fn(|cx| {
         let up_poll = up.poll_move(
@@ -325,14 +336,25 @@ where
         if up.done && down.done {
             return Poll::Ready(Ok(()));
         }
-        if !greeted && up.bytes == 0 && down.bytes == 0 && !up.read_done {
-            // Nothing moved yet and the client is waiting: flush it once. A TLS client is then
-            // sent what the handshake left queued (BoringSSL holds TLS 1.3 session tickets,
-            // 0.6 KiB, until the first write), so an idle connection does not keep it. Clients
-            // that speak first get it with the answer instead, in the same segments.
-            greeted = true;
-            if let Poll::Ready(Err(error)) = Pin::new(&mut *client).poll_flush(cx) {
-                return Poll::Ready(Err((Side::Client, "flush", error)));
+        if !greeted {
+            if up.bytes > 0 || down.bytes > 0 || up.read_done {
+                // Bytes moved (a write to the client carries what TLS queued) or the client
+                // is leaving: nothing to flush.
+                greeted = true;
+                silent_flush_at.set(None);
+            } else {
+                let now = fastedge_runtime::now();
+                match silent_flush_at.get() {
+                    None => silent_flush_at.set(Some(now + SILENT_FLUSH_AFTER)),
+                    Some(at) if now >= at => {
+                        greeted = true;
+                        silent_flush_at.set(None);
+                        if let Poll::Ready(Err(error)) = Pin::new(&mut *client).poll_flush(cx) {
+                            return Poll::Ready(Err((Side::Client, "flush", error)));
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Poll::Pending
@@ -357,18 +379,29 @@ where
                 Some((at, _)) => Some(at),
                 None => None,
             };
+            // A silent client's flush wakes the connection too (the mover does it).
+            let flush_at = silent_flush_at.get();
+            let wake_at = match (at, flush_at.filter(|f| *f > now)) {
+                (Some(a), Some(f)) => Some(a.min(f)),
+                (a, f) => a.or(f),
+            };
             let mut timer = std::pin::pin!(async {
-                match at {
+                match wake_at {
                     Some(at) => fastedge_runtime::sleep(at - now).await,
                     None => std::future::pending().await,
                 }
             });
             // Polled on every wake of the connection: a request head that began since may
-            // bring the deadline forward.
+            // bring the deadline forward, and the mover may have armed or done its flush.
             std::future::poll_fn(|cx| {
                 let earlier = deadline().is_some_and(|(next, _)| at.is_none_or(|at| next < at));
-                if earlier {
+                if earlier || silent_flush_at.get() != flush_at {
                     return Poll::Ready(());
+                }
+                if flush_at.is_some_and(|f| f <= now) {
+                    // Due but not done: the mover does it when next polled.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 std::future::Future::poll(timer.as_mut(), cx)
             })
