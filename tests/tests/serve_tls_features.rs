@@ -320,15 +320,30 @@ fn a_client_that_says_nothing_still_gets_a_ticket_it_can_resume_with() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Whole (its last line written) and the same on two looks in a row: s_client rewrites
+    // the file for each of the two tickets.
+    let written = || {
+        std::fs::read_to_string(&session)
+            .ok()
+            .filter(|pem| pem.contains("-----END SSL SESSION PARAMETERS-----"))
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !session.exists() && std::time::Instant::now() < deadline {
+    let mut last = None;
+    let arrived = loop {
         assert!(
             silent.try_wait().unwrap().is_none(),
             "s_client exited early"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let arrived = session.exists();
+        let now = written();
+        if now.is_some() && now == last {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(50));
+    };
     silent.kill().unwrap();
     silent.wait().unwrap();
     assert!(

@@ -36,7 +36,7 @@ use futures_lite::AsyncWriteExt;
 
 pub use backends::{probe_backends, BackendStream, CoreBackends, Frontend};
 pub use close::{CloseReason, PumpOutcome, Side};
-pub use pump::{pump, PumpOptions};
+pub use pump::{pump, PumpOptions, SILENT_FLUSH_AFTER};
 
 use crate::{accept_observed, ServerContext, TlsError, TlsStream};
 use backends::{connect_backend, Lease};
@@ -284,6 +284,7 @@ fn forward<'a>(
             head_timeout: Some(frontend.settings.request_head_timeout),
             early: established.early.take(),
             metrics: Some(&core.metrics),
+            silent_flush: Some(SILENT_FLUSH_AFTER),
         };
         let outcome = pump(&mut established.tls, &mut established.backend, options).await;
         log.upstream = outcome.upstream;

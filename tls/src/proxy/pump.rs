@@ -28,7 +28,7 @@ use super::{
 /// does not keep it and a client waiting for the server gets its tickets. Clients that speak
 /// first get them with the answer, in the same segments; ones that leave at once (handshake
 /// floods) are not sent them at all.
-const SILENT_FLUSH_AFTER: Duration = Duration::from_millis(100);
+pub const SILENT_FLUSH_AFTER: Duration = Duration::from_millis(100);
 
 /// Settings of one [`pump`].
 #[derive(Debug, Default)]
@@ -47,6 +47,10 @@ pub struct PumpOptions<'a> {
     pub early: Option<Arc<AtomicBool>>,
     /// Where requests the injector saw are counted as they pass (live, not at close).
     pub metrics: Option<&'a crate::metrics::CoreMetrics>,
+    /// Flush the client once when nothing came from either side this long after the pump
+    /// started (see [`SILENT_FLUSH_AFTER`], what the proxy uses): a TLS client then gets what
+    /// the handshake left queued. Needs a fastedge executor (a timer).
+    pub silent_flush: Option<Duration>,
 }
 
 /// What a direction of the pump does with the injector, if the connection has one.
@@ -264,6 +268,7 @@ where
         head_timeout,
         early,
         metrics,
+        silent_flush,
     } = options;
     let mut requests_counted = 0u64;
     let head_timeout = head_timeout.filter(|_| injector.is_some());
@@ -273,8 +278,10 @@ where
     let mut down = Flow::new(Role::Observe);
     let mut first_closed: Option<Side> = None;
     // The flush of a client that has said nothing (see SILENT_FLUSH_AFTER): when it is due,
-    // and whether it happened (or is not needed).
-    let mut greeted = false;
+    // whether it is under way (the transport may take it later), and whether it is over (or
+    // not needed).
+    let mut greeted = silent_flush.is_none();
+    let mut flushing = false;
     let silent_flush_at: Cell<Option<Instant>> = Cell::new(None);
     let activity = Cell::new(fastedge_runtime::now());
     let moving = std::future::poll_fn(|cx| {
@@ -336,25 +343,33 @@ where
         if up.done && down.done {
             return Poll::Ready(Ok(()));
         }
-        if !greeted {
+        if !greeted && !flushing {
             if up.bytes > 0 || down.bytes > 0 || up.read_done {
-                // Bytes moved (a write to the client carries what TLS queued) or the client
-                // is leaving: nothing to flush.
+                // Bytes came from a side (the answer to the client will carry what TLS queued)
+                // or the client is leaving: nothing to flush.
                 greeted = true;
                 silent_flush_at.set(None);
             } else {
                 let now = fastedge_runtime::now();
-                match silent_flush_at.get() {
-                    None => silent_flush_at.set(Some(now + SILENT_FLUSH_AFTER)),
-                    Some(at) if now >= at => {
-                        greeted = true;
+                match (silent_flush_at.get(), silent_flush) {
+                    (None, Some(after)) => silent_flush_at.set(Some(now + after)),
+                    (Some(at), _) if now >= at => {
+                        flushing = true;
                         silent_flush_at.set(None);
-                        if let Poll::Ready(Err(error)) = Pin::new(&mut *client).poll_flush(cx) {
-                            return Poll::Ready(Err((Side::Client, "flush", error)));
-                        }
                     }
-                    Some(_) => {}
+                    _ => {}
                 }
+            }
+        }
+        if flushing {
+            match Pin::new(&mut *client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    flushing = false;
+                    greeted = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err((Side::Client, "flush", error))),
+                // Retried on the next wake until it is done.
+                Poll::Pending => {}
             }
         }
         Poll::Pending
@@ -676,6 +691,76 @@ mod tests {
         );
         assert_eq!(outcome.reason.to_string(), "backend reset the connection");
         assert_eq!(outcome.upstream, 5);
+    }
+
+    #[test]
+    fn a_silent_client_is_flushed_once_and_still_ends_at_the_idle_timeout() {
+        /// A peer that says nothing and counts the flushes it is asked for.
+        #[derive(Default)]
+        struct Silent {
+            flushes: usize,
+        }
+        impl AsyncRead for Silent {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Pending
+            }
+        }
+        impl AsyncWrite for Silent {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+            }
+            fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.flushes += 1;
+                Poll::Ready(Ok(()))
+            }
+            fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let cpu = fastedge_runtime::CpuList::available().unwrap().cpus()[0];
+        let cpus = cpu.to_string().parse().unwrap();
+        let executors = fastedge_runtime::Executors::spawn_on(
+            fastedge_runtime::Engine::Uring,
+            "pump-test",
+            &cpus,
+            |_| {
+                || async {
+                    let mut client = Silent::default();
+                    let mut backend = Silent::default();
+                    let started = Instant::now();
+                    let options = PumpOptions {
+                        idle_timeout: Some(Duration::from_millis(150)),
+                        silent_flush: Some(Duration::from_millis(30)),
+                        ..half_open()
+                    };
+                    let outcome = pump(&mut client, &mut backend, options).await;
+                    (
+                        outcome.reason.to_string(),
+                        started.elapsed(),
+                        client.flushes,
+                        backend.flushes,
+                    )
+                }
+            },
+        )
+        .unwrap();
+        let (_, (reason, took, client, backend)) = executors.join().unwrap().pop().unwrap();
+        assert_eq!(reason, "idle for 0.15 s");
+        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(
+            (client, backend),
+            (1, 0),
+            "flushes of the client and the backend"
+        );
     }
 
     #[test]
