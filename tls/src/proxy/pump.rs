@@ -693,6 +693,30 @@ mod tests {
         assert_eq!(outcome.upstream, 5);
     }
 
+    /// Runs `make()`'s future on one io_uring executor (timers need an engine) on this
+    /// process's first CPU and returns its output.
+    fn on_engine<F, Fut>(make: F) -> Fut::Output
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let cpu = fastedge_runtime::CpuList::available().unwrap().cpus()[0];
+        let cpus = cpu.to_string().parse().unwrap();
+        let make = std::sync::Arc::new(make);
+        let executors = fastedge_runtime::Executors::spawn_on(
+            fastedge_runtime::Engine::Uring,
+            "pump-test",
+            &cpus,
+            move |_| {
+                let make = make.clone();
+                move || make()
+            },
+        )
+        .unwrap();
+        executors.join().unwrap().pop().unwrap().1
+    }
+
     #[test]
     fn a_silent_client_is_flushed_once_and_still_ends_at_the_idle_timeout() {
         /// A peer that says nothing and counts the flushes it is asked for.
@@ -725,34 +749,23 @@ mod tests {
                 Poll::Ready(Ok(()))
             }
         }
-        let cpu = fastedge_runtime::CpuList::available().unwrap().cpus()[0];
-        let cpus = cpu.to_string().parse().unwrap();
-        let executors = fastedge_runtime::Executors::spawn_on(
-            fastedge_runtime::Engine::Uring,
-            "pump-test",
-            &cpus,
-            |_| {
-                || async {
-                    let mut client = Silent::default();
-                    let mut backend = Silent::default();
-                    let started = Instant::now();
-                    let options = PumpOptions {
-                        idle_timeout: Some(Duration::from_millis(150)),
-                        silent_flush: Some(Duration::from_millis(30)),
-                        ..half_open()
-                    };
-                    let outcome = pump(&mut client, &mut backend, options).await;
-                    (
-                        outcome.reason.to_string(),
-                        started.elapsed(),
-                        client.flushes,
-                        backend.flushes,
-                    )
-                }
-            },
-        )
-        .unwrap();
-        let (_, (reason, took, client, backend)) = executors.join().unwrap().pop().unwrap();
+        let (reason, took, client, backend) = on_engine(|| async {
+            let mut client = Silent::default();
+            let mut backend = Silent::default();
+            let started = Instant::now();
+            let options = PumpOptions {
+                idle_timeout: Some(Duration::from_millis(150)),
+                silent_flush: Some(Duration::from_millis(30)),
+                ..half_open()
+            };
+            let outcome = pump(&mut client, &mut backend, options).await;
+            (
+                outcome.reason.to_string(),
+                started.elapsed(),
+                client.flushes,
+                backend.flushes,
+            )
+        });
         assert_eq!(reason, "idle for 0.15 s");
         assert!(took >= Duration::from_millis(150), "{took:?}");
         assert!(took < Duration::from_secs(2), "{took:?}");
@@ -765,33 +778,21 @@ mod tests {
 
     #[test]
     fn an_idle_connection_ends_at_the_idle_timeout() {
-        // Timers need an engine: one executor on this process's first CPU.
-        let cpu = fastedge_runtime::CpuList::available().unwrap().cpus()[0];
-        let cpus = cpu.to_string().parse().unwrap();
-        let executors = fastedge_runtime::Executors::spawn_on(
-            fastedge_runtime::Engine::Uring,
-            "pump-test",
-            &cpus,
-            |_| {
-                || async {
-                    let mut client = Peer::sending(b"one", 64).held_open();
-                    let mut backend = Peer::default().held_open();
-                    let started = Instant::now();
-                    let options = PumpOptions {
-                        idle_timeout: Some(Duration::from_millis(50)),
-                        ..half_open()
-                    };
-                    let outcome = pump(&mut client, &mut backend, options).await;
-                    (
-                        outcome.reason.to_string(),
-                        started.elapsed(),
-                        backend.written,
-                    )
-                }
-            },
-        )
-        .unwrap();
-        let (_, (reason, took, written)) = executors.join().unwrap().pop().unwrap();
+        let (reason, took, written) = on_engine(|| async {
+            let mut client = Peer::sending(b"one", 64).held_open();
+            let mut backend = Peer::default().held_open();
+            let started = Instant::now();
+            let options = PumpOptions {
+                idle_timeout: Some(Duration::from_millis(50)),
+                ..half_open()
+            };
+            let outcome = pump(&mut client, &mut backend, options).await;
+            (
+                outcome.reason.to_string(),
+                started.elapsed(),
+                backend.written,
+            )
+        });
         assert_eq!(reason, "idle for 0.05 s");
         assert!(took >= Duration::from_millis(50), "{took:?}");
         assert_eq!(written, b"one");
