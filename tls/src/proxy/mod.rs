@@ -98,8 +98,10 @@ pub fn serve_connection(
             %peer,
             sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
             alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
-            tls = log.version.as_deref().unwrap_or("-"),
-            backend = log.backend.as_deref().unwrap_or("-"),
+            tls = TlsVersion(log.version).to_string().as_str(),
+            backend = log
+                .backend
+                .map_or("-", |index| frontend.backends[index].name.as_str()),
             upstream = log.upstream,
             downstream = log.downstream,
             ms = started.elapsed().as_millis() as u64,
@@ -135,16 +137,31 @@ async fn linger(client: &mut TcpStream) {
     return_buffer(buf);
 }
 
-/// What the close log line tells about a connection.
+/// What the close log line tells about a connection. Kept for the connection's whole life, so
+/// nothing here is copied that can be pointed at.
 #[derive(Debug, Default)]
 struct ConnectionLog {
     sni: Option<String>,
     alpn: Option<String>,
-    /// Protocol version, with ` 0-RTT` when early data was accepted.
-    version: Option<String>,
-    backend: Option<String>,
+    /// Protocol version, and whether early data was accepted.
+    version: Option<(&'static str, bool)>,
+    /// Index of the backend in the connection's frontend.
+    backend: Option<usize>,
     upstream: u64,
     downstream: u64,
+}
+
+/// The log line's `tls` field: the version, with ` 0-RTT` when early data was accepted.
+struct TlsVersion(Option<(&'static str, bool)>);
+
+impl std::fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("-"),
+            Some((version, false)) => f.write_str(version),
+            Some((version, true)) => write!(f, "{version} 0-RTT"),
+        }
+    }
 }
 
 /// A connection whose handshake completed and whose backend is connected and introduced: what
@@ -223,11 +240,7 @@ async fn establish<'a>(
         .alpn
         .as_ref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    log.version = Some(if early.is_some() {
-        format!("{} 0-RTT", tls.ssl().version_str())
-    } else {
-        tls.ssl().version_str().to_owned()
-    });
+    log.version = Some((tls.ssl().version_str(), early.is_some()));
     let (mut backend, lease) = match connecting.await {
         Ok(connected) => connected,
         Err(reason) => {
@@ -236,7 +249,7 @@ async fn establish<'a>(
         }
     };
     let spec = &frontend.backends[lease.index];
-    log.backend = Some(spec.name.clone());
+    log.backend = Some(lease.index);
     let peer_cert = tls.ssl().peer_certificate();
     let client = Client {
         addrs: ConnectionAddrs {
