@@ -343,10 +343,17 @@ where
         if up.done && down.done {
             return Poll::Ready(Ok(()));
         }
+        if (flushing || !greeted) && (up.read_done || down.read_done) {
+            // Closing has begun (the client's side is closed, or will be, after what is
+            // queued): no flush of our own.
+            flushing = false;
+            greeted = true;
+            silent_flush_at.set(None);
+        }
         if !greeted && !flushing {
-            if up.bytes > 0 || down.bytes > 0 || up.read_done {
-                // Bytes came from a side (the answer to the client will carry what TLS queued)
-                // or the client is leaving: nothing to flush.
+            if up.bytes > 0 || down.bytes > 0 {
+                // Bytes came from a side (the answer to the client will carry what TLS
+                // queued): nothing to flush.
                 greeted = true;
                 silent_flush_at.set(None);
             } else {
@@ -719,10 +726,12 @@ mod tests {
 
     #[test]
     fn a_silent_client_is_flushed_once_and_still_ends_at_the_idle_timeout() {
-        /// A peer that says nothing and counts the flushes it is asked for.
+        /// A peer that says nothing and counts the flushes it is asked for; the first
+        /// `pending` of them answer `Pending` (and wake the task, as a transport would later).
         #[derive(Default)]
         struct Silent {
             flushes: usize,
+            pending: usize,
         }
         impl AsyncRead for Silent {
             fn poll_read(
@@ -741,39 +750,49 @@ mod tests {
             ) -> Poll<io::Result<usize>> {
                 Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
             }
-            fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 self.flushes += 1;
+                if self.flushes <= self.pending {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(()))
             }
             fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
                 Poll::Ready(Ok(()))
             }
         }
-        let (reason, took, client, backend) = on_engine(|| async {
-            let mut client = Silent::default();
-            let mut backend = Silent::default();
-            let started = Instant::now();
-            let options = PumpOptions {
-                idle_timeout: Some(Duration::from_millis(150)),
-                silent_flush: Some(Duration::from_millis(30)),
-                ..half_open()
-            };
-            let outcome = pump(&mut client, &mut backend, options).await;
-            (
-                outcome.reason.to_string(),
-                started.elapsed(),
-                client.flushes,
-                backend.flushes,
-            )
-        });
-        assert_eq!(reason, "idle for 0.15 s");
-        assert!(took >= Duration::from_millis(150), "{took:?}");
-        assert!(took < Duration::from_secs(2), "{took:?}");
-        assert_eq!(
-            (client, backend),
-            (1, 0),
-            "flushes of the client and the backend"
-        );
+        // The second time, the client's transport takes the flush only when asked again.
+        for pending in [0, 1] {
+            let (reason, took, client, backend) = on_engine(move || async move {
+                let mut client = Silent {
+                    pending,
+                    ..Silent::default()
+                };
+                let mut backend = Silent::default();
+                let started = Instant::now();
+                let options = PumpOptions {
+                    idle_timeout: Some(Duration::from_millis(80)),
+                    silent_flush: Some(Duration::from_millis(20)),
+                    ..half_open()
+                };
+                let outcome = pump(&mut client, &mut backend, options).await;
+                (
+                    outcome.reason.to_string(),
+                    started.elapsed(),
+                    client.flushes,
+                    backend.flushes,
+                )
+            });
+            assert_eq!(reason, "idle for 0.08 s");
+            assert!(took >= Duration::from_millis(80), "{took:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert_eq!(
+                (client, backend),
+                (1 + pending, 0),
+                "flushes of the client and the backend"
+            );
+        }
     }
 
     #[test]
