@@ -15,9 +15,9 @@ use std::{
     time::Duration,
 };
 
-use fastedge_runtime::{bind_reuseport, CpuList, Executors};
+use fastedge_runtime::{bind_reuseport, net::TcpStream, CpuList, Executors};
 use fastedge_tests::require_tool;
-use fastedge_tls::{accept, SelfSigned, ServerContext};
+use fastedge_tls::{accept, SelfSigned, ServerContext, TlsStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: usize = 1 << 20;
@@ -36,16 +36,14 @@ struct ServerReport {
     peer_closed_cleanly: bool,
 }
 
-/// Runs a one-connection TLS server on one executor. It reads the payload; with `echo` it sends
-/// back each byte plus one, sends close_notify and reads once more; without, it only reads once
-/// more (to see how a vanished client is reported).
-fn one_shot_server(
-    echo: bool,
-) -> (
-    SocketAddr,
-    mpsc::Receiver<Result<ServerReport, String>>,
-    Executors<()>,
-) {
+/// Runs a one-connection TLS server on one executor: the connection, once its handshake is done
+/// (or the reason it failed), goes to `serve`, whose answer comes back on the channel.
+fn serve_one<T, F, Fut>(serve: F) -> (SocketAddr, mpsc::Receiver<T>, Executors<()>)
+where
+    F: Fn(Result<TlsStream<TcpStream>, String>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     let cert = SelfSigned::generate(&["localhost"], 1).expect("certificate");
     let context =
         ServerContext::from_parts(&[cert.cert], &cert.key, &["http/1.1"]).expect("context");
@@ -61,55 +59,70 @@ fn one_shot_server(
         let listener = listener.take().expect("single executor");
         let context = context.clone();
         let tx = tx.clone();
+        let serve = serve.clone();
         move || async move {
             let listener = listener.into_listener().expect("listener");
             let stream = listener.accept().await.expect("accept");
-            let report = async {
-                let ssl = context.new_session().map_err(|e| e.to_string())?;
-                let mut tls = accept(ssl, stream).await.map_err(|e| e.to_string())?;
-                let version = tls.ssl().version_str().to_owned();
-                let mut got = vec![0u8; PAYLOAD];
-                tls.read_exact(&mut got)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
-                let received_ok = got == payload();
-                if !echo {
-                    // Wait for the client to vanish; report what the next read says.
-                    let mut byte = [0u8; 1];
-                    let after = tls
-                        .read(&mut byte)
-                        .await
-                        .map_err(|e| format!("{:?}: {e}", e.kind()));
-                    return Ok(ServerReport {
-                        version,
-                        received_ok,
-                        after_close: after,
-                        peer_closed_cleanly: tls.peer_closed_cleanly(),
-                    });
-                }
-                let answer: Vec<u8> = got.iter().map(|b| b.wrapping_add(1)).collect();
-                tls.write_all(&answer)
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-                tls.close().await.map_err(|e| format!("close: {e}"))?;
-                let mut byte = [0u8; 1];
-                let after = tls
-                    .read(&mut byte)
-                    .await
-                    .map_err(|e| format!("{:?}: {e}", e.kind()));
-                Ok(ServerReport {
-                    version,
-                    received_ok,
-                    after_close: after,
-                    peer_closed_cleanly: tls.peer_closed_cleanly(),
-                })
-            }
-            .await;
-            tx.send(report).expect("report");
+            let tls = match context.new_session() {
+                Ok(ssl) => accept(ssl, stream).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            tx.send(serve(tls).await).expect("report");
         }
     })
     .expect("executor");
     (addr, rx, executors)
+}
+
+/// Runs a one-connection TLS server on one executor. It reads the payload; with `echo` it sends
+/// back each byte plus one, sends close_notify and reads once more; without, it only reads once
+/// more (to see how a vanished client is reported).
+fn one_shot_server(
+    echo: bool,
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Result<ServerReport, String>>,
+    Executors<()>,
+) {
+    serve_one(move |tls| async move {
+        let mut tls = tls?;
+        let version = tls.ssl().version_str().to_owned();
+        let mut got = vec![0u8; PAYLOAD];
+        tls.read_exact(&mut got)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let received_ok = got == payload();
+        if !echo {
+            // Wait for the client to vanish; report what the next read says.
+            let mut byte = [0u8; 1];
+            let after = tls
+                .read(&mut byte)
+                .await
+                .map_err(|e| format!("{:?}: {e}", e.kind()));
+            return Ok(ServerReport {
+                version,
+                received_ok,
+                after_close: after,
+                peer_closed_cleanly: tls.peer_closed_cleanly(),
+            });
+        }
+        let answer: Vec<u8> = got.iter().map(|b| b.wrapping_add(1)).collect();
+        tls.write_all(&answer)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        tls.close().await.map_err(|e| format!("close: {e}"))?;
+        let mut byte = [0u8; 1];
+        let after = tls
+            .read(&mut byte)
+            .await
+            .map_err(|e| format!("{:?}: {e}", e.kind()));
+        Ok(ServerReport {
+            version,
+            received_ok,
+            after_close: after,
+            peer_closed_cleanly: tls.peer_closed_cleanly(),
+        })
+    })
 }
 
 fn s_client(addr: SocketAddr) -> Child {
@@ -334,5 +347,44 @@ fn records_start_small_then_grow_and_start_small_again_after_a_pause() {
     assert!(
         data.len() >= 3 && data.iter().all(|&len| small(len)),
         "after a pause, small records again: {later_records:?}"
+    );
+}
+
+/// A flush that writes what BoringSSL held (TLS 1.3 session tickets wait in it until a first
+/// write) onto a connection the client reset reports the transport's error, as a write would,
+/// not a bare SSL error code.
+#[test]
+fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
+    use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let (addr, rx, executors) = serve_one(|tls| async move {
+        let mut tls = tls.expect("handshake");
+        // The client resets the connection meanwhile.
+        fastedge_runtime::sleep(Duration::from_millis(300)).await;
+        let flushed = tls.flush().await;
+        flushed.map_err(|e| (e.kind(), e.raw_os_error(), e.to_string()))
+    });
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_3))
+        .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut config = builder.build().configure().unwrap();
+    config.set_verify_hostname(false);
+    let tls = config.connect("localhost", tcp).unwrap();
+    socket2::SockRef::from(tls.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tls);
+    let flushed = rx.recv_timeout(Duration::from_secs(10)).expect("report");
+    executors.join().unwrap();
+    let (kind, os_error, text) = flushed.expect_err("a flush onto a reset connection");
+    assert!(
+        os_error.is_some()
+            && matches!(
+                kind,
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+        "{kind:?} {os_error:?}: {text}"
     );
 }

@@ -64,6 +64,10 @@ pub struct IoShim<S> {
     /// Bytes read from the transport that BoringSSL has not asked for yet (from `ahead_pos`).
     ahead: Vec<u8>,
     ahead_pos: usize,
+    /// The last error a write to the transport failed with, other than `WouldBlock`: BoringSSL
+    /// passes on only a code, and `boring` keeps the error for its own calls, not for
+    /// [`crate::ffi::write_queued`] (see `TlsStream::poll_flush`).
+    write_failed: Option<io::Error>,
 }
 
 impl<S> IoShim<S> {
@@ -73,6 +77,7 @@ impl<S> IoShim<S> {
             waker: None,
             ahead: Vec::new(),
             ahead_pos: 0,
+            write_failed: None,
         }
     }
 
@@ -147,7 +152,19 @@ impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
 
 impl<S: AsyncWrite + Unpin> io::Write for IoShim<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.poll_with(|stream, cx| stream.poll_write(cx, buf))
+        let written = self.poll_with(|stream, cx| stream.poll_write(cx, buf));
+        match written {
+            Err(error) if error.kind() != io::ErrorKind::WouldBlock => {
+                // `boring` takes the error it is given; a copy stays here.
+                let copy = match error.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(error.kind(), error.to_string()),
+                };
+                self.write_failed = Some(error);
+                Err(copy)
+            }
+            written => written,
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -463,11 +480,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             && this.pending_write.is_none()
             && !crate::ffi::in_early_data(this.inner.ssl())
         {
-            match crate::ffi::write_queued(this.inner.ssl_mut()) {
-                Ok(()) => {}
+            this.inner.get_mut().write_failed = None;
+            let queued = crate::ffi::write_queued(this.inner.ssl_mut());
+            let failed = this.inner.get_mut().write_failed.take();
+            match (queued, failed) {
+                (Ok(()), _) => {}
+                // The transport's own error (a retriable one such as `NotConnected` too: no
+                // waker waits for it).
+                (Err(_), Some(error)) => return Poll::Ready(Err(error)),
                 // The transport registered our waker.
-                Err(ErrorCode::WANT_WRITE) => return Poll::Pending,
-                Err(code) => {
+                (Err(ErrorCode::WANT_WRITE), None) => return Poll::Pending,
+                (Err(code), None) => {
                     let stack = boring::error::ErrorStack::get();
                     return Poll::Ready(Err(io::Error::other(format!(
                         "writing TLS handshake messages: SSL error {}: {stack}",
