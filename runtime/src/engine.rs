@@ -117,11 +117,44 @@ pub fn now() -> std::time::Instant {
     }
 }
 
-/// Completes after `duration`.
-pub async fn sleep(duration: Duration) {
-    match current_or_panic() {
-        Engine::Uring => crate::uring::time::sleep(duration).await,
-        Engine::Glommio => glommio::timer::sleep(duration).await,
+/// Completes after `duration`: [`sleep_until`] the clock's time plus `duration`.
+pub fn sleep(duration: Duration) -> Sleep {
+    // The clock, not the turn's time: a sleep never ends before `duration` has passed.
+    sleep_until(std::time::Instant::now() + duration)
+}
+
+/// Completes at `deadline` (at once if it has passed), on the calling thread's engine.
+///
+/// A [`Sleep`] is a named, small future (no `async` state around it), so it can be kept in a
+/// hand-written future's fields and replaced when a deadline moves.
+pub fn sleep_until(deadline: std::time::Instant) -> Sleep {
+    Sleep(match current_or_panic() {
+        Engine::Uring => SleepOn::Uring(crate::uring::time::Sleep::until(deadline)),
+        Engine::Glommio => SleepOn::Glommio(glommio::timer::Timer::new(
+            deadline.saturating_duration_since(std::time::Instant::now()),
+        )),
+    })
+}
+
+/// The future of [`sleep`] and [`sleep_until`]: completes at its deadline. Dropping it
+/// unregisters it from the engine's timers.
+#[derive(Debug)]
+pub struct Sleep(SleepOn);
+
+#[derive(Debug)]
+enum SleepOn {
+    Uring(crate::uring::time::Sleep),
+    Glommio(glommio::timer::Timer),
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            SleepOn::Uring(sleep) => Pin::new(sleep).poll(cx),
+            SleepOn::Glommio(timer) => Pin::new(timer).poll(cx).map(drop),
+        }
     }
 }
 

@@ -66,8 +66,8 @@ use std::{net::SocketAddr, time::Duration};
 
 pub use cpus::{CpuList, CpuListError};
 pub use engine::{
-    current as current_engine, now, sleep, spawn, spawn_detached, timeout, Engine, JoinHandle,
-    UnknownEngine,
+    current as current_engine, now, sleep, sleep_until, spawn, spawn_detached, timeout, Engine,
+    JoinHandle, Sleep, UnknownEngine,
 };
 pub use executors::{pinned_cpu, Core, Executors};
 pub use limit::{ConnectionLimit, ConnectionPermit};

@@ -1,5 +1,6 @@
-//! Thread-per-core executors: one pinned glommio executor per CPU of a CPU list, each with its
-//! own SO_REUSEPORT listener; real TCP connections are spread over more than one of them.
+//! Thread-per-core executors: one pinned executor per CPU of a CPU list (on the engine
+//! `$FASTEDGE_ENGINE` names), each with its own SO_REUSEPORT listener; real TCP connections are
+//! spread over more than one of them. And the facade's timers on that engine.
 
 // Test code: an unwrap that fails is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -131,4 +132,57 @@ fn binding_a_taken_address_fails_naming_it() {
     let addr = holder.local_addr().unwrap();
     let err = bind_reuseport(addr, 1, 16).unwrap_err().to_string();
     assert!(err.contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn timers_complete_at_their_deadlines_in_order_and_not_before() {
+    use std::time::Instant;
+
+    let cpu = CpuList::available().unwrap().cpus()[0];
+    let cpus: CpuList = cpu.to_string().parse().unwrap();
+    let executors = Executors::spawn_on(fastedge_tests::engine(), "timers", &cpus, |_| {
+        || async {
+            let started = Instant::now();
+            // A deadline already past completes at once.
+            fastedge_runtime::sleep_until(started - Duration::from_millis(5)).await;
+            let past = started.elapsed();
+            // Two at once: the earlier one first, neither before its deadline.
+            let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+            let timer = |ms: u64| {
+                let order = order.clone();
+                async move {
+                    fastedge_runtime::sleep_until(started + Duration::from_millis(ms)).await;
+                    order.borrow_mut().push((ms, started.elapsed()));
+                }
+            };
+            futures_lite::future::zip(timer(60), timer(30)).await;
+            // One dropped before its deadline never completes anything.
+            drop(fastedge_runtime::sleep_until(
+                Instant::now() + Duration::from_millis(1),
+            ));
+            fastedge_runtime::sleep(Duration::from_millis(10)).await;
+            let order = order.borrow().clone();
+            (past, order)
+        }
+    })
+    .unwrap();
+    let (_, (past, order)) = executors.join().unwrap().pop().unwrap();
+    assert!(
+        past < Duration::from_millis(50),
+        "a past deadline took {past:?}"
+    );
+    assert_eq!(
+        order.iter().map(|(ms, _)| *ms).collect::<Vec<_>>(),
+        [30, 60]
+    );
+    for (ms, at) in order {
+        assert!(
+            at >= Duration::from_millis(ms),
+            "the {ms} ms timer ended at {at:?}"
+        );
+        assert!(
+            at < Duration::from_secs(2),
+            "the {ms} ms timer ended at {at:?}"
+        );
+    }
 }

@@ -253,7 +253,8 @@ enum CloseState {
 pub struct TlsStream<S> {
     inner: SslStream<IoShim<S>>,
     close: CloseState,
-    early: Option<EarlyData>,
+    /// Boxed: few connections have early data, and this lives as long as the connection.
+    early: Option<Box<EarlyData>>,
     /// Dynamic record sizing: plaintext still to send in small records, and when the last
     /// write happened.
     small_left: usize,
@@ -299,12 +300,12 @@ impl<S> TlsStream<S> {
     /// whether its bytes may have been early data. No effect when early data was not accepted.
     pub fn track_early_data(&mut self, cap: usize, last_read_early: Arc<AtomicBool>) {
         if crate::ffi::in_early_data(self.inner.ssl()) {
-            self.early = Some(EarlyData {
+            self.early = Some(Box::new(EarlyData {
                 cap,
                 passed: 0,
                 held: Vec::new(),
                 last_read_early,
-            });
+            }));
         }
     }
 

@@ -36,7 +36,7 @@ use futures_lite::AsyncWriteExt;
 
 pub use backends::{probe_backends, BackendStream, CoreBackends, Frontend};
 pub use close::{CloseReason, PumpOutcome, Side};
-pub use pump::{pump, PumpOptions, SILENT_FLUSH_AFTER};
+pub use pump::{pump, Pump, PumpOptions, SILENT_FLUSH_AFTER};
 
 use crate::{accept_observed, ServerContext, TlsError, TlsStream};
 use backends::{connect_backend, Lease};
@@ -72,7 +72,7 @@ pub fn serve_connection(
         // Each phase is boxed: the connection's task then holds only what every phase needs, and
         // the handshake's, the backend connect's and the introduction's state is freed before
         // the pump, where an idle connection waits, starts with what it moves bytes with.
-        let reason = {
+        let reason = 'served: {
             let established = Box::pin(establish(
                 &mut client,
                 peer,
@@ -81,16 +81,14 @@ pub fn serve_connection(
                 &core,
                 &mut log,
             ));
-            // The pump is not awaited inside this `match`: the match's scrutinee (the
-            // established connection, moved out) would keep its place in the task meanwhile.
+            // The pump is awaited after this statement, not inside a `match`: a match's
+            // scrutinee (the established connection, or a result holding the pump) would keep
+            // its place in the task meanwhile.
             let pump = match established.await {
-                Ok(established) => Ok(Box::pin(forward(established, &frontend, &core, &mut log))),
-                Err(reason) => Err(reason),
+                Ok(established) => Box::pin(forward(established, &frontend, &core, &mut log)),
+                Err(reason) => break 'served reason,
             };
-            match pump {
-                Ok(pump) => pump.await,
-                Err(reason) => reason,
-            }
+            pump.await
         };
         core.metrics
             .connection_closed(reason.class(), log.upstream, log.downstream);
