@@ -7,6 +7,7 @@ use std::{
     collections::VecDeque,
     io,
     net::SocketAddr,
+    num::NonZeroI32,
     os::fd::{AsRawFd, OwnedFd, RawFd},
     path::Path,
     pin::Pin,
@@ -32,6 +33,9 @@ const RX_MAX_QUEUED: usize = 8;
 /// fast sender cannot take more of the pool than a slow reader may hold, however many
 /// completions arrive before a cancel would.
 const RX_ARM_LIMIT: u32 = (RX_MAX_QUEUED * reactor::BUF_SIZE) as u32;
+
+/// The error a send that outlived its connection's linger is failed with.
+const TIMED_OUT: NonZeroI32 = NonZeroI32::new(libc::ETIMEDOUT).expect("ETIMEDOUT is not 0");
 
 thread_local! {
     /// Whether this kernel caps a multishot receive's total (Linux 6.16); set false the first
@@ -196,14 +200,20 @@ impl Drop for TcpListener {
     }
 }
 
+/// Received bytes copied out of the pool (see [`Conn::relieve`]); `read` of them are read.
+#[derive(Debug, Default)]
+struct Spill {
+    bytes: Vec<u8>,
+    read: usize,
+}
+
 /// One connection's state, shared by its stream and its operations in flight.
 #[derive(Debug)]
 pub(crate) struct Conn {
     fd: OwnedFd,
-    /// Received bytes not read yet that were copied out of the pool when it ran low
-    /// (`rx_spilled_read` of them are read); they come before everything in `rx`.
-    rx_spilled: Vec<u8>,
-    rx_spilled_read: usize,
+    /// Received bytes not read yet that were copied out of the pool when it ran low; they
+    /// come before everything in `rx`. Boxed: few connections ever have any.
+    rx_spilled: Option<Box<Spill>>,
     /// Received buffers not read yet: (buffer id, length); `rx_offset` into the first.
     rx: VecDeque<(u16, u32)>,
     rx_offset: usize,
@@ -214,7 +224,7 @@ pub(crate) struct Conn {
     rx_state: Multishot,
     /// End of the receive side: `Ok` for end of stream, or the error.
     rx_end: Option<Result<(), io::ErrorKind>>,
-    rx_error: Option<i32>,
+    rx_error: Option<NonZeroI32>,
     rx_waker: Option<Waker>,
     rx_starved: bool,
     /// Output queued since the last send started.
@@ -224,7 +234,7 @@ pub(crate) struct Conn {
     tx_sent: usize,
     tx_busy: bool,
     tx_dirty: bool,
-    tx_error: Option<i32>,
+    tx_error: Option<NonZeroI32>,
     tx_waker: Option<Waker>,
     /// The send in flight (to cancel it when a lingering drop gives up).
     pub(crate) tx_op: Option<u64>,
@@ -235,8 +245,7 @@ impl Conn {
     fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
-            rx_spilled: Vec::new(),
-            rx_spilled_read: 0,
+            rx_spilled: None,
             rx: VecDeque::new(),
             rx_offset: 0,
             rx_listed: false,
@@ -290,7 +299,7 @@ impl Conn {
                 }
                 e => {
                     self.rx_end = Some(Err(io::Error::from_raw_os_error(-e).kind()));
-                    self.rx_error = Some(-e);
+                    self.rx_error = NonZeroI32::new(-e);
                 }
             }
         }
@@ -307,12 +316,19 @@ impl Conn {
     /// Unread input in bytes (pool buffers and spilled copies).
     fn unread_bytes(&self) -> usize {
         let pooled: usize = self.rx.iter().map(|&(_, len)| len as usize).sum();
-        pooled.saturating_sub(self.rx_offset) + (self.rx_spilled.len() - self.rx_spilled_read)
+        pooled.saturating_sub(self.rx_offset) + self.spilled_unread()
     }
 
     /// Unread input, in receive buffers' worth.
     fn queued_input(&self) -> usize {
-        self.rx.len() + (self.rx_spilled.len() - self.rx_spilled_read).div_ceil(reactor::BUF_SIZE)
+        self.rx.len() + self.spilled_unread().div_ceil(reactor::BUF_SIZE)
+    }
+
+    /// Spilled bytes not read yet.
+    fn spilled_unread(&self) -> usize {
+        self.rx_spilled
+            .as_ref()
+            .map_or(0, |spill| spill.bytes.len() - spill.read)
     }
 
     /// Whether unread bytes sit in pool buffers.
@@ -334,18 +350,23 @@ impl Conn {
             self.rx_offset = 0;
             return;
         }
-        self.rx_spilled.drain(..self.rx_spilled_read);
-        self.rx_spilled_read = 0;
+        if self.rx.is_empty() {
+            return;
+        }
+        let spill = self.rx_spilled.get_or_insert_with(Box::default);
+        spill.bytes.drain(..spill.read);
+        spill.read = 0;
         let more: usize = self
             .rx
             .iter()
             .map(|&(_, len)| len as usize)
             .sum::<usize>()
             .saturating_sub(self.rx_offset);
-        self.rx_spilled.reserve(more);
+        spill.bytes.reserve(more);
         for (bid, len) in self.rx.drain(..) {
             let data = bufs.buffer(bid, len as usize);
-            self.rx_spilled
+            spill
+                .bytes
                 .extend_from_slice(data.get(self.rx_offset..).unwrap_or_default());
             self.rx_offset = 0;
             bufs.give_back(bid);
@@ -391,7 +412,7 @@ impl Conn {
     pub(crate) fn on_send(&mut self, result: i32) -> (Option<Waker>, SendNext) {
         self.tx_op = None;
         let next = if result < 0 {
-            self.tx_error = Some(-result);
+            self.tx_error = NonZeroI32::new(-result);
             self.tx_busy = false;
             self.tx_inflight.clear();
             self.tx_sent = 0;
@@ -436,7 +457,9 @@ impl Drop for Conn {
         }
         // Buffers still unread go back to the pool.
         #[cfg(debug_assertions)]
-        self.rx_spilled.fill(reactor::POISON);
+        if let Some(spill) = &mut self.rx_spilled {
+            spill.bytes.fill(reactor::POISON);
+        }
         for (bid, _) in self.rx.drain(..) {
             super::defer(Deferred::GiveBack(bid));
         }
@@ -527,7 +550,8 @@ impl Stream {
     #[cfg(test)]
     pub(crate) fn unread_held(&self) -> usize {
         let conn = self.conn.borrow();
-        conn.rx_spilled.capacity() + conn.rx.len() * reactor::BUF_SIZE
+        conn.rx_spilled.as_ref().map_or(0, |s| s.bytes.capacity())
+            + conn.rx.len() * reactor::BUF_SIZE
     }
 
     /// The descriptor (for socket options).
@@ -542,15 +566,14 @@ impl Stream {
         }
         let mut conn = self.conn.borrow_mut();
         let conn = &mut *conn;
-        let spilled = &conn.rx_spilled[conn.rx_spilled_read..];
-        if !spilled.is_empty() {
+        if let Some(spill) = &mut conn.rx_spilled {
+            let spilled = &spill.bytes[spill.read..];
             let n = spilled.len().min(buf.len());
             buf[..n].copy_from_slice(&spilled[..n]);
-            conn.rx_spilled_read += n;
-            if conn.rx_spilled_read == conn.rx_spilled.len() {
+            spill.read += n;
+            if spill.read == spill.bytes.len() {
                 // All read: an idle connection holds no memory for input.
-                conn.rx_spilled = Vec::new();
-                conn.rx_spilled_read = 0;
+                conn.rx_spilled = None;
             }
             self.rearm_early(conn);
             return Poll::Ready(Ok(n));
@@ -582,7 +605,7 @@ impl Stream {
             return Poll::Ready(match end {
                 Ok(()) => Ok(0),
                 Err(_) => Err(io::Error::from_raw_os_error(
-                    conn.rx_error.unwrap_or(libc::EIO),
+                    conn.rx_error.map_or(libc::EIO, NonZeroI32::get),
                 )),
             });
         }
@@ -636,7 +659,7 @@ impl Stream {
     fn write_from(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut conn = self.conn.borrow_mut();
         if let Some(errno) = conn.tx_error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno.get())));
         }
         let room = TX_MAX_QUEUED.saturating_sub(conn.queued_output());
         if room == 0 {
@@ -669,7 +692,7 @@ impl Stream {
     fn flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut conn = self.conn.borrow_mut();
         if let Some(errno) = conn.tx_error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno.get())));
         }
         if conn.queued_output() == 0 {
             return Poll::Ready(Ok(()));
@@ -740,7 +763,7 @@ impl Drop for Stream {
                 // Dropped with no output left (or given up): nothing lingers again.
                 let mut conn = lingering.conn.borrow_mut();
                 conn.tx_queue = Vec::new();
-                conn.tx_error.get_or_insert(libc::ETIMEDOUT);
+                conn.tx_error.get_or_insert(TIMED_OUT);
                 if gave_up {
                     // A peer that reads nothing must not keep the socket (and the send's
                     // buffer) alive: cancel the send and shut the connection.
