@@ -117,7 +117,9 @@ pub fn now() -> std::time::Instant {
     }
 }
 
-/// Completes after `duration`: [`sleep_until`] the clock's time plus `duration`.
+/// Completes after `duration`: [`sleep_until`] the clock's time plus `duration`, counted from
+/// this call (not from the first poll). Needs an engine on the calling thread (panics outside
+/// one), as every timer here does.
 pub fn sleep(duration: Duration) -> Sleep {
     // The clock, not the turn's time: a sleep never ends before `duration` has passed.
     sleep_until(std::time::Instant::now() + duration)

@@ -566,6 +566,15 @@ impl Stream {
         }
         let mut conn = self.conn.borrow_mut();
         let conn = &mut *conn;
+        // Never an empty spill answered as `Ok(0)` (the end of the stream): one with nothing
+        // left unread is dropped and the pool's buffers come next.
+        if conn
+            .rx_spilled
+            .as_ref()
+            .is_some_and(|spill| spill.read >= spill.bytes.len())
+        {
+            conn.rx_spilled = None;
+        }
         if let Some(spill) = &mut conn.rx_spilled {
             let spilled = &spill.bytes[spill.read..];
             let n = spilled.len().min(buf.len());
