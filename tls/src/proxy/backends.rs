@@ -90,10 +90,10 @@ impl Frontend {
 }
 
 /// One core's view of the backends: its own balancer per group and health, shared by that
-/// core's connections only.
+/// core's connections only. Each connection holds a clone: two reference counts, no allocation.
 #[derive(Debug, Clone)]
 pub struct CoreBackends {
-    balancers: Vec<Rc<RefCell<Balancer>>>,
+    balancers: Rc<[Rc<RefCell<Balancer>>]>,
     /// This core's metrics.
     pub(super) metrics: Arc<CoreMetrics>,
 }

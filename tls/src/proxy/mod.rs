@@ -139,8 +139,8 @@ async fn linger(client: &mut TcpStream) {
 /// nothing here is copied that can be pointed at.
 #[derive(Debug, Default)]
 struct ConnectionLog {
-    sni: Option<String>,
-    alpn: Option<String>,
+    sni: Option<Box<str>>,
+    alpn: Option<Box<str>>,
     /// Protocol version, and whether early data was accepted.
     version: Option<(&'static str, bool)>,
     /// Index of the backend in the connection's frontend.
@@ -216,7 +216,7 @@ async fn establish<'a>(
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             if let TlsError::Handshake { server_name, .. } = &error {
-                log.sni = server_name.clone();
+                log.sni = server_name.as_deref().map(Box::from);
             }
             return Err(CloseReason::Handshake(error));
         }
@@ -233,11 +233,11 @@ async fn establish<'a>(
         tls.early_data_accepted().then_some(flag)
     });
     let facts = tls_facts(&tls);
-    log.sni = facts.server_name.clone();
+    log.sni = facts.server_name.as_deref().map(Box::from);
     log.alpn = facts
         .alpn
         .as_ref()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
+        .map(|p| String::from_utf8_lossy(p).into());
     log.version = Some((tls.ssl().version_str(), early.is_some()));
     let (mut backend, lease) = match connecting.await {
         Ok(connected) => connected,
