@@ -222,7 +222,7 @@ fn an_idle_tls_connection_costs_little_memory() {
     // starts once the ClientHello is in). What the server holds then is the TLS state (about
     // 2.8 KiB in BoringSSL once the session tickets it held until a first write are
     // flushed, 100 ms into the silence), the connection's task, the pump's state and the
-    // engine's two streams: 4.3 KiB in a debug build (5.0 on glommio), 4.6 KiB in a release
+    // engine's two streams: 4.3 KiB in a debug build (5.0 on glommio), 4.5 KiB in a release
     // one. It was 4.9 KiB (debug) while the pump was an `async fn` (904 bytes of state against
     // 336 for the hand-written future), 7.0 KiB while the tickets waited in BoringSSL and the
     // phases before the pump kept their state allocated, 9.7 KiB before the phases were boxed.
