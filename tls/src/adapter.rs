@@ -61,13 +61,20 @@ thread_local! {
 pub struct IoShim<S> {
     stream: S,
     waker: Option<Waker>,
-    /// Bytes read from the transport that BoringSSL has not asked for yet (from `ahead_pos`).
-    ahead: Vec<u8>,
-    ahead_pos: usize,
+    /// Bytes read from the transport that BoringSSL has not asked for yet. Boxed: held only
+    /// between two reads of BoringSSL's, and never on the io_uring engine.
+    ahead: Option<Box<Ahead>>,
     /// The last error a write to the transport failed with, other than `WouldBlock`: BoringSSL
     /// passes on only a code, and `boring` keeps the error for its own calls, not for
     /// [`crate::ffi::write_queued`] (see `TlsStream::poll_flush`).
     write_failed: Option<io::Error>,
+}
+
+/// Bytes read ahead of BoringSSL (see [`IoShim`]); `taken` of them are handed out.
+#[derive(Debug)]
+struct Ahead {
+    bytes: Vec<u8>,
+    taken: usize,
 }
 
 impl<S> IoShim<S> {
@@ -75,23 +82,22 @@ impl<S> IoShim<S> {
         Self {
             stream,
             waker: None,
-            ahead: Vec::new(),
-            ahead_pos: 0,
+            ahead: None,
             write_failed: None,
         }
     }
 
-    /// Hands out kept bytes; frees the buffer when it is drained.
-    fn take_ahead(&mut self, buf: &mut [u8]) -> usize {
-        let kept = &self.ahead[self.ahead_pos..];
+    /// Hands out kept bytes, if any are kept; frees them when they are drained.
+    fn take_ahead(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let ahead = self.ahead.as_mut()?;
+        let kept = &ahead.bytes[ahead.taken..];
         let n = kept.len().min(buf.len());
         buf[..n].copy_from_slice(&kept[..n]);
-        self.ahead_pos += n;
-        if self.ahead_pos == self.ahead.len() {
-            self.ahead = Vec::new();
-            self.ahead_pos = 0;
+        ahead.taken += n;
+        if ahead.taken >= ahead.bytes.len() {
+            self.ahead = None;
         }
-        n
+        Some(n)
     }
 
     /// Remembers the waker of the task that polls us now, cloning only when it changed.
@@ -123,8 +129,8 @@ impl<S> IoShim<S> {
 
 impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.ahead_pos < self.ahead.len() {
-            return Ok(self.take_ahead(buf));
+        if let Some(n) = self.take_ahead(buf) {
+            return Ok(n);
         }
         // On the io_uring engine received bytes already wait in user-space buffers, so a read
         // is a copy, not a system call: read what BoringSSL asks for straight from them.
@@ -143,7 +149,10 @@ impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
             let given = n.min(buf.len());
             buf[..given].copy_from_slice(&scratch[..given]);
             if given < n {
-                self.ahead.extend_from_slice(&scratch[given..n]);
+                self.ahead = Some(Box::new(Ahead {
+                    bytes: scratch[given..n].to_vec(),
+                    taken: 0,
+                }));
             }
             Ok(given)
         })
