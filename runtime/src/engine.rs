@@ -132,9 +132,12 @@ pub fn sleep(duration: Duration) -> Sleep {
 pub fn sleep_until(deadline: std::time::Instant) -> Sleep {
     Sleep(match current_or_panic() {
         Engine::Uring => SleepOn::Uring(crate::uring::time::Sleep::until(deadline)),
-        Engine::Glommio => SleepOn::Glommio(glommio::timer::Timer::new(
-            deadline.saturating_duration_since(std::time::Instant::now()),
-        )),
+        Engine::Glommio => SleepOn::Glommio(
+            glommio::timer::Timer::new(
+                deadline.saturating_duration_since(std::time::Instant::now()),
+            ),
+            deadline,
+        ),
     })
 }
 
@@ -146,7 +149,17 @@ pub struct Sleep(SleepOn);
 #[derive(Debug)]
 enum SleepOn {
     Uring(crate::uring::time::Sleep),
-    Glommio(glommio::timer::Timer),
+    Glommio(glommio::timer::Timer, std::time::Instant),
+}
+
+impl Sleep {
+    /// When it completes.
+    pub fn deadline(&self) -> std::time::Instant {
+        match &self.0 {
+            SleepOn::Uring(sleep) => sleep.deadline(),
+            SleepOn::Glommio(_, deadline) => *deadline,
+        }
+    }
 }
 
 impl Future for Sleep {
@@ -155,7 +168,7 @@ impl Future for Sleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match &mut self.get_mut().0 {
             SleepOn::Uring(sleep) => Pin::new(sleep).poll(cx),
-            SleepOn::Glommio(timer) => Pin::new(timer).poll(cx).map(drop),
+            SleepOn::Glommio(timer, _) => Pin::new(timer).poll(cx).map(drop),
         }
     }
 }

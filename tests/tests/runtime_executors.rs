@@ -146,6 +146,9 @@ fn timers_complete_at_their_deadlines_in_order_and_not_before() {
             // A deadline already past completes at once.
             fastedge_runtime::sleep_until(started - Duration::from_millis(5)).await;
             let past = started.elapsed();
+            // A timer tells its deadline (the pump re-arms by it).
+            let at = started + Duration::from_millis(7);
+            let told = fastedge_runtime::sleep_until(at).deadline() == at;
             // Two at once: the earlier one first, neither before its deadline.
             let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
             let timer = |ms: u64| {
@@ -157,11 +160,12 @@ fn timers_complete_at_their_deadlines_in_order_and_not_before() {
             };
             futures_lite::future::zip(timer(60), timer(30)).await;
             let order = order.borrow().clone();
-            (past, order)
+            (past, told, order)
         }
     })
     .unwrap();
-    let (_, (past, order)) = executors.join().unwrap().pop().unwrap();
+    let (_, (past, told, order)) = executors.join().unwrap().pop().unwrap();
+    assert!(told, "a timer told another deadline than its own");
     assert!(
         past < Duration::from_millis(50),
         "a past deadline took {past:?}"

@@ -79,6 +79,11 @@ impl Sleep {
             key: None,
         }
     }
+
+    /// When it completes.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl Future for Sleep {

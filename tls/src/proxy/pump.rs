@@ -283,6 +283,7 @@ where
         client,
         backend,
         head_timeout: head_timeout.filter(|_| injector.is_some()),
+        rewritten: injector.is_some().then(Box::default),
         injector,
         early,
         metrics,
@@ -290,7 +291,6 @@ where
         silent_flush,
         up: Flow::new(Role::Rewrite),
         down: Flow::new(Role::Observe),
-        rewritten: Rewritten::default(),
         requests_counted: 0,
         head_since: None,
         activity: fastedge_runtime::now(),
@@ -319,7 +319,8 @@ pub struct Pump<'a, C: ?Sized, B: ?Sized> {
     silent_flush: Option<Duration>,
     up: Flow,
     down: Flow,
-    rewritten: Rewritten,
+    /// Only with an injector (boxed: most connections have none).
+    rewritten: Option<Box<Rewritten>>,
     /// Requests of the injector already counted in `metrics`.
     requests_counted: u64,
     /// When the request head being received began (with a head deadline only).
@@ -328,9 +329,9 @@ pub struct Pump<'a, C: ?Sized, B: ?Sized> {
     activity: Instant,
     /// When a client that said nothing is flushed (see [`SILENT_FLUSH_AFTER`]).
     silent_flush_at: Option<Instant>,
-    /// The timer armed for the next deadline or flush, and the time it is set for. It is
-    /// re-armed when it fires or an earlier time comes up, not each time bytes move.
-    timer: Option<(Instant, fastedge_runtime::Sleep)>,
+    /// The timer armed for the next deadline or flush. It is re-armed when it fires or an
+    /// earlier time comes up, not each time bytes move.
+    timer: Option<fastedge_runtime::Sleep>,
     half_open: bool,
     first_closed: Option<Side>,
     /// The silent client's flush is over (or not needed); `flushing`: it is under way (the
@@ -360,11 +361,16 @@ where
 {
     /// Moves what can move both ways; `Ready` when both directions have ended or one failed.
     fn poll_moving(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FlowError>> {
+        // Without an injector nothing is rewritten: an empty stand-in (no allocation).
+        let mut unused = Rewritten::default();
         let up_poll = self.up.poll_move(
             cx,
             (Side::Client, &mut *self.client),
             (Side::Backend, &mut *self.backend),
-            (self.injector.as_deref_mut(), &mut self.rewritten),
+            (
+                self.injector.as_deref_mut(),
+                self.rewritten.as_deref_mut().unwrap_or(&mut unused),
+            ),
             self.early.as_deref(),
             &mut self.activity,
         );
@@ -393,7 +399,7 @@ where
             cx,
             (Side::Backend, &mut *self.backend),
             (Side::Client, &mut *self.client),
-            (self.injector.as_deref_mut(), &mut self.rewritten),
+            (self.injector.as_deref_mut(), &mut unused),
             None,
             &mut self.activity,
         );
@@ -506,14 +512,12 @@ where
             };
             // A timer set for later than needed is replaced; one set for earlier fires and is
             // re-armed then (bytes moving push the idle deadline on without touching it).
-            let (_, timer) = match &mut self.timer {
-                Some((set, _)) if *set > wake_at => self
-                    .timer
-                    .insert((wake_at, fastedge_runtime::sleep_until(wake_at))),
+            let timer = match &mut self.timer {
+                Some(armed) if armed.deadline() > wake_at => {
+                    self.timer.insert(fastedge_runtime::sleep_until(wake_at))
+                }
                 Some(armed) => armed,
-                None => self
-                    .timer
-                    .insert((wake_at, fastedge_runtime::sleep_until(wake_at))),
+                None => self.timer.insert(fastedge_runtime::sleep_until(wake_at)),
             };
             match Pin::new(timer).poll(cx) {
                 Poll::Pending => return Poll::Pending,
