@@ -3,7 +3,7 @@
 use std::{
     io,
     net::SocketAddr,
-    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd},
     path::Path,
     pin::Pin,
     task::{Context, Poll},
@@ -18,8 +18,8 @@ use crate::{engine, uring, Engine};
 pub enum TcpListener {
     /// On fastedge's io_uring engine.
     Uring(uring::net::TcpListener),
-    /// On glommio.
-    Glommio(glommio::net::TcpListener),
+    /// On glommio, with its descriptor (glommio's listener owns it and does not tell it).
+    Glommio(glommio::net::TcpListener, RawFd),
 }
 
 impl TcpListener {
@@ -30,9 +30,8 @@ impl TcpListener {
                 let fd = fd.into_raw_fd();
                 // SAFETY: `fd` is an open, listening TCP socket owned by us (it came out of an
                 // `OwnedFd`); glommio takes over ownership and closes it.
-                Ok(Self::Glommio(unsafe {
-                    glommio::net::TcpListener::from_raw_fd(fd)
-                }))
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                Ok(Self::Glommio(listener, fd))
             }
             Some(Engine::Uring) => Ok(Self::Uring(uring::net::TcpListener::from_fd(fd)?)),
             None => Err(io::Error::other(
@@ -45,7 +44,7 @@ impl TcpListener {
     pub async fn accept(&self) -> io::Result<TcpStream> {
         match self {
             Self::Uring(l) => l.accept().await.map(TcpStream::Uring),
-            Self::Glommio(l) => l
+            Self::Glommio(l, _) => l
                 .accept()
                 .await
                 .map(|s| TcpStream::Glommio(Box::new(s)))
@@ -57,8 +56,28 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Uring(l) => l.local_addr(),
-            Self::Glommio(l) => l.local_addr().map_err(io::Error::from),
+            Self::Glommio(l, _) => l.local_addr().map_err(io::Error::from),
         }
+    }
+
+    /// Stops listening at once, then closes the listener: connections the kernel completed
+    /// that nobody accepted are reset, nothing more connects, and the address may be bound
+    /// again as soon as this returns.
+    ///
+    /// Dropping a listener closes its descriptor, but an accept in flight holds the socket
+    /// in the kernel until the ring cancels it: on glommio a moment after the executor ends,
+    /// while the socket goes on completing connections nobody will accept.
+    ///
+    /// Not for a socket another process or executor also holds (a listener handed over to a
+    /// new binary): it stops listening for every holder.
+    pub fn close(self) -> io::Result<()> {
+        let fd = match &self {
+            Self::Uring(l) => l.raw_fd(),
+            Self::Glommio(_, fd) => *fd,
+        };
+        // SHUT_RD on a listening TCP socket takes it out of the listening state (what the
+        // last close would do), whoever else holds it.
+        nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read).map_err(io::Error::from)
     }
 }
 

@@ -129,7 +129,8 @@ fn a_terminator_from_toml_serves_reloads_and_stops_through_its_handle() {
         "{text}"
     );
 
-    // Stop: drains (nothing open) and ends; nothing accepts on the address any more.
+    // Stop: drains (nothing open) and ends; nothing accepts on the address any more, and it
+    // can be bound again.
     let started = Instant::now();
     terminator.stop().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -137,6 +138,7 @@ fn a_terminator_from_toml_serves_reloads_and_stops_through_its_handle() {
         TcpStream::connect(addr).is_err(),
         "still accepting after stop"
     );
+    std::net::TcpListener::bind(addr).expect("the address is free after stop");
 }
 
 #[test]

@@ -158,6 +158,11 @@ impl TcpListener {
         })
     }
 
+    /// Its descriptor, valid while the listener lives.
+    pub fn raw_fd(&self) -> RawFd {
+        self.state.borrow().fd.as_raw_fd()
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let state = self.state.borrow();

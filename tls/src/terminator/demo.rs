@@ -30,7 +30,13 @@ pub(crate) async fn run(
     loop {
         let accepted = stop.until(listener.accept()).await;
         match accepted {
-            None => return,
+            None => {
+                // Nobody else holds the demo's socket.
+                if let Err(error) = listener.close() {
+                    tracing::warn!(%error, "demo backend listener could not be closed");
+                }
+                return;
+            }
             Some(Ok(stream)) => {
                 let core = core.clone();
                 let permit = open.acquire().await;

@@ -144,26 +144,14 @@ async fn accept_loop(
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
-            serve_already_accepted(
-                &listener,
-                &limit,
-                handed_over.load(Ordering::SeqCst),
-                &serve,
-            )
-            .await;
+            stop_accepting(listener, &limit, &handed_over, &serve).await;
             return;
         };
         let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
             None => {
                 drop(permit);
-                serve_already_accepted(
-                    &listener,
-                    &limit,
-                    handed_over.load(Ordering::SeqCst),
-                    &serve,
-                )
-                .await;
+                stop_accepting(listener, &limit, &handed_over, &serve).await;
                 return;
             }
             Some(Ok(stream)) => stream,
@@ -194,6 +182,26 @@ async fn accept_loop(
             }
         }
         serve(stream, permit);
+    }
+}
+
+/// Ends accepting on `listener` at a stop: serves what was accepted already, then (unless the
+/// socket went on to a new binary) stops it listening before the executor ends, so the
+/// address is free once the terminator has stopped.
+async fn stop_accepting<F>(
+    listener: fastedge_runtime::net::TcpListener,
+    limit: &ConnectionLimit,
+    handed_over: &AtomicBool,
+    serve: &F,
+) where
+    F: Fn(fastedge_runtime::net::TcpStream, fastedge_runtime::ConnectionPermit),
+{
+    let handed_over = handed_over.load(Ordering::SeqCst);
+    serve_already_accepted(&listener, limit, handed_over, serve).await;
+    if !handed_over {
+        if let Err(error) = listener.close() {
+            tracing::warn!(%error, "listener could not be closed");
+        }
     }
 }
 
