@@ -10,7 +10,9 @@
 #   - full handshakes (ECDSA P-256, and RSA-2048): benches/src/bin/tls_flood.rs, FLOOD
 #     connections in flight (a BoringSSL client, cheap enough for one core to keep a server
 #     core busy): handshakes per server CPU-second, and per second;
-#   - resumed handshakes: `openssl s_time -reuse`, per server CPU-second;
+#   - resumed handshakes: `tls_flood --resume` (FLOOD in flight, each offering the session of
+#     one first handshake) and `openssl s_time -reuse` (one at a time, the server mostly idle
+#     and woken for each), per server CPU-second;
 #   - keep-alive requests: h2load --h1, 64 connections, per server CPU-second and per second;
 #   - bulk: a 100 MiB body through curl with AES-128-GCM, then ChaCha20-Poly1305: MB per server
 #     CPU-second;
@@ -214,7 +216,7 @@ declare -A result
 record() { result[$1,$2]+="$3 "; } # metric contender value
 
 measure_round() { # contender
-  local c=$1 port=${port_of[$1]} pid=${pid_of[$1]} n bytes i
+  local c=$1 port=${port_of[$1]} pid=${pid_of[$1]} n bytes i missed
   measured "$pid" "$flood" "127.0.0.1:$port" "$DURATION" "$FLOOD"
   n=$(echo "$OUT" | awk '/^handshakes/ {print $2; exit}')
   printf '%-9s full handshakes P-256: %s in %ss (%s), server CPU %ss -> %s per server CPU-s\n' \
@@ -225,11 +227,18 @@ measure_round() { # contender
   printf '%-9s full handshakes RSA-2048: %s in %ss, server CPU %ss -> %s per server CPU-s\n' \
     "$c" "${n:-0}" "$DURATION" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
   record hs_rsa "$c" "$(per_cpu "${n:-0}" "$CPU")"
+  measured "$pid" "$flood" --resume "127.0.0.1:$port" "$DURATION" "$FLOOD"
+  n=$(echo "$OUT" | awk '/^handshakes/ {print $2; exit}')
+  missed=$(echo "$OUT" | awk '/^handshakes/ {print $6; exit}')
+  printf '%-9s resumed handshakes: %s in %ss (%s not resumed), server CPU %ss -> %s per server CPU-s\n' \
+    "$c" "${n:-0}" "$DURATION" "${missed:-?}" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
+  [ "${missed:-0}" = 0 ] || echo "  WARNING: $c did not resume $missed handshakes: its server CPU includes full handshakes" >&2
+  record rs "$c" "$(per_cpu "${n:-0}" "$CPU")"
   measured "$pid" openssl s_time -connect "127.0.0.1:$port" -reuse -time "$DURATION" -ciphersuites TLS_AES_128_GCM_SHA256
   n=$(echo "$OUT" | awk '/connections in [0-9.]+s/ {print $1; exit}')
-  printf '%-9s resumed handshakes: %s in %ss, server CPU %ss -> %s per server CPU-s\n' \
+  printf '%-9s resumed handshakes one at a time (s_time): %s in %ss, server CPU %ss -> %s per server CPU-s\n' \
     "$c" "${n:-0}" "$DURATION" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
-  record rs "$c" "$(per_cpu "${n:-0}" "$CPU")"
+  record rs_one "$c" "$(per_cpu "${n:-0}" "$CPU")"
   # Rescheduling interrupts on the server core and the server's system calls, per request.
   local res_before res_after syscalls
   res_before=$(res_interrupts)
@@ -327,7 +336,7 @@ metric() { # key name unit higher_is_better
 }
 # The table: one row per metric, one column per contender (medians).
 rows=(hs "full handshakes/CPU-s, P-256" hs_rsa "full handshakes/CPU-s, RSA-2048"
-  rs "resumed handshakes/CPU-s" ka "keep-alive requests/CPU-s"
+  rs "resumed handshakes/CPU-s" rs_one "resumed one at a time/CPU-s" ka "keep-alive requests/CPU-s"
   bulk_TLS_AES_128_GCM_SHA256 "bulk MB/CPU-s, AES-128-GCM" bulk_TLS_CHACHA20_POLY1305_SHA256 "bulk MB/CPU-s, ChaCha20"
   ka_res "rescheduling IPIs per request" ka_sys "system calls per request"
   p50_1 "p50 latency us, 1 client" p99_1 "p99 latency us, 1 client" p50_8 "p50 latency us, 8 clients" p99_8 "p99 latency us, 8 clients"
@@ -350,6 +359,7 @@ out=$RESULTS/tls.json
   metric hs "full handshakes per server CPU-s (P-256)" handshakes true; echo ","
   metric hs_rsa "full handshakes per server CPU-s (RSA-2048)" handshakes true; echo ","
   metric rs "resumed handshakes per server CPU-s" handshakes true; echo ","
+  metric rs_one "resumed handshakes one at a time (s_time) per server CPU-s" handshakes true; echo ","
   metric ka "keep-alive requests per server CPU-s (64 conns)" requests true; echo ","
   metric bulk_TLS_AES_128_GCM_SHA256 "bulk MB per server CPU-s (AES-128-GCM)" MB true; echo ","
   metric bulk_TLS_CHACHA20_POLY1305_SHA256 "bulk MB per server CPU-s (ChaCha20)" MB true; echo ","
