@@ -17,13 +17,14 @@
 #   - bulk: a 100 MiB body through curl with AES-128-GCM, then ChaCha20-Poly1305: MB per server
 #     CPU-second;
 #   - latency: wrk --latency with 1 and with 8 keep-alive connections: p50 and p99 in µs;
-# and once: resident memory per idle TLS connection with CONNS held open
-# (benches/src/bin/tls_hold.rs), from the server's VmRSS before and after; and `openssl speed`
+# and once, first (after a warm-up of WARMUP connections, before any load): resident memory per
+# idle TLS connection with CONNS held open (benches/src/bin/tls_hold.rs), from the server's
+# VmRSS before and after; and `openssl speed`
 # on the server core for the same primitives, the physical ceiling (OpenSSL 3.0's figures).
 #
 # Usage: benches/peers/serve_vs_peers.sh   (as root; needs haproxy, nginx-light with
 # libnginx-mod-stream, hitch, nghttp2-client, wrk, curl, openssl; builds fastedge release)
-#   DURATION=5 REQUESTS=100000 ROUNDS=3 SERVER_CPU=0 CLIENT_CPU=1 FLOOD=16 CONNS=9000
+#   DURATION=5 REQUESTS=100000 ROUNDS=3 SERVER_CPU=0 CLIENT_CPU=1 FLOOD=16 CONNS=9000 WARMUP=200
 #   RESULTS=benches/results
 # Writes RESULTS/tls.json (medians) and an SVG chart beside it. A progress bar goes to stderr.
 set -euo pipefail
@@ -36,6 +37,7 @@ ROUNDS=${ROUNDS:-3}
 FLOOD=${FLOOD:-16}
 # The hard open-file limit here is 20,000 per process; a proxy needs two per connection.
 CONNS=${CONNS:-9000}
+WARMUP=${WARMUP:-200}
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/fastedge-bench.XXXXXX)
 pids=()
@@ -284,23 +286,19 @@ ceiling=$(awk -v s="$sig" -v x="$x25519" 'BEGIN { if (s > 0 && x > 0) printf "%d
 ceiling_rsa=$(awk -v s="$rsa" -v x="$x25519" 'BEGIN { if (s > 0 && x > 0) printf "%d", 1 / (1 / s + 1 / x); else print 0 }')
 echo "ceiling on CPU $SERVER_CPU (openssl speed): ECDSA P-256 sign ${sig:-?}/s, RSA-2048 sign ${rsa:-?}/s, X25519 ${x25519:-?}/s -> ${ceiling} P-256 handshakes/s, ${ceiling_rsa} RSA; AES-128-GCM ${aes:-?} MB/s, ChaCha20-Poly1305 ${chacha:-?} MB/s (16 KiB)"
 
-echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519; $ROUNDS rounds"
 step=1
-for r in $(seq "$ROUNDS"); do
-  for contender in $contenders; do
-    progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "round $r: $contender"
-    measure_round "$contender"
-    step=$((step + 1))
-  done
-done
-
 # Resident memory per idle TLS connection: CONNS connections held open by tls_hold (one
-# process on the client core), the contender's RSS before and after.
+# process on the client core), the contender's RSS before and after. Measured first, on
+# contenders that served only a warm-up of WARMUP connections: after the load rounds, heap
+# they freed (buffers of bulk transfers, of 64 busy connections) would hold the new
+# connections without growing RSS, and the figure would come out low.
 rss_kib() { local p; for p in $1; do cat "/proc/$p/status"; done | awk '/^VmRSS:/ {s += $2} END {print s}'; }
 for contender in $contenders; do
   progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "memory: $contender holding $CONNS connections"
   step=$((step + 1))
   port=${port_of[$contender]}; pid=${pid_of[$contender]}
+  taskset -c "$CLIENT_CPU" "$hold" "127.0.0.1:$port" "$WARMUP" < /dev/null > /dev/null 2>&1 || true
+  sleep 0.5
   before=$(rss_kib "$pid")
   mkfifo "$work/hold-$contender"
   taskset -c "$CLIENT_CPU" "$hold" "127.0.0.1:$port" "$CONNS" < "$work/hold-$contender" > "$work/hold-$contender.out" 2>&1 & holder=$!
@@ -321,6 +319,15 @@ for contender in $contenders; do
   printf '%-9s memory: RSS %s KiB -> %s KiB with %s idle TLS connections: %s KiB per connection\n' \
     "$contender" "$before" "$after" "$CONNS" "${result[mem,$contender]}"
   sleep 2
+done
+
+echo "server core $SERVER_CPU; clients and nginx backend on core $CLIENT_CPU; TLS 1.3, X25519; $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+  for contender in $contenders; do
+    progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "round $r: $contender"
+    measure_round "$contender"
+    step=$((step + 1))
+  done
 done
 progress "$step" $((ROUNDS * ncontenders + ncontenders + 1)) "done"
 
