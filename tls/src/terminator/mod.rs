@@ -719,7 +719,9 @@ impl TerminatorHandle {
         self.join_executors()
     }
 
-    /// Drains and waits for every executor to end.
+    /// Drains and waits for every executor to end. Once it returns nothing listens on the
+    /// terminator's addresses any more (unless a new process took the sockets over), so they
+    /// can be bound again.
     pub fn stop(self) -> Result<(), TerminatorError> {
         self.drain();
         self.join()
