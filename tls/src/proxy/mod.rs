@@ -66,46 +66,51 @@ pub fn serve_connection(
     core: CoreBackends,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        let started = Instant::now();
-        let mut log = ConnectionLog::default();
-        core.metrics.connection_opened();
-        // Each phase is boxed: the connection's task then holds only what every phase needs, and
-        // the handshake's, the backend connect's and the introduction's state is freed before
-        // the pump, where an idle connection waits, starts with what it moves bytes with.
-        let reason = 'served: {
-            let established = Box::pin(establish(
-                &mut client,
-                peer,
-                local,
-                &frontend,
-                &core,
-                &mut log,
-            ));
-            // The pump is awaited after this statement, not inside a `match`: a match's
-            // scrutinee (the established connection, or a result holding the pump) would keep
-            // its place in the task meanwhile.
-            let pump = match established.await {
-                Ok(established) => Box::pin(forward(established, &frontend, &core, &mut log)),
-                Err(reason) => break 'served reason,
+        // In a block of its own: what the log line needs is dropped before the lingering
+        // close, rather than kept in the task meanwhile (64 bytes for the close reason alone,
+        // and the task is as large as its largest moment).
+        {
+            let started = Instant::now();
+            let mut log = ConnectionLog::default();
+            core.metrics.connection_opened();
+            // Each phase is boxed: the connection's task then holds only what every phase needs, and
+            // the handshake's, the backend connect's and the introduction's state is freed before
+            // the pump, where an idle connection waits, starts with what it moves bytes with.
+            let reason = 'served: {
+                let established = Box::pin(establish(
+                    &mut client,
+                    peer,
+                    local,
+                    &frontend,
+                    &core,
+                    &mut log,
+                ));
+                // The pump is awaited after this statement, not inside a `match`: a match's
+                // scrutinee (the established connection, or a result holding the pump) would keep
+                // its place in the task meanwhile.
+                let pump = match established.await {
+                    Ok(established) => Box::pin(forward(established, &frontend, &core, &mut log)),
+                    Err(reason) => break 'served reason,
+                };
+                pump.await
             };
-            pump.await
-        };
-        core.metrics
-            .connection_closed(reason.class(), log.upstream, log.downstream);
-        tracing::info!(
-            %peer,
-            sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
-            alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
-            tls = TlsVersion(log.version).to_string().as_str(),
-            backend = log
-                .backend
-                .map_or("-", |index| frontend.backends[index].name.as_str()),
-            upstream = log.upstream,
-            downstream = log.downstream,
-            ms = started.elapsed().as_millis() as u64,
-            %reason,
-            "connection closed"
-        );
+            core.metrics
+                .connection_closed(reason.class(), log.upstream, log.downstream);
+            tracing::info!(
+                %peer,
+                sni = %Untrusted(log.sni.as_deref().unwrap_or("-")),
+                alpn = %Untrusted(log.alpn.as_deref().unwrap_or("-")),
+                tls = TlsVersion(log.version).to_string().as_str(),
+                backend = log
+                    .backend
+                    .map_or("-", |index| frontend.backends[index].name.as_str()),
+                upstream = log.upstream,
+                downstream = log.downstream,
+                ms = started.elapsed().as_millis() as u64,
+                %reason,
+                "connection closed"
+            );
+        }
         Box::pin(linger(&mut client)).await;
     }
 }
