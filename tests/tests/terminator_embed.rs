@@ -196,6 +196,38 @@ fn start_failures_are_named_and_classed() {
 }
 
 #[test]
+fn a_successor_that_stops_before_releasing_its_predecessor_leaves_it_serving() {
+    // The sockets are shared until the old one is released: the new one's stop must not take
+    // them out of listening (as a stop of a terminator of its own sockets does).
+    let _serial = one_at_a_time();
+    let state = TempDir::new("embed-abandon");
+    let (backend, _seen) = echo_backend();
+    let socket = state.path().join("serve.upgrade");
+    let old = Terminator::from_toml(&config(&state, backend, false))
+        .unwrap()
+        .on_cpus(one_cpu())
+        .upgrade_socket(&socket)
+        .start()
+        .unwrap();
+    let addr = old.listen_addrs()[0];
+    let taking = config(&state, backend, false).replace("127.0.0.1:0\"]", &format!("{addr}\"]"));
+    let new = Terminator::from_toml(&taking)
+        .unwrap()
+        .on_cpus(one_cpu())
+        .take_over(&socket)
+        .start()
+        .unwrap();
+    assert!(get(addr, "/both").contains("GET /both"));
+    new.stop().unwrap();
+    assert!(!old.is_draining());
+    for i in 0..5 {
+        let path = format!("/old-{i}");
+        assert!(get(addr, &path).contains(&format!("GET {path}")));
+    }
+    old.stop().unwrap();
+}
+
+#[test]
 fn a_terminator_takes_the_listening_sockets_of_another_over() {
     let _serial = one_at_a_time();
     let state = TempDir::new("embed-upgrade");

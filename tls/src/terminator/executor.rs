@@ -51,7 +51,7 @@ pub(super) async fn run_core(
     metrics: Arc<CoreMetrics>,
     max_connections: u32,
     shutdown: Shutdown,
-    handed_over: Arc<AtomicBool>,
+    sockets: SocketFate,
 ) {
     let demo_open = ConnectionLimit::new(u32::MAX);
     if let Some(demo) = setup.demo {
@@ -80,7 +80,7 @@ pub(super) async fn run_core(
             metrics.clone(),
             limit.clone(),
             shutdown.clone(),
-            handed_over.clone(),
+            sockets.clone(),
         )));
     }
     for task in accepting {
@@ -109,7 +109,7 @@ async fn accept_loop(
     metrics: Arc<CoreMetrics>,
     limit: ConnectionLimit,
     shutdown: Shutdown,
-    handed_over: Arc<AtomicBool>,
+    sockets: SocketFate,
 ) {
     let listener = match listener.into_listener() {
         Ok(listener) => listener,
@@ -144,14 +144,14 @@ async fn accept_loop(
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
-            stop_accepting(listener, &limit, &handed_over, &serve).await;
+            stop_accepting(listener, &limit, &sockets, &serve).await;
             return;
         };
         let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
             None => {
                 drop(permit);
-                stop_accepting(listener, &limit, &handed_over, &serve).await;
+                stop_accepting(listener, &limit, &sockets, &serve).await;
                 return;
             }
             Some(Ok(stream)) => stream,
@@ -185,20 +185,39 @@ async fn accept_loop(
     }
 }
 
-/// Ends accepting on `listener` at a stop: serves what was accepted already, then (unless the
-/// socket went on to a new binary) stops it listening before the executor ends, so the
-/// address is free once the terminator has stopped.
+/// What became of the listening sockets, as the accept loops see it at a stop.
+#[derive(Debug, Clone)]
+pub(super) struct SocketFate {
+    /// A successor took them over (this process drains).
+    pub(super) handed_over: Arc<AtomicBool>,
+    /// The predecessor they were taken from may still accept on them.
+    pub(super) predecessor_accepts: Arc<AtomicBool>,
+    /// They were sent to a successor (or began to be).
+    pub(super) sent: Arc<AtomicBool>,
+}
+
+impl SocketFate {
+    /// Whether another process may accept on the sockets too.
+    fn shared(&self) -> bool {
+        self.sent.load(Ordering::SeqCst) || self.predecessor_accepts.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends accepting on `listener` at a stop: serves what was accepted already, then, unless
+/// another process may accept on the socket too, stops it listening before the executor
+/// ends, so the address is free once the terminator has stopped. A shared socket is only
+/// closed here: taking it out of listening would take it from the other process.
 async fn stop_accepting<F>(
     listener: fastedge_runtime::net::TcpListener,
     limit: &ConnectionLimit,
-    handed_over: &AtomicBool,
+    sockets: &SocketFate,
     serve: &F,
 ) where
     F: Fn(fastedge_runtime::net::TcpStream, fastedge_runtime::ConnectionPermit),
 {
-    let handed_over = handed_over.load(Ordering::SeqCst);
+    let handed_over = sockets.handed_over.load(Ordering::SeqCst);
     serve_already_accepted(&listener, limit, handed_over, serve).await;
-    if !handed_over {
+    if !sockets.shared() {
         if let Err(error) = listener.close() {
             tracing::warn!(%error, "listener could not be closed");
         }

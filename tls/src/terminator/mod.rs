@@ -443,6 +443,11 @@ impl Terminator {
         let shutdown = Shutdown::new();
         // Set by the upgrade thread before it triggers the drain.
         let released = Arc::new(AtomicBool::new(false));
+        // Whether another process may accept on the listening sockets too: the predecessor
+        // until it is released, a successor from the moment they are sent. A stop then leaves
+        // them listening (see `executor::stop_accepting`).
+        let predecessor_accepts = Arc::new(AtomicBool::new(predecessor.is_some()));
+        let sent = Arc::new(AtomicBool::new(false));
         let max_connections = frontend.settings.max_connections;
         let current = Arc::new(ArcSwap::from_pointee(frontend));
         if config.tls.resumption.ticket_key_stdin {
@@ -453,7 +458,11 @@ impl Terminator {
             let setup = setups.next();
             let current = current.clone();
             let shutdown = shutdown.clone();
-            let handed_over = released.clone();
+            let sockets = executor::SocketFate {
+                handed_over: released.clone(),
+                predecessor_accepts: predecessor_accepts.clone(),
+                sent: sent.clone(),
+            };
             let metrics = serve_metrics.core();
             move || async move {
                 let Some(setup) = setup else { return };
@@ -464,7 +473,7 @@ impl Terminator {
                     metrics,
                     max_connections,
                     shutdown,
-                    handed_over,
+                    sockets,
                 )
                 .await;
             }
@@ -479,6 +488,7 @@ impl Terminator {
                     shutdown.clone(),
                     upgrade.handed_over,
                     released.clone(),
+                    sent.clone(),
                 )
                 .map_err(TerminatorError::UpgradeThread)?,
                 None => {
@@ -492,6 +502,8 @@ impl Terminator {
             predecessor,
             pending_upgrade,
             released,
+            predecessor_accepts,
+            sent,
             current,
             started: config,
             loader,
@@ -527,6 +539,10 @@ pub struct TerminatorHandle {
     pending_upgrade: Option<(PathBuf, upgrade::Sockets, Option<upgrade::HandedOver>)>,
     /// Whether a successor took the sockets over.
     released: Arc<AtomicBool>,
+    /// Whether the predecessor may still accept on the listening sockets.
+    predecessor_accepts: Arc<AtomicBool>,
+    /// Whether the sockets were sent to a successor (or began to be).
+    sent: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for TerminatorHandle {
@@ -560,6 +576,9 @@ impl TerminatorHandle {
         };
         let pid = old.release()?;
         tracing::info!(pid, "the old process drains");
+        // It accepts no more (it serves what it had accepted): the sockets are ours alone.
+        self.predecessor_accepts
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some((path, copies, hook)) = self.pending_upgrade.take() {
             let socket = HandoverSocket::bind(&path).map_err(UpgradeError::from)?;
             upgrade::spawn_upgrade_listener(
@@ -568,6 +587,7 @@ impl TerminatorHandle {
                 self.shutdown.clone(),
                 hook,
                 self.released.clone(),
+                self.sent.clone(),
             )
             .map_err(TerminatorError::UpgradeThread)?;
         }

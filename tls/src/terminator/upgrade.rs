@@ -153,6 +153,7 @@ pub(super) fn spawn_upgrade_listener(
     shutdown: Shutdown,
     handed_over: Option<HandedOver>,
     released: Arc<AtomicBool>,
+    sent: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("fastedge-upgrade".into())
@@ -171,6 +172,14 @@ pub(super) fn spawn_upgrade_listener(
                         continue;
                     }
                 };
+                // Shared from here on, before a socket is sent: a stop must not take them out
+                // of listening under the successor. A stop that came first did not see this,
+                // and may do so: then nothing is handed over (SeqCst on both sides).
+                sent.store(true, Ordering::SeqCst);
+                if shutdown.is_triggered() {
+                    tracing::warn!("binary upgrade refused: this process is stopping");
+                    return;
+                }
                 tracing::info!(socket = %socket.path().display(), "a new process takes the listening sockets over");
                 match hand_over(&conn, &sockets, socket.path()) {
                     Ok(()) => {}
