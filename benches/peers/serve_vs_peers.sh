@@ -234,6 +234,7 @@ measure_round() { # contender
   missed=$(echo "$OUT" | awk '/^handshakes/ {print $6; exit}')
   printf '%-9s resumed handshakes: %s in %ss (%s not resumed), server CPU %ss -> %s per server CPU-s\n' \
     "$c" "${n:-0}" "$DURATION" "${missed:-?}" "$CPU" "$(per_cpu "${n:-0}" "$CPU")"
+  [ -n "$n" ] || echo "  WARNING: $c: tls_flood --resume failed: $OUT" >&2
   [ "${missed:-0}" = 0 ] || echo "  WARNING: $c did not resume $missed handshakes: its server CPU includes full handshakes" >&2
   record rs "$c" "$(per_cpu "${n:-0}" "$CPU")"
   measured "$pid" openssl s_time -connect "127.0.0.1:$port" -reuse -time "$DURATION" -ciphersuites TLS_AES_128_GCM_SHA256

@@ -18,8 +18,23 @@ use crate::{engine, uring, Engine};
 pub enum TcpListener {
     /// On fastedge's io_uring engine.
     Uring(uring::net::TcpListener),
-    /// On glommio, with its descriptor (glommio's listener owns it and does not tell it).
-    Glommio(glommio::net::TcpListener, RawFd),
+    /// On glommio.
+    Glommio(GlommioListener),
+}
+
+/// A glommio listener with its descriptor, which glommio's listener owns and does not tell
+/// (for [`TcpListener::close`]).
+#[derive(Debug)]
+pub struct GlommioListener {
+    listener: glommio::net::TcpListener,
+    fd: RawFd,
+}
+
+impl GlommioListener {
+    /// glommio's listener.
+    pub fn get_ref(&self) -> &glommio::net::TcpListener {
+        &self.listener
+    }
 }
 
 impl TcpListener {
@@ -31,7 +46,7 @@ impl TcpListener {
                 // SAFETY: `fd` is an open, listening TCP socket owned by us (it came out of an
                 // `OwnedFd`); glommio takes over ownership and closes it.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                Ok(Self::Glommio(listener, fd))
+                Ok(Self::Glommio(GlommioListener { listener, fd }))
             }
             Some(Engine::Uring) => Ok(Self::Uring(uring::net::TcpListener::from_fd(fd)?)),
             None => Err(io::Error::other(
@@ -44,7 +59,8 @@ impl TcpListener {
     pub async fn accept(&self) -> io::Result<TcpStream> {
         match self {
             Self::Uring(l) => l.accept().await.map(TcpStream::Uring),
-            Self::Glommio(l, _) => l
+            Self::Glommio(l) => l
+                .listener
                 .accept()
                 .await
                 .map(|s| TcpStream::Glommio(Box::new(s)))
@@ -56,7 +72,7 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Uring(l) => l.local_addr(),
-            Self::Glommio(l, _) => l.local_addr().map_err(io::Error::from),
+            Self::Glommio(l) => l.listener.local_addr().map_err(io::Error::from),
         }
     }
 
@@ -73,7 +89,7 @@ impl TcpListener {
     pub fn close(self) -> io::Result<()> {
         let fd = match &self {
             Self::Uring(l) => l.raw_fd(),
-            Self::Glommio(_, fd) => *fd,
+            Self::Glommio(l) => l.fd,
         };
         // SHUT_RD on a listening TCP socket takes it out of the listening state (what the
         // last close would do), whoever else holds it.

@@ -216,6 +216,8 @@ fn a_listener_stopped_with_an_accept_in_flight_listens_no_more() {
         })
         .unwrap();
         std::thread::sleep(Duration::from_millis(3));
+        // Bound listening already: this checks the table is read right, or the check after
+        // the stop could not fail.
         assert!(listening_on(addr), "round {round}: {addr} listens");
         stop.trigger();
         executors.join().unwrap();

@@ -72,6 +72,10 @@ fn first_session(
             Ok(n) => answered += n,
         }
     }
+    // The read that ended may have processed the ticket still.
+    if let Some(session) = sessions.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Ok(session);
+    }
     Err(format!(
         "the server sent no session ticket ({answered} bytes of answer)"
     ))
