@@ -33,8 +33,9 @@ const ACCEPT_CALM: Duration = Duration::from_secs(1);
 /// What each executor takes for itself at start: its listeners, bound before it started.
 #[derive(Debug)]
 pub(super) struct CoreSetup {
-    /// One SO_REUSEPORT socket per listen address.
-    pub frontends: Vec<BoundListener>,
+    /// One SO_REUSEPORT socket per listen address, and whether it was taken from a
+    /// predecessor (rather than bound by this process).
+    pub frontends: Vec<(BoundListener, bool)>,
     /// This core's socket of the demo backend, when it runs.
     pub demo: Option<BoundListener>,
 }
@@ -72,7 +73,11 @@ pub(super) async fn run_core(
         shutdown.clone(),
     ));
     let mut accepting = Vec::new();
-    for listener in setup.frontends {
+    for (listener, taken) in setup.frontends {
+        let sockets = SocketFate {
+            taken,
+            ..sockets.clone()
+        };
         accepting.push(fastedge_runtime::spawn(accept_loop(
             listener,
             current.clone(),
@@ -190,16 +195,21 @@ async fn accept_loop(
 pub(super) struct SocketFate {
     /// A successor took them over (this process drains).
     pub(super) handed_over: Arc<AtomicBool>,
-    /// The predecessor they were taken from may still accept on them.
+    /// The predecessor (if any) may still accept on the sockets taken from it. Stays set
+    /// when its release failed: it may serve on.
     pub(super) predecessor_accepts: Arc<AtomicBool>,
-    /// They were sent to a successor (or began to be).
+    /// The sockets were sent to a successor (or began to be). Stays set when that upgrade is
+    /// abandoned: the successor may hold them still.
     pub(super) sent: Arc<AtomicBool>,
+    /// This socket was taken from the predecessor (false: bound by this process).
+    pub(super) taken: bool,
 }
 
 impl SocketFate {
-    /// Whether another process may accept on the sockets too.
+    /// Whether another process may accept on this socket too.
     fn shared(&self) -> bool {
-        self.sent.load(Ordering::SeqCst) || self.predecessor_accepts.load(Ordering::SeqCst)
+        self.sent.load(Ordering::SeqCst)
+            || (self.taken && self.predecessor_accepts.load(Ordering::SeqCst))
     }
 }
 
@@ -330,5 +340,33 @@ impl<F: std::future::Future<Output = ()>, P> std::future::Future for Holding<F, 
         std::task::ready!(this.future.poll(cx));
         this.permit.take();
         std::task::Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fate(taken: bool, predecessor_accepts: bool, sent: bool) -> SocketFate {
+        SocketFate {
+            handed_over: Arc::new(AtomicBool::new(false)),
+            predecessor_accepts: Arc::new(AtomicBool::new(predecessor_accepts)),
+            sent: Arc::new(AtomicBool::new(sent)),
+            taken,
+        }
+    }
+
+    #[test]
+    fn only_sockets_no_other_process_accepts_on_are_taken_out_of_listening() {
+        // Bound by this process, never sent: ours alone.
+        assert!(!fate(false, false, false).shared());
+        // A socket bound beside the predecessor's is ours alone, though the predecessor serves.
+        assert!(!fate(false, true, false).shared());
+        // Taken from a predecessor that still accepts: shared until it is released.
+        assert!(fate(true, true, false).shared());
+        assert!(!fate(true, false, false).shared());
+        // Sent to a successor: shared, whichever way it was bound.
+        assert!(fate(false, false, true).shared());
+        assert!(fate(true, false, true).shared());
     }
 }

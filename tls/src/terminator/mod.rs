@@ -332,6 +332,9 @@ impl Terminator {
         crate::session_store::keep_on_cpus(cpus.cpus());
         let frontend = loader.frontend(&config, 0, None)?;
         let mut groups: Vec<Vec<BoundListener>> = Vec::new();
+        // How many sockets at the start of each group came from the predecessor (shared with
+        // it until it is released); the rest this process bound.
+        let mut taken_counts: Vec<usize> = Vec::new();
         let mut predecessor = None;
         if let Some(path) = &upgrade.take_over {
             let (old, taken) = upgrade::receive(path)?;
@@ -342,6 +345,7 @@ impl Terminator {
                 if !config.frontend.listen.contains(&addr) {
                     tracing::warn!(%addr, "not in frontend.listen, served all the same (its accept queues came with it)");
                 }
+                taken_counts.push(listeners.len());
                 if listeners.len() < cores {
                     let more =
                         bind_reuseport(addr, cores - listeners.len(), config.frontend.backlog)
@@ -359,6 +363,7 @@ impl Terminator {
                 bind_reuseport(*addr, cores, config.frontend.backlog)
                     .map_err(TerminatorError::Listen)?,
             );
+            taken_counts.push(0);
         }
         let mut listening = Vec::new();
         for group in &groups {
@@ -433,9 +438,9 @@ impl Terminator {
             });
         }
         // Socket j of an address goes to core j mod cores: every socket is served.
-        for group in groups {
+        for (group, taken) in groups.into_iter().zip(taken_counts) {
             for (j, listener) in group.into_iter().enumerate() {
-                setups[j % cores].frontends.push(listener);
+                setups[j % cores].frontends.push((listener, j < taken));
             }
         }
         let mut setups = setups.into_iter();
@@ -462,6 +467,7 @@ impl Terminator {
                 handed_over: released.clone(),
                 predecessor_accepts: predecessor_accepts.clone(),
                 sent: sent.clone(),
+                taken: false,
             };
             let metrics = serve_metrics.core();
             move || async move {
@@ -576,7 +582,8 @@ impl TerminatorHandle {
         };
         let pid = old.release()?;
         tracing::info!(pid, "the old process drains");
-        // It accepts no more (it serves what it had accepted): the sockets are ours alone.
+        // It stops accepting (within HANDOVER_LINGER, serving what it accepted): from here a
+        // stop of ours may take the sockets out of listening; the old process stops too.
         self.predecessor_accepts
             .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some((path, copies, hook)) = self.pending_upgrade.take() {
