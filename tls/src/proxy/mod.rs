@@ -73,9 +73,10 @@ pub fn serve_connection(
             let started = Instant::now();
             let mut log = ConnectionLog::default();
             core.metrics.connection_opened();
-            // Each phase is boxed: the connection's task then holds only what every phase needs, and
-            // the handshake's, the backend connect's and the introduction's state is freed before
-            // the pump, where an idle connection waits, starts with what it moves bytes with.
+            // Each phase is boxed: the connection's task then holds only what every phase
+            // needs, and the handshake's, the backend connect's and the introduction's state is
+            // freed before the pump, where an idle connection waits, starts with what it moves
+            // bytes with.
             let reason = 'served: {
                 let established = Box::pin(establish(
                     &mut client,
@@ -86,8 +87,8 @@ pub fn serve_connection(
                     &mut log,
                 ));
                 // The pump is awaited after this statement, not inside a `match`: a match's
-                // scrutinee (the established connection, or a result holding the pump) would keep
-                // its place in the task meanwhile.
+                // scrutinee (the established connection, or a result holding the pump) would
+                // keep its place in the task meanwhile.
                 let pump = match established.await {
                     Ok(established) => Box::pin(forward(established, &frontend, &core, &mut log)),
                     Err(reason) => break 'served reason,

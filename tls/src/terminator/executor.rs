@@ -85,7 +85,7 @@ pub(super) async fn run_core(
             metrics.clone(),
             limit.clone(),
             shutdown.clone(),
-            sockets.clone(),
+            sockets,
         )));
     }
     for task in accepting {
