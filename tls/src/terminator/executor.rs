@@ -33,11 +33,18 @@ const ACCEPT_CALM: Duration = Duration::from_secs(1);
 /// What each executor takes for itself at start: its listeners, bound before it started.
 #[derive(Debug)]
 pub(super) struct CoreSetup {
-    /// One SO_REUSEPORT socket per listen address, and whether it was taken from a
-    /// predecessor (rather than bound by this process).
-    pub frontends: Vec<(BoundListener, bool)>,
+    /// One SO_REUSEPORT socket per listen address.
+    pub frontends: Vec<FrontendSocket>,
     /// This core's socket of the demo backend, when it runs.
     pub demo: Option<BoundListener>,
+}
+
+/// A listening socket of the frontend, and where it came from.
+#[derive(Debug)]
+pub(super) struct FrontendSocket {
+    pub listener: BoundListener,
+    /// Taken from a predecessor (rather than bound by this process).
+    pub taken: bool,
 }
 
 /// This core's balancers, tagged with the configuration generation they were made for.
@@ -73,19 +80,15 @@ pub(super) async fn run_core(
         shutdown.clone(),
     ));
     let mut accepting = Vec::new();
-    for (listener, taken) in setup.frontends {
-        let sockets = SocketFate {
-            taken,
-            ..sockets.clone()
-        };
+    for socket in setup.frontends {
         accepting.push(fastedge_runtime::spawn(accept_loop(
-            listener,
+            socket,
             current.clone(),
             backends.clone(),
             metrics.clone(),
             limit.clone(),
             shutdown.clone(),
-            sockets,
+            sockets.clone(),
         )));
     }
     for task in accepting {
@@ -108,7 +111,7 @@ pub(super) async fn run_core(
 }
 
 async fn accept_loop(
-    listener: BoundListener,
+    FrontendSocket { listener, taken }: FrontendSocket,
     current: Arc<ArcSwap<Frontend>>,
     core_backends: BackendSlot,
     metrics: Arc<CoreMetrics>,
@@ -149,14 +152,14 @@ async fn accept_loop(
     loop {
         // Take a slot first: at the cap, clients wait in the accept queue.
         let Some(permit) = shutdown.until(limit.acquire()).await else {
-            stop_accepting(listener, &limit, &sockets, &serve).await;
+            stop_accepting(listener, taken, &limit, &sockets, &serve).await;
             return;
         };
         let accepted = shutdown.until(listener.accept()).await;
         let stream = match accepted {
             None => {
                 drop(permit);
-                stop_accepting(listener, &limit, &sockets, &serve).await;
+                stop_accepting(listener, taken, &limit, &sockets, &serve).await;
                 return;
             }
             Some(Ok(stream)) => stream,
@@ -201,15 +204,14 @@ pub(super) struct SocketFate {
     /// The sockets were sent to a successor (or began to be). Stays set when that upgrade is
     /// abandoned: the successor may hold them still.
     pub(super) sent: Arc<AtomicBool>,
-    /// This socket was taken from the predecessor (false: bound by this process).
-    pub(super) taken: bool,
 }
 
 impl SocketFate {
-    /// Whether another process may accept on this socket too.
-    fn shared(&self) -> bool {
+    /// Whether another process may accept on a socket too; `taken`: it came from the
+    /// predecessor (rather than bound by this process).
+    fn shared(&self, taken: bool) -> bool {
         self.sent.load(Ordering::SeqCst)
-            || (self.taken && self.predecessor_accepts.load(Ordering::SeqCst))
+            || (taken && self.predecessor_accepts.load(Ordering::SeqCst))
     }
 }
 
@@ -219,6 +221,7 @@ impl SocketFate {
 /// closed here: taking it out of listening would take it from the other process.
 async fn stop_accepting<F>(
     listener: fastedge_runtime::net::TcpListener,
+    taken: bool,
     limit: &ConnectionLimit,
     sockets: &SocketFate,
     serve: &F,
@@ -227,7 +230,7 @@ async fn stop_accepting<F>(
 {
     let handed_over = sockets.handed_over.load(Ordering::SeqCst);
     serve_already_accepted(&listener, limit, handed_over, serve).await;
-    if !sockets.shared() {
+    if !sockets.shared(taken) {
         if let Err(error) = listener.close() {
             tracing::warn!(%error, "listener could not be closed");
         }
@@ -347,26 +350,26 @@ impl<F: std::future::Future<Output = ()>, P> std::future::Future for Holding<F, 
 mod tests {
     use super::*;
 
-    fn fate(taken: bool, predecessor_accepts: bool, sent: bool) -> SocketFate {
+    fn shared(taken: bool, predecessor_accepts: bool, sent: bool) -> bool {
         SocketFate {
             handed_over: Arc::new(AtomicBool::new(false)),
             predecessor_accepts: Arc::new(AtomicBool::new(predecessor_accepts)),
             sent: Arc::new(AtomicBool::new(sent)),
-            taken,
         }
+        .shared(taken)
     }
 
     #[test]
     fn only_sockets_no_other_process_accepts_on_are_taken_out_of_listening() {
         // Bound by this process, never sent: ours alone.
-        assert!(!fate(false, false, false).shared());
+        assert!(!shared(false, false, false));
         // A socket bound beside the predecessor's is ours alone, though the predecessor serves.
-        assert!(!fate(false, true, false).shared());
+        assert!(!shared(false, true, false));
         // Taken from a predecessor that still accepts: shared until it is released.
-        assert!(fate(true, true, false).shared());
-        assert!(!fate(true, false, false).shared());
+        assert!(shared(true, true, false));
+        assert!(!shared(true, false, false));
         // Sent to a successor: shared, whichever way it was bound.
-        assert!(fate(false, false, true).shared());
-        assert!(fate(true, false, true).shared());
+        assert!(shared(false, false, true));
+        assert!(shared(true, false, true));
     }
 }

@@ -440,7 +440,10 @@ impl Terminator {
         // Socket j of an address goes to core j mod cores: every socket is served.
         for (group, taken) in groups.into_iter().zip(taken_counts) {
             for (j, listener) in group.into_iter().enumerate() {
-                setups[j % cores].frontends.push((listener, j < taken));
+                setups[j % cores].frontends.push(executor::FrontendSocket {
+                    listener,
+                    taken: j < taken,
+                });
             }
         }
         let mut setups = setups.into_iter();
@@ -467,7 +470,6 @@ impl Terminator {
                 handed_over: released.clone(),
                 predecessor_accepts: predecessor_accepts.clone(),
                 sent: sent.clone(),
-                taken: false,
             };
             let metrics = serve_metrics.core();
             move || async move {
