@@ -50,7 +50,23 @@ deb: deps
 	$(CARGO) build --release -p fastedge -p fastedge-ways
 	packaging/build-deb.sh
 
-test: deps fmt-check clippy doc-check unit-and-e2e serve-on-glommio netmap-check fuzz-check
+test: deps disk-check fmt-check clippy doc-check unit-and-e2e serve-on-glommio netmap-check fuzz-check
+
+# Room for the build before it starts: `make test` on a clean clone writes ~7 GB (target/ and
+# fuzz/target/), and a linker that runs out of space dies of SIGBUS, far from the cause.
+# TEST_DISK_GB is what a build from nothing needs; an existing target/debug needs less.
+TEST_DISK_GB ?= 10
+.PHONY: disk-check
+disk-check:
+	@target="$${CARGO_TARGET_DIR:-target}"; dir="$$target"; \
+	while [ ! -d "$$dir" ]; do dir=$$(dirname "$$dir"); done; \
+	free=$$(df -Pk "$$dir" | awk 'NR == 2 { print int($$4 / 1048576) }'); \
+	if [ -d "$$target/debug" ]; then need=3; else need=$(TEST_DISK_GB); fi; \
+	if [ "$$free" -lt "$$need" ]; then \
+	  echo "make test: $$free GB free for $$target, the build needs about $$need GB" \
+	    "(a fresh one ~7 GB): free some space, or set TEST_DISK_GB"; \
+	  exit 1; \
+	fi
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
