@@ -1,12 +1,11 @@
 //! The boring ⇄ futures-io adapter: a BoringSSL stream driven by an async byte stream.
 //!
-//! BoringSSL speaks blocking `std::io::Read + Write`. [`IoShim`] presents an async stream that
-//! way: it remembers the waker of the task polling us and maps `Poll::Pending` to
-//! `ErrorKind::WouldBlock`, which BoringSSL reports back as `WANT_READ`/`WANT_WRITE`; we turn
-//! those into `Poll::Pending` again. The waker of the current poll is registered with the
-//! underlying stream before BoringSSL sees `WouldBlock`, so a pending operation is always
-//! woken. No unsafe code: the shim keeps its own clone of the waker instead of a pointer to the
-//! caller's `Context`.
+//! BoringSSL reads and writes through a BIO. Ours (`crate::bio`, where all of the adapter's unsafe
+//! code is) is pointed, for the duration of each BoringSSL call, at the connection's transport
+//! and at the `Context` of the task polling us: the transport's `Poll::Pending` becomes
+//! BoringSSL's `WANT_READ`/`WANT_WRITE`, which we turn into `Poll::Pending` again, and the
+//! transport registered the caller's waker before it said so, so a pending operation is always
+//! woken. Between calls a connection holds only the `SSL` (with its BIO) and the transport.
 
 use std::{
     fmt, io,
@@ -15,15 +14,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
-use boring::ssl::{
-    self, ErrorCode, HandshakeError, MidHandshakeSslStream, ShutdownResult, ShutdownState, Ssl,
-    SslRef, SslStream,
-};
+use boring::ssl::{ErrorCode, ShutdownResult, Ssl, SslRef};
 use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::bio::{self, SslFailure, Transport};
 use crate::TlsError;
 
 /// How much one read from the transport may take: a whole TLS record (16 KiB of plaintext plus
@@ -44,12 +41,12 @@ pub const SMALL_RECORD_WINDOW: usize = 16 * 1024;
 pub const SMALL_RECORD_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 thread_local! {
-    /// This thread's scratch buffer for reads from the transport (see [`IoShim`]).
+    /// This thread's scratch buffer for reads from the transport (see [`Shim`]).
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
 }
 
-/// Adapts an async stream to the blocking `Read + Write` that BoringSSL drives.
+/// The transport as BoringSSL's BIO sees it.
 ///
 /// BoringSSL reads a record in two steps (the 5-byte header, then the body), which would be two
 /// `recv` calls per record. The shim reads up to a whole record at once into a per-thread
@@ -58,35 +55,21 @@ thread_local! {
 /// On the io_uring engine there is no system call to save (the engine's multishot receive has
 /// the bytes in its buffer pool already), so BoringSSL reads from those buffers directly.
 #[derive(Debug)]
-pub struct IoShim<S> {
+struct Shim<S> {
     stream: S,
-    waker: Option<Waker>,
     /// Bytes read from the transport that BoringSSL has not asked for yet. Boxed: held only
     /// between two reads of BoringSSL's, and never on the io_uring engine.
     ahead: Option<Box<Ahead>>,
-    /// The last error a write to the transport failed with, other than `WouldBlock`: BoringSSL
-    /// passes on only a code, and `boring` keeps the error for its own calls, not for
-    /// [`crate::ffi::write_queued`] (see `TlsStream::poll_flush`).
-    write_failed: Option<io::Error>,
 }
 
-/// Bytes read ahead of BoringSSL (see [`IoShim`]); `taken` of them are handed out.
+/// Bytes read ahead of BoringSSL (see [`Shim`]); `taken` of them are handed out.
 #[derive(Debug)]
 struct Ahead {
     bytes: Vec<u8>,
     taken: usize,
 }
 
-impl<S> IoShim<S> {
-    fn new(stream: S) -> Self {
-        Self {
-            stream,
-            waker: None,
-            ahead: None,
-            write_failed: None,
-        }
-    }
-
+impl<S> Shim<S> {
     /// Hands out kept bytes, if any are kept; frees them when they are drained.
     fn take_ahead(&mut self, buf: &mut [u8]) -> Option<usize> {
         let ahead = self.ahead.as_mut()?;
@@ -99,53 +82,27 @@ impl<S> IoShim<S> {
         }
         Some(n)
     }
-
-    /// Remembers the waker of the task that polls us now, cloning only when it changed.
-    fn register(&mut self, cx: &Context<'_>) {
-        match &self.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => self.waker = Some(cx.waker().clone()),
-        }
-    }
-
-    fn poll_with<T>(
-        &mut self,
-        op: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> io::Result<T>
-    where
-        S: Unpin,
-    {
-        let Some(waker) = self.waker.as_ref() else {
-            // BoringSSL is only ever driven from `poll_*` methods, which register a waker first.
-            return Err(io::Error::other("TLS stream driven outside of a poll"));
-        };
-        let mut cx = Context::from_waker(waker);
-        match op(Pin::new(&mut self.stream), &mut cx) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
 }
 
-impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport for Shim<S> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         if let Some(n) = self.take_ahead(buf) {
-            return Ok(n);
+            return Poll::Ready(Ok(n));
         }
         // On the io_uring engine received bytes already wait in user-space buffers, so a read
         // is a copy, not a system call: read what BoringSSL asks for straight from them.
         if buf.len() >= READ_AHEAD
             || fastedge_runtime::current_engine() == Some(fastedge_runtime::Engine::Uring)
         {
-            return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
         }
         SCRATCH.with(|scratch| {
             // A TLS stream over a TLS stream on this thread finds the scratch taken: it reads
             // straight into BoringSSL's buffer instead.
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
+                return Pin::new(&mut self.stream).poll_read(cx, buf);
             };
-            let n = self.poll_with(|stream, cx| stream.poll_read(cx, &mut scratch[..]))?;
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]))?;
             let given = n.min(buf.len());
             buf[..given].copy_from_slice(&scratch[..given]);
             if given < n {
@@ -154,30 +111,16 @@ impl<S: AsyncRead + Unpin> io::Read for IoShim<S> {
                     taken: 0,
                 }));
             }
-            Ok(given)
+            Poll::Ready(Ok(given))
         })
     }
-}
 
-impl<S: AsyncWrite + Unpin> io::Write for IoShim<S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.poll_with(|stream, cx| stream.poll_write(cx, buf));
-        match written {
-            Err(error) if error.kind() != io::ErrorKind::WouldBlock => {
-                // `boring` takes the error it is given; a copy stays here.
-                let copy = match error.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(error.kind(), error.to_string()),
-                };
-                self.write_failed = Some(error);
-                Err(copy)
-            }
-            written => written,
-        }
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.poll_with(|stream, cx| stream.poll_flush(cx))
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 }
 
@@ -195,53 +138,40 @@ where
 /// for the client: after the ClientHello was processed, callbacks' decisions (such as the SNI
 /// context) can be read there, while the handshake goes on.
 pub async fn accept_observed<S>(
-    ssl: Ssl,
+    mut ssl: Ssl,
     stream: S,
     mut progress: impl FnMut(&SslRef),
 ) -> Result<TlsStream<S>, TlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut mid: Option<MidHandshakeSslStream<IoShim<S>>> = None;
-    let mut fresh = Some((ssl, stream));
-    std::future::poll_fn(move |cx| {
-        let attempt = match (fresh.take(), mid.take()) {
-            (Some((mut ssl, stream)), _) => {
-                let mut shim = IoShim::new(stream);
-                shim.register(cx);
-                // Asynchronous callbacks (keyless signing) wake this task when they are done.
-                ssl.set_task_waker(Some(cx.waker().clone()));
-                ssl.accept(shim)
-            }
-            (None, Some(mut pending)) => {
-                pending.get_mut().register(cx);
-                pending.ssl_mut().set_task_waker(Some(cx.waker().clone()));
-                pending.handshake()
-            }
-            (None, None) => return Poll::Ready(Err(TlsError::HandshakePolledAfterEnd)),
-        };
-        match attempt {
-            Ok(stream) => Poll::Ready(Ok(TlsStream {
-                inner: stream,
-                close: CloseState::Open,
-                early: None,
-                small_left: SMALL_RECORD_WINDOW,
-                last_write: None,
-                pending_write: None,
-            })),
-            Err(HandshakeError::WouldBlock(pending)) => {
-                progress(pending.ssl());
-                mid = Some(pending);
+    bio::attach_server(&mut ssl).map_err(TlsError::Setup)?;
+    let mut io = Shim {
+        stream,
+        ahead: None,
+    };
+    std::future::poll_fn(|cx| {
+        // Asynchronous callbacks (keyless signing) wake this task when they are done.
+        ssl.set_task_waker(Some(cx.waker().clone()));
+        match bio::handshake(&mut ssl, &mut io, cx) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(failure) if failure.would_block() => {
+                progress(&ssl);
                 Poll::Pending
             }
-            Err(HandshakeError::Failure(failed)) => Poll::Ready(Err(TlsError::server_handshake(
-                failed.ssl(),
-                failed.error(),
-            ))),
-            Err(HandshakeError::SetupFailure(stack)) => Poll::Ready(Err(TlsError::Setup(stack))),
+            Err(failure) => Poll::Ready(Err(TlsError::server_handshake(&ssl, &failure))),
         }
     })
-    .await
+    .await?;
+    Ok(TlsStream {
+        ssl,
+        io,
+        close: CloseState::Open,
+        early: None,
+        small_left: SMALL_RECORD_WINDOW,
+        last_write: None,
+        pending_write: None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +190,8 @@ enum CloseState {
 /// * `poll_close` sends close_notify, flushes, and shuts the transport's write side, leaving the
 ///   read side open for the peer's answer (half-close).
 pub struct TlsStream<S> {
-    inner: SslStream<IoShim<S>>,
+    ssl: Ssl,
+    io: Shim<S>,
     close: CloseState,
     /// Boxed: few connections have early data, and this lives as long as the connection.
     early: Option<Box<EarlyData>>,
@@ -286,7 +217,7 @@ struct EarlyData {
 impl<S: fmt::Debug> fmt::Debug for TlsStream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsStream")
-            .field("stream", &self.inner.get_ref().stream)
+            .field("stream", &self.io.stream)
             .field("close", &self.close)
             .finish()
     }
@@ -295,12 +226,12 @@ impl<S: fmt::Debug> fmt::Debug for TlsStream<S> {
 impl<S> TlsStream<S> {
     /// The BoringSSL session state: version, cipher, SNI, ALPN, peer certificate.
     pub fn ssl(&self) -> &SslRef {
-        self.inner.ssl()
+        &self.ssl
     }
 
     /// The transport under TLS.
     pub fn get_ref(&self) -> &S {
-        &self.inner.get_ref().stream
+        &self.io.stream
     }
 
     /// Reads early data (TLS 1.3 0-RTT) when the handshake accepted it: up to `cap` bytes are
@@ -308,7 +239,7 @@ impl<S> TlsStream<S> {
     /// is held until the client's Finished arrives. `last_read_early` tells, after each read,
     /// whether its bytes may have been early data. No effect when early data was not accepted.
     pub fn track_early_data(&mut self, cap: usize, last_read_early: Arc<AtomicBool>) {
-        if crate::ffi::in_early_data(self.inner.ssl()) {
+        if crate::ffi::in_early_data(&self.ssl) {
             self.early = Some(Box::new(EarlyData {
                 cap,
                 passed: 0,
@@ -320,44 +251,33 @@ impl<S> TlsStream<S> {
 
     /// Whether the client sent early data and it was accepted.
     pub fn early_data_accepted(&self) -> bool {
-        crate::ffi::early_data_accepted(self.inner.ssl())
+        crate::ffi::early_data_accepted(&self.ssl)
     }
 
     /// Whether the peer's close_notify has arrived.
-    pub fn peer_closed_cleanly(&mut self) -> bool
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        self.inner.get_shutdown().contains(ShutdownState::RECEIVED)
+    pub fn peer_closed_cleanly(&self) -> bool {
+        crate::ffi::received_close_notify(&self.ssl)
     }
 }
 
-/// Maps a BoringSSL I/O error to futures-io: WANT_* become `Pending`.
-fn map_ssl_error<T>(error: ssl::Error) -> Poll<io::Result<T>> {
-    match error.code() {
-        ErrorCode::WANT_READ | ErrorCode::WANT_WRITE
-            if error
-                .io_error()
-                .is_none_or(|e| e.kind() == io::ErrorKind::WouldBlock) =>
-        {
-            Poll::Pending
-        }
-        // A `WouldBlock` here is not this call's: a zero-byte write (see `write_queued`) that
-        // had to wait left it in the BIO, and `boring` hands out the last one it saw.
-        ErrorCode::SYSCALL
-            if error
-                .io_error()
-                .is_none_or(|e| e.kind() == io::ErrorKind::WouldBlock) =>
-        {
-            Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed the transport without TLS close_notify",
-            )))
-        }
-        _ => Poll::Ready(Err(match error.into_io_error() {
-            Ok(io) => io,
-            Err(other) => io::Error::other(TlsError::handshake(other)),
-        })),
+/// Maps a BoringSSL call's failure to futures-io: WANT_* become `Pending`.
+fn map_failure<T>(failure: SslFailure) -> Poll<io::Result<T>> {
+    match failure {
+        SslFailure {
+            code: ErrorCode::WANT_READ | ErrorCode::WANT_WRITE,
+            io: None,
+            ..
+        } => Poll::Pending,
+        SslFailure {
+            code: ErrorCode::SYSCALL,
+            io: None,
+            ..
+        } => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the transport without TLS close_notify",
+        ))),
+        SslFailure { io: Some(io), .. } => Poll::Ready(Err(io)),
+        other => Poll::Ready(Err(io::Error::other(TlsError::handshake(&other)))),
     }
 }
 
@@ -368,10 +288,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.inner.get_mut().register(cx);
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if let Some(early) = &mut this.early {
             loop {
-                if !crate::ffi::in_early_data(this.inner.ssl()) {
+                if !crate::ffi::in_early_data(&this.ssl) {
                     // The handshake completed: what was held goes first, then normal reads.
                     early.last_read_early.store(false, Ordering::Relaxed);
                     if early.held.is_empty() {
@@ -386,49 +308,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 if early.passed < early.cap {
                     let limit = buf.len().min(early.cap - early.passed);
                     early.last_read_early.store(true, Ordering::Relaxed);
-                    return match this.inner.ssl_read(&mut buf[..limit]) {
+                    return match bio::read(&mut this.ssl, &mut this.io, cx, &mut buf[..limit]) {
                         Ok(n) => {
                             early.passed += n;
                             Poll::Ready(Ok(n))
                         }
-                        Err(error) if error.code() == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
-                        Err(error) => map_ssl_error(error),
+                        Err(error) if error.code == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
+                        Err(error) => map_failure(error),
                     };
                 }
                 // Over the cap: keep reading (the handshake completes through reads) but hold
                 // the bytes until it has.
                 let mut chunk = [0u8; 4096];
-                match this.inner.ssl_read(&mut chunk) {
+                match bio::read(&mut this.ssl, &mut this.io, cx, &mut chunk) {
                     Ok(n) => early.held.extend_from_slice(&chunk[..n]),
                     // The read that completes the handshake may find no data after it: deliver
                     // what is held now rather than wait for more from the client.
                     Err(error)
-                        if !crate::ffi::in_early_data(this.inner.ssl())
+                        if !crate::ffi::in_early_data(&this.ssl)
                             && matches!(
-                                error.code(),
+                                error.code,
                                 ErrorCode::WANT_READ | ErrorCode::WANT_WRITE
                             ) =>
                     {
                         continue
                     }
-                    Err(error) if error.code() == ErrorCode::ZERO_RETURN => {
+                    Err(error) if error.code == ErrorCode::ZERO_RETURN => {
                         // The client closed before finishing the handshake: what is held
                         // beyond the cap was never confirmed (it could be a replay) and is
                         // dropped. After the handshake, the loop delivers it above.
-                        if crate::ffi::in_early_data(this.inner.ssl()) {
+                        if crate::ffi::in_early_data(&this.ssl) {
                             early.held.clear();
                             return Poll::Ready(Ok(0));
                         }
                         continue;
                     }
-                    Err(error) => return map_ssl_error(error),
+                    Err(error) => return map_failure(error),
                 }
             }
         }
-        match this.inner.ssl_read(buf) {
+        match bio::read(&mut this.ssl, &mut this.io, cx, buf) {
             Ok(n) => Poll::Ready(Ok(n)),
-            Err(error) if error.code() == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
-            Err(error) => map_ssl_error(error),
+            Err(error) if error.code == ErrorCode::ZERO_RETURN => Poll::Ready(Ok(0)),
+            Err(error) => map_failure(error),
         }
     }
 }
@@ -440,7 +362,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.inner.get_mut().register(cx);
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -462,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
                 }
             }
         };
-        match this.inner.ssl_write(&buf[..len]) {
+        match bio::write(&mut this.ssl, &mut this.io, cx, &buf[..len]) {
             Ok(n) => {
                 this.pending_write = None;
                 this.small_left = this.small_left.saturating_sub(n);
@@ -470,7 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
                 Poll::Ready(Ok(n))
             }
             Err(error) => {
-                let result = map_ssl_error(error);
+                let result = map_failure(error);
                 if result.is_pending() {
                     this.pending_write = Some(len);
                 }
@@ -483,44 +404,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     /// the connection's first write), then flushes the transport.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.inner.get_mut().register(cx);
         // Not while a write is unfinished (BoringSSL wants that write retried first), after
         // close_notify, or before the handshake completed (early data).
         if this.close == CloseState::Open
             && this.pending_write.is_none()
-            && !crate::ffi::in_early_data(this.inner.ssl())
+            && !crate::ffi::in_early_data(&this.ssl)
         {
-            this.inner.get_mut().write_failed = None;
-            let queued = crate::ffi::write_queued(this.inner.ssl_mut());
-            let failed = this.inner.get_mut().write_failed.take();
-            match (queued, failed) {
-                (Ok(()), _) => {}
-                // The transport's own error (a retriable one such as `NotConnected` too: no
-                // waker waits for it).
-                (Err(_), Some(error)) => return Poll::Ready(Err(error)),
+            match bio::write(&mut this.ssl, &mut this.io, cx, &[]) {
+                Ok(_) => {}
+                // The transport's own error (no waker waits for it).
+                Err(SslFailure {
+                    io: Some(error), ..
+                }) => return Poll::Ready(Err(error)),
                 // The transport registered our waker.
-                (Err(ErrorCode::WANT_WRITE), None) => return Poll::Pending,
-                (Err(code), None) => {
-                    let stack = boring::error::ErrorStack::get();
+                Err(SslFailure {
+                    code: ErrorCode::WANT_WRITE,
+                    ..
+                }) => return Poll::Pending,
+                Err(failure) => {
                     return Poll::Ready(Err(io::Error::other(format!(
-                        "writing TLS handshake messages: SSL error {}: {stack}",
-                        code.as_raw()
+                        "writing TLS handshake messages: {failure}"
                     ))));
                 }
             }
         }
-        Pin::new(&mut this.inner.get_mut().stream).poll_flush(cx)
+        Pin::new(&mut this.io.stream).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.inner.get_mut().register(cx);
         if this.close == CloseState::Open {
-            match this.inner.shutdown() {
+            match bio::shutdown(&mut this.ssl, &mut this.io, cx) {
                 Ok(ShutdownResult::Sent | ShutdownResult::Received) => {
                     this.close = CloseState::NotifySent
                 }
-                Err(error) => match map_ssl_error::<()>(error) {
+                Err(error) => match map_failure::<()>(error) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => this.close = CloseState::NotifySent,
@@ -528,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             }
         }
         if this.close == CloseState::NotifySent {
-            let stream = &mut this.inner.get_mut().stream;
+            let stream = &mut this.io.stream;
             std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
             std::task::ready!(Pin::new(stream).poll_close(cx))?;
             this.close = CloseState::Closed;

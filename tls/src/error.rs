@@ -60,9 +60,6 @@ pub enum TlsError {
         /// The server name the client asked for, when it got that far.
         server_name: Option<String>,
     },
-    /// A handshake future was polled again after it returned its result (a bug in the caller).
-    #[error("TLS handshake polled after it ended")]
-    HandshakePolledAfterEnd,
 }
 
 impl TlsError {
@@ -71,16 +68,19 @@ impl TlsError {
     }
 
     /// A handshake failure with BoringSSL's reason, or the transport error that ended it.
-    pub(crate) fn handshake(error: boring::ssl::Error) -> Self {
+    pub(crate) fn handshake(error: &crate::bio::SslFailure) -> Self {
         Self::Handshake {
-            reason: describe_handshake_error(&error),
+            reason: describe_handshake_error(error),
             server_name: None,
         }
     }
 
     /// A failed server handshake on `ssl`, in plain words where we know the cause: a server
     /// name refused by `sni_strict`, a client certificate missing or rejected.
-    pub(crate) fn server_handshake(ssl: &boring::ssl::SslRef, error: &boring::ssl::Error) -> Self {
+    pub(crate) fn server_handshake(
+        ssl: &boring::ssl::SslRef,
+        error: &crate::bio::SslFailure,
+    ) -> Self {
         let server_name = ssl
             .servername(boring::ssl::NameType::HOST_NAME)
             .map(str::to_owned);
@@ -101,16 +101,15 @@ impl TlsError {
     }
 }
 
-fn describe_handshake_error(error: &boring::ssl::Error) -> String {
+fn describe_handshake_error(error: &crate::bio::SslFailure) -> String {
+    if error.io.is_none()
+        && error.code == boring::ssl::ErrorCode::SYSCALL
+        && error
+            .stack
+            .as_ref()
+            .is_none_or(|stack| stack.errors().is_empty())
     {
-        let text = match (error.io_error(), error.ssl_error()) {
-            (Some(io), _) => format!("transport: {io}"),
-            (None, Some(stack)) => stack.to_string(),
-            (None, None) if error.code() == boring::ssl::ErrorCode::SYSCALL => {
-                "peer closed the connection during the handshake".to_owned()
-            }
-            (None, None) => format!("{error}"),
-        };
-        text
+        return "peer closed the connection during the handshake".to_owned();
     }
+    error.to_string()
 }

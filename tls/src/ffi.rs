@@ -108,21 +108,12 @@ pub fn in_early_data(ssl: &SslRef) -> bool {
     unsafe { boring_sys::SSL_in_early_data(ssl.as_ptr()) == 1 }
 }
 
-/// Writes to the transport what BoringSSL queued on its own (TLS 1.3 session tickets, which it
-/// holds until the connection's first write; KeyUpdate acknowledgements): a zero-byte
-/// `SSL_write`, which `boring`'s `ssl_write` skips. `Err` carries `SSL_get_error`'s code
-/// (`WANT_WRITE` when the transport cannot take it yet).
-#[doc(alias = "SSL_write")]
-pub fn write_queued(ssl: &mut SslRef) -> Result<(), boring::ssl::ErrorCode> {
-    // SAFETY: `ssl` is a live SSL owned by the caller's borrow; a zero-length write reads no
-    // buffer (the pointer is a valid, empty one).
-    let ret = unsafe { boring_sys::SSL_write(ssl.as_ptr(), [0u8; 0].as_ptr().cast(), 0) };
-    if ret >= 0 {
-        return Ok(());
-    }
-    // SAFETY: `ssl` is live; SSL_get_error only reads its state and this thread's error queue.
-    let code = unsafe { boring_sys::SSL_get_error(ssl.as_ptr(), ret) };
-    Err(boring::ssl::ErrorCode::from_raw(code))
+/// Whether the peer's close_notify has arrived on the connection.
+#[doc(alias = "SSL_get_shutdown")]
+pub fn received_close_notify(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl` is a live SSL; the call only reads its state.
+    let bits = unsafe { boring_sys::SSL_get_shutdown(ssl.as_ptr()) };
+    bits & boring_sys::SSL_RECEIVED_SHUTDOWN != 0
 }
 
 /// Whether the server accepted the client's early data on this connection.

@@ -145,6 +145,7 @@
 #![deny(missing_docs)]
 
 mod adapter;
+mod bio;
 pub mod bud;
 mod certset;
 pub mod config;
@@ -170,7 +171,7 @@ mod store_state;
 pub mod terminator;
 pub mod tickets;
 
-pub use adapter::{accept, accept_observed, IoShim, TlsStream};
+pub use adapter::{accept, accept_observed, TlsStream};
 pub use boring;
 pub use certset::KeyKind;
 pub use context::{choose_certificate, HelloChoice, ServerContext};
