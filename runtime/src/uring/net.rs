@@ -798,12 +798,12 @@ struct Oneshot {
 
 impl Oneshot {
     fn start(entry: squeue::Entry, keep: Keep) -> Self {
-        let op = Op::Oneshot {
+        let op = Op::Oneshot(Box::new(reactor::OneshotOp {
             result: None,
             waker: None,
             keep,
             abandoned: false,
-        };
+        }));
         Self {
             user_data: Some(with_reactor(|r| r.start(entry, op))),
         }

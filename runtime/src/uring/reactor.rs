@@ -67,14 +67,10 @@ pub enum TaskRun {
 
 /// What an operation in flight is for.
 pub(crate) enum Op {
-    /// A one-shot operation a future awaits; `keep` is what the kernel may still touch.
-    Oneshot {
-        result: Option<i32>,
-        waker: Option<Waker>,
-        #[allow(dead_code)] // owned so the kernel's memory outlives the operation
-        keep: Keep,
-        abandoned: bool,
-    },
+    /// A one-shot operation a future awaits (a connect). Boxed: the other kinds are one
+    /// pointer, and every slot is as large as the largest kind (a connection's two receives
+    /// hold two slots for its whole life).
+    Oneshot(Box<OneshotOp>),
     /// A multishot accept of a listener.
     Accept(Rc<RefCell<ListenerState>>),
     /// A multishot receive of a connection.
@@ -83,6 +79,15 @@ pub(crate) enum Op {
     Send(Rc<RefCell<Conn>>),
     /// The read of the wake-up eventfd.
     Wake(Box<u64>),
+}
+
+/// A one-shot operation's state; `keep` is what the kernel may still touch.
+pub(crate) struct OneshotOp {
+    pub(crate) result: Option<i32>,
+    pub(crate) waker: Option<Waker>,
+    #[allow(dead_code)] // owned so the kernel's memory outlives the operation
+    pub(crate) keep: Keep,
+    pub(crate) abandoned: bool,
 }
 
 /// Memory an operation's kernel side may use until its completion.
@@ -364,25 +369,20 @@ impl Reactor {
     /// this way), or registers `waker` for it.
     pub(crate) fn poll_oneshot(&mut self, user_data: u64, waker: &Waker) -> Option<(i32, Keep)> {
         let slot = self.slot_mut(user_data)?;
-        match &mut slot.op {
-            Some(Op::Oneshot {
-                result: Some(_), ..
-            }) => match self.remove(user_data) {
-                Some(Op::Oneshot {
-                    result: Some(result),
-                    keep,
-                    ..
-                }) => Some((result, keep)),
-                _ => None,
-            },
-            Some(Op::Oneshot {
-                waker: slot_waker, ..
-            }) => {
-                match slot_waker {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *slot_waker = Some(waker.clone()),
-                }
-                None
+        let Some(Op::Oneshot(op)) = &mut slot.op else {
+            return None;
+        };
+        if op.result.is_none() {
+            match &op.waker {
+                Some(w) if w.will_wake(waker) => {}
+                _ => op.waker = Some(waker.clone()),
+            }
+            return None;
+        }
+        match self.remove(user_data) {
+            Some(Op::Oneshot(op)) => {
+                let OneshotOp { result, keep, .. } = *op;
+                result.map(|result| (result, keep))
             }
             _ => None,
         }
@@ -392,15 +392,10 @@ impl Reactor {
     /// operation and let its completion free the slot. Returns what to drop outside the borrow.
     pub(crate) fn abandon(&mut self, user_data: u64) -> Option<Op> {
         let done = match &mut self.slot_mut(user_data)?.op {
-            Some(Op::Oneshot {
-                result,
-                abandoned,
-                waker,
-                ..
-            }) => {
-                *abandoned = true;
-                *waker = None;
-                result.is_some()
+            Some(Op::Oneshot(op)) => {
+                op.abandoned = true;
+                op.waker = None;
+                op.result.is_some()
             }
             _ => return None,
         };
@@ -534,19 +529,14 @@ impl Reactor {
             return;
         };
         match slot.op.as_mut() {
-            Some(Op::Oneshot {
-                result: slot_result,
-                waker,
-                abandoned,
-                ..
-            }) => {
-                if *abandoned {
+            Some(Op::Oneshot(op)) => {
+                if op.abandoned {
                     if let Some(op) = self.remove(user_data) {
                         out.garbage.push(op);
                     }
                 } else {
-                    *slot_result = Some(result);
-                    if let Some(waker) = waker.take() {
+                    op.result = Some(result);
+                    if let Some(waker) = op.waker.take() {
                         out.wakers.push(waker);
                     }
                 }
@@ -719,4 +709,14 @@ pub(crate) fn send(fd: RawFd, ptr: *const u8, len: u32) -> squeue::Entry {
 pub(crate) fn owned_fd(fd: i32) -> OwnedFd {
     // SAFETY: the kernel just created `fd` for this completion and nobody else knows it.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every operation in flight holds a slot, and an idle connection holds two (its receive
+    /// and its backend's): a slot stays a generation and one pointer-sized operation.
+    #[test]
+    fn a_slot_is_a_generation_and_a_pointer() {
+        assert!(std::mem::size_of::<super::Slot>() <= 24);
+    }
 }
