@@ -212,6 +212,83 @@ struct Spill {
     read: usize,
 }
 
+/// Received pool buffers not read yet, oldest first, as (buffer id, length), and how much of the
+/// first is read. The first is kept inline: a connection rarely has more than one waiting, and a
+/// `VecDeque` keeps its allocation once it held anything, which an idle connection would carry.
+#[derive(Debug, Default)]
+struct RxQueue {
+    first: Option<(u16, u32)>,
+    /// Bytes of `first` already read.
+    offset: u32,
+    /// The buffers after `first`; its allocation is freed when it empties.
+    more: VecDeque<(u16, u32)>,
+}
+
+impl RxQueue {
+    fn push(&mut self, buffer: (u16, u32)) {
+        if self.first.is_none() {
+            self.first = Some(buffer);
+        } else {
+            self.more.push_back(buffer);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    /// Unread bytes in the queued buffers.
+    fn unread(&self) -> usize {
+        let queued: usize = self
+            .first
+            .iter()
+            .chain(&self.more)
+            .map(|&(_, len)| len as usize)
+            .sum();
+        queued.saturating_sub(self.offset as usize)
+    }
+
+    /// The first buffer: its id, its length and how much of it is read.
+    fn front(&self) -> Option<(u16, usize, usize)> {
+        let (bid, len) = self.first?;
+        Some((bid, len as usize, self.offset as usize))
+    }
+
+    /// `n` more bytes of the first buffer are read; when it is all read it leaves the queue
+    /// and its id is returned (to give the buffer back).
+    fn consume(&mut self, n: usize) -> Option<u16> {
+        let (bid, len) = self.first?;
+        let offset = (self.offset as usize).saturating_add(n);
+        if offset < len as usize {
+            self.offset = offset as u32;
+            return None;
+        }
+        self.offset = 0;
+        self.first = self.more.pop_front();
+        if self.more.is_empty() && self.more.capacity() > 0 {
+            self.more = VecDeque::new();
+        }
+        Some(bid)
+    }
+
+    /// Empties the queue: each buffer (id, length) with how much of it was read.
+    fn drain(&mut self) -> impl Iterator<Item = (u16, usize, usize)> {
+        let offset = std::mem::take(&mut self.offset) as usize;
+        let first = self
+            .first
+            .take()
+            .map(|(bid, len)| (bid, len as usize, offset));
+        let more = std::mem::take(&mut self.more);
+        first
+            .into_iter()
+            .chain(more.into_iter().map(|(bid, len)| (bid, len as usize, 0)))
+    }
+}
+
 /// One connection's state, shared by its stream and its operations in flight.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -219,9 +296,8 @@ pub(crate) struct Conn {
     /// Received bytes not read yet that were copied out of the pool when it ran low; they
     /// come before everything in `rx`. Boxed: few connections ever have any.
     rx_spilled: Option<Box<Spill>>,
-    /// Received buffers not read yet: (buffer id, length); `rx_offset` into the first.
-    rx: VecDeque<(u16, u32)>,
-    rx_offset: usize,
+    /// Received buffers not read yet.
+    rx: RxQueue,
     /// On the reactor's list of connections holding pool buffers.
     pub(crate) rx_listed: bool,
     /// The armed receive carries the total cap ([`RX_ARM_LIMIT`]).
@@ -236,7 +312,7 @@ pub(crate) struct Conn {
     tx_queue: Vec<u8>,
     /// Output the kernel is sending; `tx_sent` of it is gone.
     tx_inflight: Vec<u8>,
-    tx_sent: usize,
+    tx_sent: u32,
     tx_busy: bool,
     tx_dirty: bool,
     tx_error: Option<NonZeroI32>,
@@ -251,8 +327,7 @@ impl Conn {
         Self {
             fd,
             rx_spilled: None,
-            rx: VecDeque::new(),
-            rx_offset: 0,
+            rx: RxQueue::default(),
             rx_listed: false,
             rx_limited: false,
             rx_state: Multishot::Idle,
@@ -285,7 +360,7 @@ impl Conn {
         let mut give_back = None;
         if result > 0 {
             match buffer {
-                Some(bid) if !self.dropped => self.rx.push_back((bid, result as u32)),
+                Some(bid) if !self.dropped => self.rx.push((bid, result as u32)),
                 other => give_back = other,
             }
         } else {
@@ -320,8 +395,7 @@ impl Conn {
 
     /// Unread input in bytes (pool buffers and spilled copies).
     fn unread_bytes(&self) -> usize {
-        let pooled: usize = self.rx.iter().map(|&(_, len)| len as usize).sum();
-        pooled.saturating_sub(self.rx_offset) + self.spilled_unread()
+        self.rx.unread() + self.spilled_unread()
     }
 
     /// Unread input, in receive buffers' worth.
@@ -349,10 +423,9 @@ impl Conn {
             return;
         }
         if self.dropped {
-            for (bid, _) in self.rx.drain(..) {
+            for (bid, _, _) in self.rx.drain() {
                 bufs.give_back(bid);
             }
-            self.rx_offset = 0;
             return;
         }
         if self.rx.is_empty() {
@@ -361,19 +434,12 @@ impl Conn {
         let spill = self.rx_spilled.get_or_insert_with(Box::default);
         spill.bytes.drain(..spill.read);
         spill.read = 0;
-        let more: usize = self
-            .rx
-            .iter()
-            .map(|&(_, len)| len as usize)
-            .sum::<usize>()
-            .saturating_sub(self.rx_offset);
-        spill.bytes.reserve(more);
-        for (bid, len) in self.rx.drain(..) {
-            let data = bufs.buffer(bid, len as usize);
+        spill.bytes.reserve(self.rx.unread());
+        for (bid, len, read) in self.rx.drain() {
+            let data = bufs.buffer(bid, len);
             spill
                 .bytes
-                .extend_from_slice(data.get(self.rx_offset..).unwrap_or_default());
-            self.rx_offset = 0;
+                .extend_from_slice(data.get(read..).unwrap_or_default());
             bufs.give_back(bid);
         }
     }
@@ -408,7 +474,7 @@ impl Conn {
     }
 
     fn send_rest(&self) -> squeue::Entry {
-        let rest = &self.tx_inflight[self.tx_sent..];
+        let rest = &self.tx_inflight[self.tx_sent as usize..];
         let len = rest.len().min(u32::MAX as usize) as u32;
         reactor::send(self.fd.as_raw_fd(), rest.as_ptr(), len)
     }
@@ -424,8 +490,9 @@ impl Conn {
             self.tx_queue = Vec::new();
             SendNext::Idle
         } else {
-            self.tx_sent += result as usize;
-            if self.tx_sent < self.tx_inflight.len() {
+            // A send takes at most the rest of `tx_inflight`, which is below TX_MAX_QUEUED.
+            self.tx_sent = self.tx_sent.saturating_add(result.unsigned_abs());
+            if (self.tx_sent as usize) < self.tx_inflight.len() {
                 SendNext::Continue(self.send_rest())
             } else {
                 self.tx_busy = false;
@@ -449,7 +516,7 @@ impl Conn {
     }
 
     fn queued_output(&self) -> usize {
-        self.tx_queue.len() + self.tx_inflight.len() - self.tx_sent
+        (self.tx_queue.len() + self.tx_inflight.len()).saturating_sub(self.tx_sent as usize)
     }
 }
 
@@ -465,7 +532,7 @@ impl Drop for Conn {
         if let Some(spill) = &mut self.rx_spilled {
             spill.bytes.fill(reactor::POISON);
         }
-        for (bid, _) in self.rx.drain(..) {
+        for (bid, _, _) in self.rx.drain() {
             super::defer(Deferred::GiveBack(bid));
         }
     }
@@ -596,17 +663,14 @@ impl Stream {
             let copied = with_reactor(|r| {
                 let mut copied = 0;
                 while copied < buf.len() {
-                    let Some(&(bid, len)) = conn.rx.front() else {
+                    let Some((bid, len, read)) = conn.rx.front() else {
                         break;
                     };
-                    let data = &r.bufs.buffer(bid, len as usize)[conn.rx_offset..];
+                    let data = r.bufs.buffer(bid, len).get(read..).unwrap_or_default();
                     let n = data.len().min(buf.len() - copied);
                     buf[copied..copied + n].copy_from_slice(&data[..n]);
                     copied += n;
-                    conn.rx_offset += n;
-                    if conn.rx_offset >= len as usize {
-                        conn.rx.pop_front();
-                        conn.rx_offset = 0;
+                    if let Some(bid) = conn.rx.consume(n) {
                         r.bufs.give_back(bid);
                     }
                 }
@@ -838,4 +902,53 @@ impl Drop for Oneshot {
 fn socket_addr(addr: SockAddr) -> io::Result<SocketAddr> {
     addr.as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+}
+
+#[cfg(test)]
+mod rx_queue_tests {
+    use super::{Conn, RxQueue};
+
+    #[test]
+    fn buffers_come_out_in_order_and_an_emptied_queue_holds_no_memory() {
+        let mut queue = RxQueue::default();
+        queue.push((1, 100));
+        queue.push((2, 50));
+        queue.push((3, 10));
+        assert_eq!((queue.len(), queue.unread()), (3, 160));
+        assert_eq!(queue.consume(40), None);
+        assert_eq!(queue.front(), Some((1, 100, 40)));
+        assert_eq!(queue.unread(), 120);
+        assert_eq!(queue.consume(60), Some(1));
+        assert_eq!(queue.front(), Some((2, 50, 0)));
+        assert_eq!(queue.consume(50), Some(2));
+        assert_eq!(queue.consume(10), Some(3));
+        assert!(queue.is_empty() && queue.front().is_none());
+        assert_eq!(queue.more.capacity(), 0);
+        // One buffer at a time (the usual case) never allocates.
+        queue.push((4, 8));
+        assert_eq!(queue.more.capacity(), 0);
+        assert_eq!(queue.consume(8), Some(4));
+    }
+
+    #[test]
+    fn a_drain_says_how_much_of_the_first_buffer_was_read() {
+        let mut queue = RxQueue::default();
+        queue.push((1, 100));
+        queue.push((2, 50));
+        queue.consume(30);
+        let drained: Vec<_> = queue.drain().collect();
+        assert_eq!(drained, [(1, 100, 30), (2, 50, 0)]);
+        assert!(queue.is_empty() && queue.unread() == 0);
+        assert_eq!(queue.more.capacity(), 0);
+    }
+
+    /// Two per connection, each for the connection's whole life.
+    #[test]
+    fn a_connection_state_stays_within_192_bytes() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 192,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
 }
