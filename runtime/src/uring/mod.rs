@@ -18,7 +18,7 @@ pub mod time;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     future::Future,
     io,
     os::fd::{AsRawFd, OwnedFd},
@@ -115,11 +115,36 @@ impl Remote {
     }
 }
 
-/// Detached tasks, kept so a stopping engine can cancel them.
+/// Detached tasks, kept so a stopping engine can cancel them: a slab (a task's place is its
+/// id, freed places are reused), 8 bytes a task where a map took ~28 (a connection's task is
+/// detached, so this is per connection).
 #[derive(Debug, Default)]
 struct Detached {
-    tasks: HashMap<u64, Task<()>>,
-    next: u64,
+    tasks: Vec<Option<Task<()>>>,
+    free: Vec<u32>,
+}
+
+impl Detached {
+    /// A free place for a task about to be spawned.
+    fn reserve(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.tasks.push(None);
+            u32::try_from(self.tasks.len() - 1).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// The task of place `id`, which is free again.
+    fn take(&mut self, id: u32) -> Option<Task<()>> {
+        let task = self.tasks.get_mut(id as usize)?.take()?;
+        self.free.push(id);
+        Some(task)
+    }
+
+    /// Every task (to cancel them); the slab starts empty.
+    fn take_all(&mut self) -> Vec<Option<Task<()>>> {
+        self.free.clear();
+        std::mem::take(&mut self.tasks)
+    }
 }
 
 /// One core's engine, made on the thread that runs it.
@@ -205,7 +230,7 @@ impl Runtime {
 
     fn stop(self, reaped: &mut Reaped) {
         // Cancel the detached tasks; their futures are dropped when their runnables run.
-        let detached = DETACHED.with(|d| std::mem::take(&mut d.borrow_mut().tasks));
+        let detached = DETACHED.with(|d| d.borrow_mut().take_all());
         drop(detached);
         // Runnables other threads woke are on the remote queue: a cancelled task that was
         // already scheduled there is dropped only when its runnable runs.
@@ -228,7 +253,7 @@ impl Runtime {
         time::clear();
         // Tasks detached during the stop (lingering drops) go too, then every queued runnable
         // (a cancelled task's future is dropped with its runnable).
-        let detached = DETACHED.with(|d| std::mem::take(&mut d.borrow_mut().tasks));
+        let detached = DETACHED.with(|d| d.borrow_mut().take_all());
         drop(detached);
         self.remote.drain_into_queue();
         let queue = RUN_QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
@@ -328,15 +353,17 @@ pub(crate) fn spawn_detached_internal(future: impl Future<Output = ()> + 'static
     if !is_engine_thread() {
         return;
     }
-    let id = DETACHED.with(|d| {
-        let mut d = d.borrow_mut();
-        d.next += 1;
-        d.next
-    });
+    let id = DETACHED.with(|d| d.borrow_mut().reserve());
     let task = spawn(DetachedTask { future, id });
-    if !task.is_finished() {
-        DETACHED.with(|d| d.borrow_mut().tasks.insert(id, task));
-    }
+    DETACHED.with(|d| {
+        let mut d = d.borrow_mut();
+        match d.tasks.get_mut(id as usize) {
+            Some(place) if !task.is_finished() => *place = Some(task),
+            // Ended already: its place is free again, and `task` (finished) is dropped.
+            Some(_) => d.free.push(id),
+            None => {}
+        }
+    });
 }
 
 pin_project_lite::pin_project! {
@@ -346,7 +373,7 @@ pin_project_lite::pin_project! {
     struct DetachedTask<F> {
         #[pin]
         future: F,
-        id: u64,
+        id: u32,
     }
 }
 
@@ -359,7 +386,7 @@ impl<F: Future<Output = ()>> Future for DetachedTask<F> {
     ) -> std::task::Poll<()> {
         let this = self.project();
         std::task::ready!(this.future.poll(cx));
-        let own = DETACHED.try_with(|d| d.borrow_mut().tasks.remove(this.id));
+        let own = DETACHED.try_with(|d| d.borrow_mut().take(*this.id));
         if let Ok(Some(own)) = own {
             own.detach();
         }

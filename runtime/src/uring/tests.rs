@@ -647,3 +647,48 @@ fn entries_pushed_on_a_full_queue_all_complete(
     );
     assert_eq!(acceptor.join().expect("acceptor").len(), CONNS);
 }
+
+#[test]
+fn detached_tasks_free_their_place_when_they_end_and_a_stop_drops_the_rest() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    struct Flag(Arc<AtomicUsize>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (places, dropped_at_stop) = on_engine(RingSettings::default(), || async {
+        let places = || super::DETACHED.with(|d| d.borrow().tasks.len());
+        // Ten tasks that end: their places are reused by the next ten, not added to.
+        for _ in 0..3 {
+            for _ in 0..10 {
+                super::spawn_detached(async {});
+            }
+            futures_lite::future::yield_now().await;
+            futures_lite::future::yield_now().await;
+        }
+        let after_ending = places();
+        // Five that never end stay tracked; a stop drops their futures.
+        let dropped = Arc::new(AtomicUsize::new(0));
+        for _ in 0..5 {
+            let flag = Flag(dropped.clone());
+            super::spawn_detached(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+            });
+        }
+        futures_lite::future::yield_now().await;
+        let tracked = super::DETACHED.with(|d| d.borrow().tasks.iter().flatten().count());
+        assert_eq!(tracked, 5);
+        assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        (after_ending, dropped)
+    });
+    assert!(
+        places <= 10,
+        "{places} places for at most 10 tasks at a time"
+    );
+    assert_eq!(dropped_at_stop.load(Ordering::SeqCst), 5);
+}
