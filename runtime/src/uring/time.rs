@@ -5,6 +5,7 @@ use std::{
     cell::RefCell,
     collections::BTreeMap,
     future::Future,
+    num::NonZeroU64,
     pin::Pin,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -12,8 +13,9 @@ use std::{
 
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    entries: BTreeMap<(Instant, u64), Waker>,
-    next_id: u64,
+    /// By deadline, then by the id of the sleep (ids are unique on this core).
+    entries: BTreeMap<(Instant, NonZeroU64), Waker>,
+    last_id: u64,
 }
 
 thread_local! {
@@ -67,17 +69,15 @@ pub(crate) fn clear() {
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
-    key: Option<(Instant, u64)>,
+    /// While registered: its id in the core's timers (the key is the deadline and the id).
+    id: Option<NonZeroU64>,
 }
 
 impl Sleep {
     /// A timer that completes at `deadline` (at once if it has passed); it needs the engine of the
     /// calling thread to be polled.
     pub fn until(deadline: Instant) -> Self {
-        Self {
-            deadline,
-            key: None,
-        }
+        Self { deadline, id: None }
     }
 
     /// When it completes.
@@ -95,32 +95,33 @@ impl Future for Sleep {
             return Poll::Ready(());
         }
         let deadline = self.deadline;
-        let key = self.key;
-        let key = TIMERS.with(|t| {
+        let id = self.id;
+        let id = TIMERS.with(|t| {
             let mut timers = t.borrow_mut();
-            match key.and_then(|k| timers.entries.get_mut(&k).map(|w| (k, w))) {
-                Some((k, waker)) => {
+            match id.and_then(|id| timers.entries.get_mut(&(deadline, id)).map(|w| (id, w))) {
+                Some((id, waker)) => {
                     if !waker.will_wake(cx.waker()) {
                         *waker = cx.waker().clone();
                     }
-                    k
+                    id
                 }
                 None => {
-                    timers.next_id += 1;
-                    let k = (deadline, timers.next_id);
-                    timers.entries.insert(k, cx.waker().clone());
-                    k
+                    timers.last_id += 1;
+                    let id = NonZeroU64::new(timers.last_id).unwrap_or(NonZeroU64::MIN);
+                    timers.entries.insert((deadline, id), cx.waker().clone());
+                    id
                 }
             }
         });
-        self.key = Some(key);
+        self.id = Some(id);
         Poll::Pending
     }
 }
 
 impl Sleep {
     fn unregister(&mut self) {
-        if let Some(key) = self.key.take() {
+        if let Some(id) = self.id.take() {
+            let key = (self.deadline, id);
             // `try_with`/`try_borrow_mut`: a sleep dropped while the thread's timers are torn
             // down or borrowed leaves its entry, which then fires into a finished task.
             let removed = TIMERS
