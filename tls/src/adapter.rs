@@ -168,7 +168,7 @@ where
         io,
         close: CloseState::Open,
         early: None,
-        small_left: SMALL_RECORD_WINDOW,
+        small_left: SMALL_RECORD_WINDOW as u32,
         last_write: None,
         pending_write: None,
     })
@@ -197,10 +197,10 @@ pub struct TlsStream<S> {
     early: Option<Box<EarlyData>>,
     /// Dynamic record sizing: plaintext still to send in small records, and when the last
     /// write happened.
-    small_left: usize,
+    small_left: u32,
     last_write: Option<std::time::Instant>,
     /// Length of a write BoringSSL could not finish: the retry must offer at least as much.
-    pending_write: Option<usize>,
+    pending_write: Option<std::num::NonZeroUsize>,
 }
 
 /// Early data (0-RTT) handling of one connection: how much may pass before the handshake
@@ -368,13 +368,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         let now = fastedge_runtime::now();
         let len = match this.pending_write {
             // BoringSSL finishes the record it started: offer it the same bytes again.
-            Some(len) => len.min(buf.len()),
+            Some(len) => len.get().min(buf.len()),
             None => {
                 if this
                     .last_write
                     .is_some_and(|last| now.duration_since(last) >= SMALL_RECORD_AFTER_IDLE)
                 {
-                    this.small_left = SMALL_RECORD_WINDOW;
+                    this.small_left = SMALL_RECORD_WINDOW as u32;
                 }
                 if this.small_left > 0 {
                     buf.len().min(SMALL_RECORD)
@@ -386,14 +386,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         match bio::write(&mut this.ssl, &mut this.io, cx, &buf[..len]) {
             Ok(n) => {
                 this.pending_write = None;
-                this.small_left = this.small_left.saturating_sub(n);
+                this.small_left = this
+                    .small_left
+                    .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
                 this.last_write = Some(now);
                 Poll::Ready(Ok(n))
             }
             Err(error) => {
                 let result = map_failure(error);
                 if result.is_pending() {
-                    this.pending_write = Some(len);
+                    this.pending_write = std::num::NonZeroUsize::new(len);
                 }
                 result
             }
@@ -452,5 +454,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             this.close = CloseState::Closed;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's TLS stream lives as long as the connection.
+    #[test]
+    fn a_tls_stream_over_a_borrowed_transport_stays_within_64_bytes() {
+        let size = std::mem::size_of::<super::TlsStream<&mut fastedge_runtime::net::TcpStream>>();
+        assert!(size <= 64, "{size}");
     }
 }

@@ -90,12 +90,16 @@ impl Frontend {
 }
 
 /// One core's view of the backends: its own balancer per group and health, shared by that
-/// core's connections only. Each connection holds a clone: two reference counts, no allocation.
+/// core's connections only. Each connection holds a clone: one reference count and one
+/// pointer in the connection's task, no allocation.
 #[derive(Debug, Clone)]
-pub struct CoreBackends {
-    balancers: Rc<[Rc<RefCell<Balancer>>]>,
+pub struct CoreBackends(Rc<CoreView>);
+
+#[derive(Debug)]
+struct CoreView {
+    balancers: Box<[Rc<RefCell<Balancer>>]>,
     /// This core's metrics.
-    pub(super) metrics: Arc<CoreMetrics>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl CoreBackends {
@@ -116,7 +120,17 @@ impl CoreBackends {
                 )))
             })
             .collect();
-        Self { balancers, metrics }
+        Self(Rc::new(CoreView { balancers, metrics }))
+    }
+
+    /// This core's metrics.
+    pub(super) fn metrics(&self) -> &Arc<CoreMetrics> {
+        &self.0.metrics
+    }
+
+    /// This core's balancer of backend group `group`.
+    fn balancer(&self, group: usize) -> &Rc<RefCell<Balancer>> {
+        &self.0.balancers[group]
     }
 }
 
@@ -270,7 +284,7 @@ impl AsyncWrite for BackendStream {
 /// this core's balancer how it went.
 pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
     for (group, range) in frontend.groups.iter().enumerate() {
-        let balancer = &core.balancers[group];
+        let balancer = core.balancer(group);
         for (slot, spec) in frontend.backends[range.clone()].iter().enumerate() {
             let ok = matches!(
                 fastedge_runtime::timeout(
@@ -283,10 +297,10 @@ pub async fn probe_backends(frontend: &Frontend, core: &CoreBackends) {
             let change = if ok {
                 balancer.borrow_mut().probe_succeeded(slot)
             } else {
-                core.metrics.backend_connect_failed(&spec.name);
+                core.metrics().backend_connect_failed(&spec.name);
                 balancer.borrow_mut().probe_failed(slot, Instant::now())
             };
-            log_health(frontend, &core.metrics, range.start, change);
+            log_health(frontend, core.metrics(), range.start, change);
         }
     }
 }
@@ -301,7 +315,7 @@ pub(super) async fn connect_backend(
 ) -> Result<(BackendStream, Lease), CloseReason> {
     let settings = &frontend.balance;
     let base = frontend.groups[group].start;
-    let balancer = &core.balancers[group];
+    let balancer = core.balancer(group);
     let mut tried = Vec::new();
     let mut last = None;
     let attempts = settings.max_retries.saturating_add(1);
@@ -354,7 +368,7 @@ pub(super) async fn connect_backend(
         {
             Ok(Ok(stream)) => {
                 let change = lease.connected();
-                log_health(&frontend, &core.metrics, base, change);
+                log_health(&frontend, core.metrics(), base, change);
                 return Ok((stream, lease));
             }
             Ok(Err(error)) => describe_connect_error(error),
@@ -364,8 +378,13 @@ pub(super) async fn connect_backend(
             ),
         };
         tracing::debug!(backend = %spec.name, attempt, %failure, "backend connect failed");
-        core.metrics.backend_connect_failed(&spec.name);
-        log_health(&frontend, &core.metrics, base, lease.failed(Instant::now()));
+        core.metrics().backend_connect_failed(&spec.name);
+        log_health(
+            &frontend,
+            core.metrics(),
+            base,
+            lease.failed(Instant::now()),
+        );
         tried.push(slot);
         last = Some((spec.name.clone(), failure));
         attempt += 1;

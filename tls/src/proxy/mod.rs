@@ -24,7 +24,7 @@ use std::{
 
 use boring::{
     nid::Nid,
-    ssl::{NameType, SslVerifyMode},
+    ssl::{NameType, SslVerifyMode, SslVersion},
 };
 use fastedge_runtime::net::TcpStream;
 use fastedge_wire::{
@@ -72,7 +72,7 @@ pub fn serve_connection(
         {
             let started = Instant::now();
             let mut log = ConnectionLog::default();
-            core.metrics.connection_opened();
+            core.metrics().connection_opened();
             // Each phase is boxed: the connection's task then holds only what every phase
             // needs, and the handshake's, the backend connect's and the introduction's state is
             // freed before the pump, where an idle connection waits, starts with what it moves
@@ -95,7 +95,7 @@ pub fn serve_connection(
                 };
                 pump.await
             };
-            core.metrics
+            core.metrics()
                 .connection_closed(reason.class(), log.upstream, log.downstream);
             tracing::info!(
                 %peer,
@@ -104,7 +104,8 @@ pub fn serve_connection(
                 tls = TlsVersion(log.version).to_string().as_str(),
                 backend = log
                     .backend
-                    .map_or("-", |index| frontend.backends[index].name.as_str()),
+                    .and_then(|index| frontend.backends.get(index.get() as usize - 1))
+                    .map_or("-", |backend| backend.name.as_str()),
                 upstream = log.upstream,
                 downstream = log.downstream,
                 ms = started.elapsed().as_millis() as u64,
@@ -148,23 +149,35 @@ struct ConnectionLog {
     sni: Option<Box<str>>,
     alpn: Option<Box<str>>,
     /// Protocol version, and whether early data was accepted.
-    version: Option<(&'static str, bool)>,
-    /// Index of the backend in the connection's frontend.
-    backend: Option<usize>,
+    version: Option<(SslVersion, bool)>,
+    /// Index of the backend in the connection's frontend, plus one. Narrow fields: this record
+    /// is kept in the connection's task for the connection's whole life.
+    backend: Option<std::num::NonZeroU32>,
     upstream: u64,
     downstream: u64,
 }
 
 /// The log line's `tls` field: the version, with ` 0-RTT` when early data was accepted.
-struct TlsVersion(Option<(&'static str, bool)>);
+struct TlsVersion(Option<(SslVersion, bool)>);
 
 impl std::fmt::Display for TlsVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => f.write_str("-"),
-            Some((version, false)) => f.write_str(version),
-            Some((version, true)) => write!(f, "{version} 0-RTT"),
+        let Some((version, early)) = self.0 else {
+            return f.write_str("-");
+        };
+        // BoringSSL's names (SSL_get_version).
+        f.write_str(match version {
+            SslVersion::TLS1_3 => "TLSv1.3",
+            SslVersion::TLS1_2 => "TLSv1.2",
+            SslVersion::TLS1_1 => "TLSv1.1",
+            SslVersion::TLS1 => "TLSv1",
+            SslVersion::SSL3 => "SSLv3",
+            _ => "unknown",
+        })?;
+        if early {
+            f.write_str(" 0-RTT")?;
         }
+        Ok(())
     }
 }
 
@@ -232,7 +245,7 @@ async fn establish<'a>(
         let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
         fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
     });
-    core.metrics.handshake_ok(tls.ssl().session_reused());
+    core.metrics().handshake_ok(tls.ssl().session_reused());
     let early = frontend.context.early_data_cap().and_then(|cap| {
         let flag = Arc::new(AtomicBool::new(false));
         tls.track_early_data(cap, flag.clone());
@@ -244,7 +257,10 @@ async fn establish<'a>(
         .alpn
         .as_ref()
         .map(|p| String::from_utf8_lossy(p).into());
-    log.version = Some((tls.ssl().version_str(), early.is_some()));
+    log.version = tls
+        .ssl()
+        .version2()
+        .map(|version| (version, early.is_some()));
     let (mut backend, lease) = match connecting.await {
         Ok(connected) => connected,
         Err(reason) => {
@@ -253,7 +269,9 @@ async fn establish<'a>(
         }
     };
     let spec = &frontend.backends[lease.index];
-    log.backend = Some(lease.index);
+    log.backend = u32::try_from(lease.index)
+        .ok()
+        .and_then(|index| std::num::NonZeroU32::new(index.wrapping_add(1)));
     let peer_cert = tls.ssl().peer_certificate();
     let client = Client {
         addrs: ConnectionAddrs {
@@ -300,7 +318,7 @@ fn forward<'a>(
             idle_timeout: Some(frontend.settings.idle_timeout),
             head_timeout: Some(frontend.settings.request_head_timeout),
             early: established.early.take(),
-            metrics: Some(&core.metrics),
+            metrics: Some(core.metrics()),
             silent_flush: Some(SILENT_FLUSH_AFTER),
         };
         let outcome = pump(&mut established.tls, &mut established.backend, options).await;
@@ -331,5 +349,30 @@ fn tls_facts<S>(tls: &TlsStream<S>) -> TlsFacts {
             Err(error) => u32::try_from(error.as_raw()).unwrap_or(u32::MAX),
         },
         client_cert_der: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boring::ssl::SslVersion;
+
+    use super::{ConnectionLog, TlsVersion};
+
+    #[test]
+    fn the_log_names_versions_as_boringssl_does() {
+        let name = |version| TlsVersion(version).to_string();
+        assert_eq!(name(None), "-");
+        assert_eq!(name(Some((SslVersion::TLS1_3, false))), "TLSv1.3");
+        assert_eq!(name(Some((SslVersion::TLS1_3, true))), "TLSv1.3 0-RTT");
+        assert_eq!(name(Some((SslVersion::TLS1_2, false))), "TLSv1.2");
+        assert_eq!(name(Some((SslVersion::TLS1_1, false))), "TLSv1.1");
+        assert_eq!(name(Some((SslVersion::TLS1, false))), "TLSv1");
+        assert_eq!(name(Some((SslVersion::DTLS1_2, false))), "unknown");
+    }
+
+    /// The record lives in the connection's task for the connection's whole life.
+    #[test]
+    fn the_close_log_record_stays_small() {
+        assert!(std::mem::size_of::<ConnectionLog>() <= 56);
     }
 }

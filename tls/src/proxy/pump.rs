@@ -53,6 +53,25 @@ pub struct PumpOptions<'a> {
     pub silent_flush: Option<Duration>,
 }
 
+/// One of the pump's time limits in 4 bytes, where an `Option<Duration>` takes 16 (the pump
+/// lives as long as its connection): whole milliseconds, rounded up (so a limit never ends
+/// early), at most ~49 days; 0 for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limit(u32);
+
+impl Limit {
+    fn new(limit: Option<Duration>) -> Self {
+        Self(limit.map_or(0, |limit| {
+            let millis = limit.as_nanos().div_ceil(1_000_000);
+            u32::try_from(millis).unwrap_or(u32::MAX).max(1)
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 > 0).then(|| Duration::from_millis(self.0.into()))
+    }
+}
+
 /// What a direction of the pump does with the injector, if the connection has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -69,9 +88,10 @@ struct Flow {
     buf: Option<Box<[u8]>>,
     role: Role,
     /// `buf[start..end]`: read and not yet written (or, when rewriting, not yet fed to the
-    /// injector, which may hold off taking bytes until the backend answers).
-    start: usize,
-    end: usize,
+    /// injector, which may hold off taking bytes until the backend answers). `u32`: a pool
+    /// buffer is far smaller, and the pump lives as long as its connection.
+    start: u32,
+    end: u32,
     /// Whether the bytes in `buf` may have been TLS early data.
     early_read: bool,
     read_done: bool,
@@ -119,6 +139,17 @@ impl Flow {
         self.role == Role::Rewrite && injector.is_some()
     }
 
+    /// `buf`'s bytes read and not yet written (or fed to the injector).
+    fn unsent(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// `n` more bytes of `buf` are written (or fed).
+    fn advance(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.start = self.start.saturating_add(n).min(self.end);
+    }
+
     /// Moves bytes from `reader` to `writer` until the reader is pending or done; after the
     /// reader's EOF, flushes and closes the writer's sending side (half-close). A rewriting
     /// direction reads nothing more while the injector waits for the backend's answer (after
@@ -144,7 +175,7 @@ impl Flow {
             loop {
                 let pending: &[u8] = match &self.buf {
                     _ if rewrites => &out.bytes[out.start..],
-                    Some(buf) => &buf[self.start..self.end],
+                    Some(buf) => buf.get(self.unsent()).unwrap_or_default(),
                     None => &[],
                 };
                 if pending.is_empty() {
@@ -159,7 +190,7 @@ impl Flow {
                         if rewrites {
                             out.start += n;
                         } else {
-                            self.start += n;
+                            self.advance(n);
                         }
                         self.unflushed = true;
                         *activity = fastedge_runtime::now();
@@ -179,12 +210,12 @@ impl Flow {
                         out.bytes = borrow_out();
                     }
                     let used = injector
-                        .feed(&buf[self.start..self.end], &mut out.bytes)
+                        .feed(buf.get(self.unsent()).unwrap_or_default(), &mut out.bytes)
                         .map_err(|e| {
                             let error = io::Error::new(io::ErrorKind::InvalidData, e);
                             (from, "request", error)
                         })?;
-                    self.start += used;
+                    self.advance(used);
                     if used == 0 && out.bytes.is_empty() {
                         // Waiting for the backend's answer; what was written goes out now.
                         return self.poll_flush_pending(cx, to, writer);
@@ -216,7 +247,7 @@ impl Flow {
                     *activity = fastedge_runtime::now();
                     self.bytes += n as u64;
                     self.start = 0;
-                    self.end = n;
+                    self.end = u32::try_from(n).unwrap_or(u32::MAX);
                     self.early_read = early.is_some_and(|e| e.load(Ordering::Relaxed));
                     if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
                         injector.observe_response(&buf[..n]);
@@ -282,13 +313,13 @@ where
     Pump {
         client,
         backend,
-        head_timeout: head_timeout.filter(|_| injector.is_some()),
+        head_timeout: Limit::new(head_timeout.filter(|_| injector.is_some())),
         rewritten: injector.is_some().then(Box::default),
         injector,
         early,
         metrics,
-        idle_timeout,
-        silent_flush,
+        idle_timeout: Limit::new(idle_timeout),
+        silent_flush: Limit::new(silent_flush),
         up: Flow::new(Role::Rewrite),
         down: Flow::new(Role::Observe),
         requests_counted: 0,
@@ -313,10 +344,10 @@ pub struct Pump<'a, C: ?Sized, B: ?Sized> {
     injector: Option<&'a mut Injector>,
     early: Option<Arc<AtomicBool>>,
     metrics: Option<&'a crate::metrics::CoreMetrics>,
-    idle_timeout: Option<Duration>,
+    idle_timeout: Limit,
     /// Only with an injector.
-    head_timeout: Option<Duration>,
-    silent_flush: Option<Duration>,
+    head_timeout: Limit,
+    silent_flush: Limit,
     up: Flow,
     down: Flow,
     /// Only with an injector (boxed: most connections have none).
@@ -384,7 +415,7 @@ where
         if let Poll::Ready(Err(e)) = up_poll {
             return Poll::Ready(Err(e));
         }
-        if let (Some(_), Some(injector)) = (self.head_timeout, self.injector.as_deref()) {
+        if let (Some(_), Some(injector)) = (self.head_timeout.get(), self.injector.as_deref()) {
             if !injector.in_head() {
                 self.head_since = None;
             } else if self.head_since.is_none() {
@@ -448,7 +479,7 @@ where
                 self.silent_flush_at = None;
             } else {
                 let now = fastedge_runtime::now();
-                match (self.silent_flush_at, self.silent_flush) {
+                match (self.silent_flush_at, self.silent_flush.get()) {
                     (None, Some(after)) => self.silent_flush_at = Some(now + after),
                     (Some(at), _) if now >= at => {
                         self.flushing = true;
@@ -476,9 +507,11 @@ where
     fn deadline(&self) -> Option<(Instant, CloseReason)> {
         let idle = self
             .idle_timeout
+            .get()
             .map(|d| (self.activity + d, CloseReason::Idle(d)));
         let head = self
             .head_timeout
+            .get()
             .zip(self.head_since)
             .map(|(d, since)| (since + d, CloseReason::HeadTimeout(d)));
         match (idle, head) {
@@ -570,6 +603,36 @@ mod tests {
     use futures_lite::future::block_on;
 
     use super::*;
+
+    #[test]
+    fn a_limit_keeps_whole_milliseconds_rounded_up_and_none_as_none() {
+        assert_eq!(Limit::new(None).get(), None);
+        assert_eq!(
+            Limit::new(Some(Duration::from_secs(60))).get(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            Limit::new(Some(Duration::from_micros(1_500))).get(),
+            Some(Duration::from_millis(2))
+        );
+        // Never none, never shorter than asked for.
+        assert_eq!(
+            Limit::new(Some(Duration::ZERO)).get(),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            Limit::new(Some(Duration::from_secs(u64::MAX))).get(),
+            Some(Duration::from_millis(u32::MAX.into()))
+        );
+    }
+
+    /// The pump lives as long as its connection.
+    #[test]
+    fn the_pump_stays_small() {
+        type Tls<'a> = crate::TlsStream<&'a mut fastedge_runtime::net::TcpStream>;
+        let size = std::mem::size_of::<Pump<'_, Tls<'_>, super::super::backends::BackendStream>>();
+        assert!(size <= 248, "{size}");
+    }
 
     /// One end of a connection, in memory: reads give `input` in pieces of at most `chunk`
     /// bytes, then the end of the stream (or, `hold_open`, nothing more for good); what is
