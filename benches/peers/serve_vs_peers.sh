@@ -89,6 +89,12 @@ port_of=([fastedge]=18443 [fastedge-glommio]=18447 [haproxy]=18444 [nginx]=18445
 rsa_port_of=([fastedge]=18453 [fastedge-glommio]=18457 [haproxy]=18454 [nginx]=18455 [hitch]=18456)
 # fastedge on its io_uring engine (the default), and on glommio (`engine = "glommio"`).
 contenders=${CONTENDERS:-"fastedge fastedge-glommio haproxy nginx hitch"}
+for c in $contenders; do
+  if [ -z "${port_of[$c]:-}" ]; then
+    echo "CONTENDERS: unknown contender '$c' (known: ${!port_of[*]})" >&2
+    exit 2
+  fi
+done
 ncontenders=$(echo $contenders | wc -w)
 
 mkdir -p "$work/nginx/logs"
