@@ -80,6 +80,9 @@ impl std::fmt::Display for SslFailure {
     }
 }
 
+/// The type of our method, once it exists (see [`our_bio`]).
+static METHOD_KIND: OnceLock<c_int> = OnceLock::new();
+
 /// What the BIO works with during one BoringSSL call; the BIO's data pointer points here while
 /// the call runs, and is null at every other time.
 struct Call<'a, 'b> {
@@ -91,8 +94,12 @@ struct Call<'a, 'b> {
     panic: Option<Box<dyn Any + Send>>,
 }
 
-/// The one `BIO_METHOD` of every connection.
-struct Method(*mut sys::BIO_METHOD);
+/// The one `BIO_METHOD` of every connection, and its type (a number of its own, so a BIO can be
+/// told to be ours).
+struct Method {
+    method: *mut sys::BIO_METHOD,
+    kind: c_int,
+}
 
 // SAFETY: the method is a table of function pointers, written once before it is shared and
 // only read by BoringSSL afterwards; it is never freed.
@@ -100,15 +107,21 @@ unsafe impl Send for Method {}
 // SAFETY: as above: shared read-only after its creation.
 unsafe impl Sync for Method {}
 
-fn method() -> Result<*mut sys::BIO_METHOD, ErrorStack> {
+fn method() -> Result<&'static Method, ErrorStack> {
     static METHOD: OnceLock<Method> = OnceLock::new();
     if let Some(method) = METHOD.get() {
-        return Ok(method.0);
+        return Ok(method);
     }
-    // SAFETY: BIO_meth_new copies the static name's pointer only; each setter stores a function
-    // pointer of the signature BoringSSL calls it with. A failure frees the half-built method.
+    // SAFETY: BIO_get_new_index only counts; BIO_meth_new copies the static name's pointer
+    // only; each setter stores a function pointer of the signature BoringSSL calls it with. A
+    // failure frees the half-built method.
     let made = unsafe {
-        let method = sys::BIO_meth_new(sys::BIO_TYPE_NONE, c"fastedge".as_ptr());
+        let index = sys::BIO_get_new_index();
+        if index <= 0 {
+            return Err(ErrorStack::get());
+        }
+        let kind = index | sys::BIO_TYPE_SOURCE_SINK;
+        let method = sys::BIO_meth_new(kind, c"fastedge".as_ptr());
         if method.is_null() {
             return Err(ErrorStack::get());
         }
@@ -119,15 +132,30 @@ fn method() -> Result<*mut sys::BIO_METHOD, ErrorStack> {
             sys::BIO_meth_free(method);
             return Err(ErrorStack::get());
         }
-        Method(method)
+        Method { method, kind }
     };
     // Another thread may have won the race: its method is used, ours is leaked (once, 88 bytes).
-    Ok(METHOD.get_or_init(|| made).0)
+    Ok(METHOD.get_or_init(|| made))
+}
+
+/// The BIO of `ssl` when it is ours, for both directions.
+fn our_bio(ssl: &SslRef) -> Option<*mut sys::BIO> {
+    let kind = METHOD_KIND.get().copied()?;
+    // SAFETY: these only read the SSL and, when there is one, its BIO.
+    unsafe {
+        let bio = sys::SSL_get_rbio(ssl.as_ptr());
+        (!bio.is_null()
+            && bio == sys::SSL_get_wbio(ssl.as_ptr())
+            && sys::BIO_method_type(bio) == kind)
+            .then_some(bio)
+    }
 }
 
 /// Gives `ssl` a BIO of our method for both directions, and makes it the server side.
 pub(crate) fn attach_server(ssl: &mut SslRef) -> Result<(), ErrorStack> {
     let method = method()?;
+    let _ = METHOD_KIND.set(method.kind);
+    let method = method.method;
     // SAFETY: `method` lives forever. The new BIO starts with a null data pointer (a call
     // outside `Call::run` fails cleanly); SSL_set_bio takes our one reference for both
     // directions, so the BIO is freed with the SSL.
@@ -158,18 +186,20 @@ fn run<T>(
         error: None,
         panic: None,
     };
-    // SAFETY: SSL_get_rbio only reads the SSL.
-    let bio = unsafe { sys::SSL_get_rbio(ssl.as_ptr()) };
-    if bio.is_null() {
+    // Only a BIO of our method may be pointed at `call`: another kind reads its data pointer
+    // as its own state.
+    let Some(bio) = our_bio(ssl) else {
         return Err(SslFailure {
             code: ErrorCode::SYSCALL,
-            io: Some(io::Error::other("TLS connection without a transport")),
+            io: Some(io::Error::other(
+                "TLS connection without fastedge's transport BIO",
+            )),
             stack: None,
         });
-    }
+    };
     // SAFETY: `call` outlives the C call below and the pointer is cleared before `call` is
     // used again or dropped; BoringSSL does not keep the BIO's data pointer. `bio` is the
-    // SSL's (it holds a reference).
+    // SSL's, of our method, for both directions (it holds a reference).
     unsafe { sys::BIO_set_data(bio, ptr::from_mut(&mut call).cast()) };
     let ret = op(ssl.as_ptr());
     // SAFETY: as above; from here on nothing can reach `call` through the BIO.
@@ -495,13 +525,29 @@ mod tests {
     #[test]
     fn a_call_on_a_connection_without_our_bio_fails_cleanly() {
         let context = SslContext::builder(SslMethod::tls()).unwrap().build();
-        let mut ssl = Ssl::new(&context).unwrap();
         let mut io = Scripted {
             read: || Poll::Pending,
             reads: 0,
         };
         let mut cx = Context::from_waker(Waker::noop());
+        // No BIO at all.
+        let mut ssl = Ssl::new(&context).unwrap();
         let failure = handshake(&mut ssl, &mut io, &mut cx).unwrap_err();
         assert!(failure.io.is_some() && io.reads == 0);
+        // Another kind of BIO (a memory one): its data pointer is its own, never ours.
+        let _ = server();
+        let mut ssl = Ssl::new(&context).unwrap();
+        // SAFETY: a fresh memory BIO handed to the SSL, which takes our one reference for
+        // both directions.
+        let data = unsafe {
+            let bio = sys::BIO_new(sys::BIO_s_mem());
+            sys::SSL_set_bio(ssl.as_ptr(), bio, bio);
+            sys::BIO_get_data(bio)
+        };
+        let failure = handshake(&mut ssl, &mut io, &mut cx).unwrap_err();
+        assert!(failure.io.is_some() && io.reads == 0);
+        // SAFETY: reads the pointer only.
+        let after = unsafe { sys::BIO_get_data(sys::SSL_get_rbio(ssl.as_ptr())) };
+        assert_eq!(after, data);
     }
 }
