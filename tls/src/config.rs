@@ -57,11 +57,11 @@ listen = ["127.0.0.1:8443"]
 backlog = 1024
 # A client that has not finished the TLS handshake by then is disconnected.
 handshake_timeout = "10s"
-# A connection with no bytes moving in either direction for this long is closed.
+# A connection with no bytes moving in either direction for this long is closed (at most 1193h).
 idle_timeout = "5m"
 # Backends with x_forwarded or forwarded: a request head (request line and header fields) must
 # arrive whole within this long of its first byte, or the connection is closed (a client that
-# trickles a head byte by byte would otherwise hold it for as long as it likes).
+# trickles a head byte by byte would otherwise hold it for as long as it likes; at most 1193h).
 request_head_timeout = "10s"
 # Most connections open at once on each core; further clients wait in the accept queue.
 max_connections = 10000
@@ -977,6 +977,22 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(millis))
 }
 
+/// A limit the pump keeps for each connection: positive, and at most
+/// [`crate::proxy::LIMIT_MAX`] (it is kept in milliseconds, in 4 bytes).
+fn pump_limit(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = positive_duration(key, text)?;
+    if d > crate::proxy::LIMIT_MAX {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} is too long: at most {}h (49 days)",
+                crate::proxy::LIMIT_MAX.as_secs() / 3600
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(key, text)?;
     if d.is_zero() {
@@ -1270,11 +1286,8 @@ fn validate_frontend(f: &RawFrontend) -> Result<FrontendSettings, ConfigError> {
         listen,
         backlog: f.backlog,
         handshake_timeout: positive_duration("frontend.handshake_timeout", &f.handshake_timeout)?,
-        idle_timeout: positive_duration("frontend.idle_timeout", &f.idle_timeout)?,
-        request_head_timeout: positive_duration(
-            "frontend.request_head_timeout",
-            &f.request_head_timeout,
-        )?,
+        idle_timeout: pump_limit("frontend.idle_timeout", &f.idle_timeout)?,
+        request_head_timeout: pump_limit("frontend.request_head_timeout", &f.request_head_timeout)?,
         max_connections: f.max_connections,
         allow_half_open: f.allow_half_open,
         drain_timeout: parse_duration("frontend.drain_timeout", &f.drain_timeout)?,
@@ -2026,6 +2039,17 @@ mod tests {
         // bud's balance name.
         let sni = ServeConfig::parse("[balance]\nmode = \"sni\"").unwrap();
         assert_eq!(sni.balance.mode, BalanceMode::RoundRobin);
+    }
+
+    #[test]
+    fn pump_limits_are_refused_beyond_what_the_pump_keeps() {
+        assert_eq!(
+            pump_limit("k", "1193h").unwrap(),
+            Duration::from_secs(1193 * 3600)
+        );
+        let error = pump_limit("k", "1194h").unwrap_err().to_string();
+        assert!(error.contains("at most 1193h"), "{error}");
+        assert!(pump_limit("k", "0s").is_err());
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub struct PumpOptions<'a> {
     pub injector: Option<&'a mut Injector>,
     /// Keep the other direction open after one side closes its sending direction.
     pub half_open: bool,
-    /// Close when no bytes move either way for this long.
+    /// Close when no bytes move either way for this long. The pump keeps its limits as whole
+    /// milliseconds, rounded up, up to [`LIMIT_MAX`].
     pub idle_timeout: Option<Duration>,
     /// With an injector: close when a request head is not complete this long after its first
     /// byte (the idle timer alone lets a client hold a connection with a byte now and then).
@@ -52,6 +53,10 @@ pub struct PumpOptions<'a> {
     /// the handshake left queued. Needs a fastedge executor (a timer).
     pub silent_flush: Option<Duration>,
 }
+
+/// The longest time limit the pump keeps (`u32::MAX` milliseconds, about 49.7 days); a longer
+/// one is cut to this.
+pub const LIMIT_MAX: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// One of the pump's time limits in 4 bytes, where an `Option<Duration>` takes 16 (the pump
 /// lives as long as its connection): whole milliseconds, rounded up (so a limit never ends
@@ -631,7 +636,7 @@ mod tests {
     fn the_pump_stays_small() {
         type Tls<'a> = crate::TlsStream<&'a mut fastedge_runtime::net::TcpStream>;
         let size = std::mem::size_of::<Pump<'_, Tls<'_>, super::super::backends::BackendStream>>();
-        assert!(size <= 248, "{size}");
+        assert!(size <= 232, "{size}");
     }
 
     /// One end of a connection, in memory: reads give `input` in pieces of at most `chunk`
