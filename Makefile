@@ -57,6 +57,8 @@ test: deps disk-check fmt-check clippy doc-check unit-and-e2e serve-on-glommio n
 # TEST_DISK_GB is what a build from nothing needs; an existing target/debug needs less.
 TEST_DISK_GB ?= 10
 .PHONY: disk-check
+# Order-only: under `make -j` too, nothing builds before the check passed.
+fmt-check clippy doc-check unit-and-e2e serve-on-glommio netmap-check fuzz-check: | disk-check
 disk-check:
 	@target="$${CARGO_TARGET_DIR:-target}"; dir="$$target"; \
 	while [ ! -d "$$dir" ]; do dir=$$(dirname "$$dir"); done; \

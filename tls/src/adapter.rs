@@ -254,7 +254,8 @@ impl<S> TlsStream<S> {
         crate::ffi::early_data_accepted(&self.ssl)
     }
 
-    /// Whether the peer's close_notify has arrived.
+    /// Whether the peer's close_notify has arrived (also true once a fatal alert or a failed
+    /// read ended reading: BoringSSL reads nothing more then either).
     pub fn peer_closed_cleanly(&self) -> bool {
         crate::ffi::received_close_notify(&self.ssl)
     }

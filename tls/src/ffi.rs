@@ -108,7 +108,8 @@ pub fn in_early_data(ssl: &SslRef) -> bool {
     unsafe { boring_sys::SSL_in_early_data(ssl.as_ptr()) == 1 }
 }
 
-/// Whether the peer's close_notify has arrived on the connection.
+/// Whether reading from the peer has ended in TLS: its close_notify arrived (or a fatal alert,
+/// or a read failed, which end the connection anyway). `SSL_RECEIVED_SHUTDOWN`.
 #[doc(alias = "SSL_get_shutdown")]
 pub fn received_close_notify(ssl: &SslRef) -> bool {
     // SAFETY: `ssl` is a live SSL; the call only reads its state.
