@@ -121,7 +121,9 @@ fn count_flows_reads_a_way_of_a_running_split() {
     gen(
         &pair.ns_b,
         &pair.dev_b,
-        &["--flows", "100", "--count", "1000", "--rate", "20000"],
+        // A rate the receiving side keeps up with on a loaded two-core machine: at 20,000 a
+        // second, a run under `make test` once counted 838 of the 1,000 frames.
+        &["--flows", "100", "--count", "1000", "--rate", "5000"],
     );
     let out = counter.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
