@@ -977,16 +977,19 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(millis))
 }
 
-/// A limit the pump keeps for each connection: positive, and at most
-/// [`crate::proxy::LIMIT_MAX`] (it is kept in milliseconds, in 4 bytes).
+/// The longest idle or request-head timeout (`u32::MAX` milliseconds, about 49.7 days): the
+/// pump keeps its limits as milliseconds in 4 bytes each, for as long as a connection lives.
+pub const TIMEOUT_MAX: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// A limit the pump keeps for each connection: positive, and at most [`TIMEOUT_MAX`].
 fn pump_limit(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let d = positive_duration(key, text)?;
-    if d > crate::proxy::LIMIT_MAX {
+    if d > TIMEOUT_MAX {
         return Err(invalid(
             key,
             format!(
                 "{text:?} is too long: at most {}h (49 days)",
-                crate::proxy::LIMIT_MAX.as_secs() / 3600
+                TIMEOUT_MAX.as_secs() / 3600
             ),
         ));
     }

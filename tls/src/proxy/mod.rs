@@ -36,7 +36,7 @@ use futures_lite::AsyncWriteExt;
 
 pub use backends::{probe_backends, BackendStream, CoreBackends, Frontend};
 pub use close::{CloseReason, PumpOutcome, Side};
-pub use pump::{pump, Pump, PumpOptions, LIMIT_MAX, SILENT_FLUSH_AFTER};
+pub use pump::{pump, Pump, PumpOptions, SILENT_FLUSH_AFTER};
 
 use crate::{accept_observed, ServerContext, TlsError, TlsStream};
 use backends::{connect_backend, Lease};

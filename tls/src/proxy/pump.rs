@@ -38,7 +38,7 @@ pub struct PumpOptions<'a> {
     /// Keep the other direction open after one side closes its sending direction.
     pub half_open: bool,
     /// Close when no bytes move either way for this long. The pump keeps its limits as whole
-    /// milliseconds, rounded up, up to [`LIMIT_MAX`].
+    /// milliseconds, rounded up, up to [`crate::config::TIMEOUT_MAX`] (a longer one is cut).
     pub idle_timeout: Option<Duration>,
     /// With an injector: close when a request head is not complete this long after its first
     /// byte (the idle timer alone lets a client hold a connection with a byte now and then).
@@ -53,10 +53,6 @@ pub struct PumpOptions<'a> {
     /// the handshake left queued. Needs a fastedge executor (a timer).
     pub silent_flush: Option<Duration>,
 }
-
-/// The longest time limit the pump keeps (`u32::MAX` milliseconds, about 49.7 days); a longer
-/// one is cut to this.
-pub const LIMIT_MAX: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// One of the pump's time limits in 4 bytes, where an `Option<Duration>` takes 16 (the pump
 /// lives as long as its connection): whole milliseconds, rounded up (so a limit never ends
