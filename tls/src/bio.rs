@@ -80,9 +80,6 @@ impl std::fmt::Display for SslFailure {
     }
 }
 
-/// The type of our method, once it exists (see [`our_bio`]).
-static METHOD_KIND: OnceLock<c_int> = OnceLock::new();
-
 /// What the BIO works with during one BoringSSL call; the BIO's data pointer points here while
 /// the call runs, and is null at every other time.
 struct Call<'a, 'b> {
@@ -107,8 +104,10 @@ unsafe impl Send for Method {}
 // SAFETY: as above: shared read-only after its creation.
 unsafe impl Sync for Method {}
 
+/// Made on the first connection.
+static METHOD: OnceLock<Method> = OnceLock::new();
+
 fn method() -> Result<&'static Method, ErrorStack> {
-    static METHOD: OnceLock<Method> = OnceLock::new();
     if let Some(method) = METHOD.get() {
         return Ok(method);
     }
@@ -140,7 +139,7 @@ fn method() -> Result<&'static Method, ErrorStack> {
 
 /// The BIO of `ssl` when it is ours, for both directions.
 fn our_bio(ssl: &SslRef) -> Option<*mut sys::BIO> {
-    let kind = METHOD_KIND.get().copied()?;
+    let kind = METHOD.get()?.kind;
     // SAFETY: these only read the SSL and, when there is one, its BIO.
     unsafe {
         let bio = sys::SSL_get_rbio(ssl.as_ptr());
@@ -153,11 +152,9 @@ fn our_bio(ssl: &SslRef) -> Option<*mut sys::BIO> {
 
 /// Gives `ssl` a BIO of our method for both directions, and makes it the server side.
 pub(crate) fn attach_server(ssl: &mut SslRef) -> Result<(), ErrorStack> {
-    let method = method()?;
-    let _ = METHOD_KIND.set(method.kind);
-    let method = method.method;
-    // SAFETY: `method` lives forever. The new BIO starts with a null data pointer (a call
-    // outside `Call::run` fails cleanly); SSL_set_bio takes our one reference for both
+    let method = method()?.method;
+    // SAFETY: `method` lives forever. The new BIO starts with a null data pointer (a callback
+    // outside `run` fails cleanly); SSL_set_bio takes our one reference for both
     // directions, so the BIO is freed with the SSL.
     unsafe {
         let bio = sys::BIO_new(method);
