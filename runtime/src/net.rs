@@ -142,6 +142,23 @@ impl TcpStream {
             Self::Glommio(s) => s.set_nodelay(on).map_err(io::Error::from),
         }
     }
+
+    /// Whether the peer has closed or reset the connection, as far as the kernel knows now
+    /// (a `recv` that peeks and does not wait): input waiting to be read does not count. For a
+    /// connection kept unused, before it is put to use.
+    pub fn peer_hung_up(&self) -> bool {
+        use nix::{errno::Errno, sys::socket::MsgFlags};
+        let fd = match self {
+            Self::Uring(s) => s.raw_fd(),
+            Self::Glommio(s) => std::os::fd::AsRawFd::as_raw_fd(&**s),
+        };
+        let mut byte = [0u8; 1];
+        match nix::sys::socket::recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => n == 0,
+            Err(Errno::EAGAIN | Errno::EINTR) => false,
+            Err(_) => true,
+        }
+    }
 }
 
 /// A UNIX stream connection served by the calling thread's executor.

@@ -388,3 +388,68 @@ fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
         "{kind:?} {os_error:?}: {text}"
     );
 }
+
+/// What `poll_ended_before_data` said, then what a read found.
+type EndReport = (bool, Result<Vec<u8>, String>);
+
+/// A server that waits for the client's first word or its end, without taking any data.
+fn first_word_server() -> (
+    SocketAddr,
+    mpsc::Receiver<Result<EndReport, String>>,
+    Executors<()>,
+) {
+    serve_one(|tls| async move {
+        let mut tls = tls?;
+        let ended = futures_lite::future::poll_fn(|cx| tls.poll_ended_before_data(cx)).await;
+        let mut got = vec![0u8; 64];
+        let read = tls
+            .read(&mut got)
+            .await
+            .map(|n| got[..n].to_vec())
+            .map_err(|e| format!("{:?}: {e}", e.kind()));
+        Ok((ended, read))
+    })
+}
+
+/// A BoringSSL client of `addr`; no certificate check.
+fn client_of(addr: SocketAddr) -> fastedge_tls::boring::ssl::SslStream<std::net::TcpStream> {
+    fastedge_tests::peers::tls_connect(addr, "localhost", b"")
+}
+
+/// Runs [`first_word_server`] against a client that does `then` after its handshake, then
+/// leaves, or stays until the server has answered if `then` says so; returns what the server
+/// saw.
+fn first_word_after(
+    then: impl FnOnce(&mut fastedge_tls::boring::ssl::SslStream<std::net::TcpStream>) -> bool,
+) -> EndReport {
+    let (addr, reports, executors) = first_word_server();
+    let mut client = client_of(addr);
+    thread::sleep(Duration::from_millis(100));
+    let staying = then(&mut client).then_some(client);
+    let report = reports.recv_timeout(Duration::from_secs(30));
+    executors.join().unwrap();
+    drop(staying);
+    report.unwrap().unwrap()
+}
+
+#[test]
+fn a_client_that_ends_before_sending_is_told_from_one_that_speaks() {
+    // Leaves without a word (no close_notify): ended, and the read is a truncation.
+    let (ended, read) = first_word_after(|_| false);
+    assert!(ended);
+    assert!(read.unwrap_err().starts_with("UnexpectedEof"));
+    // Leaves with close_notify: ended, and the read is a clean end.
+    let (ended, read) = first_word_after(|client| {
+        client.shutdown().unwrap();
+        false
+    });
+    assert!(ended);
+    assert_eq!(read.unwrap(), b"");
+    // Speaks (and stays): not ended, and the bytes are still there for the read.
+    let (ended, read) = first_word_after(|client| {
+        client.write_all(b"hello").unwrap();
+        true
+    });
+    assert!(!ended);
+    assert_eq!(read.unwrap(), b"hello");
+}

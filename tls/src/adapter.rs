@@ -261,6 +261,29 @@ impl<S> TlsStream<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// Whether the peer ended its side (close_notify, a fatal alert, or the transport closed
+    /// or failed) with no application data left to read, as far as it can be told without
+    /// waiting: `Ready(true)` it did, `Ready(false)` data is there to read (it stays there:
+    /// this takes none), `Pending` nothing has come yet (the waker in `cx` is woken when
+    /// something does). While early data is being read it answers `Ready(false)`.
+    pub fn poll_ended_before_data(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.early.is_some() || crate::ffi::in_early_data(&self.ssl) {
+            return Poll::Ready(false);
+        }
+        let mut byte = [0u8; 1];
+        match bio::peek(&mut self.ssl, &mut self.io, cx, &mut byte) {
+            Ok(_) => Poll::Ready(false),
+            Err(SslFailure {
+                code: ErrorCode::WANT_READ | ErrorCode::WANT_WRITE,
+                io: None,
+                ..
+            }) => Poll::Pending,
+            Err(_) => Poll::Ready(true),
+        }
+    }
+}
+
 /// Maps a BoringSSL call's failure to futures-io: WANT_* become `Pending`.
 fn map_failure<T>(failure: SslFailure) -> Poll<io::Result<T>> {
     match failure {

@@ -245,9 +245,33 @@ pub(crate) fn read(
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Result<usize, SslFailure> {
+    read_with(ssl, io, cx, buf, sys::SSL_read)
+}
+
+/// Looks at the next plaintext without taking it, `SSL_peek`: what it copies into `buf` (not
+/// empty) is returned again by the next [`read`].
+#[doc(alias = "SSL_peek")]
+pub(crate) fn peek(
+    ssl: &mut SslRef,
+    io: &mut dyn Transport,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Result<usize, SslFailure> {
+    read_with(ssl, io, cx, buf, sys::SSL_peek)
+}
+
+/// `SSL_read` or `SSL_peek` (the same signature and contract) into `buf`.
+fn read_with(
+    ssl: &mut SslRef,
+    io: &mut dyn Transport,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    call: unsafe extern "C" fn(*mut sys::SSL, *mut c_void, c_int) -> c_int,
+) -> Result<usize, SslFailure> {
     let len = c_int::try_from(buf.len()).unwrap_or(c_int::MAX);
-    // SAFETY: BoringSSL writes at most `len` bytes into `buf`, which is borrowed for the call.
-    let op = |s| unsafe { sys::SSL_read(s, buf.as_mut_ptr().cast(), len) };
+    // SAFETY: `call` is SSL_read or SSL_peek: BoringSSL writes at most `len` bytes into `buf`,
+    // which is borrowed for the call.
+    let op = |s| unsafe { call(s, buf.as_mut_ptr().cast(), len) };
     run(ssl, io, cx, op, |n| n.unsigned_abs() as usize)
 }
 
