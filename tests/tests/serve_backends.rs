@@ -1172,3 +1172,145 @@ fn an_oversized_client_hello_gets_the_alert_not_a_reset() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("SSL alert number 47"), "{said}");
 }
+
+/// A TLS client that leaves right after its handshake without sending a byte, as probes,
+/// health checks and abandoned preconnects do: with close_notify or without.
+fn handshake_and_leave(addr: SocketAddr, close_notify: bool) {
+    let mut tls = tls_connect(addr, "localhost", b"");
+    if close_notify {
+        tls.shutdown().unwrap();
+    }
+}
+
+/// A client that sends its ClientHello, reads the server's first flight and goes away: the
+/// handshake fails after the hello chose a backend (the connect started meanwhile).
+fn hello_and_leave(addr: SocketAddr) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(&handshake_records(&client_hello("localhost", 0)))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.read(&mut [0u8; 4096]);
+}
+
+/// One core, so that every client meets the spares of the same core.
+fn one_core_config(backend: SocketAddr, balance: &str) -> String {
+    format!(
+        "cores = \"{}\"\n[balance]\n{balance}\n[[backend]]\naddress = \"{backend}\"\n",
+        first_cpu()
+    )
+}
+
+#[test]
+fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_next() {
+    let state = TempDir::new("spare-reuse");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(&state, &one_core_config(backend, ""));
+    for close_notify in [false, true, false] {
+        handshake_and_leave(addr, close_notify);
+        let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+        assert!(
+            line.contains("client closed right after the handshake, before sending anything"),
+            "{line}"
+        );
+    }
+    for _ in 0..2 {
+        hello_and_leave(addr);
+        let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+        assert!(line.contains("reason=TLS handshake failed"), "{line}");
+    }
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).starts_with("GET /after HTTP/1.1"));
+    // Five clients came and went, one was served: one backend connection in all, made for
+    // the first client and carrying only the last one's request.
+    let recorded = recorded.lock().unwrap();
+    assert_eq!(recorded.len(), 1, "backend connections: {recorded:?}");
+    assert!(recorded[0].starts_with(b"GET /after HTTP/1.1"));
+}
+
+#[test]
+fn a_kept_backend_connection_the_backend_closed_is_not_used_and_kept_ones_expire() {
+    let state = TempDir::new("spare-closed");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (server, addr) = serve(&state, &one_core_config(backend, ""));
+    // The backend closes the connection made for a client that left: the next client must
+    // get a fresh one, not the closed spare.
+    handshake_and_leave(addr, false);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    let (first, _) = listener.accept().unwrap();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(100));
+    let accepting = listener.try_clone().unwrap();
+    let recorded = fastedge_tests::peers::echo_backend_from(accepting);
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET /fresh HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(tls);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    assert_eq!(recorded.lock().unwrap().len(), 1);
+    // A connection kept and not taken is closed within twice SPARE_MAX_AGE (1 s).
+    handshake_and_leave(addr, true);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorded.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no backend connection for the client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The echo backend's thread for it ends at its EOF; the server's descriptors show it.
+    let pid = server.pid();
+    let backend_sockets = || {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("dport = :{}", backend.port()),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(backend_sockets(), 1, "the kept connection is open at first");
+    let kept_since = Instant::now();
+    while backend_sockets() > 0 {
+        assert!(
+            kept_since.elapsed() < Duration::from_secs(4),
+            "a kept backend connection still open after 4 s (server {pid})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn no_spare_connections_when_configured_so() {
+    let state = TempDir::new("spare-off");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(&state, &one_core_config(backend, "spare_connections = 0"));
+    for _ in 0..2 {
+        handshake_and_leave(addr, false);
+        server.wait_for_line("connection closed", Duration::from_secs(5));
+        hello_and_leave(addr);
+        server.wait_for_line("connection closed", Duration::from_secs(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorded.lock().unwrap().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "backend connections: {}",
+            recorded.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

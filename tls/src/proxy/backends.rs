@@ -14,7 +14,7 @@ use std::{
 };
 
 use fastedge_runtime::net::{TcpStream, UnixStream};
-use fastedge_wire::balance::{Balancer, HealthChange};
+use fastedge_wire::balance::{Balancer, Health, HealthChange};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use super::CloseReason;
@@ -26,6 +26,10 @@ use crate::{
 
 /// The shortest wait before a client picks again while every backend is being probed.
 const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
+
+/// How long a backend connection that its client left unused is kept for the next client
+/// (see [`CoreBackends::keep_spare`]); closed within twice this.
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// What every core serves a frontend with: read-only, shared by all cores.
 #[derive(Debug)]
@@ -100,6 +104,19 @@ struct CoreView {
     balancers: Box<[Rc<RefCell<Balancer>>]>,
     /// This core's metrics.
     metrics: Arc<CoreMetrics>,
+    /// Backend connections clients left unused, for this core's next clients.
+    spares: RefCell<Spares>,
+}
+
+/// Connected backend connections that no byte has crossed yet, kept for a next client.
+#[derive(Debug)]
+struct Spares {
+    /// By index in `Frontend::backends`, each list oldest first, with when it was kept.
+    by_backend: Box<[Vec<(TcpStream, Instant)>]>,
+    /// At most this many in each list (`balance.spare_connections`).
+    cap: usize,
+    /// Whether the task that closes expired spares is running.
+    sweeping: bool,
 }
 
 impl CoreBackends {
@@ -120,7 +137,60 @@ impl CoreBackends {
                 )))
             })
             .collect();
-        Self(Rc::new(CoreView { balancers, metrics }))
+        let spares = RefCell::new(Spares {
+            by_backend: frontend.backends.iter().map(|_| Vec::new()).collect(),
+            cap: frontend.balance.spare_connections,
+            sweeping: false,
+        });
+        Self(Rc::new(CoreView {
+            balancers,
+            metrics,
+            spares,
+        }))
+    }
+
+    /// Keeps `stream`, a connection to backend `index` that no byte has crossed either way
+    /// (its client left before sending one, or its handshake failed), for this core's next
+    /// client of that backend, for at most [`SPARE_MAX_AGE`]: an abandoned handshake then
+    /// costs the backend no connection of its own. Closes it when the backend has
+    /// `balance.spare_connections` kept already, and UNIX stream connections (cheap to make).
+    pub(super) fn keep_spare(&self, index: usize, stream: BackendStream) {
+        let BackendStream::Tcp(stream) = stream else {
+            return;
+        };
+        let sweep = {
+            let mut spares = self.0.spares.borrow_mut();
+            let cap = spares.cap;
+            match spares.by_backend.get_mut(index) {
+                Some(list) if list.len() < cap => {
+                    list.push((stream, fastedge_runtime::now()));
+                    !std::mem::replace(&mut spares.sweeping, true)
+                }
+                _ => false,
+            }
+        };
+        if sweep {
+            fastedge_runtime::spawn_detached(sweep_spares(self.clone()));
+        }
+    }
+
+    /// The newest kept connection to backend `index` that is younger than [`SPARE_MAX_AGE`]
+    /// and whose backend has not closed it; older or closed ones are closed on the way.
+    fn take_spare(&self, index: usize) -> Option<BackendStream> {
+        let now = fastedge_runtime::now();
+        let mut spares = self.0.spares.borrow_mut();
+        let list = spares.by_backend.get_mut(index)?;
+        while let Some((stream, kept)) = list.pop() {
+            if now.saturating_duration_since(kept) >= SPARE_MAX_AGE {
+                // The rest are older still.
+                list.clear();
+                return None;
+            }
+            if !stream.peer_hung_up() {
+                return Some(BackendStream::Tcp(stream));
+            }
+        }
+        None
     }
 
     /// This core's metrics.
@@ -131,6 +201,24 @@ impl CoreBackends {
     /// This core's balancer of backend group `group`.
     fn balancer(&self, group: usize) -> &Rc<RefCell<Balancer>> {
         &self.0.balancers[group]
+    }
+}
+
+/// Closes the spares of `core` as they expire; ends when none is left.
+async fn sweep_spares(core: CoreBackends) {
+    loop {
+        fastedge_runtime::sleep(SPARE_MAX_AGE).await;
+        let now = fastedge_runtime::now();
+        let mut spares = core.0.spares.borrow_mut();
+        let mut left = false;
+        for list in spares.by_backend.iter_mut() {
+            list.retain(|(_, kept)| now.saturating_duration_since(*kept) < SPARE_MAX_AGE);
+            left |= !list.is_empty();
+        }
+        if !left {
+            spares.sweeping = false;
+            return;
+        }
     }
 }
 
@@ -359,6 +447,14 @@ pub(super) async fn connect_backend(
             });
         };
         let mut lease = Lease::new(balancer, slot, base + slot);
+        // A spare only stands in for a connect to a backend in good health: a pick that probes a
+        // failing or dead one must make a connection of its own to revive it.
+        let healthy = matches!(balancer.borrow().health(slot), Some(Health::Alive));
+        if let Some(stream) = healthy.then(|| core.take_spare(base + slot)).flatten() {
+            let change = lease.connected();
+            log_health(&frontend, core.metrics(), base, change);
+            return Ok((stream, lease));
+        }
         let spec = &frontend.backends[base + slot];
         let failure = match fastedge_runtime::timeout(
             settings.connect_timeout,

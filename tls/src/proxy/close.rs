@@ -62,6 +62,9 @@ pub enum CloseReason {
     },
     /// Every backend is dead and none is due for a probe.
     NoLiveBackend,
+    /// The client ended its side right after the handshake, before sending a byte: it
+    /// needed no backend.
+    ClientLeft,
 }
 
 /// Plain words for an I/O error on `side`.
@@ -101,6 +104,9 @@ impl fmt::Display for CloseReason {
                 "backend {backend} {failure} (after {attempts} connect attempts)"
             ),
             CloseReason::NoLiveBackend => f.write_str("no live backend (all marked dead)"),
+            CloseReason::ClientLeft => {
+                f.write_str("client closed right after the handshake, before sending anything")
+            }
         }
     }
 }
@@ -120,7 +126,7 @@ impl CloseReason {
     /// The metrics class of this reason.
     pub fn class(&self) -> CloseClass {
         match self {
-            CloseReason::Closed { .. } => CloseClass::Closed,
+            CloseReason::Closed { .. } | CloseReason::ClientLeft => CloseClass::Closed,
             CloseReason::Failed {
                 side: Side::Client, ..
             } => CloseClass::ClientError,

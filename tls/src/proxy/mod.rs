@@ -38,7 +38,7 @@ pub use backends::{probe_backends, BackendStream, CoreBackends, Frontend};
 pub use close::{CloseReason, PumpOutcome, Side};
 pub use pump::{pump, Pump, PumpOptions, SILENT_FLUSH_AFTER};
 
-use crate::{accept_observed, ServerContext, TlsError, TlsStream};
+use crate::{accept_observed, config::ProxyPrefix, ServerContext, TlsError, TlsStream};
 use backends::{connect_backend, Lease};
 use buffers::{borrow_buffer, return_buffer};
 use introduce::{introduce, Client};
@@ -186,9 +186,8 @@ impl std::fmt::Display for TlsVersion {
 struct Established<'a> {
     tls: TlsStream<&'a mut TcpStream>,
     backend: BackendStream,
-    /// The balancer's count of this connection on its backend: held (never read) until the pump
-    /// ends.
-    _lease: Lease,
+    /// The balancer's count of this connection on its backend, held until the pump ends.
+    lease: Lease,
     /// Boxed: most connections have none, and this lives as long as the connection.
     injector: Option<Box<Injector>>,
     /// Whether the last read from the client may have been early data (0-RTT accepted).
@@ -237,10 +236,23 @@ async fn establish<'a>(
             if let TlsError::Handshake { server_name, .. } = &error {
                 log.sni = server_name.as_deref().map(Box::from);
             }
+            keep_unused(connecting, core);
             return Err(CloseReason::Handshake(error));
         }
-        Err(_) => return Err(CloseReason::HandshakeTimeout(timeout)),
+        Err(_) => {
+            keep_unused(connecting, core);
+            return Err(CloseReason::HandshakeTimeout(timeout));
+        }
     };
+    // A client that ended its side right after the handshake, before sending a byte (a
+    // probe, a health check, an abandoned preconnect) needs no backend: the connection made
+    // for it is kept, unused, for the next client.
+    if ended_before_data(&mut tls) {
+        log.sni = tls.ssl().servername(NameType::HOST_NAME).map(Box::from);
+        log.version = tls.ssl().version2().map(|version| (version, false));
+        keep_unused(connecting, core);
+        return Err(CloseReason::ClientLeft);
+    }
     let connecting = connecting.unwrap_or_else(|| {
         let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
         fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
@@ -268,6 +280,12 @@ async fn establish<'a>(
             return Err(reason);
         }
     };
+    // Or it left while the backend connect went on: nothing has been written to the backend
+    // yet either.
+    if ended_before_data(&mut tls) {
+        core.keep_spare(lease.index, backend);
+        return Err(CloseReason::ClientLeft);
+    }
     let spec = &frontend.backends[lease.index];
     log.backend = u32::try_from(lease.index)
         .ok()
@@ -292,10 +310,35 @@ async fn establish<'a>(
     Ok(Established {
         tls,
         backend,
-        _lease: lease,
+        lease,
         injector,
         early,
     })
+}
+
+/// Whether the client has ended its side (close_notify, or its transport closed) with no
+/// application data to read, as far as is known now: false while early data is being read.
+fn ended_before_data(tls: &mut TlsStream<&mut TcpStream>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // The noop waker is registered only until the pump's first read registers its own.
+    tls.poll_ended_before_data(&mut cx) == std::task::Poll::Ready(true)
+}
+
+/// A backend connect running as its own task (cut-through).
+type Connecting = fastedge_runtime::JoinHandle<Result<(BackendStream, Lease), CloseReason>>;
+
+/// When the cut-through connect of a connection that will not use it completes, keeps the
+/// backend connection for another client (see [`CoreBackends::keep_spare`]).
+fn keep_unused(connecting: Option<Connecting>, core: &CoreBackends) {
+    let Some(connecting) = connecting else {
+        return;
+    };
+    let core = core.clone();
+    fastedge_runtime::spawn_detached(async move {
+        if let Ok((backend, lease)) = connecting.await {
+            core.keep_spare(lease.index, backend);
+        }
+    });
 }
 
 /// The pump over an established connection, which it takes whole. Not an `async fn`: that
@@ -312,6 +355,11 @@ fn forward<'a>(
     log: &'a mut ConnectionLog,
 ) -> impl std::future::Future<Output = CloseReason> + 'a {
     async move {
+        let spec = &frontend.backends[established.lease.index];
+        // Nothing was written to the backend before the pump unless a prefix was.
+        let spare_backend = spec.proxy_protocol == ProxyPrefix::None
+            && matches!(established.backend, BackendStream::Tcp(_))
+            && frontend.balance.spare_connections > 0;
         let options = PumpOptions {
             injector: established.injector.as_deref_mut(),
             half_open: frontend.settings.allow_half_open,
@@ -320,10 +368,34 @@ fn forward<'a>(
             early: established.early.take(),
             metrics: Some(core.metrics()),
             silent_flush: Some(SILENT_FLUSH_AFTER),
+            spare_backend,
         };
-        let outcome = pump(&mut established.tls, &mut established.backend, options).await;
+        let mut outcome = pump(&mut established.tls, &mut established.backend, options).await;
         log.upstream = outcome.upstream;
         log.downstream = outcome.downstream;
+        if spare_backend && outcome.upstream == 0 && outcome.downstream == 0 {
+            // The client left before a byte moved (closed, or cut off without close_notify,
+            // or reset): the backend connection is as the connect left it.
+            let left = match &outcome.reason {
+                CloseReason::ClientLeft => true,
+                CloseReason::Failed {
+                    side: Side::Client,
+                    op: "read",
+                    error,
+                } => {
+                    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                        outcome.reason = CloseReason::ClientLeft;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if left {
+                let Established { backend, lease, .. } = established;
+                core.keep_spare(lease.index, backend);
+                return outcome.reason;
+            }
+        }
         drop(established);
         outcome.reason
     }
