@@ -143,21 +143,25 @@ impl TcpStream {
         }
     }
 
-    /// Whether the peer has closed or reset the connection, as far as the kernel knows now
-    /// (a `recv` that peeks and does not wait): input waiting to be read does not count. For a
-    /// connection kept unused, before it is put to use.
-    pub fn peer_hung_up(&self) -> bool {
+    /// Whether the peer has said nothing yet that was not read: no bytes waiting, no end of
+    /// stream, no reset, neither in the kernel (a `recv` that peeks and does not wait) nor
+    /// taken by the engine. For a connection kept unused, before it is put to use: one that
+    /// is not quiet may carry words of the peer meant for someone else, or be gone.
+    pub fn is_quiet(&self) -> bool {
         use nix::{errno::Errno, sys::socket::MsgFlags};
         let fd = match self {
+            Self::Uring(s) if !s.nothing_received() => return false,
             Self::Uring(s) => s.raw_fd(),
+            // On glommio a read that was started and not finished may have taken bytes this
+            // does not see: for a connection never read from, or read only by finished reads.
             Self::Glommio(s) => std::os::fd::AsRawFd::as_raw_fd(&**s),
         };
         let mut byte = [0u8; 1];
-        match nix::sys::socket::recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            Ok(n) => n == 0,
-            Err(Errno::EAGAIN | Errno::EINTR) => false,
-            Err(_) => true,
-        }
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(
+            nix::sys::socket::recv(fd, &mut byte, flags),
+            Err(Errno::EAGAIN)
+        )
     }
 }
 

@@ -1173,13 +1173,10 @@ fn an_oversized_client_hello_gets_the_alert_not_a_reset() {
     assert!(said.contains("SSL alert number 47"), "{said}");
 }
 
-/// A TLS client that leaves right after its handshake without sending a byte, as probes,
-/// health checks and abandoned preconnects do: with close_notify or without.
-fn handshake_and_leave(addr: SocketAddr, close_notify: bool) {
-    let mut tls = tls_connect(addr, "localhost", b"");
-    if close_notify {
-        tls.shutdown().unwrap();
-    }
+/// A TLS client that leaves right after its handshake without sending a byte and without
+/// close_notify, as probes, health checks and unused preconnects do.
+fn handshake_and_leave(addr: SocketAddr) {
+    drop(tls_connect(addr, "localhost", b""));
 }
 
 /// A client that sends its ClientHello, reads the server's first flight and goes away: the
@@ -1195,6 +1192,28 @@ fn hello_and_leave(addr: SocketAddr) {
     let _ = stream.read(&mut [0u8; 4096]);
 }
 
+/// The next connection to `listener`, or a failed test after 5 s.
+fn accept_within(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no backend connection within 5 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    listener.set_nonblocking(false).unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
 /// One core, so that every client meets the spares of the same core.
 fn one_core_config(backend: SocketAddr, balance: &str) -> String {
     format!(
@@ -1203,18 +1222,26 @@ fn one_core_config(backend: SocketAddr, balance: &str) -> String {
     )
 }
 
+/// Waits for the log line of a client that left, and checks it says so.
+fn logged_leaving(server: &Fastedge) {
+    let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+    // A reset when the client closed on the session tickets flushed to it meanwhile.
+    assert!(
+        line.contains("client left before sending anything (closed without close_notify)")
+            || line.contains("client reset the connection"),
+        "{line}"
+    );
+}
+
 #[test]
 fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_next() {
     let state = TempDir::new("spare-reuse");
     let (backend, recorded) = echo_backend();
-    let (server, addr) = serve(&state, &one_core_config(backend, ""));
-    for close_notify in [false, true, false] {
-        handshake_and_leave(addr, close_notify);
-        let line = server.wait_for_line("connection closed", Duration::from_secs(5));
-        assert!(
-            line.contains("client closed right after the handshake, before sending anything"),
-            "{line}"
-        );
+    let config = one_core_config(backend, "spare_max_age = \"60s\"");
+    let (server, addr) = serve(&state, &config);
+    for _ in 0..3 {
+        handshake_and_leave(addr);
+        logged_leaving(&server);
     }
     for _ in 0..2 {
         hello_and_leave(addr);
@@ -1227,28 +1254,67 @@ fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_
     let (head, body) = read_response(&mut tls);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(String::from_utf8_lossy(&body).starts_with("GET /after HTTP/1.1"));
-    // Five clients came and went, one was served: one backend connection in all, made for
-    // the first client and carrying only the last one's request.
+    // Five clients came and went, one was served, on one backend connection made for the
+    // first client and carrying only the last one's request. On glommio only a connection
+    // whose client left before the pump started is kept (see `forward`): one of the first
+    // three may have left later, costing one more connection each; the last two (failed
+    // handshakes) always pass theirs on.
     let recorded = recorded.lock().unwrap();
-    assert_eq!(recorded.len(), 1, "backend connections: {recorded:?}");
-    assert!(recorded[0].starts_with(b"GET /after HTTP/1.1"));
+    let bound = match fastedge_tests::engine() {
+        fastedge_runtime::Engine::Glommio => 4,
+        _ => 1,
+    };
+    assert!(recorded.len() <= bound, "backend connections: {recorded:?}");
+    assert!(recorded.last().unwrap().starts_with(b"GET /after HTTP/1.1"));
+    assert!(recorded[..recorded.len() - 1].iter().all(Vec::is_empty));
 }
 
 #[test]
-fn a_kept_backend_connection_the_backend_closed_is_not_used_and_kept_ones_expire() {
+fn a_client_that_closes_in_tls_still_hears_a_backend_that_speaks_first() {
+    let state = TempDir::new("spare-half-close");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        while let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.write_all(b"220 ready\r\n");
+            // Until the client's end reaches us (as a FIN).
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    });
+    let (server, addr) = serve(&state, &one_core_config(backend, ""));
+    let mut tls = tls_connect(addr, "localhost", b"");
+    // close_notify at once: TLS's half-close, not a cut; the backend's greeting still comes.
+    tls.shutdown().unwrap();
+    let mut heard = Vec::new();
+    let _ = tls.read_to_end(&mut heard);
+    assert_eq!(heard, b"220 ready\r\n");
+    let line = server.wait_for_line("connection closed", Duration::from_secs(5));
+    assert!(line.contains("client closed first"), "{line}");
+}
+
+#[test]
+fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_expire() {
     let state = TempDir::new("spare-closed");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = listener.local_addr().unwrap();
-    let (server, addr) = serve(&state, &one_core_config(backend, ""));
-    // The backend closes the connection made for a client that left: the next client must
-    // get a fresh one, not the closed spare.
-    handshake_and_leave(addr, false);
+    let config = one_core_config(backend, "spare_max_age = \"2s\"");
+    let (server, addr) = serve(&state, &config);
+    // The backend closes the connection made for one client that left (a failed handshake,
+    // whose connection is kept on either engine), and answers on the connection of another
+    // one (as a backend's request timeout does) before any request came: the next client
+    // must get a fresh connection, not either of those.
+    hello_and_leave(addr);
     server.wait_for_line("connection closed", Duration::from_secs(5));
-    let (first, _) = listener.accept().unwrap();
-    drop(first);
+    let closed = accept_within(&listener);
+    drop(closed);
+    hello_and_leave(addr);
+    server.wait_for_line("connection closed", Duration::from_secs(5));
+    let mut spoke = accept_within(&listener);
+    spoke
+        .write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let accepting = listener.try_clone().unwrap();
-    let recorded = fastedge_tests::peers::echo_backend_from(accepting);
+    let recorded = fastedge_tests::peers::echo_backend_from(listener.try_clone().unwrap());
     let mut tls = tls_connect(addr, "localhost", b"");
     tls.write_all(b"GET /fresh HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -1257,8 +1323,9 @@ fn a_kept_backend_connection_the_backend_closed_is_not_used_and_kept_ones_expire
     drop(tls);
     server.wait_for_line("connection closed", Duration::from_secs(5));
     assert_eq!(recorded.lock().unwrap().len(), 1);
-    // A connection kept and not taken is closed within twice SPARE_MAX_AGE (1 s).
-    handshake_and_leave(addr, true);
+    drop(spoke);
+    // A connection kept and not taken is closed within twice spare_max_age of its connect.
+    hello_and_leave(addr);
     server.wait_for_line("connection closed", Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(5);
     while recorded.lock().unwrap().len() < 2 {
@@ -1268,26 +1335,21 @@ fn a_kept_backend_connection_the_backend_closed_is_not_used_and_kept_ones_expire
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The echo backend's thread for it ends at its EOF; the server's descriptors show it.
+    let kept_since = Instant::now();
     let pid = server.pid();
     let backend_sockets = || {
+        let filter = format!("dport = :{}", backend.port());
         let out = Command::new("ss")
-            .args([
-                "-Htn",
-                "state",
-                "established",
-                &format!("dport = :{}", backend.port()),
-            ])
+            .args(["-Htn", "state", "established", &filter])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
     assert_eq!(backend_sockets(), 1, "the kept connection is open at first");
-    let kept_since = Instant::now();
     while backend_sockets() > 0 {
         assert!(
-            kept_since.elapsed() < Duration::from_secs(4),
-            "a kept backend connection still open after 4 s (server {pid})"
+            kept_since.elapsed() < Duration::from_secs(6),
+            "a kept backend connection still open after 6 s (server {pid})"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1299,7 +1361,7 @@ fn no_spare_connections_when_configured_so() {
     let (backend, recorded) = echo_backend();
     let (server, addr) = serve(&state, &one_core_config(backend, "spare_connections = 0"));
     for _ in 0..2 {
-        handshake_and_leave(addr, false);
+        handshake_and_leave(addr);
         server.wait_for_line("connection closed", Duration::from_secs(5));
         hello_and_leave(addr);
         server.wait_for_line("connection closed", Duration::from_secs(5));

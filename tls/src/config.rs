@@ -224,10 +224,13 @@ revive_interval = "2500ms"
 # Active health check: every this long, each core opens (and closes) a TCP connection to each
 # backend; failures count like failed connects, a success revives a dead backend. "0s": off.
 health_check_interval = "0s"
-# A backend connection opened for a client that then left without sending a byte (or whose
-# handshake failed) is kept, unused, for the next client of that backend: up to this many per
-# backend on each core, each for at most 1 s. 0: closed at once.
+# The backend connect starts during the handshake. A connection so made for a client that then
+# cut its connection without sending a byte (or whose handshake failed) is kept, unused, for
+# the next client of that backend: up to this many per backend on each core. 0: closed at once.
 spare_connections = 8
+# A kept connection is closed this long after its connect: keep it well below the backend's
+# own timeout for a connection that sends no request.
+spare_max_age = "1s"
 
 # Backends, one [[backend]] table each. None: a built-in demo backend on loopback that answers
 # every request with the request head as it reached it.
@@ -497,6 +500,7 @@ struct RawBalance {
     revive_interval: String,
     health_check_interval: String,
     spare_connections: u32,
+    spare_max_age: String,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -838,7 +842,12 @@ pub struct BalanceSettings {
     /// Backend connections left unused by their clients that each core keeps per backend for
     /// its next clients (0: none).
     pub spare_connections: usize,
+    /// How long after its connect a kept connection is closed.
+    pub spare_max_age: Duration,
 }
+
+/// The longest `balance.spare_max_age` may be.
+pub const SPARE_MAX_AGE_MAX: Duration = Duration::from_secs(3600);
 
 /// The most `balance.spare_connections` may say.
 pub const SPARE_CONNECTIONS_MAX: u32 = 1024;
@@ -1661,6 +1670,15 @@ fn validate_balance(b: &RawBalance) -> Result<BalanceSettings, ConfigError> {
                 ),
             ));
         },
+        spare_max_age: match positive_duration("balance.spare_max_age", &b.spare_max_age)? {
+            age if age <= SPARE_MAX_AGE_MAX => age,
+            _ => {
+                return Err(invalid(
+                    "balance.spare_max_age",
+                    "must be at most 1h (a backend would have closed the connection long before)",
+                ))
+            }
+        },
     })
 }
 
@@ -1714,6 +1732,16 @@ mod tests {
     #[test]
     fn spare_connections_default_and_bound() {
         assert_eq!(ServeConfig::default().balance.spare_connections, 8);
+        assert_eq!(
+            ServeConfig::default().balance.spare_max_age,
+            Duration::from_secs(1)
+        );
+        for bad in ["\"0s\"", "\"2h\""] {
+            let error = ServeConfig::parse(&format!("[balance]\nspare_max_age = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("balance.spare_max_age"), "{error}");
+        }
         let config = ServeConfig::parse("[balance]\nspare_connections = 0\n").unwrap();
         assert_eq!(config.balance.spare_connections, 0);
         let error = ServeConfig::parse("[balance]\nspare_connections = 1025\n")

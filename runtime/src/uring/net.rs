@@ -626,6 +626,16 @@ impl Stream {
             + conn.rx.len() * reactor::BUF_SIZE
     }
 
+    /// Whether the engine holds nothing received from this connection: no unread bytes, no
+    /// end of stream and no error taken from the kernel yet.
+    pub fn nothing_received(&self) -> bool {
+        let conn = self.conn.borrow();
+        conn.rx_spilled.is_none()
+            && conn.rx.is_empty()
+            && conn.rx_end.is_none()
+            && conn.rx_error.is_none()
+    }
+
     /// The descriptor (for socket options).
     pub fn raw_fd(&self) -> RawFd {
         self.conn.borrow().fd.as_raw_fd()

@@ -27,9 +27,14 @@ use crate::{
 /// The shortest wait before a client picks again while every backend is being probed.
 const MIN_PROBE_WAIT: Duration = Duration::from_millis(20);
 
-/// How long a backend connection that its client left unused is kept for the next client
-/// (see [`CoreBackends::keep_spare`]); closed within twice this.
-pub const SPARE_MAX_AGE: Duration = Duration::from_secs(1);
+/// Milliseconds on a clock of this process, in the 4 bytes a [`Lease`] has for its connect
+/// time. It wraps after 49 days: only differences of moments under that apart are taken.
+fn millis(at: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncated on purpose: the clock wraps (see above).
+    at.saturating_duration_since(epoch).as_millis() as u32
+}
 
 /// What every core serves a frontend with: read-only, shared by all cores.
 #[derive(Debug)]
@@ -111,12 +116,22 @@ struct CoreView {
 /// Connected backend connections that no byte has crossed yet, kept for a next client.
 #[derive(Debug)]
 struct Spares {
-    /// By index in `Frontend::backends`, each list oldest first, with when it was kept.
-    by_backend: Box<[Vec<(TcpStream, Instant)>]>,
+    /// By index in `Frontend::backends`, each list oldest first, with when it was connected
+    /// ([`millis`]).
+    by_backend: Box<[Vec<(TcpStream, u32)>]>,
     /// At most this many in each list (`balance.spare_connections`).
     cap: usize,
+    /// Each is closed this long after its connect (`balance.spare_max_age`), in milliseconds.
+    max_age: u32,
     /// Whether the task that closes expired spares is running.
     sweeping: bool,
+}
+
+impl Spares {
+    /// Whether a connection made at `made` is past its time at `now` (both [`millis`]).
+    fn expired(&self, made: u32, now: u32) -> bool {
+        now.wrapping_sub(made) >= self.max_age
+    }
 }
 
 impl CoreBackends {
@@ -140,6 +155,7 @@ impl CoreBackends {
         let spares = RefCell::new(Spares {
             by_backend: frontend.backends.iter().map(|_| Vec::new()).collect(),
             cap: frontend.balance.spare_connections,
+            max_age: u32::try_from(frontend.balance.spare_max_age.as_millis()).unwrap_or(u32::MAX),
             sweeping: false,
         });
         Self(Rc::new(CoreView {
@@ -149,21 +165,23 @@ impl CoreBackends {
         }))
     }
 
-    /// Keeps `stream`, a connection to backend `index` that no byte has crossed either way
-    /// (its client left before sending one, or its handshake failed), for this core's next
-    /// client of that backend, for at most [`SPARE_MAX_AGE`]: an abandoned handshake then
-    /// costs the backend no connection of its own. Closes it when the backend has
-    /// `balance.spare_connections` kept already, and UNIX stream connections (cheap to make).
-    pub(super) fn keep_spare(&self, index: usize, stream: BackendStream) {
+    /// Keeps `stream`, a connection of `lease` that no byte has crossed either way (its client
+    /// left before sending one, or its handshake failed), for this core's next client of that
+    /// backend, until `balance.spare_max_age` after its connect: an abandoned handshake then
+    /// costs the backend no connection of its own. Closes it instead when it is that old
+    /// already, when the backend has `balance.spare_connections` kept, and for UNIX stream
+    /// connections (cheap to make).
+    pub(super) fn keep_spare(&self, stream: BackendStream, lease: Lease) {
         let BackendStream::Tcp(stream) = stream else {
             return;
         };
+        let now = millis(fastedge_runtime::now());
         let sweep = {
             let mut spares = self.0.spares.borrow_mut();
-            let cap = spares.cap;
-            match spares.by_backend.get_mut(index) {
-                Some(list) if list.len() < cap => {
-                    list.push((stream, fastedge_runtime::now()));
+            let (cap, expired) = (spares.cap, spares.expired(lease.made, now));
+            match spares.by_backend.get_mut(lease.index()) {
+                Some(list) if list.len() < cap && !expired => {
+                    list.push((stream, lease.made));
                     !std::mem::replace(&mut spares.sweeping, true)
                 }
                 _ => false,
@@ -174,20 +192,17 @@ impl CoreBackends {
         }
     }
 
-    /// The newest kept connection to backend `index` that is younger than [`SPARE_MAX_AGE`]
-    /// and whose backend has not closed it; older or closed ones are closed on the way.
-    fn take_spare(&self, index: usize) -> Option<BackendStream> {
-        let now = fastedge_runtime::now();
+    /// The newest kept connection to backend `index` that is not past its time and on which
+    /// the backend has said nothing (no bytes, no close: [`TcpStream::is_quiet`]), with when it
+    /// was connected; the others are closed on the way.
+    fn take_spare(&self, index: usize) -> Option<(BackendStream, u32)> {
+        let now = millis(fastedge_runtime::now());
         let mut spares = self.0.spares.borrow_mut();
+        let max_age = spares.max_age;
         let list = spares.by_backend.get_mut(index)?;
-        while let Some((stream, kept)) = list.pop() {
-            if now.saturating_duration_since(kept) >= SPARE_MAX_AGE {
-                // The rest are older still.
-                list.clear();
-                return None;
-            }
-            if !stream.peer_hung_up() {
-                return Some(BackendStream::Tcp(stream));
+        while let Some((stream, made)) = list.pop() {
+            if now.wrapping_sub(made) < max_age && stream.is_quiet() {
+                return Some((BackendStream::Tcp(stream), made));
             }
         }
         None
@@ -204,15 +219,18 @@ impl CoreBackends {
     }
 }
 
-/// Closes the spares of `core` as they expire; ends when none is left.
+/// Closes the spares of `core` as they expire (within `spare_max_age` of it, at worst);
+/// ends when none is left.
 async fn sweep_spares(core: CoreBackends) {
     loop {
-        fastedge_runtime::sleep(SPARE_MAX_AGE).await;
-        let now = fastedge_runtime::now();
+        let every = Duration::from_millis(u64::from(core.0.spares.borrow().max_age));
+        fastedge_runtime::sleep(every).await;
+        let now = millis(fastedge_runtime::now());
         let mut spares = core.0.spares.borrow_mut();
+        let max_age = spares.max_age;
         let mut left = false;
         for list in spares.by_backend.iter_mut() {
-            list.retain(|(_, kept)| now.saturating_duration_since(*kept) < SPARE_MAX_AGE);
+            list.retain(|(_, made)| now.wrapping_sub(*made) < max_age);
             left |= !list.is_empty();
         }
         if !left {
@@ -228,9 +246,11 @@ async fn sweep_spares(core: CoreBackends) {
 pub(super) struct Lease {
     balancer: Rc<RefCell<Balancer>>,
     /// Index in the group's balancer.
-    slot: usize,
+    slot: u32,
     /// Index in `Frontend::backends`.
-    pub(super) index: usize,
+    index: u32,
+    /// When the connection was made ([`millis`]); it may have served other clients before.
+    made: u32,
     state: LeaseState,
 }
 
@@ -245,24 +265,36 @@ enum LeaseState {
 impl Lease {
     /// Picked `slot` (index `index` in `Frontend::backends`) of `balancer`; connecting.
     fn new(balancer: &Rc<RefCell<Balancer>>, slot: usize, index: usize) -> Self {
+        // Both index a configuration's backends, which config loading bounds far below.
+        let narrow = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
         Self {
             balancer: balancer.clone(),
-            slot,
-            index,
+            slot: narrow(slot),
+            index: narrow(index),
+            made: 0,
             state: LeaseState::Connecting,
         }
     }
 
-    /// The connect succeeded: the balancer learns it; the lease now ends with a close.
-    fn connected(&mut self) -> Option<HealthChange> {
+    /// The backend's index in `Frontend::backends`.
+    pub(super) fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// The connect succeeded (or a spare made at `made` stands in for it): the balancer learns
+    /// it; the lease now ends with a close.
+    fn connected(&mut self, made: u32) -> Option<HealthChange> {
         self.state = LeaseState::Connected;
-        self.balancer.borrow_mut().connected(self.slot)
+        self.made = made;
+        self.balancer.borrow_mut().connected(self.slot as usize)
     }
 
     /// The connect failed at `now`: the balancer learns it (instead of a close).
     fn failed(mut self, now: Instant) -> Option<HealthChange> {
         self.state = LeaseState::Settled;
-        self.balancer.borrow_mut().connect_failed(self.slot, now)
+        self.balancer
+            .borrow_mut()
+            .connect_failed(self.slot as usize, now)
     }
 }
 
@@ -270,8 +302,8 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let mut balancer = self.balancer.borrow_mut();
         match self.state {
-            LeaseState::Connecting => balancer.abandoned(self.slot),
-            LeaseState::Connected => balancer.closed(self.slot),
+            LeaseState::Connecting => balancer.abandoned(self.slot as usize),
+            LeaseState::Connected => balancer.closed(self.slot as usize),
             LeaseState::Settled => {}
         }
     }
@@ -450,8 +482,8 @@ pub(super) async fn connect_backend(
         // A spare only stands in for a connect to a backend in good health: a pick that probes a
         // failing or dead one must make a connection of its own to revive it.
         let healthy = matches!(balancer.borrow().health(slot), Some(Health::Alive));
-        if let Some(stream) = healthy.then(|| core.take_spare(base + slot)).flatten() {
-            let change = lease.connected();
+        if let Some((stream, made)) = healthy.then(|| core.take_spare(base + slot)).flatten() {
+            let change = lease.connected(made);
             log_health(&frontend, core.metrics(), base, change);
             return Ok((stream, lease));
         }
@@ -463,7 +495,7 @@ pub(super) async fn connect_backend(
         .await
         {
             Ok(Ok(stream)) => {
-                let change = lease.connected();
+                let change = lease.connected(millis(fastedge_runtime::now()));
                 log_health(&frontend, core.metrics(), base, change);
                 return Ok((stream, lease));
             }

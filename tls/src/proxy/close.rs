@@ -62,8 +62,9 @@ pub enum CloseReason {
     },
     /// Every backend is dead and none is due for a probe.
     NoLiveBackend,
-    /// The client ended its side right after the handshake, before sending a byte: it
-    /// needed no backend.
+    /// The client's connection ended without TLS close_notify before it sent a byte: a
+    /// probe, a health check, a preconnect never used. Its backend connection, if one was
+    /// made, is kept unused for another client.
     ClientLeft,
 }
 
@@ -105,7 +106,7 @@ impl fmt::Display for CloseReason {
             ),
             CloseReason::NoLiveBackend => f.write_str("no live backend (all marked dead)"),
             CloseReason::ClientLeft => {
-                f.write_str("client closed right after the handshake, before sending anything")
+                f.write_str("client left before sending anything (closed without close_notify)")
             }
         }
     }

@@ -236,28 +236,29 @@ async fn establish<'a>(
             if let TlsError::Handshake { server_name, .. } = &error {
                 log.sni = server_name.as_deref().map(Box::from);
             }
-            keep_unused(connecting, core);
+            keep_if_connected(connecting, core);
             return Err(CloseReason::Handshake(error));
         }
         Err(_) => {
-            keep_unused(connecting, core);
+            keep_if_connected(connecting, core);
             return Err(CloseReason::HandshakeTimeout(timeout));
         }
     };
-    // A client that ended its side right after the handshake, before sending a byte (a
-    // probe, a health check, an abandoned preconnect) needs no backend: the connection made
-    // for it is kept, unused, for the next client.
-    if ended_before_data(&mut tls) {
+    core.metrics().handshake_ok(tls.ssl().session_reused());
+    // With spares on, a client that cut its connection right after the handshake, before
+    // sending a byte (a probe, a health check, an abandoned preconnect), needs no backend: the
+    // connection made for it is kept, unused, for the next client.
+    let spares = frontend.balance.spare_connections > 0;
+    if let Some(reason) = spares.then(|| left_before_data(&mut tls)).flatten() {
         log.sni = tls.ssl().servername(NameType::HOST_NAME).map(Box::from);
         log.version = tls.ssl().version2().map(|version| (version, false));
-        keep_unused(connecting, core);
-        return Err(CloseReason::ClientLeft);
+        keep_if_connected(connecting, core);
+        return Err(reason);
     }
     let connecting = connecting.unwrap_or_else(|| {
         let group = frontend.group_of(ServerContext::hello_choice(tls.ssl()));
         fastedge_runtime::spawn(connect_backend(frontend.clone(), core.clone(), group))
     });
-    core.metrics().handshake_ok(tls.ssl().session_reused());
     let early = frontend.context.early_data_cap().and_then(|cap| {
         let flag = Arc::new(AtomicBool::new(false));
         tls.track_early_data(cap, flag.clone());
@@ -282,12 +283,12 @@ async fn establish<'a>(
     };
     // Or it left while the backend connect went on: nothing has been written to the backend
     // yet either.
-    if ended_before_data(&mut tls) {
-        core.keep_spare(lease.index, backend);
-        return Err(CloseReason::ClientLeft);
+    if let Some(reason) = spares.then(|| left_before_data(&mut tls)).flatten() {
+        core.keep_spare(backend, lease);
+        return Err(reason);
     }
-    let spec = &frontend.backends[lease.index];
-    log.backend = u32::try_from(lease.index)
+    let spec = &frontend.backends[lease.index()];
+    log.backend = u32::try_from(lease.index())
         .ok()
         .and_then(|index| std::num::NonZeroU32::new(index.wrapping_add(1)));
     let peer_cert = tls.ssl().peer_certificate();
@@ -316,29 +317,66 @@ async fn establish<'a>(
     })
 }
 
-/// Whether the client has ended its side (close_notify, or its transport closed) with no
-/// application data to read, as far as is known now: false while early data is being read.
-fn ended_before_data(tls: &mut TlsStream<&mut TcpStream>) -> bool {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// Why the client's connection ended, if it was cut (its transport closed or failed without
+/// TLS close_notify) before it sent a byte, as far as is known now. A close_notify is a TLS
+/// half-close, not a cut: such a client may still read what a backend says first.
+fn left_before_data(tls: &mut TlsStream<&mut TcpStream>) -> Option<CloseReason> {
     // The noop waker is registered only until the pump's first read registers its own.
-    tls.poll_ended_before_data(&mut cx) == std::task::Poll::Ready(true)
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if tls.poll_ended_before_data(&mut cx) != std::task::Poll::Ready(true) {
+        return None;
+    }
+    // Nothing is left to read, so the read takes nothing; it says how the client ended.
+    match futures_lite::AsyncRead::poll_read(std::pin::Pin::new(tls), &mut cx, &mut [0u8; 1]) {
+        std::task::Poll::Ready(Err(error)) => Some(client_read_failed(error)),
+        _ => None,
+    }
+}
+
+/// The close reason of a client whose read failed before a byte moved either way: a
+/// transport that closed without close_notify is a client that left.
+fn client_read_failed(error: std::io::Error) -> CloseReason {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        CloseReason::ClientLeft
+    } else {
+        CloseReason::Failed {
+            side: Side::Client,
+            op: "read",
+            error,
+        }
+    }
 }
 
 /// A backend connect running as its own task (cut-through).
 type Connecting = fastedge_runtime::JoinHandle<Result<(BackendStream, Lease), CloseReason>>;
 
-/// When the cut-through connect of a connection that will not use it completes, keeps the
-/// backend connection for another client (see [`CoreBackends::keep_spare`]).
-fn keep_unused(connecting: Option<Connecting>, core: &CoreBackends) {
-    let Some(connecting) = connecting else {
+/// How long the cut-through connect of a client that is gone may still take to be kept (see
+/// [`keep_if_connected`]): a connect on a working network takes far less.
+const KEEP_CONNECT_WAIT: Duration = Duration::from_millis(100);
+
+/// For a connection that will not use its cut-through connect: keeps the backend connection
+/// for another client once the connect completes (see [`CoreBackends::keep_spare`]), or
+/// cancels the connect if it takes longer than [`KEEP_CONNECT_WAIT`] (and with it any retry
+/// or probe it would make for a client that is gone).
+fn keep_if_connected(connecting: Option<Connecting>, core: &CoreBackends) {
+    let Some(mut connecting) = connecting else {
         return;
     };
-    let core = core.clone();
-    fastedge_runtime::spawn_detached(async move {
-        if let Ok((backend, lease)) = connecting.await {
-            core.keep_spare(lease.index, backend);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(std::pin::Pin::new(&mut connecting), &mut cx) {
+        std::task::Poll::Ready(Ok((backend, lease))) => core.keep_spare(backend, lease),
+        std::task::Poll::Ready(Err(_)) => {}
+        std::task::Poll::Pending => {
+            let core = core.clone();
+            fastedge_runtime::spawn_detached(async move {
+                if let Ok(Ok((backend, lease))) =
+                    fastedge_runtime::timeout(KEEP_CONNECT_WAIT, connecting).await
+                {
+                    core.keep_spare(backend, lease);
+                }
+            });
         }
-    });
+    }
 }
 
 /// The pump over an established connection, which it takes whole. Not an `async fn`: that
@@ -355,10 +393,11 @@ fn forward<'a>(
     log: &'a mut ConnectionLog,
 ) -> impl std::future::Future<Output = CloseReason> + 'a {
     async move {
-        let spec = &frontend.backends[established.lease.index];
-        // Nothing was written to the backend before the pump unless a prefix was.
-        let spare_backend = spec.proxy_protocol == ProxyPrefix::None
-            && matches!(established.backend, BackendStream::Tcp(_))
+        let spec = &frontend.backends[established.lease.index()];
+        // Nothing was written to the backend before the pump unless a prefix was. On glommio
+        // a read the pump started may take the backend's bytes where no check sees them.
+        let spare = spec.proxy_protocol == ProxyPrefix::None
+            && matches!(established.backend, BackendStream::Tcp(TcpStream::Uring(_)))
             && frontend.balance.spare_connections > 0;
         let options = PumpOptions {
             injector: established.injector.as_deref_mut(),
@@ -368,32 +407,24 @@ fn forward<'a>(
             early: established.early.take(),
             metrics: Some(core.metrics()),
             silent_flush: Some(SILENT_FLUSH_AFTER),
-            spare_backend,
         };
-        let mut outcome = pump(&mut established.tls, &mut established.backend, options).await;
+        let outcome = pump(&mut established.tls, &mut established.backend, options).await;
         log.upstream = outcome.upstream;
         log.downstream = outcome.downstream;
-        if spare_backend && outcome.upstream == 0 && outcome.downstream == 0 {
-            // The client left before a byte moved (closed, or cut off without close_notify,
-            // or reset): the backend connection is as the connect left it.
-            let left = match &outcome.reason {
-                CloseReason::ClientLeft => true,
-                CloseReason::Failed {
-                    side: Side::Client,
-                    op: "read",
-                    error,
-                } => {
-                    if error.kind() == std::io::ErrorKind::UnexpectedEof {
-                        outcome.reason = CloseReason::ClientLeft;
-                    }
-                    true
+        if outcome.upstream == 0 && outcome.downstream == 0 {
+            // The client's connection was cut (or reset) before a byte moved either way: the
+            // pump stopped at its failed read and left the backend as the connect made it.
+            if let CloseReason::Failed {
+                side: Side::Client,
+                op: "read",
+                error,
+            } = outcome.reason
+            {
+                if spare {
+                    let Established { backend, lease, .. } = established;
+                    core.keep_spare(backend, lease);
                 }
-                _ => false,
-            };
-            if left {
-                let Established { backend, lease, .. } = established;
-                core.keep_spare(lease.index, backend);
-                return outcome.reason;
+                return client_read_failed(error);
             }
         }
         drop(established);

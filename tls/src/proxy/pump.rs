@@ -30,9 +30,6 @@ use super::{
 /// floods) are not sent them at all.
 pub const SILENT_FLUSH_AFTER: Duration = Duration::from_millis(100);
 
-/// The "operation" of a flow that ended untouched (see [`PumpOptions::spare_backend`]).
-const LEFT: &str = "left";
-
 /// Settings of one [`pump`].
 #[derive(Debug, Default)]
 pub struct PumpOptions<'a> {
@@ -55,11 +52,6 @@ pub struct PumpOptions<'a> {
     /// started (see [`SILENT_FLUSH_AFTER`], what the proxy uses): a TLS client then gets what
     /// the handshake left queued. Needs a fastedge executor (a timer).
     pub silent_flush: Option<Duration>,
-    /// When the client's side ends before a byte has moved either way, end at once and leave
-    /// the backend as it is (not half-closed), with [`CloseReason::ClientLeft`] (or the
-    /// client's read error): the caller may give the backend to another client. For a backend
-    /// nothing was written to before the pump.
-    pub spare_backend: bool,
 }
 
 /// One of the pump's time limits in 4 bytes, where an `Option<Duration>` takes 16 (the pump
@@ -106,9 +98,6 @@ struct Flow {
     read_done: bool,
     unflushed: bool,
     done: bool,
-    /// See [`PumpOptions::spare_backend`] (kept here, where a byte of padding is free, rather
-    /// than in the pump, which it would grow by a word).
-    spare_backend: bool,
     bytes: u64,
 }
 
@@ -132,7 +121,7 @@ impl Drop for Flow {
 }
 
 impl Flow {
-    fn new(role: Role, spare_backend: bool) -> Self {
+    fn new(role: Role) -> Self {
         Self {
             buf: None,
             role,
@@ -142,7 +131,6 @@ impl Flow {
             read_done: false,
             unflushed: false,
             done: false,
-            spare_backend,
             bytes: 0,
         }
     }
@@ -167,12 +155,6 @@ impl Flow {
     /// reader's EOF, flushes and closes the writer's sending side (half-close). A rewriting
     /// direction reads nothing more while the injector waits for the backend's answer (after
     /// an upgrade request): the pump polls it again when the other direction brought one.
-    /// `leave_untouched`: a reader's EOF before any byte moved ends the flow with the error
-    /// [`LEFT`] and leaves the writer as it is.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "each is a borrow of the pump's own state"
-    )]
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -181,7 +163,6 @@ impl Flow {
         (mut injector, out): (Option<&mut Injector>, &mut Rewritten),
         early: Option<&AtomicBool>,
         activity: &mut Instant,
-        leave_untouched: bool,
     ) -> Poll<Result<(), FlowError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -259,11 +240,6 @@ impl Flow {
             match Pin::new(&mut *reader).poll_read(cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.read_done = true;
-                    if leave_untouched && self.bytes == 0 {
-                        self.done = true;
-                        let ended = io::Error::from(io::ErrorKind::UnexpectedEof);
-                        return Poll::Ready(Err((from, LEFT, ended)));
-                    }
                     if let (Role::Observe, Some(injector)) = (self.role, injector.as_deref_mut()) {
                         injector.backend_closed();
                     }
@@ -334,7 +310,6 @@ where
         early,
         metrics,
         silent_flush,
-        spare_backend,
     } = options;
     Pump {
         client,
@@ -346,8 +321,8 @@ where
         metrics,
         idle_timeout: Limit::new(idle_timeout),
         silent_flush: Limit::new(silent_flush),
-        up: Flow::new(Role::Rewrite, spare_backend),
-        down: Flow::new(Role::Observe, false),
+        up: Flow::new(Role::Rewrite),
+        down: Flow::new(Role::Observe),
         requests_counted: 0,
         head_since: None,
         activity: fastedge_runtime::now(),
@@ -420,7 +395,6 @@ where
     fn poll_moving(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FlowError>> {
         // Without an injector nothing is rewritten: an empty stand-in (no allocation).
         let mut unused = Rewritten::default();
-        let untouched = self.up.spare_backend && self.up.bytes == 0 && self.down.bytes == 0;
         let up_poll = self.up.poll_move(
             cx,
             (Side::Client, &mut *self.client),
@@ -431,7 +405,6 @@ where
             ),
             self.early.as_deref(),
             &mut self.activity,
-            untouched,
         );
         if let (Some(metrics), Some(injector)) = (self.metrics, self.injector.as_deref()) {
             let seen = injector.requests();
@@ -461,7 +434,6 @@ where
             (self.injector.as_deref_mut(), &mut unused),
             None,
             &mut self.activity,
-            false,
         );
         if let Poll::Ready(Err(e)) = down_poll {
             return Poll::Ready(Err(e));
@@ -596,7 +568,6 @@ where
                 first: self.first_closed.unwrap_or(Side::Client),
             },
             Ok(Err((Side::Client, "request", error))) => CloseReason::BadRequest(error.to_string()),
-            Ok(Err((_, LEFT, _))) => CloseReason::ClientLeft,
             Ok(Err((side, op, error))) => CloseReason::Failed { side, op, error },
         };
         PumpOutcome {
@@ -852,44 +823,6 @@ mod tests {
             backend.written.is_empty(),
             "nothing of it reached the backend"
         );
-    }
-
-    #[test]
-    fn a_client_that_leaves_before_a_byte_moved_leaves_the_spare_backend_untouched() {
-        let spare = || PumpOptions {
-            spare_backend: true,
-            ..half_open()
-        };
-        let mut client = Peer::sending(b"", 64);
-        let mut backend = Peer::sending(b"", 64).held_open();
-        let outcome = block_on(pump(&mut client, &mut backend, spare()));
-        assert!(
-            matches!(outcome.reason, CloseReason::ClientLeft),
-            "{}",
-            outcome.reason
-        );
-        assert!(!backend.closed, "the backend's sending side is left open");
-        // Once a byte has moved, the client's close is passed on as always.
-        let mut client = Peer::sending(b"GET", 64);
-        let mut backend = Peer::sending(b"", 64);
-        let outcome = block_on(pump(&mut client, &mut backend, spare()));
-        assert!(
-            matches!(
-                outcome.reason,
-                CloseReason::Closed {
-                    first: Side::Client
-                }
-            ),
-            "{}",
-            outcome.reason
-        );
-        assert!(backend.closed && backend.written == b"GET");
-        // And without the option, a client that says nothing is a plain close.
-        let mut client = Peer::sending(b"", 64);
-        let mut backend = Peer::sending(b"", 64);
-        let outcome = block_on(pump(&mut client, &mut backend, half_open()));
-        assert!(matches!(outcome.reason, CloseReason::Closed { .. }));
-        assert!(backend.closed);
     }
 
     #[test]
