@@ -228,8 +228,8 @@ health_check_interval = "0s"
 # cut its connection without sending a byte (or whose handshake failed) is kept, unused, for
 # the next client of that backend: up to this many per backend on each core. 0: closed at once.
 spare_connections = 8
-# A kept connection is closed this long after its connect: keep it well below the backend's
-# own timeout for a connection that sends no request.
+# A kept connection is not used from this long after its connect, and closed within twice
+# that: keep it well below the backend's own timeout for a connection that sends no request.
 spare_max_age = "1s"
 
 # Backends, one [[backend]] table each. None: a built-in demo backend on loopback that answers

@@ -180,7 +180,11 @@ impl CoreBackends {
             let mut spares = self.0.spares.borrow_mut();
             let (cap, expired) = (spares.cap, spares.expired(lease.made, now));
             match spares.by_backend.get_mut(lease.index()) {
-                Some(list) if list.len() < cap && !expired => {
+                Some(list) if cap > 0 && !expired => {
+                    if list.len() >= cap {
+                        // The oldest goes: the newest are taken first and live longest.
+                        list.remove(0);
+                    }
                     list.push((stream, lease.made));
                     !std::mem::replace(&mut spares.sweeping, true)
                 }
@@ -190,6 +194,11 @@ impl CoreBackends {
         if sweep {
             fastedge_runtime::spawn_detached(sweep_spares(self.clone()));
         }
+    }
+
+    /// Whether connections are kept at all (`balance.spare_connections` is not 0).
+    pub(super) fn keeps_spares(&self) -> bool {
+        self.0.spares.borrow().cap > 0
     }
 
     /// The newest kept connection to backend `index` that is not past its time and on which
@@ -219,23 +228,31 @@ impl CoreBackends {
     }
 }
 
-/// Closes the spares of `core` as they expire (within `spare_max_age` of it, at worst);
-/// ends when none is left.
+/// Closes the spares of `core` as they expire, waking when the first of them does; ends
+/// when none is left.
 async fn sweep_spares(core: CoreBackends) {
+    // The first one kept expires no later than this.
+    let mut next = core.0.spares.borrow().max_age;
     loop {
-        let every = Duration::from_millis(u64::from(core.0.spares.borrow().max_age));
-        fastedge_runtime::sleep(every).await;
+        fastedge_runtime::sleep(Duration::from_millis(u64::from(next.max(1)))).await;
         let now = millis(fastedge_runtime::now());
         let mut spares = core.0.spares.borrow_mut();
         let max_age = spares.max_age;
-        let mut left = false;
+        // The least time any kept connection has left.
+        let mut least = None::<u32>;
         for list in spares.by_backend.iter_mut() {
             list.retain(|(_, made)| now.wrapping_sub(*made) < max_age);
-            left |= !list.is_empty();
+            for (_, made) in list.iter() {
+                let left = max_age - now.wrapping_sub(*made);
+                least = Some(least.map_or(left, |least| least.min(left)));
+            }
         }
-        if !left {
-            spares.sweeping = false;
-            return;
+        match least {
+            Some(left) => next = left,
+            None => {
+                spares.sweeping = false;
+                return;
+            }
         }
     }
 }

@@ -64,7 +64,8 @@ pub enum CloseReason {
     NoLiveBackend,
     /// The client's connection ended without TLS close_notify before it sent a byte: a
     /// probe, a health check, a preconnect never used. Its backend connection, if one was
-    /// made, is kept unused for another client.
+    /// made, may be kept unused for another client (`balance.spare_connections`). Counted as
+    /// a client error, as any connection cut without close_notify.
     ClientLeft,
 }
 
@@ -127,7 +128,8 @@ impl CloseReason {
     /// The metrics class of this reason.
     pub fn class(&self) -> CloseClass {
         match self {
-            CloseReason::Closed { .. } | CloseReason::ClientLeft => CloseClass::Closed,
+            CloseReason::Closed { .. } => CloseClass::Closed,
+            CloseReason::ClientLeft => CloseClass::ClientError,
             CloseReason::Failed {
                 side: Side::Client, ..
             } => CloseClass::ClientError,

@@ -281,6 +281,9 @@ async fn establish<'a>(
             return Err(reason);
         }
     };
+    log.backend = u32::try_from(lease.index())
+        .ok()
+        .and_then(|index| std::num::NonZeroU32::new(index.wrapping_add(1)));
     // Or it left while the backend connect went on: nothing has been written to the backend
     // yet either.
     if let Some(reason) = spares.then(|| left_before_data(&mut tls)).flatten() {
@@ -288,9 +291,6 @@ async fn establish<'a>(
         return Err(reason);
     }
     let spec = &frontend.backends[lease.index()];
-    log.backend = u32::try_from(lease.index())
-        .ok()
-        .and_then(|index| std::num::NonZeroU32::new(index.wrapping_add(1)));
     let peer_cert = tls.ssl().peer_certificate();
     let client = Client {
         addrs: ConnectionAddrs {
@@ -359,7 +359,8 @@ const KEEP_CONNECT_WAIT: Duration = Duration::from_millis(100);
 /// cancels the connect if it takes longer than [`KEEP_CONNECT_WAIT`] (and with it any retry
 /// or probe it would make for a client that is gone).
 fn keep_if_connected(connecting: Option<Connecting>, core: &CoreBackends) {
-    let Some(mut connecting) = connecting else {
+    let Some(mut connecting) = connecting.filter(|_| core.keeps_spares()) else {
+        // Dropped: the connect is cancelled.
         return;
     };
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
