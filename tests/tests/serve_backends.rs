@@ -1237,7 +1237,10 @@ fn logged_leaving(server: &Fastedge) {
 fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_next() {
     let state = TempDir::new("spare-reuse");
     let (backend, recorded) = echo_backend();
-    let config = one_core_config(backend, "spare_max_age = \"60s\"");
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
+        one_core_config(backend, "spare_max_age = \"60s\"")
+    );
     let (server, addr) = serve(&state, &config);
     for _ in 0..3 {
         handshake_and_leave(addr);
@@ -1267,6 +1270,34 @@ fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_
     assert!(recorded.len() <= bound, "backend connections: {recorded:?}");
     assert!(recorded.last().unwrap().starts_with(b"GET /after HTTP/1.1"));
     assert!(recorded[..recorded.len() - 1].iter().all(Vec::is_empty));
+    // The metrics count what was kept and taken: on io_uring each of the five that left kept
+    // the connection and each client after the first took it.
+    let line = server.wait_for_logged("metrics listening", Duration::from_secs(5));
+    let metrics_addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let out = Command::new("curl")
+        .args(["--silent", &format!("http://{metrics_addr}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |outcome: &str| -> u64 {
+        let key = format!("fastedge_backend_spare_connections_total{{outcome=\"{outcome}\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .unwrap_or_else(|| panic!("{text}"));
+        line[key.len()..].parse().unwrap()
+    };
+    let (kept, taken) = (count("kept"), count("taken"));
+    match fastedge_tests::engine() {
+        fastedge_runtime::Engine::Glommio => assert!(kept >= 2 && taken >= 2, "{kept} {taken}"),
+        _ => assert_eq!((kept, taken), (5, 5)),
+    }
 }
 
 #[test]

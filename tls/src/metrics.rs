@@ -73,6 +73,8 @@ pub struct CoreMetrics {
     requests: AtomicU64,
     bytes_upstream: AtomicU64,
     bytes_downstream: AtomicU64,
+    spares_kept: AtomicU64,
+    spares_taken: AtomicU64,
     closes: [AtomicU64; 8],
     /// Per backend name: connect failures, and whether this core sees it alive.
     backends: Mutex<BTreeMap<String, BackendCounters>>,
@@ -126,6 +128,17 @@ impl CoreMetrics {
     /// Requests counted by [`requests`](Self::requests) so far.
     pub fn requests_seen(&self) -> u64 {
         load(&self.requests)
+    }
+
+    /// A backend connection no byte had crossed was kept for a next client
+    /// (`balance.spare_connections`).
+    pub fn spare_kept(&self) {
+        add(&self.spares_kept, 1);
+    }
+
+    /// A client took a kept backend connection instead of connecting.
+    pub fn spare_taken(&self) {
+        add(&self.spares_taken, 1);
     }
 
     /// A connect to `backend` failed.
@@ -277,6 +290,23 @@ impl Source for ServeMetrics {
         );
         write_family(
             out,
+            "fastedge_backend_spare_connections_total",
+            "counter",
+            "Backend connections left unused by their clients and kept (outcome=kept), and \
+             taken by a next client instead of a connect (outcome=taken).",
+            &[
+                (
+                    label("outcome", "kept"),
+                    cores.iter().map(|c| load(&c.spares_kept)).sum(),
+                ),
+                (
+                    label("outcome", "taken"),
+                    cores.iter().map(|c| load(&c.spares_taken)).sum(),
+                ),
+            ],
+        );
+        write_family(
+            out,
             "fastedge_cores",
             "gauge",
             "Executors running.",
@@ -352,6 +382,9 @@ mod tests {
         b.connection_opened();
         a.connection_closed(CloseClass::Idle, 10, 20);
         b.backend_connect_failed("x:1");
+        a.spare_kept();
+        b.spare_kept();
+        b.spare_taken();
         b.backend_health("x:1", false);
         a.backend_health("x:1", true);
         let text = registry.render();
@@ -369,6 +402,8 @@ mod tests {
         assert!(text.contains("fastedge_bytes_total{direction=\"downstream\"} 20\n"));
         assert!(text.contains("fastedge_backend_connect_failures_total{backend=\"x:1\"} 1\n"));
         assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
+        assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"kept\"} 2\n"));
+        assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"taken\"} 1\n"));
         assert!(text.contains("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
         assert!(text.contains("fastedge_core_connections_accepted_total{core=\"0\"} 1\n"));
         assert!(text.contains("fastedge_core_connections_accepted_total{core=\"1\"} 2\n"));

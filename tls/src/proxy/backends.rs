@@ -186,6 +186,7 @@ impl CoreBackends {
                         list.remove(0);
                     }
                     list.push((stream, lease.made));
+                    self.0.metrics.spare_kept();
                     !std::mem::replace(&mut spares.sweeping, true)
                 }
                 _ => false,
@@ -211,6 +212,7 @@ impl CoreBackends {
         let list = spares.by_backend.get_mut(index)?;
         while let Some((stream, made)) = list.pop() {
             if now.wrapping_sub(made) < max_age && stream.is_quiet() {
+                self.0.metrics.spare_taken();
                 return Some((BackendStream::Tcp(stream), made));
             }
         }
