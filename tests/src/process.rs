@@ -180,6 +180,17 @@ impl Fastedge {
         }
     }
 
+    /// The metrics endpoint's address, from its `metrics listening addr=…` line (waiting up
+    /// to 10 s for it).
+    pub fn metrics_addr(&self) -> String {
+        let line = self.wait_for_logged("metrics listening", Duration::from_secs(10));
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned()
+    }
+
     /// The address in the first `listening addr=…` line.
     pub fn wait_listening(&self) -> std::net::SocketAddr {
         let line = self.wait_for_line("listening addr=", Duration::from_secs(20));

@@ -755,13 +755,7 @@ fn serve_soak_under_backend_restarts_and_hostile_clients() {
             backend.addr()
         ),
     );
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
-    let metrics: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    let metrics: SocketAddr = server.metrics_addr().parse().unwrap();
     let pid = server.pid();
     let quiet = |what: &str| {
         // Every connection closed (lingering closes included) and counted.
@@ -1286,13 +1280,7 @@ fn serve_soak_while_the_signer_dies_and_the_sni_service_turns_bad() {
             backend.addr()
         ),
     );
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
-    let metrics: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    let metrics: SocketAddr = server.metrics_addr().parse().unwrap();
     let pid = server.pid();
     let quiet = || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1512,13 +1500,7 @@ fn connections_reset_before_they_are_served_are_counted() {
             backend.addr()
         ),
     );
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
-    let metrics: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    let metrics: SocketAddr = server.metrics_addr().parse().unwrap();
     for _ in 0..RESETS {
         reset(TcpStream::connect(addr).unwrap());
     }

@@ -683,15 +683,7 @@ fn prometheus_metrics_sum_the_cores() {
              [[backend]]\naddress = \"{dead}\"\n[[backend]]\naddress = \"{backend}\"\n"
         ),
     );
-    let line = server.wait_for_line("metrics listening", Duration::from_secs(10));
-    let metrics_addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let metrics_addr = server.metrics_addr();
     for _ in 0..3 {
         assert!(curl(&[&format!("https://{addr}/")]).status.success());
     }
@@ -1272,14 +1264,7 @@ fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_
     assert!(recorded[..recorded.len() - 1].iter().all(Vec::is_empty));
     // The metrics count what was kept and taken: on io_uring each of the five that left kept
     // the connection and each client after the first took it.
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(5));
-    let metrics_addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let metrics_addr = server.metrics_addr();
     let out = Command::new("curl")
         .args(["--silent", &format!("http://{metrics_addr}/metrics")])
         .output()

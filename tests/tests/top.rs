@@ -200,13 +200,7 @@ fn top_shows_a_serve_under_load() {
             cores.join(",")
         ),
     );
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
-    let metrics: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+    let metrics: SocketAddr = server.metrics_addr().parse().unwrap();
 
     // Load: new TLS connections, one request each, from two threads.
     let stop = Arc::new(AtomicBool::new(false));
@@ -512,16 +506,16 @@ fn once_prints_one_plain_frame() {
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     try_read_response(&mut tls).unwrap();
-    let line = server.wait_for_logged("metrics listening", Duration::from_secs(10));
-    let metrics = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let metrics = server.metrics_addr();
     let out = Command::new(fastedge_bin())
-        .args(["top", "--once", "--interval", "200ms", "--metrics", metrics])
+        .args([
+            "top",
+            "--once",
+            "--interval",
+            "200ms",
+            "--metrics",
+            &metrics,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
