@@ -121,13 +121,22 @@ fn count_flows_reads_a_way_of_a_running_split() {
     gen(
         &pair.ns_b,
         &pair.dev_b,
-        // A rate the receiving side keeps up with on a loaded two-core machine: at 20,000 a
-        // second, a run under `make test` once counted 838 of the 1,000 frames.
-        &["--flows", "100", "--count", "1000", "--rate", "5000"],
+        // 200 more than the counter reads: this test is about the example reading a way, and
+        // the split suites measure loss. Under `make test` on this two-core VM the kernel's
+        // path lost some frames (838 of 1,000 counted at 20,000 a second, 994 at 5,000), the
+        // shape of a start-up window rather than a rate: see the closing note of 2026-12-07.
+        &["--flows", "100", "--count", "1200", "--rate", "5000"],
     );
     let out = counter.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{printed}");
-    assert_eq!(printed.trim(), "frames 1000 flows 100 keys 100");
+    // It stops at the end of the batch that reaches 1,000.
+    let frames: u32 = printed
+        .trim()
+        .strip_prefix("frames ")
+        .and_then(|rest| rest.strip_suffix(" flows 100 keys 100"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!((1000..=1200).contains(&frames), "{printed}");
     split.terminate_cleanly(Duration::from_secs(10));
 }
