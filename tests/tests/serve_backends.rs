@@ -1206,6 +1206,19 @@ fn accept_within(listener: &TcpListener) -> TcpStream {
     stream
 }
 
+/// Waits up to 5 s until the recording backend has had `n` connections.
+fn wait_for_connections(recorded: &fastedge_tests::peers::Recorded, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorded.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "backend connections: {} of {n}",
+            recorded.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One core, so that every client meets the spares of the same core.
 fn one_core_config(backend: SocketAddr, balance: &str) -> String {
     format!(
@@ -1343,14 +1356,7 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
     // A connection kept and not taken is closed within twice spare_max_age of its connect.
     hello_and_leave(addr);
     server.wait_for_line("connection closed", Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while recorded.lock().unwrap().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no backend connection for the client"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_connections(&recorded, 2);
     let kept_since = Instant::now();
     let pid = server.pid();
     let backend_sockets = || {
@@ -1381,13 +1387,5 @@ fn no_spare_connections_when_configured_so() {
         handshake_and_leave(addr);
         server.wait_for_line("connection closed", Duration::from_secs(5));
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while recorded.lock().unwrap().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "backend connections: {}",
-            recorded.lock().unwrap().len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_connections(&recorded, 3);
 }

@@ -127,11 +127,9 @@ struct Spares {
     sweeping: bool,
 }
 
-impl Spares {
-    /// Whether a connection made at `made` is past its time at `now` (both [`millis`]).
-    fn expired(&self, made: u32, now: u32) -> bool {
-        now.wrapping_sub(made) >= self.max_age
-    }
+/// Whether a spare made at `made` is past `max_age` at `now` (all [`millis`]).
+fn expired(max_age: u32, made: u32, now: u32) -> bool {
+    now.wrapping_sub(made) >= max_age
 }
 
 impl CoreBackends {
@@ -178,9 +176,9 @@ impl CoreBackends {
         let now = millis(fastedge_runtime::now());
         let sweep = {
             let mut spares = self.0.spares.borrow_mut();
-            let (cap, expired) = (spares.cap, spares.expired(lease.made, now));
+            let (cap, old) = (spares.cap, expired(spares.max_age, lease.made, now));
             match spares.by_backend.get_mut(lease.index()) {
-                Some(list) if cap > 0 && !expired => {
+                Some(list) if cap > 0 && !old => {
                     if list.len() >= cap {
                         // The oldest goes: the newest are taken first and live longest.
                         list.remove(0);
@@ -211,7 +209,7 @@ impl CoreBackends {
         let max_age = spares.max_age;
         let list = spares.by_backend.get_mut(index)?;
         while let Some((stream, made)) = list.pop() {
-            if now.wrapping_sub(made) < max_age && stream.is_quiet() {
+            if !expired(max_age, made, now) && stream.is_quiet() {
                 self.0.metrics.spare_taken();
                 return Some((BackendStream::Tcp(stream), made));
             }
@@ -243,7 +241,7 @@ async fn sweep_spares(core: CoreBackends) {
         // The least time any kept connection has left.
         let mut least = None::<u32>;
         for list in spares.by_backend.iter_mut() {
-            list.retain(|(_, made)| now.wrapping_sub(*made) < max_age);
+            list.retain(|(_, made)| !expired(max_age, *made, now));
             for (_, made) in list.iter() {
                 let left = max_age - now.wrapping_sub(*made);
                 least = Some(least.map_or(left, |least| least.min(left)));

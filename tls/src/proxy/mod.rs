@@ -248,7 +248,7 @@ async fn establish<'a>(
     // With spares on, a client that cut its connection right after the handshake, before
     // sending a byte (a probe, a health check, an abandoned preconnect), needs no backend: the
     // connection made for it is kept, unused, for the next client.
-    let spares = frontend.balance.spare_connections > 0;
+    let spares = core.keeps_spares();
     if let Some(reason) = spares.then(|| left_before_data(&mut tls)).flatten() {
         log.sni = tls.ssl().servername(NameType::HOST_NAME).map(Box::from);
         log.version = tls.ssl().version2().map(|version| (version, false));
@@ -399,7 +399,7 @@ fn forward<'a>(
         // a read the pump started may take the backend's bytes where no check sees them.
         let spare = spec.proxy_protocol == ProxyPrefix::None
             && matches!(established.backend, BackendStream::Tcp(TcpStream::Uring(_)))
-            && frontend.balance.spare_connections > 0;
+            && core.keeps_spares();
         let options = PumpOptions {
             injector: established.injector.as_deref_mut(),
             half_open: frontend.settings.allow_half_open,
