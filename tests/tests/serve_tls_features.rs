@@ -1432,6 +1432,116 @@ fn early_data_is_forwarded_at_once_and_marked_for_the_backend() {
     assert!(!all.contains("Early-Data"), "{all}");
 }
 
+/// A backend whose answer to each connection's first request ends with its close (no
+/// Content-Length): the client can only tell the whole answer from a truncated one by TLS
+/// close_notify.
+fn close_delimited_backend() -> SocketAddr {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it");
+        }
+    });
+    addr
+}
+
+/// A BoringSSL client of `addr` that offers 0-RTT: it keeps the session of a first
+/// connection (which sends `request` and reads the answer through), then resumes it with
+/// `request` as early data and waits `pause` before it finishes its handshake. Returns what
+/// it read on the second connection and how that ended.
+fn early_data_exchange(addr: SocketAddr, request: &[u8], pause: Duration) -> (Vec<u8>, String) {
+    use fastedge_tls::boring::ssl::{
+        ErrorCode, Ssl, SslContextBuilder, SslMethod, SslSession, SslSessionCacheMode, SslStream,
+        SslVerifyMode, SslVersion,
+    };
+    use foreign_types::ForeignTypeRef;
+    use std::{
+        io::Read,
+        sync::{Arc, Mutex},
+    };
+    let mut builder = SslContextBuilder::new(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_3))
+        .unwrap();
+    builder.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    let kept: Arc<Mutex<Option<SslSession>>> = Arc::default();
+    let slot = kept.clone();
+    builder.set_new_session_callback(move |_, session| *slot.lock().unwrap() = Some(session));
+    // SAFETY: the builder owns a live SSL_CTX; the call only sets a flag on it.
+    unsafe { boring_sys::SSL_CTX_set_early_data_enabled(builder.as_ptr(), 1) };
+    let context = builder.build();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut first = SslStream::new(Ssl::new(&context).unwrap(), tcp).unwrap();
+    first.connect().unwrap();
+    first.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = first.read_to_end(&mut answer);
+    let session = kept.lock().unwrap().take().expect("a session ticket");
+
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ssl = Ssl::new(&context).unwrap();
+    // SAFETY: the session comes from a connection of this same context.
+    unsafe { ssl.set_session(&session) }.unwrap();
+    let mut second = SslStream::new(ssl, tcp).unwrap();
+    // With a session that allows it, BoringSSL's handshake returns once the ClientHello is
+    // out: what is written now goes as early data.
+    second.connect().unwrap();
+    second.write_all(request).unwrap();
+    std::thread::sleep(pause);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match second.ssl_read(&mut chunk) {
+            Ok(0) => break "end".to_owned(),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => break "close_notify".to_owned(),
+            Err(e) if e.code() == ErrorCode::SYSCALL && e.io_error().is_none() => {
+                break "end without close_notify".to_owned()
+            }
+            Err(e) => break format!("error: {e}"),
+        }
+    };
+    // SAFETY: reads a flag of the live SSL the stream owns.
+    let accepted = unsafe { boring_sys::SSL_early_data_accepted(second.ssl().as_ptr()) } == 1;
+    let early = if accepted {
+        "early data accepted"
+    } else {
+        "no early data"
+    };
+    (got, format!("{end} ({early})"))
+}
+
+/// A backend that closes while the client's 0-RTT handshake is unfinished: the answer still
+/// ends with close_notify (BoringSSL sends none before the handshake completes, so the close
+/// waits for the client's Finished), never a bare FIN the client must take for a truncation.
+#[test]
+fn an_answer_sent_during_early_data_still_ends_with_close_notify() {
+    let state = TempDir::new("early-data-close");
+    let backend = close_delimited_backend();
+    let (_server, addr) = Fastedge::serve_config(
+        &state,
+        &format!("[tls]\nearly_data = true\n[[backend]]\naddress = \"{backend}\"\n"),
+    );
+    let request = b"GET / HTTP/1.1\r\nHost: e\r\n\r\n";
+    let (got, end) = early_data_exchange(addr, request, Duration::from_millis(500));
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("all of it"),
+        "{got}"
+    );
+    assert_eq!(end, "close_notify (early data accepted)");
+}
+
 /// The client-certificate headers of a 0-RTT request follow the SNI context's `client_verify`
 /// (the handshake completes early there, and the connection's configuration, where BoringSSL
 /// keeps the verify mode, is freed after the handshake).

@@ -284,6 +284,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// Reads until the 0-RTT handshake has completed (the client's Finished), keeping the
+    /// bytes for later reads (delivered as the over-cap early data is, once the handshake is
+    /// done): `Ready(true)` completed, `Ready(false)` it never will (the client ended or
+    /// failed first). What it keeps is bounded by the early data BoringSSL accepts.
+    fn poll_finish_early_handshake(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let early = self.early.get_or_insert_with(|| {
+            Box::new(EarlyData {
+                cap: 0,
+                passed: 0,
+                held: Vec::new(),
+                last_read_early: Arc::default(),
+            })
+        });
+        let mut chunk = [0u8; 4096];
+        while crate::ffi::in_early_data(&self.ssl) {
+            match bio::read(&mut self.ssl, &mut self.io, cx, &mut chunk) {
+                Ok(n) => early.held.extend_from_slice(&chunk[..n]),
+                // The read that completed the handshake found nothing after it.
+                Err(SslFailure {
+                    code: ErrorCode::WANT_READ | ErrorCode::WANT_WRITE,
+                    io: None,
+                    ..
+                }) if !crate::ffi::in_early_data(&self.ssl) => break,
+                Err(SslFailure {
+                    code: ErrorCode::WANT_READ | ErrorCode::WANT_WRITE,
+                    io: None,
+                    ..
+                }) => return Poll::Pending,
+                Err(_) => return Poll::Ready(false),
+            }
+        }
+        Poll::Ready(true)
+    }
+}
+
 /// Maps a BoringSSL call's failure to futures-io: WANT_* become `Pending`.
 fn map_failure<T>(failure: SslFailure) -> Poll<io::Result<T>> {
     match failure {
@@ -457,8 +493,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         Pin::new(&mut this.io.stream).poll_flush(cx)
     }
 
+    /// Sends close_notify, flushes and shuts the transport's sending side. While the client's
+    /// 0-RTT handshake is unfinished, BoringSSL cannot send close_notify (`SSL_shutdown`
+    /// "succeeds" without it), so the close first waits for the client's Finished, holding
+    /// what arrives meanwhile for later reads; a client that ends or fails before its Finished
+    /// gets the transport's close alone.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.close == CloseState::Open && crate::ffi::in_early_data(&this.ssl) {
+            match this.poll_finish_early_handshake(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => this.close = CloseState::NotifySent,
+            }
+        }
         if this.close == CloseState::Open {
             match bio::shutdown(&mut this.ssl, &mut this.io, cx) {
                 Ok(ShutdownResult::Sent | ShutdownResult::Received) => {
