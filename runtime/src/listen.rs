@@ -52,6 +52,14 @@ impl BoundListener {
         })
     }
 
+    /// Turns Nagle's algorithm off (`on = true`: TCP_NODELAY) or on for the connections this
+    /// socket accepts from now on: on Linux they inherit it from the listener, which saves a
+    /// system call per connection. Connections already waiting in the accept queue keep the
+    /// setting of their arrival.
+    pub fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        socket2::SockRef::from(&self.fd).set_nodelay(on)
+    }
+
     /// A second descriptor for the same socket (closing one leaves the socket open), e.g. to
     /// hand it to a new binary after the executor took the first.
     pub fn try_clone(&self) -> std::io::Result<Self> {

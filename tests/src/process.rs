@@ -282,3 +282,58 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// Copies of process `pid`'s TCP sockets whose peer is `peer` (through `pidfd_getfd`, Linux
+/// 5.6, which needs the right to trace `pid`: root here), to look at their options.
+pub fn sockets_connected_to(pid: u32, peer: std::net::SocketAddr) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the descriptor was just created for us.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("reading /proc/PID/fd") {
+        let entry = entry.expect("a /proc/PID/fd entry");
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Some(target_fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd takes the pidfd, a descriptor number of that process and flags;
+        // it returns a new descriptor of ours or -1 (the number may be closed by now).
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                target_fd,
+                0,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: as above: a new descriptor, ours alone.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let matches = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            == Some(peer);
+        if matches {
+            found.push(fd);
+        }
+    }
+    found
+}

@@ -223,6 +223,45 @@ fn proxy_v1_line_and_bud_json() {
     assert!(bud_bytes.starts_with(&expected), "{bud_bytes}");
 }
 
+/// On a wildcard listener the backend learns the address the client reached (the
+/// connection's own), not the wildcard the socket is bound to.
+#[test]
+fn a_wildcard_listener_names_the_address_the_client_reached() {
+    let state = TempDir::new("proxy-v1-wildcard");
+    let (v1, v1_seen) = echo_backend();
+    let config = state.path().join("fastedge.toml");
+    std::fs::write(
+        &config,
+        format!("[[backend]]\naddress = \"{v1}\"\nproxy_protocol = \"v1\"\n"),
+    )
+    .unwrap();
+    let server = Fastedge::start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[("FASTEDGE_LOG", "info")],
+    );
+    let port = server.wait_listening().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tls = tls_connect(addr, "localhost", b"");
+    let client_port = tls.get_ref().local_addr().unwrap().port();
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    read_response(&mut tls);
+    let v1_bytes = v1_seen.lock().unwrap()[0].clone();
+    let line = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\nGET /");
+    assert!(
+        v1_bytes.starts_with(line.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&v1_bytes)
+    );
+}
+
 #[test]
 fn dead_backend_fails_over_and_all_dead_is_logged() {
     let state = TempDir::new("failover");
@@ -1207,6 +1246,30 @@ fn accept_within(listener: &TcpListener) -> TcpStream {
 }
 
 /// Waits up to 5 s until the recording backend has had `n` connections.
+/// Nagle's algorithm is off on both of a proxied connection's sockets: the client's (which
+/// inherits it from the listening socket) and the backend's.
+#[test]
+fn both_sockets_of_a_proxied_connection_send_without_delay() {
+    let state = TempDir::new("nodelay");
+    let (backend, recorded) = echo_backend();
+    let (server, addr) = serve(&state, &one_core_config(backend, ""));
+    let mut tls = tls_connect(addr, "localhost", b"");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: n\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    wait_for_connections(&recorded, 1);
+    let client_side = tls.get_ref().local_addr().unwrap();
+    let fronts = fastedge_tests::process::sockets_connected_to(server.pid(), client_side);
+    let backs = fastedge_tests::process::sockets_connected_to(server.pid(), backend);
+    assert_eq!((fronts.len(), backs.len()), (1, 1), "the server's sockets");
+    for (side, fd) in [("client", &fronts[0]), ("backend", &backs[0])] {
+        assert!(
+            socket2::SockRef::from(fd).nodelay().unwrap(),
+            "{side} socket"
+        );
+    }
+}
+
 fn wait_for_connections(recorded: &fastedge_tests::peers::Recorded, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while recorded.lock().unwrap().len() < n {

@@ -64,6 +64,9 @@ pub(crate) enum Deferred {
     Abandon(u64),
     /// A receive buffer goes back to the pool.
     GiveBack(u16),
+    /// A connection's descriptor, closed through the ring (dropped unapplied, it closes at
+    /// once).
+    Close(std::os::fd::OwnedFd),
 }
 
 pub(crate) fn defer(action: Deferred) {
@@ -309,6 +312,7 @@ fn apply_deferred() {
                 Deferred::Cancel(user_data) => r.cancel(user_data),
                 Deferred::Abandon(user_data) => garbage.extend(r.abandon(user_data)),
                 Deferred::GiveBack(bid) => r.bufs.give_back(bid),
+                Deferred::Close(fd) => r.close(fd),
             }
         }
     });

@@ -692,3 +692,66 @@ fn detached_tasks_free_their_place_when_they_end_and_a_stop_drops_the_rest() {
     );
     assert_eq!(dropped_at_stop.load(Ordering::SeqCst), 5);
 }
+
+/// The inode of the socket descriptor `fd` names now, if it names one.
+fn socket_inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()?
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// `close` shuts the sending side (the peer reads its end, our side still reads), and a
+/// dropped connection's descriptor is closed by the ring with the next turn's submission, not
+/// by a system call of its own: still open right after the drop, gone once the engine
+/// settled; also for one whose receive is cancelled as the engine stops.
+#[test]
+fn a_dropped_connection_is_closed_through_the_ring() {
+    use std::io::{Read, Write};
+    let (closed, stopped) = on_engine(RingSettings::default(), || async {
+        let (listener, addr) = listener();
+        let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+        let mut stream = listener.accept().await.expect("accept");
+        stream.close().await.expect("close");
+        let mut byte = [0u8; 1];
+        assert_eq!(peer.read(&mut byte).expect("peer read"), 0, "the FIN");
+        peer.write_all(b"after").expect("peer write");
+        let mut got = [0u8; 5];
+        stream.read_exact(&mut got).await.expect("read after close");
+        assert_eq!(&got, b"after");
+        drop(stream);
+        // A connection with nothing in flight: its state goes with the stream.
+        let _idle_peer = std::net::TcpStream::connect(addr).expect("connect");
+        let idle = listener.accept().await.expect("accept");
+        let fd = idle.raw_fd();
+        let inode = socket_inode(fd).expect("a socket");
+        drop(idle);
+        assert_eq!(socket_inode(fd), Some(inode), "closed before the turn");
+        settle().await;
+        let closed = (fd, inode, socket_inode(fd));
+        // One with its receive armed when `main` ends: the stop cancels the receive, and the
+        // close that follows still goes out before the engine is gone.
+        let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+        let mut armed = listener.accept().await.expect("accept");
+        peer.write_all(b"x").expect("peer write");
+        armed.read_exact(&mut byte).await.expect("read");
+        (
+            closed,
+            (
+                armed.raw_fd(),
+                socket_inode(armed.raw_fd()).expect("a socket"),
+            ),
+        )
+    });
+    let (fd, inode, after) = closed;
+    assert_ne!(after, Some(inode), "descriptor {fd} still names the socket");
+    let (fd, inode) = stopped;
+    assert_ne!(
+        socket_inode(fd),
+        Some(inode),
+        "descriptor {fd} outlived the engine"
+    );
+}

@@ -119,6 +119,15 @@ async fn accept_loop(
     shutdown: Shutdown,
     sockets: SocketFate,
 ) {
+    // Accepted connections inherit TCP_NODELAY from their listener: one system call here
+    // instead of one per connection.
+    let nodelay_inherited = match listener.set_nodelay(true) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "TCP_NODELAY on the listening socket: setting it per connection");
+            false
+        }
+    };
     let listener = match listener.into_listener() {
         Ok(listener) => listener,
         Err(error) => {
@@ -127,12 +136,13 @@ async fn accept_loop(
         }
     };
     let local_default = listener.local_addr().ok();
+    // A socket bound to one address accepts connections to that address only: their local
+    // address needs no system call of its own (a wildcard's does).
+    let local_fixed = local_default.filter(|addr| !addr.ip().is_unspecified());
     let mut paused: Option<(Instant, u32)> = None;
     let serve = |stream: fastedge_runtime::net::TcpStream, permit| {
-        let (Ok(peer), Some(local)) = (
-            stream.peer_addr(),
-            stream.local_addr().ok().or(local_default),
-        ) else {
+        let local = local_fixed.or_else(|| stream.local_addr().ok().or(local_default));
+        let (Ok(peer), Some(local)) = (stream.peer_addr(), local) else {
             // Reset before we looked (getpeername says ENOTCONN): still a connection accepted
             // and closed by a client error, as the metrics must say.
             tracing::debug!("connection gone before it could be served");
@@ -140,7 +150,9 @@ async fn accept_loop(
             metrics.connection_closed(CloseClass::ClientError, 0, 0);
             return;
         };
-        let _ = stream.set_nodelay(true);
+        if !nodelay_inherited {
+            let _ = stream.set_nodelay(true);
+        }
         // The configuration of the moment; a reload builds this core a new balancer.
         let frontend = current.load_full();
         let backends = backends_for(&core_backends, &frontend, &metrics);
