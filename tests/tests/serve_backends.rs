@@ -1245,7 +1245,6 @@ fn accept_within(listener: &TcpListener) -> TcpStream {
     stream
 }
 
-/// Waits up to 5 s until the recording backend has had `n` connections.
 /// Nagle's algorithm is off on both of a proxied connection's sockets: the client's (which
 /// inherits it from the listening socket) and the backend's.
 #[test]
@@ -1270,6 +1269,7 @@ fn both_sockets_of_a_proxied_connection_send_without_delay() {
     }
 }
 
+/// Waits up to 5 s until the recording backend has had `n` connections.
 fn wait_for_connections(recorded: &fastedge_tests::peers::Recorded, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while recorded.lock().unwrap().len() < n {
@@ -1288,6 +1288,26 @@ fn one_core_config(backend: SocketAddr, balance: &str) -> String {
         "cores = \"{}\"\n[balance]\n{balance}\n[[backend]]\naddress = \"{backend}\"\n",
         first_cpu()
     )
+}
+
+/// The server's `fastedge_backend_spare_connections_total` by outcome, scraped now.
+fn spare_counts(server: &Fastedge) -> impl Fn(&str) -> u64 {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            &format!("http://{}/metrics", server.metrics_addr()),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    move |outcome: &str| -> u64 {
+        let key = format!("fastedge_backend_spare_connections_total{{outcome=\"{outcome}\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .unwrap_or_else(|| panic!("no {key}in {text}"));
+        line[key.len()..].parse().unwrap()
+    }
 }
 
 /// Waits for the log line of a client that left, and checks it says so.
@@ -1340,20 +1360,7 @@ fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_
     assert!(recorded[..recorded.len() - 1].iter().all(Vec::is_empty));
     // The metrics count what was kept and taken: on io_uring each of the five that left kept
     // the connection and each client after the first took it.
-    let metrics_addr = server.metrics_addr();
-    let out = Command::new("curl")
-        .args(["--silent", &format!("http://{metrics_addr}/metrics")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let count = |outcome: &str| -> u64 {
-        let key = format!("fastedge_backend_spare_connections_total{{outcome=\"{outcome}\"}} ");
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&key))
-            .unwrap_or_else(|| panic!("{text}"));
-        line[key.len()..].parse().unwrap()
-    };
+    let count = spare_counts(&server);
     let (kept, taken) = (count("kept"), count("taken"));
     match fastedge_tests::engine() {
         fastedge_runtime::Engine::Glommio => assert!(kept >= 2 && taken >= 2, "{kept} {taken}"),
@@ -1389,7 +1396,10 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
     let state = TempDir::new("spare-closed");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = listener.local_addr().unwrap();
-    let config = one_core_config(backend, "spare_max_age = \"2s\"");
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
+        one_core_config(backend, "spare_max_age = \"2s\"")
+    );
     let (server, addr) = serve(&state, &config);
     // The backend closes the connection made for one client that left (a failed handshake,
     // whose connection is kept on either engine), and answers on the connection of another
@@ -1438,6 +1448,50 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Counted by why each went unused: the two the backend closed or answered on, and the
+    // one that expired.
+    let count = spare_counts(&server);
+    let counts = ["kept", "taken", "stale", "expired", "evicted"].map(&count);
+    assert_eq!(
+        counts,
+        [3, 0, 2, 1, 0],
+        "kept, taken, stale, expired, evicted"
+    );
+}
+
+/// At most `spare_connections` are kept per backend and core: the oldest make room, counted.
+#[test]
+fn a_full_list_of_kept_connections_drops_its_oldest() {
+    let state = TempDir::new("spare-cap");
+    let (backend, recorded) = echo_backend();
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
+        one_core_config(backend, "spare_connections = 2\nspare_max_age = \"60s\"")
+    );
+    let (server, addr) = serve(&state, &config);
+    // Four clients at once, each with a backend connection of its own, then all gone.
+    let clients: Vec<_> = (0..4)
+        .map(|_| tls_connect(addr, "localhost", b""))
+        .collect();
+    wait_for_connections(&recorded, 4);
+    drop(clients);
+    for _ in 0..4 {
+        server.wait_for_line("connection closed", Duration::from_secs(5));
+    }
+    let count = spare_counts(&server);
+    let (kept, evicted) = (count("kept"), count("evicted"));
+    // On glommio only clients that left before the pump started keep theirs.
+    match fastedge_tests::engine() {
+        fastedge_runtime::Engine::Glommio => assert_eq!(evicted, kept.saturating_sub(2)),
+        _ => assert_eq!((kept, evicted), (4, 2)),
+    }
+    let filter = format!("dport = :{}", backend.port());
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established", &filter])
+        .output()
+        .unwrap();
+    let open = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    assert_eq!(open, kept - evicted, "backend connections still open");
 }
 
 #[test]

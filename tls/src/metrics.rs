@@ -63,6 +63,29 @@ impl CloseClass {
     }
 }
 
+/// Why a kept backend connection (`balance.spare_connections`) was closed unused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpareDropped {
+    /// The backend had closed it or said something on it when a client came for it.
+    Stale,
+    /// `balance.spare_max_age` had passed since its connect.
+    Expired,
+    /// The list of its backend was full: the oldest made room.
+    Evicted,
+}
+
+impl SpareDropped {
+    const ALL: [Self; 3] = [Self::Stale, Self::Expired, Self::Evicted];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stale => "stale",
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
 /// The counters of one core.
 #[derive(Debug, Default)]
 pub struct CoreMetrics {
@@ -75,6 +98,7 @@ pub struct CoreMetrics {
     bytes_downstream: AtomicU64,
     spares_kept: AtomicU64,
     spares_taken: AtomicU64,
+    spares_dropped: [AtomicU64; 3],
     closes: [AtomicU64; 8],
     /// Per backend name: connect failures, and whether this core sees it alive.
     backends: Mutex<BTreeMap<String, BackendCounters>>,
@@ -139,6 +163,11 @@ impl CoreMetrics {
     /// A client took a kept backend connection instead of connecting.
     pub fn spare_taken(&self) {
         add(&self.spares_taken, 1);
+    }
+
+    /// A kept backend connection was closed unused, and why.
+    pub fn spare_dropped(&self, why: SpareDropped) {
+        add(&self.spares_dropped[why as usize], 1);
     }
 
     /// A connect to `backend` failed.
@@ -292,18 +321,27 @@ impl Source for ServeMetrics {
             out,
             "fastedge_backend_spare_connections_total",
             "counter",
-            "Backend connections left unused by their clients and kept (outcome=kept), and \
-             taken by a next client instead of a connect (outcome=taken).",
+            "Backend connections left unused by their clients and kept (outcome=kept), then \
+             taken by a next client instead of a connect (taken), or closed unused because the \
+             backend had closed or answered on them (stale), spare_max_age passed (expired) or \
+             the backend's list was full (evicted). kept minus the others is what is held now \
+             (and what a reload or stop closed).",
             &[
+                ("kept", cores.iter().map(|c| load(&c.spares_kept)).sum()),
+                ("taken", cores.iter().map(|c| load(&c.spares_taken)).sum()),
+            ]
+            .into_iter()
+            .chain(SpareDropped::ALL.map(|why| {
                 (
-                    label("outcome", "kept"),
-                    cores.iter().map(|c| load(&c.spares_kept)).sum(),
-                ),
-                (
-                    label("outcome", "taken"),
-                    cores.iter().map(|c| load(&c.spares_taken)).sum(),
-                ),
-            ],
+                    why.label(),
+                    cores
+                        .iter()
+                        .map(|c| load(&c.spares_dropped[why as usize]))
+                        .sum(),
+                )
+            }))
+            .map(|(outcome, n)| (label("outcome", outcome), n))
+            .collect::<Vec<_>>(),
         );
         write_family(
             out,
@@ -385,6 +423,9 @@ mod tests {
         a.spare_kept();
         b.spare_kept();
         b.spare_taken();
+        a.spare_dropped(SpareDropped::Expired);
+        b.spare_dropped(SpareDropped::Expired);
+        b.spare_dropped(SpareDropped::Evicted);
         b.backend_health("x:1", false);
         a.backend_health("x:1", true);
         let text = registry.render();
@@ -404,6 +445,9 @@ mod tests {
         assert!(text.contains("fastedge_backend_dead_cores{backend=\"x:1\"} 1\n"));
         assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"kept\"} 2\n"));
         assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"taken\"} 1\n"));
+        assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"stale\"} 0\n"));
+        assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"expired\"} 2\n"));
+        assert!(text.contains("fastedge_backend_spare_connections_total{outcome=\"evicted\"} 1\n"));
         assert!(text.contains("# TYPE fastedge_cores gauge\nfastedge_cores 2\n"));
         assert!(text.contains("fastedge_core_connections_accepted_total{core=\"0\"} 1\n"));
         assert!(text.contains("fastedge_core_connections_accepted_total{core=\"1\"} 2\n"));

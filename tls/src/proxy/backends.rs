@@ -20,7 +20,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use super::CloseReason;
 use crate::{
     config::{BackendAddr, BackendSpec, BalanceSettings, FrontendSettings, SniContext},
-    metrics::CoreMetrics,
+    metrics::{CoreMetrics, SpareDropped},
     HelloChoice, ServerContext,
 };
 
@@ -182,6 +182,7 @@ impl CoreBackends {
                     if list.len() >= cap {
                         // The oldest goes: the newest are taken first and live longest.
                         list.remove(0);
+                        self.0.metrics.spare_dropped(SpareDropped::Evicted);
                     }
                     list.push((stream, lease.made));
                     self.0.metrics.spare_kept();
@@ -209,10 +210,15 @@ impl CoreBackends {
         let max_age = spares.max_age;
         let list = spares.by_backend.get_mut(index)?;
         while let Some((stream, made)) = list.pop() {
-            if !expired(max_age, made, now) && stream.is_quiet() {
+            let why = if expired(max_age, made, now) {
+                SpareDropped::Expired
+            } else if !stream.is_quiet() {
+                SpareDropped::Stale
+            } else {
                 self.0.metrics.spare_taken();
                 return Some((BackendStream::Tcp(stream), made));
-            }
+            };
+            self.0.metrics.spare_dropped(why);
         }
         None
     }
@@ -241,7 +247,13 @@ async fn sweep_spares(core: CoreBackends) {
         // The least time any kept connection has left.
         let mut least = None::<u32>;
         for list in spares.by_backend.iter_mut() {
-            list.retain(|(_, made)| !expired(max_age, *made, now));
+            list.retain(|(_, made)| {
+                let old = expired(max_age, *made, now);
+                if old {
+                    core.0.metrics.spare_dropped(SpareDropped::Expired);
+                }
+                !old
+            });
             for (_, made) in list.iter() {
                 let left = max_age - now.wrapping_sub(*made);
                 least = Some(least.map_or(left, |least| least.min(left)));
