@@ -322,6 +322,13 @@ pub fn sockets_connected_to(pid: u32, peer: std::net::SocketAddr) -> Vec<std::os
             )
         };
         if fd < 0 {
+            let error = std::io::Error::last_os_error();
+            // EBADF: closed since the directory was read.
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::EBADF),
+                "pidfd_getfd of {pid}'s descriptor {target_fd}: {error}"
+            );
             continue;
         }
         // SAFETY: as above: a new descriptor, ours alone.

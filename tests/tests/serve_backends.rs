@@ -1448,14 +1448,14 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Counted by why each went unused: the two the backend closed or answered on, and the
-    // one that expired.
+    // Counted by why each went unused: the two the backend closed or answered on (stale,
+    // unless a stalled machine let one of them pass its 2 s first), and the one that expired.
     let count = spare_counts(&server);
     let counts = ["kept", "taken", "stale", "expired", "evicted"].map(&count);
-    assert_eq!(
-        counts,
-        [3, 0, 2, 1, 0],
-        "kept, taken, stale, expired, evicted"
+    let [kept, taken, stale, expired, evicted] = counts;
+    assert!(
+        (kept, taken, stale + expired, evicted) == (3, 0, 3, 0) && stale >= 1,
+        "kept, taken, stale, expired, evicted: {counts:?}"
     );
 }
 

@@ -288,7 +288,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Reads until the 0-RTT handshake has completed (the client's Finished), keeping the
     /// bytes for later reads (delivered as the over-cap early data is, once the handshake is
     /// done): `Ready(true)` completed, `Ready(false)` it never will (the client ended or
-    /// failed first). What it keeps is bounded by the early data BoringSSL accepts.
+    /// failed first). What it keeps is bounded by the early data BoringSSL accepts; once it
+    /// keeps anything, later early data is held behind it.
     fn poll_finish_early_handshake(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let early = self.early.get_or_insert_with(|| {
             Box::new(EarlyData {
@@ -301,7 +302,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         let mut chunk = [0u8; 4096];
         while crate::ffi::in_early_data(&self.ssl) {
             match bio::read(&mut self.ssl, &mut self.io, cx, &mut chunk) {
-                Ok(n) => early.held.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    early.held.extend_from_slice(&chunk[..n]);
+                    // Later early data must not pass what is held now: reads hold it all
+                    // until the handshake completes.
+                    early.passed = early.cap;
+                }
                 // The read that completed the handshake found nothing after it.
                 Err(SslFailure {
                     code: ErrorCode::WANT_READ | ErrorCode::WANT_WRITE,
@@ -313,7 +319,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                     io: None,
                     ..
                 }) => return Poll::Pending,
-                Err(_) => return Poll::Ready(false),
+                // The client ended or failed; a Finished that came with its close_notify
+                // still completed the handshake, and close_notify can be sent.
+                Err(_) => return Poll::Ready(!crate::ffi::in_early_data(&self.ssl)),
             }
         }
         Poll::Ready(true)

@@ -325,7 +325,7 @@ impl Source for ServeMetrics {
              taken by a next client instead of a connect (taken), or closed unused because the \
              backend had closed or answered on them (stale), spare_max_age passed (expired) or \
              the backend's list was full (evicted). kept minus the others is what is held now \
-             (and what a reload or stop closed).",
+             (those a stop closes are not counted).",
             &[
                 ("kept", cores.iter().map(|c| load(&c.spares_kept)).sum()),
                 ("taken", cores.iter().map(|c| load(&c.spares_taken)).sum()),

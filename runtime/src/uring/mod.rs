@@ -64,8 +64,8 @@ pub(crate) enum Deferred {
     Abandon(u64),
     /// A receive buffer goes back to the pool.
     GiveBack(u16),
-    /// A connection's descriptor, closed through the ring (dropped unapplied, it closes at
-    /// once).
+    /// A connection's descriptor, closed through the ring (at once while the engine stops;
+    /// dropped unapplied, it closes at once too).
     Close(std::os::fd::OwnedFd),
 }
 

@@ -540,9 +540,11 @@ impl Drop for Conn {
         // SAFETY: `fd` is taken once, here, and the connection is gone after this drop.
         let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
         // Closed with the turn's submission; no operation names it any more (each holds the
-        // connection, which is why this drop runs). Where no reactor takes it, dropping it
-        // closes it at once.
-        super::defer(Deferred::Close(fd));
+        // connection, which is why this drop runs). After the engine stopped (or if the
+        // action cannot be queued), dropping the descriptor closes it at once.
+        if super::is_engine_thread() {
+            super::defer(Deferred::Close(fd));
+        }
     }
 }
 

@@ -276,8 +276,13 @@ impl Reactor {
         self.in_flight + self.closing
     }
 
-    /// Closes `fd` with this turn's submission (a system call saved per connection).
+    /// Closes `fd` with this turn's submission (a system call saved per connection); at once
+    /// while the engine stops, whose last submission may never come.
     pub(crate) fn close(&mut self, fd: OwnedFd) {
+        if self.stopping {
+            drop(fd);
+            return;
+        }
         let entry = opcode::Close::new(types::Fd(fd.into_raw_fd()))
             .build()
             .user_data(CLOSE);

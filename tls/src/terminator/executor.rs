@@ -119,15 +119,14 @@ async fn accept_loop(
     shutdown: Shutdown,
     sockets: SocketFate,
 ) {
-    // Accepted connections inherit TCP_NODELAY from their listener: one system call here
-    // instead of one per connection.
-    let nodelay_inherited = match listener.set_nodelay(true) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, "TCP_NODELAY on the listening socket: setting it per connection");
-            false
-        }
-    };
+    // Accepted connections inherit TCP_NODELAY from their listener, which has it from before
+    // it listened (`bind_reuseport`): no system call per connection. A socket taken from a
+    // predecessor that did not set it gets it per connection (what waited in its queue
+    // arrived without it).
+    let nodelay_inherited = listener.nodelay().unwrap_or(false);
+    if !nodelay_inherited {
+        let _ = listener.set_nodelay(true);
+    }
     let listener = match listener.into_listener() {
         Ok(listener) => listener,
         Err(error) => {
