@@ -389,6 +389,66 @@ fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
     );
 }
 
+/// After a write that failed on the transport, later writes and flushes report that
+/// failure's kind, not BoringSSL's complaint about a write not retried (BAD_WRITE_RETRY).
+#[test]
+fn writes_after_a_failed_one_report_the_transport_error() {
+    use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let (addr, rx, executors) = serve_one(|tls| async move {
+        let mut tls = tls.expect("handshake");
+        // The client resets the connection meanwhile.
+        fastedge_runtime::sleep(Duration::from_millis(300)).await;
+        let chunk = vec![7u8; 16 * 1024];
+        let mut first = None;
+        for _ in 0..1000 {
+            if let Err(e) = async {
+                tls.write_all(&chunk).await?;
+                tls.flush().await
+            }
+            .await
+            {
+                first = Some(e);
+                break;
+            }
+        }
+        let first = first.map(|e| (e.kind(), e.to_string()));
+        let again = tls.write_all(b"different bytes").await.err();
+        let flushed = tls.flush().await.err();
+        [
+            first,
+            again.map(|e| (e.kind(), e.to_string())),
+            flushed.map(|e| (e.kind(), e.to_string())),
+        ]
+    });
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_3))
+        .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut config = builder.build().configure().unwrap();
+    config.set_verify_hostname(false);
+    let tls = config.connect("localhost", tcp).unwrap();
+    socket2::SockRef::from(tls.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tls);
+    let errors = rx.recv_timeout(Duration::from_secs(10)).expect("report");
+    executors.join().unwrap();
+    for (i, error) in errors.iter().enumerate() {
+        let (kind, text) = error
+            .clone()
+            .unwrap_or_else(|| panic!("call {i} did not fail: {errors:?}"));
+        assert!(
+            matches!(
+                kind,
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "call {i}: {kind:?}: {text} ({errors:?})"
+        );
+    }
+}
+
 /// What `poll_ended_before_data` said, then what a read found.
 type EndReport = (bool, Result<Vec<u8>, String>);
 

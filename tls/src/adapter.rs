@@ -171,6 +171,7 @@ where
         small_left: SMALL_RECORD_WINDOW as u32,
         last_write: None,
         pending_write: None,
+        write_failed: None,
     })
 }
 
@@ -201,6 +202,9 @@ pub struct TlsStream<S> {
     last_write: Option<std::time::Instant>,
     /// Length of a write BoringSSL could not finish: the retry must offer at least as much.
     pending_write: Option<std::num::NonZeroUsize>,
+    /// The kind of the error a write failed with: BoringSSL keeps that write pending, and any
+    /// other write or flush would get its complaint about a write not retried instead.
+    write_failed: Option<io::ErrorKind>,
 }
 
 /// Early data (0-RTT) handling of one connection: how much may pass before the handshake
@@ -328,6 +332,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 }
 
+/// What writing, flushing or closing answers after a write failed with `kind`.
+fn earlier_write_failed(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(kind, "an earlier write on this connection failed")
+}
+
 /// Maps a BoringSSL call's failure to futures-io: WANT_* become `Pending`.
 fn map_failure<T>(failure: SslFailure) -> Poll<io::Result<T>> {
     match failure {
@@ -433,6 +442,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if let Some(kind) = this.write_failed {
+            return Poll::Ready(Err(earlier_write_failed(kind)));
+        }
         let now = fastedge_runtime::now();
         let len = match this.pending_write {
             // BoringSSL finishes the record it started: offer it the same bytes again.
@@ -462,8 +474,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             }
             Err(error) => {
                 let result = map_failure(error);
-                if result.is_pending() {
-                    this.pending_write = std::num::NonZeroUsize::new(len);
+                match &result {
+                    Poll::Pending => this.pending_write = std::num::NonZeroUsize::new(len),
+                    Poll::Ready(Err(error)) => this.write_failed = Some(error.kind()),
+                    Poll::Ready(Ok(_)) => {}
                 }
                 result
             }
@@ -474,6 +488,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     /// the connection's first write), then flushes the transport.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(kind) = this.write_failed {
+            return Poll::Ready(Err(earlier_write_failed(kind)));
+        }
         // Not while a write is unfinished (BoringSSL wants that write retried first), after
         // close_notify, or before the handshake completed (early data).
         if this.close == CloseState::Open
@@ -508,6 +525,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     /// gets the transport's close alone.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(kind) = this.write_failed {
+            return Poll::Ready(Err(earlier_write_failed(kind)));
+        }
         if this.close == CloseState::Open && crate::ffi::in_early_data(&this.ssl) {
             match this.poll_finish_early_handshake(cx) {
                 Poll::Pending => return Poll::Pending,
