@@ -389,8 +389,9 @@ fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
     );
 }
 
-/// After a write that failed on the transport, later writes and flushes report that
-/// failure's kind, not BoringSSL's complaint about a write not retried (BAD_WRITE_RETRY).
+/// After a write that failed on the transport, later writes, flushes and the close report
+/// that failure's kind, not BoringSSL's complaint about a write not retried
+/// (BAD_WRITE_RETRY).
 #[test]
 fn writes_after_a_failed_one_report_the_transport_error() {
     use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
@@ -414,11 +415,9 @@ fn writes_after_a_failed_one_report_the_transport_error() {
         let first = first.map(|e| (e.kind(), e.to_string()));
         let again = tls.write_all(b"different bytes").await.err();
         let flushed = tls.flush().await.err();
-        [
-            first,
-            again.map(|e| (e.kind(), e.to_string())),
-            flushed.map(|e| (e.kind(), e.to_string())),
-        ]
+        let closed = tls.close().await.err();
+        let describe = |e: Option<std::io::Error>| e.map(|e| (e.kind(), e.to_string()));
+        [first, describe(again), describe(flushed), describe(closed)]
     });
     let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
     builder.set_verify(SslVerifyMode::NONE);

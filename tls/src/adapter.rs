@@ -202,8 +202,9 @@ pub struct TlsStream<S> {
     last_write: Option<std::time::Instant>,
     /// Length of a write BoringSSL could not finish: the retry must offer at least as much.
     pending_write: Option<std::num::NonZeroUsize>,
-    /// The kind of the error a write failed with: BoringSSL keeps that write pending, and any
-    /// other write or flush would get its complaint about a write not retried instead.
+    /// The kind of the transport error a write failed with: BoringSSL keeps that write
+    /// pending, and any other write or flush would get its complaint about a write not
+    /// retried instead.
     write_failed: Option<io::ErrorKind>,
 }
 
@@ -323,9 +324,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                     io: None,
                     ..
                 }) => return Poll::Pending,
-                // The client ended or failed; a Finished that came with its close_notify
-                // still completed the handshake, and close_notify can be sent.
-                Err(_) => return Poll::Ready(!crate::ffi::in_early_data(&self.ssl)),
+                // The client ended (close_notify, or the transport's end): a Finished that
+                // came just before still completed the handshake, and close_notify can go.
+                Err(SslFailure {
+                    code: ErrorCode::ZERO_RETURN | ErrorCode::SYSCALL,
+                    io: None,
+                    ..
+                }) => return Poll::Ready(!crate::ffi::in_early_data(&self.ssl)),
+                // It failed: no close_notify after a fatal alert.
+                Err(_) => return Poll::Ready(false),
             }
         }
         Poll::Ready(true)
@@ -473,10 +480,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
                 Poll::Ready(Ok(n))
             }
             Err(error) => {
+                // Only the transport's own failure stays: BoringSSL's refusals (after
+                // close_notify, say) are answered afresh each time.
+                let transport = error
+                    .io
+                    .as_ref()
+                    .map(io::Error::kind)
+                    .filter(|kind| *kind != io::ErrorKind::Interrupted);
                 let result = map_failure(error);
                 match &result {
                     Poll::Pending => this.pending_write = std::num::NonZeroUsize::new(len),
-                    Poll::Ready(Err(error)) => this.write_failed = Some(error.kind()),
+                    Poll::Ready(Err(_)) => this.write_failed = transport,
                     Poll::Ready(Ok(_)) => {}
                 }
                 result

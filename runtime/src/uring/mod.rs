@@ -65,7 +65,7 @@ pub(crate) enum Deferred {
     /// A receive buffer goes back to the pool.
     GiveBack(u16),
     /// A connection's descriptor, closed through the ring (at once while the engine stops;
-    /// dropped unapplied, it closes at once too).
+    /// dropped unapplied, as at the very end of a stop, it closes then).
     Close(std::os::fd::OwnedFd),
 }
 
