@@ -350,19 +350,9 @@ fn records_start_small_then_grow_and_start_small_again_after_a_pause() {
     );
 }
 
-/// A flush that writes what BoringSSL held (TLS 1.3 session tickets wait in it until a first
-/// write) onto a connection the client reset reports the transport's error, as a write would,
-/// not a bare SSL error code.
-#[test]
-fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
+/// A TLS 1.3 client of `addr` that completes its handshake, then resets the connection.
+fn handshake_and_reset(addr: SocketAddr) {
     use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-    let (addr, rx, executors) = serve_one(|tls| async move {
-        let mut tls = tls.expect("handshake");
-        // The client resets the connection meanwhile.
-        fastedge_runtime::sleep(Duration::from_millis(300)).await;
-        let flushed = tls.flush().await;
-        flushed.map_err(|e| (e.kind(), e.raw_os_error(), e.to_string()))
-    });
     let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
     builder.set_verify(SslVerifyMode::NONE);
     builder
@@ -376,6 +366,21 @@ fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(tls);
+}
+
+/// A flush that writes what BoringSSL held (TLS 1.3 session tickets wait in it until a first
+/// write) onto a connection the client reset reports the transport's error, as a write would,
+/// not a bare SSL error code.
+#[test]
+fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
+    let (addr, rx, executors) = serve_one(|tls| async move {
+        let mut tls = tls.expect("handshake");
+        // The client resets the connection meanwhile.
+        fastedge_runtime::sleep(Duration::from_millis(300)).await;
+        let flushed = tls.flush().await;
+        flushed.map_err(|e| (e.kind(), e.raw_os_error(), e.to_string()))
+    });
+    handshake_and_reset(addr);
     let flushed = rx.recv_timeout(Duration::from_secs(10)).expect("report");
     executors.join().unwrap();
     let (kind, os_error, text) = flushed.expect_err("a flush onto a reset connection");
@@ -394,7 +399,6 @@ fn a_flush_onto_a_reset_connection_reports_the_transport_error() {
 /// (BAD_WRITE_RETRY).
 #[test]
 fn writes_after_a_failed_one_report_the_transport_error() {
-    use fastedge_tls::boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
     let (addr, rx, executors) = serve_one(|tls| async move {
         let mut tls = tls.expect("handshake");
         // The client resets the connection meanwhile.
@@ -419,19 +423,7 @@ fn writes_after_a_failed_one_report_the_transport_error() {
         let describe = |e: Option<std::io::Error>| e.map(|e| (e.kind(), e.to_string()));
         [first, describe(again), describe(flushed), describe(closed)]
     });
-    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
-    builder.set_verify(SslVerifyMode::NONE);
-    builder
-        .set_min_proto_version(Some(SslVersion::TLS1_3))
-        .unwrap();
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    let mut config = builder.build().configure().unwrap();
-    config.set_verify_hostname(false);
-    let tls = config.connect("localhost", tcp).unwrap();
-    socket2::SockRef::from(tls.get_ref())
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(tls);
+    handshake_and_reset(addr);
     let errors = rx.recv_timeout(Duration::from_secs(10)).expect("report");
     executors.join().unwrap();
     for (i, error) in errors.iter().enumerate() {
