@@ -1310,6 +1310,24 @@ fn spare_counts(server: &Fastedge) -> impl Fn(&str) -> u64 {
     }
 }
 
+/// [`one_core_config`] with the metrics endpoint on a free port.
+fn one_core_metrics_config(backend: SocketAddr, balance: &str) -> String {
+    format!(
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
+        one_core_config(backend, balance)
+    )
+}
+
+/// Established TCP connections to `backend` on this machine (`ss`).
+fn established_to(backend: SocketAddr) -> usize {
+    let filter = format!("dport = :{}", backend.port());
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established", &filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// Waits for the log line of a client that left, and checks it says so.
 fn logged_leaving(server: &Fastedge) {
     let line = server.wait_for_line("connection closed", Duration::from_secs(5));
@@ -1325,10 +1343,7 @@ fn logged_leaving(server: &Fastedge) {
 fn clients_that_leave_after_the_handshake_leave_their_backend_connection_to_the_next() {
     let state = TempDir::new("spare-reuse");
     let (backend, recorded) = echo_backend();
-    let config = format!(
-        "metrics_listen = \"127.0.0.1:0\"\n{}",
-        one_core_config(backend, "spare_max_age = \"60s\"")
-    );
+    let config = one_core_metrics_config(backend, "spare_max_age = \"60s\"");
     let (server, addr) = serve(&state, &config);
     for _ in 0..3 {
         handshake_and_leave(addr);
@@ -1396,10 +1411,7 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
     let state = TempDir::new("spare-closed");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = listener.local_addr().unwrap();
-    let config = format!(
-        "metrics_listen = \"127.0.0.1:0\"\n{}",
-        one_core_config(backend, "spare_max_age = \"2s\"")
-    );
+    let config = one_core_metrics_config(backend, "spare_max_age = \"2s\"");
     let (server, addr) = serve(&state, &config);
     // The backend closes the connection made for one client that left (a failed handshake,
     // whose connection is kept on either engine), and answers on the connection of another
@@ -1432,14 +1444,7 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
     wait_for_connections(&recorded, 2);
     let kept_since = Instant::now();
     let pid = server.pid();
-    let backend_sockets = || {
-        let filter = format!("dport = :{}", backend.port());
-        let out = Command::new("ss")
-            .args(["-Htn", "state", "established", &filter])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let backend_sockets = || established_to(backend);
     assert_eq!(backend_sockets(), 1, "the kept connection is open at first");
     while backend_sockets() > 0 {
         assert!(
@@ -1464,10 +1469,7 @@ fn a_kept_connection_the_backend_closed_or_spoke_on_is_not_used_and_kept_ones_ex
 fn a_full_list_of_kept_connections_drops_its_oldest() {
     let state = TempDir::new("spare-cap");
     let (backend, recorded) = echo_backend();
-    let config = format!(
-        "metrics_listen = \"127.0.0.1:0\"\n{}",
-        one_core_config(backend, "spare_connections = 2\nspare_max_age = \"60s\"")
-    );
+    let config = one_core_metrics_config(backend, "spare_connections = 2\nspare_max_age = \"60s\"");
     let (server, addr) = serve(&state, &config);
     // Four clients at once, each with a backend connection of its own, then all gone.
     let clients: Vec<_> = (0..4)
@@ -1485,12 +1487,7 @@ fn a_full_list_of_kept_connections_drops_its_oldest() {
         fastedge_runtime::Engine::Glommio => assert_eq!(evicted, kept.saturating_sub(2)),
         _ => assert_eq!((kept, evicted), (4, 2)),
     }
-    let filter = format!("dport = :{}", backend.port());
-    let out = Command::new("ss")
-        .args(["-Htn", "state", "established", &filter])
-        .output()
-        .unwrap();
-    let open = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    let open = established_to(backend) as u64;
     assert_eq!(open, kept - evicted, "backend connections still open");
 }
 
