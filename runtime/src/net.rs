@@ -76,6 +76,19 @@ impl TcpListener {
         }
     }
 
+    /// Stops accepting and returns the connections the engine accepted that were not taken:
+    /// on io_uring those its multishot accept got until the kernel confirmed its cancellation
+    /// (see [`uring::net::TcpListener::stop`]), which dropping the listener would close. Call it
+    /// before dropping or closing a listener whose connections must all be served, such as one
+    /// a successor process also accepts on. Afterwards `accept` fails on io_uring. On glommio,
+    /// whose accepts run one at a time inside `accept`, this returns nothing.
+    pub async fn stop_accepting(&self) -> Vec<TcpStream> {
+        match self {
+            Self::Uring(l) => l.stop().await.into_iter().map(TcpStream::Uring).collect(),
+            Self::Glommio(_) => Vec::new(),
+        }
+    }
+
     /// Stops listening at once, then closes the listener: connections the kernel completed
     /// that nobody accepted are reset, nothing more connects, and the address may be bound
     /// again as soon as this returns.

@@ -106,6 +106,8 @@ pub(crate) struct ListenerState {
     state: Multishot,
     waker: Option<Waker>,
     dropped: bool,
+    /// [`TcpListener::stop`] was called: the accept is not armed again.
+    stopped: bool,
 }
 
 impl ListenerState {
@@ -155,6 +157,7 @@ impl TcpListener {
                 state: Multishot::Idle,
                 waker: None,
                 dropped: false,
+                stopped: false,
             })),
         })
     }
@@ -180,6 +183,12 @@ impl TcpListener {
         if let Some(accepted) = state.accepted.pop_front() {
             return Poll::Ready(accepted.map(TcpStream::from_fd));
         }
+        if state.stopped {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the listener stopped accepting",
+            )));
+        }
         if state.state == Multishot::Idle {
             let entry = reactor::accept_multishot(state.fd.as_raw_fd());
             let op = Op::Accept(self.state.clone());
@@ -190,6 +199,43 @@ impl TcpListener {
             _ => state.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Stops accepting and hands over every connection accepted and not taken yet, including
+    /// those the kernel accepts until it has cancelled the multishot accept: the future waits
+    /// for that cancellation's last completion. Dropping a listener instead closes them, which
+    /// loses clients the kernel had completed; on a socket another process also accepts on (a
+    /// binary upgrade) those would have been served there. Afterwards `accept` fails
+    /// (`NotConnected`); the socket itself stays open and listening until the listener is
+    /// dropped or closed. Accept errors queued meanwhile are left out.
+    pub async fn stop(&self) -> Vec<TcpStream> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            state.stopped = true;
+            match state.state {
+                Multishot::Idle => {
+                    let accepted = std::mem::take(&mut state.accepted);
+                    return Poll::Ready(
+                        accepted
+                            .into_iter()
+                            .filter_map(Result::ok)
+                            .map(TcpStream::from_fd)
+                            .collect(),
+                    );
+                }
+                Multishot::Armed(user_data) => {
+                    state.state = Multishot::Pausing(user_data);
+                    super::defer(Deferred::Cancel(user_data));
+                }
+                Multishot::Pausing(_) => {}
+            }
+            match &state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 

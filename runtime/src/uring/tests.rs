@@ -761,3 +761,69 @@ fn a_dropped_connection_is_closed_through_the_ring() {
         "descriptor {fd} outlived the engine"
     );
 }
+
+/// A listener that stops while its multishot accept is armed loses no client: what the accept
+/// took (queued, or completed until the kernel confirmed the cancel) is handed over by `stop`,
+/// and what it did not take is still in the socket's queue for another holder (a successor
+/// process, here a duplicate of the descriptor). Dropping the listener instead closes the
+/// connections it had taken.
+#[test]
+fn a_stopped_listener_hands_over_every_connection_its_accept_took() {
+    use std::io::{Read, Write};
+    const CLIENTS: u8 = 16;
+    let (from_stop, from_queue) = on_engine(RingSettings::default(), || async {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std.local_addr().expect("addr");
+        let successor = std.try_clone().expect("dup");
+        let listener = TcpListener::from_fd(std.into()).expect("listener");
+        // One accept arms the multishot accept, which goes on taking clients after it.
+        let _first_peer = std::net::TcpStream::connect(addr).expect("connect");
+        let _first = listener.accept().await.expect("accept");
+        let connect = |index: u8| {
+            let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+            peer.write_all(&[index]).expect("peer write");
+            peer
+        };
+        // Half are taken while the engine runs (queued on the listener), half arrive just
+        // before the stop (taken with the cancel, or left in the socket's queue).
+        let mut peers: Vec<_> = (0..CLIENTS / 2).map(connect).collect();
+        time::sleep(Duration::from_millis(50)).await;
+        peers.extend((CLIENTS / 2..CLIENTS).map(connect));
+        let stopped = listener.stop().await;
+        assert!(
+            listener.accept().await.is_err(),
+            "a stopped listener accepts no more"
+        );
+        drop(listener);
+        let mut from_stop = Vec::new();
+        for mut stream in stopped {
+            let mut index = [0u8; 1];
+            stream
+                .read_exact(&mut index)
+                .await
+                .expect("read a handed-over client");
+            from_stop.push(index[0]);
+        }
+        successor.set_nonblocking(true).expect("nonblocking");
+        let mut from_queue = Vec::new();
+        while let Ok((mut stream, _)) = successor.accept() {
+            stream.set_nonblocking(false).expect("blocking");
+            let mut index = [0u8; 1];
+            stream.read_exact(&mut index).expect("read a queued client");
+            from_queue.push(index[0]);
+        }
+        drop(peers);
+        (from_stop, from_queue)
+    });
+    assert!(
+        from_stop.len() >= usize::from(CLIENTS / 2),
+        "the clients queued on the listener were not handed over: {from_stop:?}"
+    );
+    let mut all: Vec<u8> = from_stop.iter().chain(&from_queue).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..CLIENTS).collect::<Vec<_>>(),
+        "handed over {from_stop:?}, left queued {from_queue:?}"
+    );
+}

@@ -282,6 +282,11 @@ async fn serve_already_accepted<F>(
             break;
         }
     }
+    // What the engine's accept took while it was being stopped is ours to serve too.
+    for stream in listener.stop_accepting().await {
+        serve(stream, limit.acquire_over_cap());
+        served += 1;
+    }
     if served > 0 {
         tracing::info!(served, "served connections accepted before the stop");
     }
