@@ -6,7 +6,9 @@
 //! every connection's queued output into sends, submits all of it in one `io_uring_enter`
 //! (which also waits, bounded by the earliest timer, when there is nothing to run), and
 //! reaps the completions. Sockets accept and receive with multishot operations; received
-//! bytes land in a per-core pool of provided buffers, so an idle connection holds none.
+//! bytes land in a per-core pool of provided buffers, so an idle connection holds none; where
+//! the kernel has receive bundles and caps a receive's total (Linux 6.16), one receive fills
+//! as many buffers as the data waiting needs.
 //!
 //! Tasks are `!Send` futures (`async-task`); a waker used from another thread queues the task
 //! on the core's remote queue and, if the core sleeps in the kernel, signals its eventfd.

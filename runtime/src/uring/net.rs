@@ -44,6 +44,12 @@ thread_local! {
     static RECV_LIMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
+/// Whether this thread's receives are capped in total (and so may take bundles).
+#[cfg(test)]
+pub(crate) fn receives_capped() -> bool {
+    RECV_LIMIT.with(std::cell::Cell::get)
+}
+
 /// Output bytes a connection may queue (beside what the kernel is sending) before writers
 /// wait: a proxy's pump buffer fits, and a stalled peer costs at most twice this.
 const TX_MAX_QUEUED: usize = 32 * 1024;
@@ -231,7 +237,13 @@ impl TcpListener {
             }
             match &state.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
-                _ => state.waker = Some(cx.waker().clone()),
+                _ => {
+                    // An `accept` waiting in another task is woken to see the stop (it fails)
+                    // rather than left behind by the one waker this listener keeps.
+                    if let Some(accepting) = state.waker.replace(cx.waker().clone()) {
+                        accepting.wake();
+                    }
+                }
             }
             Poll::Pending
         })
@@ -395,24 +407,28 @@ impl Conn {
         }
     }
 
-    /// A receive completion: `(reader to wake, buffer to give back, pause the receive)`.
+    /// A receive completion: `result` bytes in `buffers` (id, bytes in it), or an error or
+    /// the end. Returns the reader's waker, whether the buffers go back to the pool unread,
+    /// and whether to pause the receive.
     pub(crate) fn on_recv(
         &mut self,
         result: i32,
-        buffer: Option<u16>,
+        buffers: &[(u16, u32)],
         more: bool,
-    ) -> (Option<Waker>, Option<u16>, bool) {
+    ) -> (Option<Waker>, bool, bool) {
         if !more {
             self.rx_state = Multishot::Idle;
         }
-        let mut give_back = None;
+        let mut give_back = !buffers.is_empty();
         if result > 0 {
-            match buffer {
-                Some(bid) if !self.dropped => self.rx.push((bid, result as u32)),
-                other => give_back = other,
+            // A dropped stream's bytes go back to the pool.
+            if !self.dropped {
+                for &buffer in buffers {
+                    self.rx.push(buffer);
+                }
+                give_back = false;
             }
         } else {
-            give_back = buffer;
             match result {
                 0 => self.rx_end = Some(Ok(())),
                 e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
@@ -420,8 +436,9 @@ impl Conn {
                     // A kernel before 6.16 refuses the total cap: arm without it from now on.
                     if RECV_LIMIT.with(|l| l.replace(false)) {
                         tracing::info!(
-                            "io_uring: multishot receive without a total cap (needs Linux 6.16); \
-                             readers that fall behind rely on cancelling their receive"
+                            "io_uring: multishot receive without a total cap (needs Linux 6.16), \
+                             so one buffer per receive; readers that fall behind rely on \
+                             cancelling their receive"
                         );
                     }
                 }
@@ -775,7 +792,9 @@ impl Stream {
             } else {
                 let limited = RECV_LIMIT.with(std::cell::Cell::get);
                 conn.rx_limited = limited;
-                let entry = reactor::recv_multishot(fd, limited.then_some(cap));
+                // Bundles only under the total cap: without it one receive could take the pool.
+                let entry =
+                    reactor::recv_multishot(fd, limited.then_some(cap), r.bundles && limited);
                 conn.rx_state = Multishot::Armed(r.start(entry, op));
             }
         });

@@ -115,6 +115,16 @@ pub(crate) struct BufPool {
     published: u16,
     /// Buffers the kernel handed us that are not back in the ring yet.
     pub(crate) held: u16,
+    /// The buffer id written at each ring entry, and each buffer's entry: a bundle's
+    /// completion names its first buffer only, and the rest are the entries after it.
+    bid_at: Box<[u16]>,
+    entry_of: Box<[u16]>,
+    /// While set, buffers given back wait in `deferred` instead of going into the ring: a
+    /// give-back rewrites the oldest entry the ring does not hold, which a completion not
+    /// handled yet may name (one the kernel holds aside in its overflow list, or one behind
+    /// the completion at hand in the queue being reaped).
+    defer: bool,
+    deferred: Vec<u16>,
 }
 
 impl BufPool {
@@ -130,6 +140,10 @@ impl BufPool {
             tail: 0,
             published: 0,
             held: entries,
+            bid_at: vec![0; usize::from(entries)].into_boxed_slice(),
+            entry_of: vec![0; usize::from(entries)].into_boxed_slice(),
+            defer: false,
+            deferred: Vec::new(),
         };
         for bid in 0..entries {
             pool.give_back(bid);
@@ -141,13 +155,20 @@ impl BufPool {
         self.ring.as_mut_ptr().cast()
     }
 
-    /// Puts buffer `bid` back at the ring's tail (visible to the kernel after [`publish`]).
+    /// Puts buffer `bid` back at the ring's tail (visible to the kernel after [`publish`]), or
+    /// keeps it aside until completions may no longer name the entry it would take (see
+    /// `defer`).
     pub(crate) fn give_back(&mut self, bid: u16) {
+        if self.defer {
+            self.deferred.push(bid);
+            return;
+        }
         debug_assert!(bid < self.entries);
         let index = usize::from(self.tail & (self.entries - 1));
         // SAFETY: `index` < entries, so the entry lies inside the ring mapping.
         let entry = unsafe { self.base().add(index) }.cast::<u8>();
-        // SAFETY: `bid` < entries (callers pass ids the kernel reported, checked in `buffer`),
+        // SAFETY: `bid` < entries (ids come from `take`, which clamps the kernel's and reads the
+        // rest from `bid_at`, where only ids below `entries` are written),
         // so the buffer lies inside the data mapping.
         let addr = unsafe { self.data.as_mut_ptr().add(usize::from(bid) * BUF_SIZE) };
         // Debug builds poison a buffer as it goes back: a reader still holding on to it would
@@ -168,8 +189,58 @@ impl BufPool {
             entry.add(8).cast::<u32>().write(BUF_SIZE as u32);
             entry.add(12).cast::<u16>().write(bid);
         }
+        self.bid_at[index] = bid;
+        self.entry_of[usize::from(bid)] = index as u16;
         self.tail = self.tail.wrapping_add(1);
         self.held -= 1;
+    }
+
+    /// Takes the buffers a receive completion that names `first` filled with `bytes` into
+    /// `out` as (id, bytes in it), in stream order, and counts them as held: `first` alone,
+    /// or with receive bundles the ring entries after it until `bytes` are covered. Each
+    /// entry holds what its length in the ring says, which the kernel may have cut short
+    /// (to a receive's limit) rather than the full buffer we wrote. Called while give-backs
+    /// are deferred (the reap), so no entry it reads has been rewritten since.
+    pub(crate) fn take(&mut self, first: u16, bytes: i32, out: &mut Vec<(u16, u32)>) {
+        out.clear();
+        let first = first.min(self.entries - 1);
+        let mask = self.entries - 1;
+        let start = self.entry_of[usize::from(first)];
+        let mut left = u32::try_from(bytes).unwrap_or(0);
+        for i in 0..self.entries.saturating_sub(self.held) {
+            let index = usize::from(start.wrapping_add(i) & mask);
+            let bid = if i == 0 { first } else { self.bid_at[index] };
+            let room = match self.entry_len(index) {
+                0 => BUF_SIZE as u32,
+                len => len.min(BUF_SIZE as u32),
+            };
+            let filled = room.min(left);
+            out.push((bid, filled));
+            left -= filled;
+            if left == 0 {
+                break;
+            }
+        }
+        debug_assert_eq!(left, 0, "received bytes beyond the buffers in the ring");
+        self.held += out.len() as u16;
+    }
+
+    /// The length field of ring entry `index` (< entries).
+    fn entry_len(&self, index: usize) -> u32 {
+        debug_assert!(index < usize::from(self.entries));
+        // SAFETY: `index` < entries, so the 16-byte entry lies inside the ring mapping and its
+        // length (at offset 8) is 4-aligned. The kernel writes entries' lengths (cutting them
+        // short) only while it picks buffers for a receive, which runs inside this thread's
+        // system calls (no SQPOLL; socket receives are never handed to io-wq workers), never
+        // while this code runs. Read volatile: the kernel is the writer, not this program.
+        unsafe {
+            self.base()
+                .add(index)
+                .cast::<u8>()
+                .add(8)
+                .cast::<u32>()
+                .read_volatile()
+        }
     }
 
     /// Makes the buffers given back so far visible to the kernel.
@@ -219,6 +290,17 @@ pub(crate) struct Reactor {
     /// Descriptor closes submitted (or queued) whose completion has not come.
     closing: usize,
     pub(crate) task_run: TaskRun,
+    /// The kernel has receive bundles (Linux 6.10): a receive fills several pool buffers in
+    /// one go. Used only with a receive's total cap (Linux 6.16), see `recv_multishot`.
+    pub(crate) bundles: bool,
+    /// Receive completions that filled more than one buffer (for the tests).
+    #[cfg(test)]
+    pub(crate) bundles_received: u64,
+    /// Reaps that ended with completions held aside by the kernel (for the tests).
+    #[cfg(test)]
+    pub(crate) overflowed_reaps: u64,
+    /// The buffers of the receive completion being handled (kept for its allocation).
+    taken: Vec<(u16, u32)>,
     wake_fd: RawFd,
     /// The engine is stopping: the wake-up read is not armed again.
     stopping: bool,
@@ -231,6 +313,15 @@ pub(crate) struct Reactor {
 impl Reactor {
     pub(crate) fn new(settings: RingSettings, wake_fd: RawFd) -> io::Result<Self> {
         let (ring, task_run) = build_ring(settings)?;
+        let bundles = ring.params().is_feature_recvsend_bundle();
+        if !bundles {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    "io_uring: each receive fills one buffer (receive bundles need Linux 6.10)"
+                );
+            }
+        }
         let handle = RingHandle::register(ring.as_raw_fd());
         let bufs = BufPool::new(settings.buffers)?;
         // SAFETY: the ring mapping holds `buffers` entries and lives as long as `bufs`, which
@@ -262,6 +353,12 @@ impl Reactor {
             in_flight: 0,
             closing: 0,
             task_run,
+            bundles,
+            #[cfg(test)]
+            bundles_received: 0,
+            #[cfg(test)]
+            overflowed_reaps: 0,
+            taken: Vec::new(),
             wake_fd,
             stopping: false,
             backlog: VecDeque::new(),
@@ -515,11 +612,27 @@ impl Reactor {
     }
 
     fn reap(&mut self, out: &mut Reaped) {
+        self.bufs.defer = true;
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
             };
             self.complete(cqe, out);
+        }
+        // Completions the kernel holds aside (the queue overflowed) come with the next enter,
+        // and may name entries a give-back would rewrite: until then buffers stay aside too.
+        let overflow = self.ring.submission().cq_overflow();
+        #[cfg(test)]
+        if overflow {
+            self.overflowed_reaps += 1;
+        }
+        if !overflow {
+            self.bufs.defer = false;
+            let mut deferred = std::mem::take(&mut self.bufs.deferred);
+            for bid in deferred.drain(..) {
+                self.bufs.give_back(bid);
+            }
+            self.bufs.deferred = deferred;
         }
     }
 
@@ -553,8 +666,10 @@ impl Reactor {
         let Some(slot) = self.slot_mut(user_data) else {
             // Not ours (a stale id): give back any buffer it carries.
             if let Some(bid) = cqueue::buffer_select(flags) {
-                self.bufs.held += 1;
-                self.bufs.give_back(bid);
+                self.bufs.take(bid, result, &mut self.taken);
+                for &(bid, _) in &self.taken {
+                    self.bufs.give_back(bid);
+                }
             }
             return;
         };
@@ -586,11 +701,16 @@ impl Reactor {
             }
             Some(Op::Recv(conn)) => {
                 let conn = conn.clone();
-                let buffer = cqueue::buffer_select(flags);
-                if buffer.is_some() {
-                    self.bufs.held += 1;
+                match cqueue::buffer_select(flags) {
+                    Some(bid) => self.bufs.take(bid, result, &mut self.taken),
+                    None => self.taken.clear(),
                 }
-                let (waker, give_back, pause) = conn.borrow_mut().on_recv(result, buffer, more);
+                #[cfg(test)]
+                if self.taken.len() > 1 {
+                    self.bundles_received += 1;
+                }
+                let (waker, give_back, pause) =
+                    conn.borrow_mut().on_recv(result, &self.taken, more);
                 {
                     let mut c = conn.borrow_mut();
                     if c.holds_buffers() && !c.rx_listed {
@@ -598,8 +718,10 @@ impl Reactor {
                         self.holders.push(conn.clone());
                     }
                 }
-                if let Some(bid) = give_back {
-                    self.bufs.give_back(bid);
+                if give_back {
+                    for &(bid, _) in &self.taken {
+                        self.bufs.give_back(bid);
+                    }
                 }
                 if let Some(waker) = waker {
                     out.wakers.push(waker);
@@ -712,9 +834,16 @@ fn ring_error(error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("io_uring: {hint}: {error}"))
 }
 
-/// Builds a multishot receive for `fd` from the core's buffer pool.
-pub(crate) fn recv_multishot(fd: RawFd, total_limit: Option<u32>) -> squeue::Entry {
-    let entry = opcode::RecvMulti::new(types::Fd(fd), BGID).build();
+/// Builds a multishot receive for `fd` from the core's buffer pool; with `bundles`, each
+/// receive fills as many buffers as the data waiting needs (within `total_limit`) and posts
+/// one completion for them all: half the completions of a bulk transfer, and almost none of
+/// the pauses at the unread limit.
+pub(crate) fn recv_multishot(fd: RawFd, total_limit: Option<u32>, bundles: bool) -> squeue::Entry {
+    let entry = if bundles {
+        opcode::RecvMultiBundle::new(types::Fd(fd), BGID).build()
+    } else {
+        opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+    };
     match total_limit {
         Some(limit) => super::sys::with_optlen(entry, limit),
         None => entry,
@@ -748,5 +877,37 @@ mod tests {
     #[test]
     fn a_slot_is_a_generation_and_a_pointer() {
         assert!(std::mem::size_of::<super::Slot>() <= 24);
+    }
+
+    /// A bundle's buffers are the ring entries after the first one's, however the readers
+    /// gave them back, each holding what its length in the ring says: the kernel cuts an
+    /// entry short to a receive's limit and may leave it so for the next receive.
+    #[test]
+    fn a_bundle_is_read_with_the_ids_and_lengths_left_in_the_ring() {
+        use super::{BufPool, BUF_SIZE};
+        let full = BUF_SIZE as u32;
+        let mut pool = BufPool::new(8).expect("pool");
+        let mut taken = Vec::new();
+        // The kernel took all eight (entries 0..8 hold ids 0..8), in one bundle.
+        pool.take(0, 8 * BUF_SIZE as i32, &mut taken);
+        assert_eq!(taken, (0..8).map(|bid| (bid, full)).collect::<Vec<_>>());
+        assert_eq!(pool.available(), 0);
+        // Readers give three back out of order: entries 0, 1, 2 now hold ids 5, 2, 7.
+        for bid in [5, 2, 7] {
+            pool.give_back(bid);
+        }
+        // The kernel cut entry 0 to 1,000 bytes, then a receive of three buffers' worth.
+        // SAFETY: entry 0's length field lies inside the ring mapping (as in `entry_len`), and
+        // no kernel uses this pool.
+        unsafe {
+            pool.base().cast::<u8>().add(8).cast::<u32>().write(1000);
+        }
+        pool.take(5, 1000 + BUF_SIZE as i32 + 500, &mut taken);
+        assert_eq!(taken, vec![(5, 1000), (2, full), (7, 500)]);
+        assert_eq!(pool.available(), 0);
+        // A completion with no bytes (an error, or the end) still hands back its one buffer.
+        pool.give_back(2);
+        pool.take(2, 0, &mut taken);
+        assert_eq!(taken, vec![(2, 0)]);
     }
 }
