@@ -792,9 +792,7 @@ impl Stream {
             } else {
                 let limited = RECV_LIMIT.with(std::cell::Cell::get);
                 conn.rx_limited = limited;
-                // Bundles only under the total cap: without it one receive could take the pool.
-                let entry =
-                    reactor::recv_multishot(fd, limited.then_some(cap), r.bundles && limited);
+                let entry = reactor::recv_multishot(fd, limited.then_some(cap), r.bundles);
                 conn.rx_state = Multishot::Armed(r.start(entry, op));
             }
         });

@@ -195,6 +195,18 @@ impl BufPool {
         self.held -= 1;
     }
 
+    /// Holds give-backs aside (`on`), or stops holding them and gives back those held.
+    fn defer_give_backs(&mut self, on: bool) {
+        self.defer = on;
+        if !on {
+            let mut deferred = std::mem::take(&mut self.deferred);
+            for bid in deferred.drain(..) {
+                self.give_back(bid);
+            }
+            self.deferred = deferred;
+        }
+    }
+
     /// Takes the buffers a receive completion that names `first` filled with `bytes` into
     /// `out` as (id, bytes in it), in stream order, and counts them as held: `first` alone,
     /// or with receive bundles the ring entries after it until `bytes` are covered. Each
@@ -611,8 +623,15 @@ impl Reactor {
         }
     }
 
+    /// Gives back the buffers of the receive completion at hand (`taken`).
+    fn give_back_taken(&mut self) {
+        for &(bid, _) in &self.taken {
+            self.bufs.give_back(bid);
+        }
+    }
+
     fn reap(&mut self, out: &mut Reaped) {
-        self.bufs.defer = true;
+        self.bufs.defer_give_backs(true);
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
@@ -627,12 +646,7 @@ impl Reactor {
             self.overflowed_reaps += 1;
         }
         if !overflow {
-            self.bufs.defer = false;
-            let mut deferred = std::mem::take(&mut self.bufs.deferred);
-            for bid in deferred.drain(..) {
-                self.bufs.give_back(bid);
-            }
-            self.bufs.deferred = deferred;
+            self.bufs.defer_give_backs(false);
         }
     }
 
@@ -667,9 +681,7 @@ impl Reactor {
             // Not ours (a stale id): give back any buffer it carries.
             if let Some(bid) = cqueue::buffer_select(flags) {
                 self.bufs.take(bid, result, &mut self.taken);
-                for &(bid, _) in &self.taken {
-                    self.bufs.give_back(bid);
-                }
+                self.give_back_taken();
             }
             return;
         };
@@ -719,9 +731,7 @@ impl Reactor {
                     }
                 }
                 if give_back {
-                    for &(bid, _) in &self.taken {
-                        self.bufs.give_back(bid);
-                    }
+                    self.give_back_taken();
                 }
                 if let Some(waker) = waker {
                     out.wakers.push(waker);
@@ -834,12 +844,13 @@ fn ring_error(error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("io_uring: {hint}: {error}"))
 }
 
-/// Builds a multishot receive for `fd` from the core's buffer pool; with `bundles`, each
-/// receive fills as many buffers as the data waiting needs (within `total_limit`) and posts
-/// one completion for them all: half the completions of a bulk transfer, and almost none of
-/// the pauses at the unread limit.
+/// Builds a multishot receive for `fd` from the core's buffer pool; with `bundles` and a
+/// `total_limit`, each receive fills as many buffers as the data waiting needs (within the
+/// limit) and posts one completion for them all: half the completions of a bulk transfer,
+/// and almost none of the pauses at the unread limit.
 pub(crate) fn recv_multishot(fd: RawFd, total_limit: Option<u32>, bundles: bool) -> squeue::Entry {
-    let entry = if bundles {
+    // Bundles only under the total cap: without it one receive could take the whole pool.
+    let entry = if bundles && total_limit.is_some() {
         opcode::RecvMultiBundle::new(types::Fd(fd), BGID).build()
     } else {
         opcode::RecvMulti::new(types::Fd(fd), BGID).build()
